@@ -1,0 +1,53 @@
+//! Request error codes: what an `Error` reply on a lane or fetch stream carries. Unlike close
+//! codes these end one request, never the session.
+
+use bincode::{Decode, Encode};
+
+/// A request error code. Unknown values decode fine (a newer server may add codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The request was malformed or its arguments invalid.
+    pub const BAD_REQUEST: ErrorCode = ErrorCode(1);
+    /// The request is not valid on the lane it was sent on.
+    pub const WRONG_LANE: ErrorCode = ErrorCode(2);
+    /// The caller may not do this.
+    pub const FORBIDDEN: ErrorCode = ErrorCode(3);
+    /// The target does not exist (or the caller cannot see it).
+    pub const NOT_FOUND: ErrorCode = ErrorCode(4);
+    /// Too many requests; see `retry_after_ms`.
+    pub const RATE_LIMITED: ErrorCode = ErrorCode(5);
+    /// The request is known but not supported by this server.
+    pub const UNSUPPORTED: ErrorCode = ErrorCode(6);
+    /// The server failed; the request may be retried.
+    pub const INTERNAL: ErrorCode = ErrorCode(7);
+    /// A value exceeded a size limit.
+    pub const TOO_LARGE: ErrorCode = ErrorCode(8);
+    /// A token refresh was refused (the session stays up until its current token expires).
+    pub const TOKEN_REJECTED: ErrorCode = ErrorCode(9);
+    /// The lane was already open on this session.
+    pub const LANE_ALREADY_OPEN: ErrorCode = ErrorCode(10);
+}
+
+/// The body of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ErrorBody {
+    /// What went wrong, machine-readable.
+    pub code: ErrorCode,
+    /// Human-readable detail; never needed to act on the error.
+    pub message: String,
+    /// For `RATE_LIMITED`: when to try again.
+    pub retry_after_ms: Option<u32>,
+}
+
+impl ErrorBody {
+    /// An error with no retry hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Golden encodings: `vectors/messages.json` is the contract between this crate, the JS
+//! codec (`web/quaver.js`, checked by `web/test/`) and PROTOCOL.md.
+//!
+//! Each vector pairs a Rust value with its JSON form as the JS codec sees it, its payload
+//! hex and its framed hex. Run with `QUAVER_BLESS=1` to rewrite the file after a deliberate
+//! protocol change; otherwise the test fails on any difference.
+
+use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_DTX, FLAG_TALKSPURT_START, Uplink};
+use quaver_proto::*;
+use serde_json::{Value, json};
+
+struct Vector {
+    name: &'static str,
+    ty: &'static str,
+    value: Value,
+    payload: Vec<u8>,
+    decodes: Box<dyn Fn(&[u8]) -> bool>,
+}
+
+fn v<T>(name: &'static str, ty: &'static str, msg: T, value: Value) -> Vector
+where
+    T: bincode::Encode + bincode::Decode<()> + PartialEq + 'static,
+{
+    let payload = codec::encode_payload(&msg);
+    Vector {
+        name,
+        ty,
+        value,
+        payload,
+        decodes: Box::new(move |p| decode::<T>(p).map(|m| m == msg).unwrap_or(false)),
+    }
+}
+
+fn sid() -> SessionId {
+    SessionId(std::array::from_fn(|i| i as u8 * 17))
+}
+
+fn vectors() -> Vec<Vector> {
+    let sid_hex = "00112233445566778899aabbccddeeff";
+    vec![
+        v(
+            "hello_minimal",
+            "ClientControl",
+            ClientControl::Hello(Hello {
+                version: 1,
+                token: None,
+                device: DeviceKind::Web,
+                resume: None,
+                compression: Compression::None,
+            }),
+            json!({"type": "Hello", "version": 1, "token": null, "device": "Web", "resume": null, "compression": "None"}),
+        ),
+        v(
+            "hello_full",
+            "ClientControl",
+            ClientControl::Hello(Hello {
+                version: 1,
+                token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
+                device: DeviceKind::Desktop,
+                resume: Some(ResumeRequest {
+                    session_id: sid(),
+                    lanes: vec![
+                        LaneSeq { lane: Lane::Chat, seq: 42 },
+                        LaneSeq { lane: Lane::Presence, seq: 300 },
+                    ],
+                }),
+                compression: Compression::Zstd,
+            }),
+            json!({"type": "Hello", "version": 1, "token": "eyJhbGciOiJIUzI1NiJ9.e30.sig", "device": "Desktop",
+                   "resume": {"session_id": sid_hex, "lanes": [{"lane": "Chat", "seq": 42}, {"lane": "Presence", "seq": 300}]},
+                   "compression": "Zstd"}),
+        ),
+        v(
+            "heartbeat",
+            "ClientControl",
+            ClientControl::Heartbeat(Heartbeat {
+                nonce: 7,
+                lanes: vec![LaneSeq { lane: Lane::Notifications, seq: 70_000 }],
+            }),
+            json!({"type": "Heartbeat", "nonce": 7, "lanes": [{"lane": "Notifications", "seq": 70000}]}),
+        ),
+        v(
+            "refresh_token",
+            "ClientControl",
+            ClientControl::RefreshToken { token: "t.k.n".into() },
+            json!({"type": "RefreshToken", "token": "t.k.n"}),
+        ),
+        v(
+            "ready",
+            "ServerControl",
+            ServerControl::Ready(Ready {
+                session_id: sid(),
+                user: User { id: 1_234_567_890_123_456_789, name: "Ada ✓".into() },
+                heartbeat_interval_ms: 10_000,
+                limits: Limits {
+                    max_frame_bytes: 262_144,
+                    max_datagram_bytes: 1_200,
+                    heartbeat_timeout_ms: 20_000,
+                },
+                compression: Compression::None,
+                token_expires_at_ms: 1_800_000_000_000,
+                node: "node-a".into(),
+            }),
+            json!({"type": "Ready", "session_id": sid_hex,
+                   "user": {"id": "1234567890123456789", "name": "Ada ✓"},
+                   "heartbeat_interval_ms": 10000,
+                   "limits": {"max_frame_bytes": 262144, "max_datagram_bytes": 1200, "heartbeat_timeout_ms": 20000},
+                   "compression": "None", "token_expires_at_ms": 1800000000000u64, "node": "node-a"}),
+        ),
+        v(
+            "heartbeat_ack",
+            "ServerControl",
+            ServerControl::HeartbeatAck(Heartbeat { nonce: 250, lanes: vec![] }),
+            json!({"type": "HeartbeatAck", "nonce": 250, "lanes": []}),
+        ),
+        v(
+            "goaway",
+            "ServerControl",
+            ServerControl::Goaway(Goaway { reconnect_after_ms: 1_500, reason: "shutdown".into() }),
+            json!({"type": "Goaway", "reconnect_after_ms": 1500, "reason": "shutdown"}),
+        ),
+        v(
+            "refresh_needed",
+            "ServerControl",
+            ServerControl::RefreshNeeded { expires_at_ms: 1_700_000_000_123 },
+            json!({"type": "RefreshNeeded", "expires_at_ms": 1700000000123u64}),
+        ),
+        v(
+            "token_refreshed",
+            "ServerControl",
+            ServerControl::TokenRefreshed { expires_at_ms: 65_535 },
+            json!({"type": "TokenRefreshed", "expires_at_ms": 65535}),
+        ),
+        v(
+            "control_error",
+            "ServerControl",
+            ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, "other user")),
+            json!({"type": "Error", "code": 9, "message": "other user", "retry_after_ms": null}),
+        ),
+        v(
+            "closing",
+            "ServerControl",
+            ServerControl::Closing(Closing { code: CloseCode::TOKEN_EXPIRED.0, reason: "token expired".into() }),
+            json!({"type": "Closing", "code": 4012, "reason": "token expired"}),
+        ),
+        v(
+            "open_lane_typing",
+            "StreamOpen",
+            StreamOpen::Lane(Lane::Typing),
+            json!({"type": "Lane", "lane": "Typing"}),
+        ),
+        v(
+            "open_fetch_server_info",
+            "StreamOpen",
+            StreamOpen::Fetch(FetchRequest::ServerInfo),
+            json!({"type": "Fetch", "request": {"type": "ServerInfo"}}),
+        ),
+        v(
+            "request_ping",
+            "Request",
+            Request { id: 300, body: RequestBody::Ping { data: vec![0xde, 0xad, 0xbe, 0xef] } },
+            json!({"id": 300, "body": {"type": "Ping", "data": {"$bytes": "deadbeef"}}}),
+        ),
+        v(
+            "ack_pong",
+            "ServerLane",
+            ServerLane::Ack { id: 300, body: ResponseBody::Pong { data: vec![1, 2] } },
+            json!({"type": "Ack", "id": 300, "body": {"type": "Pong", "data": {"$bytes": "0102"}}}),
+        ),
+        v(
+            "lane_error_rate_limited",
+            "ServerLane",
+            ServerLane::Error {
+                id: 9,
+                error: ErrorBody {
+                    code: ErrorCode::RATE_LIMITED,
+                    message: "slow down".into(),
+                    retry_after_ms: Some(750),
+                },
+            },
+            json!({"type": "Error", "id": 9, "error": {"code": 5, "message": "slow down", "retry_after_ms": 750}}),
+        ),
+        v(
+            "event_notice",
+            "ServerLane",
+            ServerLane::Event { seq: (1 << 32) + 5, body: EventBody::Notice { text: "maintenance".into() } },
+            json!({"type": "Event", "seq": 4294967301u64, "body": {"type": "Notice", "text": "maintenance"}}),
+        ),
+        v(
+            "fetch_ok_server_info",
+            "FetchReply",
+            FetchReply::Ok(FetchResponse::ServerInfo {
+                version: "0.1.0".into(),
+                node: "n1".into(),
+                protocols: vec![1],
+                max_frame_bytes: 262_144,
+            }),
+            json!({"type": "Ok", "response": {"type": "ServerInfo", "version": "0.1.0", "node": "n1", "protocols": [1], "max_frame_bytes": 262144}}),
+        ),
+        v(
+            "fetch_err",
+            "FetchReply",
+            FetchReply::Err(ErrorBody::new(ErrorCode::NOT_FOUND, "")),
+            json!({"type": "Err", "error": {"code": 4, "message": "", "retry_after_ms": null}}),
+        ),
+    ]
+}
+
+fn datagrams() -> Vec<(&'static str, Vec<u8>, Value)> {
+    let up = Uplink {
+        flags: FLAG_TALKSPURT_START,
+        level: AudioLevel::new(30, true),
+        seq: 65_535,
+        timestamp: 960,
+    };
+    let mut up_bytes = Vec::new();
+    up.write(&[0xf8, 0xff, 0xfe], &mut up_bytes);
+    let down = Downlink {
+        flags: FLAG_DTX,
+        level: AudioLevel::new(127, false),
+        slot: 3,
+        seq: 1,
+        timestamp: 4_294_967_295,
+    };
+    let mut down_bytes = down.to_bytes().to_vec();
+    down_bytes.extend_from_slice(&[0xaa]);
+    vec![
+        (
+            "uplink_talkspurt",
+            up_bytes,
+            json!({"flags": 1, "level": 30, "voice": true, "seq": 65535, "timestamp": 960, "payload": "f8fffe"}),
+        ),
+        (
+            "downlink_dtx",
+            down_bytes,
+            json!({"flags": 2, "level": 127, "voice": false, "slot": 3, "seq": 1, "timestamp": 4294967295u64, "payload": "aa"}),
+        ),
+    ]
+}
+
+fn render() -> Value {
+    let msgs: Vec<Value> = vectors()
+        .into_iter()
+        .map(|vec| {
+            let mut framed = Vec::new();
+            quaver_proto::varint::write(vec.payload.len() as u64, &mut framed);
+            framed.extend_from_slice(&vec.payload);
+            json!({"name": vec.name, "type": vec.ty, "value": vec.value,
+                   "payload": hex::encode(&vec.payload), "frame": hex::encode(&framed)})
+        })
+        .collect();
+    let dgrams: Vec<Value> = datagrams()
+        .into_iter()
+        .map(|(name, bytes, value)| json!({"name": name, "value": value, "hex": hex::encode(bytes)}))
+        .collect();
+    json!({"protocol_version": PROTOCOL_VERSION, "messages": msgs, "datagrams": dgrams})
+}
+
+const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/messages.json");
+
+#[test]
+fn golden_vectors_match() {
+    let expected = render();
+    if std::env::var_os("QUAVER_BLESS").is_some() {
+        let text = serde_json::to_string_pretty(&expected).unwrap() + "\n";
+        std::fs::write(PATH, text).unwrap();
+    }
+    let text = std::fs::read_to_string(PATH).expect("vectors/messages.json (run with QUAVER_BLESS=1)");
+    let on_disk: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(on_disk, expected, "vectors/messages.json differs from the encoder; re-bless only for a deliberate protocol change");
+}
+
+#[test]
+fn golden_vectors_decode_to_their_values() {
+    for vec in vectors() {
+        assert!((vec.decodes)(&vec.payload), "{} does not decode back", vec.name);
+        // Every strict prefix must fail to decode (no message is a prefix of another form).
+        for cut in 0..vec.payload.len() {
+            assert!(!(vec.decodes)(&vec.payload[..cut]), "{} decodes from a prefix of {cut} bytes", vec.name);
+        }
+    }
+    for (name, bytes, value) in datagrams() {
+        if name.starts_with("uplink") {
+            let (h, p) = Uplink::parse(&bytes).unwrap();
+            assert_eq!(u64::from(h.seq), value["seq"].as_u64().unwrap());
+            assert_eq!(hex::encode(p), value["payload"].as_str().unwrap());
+        } else {
+            let (h, p) = Downlink::parse(&bytes).unwrap();
+            assert_eq!(u64::from(h.slot), value["slot"].as_u64().unwrap());
+            assert_eq!(hex::encode(p), value["payload"].as_str().unwrap());
+        }
+    }
+}
