@@ -1,1 +1,165 @@
-//! x
+//! Quaver: a real-time chat, presence, typing, notification and voice server over QUIC.
+//!
+//! Map of the crate (one folder per concern):
+//! - [`config`]: the one configuration tree (defaults ← TOML ← env ← flags).
+//! - [`transport`]: the QUIC endpoint, ALPN routing to WebTransport or raw QUIC, admission
+//!   control, and TLS certificates (`transport::tls`).
+//! - [`auth`]: JWT verification, each failure mapped to a close code.
+//! - [`gateway`]: session lifecycle, control stream, lanes, fetch streams, dispatch.
+//! - [`http`]: the side port: health, readiness, metrics, certificate hash, web client.
+//! - [`metrics`]: counters rendered for Prometheus.
+//! - [`shutdown`]: shutdown as a value passed to every part.
+//!
+//! [`Server::start`] wires them together; `main.rs` is only the command line.
+
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+
+/// State shared by every part of a running server.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The resolved configuration.
+    pub cfg: Config,
+    /// Token verification.
+    pub verifier: auth::Verifier,
+    /// The TLS certificate in service.
+    pub certs: Arc<transport::tls::CertStore>,
+    /// Counters.
+    pub metrics: metrics::Metrics,
+    /// Fires when shutdown starts.
+    pub shutdown: shutdown::Signal,
+    /// QUIC handshakes accepted and not yet finished (drives address validation).
+    pub handshakes_in_flight: AtomicUsize,
+    /// Live sessions.
+    pub sessions: gateway::Sessions,
+    /// Session tasks running (including ones still authenticating).
+    tasks: AtomicUsize,
+    /// Notified when `tasks` drops to zero.
+    idle: Notify,
+    /// The UDP port actually bound (for `/cert-hash`).
+    pub quic_port: u16,
+}
+
+impl Ctx {
+    fn session_started(&self) {
+        self.tasks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn session_ended(&self) {
+        if self.tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_no_sessions(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.tasks.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Shared state (metrics, sessions, verifier).
+    pub ctx: Arc<Ctx>,
+    /// The bound QUIC/WebTransport address.
+    pub quic_addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    trigger: shutdown::Trigger,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both ports and starts serving.
+    pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        cfg.validate()?;
+        let verifier = auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
+        let certs = transport::tls::CertStore::from_config(&cfg.tls)?;
+        let endpoint = transport::endpoint(&cfg, certs.clone())?;
+        let quic_addr = endpoint.local_addr()?;
+        let http = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;
+        let http_addr = http.local_addr()?;
+        let (trigger, signal) = shutdown::channel();
+        let ctx = Arc::new(Ctx {
+            cfg,
+            verifier,
+            certs: certs.clone(),
+            metrics: metrics::Metrics::default(),
+            shutdown: signal.clone(),
+            handshakes_in_flight: AtomicUsize::new(0),
+            sessions: gateway::Sessions::default(),
+            tasks: AtomicUsize::new(0),
+            idle: Notify::new(),
+            quic_port: quic_addr.port(),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
+        tasks.push(tokio::spawn(certs.renew_loop(signal.clone())));
+        let router = http::router(ctx.clone());
+        let mut http_stop = signal.clone();
+        tasks.push(tokio::spawn(async move {
+            // The HTTP port stays up through the drain (so /ready can say 503) and stops
+            // with the process.
+            let serve = axum::serve(http, router);
+            tokio::select! {
+                r = serve => if let Err(e) = r { tracing::error!(error = %e, "HTTP server failed") },
+                _ = async { http_stop.wait().await; std::future::pending::<()>().await } => {}
+            }
+        }));
+        Ok(Server {
+            ctx,
+            quic_addr,
+            http_addr,
+            trigger,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// The SHA-256 of the certificate in service (for `serverCertificateHashes`).
+    pub fn cert_hash(&self) -> [u8; 32] {
+        self.ctx.certs.info().sha256
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.trigger.fire();
+    }
+
+    /// Graceful shutdown: stop accepting, `Goaway` to every session, wait for them to leave
+    /// (at most the drain timeout, after which each session closes itself with
+    /// `going_away`), close the endpoint, wait until the network is idle.
+    pub async fn shutdown(self) {
+        self.trigger.fire();
+        let drain = self.ctx.cfg.session.drain_timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(drain, self.ctx.wait_no_sessions()).await;
+        self.endpoint.close(quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,1 +1,77 @@
-fn main(){}
+//! The `quaver` command line: `serve`, `token`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use quaver::config::{ConfigArgs, parse_duration};
+
+#[derive(Parser)]
+#[command(name = "quaver", version, about = "Real-time chat, presence and voice over QUIC and WebTransport")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default). With no settings: dev certificate, dev JWT secret.
+    Serve(ConfigArgs),
+    /// Mint a token signed with the configured HS256 secret (development and tests).
+    Token {
+        /// User id (a positive integer).
+        #[arg(long)]
+        user: u64,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG").unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
+        Command::Token { user, name, ttl, config } => {
+            let cfg = config.resolve()?;
+            let v = quaver::auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
+            println!("{}", v.mint(user, name.as_deref(), ttl)?);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let cfg = args.resolve()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(serve(cfg))
+        }
+    }
+}
+
+async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
+    let server = quaver::Server::start(cfg).await?;
+    let info = server.ctx.certs.info();
+    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
+    tracing::info!(
+        sha256 = %hex::encode(info.sha256),
+        dev = info.dev,
+        "certificate in service (browsers: serverCertificateHashes, or GET http://{}/cert-hash)",
+        server.http_addr
+    );
+    quaver::shutdown::os_signal().await;
+    tracing::info!("shutting down: Goaway sent to every session, draining");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

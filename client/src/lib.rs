@@ -1,1 +1,463 @@
-//! placeholder
+//! The native Quaver client: connects over raw QUIC (`quaver/1`) or WebTransport, verifies
+//! the server by pinned certificate hash or by CA roots, says `Hello`, and gives the caller
+//! the `Ready`, lanes (requests with ids; events in order) and fetch streams.
+//!
+//! Reconnect and resume are built on this (see the resume issue); this layer is one session.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
+use quaver_proto::session::{RecvStream, SendStream, Session};
+pub use quaver_proto::session::Transport;
+use quaver_proto::*;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Where a WebTransport client puts its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPlacement {
+    /// In `Hello.token` (the only choice on raw QUIC).
+    Hello,
+    /// In the URL, `?token=` (what browsers must do).
+    Query,
+    /// In an `Authorization: Bearer` header on the CONNECT request.
+    Header,
+}
+
+/// How the server's certificate is trusted.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Accept exactly these SHA-256 certificate hashes (dev certificates; `/cert-hash`).
+    Hashes(Vec<[u8; 32]>),
+    /// Accept certificates chaining to the CAs in this PEM file (e.g.
+    /// `/etc/ssl/certs/ca-certificates.crt` for public CAs).
+    CaFile(PathBuf),
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server UDP address.
+    pub addr: SocketAddr,
+    /// Name to verify in the certificate (and `:authority` for WebTransport).
+    pub server_name: String,
+    /// Transport to use.
+    pub transport: Transport,
+    /// How to trust the server.
+    pub trust: Trust,
+    /// The JWT, if any.
+    pub token: Option<String>,
+    /// Where to put the token (WebTransport only; raw QUIC always uses `Hello`).
+    pub token_placement: TokenPlacement,
+    /// Device kind announced in `Hello`.
+    pub device: DeviceKind,
+    /// `Origin` header for WebTransport (browsers always send one; native clients need not).
+    pub origin: Option<String>,
+    /// WebTransport path (normally [`WEBTRANSPORT_PATH`]).
+    pub path: String,
+    /// Largest frame accepted from the server.
+    pub max_frame: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a server at `addr` trusted by certificate hash.
+    pub fn new(addr: SocketAddr, transport: Transport, trust: Trust) -> Self {
+        Self {
+            addr,
+            server_name: "localhost".into(),
+            transport,
+            trust,
+            token: None,
+            token_placement: TokenPlacement::Hello,
+            device: DeviceKind::Desktop,
+            origin: None,
+            path: WEBTRANSPORT_PATH.into(),
+            max_frame: DEFAULT_MAX_FRAME,
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a connection or request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server closed the session with a close code (during or after `Hello`).
+    #[error("closed by server: {code} {reason}")]
+    Closed {
+        /// Close code.
+        code: CloseCode,
+        /// Reason text.
+        reason: String,
+    },
+    /// The WebTransport request was refused with an HTTP status (403 wrong Origin, 404 path).
+    #[error("WebTransport request rejected: {0}")]
+    Rejected(String),
+    /// Transport-level failure.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// TLS set-up failed.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+impl Error {
+    /// The close code, when the server closed with one.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            Error::Closed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Pins certificates by SHA-256 but still checks the handshake signature.
+#[derive(Debug)]
+struct PinnedHashes {
+    hashes: Vec<[u8; 32]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedHashes {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let d = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        if self.hashes.iter().any(|h| h[..] == *d.as_ref()) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// rustls client configuration for `trust` and one ALPN.
+pub fn tls_config(trust: &Trust, alpn: &[u8]) -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut cfg = match trust {
+        Trust::Hashes(hashes) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedHashes {
+                hashes: hashes.clone(),
+                provider,
+            }))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            let pem = std::fs::read(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| Error::Tls(e.to_string()))?;
+                roots.add(cert).map_err(|e| Error::Tls(e.to_string()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
+fn read_err(session: &Session, e: ReadError) -> Error {
+    if let Some((code, reason)) = session.close_reason() {
+        return Error::Closed {
+            code: CloseCode(code),
+            reason,
+        };
+    }
+    match e {
+        ReadError::Io(e) => Error::Transport(e.to_string()),
+        other => Error::Protocol(other.to_string()),
+    }
+}
+
+/// Opens a session: connects, sends `Hello`, and waits for `Ready`.
+pub async fn connect(cfg: &Config) -> Result<Client, Error> {
+    let bind: SocketAddr = if cfg.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+    let (session, endpoint) = match cfg.transport {
+        Transport::Quic => {
+            let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+            let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(cfg.keep_alive));
+            transport.max_idle_timeout(Some(cfg.idle_timeout.try_into().map_err(|_| Error::Tls("idle timeout".into()))?));
+            qc.transport_config(Arc::new(transport));
+            let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Transport(e.to_string()))?;
+            endpoint.set_default_client_config(qc);
+            let conn = endpoint
+                .connect(cfg.addr, &cfg.server_name)
+                .map_err(|e| Error::Transport(e.to_string()))?
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            (Session::Quic(conn), Some(endpoint))
+        }
+        Transport::WebTransport => {
+            let tls = tls_config(&cfg.trust, ALPN_H3)?;
+            let wcfg = wtransport::ClientConfig::builder()
+                .with_bind_address(bind)
+                .with_custom_tls(tls)
+                .keep_alive_interval(Some(cfg.keep_alive))
+                .max_idle_timeout(Some(cfg.idle_timeout))
+                .map_err(|e| Error::Tls(e.to_string()))?
+                .build();
+            let endpoint = wtransport::Endpoint::client(wcfg).map_err(|e| Error::Transport(e.to_string()))?;
+            let mut url = format!("https://{}:{}{}", cfg.server_name, cfg.addr.port(), cfg.path);
+            if cfg.token_placement == TokenPlacement::Query
+                && let Some(t) = &cfg.token
+            {
+                url.push_str(if url.contains('?') { "&token=" } else { "?token=" });
+                url.push_str(t);
+            }
+            let mut opts = wtransport::endpoint::ConnectOptions::builder(url);
+            if cfg.token_placement == TokenPlacement::Header
+                && let Some(t) = &cfg.token
+            {
+                opts = opts.add_header("authorization", format!("Bearer {t}"));
+            }
+            if let Some(o) = &cfg.origin {
+                opts = opts.add_header("origin", o.clone());
+            }
+            // Resolve via the address we were given, not DNS.
+            let conn = endpoint
+                .connect(opts.build())
+                .await
+                .map_err(|e| match e {
+                    wtransport::error::ConnectingError::SessionRejected => Error::Rejected("session rejected".into()),
+                    other => Error::Transport(other.to_string()),
+                })?;
+            (Session::WebTransport(conn), None)
+        }
+    };
+    let (mut ctl_tx, ctl_rx) = session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+    let mut control = FramedRead::new(ctl_rx, cfg.max_frame);
+    let token = match (cfg.transport, cfg.token_placement) {
+        (Transport::Quic, _) | (_, TokenPlacement::Hello) => cfg.token.clone(),
+        _ => None,
+    };
+    let hello = ClientControl::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        token,
+        device: cfg.device,
+        resume: None,
+        compression: Compression::None,
+    });
+    write_msg(&mut ctl_tx, &hello).await.map_err(|e| Error::Transport(e.to_string()))?;
+    let ready = match control.next::<ServerControl>().await {
+        Ok(Some(ServerControl::Ready(r))) => r,
+        Ok(Some(ServerControl::Closing(c))) => {
+            return Err(Error::Closed {
+                code: CloseCode(c.code),
+                reason: c.reason,
+            });
+        }
+        Ok(Some(other)) => return Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
+        Ok(None) => return Err(read_err(&session, ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))),
+        Err(e) => return Err(read_err(&session, e)),
+    };
+    Ok(Client {
+        session,
+        _endpoint: endpoint,
+        ctl_tx,
+        control,
+        ready,
+        max_frame: cfg.max_frame,
+    })
+}
+
+/// An open session.
+#[derive(Debug)]
+pub struct Client {
+    session: Session,
+    /// Keeps a raw-QUIC endpoint alive as long as the client.
+    _endpoint: Option<quinn::Endpoint>,
+    ctl_tx: SendStream,
+    control: FramedRead<RecvStream>,
+    /// What the server said in `Ready`.
+    pub ready: Ready,
+    max_frame: usize,
+}
+
+impl Client {
+    /// The underlying session (datagrams, close, stats).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Sends a control frame.
+    pub async fn send_control(&mut self, msg: &ClientControl) -> Result<(), Error> {
+        write_msg(&mut self.ctl_tx, msg).await.map(|_| ()).map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// The next control frame from the server; `Err(Closed)` once the server closed.
+    pub async fn next_control(&mut self) -> Result<ServerControl, Error> {
+        match self.control.next::<ServerControl>().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => {
+                self.session.closed().await;
+                Err(read_err(&self.session, ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())))
+            }
+            Err(e) => {
+                self.session.closed().await;
+                Err(read_err(&self.session, e))
+            }
+        }
+    }
+
+    /// Sends a heartbeat and waits for its ack (other control frames in between are returned
+    /// in the second element).
+    pub async fn heartbeat(&mut self, nonce: u32, lanes: Vec<LaneSeq>) -> Result<(Heartbeat, Vec<ServerControl>), Error> {
+        self.send_control(&ClientControl::Heartbeat(Heartbeat { nonce, lanes })).await?;
+        let mut other = Vec::new();
+        loop {
+            match self.next_control().await? {
+                ServerControl::HeartbeatAck(hb) if hb.nonce == nonce => return Ok((hb, other)),
+                m => other.push(m),
+            }
+        }
+    }
+
+    /// Opens a lane.
+    pub async fn open_lane(&self, lane: Lane) -> Result<LaneStream, Error> {
+        let (mut send, recv) = self.session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+        write_msg(&mut send, &StreamOpen::Lane(lane)).await.map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(LaneStream {
+            lane,
+            send,
+            recv: FramedRead::new(recv, self.max_frame),
+            next_id: 1,
+            pending: VecDeque::new(),
+            session: self.session.clone(),
+        })
+    }
+
+    /// Runs a one-shot fetch on its own stream.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchReply, Error> {
+        let (mut send, recv) = self.session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+        write_msg(&mut send, &StreamOpen::Fetch(req)).await.map_err(|e| Error::Transport(e.to_string()))?;
+        send.finish();
+        let mut recv = FramedRead::new(recv, self.max_frame);
+        match recv.next::<FetchReply>().await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Error::Protocol("fetch stream ended without a reply".into())),
+            Err(e) => Err(read_err(&self.session, e)),
+        }
+    }
+
+    /// Closes the session normally.
+    pub fn close(&self) {
+        self.session.close(CloseCode::NORMAL.0, "bye");
+    }
+
+    /// Waits for the connection to be closed and returns the server's code, if it sent one.
+    pub async fn closed(&self) -> Option<(CloseCode, String)> {
+        self.session.closed().await;
+        self.session.close_reason().map(|(c, r)| (CloseCode(c), r))
+    }
+}
+
+/// One open lane.
+#[derive(Debug)]
+pub struct LaneStream {
+    /// Which lane.
+    pub lane: Lane,
+    send: SendStream,
+    recv: FramedRead<RecvStream>,
+    next_id: u32,
+    /// Frames received while waiting for a specific reply.
+    pending: VecDeque<ServerLane>,
+    session: Session,
+}
+
+impl LaneStream {
+    /// Sends a request without waiting; returns its id.
+    pub async fn send(&mut self, body: RequestBody) -> Result<u32, Error> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        write_msg(&mut self.send, &Request { id, body }).await.map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Sends raw bytes on the lane (tests of the server's input handling).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.send, bytes).await.map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// Sends a request and waits for its `Ack` (`Ok`) or `Error` (`Err(ErrorBody)`);
+    /// events that arrive meanwhile stay queued for [`LaneStream::next`].
+    pub async fn request(&mut self, body: RequestBody) -> Result<Result<ResponseBody, ErrorBody>, Error> {
+        let id = self.send(body).await?;
+        let mut held = VecDeque::new();
+        let result = loop {
+            match self.read().await? {
+                ServerLane::Ack { id: got, body } if got == id => break Ok(body),
+                ServerLane::Error { id: got, error } if got == id => break Err(error),
+                other => held.push_back(other),
+            }
+        };
+        held.append(&mut self.pending);
+        self.pending = held;
+        Ok(result)
+    }
+
+    async fn read(&mut self) -> Result<ServerLane, Error> {
+        match self.recv.next::<ServerLane>().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(Error::Protocol("lane closed by server".into())),
+            Err(e) => {
+                if matches!(e, ReadError::Io(_)) {
+                    self.session.closed().await;
+                }
+                Err(read_err(&self.session, e))
+            }
+        }
+    }
+
+    /// The next frame from the server on this lane (events, and replies not yet claimed).
+    pub async fn next(&mut self) -> Result<ServerLane, Error> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(m);
+        }
+        self.read().await
+    }
+}

@@ -47,6 +47,8 @@ close_codes! {
     SESSION_REPLACED = 1005, "session_replaced";
     /// The token expired during the session and no refresh came: reconnect with a new token.
     TOKEN_REFRESH_MISSED = 1006, "token_refresh_missed";
+    /// The client read too slowly and its outgoing queue overflowed; reconnect and resume.
+    SLOW_CONSUMER = 1007, "slow_consumer";
     /// A frame or message broke the protocol (garbage, unknown message, wrong stream use).
     PROTOCOL_ERROR = 4000, "protocol_error";
     /// A frame exceeded the negotiated size limit.
@@ -55,6 +57,9 @@ close_codes! {
     UNSUPPORTED_VERSION = 4002, "unsupported_version";
     /// No `Hello` arrived within the handshake timeout.
     HELLO_TIMEOUT = 4003, "hello_timeout";
+    /// A WebTransport request came from an Origin not in `ALLOWED_ORIGINS` (refused with
+    /// HTTP 403 before the session exists; the code names the reason in metrics).
+    ORIGIN_NOT_ALLOWED = 4004, "origin_not_allowed";
     /// No token was presented by any of the three sources.
     TOKEN_MISSING = 4010, "token_missing";
     /// The token is not a well-formed JWT.

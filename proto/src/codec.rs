@@ -58,6 +58,17 @@ pub fn encode_payload<T: bincode::Encode>(msg: &T) -> Vec<u8> {
     bincode::encode_to_vec(msg, WIRE).unwrap_or_default()
 }
 
+/// Appends a `ServerLane::Event { seq, body }` frame whose body was encoded once with
+/// [`encode_payload`]: fan-out encodes an event once and only the seq differs per receiver.
+pub fn encode_event_frame(seq: u64, body: &[u8], out: &mut Vec<u8>) {
+    // Variant index of `ServerLane::Event`, then the seq, then the body's own encoding:
+    // exactly what encoding the whole enum would produce (a test below checks it).
+    let head = encode_payload(&(2u32, seq));
+    varint::write((head.len() + body.len()) as u64, out);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+}
+
 /// Decodes one message that must span all of `payload`.
 pub fn decode<T: bincode::Decode<()>>(payload: &[u8]) -> Result<T, DecodeError> {
     let (msg, used) = bincode::decode_from_slice::<T, _>(payload, WIRE)
@@ -238,6 +249,19 @@ mod tests {
             r.finish().unwrap();
             assert_eq!(got.len(), 50);
             assert_eq!(got[49], (49, "x".repeat(343)));
+        }
+    }
+
+    #[test]
+    fn event_frames_from_preencoded_bodies_match_whole_encoding() {
+        use crate::msg::{EventBody, ServerLane};
+        for seq in [1u64, 250, 70_000, u64::MAX] {
+            let body = EventBody::Notice { text: "hi".into() };
+            let mut whole = Vec::new();
+            encode_frame(&ServerLane::Event { seq, body: body.clone() }, &mut whole);
+            let mut fast = Vec::new();
+            encode_event_frame(seq, &encode_payload(&body), &mut fast);
+            assert_eq!(whole, fast);
         }
     }
 

@@ -1,0 +1,400 @@
+//! One configuration tree: defaults (documented here, each with its reason), overridden by
+//! an optional TOML file, overridden by environment variables, overridden by flags.
+//! clap reads flags and env together (flag wins); the TOML file fills what neither gave.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Parses a duration: `250ms`, `30s`, `5m`, `2h`, `10d`, or a bare number of milliseconds
+/// (the old Socket.IO settings `SOCKET_PING_INTERVAL`/`SOCKET_PING_TIMEOUT` were in ms).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+mod serde_duration {
+    use super::*;
+    pub(super) fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Server configuration (the resolved tree).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint, shared by WebTransport and raw QUIC.
+    /// Default `0.0.0.0:4433`: 443 needs privileges; 4433 is the customary dev QUIC port.
+    pub listen: SocketAddr,
+    /// TCP address of the HTTP side port (health, metrics, cert hash, web client).
+    /// Default `127.0.0.1:8080`: operational endpoints stay off the public interface.
+    pub http_listen: SocketAddr,
+    /// Name of this node in logs, `Ready` and metrics. Default: `quaver-<pid>`.
+    pub node_name: String,
+    /// Directory for runtime state (the dev JWT secret; later the SQLite database).
+    pub data_dir: PathBuf,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Session and transport limits.
+    pub session: SessionConfig,
+}
+
+/// TLS: a real certificate, or a generated short-lived development one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. With `key`, disables the dev certificate.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Where the dev certificate is written. Default `certs` (git-ignored).
+    pub cert_dir: PathBuf,
+    /// Validity of a dev certificate. Default 10 days: Chrome accepts
+    /// `serverCertificateHashes` only for certificates valid at most 14 days.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub dev_validity: Duration,
+    /// Renew the dev certificate this long before it expires. Default 2 days, so a
+    /// browser holding yesterday's hash still has a day's overlap.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub dev_renew_before: Duration,
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret (≥ 32 bytes). Without it and without `public_key`, a random dev
+    /// secret is generated into `data_dir/dev-jwt-secret` so `quaver token` and
+    /// `quaver serve` agree with no set-up.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256, ES256 or EdDSA tokens.
+    pub public_key: Option<PathBuf>,
+    /// Algorithm of `public_key`: `RS256`, `ES256` or `EdDSA`. Default `RS256`.
+    pub algorithm: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`. Default 30 s: enough for NTP-synced hosts
+    /// without stretching a token's life noticeably.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub leeway: Duration,
+    /// Send `RefreshNeeded` this long before the token expires. Default 60 s.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub refresh_warning: Duration,
+}
+
+/// Session and transport limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// QUIC keep-alive and application heartbeat interval. Default 10 s, as the old
+    /// system's `SOCKET_PING_INTERVAL`.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub ping_interval: Duration,
+    /// QUIC idle timeout and heartbeat timeout. Default 20 s (`SOCKET_PING_TIMEOUT`):
+    /// two missed heartbeats.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub ping_timeout: Duration,
+    /// Time allowed from connection to `Hello`. Default 5 s: a real client sends it at once;
+    /// a silent one is holding a slot.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub hello_timeout: Duration,
+    /// Largest frame accepted. Default 256 KiB: far above any chat message, small enough
+    /// that one session cannot make the server buffer much.
+    pub max_frame_bytes: usize,
+    /// Most concurrent sessions; past it, new ones are closed with `overloaded`.
+    /// Default 20,000 (the idle-session target is 10,000 per node with headroom).
+    pub max_connections: usize,
+    /// Require a stateless retry (address validation) once this many handshakes are in
+    /// progress. Default 64: validation costs a round trip, so only under load; 0 = always.
+    pub retry_above_handshakes: usize,
+    /// How long a graceful shutdown waits for sessions to leave after `Goaway`. Default 10 s.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub drain_timeout: Duration,
+    /// `Goaway.reconnect_after_ms` sent on shutdown. Default 1 s.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub reconnect_after: Duration,
+    /// Origins allowed to open WebTransport sessions (`ALLOWED_ORIGINS`, comma-separated).
+    /// Empty (the default) allows any origin, for development; set it in production.
+    /// Requests without an `Origin` header (native clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:4433".parse().expect("valid literal"),
+            http_listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            node_name: format!("quaver-{}", std::process::id()),
+            data_dir: PathBuf::from("data"),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            cert_dir: PathBuf::from("certs"),
+            dev_validity: Duration::from_secs(10 * 86_400),
+            dev_renew_before: Duration::from_secs(2 * 86_400),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            public_key: None,
+            algorithm: None,
+            audience: None,
+            issuer: None,
+            leeway: Duration::from_secs(30),
+            refresh_warning: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(20),
+            hello_timeout: Duration::from_secs(5),
+            max_frame_bytes: quaver_proto::DEFAULT_MAX_FRAME,
+            max_connections: 20_000,
+            retry_above_handshakes: 64,
+            drain_timeout: Duration::from_secs(10),
+            reconnect_after: Duration::from_secs(1),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Flags and environment variables; each overrides the TOML file when given.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "QUAVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// UDP address for QUIC and WebTransport [default: 0.0.0.0:4433].
+    #[arg(long, env = "QUAVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP side port [default: 127.0.0.1:8080].
+    #[arg(long, env = "QUAVER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Node name [default: quaver-<pid>].
+    #[arg(long, env = "QUAVER_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Runtime state directory [default: data].
+    #[arg(long, env = "QUAVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain (production TLS).
+    #[arg(long, env = "QUAVER_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, env = "QUAVER_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Dev certificate directory [default: certs].
+    #[arg(long, env = "QUAVER_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Dev certificate validity, ≤ 14d for Chrome [default: 10d].
+    #[arg(long, env = "QUAVER_DEV_CERT_VALIDITY", value_parser = parse_duration)]
+    pub dev_cert_validity: Option<Duration>,
+    /// Renew the dev certificate this long before expiry [default: 2d].
+    #[arg(long, env = "QUAVER_DEV_CERT_RENEW_BEFORE", value_parser = parse_duration)]
+    pub dev_cert_renew_before: Option<Duration>,
+    /// HS256 secret, at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256/EdDSA tokens.
+    #[arg(long, env = "QUAVER_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of --jwt-public-key: RS256, ES256 or EdDSA [default: RS256].
+    #[arg(long, env = "QUAVER_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+    /// Required token audience.
+    #[arg(long, env = "QUAVER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required token issuer.
+    #[arg(long, env = "QUAVER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on exp/nbf [default: 30s].
+    #[arg(long, env = "QUAVER_JWT_LEEWAY", value_parser = parse_duration)]
+    pub jwt_leeway: Option<Duration>,
+    /// Keep-alive and heartbeat interval [default: 10s; bare numbers are ms].
+    #[arg(long, env = "SOCKET_PING_INTERVAL", value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Idle and heartbeat timeout [default: 20s; bare numbers are ms].
+    #[arg(long, env = "SOCKET_PING_TIMEOUT", value_parser = parse_duration)]
+    pub ping_timeout: Option<Duration>,
+    /// Time allowed to send Hello [default: 5s].
+    #[arg(long, env = "QUAVER_HELLO_TIMEOUT", value_parser = parse_duration)]
+    pub hello_timeout: Option<Duration>,
+    /// Largest frame in bytes [default: 262144].
+    #[arg(long, env = "QUAVER_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most concurrent sessions [default: 20000].
+    #[arg(long, env = "QUAVER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
+    #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
+    pub retry_above_handshakes: Option<usize>,
+    /// Drain deadline on shutdown [default: 10s].
+    #[arg(long, env = "QUAVER_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Allowed WebTransport origins, comma-separated [default: any].
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl ConfigArgs {
+    /// Resolves the configuration: defaults ← TOML file ← env ← flags.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident => $($target:ident).+),* $(,)?) => {
+                $(if let Some(v) = &self.$field { c.$($target).+ = v.clone().into(); })*
+            };
+        }
+        set! {
+            listen => listen, http_listen => http_listen, node_name => node_name,
+            data_dir => data_dir, cert_dir => tls.cert_dir,
+            dev_cert_validity => tls.dev_validity, dev_cert_renew_before => tls.dev_renew_before,
+            jwt_leeway => auth.leeway,
+            ping_interval => session.ping_interval, ping_timeout => session.ping_timeout,
+            hello_timeout => session.hello_timeout, max_frame_bytes => session.max_frame_bytes,
+            max_connections => session.max_connections,
+            retry_above_handshakes => session.retry_above_handshakes,
+            drain_timeout => session.drain_timeout,
+        }
+        macro_rules! set_opt {
+            ($($field:ident => $($target:ident).+),* $(,)?) => {
+                $(if let Some(v) = &self.$field { c.$($target).+ = Some(v.clone()); })*
+            };
+        }
+        set_opt! {
+            cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
+            jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
+            jwt_audience => auth.audience, jwt_issuer => auth.issuer,
+        }
+        if let Some(o) = &self.allowed_origins {
+            c.session.allowed_origins = o.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl Config {
+    /// Rejects settings that cannot work, saying why.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.session;
+        anyhow::ensure!(s.ping_interval > Duration::ZERO, "ping interval must be positive");
+        anyhow::ensure!(
+            s.ping_timeout > s.ping_interval,
+            "ping timeout ({:?}) must exceed the ping interval ({:?}), or every idle session times out",
+            s.ping_timeout,
+            s.ping_interval
+        );
+        anyhow::ensure!(
+            (64..=quaver_proto::HARD_MAX_FRAME).contains(&s.max_frame_bytes),
+            "max frame bytes must be between 64 and {}",
+            quaver_proto::HARD_MAX_FRAME
+        );
+        anyhow::ensure!(s.max_connections > 0, "max connections must be positive");
+        let t = &self.tls;
+        anyhow::ensure!(
+            t.dev_validity <= Duration::from_secs(14 * 86_400),
+            "dev certificate validity must be at most 14 days (Chrome's limit for serverCertificateHashes)"
+        );
+        anyhow::ensure!(
+            t.dev_renew_before < t.dev_validity,
+            "dev certificate renewal lead must be shorter than its validity"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_bare_milliseconds() {
+        assert_eq!(parse_duration("10000").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("10d").unwrap(), Duration::from_secs(864_000));
+        assert!(parse_duration("10y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn toml_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("quaver-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:5000\"\n[session]\nping_interval = \"5s\"\nping_timeout = \"15s\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            ping_timeout: Some(Duration::from_secs(30)),
+            allowed_origins: Some(vec!["https://a.example".into(), " ".into()]),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.session.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.session.ping_timeout, Duration::from_secs(30));
+        assert_eq!(c.session.allowed_origins, vec!["https://a.example".to_string()]);
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        let mut c = Config::default();
+        c.session.ping_timeout = c.session.ping_interval;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls.dev_validity = Duration::from_secs(15 * 86_400);
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! One session from its first stream to its close.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
+use quaver_proto::session::{RecvStream, SendStream, Session};
+use quaver_proto::{
+    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FrameError, Goaway, Heartbeat, Lane,
+    Limits, Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
+};
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+
+use super::timers::{TimerAction, Timers};
+use super::{Cmd, LANE_QUEUE, LaneOut, SessionHandle, dispatch};
+use crate::Ctx;
+use crate::auth::{AuthError, Identity};
+use crate::metrics::{CONTROL, FETCH};
+
+/// How long the server waits for a `Closing` frame to reach the client before closing.
+const CLOSING_FLUSH: Duration = Duration::from_millis(500);
+/// Lane writers coalesce queued frames into one write up to this many bytes.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+fn read_error_code(e: &ReadError) -> CloseCode {
+    match e {
+        ReadError::Frame(FrameError::TooLarge { .. }) => CloseCode::FRAME_TOO_LARGE,
+        _ => CloseCode::PROTOCOL_ERROR,
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Converts a wall-clock expiry to the monotonic clock the timers use.
+fn deadline_of(expires: SystemTime, leeway: Duration) -> Instant {
+    let left = expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    Instant::now() + left + leeway
+}
+
+fn random_session_id() -> SessionId {
+    let mut b = [0u8; 16];
+    // SystemRandom fails only without an OS RNG, where TLS could not work either.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    SessionId(b)
+}
+
+/// Sends `Closing` on the control stream (if there is one), waits briefly for it to be
+/// delivered, then closes the connection with `code`.
+async fn close_with(ctx: &Ctx, session: &Session, control: Option<&mut SendStream>, code: CloseCode, reason: &str) {
+    if let Some(ctl) = control {
+        let frame = ServerControl::Closing(Closing {
+            code: code.0,
+            reason: reason.to_string(),
+        });
+        if let Ok(n) = write_msg(ctl, &frame).await {
+            ctx.metrics.tx[CONTROL].add(n);
+            ctl.finish();
+            let _ = tokio::time::timeout(CLOSING_FLUSH, ctl.flushed()).await;
+        }
+    }
+    ctx.metrics.closed_with(code);
+    session.close(code.0, reason);
+}
+
+/// Refuses a session during its handshake.
+async fn refuse(ctx: &Ctx, session: &Session, ctl: &mut SendStream, code: CloseCode, reason: impl AsRef<str>) {
+    ctx.metrics.handshake_failed(code);
+    close_with(ctx, session, Some(ctl), code, reason.as_ref()).await;
+}
+
+/// Runs a session. `pre_token` is a token from the WebTransport request (URL or header).
+pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
+    let tr = session.transport();
+    let hello_deadline = tokio::time::Instant::now() + ctx.cfg.session.hello_timeout;
+
+    // 1. The control stream and its Hello.
+    let (mut ctl_tx, ctl_rx) = match timeout_at(hello_deadline, session.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => {
+            ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
+            close_with(&ctx, &session, None, CloseCode::HELLO_TIMEOUT, "no Hello").await;
+            return;
+        }
+    };
+    let mut ctl_rx = FramedRead::new(ctl_rx, ctx.cfg.session.max_frame_bytes);
+    let hello = match timeout_at(hello_deadline, ctl_rx.next::<ClientControl>()).await {
+        Ok(Ok(Some(ClientControl::Hello(h)))) => h,
+        Ok(Ok(Some(_))) => {
+            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::PROTOCOL_ERROR, "first control frame must be Hello").await;
+        }
+        Ok(Ok(None)) => {
+            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::PROTOCOL_ERROR, "control stream ended before Hello").await;
+        }
+        Ok(Err(e)) => {
+            return refuse(&ctx, &session, &mut ctl_tx, read_error_code(&e), e.to_string()).await;
+        }
+        Err(_) => {
+            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::HELLO_TIMEOUT, "no Hello").await;
+        }
+    };
+    ctx.metrics.rx[CONTROL].add(ctl_rx.bytes as usize);
+    if hello.version != quaver_proto::PROTOCOL_VERSION {
+        return refuse(&ctx, &session, &mut ctl_tx, CloseCode::UNSUPPORTED_VERSION, format!("protocol version {} unsupported (server speaks {})", hello.version, quaver_proto::PROTOCOL_VERSION),).await;
+    }
+    // Hello.token wins over the URL/header token: it is the most deliberate of the three.
+    let identity = match hello.token.as_deref().or(pre_token.as_deref()) {
+        None => Err(AuthError::Missing),
+        Some(t) => ctx.verifier.verify(t),
+    };
+    let identity: Identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            return refuse(&ctx, &session, &mut ctl_tx, e.close_code(), e.to_string()).await;
+        }
+    };
+
+    // 2. Ready.
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
+    let handle = Arc::new(SessionHandle::new(random_session_id(), identity.user_id, session.clone(), cmd_tx));
+    let sc = &ctx.cfg.session;
+    let ready = ServerControl::Ready(Ready {
+        session_id: handle.id,
+        user: User {
+            id: identity.user_id,
+            name: identity.name.clone(),
+        },
+        heartbeat_interval_ms: sc.ping_interval.as_millis() as u32,
+        limits: Limits {
+            max_frame_bytes: sc.max_frame_bytes as u32,
+            max_datagram_bytes: session.max_datagram_size() as u32,
+            heartbeat_timeout_ms: sc.ping_timeout.as_millis() as u32,
+        },
+        compression: Compression::None,
+        token_expires_at_ms: unix_ms(identity.expires_at),
+        node: ctx.cfg.node_name.clone(),
+    });
+    match write_msg(&mut ctl_tx, &ready).await {
+        Ok(n) => ctx.metrics.tx[CONTROL].add(n),
+        Err(_) => return,
+    }
+    ctx.sessions.insert(handle.clone());
+    ctx.metrics.session_opened(tr);
+    tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), "session ready");
+
+    // 3. The session loop.
+    let leeway = ctx.cfg.auth.leeway;
+    let mut timers = Timers::new(
+        Instant::now(),
+        sc.ping_timeout,
+        deadline_of(identity.expires_at, leeway),
+        ctx.cfg.auth.refresh_warning,
+    );
+    let mut shutdown = ctx.shutdown.clone();
+    let mut draining = false;
+    let close: Option<(CloseCode, String)> = loop {
+        let deadline = tokio::time::Instant::from_std(timers.next_deadline());
+        tokio::select! {
+            frame = ctl_rx.next::<ClientControl>() => {
+                let before = ctl_rx.bytes;
+                match frame {
+                    Ok(Some(msg)) => {
+                        timers.heard(Instant::now());
+                        ctx.metrics.rx[CONTROL].add((ctl_rx.bytes - before) as usize);
+                        let reply = match msg {
+                            ClientControl::Hello(_) => break Some((CloseCode::PROTOCOL_ERROR, "second Hello".into())),
+                            ClientControl::Heartbeat(hb) => {
+                                handle.record_acks(&hb.lanes);
+                                ServerControl::HeartbeatAck(Heartbeat { nonce: hb.nonce, lanes: handle.sent_seqs() })
+                            }
+                            ClientControl::RefreshToken { token } => match ctx.verifier.verify(&token) {
+                                Ok(id) if id.user_id == identity.user_id => {
+                                    timers.token_refreshed(deadline_of(id.expires_at, leeway));
+                                    ServerControl::TokenRefreshed { expires_at_ms: unix_ms(id.expires_at) }
+                                }
+                                Ok(_) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, "token is for another user")),
+                                Err(e) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, e.to_string())),
+                            },
+                        };
+                        match write_msg(&mut ctl_tx, &reply).await {
+                            Ok(n) => ctx.metrics.tx[CONTROL].add(n),
+                            Err(_) => break None,
+                        }
+                    }
+                    // The client ended its control stream: it is leaving.
+                    Ok(None) => break Some((CloseCode::NORMAL, "control stream finished".into())),
+                    Err(ReadError::Io(_)) => break None,
+                    Err(e) => break Some((read_error_code(&e), e.to_string())),
+                }
+            }
+            stream = session.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    tokio::spawn(run_stream(ctx.clone(), handle.clone(), send, recv));
+                }
+                Err(_) => break None,
+            },
+            Some(Cmd::Close(code, reason)) = cmd_rx.recv() => break Some((code, reason)),
+            _ = tokio::time::sleep_until(deadline) => {
+                let mut close = None;
+                while let Some(action) = timers.poll(Instant::now()) {
+                    match action {
+                        TimerAction::Close(code) => { close = Some(code); break; }
+                        TimerAction::SendRefreshNeeded => {
+                            let msg = ServerControl::RefreshNeeded { expires_at_ms: unix_ms(identity.expires_at) };
+                            if let Ok(n) = write_msg(&mut ctl_tx, &msg).await { ctx.metrics.tx[CONTROL].add(n); }
+                        }
+                    }
+                }
+                if let Some(code) = close {
+                    break Some((code, code.name().to_string()));
+                }
+            }
+            _ = shutdown.wait(), if !draining => {
+                draining = true;
+                timers.drain(Instant::now() + ctx.cfg.session.drain_timeout);
+                let msg = ServerControl::Goaway(Goaway {
+                    reconnect_after_ms: ctx.cfg.session.reconnect_after.as_millis() as u32,
+                    reason: "server shutting down".into(),
+                });
+                if let Ok(n) = write_msg(&mut ctl_tx, &msg).await { ctx.metrics.tx[CONTROL].add(n); }
+            }
+            _ = session.closed() => break None,
+        }
+    };
+    ctx.sessions.remove(&handle.id);
+    ctx.metrics.session_closed(tr);
+    if let Some((code, reason)) = close {
+        close_with(&ctx, &session, Some(&mut ctl_tx), code, &reason).await;
+    }
+    ctx.session_ended();
+    tracing::debug!(session = %handle.id, "session ended");
+}
+
+/// A client-opened stream after the control stream: a lane or a fetch.
+async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, recv: RecvStream) {
+    let mut rx = FramedRead::new(recv, ctx.cfg.session.max_frame_bytes);
+    let open = match tokio::time::timeout(ctx.cfg.session.hello_timeout, rx.next::<StreamOpen>()).await {
+        Ok(Ok(Some(open))) => open,
+        // A stream opened and abandoned (or cancelled) costs nothing but itself.
+        Ok(Ok(None)) | Ok(Err(ReadError::Io(_))) | Err(_) => return,
+        Ok(Err(e)) => return h.close(read_error_code(&e), &e.to_string()),
+    };
+    match open {
+        StreamOpen::Fetch(req) => {
+            ctx.metrics.rx[FETCH].add(rx.bytes as usize);
+            let reply = dispatch::fetch(&ctx, &h, req).await;
+            // STOP_SENDING from the client just fails this write: the session is untouched.
+            if let Ok(n) = write_msg(&mut send, &reply).await {
+                ctx.metrics.tx[FETCH].add(n);
+            }
+            send.finish();
+        }
+        StreamOpen::Lane(lane) => run_lane(ctx, h, lane, send, rx).await,
+    }
+}
+
+async fn run_lane(ctx: Arc<Ctx>, h: Arc<SessionHandle>, lane: Lane, mut send: SendStream, mut rx: FramedRead<RecvStream>) {
+    let (tx, out) = mpsc::channel(LANE_QUEUE);
+    if h.lanes[lane.index()].set(tx.clone()).is_err() {
+        let err = ServerLane::Error {
+            id: 0,
+            error: ErrorBody::new(ErrorCode::LANE_ALREADY_OPEN, format!("{} lane already open", lane.name())),
+        };
+        let _ = write_msg(&mut send, &err).await;
+        send.finish();
+        return;
+    }
+    tokio::spawn(lane_writer(ctx.clone(), h.clone(), lane, send, out));
+    let mut last = rx.bytes;
+    loop {
+        let req = match rx.next::<Request>().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(ReadError::Io(_)) => return,
+            Err(e) => return h.close(read_error_code(&e), &e.to_string()),
+        };
+        ctx.metrics.rx[lane.index()].add((rx.bytes - last) as usize);
+        last = rx.bytes;
+        let reply = match dispatch::request(&ctx, &h, lane, req.body).await {
+            Ok(body) => ServerLane::Ack { id: req.id, body },
+            Err(error) => ServerLane::Error { id: req.id, error },
+        };
+        if tx.send(LaneOut::Reply(reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Owns a lane's send stream: numbers events, coalesces queued frames into few writes.
+async fn lane_writer(ctx: Arc<Ctx>, h: Arc<SessionHandle>, lane: Lane, mut send: SendStream, mut out: mpsc::Receiver<LaneOut>) {
+    let mut buf = Vec::with_capacity(4096);
+    let flow = &ctx.metrics.tx[lane.index()];
+    while let Some(first) = out.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            let start = buf.len();
+            match item {
+                LaneOut::Reply(msg) => quaver_proto::encode_frame(&msg, &mut buf),
+                LaneOut::Event(body) => {
+                    let seq = h.sent[lane.index()].fetch_add(1, Ordering::Relaxed) + 1;
+                    quaver_proto::codec::encode_event_frame(seq, &body, &mut buf);
+                }
+            }
+            flow.add(buf.len() - start);
+            if buf.len() >= COALESCE_BYTES {
+                break;
+            }
+            next = out.try_recv().ok();
+        }
+        if tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await.is_err() {
+            return;
+        }
+    }
+}

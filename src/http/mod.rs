@@ -1,0 +1,70 @@
+//! The HTTP side port: `/health` (the process answers), `/ready` (accepting sessions, not
+//! draining), `/metrics` (Prometheus text), `/cert-hash` (what a browser needs for
+//! `serverCertificateHashes`), and the browser client at `/` and `/quaver.js`.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::Ctx;
+
+/// The router, a value tests can drive without a socket.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/cert-hash", get(cert_hash))
+        .route("/", get(|| async { static_file("text/html; charset=utf-8", include_str!("../../web/index.html")) }))
+        .route(
+            "/quaver.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/quaver.js")) }),
+        )
+        .with_state(ctx)
+}
+
+fn static_file(ty: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
+    if ctx.shutdown.is_fired() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    let draining = if ctx.shutdown.is_fired() { 1.0 } else { 0.0 };
+    let handshakes = ctx.handshakes_in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let body = ctx.metrics.render(&[
+        ("quaver_draining", "1 while the node drains after a shutdown signal.", draining),
+        ("quaver_handshakes_in_flight", "Handshakes not yet finished.", handshakes),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn cert_hash(State(ctx): State<Arc<Ctx>>) -> Response {
+    let all = ctx.certs.all();
+    let current = &all[0];
+    let body = serde_json::json!({
+        "algorithm": "sha-256",
+        "hash": hex::encode(current.sha256),
+        "hashes": all.iter().map(|c| hex::encode(c.sha256)).collect::<Vec<_>>(),
+        "not_after": current.not_after.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        "dev": current.dev,
+        "url_path": quaver_proto::WEBTRANSPORT_PATH,
+        "port": ctx.quic_port,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        body.to_string(),
+    )
+        .into_response()
+}

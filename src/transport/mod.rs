@@ -1,0 +1,193 @@
+//! The QUIC endpoint: one UDP port, two protocols. At accept the negotiated ALPN decides:
+//! `h3` becomes a WebTransport session (through `wtransport` on the same quinn endpoint),
+//! `quaver/1` a raw QUIC session. Both are handed to the gateway as one `Session`.
+//!
+//! Admission control lives here: a stateless retry (address validation) once many
+//! handshakes are in flight, and a cap on concurrent sessions answered with `overloaded`.
+
+pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use quaver_proto::session::{Session, Transport};
+use quaver_proto::{ALPN_H3, ALPN_QUAVER, CloseCode, WEBTRANSPORT_PATH};
+
+use crate::Ctx;
+use crate::config::Config;
+
+/// Builds the QUIC endpoint bound to `cfg.listen`.
+pub fn endpoint(cfg: &Config, certs: Arc<tls::CertStore>) -> anyhow::Result<quinn::Endpoint> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    tls.alpn_protocols = vec![ALPN_H3.to_vec(), ALPN_QUAVER.to_vec()];
+    // No 0-RTT: a replayed Hello must not open a session.
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let s = &cfg.session;
+    transport.max_idle_timeout(Some(s.ping_timeout.try_into()?));
+    transport.keep_alive_interval(Some(s.ping_interval));
+    // Control + 5 lanes + a few concurrent fetches; more is a misbehaving client.
+    transport.max_concurrent_bidi_streams(32u32.into());
+    // HTTP/3 needs the client's control and QPACK streams; raw QUIC uses none.
+    transport.max_concurrent_uni_streams(8u32.into());
+    server.transport_config(Arc::new(transport));
+    // Migration stays on: a client moving networks keeps its session.
+    server.migration(true);
+    let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+    Ok(endpoint)
+}
+
+/// Accepts connections until shutdown, then stops accepting.
+pub async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.wait() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let in_flight = ctx.handshakes_in_flight.load(Ordering::Relaxed);
+        if in_flight >= ctx.cfg.session.retry_above_handshakes && !incoming.remote_address_validated() {
+            // Under load, make the client prove its address before we spend a handshake.
+            if incoming.may_retry() {
+                ctx.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                let _ = incoming.retry();
+                continue;
+            }
+        }
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        ctx.handshakes_in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(handle(ctx.clone(), connecting));
+    }
+}
+
+/// Handshake, ALPN routing, admission; then the gateway takes over.
+async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
+    let routed = tokio::time::timeout(ctx.cfg.session.hello_timeout, route(&ctx, connecting)).await;
+    ctx.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let (session, pre_token) = match routed {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(_) => {
+            ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
+            return;
+        }
+    };
+    if ctx.metrics.open_sessions() as usize >= ctx.cfg.session.max_connections {
+        ctx.metrics.handshake_failed(CloseCode::OVERLOADED);
+        ctx.metrics.closed_with(CloseCode::OVERLOADED);
+        session.close(CloseCode::OVERLOADED.0, "server full");
+        return;
+    }
+    ctx.session_started();
+    crate::gateway::session::run(ctx, session, pre_token).await;
+}
+
+fn alpn(hd: Box<dyn std::any::Any>) -> Option<Vec<u8>> {
+    hd.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+/// Completes the handshake and returns the session with any token from the request.
+async fn route(ctx: &Ctx, mut connecting: quinn::Connecting) -> Option<(Session, Option<String>)> {
+    let protocol = match connecting.handshake_data().await {
+        Ok(hd) => alpn(hd),
+        Err(_) => {
+            ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            return None;
+        }
+    };
+    match protocol.as_deref() {
+        Some(p) if p == ALPN_QUAVER => {
+            ctx.metrics.handshake(Transport::Quic);
+            match connecting.await {
+                Ok(c) => Some((Session::Quic(c), None)),
+                Err(_) => {
+                    ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+                    None
+                }
+            }
+        }
+        Some(p) if p == ALPN_H3 => {
+            ctx.metrics.handshake(Transport::WebTransport);
+            webtransport(ctx, connecting).await
+        }
+        _ => None,
+    }
+}
+
+/// Turns an `h3` connection into a WebTransport session: path, Origin and token checks.
+async fn webtransport(ctx: &Ctx, connecting: quinn::Connecting) -> Option<(Session, Option<String>)> {
+    let request = match wtransport::endpoint::IncomingSessionFuture::with_quic_connecting(connecting).await {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            return None;
+        }
+    };
+    // The path may carry a query (`/quaver?token=…`); parse it against a dummy base.
+    let url = match url::Url::parse(&format!("https://quaver.invalid{}", request.path())) {
+        Ok(u) if u.path() == WEBTRANSPORT_PATH => u,
+        _ => {
+            ctx.metrics.handshake_failed(CloseCode::PROTOCOL_ERROR);
+            request.not_found().await;
+            return None;
+        }
+    };
+    if !origin_allowed(&ctx.cfg.session.allowed_origins, request.origin()) {
+        ctx.metrics.handshake_failed(CloseCode::ORIGIN_NOT_ALLOWED);
+        tracing::debug!(origin = ?request.origin(), "WebTransport origin refused");
+        request.forbidden().await;
+        return None;
+    }
+    let from_query = url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
+    let from_header = request
+        .headers()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, v)| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    let token = from_header.or(from_query);
+    match request.accept().await {
+        Ok(conn) => Some((Session::WebTransport(conn), token)),
+        Err(_) => {
+            ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            None
+        }
+    }
+}
+
+/// Whether a WebTransport request from `origin` may proceed. An empty list allows all;
+/// no Origin header means a native client, which the Origin rule does not concern.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        None => true,
+        Some(_) if allowed.is_empty() => true,
+        Some(o) => allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o.trim_end_matches('/'))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let list = vec!["https://chat.example".to_string(), "http://127.0.0.1:8080/".to_string()];
+        assert!(origin_allowed(&list, None));
+        assert!(origin_allowed(&list, Some("https://chat.example")));
+        assert!(origin_allowed(&list, Some("http://127.0.0.1:8080")));
+        assert!(!origin_allowed(&list, Some("https://evil.example")));
+        assert!(!origin_allowed(&list, Some("https://chat.example.evil")));
+        assert!(origin_allowed(&[], Some("https://anything")));
+        assert!(origin_allowed(&["*".into()], Some("https://anything")));
+    }
+}

@@ -1,0 +1,103 @@
+//! Shared helpers for integration tests: a real server on loopback ports chosen by the OS,
+//! in its own temporary directories, and clients configured to trust it.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use quaver::Server;
+use quaver::auth::{Claims, Verifier, unix_now};
+use quaver::config::Config;
+use quaver_client::{Config as ClientConfig, Transport, Trust};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh temporary directory.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "quaver-it-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A config on loopback with OS-chosen ports and the test secret.
+pub fn config() -> Config {
+    let dir = tempdir("srv");
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.http_listen = "127.0.0.1:0".parse().unwrap();
+    c.node_name = "test-node".into();
+    c.data_dir = dir.join("data");
+    c.tls.cert_dir = dir.join("certs");
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.auth.leeway = Duration::ZERO;
+    // Tests end with clients still connected; do not wait the production 10 s for them.
+    c.session.drain_timeout = Duration::from_millis(500);
+    c
+}
+
+pub async fn start(c: Config) -> Server {
+    Server::start(c).await.expect("server starts")
+}
+
+pub fn verifier() -> Verifier {
+    Verifier::hs256(SECRET.as_bytes()).unwrap()
+}
+
+pub fn token(user: u64) -> String {
+    verifier().mint(user, Some(&format!("user{user}")), Duration::from_secs(3600)).unwrap()
+}
+
+pub fn claims(user: u64, exp_in: i64) -> Claims {
+    Claims {
+        sub: user.to_string(),
+        name: None,
+        exp: (unix_now() as i64 + exp_in) as u64,
+        nbf: None,
+        iat: None,
+        aud: None,
+        iss: None,
+    }
+}
+
+pub fn client_config(server: &Server, transport: Transport, token: Option<String>) -> ClientConfig {
+    let mut c = ClientConfig::new(server.quic_addr, transport, Trust::Hashes(vec![server.cert_hash()]));
+    c.token = token;
+    c
+}
+
+/// Plain HTTP/1.1 GET against the side port: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
