@@ -1,1 +1,480 @@
-// placeholder
+// quaver.js — the Quaver browser client: the wire codec (frames, messages, voice datagrams)
+// and a WebTransport session. An ES module with no dependencies and no build step.
+//
+// The codec is table-driven from SCHEMA below, which mirrors proto/src/msg.rs; the golden
+// vectors in proto/vectors/messages.json are checked against it by web/test (node --test).
+//
+// Value conventions: structs are objects with snake_case fields as in PROTOCOL.md; C-like
+// enums (Lane, DeviceKind, Compression) are strings; data enums are objects with a `type`
+// field naming the variant plus the variant's fields; byte strings are Uint8Array; user ids
+// are decimal strings (they exceed 2^53); other u64 values are Numbers (BigInt past 2^53).
+
+export const PROTOCOL_VERSION = 1;
+export const WEBTRANSPORT_PATH = '/quaver';
+export const DEFAULT_MAX_FRAME = 256 * 1024;
+
+/** Thrown for any malformed input. */
+export class ProtocolError extends Error {
+  constructor(message) { super(message); this.name = 'ProtocolError'; }
+}
+
+/** The server closed the session with a close code. */
+export class ClosedError extends Error {
+  constructor(code, reason) {
+    super(`closed by server: ${code} ${reason}`);
+    this.name = 'ClosedError';
+    this.code = code;
+    this.reason = reason;
+    this.reconnect = code >= 1000 && code < 2000;
+  }
+}
+
+/** Close codes (see PROTOCOL.md): 1000–1999 reconnect, 4000–4999 terminal. */
+export const CloseCode = Object.freeze({
+  NORMAL: 0, GOING_AWAY: 1000, OVERLOADED: 1001, HEARTBEAT_TIMEOUT: 1002, INTERNAL_ERROR: 1003,
+  RATE_LIMITED: 1004, SESSION_REPLACED: 1005, TOKEN_REFRESH_MISSED: 1006, SLOW_CONSUMER: 1007,
+  PROTOCOL_ERROR: 4000, FRAME_TOO_LARGE: 4001, UNSUPPORTED_VERSION: 4002, HELLO_TIMEOUT: 4003,
+  ORIGIN_NOT_ALLOWED: 4004, TOKEN_MISSING: 4010, TOKEN_MALFORMED: 4011, TOKEN_EXPIRED: 4012,
+  TOKEN_NOT_YET_VALID: 4013, TOKEN_BAD_SIGNATURE: 4014, TOKEN_WRONG_ALGORITHM: 4015,
+  TOKEN_UNSIGNED: 4016, TOKEN_INVALID_CLAIMS: 4017, BANNED: 4030,
+});
+
+// ---------------------------------------------------------------------------------------
+// QUIC varints (frame lengths)
+
+export function varintEncode(v, out) {
+  if (v < 0x40) out.push(v);
+  else if (v < 0x4000) out.push(0x40 | (v >> 8), v & 0xff);
+  else if (v < 0x40000000) out.push(0x80 | (v >>> 24), (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff);
+  else {
+    const b = BigInt(v) | (3n << 62n);
+    for (let i = 7; i >= 0; i--) out.push(Number((b >> BigInt(i * 8)) & 0xffn));
+  }
+}
+
+/** Returns [value, length] or null when `buf` (from `off`) does not hold a whole varint. */
+export function varintDecode(buf, off = 0) {
+  if (off >= buf.length) return null;
+  const n = 1 << (buf[off] >> 6);
+  if (buf.length - off < n) return null;
+  let v = BigInt(buf[off] & 0x3f);
+  for (let i = 1; i < n; i++) v = (v << 8n) | BigInt(buf[off + i]);
+  return [v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v, n];
+}
+
+// ---------------------------------------------------------------------------------------
+// bincode 2 "standard" encoding: little-endian; u16/u32/u64 as varints (< 251: one byte;
+// 251 + u16; 252 + u32; 253 + u64); u8 and bool one byte; lengths and enum tags as varints.
+
+const utf8enc = new TextEncoder();
+const utf8dec = new TextDecoder('utf-8', { fatal: true });
+
+class Writer {
+  constructor() { this.b = []; }
+  u8(v) { this.b.push(v & 0xff); }
+  uint(v, max) {
+    const big = typeof v === 'bigint' ? v : BigInt(v);
+    if (big < 0n || big > max) throw new ProtocolError(`integer ${v} out of range`);
+    if (big < 251n) { this.b.push(Number(big)); return; }
+    let marker, bytes;
+    if (big <= 0xffffn) { marker = 251; bytes = 2; } else if (big <= 0xffffffffn) { marker = 252; bytes = 4; } else { marker = 253; bytes = 8; }
+    this.b.push(marker);
+    for (let i = 0; i < bytes; i++) this.b.push(Number((big >> BigInt(8 * i)) & 0xffn));
+  }
+  raw(bytes) { for (const x of bytes) this.b.push(x); }
+  bytes() { return Uint8Array.from(this.b); }
+}
+
+class Reader {
+  constructor(buf) { this.buf = buf; this.off = 0; }
+  need(n) { if (this.buf.length - this.off < n) throw new ProtocolError('message truncated'); }
+  u8() { this.need(1); return this.buf[this.off++]; }
+  uint(max) {
+    const first = this.u8();
+    let v;
+    if (first < 251) v = BigInt(first);
+    else {
+      const bytes = { 251: 2, 252: 4, 253: 8 }[first];
+      if (!bytes) throw new ProtocolError(`bad integer marker ${first}`);
+      this.need(bytes);
+      v = 0n;
+      for (let i = 0; i < bytes; i++) v |= BigInt(this.buf[this.off + i]) << BigInt(8 * i);
+      this.off += bytes;
+    }
+    if (v > max) throw new ProtocolError('integer out of range');
+    return v;
+  }
+  take(n) { this.need(n); const s = this.buf.subarray(this.off, this.off + n); this.off += n; return s; }
+}
+
+const U16 = 0xffffn, U32 = 0xffffffffn, U64 = 0xffffffffffffffffn;
+const num = (v) => (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+const MAX_LEN = 4 * 1024 * 1024;
+const length = (r) => { const n = Number(r.uint(U64 > BigInt(MAX_LEN) ? BigInt(MAX_LEN) : U64)); r.need(0); return n; };
+
+const hex = (bytes) => Array.from(bytes, (x) => x.toString(16).padStart(2, '0')).join('');
+export function hexToBytes(h) {
+  if (h.length % 2 || /[^0-9a-f]/i.test(h)) throw new ProtocolError('bad hex');
+  return Uint8Array.from(h.match(/../g) ?? [], (x) => parseInt(x, 16));
+}
+
+// Type constructors: each is { enc(writer, value), dec(reader) }.
+const T = {
+  u8: { enc: (w, v) => w.u8(v), dec: (r) => r.u8() },
+  u16: { enc: (w, v) => w.uint(v, U16), dec: (r) => Number(r.uint(U16)) },
+  u32: { enc: (w, v) => w.uint(v, U32), dec: (r) => Number(r.uint(U32)) },
+  u64: { enc: (w, v) => w.uint(v, U64), dec: (r) => num(r.uint(U64)) },
+  id: { enc: (w, v) => w.uint(BigInt(v), U64), dec: (r) => r.uint(U64).toString() },
+  bool: {
+    enc: (w, v) => w.u8(v ? 1 : 0),
+    dec: (r) => { const b = r.u8(); if (b > 1) throw new ProtocolError('bad bool'); return b === 1; },
+  },
+  string: {
+    enc: (w, v) => { const b = utf8enc.encode(v); w.uint(b.length, U64); w.raw(b); },
+    dec: (r) => { const n = length(r); try { return utf8dec.decode(r.take(n)); } catch (e) { if (e instanceof ProtocolError) throw e; throw new ProtocolError('invalid UTF-8'); } },
+  },
+  bytes: {
+    enc: (w, v) => { w.uint(v.length, U64); w.raw(v); },
+    dec: (r) => Uint8Array.from(r.take(length(r))),
+  },
+  sessionId: {
+    enc: (w, v) => { const b = hexToBytes(v); if (b.length !== 16) throw new ProtocolError('session id is 16 bytes'); w.raw(b); },
+    dec: (r) => hex(r.take(16)),
+  },
+};
+const opt = (t) => ({
+  enc: (w, v) => { if (v === null || v === undefined) w.u8(0); else { w.u8(1); t.enc(w, v); } },
+  dec: (r) => { const tag = r.u8(); if (tag > 1) throw new ProtocolError('bad option tag'); return tag ? t.dec(r) : null; },
+});
+const vec = (t) => ({
+  enc: (w, v) => { w.uint(v.length, U64); for (const x of v) t.enc(w, x); },
+  dec: (r) => { const n = length(r); const out = []; for (let i = 0; i < n; i++) out.push(t.dec(r)); return out; },
+});
+const struct = (fields) => ({
+  fields,
+  enc: (w, v) => { for (const [k, t] of fields) t.enc(w, v[k]); },
+  dec: (r) => { const o = {}; for (const [k, t] of fields) o[k] = t.dec(r); return o; },
+});
+// A C-like enum: values are the variant names.
+const names = (...variants) => ({
+  variants,
+  enc: (w, v) => { const i = variants.indexOf(v); if (i < 0) throw new ProtocolError(`unknown variant ${v}`); w.uint(i, U32); },
+  dec: (r) => { const i = Number(r.uint(U32)); if (i >= variants.length) throw new ProtocolError(`unknown variant ${i}`); return variants[i]; },
+});
+// A data enum: [name, fields] pairs; a newtype variant around a struct lists the struct's
+// fields (the encoding is the same), around anything else names one field.
+const tagged = (variants) => ({
+  variants,
+  enc: (w, v) => {
+    const i = variants.findIndex(([n]) => n === v.type);
+    if (i < 0) throw new ProtocolError(`unknown variant ${v.type}`);
+    w.uint(i, U32);
+    for (const [k, t] of variants[i][1]) t.enc(w, v[k]);
+  },
+  dec: (r) => {
+    const i = Number(r.uint(U32));
+    if (i >= variants.length) throw new ProtocolError(`unknown variant ${i}`);
+    const [type, fields] = variants[i];
+    const o = { type };
+    for (const [k, t] of fields) o[k] = t.dec(r);
+    return o;
+  },
+});
+
+const Lane = names('Chat', 'Presence', 'Typing', 'Voice', 'Notifications');
+const DeviceKind = names('Desktop', 'Mobile', 'Web');
+const Compression = names('None', 'Zstd');
+const LaneSeq = struct([['lane', Lane], ['seq', T.u64]]);
+const ErrorBodyFields = [['code', T.u16], ['message', T.string], ['retry_after_ms', opt(T.u32)]];
+const ErrorBody = struct(ErrorBodyFields);
+const HelloFields = [
+  ['version', T.u16], ['token', opt(T.string)], ['device', DeviceKind],
+  ['resume', opt(struct([['session_id', T.sessionId], ['lanes', vec(LaneSeq)]]))], ['compression', Compression],
+];
+const HeartbeatFields = [['nonce', T.u32], ['lanes', vec(LaneSeq)]];
+const ReadyFields = [
+  ['session_id', T.sessionId], ['user', struct([['id', T.id], ['name', T.string]])],
+  ['heartbeat_interval_ms', T.u32],
+  ['limits', struct([['max_frame_bytes', T.u32], ['max_datagram_bytes', T.u32], ['heartbeat_timeout_ms', T.u32]])],
+  ['compression', Compression], ['token_expires_at_ms', T.u64], ['node', T.string],
+];
+const FetchRequest = tagged([['ServerInfo', []]]);
+const FetchResponse = tagged([
+  ['ServerInfo', [['version', T.string], ['node', T.string], ['protocols', vec(T.u16)], ['max_frame_bytes', T.u32]]],
+]);
+const RequestBody = tagged([['Ping', [['data', T.bytes]]]]);
+const ResponseBody = tagged([['Pong', [['data', T.bytes]]]]);
+const EventBody = tagged([['Notice', [['text', T.string]]]]);
+
+/** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */
+export const SCHEMA = {
+  ClientControl: tagged([
+    ['Hello', HelloFields],
+    ['Heartbeat', HeartbeatFields],
+    ['RefreshToken', [['token', T.string]]],
+  ]),
+  ServerControl: tagged([
+    ['Ready', ReadyFields],
+    ['HeartbeatAck', HeartbeatFields],
+    ['Goaway', [['reconnect_after_ms', T.u32], ['reason', T.string]]],
+    ['RefreshNeeded', [['expires_at_ms', T.u64]]],
+    ['TokenRefreshed', [['expires_at_ms', T.u64]]],
+    ['Error', ErrorBodyFields],
+    ['Closing', [['code', T.u32], ['reason', T.string]]],
+  ]),
+  StreamOpen: tagged([['Lane', [['lane', Lane]]], ['Fetch', [['request', FetchRequest]]]]),
+  Request: struct([['id', T.u32], ['body', RequestBody]]),
+  ServerLane: tagged([
+    ['Ack', [['id', T.u32], ['body', ResponseBody]]],
+    ['Error', [['id', T.u32], ['error', ErrorBody]]],
+    ['Event', [['seq', T.u64], ['body', EventBody]]],
+  ]),
+  FetchReply: tagged([['Ok', [['response', FetchResponse]]], ['Err', [['error', ErrorBody]]]]),
+};
+
+/** Encodes `value` as a message of `type` (a key of SCHEMA), without the length prefix. */
+export function encode(type, value) {
+  const w = new Writer();
+  SCHEMA[type].enc(w, value);
+  return w.bytes();
+}
+
+/** Decodes a whole frame payload as `type`; throws ProtocolError on any defect. */
+export function decode(type, payload) {
+  const r = new Reader(payload);
+  const v = SCHEMA[type].dec(r);
+  if (r.off !== payload.length) throw new ProtocolError(`${payload.length - r.off} trailing bytes`);
+  return v;
+}
+
+/** Encodes `value` as one frame: varint length + payload. */
+export function encodeFrame(type, value) {
+  const payload = encode(type, value);
+  const out = [];
+  varintEncode(payload.length, out);
+  const frame = new Uint8Array(out.length + payload.length);
+  frame.set(out, 0);
+  frame.set(payload, out.length);
+  return frame;
+}
+
+/** Splits a byte stream into frame payloads, refusing frames over `max` bytes. */
+export class FrameReader {
+  constructor(max = DEFAULT_MAX_FRAME) { this.max = max; this.buf = new Uint8Array(0); }
+  push(chunk) {
+    const b = new Uint8Array(this.buf.length + chunk.length);
+    b.set(this.buf, 0); b.set(chunk, this.buf.length);
+    this.buf = b;
+  }
+  /** The next payload, or null if more bytes are needed. */
+  next() {
+    const v = varintDecode(this.buf, 0);
+    if (!v) return null;
+    const [len, n] = v;
+    if (typeof len !== 'number' || len > this.max) throw new ProtocolError(`frame of ${len} bytes over the limit of ${this.max}`);
+    if (this.buf.length < n + len) return null;
+    const payload = this.buf.slice(n, n + len);
+    this.buf = this.buf.slice(n + len);
+    return payload;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Voice datagrams (fixed big-endian headers; see PROTOCOL.md)
+
+export const FLAG_TALKSPURT_START = 0x01;
+export const FLAG_DTX = 0x02;
+
+/** Uplink datagram: {flags, level (0..127 = -dBov), voice, seq, timestamp} + payload. */
+export function encodeUplink(h, payload) {
+  const d = new Uint8Array(8 + payload.length);
+  const v = new DataView(d.buffer);
+  v.setUint8(0, h.flags & 0x3f);
+  v.setUint8(1, Math.min(127, h.level) | (h.voice ? 0x80 : 0));
+  v.setUint16(2, h.seq);
+  v.setUint32(4, h.timestamp);
+  d.set(payload, 8);
+  return d;
+}
+
+/** Downlink datagram → {flags, level, voice, slot, seq, timestamp, payload}. */
+export function decodeDownlink(d) {
+  if (d.length < 10) throw new ProtocolError('datagram shorter than its header');
+  if (d[0] & 0xc0) throw new ProtocolError('unknown datagram version');
+  const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+  return {
+    flags: d[0], level: d[1] & 0x7f, voice: (d[1] & 0x80) !== 0, slot: v.getUint16(2),
+    seq: v.getUint16(4), timestamp: v.getUint32(6), payload: d.subarray(10),
+  };
+}
+
+/** Uplink datagram → {flags, level, voice, seq, timestamp, payload} (used by tests and tools). */
+export function decodeUplink(d) {
+  if (d.length < 8) throw new ProtocolError('datagram shorter than its header');
+  if (d[0] & 0xc0) throw new ProtocolError('unknown datagram version');
+  const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+  return { flags: d[0], level: d[1] & 0x7f, voice: (d[1] & 0x80) !== 0, seq: v.getUint16(2), timestamp: v.getUint32(4), payload: d.subarray(8) };
+}
+
+// ---------------------------------------------------------------------------------------
+// The WebTransport session
+
+class FramedStream {
+  constructor(readable, max) { this.reader = readable.getReader(); this.frames = new FrameReader(max); }
+  /** The next payload, or null at end of stream. */
+  async next() {
+    for (;;) {
+      const f = this.frames.next();
+      if (f) return f;
+      const { value, done } = await this.reader.read();
+      if (done) { if (this.frames.buf.length) throw new ProtocolError('stream ended inside a frame'); return null; }
+      this.frames.push(value);
+    }
+  }
+}
+
+/**
+ * Fetches the server's certificate hashes from its HTTP side port (`/cert-hash`), for
+ * `serverCertificateHashes` with a development certificate.
+ */
+export async function fetchCertHashes(httpBase) {
+  const r = await fetch(new URL('/cert-hash', httpBase));
+  if (!r.ok) throw new Error(`/cert-hash answered ${r.status}`);
+  return r.json();
+}
+
+/**
+ * Opens a session. `url` is `https://host:port/quaver`. Options: `token` (sent as
+ * `?token=`, the only way a browser can), `certHashes` (hex SHA-256 strings, for dev
+ * certificates), `device` ('Web' by default).
+ * Resolves to a Session after `Ready`; rejects with ClosedError if the server refuses.
+ */
+export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME } = {}) {
+  const u = new URL(url);
+  if (token) u.searchParams.set('token', token);
+  const options = {};
+  if (certHashes && certHashes.length) {
+    options.serverCertificateHashes = certHashes.map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h) }));
+  }
+  const wt = new WebTransport(u.toString(), options);
+  await wt.ready;
+  const control = await wt.createBidirectionalStream();
+  const writer = control.writable.getWriter();
+  const reader = new FramedStream(control.readable, maxFrame);
+  await writer.write(encodeFrame('ClientControl', {
+    type: 'Hello', version: PROTOCOL_VERSION, token: null, device, resume: null, compression: 'None',
+  }));
+  let first;
+  try {
+    const p = await reader.next();
+    if (!p) throw new ProtocolError('control stream closed before Ready');
+    first = decode('ServerControl', p);
+  } catch (e) {
+    wt.close();
+    throw e;
+  }
+  if (first.type === 'Closing') { wt.close(); throw new ClosedError(first.code, first.reason); }
+  if (first.type !== 'Ready') { wt.close(); throw new ProtocolError(`expected Ready, got ${first.type}`); }
+  return new Session(wt, writer, reader, first, maxFrame);
+}
+
+/** An open session. Listen with `session.addEventListener(type, e => e.detail)` for
+ * 'goaway', 'refresh-needed', 'token-refreshed', 'error', 'closed'. */
+export class Session extends EventTarget {
+  constructor(wt, writer, reader, ready, maxFrame) {
+    super();
+    this.wt = wt; this.writer = writer; this.reader = reader; this.ready = ready; this.maxFrame = maxFrame;
+    this.nonce = 0;
+    this.closeInfo = null;
+    this.heartbeat = setInterval(() => this.#send({ type: 'Heartbeat', nonce: ++this.nonce, lanes: [] }).catch(() => {}),
+      ready.heartbeat_interval_ms);
+    this.closed = this.#controlLoop();
+  }
+  async #send(msg) { await this.writer.write(encodeFrame('ClientControl', msg)); }
+  async #controlLoop() {
+    try {
+      for (;;) {
+        const p = await this.reader.next();
+        if (!p) break;
+        const m = decode('ServerControl', p);
+        const kinds = { Goaway: 'goaway', RefreshNeeded: 'refresh-needed', TokenRefreshed: 'token-refreshed', Error: 'error', HeartbeatAck: 'heartbeat-ack' };
+        if (m.type === 'Closing') this.closeInfo = { code: m.code, reason: m.reason };
+        else if (kinds[m.type]) this.dispatchEvent(new CustomEvent(kinds[m.type], { detail: m }));
+      }
+    } catch (_) { /* the connection went away; `closeInfo` says why if the server told us */ }
+    clearInterval(this.heartbeat);
+    this.dispatchEvent(new CustomEvent('closed', { detail: this.closeInfo }));
+    return this.closeInfo;
+  }
+  /** Sends a fresh token before the current one expires. */
+  refreshToken(token) { return this.#send({ type: 'RefreshToken', token }); }
+  /** Opens a lane ('Chat', 'Presence', 'Typing', 'Voice', 'Notifications'). */
+  async openLane(lane) {
+    const s = await this.wt.createBidirectionalStream();
+    const w = s.writable.getWriter();
+    await w.write(encodeFrame('StreamOpen', { type: 'Lane', lane }));
+    return new LaneStream(lane, w, new FramedStream(s.readable, this.maxFrame));
+  }
+  /** A one-shot fetch: resolves to the response, rejects with the ErrorBody. */
+  async fetch(request) {
+    const s = await this.wt.createBidirectionalStream();
+    const w = s.writable.getWriter();
+    await w.write(encodeFrame('StreamOpen', { type: 'Fetch', request }));
+    await w.close();
+    const p = await new FramedStream(s.readable, this.maxFrame).next();
+    if (!p) throw new ProtocolError('fetch stream ended without a reply');
+    const reply = decode('FetchReply', p);
+    if (reply.type === 'Err') throw reply.error;
+    return reply.response;
+  }
+  /** Sends a voice frame as a datagram. */
+  async sendVoice(header, payload) {
+    const w = this.datagramWriter ??= this.wt.datagrams.writable.getWriter();
+    await w.write(encodeUplink(header, payload));
+  }
+  /** Async iterator over received voice frames (decoded downlink datagrams). */
+  async *voice() {
+    const r = this.wt.datagrams.readable.getReader();
+    for (;;) {
+      const { value, done } = await r.read();
+      if (done) return;
+      try { yield decodeDownlink(value); } catch (_) { /* a malformed datagram is skipped */ }
+    }
+  }
+  /** Closes the session normally. */
+  close() { clearInterval(this.heartbeat); try { this.wt.close({ closeCode: 0, reason: 'bye' }); } catch (_) {} }
+}
+
+/** One lane: `request(body)` resolves with the ack body or rejects with the ErrorBody;
+ * events go to `onevent` (and are queued until it is set). */
+export class LaneStream {
+  constructor(lane, writer, reader) {
+    this.lane = lane; this.writer = writer; this.reader = reader;
+    this.nextId = 1; this.waiting = new Map(); this.queued = []; this.onevent = null;
+    this.done = this.#loop();
+  }
+  async #loop() {
+    try {
+      for (;;) {
+        const p = await this.reader.next();
+        if (!p) break;
+        const m = decode('ServerLane', p);
+        if (m.type === 'Event') { if (this.onevent) this.onevent(m); else this.queued.push(m); continue; }
+        const w = this.waiting.get(m.id);
+        if (!w) continue;
+        this.waiting.delete(m.id);
+        if (m.type === 'Ack') w.resolve(m.body); else w.reject(m.error);
+      }
+    } finally {
+      for (const w of this.waiting.values()) w.reject(new ProtocolError('lane closed'));
+    }
+  }
+  /** Takes queued events (those that arrived before `onevent` was set). */
+  drain() { const q = this.queued; this.queued = []; return q; }
+  async request(body) {
+    const id = this.nextId++;
+    const p = new Promise((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    await this.writer.write(encodeFrame('Request', { id, body }));
+    return p;
+  }
+}
