@@ -313,7 +313,11 @@ impl ConfigArgs {
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }
         if let Some(o) = &self.allowed_origins {
-            c.session.allowed_origins = o.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            c.session.allowed_origins = o
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         c.validate()?;
         Ok(c)

@@ -156,7 +156,10 @@ impl Server {
         self.trigger.fire();
         let drain = self.ctx.cfg.session.drain_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(drain, self.ctx.wait_no_sessions()).await;
-        self.endpoint.close(quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0), b"shutdown");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0),
+            b"shutdown",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         for t in self.tasks {
             t.abort();

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use quaver::config::{ConfigArgs, parse_duration};
 
 #[derive(Parser)]
-#[command(name = "quaver", version, about = "Real-time chat, presence and voice over QUIC and WebTransport")]
+#[command(
+    name = "quaver",
+    version,
+    about = "Real-time chat, presence and voice over QUIC and WebTransport"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,13 +40,19 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG").unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
-        Command::Token { user, name, ttl, config } => {
+        Command::Token {
+            user,
+            name,
+            ttl,
+            config,
+        } => {
             let cfg = config.resolve()?;
             let v = quaver::auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
             println!("{}", v.mint(user, name.as_deref(), ttl)?);

@@ -16,7 +16,15 @@ fn t(tr: Transport) -> usize {
 }
 
 /// Streams counted per kind: the five lanes, then control, then fetch.
-pub const STREAM_KINDS: [&str; 7] = ["chat", "presence", "typing", "voice", "notifications", "control", "fetch"];
+pub const STREAM_KINDS: [&str; 7] = [
+    "chat",
+    "presence",
+    "typing",
+    "voice",
+    "notifications",
+    "control",
+    "fetch",
+];
 /// Index of the control stream in per-stream arrays.
 pub const CONTROL: usize = 5;
 /// Index of fetch streams in per-stream arrays.
@@ -102,41 +110,93 @@ impl Metrics {
         let trs = [Transport::Quic, Transport::WebTransport];
         let _ = writeln!(o, "# HELP quaver_sessions Open sessions.\n# TYPE quaver_sessions gauge");
         for tr in trs {
-            let _ = writeln!(o, "quaver_sessions{{transport=\"{}\"}} {}", tr.name(), self.sessions[t(tr)].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "quaver_sessions{{transport=\"{}\"}} {}",
+                tr.name(),
+                self.sessions[t(tr)].load(Relaxed)
+            );
         }
-        let _ = writeln!(o, "# HELP quaver_handshakes_total Handshakes started.\n# TYPE quaver_handshakes_total counter");
+        let _ = writeln!(
+            o,
+            "# HELP quaver_handshakes_total Handshakes started.\n# TYPE quaver_handshakes_total counter"
+        );
         for tr in trs {
-            let _ = writeln!(o, "quaver_handshakes_total{{transport=\"{}\"}} {}", tr.name(), self.handshakes[t(tr)].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "quaver_handshakes_total{{transport=\"{}\"}} {}",
+                tr.name(),
+                self.handshakes[t(tr)].load(Relaxed)
+            );
         }
-        let _ = writeln!(o, "# HELP quaver_sessions_ready_total Sessions that reached Ready.\n# TYPE quaver_sessions_ready_total counter");
+        let _ = writeln!(
+            o,
+            "# HELP quaver_sessions_ready_total Sessions that reached Ready.\n# TYPE quaver_sessions_ready_total counter"
+        );
         for tr in trs {
-            let _ = writeln!(o, "quaver_sessions_ready_total{{transport=\"{}\"}} {}", tr.name(), self.ready[t(tr)].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "quaver_sessions_ready_total{{transport=\"{}\"}} {}",
+                tr.name(),
+                self.ready[t(tr)].load(Relaxed)
+            );
         }
-        let _ = writeln!(o, "# HELP quaver_handshake_failures_total Handshakes refused, by reason.\n# TYPE quaver_handshake_failures_total counter");
+        let _ = writeln!(
+            o,
+            "# HELP quaver_handshake_failures_total Handshakes refused, by reason.\n# TYPE quaver_handshake_failures_total counter"
+        );
         for (i, c) in CloseCode::ALL.iter().enumerate() {
             let n = self.handshake_failures[i].load(Relaxed);
             if n > 0 {
                 let _ = writeln!(o, "quaver_handshake_failures_total{{reason=\"{}\"}} {n}", c.name());
             }
         }
-        let _ = writeln!(o, "quaver_handshake_failures_total{{reason=\"transport\"}} {}", self.handshake_failures[31].load(Relaxed));
-        let _ = writeln!(o, "# HELP quaver_session_closes_total Sessions closed by the server, by code.\n# TYPE quaver_session_closes_total counter");
+        let _ = writeln!(
+            o,
+            "quaver_handshake_failures_total{{reason=\"transport\"}} {}",
+            self.handshake_failures[31].load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP quaver_session_closes_total Sessions closed by the server, by code.\n# TYPE quaver_session_closes_total counter"
+        );
         for (i, c) in CloseCode::ALL.iter().enumerate() {
             let n = self.closes[i].load(Relaxed);
             if n > 0 {
                 let _ = writeln!(o, "quaver_session_closes_total{{code=\"{}\"}} {n}", c.name());
             }
         }
-        let _ = writeln!(o, "# HELP quaver_address_validation_retries_total Stateless retries sent.\n# TYPE quaver_address_validation_retries_total counter");
-        let _ = writeln!(o, "quaver_address_validation_retries_total {}", self.retries.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP quaver_address_validation_retries_total Stateless retries sent.\n# TYPE quaver_address_validation_retries_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "quaver_address_validation_retries_total {}",
+            self.retries.load(Relaxed)
+        );
         for (dir, flows) in [("in", &self.rx), ("out", &self.tx)] {
-            let _ = writeln!(o, "# HELP quaver_frames_{dir}_total Frames {dir}, by stream.\n# TYPE quaver_frames_{dir}_total counter");
+            let _ = writeln!(
+                o,
+                "# HELP quaver_frames_{dir}_total Frames {dir}, by stream.\n# TYPE quaver_frames_{dir}_total counter"
+            );
             for (k, f) in STREAM_KINDS.iter().zip(flows.iter()) {
-                let _ = writeln!(o, "quaver_frames_{dir}_total{{stream=\"{k}\"}} {}", f.frames.load(Relaxed));
+                let _ = writeln!(
+                    o,
+                    "quaver_frames_{dir}_total{{stream=\"{k}\"}} {}",
+                    f.frames.load(Relaxed)
+                );
             }
-            let _ = writeln!(o, "# HELP quaver_bytes_{dir}_total Payload bytes {dir}, by stream.\n# TYPE quaver_bytes_{dir}_total counter");
+            let _ = writeln!(
+                o,
+                "# HELP quaver_bytes_{dir}_total Payload bytes {dir}, by stream.\n# TYPE quaver_bytes_{dir}_total counter"
+            );
             for (k, f) in STREAM_KINDS.iter().zip(flows.iter()) {
-                let _ = writeln!(o, "quaver_bytes_{dir}_total{{stream=\"{k}\"}} {}", f.bytes.load(Relaxed));
+                let _ = writeln!(
+                    o,
+                    "quaver_bytes_{dir}_total{{stream=\"{k}\"}} {}",
+                    f.bytes.load(Relaxed)
+                );
             }
         }
         for (name, help, v) in extra {

@@ -19,12 +19,18 @@ async fn ping(c: &quaver_client::Client, lane: Lane) {
 async fn raw_quic_and_webtransport_share_one_port_with_all_three_token_sources() {
     let server = start(config()).await;
     // Raw QUIC: Hello.token.
-    let quic = connect(&client_config(&server, Transport::Quic, Some(token(11)))).await.unwrap();
+    let quic = connect(&client_config(&server, Transport::Quic, Some(token(11))))
+        .await
+        .unwrap();
     assert_eq!(quic.ready.user.id, 11);
     assert_eq!(quic.session().transport(), Transport::Quic);
     // WebTransport: ?token=, Authorization header, and Hello.token.
     let mut sessions = vec![quic];
-    for (user, placement) in [(12, TokenPlacement::Query), (13, TokenPlacement::Header), (14, TokenPlacement::Hello)] {
+    for (user, placement) in [
+        (12, TokenPlacement::Query),
+        (13, TokenPlacement::Header),
+        (14, TokenPlacement::Hello),
+    ] {
         let mut cfg = client_config(&server, Transport::WebTransport, Some(token(user)));
         cfg.token_placement = placement;
         let c = connect(&cfg).await.unwrap_or_else(|e| panic!("{placement:?}: {e}"));
@@ -35,11 +41,17 @@ async fn raw_quic_and_webtransport_share_one_port_with_all_three_token_sources()
     }
     for c in &sessions {
         assert_eq!(c.ready.node, "test-node");
-        assert!(c.ready.limits.max_datagram_bytes > 1000, "datagrams negotiated: {:?}", c.ready.limits);
+        assert!(
+            c.ready.limits.max_datagram_bytes > 1000,
+            "datagrams negotiated: {:?}",
+            c.ready.limits
+        );
         ping(c, Lane::Chat).await;
         ping(c, Lane::Voice).await;
         match c.fetch(FetchRequest::ServerInfo).await.unwrap() {
-            FetchReply::Ok(FetchResponse::ServerInfo { protocols, .. }) => assert_eq!(protocols, vec![PROTOCOL_VERSION]),
+            FetchReply::Ok(FetchResponse::ServerInfo { protocols, .. }) => {
+                assert_eq!(protocols, vec![PROTOCOL_VERSION])
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -63,24 +75,58 @@ async fn every_bad_token_is_refused_with_its_own_close_code() {
     let cases: Vec<(&str, Option<String>, CloseCode)> = vec![
         ("missing", None, CloseCode::TOKEN_MISSING),
         ("malformed", Some("not-a-jwt".into()), CloseCode::TOKEN_MALFORMED),
-        ("expired", Some(v.sign(&claims(5, -60)).unwrap()), CloseCode::TOKEN_EXPIRED),
-        ("not yet valid", Some(v.sign(&nbf).unwrap()), CloseCode::TOKEN_NOT_YET_VALID),
+        (
+            "expired",
+            Some(v.sign(&claims(5, -60)).unwrap()),
+            CloseCode::TOKEN_EXPIRED,
+        ),
+        (
+            "not yet valid",
+            Some(v.sign(&nbf).unwrap()),
+            CloseCode::TOKEN_NOT_YET_VALID,
+        ),
         (
             "bad signature",
-            Some(quaver::auth::Verifier::hs256(b"another-secret-another-secret-12345").unwrap().sign(&claims(5, 60)).unwrap()),
+            Some(
+                quaver::auth::Verifier::hs256(b"another-secret-another-secret-12345")
+                    .unwrap()
+                    .sign(&claims(5, 60))
+                    .unwrap(),
+            ),
             CloseCode::TOKEN_BAD_SIGNATURE,
         ),
         (
             "wrong algorithm",
-            Some(jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims(5, 60), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()),
+            Some(
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::HS512),
+                    &claims(5, 60),
+                    &EncodingKey::from_secret(SECRET.as_bytes()),
+                )
+                .unwrap(),
+            ),
             CloseCode::TOKEN_WRONG_ALGORITHM,
         ),
         (
             "alg none",
-            Some(format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"5","exp":99999999999}"#))),
+            Some(format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none"}"#),
+                b64(r#"{"sub":"5","exp":99999999999}"#)
+            )),
             CloseCode::TOKEN_UNSIGNED,
         ),
-        ("bad sub", Some(v.sign(&Claims { sub: "bob".into(), ..claims(5, 60) }).unwrap()), CloseCode::TOKEN_INVALID_CLAIMS),
+        (
+            "bad sub",
+            Some(
+                v.sign(&Claims {
+                    sub: "bob".into(),
+                    ..claims(5, 60)
+                })
+                .unwrap(),
+            ),
+            CloseCode::TOKEN_INVALID_CLAIMS,
+        ),
     ];
     use quaver::auth::Claims;
     for (name, tok, code) in cases {
@@ -106,10 +152,18 @@ async fn silent_client_is_closed_with_hello_timeout() {
     let server = start(cfg).await;
     // Connect at the QUIC level but never send Hello.
     let tls = quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER).unwrap();
-    let qc = quinn::ClientConfig::new(std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let qc = quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep.connect_with(qc, server.quic_addr, "localhost").unwrap().await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed by the server");
+    let conn = ep
+        .connect_with(qc, server.quic_addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed by the server");
     match err {
         quinn::ConnectionError::ApplicationClosed(a) => {
             assert_eq!(a.error_code.into_inner(), u64::from(CloseCode::HELLO_TIMEOUT.0))
@@ -121,7 +175,8 @@ async fn silent_client_is_closed_with_hello_timeout() {
         .connect_with(
             quinn::ClientConfig::new(std::sync::Arc::new(
                 quinn::crypto::rustls::QuicClientConfig::try_from(
-                    quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER).unwrap(),
+                    quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER)
+                        .unwrap(),
                 )
                 .unwrap(),
             )),
@@ -134,8 +189,12 @@ async fn silent_client_is_closed_with_hello_timeout() {
     let (mut s, _r) = conn.open_bi().await.unwrap();
     s.write_all(&[]).await.unwrap();
     let _ = s.set_priority(0);
-    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap();
-    assert!(matches!(err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0)));
+    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0))
+    );
     assert_eq!(server.ctx.metrics.failures_with(CloseCode::HELLO_TIMEOUT), 2);
     server.shutdown().await;
 }
@@ -145,41 +204,74 @@ async fn oversized_and_garbage_frames_close_only_the_offender() {
     let mut cfg = config();
     cfg.session.max_frame_bytes = 4096;
     let server = start(cfg).await;
-    let healthy = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
+    let healthy = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
     let mut healthy_lane = healthy.open_lane(Lane::Chat).await.unwrap();
 
     // 1. A frame announcing more than the limit on a lane.
-    let big = connect(&client_config(&server, Transport::WebTransport, Some(token(2)))).await.unwrap();
+    let big = connect(&client_config(&server, Transport::WebTransport, Some(token(2))))
+        .await
+        .unwrap();
     let mut lane = big.open_lane(Lane::Chat).await.unwrap();
     let mut frame = Vec::new();
     varint::write(5000, &mut frame);
     frame.extend_from_slice(&[0u8; 100]);
     lane.send_raw(&frame).await.unwrap();
-    let (code, _) = tokio::time::timeout(Duration::from_secs(5), big.closed()).await.unwrap().expect("close code");
+    let (code, _) = tokio::time::timeout(Duration::from_secs(5), big.closed())
+        .await
+        .unwrap()
+        .expect("close code");
     assert_eq!(code, CloseCode::FRAME_TOO_LARGE);
 
     // 2. Garbage that frames correctly but decodes to nothing.
-    let garbage = connect(&client_config(&server, Transport::Quic, Some(token(3)))).await.unwrap();
+    let garbage = connect(&client_config(&server, Transport::Quic, Some(token(3))))
+        .await
+        .unwrap();
     let mut lane = garbage.open_lane(Lane::Typing).await.unwrap();
     lane.send_raw(&[4, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    let (code, _) = tokio::time::timeout(Duration::from_secs(5), garbage.closed()).await.unwrap().expect("close code");
+    let (code, _) = tokio::time::timeout(Duration::from_secs(5), garbage.closed())
+        .await
+        .unwrap()
+        .expect("close code");
     assert_eq!(code, CloseCode::PROTOCOL_ERROR);
 
     // 3. An unknown control message (variant index past the end).
-    let mut unknown = connect(&client_config(&server, Transport::Quic, Some(token(4)))).await.unwrap();
-    unknown.send_control(&ClientControl::RefreshToken { token: String::new() }).await.unwrap();
+    let mut unknown = connect(&client_config(&server, Transport::Quic, Some(token(4))))
+        .await
+        .unwrap();
+    unknown
+        .send_control(&ClientControl::RefreshToken { token: String::new() })
+        .await
+        .unwrap();
     let reply = unknown.next_control().await.unwrap();
-    assert!(matches!(reply, ServerControl::Error(ref e) if e.code == ErrorCode::TOKEN_REJECTED), "{reply:?}");
+    assert!(
+        matches!(reply, ServerControl::Error(ref e) if e.code == ErrorCode::TOKEN_REJECTED),
+        "{reply:?}"
+    );
     let stream = unknown.open_lane(Lane::Presence).await.unwrap();
     drop(stream);
     let mut raw = unknown.open_lane(Lane::Notifications).await.unwrap();
     raw.send_raw(&[1, 9]).await.unwrap(); // a Request frame of 1 byte: truncated message
-    let (code, _) = tokio::time::timeout(Duration::from_secs(5), unknown.closed()).await.unwrap().expect("close code");
+    let (code, _) = tokio::time::timeout(Duration::from_secs(5), unknown.closed())
+        .await
+        .unwrap()
+        .expect("close code");
     assert_eq!(code, CloseCode::PROTOCOL_ERROR);
 
     // The healthy session never noticed.
-    let r = healthy_lane.request(RequestBody::Ping { data: b"still here".to_vec() }).await.unwrap();
-    assert_eq!(r, Ok(ResponseBody::Pong { data: b"still here".to_vec() }));
+    let r = healthy_lane
+        .request(RequestBody::Ping {
+            data: b"still here".to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Ok(ResponseBody::Pong {
+            data: b"still here".to_vec()
+        })
+    );
     assert!(eventually(Duration::from_secs(2), || server.ctx.sessions.len() == 1).await);
     server.shutdown().await;
 }
@@ -215,12 +307,20 @@ async fn wrong_path_is_not_found() {
 #[tokio::test]
 async fn graceful_shutdown_sends_goaway_and_drains() {
     let server = start(config()).await;
-    let mut a = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
-    let mut b = connect(&client_config(&server, Transport::WebTransport, Some(token(2)))).await.unwrap();
+    let mut a = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut b = connect(&client_config(&server, Transport::WebTransport, Some(token(2))))
+        .await
+        .unwrap();
     let http = server.http_addr;
     server.begin_shutdown();
     for c in [&mut a, &mut b] {
-        match tokio::time::timeout(Duration::from_secs(5), c.next_control()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), c.next_control())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             ServerControl::Goaway(g) => assert_eq!(g.reconnect_after_ms, 1000),
             other => panic!("expected Goaway, got {other:?}"),
         }
@@ -230,7 +330,9 @@ async fn graceful_shutdown_sends_goaway_and_drains() {
     a.close();
     b.close();
     let started = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await.expect("shutdown completes");
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown completes");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -239,7 +341,9 @@ async fn drain_deadline_closes_lingering_sessions_with_going_away() {
     let mut cfg = config();
     cfg.session.drain_timeout = Duration::from_millis(300);
     let server = start(cfg).await;
-    let mut a = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
+    let mut a = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
     let shut = tokio::spawn(server.shutdown());
     assert!(matches!(a.next_control().await.unwrap(), ServerControl::Goaway(_)));
     match a.next_control().await {
@@ -248,24 +352,35 @@ async fn drain_deadline_closes_lingering_sessions_with_going_away() {
     }
     let (code, _) = a.closed().await.unwrap();
     assert_eq!(code, CloseCode::GOING_AWAY);
-    tokio::time::timeout(Duration::from_secs(5), shut).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), shut)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
 async fn certificate_renews_while_a_session_stays_up() {
     let mut cfg = config();
-    // Renews 4 s after start, then every 4 s: time enough to connect between renewals.
-    cfg.tls.dev_validity = Duration::from_secs(8);
-    cfg.tls.dev_renew_before = Duration::from_secs(4);
+    // Back-dated 3 s, so it expires 9 s after start and renews after 3 s, then every 3 s:
+    // time enough to connect between renewals.
+    cfg.tls.dev_validity = Duration::from_secs(12);
+    cfg.tls.dev_renew_before = Duration::from_secs(6);
     let server = start(cfg).await;
     let first = server.cert_hash();
-    let old = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
-    assert!(eventually(Duration::from_secs(7), || server.cert_hash() != first).await, "renewed");
+    let old = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(7), || server.cert_hash() != first).await,
+        "renewed"
+    );
     let (_, body) = http_get(server.http_addr, "/cert-hash").await;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["hash"], hex::encode(server.cert_hash()));
     // A client pinned to the new hash connects; one pinned to a stale hash does not.
-    let new = connect(&client_config(&server, Transport::WebTransport, Some(token(2)))).await.unwrap();
+    let new = connect(&client_config(&server, Transport::WebTransport, Some(token(2))))
+        .await
+        .unwrap();
     assert_eq!(new.ready.user.id, 2);
     let mut stale = client_config(&server, Transport::Quic, Some(token(3)));
     stale.trust = quaver_client::Trust::Hashes(vec![[0u8; 32]]);
@@ -278,7 +393,9 @@ async fn certificate_renews_while_a_session_stays_up() {
 #[tokio::test]
 async fn http_side_port_endpoints() {
     let server = start(config()).await;
-    let _c = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
+    let _c = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
     let (s, b) = http_get(server.http_addr, "/health").await;
     assert_eq!((s, b.trim()), (200, "ok"));
     let (s, b) = http_get(server.http_addr, "/ready").await;
@@ -306,7 +423,9 @@ async fn heartbeats_report_lane_positions_and_silence_times_out() {
     cfg.session.ping_interval = Duration::from_millis(200);
     cfg.session.ping_timeout = Duration::from_millis(600);
     let server = start(cfg).await;
-    let mut c = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
+    let mut c = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
     assert_eq!(c.ready.heartbeat_interval_ms, 200);
     // Events pushed by the server carry per-lane seqs, reported back in heartbeat acks.
     let mut lane = c.open_lane(Lane::Notifications).await.unwrap();
@@ -319,14 +438,38 @@ async fn heartbeats_report_lane_positions_and_silence_times_out() {
     }
     for want in 1..=3u64 {
         match lane.next().await.unwrap() {
-            ServerLane::Event { seq, body: EventBody::Notice { text } } => assert_eq!((seq, text.as_str()), (want, "hi")),
+            ServerLane::Event {
+                seq,
+                body: EventBody::Notice { text },
+            } => assert_eq!((seq, text.as_str()), (want, "hi")),
             other => panic!("{other:?}"),
         }
     }
-    let (ack, _) = c.heartbeat(77, vec![LaneSeq { lane: Lane::Notifications, seq: 3 }]).await.unwrap();
+    let (ack, _) = c
+        .heartbeat(
+            77,
+            vec![LaneSeq {
+                lane: Lane::Notifications,
+                seq: 3,
+            }],
+        )
+        .await
+        .unwrap();
     assert_eq!(ack.nonce, 77);
-    assert_eq!(ack.lanes, vec![LaneSeq { lane: Lane::Notifications, seq: 3 }]);
-    assert_eq!(h.acked_seqs(), vec![LaneSeq { lane: Lane::Notifications, seq: 3 }]);
+    assert_eq!(
+        ack.lanes,
+        vec![LaneSeq {
+            lane: Lane::Notifications,
+            seq: 3
+        }]
+    );
+    assert_eq!(
+        h.acked_seqs(),
+        vec![LaneSeq {
+            lane: Lane::Notifications,
+            seq: 3
+        }]
+    );
     // Stop heartbeating: QUIC keep-alives still flow, but the session times out.
     let closed = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap();
     assert_eq!(closed.map(|c| c.0), Some(CloseCode::HEARTBEAT_TIMEOUT));
@@ -340,16 +483,30 @@ async fn token_refresh_keeps_the_session_and_a_missed_one_closes_it() {
     let server = start(cfg).await;
     let v = verifier();
     let short = v.sign(&claims(1, 2)).unwrap();
-    let mut a = connect(&client_config(&server, Transport::Quic, Some(short.clone()))).await.unwrap();
-    let mut b = connect(&client_config(&server, Transport::WebTransport, Some(short))).await.unwrap();
+    let mut a = connect(&client_config(&server, Transport::Quic, Some(short.clone())))
+        .await
+        .unwrap();
+    let mut b = connect(&client_config(&server, Transport::WebTransport, Some(short)))
+        .await
+        .unwrap();
     for c in [&mut a, &mut b] {
-        assert!(matches!(c.next_control().await.unwrap(), ServerControl::RefreshNeeded { .. }));
+        assert!(matches!(
+            c.next_control().await.unwrap(),
+            ServerControl::RefreshNeeded { .. }
+        ));
     }
     // A token for another user is refused without ending the session.
-    a.send_control(&ClientControl::RefreshToken { token: token(2) }).await.unwrap();
+    a.send_control(&ClientControl::RefreshToken { token: token(2) })
+        .await
+        .unwrap();
     assert!(matches!(a.next_control().await.unwrap(), ServerControl::Error(e) if e.code == ErrorCode::TOKEN_REJECTED));
-    a.send_control(&ClientControl::RefreshToken { token: token(1) }).await.unwrap();
-    assert!(matches!(a.next_control().await.unwrap(), ServerControl::TokenRefreshed { .. }));
+    a.send_control(&ClientControl::RefreshToken { token: token(1) })
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.next_control().await.unwrap(),
+        ServerControl::TokenRefreshed { .. }
+    ));
     // b never refreshes: closed when its token runs out.
     let closed = tokio::time::timeout(Duration::from_secs(6), async {
         loop {
@@ -374,8 +531,12 @@ async fn connection_cap_answers_overloaded() {
     let mut cfg = config();
     cfg.session.max_connections = 1;
     let server = start(cfg).await;
-    let _a = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
-    let e = connect(&client_config(&server, Transport::Quic, Some(token(2)))).await.unwrap_err();
+    let _a = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let e = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap_err();
     assert!(
         e.close_code() == Some(CloseCode::OVERLOADED) || matches!(e, Error::Transport(_)),
         "{e}"
@@ -389,7 +550,9 @@ async fn stateless_retry_validates_addresses_under_load() {
     let mut cfg = config();
     cfg.session.retry_above_handshakes = 0; // always validate
     let server = start(cfg).await;
-    let c = connect(&client_config(&server, Transport::Quic, Some(token(1)))).await.unwrap();
+    let c = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
     assert_eq!(c.ready.user.id, 1);
     assert!(server.ctx.metrics.retries.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     server.shutdown().await;

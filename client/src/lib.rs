@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
-use quaver_proto::session::{RecvStream, SendStream, Session};
 pub use quaver_proto::session::Transport;
+use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -143,7 +143,9 @@ impl ServerCertVerifier for PinnedHashes {
         if self.hashes.iter().any(|h| h[..] == *d.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
         }
     }
 
@@ -213,15 +215,22 @@ fn read_err(session: &Session, e: ReadError) -> Error {
 
 /// Opens a session: connects, sends `Hello`, and waits for `Ready`.
 pub async fn connect(cfg: &Config) -> Result<Client, Error> {
-    let bind: SocketAddr = if cfg.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+    let bind: SocketAddr = if cfg.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("literal");
     let (session, endpoint) = match cfg.transport {
         Transport::Quic => {
             let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
-            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+            let crypto =
+                quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
             let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
             let mut transport = quinn::TransportConfig::default();
             transport.keep_alive_interval(Some(cfg.keep_alive));
-            transport.max_idle_timeout(Some(cfg.idle_timeout.try_into().map_err(|_| Error::Tls("idle timeout".into()))?));
+            transport.max_idle_timeout(Some(
+                cfg.idle_timeout
+                    .try_into()
+                    .map_err(|_| Error::Tls("idle timeout".into()))?,
+            ));
             qc.transport_config(Arc::new(transport));
             let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Transport(e.to_string()))?;
             endpoint.set_default_client_config(qc);
@@ -259,13 +268,10 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
                 opts = opts.add_header("origin", o.clone());
             }
             // Resolve via the address we were given, not DNS.
-            let conn = endpoint
-                .connect(opts.build())
-                .await
-                .map_err(|e| match e {
-                    wtransport::error::ConnectingError::SessionRejected => Error::Rejected("session rejected".into()),
-                    other => Error::Transport(other.to_string()),
-                })?;
+            let conn = endpoint.connect(opts.build()).await.map_err(|e| match e {
+                wtransport::error::ConnectingError::SessionRejected => Error::Rejected("session rejected".into()),
+                other => Error::Transport(other.to_string()),
+            })?;
             (Session::WebTransport(conn), None)
         }
     };
@@ -282,7 +288,9 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         resume: None,
         compression: Compression::None,
     });
-    write_msg(&mut ctl_tx, &hello).await.map_err(|e| Error::Transport(e.to_string()))?;
+    write_msg(&mut ctl_tx, &hello)
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))?;
     let ready = match control.next::<ServerControl>().await {
         Ok(Some(ServerControl::Ready(r))) => r,
         Ok(Some(ServerControl::Closing(c))) => {
@@ -292,7 +300,12 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
             });
         }
         Ok(Some(other)) => return Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
-        Ok(None) => return Err(read_err(&session, ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))),
+        Ok(None) => {
+            return Err(read_err(
+                &session,
+                ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            ));
+        }
         Err(e) => return Err(read_err(&session, e)),
     };
     Ok(Client {
@@ -326,7 +339,10 @@ impl Client {
 
     /// Sends a control frame.
     pub async fn send_control(&mut self, msg: &ClientControl) -> Result<(), Error> {
-        write_msg(&mut self.ctl_tx, msg).await.map(|_| ()).map_err(|e| Error::Transport(e.to_string()))
+        write_msg(&mut self.ctl_tx, msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Transport(e.to_string()))
     }
 
     /// The next control frame from the server; `Err(Closed)` once the server closed.
@@ -335,7 +351,10 @@ impl Client {
             Ok(Some(m)) => Ok(m),
             Ok(None) => {
                 self.session.closed().await;
-                Err(read_err(&self.session, ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())))
+                Err(read_err(
+                    &self.session,
+                    ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                ))
             }
             Err(e) => {
                 self.session.closed().await;
@@ -346,8 +365,13 @@ impl Client {
 
     /// Sends a heartbeat and waits for its ack (other control frames in between are returned
     /// in the second element).
-    pub async fn heartbeat(&mut self, nonce: u32, lanes: Vec<LaneSeq>) -> Result<(Heartbeat, Vec<ServerControl>), Error> {
-        self.send_control(&ClientControl::Heartbeat(Heartbeat { nonce, lanes })).await?;
+    pub async fn heartbeat(
+        &mut self,
+        nonce: u32,
+        lanes: Vec<LaneSeq>,
+    ) -> Result<(Heartbeat, Vec<ServerControl>), Error> {
+        self.send_control(&ClientControl::Heartbeat(Heartbeat { nonce, lanes }))
+            .await?;
         let mut other = Vec::new();
         loop {
             match self.next_control().await? {
@@ -359,8 +383,14 @@ impl Client {
 
     /// Opens a lane.
     pub async fn open_lane(&self, lane: Lane) -> Result<LaneStream, Error> {
-        let (mut send, recv) = self.session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
-        write_msg(&mut send, &StreamOpen::Lane(lane)).await.map_err(|e| Error::Transport(e.to_string()))?;
+        let (mut send, recv) = self
+            .session
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        write_msg(&mut send, &StreamOpen::Lane(lane))
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
         Ok(LaneStream {
             lane,
             send,
@@ -373,8 +403,14 @@ impl Client {
 
     /// Runs a one-shot fetch on its own stream.
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchReply, Error> {
-        let (mut send, recv) = self.session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
-        write_msg(&mut send, &StreamOpen::Fetch(req)).await.map_err(|e| Error::Transport(e.to_string()))?;
+        let (mut send, recv) = self
+            .session
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        write_msg(&mut send, &StreamOpen::Fetch(req))
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
         send.finish();
         let mut recv = FramedRead::new(recv, self.max_frame);
         match recv.next::<FetchReply>().await {
@@ -414,13 +450,17 @@ impl LaneStream {
     pub async fn send(&mut self, body: RequestBody) -> Result<u32, Error> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        write_msg(&mut self.send, &Request { id, body }).await.map_err(|e| Error::Transport(e.to_string()))?;
+        write_msg(&mut self.send, &Request { id, body })
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
         Ok(id)
     }
 
     /// Sends raw bytes on the lane (tests of the server's input handling).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        tokio::io::AsyncWriteExt::write_all(&mut self.send, bytes).await.map_err(|e| Error::Transport(e.to_string()))
+        tokio::io::AsyncWriteExt::write_all(&mut self.send, bytes)
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))
     }
 
     /// Sends a request and waits for its `Ack` (`Ok`) or `Error` (`Err(ErrorBody)`);

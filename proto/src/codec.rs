@@ -71,8 +71,8 @@ pub fn encode_event_frame(seq: u64, body: &[u8], out: &mut Vec<u8>) {
 
 /// Decodes one message that must span all of `payload`.
 pub fn decode<T: bincode::Decode<()>>(payload: &[u8]) -> Result<T, DecodeError> {
-    let (msg, used) = bincode::decode_from_slice::<T, _>(payload, WIRE)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (msg, used) =
+        bincode::decode_from_slice::<T, _>(payload, WIRE).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != payload.len() {
         return Err(DecodeError::Trailing(payload.len() - used));
     }
@@ -216,10 +216,7 @@ pub mod io {
     }
 
     /// Writes one message as a frame. Returns the payload size written.
-    pub async fn write_msg<W: AsyncWrite + Unpin, T: bincode::Encode>(
-        w: &mut W,
-        msg: &T,
-    ) -> std::io::Result<usize> {
+    pub async fn write_msg<W: AsyncWrite + Unpin, T: bincode::Encode>(w: &mut W, msg: &T) -> std::io::Result<usize> {
         let mut out = Vec::with_capacity(64);
         encode_frame(msg, &mut out);
         w.write_all(&out).await?;
@@ -258,7 +255,13 @@ mod tests {
         for seq in [1u64, 250, 70_000, u64::MAX] {
             let body = EventBody::Notice { text: "hi".into() };
             let mut whole = Vec::new();
-            encode_frame(&ServerLane::Event { seq, body: body.clone() }, &mut whole);
+            encode_frame(
+                &ServerLane::Event {
+                    seq,
+                    body: body.clone(),
+                },
+                &mut whole,
+            );
             let mut fast = Vec::new();
             encode_event_frame(seq, &encode_payload(&body), &mut fast);
             assert_eq!(whole, fast);
@@ -271,7 +274,10 @@ mod tests {
         let mut wire = Vec::new();
         varint::write(101, &mut wire);
         r.push(&wire);
-        assert!(matches!(r.next_frame(), Err(FrameError::TooLarge { len: 101, max: 100 })));
+        assert!(matches!(
+            r.next_frame(),
+            Err(FrameError::TooLarge { len: 101, max: 100 })
+        ));
     }
 
     #[test]

@@ -172,7 +172,10 @@ mod tests {
         };
         let mut out = Vec::new();
         h.write(b"opus", &mut out);
-        assert_eq!(out, [0x01, 0x9e, 0x01, 0x02, 0x0a, 0x0b, 0x0c, 0x0d, b'o', b'p', b'u', b's']);
+        assert_eq!(
+            out,
+            [0x01, 0x9e, 0x01, 0x02, 0x0a, 0x0b, 0x0c, 0x0d, b'o', b'p', b'u', b's']
+        );
         let (back, payload) = Uplink::parse(&out).unwrap();
         assert_eq!(back, h);
         assert_eq!(payload, b"opus");

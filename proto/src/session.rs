@@ -106,7 +106,9 @@ impl Session {
     pub fn send_datagram(&self, data: Bytes) -> Result<(), SessionError> {
         match self {
             Session::Quic(c) => c.send_datagram(data).map_err(|e| SessionError::Datagram(e.to_string())),
-            Session::WebTransport(c) => c.send_datagram(&data).map_err(|e| SessionError::Datagram(e.to_string())),
+            Session::WebTransport(c) => c
+                .send_datagram(&data)
+                .map_err(|e| SessionError::Datagram(e.to_string())),
         }
     }
 

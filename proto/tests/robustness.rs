@@ -23,7 +23,10 @@ impl Rng {
 }
 
 fn iters() -> usize {
-    std::env::var("QUAVER_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000)
+    std::env::var("QUAVER_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000)
 }
 
 /// Runs every decoder on `p`; returns how many accepted it.
@@ -115,7 +118,11 @@ fn frame_reader_bounds_memory_on_random_streams() {
                 }
             }
             // Whatever is buffered is at most one partial frame (+ prefix) plus the last chunk.
-            assert!(r.buffered() <= max + 8 + 300, "buffered {} with max {max}", r.buffered());
+            assert!(
+                r.buffered() <= max + 8 + 300,
+                "buffered {} with max {max}",
+                r.buffered()
+            );
             if r.next_frame().is_err() {
                 break;
             }

@@ -9,12 +9,14 @@ use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_DTX, FLAG_TALKSPURT_STAR
 use quaver_proto::*;
 use serde_json::{Value, json};
 
+type Check = Box<dyn Fn(&[u8]) -> bool>;
+
 struct Vector {
     name: &'static str,
     ty: &'static str,
     value: Value,
     payload: Vec<u8>,
-    decodes: Box<dyn Fn(&[u8]) -> bool>,
+    decodes: Check,
 }
 
 fn v<T>(name: &'static str, ty: &'static str, msg: T, value: Value) -> Vector
@@ -60,8 +62,14 @@ fn vectors() -> Vec<Vector> {
                 resume: Some(ResumeRequest {
                     session_id: sid(),
                     lanes: vec![
-                        LaneSeq { lane: Lane::Chat, seq: 42 },
-                        LaneSeq { lane: Lane::Presence, seq: 300 },
+                        LaneSeq {
+                            lane: Lane::Chat,
+                            seq: 42,
+                        },
+                        LaneSeq {
+                            lane: Lane::Presence,
+                            seq: 300,
+                        },
                     ],
                 }),
                 compression: Compression::Zstd,
@@ -75,7 +83,10 @@ fn vectors() -> Vec<Vector> {
             "ClientControl",
             ClientControl::Heartbeat(Heartbeat {
                 nonce: 7,
-                lanes: vec![LaneSeq { lane: Lane::Notifications, seq: 70_000 }],
+                lanes: vec![LaneSeq {
+                    lane: Lane::Notifications,
+                    seq: 70_000,
+                }],
             }),
             json!({"type": "Heartbeat", "nonce": 7, "lanes": [{"lane": "Notifications", "seq": 70000}]}),
         ),
@@ -90,7 +101,10 @@ fn vectors() -> Vec<Vector> {
             "ServerControl",
             ServerControl::Ready(Ready {
                 session_id: sid(),
-                user: User { id: 1_234_567_890_123_456_789, name: "Ada ✓".into() },
+                user: User {
+                    id: 1_234_567_890_123_456_789,
+                    name: "Ada ✓".into(),
+                },
                 heartbeat_interval_ms: 10_000,
                 limits: Limits {
                     max_frame_bytes: 262_144,
@@ -110,19 +124,27 @@ fn vectors() -> Vec<Vector> {
         v(
             "heartbeat_ack",
             "ServerControl",
-            ServerControl::HeartbeatAck(Heartbeat { nonce: 250, lanes: vec![] }),
+            ServerControl::HeartbeatAck(Heartbeat {
+                nonce: 250,
+                lanes: vec![],
+            }),
             json!({"type": "HeartbeatAck", "nonce": 250, "lanes": []}),
         ),
         v(
             "goaway",
             "ServerControl",
-            ServerControl::Goaway(Goaway { reconnect_after_ms: 1_500, reason: "shutdown".into() }),
+            ServerControl::Goaway(Goaway {
+                reconnect_after_ms: 1_500,
+                reason: "shutdown".into(),
+            }),
             json!({"type": "Goaway", "reconnect_after_ms": 1500, "reason": "shutdown"}),
         ),
         v(
             "refresh_needed",
             "ServerControl",
-            ServerControl::RefreshNeeded { expires_at_ms: 1_700_000_000_123 },
+            ServerControl::RefreshNeeded {
+                expires_at_ms: 1_700_000_000_123,
+            },
             json!({"type": "RefreshNeeded", "expires_at_ms": 1700000000123u64}),
         ),
         v(
@@ -140,7 +162,10 @@ fn vectors() -> Vec<Vector> {
         v(
             "closing",
             "ServerControl",
-            ServerControl::Closing(Closing { code: CloseCode::TOKEN_EXPIRED.0, reason: "token expired".into() }),
+            ServerControl::Closing(Closing {
+                code: CloseCode::TOKEN_EXPIRED.0,
+                reason: "token expired".into(),
+            }),
             json!({"type": "Closing", "code": 4012, "reason": "token expired"}),
         ),
         v(
@@ -158,13 +183,21 @@ fn vectors() -> Vec<Vector> {
         v(
             "request_ping",
             "Request",
-            Request { id: 300, body: RequestBody::Ping { data: vec![0xde, 0xad, 0xbe, 0xef] } },
+            Request {
+                id: 300,
+                body: RequestBody::Ping {
+                    data: vec![0xde, 0xad, 0xbe, 0xef],
+                },
+            },
             json!({"id": 300, "body": {"type": "Ping", "data": {"$bytes": "deadbeef"}}}),
         ),
         v(
             "ack_pong",
             "ServerLane",
-            ServerLane::Ack { id: 300, body: ResponseBody::Pong { data: vec![1, 2] } },
+            ServerLane::Ack {
+                id: 300,
+                body: ResponseBody::Pong { data: vec![1, 2] },
+            },
             json!({"type": "Ack", "id": 300, "body": {"type": "Pong", "data": {"$bytes": "0102"}}}),
         ),
         v(
@@ -183,7 +216,12 @@ fn vectors() -> Vec<Vector> {
         v(
             "event_notice",
             "ServerLane",
-            ServerLane::Event { seq: (1 << 32) + 5, body: EventBody::Notice { text: "maintenance".into() } },
+            ServerLane::Event {
+                seq: (1 << 32) + 5,
+                body: EventBody::Notice {
+                    text: "maintenance".into(),
+                },
+            },
             json!({"type": "Event", "seq": 4294967301u64, "body": {"type": "Notice", "text": "maintenance"}}),
         ),
         v(
@@ -267,7 +305,10 @@ fn golden_vectors_match() {
     }
     let text = std::fs::read_to_string(PATH).expect("vectors/messages.json (run with QUAVER_BLESS=1)");
     let on_disk: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(on_disk, expected, "vectors/messages.json differs from the encoder; re-bless only for a deliberate protocol change");
+    assert_eq!(
+        on_disk, expected,
+        "vectors/messages.json differs from the encoder; re-bless only for a deliberate protocol change"
+    );
 }
 
 #[test]
@@ -276,7 +317,11 @@ fn golden_vectors_decode_to_their_values() {
         assert!((vec.decodes)(&vec.payload), "{} does not decode back", vec.name);
         // Every strict prefix must fail to decode (no message is a prefix of another form).
         for cut in 0..vec.payload.len() {
-            assert!(!(vec.decodes)(&vec.payload[..cut]), "{} decodes from a prefix of {cut} bytes", vec.name);
+            assert!(
+                !(vec.decodes)(&vec.payload[..cut]),
+                "{} decodes from a prefix of {cut} bytes",
+                vec.name
+            );
         }
     }
     for (name, bytes, value) in datagrams() {

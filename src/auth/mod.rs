@@ -110,7 +110,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +130,8 @@ impl Verifier {
     /// on first run creates) a random dev secret in `data_dir/dev-jwt-secret`.
     pub fn from_config(cfg: &AuthConfig, data_dir: &Path) -> anyhow::Result<Self> {
         let mut v = if let Some(path) = &cfg.public_key {
-            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading JWT public key {}: {e}", path.display()))?;
+            let pem =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("reading JWT public key {}: {e}", path.display()))?;
             let algorithm = parse_algorithm(cfg.algorithm.as_deref().unwrap_or("RS256"))?;
             let key = match algorithm {
                 Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
@@ -189,10 +192,9 @@ impl Verifier {
 
     /// Signs claims with the server's own HS256 secret (dev tokens, tests).
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        let signer = self
-            .signer
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("this server verifies with a public key; sign tokens with the private key's owner"))?;
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("this server verifies with a public key; sign tokens with the private key's owner")
+        })?;
         Ok(jsonwebtoken::encode(&Header::new(self.algorithm), claims, signer)?)
     }
 
@@ -251,7 +253,9 @@ impl Verifier {
             .ok_or_else(|| AuthError::InvalidClaims("sub must be a positive decimal user id".into()))?;
         let name = c.name.unwrap_or_else(|| c.sub.clone());
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaims("name must be 1–64 printable characters".into()));
+            return Err(AuthError::InvalidClaims(
+                "name must be 1–64 printable characters".into(),
+            ));
         }
         Ok(Identity {
             user_id,
@@ -263,7 +267,10 @@ impl Verifier {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads the dev secret, creating it (random, 48 bytes, hex) on first use.
@@ -319,19 +326,34 @@ mod tests {
         c.nbf = Some(unix_now() + 100);
         assert_eq!(v.verify(&v.sign(&c).unwrap()), Err(AuthError::NotYetValid));
         let other = Verifier::hs256(b"ffffffffffffffffffffffffffffffff").unwrap();
-        assert_eq!(v.verify(&other.sign(&claims(60)).unwrap()), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(&other.sign(&claims(60)).unwrap()),
+            Err(AuthError::BadSignature)
+        );
         // HS384 with the right secret: wrong algorithm, not a bad signature.
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS384), &claims(60), &EncodingKey::from_secret(SECRET)).unwrap();
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims(60),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
         assert!(matches!(v.verify(&t), Err(AuthError::WrongAlgorithm(a)) if a == "HS384"));
         // alg: none, hand-built.
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"42","exp":9999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"42","exp":9999999999}"#)
+        );
         assert_eq!(v.verify(&none), Err(AuthError::Unsigned));
         assert_eq!(v.verify("garbage"), Err(AuthError::Malformed));
         assert_eq!(v.verify(""), Err(AuthError::Missing));
         let mut c = claims(60);
         c.sub = "alice".into();
-        assert!(matches!(v.verify(&v.sign(&c).unwrap()), Err(AuthError::InvalidClaims(_))));
+        assert!(matches!(
+            v.verify(&v.sign(&c).unwrap()),
+            Err(AuthError::InvalidClaims(_))
+        ));
     }
 
     #[test]
@@ -349,7 +371,10 @@ mod tests {
         let mut c = claims(60);
         c.aud = Some("other".into());
         c.iss = Some("https://auth.example".into());
-        assert_eq!(v.verify(&v.sign(&c).unwrap()), Err(AuthError::InvalidClaims("aud".into())));
+        assert_eq!(
+            v.verify(&v.sign(&c).unwrap()),
+            Err(AuthError::InvalidClaims("aud".into()))
+        );
     }
 
     #[test]

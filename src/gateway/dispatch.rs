@@ -11,16 +11,27 @@ use crate::Ctx;
 pub const MAX_PING_BYTES: usize = 1024;
 
 /// Handles one lane request.
-pub async fn request(_ctx: &Ctx, _session: &SessionHandle, lane: Lane, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+pub async fn request(
+    _ctx: &Ctx,
+    _session: &SessionHandle,
+    lane: Lane,
+    body: RequestBody,
+) -> Result<ResponseBody, ErrorBody> {
     if let Some(home) = body.lane()
         && home != lane
     {
-        return Err(ErrorBody::new(ErrorCode::WRONG_LANE, format!("this request belongs on the {} lane", home.name())));
+        return Err(ErrorBody::new(
+            ErrorCode::WRONG_LANE,
+            format!("this request belongs on the {} lane", home.name()),
+        ));
     }
     match body {
         RequestBody::Ping { data } => {
             if data.len() > MAX_PING_BYTES {
-                return Err(ErrorBody::new(ErrorCode::TOO_LARGE, format!("ping data over {MAX_PING_BYTES} bytes")));
+                return Err(ErrorBody::new(
+                    ErrorCode::TOO_LARGE,
+                    format!("ping data over {MAX_PING_BYTES} bytes"),
+                ));
             }
             Ok(ResponseBody::Pong { data })
         }

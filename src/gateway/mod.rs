@@ -77,7 +77,9 @@ impl SessionHandle {
     /// false if the lane is not open. A full queue closes the session as a slow consumer:
     /// dropping the event silently would break the exactly-once promise.
     pub fn push_event(&self, lane: Lane, body: Bytes) -> bool {
-        let Some(tx) = self.lanes[lane.index()].get() else { return false };
+        let Some(tx) = self.lanes[lane.index()].get() else {
+            return false;
+        };
         match tx.try_send(LaneOut::Event(body)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

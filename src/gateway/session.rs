@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
 use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::{
-    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FrameError, Goaway, Heartbeat, Lane,
-    Limits, Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
+    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FrameError, Goaway, Heartbeat, Lane, Limits,
+    Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
@@ -94,10 +94,24 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     let hello = match timeout_at(hello_deadline, ctl_rx.next::<ClientControl>()).await {
         Ok(Ok(Some(ClientControl::Hello(h)))) => h,
         Ok(Ok(Some(_))) => {
-            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::PROTOCOL_ERROR, "first control frame must be Hello").await;
+            return refuse(
+                &ctx,
+                &session,
+                &mut ctl_tx,
+                CloseCode::PROTOCOL_ERROR,
+                "first control frame must be Hello",
+            )
+            .await;
         }
         Ok(Ok(None)) => {
-            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::PROTOCOL_ERROR, "control stream ended before Hello").await;
+            return refuse(
+                &ctx,
+                &session,
+                &mut ctl_tx,
+                CloseCode::PROTOCOL_ERROR,
+                "control stream ended before Hello",
+            )
+            .await;
         }
         Ok(Err(e)) => {
             return refuse(&ctx, &session, &mut ctl_tx, read_error_code(&e), e.to_string()).await;
@@ -108,7 +122,18 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     };
     ctx.metrics.rx[CONTROL].add(ctl_rx.bytes as usize);
     if hello.version != quaver_proto::PROTOCOL_VERSION {
-        return refuse(&ctx, &session, &mut ctl_tx, CloseCode::UNSUPPORTED_VERSION, format!("protocol version {} unsupported (server speaks {})", hello.version, quaver_proto::PROTOCOL_VERSION),).await;
+        return refuse(
+            &ctx,
+            &session,
+            &mut ctl_tx,
+            CloseCode::UNSUPPORTED_VERSION,
+            format!(
+                "protocol version {} unsupported (server speaks {})",
+                hello.version,
+                quaver_proto::PROTOCOL_VERSION
+            ),
+        )
+        .await;
     }
     // Hello.token wins over the URL/header token: it is the most deliberate of the three.
     let identity = match hello.token.as_deref().or(pre_token.as_deref()) {
@@ -124,7 +149,12 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
 
     // 2. Ready.
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
-    let handle = Arc::new(SessionHandle::new(random_session_id(), identity.user_id, session.clone(), cmd_tx));
+    let handle = Arc::new(SessionHandle::new(
+        random_session_id(),
+        identity.user_id,
+        session.clone(),
+        cmd_tx,
+    ));
     let sc = &ctx.cfg.session;
     let ready = ServerControl::Ready(Ready {
         session_id: handle.id,
@@ -261,12 +291,21 @@ async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, 
     }
 }
 
-async fn run_lane(ctx: Arc<Ctx>, h: Arc<SessionHandle>, lane: Lane, mut send: SendStream, mut rx: FramedRead<RecvStream>) {
+async fn run_lane(
+    ctx: Arc<Ctx>,
+    h: Arc<SessionHandle>,
+    lane: Lane,
+    mut send: SendStream,
+    mut rx: FramedRead<RecvStream>,
+) {
     let (tx, out) = mpsc::channel(LANE_QUEUE);
     if h.lanes[lane.index()].set(tx.clone()).is_err() {
         let err = ServerLane::Error {
             id: 0,
-            error: ErrorBody::new(ErrorCode::LANE_ALREADY_OPEN, format!("{} lane already open", lane.name())),
+            error: ErrorBody::new(
+                ErrorCode::LANE_ALREADY_OPEN,
+                format!("{} lane already open", lane.name()),
+            ),
         };
         let _ = write_msg(&mut send, &err).await;
         send.finish();
@@ -293,7 +332,13 @@ async fn run_lane(ctx: Arc<Ctx>, h: Arc<SessionHandle>, lane: Lane, mut send: Se
 }
 
 /// Owns a lane's send stream: numbers events, coalesces queued frames into few writes.
-async fn lane_writer(ctx: Arc<Ctx>, h: Arc<SessionHandle>, lane: Lane, mut send: SendStream, mut out: mpsc::Receiver<LaneOut>) {
+async fn lane_writer(
+    ctx: Arc<Ctx>,
+    h: Arc<SessionHandle>,
+    lane: Lane,
+    mut send: SendStream,
+    mut out: mpsc::Receiver<LaneOut>,
+) {
     let mut buf = Vec::with_capacity(4096);
     let flow = &ctx.metrics.tx[lane.index()];
     while let Some(first) = out.recv().await {

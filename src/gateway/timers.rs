@@ -62,7 +62,9 @@ impl Timers {
     }
 
     fn warn_at(&self) -> Instant {
-        self.token_deadline.checked_sub(self.refresh_warning).unwrap_or(self.token_deadline)
+        self.token_deadline
+            .checked_sub(self.refresh_warning)
+            .unwrap_or(self.token_deadline)
     }
 
     /// The earliest instant at which [`Timers::poll`] has something to do.
@@ -113,7 +115,10 @@ mod tests {
         }
         assert_eq!(t.next_deadline(), t0 + 120 * S);
         assert_eq!(t.poll(t0 + 119 * S), None);
-        assert_eq!(t.poll(t0 + 120 * S), Some(TimerAction::Close(CloseCode::HEARTBEAT_TIMEOUT)));
+        assert_eq!(
+            t.poll(t0 + 120 * S),
+            Some(TimerAction::Close(CloseCode::HEARTBEAT_TIMEOUT))
+        );
     }
 
     #[test]
@@ -128,7 +133,10 @@ mod tests {
         t.token_refreshed(t0 + 400 * S);
         assert_eq!(t.poll(t0 + 100 * S), None);
         assert_eq!(t.poll(t0 + 340 * S), Some(TimerAction::SendRefreshNeeded));
-        assert_eq!(t.poll(t0 + 400 * S), Some(TimerAction::Close(CloseCode::TOKEN_REFRESH_MISSED)));
+        assert_eq!(
+            t.poll(t0 + 400 * S),
+            Some(TimerAction::Close(CloseCode::TOKEN_REFRESH_MISSED))
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/cert-hash", get(cert_hash))
-        .route("/", get(|| async { static_file("text/html; charset=utf-8", include_str!("../../web/index.html")) }))
+        .route(
+            "/",
+            get(|| async { static_file("text/html; charset=utf-8", include_str!("../../web/index.html")) }),
+        )
         .route(
             "/quaver.js",
             get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/quaver.js")) }),
@@ -44,8 +47,16 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let draining = if ctx.shutdown.is_fired() { 1.0 } else { 0.0 };
     let handshakes = ctx.handshakes_in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64;
     let body = ctx.metrics.render(&[
-        ("quaver_draining", "1 while the node drains after a shutdown signal.", draining),
-        ("quaver_handshakes_in_flight", "Handshakes not yet finished.", handshakes),
+        (
+            "quaver_draining",
+            "1 while the node drains after a shutdown signal.",
+            draining,
+        ),
+        (
+            "quaver_handshakes_in_flight",
+            "Handshakes not yet finished.",
+            handshakes,
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -63,7 +74,10 @@ async fn cert_hash(State(ctx): State<Arc<Ctx>>) -> Response {
         "port": ctx.quic_port,
     });
     (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         body.to_string(),
     )
         .into_response()

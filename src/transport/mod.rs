@@ -148,7 +148,10 @@ async fn webtransport(ctx: &Ctx, connecting: quinn::Connecting) -> Option<(Sessi
         request.forbidden().await;
         return None;
     }
-    let from_query = url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
+    let from_query = url
+        .query_pairs()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
     let from_header = request
         .headers()
         .iter()
@@ -171,7 +174,9 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     match origin {
         None => true,
         Some(_) if allowed.is_empty() => true,
-        Some(o) => allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o.trim_end_matches('/'))),
+        Some(o) => allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o.trim_end_matches('/'))),
     }
 }
 

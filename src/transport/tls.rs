@@ -129,19 +129,30 @@ impl CertStore {
         let c = read_lock(&self.current);
         let now = SystemTime::now();
         std::iter::once(c.info.clone())
-            .chain(c.previous.iter().filter(|p| p.not_after.is_some_and(|t| t > now)).cloned())
+            .chain(
+                c.previous
+                    .iter()
+                    .filter(|p| p.not_after.is_some_and(|t| t > now))
+                    .cloned(),
+            )
             .collect()
     }
 
     /// When the dev certificate must be renewed (`None` for production certificates).
     pub fn renew_at(&self) -> Option<SystemTime> {
         let dev = self.dev.as_ref()?;
-        read_lock(&self.current).info.not_after.map(|t| t - dev.dev_renew_before)
+        read_lock(&self.current)
+            .info
+            .not_after
+            .map(|t| t - dev.dev_renew_before)
     }
 
     /// Generates and installs a fresh dev certificate.
     pub fn renew(&self) -> anyhow::Result<CertInfo> {
-        let dev = self.dev.as_ref().ok_or_else(|| anyhow::anyhow!("not a dev certificate"))?;
+        let dev = self
+            .dev
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("not a dev certificate"))?;
         let (key, info) = generate_dev(&dev.cert_dir, dev.dev_validity)?;
         let mut c = self.current.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut c.info, info.clone());
@@ -155,7 +166,12 @@ impl CertStore {
     pub async fn renew_loop(self: Arc<Self>, mut stop: crate::shutdown::Signal) {
         loop {
             let Some(at) = self.renew_at() else { return };
-            let wait = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            // At least a second between renewals, whatever the settings, so a renewal
+            // lead close to the validity cannot turn into a busy loop.
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait() => return,
@@ -181,14 +197,22 @@ impl ResolvesServerCert for CertStore {
 }
 
 fn dev_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (dir.join("dev-cert.pem"), dir.join("dev-key.pem"), dir.join("dev-cert.expires"))
+    (
+        dir.join("dev-cert.pem"),
+        dir.join("dev-key.pem"),
+        dir.join("dev-cert.expires"),
+    )
 }
 
 /// Loads the dev certificate from `dir` if it is still good for longer than `renew_before`.
 fn load_dev(dir: &Path, renew_before: Duration) -> anyhow::Result<Option<(Arc<CertifiedKey>, CertInfo)>> {
     let (cert_path, key_path, exp_path) = dev_paths(dir);
-    let Ok(exp) = std::fs::read_to_string(&exp_path) else { return Ok(None) };
-    let Ok(exp_secs) = exp.trim().parse::<u64>() else { return Ok(None) };
+    let Ok(exp) = std::fs::read_to_string(&exp_path) else {
+        return Ok(None);
+    };
+    let Ok(exp_secs) = exp.trim().parse::<u64>() else {
+        return Ok(None);
+    };
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(exp_secs);
     if not_after < SystemTime::now() + renew_before {
         return Ok(None);
@@ -201,7 +225,9 @@ fn load_dev(dir: &Path, renew_before: Duration) -> anyhow::Result<Option<(Arc<Ce
         Err(_) => return Ok(None),
     };
     let Some(first) = chain.first() else { return Ok(None) };
-    let Ok(Some(key)) = rustls_pemfile::private_key(&mut &key_pem[..]) else { return Ok(None) };
+    let Ok(Some(key)) = rustls_pemfile::private_key(&mut &key_pem[..]) else {
+        return Ok(None);
+    };
     let info = CertInfo {
         sha256: sha256(first),
         not_after: Some(not_after),
@@ -213,15 +239,23 @@ fn load_dev(dir: &Path, renew_before: Duration) -> anyhow::Result<Option<(Arc<Ce
 /// Creates a self-signed ECDSA P-256 certificate for localhost and writes it to `dir`.
 fn generate_dev(dir: &Path, validity: Duration) -> anyhow::Result<(Arc<CertifiedKey>, CertInfo)> {
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
     let now = time::OffsetDateTime::now_utc();
-    // Back-date a little for clients whose clocks run slightly behind; the total span
-    // stays within the configured validity (Chrome counts notAfter − notBefore).
-    let not_before = now - time::Duration::seconds(60);
+    // Back-date a little (a minute, or a quarter of a very short validity) for clients
+    // whose clocks run slightly behind; the total span stays within the configured
+    // validity, since Chrome counts notAfter − notBefore.
     let span = time::Duration::try_from(validity).map_err(|e| anyhow::anyhow!("validity: {e}"))?;
+    let backdate: time::Duration = (span / 4i32).min(time::Duration::seconds(60));
+    let not_before = now - backdate;
     params.not_before = not_before;
     params.not_after = not_before + span;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Quaver development certificate");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Quaver development certificate");
     let cert = params.self_signed(&kp)?;
     let der = cert.der().clone();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(params.not_after.unix_timestamp().max(0) as u64);
@@ -253,7 +287,11 @@ mod tests {
         };
         let a = CertStore::from_config(&cfg).unwrap();
         let b = CertStore::from_config(&cfg).unwrap();
-        assert_eq!(a.info().sha256, b.info().sha256, "a fresh dev cert is reused across restarts");
+        assert_eq!(
+            a.info().sha256,
+            b.info().sha256,
+            "a fresh dev cert is reused across restarts"
+        );
         let span = a.info().not_after.unwrap().duration_since(SystemTime::now()).unwrap();
         assert!(span <= Duration::from_secs(14 * 86_400) && span > Duration::from_secs(9 * 86_400));
         let old = a.info().sha256;

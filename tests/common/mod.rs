@@ -32,11 +32,13 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// A config on loopback with OS-chosen ports and the test secret.
 pub fn config() -> Config {
     let dir = tempdir("srv");
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.http_listen = "127.0.0.1:0".parse().unwrap();
-    c.node_name = "test-node".into();
-    c.data_dir = dir.join("data");
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        node_name: "test-node".into(),
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
     c.tls.cert_dir = dir.join("certs");
     c.auth.jwt_secret = Some(SECRET.into());
     c.auth.leeway = Duration::ZERO;
@@ -54,7 +56,9 @@ pub fn verifier() -> Verifier {
 }
 
 pub fn token(user: u64) -> String {
-    verifier().mint(user, Some(&format!("user{user}")), Duration::from_secs(3600)).unwrap()
+    verifier()
+        .mint(user, Some(&format!("user{user}")), Duration::from_secs(3600))
+        .unwrap()
 }
 
 pub fn claims(user: u64, exp_in: i64) -> Claims {
@@ -86,7 +90,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
