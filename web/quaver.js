@@ -420,7 +420,8 @@ export class Session extends EventTarget {
     const s = await this.wt.createBidirectionalStream();
     const w = s.writable.getWriter();
     await w.write(encodeFrame('StreamOpen', { type: 'Fetch', request }));
-    await w.close();
+    // Not awaited: the reply is what matters, not the acknowledgement of our FIN.
+    w.close().catch(() => {});
     const p = await new FramedStream(s.readable, this.maxFrame).next();
     if (!p) throw new ProtocolError('fetch stream ended without a reply');
     const reply = decode('FetchReply', p);

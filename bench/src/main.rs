@@ -34,29 +34,32 @@ enum Tr {
 #[derive(Subcommand)]
 enum Scenario {
     /// Open sessions and measure handshake-to-Ready and lane round-trip latency.
-    Sessions {
-        /// Server QUIC address; omitted = start a server in-process.
-        #[arg(long)]
-        server: Option<SocketAddr>,
-        /// Certificate SHA-256 (hex) of --server (from its /cert-hash).
-        #[arg(long)]
-        cert_hash: Option<String>,
-        /// HS256 secret of --server, to mint tokens.
-        #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
-        /// Sessions to open.
-        #[arg(long, default_value_t = 200)]
-        count: usize,
-        /// Handshakes in flight at once.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Transport.
-        #[arg(long, value_enum, default_value_t = Tr::Quic)]
-        transport: Tr,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 60)]
-        max_seconds: u64,
-    },
+    Sessions(SessionsArgs),
+}
+
+#[derive(clap::Args)]
+struct SessionsArgs {
+    /// Server QUIC address; omitted = start a server in-process.
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// Certificate SHA-256 (hex) of --server (from its /cert-hash).
+    #[arg(long)]
+    cert_hash: Option<String>,
+    /// HS256 secret of --server, to mint tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Sessions to open.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
 }
 
 /// Percentiles of a sample, in microseconds.
@@ -81,38 +84,20 @@ fn percentiles(mut v: Vec<Duration>) -> [(String, f64); 5] {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
-        Scenario::Sessions {
-            server,
-            cert_hash,
-            jwt_secret,
-            count,
-            concurrency,
-            transport,
-            max_seconds,
-        } => {
-            sessions(
-                server,
-                cert_hash,
-                jwt_secret,
-                count,
-                concurrency,
-                transport,
-                max_seconds,
-            )
-            .await
-        }
+        Scenario::Sessions(args) => sessions(args).await,
     }
 }
 
-async fn sessions(
-    server: Option<SocketAddr>,
-    cert_hash: Option<String>,
-    secret: Option<String>,
-    count: usize,
-    concurrency: usize,
-    transport: Tr,
-    max_seconds: u64,
-) -> anyhow::Result<()> {
+async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
+    let SessionsArgs {
+        server,
+        cert_hash,
+        jwt_secret: secret,
+        count,
+        concurrency,
+        transport,
+        max_seconds,
+    } = args;
     let secret = secret.unwrap_or_else(|| "quaver-bench-secret-0123456789abcdef".into());
     let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
     // In-process server when none is given: loopback, temporary directories.

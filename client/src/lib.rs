@@ -381,16 +381,22 @@ impl Client {
         }
     }
 
-    /// Opens a lane.
-    pub async fn open_lane(&self, lane: Lane) -> Result<LaneStream, Error> {
+    /// Opens a bidirectional stream and sends its `StreamOpen` frame.
+    async fn open_stream(&self, open: StreamOpen) -> Result<(SendStream, RecvStream), Error> {
         let (mut send, recv) = self
             .session
             .open_bi()
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
-        write_msg(&mut send, &StreamOpen::Lane(lane))
+        write_msg(&mut send, &open)
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok((send, recv))
+    }
+
+    /// Opens a lane.
+    pub async fn open_lane(&self, lane: Lane) -> Result<LaneStream, Error> {
+        let (send, recv) = self.open_stream(StreamOpen::Lane(lane)).await?;
         Ok(LaneStream {
             lane,
             send,
@@ -403,14 +409,7 @@ impl Client {
 
     /// Runs a one-shot fetch on its own stream.
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchReply, Error> {
-        let (mut send, recv) = self
-            .session
-            .open_bi()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        write_msg(&mut send, &StreamOpen::Fetch(req))
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+        let (mut send, recv) = self.open_stream(StreamOpen::Fetch(req)).await?;
         send.finish();
         let mut recv = FramedRead::new(recv, self.max_frame);
         match recv.next::<FetchReply>().await {

@@ -286,6 +286,10 @@ async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, 
                 ctx.metrics.tx[FETCH].add(n);
             }
             send.finish();
+            // Read the client's end of stream before dropping it: dropping an unfinished
+            // receive stream sends STOP_SENDING, which a browser reports as an error on its
+            // own (already complete) close.
+            let _ = tokio::time::timeout(ctx.cfg.session.hello_timeout, rx.next_payload()).await;
         }
         StreamOpen::Lane(lane) => run_lane(ctx, h, lane, send, rx).await,
     }
