@@ -411,4 +411,32 @@ mod tests {
             assert!(v.sign(&claims(60)).is_err());
         }
     }
+
+    #[test]
+    fn rs256_public_key_verifies() {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let private_pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public_pem = key.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let dir = std::env::temp_dir().join(format!("quaver-auth-{}-rs256", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pubpath = dir.join("pub.pem");
+        std::fs::write(&pubpath, public_pem).unwrap();
+        // RS256 is the default algorithm for a public key.
+        let cfg = AuthConfig {
+            public_key: Some(pubpath),
+            ..Default::default()
+        };
+        let v = Verifier::from_config(&cfg, &dir).unwrap();
+        assert_eq!(v.algorithm(), Algorithm::RS256);
+        let enc = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(60), &enc).unwrap();
+        assert_eq!(v.verify(&t).unwrap().user_id, 42);
+        let other = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let enc = EncodingKey::from_rsa_pem(other.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(60), &enc).unwrap();
+        assert_eq!(v.verify(&t), Err(AuthError::BadSignature));
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS384), &claims(60), &enc).unwrap();
+        assert!(matches!(v.verify(&t), Err(AuthError::WrongAlgorithm(_))));
+    }
 }
