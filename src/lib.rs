@@ -16,8 +16,11 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod ids;
 pub mod metrics;
+pub mod perms;
 pub mod shutdown;
+pub mod store;
 pub mod transport;
 
 use std::net::SocketAddr;

@@ -28,6 +28,26 @@ impl ErrorCode {
     pub const TOKEN_REJECTED: ErrorCode = ErrorCode(9);
     /// The lane was already open on this session.
     pub const LANE_ALREADY_OPEN: ErrorCode = ErrorCode(10);
+    /// Message content is empty, blank, too long or has control characters.
+    pub const INVALID_CONTENT: ErrorCode = ErrorCode(11);
+    /// A name (guild, channel, role) is empty, too long or has control characters.
+    pub const INVALID_NAME: ErrorCode = ErrorCode(12);
+    /// Not a single Unicode emoji.
+    pub const INVALID_EMOJI: ErrorCode = ErrorCode(13);
+    /// The message already has the most distinct reactions (20).
+    pub const TOO_MANY_REACTIONS: ErrorCode = ErrorCode(14);
+    /// The invite is unknown, used up or expired.
+    pub const INVALID_INVITE: ErrorCode = ErrorCode(15);
+    /// You are banned from that guild.
+    pub const BANNED: ErrorCode = ErrorCode(16);
+    /// The reply target is not a message of the same channel.
+    pub const INVALID_REPLY: ErrorCode = ErrorCode(17);
+    /// Blocked by the other user, or you blocked them.
+    pub const BLOCKED: ErrorCode = ErrorCode(18);
+    /// A group DM can have at most 10 people.
+    pub const GROUP_FULL: ErrorCode = ErrorCode(19);
+    /// The owner cannot leave or be removed; transfer or delete the guild.
+    pub const OWNER: ErrorCode = ErrorCode(20);
 }
 
 /// The body of an error reply.

@@ -234,13 +234,196 @@ pub enum StreamOpen {
     Fetch(FetchRequest),
 }
 
-/// Requests a client can make on a lane.
+/// Requests a client can make on a lane. Everything but `Ping` goes on the chat lane.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum RequestBody {
     /// Answered with `Pong` carrying the same data, on any lane: a lane-level round-trip probe.
     Ping {
         /// Echoed back (at most 1 KiB).
         data: Vec<u8>,
+    },
+    /// Create a guild owned by the caller (with an `@everyone` role and a `general` channel).
+    CreateGuild {
+        /// 1–100 characters.
+        name: String,
+    },
+    /// Rename a guild (manage-guild).
+    RenameGuild {
+        /// The guild.
+        guild_id: u64,
+        /// 1–100 characters.
+        name: String,
+    },
+    /// Delete a guild (owner only).
+    DeleteGuild {
+        /// The guild.
+        guild_id: u64,
+    },
+    /// Create an invite code (create-invite).
+    CreateInvite {
+        /// The guild.
+        guild_id: u64,
+        /// 0 = unlimited.
+        max_uses: u32,
+        /// 0 = never expires.
+        max_age_secs: u32,
+    },
+    /// Join a guild by invite code.
+    JoinGuild {
+        /// The invite code.
+        code: String,
+    },
+    /// Leave a guild (the owner cannot).
+    LeaveGuild {
+        /// The guild.
+        guild_id: u64,
+    },
+    /// Remove a member (kick-members).
+    KickMember {
+        /// The guild.
+        guild_id: u64,
+        /// Who.
+        user_id: u64,
+    },
+    /// Remove and ban a member (ban-members).
+    BanMember {
+        /// The guild.
+        guild_id: u64,
+        /// Who.
+        user_id: u64,
+        /// Why (≤ 512 characters).
+        reason: String,
+    },
+    /// Create a role (manage-roles).
+    CreateRole {
+        /// The guild.
+        guild_id: u64,
+        /// 1–100 characters.
+        name: String,
+        /// Permission bits.
+        permissions: u64,
+    },
+    /// Change a role's name and permissions (manage-roles; the `@everyone` role has the
+    /// guild's id).
+    UpdateRole {
+        /// The guild.
+        guild_id: u64,
+        /// The role.
+        role_id: u64,
+        /// 1–100 characters.
+        name: String,
+        /// Permission bits.
+        permissions: u64,
+    },
+    /// Give or take a role (manage-roles).
+    SetMemberRole {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: u64,
+        /// The role.
+        role_id: u64,
+        /// Give (true) or take (false).
+        add: bool,
+    },
+    /// Create a channel (manage-channels).
+    CreateChannel {
+        /// The guild.
+        guild_id: u64,
+        /// `Text` or `Voice`.
+        kind: ChannelKind,
+        /// 1–100 characters.
+        name: String,
+        /// ≤ 1024 characters.
+        topic: String,
+    },
+    /// Delete a channel (manage-channels).
+    DeleteChannel {
+        /// The channel.
+        channel_id: u64,
+    },
+    /// Set a permission overwrite on a channel (manage-roles).
+    SetOverwrite {
+        /// The channel.
+        channel_id: u64,
+        /// A role or a member.
+        target: OverwriteTarget,
+        /// Bits allowed.
+        allow: u64,
+        /// Bits denied.
+        deny: u64,
+    },
+    /// Remove a permission overwrite (manage-roles).
+    DeleteOverwrite {
+        /// The channel.
+        channel_id: u64,
+        /// A role or a member.
+        target: OverwriteTarget,
+    },
+    /// Open (or get) the DM channel with another user.
+    OpenDm {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Create a group DM with up to 9 others.
+    CreateGroupDm {
+        /// The others.
+        user_ids: Vec<u64>,
+        /// 0–100 characters.
+        name: String,
+    },
+    /// Send a message. Acked only once stored; a retry with the same nonce returns the
+    /// original message instead of a duplicate.
+    SendMessage {
+        /// The channel.
+        channel_id: u64,
+        /// Chosen by the client, unique per author (random u64).
+        nonce: u64,
+        /// 1–4,000 characters.
+        content: String,
+        /// A message in the same channel this replies to.
+        reply_to: Option<u64>,
+    },
+    /// Edit your message.
+    EditMessage {
+        /// The channel.
+        channel_id: u64,
+        /// The message.
+        message_id: u64,
+        /// 1–4,000 characters.
+        content: String,
+    },
+    /// Delete a message (yours, or any with manage-messages).
+    DeleteMessage {
+        /// The channel.
+        channel_id: u64,
+        /// The message.
+        message_id: u64,
+    },
+    /// React with a Unicode emoji (add-reactions; ≤ 20 distinct per message).
+    AddReaction {
+        /// The channel.
+        channel_id: u64,
+        /// The message.
+        message_id: u64,
+        /// The emoji.
+        emoji: String,
+    },
+    /// Remove your reaction.
+    RemoveReaction {
+        /// The channel.
+        channel_id: u64,
+        /// The message.
+        message_id: u64,
+        /// The emoji.
+        emoji: String,
+    },
+    /// Mark a channel read up to `seq`; synced to your other sessions.
+    MarkRead {
+        /// The channel.
+        channel_id: u64,
+        /// The last seq read.
+        seq: u64,
     },
 }
 
@@ -249,8 +432,173 @@ impl RequestBody {
     pub fn lane(&self) -> Option<Lane> {
         match self {
             RequestBody::Ping { .. } => None,
+            _ => Some(Lane::Chat),
         }
     }
+}
+
+/// Kinds of channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ChannelKind {
+    /// A guild text channel.
+    Text,
+    /// A guild voice channel.
+    Voice,
+    /// A direct message between two users.
+    Dm,
+    /// A group DM (up to 10 people).
+    GroupDm,
+}
+
+/// Whom a permission overwrite applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum OverwriteTarget {
+    /// A role (the `@everyone` role has the guild's id).
+    Role(u64),
+    /// One member.
+    Member(u64),
+}
+
+/// A permission overwrite on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Overwrite {
+    /// Whom it applies to.
+    pub target: OverwriteTarget,
+    /// Bits allowed.
+    pub allow: u64,
+    /// Bits denied.
+    pub deny: u64,
+}
+
+/// A guild.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Guild {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub owner_id: u64,
+}
+
+/// A role.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Role {
+    /// Id (the guild's id for `@everyone`).
+    pub id: u64,
+    /// Guild.
+    pub guild_id: u64,
+    /// Name.
+    pub name: String,
+    /// Permission bits.
+    pub permissions: u64,
+    /// Order (higher is more senior).
+    pub position: u32,
+}
+
+/// A channel.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Channel {
+    /// Id.
+    pub id: u64,
+    /// Guild (none for DMs).
+    pub guild_id: Option<u64>,
+    /// Kind.
+    pub kind: ChannelKind,
+    /// Name (empty for DMs).
+    pub name: String,
+    /// Topic.
+    pub topic: String,
+    /// The channel's last event seq.
+    pub last_seq: u64,
+    /// Permission overwrites.
+    pub overwrites: Vec<Overwrite>,
+    /// DM / group DM members (empty for guild channels).
+    pub recipients: Vec<u64>,
+}
+
+/// A guild member.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Member {
+    /// The user.
+    pub user_id: u64,
+    /// The user's name.
+    pub name: String,
+    /// Role ids (besides `@everyone`).
+    pub roles: Vec<u64>,
+}
+
+/// What a message mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Mentions {
+    /// `<@id>` users.
+    pub users: Vec<u64>,
+    /// `<@&id>` roles.
+    pub roles: Vec<u64>,
+    /// `@everyone` or `@here` (only with mention-everyone).
+    pub everyone: bool,
+}
+
+/// A reaction count on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many users reacted.
+    pub count: u32,
+}
+
+/// A message.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Message {
+    /// Snowflake id.
+    pub id: u64,
+    /// Channel.
+    pub channel_id: u64,
+    /// Author.
+    pub author_id: u64,
+    /// The author's nonce.
+    pub nonce: u64,
+    /// Text (empty once deleted).
+    pub content: String,
+    /// The message this replies to.
+    pub reply_to: Option<u64>,
+    /// Mentions parsed from the content.
+    pub mentions: Mentions,
+    /// The channel seq of its creation.
+    pub seq: u64,
+    /// Creation time (Unix ms).
+    pub created_at_ms: u64,
+    /// Last edit (Unix ms).
+    pub edited_at_ms: Option<u64>,
+    /// Deleted (content removed).
+    pub deleted: bool,
+    /// Reactions.
+    pub reactions: Vec<Reaction>,
+}
+
+/// Per-channel read position of the user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReadState {
+    /// Channel.
+    pub channel_id: u64,
+    /// Last seq read.
+    pub last_read_seq: u64,
+    /// Mentions of the user since then.
+    pub mention_count: u32,
+}
+
+/// An invite.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Invite {
+    /// The code to join with.
+    pub code: String,
+    /// Guild.
+    pub guild_id: u64,
+    /// 0 = unlimited.
+    pub max_uses: u32,
+    /// Expiry (Unix ms), if any.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Client → server frames on a lane.
@@ -271,9 +619,36 @@ pub enum ResponseBody {
         /// The ping's data.
         data: Vec<u8>,
     },
+    /// Done; nothing to return.
+    Done,
+    /// A guild (create, rename, join).
+    Guild(Guild),
+    /// An invite.
+    Invite(Invite),
+    /// A role.
+    Role(Role),
+    /// A channel (create, DM).
+    Channel(Channel),
+    /// A message was stored (or had been: `duplicate`).
+    MessageSent {
+        /// Its id.
+        message_id: u64,
+        /// Its channel seq.
+        seq: u64,
+        /// Creation time (Unix ms).
+        created_at_ms: u64,
+        /// True when this nonce had been sent before: no new message was created.
+        duplicate: bool,
+    },
+    /// A change took the channel's next seq.
+    Sequenced {
+        /// The seq.
+        seq: u64,
+    },
 }
 
-/// Events pushed by the server on a lane.
+/// Events pushed by the server on a lane. Channel events (`Message*`, `Reaction*`) carry
+/// the channel's `seq`: every viewer sees them in that order, and gaps are detectable.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum EventBody {
     /// A notice from the operator (maintenance warnings and the like).
@@ -281,6 +656,121 @@ pub enum EventBody {
         /// Text to show.
         text: String,
     },
+    /// A message was created.
+    MessageCreated {
+        /// Channel seq.
+        seq: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A message was edited.
+    MessageEdited {
+        /// Channel seq.
+        seq: u64,
+        /// Channel.
+        channel_id: u64,
+        /// Message.
+        message_id: u64,
+        /// New content.
+        content: String,
+        /// New mentions.
+        mentions: Mentions,
+        /// Edit time (Unix ms).
+        edited_at_ms: u64,
+    },
+    /// A message was deleted.
+    MessageDeleted {
+        /// Channel seq.
+        seq: u64,
+        /// Channel.
+        channel_id: u64,
+        /// Message.
+        message_id: u64,
+    },
+    /// A reaction was added.
+    ReactionAdded {
+        /// Channel seq.
+        seq: u64,
+        /// Channel.
+        channel_id: u64,
+        /// Message.
+        message_id: u64,
+        /// Who.
+        user_id: u64,
+        /// The emoji.
+        emoji: String,
+    },
+    /// A reaction was removed.
+    ReactionRemoved {
+        /// Channel seq.
+        seq: u64,
+        /// Channel.
+        channel_id: u64,
+        /// Message.
+        message_id: u64,
+        /// Who.
+        user_id: u64,
+        /// The emoji.
+        emoji: String,
+    },
+    /// A guild became visible to you (created, joined) or changed.
+    GuildUpdated {
+        /// The guild.
+        guild: Guild,
+    },
+    /// You are no longer in the guild (left, kicked, banned, deleted).
+    GuildRemoved {
+        /// The guild.
+        guild_id: u64,
+    },
+    /// A channel was created or changed, or became visible to you.
+    ChannelUpdated {
+        /// The channel.
+        channel: Channel,
+    },
+    /// A channel was deleted, or is no longer visible to you.
+    ChannelRemoved {
+        /// The channel.
+        channel_id: u64,
+    },
+    /// A role was created or changed.
+    RoleUpdated {
+        /// The role.
+        role: Role,
+    },
+    /// Someone joined a guild, or their roles changed.
+    MemberUpdated {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        member: Member,
+    },
+    /// Someone left a guild.
+    MemberRemoved {
+        /// The guild.
+        guild_id: u64,
+        /// The user.
+        user_id: u64,
+    },
+    /// Your read state changed (on another of your sessions).
+    ReadStateUpdated {
+        /// The new state.
+        state: ReadState,
+    },
+}
+
+impl EventBody {
+    /// The channel and seq of a channel event (the ones stored in the channel event log).
+    pub fn channel_seq(&self) -> Option<(u64, u64)> {
+        match self {
+            EventBody::MessageCreated { seq, message } => Some((message.channel_id, *seq)),
+            EventBody::MessageEdited { seq, channel_id, .. }
+            | EventBody::MessageDeleted { seq, channel_id, .. }
+            | EventBody::ReactionAdded { seq, channel_id, .. }
+            | EventBody::ReactionRemoved { seq, channel_id, .. } => Some((*channel_id, *seq)),
+            _ => None,
+        }
+    }
 }
 
 /// Server → client frames on a lane.
@@ -314,6 +804,44 @@ pub enum ServerLane {
 pub enum FetchRequest {
     /// The server's identity, version and limits.
     ServerInfo,
+    /// A page of a channel's messages, by seq (read-message-history).
+    History {
+        /// The channel.
+        channel_id: u64,
+        /// Where to start.
+        anchor: HistoryAnchor,
+        /// At most 100.
+        limit: u32,
+    },
+    /// The guilds you are in, with the channels you can see.
+    Guilds,
+    /// A guild's channels that you can see.
+    Channels {
+        /// The guild.
+        guild_id: u64,
+    },
+    /// A guild's members (by user id, after `after`).
+    Members {
+        /// The guild.
+        guild_id: u64,
+        /// Page after this user id (0 = from the start).
+        after: u64,
+        /// At most 1000.
+        limit: u32,
+    },
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum HistoryAnchor {
+    /// The newest messages.
+    Latest,
+    /// Messages with a creation seq below this one (older), newest first in time order.
+    Before(u64),
+    /// Messages with a creation seq above this one (newer).
+    After(u64),
+    /// Messages around this seq (half before, half after).
+    Around(u64),
 }
 
 /// Successful fetch results.
@@ -330,6 +858,45 @@ pub enum FetchResponse {
         /// Largest frame accepted.
         max_frame_bytes: u32,
     },
+    /// Messages in ascending seq order (deleted ones included, content removed).
+    History {
+        /// The messages.
+        messages: Vec<Message>,
+        /// Whether older messages exist before the first one returned.
+        more_before: bool,
+        /// Whether newer messages exist after the last one returned.
+        more_after: bool,
+    },
+    /// Guilds with their visible channels and roles.
+    Guilds {
+        /// The guilds.
+        guilds: Vec<GuildSnapshot>,
+    },
+    /// Channels.
+    Channels {
+        /// The channels.
+        channels: Vec<Channel>,
+    },
+    /// Members.
+    Members {
+        /// The members.
+        members: Vec<Member>,
+    },
+}
+
+/// A guild as a member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GuildSnapshot {
+    /// The guild.
+    pub guild: Guild,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// The channels you can see.
+    pub channels: Vec<Channel>,
+    /// Member count.
+    pub member_count: u32,
+    /// The members, for guilds of up to 100 members (otherwise empty: fetch `Members`).
+    pub members: Vec<Member>,
 }
 
 /// The single frame the server writes on a fetch stream before finishing it.

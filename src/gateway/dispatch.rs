@@ -35,6 +35,7 @@ pub async fn request(
             }
             Ok(ResponseBody::Pong { data })
         }
+        _ => Err(ErrorBody::new(ErrorCode::UNSUPPORTED, "not yet supported")),
     }
 }
 
@@ -47,5 +48,6 @@ pub async fn fetch(ctx: &Ctx, _session: &SessionHandle, req: FetchRequest) -> Fe
             protocols: vec![quaver_proto::PROTOCOL_VERSION],
             max_frame_bytes: ctx.cfg.session.max_frame_bytes as u32,
         }),
+        _ => FetchReply::Err(ErrorBody::new(ErrorCode::UNSUPPORTED, "not yet supported")),
     }
 }
