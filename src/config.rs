@@ -50,8 +50,14 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Name of this node in logs, `Ready` and metrics. Default: `quaver-<pid>`.
     pub node_name: String,
-    /// Directory for runtime state (the dev JWT secret; later the SQLite database).
+    /// Directory for runtime state (the dev JWT secret, the default SQLite database).
     pub data_dir: PathBuf,
+    /// Database URL: `sqlite://path?mode=rwc` or `postgres://…`. Default: SQLite at
+    /// `data_dir/quaver.db`, created on first run, so a new user needs nothing installed.
+    pub database: Option<String>,
+    /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
+    /// Default: derived from the node name.
+    pub node_id: Option<u16>,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Token verification.
@@ -149,6 +155,8 @@ impl Default for Config {
             http_listen: "127.0.0.1:8080".parse().expect("valid literal"),
             node_name: format!("quaver-{}", std::process::id()),
             data_dir: PathBuf::from("data"),
+            database: None,
+            node_id: None,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
@@ -216,6 +224,12 @@ pub struct ConfigArgs {
     /// Runtime state directory [default: data].
     #[arg(long, env = "QUAVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Database URL (sqlite://… or postgres://…) [default: sqlite in the data dir].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database: Option<String>,
+    /// Node number for snowflake ids, 0–1023 [default: from the node name].
+    #[arg(long, env = "QUAVER_NODE_ID")]
+    pub node_id: Option<u16>,
     /// PEM certificate chain (production TLS).
     #[arg(long, env = "QUAVER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -309,6 +323,7 @@ impl ConfigArgs {
         }
         set_opt! {
             cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
+            database => database, node_id => node_id,
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }
@@ -325,6 +340,25 @@ impl ConfigArgs {
 }
 
 impl Config {
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("quaver.db").display()),
+        }
+    }
+
+    /// The snowflake node number in force.
+    pub fn node_number(&self) -> u16 {
+        self.node_id.unwrap_or_else(|| {
+            // FNV-1a of the name: stable across restarts of the same node.
+            let h = self.node_name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            (h % 1024) as u16
+        }) & 0x3ff
+    }
+
     /// Rejects settings that cannot work, saying why.
     pub fn validate(&self) -> anyhow::Result<()> {
         let s = &self.session;

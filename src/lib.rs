@@ -6,6 +6,12 @@
 //!   control, and TLS certificates (`transport::tls`).
 //! - [`auth`]: JWT verification, each failure mapped to a close code.
 //! - [`gateway`]: session lifecycle, control stream, lanes, fetch streams, dispatch.
+//! - [`chat`]: guilds, channels, roles, messages, reactions, read states; fan-out.
+//! - [`perms`]: permission bits and their computation (a pure function).
+//! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
+//! - [`cluster`]: the bus that carries events to every node (in-process by default).
+//! - [`limits`]: token-bucket rate limits and flood detection.
+//! - [`ids`]: snowflake ids.
 //! - [`http`]: the side port: health, readiness, metrics, certificate hash, web client.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`shutdown`]: shutdown as a value passed to every part.
@@ -13,10 +19,13 @@
 //! [`Server::start`] wires them together; `main.rs` is only the command line.
 
 pub mod auth;
+pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod perms;
 pub mod shutdown;
@@ -48,7 +57,9 @@ pub struct Ctx {
     /// QUIC handshakes accepted and not yet finished (drives address validation).
     pub handshakes_in_flight: AtomicUsize,
     /// Live sessions.
-    pub sessions: gateway::Sessions,
+    pub sessions: Arc<gateway::Sessions>,
+    /// Chat: guilds, channels, messages.
+    pub chat: Arc<chat::Chat>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -99,6 +110,12 @@ impl Server {
         cfg.validate()?;
         let verifier = auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
         let certs = transport::tls::CertStore::from_config(&cfg.tls)?;
+        let store = store::Store::open(&cfg.database_url())
+            .await
+            .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
+        let (bus, bus_rx) = cluster::MemoryBus::new();
+        let chat = Arc::new(chat::Chat::new(store, Arc::new(bus), cfg.node_number()));
+        let sessions = Arc::new(gateway::Sessions::default());
         let endpoint = transport::endpoint(&cfg, certs.clone())?;
         let quic_addr = endpoint.local_addr()?;
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
@@ -113,7 +130,8 @@ impl Server {
             metrics: metrics::Metrics::default(),
             shutdown: signal.clone(),
             handshakes_in_flight: AtomicUsize::new(0),
-            sessions: gateway::Sessions::default(),
+            sessions: sessions.clone(),
+            chat: chat.clone(),
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),
@@ -121,6 +139,7 @@ impl Server {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
         tasks.push(tokio::spawn(certs.renew_loop(signal.clone())));
+        tasks.push(tokio::spawn(chat.run_fanout(sessions, bus_rx)));
         let router = http::router(ctx.clone());
         let mut http_stop = signal.clone();
         tasks.push(tokio::spawn(async move {

@@ -198,13 +198,99 @@ const ReadyFields = [
   ['limits', struct([['max_frame_bytes', T.u32], ['max_datagram_bytes', T.u32], ['heartbeat_timeout_ms', T.u32]])],
   ['compression', Compression], ['token_expires_at_ms', T.u64], ['node', T.string],
 ];
-const FetchRequest = tagged([['ServerInfo', []]]);
+const ChannelKind = names('Text', 'Voice', 'Dm', 'GroupDm');
+const OverwriteTarget = tagged([['Role', [['id', T.id]]], ['Member', [['id', T.id]]]]);
+const Overwrite = struct([['target', OverwriteTarget], ['allow', T.u64], ['deny', T.u64]]);
+const Guild = struct([['id', T.id], ['name', T.string], ['owner_id', T.id]]);
+const GuildFields = Guild.fields;
+const Role = struct([['id', T.id], ['guild_id', T.id], ['name', T.string], ['permissions', T.u64], ['position', T.u32]]);
+const Channel = struct([
+  ['id', T.id], ['guild_id', opt(T.id)], ['kind', ChannelKind], ['name', T.string], ['topic', T.string],
+  ['last_seq', T.u64], ['overwrites', vec(Overwrite)], ['recipients', vec(T.id)],
+]);
+const Member = struct([['user_id', T.id], ['name', T.string], ['roles', vec(T.id)]]);
+const Mentions = struct([['users', vec(T.id)], ['roles', vec(T.id)], ['everyone', T.bool]]);
+const Reaction = struct([['emoji', T.string], ['count', T.u32]]);
+const Message = struct([
+  ['id', T.id], ['channel_id', T.id], ['author_id', T.id], ['nonce', T.id], ['content', T.string],
+  ['reply_to', opt(T.id)], ['mentions', Mentions], ['seq', T.u64], ['created_at_ms', T.u64],
+  ['edited_at_ms', opt(T.u64)], ['deleted', T.bool], ['reactions', vec(Reaction)],
+]);
+const ReadState = struct([['channel_id', T.id], ['last_read_seq', T.u64], ['mention_count', T.u32]]);
+const Invite = struct([['code', T.string], ['guild_id', T.id], ['max_uses', T.u32], ['expires_at_ms', opt(T.u64)]]);
+const GuildSnapshot = struct([
+  ['guild', Guild], ['roles', vec(Role)], ['channels', vec(Channel)], ['member_count', T.u32], ['members', vec(Member)],
+]);
+ReadyFields.push(['guilds', vec(GuildSnapshot)], ['private_channels', vec(Channel)], ['read_states', vec(ReadState)]);
+const HistoryAnchor = tagged([['Latest', []], ['Before', [['seq', T.u64]]], ['After', [['seq', T.u64]]], ['Around', [['seq', T.u64]]]]);
+const FetchRequest = tagged([
+  ['ServerInfo', []],
+  ['History', [['channel_id', T.id], ['anchor', HistoryAnchor], ['limit', T.u32]]],
+  ['Guilds', []],
+  ['Channels', [['guild_id', T.id]]],
+  ['Members', [['guild_id', T.id], ['after', T.id], ['limit', T.u32]]],
+]);
 const FetchResponse = tagged([
   ['ServerInfo', [['version', T.string], ['node', T.string], ['protocols', vec(T.u16)], ['max_frame_bytes', T.u32]]],
+  ['History', [['messages', vec(Message)], ['more_before', T.bool], ['more_after', T.bool]]],
+  ['Guilds', [['guilds', vec(GuildSnapshot)]]],
+  ['Channels', [['channels', vec(Channel)]]],
+  ['Members', [['members', vec(Member)]]],
 ]);
-const RequestBody = tagged([['Ping', [['data', T.bytes]]]]);
-const ResponseBody = tagged([['Pong', [['data', T.bytes]]]]);
-const EventBody = tagged([['Notice', [['text', T.string]]]]);
+const gid = ['guild_id', T.id], cid = ['channel_id', T.id], mid = ['message_id', T.id], uid = ['user_id', T.id];
+const RequestBody = tagged([
+  ['Ping', [['data', T.bytes]]],
+  ['CreateGuild', [['name', T.string]]],
+  ['RenameGuild', [gid, ['name', T.string]]],
+  ['DeleteGuild', [gid]],
+  ['CreateInvite', [gid, ['max_uses', T.u32], ['max_age_secs', T.u32]]],
+  ['JoinGuild', [['code', T.string]]],
+  ['LeaveGuild', [gid]],
+  ['KickMember', [gid, uid]],
+  ['BanMember', [gid, uid, ['reason', T.string]]],
+  ['CreateRole', [gid, ['name', T.string], ['permissions', T.u64]]],
+  ['UpdateRole', [gid, ['role_id', T.id], ['name', T.string], ['permissions', T.u64]]],
+  ['SetMemberRole', [gid, uid, ['role_id', T.id], ['add', T.bool]]],
+  ['CreateChannel', [gid, ['kind', ChannelKind], ['name', T.string], ['topic', T.string]]],
+  ['DeleteChannel', [cid]],
+  ['SetOverwrite', [cid, ['target', OverwriteTarget], ['allow', T.u64], ['deny', T.u64]]],
+  ['DeleteOverwrite', [cid, ['target', OverwriteTarget]]],
+  ['OpenDm', [uid]],
+  ['CreateGroupDm', [['user_ids', vec(T.id)], ['name', T.string]]],
+  ['SendMessage', [cid, ['nonce', T.id], ['content', T.string], ['reply_to', opt(T.id)]]],
+  ['EditMessage', [cid, mid, ['content', T.string]]],
+  ['DeleteMessage', [cid, mid]],
+  ['AddReaction', [cid, mid, ['emoji', T.string]]],
+  ['RemoveReaction', [cid, mid, ['emoji', T.string]]],
+  ['MarkRead', [cid, ['seq', T.u64]]],
+]);
+const ResponseBody = tagged([
+  ['Pong', [['data', T.bytes]]],
+  ['Done', []],
+  ['Guild', GuildFields],
+  ['Invite', Invite.fields],
+  ['Role', Role.fields],
+  ['Channel', Channel.fields],
+  ['MessageSent', [['message_id', T.id], ['seq', T.u64], ['created_at_ms', T.u64], ['duplicate', T.bool]]],
+  ['Sequenced', [['seq', T.u64]]],
+]);
+const seq = ['seq', T.u64];
+const EventBody = tagged([
+  ['Notice', [['text', T.string]]],
+  ['MessageCreated', [seq, ['message', Message]]],
+  ['MessageEdited', [seq, cid, mid, ['content', T.string], ['mentions', Mentions], ['edited_at_ms', T.u64]]],
+  ['MessageDeleted', [seq, cid, mid]],
+  ['ReactionAdded', [seq, cid, mid, uid, ['emoji', T.string]]],
+  ['ReactionRemoved', [seq, cid, mid, uid, ['emoji', T.string]]],
+  ['GuildUpdated', [['guild', Guild]]],
+  ['GuildRemoved', [gid]],
+  ['ChannelUpdated', [['channel', Channel]]],
+  ['ChannelRemoved', [cid]],
+  ['RoleUpdated', [['role', Role]]],
+  ['MemberUpdated', [gid, ['member', Member]]],
+  ['MemberRemoved', [gid, uid]],
+  ['ReadStateUpdated', [['state', ReadState]]],
+]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */
 export const SCHEMA = {

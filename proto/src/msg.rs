@@ -155,6 +155,12 @@ pub struct Ready {
     pub token_expires_at_ms: u64,
     /// Which server node the session is on (for diagnostics).
     pub node: String,
+    /// Your guilds with the channels you can see (members listed for small guilds).
+    pub guilds: Vec<GuildSnapshot>,
+    /// Your DM and group DM channels.
+    pub private_channels: Vec<Channel>,
+    /// Your read states (channels you have read or been mentioned in).
+    pub read_states: Vec<ReadState>,
 }
 
 /// A heartbeat; the client sends one every `heartbeat_interval_ms`, the server acks it.

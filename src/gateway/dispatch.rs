@@ -4,16 +4,19 @@
 
 use quaver_proto::{ErrorBody, ErrorCode, FetchReply, FetchRequest, FetchResponse, Lane, RequestBody, ResponseBody};
 
+use quaver_proto::CloseCode;
+
 use super::SessionHandle;
 use crate::Ctx;
+use crate::chat::Refusal;
 
 /// Largest `Ping` payload echoed.
 pub const MAX_PING_BYTES: usize = 1024;
 
 /// Handles one lane request.
 pub async fn request(
-    _ctx: &Ctx,
-    _session: &SessionHandle,
+    ctx: &Ctx,
+    session: &SessionHandle,
     lane: Lane,
     body: RequestBody,
 ) -> Result<ResponseBody, ErrorBody> {
@@ -35,12 +38,27 @@ pub async fn request(
             }
             Ok(ResponseBody::Pong { data })
         }
-        _ => Err(ErrorBody::new(ErrorCode::UNSUPPORTED, "not yet supported")),
+        chat => ctx
+            .chat
+            .handle(session.user, chat)
+            .await
+            .map_err(|r| refusal(session, r)),
+    }
+}
+
+/// A chat refusal as a reply; a flood also closes the session.
+fn refusal(session: &SessionHandle, r: Refusal) -> ErrorBody {
+    match r {
+        Refusal::Error(e) => e,
+        Refusal::Flood(e) => {
+            session.close(CloseCode::RATE_LIMITED, "kept flooding past rate limits");
+            e
+        }
     }
 }
 
 /// Handles one fetch.
-pub async fn fetch(ctx: &Ctx, _session: &SessionHandle, req: FetchRequest) -> FetchReply {
+pub async fn fetch(ctx: &Ctx, session: &SessionHandle, req: FetchRequest) -> FetchReply {
     match req {
         FetchRequest::ServerInfo => FetchReply::Ok(FetchResponse::ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -48,6 +66,9 @@ pub async fn fetch(ctx: &Ctx, _session: &SessionHandle, req: FetchRequest) -> Fe
             protocols: vec![quaver_proto::PROTOCOL_VERSION],
             max_frame_bytes: ctx.cfg.session.max_frame_bytes as u32,
         }),
-        _ => FetchReply::Err(ErrorBody::new(ErrorCode::UNSUPPORTED, "not yet supported")),
+        other => match ctx.chat.fetch(session.user, other).await {
+            Ok(reply) => reply,
+            Err(r) => FetchReply::Err(refusal(session, r)),
+        },
     }
 }

@@ -128,36 +128,59 @@ fn seqs(a: &[AtomicU64; 5]) -> Vec<LaneSeq> {
 /// Live sessions by id and by user.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    by_id: Mutex<HashMap<SessionId, Arc<SessionHandle>>>,
+    inner: Mutex<SessionMaps>,
+}
+
+#[derive(Debug, Default)]
+struct SessionMaps {
+    by_id: HashMap<SessionId, Arc<SessionHandle>>,
+    by_user: HashMap<UserId, Vec<Arc<SessionHandle>>>,
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<SessionHandle>>> {
-        // Poisoning only follows a panic elsewhere; the map itself is still consistent.
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionMaps> {
+        // Poisoning only follows a panic elsewhere; the maps themselves are consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn insert(&self, h: Arc<SessionHandle>) {
-        self.lock().insert(h.id, h);
+        let mut m = self.lock();
+        m.by_user.entry(h.user).or_default().push(h.clone());
+        m.by_id.insert(h.id, h);
     }
 
     fn remove(&self, id: &SessionId) {
-        self.lock().remove(id);
+        let mut m = self.lock();
+        if let Some(h) = m.by_id.remove(id)
+            && let Some(list) = m.by_user.get_mut(&h.user)
+        {
+            list.retain(|x| x.id != *id);
+            if list.is_empty() {
+                m.by_user.remove(&h.user);
+            }
+        }
     }
 
     /// The session with this id, if live on this node.
     pub fn get(&self, id: &SessionId) -> Option<Arc<SessionHandle>> {
-        self.lock().get(id).cloned()
+        self.lock().by_id.get(id).cloned()
     }
 
     /// Every live session of `user` on this node.
     pub fn of_user(&self, user: UserId) -> Vec<Arc<SessionHandle>> {
-        self.lock().values().filter(|h| h.user == user).cloned().collect()
+        self.lock().by_user.get(&user).cloned().unwrap_or_default()
+    }
+
+    /// Queues an encoded event on `lane` of every session of `user` on this node.
+    pub fn push_to_user(&self, user: UserId, lane: Lane, event: &Bytes) {
+        for h in self.of_user(user) {
+            h.push_event(lane, event.clone());
+        }
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     /// Whether no session is live.

@@ -147,7 +147,21 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         }
     };
 
-    // 2. Ready.
+    // 2. Ready, with the user's snapshot (which also records the user from the claims).
+    let (guilds, private_channels, read_states) = match ctx.chat.ready(identity.user_id, &identity.name).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e.message, "building Ready failed");
+            return refuse(
+                &ctx,
+                &session,
+                &mut ctl_tx,
+                CloseCode::INTERNAL_ERROR,
+                "server failure; retry",
+            )
+            .await;
+        }
+    };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
     let handle = Arc::new(SessionHandle::new(
         random_session_id(),
@@ -171,6 +185,9 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         compression: Compression::None,
         token_expires_at_ms: unix_ms(identity.expires_at),
         node: ctx.cfg.node_name.clone(),
+        guilds,
+        private_channels,
+        read_states,
     });
     match write_msg(&mut ctl_tx, &ready).await {
         Ok(n) => ctx.metrics.tx[CONTROL].add(n),

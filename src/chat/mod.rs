@@ -1,0 +1,1025 @@
+//! Guilds, channels, permissions and messages: request handling on the chat lane, fetches,
+//! the `Ready` snapshot and fan-out.
+//!
+//! Guarantees: a message is acknowledged only after the store committed it; every channel
+//! event has the channel's next seq; a per-channel lock held from the store transaction to
+//! the bus publish makes this node publish each channel's events in seq order, and the one
+//! fan-out task delivers them in that order; a retried nonce returns the original message.
+//! Permission state per guild is cached and dropped on any change (`GuildChanged`).
+
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quaver_proto::codec::encode_payload;
+use quaver_proto::{
+    Channel, ChannelKind, ErrorBody, ErrorCode, EventBody, FetchReply, FetchRequest, FetchResponse, GuildSnapshot,
+    Lane, Member, OverwriteTarget, ReadState, RequestBody, ResponseBody,
+};
+use tokio::sync::mpsc;
+
+use crate::cluster::{Bus, BusEvent};
+use crate::gateway::Sessions;
+use crate::ids::{Snowflakes, now_ms};
+use crate::limits::{Bucket, Flood, Kind};
+use crate::perms::{self, Perms, Subject};
+use crate::store::{GuildState, NewMessage, Store, StoreError};
+
+/// Guilds up to this size get their member list in `Ready`/`Guilds`.
+pub const SMALL_GUILD: u32 = 100;
+/// Most people in a group DM, the creator included.
+pub const MAX_GROUP_DM: usize = 10;
+
+/// A request refusal, or a signal that the session must be closed for flooding.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Answer the request with this error.
+    Error(ErrorBody),
+    /// The user keeps flooding: close the session.
+    Flood(ErrorBody),
+}
+
+impl From<ErrorBody> for Refusal {
+    fn from(e: ErrorBody) -> Self {
+        Refusal::Error(e)
+    }
+}
+
+fn store_err(e: StoreError) -> ErrorBody {
+    match e {
+        StoreError::NotFound => ErrorBody::new(ErrorCode::NOT_FOUND, "not found"),
+        StoreError::InvalidInvite => ErrorBody::new(ErrorCode::INVALID_INVITE, "invite unknown, used up or expired"),
+        StoreError::Banned => ErrorBody::new(ErrorCode::BANNED, "banned from this guild"),
+        StoreError::InvalidReply => ErrorBody::new(
+            ErrorCode::INVALID_REPLY,
+            "reply target is not a message of this channel",
+        ),
+        StoreError::TooManyReactions => ErrorBody::new(ErrorCode::TOO_MANY_REACTIONS, "at most 20 distinct reactions"),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            ErrorBody::new(ErrorCode::INTERNAL, "storage failure; retry")
+        }
+    }
+}
+
+fn not_found() -> ErrorBody {
+    ErrorBody::new(ErrorCode::NOT_FOUND, "not found")
+}
+
+fn forbidden(what: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::FORBIDDEN, format!("missing permission: {what}"))
+}
+
+fn ev(body: &EventBody) -> Bytes {
+    Bytes::from(encode_payload(body))
+}
+
+/// Permissions a DM participant has.
+const DM_PERMS: Perms =
+    Perms(Perms::VIEW_CHANNEL.0 | Perms::SEND_MESSAGES.0 | Perms::READ_MESSAGE_HISTORY.0 | Perms::ADD_REACTIONS.0);
+
+/// A cached guild with memoized viewer lists.
+#[derive(Debug)]
+struct GuildView {
+    state: GuildState,
+    viewers: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+}
+
+impl GuildView {
+    fn perms(&self, user: u64, channel: Option<&Channel>) -> Option<Perms> {
+        let role_ids = self.state.members.get(&user)?;
+        let roles: Vec<(u64, u64)> = role_ids
+            .iter()
+            .filter_map(|id| {
+                self.state
+                    .roles
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .map(|r| (r.id, r.permissions))
+            })
+            .collect();
+        let everyone = self
+            .state
+            .roles
+            .iter()
+            .find(|r| r.id == self.state.guild.id)
+            .map_or(0, |r| r.permissions);
+        let s = Subject {
+            user_id: user,
+            is_owner: self.state.guild.owner_id == user,
+            everyone,
+            roles: &roles,
+        };
+        Some(match channel {
+            Some(c) => perms::in_channel(&s, self.state.guild.id, &c.overwrites),
+            None => perms::base(&s),
+        })
+    }
+
+    fn channel(&self, id: u64) -> Option<&Channel> {
+        self.state.channels.iter().find(|c| c.id == id)
+    }
+
+    fn viewers(&self, channel: u64) -> Arc<Vec<u64>> {
+        let mut memo = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = memo.get(&channel) {
+            return v.clone();
+        }
+        let v: Vec<u64> = match self.channel(channel) {
+            Some(c) => self
+                .state
+                .members
+                .keys()
+                .copied()
+                .filter(|u| self.perms(*u, Some(c)).is_some_and(|p| p.has(Perms::VIEW_CHANNEL)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let v = Arc::new(v);
+        memo.insert(channel, v.clone());
+        v
+    }
+
+    fn visible_channels(&self, user: u64) -> Vec<Channel> {
+        self.state
+            .channels
+            .iter()
+            .filter(|c| self.perms(user, Some(c)).is_some_and(|p| p.has(Perms::VIEW_CHANNEL)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Where a channel lives, for access checks.
+enum Access {
+    Guild(Arc<GuildView>, Channel, Perms),
+    Private,
+}
+
+impl Access {
+    fn perms(&self) -> Perms {
+        match self {
+            Access::Guild(_, _, p) => *p,
+            Access::Private => DM_PERMS,
+        }
+    }
+    fn guild_id(&self) -> Option<u64> {
+        match self {
+            Access::Guild(g, _, _) => Some(g.state.guild.id),
+            Access::Private => None,
+        }
+    }
+}
+
+/// The chat service of one node.
+#[derive(Debug)]
+pub struct Chat {
+    store: Store,
+    bus: Arc<dyn Bus>,
+    ids: Mutex<Snowflakes>,
+    guilds: RwLock<HashMap<u64, Arc<GuildView>>>,
+    /// Which guild a channel belongs to (`None`: DM), learned on first use.
+    channel_guild: RwLock<HashMap<u64, Option<u64>>>,
+    /// Serializes store-commit → publish per channel, so publish order is seq order.
+    channel_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    buckets: Mutex<HashMap<(u64, Kind), Bucket>>,
+    floods: Mutex<HashMap<u64, Flood>>,
+}
+
+impl Chat {
+    /// The chat service over `store`, publishing on `bus`, minting ids as node `node`.
+    pub fn new(store: Store, bus: Arc<dyn Bus>, node: u16) -> Self {
+        Self {
+            store,
+            bus,
+            ids: Mutex::new(Snowflakes::new(node)),
+            guilds: RwLock::new(HashMap::new()),
+            channel_guild: RwLock::new(HashMap::new()),
+            channel_locks: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            floods: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn id(&self) -> u64 {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms())
+    }
+
+    fn limit(&self, user: u64, kind: Kind) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let refused = {
+            let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            b.entry((user, kind))
+                .or_insert_with(|| Bucket::new(kind.default_rate(), now))
+                .take(now)
+                .err()
+        };
+        let Some(wait) = refused else { return Ok(()) };
+        let body = ErrorBody {
+            code: ErrorCode::RATE_LIMITED,
+            message: format!("rate limited ({kind:?})"),
+            retry_after_ms: Some(wait.as_millis().max(1) as u32),
+        };
+        let flood = self
+            .floods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user)
+            .or_insert_with(|| Flood::new(Duration::from_secs(10), 50, now))
+            .refused(now);
+        Err(if flood {
+            Refusal::Flood(body)
+        } else {
+            Refusal::Error(body)
+        })
+    }
+
+    async fn guild(&self, id: u64) -> Result<Arc<GuildView>, ErrorBody> {
+        if let Some(g) = self.guilds.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(g.clone());
+        }
+        let state = self.store.guild_state(id).await.map_err(store_err)?;
+        let view = Arc::new(GuildView {
+            state,
+            viewers: Mutex::new(HashMap::new()),
+        });
+        {
+            let mut cg = self.channel_guild.write().unwrap_or_else(|p| p.into_inner());
+            for c in &view.state.channels {
+                cg.insert(c.id, Some(id));
+            }
+        }
+        self.guilds
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, view.clone());
+        Ok(view)
+    }
+
+    fn invalidate(&self, guild: u64) {
+        self.guilds.write().unwrap_or_else(|p| p.into_inner()).remove(&guild);
+    }
+
+    /// Publishes that a guild changed (every node drops its cache) and drops ours now, so
+    /// this node's next request sees the change at once.
+    fn changed(&self, guild: u64) {
+        self.invalidate(guild);
+        self.bus.publish(BusEvent::GuildChanged { guild_id: guild });
+    }
+
+    async fn access(&self, user: u64, channel: u64) -> Result<Access, ErrorBody> {
+        let known = self
+            .channel_guild
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel)
+            .copied();
+        let guild = match known {
+            Some(g) => g,
+            None => {
+                let c = self.store.channel(channel).await.map_err(store_err)?;
+                self.channel_guild
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(channel, c.guild_id);
+                c.guild_id
+            }
+        };
+        match guild {
+            Some(gid) => {
+                let g = self.guild(gid).await?;
+                let c = g.channel(channel).cloned().ok_or_else(not_found)?;
+                let p = g.perms(user, Some(&c)).unwrap_or(Perms(0));
+                if !p.has(Perms::VIEW_CHANNEL) {
+                    // Not visible: indistinguishable from not existing.
+                    return Err(not_found());
+                }
+                Ok(Access::Guild(g, c, p))
+            }
+            None => {
+                let c = self.store.channel(channel).await.map_err(store_err)?;
+                if !c.recipients.contains(&user) {
+                    return Err(not_found());
+                }
+                Ok(Access::Private)
+            }
+        }
+    }
+
+    async fn guild_perms(&self, user: u64, guild: u64) -> Result<(Arc<GuildView>, Perms), ErrorBody> {
+        let g = self.guild(guild).await?;
+        let p = g.perms(user, None).ok_or_else(not_found)?;
+        Ok((g, p))
+    }
+
+    fn lock(&self, channel: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.channel_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(channel)
+            .or_default()
+            .clone()
+    }
+
+    fn publish_channel(&self, guild_id: Option<u64>, channel_id: u64, event: Vec<u8>) {
+        self.bus.publish(BusEvent::Channel {
+            guild_id,
+            channel_id,
+            event: Bytes::from(event),
+        });
+    }
+
+    fn publish_guild(&self, guild_id: u64, body: &EventBody) {
+        self.bus.publish(BusEvent::Guild {
+            guild_id,
+            event: ev(body),
+        });
+    }
+
+    fn publish_user(&self, user_id: u64, body: &EventBody) {
+        self.bus.publish(BusEvent::User {
+            user_id,
+            event: ev(body),
+        });
+    }
+
+    /// After a permission change: tell users who lost sight of a channel that it is gone,
+    /// and everyone who can see it its new state.
+    async fn announce_visibility(&self, old: &GuildView, guild: u64) -> Result<(), ErrorBody> {
+        let new = self.guild(guild).await?;
+        for c in &new.state.channels {
+            let before = old.viewers(c.id);
+            let after = new.viewers(c.id);
+            for u in before.iter().filter(|u| !after.contains(u)) {
+                self.publish_user(*u, &EventBody::ChannelRemoved { channel_id: c.id });
+            }
+            for u in after.iter() {
+                self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a chat-lane request from `user`.
+    pub async fn handle(&self, user: u64, body: RequestBody) -> Result<ResponseBody, Refusal> {
+        use RequestBody as R;
+        let now = now_ms();
+        match body {
+            R::Ping { .. } => Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "ping is handled by the gateway").into()),
+            R::SendMessage {
+                channel_id,
+                nonce,
+                content,
+                reply_to,
+            } => {
+                self.limit(user, Kind::Send)?;
+                validate::content(&content)?;
+                let access = self.access(user, channel_id).await?;
+                if !access.perms().has(Perms::SEND_MESSAGES) {
+                    return Err(forbidden("send messages").into());
+                }
+                let mut mentions = validate::mentions(&content);
+                if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {
+                    mentions.everyone = false;
+                }
+                let lock = self.lock(channel_id);
+                let _guard = lock.lock().await;
+                let (m, stored) = self
+                    .store
+                    .send_message(NewMessage {
+                        id: self.id(),
+                        channel_id,
+                        author_id: user,
+                        nonce,
+                        content,
+                        reply_to,
+                        mentions,
+                        now_ms: now,
+                    })
+                    .await
+                    .map_err(store_err)?;
+                let duplicate = stored.is_none();
+                if let Some(s) = stored {
+                    self.publish_channel(access.guild_id(), channel_id, s.event);
+                }
+                Ok(ResponseBody::MessageSent {
+                    message_id: m.id,
+                    seq: m.seq,
+                    created_at_ms: m.created_at_ms,
+                    duplicate,
+                })
+            }
+            R::EditMessage {
+                channel_id,
+                message_id,
+                content,
+            } => {
+                self.limit(user, Kind::Edit)?;
+                validate::content(&content)?;
+                let access = self.access(user, channel_id).await?;
+                let m = self.store.message(channel_id, message_id).await.map_err(store_err)?;
+                if m.author_id != user || m.deleted {
+                    return Err(forbidden("edit others' messages").into());
+                }
+                let mut mentions = validate::mentions(&content);
+                mentions.everyone &= access.perms().has(Perms::MENTION_EVERYONE);
+                let lock = self.lock(channel_id);
+                let _guard = lock.lock().await;
+                let s = self
+                    .store
+                    .edit_message(channel_id, message_id, &content, &mentions, now)
+                    .await
+                    .map_err(store_err)?;
+                self.publish_channel(access.guild_id(), channel_id, s.event);
+                Ok(ResponseBody::Sequenced { seq: s.seq })
+            }
+            R::DeleteMessage { channel_id, message_id } => {
+                self.limit(user, Kind::Edit)?;
+                let access = self.access(user, channel_id).await?;
+                let m = self.store.message(channel_id, message_id).await.map_err(store_err)?;
+                if m.author_id != user && !access.perms().has(Perms::MANAGE_MESSAGES) {
+                    return Err(forbidden("manage messages").into());
+                }
+                let lock = self.lock(channel_id);
+                let _guard = lock.lock().await;
+                let s = self
+                    .store
+                    .delete_message(channel_id, message_id, now)
+                    .await
+                    .map_err(store_err)?;
+                self.publish_channel(access.guild_id(), channel_id, s.event);
+                Ok(ResponseBody::Sequenced { seq: s.seq })
+            }
+            R::AddReaction {
+                channel_id,
+                message_id,
+                emoji,
+            }
+            | R::RemoveReaction {
+                channel_id,
+                message_id,
+                emoji,
+            } if validate::emoji(&emoji).is_err() => {
+                let _ = (channel_id, message_id);
+                Err(validate::emoji(&emoji).unwrap_err().into())
+            }
+            R::AddReaction {
+                channel_id,
+                message_id,
+                emoji,
+            } => {
+                self.limit(user, Kind::React)?;
+                let access = self.access(user, channel_id).await?;
+                if !access.perms().has(Perms::ADD_REACTIONS) {
+                    return Err(forbidden("add reactions").into());
+                }
+                let lock = self.lock(channel_id);
+                let _guard = lock.lock().await;
+                match self
+                    .store
+                    .add_reaction(channel_id, message_id, user, &emoji, now)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some(s) => {
+                        self.publish_channel(access.guild_id(), channel_id, s.event);
+                        Ok(ResponseBody::Sequenced { seq: s.seq })
+                    }
+                    None => Ok(ResponseBody::Done),
+                }
+            }
+            R::RemoveReaction {
+                channel_id,
+                message_id,
+                emoji,
+            } => {
+                self.limit(user, Kind::React)?;
+                let access = self.access(user, channel_id).await?;
+                let lock = self.lock(channel_id);
+                let _guard = lock.lock().await;
+                match self
+                    .store
+                    .remove_reaction(channel_id, message_id, user, &emoji, now)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some(s) => {
+                        self.publish_channel(access.guild_id(), channel_id, s.event);
+                        Ok(ResponseBody::Sequenced { seq: s.seq })
+                    }
+                    None => Ok(ResponseBody::Done),
+                }
+            }
+            R::MarkRead { channel_id, seq } => {
+                self.limit(user, Kind::Read)?;
+                self.access(user, channel_id).await?;
+                let state = self.store.mark_read(user, channel_id, seq).await.map_err(store_err)?;
+                self.publish_user(user, &EventBody::ReadStateUpdated { state });
+                Ok(ResponseBody::Done)
+            }
+            R::CreateGuild { name } => {
+                self.limit(user, Kind::Manage)?;
+                validate::name(&name)?;
+                let (gid, cid) = (self.id(), self.id());
+                let g = self
+                    .store
+                    .create_guild(gid, cid, &name, user, Perms::DEFAULT_EVERYONE.0, now)
+                    .await
+                    .map_err(store_err)?;
+                self.publish_user(user, &EventBody::GuildUpdated { guild: g.clone() });
+                Ok(ResponseBody::Guild(g))
+            }
+            R::RenameGuild { guild_id, name } => {
+                self.limit(user, Kind::Manage)?;
+                validate::name(&name)?;
+                let (_, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MANAGE_GUILD) {
+                    return Err(forbidden("manage guild").into());
+                }
+                let g = self.store.rename_guild(guild_id, &name).await.map_err(store_err)?;
+                self.changed(guild_id);
+                self.publish_guild(guild_id, &EventBody::GuildUpdated { guild: g.clone() });
+                Ok(ResponseBody::Guild(g))
+            }
+            R::DeleteGuild { guild_id } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, _) = self.guild_perms(user, guild_id).await?;
+                if g.state.guild.owner_id != user {
+                    return Err(forbidden("guild owner").into());
+                }
+                // Tell members before the membership disappears.
+                for m in g.state.members.keys() {
+                    self.publish_user(*m, &EventBody::GuildRemoved { guild_id });
+                }
+                self.store.delete_guild(guild_id).await.map_err(store_err)?;
+                self.changed(guild_id);
+                Ok(ResponseBody::Done)
+            }
+            R::CreateInvite {
+                guild_id,
+                max_uses,
+                max_age_secs,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                let (_, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::CREATE_INVITE) {
+                    return Err(forbidden("create invite").into());
+                }
+                let code = invite_code();
+                let expires = (max_age_secs > 0).then(|| now + u64::from(max_age_secs) * 1000);
+                let inv = self
+                    .store
+                    .create_invite(&code, guild_id, user, max_uses, expires, now)
+                    .await
+                    .map_err(store_err)?;
+                Ok(ResponseBody::Invite(inv))
+            }
+            R::JoinGuild { code } => {
+                self.limit(user, Kind::Manage)?;
+                if code.is_empty() || code.len() > 64 {
+                    return Err(ErrorBody::new(ErrorCode::INVALID_INVITE, "invite unknown, used up or expired").into());
+                }
+                let (gid, already) = self.store.use_invite(&code, user, now).await.map_err(store_err)?;
+                let guild = self.store.guild(gid).await.map_err(store_err)?;
+                if !already {
+                    self.changed(gid);
+                    let name = self.store.members(gid, user - 1, 1).await.map_err(store_err)?;
+                    let member = name.into_iter().next().unwrap_or(Member {
+                        user_id: user,
+                        name: String::new(),
+                        roles: vec![],
+                    });
+                    self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
+                    self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
+                }
+                Ok(ResponseBody::Guild(guild))
+            }
+            R::LeaveGuild { guild_id } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, _) = self.guild_perms(user, guild_id).await?;
+                if g.state.guild.owner_id == user {
+                    return Err(
+                        ErrorBody::new(ErrorCode::OWNER, "the owner cannot leave; delete the guild instead").into(),
+                    );
+                }
+                self.remove_member(guild_id, user, None, now).await?;
+                Ok(ResponseBody::Done)
+            }
+            R::KickMember { guild_id, user_id } | R::BanMember { guild_id, user_id, .. } if user_id == user => {
+                let _ = guild_id;
+                Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "use LeaveGuild to leave").into())
+            }
+            R::KickMember { guild_id, user_id } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::KICK_MEMBERS) {
+                    return Err(forbidden("kick members").into());
+                }
+                if g.state.guild.owner_id == user_id {
+                    return Err(ErrorBody::new(ErrorCode::OWNER, "the owner cannot be removed").into());
+                }
+                if !g.state.members.contains_key(&user_id) {
+                    return Err(not_found().into());
+                }
+                self.remove_member(guild_id, user_id, None, now).await?;
+                Ok(ResponseBody::Done)
+            }
+            R::BanMember {
+                guild_id,
+                user_id,
+                reason,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::BAN_MEMBERS) {
+                    return Err(forbidden("ban members").into());
+                }
+                if g.state.guild.owner_id == user_id {
+                    return Err(ErrorBody::new(ErrorCode::OWNER, "the owner cannot be removed").into());
+                }
+                if reason.chars().count() > 512 {
+                    return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "reason over 512 characters").into());
+                }
+                self.remove_member(guild_id, user_id, Some(&reason), now).await?;
+                Ok(ResponseBody::Done)
+            }
+            R::CreateRole {
+                guild_id,
+                name,
+                permissions,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                validate::name(&name)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MANAGE_ROLES) {
+                    return Err(forbidden("manage roles").into());
+                }
+                // Nobody grants what they do not have (the owner has everything).
+                if permissions & !p.0 != 0 && g.state.guild.owner_id != user {
+                    return Err(forbidden("a permission you do not have").into());
+                }
+                let role = self
+                    .store
+                    .create_role(self.id(), guild_id, &name, permissions & Perms::ALL.0)
+                    .await
+                    .map_err(store_err)?;
+                self.changed(guild_id);
+                self.publish_guild(guild_id, &EventBody::RoleUpdated { role: role.clone() });
+                Ok(ResponseBody::Role(role))
+            }
+            R::UpdateRole {
+                guild_id,
+                role_id,
+                name,
+                permissions,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                validate::name(&name)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MANAGE_ROLES) {
+                    return Err(forbidden("manage roles").into());
+                }
+                if permissions & !p.0 != 0 && g.state.guild.owner_id != user {
+                    return Err(forbidden("a permission you do not have").into());
+                }
+                let role = self
+                    .store
+                    .update_role(guild_id, role_id, &name, permissions & Perms::ALL.0)
+                    .await
+                    .map_err(store_err)?;
+                self.changed(guild_id);
+                self.publish_guild(guild_id, &EventBody::RoleUpdated { role: role.clone() });
+                self.announce_visibility(&g, guild_id).await?;
+                Ok(ResponseBody::Role(role))
+            }
+            R::SetMemberRole {
+                guild_id,
+                user_id,
+                role_id,
+                add,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MANAGE_ROLES) {
+                    return Err(forbidden("manage roles").into());
+                }
+                self.store
+                    .set_member_role(guild_id, user_id, role_id, add)
+                    .await
+                    .map_err(store_err)?;
+                self.changed(guild_id);
+                let member = self.store.members(guild_id, user_id - 1, 1).await.map_err(store_err)?;
+                if let Some(member) = member.into_iter().next() {
+                    self.publish_guild(guild_id, &EventBody::MemberUpdated { guild_id, member });
+                }
+                self.announce_visibility(&g, guild_id).await?;
+                Ok(ResponseBody::Done)
+            }
+            R::CreateChannel {
+                guild_id,
+                kind,
+                name,
+                topic,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                validate::name(&name)?;
+                validate::topic(&topic)?;
+                if !matches!(kind, ChannelKind::Text | ChannelKind::Voice) {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "guild channels are Text or Voice").into());
+                }
+                let (_, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MANAGE_CHANNELS) {
+                    return Err(forbidden("manage channels").into());
+                }
+                let c = self
+                    .store
+                    .create_channel(self.id(), guild_id, kind, &name, &topic, now)
+                    .await
+                    .map_err(store_err)?;
+                self.changed(guild_id);
+                let g = self.guild(guild_id).await?;
+                for u in g.viewers(c.id).iter() {
+                    self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
+                }
+                Ok(ResponseBody::Channel(c))
+            }
+            R::DeleteChannel { channel_id } => {
+                self.limit(user, Kind::Manage)?;
+                let Access::Guild(g, c, p) = self.access(user, channel_id).await? else {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "DMs cannot be deleted").into());
+                };
+                if !p.has(Perms::MANAGE_CHANNELS) {
+                    return Err(forbidden("manage channels").into());
+                }
+                let viewers = g.viewers(c.id);
+                self.store.delete_channel(channel_id).await.map_err(store_err)?;
+                self.channel_guild
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&channel_id);
+                self.changed(g.state.guild.id);
+                for u in viewers.iter() {
+                    self.publish_user(*u, &EventBody::ChannelRemoved { channel_id });
+                }
+                Ok(ResponseBody::Done)
+            }
+            R::SetOverwrite {
+                channel_id,
+                target,
+                allow,
+                deny,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                self.set_overwrite(
+                    user,
+                    channel_id,
+                    target,
+                    Some((allow & Perms::ALL.0, deny & Perms::ALL.0)),
+                )
+                .await
+            }
+            R::DeleteOverwrite { channel_id, target } => {
+                self.limit(user, Kind::Manage)?;
+                self.set_overwrite(user, channel_id, target, None).await
+            }
+            R::OpenDm { user_id } => {
+                self.limit(user, Kind::Manage)?;
+                if user_id == user || user_id == 0 {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "a DM needs another user").into());
+                }
+                let c = self
+                    .store
+                    .open_dm(self.id(), user, user_id, now)
+                    .await
+                    .map_err(store_err)?;
+                self.channel_guild
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.id, None);
+                for u in &c.recipients {
+                    self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
+                }
+                Ok(ResponseBody::Channel(c))
+            }
+            R::CreateGroupDm { user_ids, name } => {
+                self.limit(user, Kind::Manage)?;
+                let mut others: Vec<u64> = user_ids.into_iter().filter(|u| *u != user && *u != 0).collect();
+                others.sort_unstable();
+                others.dedup();
+                if others.is_empty() {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "a group DM needs other users").into());
+                }
+                if others.len() + 1 > MAX_GROUP_DM {
+                    return Err(ErrorBody::new(ErrorCode::GROUP_FULL, "at most 10 people in a group DM").into());
+                }
+                if !name.is_empty() {
+                    validate::name(&name)?;
+                }
+                let c = self
+                    .store
+                    .create_group_dm(self.id(), user, &others, &name, now)
+                    .await
+                    .map_err(store_err)?;
+                self.channel_guild
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.id, None);
+                for u in &c.recipients {
+                    self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
+                }
+                Ok(ResponseBody::Channel(c))
+            }
+        }
+    }
+
+    async fn remove_member(&self, guild_id: u64, user_id: u64, ban: Option<&str>, now: u64) -> Result<(), ErrorBody> {
+        self.store
+            .remove_member(guild_id, user_id, ban, now)
+            .await
+            .map_err(store_err)?;
+        self.changed(guild_id);
+        self.publish_user(user_id, &EventBody::GuildRemoved { guild_id });
+        self.publish_guild(guild_id, &EventBody::MemberRemoved { guild_id, user_id });
+        Ok(())
+    }
+
+    async fn set_overwrite(
+        &self,
+        user: u64,
+        channel_id: u64,
+        target: OverwriteTarget,
+        bits: Option<(u64, u64)>,
+    ) -> Result<ResponseBody, Refusal> {
+        let Access::Guild(g, _, p) = self.access(user, channel_id).await? else {
+            return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "DMs have no overwrites").into());
+        };
+        if !p.has(Perms::MANAGE_ROLES) {
+            return Err(forbidden("manage roles").into());
+        }
+        if let Some((allow, deny)) = bits
+            && (allow | deny) & !p.0 != 0
+            && g.state.guild.owner_id != user
+        {
+            return Err(forbidden("a permission you do not have").into());
+        }
+        self.store
+            .set_overwrite(channel_id, target, bits)
+            .await
+            .map_err(store_err)?;
+        let gid = g.state.guild.id;
+        self.changed(gid);
+        self.announce_visibility(&g, gid).await?;
+        Ok(ResponseBody::Done)
+    }
+
+    /// Handles a fetch for `user`.
+    pub async fn fetch(&self, user: u64, req: FetchRequest) -> Result<FetchReply, Refusal> {
+        self.limit(user, Kind::Fetch)?;
+        let resp = match req {
+            FetchRequest::ServerInfo => {
+                return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "handled by the gateway").into());
+            }
+            FetchRequest::History {
+                channel_id,
+                anchor,
+                limit,
+            } => {
+                let access = self.access(user, channel_id).await?;
+                if !access.perms().has(Perms::READ_MESSAGE_HISTORY) {
+                    return Err(forbidden("read message history").into());
+                }
+                let (messages, more_before, more_after) = self
+                    .store
+                    .history(channel_id, anchor, limit.min(100))
+                    .await
+                    .map_err(store_err)?;
+                FetchResponse::History {
+                    messages,
+                    more_before,
+                    more_after,
+                }
+            }
+            FetchRequest::Guilds => FetchResponse::Guilds {
+                guilds: self.guild_snapshots(user).await?,
+            },
+            FetchRequest::Channels { guild_id } => {
+                let g = self.guild(guild_id).await?;
+                if !g.state.members.contains_key(&user) {
+                    return Err(not_found().into());
+                }
+                FetchResponse::Channels {
+                    channels: g.visible_channels(user),
+                }
+            }
+            FetchRequest::Members { guild_id, after, limit } => {
+                let g = self.guild(guild_id).await?;
+                if !g.state.members.contains_key(&user) {
+                    return Err(not_found().into());
+                }
+                let members = self
+                    .store
+                    .members(guild_id, after, limit.clamp(1, 1000))
+                    .await
+                    .map_err(store_err)?;
+                FetchResponse::Members { members }
+            }
+        };
+        Ok(FetchReply::Ok(resp))
+    }
+
+    /// The guilds of `user` as they see them.
+    pub async fn guild_snapshots(&self, user: u64) -> Result<Vec<GuildSnapshot>, ErrorBody> {
+        let mut out = Vec::new();
+        for gid in self.store.guild_ids_of(user).await.map_err(store_err)? {
+            let g = self.guild(gid).await?;
+            let count = g.state.members.len() as u32;
+            let members = if count <= SMALL_GUILD {
+                self.store.members(gid, 0, SMALL_GUILD).await.map_err(store_err)?
+            } else {
+                Vec::new()
+            };
+            let mut channels = g.visible_channels(user);
+            // The cached state's seqs are from load time; report the store's current ones.
+            for c in &mut channels {
+                if let Ok(fresh) = self.store.channel(c.id).await {
+                    c.last_seq = fresh.last_seq;
+                }
+            }
+            out.push(GuildSnapshot {
+                guild: g.state.guild.clone(),
+                roles: g.state.roles.clone(),
+                channels,
+                member_count: count,
+                members,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What `Ready` carries: guilds, DM channels, read states. Also records the user.
+    pub async fn ready(
+        &self,
+        user: u64,
+        name: &str,
+    ) -> Result<(Vec<GuildSnapshot>, Vec<Channel>, Vec<ReadState>), ErrorBody> {
+        self.store.upsert_user(user, name, now_ms()).await.map_err(store_err)?;
+        let guilds = self.guild_snapshots(user).await?;
+        let private = self.store.private_channels(user).await.map_err(store_err)?;
+        let reads = self.store.read_states(user).await.map_err(store_err)?;
+        Ok((guilds, private, reads))
+    }
+
+    /// The node's fan-out task: delivers bus events to local sessions, in order.
+    pub async fn run_fanout(self: Arc<Self>, sessions: Arc<Sessions>, mut rx: mpsc::UnboundedReceiver<BusEvent>) {
+        while let Some(e) = rx.recv().await {
+            match e {
+                BusEvent::GuildChanged { guild_id } => self.invalidate(guild_id),
+                BusEvent::User { user_id, event } => sessions.push_to_user(user_id, Lane::Chat, &event),
+                BusEvent::Guild { guild_id, event } => {
+                    let Ok(g) = self.guild(guild_id).await else { continue };
+                    for u in g.state.members.keys() {
+                        sessions.push_to_user(*u, Lane::Chat, &event);
+                    }
+                }
+                BusEvent::Channel {
+                    guild_id,
+                    channel_id,
+                    event,
+                } => match guild_id {
+                    Some(gid) => {
+                        let Ok(g) = self.guild(gid).await else { continue };
+                        for u in g.viewers(channel_id).iter() {
+                            sessions.push_to_user(*u, Lane::Chat, &event);
+                        }
+                    }
+                    None => {
+                        let Ok(c) = self.store.channel(channel_id).await else {
+                            continue;
+                        };
+                        for u in &c.recipients {
+                            sessions.push_to_user(*u, Lane::Chat, &event);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A random 10-character invite code (base 62, ~59 bits).
+fn invite_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut b = [0u8; 10];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter()
+        .map(|x| ALPHABET[(*x as usize) % ALPHABET.len()] as char)
+        .collect()
+}

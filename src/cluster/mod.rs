@@ -1,0 +1,68 @@
+//! The cluster bus: how an event reaches every session that should see it, on this node
+//! and (with the Redis implementation, a later issue) on the others. Chat publishes; each
+//! node's fan-out task (`chat::Chat::run_fanout`) receives and delivers to its local
+//! sessions. The in-process implementation here is the single-node default.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// What travels on the bus. Event payloads are encoded once (`EventBody` bytes) and shared,
+/// never re-encoded per receiver.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A channel event: deliver to every user who can view the channel.
+    Channel {
+        /// The channel's guild (`None` for DMs).
+        guild_id: Option<u64>,
+        /// The channel.
+        channel_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
+    /// Deliver to every member of a guild.
+    Guild {
+        /// The guild.
+        guild_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
+    /// Deliver to every session of one user.
+    User {
+        /// The user.
+        user_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
+    /// A guild's roles, members or overwrites changed: drop cached permission state.
+    GuildChanged {
+        /// The guild.
+        guild_id: u64,
+    },
+}
+
+/// Publishes events to every node (this one included).
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Publishes; never blocks. Order is preserved per publisher.
+    fn publish(&self, ev: BusEvent);
+}
+
+/// The single-node bus: a queue into this node's fan-out task.
+#[derive(Debug)]
+pub struct MemoryBus {
+    tx: mpsc::UnboundedSender<BusEvent>,
+}
+
+impl MemoryBus {
+    /// The bus and the receiving end for the fan-out task.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<BusEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+}
+
+impl Bus for MemoryBus {
+    fn publish(&self, ev: BusEvent) {
+        // Fails only when the fan-out task is gone, i.e. during shutdown.
+        let _ = self.tx.send(ev);
+    }
+}
