@@ -474,8 +474,8 @@ impl LaneStream {
                 other => held.push_back(other),
             }
         };
-        held.append(&mut self.pending);
-        self.pending = held;
+        // Frames held while waiting come after those already pending.
+        self.pending.append(&mut held);
         Ok(result)
     }
 

@@ -20,8 +20,11 @@ let server, browser, httpAddr;
 
 function startServer() {
   const dir = mkdtempSync(join(tmpdir(), 'quaver-browser-'));
+  // The server runs on its embedded defaults (SQLite in the temp dir), whatever the
+  // environment says about other databases.
+  const { DATABASE_URL: _ignored, ...inherited } = process.env;
   const env = {
-    ...process.env, JWT_SECRET: SECRET, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
+    ...inherited, JWT_SECRET: SECRET, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
     QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1',
   };
   const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });

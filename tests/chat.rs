@@ -1,0 +1,741 @@
+//! Chat over real QUIC on loopback: guilds, permissions, ordering, deduplication, fan-out,
+//! history, read states, DMs, validation and rate limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use quaver_client::{Client, LaneStream, Transport, connect};
+use quaver_proto::*;
+
+struct U {
+    id: u64,
+    client: Client,
+    chat: LaneStream,
+}
+
+impl U {
+    async fn new(server: &quaver::Server, id: u64, transport: Transport) -> U {
+        let client = connect(&client_config(server, transport, Some(token(id))))
+            .await
+            .unwrap();
+        let chat = client.open_lane(Lane::Chat).await.unwrap();
+        let mut u = U { id, client, chat };
+        // A round trip guarantees the lane is registered before events are expected.
+        u.req(RequestBody::Ping { data: vec![] }).await.unwrap();
+        u
+    }
+
+    async fn req(&mut self, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+        tokio::time::timeout(Duration::from_secs(10), self.chat.request(body))
+            .await
+            .expect("reply in time")
+            .unwrap()
+    }
+
+    /// Sends, waiting out rate limits with the same nonce.
+    async fn send(&mut self, channel_id: u64, nonce: u64, content: &str) -> (u64, u64) {
+        loop {
+            let body = RequestBody::SendMessage {
+                channel_id,
+                nonce,
+                content: content.into(),
+                reply_to: None,
+            };
+            match self.req(body).await {
+                Ok(ResponseBody::MessageSent { message_id, seq, .. }) => return (message_id, seq),
+                Err(e) if e.code == ErrorCode::RATE_LIMITED => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(e.retry_after_ms.unwrap()))).await
+                }
+                other => panic!("send failed: {other:?}"),
+            }
+        }
+    }
+
+    async fn event(&mut self) -> EventBody {
+        match tokio::time::timeout(Duration::from_secs(10), self.chat.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+        {
+            ServerLane::Event { body, .. } => body,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// The next event matching `f`, skipping others.
+    async fn event_where(&mut self, f: impl Fn(&EventBody) -> bool) -> EventBody {
+        loop {
+            let e = self.event().await;
+            if f(&e) {
+                return e;
+            }
+        }
+    }
+
+    /// Asserts that no event matching `f` arrives within `wait`.
+    async fn none_within(&mut self, wait: Duration, f: impl Fn(&EventBody) -> bool) {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(end, self.chat.next()).await {
+                Err(_) => return,
+                Ok(Ok(ServerLane::Event { body, .. })) => assert!(!f(&body), "unexpected event {body:?}"),
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, ErrorBody> {
+        match self.client.fetch(req).await.unwrap() {
+            FetchReply::Ok(r) => Ok(r),
+            FetchReply::Err(e) => Err(e),
+        }
+    }
+}
+
+/// Owner creates a guild; the others join by invite. Returns (guild id, general channel id).
+async fn guild_with(owner: &mut U, others: &mut [&mut U]) -> (u64, u64) {
+    let Ok(ResponseBody::Guild(g)) = owner.req(RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!()
+    };
+    let Ok(FetchResponse::Channels { channels }) = owner.fetch(FetchRequest::Channels { guild_id: g.id }).await else {
+        panic!()
+    };
+    let general = channels[0].id;
+    let Ok(ResponseBody::Invite(inv)) = owner
+        .req(RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        })
+        .await
+    else {
+        panic!()
+    };
+    for u in others.iter_mut() {
+        assert!(matches!(
+            u.req(RequestBody::JoinGuild { code: inv.code.clone() }).await,
+            Ok(ResponseBody::Guild(_))
+        ));
+    }
+    (g.id, general)
+}
+
+fn is_msg(e: &EventBody) -> bool {
+    matches!(e, EventBody::MessageCreated { .. })
+}
+
+#[tokio::test]
+async fn two_users_in_a_guild_exchange_messages() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut b = U::new(&server, 2, Transport::WebTransport).await;
+    let (gid, ch) = guild_with(&mut a, &mut [&mut b]).await;
+    let (id1, seq1) = a.send(ch, 1, "hello b").await;
+    let (_, seq2) = b.send(ch, 1, "hello a <@1>").await;
+    assert_eq!((seq1, seq2), (1, 2));
+    for u in [&mut a, &mut b] {
+        let EventBody::MessageCreated { seq, message } = u.event_where(is_msg).await else {
+            unreachable!()
+        };
+        assert_eq!(
+            (seq, message.id, message.content.as_str(), message.author_id),
+            (1, id1, "hello b", 1)
+        );
+        let EventBody::MessageCreated { seq, message } = u.event_where(is_msg).await else {
+            unreachable!()
+        };
+        assert_eq!((seq, message.mentions.users.clone()), (2, vec![1]));
+    }
+    // A new session's Ready carries the guild, the channel's seq and the mention count.
+    let c = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let g = c.ready.guilds.iter().find(|g| g.guild.id == gid).unwrap();
+    assert_eq!(g.channels[0].last_seq, 2);
+    assert_eq!(g.member_count, 2);
+    assert_eq!(g.members.iter().map(|m| m.user_id).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(c.ready.read_states.contains(&ReadState {
+        channel_id: ch,
+        last_read_seq: 0,
+        mention_count: 1
+    }));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_senders_every_receiver_sees_one_gap_free_order() {
+    let server = start(config()).await;
+    let mut owner = U::new(&server, 1, Transport::Quic).await;
+    let mut senders = Vec::new();
+    for id in 10..15 {
+        senders.push(
+            U::new(
+                &server,
+                id,
+                if id % 2 == 0 {
+                    Transport::Quic
+                } else {
+                    Transport::WebTransport
+                },
+            )
+            .await,
+        );
+    }
+    let mut watcher = U::new(&server, 20, Transport::WebTransport).await;
+    let (_, ch) = {
+        let mut refs: Vec<&mut U> = senders.iter_mut().collect();
+        refs.push(&mut watcher);
+        guild_with(&mut owner, &mut refs).await
+    };
+    const EACH: u64 = 12;
+    let mut tasks = Vec::new();
+    for mut s in senders {
+        tasks.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                s.send(ch, k + 1, &format!("{}:{k}", s.id)).await;
+            }
+            s
+        }));
+    }
+    let mut senders = Vec::new();
+    for t in tasks {
+        senders.push(t.await.unwrap());
+    }
+    let total = 5 * EACH;
+    let mut orders = Vec::new();
+    for u in senders.iter_mut().chain([&mut owner, &mut watcher]) {
+        let mut seen = Vec::new();
+        while (seen.len() as u64) < total {
+            if let EventBody::MessageCreated { seq, message } = u.event_where(is_msg).await {
+                seen.push((seq, message.id));
+            }
+        }
+        let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=total).collect::<Vec<_>>(),
+            "user {} saw a gap or reordering",
+            u.id
+        );
+        orders.push(seen);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "everyone saw the same order");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_nonce_yields_exactly_one_message_even_after_reconnecting() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (_, ch) = guild_with(&mut a, &mut []).await;
+    let (id, seq) = a.send(ch, 4242, "once").await;
+    let again = a
+        .req(RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 4242,
+            content: "once".into(),
+            reply_to: None,
+        })
+        .await;
+    assert_eq!(
+        again,
+        Ok(ResponseBody::MessageSent {
+            message_id: id,
+            seq,
+            created_at_ms: match again {
+                Ok(ResponseBody::MessageSent { created_at_ms, .. }) => created_at_ms,
+                _ => 0,
+            },
+            duplicate: true
+        })
+    );
+    a.client.close();
+    let mut a2 = U::new(&server, 1, Transport::WebTransport).await;
+    match a2
+        .req(RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 4242,
+            content: "once".into(),
+            reply_to: None,
+        })
+        .await
+    {
+        Ok(ResponseBody::MessageSent {
+            message_id, duplicate, ..
+        }) => assert_eq!((message_id, duplicate), (id, true)),
+        other => panic!("{other:?}"),
+    }
+    let Ok(FetchResponse::History { messages, .. }) = a2
+        .fetch(FetchRequest::History {
+            channel_id: ch,
+            anchor: HistoryAnchor::Latest,
+            limit: 100,
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(messages.len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn edits_deletes_reactions_and_replies_reach_every_viewer() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut b = U::new(&server, 2, Transport::WebTransport).await;
+    let (_, ch) = guild_with(&mut a, &mut [&mut b]).await;
+    let (m1, _) = a.send(ch, 1, "original").await;
+    let reply = b
+        .req(RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 9,
+            content: "re".into(),
+            reply_to: Some(m1),
+        })
+        .await
+        .unwrap();
+    let ResponseBody::MessageSent { message_id: m2, .. } = reply else {
+        panic!()
+    };
+    a.req(RequestBody::EditMessage {
+        channel_id: ch,
+        message_id: m1,
+        content: "edited".into(),
+    })
+    .await
+    .unwrap();
+    b.req(RequestBody::AddReaction {
+        channel_id: ch,
+        message_id: m1,
+        emoji: "👍".into(),
+    })
+    .await
+    .unwrap();
+    b.req(RequestBody::RemoveReaction {
+        channel_id: ch,
+        message_id: m1,
+        emoji: "👍".into(),
+    })
+    .await
+    .unwrap();
+    // b may not edit or delete a's message (no manage-messages); a may delete b's? No: a is
+    // the owner, so yes.
+    assert_eq!(
+        b.req(RequestBody::EditMessage {
+            channel_id: ch,
+            message_id: m1,
+            content: "hijack".into()
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::FORBIDDEN
+    );
+    assert_eq!(
+        b.req(RequestBody::DeleteMessage {
+            channel_id: ch,
+            message_id: m1
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::FORBIDDEN
+    );
+    a.req(RequestBody::DeleteMessage {
+        channel_id: ch,
+        message_id: m2,
+    })
+    .await
+    .unwrap();
+    for u in [&mut a, &mut b] {
+        let mut kinds = Vec::new();
+        while kinds.len() < 6 {
+            let e = u.event().await;
+            if let Some((_, seq)) = e.channel_seq() {
+                kinds.push((seq, e));
+            }
+        }
+        assert_eq!(
+            kinds.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert!(matches!(&kinds[1].1, EventBody::MessageCreated { message, .. } if message.reply_to == Some(m1)));
+        assert!(matches!(&kinds[2].1, EventBody::MessageEdited { content, .. } if content == "edited"));
+        assert!(matches!(&kinds[3].1, EventBody::ReactionAdded { user_id: 2, emoji, .. } if emoji == "👍"));
+        assert!(matches!(&kinds[4].1, EventBody::ReactionRemoved { user_id: 2, .. }));
+        assert!(matches!(&kinds[5].1, EventBody::MessageDeleted { message_id, .. } if *message_id == m2));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn view_permission_hides_everything_and_overwrites_apply_live() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut b = U::new(&server, 2, Transport::Quic).await;
+    let (gid, ch) = guild_with(&mut a, &mut [&mut b]).await;
+    const VIEW: u64 = 1 << 10;
+    a.req(RequestBody::SetOverwrite {
+        channel_id: ch,
+        target: OverwriteTarget::Role(gid),
+        allow: 0,
+        deny: VIEW,
+    })
+    .await
+    .unwrap();
+    b.event_where(|e| matches!(e, EventBody::ChannelRemoved { channel_id } if *channel_id == ch))
+        .await;
+    a.send(ch, 1, "secret").await;
+    b.none_within(Duration::from_millis(300), is_msg).await;
+    assert_eq!(
+        b.req(RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 1,
+            content: "x".into(),
+            reply_to: None
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::NOT_FOUND
+    );
+    let hist = b
+        .fetch(FetchRequest::History {
+            channel_id: ch,
+            anchor: HistoryAnchor::Latest,
+            limit: 10,
+        })
+        .await;
+    assert_eq!(hist.unwrap_err().code, ErrorCode::NOT_FOUND);
+    let Ok(FetchResponse::Channels { channels }) = b.fetch(FetchRequest::Channels { guild_id: gid }).await else {
+        panic!()
+    };
+    assert!(channels.iter().all(|c| c.id != ch));
+    // A member overwrite gives it back, live.
+    a.req(RequestBody::SetOverwrite {
+        channel_id: ch,
+        target: OverwriteTarget::Member(2),
+        allow: VIEW,
+        deny: 0,
+    })
+    .await
+    .unwrap();
+    b.event_where(|e| matches!(e, EventBody::ChannelUpdated { channel } if channel.id == ch))
+        .await;
+    let (_, seq) = a.send(ch, 2, "welcome back").await;
+    let EventBody::MessageCreated { seq: got, .. } = b.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!(got, seq);
+    // Read-only: send denied for b by a role overwrite, but b still sees.
+    let Ok(ResponseBody::Role(muted)) = a
+        .req(RequestBody::CreateRole {
+            guild_id: gid,
+            name: "muted".into(),
+            permissions: 0,
+        })
+        .await
+    else {
+        panic!()
+    };
+    a.req(RequestBody::SetOverwrite {
+        channel_id: ch,
+        target: OverwriteTarget::Role(muted.id),
+        allow: 0,
+        deny: 1 << 11,
+    })
+    .await
+    .unwrap();
+    a.req(RequestBody::SetMemberRole {
+        guild_id: gid,
+        user_id: 2,
+        role_id: muted.id,
+        add: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.req(RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 3,
+            content: "x".into(),
+            reply_to: None
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::FORBIDDEN
+    );
+    // Management needs permissions: b cannot create channels or overwrites.
+    assert_eq!(
+        b.req(RequestBody::CreateChannel {
+            guild_id: gid,
+            kind: ChannelKind::Text,
+            name: "x".into(),
+            topic: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::FORBIDDEN
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_pages_over_a_fetch_stream() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::WebTransport).await;
+    let (_, ch) = guild_with(&mut a, &mut []).await;
+    for k in 1..=30 {
+        a.send(ch, k, &format!("m{k}")).await;
+    }
+    let mut seqs = Vec::new();
+    let mut anchor = HistoryAnchor::Latest;
+    loop {
+        let Ok(FetchResponse::History {
+            messages, more_before, ..
+        }) = a
+            .fetch(FetchRequest::History {
+                channel_id: ch,
+                anchor,
+                limit: 8,
+            })
+            .await
+        else {
+            panic!()
+        };
+        let mut page: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+        anchor = HistoryAnchor::Before(page[0]);
+        page.extend(seqs);
+        seqs = page;
+        if !more_before {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn read_state_syncs_across_sessions() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut b1 = U::new(&server, 2, Transport::Quic).await;
+    let mut b2 = U::new(&server, 2, Transport::WebTransport).await;
+    let (_, ch) = guild_with(&mut a, &mut [&mut b1]).await;
+    let (_, seq) = a.send(ch, 1, "read me <@2>").await;
+    b1.req(RequestBody::MarkRead { channel_id: ch, seq }).await.unwrap();
+    let e = b2
+        .event_where(|e| matches!(e, EventBody::ReadStateUpdated { .. }))
+        .await;
+    assert_eq!(
+        e,
+        EventBody::ReadStateUpdated {
+            state: ReadState {
+                channel_id: ch,
+                last_read_seq: seq,
+                mention_count: 0
+            }
+        }
+    );
+    let fresh = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    assert!(fresh.ready.read_states.contains(&ReadState {
+        channel_id: ch,
+        last_read_seq: seq,
+        mention_count: 0
+    }));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dms_and_group_dms() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut b = U::new(&server, 2, Transport::WebTransport).await;
+    let mut c = U::new(&server, 3, Transport::Quic).await;
+    let Ok(ResponseBody::Channel(dm)) = a.req(RequestBody::OpenDm { user_id: 2 }).await else {
+        panic!()
+    };
+    assert_eq!((dm.kind, dm.recipients.clone()), (ChannelKind::Dm, vec![1, 2]));
+    let Ok(ResponseBody::Channel(same)) = b.req(RequestBody::OpenDm { user_id: 1 }).await else {
+        panic!()
+    };
+    assert_eq!(same.id, dm.id);
+    a.send(dm.id, 1, "psst").await;
+    let EventBody::MessageCreated { message, .. } = b.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!(message.content, "psst");
+    assert_eq!(
+        c.req(RequestBody::SendMessage {
+            channel_id: dm.id,
+            nonce: 1,
+            content: "me too".into(),
+            reply_to: None
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::NOT_FOUND
+    );
+    c.none_within(Duration::from_millis(200), is_msg).await;
+
+    let Ok(ResponseBody::Channel(group)) = a
+        .req(RequestBody::CreateGroupDm {
+            user_ids: vec![2, 3, 3],
+            name: "trio".into(),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(group.recipients, vec![1, 2, 3]);
+    c.send(group.id, 2, "hi all").await;
+    for u in [&mut a, &mut b] {
+        let gid = group.id;
+        let e = u
+            .event_where(|e| matches!(e, EventBody::MessageCreated { message, .. } if message.channel_id == gid))
+            .await;
+        let EventBody::MessageCreated { message, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(message.content, "hi all");
+    }
+    let too_many: Vec<u64> = (2..=11).collect();
+    assert_eq!(
+        a.req(RequestBody::CreateGroupDm {
+            user_ids: too_many,
+            name: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::GROUP_FULL
+    );
+    // The new session sees both private channels in Ready.
+    let fresh = connect(&client_config(&server, Transport::Quic, Some(token(3))))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.ready.private_channels.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![group.id]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn validation_errors_and_rate_limits_have_their_codes() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (gid, ch) = guild_with(&mut a, &mut []).await;
+    let send = |content: &str, nonce: u64| RequestBody::SendMessage {
+        channel_id: ch,
+        nonce,
+        content: content.into(),
+        reply_to: None,
+    };
+    assert_eq!(a.req(send("", 1)).await.unwrap_err().code, ErrorCode::INVALID_CONTENT);
+    assert_eq!(
+        a.req(send("   ", 2)).await.unwrap_err().code,
+        ErrorCode::INVALID_CONTENT
+    );
+    assert_eq!(
+        a.req(send(&"x".repeat(4001), 3)).await.unwrap_err().code,
+        ErrorCode::INVALID_CONTENT
+    );
+    assert_eq!(
+        a.req(send("nul\u{0}", 4)).await.unwrap_err().code,
+        ErrorCode::INVALID_CONTENT
+    );
+    assert_eq!(
+        a.req(RequestBody::CreateGuild { name: " ".into() })
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::INVALID_NAME
+    );
+    let (m, _) = a.send(ch, 5, "target").await;
+    assert_eq!(
+        a.req(RequestBody::AddReaction {
+            channel_id: ch,
+            message_id: m,
+            emoji: "lol".into()
+        })
+        .await
+        .unwrap_err()
+        .code,
+        ErrorCode::INVALID_EMOJI
+    );
+    let mut bad_reply = send("re", 6);
+    if let RequestBody::SendMessage { reply_to, .. } = &mut bad_reply {
+        *reply_to = Some(12345);
+    }
+    assert_eq!(a.req(bad_reply).await.unwrap_err().code, ErrorCode::INVALID_REPLY);
+    assert_eq!(
+        a.req(RequestBody::JoinGuild { code: "nope".into() })
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::INVALID_INVITE
+    );
+    assert_eq!(
+        a.req(RequestBody::LeaveGuild { guild_id: gid }).await.unwrap_err().code,
+        ErrorCode::OWNER
+    );
+    assert_eq!(a.req(send("x", 7)).await.map(|_| ()), Ok(()));
+    // Sends past the burst are refused with a retry hint, not silently dropped.
+    let mut limited = None;
+    for n in 100..130 {
+        if let Err(e) = a.req(send("spam", n)).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("rate limit reached within 30 sends");
+    assert_eq!(e.code, ErrorCode::RATE_LIMITED);
+    assert!(e.retry_after_ms.unwrap() > 0 && e.retry_after_ms.unwrap() <= 1000);
+    // Requests on the wrong lane are refused.
+    let mut typing = a.client.open_lane(Lane::Typing).await.unwrap();
+    assert_eq!(
+        typing.request(send("x", 200)).await.unwrap().unwrap_err().code,
+        ErrorCode::WRONG_LANE
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn flooding_past_the_limits_closes_the_session() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (_, ch) = guild_with(&mut a, &mut []).await;
+    let mut closed = None;
+    for n in 0..200u64 {
+        let body = RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: n,
+            content: "flood".into(),
+            reply_to: None,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), a.chat.request(body))
+            .await
+            .unwrap()
+        {
+            Ok(_) => {}
+            Err(e) => {
+                closed = e.close_code();
+                break;
+            }
+        }
+    }
+    assert_eq!(closed, Some(CloseCode::RATE_LIMITED));
+    // Others are unaffected.
+    let mut b = U::new(&server, 2, Transport::Quic).await;
+    b.req(RequestBody::CreateGuild { name: "fine".into() }).await.unwrap();
+    server.shutdown().await;
+}
