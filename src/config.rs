@@ -64,6 +64,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Session and transport limits.
     pub session: SessionConfig,
+    /// Request rate limits.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// TLS: a real certificate, or a generated short-lived development one.
@@ -160,6 +162,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
+            limits: Default::default(),
         }
     }
 }

@@ -114,7 +114,12 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
         let (bus, bus_rx) = cluster::MemoryBus::new();
-        let chat = Arc::new(chat::Chat::new(store, Arc::new(bus), cfg.node_number()));
+        let chat = Arc::new(chat::Chat::new(
+            store,
+            Arc::new(bus),
+            cfg.node_number(),
+            cfg.limits.clone(),
+        ));
         let sessions = Arc::new(gateway::Sessions::default());
         let endpoint = transport::endpoint(&cfg, certs.clone())?;
         let quic_addr = endpoint.local_addr()?;

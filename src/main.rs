@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default). With no settings: dev certificate, dev JWT secret.
     Serve(ConfigArgs),
+    /// Create or upgrade the database schema, then exit (`serve` also does this at start).
+    Migrate(ConfigArgs),
     /// Mint a token signed with the configured HS256 secret (development and tests).
     Token {
         /// User id (a positive integer).
@@ -57,6 +59,21 @@ fn main() -> anyhow::Result<()> {
             let v = quaver::auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
             println!("{}", v.mint(user, name.as_deref(), ttl)?);
             Ok(())
+        }
+        Command::Migrate(args) => {
+            let cfg = args.resolve()?;
+            let url = cfg.database_url();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(async {
+                    let store = quaver::store::Store::open(&url)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    tracing::info!(backend = ?store.backend(), "database is up to date");
+                    anyhow::Ok(())
+                })
         }
         Command::Serve(args) => {
             let cfg = args.resolve()?;

@@ -87,10 +87,7 @@ impl U {
     }
 
     async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, ErrorBody> {
-        match self.client.fetch(req).await.unwrap() {
-            FetchReply::Ok(r) => Ok(r),
-            FetchReply::Err(e) => Err(e),
-        }
+        self.client.fetch(req).await.unwrap()
     }
 }
 
@@ -737,5 +734,48 @@ async fn flooding_past_the_limits_closes_the_session() {
     // Others are unaffected.
     let mut b = U::new(&server, 2, Transport::Quic).await;
     b.req(RequestBody::CreateGuild { name: "fine".into() }).await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_history_pages_are_compressed_when_negotiated() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (_, ch) = guild_with(&mut a, &mut []).await;
+    let body: String = "the quick brown fox jumps over the lazy dog ".repeat(45);
+    for k in 1..=20 {
+        a.send(ch, k, &format!("{k} {body}")).await;
+    }
+    let fetch_bytes = || {
+        server.ctx.metrics.tx[quaver::metrics::FETCH]
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let req = FetchRequest::History {
+        channel_id: ch,
+        anchor: HistoryAnchor::Latest,
+        limit: 100,
+    };
+    // The default client asks for zstd.
+    let before = fetch_bytes();
+    let Ok(FetchResponse::History { messages, .. }) = a.fetch(req.clone()).await else {
+        panic!()
+    };
+    let compressed = fetch_bytes() - before;
+    assert_eq!(messages.len(), 20);
+    assert!(messages.iter().all(|m| m.content.ends_with(&body)));
+    // A client that does not ask gets it plain.
+    let mut cfg = client_config(&server, Transport::WebTransport, Some(token(1)));
+    cfg.compression = Compression::None;
+    let plain_client = connect(&cfg).await.unwrap();
+    assert_eq!(plain_client.ready.compression, Compression::None);
+    let before = fetch_bytes();
+    let Ok(Ok(FetchResponse::History { messages: again, .. })) = plain_client.fetch(req).await else {
+        panic!()
+    };
+    let plain = fetch_bytes() - before;
+    assert_eq!(again, messages);
+    assert!(plain > 20 * 1900, "plain page is {plain} bytes");
+    assert!(compressed * 5 < plain, "compressed {compressed} vs plain {plain}");
     server.shutdown().await;
 }

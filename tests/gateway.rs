@@ -49,7 +49,7 @@ async fn raw_quic_and_webtransport_share_one_port_with_all_three_token_sources()
         ping(c, Lane::Chat).await;
         ping(c, Lane::Voice).await;
         match c.fetch(FetchRequest::ServerInfo).await.unwrap() {
-            FetchReply::Ok(FetchResponse::ServerInfo { protocols, .. }) => {
+            Ok(FetchResponse::ServerInfo { protocols, .. }) => {
                 assert_eq!(protocols, vec![PROTOCOL_VERSION])
             }
             other => panic!("{other:?}"),

@@ -315,7 +315,10 @@ export const SCHEMA = {
     ['Error', [['id', T.u32], ['error', ErrorBody]]],
     ['Event', [['seq', T.u64], ['body', EventBody]]],
   ]),
-  FetchReply: tagged([['Ok', [['response', FetchResponse]]], ['Err', [['error', ErrorBody]]]]),
+  FetchReply: tagged([
+    ['Ok', [['response', FetchResponse]]], ['Err', [['error', ErrorBody]]],
+    ['Compressed', [['raw_len', T.u32], ['data', T.bytes]]],
+  ]),
 };
 
 /** Encodes `value` as a message of `type` (a key of SCHEMA), without the length prefix. */
@@ -511,6 +514,9 @@ export class Session extends EventTarget {
     const p = await new FramedStream(s.readable, this.maxFrame).next();
     if (!p) throw new ProtocolError('fetch stream ended without a reply');
     const reply = decode('FetchReply', p);
+    // This client asks for no compression (Hello.compression = 'None'), so a compressed
+    // reply is a server bug.
+    if (reply.type === 'Compressed') throw new ProtocolError('unexpected compressed reply');
     if (reply.type === 'Err') throw reply.error;
     return reply.response;
   }

@@ -60,8 +60,11 @@ pub struct Config {
     pub origin: Option<String>,
     /// WebTransport path (normally [`WEBTRANSPORT_PATH`]).
     pub path: String,
-    /// Largest frame accepted from the server.
+    /// Largest frame accepted from the server (server frames may exceed the 256 KiB the
+    /// server accepts from clients: a `Ready` or a history page can be large).
     pub max_frame: usize,
+    /// Ask for zstd compression of large fetch replies.
+    pub compression: Compression,
     /// QUIC keep-alive interval.
     pub keep_alive: Duration,
     /// QUIC idle timeout.
@@ -81,7 +84,8 @@ impl Config {
             device: DeviceKind::Desktop,
             origin: None,
             path: WEBTRANSPORT_PATH.into(),
-            max_frame: DEFAULT_MAX_FRAME,
+            max_frame: HARD_MAX_FRAME,
+            compression: Compression::Zstd,
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
         }
@@ -286,7 +290,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         token,
         device: cfg.device,
         resume: None,
-        compression: Compression::None,
+        compression: cfg.compression,
     });
     write_msg(&mut ctl_tx, &hello)
         .await
@@ -407,13 +411,17 @@ impl Client {
         })
     }
 
-    /// Runs a one-shot fetch on its own stream.
-    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchReply, Error> {
+    /// Runs a one-shot fetch on its own stream: the response, or the server's refusal.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<Result<FetchResponse, ErrorBody>, Error> {
         let (mut send, recv) = self.open_stream(StreamOpen::Fetch(req)).await?;
         send.finish();
         let mut recv = FramedRead::new(recv, self.max_frame);
         match recv.next::<FetchReply>().await {
-            Ok(Some(r)) => Ok(r),
+            Ok(Some(r)) => match codec::decompress_fetch_reply(r).map_err(|e| Error::Protocol(e.to_string()))? {
+                FetchReply::Ok(resp) => Ok(Ok(resp)),
+                FetchReply::Err(e) => Ok(Err(e)),
+                FetchReply::Compressed { .. } => Err(Error::Protocol("nested compressed reply".into())),
+            },
             Ok(None) => Err(Error::Protocol("fetch stream ended without a reply".into())),
             Err(e) => Err(read_err(&self.session, e)),
         }

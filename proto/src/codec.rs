@@ -69,6 +69,54 @@ pub fn encode_event_frame(seq: u64, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// Replies at least this large are compressed when the session negotiated zstd.
+pub const COMPRESS_ABOVE: usize = 16 * 1024;
+
+/// Encodes a fetch reply, zstd-compressing it when allowed and worthwhile.
+#[cfg(feature = "compression")]
+pub fn encode_fetch_reply(reply: &crate::FetchReply, zstd: bool, out: &mut Vec<u8>) {
+    let payload = encode_payload(reply);
+    if zstd
+        && payload.len() >= COMPRESS_ABOVE
+        && let Ok(data) = zstd::bulk::compress(&payload, 3)
+        && data.len() < payload.len()
+    {
+        encode_frame(
+            &crate::FetchReply::Compressed {
+                raw_len: payload.len() as u32,
+                data,
+            },
+            out,
+        );
+        return;
+    }
+    varint::write(payload.len() as u64, out);
+    out.extend_from_slice(&payload);
+}
+
+/// Undoes [`encode_fetch_reply`]'s compression: a `Compressed` reply becomes the reply it
+/// holds (never another `Compressed`); others pass through.
+#[cfg(feature = "compression")]
+pub fn decompress_fetch_reply(reply: crate::FetchReply) -> Result<crate::FetchReply, DecodeError> {
+    match reply {
+        crate::FetchReply::Compressed { raw_len, data } => {
+            if raw_len as usize > crate::HARD_MAX_FRAME {
+                return Err(DecodeError::Malformed("compressed reply too large".into()));
+            }
+            let raw =
+                zstd::bulk::decompress(&data, raw_len as usize).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if raw.len() != raw_len as usize {
+                return Err(DecodeError::Malformed("decompressed size mismatch".into()));
+            }
+            match decode::<crate::FetchReply>(&raw)? {
+                crate::FetchReply::Compressed { .. } => Err(DecodeError::Malformed("nested compression".into())),
+                inner => Ok(inner),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
 /// Decodes one message that must span all of `payload`.
 pub fn decode<T: bincode::Decode<()>>(payload: &[u8]) -> Result<T, DecodeError> {
     let (msg, used) =
@@ -266,6 +314,40 @@ mod tests {
             encode_event_frame(seq, &encode_payload(&body), &mut fast);
             assert_eq!(whole, fast);
         }
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn large_fetch_replies_compress_and_round_trip() {
+        use crate::{ErrorBody, ErrorCode, FetchReply};
+        let big = FetchReply::Err(ErrorBody::new(ErrorCode::INTERNAL, "x".repeat(100_000)));
+        let mut out = Vec::new();
+        encode_fetch_reply(&big, true, &mut out);
+        assert!(out.len() < 10_000, "compressed to {}", out.len());
+        let mut r = FrameReader::new(crate::HARD_MAX_FRAME);
+        r.push(&out);
+        let frame = r.next_frame().unwrap().unwrap();
+        let got: FetchReply = decode(&frame).unwrap();
+        assert!(matches!(got, FetchReply::Compressed { .. }));
+        assert_eq!(decompress_fetch_reply(got).unwrap(), big);
+        // Not negotiated, or small: plain.
+        let mut plain = Vec::new();
+        encode_fetch_reply(&big, false, &mut plain);
+        let mut r = FrameReader::new(crate::HARD_MAX_FRAME);
+        r.push(&plain);
+        assert_eq!(decode::<FetchReply>(&r.next_frame().unwrap().unwrap()).unwrap(), big);
+        let small = FetchReply::Err(ErrorBody::new(ErrorCode::INTERNAL, "x"));
+        let mut out = Vec::new();
+        encode_fetch_reply(&small, true, &mut out);
+        let mut r = FrameReader::new(1024);
+        r.push(&out);
+        assert_eq!(decode::<FetchReply>(&r.next_frame().unwrap().unwrap()).unwrap(), small);
+        // A lying raw_len is refused, not trusted.
+        let bomb = FetchReply::Compressed {
+            raw_len: u32::MAX,
+            data: vec![1, 2, 3],
+        };
+        assert!(decompress_fetch_reply(bomb).is_err());
     }
 
     #[test]

@@ -912,4 +912,12 @@ pub enum FetchReply {
     Ok(FetchResponse),
     /// The failure.
     Err(ErrorBody),
+    /// A large reply, zstd-compressed (only when the session negotiated `Zstd`): `data`
+    /// decompresses to the encoding of an `Ok` or `Err` reply of `raw_len` bytes.
+    Compressed {
+        /// Size of the decompressed encoding (at most 4 MiB).
+        raw_len: u32,
+        /// zstd frame.
+        data: Vec<u8>,
+    },
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::cluster::{Bus, BusEvent};
 use crate::gateway::Sessions;
 use crate::ids::{Snowflakes, now_ms};
-use crate::limits::{Bucket, Flood, Kind};
+use crate::limits::{Bucket, Flood, Kind, LimitsConfig};
 use crate::perms::{self, Perms, Subject};
 use crate::store::{GuildState, NewMessage, Store, StoreError};
 
@@ -185,13 +185,14 @@ pub struct Chat {
     channel_guild: RwLock<HashMap<u64, Option<u64>>>,
     /// Serializes store-commit → publish per channel, so publish order is seq order.
     channel_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    limits: LimitsConfig,
     buckets: Mutex<HashMap<(u64, Kind), Bucket>>,
     floods: Mutex<HashMap<u64, Flood>>,
 }
 
 impl Chat {
     /// The chat service over `store`, publishing on `bus`, minting ids as node `node`.
-    pub fn new(store: Store, bus: Arc<dyn Bus>, node: u16) -> Self {
+    pub fn new(store: Store, bus: Arc<dyn Bus>, node: u16, limits: LimitsConfig) -> Self {
         Self {
             store,
             bus,
@@ -199,6 +200,7 @@ impl Chat {
             guilds: RwLock::new(HashMap::new()),
             channel_guild: RwLock::new(HashMap::new()),
             channel_locks: Mutex::new(HashMap::new()),
+            limits,
             buckets: Mutex::new(HashMap::new()),
             floods: Mutex::new(HashMap::new()),
         }
@@ -233,7 +235,13 @@ impl Chat {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(user)
-            .or_insert_with(|| Flood::new(Duration::from_secs(10), 50, now))
+            .or_insert_with(|| {
+                Flood::new(
+                    Duration::from_secs(self.limits.flood_window_secs),
+                    self.limits.flood_max,
+                    now,
+                )
+            })
             .refused(now);
         Err(if flood {
             Refusal::Flood(body)

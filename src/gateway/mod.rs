@@ -57,10 +57,12 @@ pub struct SessionHandle {
     acked: [AtomicU64; 5],
     /// The session task's command queue.
     cmd: mpsc::Sender<Cmd>,
+    /// Large fetch replies may be zstd-compressed (negotiated in `Hello`).
+    pub zstd: bool,
 }
 
 impl SessionHandle {
-    fn new(id: SessionId, user: UserId, session: Session, cmd: mpsc::Sender<Cmd>) -> Self {
+    fn new(id: SessionId, user: UserId, session: Session, cmd: mpsc::Sender<Cmd>, zstd: bool) -> Self {
         Self {
             id,
             user,
@@ -70,6 +72,7 @@ impl SessionHandle {
             sent: Default::default(),
             acked: Default::default(),
             cmd,
+            zstd,
         }
     }
 

@@ -163,11 +163,13 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         }
     };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
+    let zstd = hello.compression == Compression::Zstd;
     let handle = Arc::new(SessionHandle::new(
         random_session_id(),
         identity.user_id,
         session.clone(),
         cmd_tx,
+        zstd,
     ));
     let sc = &ctx.cfg.session;
     let ready = ServerControl::Ready(Ready {
@@ -182,7 +184,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             max_datagram_bytes: session.max_datagram_size() as u32,
             heartbeat_timeout_ms: sc.ping_timeout.as_millis() as u32,
         },
-        compression: Compression::None,
+        compression: if zstd { Compression::Zstd } else { Compression::None },
         token_expires_at_ms: unix_ms(identity.expires_at),
         node: ctx.cfg.node_name.clone(),
         guilds,
@@ -298,9 +300,11 @@ async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, 
         StreamOpen::Fetch(req) => {
             ctx.metrics.rx[FETCH].add(rx.bytes as usize);
             let reply = dispatch::fetch(&ctx, &h, req).await;
+            let mut out = Vec::new();
+            quaver_proto::codec::encode_fetch_reply(&reply, h.zstd, &mut out);
             // STOP_SENDING from the client just fails this write: the session is untouched.
-            if let Ok(n) = write_msg(&mut send, &reply).await {
-                ctx.metrics.tx[FETCH].add(n);
+            if tokio::io::AsyncWriteExt::write_all(&mut send, &out).await.is_ok() {
+                ctx.metrics.tx[FETCH].add(out.len());
             }
             send.finish();
             // Read the client's end of stream before dropping it: dropping an unfinished

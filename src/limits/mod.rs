@@ -21,7 +21,8 @@ pub enum Kind {
 }
 
 /// Capacity (burst) and refill rate of one bucket.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rate {
     /// Tokens when full.
     pub burst: f64,
@@ -57,6 +58,57 @@ impl Kind {
                 burst: 20.0,
                 per_sec: 10.0,
             },
+        }
+    }
+}
+
+/// Rate-limit settings (TOML `[limits]`); every field defaults to [`Kind::default_rate`].
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sending messages.
+    pub send: Rate,
+    /// Editing and deleting messages.
+    pub edit: Rate,
+    /// Reactions.
+    pub react: Rate,
+    /// Guild, channel, role and membership changes.
+    pub manage: Rate,
+    /// Fetch streams.
+    pub fetch: Rate,
+    /// Marking channels read.
+    pub read: Rate,
+    /// Refusals within `flood_window_secs` past which the session is closed. Default 50.
+    pub flood_max: u32,
+    /// The flood window. Default 10 s.
+    pub flood_window_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            send: Kind::Send.default_rate(),
+            edit: Kind::Edit.default_rate(),
+            react: Kind::React.default_rate(),
+            manage: Kind::Manage.default_rate(),
+            fetch: Kind::Fetch.default_rate(),
+            read: Kind::Read.default_rate(),
+            flood_max: 50,
+            flood_window_secs: 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The rate for `kind`.
+    pub fn rate(&self, kind: Kind) -> Rate {
+        match kind {
+            Kind::Send => self.send,
+            Kind::Edit => self.edit,
+            Kind::React => self.react,
+            Kind::Manage => self.manage,
+            Kind::Fetch => self.fetch,
+            Kind::Read => self.read,
         }
     }
 }
