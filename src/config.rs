@@ -138,6 +138,10 @@ pub struct SessionConfig {
     /// Require a stateless retry (address validation) once this many handshakes are in
     /// progress. Default 64: validation costs a round trip, so only under load; 0 = always.
     pub retry_above_handshakes: usize,
+    /// A user whose last session ends shows offline only after this grace, so a quick
+    /// reconnect does not flap offline → online. Default 5 s.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub presence_grace: Duration,
     /// How long a graceful shutdown waits for sessions to leave after `Goaway`. Default 10 s.
     #[serde(deserialize_with = "serde_duration::de")]
     pub drain_timeout: Duration,
@@ -202,6 +206,7 @@ impl Default for SessionConfig {
             max_frame_bytes: quaver_proto::DEFAULT_MAX_FRAME,
             max_connections: 20_000,
             retry_above_handshakes: 64,
+            presence_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             reconnect_after: Duration::from_secs(1),
             allowed_origins: Vec::new(),
@@ -284,6 +289,9 @@ pub struct ConfigArgs {
     /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
     #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
+    /// Presence reconnect grace [default: 5s].
+    #[arg(long, env = "QUAVER_PRESENCE_GRACE", value_parser = parse_duration)]
+    pub presence_grace: Option<Duration>,
     /// Drain deadline on shutdown [default: 10s].
     #[arg(long, env = "QUAVER_DRAIN_TIMEOUT", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -318,6 +326,7 @@ impl ConfigArgs {
             max_connections => session.max_connections,
             retry_above_handshakes => session.retry_above_handshakes,
             drain_timeout => session.drain_timeout,
+            presence_grace => session.presence_grace,
         }
         macro_rules! set_opt {
             ($($field:ident => $($target:ident).+),* $(,)?) => {

@@ -11,6 +11,8 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
 //! - [`cluster`]: the bus that carries events to every node (in-process by default).
 //! - [`limits`]: token-bucket rate limits and flood detection.
+//! - [`presence`]: multi-device presence with reconnect grace (sans-IO + its task).
+//! - [`typing`]: typing indicators with debounce and server-side expiry (sans-IO + task).
 //! - [`ids`]: snowflake ids.
 //! - [`http`]: the side port: health, readiness, metrics, certificate hash, web client.
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -28,9 +30,11 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod perms;
+pub mod presence;
 pub mod shutdown;
 pub mod store;
 pub mod transport;
+pub mod typing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +64,10 @@ pub struct Ctx {
     pub sessions: Arc<gateway::Sessions>,
     /// Chat: guilds, channels, messages.
     pub chat: Arc<chat::Chat>,
+    /// Presence task.
+    pub presence: presence::task::PresenceHandle,
+    /// Typing task.
+    pub typing: typing::task::TypingHandle,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -114,12 +122,21 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
         let (bus, bus_rx) = cluster::MemoryBus::new();
+        let bus: Arc<dyn cluster::Bus> = Arc::new(bus);
         let chat = Arc::new(chat::Chat::new(
             store,
-            Arc::new(bus),
+            bus.clone(),
             cfg.node_number(),
             cfg.limits.clone(),
         ));
+        let presence = presence::task::PresenceHandle::spawn(
+            bus.clone(),
+            cfg.session.presence_grace,
+            // The sweeper is for sessions whose task never reported their end; it must not
+            // race the normal path (heartbeat timeout, then the grace).
+            cfg.session.ping_timeout * 2 + cfg.session.presence_grace,
+        );
+        let typing = typing::task::TypingHandle::spawn(bus.clone());
         let sessions = Arc::new(gateway::Sessions::default());
         let endpoint = transport::endpoint(&cfg, certs.clone())?;
         let quic_addr = endpoint.local_addr()?;
@@ -137,6 +154,8 @@ impl Server {
             handshakes_in_flight: AtomicUsize::new(0),
             sessions: sessions.clone(),
             chat: chat.clone(),
+            presence,
+            typing,
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),

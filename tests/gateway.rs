@@ -471,6 +471,7 @@ async fn heartbeats_report_lane_positions_and_silence_times_out() {
         }]
     );
     // Stop heartbeating: QUIC keep-alives still flow, but the session times out.
+    c.stop_heartbeats();
     let closed = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap();
     assert_eq!(closed.map(|c| c.0), Some(CloseCode::HEARTBEAT_TIMEOUT));
     server.shutdown().await;

@@ -221,7 +221,14 @@ const Invite = struct([['code', T.string], ['guild_id', T.id], ['max_uses', T.u3
 const GuildSnapshot = struct([
   ['guild', Guild], ['roles', vec(Role)], ['channels', vec(Channel)], ['member_count', T.u32], ['members', vec(Member)],
 ]);
-ReadyFields.push(['guilds', vec(GuildSnapshot)], ['private_channels', vec(Channel)], ['read_states', vec(ReadState)]);
+const PresenceStatus = names('Online', 'Idle', 'Dnd', 'Invisible', 'Offline');
+const Presence = struct([
+  ['user_id', T.id], ['status', PresenceStatus],
+  ['client_status', struct([['desktop', PresenceStatus], ['mobile', PresenceStatus], ['web', PresenceStatus]])],
+  ['custom_status', opt(T.string)], ['activity', opt(T.string)],
+]);
+ReadyFields.push(['guilds', vec(GuildSnapshot)], ['private_channels', vec(Channel)], ['read_states', vec(ReadState)],
+  ['presences', vec(Presence)]);
 const HistoryAnchor = tagged([['Latest', []], ['Before', [['seq', T.u64]]], ['After', [['seq', T.u64]]], ['Around', [['seq', T.u64]]]]);
 const FetchRequest = tagged([
   ['ServerInfo', []],
@@ -263,6 +270,10 @@ const RequestBody = tagged([
   ['AddReaction', [cid, mid, ['emoji', T.string]]],
   ['RemoveReaction', [cid, mid, ['emoji', T.string]]],
   ['MarkRead', [cid, ['seq', T.u64]]],
+  ['SetPresence', [['status', PresenceStatus], ['custom_status', opt(T.string)], ['activity', opt(T.string)]]],
+  ['TypingStart', [cid]],
+  ['TypingStop', [cid]],
+  ['WatchTyping', [cid]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -273,6 +284,7 @@ const ResponseBody = tagged([
   ['Channel', Channel.fields],
   ['MessageSent', [['message_id', T.id], ['seq', T.u64], ['created_at_ms', T.u64], ['duplicate', T.bool]]],
   ['Sequenced', [['seq', T.u64]]],
+  ['Typers', [cid, ['user_ids', vec(T.id)]]],
 ]);
 const seq = ['seq', T.u64];
 const EventBody = tagged([
@@ -290,6 +302,9 @@ const EventBody = tagged([
   ['MemberUpdated', [gid, ['member', Member]]],
   ['MemberRemoved', [gid, uid]],
   ['ReadStateUpdated', [['state', ReadState]]],
+  ['PresenceUpdated', [['presence', Presence]]],
+  ['TypingStarted', [cid, uid, ['expires_in_ms', T.u32]]],
+  ['TypingStopped', [cid, uid]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

@@ -312,6 +312,11 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         }
         Err(e) => return Err(read_err(&session, e)),
     };
+    let ctl_tx = Arc::new(tokio::sync::Mutex::new(ctl_tx));
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        ctl_tx.clone(),
+        Duration::from_millis(u64::from(ready.heartbeat_interval_ms.max(100))),
+    ));
     Ok(Client {
         session,
         _endpoint: endpoint,
@@ -319,7 +324,27 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         control,
         ready,
         max_frame: cfg.max_frame,
+        heartbeats,
     })
+}
+
+/// Nonces of automatic heartbeats have this bit set; their acks are consumed silently.
+const AUTO_HEARTBEAT: u32 = 1 << 31;
+
+/// Sends a heartbeat every `every` until the stream fails (the session ended).
+async fn heartbeat_loop(ctl: Arc<tokio::sync::Mutex<SendStream>>, every: Duration) {
+    let mut n: u32 = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        n = n.wrapping_add(1) & !AUTO_HEARTBEAT;
+        let hb = ClientControl::Heartbeat(Heartbeat {
+            nonce: AUTO_HEARTBEAT | n,
+            lanes: Vec::new(),
+        });
+        if write_msg(&mut *ctl.lock().await, &hb).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// An open session.
@@ -328,11 +353,20 @@ pub struct Client {
     session: Session,
     /// Keeps a raw-QUIC endpoint alive as long as the client.
     _endpoint: Option<quinn::Endpoint>,
-    ctl_tx: SendStream,
+    /// Shared with the heartbeat task.
+    ctl_tx: Arc<tokio::sync::Mutex<SendStream>>,
     control: FramedRead<RecvStream>,
     /// What the server said in `Ready`.
     pub ready: Ready,
     max_frame: usize,
+    /// Sends heartbeats every `ready.heartbeat_interval_ms`; stopped on drop.
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.heartbeats.abort();
+    }
 }
 
 impl Client {
@@ -343,7 +377,7 @@ impl Client {
 
     /// Sends a control frame.
     pub async fn send_control(&mut self, msg: &ClientControl) -> Result<(), Error> {
-        write_msg(&mut self.ctl_tx, msg)
+        write_msg(&mut *self.ctl_tx.lock().await, msg)
             .await
             .map(|_| ())
             .map_err(|e| Error::Transport(e.to_string()))
@@ -351,7 +385,16 @@ impl Client {
 
     /// The next control frame from the server; `Err(Closed)` once the server closed.
     pub async fn next_control(&mut self) -> Result<ServerControl, Error> {
-        match self.control.next::<ServerControl>().await {
+        loop {
+            match self.control.next::<ServerControl>().await {
+                Ok(Some(ServerControl::HeartbeatAck(hb))) if hb.nonce & AUTO_HEARTBEAT != 0 => continue,
+                other => return self.control_result(other).await,
+            }
+        }
+    }
+
+    async fn control_result(&self, r: Result<Option<ServerControl>, ReadError>) -> Result<ServerControl, Error> {
+        match r {
             Ok(Some(m)) => Ok(m),
             Ok(None) => {
                 self.session.closed().await;
@@ -365,6 +408,11 @@ impl Client {
                 Err(read_err(&self.session, e))
             }
         }
+    }
+
+    /// Stops the automatic heartbeats (tests of the server's heartbeat timeout).
+    pub fn stop_heartbeats(&self) {
+        self.heartbeats.abort();
     }
 
     /// Sends a heartbeat and waits for its ack (other control frames in between are returned

@@ -161,6 +161,8 @@ pub struct Ready {
     pub private_channels: Vec<Channel>,
     /// Your read states (channels you have read or been mentioned in).
     pub read_states: Vec<ReadState>,
+    /// Presences you can see that are not offline (guild members and friends).
+    pub presences: Vec<Presence>,
 }
 
 /// A heartbeat; the client sends one every `heartbeat_interval_ms`, the server acks it.
@@ -431,6 +433,30 @@ pub enum RequestBody {
         /// The last seq read.
         seq: u64,
     },
+    /// Presence lane: set this session's status and the user's custom status / activity.
+    SetPresence {
+        /// Online, idle, dnd or invisible.
+        status: PresenceStatus,
+        /// Custom status text (≤ 128 characters).
+        custom_status: Option<String>,
+        /// What the user is doing (≤ 128 characters).
+        activity: Option<String>,
+    },
+    /// Typing lane: you are typing in a channel (send again every few seconds while typing).
+    TypingStart {
+        /// The channel.
+        channel_id: u64,
+    },
+    /// Typing lane: you stopped typing.
+    TypingStop {
+        /// The channel.
+        channel_id: u64,
+    },
+    /// Typing lane: who is typing in a channel now (answered `Typers`).
+    WatchTyping {
+        /// The channel.
+        channel_id: u64,
+    },
 }
 
 impl RequestBody {
@@ -438,6 +464,10 @@ impl RequestBody {
     pub fn lane(&self) -> Option<Lane> {
         match self {
             RequestBody::Ping { .. } => None,
+            RequestBody::SetPresence { .. } => Some(Lane::Presence),
+            RequestBody::TypingStart { .. } | RequestBody::TypingStop { .. } | RequestBody::WatchTyping { .. } => {
+                Some(Lane::Typing)
+            }
             _ => Some(Lane::Chat),
         }
     }
@@ -594,6 +624,47 @@ pub struct ReadState {
     pub mention_count: u32,
 }
 
+/// A presence status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum PresenceStatus {
+    /// Active.
+    Online,
+    /// Away.
+    Idle,
+    /// Do not disturb.
+    Dnd,
+    /// Connected but shown offline (only ever seen by the user themself).
+    Invisible,
+    /// Not connected (or invisible, as others see it).
+    Offline,
+}
+
+/// Status per platform.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClientStatus {
+    /// Desktop sessions.
+    pub desktop: PresenceStatus,
+    /// Mobile sessions.
+    pub mobile: PresenceStatus,
+    /// Browser sessions.
+    pub web: PresenceStatus,
+}
+
+/// A user's presence as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Presence {
+    /// The user.
+    pub user_id: u64,
+    /// Aggregate status.
+    pub status: PresenceStatus,
+    /// Per platform.
+    pub client_status: ClientStatus,
+    /// Custom status text.
+    pub custom_status: Option<String>,
+    /// Activity.
+    pub activity: Option<String>,
+}
+
 /// An invite.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Invite {
@@ -650,6 +721,13 @@ pub enum ResponseBody {
     Sequenced {
         /// The seq.
         seq: u64,
+    },
+    /// Who is typing in a channel.
+    Typers {
+        /// The channel.
+        channel_id: u64,
+        /// The typers.
+        user_ids: Vec<u64>,
     },
 }
 
@@ -762,6 +840,27 @@ pub enum EventBody {
     ReadStateUpdated {
         /// The new state.
         state: ReadState,
+    },
+    /// Presence lane: a user's presence changed.
+    PresenceUpdated {
+        /// The new presence.
+        presence: Presence,
+    },
+    /// Typing lane: someone started typing; hide it after `expires_in_ms` unless refreshed.
+    TypingStarted {
+        /// The channel.
+        channel_id: u64,
+        /// The typer.
+        user_id: u64,
+        /// How long to show it.
+        expires_in_ms: u32,
+    },
+    /// Typing lane: someone stopped typing (explicitly, by sending, or by expiry).
+    TypingStopped {
+        /// The channel.
+        channel_id: u64,
+        /// The typer.
+        user_id: u64,
     },
 }
 

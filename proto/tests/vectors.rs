@@ -121,6 +121,17 @@ fn vectors() -> Vec<Vector> {
                     last_read_seq: 4,
                     mention_count: 1,
                 }],
+                presences: vec![Presence {
+                    user_id: 5,
+                    status: PresenceStatus::Dnd,
+                    client_status: ClientStatus {
+                        desktop: PresenceStatus::Dnd,
+                        mobile: PresenceStatus::Idle,
+                        web: PresenceStatus::Offline,
+                    },
+                    custom_status: Some("busy".into()),
+                    activity: None,
+                }],
             }),
             json!({"type": "Ready", "session_id": sid_hex,
                    "user": {"id": "1234567890123456789", "name": "Ada ✓"},
@@ -128,7 +139,13 @@ fn vectors() -> Vec<Vector> {
                    "limits": {"max_frame_bytes": 262144, "max_datagram_bytes": 1200, "heartbeat_timeout_ms": 20000},
                    "compression": "None", "token_expires_at_ms": 1800000000000u64, "node": "node-a",
                    "guilds": [], "private_channels": [],
-                   "read_states": [{"channel_id": "9", "last_read_seq": 4, "mention_count": 1}]}),
+                   "read_states": [{"channel_id": "9", "last_read_seq": 4, "mention_count": 1}],
+                   "presences": [{"user_id": "5", "status": "Dnd",
+                                  "client_status": {"desktop": "Dnd", "mobile": "Idle", "web": "Offline"},
+                                  "custom_status": "busy", "activity": null}],
+                   "presences": [{"user_id": "5", "status": "Dnd",
+                                  "client_status": {"desktop": "Dnd", "mobile": "Idle", "web": "Offline"},
+                                  "custom_status": "busy", "activity": null}]}),
         ),
         v(
             "heartbeat_ack",
@@ -322,6 +339,41 @@ fn vectors() -> Vec<Vector> {
                 limit: 50,
             }),
             json!({"type": "Fetch", "request": {"type": "History", "channel_id": "8", "anchor": {"type": "Before", "seq": 40}, "limit": 50}}),
+        ),
+        v(
+            "typing_start",
+            "Request",
+            Request {
+                id: 1,
+                body: RequestBody::TypingStart { channel_id: 8 },
+            },
+            json!({"id": 1, "body": {"type": "TypingStart", "channel_id": "8"}}),
+        ),
+        v(
+            "event_typing_started",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 1,
+                body: EventBody::TypingStarted {
+                    channel_id: 8,
+                    user_id: 42,
+                    expires_in_ms: 10_000,
+                },
+            },
+            json!({"type": "Event", "seq": 1, "body": {"type": "TypingStarted", "channel_id": "8", "user_id": "42", "expires_in_ms": 10000}}),
+        ),
+        v(
+            "set_presence",
+            "Request",
+            Request {
+                id: 2,
+                body: RequestBody::SetPresence {
+                    status: PresenceStatus::Idle,
+                    custom_status: None,
+                    activity: Some("coding".into()),
+                },
+            },
+            json!({"id": 2, "body": {"type": "SetPresence", "status": "Idle", "custom_status": null, "activity": "coding"}}),
         ),
         v(
             "fetch_ok_server_info",

@@ -381,7 +381,11 @@ impl Chat {
         use RequestBody as R;
         let now = now_ms();
         match body {
-            R::Ping { .. } => Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "ping is handled by the gateway").into()),
+            R::Ping { .. }
+            | R::SetPresence { .. }
+            | R::TypingStart { .. }
+            | R::TypingStop { .. }
+            | R::WatchTyping { .. } => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
             R::SendMessage {
                 channel_id,
                 nonce,
@@ -985,6 +989,28 @@ impl Chat {
         Ok((guilds, private, reads))
     }
 
+    /// Everyone who can see `user`'s presence (and whom `user` can see): members of the
+    /// guilds they share. Excludes `user`.
+    pub async fn observers(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
+        let mut out = Vec::new();
+        for gid in self.store.guild_ids_of(user).await.map_err(store_err)? {
+            let g = self.guild(gid).await?;
+            out.extend(g.state.members.keys().copied().filter(|u| *u != user));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Checks that `user` has `need` in `channel`; returns the channel's guild.
+    pub async fn check(&self, user: u64, channel: u64, need: Perms) -> Result<Option<u64>, ErrorBody> {
+        let access = self.access(user, channel).await?;
+        if !access.perms().has(need) {
+            return Err(forbidden("send messages"));
+        }
+        Ok(access.guild_id())
+    }
+
     /// The node's fan-out task: delivers bus events to local sessions, in order.
     pub async fn run_fanout(self: Arc<Self>, sessions: Arc<Sessions>, mut rx: mpsc::UnboundedReceiver<BusEvent>) {
         while let Some(e) = rx.recv().await {
@@ -995,6 +1021,34 @@ impl Chat {
                     let Ok(g) = self.guild(guild_id).await else { continue };
                     for u in g.state.members.keys() {
                         sessions.push_to_user(*u, Lane::Chat, &event);
+                    }
+                }
+                BusEvent::Typing {
+                    guild_id,
+                    channel_id,
+                    user_id,
+                    event,
+                } => {
+                    let viewers: Vec<u64> = match guild_id {
+                        Some(gid) => match self.guild(gid).await {
+                            Ok(g) => g.viewers(channel_id).to_vec(),
+                            Err(_) => continue,
+                        },
+                        None => match self.store.channel(channel_id).await {
+                            Ok(c) => c.recipients,
+                            Err(_) => continue,
+                        },
+                    };
+                    for u in viewers.into_iter().filter(|u| *u != user_id) {
+                        sessions.push_to_user(u, Lane::Typing, &event);
+                    }
+                }
+                BusEvent::Presence { user_id, event } => {
+                    let Ok(observers) = self.observers(user_id).await else {
+                        continue;
+                    };
+                    for u in observers {
+                        sessions.push_to_user(u, Lane::Presence, &event);
                     }
                 }
                 BusEvent::Channel {

@@ -33,6 +33,24 @@ pub enum BusEvent {
         /// Encoded `EventBody`.
         event: Bytes,
     },
+    /// Typing lane: deliver to the channel's viewers except `user_id`'s own sessions.
+    Typing {
+        /// The channel's guild (`None` for DMs).
+        guild_id: Option<u64>,
+        /// The channel.
+        channel_id: u64,
+        /// The typer (excluded).
+        user_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
+    /// Presence lane: deliver to everyone who can see `user_id` (shared guilds, friends).
+    Presence {
+        /// Whose presence.
+        user_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
         /// The guild.

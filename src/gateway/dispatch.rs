@@ -9,6 +9,7 @@ use quaver_proto::CloseCode;
 use super::SessionHandle;
 use crate::Ctx;
 use crate::chat::Refusal;
+use crate::perms::Perms;
 
 /// Largest `Ping` payload echoed.
 pub const MAX_PING_BYTES: usize = 1024;
@@ -38,11 +39,53 @@ pub async fn request(
             }
             Ok(ResponseBody::Pong { data })
         }
-        chat => ctx
-            .chat
-            .handle(session.user, chat)
-            .await
-            .map_err(|r| refusal(session, r)),
+        RequestBody::SetPresence {
+            status,
+            custom_status,
+            activity,
+        } => {
+            for text in [&custom_status, &activity].into_iter().flatten() {
+                if text.chars().count() > 128 || text.chars().any(char::is_control) {
+                    return Err(ErrorBody::new(
+                        ErrorCode::INVALID_NAME,
+                        "status texts are up to 128 printable characters",
+                    ));
+                }
+            }
+            ctx.presence
+                .set(session.user, session.id, status, custom_status, activity);
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::TypingStart { channel_id } => {
+            let guild = ctx.chat.check(session.user, channel_id, Perms::SEND_MESSAGES).await?;
+            ctx.typing.start(channel_id, guild, session.user);
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::TypingStop { channel_id } => {
+            ctx.typing.stop(channel_id, session.user);
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::WatchTyping { channel_id } => {
+            ctx.chat.check(session.user, channel_id, Perms::VIEW_CHANNEL).await?;
+            let user_ids = ctx.typing.typers(channel_id).await;
+            Ok(ResponseBody::Typers { channel_id, user_ids })
+        }
+        chat => {
+            let sent_in = match &chat {
+                RequestBody::SendMessage { channel_id, .. } => Some(*channel_id),
+                _ => None,
+            };
+            let r = ctx
+                .chat
+                .handle(session.user, chat)
+                .await
+                .map_err(|r| refusal(session, r));
+            // Sending a message ends the sender's typing indicator at once.
+            if let (Some(channel), Ok(_)) = (sent_in, &r) {
+                ctx.typing.stop(channel, session.user);
+            }
+            r
+        }
     }
 }
 

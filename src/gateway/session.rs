@@ -148,7 +148,12 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     };
 
     // 2. Ready, with the user's snapshot (which also records the user from the claims).
-    let (guilds, private_channels, read_states) = match ctx.chat.ready(identity.user_id, &identity.name).await {
+    let snapshot = async {
+        let s = ctx.chat.ready(identity.user_id, &identity.name).await?;
+        let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
+        Ok::<_, ErrorBody>((s, presences))
+    };
+    let ((guilds, private_channels, read_states), presences) = match snapshot.await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e.message, "building Ready failed");
@@ -190,12 +195,14 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         guilds,
         private_channels,
         read_states,
+        presences,
     });
     match write_msg(&mut ctl_tx, &ready).await {
         Ok(n) => ctx.metrics.tx[CONTROL].add(n),
         Err(_) => return,
     }
     ctx.sessions.insert(handle.clone());
+    ctx.presence.connect(identity.user_id, handle.id, hello.device);
     ctx.metrics.session_opened(tr);
     tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), "session ready");
 
@@ -217,6 +224,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                 match frame {
                     Ok(Some(msg)) => {
                         timers.heard(Instant::now());
+                        ctx.presence.seen(identity.user_id, handle.id);
                         ctx.metrics.rx[CONTROL].add((ctl_rx.bytes - before) as usize);
                         let reply = match msg {
                             ClientControl::Hello(_) => break Some((CloseCode::PROTOCOL_ERROR, "second Hello".into())),
@@ -279,6 +287,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         }
     };
     ctx.sessions.remove(&handle.id);
+    ctx.presence.disconnect(identity.user_id, handle.id);
     ctx.metrics.session_closed(tr);
     if let Some((code, reason)) = close {
         close_with(&ctx, &session, Some(&mut ctl_tx), code, &reason).await;

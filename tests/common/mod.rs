@@ -108,3 +108,57 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A UDP relay between a client and the server that can be cut, to kill a connection
+/// without either side closing it (as a crash or a dead network would).
+pub struct Relay {
+    /// Where clients should connect.
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Starts relaying to `server`.
+    pub async fn start(server: SocketAddr) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        {
+            let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send(&buf[..n]).await;
+                    }
+                }
+            });
+        }
+        {
+            let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = back.recv(&mut buf).await {
+                    let to = *client.lock().unwrap();
+                    if let Some(to) = to
+                        && !cut.load(Ordering::Relaxed)
+                    {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            });
+        }
+        Relay { addr, cut }
+    }
+
+    /// Drops every packet from now on, both ways.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+}

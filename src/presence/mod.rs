@@ -1,0 +1,368 @@
+//! Presence, sans-IO: each session reports a status from its device; others see the
+//! user's aggregate status and one status per platform (desktop, mobile, web), like
+//! Discord's `client_status`. Rules:
+//!
+//! - Aggregate: `invisible` on any session hides the user (offline to everyone else);
+//!   otherwise dnd > online > idle > offline across sessions.
+//! - A user whose last session ends stays visible for a grace period; a reconnect within it
+//!   produces no offline → online flap. After it, they go offline.
+//! - Sessions that stop heartbeating (a crashed connection the transport has not noticed)
+//!   are swept after the heartbeat timeout.
+//! - Output is produced only when what others see changes.
+
+pub mod task;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use quaver_proto::{ClientStatus, DeviceKind, Presence, PresenceStatus, SessionId};
+
+/// Default reconnect grace before a user shows offline.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct SessionState {
+    device: DeviceKind,
+    status: PresenceStatus,
+    last_seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct UserState {
+    sessions: HashMap<SessionId, SessionState>,
+    custom_status: Option<String>,
+    activity: Option<String>,
+    /// When the grace period of the last session ends.
+    offline_at: Option<Instant>,
+    /// What others were last told.
+    published: Option<Presence>,
+}
+
+fn rank(s: PresenceStatus) -> u8 {
+    match s {
+        PresenceStatus::Offline => 0,
+        PresenceStatus::Idle => 1,
+        PresenceStatus::Online => 2,
+        PresenceStatus::Dnd => 3,
+        PresenceStatus::Invisible => 4,
+    }
+}
+
+fn aggregate<'a>(it: impl Iterator<Item = &'a SessionState>) -> PresenceStatus {
+    let best = it
+        .map(|s| s.status)
+        .max_by_key(|s| rank(*s))
+        .unwrap_or(PresenceStatus::Offline);
+    if best == PresenceStatus::Invisible {
+        PresenceStatus::Offline
+    } else {
+        best
+    }
+}
+
+/// Presence of every user with a session on this node.
+#[derive(Debug)]
+pub struct PresenceState {
+    users: HashMap<u64, UserState>,
+    grace: Duration,
+    timeout: Duration,
+}
+
+impl PresenceState {
+    /// `grace`: reconnect window; `timeout`: a session unseen this long is swept.
+    pub fn new(grace: Duration, timeout: Duration) -> Self {
+        Self {
+            users: HashMap::new(),
+            grace,
+            timeout,
+        }
+    }
+
+    /// What others see of `user` now.
+    pub fn visible(&self, user: u64) -> Presence {
+        let offline = Presence {
+            user_id: user,
+            status: PresenceStatus::Offline,
+            client_status: ClientStatus {
+                desktop: PresenceStatus::Offline,
+                mobile: PresenceStatus::Offline,
+                web: PresenceStatus::Offline,
+            },
+            custom_status: None,
+            activity: None,
+        };
+        let Some(u) = self.users.get(&user) else { return offline };
+        if u.sessions.is_empty() {
+            // In the grace period: still what was last published.
+            return u.published.clone().unwrap_or(offline);
+        }
+        let status = aggregate(u.sessions.values());
+        if status == PresenceStatus::Offline {
+            return offline;
+        }
+        let per = |d: DeviceKind| aggregate(u.sessions.values().filter(|s| s.device == d));
+        Presence {
+            user_id: user,
+            status,
+            client_status: ClientStatus {
+                desktop: per(DeviceKind::Desktop),
+                mobile: per(DeviceKind::Mobile),
+                web: per(DeviceKind::Web),
+            },
+            custom_status: u.custom_status.clone(),
+            activity: u.activity.clone(),
+        }
+    }
+
+    /// Whether `user` shows as anything but offline.
+    pub fn is_visible_online(&self, user: u64) -> bool {
+        self.visible(user).status != PresenceStatus::Offline
+    }
+
+    fn publish_if_changed(&mut self, user: u64) -> Option<Presence> {
+        let now_visible = self.visible(user);
+        let u = self.users.entry(user).or_default();
+        let before = u.published.clone().unwrap_or(Presence {
+            status: PresenceStatus::Offline,
+            ..now_visible.clone()
+        });
+        let changed = u.published.as_ref() != Some(&now_visible)
+            && !(u.published.is_none() && now_visible.status == PresenceStatus::Offline);
+        let _ = before;
+        if changed {
+            u.published = Some(now_visible.clone());
+            Some(now_visible)
+        } else {
+            None
+        }
+    }
+
+    /// A session became ready.
+    pub fn connect(&mut self, user: u64, session: SessionId, device: DeviceKind, now: Instant) -> Option<Presence> {
+        let u = self.users.entry(user).or_default();
+        u.offline_at = None;
+        u.sessions.insert(
+            session,
+            SessionState {
+                device,
+                status: PresenceStatus::Online,
+                last_seen: now,
+            },
+        );
+        self.publish_if_changed(user)
+    }
+
+    /// A session sent a heartbeat (or anything).
+    pub fn seen(&mut self, user: u64, session: SessionId, now: Instant) {
+        if let Some(s) = self.users.get_mut(&user).and_then(|u| u.sessions.get_mut(&session)) {
+            s.last_seen = now;
+        }
+    }
+
+    /// A session set its status (and the user's custom status and activity).
+    pub fn set(
+        &mut self,
+        user: u64,
+        session: SessionId,
+        status: PresenceStatus,
+        custom_status: Option<String>,
+        activity: Option<String>,
+    ) -> Option<Presence> {
+        let u = self.users.get_mut(&user)?;
+        let s = u.sessions.get_mut(&session)?;
+        // Offline is not a choice a live session can make; invisible is.
+        s.status = if status == PresenceStatus::Offline {
+            PresenceStatus::Invisible
+        } else {
+            status
+        };
+        u.custom_status = custom_status;
+        u.activity = activity;
+        self.publish_if_changed(user)
+    }
+
+    /// A session ended. The last one starts the grace period instead of going offline.
+    pub fn disconnect(&mut self, user: u64, session: SessionId, now: Instant) -> Option<Presence> {
+        let u = self.users.get_mut(&user)?;
+        u.sessions.remove(&session)?;
+        if u.sessions.is_empty() {
+            u.offline_at = Some(now + self.grace);
+            return None;
+        }
+        self.publish_if_changed(user)
+    }
+
+    /// The next grace end or sweep time.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.users
+            .values()
+            .flat_map(|u| {
+                u.offline_at
+                    .into_iter()
+                    .chain(u.sessions.values().map(|s| s.last_seen + self.timeout))
+            })
+            .min()
+    }
+
+    /// Ends grace periods and sweeps silent sessions; returns what others must be told.
+    pub fn poll(&mut self, now: Instant) -> Vec<Presence> {
+        let timeout = self.timeout;
+        let mut touched = Vec::new();
+        for (user, u) in &mut self.users {
+            let before = u.sessions.len();
+            u.sessions.retain(|_, s| s.last_seen + timeout > now);
+            if u.sessions.len() != before {
+                touched.push(*user);
+                if u.sessions.is_empty() && u.offline_at.is_none() {
+                    // Swept sessions get no grace: the crash happened a timeout ago.
+                    u.offline_at = Some(now);
+                }
+            }
+            if u.offline_at.is_some_and(|t| t <= now) {
+                touched.push(*user);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut out = Vec::new();
+        for user in touched {
+            let expired = self
+                .users
+                .get(&user)
+                .is_some_and(|u| u.sessions.is_empty() && u.offline_at.is_some_and(|t| t <= now));
+            if expired {
+                let was_visible = self
+                    .users
+                    .get(&user)
+                    .and_then(|u| u.published.clone())
+                    .is_some_and(|p| p.status != PresenceStatus::Offline);
+                self.users.remove(&user);
+                if was_visible {
+                    out.push(self.visible(user));
+                }
+            } else if let Some(p) = self.publish_if_changed(user) {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn sid(n: u8) -> SessionId {
+        SessionId([n; 16])
+    }
+
+    #[test]
+    fn aggregate_and_per_platform_with_two_devices() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        let first = p.connect(7, sid(1), DeviceKind::Desktop, t0).unwrap();
+        assert_eq!(first.status, PresenceStatus::Online);
+        assert_eq!(first.client_status.desktop, PresenceStatus::Online);
+        assert_eq!(first.client_status.mobile, PresenceStatus::Offline);
+        let both = p.connect(7, sid(2), DeviceKind::Mobile, t0).unwrap();
+        assert_eq!(both.client_status.mobile, PresenceStatus::Online);
+        // Mobile goes idle: aggregate stays online, per-platform shows it.
+        let idle = p.set(7, sid(2), PresenceStatus::Idle, None, None).unwrap();
+        assert_eq!(
+            (idle.status, idle.client_status.mobile),
+            (PresenceStatus::Online, PresenceStatus::Idle)
+        );
+        // Desktop sets dnd with a custom status: dnd wins.
+        let dnd = p
+            .set(7, sid(1), PresenceStatus::Dnd, Some("focus".into()), None)
+            .unwrap();
+        assert_eq!(
+            (dnd.status, dnd.custom_status.as_deref()),
+            (PresenceStatus::Dnd, Some("focus"))
+        );
+        // Setting the same again changes nothing: no output.
+        assert_eq!(p.set(7, sid(1), PresenceStatus::Dnd, Some("focus".into()), None), None);
+        // Mobile leaves: per-platform changes at once, no grace for a non-last session.
+        let left = p.disconnect(7, sid(2), t0).unwrap();
+        assert_eq!(left.client_status.mobile, PresenceStatus::Offline);
+    }
+
+    #[test]
+    fn invisible_looks_offline_to_others() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Web, t0);
+        p.connect(7, sid(2), DeviceKind::Desktop, t0);
+        let hidden = p
+            .set(7, sid(2), PresenceStatus::Invisible, Some("secret".into()), None)
+            .unwrap();
+        assert_eq!(hidden.status, PresenceStatus::Offline);
+        assert_eq!(hidden.client_status.web, PresenceStatus::Offline);
+        assert_eq!(hidden.custom_status, None, "nothing leaks");
+        assert!(!p.is_visible_online(7));
+        // An invisible user connecting more sessions stays hidden, and silent.
+        assert_eq!(p.connect(7, sid(3), DeviceKind::Mobile, t0), None);
+    }
+
+    #[test]
+    fn reconnect_within_grace_does_not_flap() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        assert_eq!(p.disconnect(7, sid(1), t0 + S), None, "grace, not offline");
+        assert!(p.is_visible_online(7));
+        assert_eq!(p.next_deadline(), Some(t0 + 6 * S));
+        assert_eq!(
+            p.connect(7, sid(2), DeviceKind::Desktop, t0 + 3 * S),
+            None,
+            "same visible state: no event"
+        );
+        assert!(p.poll(t0 + 10 * S).is_empty(), "grace was cancelled");
+    }
+
+    #[test]
+    fn grace_expiry_goes_offline_once() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.disconnect(7, sid(1), t0);
+        assert!(p.poll(t0 + 4 * S).is_empty());
+        let out = p.poll(t0 + 5 * S);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, PresenceStatus::Offline);
+        assert!(p.poll(t0 + 20 * S).is_empty());
+        assert_eq!(p.next_deadline(), None);
+    }
+
+    #[test]
+    fn silent_sessions_are_swept() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 20 * S);
+        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.connect(7, sid(2), DeviceKind::Mobile, t0);
+        p.seen(7, sid(1), t0 + 15 * S);
+        // Mobile never heartbeats again: swept at 20 s; desktop remains.
+        let out = p.poll(t0 + 20 * S);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].client_status.mobile, PresenceStatus::Offline);
+        assert_eq!(out[0].status, PresenceStatus::Online);
+        // Desktop too, at 35 s: offline right away (the crash was a timeout ago).
+        let out = p.poll(t0 + 35 * S);
+        assert_eq!(
+            out.iter().map(|p| p.status).collect::<Vec<_>>(),
+            vec![PresenceStatus::Offline]
+        );
+    }
+
+    #[test]
+    fn invisible_user_leaving_produces_no_offline_event() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.set(7, sid(1), PresenceStatus::Invisible, None, None);
+        p.disconnect(7, sid(1), t0);
+        assert!(p.poll(t0 + 10 * S).is_empty());
+    }
+}

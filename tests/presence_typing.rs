@@ -1,0 +1,366 @@
+//! Presence and typing over real QUIC on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use quaver_client::{Client, LaneStream, Transport, connect};
+use quaver_proto::*;
+
+struct P {
+    client: Client,
+    chat: LaneStream,
+    presence: LaneStream,
+    typing: LaneStream,
+}
+
+async fn session(server: &quaver::Server, user: u64, device: DeviceKind) -> P {
+    let mut cfg = client_config(server, Transport::Quic, Some(token(user)));
+    cfg.device = device;
+    session_with(cfg).await
+}
+
+async fn session_with(cfg: quaver_client::Config) -> P {
+    let client = connect(&cfg).await.unwrap();
+    let mut chat = client.open_lane(Lane::Chat).await.unwrap();
+    let mut presence = client.open_lane(Lane::Presence).await.unwrap();
+    let mut typing = client.open_lane(Lane::Typing).await.unwrap();
+    for l in [&mut chat, &mut presence, &mut typing] {
+        l.request(RequestBody::Ping { data: vec![] }).await.unwrap().unwrap();
+    }
+    P {
+        client,
+        chat,
+        presence,
+        typing,
+    }
+}
+
+async fn req(l: &mut LaneStream, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+    tokio::time::timeout(Duration::from_secs(10), l.request(body))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn next_event(l: &mut LaneStream, wait: Duration) -> Option<EventBody> {
+    match tokio::time::timeout(wait, l.next()).await {
+        Err(_) => None,
+        Ok(Ok(ServerLane::Event { body, .. })) => Some(body),
+        Ok(other) => panic!("{other:?}"),
+    }
+}
+
+/// The next presence update about `user`.
+async fn presence_of(l: &mut LaneStream, user: u64) -> Presence {
+    loop {
+        match next_event(l, Duration::from_secs(10))
+            .await
+            .expect("presence update in time")
+        {
+            EventBody::PresenceUpdated { presence } if presence.user_id == user => return presence,
+            _ => {}
+        }
+    }
+}
+
+/// Guild owned by `owner` with `others` joined; returns its general channel.
+async fn guild(owner: &mut P, others: &mut [&mut P]) -> u64 {
+    let Ok(ResponseBody::Guild(g)) = req(&mut owner.chat, RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!()
+    };
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut owner.chat,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    for o in others.iter_mut() {
+        req(&mut o.chat, RequestBody::JoinGuild { code: inv.code.clone() })
+            .await
+            .unwrap();
+    }
+    let Ok(Ok(FetchResponse::Channels { channels })) =
+        owner.client.fetch(FetchRequest::Channels { guild_id: g.id }).await
+    else {
+        panic!()
+    };
+    channels[0].id
+}
+
+#[tokio::test]
+async fn multi_device_presence_reaches_guild_members_only() {
+    let mut cfg = config();
+    cfg.session.presence_grace = Duration::from_millis(300);
+    let server = start(cfg).await;
+    let mut b = session(&server, 2, DeviceKind::Web).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut stranger = session(&server, 3, DeviceKind::Desktop).await;
+    guild(&mut a, &mut [&mut b]).await;
+
+    // a adds a mobile session: b sees both platforms.
+    let mut a_mobile = session(&server, 1, DeviceKind::Mobile).await;
+    let p = presence_of(&mut b.presence, 1).await;
+    assert_eq!(p.status, PresenceStatus::Online);
+    assert_eq!(
+        (p.client_status.desktop, p.client_status.mobile),
+        (PresenceStatus::Online, PresenceStatus::Online)
+    );
+    req(
+        &mut a_mobile.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Idle,
+            custom_status: None,
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let p = presence_of(&mut b.presence, 1).await;
+    assert_eq!(
+        (p.status, p.client_status.mobile),
+        (PresenceStatus::Online, PresenceStatus::Idle)
+    );
+    req(
+        &mut a.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Dnd,
+            custom_status: Some("deep work".into()),
+            activity: Some("coding".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let p = presence_of(&mut b.presence, 1).await;
+    assert_eq!(
+        (p.status, p.custom_status.as_deref(), p.activity.as_deref()),
+        (PresenceStatus::Dnd, Some("deep work"), Some("coding"))
+    );
+    // A new session of b sees a's presence in Ready.
+    let b2 = connect(&client_config(&server, Transport::WebTransport, Some(token(2))))
+        .await
+        .unwrap();
+    let seen = b2
+        .ready
+        .presences
+        .iter()
+        .find(|p| p.user_id == 1)
+        .expect("a in Ready presences");
+    assert_eq!(seen.status, PresenceStatus::Dnd);
+    // Invisible: offline to others.
+    req(
+        &mut a.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Invisible,
+            custom_status: None,
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let p = presence_of(&mut b.presence, 1).await;
+    assert_eq!(p.status, PresenceStatus::Offline);
+    // The stranger shares no guild: nothing about a ever reached them.
+    assert!(stranger.client.ready.presences.is_empty());
+    while let Some(e) = next_event(&mut stranger.presence, Duration::from_millis(300)).await {
+        assert!(
+            !matches!(e, EventBody::PresenceUpdated { presence } if presence.user_id == 1),
+            "stranger saw a's presence"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn killed_connection_leaves_presence_and_quick_reconnect_does_not_flap() {
+    let mut cfg = config();
+    cfg.session.ping_interval = Duration::from_millis(200);
+    cfg.session.ping_timeout = Duration::from_millis(800);
+    cfg.session.presence_grace = Duration::from_millis(1500);
+    let server = start(cfg).await;
+    let mut b = session(&server, 2, DeviceKind::Desktop).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    guild(&mut a, &mut [&mut b]).await;
+    // A quick reconnect (close, then a new session within the grace): no offline in between.
+    a.client.close();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _a2 = session(&server, 1, DeviceKind::Desktop).await;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        if let Some(EventBody::PresenceUpdated { presence }) =
+            next_event(&mut b.presence, Duration::from_millis(100)).await
+        {
+            assert_ne!(
+                presence.status,
+                PresenceStatus::Offline,
+                "flapped offline during a reconnect"
+            );
+        }
+    }
+    // A killed connection (packets stop, nobody closes): offline after timeout + grace.
+    let relay = Relay::start(server.quic_addr).await;
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(3)));
+    cfg.addr = relay.addr;
+    cfg.keep_alive = Duration::from_millis(200);
+    let mut c = session_with(cfg).await;
+    let Ok(ResponseBody::Guild(_)) = req(&mut c.chat, RequestBody::CreateGuild { name: "c".into() }).await else {
+        panic!()
+    };
+    // b joins c's guild so it can see c.
+    let Ok(Ok(FetchResponse::Guilds { guilds })) = c.client.fetch(FetchRequest::Guilds).await else {
+        panic!()
+    };
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut c.chat,
+        RequestBody::CreateInvite {
+            guild_id: guilds[0].guild.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    req(&mut b.chat, RequestBody::JoinGuild { code: inv.code })
+        .await
+        .unwrap();
+    let killed_at = Instant::now();
+    relay.cut();
+    let p = presence_of(&mut b.presence, 3).await;
+    assert_eq!(p.status, PresenceStatus::Offline);
+    let took = killed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "went offline only after the grace: {took:?}"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(server.ctx.sessions.of_user(3).is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn typing_start_debounce_stop_and_stop_on_send() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut a_other = session(&server, 1, DeviceKind::Mobile).await;
+    let mut b = session(&server, 2, DeviceKind::Web).await;
+    let ch = guild(&mut a, &mut [&mut b]).await;
+
+    req(&mut a.typing, RequestBody::TypingStart { channel_id: ch })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    match next_event(&mut b.typing, Duration::from_secs(5)).await {
+        Some(EventBody::TypingStarted {
+            channel_id,
+            user_id,
+            expires_in_ms,
+        }) => {
+            assert_eq!((channel_id, user_id, expires_in_ms), (ch, 1, 10_000))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Not echoed to the typer's own sessions.
+    assert_eq!(next_event(&mut a_other.typing, Duration::from_millis(200)).await, None);
+    // A repeat within the debounce window is not re-broadcast.
+    req(&mut a.typing, RequestBody::TypingStart { channel_id: ch })
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut b.typing, Duration::from_millis(300)).await, None);
+    // Someone watching the channel learns who is typing now.
+    assert_eq!(
+        req(&mut b.typing, RequestBody::WatchTyping { channel_id: ch }).await,
+        Ok(ResponseBody::Typers {
+            channel_id: ch,
+            user_ids: vec![1]
+        })
+    );
+    // Explicit stop.
+    req(&mut a.typing, RequestBody::TypingStop { channel_id: ch })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut b.typing, Duration::from_secs(5)).await,
+        Some(EventBody::TypingStopped {
+            channel_id: ch,
+            user_id: 1
+        })
+    );
+    // Stop on send.
+    req(&mut b.typing, RequestBody::TypingStart { channel_id: ch })
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut a.typing, Duration::from_secs(5)).await,
+        Some(EventBody::TypingStarted { user_id: 2, .. })
+    ));
+    req(
+        &mut b.chat,
+        RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 1,
+            content: "done".into(),
+            reply_to: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_event(&mut a.typing, Duration::from_secs(5)).await,
+        Some(EventBody::TypingStopped {
+            channel_id: ch,
+            user_id: 2
+        })
+    );
+    // Typing needs send permission; a stranger's start is refused.
+    let mut c = session(&server, 3, DeviceKind::Web).await;
+    assert_eq!(
+        req(&mut c.typing, RequestBody::TypingStart { channel_id: ch })
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::NOT_FOUND
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn typing_expires_on_the_server_after_ten_seconds() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut b = session(&server, 2, DeviceKind::Web).await;
+    let ch = guild(&mut a, &mut [&mut b]).await;
+    req(&mut a.typing, RequestBody::TypingStart { channel_id: ch })
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut b.typing, Duration::from_secs(5)).await,
+        Some(EventBody::TypingStarted { .. })
+    ));
+    let t0 = Instant::now();
+    // No stop is sent; the server sends it itself.
+    let e = next_event(&mut b.typing, Duration::from_secs(12)).await;
+    let took = t0.elapsed();
+    assert_eq!(
+        e,
+        Some(EventBody::TypingStopped {
+            channel_id: ch,
+            user_id: 1
+        })
+    );
+    assert!(
+        took >= Duration::from_millis(9_500) && took <= Duration::from_millis(10_500),
+        "{took:?}"
+    );
+    server.shutdown().await;
+}
