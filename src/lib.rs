@@ -11,6 +11,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
 //! - [`cluster`]: the bus that carries events to every node (in-process by default).
 //! - [`limits`]: token-bucket rate limits and flood detection.
+//! - [`notify`]: who is notified of what (a pure decision; chat gathers the facts).
 //! - [`presence`]: multi-device presence with reconnect grace (sans-IO + its task).
 //! - [`typing`]: typing indicators with debounce and server-side expiry (sans-IO + task).
 //! - [`ids`]: snowflake ids.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod perms;
 pub mod presence;
 pub mod shutdown;

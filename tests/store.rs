@@ -380,3 +380,73 @@ async fn channels_overwrites_dms_read_states() {
         );
     }
 }
+
+#[tokio::test]
+async fn relationships_mutes_and_notifications() {
+    for (name, s) in backends().await {
+        use RelationshipKind::*;
+        s.set_relationship(OWNER, Some(OutgoingRequest), BOB, Some(IncomingRequest), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.relationship(BOB, OWNER).await.unwrap(),
+            Some(IncomingRequest),
+            "{name}"
+        );
+        s.set_relationship(OWNER, Some(Friend), BOB, Some(Friend), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.relationships(OWNER).await.unwrap(),
+            vec![Relationship {
+                user_id: BOB,
+                kind: Friend
+            }]
+        );
+        s.set_relationship(EVE, Some(Blocked), OWNER, None, 3).await.unwrap();
+        assert_eq!(s.blockers_of(OWNER).await.unwrap(), vec![EVE]);
+        assert_eq!(s.relationship(OWNER, EVE).await.unwrap(), None);
+
+        s.set_mute(BOB, MuteTarget::Guild(100), true).await.unwrap();
+        s.set_mute(EVE, MuteTarget::Channel(101), true).await.unwrap();
+        s.set_mute(EVE, MuteTarget::Channel(101), true).await.unwrap();
+        let mut muters = s.muters(Some(100), 101).await.unwrap();
+        muters.sort();
+        assert_eq!(muters, vec![BOB, EVE], "{name}");
+        assert_eq!(s.muters(None, 101).await.unwrap(), vec![EVE]);
+        s.set_mute(BOB, MuteTarget::Guild(100), false).await.unwrap();
+        assert!(s.mutes(BOB).await.unwrap().is_empty());
+
+        let n = |id: u64| Notification {
+            id,
+            kind: NotificationKind::Mention,
+            actor_id: OWNER,
+            guild_id: Some(100),
+            channel_id: Some(101),
+            message_id: Some(id * 10),
+            preview: format!("n{id}"),
+            created_at_ms: id,
+            read: false,
+        };
+        s.create_notifications(&(1..=5).map(|k| (BOB, n(k))).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let page = s.notifications(BOB, 0, 3).await.unwrap();
+        assert_eq!(
+            page.iter().map(|n| n.id).collect::<Vec<_>>(),
+            vec![5, 4, 3],
+            "{name}: newest first"
+        );
+        let page = s.notifications(BOB, 3, 10).await.unwrap();
+        assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(page[0], n(2));
+        assert_eq!(s.ack_notifications(BOB, 3, 9).await.unwrap(), 3);
+        assert_eq!(s.ack_notifications(BOB, 3, 9).await.unwrap(), 0, "acks are idempotent");
+        assert_eq!(s.delivered_notifications(BOB).await.unwrap(), 3);
+        s.read_notifications(BOB, &[1, 2], false, 10).await.unwrap();
+        assert_eq!(s.unread_notifications(BOB).await.unwrap(), 3);
+        s.read_notifications(BOB, &[], true, 11).await.unwrap();
+        assert_eq!(s.unread_notifications(BOB).await.unwrap(), 0);
+        assert!(s.notifications(BOB, 0, 10).await.unwrap().iter().all(|n| n.read));
+    }
+}

@@ -227,8 +227,17 @@ const Presence = struct([
   ['client_status', struct([['desktop', PresenceStatus], ['mobile', PresenceStatus], ['web', PresenceStatus]])],
   ['custom_status', opt(T.string)], ['activity', opt(T.string)],
 ]);
+const RelationshipKind = names('Friend', 'IncomingRequest', 'OutgoingRequest', 'Blocked');
+const Relationship = struct([['user_id', T.id], ['kind', RelationshipKind]]);
+const MuteTarget = tagged([['Guild', [['id', T.id]]], ['Channel', [['id', T.id]]]]);
+const NotificationKind = names('Mention', 'Reply', 'Reaction', 'DirectMessage', 'FriendRequest', 'FriendAccepted');
+const Notification = struct([
+  ['id', T.id], ['kind', NotificationKind], ['actor_id', T.id], ['guild_id', opt(T.id)], ['channel_id', opt(T.id)],
+  ['message_id', opt(T.id)], ['preview', T.string], ['created_at_ms', T.u64], ['read', T.bool],
+]);
 ReadyFields.push(['guilds', vec(GuildSnapshot)], ['private_channels', vec(Channel)], ['read_states', vec(ReadState)],
-  ['presences', vec(Presence)]);
+  ['presences', vec(Presence)], ['relationships', vec(Relationship)], ['mutes', vec(MuteTarget)],
+  ['notifications_unread', T.u32], ['notifications', vec(Notification)]);
 const HistoryAnchor = tagged([['Latest', []], ['Before', [['seq', T.u64]]], ['After', [['seq', T.u64]]], ['Around', [['seq', T.u64]]]]);
 const FetchRequest = tagged([
   ['ServerInfo', []],
@@ -236,6 +245,8 @@ const FetchRequest = tagged([
   ['Guilds', []],
   ['Channels', [['guild_id', T.id]]],
   ['Members', [['guild_id', T.id], ['after', T.id], ['limit', T.u32]]],
+  ['Notifications', [['before', T.id], ['limit', T.u32]]],
+  ['Relationships', []],
 ]);
 const FetchResponse = tagged([
   ['ServerInfo', [['version', T.string], ['node', T.string], ['protocols', vec(T.u16)], ['max_frame_bytes', T.u32]]],
@@ -243,6 +254,8 @@ const FetchResponse = tagged([
   ['Guilds', [['guilds', vec(GuildSnapshot)]]],
   ['Channels', [['channels', vec(Channel)]]],
   ['Members', [['members', vec(Member)]]],
+  ['Notifications', [['notifications', vec(Notification)], ['unread', T.u32]]],
+  ['Relationships', [['relationships', vec(Relationship)]]],
 ]);
 const gid = ['guild_id', T.id], cid = ['channel_id', T.id], mid = ['message_id', T.id], uid = ['user_id', T.id];
 const RequestBody = tagged([
@@ -274,6 +287,16 @@ const RequestBody = tagged([
   ['TypingStart', [cid]],
   ['TypingStop', [cid]],
   ['WatchTyping', [cid]],
+  ['SendFriendRequest', [uid]],
+  ['AcceptFriendRequest', [uid]],
+  ['DeclineFriendRequest', [uid]],
+  ['CancelFriendRequest', [uid]],
+  ['RemoveFriend', [uid]],
+  ['BlockUser', [uid]],
+  ['UnblockUser', [uid]],
+  ['SetMute', [['target', MuteTarget], ['muted', T.bool]]],
+  ['AckNotifications', [['up_to', T.id]]],
+  ['MarkNotificationsRead', [['ids', vec(T.id)], ['all', T.bool]]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -285,6 +308,7 @@ const ResponseBody = tagged([
   ['MessageSent', [['message_id', T.id], ['seq', T.u64], ['created_at_ms', T.u64], ['duplicate', T.bool]]],
   ['Sequenced', [['seq', T.u64]]],
   ['Typers', [cid, ['user_ids', vec(T.id)]]],
+  ['Relationship', Relationship.fields],
 ]);
 const seq = ['seq', T.u64];
 const EventBody = tagged([
@@ -305,6 +329,11 @@ const EventBody = tagged([
   ['PresenceUpdated', [['presence', Presence]]],
   ['TypingStarted', [cid, uid, ['expires_in_ms', T.u32]]],
   ['TypingStopped', [cid, uid]],
+  ['RelationshipUpdated', [['relationship', Relationship]]],
+  ['RelationshipRemoved', [uid]],
+  ['NotificationCreated', [['notification', Notification]]],
+  ['NotificationsRead', [['ids', vec(T.id)], ['all', T.bool]]],
+  ['MuteUpdated', [['target', MuteTarget], ['muted', T.bool]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

@@ -296,7 +296,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         .await
         .map_err(|e| Error::Transport(e.to_string()))?;
     let ready = match control.next::<ServerControl>().await {
-        Ok(Some(ServerControl::Ready(r))) => r,
+        Ok(Some(ServerControl::Ready(r))) => *r,
         Ok(Some(ServerControl::Closing(c))) => {
             return Err(Error::Closed {
                 code: CloseCode(c.code),

@@ -48,6 +48,8 @@ impl ErrorCode {
     pub const GROUP_FULL: ErrorCode = ErrorCode(19);
     /// The owner cannot leave or be removed; transfer or delete the guild.
     pub const OWNER: ErrorCode = ErrorCode(20);
+    /// There is no such friend request or friendship.
+    pub const NO_RELATIONSHIP: ErrorCode = ErrorCode(21);
 }
 
 /// The body of an error reply.

@@ -163,6 +163,14 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Presences you can see that are not offline (guild members and friends).
     pub presences: Vec<Presence>,
+    /// Friends, requests and blocks.
+    pub relationships: Vec<Relationship>,
+    /// Muted guilds and channels.
+    pub mutes: Vec<MuteTarget>,
+    /// Unread notifications.
+    pub notifications_unread: u32,
+    /// The newest notifications (up to 20; page older ones with `FetchRequest::Notifications`).
+    pub notifications: Vec<Notification>,
 }
 
 /// A heartbeat; the client sends one every `heartbeat_interval_ms`, the server acks it.
@@ -211,8 +219,8 @@ pub enum ClientControl {
 /// Server → client frames on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum ServerControl {
-    /// The session is open.
-    Ready(Ready),
+    /// The session is open (boxed: it is much larger than the other variants).
+    Ready(Box<Ready>),
     /// Answer to a `Heartbeat`, with the server's position per lane.
     HeartbeatAck(Heartbeat),
     /// Reconnect elsewhere or later: the server is draining.
@@ -457,6 +465,60 @@ pub enum RequestBody {
         /// The channel.
         channel_id: u64,
     },
+    /// Ask to be friends (accepts theirs if they already asked you).
+    SendFriendRequest {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Accept their friend request.
+    AcceptFriendRequest {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Decline their friend request.
+    DeclineFriendRequest {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Withdraw your friend request.
+    CancelFriendRequest {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Stop being friends.
+    RemoveFriend {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Block a user: no DMs, friend requests or notifications from them.
+    BlockUser {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Unblock a user.
+    UnblockUser {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Mute or unmute a guild or channel (no notifications from it).
+    SetMute {
+        /// What.
+        target: MuteTarget,
+        /// Mute (true) or unmute.
+        muted: bool,
+    },
+    /// Notifications lane: you received every notification up to this id.
+    AckNotifications {
+        /// The newest notification id received.
+        up_to: u64,
+    },
+    /// Notifications lane: mark notifications read (synced to your other sessions).
+    MarkNotificationsRead {
+        /// These ids (ignored when `all`).
+        ids: Vec<u64>,
+        /// Every notification.
+        all: bool,
+    },
 }
 
 impl RequestBody {
@@ -467,6 +529,9 @@ impl RequestBody {
             RequestBody::SetPresence { .. } => Some(Lane::Presence),
             RequestBody::TypingStart { .. } | RequestBody::TypingStop { .. } | RequestBody::WatchTyping { .. } => {
                 Some(Lane::Typing)
+            }
+            RequestBody::AckNotifications { .. } | RequestBody::MarkNotificationsRead { .. } => {
+                Some(Lane::Notifications)
             }
             _ => Some(Lane::Chat),
         }
@@ -624,6 +689,77 @@ pub struct ReadState {
     pub mention_count: u32,
 }
 
+/// What a user is to you.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum RelationshipKind {
+    /// Friends.
+    Friend,
+    /// They asked to be friends.
+    IncomingRequest,
+    /// You asked to be friends.
+    OutgoingRequest,
+    /// You blocked them.
+    Blocked,
+}
+
+/// A relationship with another user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Relationship {
+    /// The other user.
+    pub user_id: u64,
+    /// What they are to you.
+    pub kind: RelationshipKind,
+}
+
+/// Something that can be muted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum MuteTarget {
+    /// A whole guild.
+    Guild(u64),
+    /// One channel (DMs included).
+    Channel(u64),
+}
+
+/// Why you were notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum NotificationKind {
+    /// You (or a role of yours, or everyone) were mentioned.
+    Mention,
+    /// Someone replied to your message.
+    Reply,
+    /// Someone reacted to your message.
+    Reaction,
+    /// A direct or group message.
+    DirectMessage,
+    /// Someone asked to be friends.
+    FriendRequest,
+    /// Someone accepted your friend request.
+    FriendAccepted,
+}
+
+/// A stored notification.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Notification {
+    /// Snowflake id (newer is larger).
+    pub id: u64,
+    /// Why.
+    pub kind: NotificationKind,
+    /// Who caused it.
+    pub actor_id: u64,
+    /// Guild, if any.
+    pub guild_id: Option<u64>,
+    /// Channel, if any.
+    pub channel_id: Option<u64>,
+    /// Message, if any.
+    pub message_id: Option<u64>,
+    /// A preview: the start of the message, or the emoji.
+    pub preview: String,
+    /// When (Unix ms).
+    pub created_at_ms: u64,
+    /// Marked read.
+    pub read: bool,
+}
+
 /// A presence status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum PresenceStatus {
@@ -729,6 +865,8 @@ pub enum ResponseBody {
         /// The typers.
         user_ids: Vec<u64>,
     },
+    /// A relationship changed (reply to relationship requests).
+    Relationship(Relationship),
 }
 
 /// Events pushed by the server on a lane. Channel events (`Message*`, `Reaction*`) carry
@@ -862,6 +1000,35 @@ pub enum EventBody {
         /// The typer.
         user_id: u64,
     },
+    /// A relationship was created or changed.
+    RelationshipUpdated {
+        /// The relationship.
+        relationship: Relationship,
+    },
+    /// A relationship ended.
+    RelationshipRemoved {
+        /// The other user.
+        user_id: u64,
+    },
+    /// Notifications lane: a new notification.
+    NotificationCreated {
+        /// It.
+        notification: Notification,
+    },
+    /// Notifications lane: notifications were marked read (on any of your sessions).
+    NotificationsRead {
+        /// Which (empty when `all`).
+        ids: Vec<u64>,
+        /// All of them.
+        all: bool,
+    },
+    /// A guild or channel was muted or unmuted (on any of your sessions).
+    MuteUpdated {
+        /// What.
+        target: MuteTarget,
+        /// Muted now.
+        muted: bool,
+    },
 }
 
 impl EventBody {
@@ -934,6 +1101,15 @@ pub enum FetchRequest {
         /// At most 1000.
         limit: u32,
     },
+    /// Your notifications, newest first, with ids below `before` (0 = from the newest).
+    Notifications {
+        /// Page below this id.
+        before: u64,
+        /// At most 100.
+        limit: u32,
+    },
+    /// Your relationships.
+    Relationships,
 }
 
 /// Where a history page starts.
@@ -986,6 +1162,18 @@ pub enum FetchResponse {
     Members {
         /// The members.
         members: Vec<Member>,
+    },
+    /// Notifications, newest first.
+    Notifications {
+        /// The page.
+        notifications: Vec<Notification>,
+        /// Unread in total.
+        unread: u32,
+    },
+    /// Relationships.
+    Relationships {
+        /// All of them.
+        relationships: Vec<Relationship>,
     },
 }
 

@@ -7,6 +7,7 @@
 //! fan-out task delivers them in that order; a retried nonce returns the original message.
 //! Permission state per guild is cached and dropped on any change (`GuildChanged`).
 
+pub mod social;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -27,6 +28,28 @@ use crate::ids::{Snowflakes, now_ms};
 use crate::limits::{Bucket, Flood, Kind, LimitsConfig};
 use crate::perms::{self, Perms, Subject};
 use crate::store::{GuildState, NewMessage, Store, StoreError};
+
+/// The parts of `Ready` that chat provides.
+#[derive(Debug)]
+pub struct ReadyParts {
+    /// Guilds with visible channels.
+    pub guilds: Vec<GuildSnapshot>,
+    /// DMs and group DMs.
+    pub private_channels: Vec<Channel>,
+    /// Read states.
+    pub read_states: Vec<ReadState>,
+    /// Relationships.
+    pub relationships: Vec<quaver_proto::Relationship>,
+    /// Mutes.
+    pub mutes: Vec<quaver_proto::MuteTarget>,
+    /// Unread notifications.
+    pub notifications_unread: u32,
+    /// Newest notifications.
+    pub notifications: Vec<quaver_proto::Notification>,
+}
+
+/// Newest notifications carried in `Ready`.
+pub const READY_NOTIFICATIONS: u32 = 20;
 
 /// Guilds up to this size get their member list in `Ready`/`Guilds`.
 pub const SMALL_GUILD: u32 = 100;
@@ -220,7 +243,7 @@ impl Chat {
         let refused = {
             let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             b.entry((user, kind))
-                .or_insert_with(|| Bucket::new(kind.default_rate(), now))
+                .or_insert_with(|| Bucket::new(self.limits.rate(kind), now))
                 .take(now)
                 .err()
         };
@@ -353,10 +376,7 @@ impl Chat {
     }
 
     fn publish_user(&self, user_id: u64, body: &EventBody) {
-        self.bus.publish(BusEvent::User {
-            user_id,
-            event: ev(body),
-        });
+        self.publish_user_lane(user_id, Lane::Chat, body);
     }
 
     /// After a permission change: tell users who lost sight of a channel that it is gone,
@@ -381,6 +401,16 @@ impl Chat {
         use RequestBody as R;
         let now = now_ms();
         match body {
+            social @ (R::SendFriendRequest { .. }
+            | R::AcceptFriendRequest { .. }
+            | R::DeclineFriendRequest { .. }
+            | R::CancelFriendRequest { .. }
+            | R::RemoveFriend { .. }
+            | R::BlockUser { .. }
+            | R::UnblockUser { .. }
+            | R::SetMute { .. }
+            | R::AckNotifications { .. }
+            | R::MarkNotificationsRead { .. }) => self.handle_social(user, social).await,
             R::Ping { .. }
             | R::SetPresence { .. }
             | R::TypingStart { .. }
@@ -397,6 +427,10 @@ impl Chat {
                 let access = self.access(user, channel_id).await?;
                 if !access.perms().has(Perms::SEND_MESSAGES) {
                     return Err(forbidden("send messages").into());
+                }
+                if let Access::Private = access {
+                    let c = self.store.channel(channel_id).await.map_err(store_err)?;
+                    self.check_dm_block(user, &c).await?;
                 }
                 let mut mentions = validate::mentions(&content);
                 if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {
@@ -421,6 +455,12 @@ impl Chat {
                 let duplicate = stored.is_none();
                 if let Some(s) = stored {
                     self.publish_channel(access.guild_id(), channel_id, s.event);
+                    drop(_guard);
+                    // The message is stored and acknowledged regardless: a failure to notify
+                    // is logged, never turned into a failed send (the client would resend).
+                    if let Err(e) = self.notify_message(&access, &m).await {
+                        tracing::warn!(error = %e.message, "notifications for a message failed");
+                    }
                 }
                 Ok(ResponseBody::MessageSent {
                     message_id: m.id,
@@ -503,6 +543,13 @@ impl Chat {
                 {
                     Some(s) => {
                         self.publish_channel(access.guild_id(), channel_id, s.event);
+                        drop(_guard);
+                        if let Err(e) = self
+                            .notify_reaction(&access, user, channel_id, message_id, &emoji)
+                            .await
+                        {
+                            tracing::warn!(error = %e.message, "notification for a reaction failed");
+                        }
                         Ok(ResponseBody::Sequenced { seq: s.seq })
                     }
                     None => Ok(ResponseBody::Done),
@@ -807,6 +854,9 @@ impl Chat {
                 if user_id == user || user_id == 0 {
                     return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "a DM needs another user").into());
                 }
+                if self.blocked_between(user, user_id).await? {
+                    return Err(ErrorBody::new(ErrorCode::BLOCKED, "blocked").into());
+                }
                 let c = self
                     .store
                     .open_dm(self.id(), user, user_id, now)
@@ -943,6 +993,17 @@ impl Chat {
                     .map_err(store_err)?;
                 FetchResponse::Members { members }
             }
+            FetchRequest::Notifications { before, limit } => FetchResponse::Notifications {
+                notifications: self
+                    .store
+                    .notifications(user, before, limit.clamp(1, 100))
+                    .await
+                    .map_err(store_err)?,
+                unread: self.store.unread_notifications(user).await.map_err(store_err)?,
+            },
+            FetchRequest::Relationships => FetchResponse::Relationships {
+                relationships: self.store.relationships(user).await.map_err(store_err)?,
+            },
         };
         Ok(FetchReply::Ok(resp))
     }
@@ -976,17 +1037,22 @@ impl Chat {
         Ok(out)
     }
 
-    /// What `Ready` carries: guilds, DM channels, read states. Also records the user.
-    pub async fn ready(
-        &self,
-        user: u64,
-        name: &str,
-    ) -> Result<(Vec<GuildSnapshot>, Vec<Channel>, Vec<ReadState>), ErrorBody> {
+    /// What `Ready` carries (besides presences). Also records the user from the claims.
+    pub async fn ready(&self, user: u64, name: &str) -> Result<ReadyParts, ErrorBody> {
         self.store.upsert_user(user, name, now_ms()).await.map_err(store_err)?;
-        let guilds = self.guild_snapshots(user).await?;
-        let private = self.store.private_channels(user).await.map_err(store_err)?;
-        let reads = self.store.read_states(user).await.map_err(store_err)?;
-        Ok((guilds, private, reads))
+        Ok(ReadyParts {
+            guilds: self.guild_snapshots(user).await?,
+            private_channels: self.store.private_channels(user).await.map_err(store_err)?,
+            read_states: self.store.read_states(user).await.map_err(store_err)?,
+            relationships: self.store.relationships(user).await.map_err(store_err)?,
+            mutes: self.store.mutes(user).await.map_err(store_err)?,
+            notifications_unread: self.store.unread_notifications(user).await.map_err(store_err)?,
+            notifications: self
+                .store
+                .notifications(user, 0, READY_NOTIFICATIONS)
+                .await
+                .map_err(store_err)?,
+        })
     }
 
     /// Everyone who can see `user`'s presence (and whom `user` can see): members of the
@@ -997,6 +1063,7 @@ impl Chat {
             let g = self.guild(gid).await?;
             out.extend(g.state.members.keys().copied().filter(|u| *u != user));
         }
+        out.extend(self.friends(user).await?);
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -1016,7 +1083,7 @@ impl Chat {
         while let Some(e) = rx.recv().await {
             match e {
                 BusEvent::GuildChanged { guild_id } => self.invalidate(guild_id),
-                BusEvent::User { user_id, event } => sessions.push_to_user(user_id, Lane::Chat, &event),
+                BusEvent::User { user_id, lane, event } => sessions.push_to_user(user_id, lane, &event),
                 BusEvent::Guild { guild_id, event } => {
                     let Ok(g) = self.guild(guild_id).await else { continue };
                     for u in g.state.members.keys() {

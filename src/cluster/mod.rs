@@ -26,10 +26,12 @@ pub enum BusEvent {
         /// Encoded `EventBody`.
         event: Bytes,
     },
-    /// Deliver to every session of one user.
+    /// Deliver to every session of one user, on `lane`.
     User {
         /// The user.
         user_id: u64,
+        /// The lane.
+        lane: quaver_proto::Lane,
         /// Encoded `EventBody`.
         event: Bytes,
     },

@@ -153,7 +153,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
         Ok::<_, ErrorBody>((s, presences))
     };
-    let ((guilds, private_channels, read_states), presences) = match snapshot.await {
+    let (parts, presences) = match snapshot.await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e.message, "building Ready failed");
@@ -177,7 +177,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         zstd,
     ));
     let sc = &ctx.cfg.session;
-    let ready = ServerControl::Ready(Ready {
+    let ready = ServerControl::Ready(Box::new(Ready {
         session_id: handle.id,
         user: User {
             id: identity.user_id,
@@ -192,11 +192,15 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         compression: if zstd { Compression::Zstd } else { Compression::None },
         token_expires_at_ms: unix_ms(identity.expires_at),
         node: ctx.cfg.node_name.clone(),
-        guilds,
-        private_channels,
-        read_states,
+        guilds: parts.guilds,
+        private_channels: parts.private_channels,
+        read_states: parts.read_states,
         presences,
-    });
+        relationships: parts.relationships,
+        mutes: parts.mutes,
+        notifications_unread: parts.notifications_unread,
+        notifications: parts.notifications,
+    }));
     match write_msg(&mut ctl_tx, &ready).await {
         Ok(n) => ctx.metrics.tx[CONTROL].add(n),
         Err(_) => return,
