@@ -138,6 +138,18 @@ pub struct SessionConfig {
     /// Require a stateless retry (address validation) once this many handshakes are in
     /// progress. Default 64: validation costs a round trip, so only under load; 0 = always.
     pub retry_above_handshakes: usize,
+    /// How long a session whose connection was lost can be resumed exactly (its events
+    /// are buffered meanwhile). Default 2 min.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub resume_window: Duration,
+    /// Most events buffered per session for resume. Default 2,000.
+    pub replay_max_events: usize,
+    /// Most bytes buffered per session for resume. Default 2 MiB.
+    pub replay_max_bytes: usize,
+    /// Channel events older than this are pruned from the event log (catch-up after that
+    /// answers `Gap`). Default 30 days.
+    #[serde(deserialize_with = "serde_duration::de")]
+    pub event_log_retention: Duration,
     /// A user whose last session ends shows offline only after this grace, so a quick
     /// reconnect does not flap offline → online. Default 5 s.
     #[serde(deserialize_with = "serde_duration::de")]
@@ -207,6 +219,10 @@ impl Default for SessionConfig {
             max_connections: 20_000,
             retry_above_handshakes: 64,
             presence_grace: Duration::from_secs(5),
+            resume_window: Duration::from_secs(120),
+            replay_max_events: 2_000,
+            replay_max_bytes: 2 * 1024 * 1024,
+            event_log_retention: Duration::from_secs(30 * 86_400),
             drain_timeout: Duration::from_secs(10),
             reconnect_after: Duration::from_secs(1),
             allowed_origins: Vec::new(),
@@ -289,6 +305,12 @@ pub struct ConfigArgs {
     /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
     #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
+    /// Resume window after a lost connection [default: 2m].
+    #[arg(long, env = "QUAVER_RESUME_WINDOW", value_parser = parse_duration)]
+    pub resume_window: Option<Duration>,
+    /// Channel event log retention [default: 30d].
+    #[arg(long, env = "QUAVER_EVENT_LOG_RETENTION", value_parser = parse_duration)]
+    pub event_log_retention: Option<Duration>,
     /// Presence reconnect grace [default: 5s].
     #[arg(long, env = "QUAVER_PRESENCE_GRACE", value_parser = parse_duration)]
     pub presence_grace: Option<Duration>,
@@ -327,6 +349,8 @@ impl ConfigArgs {
             retry_above_handshakes => session.retry_above_handshakes,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,
+            resume_window => session.resume_window,
+            event_log_retention => session.event_log_retention,
         }
         macro_rules! set_opt {
             ($($field:ident => $($target:ident).+),* $(,)?) => {

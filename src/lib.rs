@@ -89,6 +89,15 @@ impl Ctx {
         }
     }
 
+    /// Replay buffer limits of new sessions.
+    pub fn replay_limits(&self) -> gateway::replay::ReplayLimits {
+        gateway::replay::ReplayLimits {
+            max_events: self.cfg.session.replay_max_events,
+            max_bytes: self.cfg.session.replay_max_bytes,
+            window: self.cfg.session.resume_window,
+        }
+    }
+
     async fn wait_no_sessions(&self) {
         loop {
             let notified = self.idle.notified();
@@ -96,6 +105,23 @@ impl Ctx {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// Periodic upkeep: forget sessions whose resume window passed; prune the event log.
+async fn housekeeping(ctx: Arc<Ctx>) {
+    let every = (ctx.cfg.session.resume_window / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        tokio::time::sleep(every).await;
+        ctx.sessions.sweep(std::time::Instant::now());
+        if last_prune.elapsed() >= Duration::from_secs(600) {
+            last_prune = std::time::Instant::now();
+            let before = ids::now_ms().saturating_sub(ctx.cfg.session.event_log_retention.as_millis() as u64);
+            if let Err(e) = ctx.chat.store().prune_events(before).await {
+                tracing::warn!(error = %e, "pruning the event log failed");
+            }
         }
     }
 }
@@ -165,7 +191,8 @@ impl Server {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
         tasks.push(tokio::spawn(certs.renew_loop(signal.clone())));
-        tasks.push(tokio::spawn(chat.run_fanout(sessions, bus_rx)));
+        tasks.push(tokio::spawn(chat.clone().run_fanout(sessions.clone(), bus_rx)));
+        tasks.push(tokio::spawn(housekeeping(ctx.clone())));
         let router = http::router(ctx.clone());
         let mut http_stop = signal.clone();
         tasks.push(tokio::spawn(async move {

@@ -225,29 +225,59 @@ async fn offline_users_find_them_in_ready_and_can_page_and_ack() {
     let server = start(cfg).await;
     let mut a = session(&server, 1).await;
     let mut c = session(&server, 3).await;
+    let mut d = session(&server, 4).await;
     let (_, ch) = guild(&mut a, &mut [&mut c]).await;
+    // Before c goes offline: c posts a message and asks a to be friends.
+    let c_msg = send(&mut c, ch, 1, "c's message", None).await;
+    req(&mut c.chat, RequestBody::SendFriendRequest { user_id: 1 })
+        .await
+        .unwrap();
     c.client.close();
     drop(c);
+    // While c is offline: every kind of notification.
     for k in 0..25 {
         send(&mut a, ch, 100 + k, &format!("<@3> number {k}"), None).await;
     }
+    send(&mut a, ch, 150, "a reply", Some(c_msg)).await;
+    req(
+        &mut a.chat,
+        RequestBody::AddReaction {
+            channel_id: ch,
+            message_id: c_msg,
+            emoji: "🔥".into(),
+        },
+    )
+    .await
+    .unwrap();
+    req(&mut a.chat, RequestBody::AcceptFriendRequest { user_id: 3 })
+        .await
+        .unwrap();
     let Ok(ResponseBody::Channel(dm)) = req(&mut a.chat, RequestBody::OpenDm { user_id: 3 }).await else {
         panic!()
     };
     send(&mut a, dm.id, 200, "while you were out", None).await;
-    req(&mut a.chat, RequestBody::SendFriendRequest { user_id: 3 })
+    req(&mut d.chat, RequestBody::SendFriendRequest { user_id: 3 })
         .await
         .unwrap();
 
     let mut c = session(&server, 3).await;
     let r = &c.client.ready;
-    assert_eq!(r.notifications_unread, 27);
+    assert_eq!(r.notifications_unread, 30);
     assert_eq!(r.notifications.len(), 20, "newest 20 in Ready");
-    assert_eq!(r.notifications[0].kind, NotificationKind::FriendRequest, "newest first");
-    assert_eq!(r.notifications[1].kind, NotificationKind::DirectMessage);
+    let kinds: Vec<NotificationKind> = r.notifications.iter().take(5).map(|n| n.kind).collect();
+    use NotificationKind::*;
+    assert_eq!(
+        kinds,
+        vec![FriendRequest, DirectMessage, FriendAccepted, Reaction, Reply],
+        "newest first"
+    );
+    assert!(r.relationships.contains(&Relationship {
+        user_id: 4,
+        kind: RelationshipKind::IncomingRequest
+    }));
     assert!(r.relationships.contains(&Relationship {
         user_id: 1,
-        kind: RelationshipKind::IncomingRequest
+        kind: RelationshipKind::Friend
     }));
     // Page the rest.
     let oldest_in_ready = r.notifications.last().unwrap().id;
@@ -261,14 +291,14 @@ async fn offline_users_find_them_in_ready_and_can_page_and_ack() {
     else {
         panic!()
     };
-    assert_eq!((notifications.len(), unread), (7, 27));
+    assert_eq!((notifications.len(), unread), (10, 30));
     assert!(notifications.iter().all(|n| n.kind == NotificationKind::Mention));
     // Ack delivery (recorded), then mark all read: synced to c's other session.
     let newest = c.client.ready.notifications[0].id;
     req(&mut c.notes, RequestBody::AckNotifications { up_to: newest })
         .await
         .unwrap();
-    assert_eq!(server.ctx.chat.store().delivered_notifications(3).await.unwrap(), 27);
+    assert_eq!(server.ctx.chat.store().delivered_notifications(3).await.unwrap(), 30);
     let mut c2 = session(&server, 3).await;
     req(
         &mut c.notes,

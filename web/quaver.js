@@ -36,7 +36,7 @@ export const CloseCode = Object.freeze({
   PROTOCOL_ERROR: 4000, FRAME_TOO_LARGE: 4001, UNSUPPORTED_VERSION: 4002, HELLO_TIMEOUT: 4003,
   ORIGIN_NOT_ALLOWED: 4004, TOKEN_MISSING: 4010, TOKEN_MALFORMED: 4011, TOKEN_EXPIRED: 4012,
   TOKEN_NOT_YET_VALID: 4013, TOKEN_BAD_SIGNATURE: 4014, TOKEN_WRONG_ALGORITHM: 4015,
-  TOKEN_UNSIGNED: 4016, TOKEN_INVALID_CLAIMS: 4017, BANNED: 4030,
+  TOKEN_UNSIGNED: 4016, TOKEN_INVALID_CLAIMS: 4017, RESUME_REFUSED: 4018, BANNED: 4030,
 });
 
 // ---------------------------------------------------------------------------------------
@@ -189,7 +189,8 @@ const ErrorBodyFields = [['code', T.u16], ['message', T.string], ['retry_after_m
 const ErrorBody = struct(ErrorBodyFields);
 const HelloFields = [
   ['version', T.u16], ['token', opt(T.string)], ['device', DeviceKind],
-  ['resume', opt(struct([['session_id', T.sessionId], ['lanes', vec(LaneSeq)]]))], ['compression', Compression],
+  ['resume', opt(struct([['session_id', T.sessionId], ['lanes', vec(LaneSeq)], ['channels', vec(struct([['channel_id', T.id], ['seq', T.u64]]))]]))],
+  ['compression', Compression],
 ];
 const HeartbeatFields = [['nonce', T.u32], ['lanes', vec(LaneSeq)]];
 const ReadyFields = [
@@ -334,6 +335,7 @@ const EventBody = tagged([
   ['NotificationCreated', [['notification', Notification]]],
   ['NotificationsRead', [['ids', vec(T.id)], ['all', T.bool]]],
   ['MuteUpdated', [['target', MuteTarget], ['muted', T.bool]]],
+  ['Gap', [cid, ['after_seq', T.u64], ['resumes_at', T.u64]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */
@@ -351,6 +353,7 @@ export const SCHEMA = {
     ['TokenRefreshed', [['expires_at_ms', T.u64]]],
     ['Error', ErrorBodyFields],
     ['Closing', [['code', T.u32], ['reason', T.string]]],
+    ['Resumed', ReadyFields],
   ]),
   StreamOpen: tagged([['Lane', [['lane', Lane]]], ['Fetch', [['request', FetchRequest]]]]),
   Request: struct([['id', T.u32], ['body', RequestBody]]),

@@ -76,6 +76,8 @@ close_codes! {
     TOKEN_UNSIGNED = 4016, "token_unsigned";
     /// The token's claims are unacceptable (`sub`, `aud`, `iss`, `name`).
     TOKEN_INVALID_CLAIMS = 4017, "token_invalid_claims";
+    /// A resume named a session of another user.
+    RESUME_REFUSED = 4018, "resume_refused";
     /// The user is banned from this server.
     BANNED = 4030, "banned";
 }

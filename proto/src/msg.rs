@@ -93,13 +93,25 @@ pub struct LaneSeq {
     pub seq: u64,
 }
 
+/// The last channel seq a client has seen in one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ChannelSeq {
+    /// The channel.
+    pub channel_id: u64,
+    /// The channel's last seq the client processed.
+    pub seq: u64,
+}
+
 /// Request to resume an earlier session.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct ResumeRequest {
     /// The session to resume (from its `Ready`).
     pub session_id: SessionId,
-    /// The last event seq the client processed, per lane.
+    /// The last event seq the client processed, per lane (omitted lanes: none).
     pub lanes: Vec<LaneSeq>,
+    /// Where the client stands in each channel it follows: if the session cannot be
+    /// resumed exactly, the server catches these channels up from the event log.
+    pub channels: Vec<ChannelSeq>,
 }
 
 /// First frame on the control stream.
@@ -239,6 +251,10 @@ pub enum ServerControl {
     Error(ErrorBody),
     /// The session is about to be closed with this code.
     Closing(Closing),
+    /// The session named in `Hello.resume` continues: a fresh snapshot (presence, typing
+    /// and voice state are state, not history); each lane, when reopened, first replays
+    /// exactly the events after the position given in `Hello.resume.lanes`.
+    Resumed(Box<Ready>),
 }
 
 /// First frame on every client-opened bidirectional stream after the control stream.
@@ -1028,6 +1044,16 @@ pub enum EventBody {
         target: MuteTarget,
         /// Muted now.
         muted: bool,
+    },
+    /// Catch-up could not bridge a channel: events after `after_seq` and before
+    /// `resumes_at` are gone from the log. Refetch the channel's history.
+    Gap {
+        /// The channel.
+        channel_id: u64,
+        /// The client's position.
+        after_seq: u64,
+        /// The first seq still available (or the next to come).
+        resumes_at: u64,
     },
 }
 

@@ -1055,6 +1055,60 @@ impl Chat {
         })
     }
 
+    /// Catches `user` up on `channels` from the event log: each channel's events after the
+    /// client's position go to `push` in order, or a `Gap` where the log no longer reaches.
+    /// Runs under each channel's publish lock, so no event is published between the log read
+    /// and what follows it (later duplicates, dropped by the client by seq, are possible).
+    pub async fn catch_up(&self, user: u64, channels: &[quaver_proto::ChannelSeq], push: impl Fn(Bytes)) {
+        const MAX_PER_CHANNEL: u32 = 1000;
+        for cs in channels.iter().take(500) {
+            let Ok(access) = self.access(user, cs.channel_id).await else {
+                continue;
+            };
+            if !access.perms().has(Perms::READ_MESSAGE_HISTORY) {
+                continue;
+            }
+            let lock = self.lock(cs.channel_id);
+            let _guard = lock.lock().await;
+            let Ok(last) = self.store.channel(cs.channel_id).await.map(|c| c.last_seq) else {
+                continue;
+            };
+            if last <= cs.seq {
+                continue;
+            }
+            let events = self
+                .store
+                .events_after(cs.channel_id, cs.seq, MAX_PER_CHANNEL)
+                .await
+                .unwrap_or_default();
+            let first = events.first().map(|(s, _)| *s);
+            if first != Some(cs.seq + 1) {
+                // Pruned (or too far behind): say so instead of leaving a silent hole.
+                let resumes_at = first.unwrap_or(last + 1);
+                push(ev(&EventBody::Gap {
+                    channel_id: cs.channel_id,
+                    after_seq: cs.seq,
+                    resumes_at,
+                }));
+                for (_, body) in &events {
+                    push(Bytes::from(body.clone()));
+                }
+                continue;
+            }
+            let end = events.last().map(|(s, _)| *s).unwrap_or(cs.seq);
+            for (_, body) in events {
+                push(Bytes::from(body));
+            }
+            if end < last {
+                push(ev(&EventBody::Gap {
+                    channel_id: cs.channel_id,
+                    after_seq: end,
+                    resumes_at: last + 1,
+                }));
+            }
+        }
+    }
+
     /// Everyone who can see `user`'s presence (and whom `user` can see): members of the
     /// guilds they share. Excludes `user`.
     pub async fn observers(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {

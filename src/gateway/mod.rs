@@ -7,17 +7,21 @@
 //! other parts of the server reach a session through its [`SessionHandle`].
 
 pub mod dispatch;
+pub mod replay;
 pub mod session;
 pub mod timers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use quaver_proto::session::{Session, Transport};
 use quaver_proto::{CloseCode, Lane, LaneSeq, ServerLane, SessionId, UserId};
 use tokio::sync::mpsc;
+
+use self::replay::{Missing, ReplayBuffer, ReplayLimits};
 
 /// Frames queued to a lane writer before the session counts as a slow consumer.
 pub const LANE_QUEUE: usize = 1024;
@@ -27,8 +31,8 @@ pub const LANE_QUEUE: usize = 1024;
 pub enum LaneOut {
     /// A reply to a request (ack or error).
     Reply(ServerLane),
-    /// An event, its body pre-encoded once for all receivers; the writer adds the seq.
-    Event(Bytes),
+    /// An event with its lane seq, its body pre-encoded once for all receivers.
+    Event(u64, Bytes),
 }
 
 /// Commands to a session's own task.
@@ -38,77 +42,216 @@ pub enum Cmd {
     Close(CloseCode, String),
 }
 
-/// The parts of a live session that other tasks may use.
+/// The connection a session is attached to (none while detached, awaiting a resume).
+#[derive(Debug)]
+struct Attachment {
+    /// Counts attachments, so a superseded connection's cleanup cannot detach its successor.
+    generation: u64,
+    session: Session,
+    cmd: mpsc::Sender<Cmd>,
+    lanes: [Option<mpsc::Sender<LaneOut>>; 5],
+    /// Per lane, the position the client resumed from (replay starts after it).
+    resume_from: [u64; 5],
+}
+
+#[derive(Debug)]
+struct Inner {
+    attachment: Option<Attachment>,
+    next_generation: u64,
+    /// Last event seq assigned per lane.
+    sent: [u64; 5],
+    replay: ReplayBuffer,
+    /// While detached: when the session is forgotten.
+    detached_until: Option<Instant>,
+}
+
+/// A session: its identity, event numbering and replay buffer, and the connection it is
+/// attached to. It outlives a lost connection for the resume window.
 #[derive(Debug)]
 pub struct SessionHandle {
     /// Session id (resume key).
     pub id: SessionId,
     /// Owner.
     pub user: UserId,
-    /// Transport, for metrics and diagnostics.
-    pub transport: Transport,
-    /// The connection (close, datagrams).
-    pub session: Session,
-    /// Writer queue of each lane, set once when the client opens it.
-    lanes: [OnceLock<mpsc::Sender<LaneOut>>; 5],
-    /// Last event seq sent per lane.
-    sent: [AtomicU64; 5],
+    inner: Mutex<Inner>,
     /// Last event seq the client reported processed per lane (from heartbeats).
     acked: [AtomicU64; 5],
-    /// The session task's command queue.
-    cmd: mpsc::Sender<Cmd>,
-    /// Large fetch replies may be zstd-compressed (negotiated in `Hello`).
-    pub zstd: bool,
+}
+
+/// Why a lane could not be attached.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// Already open on this connection.
+    AlreadyOpen,
+    /// The session is not attached to this connection any more.
+    Detached,
+    /// The replay needed fell out of the buffer.
+    Lost(Missing),
 }
 
 impl SessionHandle {
-    fn new(id: SessionId, user: UserId, session: Session, cmd: mpsc::Sender<Cmd>, zstd: bool) -> Self {
+    fn new(id: SessionId, user: UserId, limits: ReplayLimits) -> Self {
         Self {
             id,
             user,
-            transport: session.transport(),
-            session,
-            lanes: Default::default(),
-            sent: Default::default(),
+            inner: Mutex::new(Inner {
+                attachment: None,
+                next_generation: 1,
+                sent: [0; 5],
+                replay: ReplayBuffer::new(limits),
+                detached_until: None,
+            }),
             acked: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Poisoning only follows a panic elsewhere; the state is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a connection; returns its generation. The previous connection, if any, is
+    /// told to close (`session_replaced`).
+    fn attach(&self, session: Session, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
+        let mut g = self.lock();
+        let generation = g.next_generation;
+        g.next_generation += 1;
+        if let Some(old) = g.attachment.take() {
+            let _ = old.cmd.try_send(Cmd::Close(
+                CloseCode::SESSION_REPLACED,
+                "resumed on another connection".into(),
+            ));
+        }
+        g.detached_until = None;
+        g.attachment = Some(Attachment {
+            generation,
+            session,
             cmd,
-            zstd,
+            lanes: Default::default(),
+            resume_from,
+        });
+        generation
+    }
+
+    /// Detaches connection `generation` (if it is still the current one); events keep
+    /// being buffered until `until`. Returns false if a newer connection took over.
+    fn detach(&self, generation: u64, until: Instant) -> bool {
+        let mut g = self.lock();
+        if g.attachment.as_ref().is_some_and(|a| a.generation == generation) {
+            g.attachment = None;
+            g.detached_until = Some(until);
+            true
+        } else {
+            false
         }
     }
 
-    /// Queues an event (body encoded with `codec::encode_payload`) on `lane`. Returns
-    /// false if the lane is not open. A full queue closes the session as a slow consumer:
-    /// dropping the event silently would break the exactly-once promise.
-    pub fn push_event(&self, lane: Lane, body: Bytes) -> bool {
-        let Some(tx) = self.lanes[lane.index()].get() else {
-            return false;
+    /// Whether the session is detached and its window has passed at `now`.
+    fn expired(&self, now: Instant) -> bool {
+        self.lock().detached_until.is_some_and(|t| now >= t)
+    }
+
+    /// Whether a connection is attached.
+    pub fn attached(&self) -> bool {
+        self.lock().attachment.is_some()
+    }
+
+    /// Whether the buffer can replay every lane after the given positions.
+    fn can_replay(&self, positions: &[u64; 5]) -> Result<(), Missing> {
+        let g = self.lock();
+        for lane in Lane::ALL {
+            g.replay.since(lane, positions[lane.index()], g.sent[lane.index()])?;
+        }
+        Ok(())
+    }
+
+    /// Opens `lane` on connection `generation`: returns the backlog to write first (events
+    /// after the resume position, or every buffered event for a new session), atomically
+    /// with registering the writer, so nothing is lost or doubled between the two.
+    fn attach_lane(
+        &self,
+        generation: u64,
+        lane: Lane,
+        tx: mpsc::Sender<LaneOut>,
+    ) -> Result<Vec<(u64, Bytes)>, AttachError> {
+        let mut g = self.lock();
+        let sent = g.sent[lane.index()];
+        let Some(a) = g.attachment.as_ref().filter(|a| a.generation == generation) else {
+            return Err(AttachError::Detached);
         };
-        match tx.try_send(LaneOut::Event(body)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseCode::SLOW_CONSUMER, "lane queue overflow");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if a.lanes[lane.index()].is_some() {
+            return Err(AttachError::AlreadyOpen);
+        }
+        let from = a.resume_from[lane.index()];
+        let backlog = g.replay.since(lane, from, sent).map_err(AttachError::Lost)?;
+        if let Some(a) = g.attachment.as_mut() {
+            a.lanes[lane.index()] = Some(tx);
+        }
+        Ok(backlog)
+    }
+
+    /// Queues an event (body encoded with `codec::encode_payload`) on `lane`: numbered,
+    /// kept for replay, and written now if the lane is open. A full writer queue closes the
+    /// session as a slow consumer (it can resume and get the rest from the buffer).
+    pub fn push_event(&self, lane: Lane, body: Bytes) {
+        let mut g = self.lock();
+        let seq = g.sent[lane.index()] + 1;
+        g.sent[lane.index()] = seq;
+        g.replay.push(lane, seq, body.clone(), Instant::now());
+        let Some(a) = g.attachment.as_ref() else { return };
+        let Some(tx) = a.lanes[lane.index()].as_ref() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(LaneOut::Event(seq, body)) {
+            let _ = a
+                .cmd
+                .try_send(Cmd::Close(CloseCode::SLOW_CONSUMER, "lane queue overflow".into()));
         }
     }
 
-    /// Asks the session task to close the session.
+    /// Asks the attached connection's task to close it.
     pub fn close(&self, code: CloseCode, reason: &str) {
-        if self.cmd.try_send(Cmd::Close(code, reason.to_string())).is_err() {
+        let g = self.lock();
+        if let Some(a) = g.attachment.as_ref()
+            && a.cmd.try_send(Cmd::Close(code, reason.to_string())).is_err()
+        {
             // The task is gone or jammed: close the connection directly.
-            self.session.close(code.0, reason);
+            a.session.close(code.0, reason);
         }
+    }
+
+    /// The attached connection.
+    pub fn session(&self) -> Option<Session> {
+        self.lock().attachment.as_ref().map(|a| a.session.clone())
+    }
+
+    /// The attached connection's transport.
+    pub fn transport(&self) -> Option<Transport> {
+        self.session().map(|s| s.transport())
     }
 
     /// Last event seq sent on each lane that has had events.
     pub fn sent_seqs(&self) -> Vec<LaneSeq> {
-        seqs(&self.sent)
+        let sent = self.lock().sent;
+        Lane::ALL
+            .iter()
+            .filter(|l| sent[l.index()] > 0)
+            .map(|&lane| LaneSeq {
+                lane,
+                seq: sent[lane.index()],
+            })
+            .collect()
     }
 
     /// Last event seq the client acknowledged on each lane.
     pub fn acked_seqs(&self) -> Vec<LaneSeq> {
-        seqs(&self.acked)
+        Lane::ALL
+            .iter()
+            .filter_map(|&lane| {
+                let seq = self.acked[lane.index()].load(Ordering::Relaxed);
+                (seq > 0).then_some(LaneSeq { lane, seq })
+            })
+            .collect()
     }
 
     fn record_acks(&self, lanes: &[LaneSeq]) {
@@ -116,16 +259,6 @@ impl SessionHandle {
             self.acked[l.lane.index()].fetch_max(l.seq, Ordering::Relaxed);
         }
     }
-}
-
-fn seqs(a: &[AtomicU64; 5]) -> Vec<LaneSeq> {
-    Lane::ALL
-        .iter()
-        .filter_map(|&lane| {
-            let seq = a[lane.index()].load(Ordering::Relaxed);
-            (seq > 0).then_some(LaneSeq { lane, seq })
-        })
-        .collect()
 }
 
 /// Live sessions by id and by user.
@@ -181,7 +314,27 @@ impl Sessions {
         }
     }
 
-    /// Number of live sessions.
+    /// Forgets detached sessions whose resume window has passed.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let expired: Vec<SessionId> = self
+            .lock()
+            .by_id
+            .values()
+            .filter(|h| h.expired(now))
+            .map(|h| h.id)
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        expired.len()
+    }
+
+    /// Number of sessions attached to a connection.
+    pub fn attached(&self) -> usize {
+        self.lock().by_id.values().filter(|h| h.attached()).count()
+    }
+
+    /// Number of sessions, detached ones (awaiting a resume) included.
     pub fn len(&self) -> usize {
         self.lock().by_id.len()
     }

@@ -1,9 +1,9 @@
 //! One session from its first stream to its close.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
 use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::{
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
 use super::timers::{TimerAction, Timers};
-use super::{Cmd, LANE_QUEUE, LaneOut, SessionHandle, dispatch};
+use super::{AttachError, Cmd, LANE_QUEUE, LaneOut, SessionHandle, dispatch};
 use crate::Ctx;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::{CONTROL, FETCH};
@@ -169,15 +169,49 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
     let zstd = hello.compression == Compression::Zstd;
-    let handle = Arc::new(SessionHandle::new(
-        random_session_id(),
-        identity.user_id,
-        session.clone(),
-        cmd_tx,
+    // Resume: the same user's session, still in its window, whose buffer covers every lane.
+    let mut resume_from = [0u64; 5];
+    let resumed: Option<Arc<SessionHandle>> = match &hello.resume {
+        Some(r) => match ctx.sessions.get(&r.session_id) {
+            Some(h) if h.user != identity.user_id => {
+                return refuse(
+                    &ctx,
+                    &session,
+                    &mut ctl_tx,
+                    CloseCode::RESUME_REFUSED,
+                    "that session belongs to another user",
+                )
+                .await;
+            }
+            Some(h) => {
+                for l in &r.lanes {
+                    resume_from[l.lane.index()] = l.seq;
+                }
+                h.can_replay(&resume_from).is_ok().then_some(h)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if resumed.is_none() {
+        resume_from = [0; 5];
+    }
+    let is_resume = resumed.is_some();
+    let handle = resumed.unwrap_or_else(|| {
+        Arc::new(SessionHandle::new(
+            random_session_id(),
+            identity.user_id,
+            ctx.replay_limits(),
+        ))
+    });
+    let generation = handle.attach(session.clone(), cmd_tx, resume_from);
+    let conn = Arc::new(Conn {
+        handle: handle.clone(),
+        generation,
         zstd,
-    ));
+    });
     let sc = &ctx.cfg.session;
-    let ready = ServerControl::Ready(Box::new(Ready {
+    let ready = Ready {
         session_id: handle.id,
         user: User {
             id: identity.user_id,
@@ -200,15 +234,35 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         mutes: parts.mutes,
         notifications_unread: parts.notifications_unread,
         notifications: parts.notifications,
-    }));
-    match write_msg(&mut ctl_tx, &ready).await {
+    };
+    let first = if is_resume {
+        ServerControl::Resumed(Box::new(ready))
+    } else {
+        ServerControl::Ready(Box::new(ready))
+    };
+    match write_msg(&mut ctl_tx, &first).await {
         Ok(n) => ctx.metrics.tx[CONTROL].add(n),
-        Err(_) => return,
+        Err(_) => {
+            handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);
+            return;
+        }
     }
-    ctx.sessions.insert(handle.clone());
+    if !is_resume {
+        ctx.sessions.insert(handle.clone());
+        // Not resumable exactly: catch the client's channels up from the event log.
+        if let Some(r) = &hello.resume
+            && !r.channels.is_empty()
+        {
+            ctx.chat
+                .catch_up(identity.user_id, &r.channels, |body| {
+                    handle.push_event(Lane::Chat, body)
+                })
+                .await;
+        }
+    }
     ctx.presence.connect(identity.user_id, handle.id, hello.device);
     ctx.metrics.session_opened(tr);
-    tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), "session ready");
+    tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), resumed = is_resume, "session ready");
 
     // 3. The session loop.
     let leeway = ctx.cfg.auth.leeway;
@@ -258,7 +312,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             }
             stream = session.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    tokio::spawn(run_stream(ctx.clone(), handle.clone(), send, recv));
+                    tokio::spawn(run_stream(ctx.clone(), conn.clone(), send, recv));
                 }
                 Err(_) => break None,
             },
@@ -290,7 +344,21 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             _ = session.closed() => break None,
         }
     };
-    ctx.sessions.remove(&handle.id);
+    // A lost connection leaves the session resumable for the window; a deliberate close
+    // (by the client, or a terminal code) ends it.
+    let deliberate = match &close {
+        Some((code, _)) => *code == CloseCode::NORMAL || code.terminal() || *code == CloseCode::GOING_AWAY,
+        None => session
+            .close_reason()
+            .is_some_and(|(code, _)| code == CloseCode::NORMAL.0),
+    };
+    if deliberate {
+        if handle.detach(generation, Instant::now()) {
+            ctx.sessions.remove(&handle.id);
+        }
+    } else {
+        handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);
+    }
     ctx.presence.disconnect(identity.user_id, handle.id);
     ctx.metrics.session_closed(tr);
     if let Some((code, reason)) = close {
@@ -301,7 +369,16 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
 }
 
 /// A client-opened stream after the control stream: a lane or a fetch.
-async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, recv: RecvStream) {
+/// One connection of a session: what its streams need.
+#[derive(Debug)]
+struct Conn {
+    handle: Arc<SessionHandle>,
+    generation: u64,
+    zstd: bool,
+}
+
+async fn run_stream(ctx: Arc<Ctx>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
+    let h = &conn.handle;
     let mut rx = FramedRead::new(recv, ctx.cfg.session.max_frame_bytes);
     let open = match tokio::time::timeout(ctx.cfg.session.hello_timeout, rx.next::<StreamOpen>()).await {
         Ok(Ok(Some(open))) => open,
@@ -314,7 +391,7 @@ async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, 
             ctx.metrics.rx[FETCH].add(rx.bytes as usize);
             let reply = dispatch::fetch(&ctx, &h, req).await;
             let mut out = Vec::new();
-            quaver_proto::codec::encode_fetch_reply(&reply, h.zstd, &mut out);
+            quaver_proto::codec::encode_fetch_reply(&reply, conn.zstd, &mut out);
             // STOP_SENDING from the client just fails this write: the session is untouched.
             if tokio::io::AsyncWriteExt::write_all(&mut send, &out).await.is_ok() {
                 ctx.metrics.tx[FETCH].add(out.len());
@@ -325,31 +402,33 @@ async fn run_stream(ctx: Arc<Ctx>, h: Arc<SessionHandle>, mut send: SendStream, 
             // own (already complete) close.
             let _ = tokio::time::timeout(ctx.cfg.session.hello_timeout, rx.next_payload()).await;
         }
-        StreamOpen::Lane(lane) => run_lane(ctx, h, lane, send, rx).await,
+        StreamOpen::Lane(lane) => run_lane(ctx, conn.clone(), lane, send, rx).await,
     }
 }
 
-async fn run_lane(
-    ctx: Arc<Ctx>,
-    h: Arc<SessionHandle>,
-    lane: Lane,
-    mut send: SendStream,
-    mut rx: FramedRead<RecvStream>,
-) {
+async fn run_lane(ctx: Arc<Ctx>, conn: Arc<Conn>, lane: Lane, mut send: SendStream, mut rx: FramedRead<RecvStream>) {
+    let h = &conn.handle;
     let (tx, out) = mpsc::channel(LANE_QUEUE);
-    if h.lanes[lane.index()].set(tx.clone()).is_err() {
-        let err = ServerLane::Error {
-            id: 0,
-            error: ErrorBody::new(
-                ErrorCode::LANE_ALREADY_OPEN,
-                format!("{} lane already open", lane.name()),
-            ),
-        };
-        let _ = write_msg(&mut send, &err).await;
-        send.finish();
-        return;
-    }
-    tokio::spawn(lane_writer(ctx.clone(), h.clone(), lane, send, out));
+    let backlog = match h.attach_lane(conn.generation, lane, tx.clone()) {
+        Ok(b) => b,
+        Err(AttachError::AlreadyOpen) => {
+            let err = ServerLane::Error {
+                id: 0,
+                error: ErrorBody::new(
+                    ErrorCode::LANE_ALREADY_OPEN,
+                    format!("{} lane already open", lane.name()),
+                ),
+            };
+            let _ = write_msg(&mut send, &err).await;
+            send.finish();
+            return;
+        }
+        Err(AttachError::Detached) => return,
+        // The events to replay fell out of the buffer since the resume was accepted: the
+        // client must resume again (and will be caught up from the log).
+        Err(AttachError::Lost(_)) => return h.close(CloseCode::SLOW_CONSUMER, "replay no longer available"),
+    };
+    tokio::spawn(lane_writer(ctx.clone(), lane, send, backlog, out));
     let mut last = rx.bytes;
     loop {
         let req = match rx.next::<Request>().await {
@@ -359,7 +438,7 @@ async fn run_lane(
         };
         ctx.metrics.rx[lane.index()].add((rx.bytes - last) as usize);
         last = rx.bytes;
-        let reply = match dispatch::request(&ctx, &h, lane, req.body).await {
+        let reply = match dispatch::request(&ctx, h, lane, req.body).await {
             Ok(body) => ServerLane::Ack { id: req.id, body },
             Err(error) => ServerLane::Error { id: req.id, error },
         };
@@ -369,16 +448,28 @@ async fn run_lane(
     }
 }
 
-/// Owns a lane's send stream: numbers events, coalesces queued frames into few writes.
+/// Owns a lane's send stream: writes the replay backlog, then coalesces queued frames
+/// into few writes.
 async fn lane_writer(
     ctx: Arc<Ctx>,
-    h: Arc<SessionHandle>,
     lane: Lane,
     mut send: SendStream,
+    backlog: Vec<(u64, Bytes)>,
     mut out: mpsc::Receiver<LaneOut>,
 ) {
     let mut buf = Vec::with_capacity(4096);
     let flow = &ctx.metrics.tx[lane.index()];
+    for chunk in backlog.chunks(256) {
+        buf.clear();
+        for (seq, body) in chunk {
+            let start = buf.len();
+            quaver_proto::codec::encode_event_frame(*seq, body, &mut buf);
+            flow.add(buf.len() - start);
+        }
+        if tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await.is_err() {
+            return;
+        }
+    }
     while let Some(first) = out.recv().await {
         buf.clear();
         let mut next = Some(first);
@@ -386,10 +477,7 @@ async fn lane_writer(
             let start = buf.len();
             match item {
                 LaneOut::Reply(msg) => quaver_proto::encode_frame(&msg, &mut buf),
-                LaneOut::Event(body) => {
-                    let seq = h.sent[lane.index()].fetch_add(1, Ordering::Relaxed) + 1;
-                    quaver_proto::codec::encode_event_frame(seq, &body, &mut buf);
-                }
+                LaneOut::Event(seq, body) => quaver_proto::codec::encode_event_frame(seq, &body, &mut buf),
             }
             flow.add(buf.len() - start);
             if buf.len() >= COALESCE_BYTES {

@@ -1269,6 +1269,15 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes logged events created before `before_ms`; returns how many.
+    pub async fn prune_events(&self, before_ms: u64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM channel_events WHERE created_at < $1")
+            .bind(i(before_ms))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Logged events of a channel with seq > `after`, ascending, at most `limit`.
     pub async fn events_after(&self, channel: u64, after: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>> {
         sqlx::query("SELECT seq, body FROM channel_events WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
