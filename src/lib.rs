@@ -188,11 +188,12 @@ impl Server {
             idle: Notify::new(),
             quic_port: quic_addr.port(),
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
-        tasks.push(tokio::spawn(certs.renew_loop(signal.clone())));
-        tasks.push(tokio::spawn(chat.clone().run_fanout(sessions.clone(), bus_rx)));
-        tasks.push(tokio::spawn(housekeeping(ctx.clone())));
+        let mut tasks = vec![
+            tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())),
+            tokio::spawn(certs.renew_loop(signal.clone())),
+            tokio::spawn(chat.clone().run_fanout(sessions.clone(), bus_rx)),
+            tokio::spawn(housekeeping(ctx.clone())),
+        ];
         let router = http::router(ctx.clone());
         let mut http_stop = signal.clone();
         tasks.push(tokio::spawn(async move {

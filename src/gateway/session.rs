@@ -389,7 +389,7 @@ async fn run_stream(ctx: Arc<Ctx>, conn: Arc<Conn>, mut send: SendStream, recv: 
     match open {
         StreamOpen::Fetch(req) => {
             ctx.metrics.rx[FETCH].add(rx.bytes as usize);
-            let reply = dispatch::fetch(&ctx, &h, req).await;
+            let reply = dispatch::fetch(&ctx, h, req).await;
             let mut out = Vec::new();
             quaver_proto::codec::encode_fetch_reply(&reply, conn.zstd, &mut out);
             // STOP_SENDING from the client just fails this write: the session is untouched.
