@@ -2,7 +2,10 @@
 //! the server by pinned certificate hash or by CA roots, says `Hello`, and gives the caller
 //! the `Ready`, lanes (requests with ids; events in order) and fetch streams.
 //!
-//! Reconnect and resume are built on this (see the resume issue); this layer is one session.
+//! This layer is one connection; [`resilient`] builds reconnection, resume, de-duplication
+//! and retried sends on it.
+
+pub mod resilient;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -65,6 +68,8 @@ pub struct Config {
     pub max_frame: usize,
     /// Ask for zstd compression of large fetch replies.
     pub compression: Compression,
+    /// Resume this session (set by [`resilient::Resilient`] on reconnect).
+    pub resume: Option<ResumeRequest>,
     /// QUIC keep-alive interval.
     pub keep_alive: Duration,
     /// QUIC idle timeout.
@@ -86,6 +91,7 @@ impl Config {
             path: WEBTRANSPORT_PATH.into(),
             max_frame: HARD_MAX_FRAME,
             compression: Compression::Zstd,
+            resume: None,
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
         }
@@ -289,14 +295,15 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         version: PROTOCOL_VERSION,
         token,
         device: cfg.device,
-        resume: None,
+        resume: cfg.resume.clone(),
         compression: cfg.compression,
     });
     write_msg(&mut ctl_tx, &hello)
         .await
         .map_err(|e| Error::Transport(e.to_string()))?;
-    let ready = match control.next::<ServerControl>().await {
-        Ok(Some(ServerControl::Ready(r))) => *r,
+    let (ready, resumed) = match control.next::<ServerControl>().await {
+        Ok(Some(ServerControl::Ready(r))) => (*r, false),
+        Ok(Some(ServerControl::Resumed(r))) => (*r, true),
         Ok(Some(ServerControl::Closing(c))) => {
             return Err(Error::Closed {
                 code: CloseCode(c.code),
@@ -323,6 +330,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         ctl_tx,
         control,
         ready,
+        resumed,
         max_frame: cfg.max_frame,
         heartbeats,
     })
@@ -356,8 +364,10 @@ pub struct Client {
     /// Shared with the heartbeat task.
     ctl_tx: Arc<tokio::sync::Mutex<SendStream>>,
     control: FramedRead<RecvStream>,
-    /// What the server said in `Ready`.
+    /// What the server said in `Ready` (or `Resumed`).
     pub ready: Ready,
+    /// Whether the server resumed the session named in `Config::resume` exactly.
+    pub resumed: bool,
     max_frame: usize,
     /// Sends heartbeats every `ready.heartbeat_interval_ms`; stopped on drop.
     heartbeats: tokio::task::JoinHandle<()>,
@@ -408,6 +418,23 @@ impl Client {
                 Err(read_err(&self.session, e))
             }
         }
+    }
+
+    /// Moves a raw-QUIC session to a new local UDP socket (QUIC connection migration): the
+    /// session continues from the new address without a reconnect.
+    pub fn rebind(&self) -> Result<SocketAddr, Error> {
+        let endpoint = self
+            ._endpoint
+            .as_ref()
+            .ok_or_else(|| Error::Transport("rebinding needs a raw QUIC session".into()))?;
+        let old = endpoint.local_addr().map_err(|e| Error::Transport(e.to_string()))?;
+        let bind: SocketAddr = if old.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("literal");
+        let socket = std::net::UdpSocket::bind(bind).map_err(|e| Error::Transport(e.to_string()))?;
+        let addr = socket.local_addr().map_err(|e| Error::Transport(e.to_string()))?;
+        endpoint.rebind(socket).map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(addr)
     }
 
     /// Stops the automatic heartbeats (tests of the server's heartbeat timeout).

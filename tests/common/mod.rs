@@ -109,56 +109,80 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A UDP relay between a client and the server that can be cut, to kill a connection
-/// without either side closing it (as a crash or a dead network would).
+/// A UDP relay (a small NAT) between clients and the server, to kill a connection
+/// without either side closing it, as a crash or a dead network would. Each client address
+/// gets its own upstream socket, so the server sees it as its own peer.
 pub struct Relay {
     /// Where clients should connect.
     pub addr: SocketAddr,
+    /// Drop everything.
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Client addresses whose packets are dropped both ways (killed connections).
+    blocked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+    /// The client address seen last.
+    last: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
 }
 
 impl Relay {
     /// Starts relaying to `server`.
     pub async fn start(server: SocketAddr) -> Relay {
-        use std::sync::Arc;
+        use std::collections::HashMap;
         use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
         let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        back.connect(server).await.unwrap();
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
-        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
-        {
-            let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    if !cut.load(Ordering::Relaxed) {
-                        let _ = back.send(&buf[..n]).await;
-                    }
+        let blocked: Arc<Mutex<std::collections::HashSet<SocketAddr>>> = Arc::default();
+        let last: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let relay = Relay {
+            addr,
+            cut: cut.clone(),
+            blocked: blocked.clone(),
+            last: last.clone(),
+        };
+        tokio::spawn(async move {
+            let mut upstreams: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                if cut.load(Ordering::Relaxed) || blocked.lock().unwrap().contains(&from) {
+                    continue;
                 }
-            });
-        }
-        {
-            let (front, back, cut) = (front.clone(), back.clone(), cut.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok(n) = back.recv(&mut buf).await {
-                    let to = *client.lock().unwrap();
-                    if let Some(to) = to
-                        && !cut.load(Ordering::Relaxed)
-                    {
-                        let _ = front.send_to(&buf[..n], to).await;
+                *last.lock().unwrap() = Some(from);
+                let up = match upstreams.get(&from) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let u = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        u.connect(server).await.unwrap();
+                        upstreams.insert(from, u.clone());
+                        let (u2, front2, cut2, blocked2) = (u.clone(), front.clone(), cut.clone(), blocked.clone());
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = u2.recv(&mut buf).await {
+                                if cut2.load(Ordering::Relaxed) || blocked2.lock().unwrap().contains(&from) {
+                                    continue;
+                                }
+                                let _ = front2.send_to(&buf[..n], from).await;
+                            }
+                        });
+                        u
                     }
-                }
-            });
-        }
-        Relay { addr, cut }
+                };
+                let _ = up.send(&buf[..n]).await;
+            }
+        });
+        relay
     }
 
-    /// Drops every packet from now on, both ways.
+    /// Drops every packet from now on, both ways, for everyone.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Kills the connection of the client seen last: its packets are dropped from now on,
+    /// both ways; a new connection (from a new address) passes.
+    pub fn kill(&self) {
+        if let Some(c) = *self.last.lock().unwrap() {
+            self.blocked.lock().unwrap().insert(c);
+        }
     }
 }

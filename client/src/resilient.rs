@@ -1,0 +1,467 @@
+//! A client that survives its connection: reconnects with exponential backoff and full
+//! jitter, resumes the session (exact replay) or is caught up per channel from the server's
+//! event log, drops duplicate events by seq, retries sends that were in flight with their
+//! original nonce (the server returns the original message instead of a second one), and
+//! replaces a "zombie" connection whose heartbeat acks stopped, without waiting for the
+//! idle timeout.
+//!
+//! One driver task owns the connection; the handle talks to it over channels.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use quaver_proto::*;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Client, Config, Error, LaneStream, connect};
+
+/// What the application receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A chat-lane event, de-duplicated (channel events at most once, in seq order per
+    /// channel as the server sent them).
+    Event(EventBody),
+    /// A (re)connection: `resumed` when the session continued exactly, `false` when it is
+    /// a new session (caught up from the log where possible; see `EventBody::Gap`).
+    Connected {
+        /// Exact resume.
+        resumed: bool,
+        /// The connection's `Ready`/`Resumed` snapshot.
+        ready: Box<Ready>,
+    },
+    /// The connection was lost; reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reconnection timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First retry delay (upper bound of the jittered delay).
+    pub min: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): uniform in [0, min·2ⁿ] capped at `max`
+    /// ("full jitter", so a crowd of clients does not reconnect in lockstep).
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let cap = self.min.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+type SendReply = oneshot::Sender<Result<ResponseBody, ErrorBody>>;
+
+enum Cmd {
+    Request(RequestBody, SendReply),
+    Rebind(oneshot::Sender<Result<(), Error>>),
+    Kill,
+}
+
+/// A self-healing session. Dropping it closes the connection.
+pub struct Resilient {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    updates: mpsc::UnboundedReceiver<Update>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Resilient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resilient")
+    }
+}
+
+impl Drop for Resilient {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Resilient {
+    /// Connects (retrying with backoff) and keeps the session alive until dropped.
+    pub fn start(cfg: Config, backoff: Backoff) -> Self {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (up_tx, updates) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(cfg, backoff, cmd_rx, up_tx));
+        Self { cmds, updates, driver }
+    }
+
+    /// A handle for making requests from other tasks while this one reads updates.
+    pub fn handle(&self) -> Requester {
+        Requester {
+            cmds: self.cmds.clone(),
+        }
+    }
+
+    /// Sends a chat-lane request and waits for its reply, across reconnections (a send
+    /// keeps its nonce, so a retry is never a second message).
+    pub async fn request(&self, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+        self.handle().request(body).await
+    }
+
+    /// Sends a message with a fresh random nonce.
+    pub async fn send_message(&self, channel_id: u64, content: &str) -> Result<ResponseBody, ErrorBody> {
+        self.handle().send_message(channel_id, content).await
+    }
+
+    /// The next update.
+    pub async fn next(&mut self) -> Option<Update> {
+        self.updates.recv().await
+    }
+
+    /// Moves the connection to a new local address (raw QUIC migration).
+    pub async fn rebind(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmds.send(Cmd::Rebind(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Transport("client stopped".into())))
+    }
+
+    /// Abandons the current connection (as on any failure) and reconnects.
+    pub fn kill_connection(&self) {
+        let _ = self.cmds.send(Cmd::Kill);
+    }
+}
+
+/// Makes requests on a [`Resilient`] client from any task.
+#[derive(Clone)]
+pub struct Requester {
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Requester")
+    }
+}
+
+impl Requester {
+    /// Sends a chat-lane request and waits for its reply, across reconnections.
+    pub async fn request(&self, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Request(body, tx)).is_err() {
+            return Err(ErrorBody::new(ErrorCode::INTERNAL, "client stopped"));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ErrorBody::new(ErrorCode::INTERNAL, "client stopped")))
+    }
+
+    /// Sends a message with a fresh random nonce.
+    pub async fn send_message(&self, channel_id: u64, content: &str) -> Result<ResponseBody, ErrorBody> {
+        self.request(RequestBody::SendMessage {
+            channel_id,
+            nonce: random_u64(),
+            content: content.into(),
+            reply_to: None,
+        })
+        .await
+    }
+}
+
+/// What survives reconnections.
+#[derive(Default)]
+struct Memory {
+    session_id: Option<SessionId>,
+    /// Last lane seq processed per lane, for an exact resume.
+    lanes: [u64; 5],
+    /// Last channel seq processed per channel, for catch-up and de-duplication.
+    channels: HashMap<u64, u64>,
+    /// Requests not yet answered, in the order they were made, with their reply channels.
+    pending: Vec<(RequestBody, SendReply)>,
+}
+
+impl Memory {
+    fn resume(&self) -> Option<ResumeRequest> {
+        let session_id = self.session_id?;
+        Some(ResumeRequest {
+            session_id,
+            lanes: Lane::ALL
+                .iter()
+                .filter(|l| self.lanes[l.index()] > 0)
+                .map(|&lane| LaneSeq {
+                    lane,
+                    seq: self.lanes[lane.index()],
+                })
+                .collect(),
+            channels: self
+                .channels
+                .iter()
+                .map(|(c, s)| ChannelSeq {
+                    channel_id: *c,
+                    seq: *s,
+                })
+                .collect(),
+        })
+    }
+
+    /// Learns channel positions from a snapshot (only moving forward where unknown).
+    fn learn(&mut self, ready: &Ready) {
+        for c in ready
+            .guilds
+            .iter()
+            .flat_map(|g| g.channels.iter())
+            .chain(ready.private_channels.iter())
+        {
+            self.channels.entry(c.id).or_insert(c.last_seq);
+        }
+    }
+}
+
+async fn drive(
+    mut cfg: Config,
+    backoff: Backoff,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    up: mpsc::UnboundedSender<Update>,
+) {
+    let mut mem = Memory::default();
+    let mut attempt = 0u32;
+    loop {
+        cfg.resume = mem.resume();
+        // A handshake into a dead path must not wait for the whole idle timeout twice.
+        let connected = tokio::time::timeout(cfg.idle_timeout, async {
+            let client = connect(&cfg).await?;
+            let chat = client.open_lane(Lane::Chat).await?;
+            Ok::<_, Error>((client, chat))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::Transport("connect timed out".into())));
+        let (client, chat) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(code) = e.close_code()
+                    && code.terminal()
+                {
+                    let _ = up.send(Update::Disconnected {
+                        reason: format!("refused: {e}"),
+                    });
+                    return;
+                }
+                let wait = backoff.delay(attempt, random_u64());
+                attempt = attempt.saturating_add(1);
+                // Keep accepting requests while waiting; they go out once connected.
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        c = cmds.recv() => match c {
+                            Some(Cmd::Request(b, r)) => mem.pending.push((b, r)),
+                            Some(Cmd::Rebind(r)) => { let _ = r.send(Err(Error::Transport("not connected".into()))); }
+                            Some(Cmd::Kill) => {}
+                            None => return,
+                        },
+                    }
+                }
+                continue;
+            }
+        };
+        attempt = 0;
+        if !client.resumed {
+            // A new session: lane positions restart; channel positions carry over (the
+            // server caught those channels up).
+            mem.lanes = [0; 5];
+        }
+        mem.session_id = Some(client.ready.session_id);
+        mem.learn(&client.ready);
+        let _ = up.send(Update::Connected {
+            resumed: client.resumed,
+            ready: Box::new(client.ready.clone()),
+        });
+        match run_connection(client, chat, &mut mem, &mut cmds, &up).await {
+            Ok(()) => return,
+            Err(reason) => {
+                let _ = up.send(Update::Disconnected { reason });
+            }
+        }
+    }
+}
+
+/// Serves one connection until it fails (`Err`) or the handle is dropped (`Ok`).
+async fn run_connection(
+    mut client: Client,
+    mut chat: LaneStream,
+    mem: &mut Memory,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    up: &mpsc::UnboundedSender<Update>,
+) -> Result<(), String> {
+    // Requests sent on this connection by lane request id. Whatever was pending (sent on
+    // a lost connection and never answered) goes out again first, in order, same bodies —
+    // so a message's nonce is reused and the server answers with the original.
+    let mut in_flight: HashMap<u32, (RequestBody, SendReply)> = HashMap::new();
+    let mut queue = std::mem::take(&mut mem.pending).into_iter();
+    let mut result: Result<(), String> = Ok(());
+    for (body, reply) in queue.by_ref() {
+        match chat.send(body.clone()).await {
+            Ok(id) => {
+                in_flight.insert(id, (body, reply));
+            }
+            Err(e) => {
+                mem.pending.push((body, reply));
+                result = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    mem.pending.extend(queue);
+    if result.is_ok() {
+        result = serve(&mut client, &mut chat, mem, cmds, up, &mut in_flight).await;
+    }
+    if result.is_ok() {
+        client.close();
+        return Ok(());
+    }
+    // Unanswered requests go out again on the next connection, oldest first.
+    let mut ids: Vec<u32> = in_flight.keys().copied().collect();
+    ids.sort_unstable();
+    let mut requeue: Vec<(RequestBody, SendReply)> = ids.into_iter().filter_map(|id| in_flight.remove(&id)).collect();
+    requeue.append(&mut mem.pending);
+    mem.pending = requeue;
+    // Not a normal close: the server keeps the session for a resume.
+    client.session().close(CloseCode::GOING_AWAY.0, "reconnecting");
+    result
+}
+
+async fn serve(
+    client: &mut Client,
+    chat: &mut LaneStream,
+    mem: &mut Memory,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    up: &mpsc::UnboundedSender<Update>,
+    in_flight: &mut HashMap<u32, (RequestBody, SendReply)>,
+) -> Result<(), String> {
+    // This loop sends the heartbeats (and watches their acks) itself.
+    client.stop_heartbeats();
+    let hb_every = Duration::from_millis(u64::from(client.ready.heartbeat_interval_ms.max(100)));
+    // Zombie: nothing heard (heartbeat acks included) for 3 intervals while we keep sending.
+    let zombie_after = hb_every * 3;
+    let mut last_heard = Instant::now();
+    let mut nonce = 0u32;
+    let mut tick = tokio::time::interval(hb_every);
+    loop {
+        tokio::select! {
+            frame = chat.next() => match frame {
+                Ok(ServerLane::Event { seq, body }) => {
+                    last_heard = Instant::now();
+                    if seq <= mem.lanes[Lane::Chat.index()] {
+                        continue; // replayed twice: already processed
+                    }
+                    mem.lanes[Lane::Chat.index()] = seq;
+                    if let Some((channel, cseq)) = body.channel_seq() {
+                        let last = mem.channels.entry(channel).or_insert(0);
+                        if cseq <= *last {
+                            continue; // seen on an earlier connection or via catch-up
+                        }
+                        *last = cseq;
+                    }
+                    if let EventBody::Gap { channel_id, resumes_at, .. } = &body {
+                        // Events before `resumes_at` are gone; the position moves past the hole.
+                        let last = mem.channels.entry(*channel_id).or_insert(0);
+                        *last = (*last).max(resumes_at.saturating_sub(1));
+                    }
+                    let _ = up.send(Update::Event(body));
+                }
+                Ok(ServerLane::Ack { id, body }) => {
+                    last_heard = Instant::now();
+                    if let Some((_, r)) = in_flight.remove(&id) {
+                        let _ = r.send(Ok(body));
+                    }
+                }
+                Ok(ServerLane::Error { id, error }) => {
+                    last_heard = Instant::now();
+                    let Some((body, reply)) = in_flight.remove(&id) else { continue };
+                    if error.code == ErrorCode::RATE_LIMITED {
+                        // Retried after the hint; the caller only sees the final answer.
+                        tokio::time::sleep(Duration::from_millis(u64::from(error.retry_after_ms.unwrap_or(100)))).await;
+                        match chat.send(body.clone()).await {
+                            Ok(new_id) => {
+                                in_flight.insert(new_id, (body, reply));
+                            }
+                            Err(e) => {
+                                in_flight.insert(id, (body, reply));
+                                return Err(e.to_string());
+                            }
+                        }
+                    } else {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            ctl = client.next_control() => match ctl {
+                Ok(ServerControl::Goaway(g)) => return Err(format!("goaway: {}", g.reason)),
+                Ok(_) => last_heard = Instant::now(),
+                Err(e) => return Err(e.to_string()),
+            },
+            _ = tick.tick() => {
+                if last_heard.elapsed() > zombie_after {
+                    return Err("zombie connection: no heartbeat ack".into());
+                }
+                nonce = nonce.wrapping_add(1);
+                let lanes = vec![LaneSeq { lane: Lane::Chat, seq: mem.lanes[Lane::Chat.index()] }];
+                if client.send_control(&ClientControl::Heartbeat(Heartbeat { nonce, lanes })).await.is_err() {
+                    return Err("control stream failed".into());
+                }
+            }
+            c = cmds.recv() => match c {
+                Some(Cmd::Request(body, reply)) => match chat.send(body.clone()).await {
+                    Ok(id) => {
+                        in_flight.insert(id, (body, reply));
+                    }
+                    Err(e) => {
+                        mem.pending.push((body, reply));
+                        return Err(e.to_string());
+                    }
+                },
+                Some(Cmd::Rebind(r)) => {
+                    let _ = r.send(client.rebind().map(|_| ()));
+                }
+                Some(Cmd::Kill) => return Err("killed".into()),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        assert_eq!(b.delay(0, u64::MAX), Duration::from_millis(u64::MAX % 101));
+        for attempt in 0..30 {
+            for r in [0, 1, 12345, u64::MAX] {
+                let d = b.delay(attempt, r);
+                let cap = Duration::from_millis(100)
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(Duration::from_secs(2));
+                assert!(d <= cap, "{d:?} > {cap:?}");
+            }
+        }
+        assert_eq!(b.delay(0, 0), Duration::ZERO);
+    }
+}
