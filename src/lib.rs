@@ -19,10 +19,13 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`shutdown`]: shutdown as a value passed to every part.
 //!
+//! - [`cli`]: `quaver chat`, the command-line chat client.
+//!
 //! [`Server::start`] wires them together; `main.rs` is only the command line.
 
 pub mod auth;
 pub mod chat;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod gateway;

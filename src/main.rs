@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default). With no settings: dev certificate, dev JWT secret.
     Serve(ConfigArgs),
+    /// A command-line chat client: list guilds, tail a channel, send.
+    Chat(quaver::cli::ChatArgs),
     /// Create or upgrade the database schema, then exit (`serve` also does this at start).
     Migrate(ConfigArgs),
     /// Mint a token signed with the configured HS256 secret (development and tests).
@@ -60,6 +62,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}", v.mint(user, name.as_deref(), ttl)?);
             Ok(())
         }
+        Command::Chat(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(quaver::cli::run(args)),
         Command::Migrate(args) => {
             let cfg = args.resolve()?;
             let url = cfg.database_url();
