@@ -730,6 +730,13 @@ async fn flooding_past_the_limits_closes_the_session() {
             }
         }
     }
+    if closed.is_none() {
+        // The server told the session why on its control stream and closes it shortly.
+        closed = tokio::time::timeout(Duration::from_secs(5), a.client.closed())
+            .await
+            .unwrap()
+            .map(|(c, _)| c);
+    }
     assert_eq!(closed, Some(CloseCode::RATE_LIMITED));
     // Others are unaffected.
     let mut b = U::new(&server, 2, Transport::Quic).await;

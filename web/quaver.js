@@ -534,7 +534,8 @@ export class Session extends EventTarget {
         if (!p) break;
         const m = decode('ServerControl', p);
         const kinds = { Goaway: 'goaway', RefreshNeeded: 'refresh-needed', TokenRefreshed: 'token-refreshed', Error: 'error', HeartbeatAck: 'heartbeat-ack' };
-        if (m.type === 'Closing') this.closeInfo = { code: m.code, reason: m.reason };
+        // The server waits for us to close after telling us why.
+        if (m.type === 'Closing') { this.closeInfo = { code: m.code, reason: m.reason }; this.close(); break; }
         else if (kinds[m.type]) this.dispatchEvent(new CustomEvent(kinds[m.type], { detail: m }));
       }
     } catch (_) { /* the connection went away; `closeInfo` says why if the server told us */ }

@@ -409,6 +409,8 @@ async fn serve(
             },
             ctl = client.next_control() => match ctl {
                 Ok(ServerControl::Goaway(g)) => return Err(format!("goaway: {}", g.reason)),
+                // The server is closing this connection (and waits for us to go first).
+                Ok(ServerControl::Closing(c)) => return Err(format!("closed by server: {} {}", c.code, c.reason)),
                 Ok(_) => last_heard = Instant::now(),
                 Err(e) => return Err(e.to_string()),
             },

@@ -19,8 +19,10 @@ use crate::Ctx;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::{CONTROL, FETCH};
 
-/// How long the server waits for a `Closing` frame to reach the client before closing.
-const CLOSING_FLUSH: Duration = Duration::from_millis(500);
+/// How long the server waits, after a `Closing` frame, for the client to close the
+/// connection itself. Closing first would let a browser discard the frame unread: Chrome
+/// aborts streams, buffered data included, when the connection closes under them.
+const CLOSING_GRACE: Duration = Duration::from_millis(1000);
 /// Lane writers coalesce queued frames into one write up to this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
 
@@ -59,7 +61,11 @@ async fn close_with(ctx: &Ctx, session: &Session, control: Option<&mut SendStrea
         if let Ok(n) = write_msg(ctl, &frame).await {
             ctx.metrics.tx[CONTROL].add(n);
             ctl.finish();
-            let _ = tokio::time::timeout(CLOSING_FLUSH, ctl.flushed()).await;
+            let _ = tokio::time::timeout(CLOSING_GRACE, async {
+                ctl.flushed().await;
+                session.closed().await;
+            })
+            .await;
         }
     }
     ctx.metrics.closed_with(code);
