@@ -66,6 +66,23 @@ pub struct Config {
     pub session: SessionConfig,
     /// Request rate limits.
     pub limits: crate::limits::LimitsConfig,
+    /// Voice (SFU) settings.
+    pub voice: VoiceConfig,
+}
+
+/// Voice settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoiceConfig {
+    /// Most speakers forwarded at once in a channel (the loudest). Default 3: more than
+    /// three people talking at once is noise, and each one multiplies downlink traffic.
+    pub top_n: usize,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        Self { top_n: 3 }
+    }
 }
 
 /// TLS: a real certificate, or a generated short-lived development one.
@@ -179,6 +196,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
             limits: Default::default(),
+            voice: VoiceConfig::default(),
         }
     }
 }
@@ -376,6 +394,14 @@ impl ConfigArgs {
 }
 
 impl Config {
+    /// SFU tuning from the voice settings.
+    pub fn voice_sfu(&self) -> crate::voice::sfu::SfuConfig {
+        crate::voice::sfu::SfuConfig {
+            top_n: self.voice.top_n.max(1),
+            ..Default::default()
+        }
+    }
+
     /// The database URL in force.
     pub fn database_url(&self) -> String {
         match &self.database {

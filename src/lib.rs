@@ -14,6 +14,7 @@
 //! - [`notify`]: who is notified of what (a pure decision; chat gathers the facts).
 //! - [`presence`]: multi-device presence with reconnect grace (sans-IO + its task).
 //! - [`typing`]: typing indicators with debounce and server-side expiry (sans-IO + task).
+//! - [`voice`]: voice channels, the SFU (sans-IO decisions + a task per channel).
 //! - [`ids`]: snowflake ids.
 //! - [`http`]: the side port: health, readiness, metrics, certificate hash, web client.
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -40,6 +41,7 @@ pub mod shutdown;
 pub mod store;
 pub mod transport;
 pub mod typing;
+pub mod voice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +75,8 @@ pub struct Ctx {
     pub presence: presence::task::PresenceHandle,
     /// Typing task.
     pub typing: typing::task::TypingHandle,
+    /// Voice channels (the SFU).
+    pub voice: Arc<voice::Voice>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -168,6 +172,7 @@ impl Server {
             cfg.session.ping_timeout * 2 + cfg.session.presence_grace,
         );
         let typing = typing::task::TypingHandle::spawn(bus.clone());
+        let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
         let endpoint = transport::endpoint(&cfg, certs.clone())?;
         let quic_addr = endpoint.local_addr()?;
@@ -187,6 +192,7 @@ impl Server {
             chat: chat.clone(),
             presence,
             typing,
+            voice,
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),

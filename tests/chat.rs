@@ -472,7 +472,8 @@ async fn view_permission_hides_everything_and_overwrites_apply_live() {
             guild_id: gid,
             kind: ChannelKind::Text,
             name: "x".into(),
-            topic: String::new()
+            topic: String::new(),
+            user_limit: 0,
         })
         .await
         .unwrap_err()

@@ -400,6 +400,7 @@ async fn mutes_and_blocks_suppress_and_views_are_respected() {
             kind: ChannelKind::Text,
             name: "secret".into(),
             topic: String::new(),
+            user_limit: 0,
         },
     )
     .await

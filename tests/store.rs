@@ -314,10 +314,20 @@ async fn channels_overwrites_dms_read_states() {
     for (name, s) in backends().await {
         s.create_guild(100, 101, "g", OWNER, 0, 5).await.unwrap();
         let c = s
-            .create_channel(102, 100, ChannelKind::Voice, "voice", "talk", 6)
+            .create_channel(
+                quaver::store::NewChannel {
+                    id: 102,
+                    guild: 100,
+                    kind: ChannelKind::Voice,
+                    name: "voice",
+                    topic: "talk",
+                    user_limit: 5,
+                },
+                6,
+            )
             .await
             .unwrap();
-        assert_eq!(c.kind, ChannelKind::Voice);
+        assert_eq!((c.kind, c.user_limit), (ChannelKind::Voice, 5));
         s.set_overwrite(101, OverwriteTarget::Role(100), Some((0, 1 << 10)))
             .await
             .unwrap();

@@ -207,7 +207,7 @@ const GuildFields = Guild.fields;
 const Role = struct([['id', T.id], ['guild_id', T.id], ['name', T.string], ['permissions', T.u64], ['position', T.u32]]);
 const Channel = struct([
   ['id', T.id], ['guild_id', opt(T.id)], ['kind', ChannelKind], ['name', T.string], ['topic', T.string],
-  ['last_seq', T.u64], ['overwrites', vec(Overwrite)], ['recipients', vec(T.id)],
+  ['last_seq', T.u64], ['overwrites', vec(Overwrite)], ['recipients', vec(T.id)], ['user_limit', T.u32],
 ]);
 const Member = struct([['user_id', T.id], ['name', T.string], ['roles', vec(T.id)]]);
 const Mentions = struct([['users', vec(T.id)], ['roles', vec(T.id)], ['everyone', T.bool]]);
@@ -228,6 +228,13 @@ const Presence = struct([
   ['client_status', struct([['desktop', PresenceStatus], ['mobile', PresenceStatus], ['web', PresenceStatus]])],
   ['custom_status', opt(T.string)], ['activity', opt(T.string)],
 ]);
+const VoiceState = struct([
+  ['guild_id', T.id], ['channel_id', T.id], ['user_id', T.id], ['slot', T.u16], ['self_mute', T.bool], ['self_deaf', T.bool],
+  ['server_mute', T.bool], ['server_deaf', T.bool], ['speaking', T.bool],
+]);
+const VoiceParticipantStats = struct([
+  ['user_id', T.id], ['slot', T.u16], ['received', T.u64], ['forwarded', T.u64], ['dropped', T.u64], ['lost', T.u64], ['jitter_us', T.u32],
+]);
 const RelationshipKind = names('Friend', 'IncomingRequest', 'OutgoingRequest', 'Blocked');
 const Relationship = struct([['user_id', T.id], ['kind', RelationshipKind]]);
 const MuteTarget = tagged([['Guild', [['id', T.id]]], ['Channel', [['id', T.id]]]]);
@@ -238,7 +245,7 @@ const Notification = struct([
 ]);
 ReadyFields.push(['guilds', vec(GuildSnapshot)], ['private_channels', vec(Channel)], ['read_states', vec(ReadState)],
   ['presences', vec(Presence)], ['relationships', vec(Relationship)], ['mutes', vec(MuteTarget)],
-  ['notifications_unread', T.u32], ['notifications', vec(Notification)]);
+  ['notifications_unread', T.u32], ['notifications', vec(Notification)], ['voice_states', vec(VoiceState)]);
 const HistoryAnchor = tagged([['Latest', []], ['Before', [['seq', T.u64]]], ['After', [['seq', T.u64]]], ['Around', [['seq', T.u64]]]]);
 const FetchRequest = tagged([
   ['ServerInfo', []],
@@ -272,7 +279,7 @@ const RequestBody = tagged([
   ['CreateRole', [gid, ['name', T.string], ['permissions', T.u64]]],
   ['UpdateRole', [gid, ['role_id', T.id], ['name', T.string], ['permissions', T.u64]]],
   ['SetMemberRole', [gid, uid, ['role_id', T.id], ['add', T.bool]]],
-  ['CreateChannel', [gid, ['kind', ChannelKind], ['name', T.string], ['topic', T.string]]],
+  ['CreateChannel', [gid, ['kind', ChannelKind], ['name', T.string], ['topic', T.string], ['user_limit', T.u32]]],
   ['DeleteChannel', [cid]],
   ['SetOverwrite', [cid, ['target', OverwriteTarget], ['allow', T.u64], ['deny', T.u64]]],
   ['DeleteOverwrite', [cid, ['target', OverwriteTarget]]],
@@ -298,6 +305,13 @@ const RequestBody = tagged([
   ['SetMute', [['target', MuteTarget], ['muted', T.bool]]],
   ['AckNotifications', [['up_to', T.id]]],
   ['MarkNotificationsRead', [['ids', vec(T.id)], ['all', T.bool]]],
+  ['JoinVoice', [cid, ['self_mute', T.bool], ['self_deaf', T.bool]]],
+  ['LeaveVoice', []],
+  ['SetVoiceState', [['self_mute', T.bool], ['self_deaf', T.bool]]],
+  ['ServerMute', [gid, uid, ['mute', T.bool]]],
+  ['ServerDeafen', [gid, uid, ['deaf', T.bool]]],
+  ['MoveMember', [gid, uid, cid]],
+  ['VoiceStats', []],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -310,6 +324,8 @@ const ResponseBody = tagged([
   ['Sequenced', [['seq', T.u64]]],
   ['Typers', [cid, ['user_ids', vec(T.id)]]],
   ['Relationship', Relationship.fields],
+  ['VoiceJoined', [cid, ['slot', T.u16], ['participants', vec(VoiceState)]]],
+  ['VoiceStats', [['participants', vec(VoiceParticipantStats)]]],
 ]);
 const seq = ['seq', T.u64];
 const EventBody = tagged([
@@ -336,6 +352,9 @@ const EventBody = tagged([
   ['NotificationsRead', [['ids', vec(T.id)], ['all', T.bool]]],
   ['MuteUpdated', [['target', MuteTarget], ['muted', T.bool]]],
   ['Gap', [cid, ['after_seq', T.u64], ['resumes_at', T.u64]]],
+  ['VoiceStateUpdated', [['state', VoiceState]]],
+  ['VoiceStateRemoved', [gid, cid, uid]],
+  ['VoiceSpeaking', [cid, uid, ['slot', T.u16], ['speaking', T.bool]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

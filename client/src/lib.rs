@@ -502,6 +502,30 @@ impl Client {
         }
     }
 
+    /// Sends a voice frame (an unreliable datagram).
+    pub fn send_voice(&self, header: &datagram::Uplink, payload: &[u8]) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(datagram::UPLINK_HEADER + payload.len());
+        header.write(payload, &mut out);
+        self.session
+            .send_datagram(bytes::Bytes::from(out))
+            .map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// Receives the next voice frame: its header (with the speaker's slot) and payload.
+    /// Malformed datagrams are skipped.
+    pub async fn recv_voice(&self) -> Result<(datagram::Downlink, bytes::Bytes), Error> {
+        loop {
+            let d = self
+                .session
+                .read_datagram()
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            if let Ok((h, _)) = datagram::Downlink::parse(&d) {
+                return Ok((h, d.slice(datagram::DOWNLINK_HEADER..)));
+            }
+        }
+    }
+
     /// Closes the session normally.
     pub fn close(&self) {
         self.session.close(CloseCode::NORMAL.0, "bye");
@@ -511,6 +535,28 @@ impl Client {
     pub async fn closed(&self) -> Option<(CloseCode, String)> {
         self.session.closed().await;
         self.session.close_reason().map(|(c, r)| (CloseCode(c), r))
+    }
+}
+
+/// Receive-side voice statistics, per speaker slot: what a listener can measure itself.
+#[derive(Debug, Default, Clone)]
+pub struct VoiceRx {
+    /// Per slot: (frames received, frames missing from the seq sequence, last seq).
+    pub slots: std::collections::BTreeMap<u16, (u64, u64, u16)>,
+}
+
+impl VoiceRx {
+    /// Records a received frame.
+    pub fn record(&mut self, h: &datagram::Downlink) {
+        let e = self.slots.entry(h.slot).or_insert((0, 0, h.seq.wrapping_sub(1)));
+        let gap = h.seq.wrapping_sub(e.2);
+        if gap > 1 && gap < 1000 {
+            e.1 += u64::from(gap - 1);
+        }
+        if gap != 0 && gap < 0x8000 {
+            e.2 = h.seq;
+        }
+        e.0 += 1;
     }
 }
 

@@ -183,6 +183,8 @@ pub struct Ready {
     pub notifications_unread: u32,
     /// The newest notifications (up to 20; page older ones with `FetchRequest::Notifications`).
     pub notifications: Vec<Notification>,
+    /// Voice states in the voice channels you can see.
+    pub voice_states: Vec<VoiceState>,
 }
 
 /// A heartbeat; the client sends one every `heartbeat_interval_ms`, the server acks it.
@@ -368,6 +370,8 @@ pub enum RequestBody {
         name: String,
         /// ≤ 1024 characters.
         topic: String,
+        /// Voice channels: most participants (0 = no limit).
+        user_limit: u32,
     },
     /// Delete a channel (manage-channels).
     DeleteChannel {
@@ -535,6 +539,54 @@ pub enum RequestBody {
         /// Every notification.
         all: bool,
     },
+    /// Voice lane: join a voice channel with this session (connect permission, user limit);
+    /// leaves any other voice channel the user is in. Answered `VoiceJoined`.
+    JoinVoice {
+        /// The voice channel.
+        channel_id: u64,
+        /// Start muted.
+        self_mute: bool,
+        /// Start deafened.
+        self_deaf: bool,
+    },
+    /// Voice lane: leave the voice channel.
+    LeaveVoice,
+    /// Voice lane: mute or deafen yourself.
+    SetVoiceState {
+        /// Muted.
+        self_mute: bool,
+        /// Deafened.
+        self_deaf: bool,
+    },
+    /// Voice lane: server-mute or unmute a member (mute members).
+    ServerMute {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: u64,
+        /// Mute (true) or unmute.
+        mute: bool,
+    },
+    /// Voice lane: server-deafen or undeafen a member (deafen members).
+    ServerDeafen {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: u64,
+        /// Deafen (true) or undeafen.
+        deaf: bool,
+    },
+    /// Voice lane: move a member to another voice channel of the guild (move members).
+    MoveMember {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: u64,
+        /// The target voice channel.
+        channel_id: u64,
+    },
+    /// Voice lane: the SFU's counters for everyone in your voice channel.
+    VoiceStats,
 }
 
 impl RequestBody {
@@ -549,6 +601,13 @@ impl RequestBody {
             RequestBody::AckNotifications { .. } | RequestBody::MarkNotificationsRead { .. } => {
                 Some(Lane::Notifications)
             }
+            RequestBody::JoinVoice { .. }
+            | RequestBody::LeaveVoice
+            | RequestBody::SetVoiceState { .. }
+            | RequestBody::ServerMute { .. }
+            | RequestBody::ServerDeafen { .. }
+            | RequestBody::MoveMember { .. }
+            | RequestBody::VoiceStats => Some(Lane::Voice),
             _ => Some(Lane::Chat),
         }
     }
@@ -632,6 +691,8 @@ pub struct Channel {
     pub overwrites: Vec<Overwrite>,
     /// DM / group DM members (empty for guild channels).
     pub recipients: Vec<u64>,
+    /// Voice channels: most participants (0 = no limit).
+    pub user_limit: u32,
 }
 
 /// A guild member.
@@ -776,6 +837,48 @@ pub struct Notification {
     pub read: bool,
 }
 
+/// Who is in which voice channel, in what state.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VoiceState {
+    /// The guild.
+    pub guild_id: u64,
+    /// The voice channel.
+    pub channel_id: u64,
+    /// The user.
+    pub user_id: u64,
+    /// Their slot: downlink datagrams from them carry it.
+    pub slot: u16,
+    /// Muted by themself.
+    pub self_mute: bool,
+    /// Deafened by themself.
+    pub self_deaf: bool,
+    /// Muted by a moderator (or lacking the speak permission).
+    pub server_mute: bool,
+    /// Deafened by a moderator.
+    pub server_deaf: bool,
+    /// Speaking now.
+    pub speaking: bool,
+}
+
+/// The SFU's counters for one participant.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VoiceParticipantStats {
+    /// The user.
+    pub user_id: u64,
+    /// Their slot.
+    pub slot: u16,
+    /// Frames received from them.
+    pub received: u64,
+    /// Frame copies sent to listeners.
+    pub forwarded: u64,
+    /// Frames not forwarded (muted, silence, not among the loudest).
+    pub dropped: u64,
+    /// Frames missing from their seq sequence.
+    pub lost: u64,
+    /// Interarrival jitter in microseconds.
+    pub jitter_us: u32,
+}
+
 /// A presence status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum PresenceStatus {
@@ -883,6 +986,20 @@ pub enum ResponseBody {
     },
     /// A relationship changed (reply to relationship requests).
     Relationship(Relationship),
+    /// You joined a voice channel: your slot and who is there.
+    VoiceJoined {
+        /// The channel.
+        channel_id: u64,
+        /// Your slot.
+        slot: u16,
+        /// Everyone in the channel, you included.
+        participants: Vec<VoiceState>,
+    },
+    /// Voice counters.
+    VoiceStats {
+        /// Per participant.
+        participants: Vec<VoiceParticipantStats>,
+    },
 }
 
 /// Events pushed by the server on a lane. Channel events (`Message*`, `Reaction*`) carry
@@ -1054,6 +1171,32 @@ pub enum EventBody {
         after_seq: u64,
         /// The first seq still available (or the next to come).
         resumes_at: u64,
+    },
+    /// Voice lane: someone joined a voice channel or changed state (to everyone who can
+    /// see the channel).
+    VoiceStateUpdated {
+        /// The state.
+        state: VoiceState,
+    },
+    /// Voice lane: someone left a voice channel.
+    VoiceStateRemoved {
+        /// The guild.
+        guild_id: u64,
+        /// The channel.
+        channel_id: u64,
+        /// The user.
+        user_id: u64,
+    },
+    /// Voice lane: speaking started or stopped (≤ 100 ms after the fact).
+    VoiceSpeaking {
+        /// The channel.
+        channel_id: u64,
+        /// The user.
+        user_id: u64,
+        /// Their slot.
+        slot: u16,
+        /// Speaking now.
+        speaking: bool,
     },
 }
 

@@ -415,7 +415,14 @@ impl Chat {
             | R::SetPresence { .. }
             | R::TypingStart { .. }
             | R::TypingStop { .. }
-            | R::WatchTyping { .. } => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
+            | R::WatchTyping { .. }
+            | R::JoinVoice { .. }
+            | R::LeaveVoice
+            | R::SetVoiceState { .. }
+            | R::ServerMute { .. }
+            | R::ServerDeafen { .. }
+            | R::MoveMember { .. }
+            | R::VoiceStats => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
             R::SendMessage {
                 channel_id,
                 nonce,
@@ -787,6 +794,7 @@ impl Chat {
                 kind,
                 name,
                 topic,
+                user_limit,
             } => {
                 self.limit(user, Kind::Manage)?;
                 validate::name(&name)?;
@@ -800,7 +808,17 @@ impl Chat {
                 }
                 let c = self
                     .store
-                    .create_channel(self.id(), guild_id, kind, &name, &topic, now)
+                    .create_channel(
+                        crate::store::NewChannel {
+                            id: self.id(),
+                            guild: guild_id,
+                            kind,
+                            name: &name,
+                            topic: &topic,
+                            user_limit: user_limit.min(99),
+                        },
+                        now,
+                    )
                     .await
                     .map_err(store_err)?;
                 self.changed(guild_id);
@@ -1123,6 +1141,24 @@ impl Chat {
         Ok(out)
     }
 
+    /// `user`'s guild-level permissions (`NOT_FOUND` if not a member).
+    pub async fn guild_permissions(&self, user: u64, guild: u64) -> Result<Perms, ErrorBody> {
+        Ok(self.guild_perms(user, guild).await?.1)
+    }
+
+    /// A voice channel as `user` sees it: (guild, user limit, permissions there).
+    pub async fn voice_access(&self, user: u64, channel: u64) -> Result<(u64, u32, Perms), ErrorBody> {
+        match self.access(user, channel).await? {
+            Access::Guild(g, c, p) if c.kind == ChannelKind::Voice => Ok((g.state.guild.id, c.user_limit, p)),
+            _ => Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "not a voice channel")),
+        }
+    }
+
+    /// Whether `user` can view `channel`.
+    pub async fn can_view(&self, user: u64, channel: u64) -> bool {
+        self.access(user, channel).await.is_ok()
+    }
+
     /// Checks that `user` has `need` in `channel`; returns the channel's guild.
     pub async fn check(&self, user: u64, channel: u64, need: Perms) -> Result<Option<u64>, ErrorBody> {
         let access = self.access(user, channel).await?;
@@ -1162,6 +1198,16 @@ impl Chat {
                     };
                     for u in viewers.into_iter().filter(|u| *u != user_id) {
                         sessions.push_to_user(u, Lane::Typing, &event);
+                    }
+                }
+                BusEvent::Voice {
+                    guild_id,
+                    channel_id,
+                    event,
+                } => {
+                    let Ok(g) = self.guild(guild_id).await else { continue };
+                    for u in g.viewers(channel_id).iter() {
+                        sessions.push_to_user(*u, Lane::Voice, &event);
                     }
                 }
                 BusEvent::Presence { user_id, event } => {

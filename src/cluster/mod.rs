@@ -53,6 +53,15 @@ pub enum BusEvent {
         /// Encoded `EventBody`.
         event: Bytes,
     },
+    /// Voice lane: deliver to everyone who can see a voice channel.
+    Voice {
+        /// The guild.
+        guild_id: u64,
+        /// The voice channel.
+        channel_id: u64,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
         /// The guild.

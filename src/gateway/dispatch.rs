@@ -18,6 +18,7 @@ pub const MAX_PING_BYTES: usize = 1024;
 pub async fn request(
     ctx: &Ctx,
     session: &SessionHandle,
+    voice_port: &std::sync::Arc<crate::voice::VoicePort>,
     lane: Lane,
     body: RequestBody,
 ) -> Result<ResponseBody, ErrorBody> {
@@ -56,6 +57,46 @@ pub async fn request(
                 .set(session.user, session.id, status, custom_status, activity);
             Ok(ResponseBody::Done)
         }
+        RequestBody::JoinVoice {
+            channel_id,
+            self_mute,
+            self_deaf,
+        } => {
+            ctx.voice
+                .join(session.user, session.id, voice_port, channel_id, self_mute, self_deaf)
+                .await
+        }
+        RequestBody::LeaveVoice => {
+            ctx.voice.leave(session.user).await;
+            Ok(ResponseBody::Done)
+        }
+        RequestBody::SetVoiceState { self_mute, self_deaf } => {
+            ctx.voice.set_self(session.user, self_mute, self_deaf).await
+        }
+        RequestBody::ServerMute {
+            guild_id,
+            user_id,
+            mute,
+        } => {
+            ctx.voice
+                .set_server(session.user, guild_id, user_id, Some(mute), None)
+                .await
+        }
+        RequestBody::ServerDeafen {
+            guild_id,
+            user_id,
+            deaf,
+        } => {
+            ctx.voice
+                .set_server(session.user, guild_id, user_id, None, Some(deaf))
+                .await
+        }
+        RequestBody::MoveMember {
+            guild_id,
+            user_id,
+            channel_id,
+        } => ctx.voice.move_member(session.user, guild_id, user_id, channel_id).await,
+        RequestBody::VoiceStats => ctx.voice.stats(session.user).await,
         RequestBody::TypingStart { channel_id } => {
             let guild = ctx.chat.check(session.user, channel_id, Perms::SEND_MESSAGES).await?;
             ctx.typing.start(channel_id, guild, session.user);

@@ -211,11 +211,14 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         ))
     });
     let generation = handle.attach(session.clone(), cmd_tx, resume_from);
+    let voice_port = crate::voice::VoicePort::new(session.clone());
     let conn = Arc::new(Conn {
         handle: handle.clone(),
         generation,
         zstd,
+        voice: voice_port.clone(),
     });
+    let voice_states = ctx.voice.visible_states(identity.user_id).await;
     let sc = &ctx.cfg.session;
     let ready = Ready {
         session_id: handle.id,
@@ -240,6 +243,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         mutes: parts.mutes,
         notifications_unread: parts.notifications_unread,
         notifications: parts.notifications,
+        voice_states,
     };
     let first = if is_resume {
         ServerControl::Resumed(Box::new(ready))
@@ -267,6 +271,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         }
     }
     ctx.presence.connect(identity.user_id, handle.id, hello.device);
+    tokio::spawn(ctx.voice.clone().intake(voice_port.clone()));
     ctx.metrics.session_opened(tr);
     tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), resumed = is_resume, "session ready");
 
@@ -366,6 +371,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);
     }
     ctx.presence.disconnect(identity.user_id, handle.id);
+    // Voice state is state, not history: a lost connection leaves its voice channel.
+    ctx.voice.session_ended(identity.user_id, handle.id, &voice_port).await;
     ctx.metrics.session_closed(tr);
     if let Some((code, reason)) = close {
         close_with(&ctx, &session, Some(&mut ctl_tx), code, &reason).await;
@@ -381,6 +388,8 @@ struct Conn {
     handle: Arc<SessionHandle>,
     generation: u64,
     zstd: bool,
+    /// Where this connection's voice datagrams go.
+    voice: Arc<crate::voice::VoicePort>,
 }
 
 async fn run_stream(ctx: Arc<Ctx>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
@@ -444,7 +453,7 @@ async fn run_lane(ctx: Arc<Ctx>, conn: Arc<Conn>, lane: Lane, mut send: SendStre
         };
         ctx.metrics.rx[lane.index()].add((rx.bytes - last) as usize);
         last = rx.bytes;
-        let reply = match dispatch::request(&ctx, h, lane, req.body).await {
+        let reply = match dispatch::request(&ctx, h, &conn.voice, lane, req.body).await {
             Ok(body) => ServerLane::Ack { id: req.id, body },
             Err(error) => ServerLane::Error { id: req.id, error },
         };

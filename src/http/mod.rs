@@ -46,7 +46,7 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let draining = if ctx.shutdown.is_fired() { 1.0 } else { 0.0 };
     let handshakes = ctx.handshakes_in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let body = ctx.metrics.render(&[
+    let mut body = ctx.metrics.render(&[
         (
             "quaver_draining",
             "1 while the node drains after a shutdown signal.",
@@ -58,6 +58,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
             handshakes,
         ),
     ]);
+    body.push_str(&ctx.voice.metrics.render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

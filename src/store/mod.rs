@@ -105,6 +105,23 @@ pub struct NewMessage {
     pub now_ms: u64,
 }
 
+/// A guild channel to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChannel<'a> {
+    /// Snowflake id.
+    pub id: u64,
+    /// Guild.
+    pub guild: u64,
+    /// Text or voice.
+    pub kind: ChannelKind,
+    /// Name.
+    pub name: &'a str,
+    /// Topic.
+    pub topic: &'a str,
+    /// Voice: most participants (0 = no limit).
+    pub user_limit: u32,
+}
+
 /// A stored channel event: its seq and its encoded `EventBody` (what fan-out sends).
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -193,6 +210,7 @@ fn channel_of(r: &AnyRow) -> Result<Channel> {
         last_seq: u(r.try_get("last_seq")?),
         overwrites: Vec::new(),
         recipients: Vec::new(),
+        user_limit: r.try_get::<i64, _>("user_limit")? as u32,
     })
 }
 
@@ -647,18 +665,18 @@ impl Store {
     // ----- channels ------------------------------------------------------------------
 
     /// Creates a guild channel.
-    pub async fn create_channel(
-        &self,
-        id: u64,
-        guild: u64,
-        kind: ChannelKind,
-        name: &str,
-        topic: &str,
-        now_ms: u64,
-    ) -> Result<Channel> {
+    pub async fn create_channel(&self, c: NewChannel<'_>, now_ms: u64) -> Result<Channel> {
+        let NewChannel {
+            id,
+            guild,
+            kind,
+            name,
+            topic,
+            user_limit,
+        } = c;
         sqlx::query(
             "INSERT INTO channels (id, guild_id, kind, name, topic, position, user_limit, owner_id, last_seq, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, $6)",
+             VALUES ($1, $2, $3, $4, $5, 0, $7, 0, 0, $6)",
         )
         .bind(i(id))
         .bind(i(guild))
@@ -666,6 +684,7 @@ impl Store {
         .bind(name)
         .bind(topic)
         .bind(i(now_ms))
+        .bind(i64::from(user_limit))
         .execute(&self.pool)
         .await?;
         self.channel(id).await
@@ -673,7 +692,7 @@ impl Store {
 
     /// A channel with its overwrites and recipients.
     pub async fn channel(&self, id: u64) -> Result<Channel> {
-        let r = sqlx::query("SELECT id, guild_id, kind, name, topic, last_seq FROM channels WHERE id = $1")
+        let r = sqlx::query("SELECT id, guild_id, kind, name, topic, last_seq, user_limit FROM channels WHERE id = $1")
             .bind(i(id))
             .fetch_optional(&self.pool)
             .await?
@@ -695,7 +714,7 @@ impl Store {
     /// A guild's channels with their overwrites.
     pub async fn guild_channels(&self, guild: u64) -> Result<Vec<Channel>> {
         let rows = sqlx::query(
-            "SELECT id, guild_id, kind, name, topic, last_seq FROM channels WHERE guild_id = $1 ORDER BY position, id",
+            "SELECT id, guild_id, kind, name, topic, last_seq, user_limit FROM channels WHERE guild_id = $1 ORDER BY position, id",
         )
         .bind(i(guild))
         .fetch_all(&self.pool)

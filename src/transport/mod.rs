@@ -36,6 +36,10 @@ pub fn endpoint(cfg: &Config, certs: Arc<tls::CertStore>) -> anyhow::Result<quin
     transport.max_concurrent_bidi_streams(32u32.into());
     // HTTP/3 needs the client's control and QPACK streams; raw QUIC uses none.
     transport.max_concurrent_uni_streams(8u32.into());
+    // Voice: a listener's outgoing datagram queue stays short — quinn drops the oldest
+    // datagrams beyond this, so a congested listener loses stale audio instead of
+    // hearing it late (4 KiB ≈ 30 Opus frames).
+    transport.datagram_send_buffer_size(4 * 1024);
     server.transport_config(Arc::new(transport));
     // Migration stays on: a client moving networks keeps its session.
     server.migration(true);

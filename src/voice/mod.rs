@@ -1,0 +1,649 @@
+//! Voice channels: an SFU inside the server. Each voice channel with participants is one
+//! task owning its [`sfu::Channel`] (no lock on the media path); each connection has a
+//! datagram intake that parses uplink frames and hands them to its channel's task, which
+//! decides and fans out one shared downlink buffer per frame (no per-listener copy on raw
+//! QUIC). Queues are short and full ones drop: late audio is worse than lost audio.
+//! Voice state (joins, leaves, mutes, speaking) goes to everyone who can see the channel.
+
+pub mod sfu;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quaver_proto::codec::encode_payload;
+use quaver_proto::datagram::{Downlink, Uplink};
+use quaver_proto::session::Session;
+use quaver_proto::{ErrorBody, ErrorCode, EventBody, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
+use tokio::sync::{mpsc, oneshot};
+
+use self::sfu::{Channel, Dropped, SfuConfig};
+use crate::chat::Chat;
+use crate::cluster::{Bus, BusEvent};
+use crate::perms::Perms;
+
+/// Frames waiting for a channel task before new ones are dropped (≈ 60 ms of 20 ms frames
+/// from 50 speakers: short on purpose).
+const CHANNEL_QUEUE: usize = 256;
+/// Largest uplink datagram accepted: an Opus frame is a few hundred bytes (20 ms at
+/// 128 kbit/s is 320); anything much larger is not voice.
+pub const MAX_UPLINK: usize = 1024;
+
+/// Reasons frames were dropped, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Unparseable header.
+    Malformed,
+    /// Over `MAX_UPLINK`.
+    Oversized,
+    /// Sender is in no voice channel.
+    Foreign,
+    /// Sender muted.
+    Muted,
+    /// Silence.
+    Dtx,
+    /// Not among the loudest.
+    NotSelected,
+    /// A queue was full (the SFU drops rather than queues).
+    Congested,
+}
+
+const DROP_NAMES: [&str; 7] = [
+    "malformed",
+    "oversized",
+    "foreign",
+    "muted",
+    "dtx",
+    "not_selected",
+    "congested",
+];
+
+/// Voice counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct VoiceMetrics {
+    /// Uplink frames received.
+    pub received: AtomicU64,
+    /// Downlink frames sent.
+    pub forwarded: AtomicU64,
+    /// Frames dropped, by [`DropReason`].
+    pub dropped: [AtomicU64; 7],
+    /// Frames lost in transit (seq gaps), summed over participants that left.
+    pub lost: AtomicU64,
+}
+
+impl VoiceMetrics {
+    fn count_drop(&self, r: DropReason) {
+        self.dropped[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Frames dropped for `r`.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.dropped[r as usize].load(Relaxed)
+    }
+
+    /// Prometheus lines.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        o += "# HELP quaver_voice_frames_received_total Uplink voice frames received.\n# TYPE quaver_voice_frames_received_total counter\n";
+        o += &format!("quaver_voice_frames_received_total {}\n", self.received.load(Relaxed));
+        o += "# HELP quaver_voice_frames_forwarded_total Downlink voice frames sent.\n# TYPE quaver_voice_frames_forwarded_total counter\n";
+        o += &format!("quaver_voice_frames_forwarded_total {}\n", self.forwarded.load(Relaxed));
+        o += "# HELP quaver_voice_frames_dropped_total Voice frames dropped, by reason.\n# TYPE quaver_voice_frames_dropped_total counter\n";
+        for (i, n) in DROP_NAMES.iter().enumerate() {
+            o += &format!(
+                "quaver_voice_frames_dropped_total{{reason=\"{n}\"}} {}\n",
+                self.dropped[i].load(Relaxed)
+            );
+        }
+        o += "# HELP quaver_voice_frames_lost_total Frames missing from senders' sequences (participants who left).\n# TYPE quaver_voice_frames_lost_total counter\n";
+        o += &format!("quaver_voice_frames_lost_total {}\n", self.lost.load(Relaxed));
+        o
+    }
+}
+
+/// Where one connection's datagrams go: its voice channel task and slot, if any.
+#[derive(Debug)]
+pub struct VoicePort {
+    session: Session,
+    target: Mutex<Option<(mpsc::Sender<ChannelCmd>, u16)>>,
+}
+
+impl VoicePort {
+    /// A port for a connection.
+    pub fn new(session: Session) -> Arc<Self> {
+        Arc::new(Self {
+            session,
+            target: Mutex::new(None),
+        })
+    }
+
+    fn set(&self, t: Option<(mpsc::Sender<ChannelCmd>, u16)>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    fn get(&self) -> Option<(mpsc::Sender<ChannelCmd>, u16)> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Debug)]
+enum ChannelCmd {
+    Join {
+        user: u64,
+        port: Arc<VoicePort>,
+        self_mute: bool,
+        self_deaf: bool,
+        can_speak: bool,
+        reply: oneshot::Sender<(u16, Vec<VoiceState>)>,
+    },
+    Leave {
+        user: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    Set {
+        user: u64,
+        self_state: Option<(bool, bool)>,
+        server_mute: Option<bool>,
+        server_deaf: Option<bool>,
+    },
+    Frame {
+        slot: u16,
+        data: Bytes,
+    },
+    Stats(oneshot::Sender<Vec<VoiceParticipantStats>>),
+}
+
+#[derive(Debug, Clone)]
+struct Membership {
+    guild_id: u64,
+    channel_id: u64,
+    session_id: SessionId,
+    port: Arc<VoicePort>,
+}
+
+/// The voice service of a node.
+#[derive(Debug)]
+pub struct Voice {
+    chat: Arc<Chat>,
+    bus: Arc<dyn Bus>,
+    cfg: SfuConfig,
+    channels: Mutex<HashMap<u64, mpsc::Sender<ChannelCmd>>>,
+    members: Mutex<HashMap<u64, Membership>>,
+    /// Current voice states by user (what `Ready` shows).
+    states: Arc<Mutex<HashMap<u64, VoiceState>>>,
+    /// Counters.
+    pub metrics: Arc<VoiceMetrics>,
+}
+
+fn err(code: ErrorCode, m: &str) -> ErrorBody {
+    ErrorBody::new(code, m)
+}
+
+impl Voice {
+    /// The service.
+    pub fn new(chat: Arc<Chat>, bus: Arc<dyn Bus>, cfg: SfuConfig) -> Self {
+        Self {
+            chat,
+            bus,
+            cfg,
+            channels: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            states: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    fn publish(bus: &dyn Bus, guild_id: u64, channel_id: u64, body: &EventBody) {
+        bus.publish(BusEvent::Voice {
+            guild_id,
+            channel_id,
+            event: Bytes::from(encode_payload(body)),
+        });
+    }
+
+    /// Reads a connection's datagrams until it closes and feeds them to the SFU.
+    pub async fn intake(self: Arc<Self>, port: Arc<VoicePort>) {
+        while let Ok(d) = port.session.read_datagram().await {
+            self.metrics.received.fetch_add(1, Relaxed);
+            if d.len() > MAX_UPLINK {
+                self.metrics.count_drop(DropReason::Oversized);
+                continue;
+            }
+            if Uplink::parse(&d).is_err() {
+                self.metrics.count_drop(DropReason::Malformed);
+                continue;
+            }
+            let Some((tx, slot)) = port.get() else {
+                self.metrics.count_drop(DropReason::Foreign);
+                continue;
+            };
+            if tx.try_send(ChannelCmd::Frame { slot, data: d }).is_err() {
+                self.metrics.count_drop(DropReason::Congested);
+            }
+        }
+    }
+
+    fn channel_task(self: &Arc<Self>, guild_id: u64, channel_id: u64) -> mpsc::Sender<ChannelCmd> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(&channel_id)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        map.insert(channel_id, tx.clone());
+        tokio::spawn(run_channel(self.clone(), guild_id, channel_id, rx));
+        tx
+    }
+
+    /// Joins `user`'s connection (`port`, session `session_id`) to a voice channel.
+    pub async fn join(
+        self: &Arc<Self>,
+        user: u64,
+        session_id: SessionId,
+        port: &Arc<VoicePort>,
+        channel_id: u64,
+        self_mute: bool,
+        self_deaf: bool,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let (guild_id, limit, perms) = self.chat.voice_access(user, channel_id).await?;
+        if !perms.has(Perms::CONNECT) {
+            return Err(err(ErrorCode::FORBIDDEN, "missing permission: connect"));
+        }
+        let current = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .cloned();
+        if let Some(m) = &current
+            && m.channel_id == channel_id
+            && m.session_id == session_id
+        {
+            return Err(err(ErrorCode::BAD_REQUEST, "already in this voice channel"));
+        }
+        if limit > 0 {
+            let here = self
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|m| m.channel_id == channel_id)
+                .count();
+            let moving_within = current.as_ref().is_some_and(|m| m.channel_id == channel_id);
+            if here >= limit as usize && !moving_within {
+                return Err(err(ErrorCode::FORBIDDEN, "the voice channel is full"));
+            }
+        }
+        // One voice channel per user: leave wherever they are (this or another session).
+        self.leave(user).await;
+        let tx = self.channel_task(guild_id, channel_id);
+        let (reply, rx) = oneshot::channel();
+        let cmd = ChannelCmd::Join {
+            user,
+            port: port.clone(),
+            self_mute,
+            self_deaf,
+            can_speak: perms.has(Perms::SPEAK),
+            reply,
+        };
+        if tx.send(cmd).await.is_err() {
+            return Err(err(ErrorCode::INTERNAL, "voice channel unavailable; retry"));
+        }
+        let (slot, participants) = rx
+            .await
+            .map_err(|_| err(ErrorCode::INTERNAL, "voice channel unavailable; retry"))?;
+        port.set(Some((tx, slot)));
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            user,
+            Membership {
+                guild_id,
+                channel_id,
+                session_id,
+                port: port.clone(),
+            },
+        );
+        Ok(ResponseBody::VoiceJoined {
+            channel_id,
+            slot,
+            participants,
+        })
+    }
+
+    /// Removes `user` from their voice channel, if any.
+    pub async fn leave(&self, user: u64) -> bool {
+        let Some(m) = self.members.lock().unwrap_or_else(|p| p.into_inner()).remove(&user) else {
+            return false;
+        };
+        m.port.set(None);
+        let tx = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.channel_id)
+            .cloned();
+        if let Some(tx) = tx {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(ChannelCmd::Leave { user, reply }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        true
+    }
+
+    /// A connection of `user` (session `session_id`) ended: leave if it was the voice one.
+    pub async fn session_ended(&self, user: u64, session_id: SessionId, port: &Arc<VoicePort>) {
+        let ours = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .is_some_and(|m| m.session_id == session_id && Arc::ptr_eq(&m.port, port));
+        if ours {
+            self.leave(user).await;
+        }
+    }
+
+    fn membership(&self, user: u64) -> Option<Membership> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .cloned()
+    }
+
+    async fn send_set(&self, user: u64, cmd: ChannelCmd) -> Result<(), ErrorBody> {
+        let m = self
+            .membership(user)
+            .ok_or_else(|| err(ErrorCode::NOT_FOUND, "not in a voice channel"))?;
+        let tx = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.channel_id)
+            .cloned();
+        match tx {
+            Some(tx) if tx.send(cmd).await.is_ok() => Ok(()),
+            _ => Err(err(ErrorCode::INTERNAL, "voice channel unavailable")),
+        }
+    }
+
+    /// Self mute / deafen.
+    pub async fn set_self(&self, user: u64, self_mute: bool, self_deaf: bool) -> Result<ResponseBody, ErrorBody> {
+        self.send_set(
+            user,
+            ChannelCmd::Set {
+                user,
+                self_state: Some((self_mute, self_deaf)),
+                server_mute: None,
+                server_deaf: None,
+            },
+        )
+        .await?;
+        Ok(ResponseBody::Done)
+    }
+
+    /// Server mute / deafen by `actor`.
+    pub async fn set_server(
+        &self,
+        actor: u64,
+        guild_id: u64,
+        target: u64,
+        mute: Option<bool>,
+        deaf: Option<bool>,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let p = self.chat.guild_permissions(actor, guild_id).await?;
+        if mute.is_some() && !p.has(Perms::MUTE_MEMBERS) {
+            return Err(err(ErrorCode::FORBIDDEN, "missing permission: mute members"));
+        }
+        if deaf.is_some() && !p.has(Perms::DEAFEN_MEMBERS) {
+            return Err(err(ErrorCode::FORBIDDEN, "missing permission: deafen members"));
+        }
+        match self.membership(target) {
+            Some(m) if m.guild_id == guild_id => {}
+            _ => return Err(err(ErrorCode::NOT_FOUND, "not in a voice channel of this guild")),
+        }
+        self.send_set(
+            target,
+            ChannelCmd::Set {
+                user: target,
+                self_state: None,
+                server_mute: mute,
+                server_deaf: deaf,
+            },
+        )
+        .await?;
+        Ok(ResponseBody::Done)
+    }
+
+    /// Moves `target` to another voice channel of the guild.
+    pub async fn move_member(
+        self: &Arc<Self>,
+        actor: u64,
+        guild_id: u64,
+        target: u64,
+        channel_id: u64,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let p = self.chat.guild_permissions(actor, guild_id).await?;
+        if !p.has(Perms::MOVE_MEMBERS) {
+            return Err(err(ErrorCode::FORBIDDEN, "missing permission: move members"));
+        }
+        let m = match self.membership(target) {
+            Some(m) if m.guild_id == guild_id => m,
+            _ => return Err(err(ErrorCode::NOT_FOUND, "not in a voice channel of this guild")),
+        };
+        let (g, _, _) = self.chat.voice_access(actor, channel_id).await?;
+        if g != guild_id {
+            return Err(err(ErrorCode::BAD_REQUEST, "the target channel is in another guild"));
+        }
+        let st = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target)
+            .cloned();
+        let (mute, deaf) = st.map(|s| (s.self_mute, s.self_deaf)).unwrap_or((false, false));
+        self.join(target, m.session_id, &m.port, channel_id, mute, deaf)
+            .await
+            .map(|_| ResponseBody::Done)
+    }
+
+    /// The SFU counters of `user`'s channel.
+    pub async fn stats(&self, user: u64) -> Result<ResponseBody, ErrorBody> {
+        let (reply, rx) = oneshot::channel();
+        self.send_set(user, ChannelCmd::Stats(reply)).await?;
+        let participants = rx
+            .await
+            .map_err(|_| err(ErrorCode::INTERNAL, "voice channel unavailable"))?;
+        Ok(ResponseBody::VoiceStats { participants })
+    }
+
+    /// Voice states `user` can see (for `Ready`).
+    pub async fn visible_states(&self, user: u64) -> Vec<VoiceState> {
+        let all: Vec<VoiceState> = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for s in all {
+            if self.chat.can_view(user, s.channel_id).await {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| (s.channel_id, s.slot));
+        out
+    }
+}
+
+fn state_of(guild_id: u64, channel_id: u64, slot: u16, p: &sfu::Participant) -> VoiceState {
+    VoiceState {
+        guild_id,
+        channel_id,
+        user_id: p.user,
+        slot,
+        self_mute: p.self_mute,
+        self_deaf: p.self_deaf,
+        server_mute: p.server_mute || !p.can_speak,
+        server_deaf: p.server_deaf,
+        speaking: p.speaking,
+    }
+}
+
+/// One voice channel's task: owns the SFU state, decides every frame, fans out.
+async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: mpsc::Receiver<ChannelCmd>) {
+    let mut ch = Channel::new(voice.cfg, Instant::now());
+    let mut ports: HashMap<u16, Arc<VoicePort>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let bus = voice.bus.clone();
+    let metrics = voice.metrics.clone();
+    let states = voice.states.clone();
+    let publish_state = |ch: &Channel, slot: u16| {
+        if let Some(p) = ch.get(slot) {
+            let st = state_of(guild_id, channel_id, slot, p);
+            states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(p.user, st.clone());
+            Voice::publish(
+                bus.as_ref(),
+                guild_id,
+                channel_id,
+                &EventBody::VoiceStateUpdated { state: st },
+            );
+        }
+    };
+    loop {
+        let cmd = tokio::select! {
+            c = rx.recv() => match c { Some(c) => c, None => return },
+            _ = tick.tick() => {
+                for s in ch.poll(Instant::now()) {
+                    if let Some(st) = states.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&s.user) {
+                        st.speaking = s.speaking;
+                    }
+                    let body = EventBody::VoiceSpeaking { channel_id, user_id: s.user, slot: s.slot, speaking: s.speaking };
+                    Voice::publish(bus.as_ref(), guild_id, channel_id, &body);
+                }
+                continue;
+            }
+        };
+        match cmd {
+            ChannelCmd::Frame { slot, data } => {
+                let Ok((h, payload)) = Uplink::parse(&data) else {
+                    continue;
+                };
+                match ch.on_frame(slot, &h, Instant::now()) {
+                    Ok(f) => {
+                        // One buffer per frame, shared by every listener.
+                        let mut buf = Vec::with_capacity(quaver_proto::datagram::DOWNLINK_HEADER + payload.len());
+                        buf.extend_from_slice(&Downlink::from_uplink(&h, f.slot).to_bytes());
+                        buf.extend_from_slice(payload);
+                        let out = Bytes::from(buf);
+                        for l in f.listeners {
+                            if let Some(port) = ports.get(&l) {
+                                match port.session.send_datagram(out.clone()) {
+                                    Ok(()) => metrics.forwarded.fetch_add(1, Relaxed),
+                                    Err(_) => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
+                                };
+                            }
+                        }
+                    }
+                    Err(d) => metrics.count_drop(match d {
+                        Dropped::NotParticipant => DropReason::Foreign,
+                        Dropped::Muted => DropReason::Muted,
+                        Dropped::Dtx => DropReason::Dtx,
+                        Dropped::NotSelected => DropReason::NotSelected,
+                    }),
+                }
+            }
+            ChannelCmd::Join {
+                user,
+                port,
+                self_mute,
+                self_deaf,
+                can_speak,
+                reply,
+            } => {
+                let slot = ch.join(user, self_mute, self_deaf, can_speak);
+                ports.insert(slot, port);
+                publish_state(&ch, slot);
+                let participants = ch
+                    .participants()
+                    .map(|(s, p)| state_of(guild_id, channel_id, s, p))
+                    .collect();
+                let _ = reply.send((slot, participants));
+            }
+            ChannelCmd::Leave { user, reply } => {
+                let left = match ch.slot_of(user) {
+                    Some(slot) => {
+                        ports.remove(&slot);
+                        if let Some(p) = ch.leave(slot) {
+                            metrics.lost.fetch_add(p.stats.lost, Relaxed);
+                        }
+                        states.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+                        let body = EventBody::VoiceStateRemoved {
+                            guild_id,
+                            channel_id,
+                            user_id: user,
+                        };
+                        Voice::publish(bus.as_ref(), guild_id, channel_id, &body);
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(left);
+                if ch.is_empty() {
+                    // Last one out: retire the task, unless a join raced in meanwhile.
+                    let mut map = voice.channels.lock().unwrap_or_else(|p| p.into_inner());
+                    if rx.is_empty() {
+                        map.remove(&channel_id);
+                        return;
+                    }
+                }
+            }
+            ChannelCmd::Set {
+                user,
+                self_state,
+                server_mute,
+                server_deaf,
+            } => {
+                if let Some(slot) = ch.slot_of(user) {
+                    if let Some(p) = ch.get_mut(slot) {
+                        if let Some((m, d)) = self_state {
+                            p.self_mute = m;
+                            p.self_deaf = d;
+                        }
+                        if let Some(m) = server_mute {
+                            p.server_mute = m;
+                        }
+                        if let Some(d) = server_deaf {
+                            p.server_deaf = d;
+                        }
+                    }
+                    publish_state(&ch, slot);
+                }
+            }
+            ChannelCmd::Stats(reply) => {
+                let v = ch
+                    .participants()
+                    .map(|(slot, p)| VoiceParticipantStats {
+                        user_id: p.user,
+                        slot,
+                        received: p.stats.received,
+                        forwarded: p.stats.forwarded,
+                        dropped: p.stats.dropped,
+                        lost: p.stats.lost,
+                        jitter_us: (p.stats.jitter_ms * 1000.0) as u32,
+                    })
+                    .collect();
+                let _ = reply.send(v);
+            }
+        }
+    }
+}
