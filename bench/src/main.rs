@@ -6,8 +6,15 @@
 //!   latency, then one lane round trip (`Ping`) on each; with no `--server`, it starts a
 //!   server in-process on loopback (the smoke run in CI).
 //!
-//! The remaining TARGETS.md scenarios (C1 at 10k, F0–F3, P1, T1, R1, V1–V2) are added with
-//! the issues that build the features they measure.
+//! - `voice`: V1 and V2 of TARGETS.md — one voice channel, speakers and listeners, against
+//!   a server process started from `target/release/quaver`; loss, latency, SFU residence,
+//!   server CPU per forwarded frame and forwarded frames per server CPU-second; `--ramp`
+//!   raises the listener count step by step (V2).
+//!
+//! The chat, presence and resume scenarios (F0–F3, C1, P1, T1, R1) are the benchmark issue's.
+
+mod server;
+mod voice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +42,36 @@ enum Tr {
 enum Scenario {
     /// Open sessions and measure handshake-to-Ready and lane round-trip latency.
     Sessions(SessionsArgs),
+    /// V1/V2: voice forwarding through the SFU.
+    Voice(VoiceArgs),
+}
+
+#[derive(clap::Args)]
+struct VoiceArgs {
+    /// Listening participants.
+    #[arg(long, default_value_t = 200)]
+    listeners: usize,
+    /// Speaking participants.
+    #[arg(long, default_value_t = 3)]
+    speakers: usize,
+    /// Frames per second per speaker (20 ms Opus frames: 50).
+    #[arg(long, default_value_t = 50)]
+    fps: u32,
+    /// Seconds of speech per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    /// Runs (report each, then the median).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// V2: listener counts to step through (e.g. 100,200,400,800); stops when loss passes 1%.
+    #[arg(long, value_delimiter = ',')]
+    ramp: Vec<usize>,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -62,29 +99,39 @@ struct SessionsArgs {
     max_seconds: u64,
 }
 
-/// Percentiles of a sample, in microseconds.
-fn percentiles(mut v: Vec<Duration>) -> [(String, f64); 5] {
-    v.sort();
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Percentiles {
+    /// Median.
+    pub(crate) p50: f64,
+    /// 90th.
+    pub(crate) p90: f64,
+    /// 99th.
+    pub(crate) p99: f64,
+    /// 99.9th.
+    pub(crate) p999: f64,
+    /// Largest.
+    pub(crate) max: f64,
+}
+
+/// Percentiles of a sample of microsecond values.
+pub(crate) fn percentiles(mut v: Vec<u64>) -> Percentiles {
+    v.sort_unstable();
     let at = |q: f64| {
         if v.is_empty() {
             return 0.0;
         }
         let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i].as_secs_f64() * 1e6
+        v[i] as f64
     };
-    [
-        ("p50".into(), at(0.50)),
-        ("p90".into(), at(0.90)),
-        ("p99".into(), at(0.99)),
-        ("p99.9".into(), at(0.999)),
-        ("max".into(), at(1.0)),
-    ]
+    Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0) }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Sessions(args) => sessions(args).await,
+        Scenario::Voice(args) => voice_cmd(args).await,
     }
 }
 
@@ -177,19 +224,16 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
         "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "latency (µs)", "p50", "p90", "p99", "p99.9", "max"
     );
-    let pr = percentiles(readies);
-    let pp = percentiles(rtts);
+    let us = |v: Vec<Duration>| percentiles(v.into_iter().map(|d| d.as_micros() as u64).collect());
+    let pr = us(readies);
+    let pp = us(rtts);
     for (name, p) in [("connect → Ready", &pr), ("lane ping round trip", &pp)] {
-        println!(
-            "{name:<24} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
-            p[0].1, p[1].1, p[2].1, p[3].1, p[4].1
-        );
+        println!("{name:<24} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", p.p50, p.p90, p.p99, p.p999, p.max);
     }
+    let j = |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p99.9": p.p999, "max": p.max});
     let json = serde_json::json!({
         "scenario": "sessions", "transport": tr.name(), "requested": count, "ready": ok,
-        "seconds": elapsed.as_secs_f64(),
-        "ready_us": pr.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-        "ping_us": pp.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "seconds": elapsed.as_secs_f64(), "ready_us": j(&pr), "ping_us": j(&pp),
     });
     println!("{json}");
     for c in &clients {
@@ -199,5 +243,55 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
         s.shutdown().await;
     }
     anyhow::ensure!(ok == count, "only {ok} of {count} sessions reached Ready");
+    Ok(())
+}
+
+async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
+    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let transport = match a.transport {
+        Tr::Quic => Transport::Quic,
+        Tr::Webtransport => Transport::WebTransport,
+    };
+    let steps: Vec<usize> = if a.ramp.is_empty() { vec![a.listeners] } else { a.ramp.clone() };
+    println!(
+        "{:>9} {:>8} {:>10} {:>9} {:>12} {:>10} {:>10} {:>11} {:>11} {:>10} {:>13}",
+        "listeners", "speakers", "copies", "loss %", "fwd/s", "lat p50µs", "lat p99µs", "resid p50µs", "resid p99µs", "cpu µs/fr", "fr/cpu-second"
+    );
+    for listeners in steps {
+        let mut results = Vec::new();
+        for _ in 0..a.runs.max(1) {
+            let run = voice::VoiceRun { listeners, speakers: a.speakers, fps: a.fps, seconds: a.seconds, transport };
+            let r = voice::run(&bin, run).await?;
+            println!(
+                "{:>9} {:>8} {:>10} {:>9.3} {:>12.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>10.2} {:>13.0}",
+                listeners,
+                a.speakers,
+                r.received,
+                r.loss() * 100.0,
+                r.forwarded_per_sec,
+                r.latency.p50,
+                r.latency.p99,
+                r.residence_p50_us,
+                r.residence_p99_us,
+                r.cpu_us_per_frame(),
+                r.frames_per_core_second()
+            );
+            let json = serde_json::json!({
+                "scenario": "voice", "transport": transport.name(), "listeners": listeners, "speakers": a.speakers,
+                "fps": a.fps, "seconds": a.seconds, "sent": r.sent, "expected": r.expected, "received": r.received,
+                "loss": r.loss(), "forwarded_per_sec": r.forwarded_per_sec, "server_cpu_seconds": r.cpu_seconds,
+                "cpu_us_per_forwarded_frame": r.cpu_us_per_frame(), "forwarded_per_cpu_second": r.frames_per_core_second(),
+                "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
+                "residence_us": {"p50_bucket": r.residence_p50_us, "p99_bucket": r.residence_p99_us},
+                "server_rss_bytes": r.server_rss,
+            });
+            println!("{json}");
+            results.push(r);
+        }
+        if results.iter().any(|r| r.loss() > 0.01) && !a.ramp.is_empty() {
+            println!("loss passed 1% at {listeners} listeners: stopping the ramp");
+            break;
+        }
+    }
     Ok(())
 }

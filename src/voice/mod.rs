@@ -72,11 +72,23 @@ pub struct VoiceMetrics {
     pub dropped: [AtomicU64; 7],
     /// Frames lost in transit (seq gaps), summed over participants that left.
     pub lost: AtomicU64,
+    /// SFU residence (datagram read → last listener's copy handed to QUIC), histogram
+    /// over `RESIDENCE_BUCKETS_US` (the last slot counts the rest).
+    pub residence_us: [AtomicU64; 10],
 }
+
+/// Upper bounds (µs) of the residence histogram buckets.
+pub const RESIDENCE_BUCKETS_US: [u64; 9] = [50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000];
 
 impl VoiceMetrics {
     fn count_drop(&self, r: DropReason) {
         self.dropped[r as usize].fetch_add(1, Relaxed);
+    }
+
+    fn residence(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = RESIDENCE_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(RESIDENCE_BUCKETS_US.len());
+        self.residence_us[i].fetch_add(1, Relaxed);
     }
 
     /// Frames dropped for `r`.
@@ -100,6 +112,15 @@ impl VoiceMetrics {
         }
         o += "# HELP quaver_voice_frames_lost_total Frames missing from senders' sequences (participants who left).\n# TYPE quaver_voice_frames_lost_total counter\n";
         o += &format!("quaver_voice_frames_lost_total {}\n", self.lost.load(Relaxed));
+        o += "# HELP quaver_voice_residence_seconds Time a forwarded frame spends in the SFU.\n# TYPE quaver_voice_residence_seconds histogram\n";
+        let mut cumulative = 0;
+        for (i, b) in RESIDENCE_BUCKETS_US.iter().enumerate() {
+            cumulative += self.residence_us[i].load(Relaxed);
+            o += &format!("quaver_voice_residence_seconds_bucket{{le=\"{}\"}} {cumulative}\n", *b as f64 / 1e6);
+        }
+        cumulative += self.residence_us[RESIDENCE_BUCKETS_US.len()].load(Relaxed);
+        o += &format!("quaver_voice_residence_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n");
+        o += &format!("quaver_voice_residence_seconds_count {cumulative}\n");
         o
     }
 }
@@ -152,6 +173,8 @@ enum ChannelCmd {
     Frame {
         slot: u16,
         data: Bytes,
+        /// When the datagram was read (SFU residence is measured from here).
+        at: Instant,
     },
     Stats(oneshot::Sender<Vec<VoiceParticipantStats>>),
 }
@@ -220,7 +243,7 @@ impl Voice {
                 self.metrics.count_drop(DropReason::Foreign);
                 continue;
             };
-            if tx.try_send(ChannelCmd::Frame { slot, data: d }).is_err() {
+            if tx.try_send(ChannelCmd::Frame { slot, data: d, at: Instant::now() }).is_err() {
                 self.metrics.count_drop(DropReason::Congested);
             }
         }
@@ -534,7 +557,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
             }
         };
         match cmd {
-            ChannelCmd::Frame { slot, data } => {
+            ChannelCmd::Frame { slot, data, at } => {
                 let Ok((h, payload)) = Uplink::parse(&data) else {
                     continue;
                 };
@@ -553,6 +576,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                                 };
                             }
                         }
+                        metrics.residence(at.elapsed());
                     }
                     Err(d) => metrics.count_drop(match d {
                         Dropped::NotParticipant => DropReason::Foreign,

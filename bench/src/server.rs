@@ -1,0 +1,198 @@
+//! Running the server under test as its own process (so its CPU and memory are its own),
+//! and reading its CPU time, resident memory and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// A server process started for a run.
+pub(crate) struct ServerProc {
+    /// Its QUIC address.
+    pub(crate) quic: SocketAddr,
+    /// Its HTTP address.
+    pub(crate) http: SocketAddr,
+    /// Its certificate hash.
+    pub(crate) hash: [u8; 32],
+    /// Its pid.
+    pub(crate) pid: u32,
+    child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `quaver` binary next to this one (build both with `cargo build --release`).
+pub(crate) fn default_bin() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("quaver"))).unwrap_or_else(|| PathBuf::from("quaver"))
+}
+
+impl ServerProc {
+    /// Starts `bin serve` on loopback with SQLite in a temporary directory and the given
+    /// extra TOML configuration.
+    pub(crate) async fn start(bin: &std::path::Path, secret: &str, toml: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("quaver-bench-srv-{}-{}", std::process::id(), rand_u32()));
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("bench.toml");
+        std::fs::write(&cfg, toml)?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env("JWT_SECRET", secret)
+            .env("QUAVER_CONFIG", &cfg)
+            .env("QUAVER_LISTEN", "127.0.0.1:0")
+            .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+            .env("QUAVER_DATA_DIR", dir.join("data"))
+            .env("QUAVER_CERT_DIR", dir.join("certs"))
+            .env("QUAVER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it: cargo build --release)", bin.display()))?;
+        let pid = child.id().context("server pid")?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let (mut quic, mut http) = (None, None);
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let clean: String = strip_ansi(&line);
+                for part in clean.split_whitespace() {
+                    if let Some(v) = part.strip_prefix("quic=") {
+                        quic = v.parse().ok();
+                    }
+                    if let Some(v) = part.strip_prefix("http=") {
+                        http = v.parse().ok();
+                    }
+                }
+                if quic.is_some() && http.is_some() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !found {
+            bail!("the server did not report its addresses");
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (quic, http) = (quic.expect("found"), http.expect("found"));
+        let body = http_get(http, "/cert-hash").await?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let hash: [u8; 32] = hex::decode(v["hash"].as_str().context("hash")?)?.try_into().map_err(|_| anyhow::anyhow!("hash length"))?;
+        Ok(Self { quic, http, hash, pid, child, _dir: TempDir(dir) })
+    }
+
+    /// CPU seconds (user + system) the server has used.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid)
+    }
+
+    /// Resident memory in bytes.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid)
+    }
+
+    /// The Prometheus text at /metrics.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        http_get(self.http, "/metrics").await
+    }
+
+    /// Stops the server.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c2 in chars.by_ref() {
+                if c2.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Minimal HTTP/1.1 GET returning the body.
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// CPU seconds of a process from /proc (clock ticks assumed 100 Hz, as on Linux x86-64).
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// Resident memory of a process from /proc, bytes.
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Sum of a metric's samples whose line starts with `name` (labels included in `name`).
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Percentile from a Prometheus histogram's cumulative buckets (`le` → count), by the
+/// upper bound of the bucket holding it.
+pub(crate) fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let v: f64 = l.rsplit_once(' ')?.1.parse().ok()?;
+            Some((le, v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    buckets.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
+}

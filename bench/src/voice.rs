@@ -1,0 +1,204 @@
+//! V1/V2: one voice channel, `speakers` × `fps` frames per second, everyone else listening;
+//! measures loss, send→receive latency (one process clock), SFU residence (the server's
+//! histogram), server CPU per forwarded frame and forwarded frames per server CPU-second.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use quaver_client::{Client, Config, Transport, Trust, connect};
+use quaver_proto::datagram::{AudioLevel, Uplink};
+use quaver_proto::*;
+
+use crate::server::{ServerProc, histogram_quantile, metric};
+use crate::{Percentiles, percentiles};
+
+/// Parameters of one run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VoiceRun {
+    /// Listening participants.
+    pub(crate) listeners: usize,
+    /// Speaking participants (each also listens).
+    pub(crate) speakers: usize,
+    /// Frames per second per speaker.
+    pub(crate) fps: u32,
+    /// Seconds of speech.
+    pub(crate) seconds: u64,
+    /// Transport of the participants.
+    pub(crate) transport: Transport,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub(crate) struct VoiceResult {
+    /// Server resident memory at the end of the run, bytes.
+    pub(crate) server_rss: u64,
+    /// Frames sent by all speakers.
+    pub(crate) sent: u64,
+    /// Frame copies that should have arrived.
+    pub(crate) expected: u64,
+    /// Frame copies that arrived.
+    pub(crate) received: u64,
+    /// Forwarded per second (received ÷ speech duration).
+    pub(crate) forwarded_per_sec: f64,
+    /// Server CPU seconds during the speech.
+    pub(crate) cpu_seconds: f64,
+    /// Send→receive latency percentiles (µs).
+    pub(crate) latency: Percentiles,
+    /// SFU residence p50 and p99 (bucket upper bounds, µs).
+    pub residence_p50_us: f64,
+    /// SFU residence p99 (bucket upper bound, µs).
+    pub residence_p99_us: f64,
+}
+
+impl VoiceResult {
+    /// Fraction of expected copies lost.
+    pub(crate) fn loss(&self) -> f64 {
+        1.0 - self.received as f64 / self.expected.max(1) as f64
+    }
+    /// Server CPU µs per forwarded copy.
+    pub(crate) fn cpu_us_per_frame(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.received.max(1) as f64
+    }
+    /// Forwarded copies per server CPU-second ("per core").
+    pub(crate) fn frames_per_core_second(&self) -> f64 {
+        self.received as f64 / self.cpu_seconds.max(1e-9)
+    }
+}
+
+async fn req(l: &mut quaver_client::LaneStream, body: RequestBody) -> anyhow::Result<ResponseBody> {
+    match l.request(body).await? {
+        Ok(r) => Ok(r),
+        Err(e) => bail!("refused: {} ({})", e.message, e.code.0),
+    }
+}
+
+/// Runs one voice load against a freshly started server.
+pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<VoiceResult> {
+    let secret = "quaver-bench-secret-0123456789abcdef";
+    // Joining 200+ sessions in a burst: the default per-user limits are fine (one join each).
+    let server = ServerProc::start(bin, secret, "").await?;
+    let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
+    let cfg_for = |user: u64| {
+        let mut c = Config::new(server.quic, r.transport, Trust::Hashes(vec![server.hash]));
+        c.token = verifier.mint(user, None, Duration::from_secs(3600)).ok();
+        c.idle_timeout = Duration::from_secs(30);
+        c
+    };
+    // The owner sets up a guild with a voice channel and an invite.
+    let owner = connect(&cfg_for(1)).await?;
+    let mut chat = owner.open_lane(Lane::Chat).await?;
+    let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else { bail!("guild") };
+    let body = RequestBody::CreateChannel { guild_id: g.id, kind: ChannelKind::Voice, name: "v".into(), topic: String::new(), user_limit: 0 };
+    let ResponseBody::Channel(vc) = req(&mut chat, body).await? else { bail!("channel") };
+    let ResponseBody::Invite(inv) = req(&mut chat, RequestBody::CreateInvite { guild_id: g.id, max_uses: 0, max_age_secs: 0 }).await? else {
+        bail!("invite")
+    };
+    // Participants join the guild and the voice channel, 32 at a time.
+    let total = r.listeners + r.speakers;
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut joins = Vec::new();
+    for i in 0..total {
+        let (gate, cfg, code) = (gate.clone(), cfg_for(100 + i as u64), inv.code.clone());
+        joins.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await?;
+            let c = connect(&cfg).await?;
+            let mut chat = c.open_lane(Lane::Chat).await?;
+            req(&mut chat, RequestBody::JoinGuild { code }).await?;
+            let mut voice = c.open_lane(Lane::Voice).await?;
+            let ResponseBody::VoiceJoined { slot, .. } =
+                req(&mut voice, RequestBody::JoinVoice { channel_id: vc.id, self_mute: false, self_deaf: false }).await?
+            else {
+                bail!("join voice")
+            };
+            anyhow::Ok((Arc::new(c), slot, chat, voice))
+        }));
+    }
+    let mut parts = Vec::new();
+    for j in joins {
+        parts.push(j.await??);
+    }
+    // Everyone receives; latency from the send time carried in the payload.
+    let t0 = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut receivers = Vec::new();
+    for (c, _, _, _) in &parts {
+        let (c, received, stop): (Arc<Client>, _, _) = (c.clone(), received.clone(), stop.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1024);
+            let mut per_slot: HashMap<u16, u64> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    f = c.recv_voice() => match f {
+                        Ok((h, payload)) if payload.len() >= 8 => {
+                            let sent = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                            let now = t0.elapsed().as_micros() as u64;
+                            lat.push(now.saturating_sub(sent));
+                            *per_slot.entry(h.slot).or_default() += 1;
+                            received.fetch_add(1, Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu0 = server.cpu_seconds();
+    let speech = Instant::now();
+    let frames = r.fps as u64 * r.seconds;
+    let mut speakers = Vec::new();
+    for (k, (c, _, _, _)) in parts.iter().take(r.speakers).enumerate() {
+        let c = c.clone();
+        let every = Duration::from_secs_f64(1.0 / r.fps as f64);
+        speakers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut payload = vec![0x55u8; 160];
+            for seq in 0..frames {
+                tick.tick().await;
+                payload[..8].copy_from_slice(&(t0.elapsed().as_micros() as u64).to_le_bytes());
+                let h = Uplink { flags: 0, level: AudioLevel::new(20 + k as u8, true), seq: seq as u16, timestamp: (seq as u32) * 960 };
+                let _ = c.send_voice(&h, &payload);
+            }
+        }));
+    }
+    for s in speakers {
+        s.await?;
+    }
+    let speech_secs = speech.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = server.cpu_seconds() - cpu0;
+    stop.notify_waiters();
+    let mut lat = Vec::new();
+    for rx in receivers {
+        lat.extend(rx.await.context("receiver")?);
+    }
+    let text = server.metrics().await.unwrap_or_default();
+    let res50 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.5).unwrap_or(f64::NAN) * 1e6;
+    let res99 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.99).unwrap_or(f64::NAN) * 1e6;
+    let _ = metric(&text, "quaver_voice_frames_forwarded_total");
+    let sent = frames * r.speakers as u64;
+    let expected = sent * (total as u64 - 1);
+    let got = received.load(Relaxed);
+    let server_rss = server.rss_bytes();
+    drop(parts);
+    server.stop().await;
+    Ok(VoiceResult {
+        server_rss,
+        sent,
+        expected,
+        received: got,
+        forwarded_per_sec: got as f64 / speech_secs,
+        cpu_seconds: cpu,
+        latency: percentiles(lat),
+        residence_p50_us: res50,
+        residence_p99_us: res99,
+    })
+}
