@@ -6,13 +6,17 @@
 //!   latency, then one lane round trip (`Ping`) on each; with no `--server`, it starts a
 //!   server in-process on loopback (the smoke run in CI).
 //!
+//! - `chat`: F0–F3 of TARGETS.md — sessions in one channel, senders at a fixed rate; latency,
+//!   deliveries per second, loss and duplicates by seq, server CPU per delivery; `--ramp`
+//!   raises the rate per sender step by step (F3).
 //! - `voice`: V1 and V2 of TARGETS.md — one voice channel, speakers and listeners, against
 //!   a server process started from `target/release/quaver`; loss, latency, SFU residence,
 //!   server CPU per forwarded frame and forwarded frames per server CPU-second; `--ramp`
 //!   raises the listener count step by step (V2).
 //!
-//! The chat, presence and resume scenarios (F0–F3, C1, P1, T1, R1) are the benchmark issue's.
+//! C1, P1, T1 and R1 are still to come (see bench/RESULTS.md).
 
+mod chat;
 mod server;
 mod voice;
 
@@ -44,6 +48,36 @@ enum Scenario {
     Sessions(SessionsArgs),
     /// V1/V2: voice forwarding through the SFU.
     Voice(VoiceArgs),
+    /// F0–F3: chat fan-out in one channel.
+    Chat(ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// Sessions in the channel.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// How many of them send.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    /// Runs per step.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// F3: rates per sender to step through; stops when p99 passes 100 ms or anything is lost.
+    #[arg(long, value_delimiter = ',')]
+    ramp: Vec<f64>,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -124,7 +158,13 @@ pub(crate) fn percentiles(mut v: Vec<u64>) -> Percentiles {
         let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
         v[i] as f64
     };
-    Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0) }
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: at(1.0),
+    }
 }
 
 #[tokio::main]
@@ -132,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Sessions(args) => sessions(args).await,
         Scenario::Voice(args) => voice_cmd(args).await,
+        Scenario::Chat(args) => chat_cmd(args).await,
     }
 }
 
@@ -228,9 +269,13 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
     let pr = us(readies);
     let pp = us(rtts);
     for (name, p) in [("connect → Ready", &pr), ("lane ping round trip", &pp)] {
-        println!("{name:<24} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", p.p50, p.p90, p.p99, p.p999, p.max);
+        println!(
+            "{name:<24} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            p.p50, p.p90, p.p99, p.p999, p.max
+        );
     }
-    let j = |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p99.9": p.p999, "max": p.max});
+    let j =
+        |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p99.9": p.p999, "max": p.max});
     let json = serde_json::json!({
         "scenario": "sessions", "transport": tr.name(), "requested": count, "ready": ok,
         "seconds": elapsed.as_secs_f64(), "ready_us": j(&pr), "ping_us": j(&pp),
@@ -252,15 +297,35 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
         Tr::Quic => Transport::Quic,
         Tr::Webtransport => Transport::WebTransport,
     };
-    let steps: Vec<usize> = if a.ramp.is_empty() { vec![a.listeners] } else { a.ramp.clone() };
+    let steps: Vec<usize> = if a.ramp.is_empty() {
+        vec![a.listeners]
+    } else {
+        a.ramp.clone()
+    };
     println!(
         "{:>9} {:>8} {:>10} {:>9} {:>12} {:>10} {:>10} {:>11} {:>11} {:>10} {:>13}",
-        "listeners", "speakers", "copies", "loss %", "fwd/s", "lat p50µs", "lat p99µs", "resid p50µs", "resid p99µs", "cpu µs/fr", "fr/cpu-second"
+        "listeners",
+        "speakers",
+        "copies",
+        "loss %",
+        "fwd/s",
+        "lat p50µs",
+        "lat p99µs",
+        "resid p50µs",
+        "resid p99µs",
+        "cpu µs/fr",
+        "fr/cpu-second"
     );
     for listeners in steps {
         let mut results = Vec::new();
         for _ in 0..a.runs.max(1) {
-            let run = voice::VoiceRun { listeners, speakers: a.speakers, fps: a.fps, seconds: a.seconds, transport };
+            let run = voice::VoiceRun {
+                listeners,
+                speakers: a.speakers,
+                fps: a.fps,
+                seconds: a.seconds,
+                transport,
+            };
             let r = voice::run(&bin, run).await?;
             println!(
                 "{:>9} {:>8} {:>10} {:>9.3} {:>12.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>10.2} {:>13.0}",
@@ -290,6 +355,78 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
         }
         if results.iter().any(|r| r.loss() > 0.01) && !a.ramp.is_empty() {
             println!("loss passed 1% at {listeners} listeners: stopping the ramp");
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
+    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let transport = match a.transport {
+        Tr::Quic => Transport::Quic,
+        Tr::Webtransport => Transport::WebTransport,
+    };
+    let steps: Vec<f64> = if a.ramp.is_empty() {
+        vec![a.rate]
+    } else {
+        a.ramp.clone()
+    };
+    println!(
+        "{:>8} {:>7} {:>6} {:>10} {:>12} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "sessions",
+        "senders",
+        "rate",
+        "deliveries",
+        "deliv/s",
+        "loss %",
+        "dups",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "cpu µs/del"
+    );
+    for rate in steps {
+        let mut worst_p99 = 0.0f64;
+        let mut lossy = false;
+        for _ in 0..a.runs.max(1) {
+            let run = chat::ChatRun {
+                sessions: a.sessions,
+                senders: a.senders,
+                rate,
+                seconds: a.seconds,
+                transport,
+            };
+            let r = chat::run(&bin, run).await?;
+            println!(
+                "{:>8} {:>7} {:>6} {:>10} {:>12.0} {:>8.3} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11.2}",
+                a.sessions,
+                a.senders,
+                rate,
+                r.delivered,
+                r.per_sec,
+                r.loss() * 100.0,
+                r.duplicates,
+                r.latency.p50,
+                r.latency.p99,
+                r.latency.p999,
+                r.latency.max,
+                r.cpu_us_per_delivery()
+            );
+            let json = serde_json::json!({
+                "scenario": "chat", "transport": transport.name(), "sessions": a.sessions, "senders": a.senders,
+                "rate_per_sender": rate, "seconds": a.seconds, "sent": r.sent, "expected": r.expected,
+                "delivered": r.delivered, "duplicates": r.duplicates, "loss": r.loss(), "deliveries_per_sec": r.per_sec,
+                "server_cpu_seconds": r.cpu_seconds, "cpu_us_per_delivery": r.cpu_us_per_delivery(),
+                "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
+            });
+            println!("{json}");
+            worst_p99 = worst_p99.max(r.latency.p99);
+            lossy |= r.delivered < r.expected || r.duplicates > 0;
+        }
+        if !a.ramp.is_empty() && (worst_p99 > 100_000.0 || lossy) {
+            println!("p99 passed 100 ms or a delivery was lost/duplicated at {rate}/s per sender: stopping the ramp");
             break;
         }
     }

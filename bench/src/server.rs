@@ -32,7 +32,10 @@ impl Drop for TempDir {
 
 /// The `quaver` binary next to this one (build both with `cargo build --release`).
 pub(crate) fn default_bin() -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("quaver"))).unwrap_or_else(|| PathBuf::from("quaver"))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("quaver")))
+        .unwrap_or_else(|| PathBuf::from("quaver"))
 }
 
 impl ServerProc {
@@ -90,8 +93,17 @@ impl ServerProc {
         let (quic, http) = (quic.expect("found"), http.expect("found"));
         let body = http_get(http, "/cert-hash").await?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
-        let hash: [u8; 32] = hex::decode(v["hash"].as_str().context("hash")?)?.try_into().map_err(|_| anyhow::anyhow!("hash length"))?;
-        Ok(Self { quic, http, hash, pid, child, _dir: TempDir(dir) })
+        let hash: [u8; 32] = hex::decode(v["hash"].as_str().context("hash")?)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("hash length"))?;
+        Ok(Self {
+            quic,
+            http,
+            hash,
+            pid,
+            child,
+            _dir: TempDir(dir),
+        })
     }
 
     /// CPU seconds (user + system) the server has used.
@@ -116,7 +128,10 @@ impl ServerProc {
 }
 
 fn rand_u32() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -139,26 +154,37 @@ fn strip_ansi(s: &str) -> String {
 /// Minimal HTTP/1.1 GET returning the body.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 /// CPU seconds of a process from /proc (clock ticks assumed 100 Hz, as on Linux x86-64).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     ticks as f64 / 100.0
 }
 
 /// Resident memory of a process from /proc, bytes.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -90,10 +90,29 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
     // The owner sets up a guild with a voice channel and an invite.
     let owner = connect(&cfg_for(1)).await?;
     let mut chat = owner.open_lane(Lane::Chat).await?;
-    let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else { bail!("guild") };
-    let body = RequestBody::CreateChannel { guild_id: g.id, kind: ChannelKind::Voice, name: "v".into(), topic: String::new(), user_limit: 0 };
-    let ResponseBody::Channel(vc) = req(&mut chat, body).await? else { bail!("channel") };
-    let ResponseBody::Invite(inv) = req(&mut chat, RequestBody::CreateInvite { guild_id: g.id, max_uses: 0, max_age_secs: 0 }).await? else {
+    let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else {
+        bail!("guild")
+    };
+    let body = RequestBody::CreateChannel {
+        guild_id: g.id,
+        kind: ChannelKind::Voice,
+        name: "v".into(),
+        topic: String::new(),
+        user_limit: 0,
+    };
+    let ResponseBody::Channel(vc) = req(&mut chat, body).await? else {
+        bail!("channel")
+    };
+    let ResponseBody::Invite(inv) = req(
+        &mut chat,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await?
+    else {
         bail!("invite")
     };
     // Participants join the guild and the voice channel, 32 at a time.
@@ -108,8 +127,15 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
             let mut chat = c.open_lane(Lane::Chat).await?;
             req(&mut chat, RequestBody::JoinGuild { code }).await?;
             let mut voice = c.open_lane(Lane::Voice).await?;
-            let ResponseBody::VoiceJoined { slot, .. } =
-                req(&mut voice, RequestBody::JoinVoice { channel_id: vc.id, self_mute: false, self_deaf: false }).await?
+            let ResponseBody::VoiceJoined { slot, .. } = req(
+                &mut voice,
+                RequestBody::JoinVoice {
+                    channel_id: vc.id,
+                    self_mute: false,
+                    self_deaf: false,
+                },
+            )
+            .await?
             else {
                 bail!("join voice")
             };
@@ -164,7 +190,12 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
             for seq in 0..frames {
                 tick.tick().await;
                 payload[..8].copy_from_slice(&(t0.elapsed().as_micros() as u64).to_le_bytes());
-                let h = Uplink { flags: 0, level: AudioLevel::new(20 + k as u8, true), seq: seq as u16, timestamp: (seq as u32) * 960 };
+                let h = Uplink {
+                    flags: 0,
+                    level: AudioLevel::new(20 + k as u8, true),
+                    seq: seq as u16,
+                    timestamp: (seq as u32) * 960,
+                };
                 let _ = c.send_voice(&h, &payload);
             }
         }));

@@ -538,6 +538,47 @@ impl Client {
     }
 }
 
+/// The sending half of a split lane.
+#[derive(Debug)]
+pub struct LaneSender {
+    send: SendStream,
+    next_id: u32,
+}
+
+impl LaneSender {
+    /// Sends a request without waiting; returns its id (the reply arrives on the receiver).
+    pub async fn send(&mut self, body: RequestBody) -> Result<u32, Error> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        write_msg(&mut self.send, &Request { id, body })
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(id)
+    }
+}
+
+/// The receiving half of a split lane.
+#[derive(Debug)]
+pub struct LaneReceiver {
+    recv: FramedRead<RecvStream>,
+    pending: VecDeque<ServerLane>,
+    session: Session,
+}
+
+impl LaneReceiver {
+    /// The next frame from the server on this lane.
+    pub async fn next(&mut self) -> Result<ServerLane, Error> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(m);
+        }
+        match self.recv.next::<ServerLane>().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(Error::Protocol("lane closed by server".into())),
+            Err(e) => Err(read_err(&self.session, e)),
+        }
+    }
+}
+
 /// Receive-side voice statistics, per speaker slot: what a listener can measure itself.
 #[derive(Debug, Default, Clone)]
 pub struct VoiceRx {
@@ -619,6 +660,21 @@ impl LaneStream {
                 Err(read_err(&self.session, e))
             }
         }
+    }
+
+    /// Splits the lane so one task can send while another reads.
+    pub fn split(self) -> (LaneSender, LaneReceiver) {
+        (
+            LaneSender {
+                send: self.send,
+                next_id: self.next_id,
+            },
+            LaneReceiver {
+                recv: self.recv,
+                pending: self.pending,
+                session: self.session,
+            },
+        )
     }
 
     /// The next frame from the server on this lane (events, and replies not yet claimed).

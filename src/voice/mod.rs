@@ -87,7 +87,10 @@ impl VoiceMetrics {
 
     fn residence(&self, d: Duration) {
         let us = d.as_micros() as u64;
-        let i = RESIDENCE_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(RESIDENCE_BUCKETS_US.len());
+        let i = RESIDENCE_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(RESIDENCE_BUCKETS_US.len());
         self.residence_us[i].fetch_add(1, Relaxed);
     }
 
@@ -116,7 +119,10 @@ impl VoiceMetrics {
         let mut cumulative = 0;
         for (i, b) in RESIDENCE_BUCKETS_US.iter().enumerate() {
             cumulative += self.residence_us[i].load(Relaxed);
-            o += &format!("quaver_voice_residence_seconds_bucket{{le=\"{}\"}} {cumulative}\n", *b as f64 / 1e6);
+            o += &format!(
+                "quaver_voice_residence_seconds_bucket{{le=\"{}\"}} {cumulative}\n",
+                *b as f64 / 1e6
+            );
         }
         cumulative += self.residence_us[RESIDENCE_BUCKETS_US.len()].load(Relaxed);
         o += &format!("quaver_voice_residence_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n");
@@ -243,7 +249,14 @@ impl Voice {
                 self.metrics.count_drop(DropReason::Foreign);
                 continue;
             };
-            if tx.try_send(ChannelCmd::Frame { slot, data: d, at: Instant::now() }).is_err() {
+            if tx
+                .try_send(ChannelCmd::Frame {
+                    slot,
+                    data: d,
+                    at: Instant::now(),
+                })
+                .is_err()
+            {
                 self.metrics.count_drop(DropReason::Congested);
             }
         }

@@ -1,0 +1,202 @@
+//! F0–F3: chat fan-out. `sessions` sessions in one channel; `senders` of them send `rate`
+//! messages per second each for `seconds`; every session receives every message. Measures
+//! deliveries per second, send→receive latency in one process clock, loss and duplicates
+//! (by channel seq, per receiver), and server CPU per delivery.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use quaver_client::{Config, Transport, Trust, connect};
+use quaver_proto::*;
+
+use crate::server::ServerProc;
+use crate::{Percentiles, percentiles};
+
+/// Parameters of one run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChatRun {
+    /// Sessions in the channel.
+    pub(crate) sessions: usize,
+    /// How many of them send.
+    pub(crate) senders: usize,
+    /// Messages per second per sender.
+    pub(crate) rate: f64,
+    /// Seconds of sending.
+    pub(crate) seconds: f64,
+    /// Transport.
+    pub(crate) transport: Transport,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub(crate) struct ChatResult {
+    /// Messages acknowledged.
+    pub(crate) sent: u64,
+    /// Deliveries expected (sent × sessions).
+    pub(crate) expected: u64,
+    /// Deliveries received (first copies).
+    pub(crate) delivered: u64,
+    /// Copies received more than once.
+    pub(crate) duplicates: u64,
+    /// Deliveries per second over the sending period.
+    pub(crate) per_sec: f64,
+    /// Server CPU seconds during the run.
+    pub(crate) cpu_seconds: f64,
+    /// Latency percentiles (µs).
+    pub(crate) latency: Percentiles,
+}
+
+impl ChatResult {
+    /// Fraction of expected deliveries missing.
+    pub(crate) fn loss(&self) -> f64 {
+        1.0 - self.delivered as f64 / self.expected.max(1) as f64
+    }
+    /// Server CPU µs per delivery.
+    pub(crate) fn cpu_us_per_delivery(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
+    }
+}
+
+/// Runs one chat fan-out load against a freshly started server.
+pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<ChatResult> {
+    let secret = "quaver-bench-secret-0123456789abcdef";
+    // The benchmark's senders exceed the default per-user send rate on purpose.
+    let toml =
+        "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\nmanage = { burst = 100.0, per_sec = 100.0 }\n";
+    let server = ServerProc::start(bin, secret, toml).await?;
+    let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
+    let cfg_for = |user: u64| {
+        let mut c = Config::new(server.quic, r.transport, Trust::Hashes(vec![server.hash]));
+        c.token = verifier.mint(user, None, Duration::from_secs(3600)).ok();
+        c.idle_timeout = Duration::from_secs(30);
+        c
+    };
+    let owner = connect(&cfg_for(1)).await?;
+    let mut chat = owner.open_lane(Lane::Chat).await?;
+    let Ok(ResponseBody::Guild(g)) = chat.request(RequestBody::CreateGuild { name: "bench".into() }).await? else {
+        bail!("guild")
+    };
+    let Ok(ResponseBody::Invite(inv)) = chat
+        .request(RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        })
+        .await?
+    else {
+        bail!("invite")
+    };
+    let Ok(FetchResponse::Channels { channels }) = owner.fetch(FetchRequest::Channels { guild_id: g.id }).await? else {
+        bail!("channels")
+    };
+    let ch = channels[0].id;
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut joins = Vec::new();
+    for i in 0..r.sessions {
+        let (gate, cfg, code) = (gate.clone(), cfg_for(1000 + i as u64), inv.code.clone());
+        joins.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await?;
+            let c = connect(&cfg).await?;
+            let mut lane = c.open_lane(Lane::Chat).await?;
+            if lane.request(RequestBody::JoinGuild { code }).await?.is_err() {
+                bail!("join refused");
+            }
+            anyhow::Ok((c, lane))
+        }));
+    }
+    let mut sessions = Vec::new();
+    for j in joins {
+        sessions.push(j.await??);
+    }
+    let t0 = Instant::now();
+    let per_sender = (r.rate * r.seconds).round() as u64;
+    let expected_total = per_sender * r.senders as u64;
+    // Receivers: count first copies and duplicates by channel seq; latency from the send
+    // time written in the content.
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (k, (c, lane)) in sessions.into_iter().enumerate() {
+        let (mut tx, mut rx) = lane.split();
+        receivers.push(tokio::spawn(async move {
+            let _keep = c;
+            let mut seen = vec![false; expected_total as usize + 64];
+            let (mut first, mut dups) = (0u64, 0u64);
+            let mut lat = Vec::with_capacity(expected_total as usize);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(r.seconds + 15.0);
+            while first < expected_total {
+                match tokio::time::timeout_at(deadline, rx.next()).await {
+                    Ok(Ok(ServerLane::Event {
+                        body: EventBody::MessageCreated { seq, message },
+                        ..
+                    })) => {
+                        let now = t0.elapsed().as_micros() as u64;
+                        let sent: u64 = message
+                            .content
+                            .split_once(' ')
+                            .and_then(|(t, _)| t.parse().ok())
+                            .unwrap_or(now);
+                        let i = seq as usize;
+                        if i < seen.len() && !seen[i] {
+                            seen[i] = true;
+                            first += 1;
+                            lat.push(now.saturating_sub(sent));
+                        } else {
+                            dups += 1;
+                        }
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            (first, dups, lat)
+        }));
+        if k < r.senders {
+            let every = Duration::from_secs_f64(1.0 / r.rate);
+            senders.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for n in 0..per_sender {
+                    tick.tick().await;
+                    let content = format!("{} sender {k} message {n}", t0.elapsed().as_micros());
+                    let body = RequestBody::SendMessage {
+                        channel_id: ch,
+                        nonce: n + 1,
+                        content,
+                        reply_to: None,
+                    };
+                    if tx.send(body).await.is_err() {
+                        return n;
+                    }
+                }
+                per_sender
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cpu0 = server.cpu_seconds();
+    let start = Instant::now();
+    let mut sent = 0;
+    for s in senders {
+        sent += s.await?;
+    }
+    let sending = start.elapsed().as_secs_f64();
+    let (mut delivered, mut duplicates, mut lat) = (0u64, 0u64, Vec::new());
+    for rx in receivers {
+        let (f, d, l) = rx.await?;
+        delivered += f;
+        duplicates += d;
+        lat.extend(l);
+    }
+    let cpu = server.cpu_seconds() - cpu0;
+    server.stop().await;
+    Ok(ChatResult {
+        sent,
+        expected: sent * r.sessions as u64,
+        delivered,
+        duplicates,
+        per_sec: delivered as f64 / sending.max(1e-9),
+        cpu_seconds: cpu,
+        latency: percentiles(lat),
+    })
+}
