@@ -109,6 +109,18 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
     for j in joins {
         sessions.push(j.await??);
     }
+    // Warm-up barrier: one message everyone must receive before the clock starts, so the
+    // measurement is not skewed by the set-up's own traffic still in flight.
+    let warm = RequestBody::SendMessage {
+        channel_id: ch,
+        nonce: 1,
+        content: "0 warm-up".into(),
+        reply_to: None,
+    };
+    if chat.request(warm).await?.is_err() {
+        bail!("warm-up message refused");
+    }
+    let warmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t0 = Instant::now();
     let per_sender = (r.rate * r.seconds).round() as u64;
     let expected_total = per_sender * r.senders as u64;
@@ -118,8 +130,21 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
     let mut senders = Vec::new();
     for (k, (c, lane)) in sessions.into_iter().enumerate() {
         let (mut tx, mut rx) = lane.split();
+        let warmed2 = warmed.clone();
         receivers.push(tokio::spawn(async move {
             let _keep = c;
+            // Skip everything up to the warm-up message (channel seq 1).
+            loop {
+                match rx.next().await {
+                    Ok(ServerLane::Event {
+                        body: EventBody::MessageCreated { seq: 1, .. },
+                        ..
+                    }) => break,
+                    Ok(_) => {}
+                    Err(_) => return (0, 0, Vec::new()),
+                }
+            }
+            warmed2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut seen = vec![false; expected_total as usize + 64];
             let (mut first, mut dups) = (0u64, 0u64);
             let mut lat = Vec::with_capacity(expected_total as usize);
@@ -136,7 +161,7 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
                             .split_once(' ')
                             .and_then(|(t, _)| t.parse().ok())
                             .unwrap_or(now);
-                        let i = seq as usize;
+                        let i = seq.saturating_sub(2) as usize;
                         if i < seen.len() && !seen[i] {
                             seen[i] = true;
                             first += 1;
@@ -153,7 +178,11 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
         }));
         if k < r.senders {
             let every = Duration::from_secs_f64(1.0 / r.rate);
+            let (warmed3, n_sessions) = (warmed.clone(), r.sessions);
             senders.push(tokio::spawn(async move {
+                while warmed3.load(std::sync::atomic::Ordering::SeqCst) < n_sessions {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 for n in 0..per_sender {
@@ -173,7 +202,9 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
             }));
         }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    while warmed.load(std::sync::atomic::Ordering::SeqCst) < r.sessions {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let cpu0 = server.cpu_seconds();
     let start = Instant::now();
     let mut sent = 0;

@@ -295,6 +295,27 @@ impl Chat {
         Ok(view)
     }
 
+    /// Adds a role-less member to the cached state of `guild`, if cached; returns the new
+    /// member count (`None` when not cached).
+    fn member_added(&self, guild: u64, user: u64) -> Option<usize> {
+        let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
+        let g = guilds.get(&guild)?;
+        if g.state.members.contains_key(&user) {
+            return Some(g.state.members.len());
+        }
+        let mut state = g.state.clone();
+        state.members.insert(user, Vec::new());
+        let n = state.members.len();
+        guilds.insert(
+            guild,
+            Arc::new(GuildView {
+                state,
+                viewers: Mutex::new(HashMap::new()),
+            }),
+        );
+        Some(n)
+    }
+
     fn invalidate(&self, guild: u64) {
         self.guilds.write().unwrap_or_else(|p| p.into_inner()).remove(&guild);
     }
@@ -656,14 +677,24 @@ impl Chat {
                 let (gid, already) = self.store.use_invite(&code, user, now).await.map_err(store_err)?;
                 let guild = self.store.guild(gid).await.map_err(store_err)?;
                 if !already {
-                    self.changed(gid);
-                    let name = self.store.members(gid, user - 1, 1).await.map_err(store_err)?;
-                    let member = name.into_iter().next().unwrap_or(Member {
+                    // A join only adds a member with no roles: update cached permission
+                    // state in place (every node, through the bus) instead of reloading it.
+                    let count = self.member_added(gid, user);
+                    self.bus.publish(BusEvent::MemberAdded {
+                        guild_id: gid,
                         user_id: user,
-                        name: String::new(),
-                        roles: vec![],
                     });
-                    self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
+                    // Like the member lists in `Ready`, join announcements are for small
+                    // guilds; in large ones clients page the list (`Members` fetch).
+                    if count.is_none_or(|n| n <= SMALL_GUILD as usize) {
+                        let name = self.store.user_name(user).await.map_err(store_err)?.unwrap_or_default();
+                        let member = Member {
+                            user_id: user,
+                            name,
+                            roles: vec![],
+                        };
+                        self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
+                    }
                     self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
                 }
                 Ok(ResponseBody::Guild(guild))
@@ -1173,6 +1204,9 @@ impl Chat {
         while let Some(e) = rx.recv().await {
             match e {
                 BusEvent::GuildChanged { guild_id } => self.invalidate(guild_id),
+                BusEvent::MemberAdded { guild_id, user_id } => {
+                    self.member_added(guild_id, user_id);
+                }
                 BusEvent::User { user_id, lane, event } => sessions.push_to_user(user_id, lane, &event),
                 BusEvent::Guild { guild_id, event } => {
                     let Ok(g) = self.guild(guild_id).await else { continue };

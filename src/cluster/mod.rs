@@ -62,6 +62,13 @@ pub enum BusEvent {
         /// Encoded `EventBody`.
         event: Bytes,
     },
+    /// Someone joined a guild (no roles yet): add them to cached permission state.
+    MemberAdded {
+        /// The guild.
+        guild_id: u64,
+        /// The new member.
+        user_id: u64,
+    },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
         /// The guild.

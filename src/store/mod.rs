@@ -302,6 +302,16 @@ impl Store {
         Ok(())
     }
 
+    /// A user's name, if known.
+    pub async fn user_name(&self, id: u64) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT name FROM users WHERE id = $1")
+            .bind(i(id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<String, _>("name"))
+            .transpose()?)
+    }
+
     // ----- guilds --------------------------------------------------------------------
 
     /// Creates a guild with its `@everyone` role (id = guild id), the owner as member and a
