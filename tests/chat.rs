@@ -93,30 +93,12 @@ impl U {
 
 /// Owner creates a guild; the others join by invite. Returns (guild id, general channel id).
 async fn guild_with(owner: &mut U, others: &mut [&mut U]) -> (u64, u64) {
-    let Ok(ResponseBody::Guild(g)) = owner.req(RequestBody::CreateGuild { name: "g".into() }).await else {
-        panic!()
-    };
-    let Ok(FetchResponse::Channels { channels }) = owner.fetch(FetchRequest::Channels { guild_id: g.id }).await else {
-        panic!()
-    };
-    let general = channels[0].id;
-    let Ok(ResponseBody::Invite(inv)) = owner
-        .req(RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        })
-        .await
-    else {
-        panic!()
-    };
-    for u in others.iter_mut() {
-        assert!(matches!(
-            u.req(RequestBody::JoinGuild { code: inv.code.clone() }).await,
-            Ok(ResponseBody::Guild(_))
-        ));
-    }
-    (g.id, general)
+    shared_guild(
+        &owner.client,
+        &mut owner.chat,
+        others.iter_mut().map(|o| &mut o.chat).collect(),
+    )
+    .await
 }
 
 fn is_msg(e: &EventBody) -> bool {

@@ -86,32 +86,12 @@ async fn send(n: &mut N, channel_id: u64, nonce: u64, content: &str, reply_to: O
 
 /// Owner's guild with `others` joined: (guild, general channel).
 async fn guild(owner: &mut N, others: &mut [&mut N]) -> (u64, u64) {
-    let Ok(ResponseBody::Guild(g)) = req(&mut owner.chat, RequestBody::CreateGuild { name: "g".into() }).await else {
-        panic!()
-    };
-    let Ok(ResponseBody::Invite(inv)) = req(
+    shared_guild(
+        &owner.client,
         &mut owner.chat,
-        RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
+        others.iter_mut().map(|o| &mut o.chat).collect(),
     )
     .await
-    else {
-        panic!()
-    };
-    for o in others.iter_mut() {
-        req(&mut o.chat, RequestBody::JoinGuild { code: inv.code.clone() })
-            .await
-            .unwrap();
-    }
-    let Ok(Ok(FetchResponse::Channels { channels })) =
-        owner.client.fetch(FetchRequest::Channels { guild_id: g.id }).await
-    else {
-        panic!()
-    };
-    (g.id, channels[0].id)
 }
 
 #[tokio::test]

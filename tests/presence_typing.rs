@@ -67,32 +67,13 @@ async fn presence_of(l: &mut LaneStream, user: u64) -> Presence {
 
 /// Guild owned by `owner` with `others` joined; returns its general channel.
 async fn guild(owner: &mut P, others: &mut [&mut P]) -> u64 {
-    let Ok(ResponseBody::Guild(g)) = req(&mut owner.chat, RequestBody::CreateGuild { name: "g".into() }).await else {
-        panic!()
-    };
-    let Ok(ResponseBody::Invite(inv)) = req(
+    shared_guild(
+        &owner.client,
         &mut owner.chat,
-        RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
+        others.iter_mut().map(|o| &mut o.chat).collect(),
     )
     .await
-    else {
-        panic!()
-    };
-    for o in others.iter_mut() {
-        req(&mut o.chat, RequestBody::JoinGuild { code: inv.code.clone() })
-            .await
-            .unwrap();
-    }
-    let Ok(Ok(FetchResponse::Channels { channels })) =
-        owner.client.fetch(FetchRequest::Channels { guild_id: g.id }).await
-    else {
-        panic!()
-    };
-    channels[0].id
+    .1
 }
 
 #[tokio::test]

@@ -47,11 +47,14 @@ async fn participant_with(cfg: quaver_client::Config, id: u64) -> P {
 
 /// Owner 1's guild with a voice channel; others join the guild. Returns (guild, voice channel).
 async fn voice_guild(owner: &mut P, others: &mut [&mut P]) -> (u64, u64) {
-    let Ok(ResponseBody::Guild(g)) = req(&mut owner.chat, RequestBody::CreateGuild { name: "v".into() }).await else {
-        panic!()
-    };
+    let (gid, _) = shared_guild(
+        &owner.client,
+        &mut owner.chat,
+        others.iter_mut().map(|o| &mut o.chat).collect(),
+    )
+    .await;
     let body = RequestBody::CreateChannel {
-        guild_id: g.id,
+        guild_id: gid,
         kind: ChannelKind::Voice,
         name: "talk".into(),
         topic: String::new(),
@@ -60,24 +63,7 @@ async fn voice_guild(owner: &mut P, others: &mut [&mut P]) -> (u64, u64) {
     let Ok(ResponseBody::Channel(vc)) = req(&mut owner.chat, body).await else {
         panic!()
     };
-    let Ok(ResponseBody::Invite(inv)) = req(
-        &mut owner.chat,
-        RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
-    )
-    .await
-    else {
-        panic!()
-    };
-    for o in others.iter_mut() {
-        req(&mut o.chat, RequestBody::JoinGuild { code: inv.code.clone() })
-            .await
-            .unwrap();
-    }
-    (g.id, vc.id)
+    (gid, vc.id)
 }
 
 async fn join(p: &mut P, channel_id: u64) -> Vec<VoiceState> {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use quaver_client::{Config, Transport, Trust, connect};
+use quaver_client::Transport;
 use quaver_proto::*;
 
-use crate::server::ServerProc;
+use crate::setup::{Owner, Setup};
 use crate::{Percentiles, percentiles};
 
 /// Parameters of one run.
@@ -60,55 +60,17 @@ impl ChatResult {
 
 /// Runs one chat fan-out load against a freshly started server.
 pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<ChatResult> {
-    let secret = "quaver-bench-secret-0123456789abcdef";
     // The benchmark's senders exceed the default per-user send rate on purpose.
-    let toml =
-        "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\nmanage = { burst = 100.0, per_sec = 100.0 }\n";
-    let server = ServerProc::start(bin, secret, toml).await?;
-    let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
-    let cfg_for = |user: u64| {
-        let mut c = Config::new(server.quic, r.transport, Trust::Hashes(vec![server.hash]));
-        c.token = verifier.mint(user, None, Duration::from_secs(3600)).ok();
-        c.idle_timeout = Duration::from_secs(30);
-        c
-    };
-    let owner = connect(&cfg_for(1)).await?;
-    let mut chat = owner.open_lane(Lane::Chat).await?;
-    let Ok(ResponseBody::Guild(g)) = chat.request(RequestBody::CreateGuild { name: "bench".into() }).await? else {
-        bail!("guild")
-    };
-    let Ok(ResponseBody::Invite(inv)) = chat
-        .request(RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        })
-        .await?
-    else {
-        bail!("invite")
-    };
-    let Ok(FetchResponse::Channels { channels }) = owner.fetch(FetchRequest::Channels { guild_id: g.id }).await? else {
-        bail!("channels")
-    };
-    let ch = channels[0].id;
-    let gate = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut joins = Vec::new();
-    for i in 0..r.sessions {
-        let (gate, cfg, code) = (gate.clone(), cfg_for(1000 + i as u64), inv.code.clone());
-        joins.push(tokio::spawn(async move {
-            let _p = gate.acquire_owned().await?;
-            let c = connect(&cfg).await?;
-            let mut lane = c.open_lane(Lane::Chat).await?;
-            if lane.request(RequestBody::JoinGuild { code }).await?.is_err() {
-                bail!("join refused");
-            }
-            anyhow::Ok((c, lane))
-        }));
-    }
-    let mut sessions = Vec::new();
-    for j in joins {
-        sessions.push(j.await??);
-    }
+    let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
+    let setup = Setup::start(bin, toml, r.transport).await?;
+    let Owner {
+        mut chat,
+        general: ch,
+        invite,
+        client: _owner,
+        ..
+    } = setup.owner().await?;
+    let sessions = setup.members(r.sessions, 1000, &invite).await?;
     // Warm-up barrier: one message everyone must receive before the clock starts, so the
     // measurement is not skewed by the set-up's own traffic still in flight.
     let warm = RequestBody::SendMessage {
@@ -205,7 +167,7 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
     while warmed.load(std::sync::atomic::Ordering::SeqCst) < r.sessions {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu0 = server.cpu_seconds();
+    let cpu0 = setup.server.cpu_seconds();
     let start = Instant::now();
     let mut sent = 0;
     for s in senders {
@@ -219,8 +181,8 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
         duplicates += d;
         lat.extend(l);
     }
-    let cpu = server.cpu_seconds() - cpu0;
-    server.stop().await;
+    let cpu = setup.server.cpu_seconds() - cpu0;
+    setup.server.stop().await;
     Ok(ChatResult {
         sent,
         expected: sent * r.sessions as u64,

@@ -18,6 +18,7 @@
 
 mod chat;
 mod server;
+mod setup;
 mod voice;
 
 use std::net::SocketAddr;

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use quaver_client::{Client, Config, Transport, Trust, connect};
+use quaver_client::{Client, Transport};
 use quaver_proto::datagram::{AudioLevel, Uplink};
 use quaver_proto::*;
 
-use crate::server::{ServerProc, histogram_quantile, metric};
+use crate::server::{histogram_quantile, metric};
+use crate::setup::{Owner, Setup, req};
 use crate::{Percentiles, percentiles};
 
 /// Parameters of one run.
@@ -68,33 +69,18 @@ impl VoiceResult {
     }
 }
 
-async fn req(l: &mut quaver_client::LaneStream, body: RequestBody) -> anyhow::Result<ResponseBody> {
-    match l.request(body).await? {
-        Ok(r) => Ok(r),
-        Err(e) => bail!("refused: {} ({})", e.message, e.code.0),
-    }
-}
-
 /// Runs one voice load against a freshly started server.
 pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<VoiceResult> {
-    let secret = "quaver-bench-secret-0123456789abcdef";
-    // Joining 200+ sessions in a burst: the default per-user limits are fine (one join each).
-    let server = ServerProc::start(bin, secret, "").await?;
-    let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
-    let cfg_for = |user: u64| {
-        let mut c = Config::new(server.quic, r.transport, Trust::Hashes(vec![server.hash]));
-        c.token = verifier.mint(user, None, Duration::from_secs(3600)).ok();
-        c.idle_timeout = Duration::from_secs(30);
-        c
-    };
-    // The owner sets up a guild with a voice channel and an invite.
-    let owner = connect(&cfg_for(1)).await?;
-    let mut chat = owner.open_lane(Lane::Chat).await?;
-    let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else {
-        bail!("guild")
-    };
+    let setup = Setup::start(bin, "", r.transport).await?;
+    let Owner {
+        mut chat,
+        guild_id,
+        invite,
+        client: _owner,
+        ..
+    } = setup.owner().await?;
     let body = RequestBody::CreateChannel {
-        guild_id: g.id,
+        guild_id,
         kind: ChannelKind::Voice,
         name: "v".into(),
         topic: String::new(),
@@ -103,48 +89,20 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
     let ResponseBody::Channel(vc) = req(&mut chat, body).await? else {
         bail!("channel")
     };
-    let ResponseBody::Invite(inv) = req(
-        &mut chat,
-        RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
-    )
-    .await?
-    else {
-        bail!("invite")
-    };
-    // Participants join the guild and the voice channel, 32 at a time.
+    // Participants join the guild, then the voice channel.
     let total = r.listeners + r.speakers;
-    let gate = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut joins = Vec::new();
-    for i in 0..total {
-        let (gate, cfg, code) = (gate.clone(), cfg_for(100 + i as u64), inv.code.clone());
-        joins.push(tokio::spawn(async move {
-            let _p = gate.acquire_owned().await?;
-            let c = connect(&cfg).await?;
-            let mut chat = c.open_lane(Lane::Chat).await?;
-            req(&mut chat, RequestBody::JoinGuild { code }).await?;
-            let mut voice = c.open_lane(Lane::Voice).await?;
-            let ResponseBody::VoiceJoined { slot, .. } = req(
-                &mut voice,
-                RequestBody::JoinVoice {
-                    channel_id: vc.id,
-                    self_mute: false,
-                    self_deaf: false,
-                },
-            )
-            .await?
-            else {
-                bail!("join voice")
-            };
-            anyhow::Ok((Arc::new(c), slot, chat, voice))
-        }));
-    }
-    let mut parts = Vec::new();
-    for j in joins {
-        parts.push(j.await??);
+    let mut parts = Vec::with_capacity(total);
+    for (c, chat) in setup.members(total, 100, &invite).await? {
+        let mut voice = c.open_lane(Lane::Voice).await?;
+        let join = RequestBody::JoinVoice {
+            channel_id: vc.id,
+            self_mute: false,
+            self_deaf: false,
+        };
+        let ResponseBody::VoiceJoined { slot, .. } = req(&mut voice, join).await? else {
+            bail!("join voice")
+        };
+        parts.push((Arc::new(c), slot, chat, voice));
     }
     // Everyone receives; latency from the send time carried in the payload.
     let t0 = Instant::now();
@@ -176,7 +134,7 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu0 = server.cpu_seconds();
+    let cpu0 = setup.server.cpu_seconds();
     let speech = Instant::now();
     let frames = r.fps as u64 * r.seconds;
     let mut speakers = Vec::new();
@@ -205,22 +163,22 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
     }
     let speech_secs = speech.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu = server.cpu_seconds() - cpu0;
+    let cpu = setup.server.cpu_seconds() - cpu0;
     stop.notify_waiters();
     let mut lat = Vec::new();
     for rx in receivers {
         lat.extend(rx.await.context("receiver")?);
     }
-    let text = server.metrics().await.unwrap_or_default();
+    let text = setup.server.metrics().await.unwrap_or_default();
     let res50 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.5).unwrap_or(f64::NAN) * 1e6;
     let res99 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.99).unwrap_or(f64::NAN) * 1e6;
     let _ = metric(&text, "quaver_voice_frames_forwarded_total");
     let sent = frames * r.speakers as u64;
     let expected = sent * (total as u64 - 1);
     let got = received.load(Relaxed);
-    let server_rss = server.rss_bytes();
+    let server_rss = setup.server.rss_bytes();
     drop(parts);
-    server.stop().await;
+    setup.server.stop().await;
     Ok(VoiceResult {
         server_rss,
         sent,

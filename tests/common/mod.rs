@@ -186,3 +186,45 @@ impl Relay {
         }
     }
 }
+
+async fn ok(l: &mut quaver_client::LaneStream, body: quaver_proto::RequestBody) -> quaver_proto::ResponseBody {
+    tokio::time::timeout(Duration::from_secs(10), l.request(body))
+        .await
+        .expect("reply in time")
+        .expect("lane works")
+        .expect("request accepted")
+}
+
+/// A guild created by the owner of `owner_chat`, joined by invite by each of `others`
+/// (their chat lanes): `(guild id, general channel id)`.
+pub async fn shared_guild(
+    owner: &quaver_client::Client,
+    owner_chat: &mut quaver_client::LaneStream,
+    others: Vec<&mut quaver_client::LaneStream>,
+) -> (u64, u64) {
+    use quaver_proto::{FetchRequest, FetchResponse, RequestBody, ResponseBody};
+    let ResponseBody::Guild(g) = ok(owner_chat, RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!("guild")
+    };
+    let ResponseBody::Invite(inv) = ok(
+        owner_chat,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("invite")
+    };
+    for lane in others {
+        let r = ok(lane, RequestBody::JoinGuild { code: inv.code.clone() }).await;
+        assert!(matches!(r, ResponseBody::Guild(_)), "{r:?}");
+    }
+    let Ok(Ok(FetchResponse::Channels { channels })) = owner.fetch(FetchRequest::Channels { guild_id: g.id }).await
+    else {
+        panic!("channels")
+    };
+    (g.id, channels[0].id)
+}

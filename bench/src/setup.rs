@@ -1,0 +1,123 @@
+//! What every scenario sets up: a server process, tokens, an owner with a guild and an
+//! invite, and member sessions joined to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use quaver_client::{Client, Config, LaneStream, Transport, Trust, connect};
+use quaver_proto::*;
+
+use crate::server::ServerProc;
+
+const SECRET: &str = "quaver-bench-secret-0123456789abcdef";
+
+/// A started server and how to reach it.
+pub(crate) struct Setup {
+    /// The server process.
+    pub(crate) server: ServerProc,
+    verifier: Arc<quaver::auth::Verifier>,
+    transport: Transport,
+}
+
+/// The owner's session and guild.
+pub(crate) struct Owner {
+    /// The owner's session.
+    pub(crate) client: Client,
+    /// Its chat lane.
+    pub(crate) chat: LaneStream,
+    /// The guild.
+    pub(crate) guild_id: u64,
+    /// Its `general` text channel.
+    pub(crate) general: u64,
+    /// An unlimited invite code.
+    pub(crate) invite: String,
+}
+
+/// A chat-lane request that must succeed.
+pub(crate) async fn req(l: &mut LaneStream, body: RequestBody) -> anyhow::Result<ResponseBody> {
+    match l.request(body).await? {
+        Ok(r) => Ok(r),
+        Err(e) => bail!("refused: {} ({})", e.message, e.code.0),
+    }
+}
+
+impl Setup {
+    /// Starts `bin` with extra TOML configuration.
+    pub(crate) async fn start(bin: &std::path::Path, toml: &str, transport: Transport) -> anyhow::Result<Self> {
+        let server = ServerProc::start(bin, SECRET, toml).await?;
+        let verifier = Arc::new(quaver::auth::Verifier::hs256(SECRET.as_bytes())?);
+        Ok(Self {
+            server,
+            verifier,
+            transport,
+        })
+    }
+
+    /// A client configuration for `user`.
+    pub(crate) fn config(&self, user: u64) -> Config {
+        let mut c = Config::new(self.server.quic, self.transport, Trust::Hashes(vec![self.server.hash]));
+        c.token = self.verifier.mint(user, None, Duration::from_secs(3600)).ok();
+        c.idle_timeout = Duration::from_secs(30);
+        c
+    }
+
+    /// User 1 creates a guild and an invite.
+    pub(crate) async fn owner(&self) -> anyhow::Result<Owner> {
+        let client = connect(&self.config(1)).await?;
+        let mut chat = client.open_lane(Lane::Chat).await?;
+        let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else {
+            bail!("guild")
+        };
+        let ResponseBody::Invite(inv) = req(
+            &mut chat,
+            RequestBody::CreateInvite {
+                guild_id: g.id,
+                max_uses: 0,
+                max_age_secs: 0,
+            },
+        )
+        .await?
+        else {
+            bail!("invite")
+        };
+        let Ok(FetchResponse::Channels { channels }) = client.fetch(FetchRequest::Channels { guild_id: g.id }).await?
+        else {
+            bail!("channels")
+        };
+        Ok(Owner {
+            client,
+            chat,
+            guild_id: g.id,
+            general: channels[0].id,
+            invite: inv.code,
+        })
+    }
+
+    /// `n` sessions of users `first..first+n`, each joined to the guild by `invite`, 32 at a
+    /// time; returns them with their chat lanes.
+    pub(crate) async fn members(
+        &self,
+        n: usize,
+        first: u64,
+        invite: &str,
+    ) -> anyhow::Result<Vec<(Client, LaneStream)>> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut joins = Vec::new();
+        for i in 0..n {
+            let (gate, cfg, code) = (gate.clone(), self.config(first + i as u64), invite.to_string());
+            joins.push(tokio::spawn(async move {
+                let _p = gate.acquire_owned().await?;
+                let c = connect(&cfg).await?;
+                let mut chat = c.open_lane(Lane::Chat).await?;
+                req(&mut chat, RequestBody::JoinGuild { code }).await?;
+                anyhow::Ok((c, chat))
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for j in joins {
+            out.push(j.await??);
+        }
+        Ok(out)
+    }
+}
