@@ -478,11 +478,12 @@ impl Client {
         let (send, recv) = self.open_stream(StreamOpen::Lane(lane)).await?;
         Ok(LaneStream {
             lane,
-            send,
-            recv: FramedRead::new(recv, self.max_frame),
-            next_id: 1,
-            pending: VecDeque::new(),
-            session: self.session.clone(),
+            tx: LaneSender { send, next_id: 1 },
+            rx: LaneReceiver {
+                recv: FramedRead::new(recv, self.max_frame),
+                pending: VecDeque::new(),
+                session: self.session.clone(),
+            },
         })
     }
 
@@ -571,10 +572,19 @@ impl LaneReceiver {
         if let Some(m) = self.pending.pop_front() {
             return Ok(m);
         }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Result<ServerLane, Error> {
         match self.recv.next::<ServerLane>().await {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(Error::Protocol("lane closed by server".into())),
-            Err(e) => Err(read_err(&self.session, e)),
+            Err(e) => {
+                if matches!(e, ReadError::Io(_)) {
+                    self.session.closed().await;
+                }
+                Err(read_err(&self.session, e))
+            }
         }
     }
 }
@@ -606,28 +616,19 @@ impl VoiceRx {
 pub struct LaneStream {
     /// Which lane.
     pub lane: Lane,
-    send: SendStream,
-    recv: FramedRead<RecvStream>,
-    next_id: u32,
-    /// Frames received while waiting for a specific reply.
-    pending: VecDeque<ServerLane>,
-    session: Session,
+    tx: LaneSender,
+    rx: LaneReceiver,
 }
 
 impl LaneStream {
     /// Sends a request without waiting; returns its id.
     pub async fn send(&mut self, body: RequestBody) -> Result<u32, Error> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        write_msg(&mut self.send, &Request { id, body })
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(id)
+        self.tx.send(body).await
     }
 
     /// Sends raw bytes on the lane (tests of the server's input handling).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        tokio::io::AsyncWriteExt::write_all(&mut self.send, bytes)
+        tokio::io::AsyncWriteExt::write_all(&mut self.tx.send, bytes)
             .await
             .map_err(|e| Error::Transport(e.to_string()))
     }
@@ -638,50 +639,24 @@ impl LaneStream {
         let id = self.send(body).await?;
         let mut held = VecDeque::new();
         let result = loop {
-            match self.read().await? {
+            match self.rx.read().await? {
                 ServerLane::Ack { id: got, body } if got == id => break Ok(body),
                 ServerLane::Error { id: got, error } if got == id => break Err(error),
                 other => held.push_back(other),
             }
         };
         // Frames held while waiting come after those already pending.
-        self.pending.append(&mut held);
+        self.rx.pending.append(&mut held);
         Ok(result)
-    }
-
-    async fn read(&mut self) -> Result<ServerLane, Error> {
-        match self.recv.next::<ServerLane>().await {
-            Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(Error::Protocol("lane closed by server".into())),
-            Err(e) => {
-                if matches!(e, ReadError::Io(_)) {
-                    self.session.closed().await;
-                }
-                Err(read_err(&self.session, e))
-            }
-        }
     }
 
     /// Splits the lane so one task can send while another reads.
     pub fn split(self) -> (LaneSender, LaneReceiver) {
-        (
-            LaneSender {
-                send: self.send,
-                next_id: self.next_id,
-            },
-            LaneReceiver {
-                recv: self.recv,
-                pending: self.pending,
-                session: self.session,
-            },
-        )
+        (self.tx, self.rx)
     }
 
     /// The next frame from the server on this lane (events, and replies not yet claimed).
     pub async fn next(&mut self) -> Result<ServerLane, Error> {
-        if let Some(m) = self.pending.pop_front() {
-            return Ok(m);
-        }
-        self.read().await
+        self.rx.next().await
     }
 }

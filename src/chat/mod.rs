@@ -753,16 +753,7 @@ impl Chat {
                 name,
                 permissions,
             } => {
-                self.limit(user, Kind::Manage)?;
-                validate::name(&name)?;
-                let (g, p) = self.guild_perms(user, guild_id).await?;
-                if !p.has(Perms::MANAGE_ROLES) {
-                    return Err(forbidden("manage roles").into());
-                }
-                // Nobody grants what they do not have (the owner has everything).
-                if permissions & !p.0 != 0 && g.state.guild.owner_id != user {
-                    return Err(forbidden("a permission you do not have").into());
-                }
+                self.check_role_change(user, guild_id, &name, permissions).await?;
                 let role = self
                     .store
                     .create_role(self.id(), guild_id, &name, permissions & Perms::ALL.0)
@@ -778,15 +769,7 @@ impl Chat {
                 name,
                 permissions,
             } => {
-                self.limit(user, Kind::Manage)?;
-                validate::name(&name)?;
-                let (g, p) = self.guild_perms(user, guild_id).await?;
-                if !p.has(Perms::MANAGE_ROLES) {
-                    return Err(forbidden("manage roles").into());
-                }
-                if permissions & !p.0 != 0 && g.state.guild.owner_id != user {
-                    return Err(forbidden("a permission you do not have").into());
-                }
+                let g = self.check_role_change(user, guild_id, &name, permissions).await?;
                 let role = self
                     .store
                     .update_role(guild_id, role_id, &name, permissions & Perms::ALL.0)
@@ -949,6 +932,27 @@ impl Chat {
                 Ok(ResponseBody::Channel(c))
             }
         }
+    }
+
+    /// Checks a role creation or change: rate, name, manage-roles, and that nobody grants
+    /// a permission they lack (the owner has everything).
+    async fn check_role_change(
+        &self,
+        user: u64,
+        guild_id: u64,
+        name: &str,
+        permissions: u64,
+    ) -> Result<Arc<GuildView>, Refusal> {
+        self.limit(user, Kind::Manage)?;
+        validate::name(name)?;
+        let (g, p) = self.guild_perms(user, guild_id).await?;
+        if !p.has(Perms::MANAGE_ROLES) {
+            return Err(forbidden("manage roles").into());
+        }
+        if permissions & !p.0 != 0 && g.state.guild.owner_id != user {
+            return Err(forbidden("a permission you do not have").into());
+        }
+        Ok(g)
     }
 
     async fn remove_member(&self, guild_id: u64, user_id: u64, ban: Option<&str>, now: u64) -> Result<(), ErrorBody> {
