@@ -14,9 +14,13 @@
 //!   server CPU per forwarded frame and forwarded frames per server CPU-second; `--ramp`
 //!   raises the listener count step by step (V2).
 //!
-//! C1, P1, T1 and R1 are still to come (see bench/RESULTS.md).
+//! - `idle`: C1 — idle authenticated sessions against a server process; resident memory per
+//!   session above the baseline and time until all are `Ready`.
+//!
+//! P1, T1 and R1 are still to come (see bench/RESULTS.md).
 
 mod chat;
+mod idle;
 mod server;
 mod setup;
 mod voice;
@@ -51,6 +55,24 @@ enum Scenario {
     Voice(VoiceArgs),
     /// F0–F3: chat fan-out in one channel.
     Chat(ChatArgs),
+    /// C1: idle sessions and memory per session.
+    Idle(IdleArgs),
+}
+
+#[derive(clap::Args)]
+struct IdleArgs {
+    /// Sessions to open.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +196,37 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Sessions(args) => sessions(args).await,
         Scenario::Voice(args) => voice_cmd(args).await,
         Scenario::Chat(args) => chat_cmd(args).await,
+        Scenario::Idle(a) => {
+            let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+            let transport = match a.transport {
+                Tr::Quic => Transport::Quic,
+                Tr::Webtransport => Transport::WebTransport,
+            };
+            let r = idle::run(&bin, a.sessions, a.concurrency, transport).await?;
+            let per = (r.loaded.saturating_sub(r.baseline)) as f64 / r.ready.max(1) as f64;
+            println!(
+                "idle: {}/{} sessions ready over {} in {:.1} s; server RSS {:.1} MiB → {:.1} MiB: {:.1} KiB per session",
+                r.ready,
+                a.sessions,
+                transport.name(),
+                r.seconds,
+                r.baseline as f64 / 1048576.0,
+                r.loaded as f64 / 1048576.0,
+                per / 1024.0
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "idle", "transport": transport.name(), "requested": a.sessions, "ready": r.ready,
+                    "seconds": r.seconds, "rss_baseline_bytes": r.baseline, "rss_loaded_bytes": r.loaded, "bytes_per_session": per})
+            );
+            anyhow::ensure!(
+                r.ready == a.sessions,
+                "only {} of {} sessions reached Ready",
+                r.ready,
+                a.sessions
+            );
+            Ok(())
+        }
     }
 }
 
