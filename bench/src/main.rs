@@ -17,12 +17,16 @@
 //! - `idle`: C1 — idle authenticated sessions against a server process; resident memory per
 //!   session above the baseline and time until all are `Ready`.
 //!
-//! P1, T1 and R1 are still to come (see bench/RESULTS.md).
+//! - `presence`: P1 — one user's presence changes, seen by every guild member.
+//! - `typing`: T1 — typing starts seen by every member, and the server's own stop ≈ 10 s later.
+//!
+//! R1 is still to come (see bench/RESULTS.md).
 
 mod chat;
 mod idle;
 mod server;
 mod setup;
+mod social;
 mod voice;
 
 use std::net::SocketAddr;
@@ -57,6 +61,26 @@ enum Scenario {
     Chat(ChatArgs),
     /// C1: idle sessions and memory per session.
     Idle(IdleArgs),
+    /// P1: presence change propagation to guild members.
+    Presence(SocialArgs),
+    /// T1: typing start propagation and server-side expiry.
+    Typing(SocialArgs),
+}
+
+#[derive(clap::Args)]
+struct SocialArgs {
+    /// Guild members observing.
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Presence changes (P1) or typers (T1).
+    #[arg(long, default_value_t = 20)]
+    count: usize,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -196,6 +220,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Sessions(args) => sessions(args).await,
         Scenario::Voice(args) => voice_cmd(args).await,
         Scenario::Chat(args) => chat_cmd(args).await,
+        Scenario::Presence(a) => social_cmd("presence", a).await,
+        Scenario::Typing(a) => social_cmd("typing", a).await,
         Scenario::Idle(a) => {
             let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
             let transport = match a.transport {
@@ -484,5 +510,39 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    Ok(())
+}
+
+async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
+    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let transport = match a.transport {
+        Tr::Quic => Transport::Quic,
+        Tr::Webtransport => Transport::WebTransport,
+    };
+    let r = if which == "presence" {
+        social::presence(&bin, a.members, a.count, transport).await?
+    } else {
+        social::typing(&bin, a.members, a.count, transport).await?
+    };
+    let l = &r.latency;
+    println!(
+        "{which}: {}/{} events seen by {} members; latency µs p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
+        r.seen, r.expected, a.members, l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    if let Some(e) = &r.expiry {
+        println!(
+            "typing: start → server stop, ms: p50 {:.1} p99 {:.1} max {:.1}",
+            e.p50 / 1e3,
+            e.p99 / 1e3,
+            e.max / 1e3
+        );
+    }
+    let j =
+        |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p99.9": p.p999, "max": p.max});
+    println!(
+        "{}",
+        serde_json::json!({"scenario": which, "transport": transport.name(), "members": a.members, "count": a.count,
+            "expected": r.expected, "seen": r.seen, "latency_us": j(l), "expiry_us": r.expiry.as_ref().map(j)})
+    );
     Ok(())
 }
