@@ -111,6 +111,21 @@ impl ServerProc {
         cpu_seconds(self.pid)
     }
 
+    /// Waits until the server is idle (less than 2 % of a core over 250 ms), at most `max`:
+    /// set-up traffic (joins, presence fan-out) must not be measured as the scenario's.
+    pub(crate) async fn quiesce(&self, max: Duration) {
+        let end = tokio::time::Instant::now() + max;
+        let mut last = self.cpu_seconds();
+        while tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.cpu_seconds();
+            if now - last < 0.005 {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// Resident memory in bytes.
     pub(crate) fn rss_bytes(&self) -> u64 {
         rss_bytes(self.pid)

@@ -118,6 +118,7 @@ impl Setup {
         for j in joins {
             out.push(j.await??);
         }
+        self.server.quiesce(Duration::from_secs(60)).await;
         Ok(out)
     }
 }
