@@ -229,18 +229,22 @@ pub mod io {
 
         /// The next frame payload; `Ok(None)` at a clean end of stream.
         pub async fn next_payload(&mut self) -> Result<Option<Bytes>, ReadError> {
-            let mut chunk = [0u8; 8192];
             loop {
                 if let Some(frame) = self.frames.next_frame()? {
                     self.bytes += frame.len() as u64;
                     return Ok(Some(frame));
                 }
-                let n = self.inner.read(&mut chunk).await?;
+                // Read straight into the frame buffer's spare room: no scratch array lives
+                // in this future while it waits, so an idle stream costs little memory.
+                // (`next_frame` already reserved room for a frame whose length it knows.)
+                if self.frames.buf.capacity() - self.frames.buf.len() < 64 {
+                    self.frames.buf.reserve(256);
+                }
+                let n = self.inner.read_buf(&mut self.frames.buf).await?;
                 if n == 0 {
                     self.frames.finish()?;
                     return Ok(None);
                 }
-                self.frames.push(&chunk[..n]);
             }
         }
 
