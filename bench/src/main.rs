@@ -19,11 +19,12 @@
 //!
 //! - `presence`: P1 — one user's presence changes, seen by every guild member.
 //! - `typing`: T1 — typing starts seen by every member, and the server's own stop ≈ 10 s later.
-//!
-//! R1 is still to come (see bench/RESULTS.md).
+//! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
+//!   every client must end with every message exactly once, in order.
 
 mod chat;
 mod idle;
+mod resume;
 mod server;
 mod setup;
 mod social;
@@ -65,6 +66,27 @@ enum Scenario {
     Presence(SocialArgs),
     /// T1: typing start propagation and server-side expiry.
     Typing(SocialArgs),
+    /// R1: forced disconnects during a message stream, clients resuming.
+    Resume(ResumeArgs),
+}
+
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// Resilient receiving clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Connections killed during the stream.
+    #[arg(long, default_value_t = 100)]
+    kills: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds of streaming.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -220,6 +242,25 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Sessions(args) => sessions(args).await,
         Scenario::Voice(args) => voice_cmd(args).await,
         Scenario::Chat(args) => chat_cmd(args).await,
+        Scenario::Resume(a) => {
+            let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+            let r = resume::run(&bin, a.clients, a.kills, a.rate, a.seconds).await?;
+            println!(
+                "resume: {} messages to {} clients, {} kills; reconnects resumed {} / fresh {}; lost {} duplicated {} out of order {}; settled {:.2} s after the last send",
+                r.sent, a.clients, r.kills, r.resumed, r.fresh, r.lost, r.duplicated, r.reordered, r.settle_seconds
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "resume", "clients": a.clients, "kills": r.kills, "rate": a.rate, "seconds": a.seconds,
+                    "sent": r.sent, "resumed": r.resumed, "fresh": r.fresh, "lost": r.lost, "duplicated": r.duplicated,
+                    "reordered": r.reordered, "settle_seconds": r.settle_seconds})
+            );
+            anyhow::ensure!(
+                r.lost == 0 && r.duplicated == 0 && r.reordered == 0,
+                "lost, duplicated or reordered messages"
+            );
+            Ok(())
+        }
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
         Scenario::Idle(a) => {

@@ -5,6 +5,7 @@
 //! This layer is one connection; [`resilient`] builds reconnection, resume, de-duplication
 //! and retried sends on it.
 
+pub mod relay;
 pub mod resilient;
 
 use std::collections::VecDeque;
