@@ -1,7 +1,7 @@
 //! Shared helpers for integration tests: a real server on loopback ports chosen by the OS,
 //! in its own temporary directories, and clients configured to trust it.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
