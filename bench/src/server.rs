@@ -209,14 +209,6 @@ pub(crate) fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sum of a metric's samples whose line starts with `name` (labels included in `name`).
-pub(crate) fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Percentile from a Prometheus histogram's cumulative buckets (`le` → count), by the
 /// upper bound of the bucket holding it.
 pub(crate) fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {

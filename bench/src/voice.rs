@@ -12,7 +12,7 @@ use quaver_client::{Client, Transport};
 use quaver_proto::datagram::{AudioLevel, Uplink};
 use quaver_proto::*;
 
-use crate::server::{histogram_quantile, metric};
+use crate::server::histogram_quantile;
 use crate::setup::{Owner, Setup, req};
 use crate::{Percentiles, percentiles};
 
@@ -172,7 +172,6 @@ pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<Vo
     let text = setup.server.metrics().await.unwrap_or_default();
     let res50 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.5).unwrap_or(f64::NAN) * 1e6;
     let res99 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.99).unwrap_or(f64::NAN) * 1e6;
-    let _ = metric(&text, "quaver_voice_frames_forwarded_total");
     let sent = frames * r.speakers as u64;
     let expected = sent * (total as u64 - 1);
     let got = received.load(Relaxed);

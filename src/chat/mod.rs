@@ -176,23 +176,31 @@ impl GuildView {
     }
 }
 
+/// A DM or group DM: its kind and its members, which never change once created (so
+/// they are cached for good).
+#[derive(Debug)]
+struct Private {
+    kind: ChannelKind,
+    recipients: Arc<Vec<u64>>,
+}
+
 /// Where a channel lives, for access checks.
 enum Access {
     Guild(Arc<GuildView>, Channel, Perms),
-    Private,
+    Private(Arc<Private>),
 }
 
 impl Access {
     fn perms(&self) -> Perms {
         match self {
             Access::Guild(_, _, p) => *p,
-            Access::Private => DM_PERMS,
+            Access::Private(_) => DM_PERMS,
         }
     }
     fn guild_id(&self) -> Option<u64> {
         match self {
             Access::Guild(g, _, _) => Some(g.state.guild.id),
-            Access::Private => None,
+            Access::Private(_) => None,
         }
     }
 }
@@ -206,6 +214,8 @@ pub struct Chat {
     guilds: RwLock<HashMap<u64, Arc<GuildView>>>,
     /// Which guild a channel belongs to (`None`: DM), learned on first use.
     channel_guild: RwLock<HashMap<u64, Option<u64>>>,
+    /// DMs and group DMs seen so far.
+    private: RwLock<HashMap<u64, Arc<Private>>>,
     /// Serializes store-commit → publish per channel, so publish order is seq order.
     channel_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     limits: LimitsConfig,
@@ -222,6 +232,7 @@ impl Chat {
             ids: Mutex::new(Snowflakes::new(node)),
             guilds: RwLock::new(HashMap::new()),
             channel_guild: RwLock::new(HashMap::new()),
+            private: RwLock::new(HashMap::new()),
             channel_locks: Mutex::new(HashMap::new()),
             limits,
             buckets: Mutex::new(HashMap::new()),
@@ -338,10 +349,7 @@ impl Chat {
             Some(g) => g,
             None => {
                 let c = self.store.channel(channel).await.map_err(store_err)?;
-                self.channel_guild
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(channel, c.guild_id);
+                self.remember(&c);
                 c.guild_id
             }
         };
@@ -357,13 +365,73 @@ impl Chat {
                 Ok(Access::Guild(g, c, p))
             }
             None => {
-                let c = self.store.channel(channel).await.map_err(store_err)?;
-                if !c.recipients.contains(&user) {
+                let p = self.private_channel(channel).await?;
+                if !p.recipients.contains(&user) {
                     return Err(not_found());
                 }
-                Ok(Access::Private)
+                Ok(Access::Private(p))
             }
         }
+    }
+
+    /// Records where a channel lives (and a private channel's members).
+    fn remember(&self, c: &Channel) {
+        self.channel_guild
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.id, c.guild_id);
+        if c.guild_id.is_none() {
+            let p = Private {
+                kind: c.kind,
+                recipients: Arc::new(c.recipients.clone()),
+            };
+            self.private
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(c.id, Arc::new(p));
+        }
+    }
+
+    /// A DM or group DM, from the cache or the store.
+    async fn private_channel(&self, channel: u64) -> Result<Arc<Private>, ErrorBody> {
+        if let Some(p) = self.private.read().unwrap_or_else(|p| p.into_inner()).get(&channel) {
+            return Ok(p.clone());
+        }
+        let c = self.store.channel(channel).await.map_err(store_err)?;
+        if c.guild_id.is_some() {
+            return Err(not_found());
+        }
+        self.remember(&c);
+        self.private
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel)
+            .cloned()
+            .ok_or_else(not_found)
+    }
+
+    /// Who receives a channel's events: the viewers of a guild channel, or a private
+    /// channel's members.
+    async fn channel_viewers(&self, guild: Option<u64>, channel: u64) -> Option<Arc<Vec<u64>>> {
+        match guild {
+            Some(g) => self.guild(g).await.ok().map(|g| g.viewers(channel)),
+            None => self.private_channel(channel).await.ok().map(|p| p.recipients.clone()),
+        }
+    }
+
+    /// Runs a store change that takes the channel's next seq, holding the channel's publish
+    /// lock until its event is on the bus (so this node publishes in seq order).
+    async fn sequenced<F>(&self, guild: Option<u64>, channel: u64, change: F) -> Result<Option<u64>, ErrorBody>
+    where
+        F: std::future::Future<Output = Result<Option<crate::store::Stored>, StoreError>>,
+    {
+        let lock = self.lock(channel);
+        let _guard = lock.lock().await;
+        let stored = change.await.map_err(store_err)?;
+        Ok(stored.map(|s| {
+            self.publish_channel(guild, channel, s.event);
+            s.seq
+        }))
     }
 
     async fn guild_perms(&self, user: u64, guild: u64) -> Result<(Arc<GuildView>, Perms), ErrorBody> {
@@ -456,9 +524,8 @@ impl Chat {
                 if !access.perms().has(Perms::SEND_MESSAGES) {
                     return Err(forbidden("send messages").into());
                 }
-                if let Access::Private = access {
-                    let c = self.store.channel(channel_id).await.map_err(store_err)?;
-                    self.check_dm_block(user, &c).await?;
+                if let Access::Private(p) = &access {
+                    self.check_dm_block(user, p.kind, &p.recipients).await?;
                 }
                 let mut mentions = validate::mentions(&content);
                 if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {
@@ -511,15 +578,13 @@ impl Chat {
                 }
                 let mut mentions = validate::mentions(&content);
                 mentions.everyone &= access.perms().has(Perms::MENTION_EVERYONE);
-                let lock = self.lock(channel_id);
-                let _guard = lock.lock().await;
-                let s = self
+                let edit = self
                     .store
-                    .edit_message(channel_id, message_id, &content, &mentions, now)
-                    .await
-                    .map_err(store_err)?;
-                self.publish_channel(access.guild_id(), channel_id, s.event);
-                Ok(ResponseBody::Sequenced { seq: s.seq })
+                    .edit_message(channel_id, message_id, &content, &mentions, now);
+                let seq = self
+                    .sequenced(access.guild_id(), channel_id, async { edit.await.map(Some) })
+                    .await?;
+                Ok(sequenced_reply(seq))
             }
             R::DeleteMessage { channel_id, message_id } => {
                 self.limit(user, Kind::Edit)?;
@@ -528,15 +593,11 @@ impl Chat {
                 if m.author_id != user && !access.perms().has(Perms::MANAGE_MESSAGES) {
                     return Err(forbidden("manage messages").into());
                 }
-                let lock = self.lock(channel_id);
-                let _guard = lock.lock().await;
-                let s = self
-                    .store
-                    .delete_message(channel_id, message_id, now)
-                    .await
-                    .map_err(store_err)?;
-                self.publish_channel(access.guild_id(), channel_id, s.event);
-                Ok(ResponseBody::Sequenced { seq: s.seq })
+                let delete = self.store.delete_message(channel_id, message_id, now);
+                let seq = self
+                    .sequenced(access.guild_id(), channel_id, async { delete.await.map(Some) })
+                    .await?;
+                Ok(sequenced_reply(seq))
             }
             R::AddReaction {
                 channel_id,
@@ -561,27 +622,16 @@ impl Chat {
                 if !access.perms().has(Perms::ADD_REACTIONS) {
                     return Err(forbidden("add reactions").into());
                 }
-                let lock = self.lock(channel_id);
-                let _guard = lock.lock().await;
-                match self
-                    .store
-                    .add_reaction(channel_id, message_id, user, &emoji, now)
-                    .await
-                    .map_err(store_err)?
+                let add = self.store.add_reaction(channel_id, message_id, user, &emoji, now);
+                let seq = self.sequenced(access.guild_id(), channel_id, add).await?;
+                if seq.is_some()
+                    && let Err(e) = self
+                        .notify_reaction(&access, user, channel_id, message_id, &emoji)
+                        .await
                 {
-                    Some(s) => {
-                        self.publish_channel(access.guild_id(), channel_id, s.event);
-                        drop(_guard);
-                        if let Err(e) = self
-                            .notify_reaction(&access, user, channel_id, message_id, &emoji)
-                            .await
-                        {
-                            tracing::warn!(error = %e.message, "notification for a reaction failed");
-                        }
-                        Ok(ResponseBody::Sequenced { seq: s.seq })
-                    }
-                    None => Ok(ResponseBody::Done),
+                    tracing::warn!(error = %e.message, "notification for a reaction failed");
                 }
+                Ok(sequenced_reply(seq))
             }
             R::RemoveReaction {
                 channel_id,
@@ -590,20 +640,9 @@ impl Chat {
             } => {
                 self.limit(user, Kind::React)?;
                 let access = self.access(user, channel_id).await?;
-                let lock = self.lock(channel_id);
-                let _guard = lock.lock().await;
-                match self
-                    .store
-                    .remove_reaction(channel_id, message_id, user, &emoji, now)
-                    .await
-                    .map_err(store_err)?
-                {
-                    Some(s) => {
-                        self.publish_channel(access.guild_id(), channel_id, s.event);
-                        Ok(ResponseBody::Sequenced { seq: s.seq })
-                    }
-                    None => Ok(ResponseBody::Done),
-                }
+                let remove = self.store.remove_reaction(channel_id, message_id, user, &emoji, now);
+                let seq = self.sequenced(access.guild_id(), channel_id, remove).await?;
+                Ok(sequenced_reply(seq))
             }
             R::MarkRead { channel_id, seq } => {
                 self.limit(user, Kind::Read)?;
@@ -894,10 +933,7 @@ impl Chat {
                     .open_dm(self.id(), user, user_id, now)
                     .await
                     .map_err(store_err)?;
-                self.channel_guild
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(c.id, None);
+                self.remember(&c);
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
                 }
@@ -922,10 +958,7 @@ impl Chat {
                     .create_group_dm(self.id(), user, &others, &name, now)
                     .await
                     .map_err(store_err)?;
-                self.channel_guild
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(c.id, None);
+                self.remember(&c);
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
                 }
@@ -1198,7 +1231,7 @@ impl Chat {
     pub async fn check(&self, user: u64, channel: u64, need: Perms) -> Result<Option<u64>, ErrorBody> {
         let access = self.access(user, channel).await?;
         if !access.perms().has(need) {
-            return Err(forbidden("send messages"));
+            return Err(forbidden(&format!("{need:?}")));
         }
         Ok(access.guild_id())
     }
@@ -1224,18 +1257,11 @@ impl Chat {
                     user_id,
                     event,
                 } => {
-                    let viewers: Vec<u64> = match guild_id {
-                        Some(gid) => match self.guild(gid).await {
-                            Ok(g) => g.viewers(channel_id).to_vec(),
-                            Err(_) => continue,
-                        },
-                        None => match self.store.channel(channel_id).await {
-                            Ok(c) => c.recipients,
-                            Err(_) => continue,
-                        },
+                    let Some(viewers) = self.channel_viewers(guild_id, channel_id).await else {
+                        continue;
                     };
-                    for u in viewers.into_iter().filter(|u| *u != user_id) {
-                        sessions.push_to_user(u, Lane::Typing, &event);
+                    for u in viewers.iter().filter(|u| **u != user_id) {
+                        sessions.push_to_user(*u, Lane::Typing, &event);
                     }
                 }
                 BusEvent::Voice {
@@ -1243,8 +1269,10 @@ impl Chat {
                     channel_id,
                     event,
                 } => {
-                    let Ok(g) = self.guild(guild_id).await else { continue };
-                    for u in g.viewers(channel_id).iter() {
+                    let Some(viewers) = self.channel_viewers(Some(guild_id), channel_id).await else {
+                        continue;
+                    };
+                    for u in viewers.iter() {
                         sessions.push_to_user(*u, Lane::Voice, &event);
                     }
                 }
@@ -1260,24 +1288,24 @@ impl Chat {
                     guild_id,
                     channel_id,
                     event,
-                } => match guild_id {
-                    Some(gid) => {
-                        let Ok(g) = self.guild(gid).await else { continue };
-                        for u in g.viewers(channel_id).iter() {
-                            sessions.push_to_user(*u, Lane::Chat, &event);
-                        }
+                } => {
+                    let Some(viewers) = self.channel_viewers(guild_id, channel_id).await else {
+                        continue;
+                    };
+                    for u in viewers.iter() {
+                        sessions.push_to_user(*u, Lane::Chat, &event);
                     }
-                    None => {
-                        let Ok(c) = self.store.channel(channel_id).await else {
-                            continue;
-                        };
-                        for u in &c.recipients {
-                            sessions.push_to_user(*u, Lane::Chat, &event);
-                        }
-                    }
-                },
+                }
             }
         }
+    }
+}
+
+/// The reply to a sequenced change: its seq, or `Done` when nothing changed.
+fn sequenced_reply(seq: Option<u64>) -> ResponseBody {
+    match seq {
+        Some(seq) => ResponseBody::Sequenced { seq },
+        None => ResponseBody::Done,
     }
 }
 

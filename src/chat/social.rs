@@ -271,11 +271,10 @@ impl Chat {
                 }
                 viewers.iter().copied().collect()
             }
-            Access::Private => {
-                let c = self.store.channel(m.channel_id).await.map_err(store_err)?;
-                cands.extend(c.recipients.iter().map(|u| (*u, NotificationKind::DirectMessage)));
+            Access::Private(p) => {
+                cands.extend(p.recipients.iter().map(|u| (*u, NotificationKind::DirectMessage)));
                 cands.extend(m.mentions.users.iter().map(|u| (*u, NotificationKind::Mention)));
-                c.recipients.into_iter().collect()
+                p.recipients.iter().copied().collect()
             }
         };
         if let Some(target) = m.reply_to
@@ -321,7 +320,7 @@ impl Chat {
         let author = m.author_id;
         let can_view = match access {
             Access::Guild(g, c, _) => g.perms(author, Some(c)).is_some_and(|p| p.has(Perms::VIEW_CHANNEL)),
-            Access::Private => true,
+            Access::Private(_) => true,
         };
         let facts = self.facts(actor, access.guild_id(), channel).await?;
         let items = notify::recipients(actor, [(author, NotificationKind::Reaction)], |_| can_view, &facts)
@@ -347,9 +346,14 @@ impl Chat {
     }
 
     /// Refuses a DM between users where either blocked the other.
-    pub(super) async fn check_dm_block(&self, user: u64, channel: &quaver_proto::Channel) -> Result<(), ErrorBody> {
-        if channel.kind == ChannelKind::Dm {
-            for other in channel.recipients.iter().filter(|u| **u != user) {
+    pub(super) async fn check_dm_block(
+        &self,
+        user: u64,
+        kind: ChannelKind,
+        recipients: &[u64],
+    ) -> Result<(), ErrorBody> {
+        if kind == ChannelKind::Dm {
+            for other in recipients.iter().filter(|u| **u != user) {
                 if self.blocked_between(user, *other).await? {
                     return Err(blocked());
                 }

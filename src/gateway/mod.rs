@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quaver_proto::session::{Session, Transport};
+use quaver_proto::session::Session;
 use quaver_proto::{CloseCode, Lane, LaneSeq, ServerLane, SessionId, UserId};
 use tokio::sync::mpsc;
 
@@ -220,16 +220,6 @@ impl SessionHandle {
         }
     }
 
-    /// The attached connection.
-    pub fn session(&self) -> Option<Session> {
-        self.lock().attachment.as_ref().map(|a| a.session.clone())
-    }
-
-    /// The attached connection's transport.
-    pub fn transport(&self) -> Option<Transport> {
-        self.session().map(|s| s.transport())
-    }
-
     /// Last event seq sent on each lane that has had events.
     pub fn sent_seqs(&self) -> Vec<LaneSeq> {
         let sent = self.lock().sent;
@@ -309,8 +299,11 @@ impl Sessions {
 
     /// Queues an encoded event on `lane` of every session of `user` on this node.
     pub fn push_to_user(&self, user: UserId, lane: Lane, event: &Bytes) {
-        for h in self.of_user(user) {
-            h.push_event(lane, event.clone());
+        // Under the map lock (no list copy per delivery): `push_event` never waits.
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                h.push_event(lane, event.clone());
+            }
         }
     }
 
