@@ -30,14 +30,13 @@ async fn backends() -> Vec<(&'static str, Store)> {
 /// Creates a uniquely named database on the server of `url` and opens it.
 async fn fresh_postgres(url: &str) -> Store {
     use sqlx::Connection;
+    // Tests run concurrently in one process: a counter (not the clock, whose resolution
+    // let two tests pick one name) keeps their databases apart.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!(
         "quaver_t{}_{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            % 1_000_000_000
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let mut admin = sqlx::PgConnection::connect(url)
         .await
