@@ -59,10 +59,10 @@ impl ChatResult {
 }
 
 /// Runs one chat fan-out load against a freshly started server.
-pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<ChatResult> {
+pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::Result<ChatResult> {
     // The benchmark's senders exceed the default per-user send rate on purpose.
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
-    let setup = Setup::start(bin, toml, r.transport).await?;
+    let setup = Setup::start(target, toml, r.transport).await?;
     let Owner {
         mut chat,
         general: ch,
@@ -94,7 +94,6 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
         let (mut tx, mut rx) = lane.split();
         let warmed2 = warmed.clone();
         receivers.push(tokio::spawn(async move {
-            let _keep = c;
             // Skip everything up to the warm-up message (channel seq 1).
             loop {
                 match rx.next().await {
@@ -103,7 +102,7 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
                         ..
                     }) => break,
                     Ok(_) => {}
-                    Err(_) => return (0, 0, Vec::new()),
+                    Err(_) => return (0, 0, Vec::new(), (0, 0)),
                 }
             }
             warmed2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -136,16 +135,20 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
                     _ => break,
                 }
             }
-            (first, dups, lat)
+            let st = c.session().stats();
+            (first, dups, lat, (st.udp_rx.datagrams, st.frame_tx.acks))
         }));
         if k < r.senders {
             let every = Duration::from_secs_f64(1.0 / r.rate);
-            let (warmed3, n_sessions) = (warmed.clone(), r.sessions);
+            let (warmed3, n_sessions, senders_total) = (warmed.clone(), r.sessions, r.senders);
             senders.push(tokio::spawn(async move {
                 while warmed3.load(std::sync::atomic::Ordering::SeqCst) < n_sessions {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                let mut tick = tokio::time::interval(every);
+                // Senders are spread evenly over the period: "10 msg/s in total" is a steady
+                // stream, not all senders firing in the same instant.
+                let phase = every.mul_f64(k as f64 / senders_total as f64);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 for n in 0..per_sender {
                     tick.tick().await;
@@ -168,6 +171,7 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu0 = setup.server.cpu_seconds();
+    eprintln!("measuring (server pid {})", setup.server.pid);
     let start = Instant::now();
     let mut sent = 0;
     for s in senders {
@@ -175,12 +179,16 @@ pub(crate) async fn run(bin: &std::path::Path, r: ChatRun) -> anyhow::Result<Cha
     }
     let sending = start.elapsed().as_secs_f64();
     let (mut delivered, mut duplicates, mut lat) = (0u64, 0u64, Vec::new());
+    let (mut datagrams, mut acks) = (0u64, 0u64);
     for rx in receivers {
-        let (f, d, l) = rx.await?;
+        let (f, d, l, (dg, a)) = rx.await?;
         delivered += f;
         duplicates += d;
         lat.extend(l);
+        datagrams += dg;
+        acks += a;
     }
+    eprintln!("clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries");
     let cpu = setup.server.cpu_seconds() - cpu0;
     setup.server.stop().await;
     Ok(ChatResult {

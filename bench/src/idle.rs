@@ -22,12 +22,12 @@ pub(crate) struct IdleResult {
 
 /// Opens `n` sessions (`concurrency` handshakes at a time) and measures.
 pub(crate) async fn run(
-    bin: &std::path::Path,
+    target: &crate::server::Target,
     n: usize,
     concurrency: usize,
     transport: Transport,
 ) -> anyhow::Result<IdleResult> {
-    let setup = Setup::start(bin, "", transport).await?;
+    let setup = Setup::start(target, "", transport).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = setup.server.rss_bytes();
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));

@@ -84,9 +84,8 @@ struct ResumeArgs {
     /// Seconds of streaming.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// The server binary [default: quaver next to this binary].
-    #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -100,9 +99,8 @@ struct SocialArgs {
     /// Transport.
     #[arg(long, value_enum, default_value_t = Tr::Quic)]
     transport: Tr,
-    /// The server binary [default: quaver next to this binary].
-    #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -116,9 +114,8 @@ struct IdleArgs {
     /// Transport.
     #[arg(long, value_enum, default_value_t = Tr::Quic)]
     transport: Tr,
-    /// The server binary [default: quaver next to this binary].
-    #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -144,9 +141,8 @@ struct ChatArgs {
     /// F3: rates per sender to step through; stops when p99 passes 100 ms or anything is lost.
     #[arg(long, value_delimiter = ',')]
     ramp: Vec<f64>,
-    /// The server binary [default: quaver next to this binary].
-    #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -172,9 +168,48 @@ struct VoiceArgs {
     /// V2: listener counts to step through (e.g. 100,200,400,800); stops when loss passes 1%.
     #[arg(long, value_delimiter = ',')]
     ramp: Vec<usize>,
-    /// The server binary [default: quaver next to this binary].
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Which server to measure.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server binary to start for each run [default: quaver next to this binary].
     #[arg(long)]
     server_bin: Option<std::path::PathBuf>,
+    /// Measure a server that is already running at this QUIC address instead of starting
+    /// one (it must accept HS256 tokens signed with JWT_SECRET, and allow the scenario's
+    /// rates: see bench/running-server.toml).
+    #[arg(long, requires = "target_http", conflicts_with = "server_bin")]
+    target: Option<SocketAddr>,
+    /// HTTP address of --target (for /cert-hash and /metrics).
+    #[arg(long)]
+    target_http: Option<SocketAddr>,
+    /// Pid of --target, to read its CPU time and memory from /proc (without it those
+    /// figures read as 0).
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// HS256 secret of --target.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+impl ServerArgs {
+    fn target(&self) -> anyhow::Result<server::Target> {
+        Ok(match (self.target, self.target_http) {
+            (Some(quic), Some(http)) => server::Target::Running {
+                quic,
+                http,
+                pid: self.target_pid,
+                secret: self
+                    .jwt_secret
+                    .clone()
+                    .context("--target needs the server's JWT_SECRET (--jwt-secret or the environment)")?,
+            },
+            _ => server::Target::Spawn(self.server_bin.clone().unwrap_or_else(server::default_bin)),
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -243,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Voice(args) => voice_cmd(args).await,
         Scenario::Chat(args) => chat_cmd(args).await,
         Scenario::Resume(a) => {
-            let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+            let bin = a.server.target()?;
             let r = resume::run(&bin, a.clients, a.kills, a.rate, a.seconds).await?;
             println!(
                 "resume: {} messages to {} clients, {} kills; reconnects resumed {} / fresh {}; lost {} duplicated {} out of order {}; settled {:.2} s after the last send",
@@ -264,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
         Scenario::Idle(a) => {
-            let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+            let bin = a.server.target()?;
             let transport = match a.transport {
                 Tr::Quic => Transport::Quic,
                 Tr::Webtransport => Transport::WebTransport,
@@ -413,7 +448,7 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
 }
 
 async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
-    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let bin = a.server.target()?;
     let transport = match a.transport {
         Tr::Quic => Transport::Quic,
         Tr::Webtransport => Transport::WebTransport,
@@ -483,7 +518,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
 }
 
 async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
-    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let bin = a.server.target()?;
     let transport = match a.transport {
         Tr::Quic => Transport::Quic,
         Tr::Webtransport => Transport::WebTransport,
@@ -555,7 +590,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
 }
 
 async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
-    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let bin = a.server.target()?;
     let transport = match a.transport {
         Tr::Quic => Transport::Quic,
         Tr::Webtransport => Transport::WebTransport,

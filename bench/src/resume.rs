@@ -34,14 +34,14 @@ pub(crate) struct ResumeResult {
 /// `clients` resilient receivers through a relay; `kills` connections killed evenly over
 /// `seconds` while one sender sends `rate` messages per second.
 pub(crate) async fn run(
-    bin: &std::path::Path,
+    target: &crate::server::Target,
     clients: usize,
     kills: usize,
     rate: f64,
     seconds: f64,
 ) -> anyhow::Result<ResumeResult> {
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n[session]\nping_interval = \"200ms\"\nping_timeout = \"5s\"\n";
-    let setup = Setup::start(bin, toml, Transport::Quic).await?;
+    let setup = Setup::start(target, toml, Transport::Quic).await?;
     let Owner {
         chat,
         general: ch,

@@ -9,7 +9,26 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// A server process started for a run.
+/// Which server a run measures.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// Start this binary for the run (SQLite in a temporary directory).
+    Spawn(PathBuf),
+    /// A server that is already running (its configuration must allow the scenario's load:
+    /// see `bench/running-server.toml`).
+    Running {
+        /// Its QUIC address.
+        quic: SocketAddr,
+        /// Its HTTP address (for `/cert-hash` and `/metrics`).
+        http: SocketAddr,
+        /// Its pid, to read CPU time and memory from /proc; without it those read as 0.
+        pid: Option<u32>,
+        /// Its HS256 `JWT_SECRET`, to mint tokens.
+        secret: String,
+    },
+}
+
+/// The server under test: a process started for a run, or a running one.
 pub(crate) struct ServerProc {
     /// Its QUIC address.
     pub(crate) quic: SocketAddr,
@@ -17,10 +36,10 @@ pub(crate) struct ServerProc {
     pub(crate) http: SocketAddr,
     /// Its certificate hash.
     pub(crate) hash: [u8; 32],
-    /// Its pid.
+    /// Its pid (0 when unknown).
     pub(crate) pid: u32,
-    child: tokio::process::Child,
-    _dir: TempDir,
+    child: Option<tokio::process::Child>,
+    _dir: Option<TempDir>,
 }
 
 struct TempDir(PathBuf);
@@ -39,6 +58,22 @@ pub(crate) fn default_bin() -> PathBuf {
 }
 
 impl ServerProc {
+    /// The server of `target`: started with `secret` and the extra TOML configuration, or
+    /// the running one (its own secret and configuration apply).
+    pub(crate) async fn open(target: &Target, secret: &str, toml: &str) -> anyhow::Result<Self> {
+        match target {
+            Target::Spawn(bin) => Self::start(bin, secret, toml).await,
+            Target::Running { quic, http, pid, .. } => Ok(Self {
+                quic: *quic,
+                http: *http,
+                hash: cert_hash(*http).await?,
+                pid: pid.unwrap_or(0),
+                child: None,
+                _dir: None,
+            }),
+        }
+    }
+
     /// Starts `bin serve` on loopback with SQLite in a temporary directory and the given
     /// extra TOML configuration.
     pub(crate) async fn start(bin: &std::path::Path, secret: &str, toml: &str) -> anyhow::Result<Self> {
@@ -91,18 +126,13 @@ impl ServerProc {
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let (quic, http) = (quic.expect("found"), http.expect("found"));
-        let body = http_get(http, "/cert-hash").await?;
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        let hash: [u8; 32] = hex::decode(v["hash"].as_str().context("hash")?)?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("hash length"))?;
         Ok(Self {
             quic,
             http,
-            hash,
+            hash: cert_hash(http).await?,
             pid,
-            child,
-            _dir: TempDir(dir),
+            child: Some(child),
+            _dir: Some(TempDir(dir)),
         })
     }
 
@@ -114,6 +144,11 @@ impl ServerProc {
     /// Waits until the server is idle (less than 2 % of a core over 250 ms), at most `max`:
     /// set-up traffic (joins, presence fan-out) must not be measured as the scenario's.
     pub(crate) async fn quiesce(&self, max: Duration) {
+        if self.pid == 0 {
+            // No CPU to watch: give the set-up traffic a fixed moment instead.
+            tokio::time::sleep(max.min(Duration::from_secs(3))).await;
+            return;
+        }
         let end = tokio::time::Instant::now() + max;
         let mut last = self.cpu_seconds();
         while tokio::time::Instant::now() < end {
@@ -136,10 +171,21 @@ impl ServerProc {
         http_get(self.http, "/metrics").await
     }
 
-    /// Stops the server.
+    /// Stops the server if the run started it.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill().await;
+        }
     }
+}
+
+/// The certificate SHA-256 a server publishes at `/cert-hash`.
+async fn cert_hash(http: SocketAddr) -> anyhow::Result<[u8; 32]> {
+    let body = http_get(http, "/cert-hash").await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    hex::decode(v["hash"].as_str().context("hash")?)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("hash length"))
 }
 
 fn rand_u32() -> u32 {
@@ -182,6 +228,9 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Str
 
 /// CPU seconds of a process from /proc (clock ticks assumed 100 Hz, as on Linux x86-64).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -197,6 +246,9 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident memory of a process from /proc, bytes.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };

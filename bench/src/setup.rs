@@ -8,7 +8,7 @@ use anyhow::bail;
 use quaver_client::{Client, Config, LaneStream, Transport, Trust, connect};
 use quaver_proto::*;
 
-use crate::server::ServerProc;
+use crate::server::{ServerProc, Target};
 
 const SECRET: &str = "quaver-bench-secret-0123456789abcdef";
 
@@ -43,10 +43,15 @@ pub(crate) async fn req(l: &mut LaneStream, body: RequestBody) -> anyhow::Result
 }
 
 impl Setup {
-    /// Starts `bin` with extra TOML configuration.
-    pub(crate) async fn start(bin: &std::path::Path, toml: &str, transport: Transport) -> anyhow::Result<Self> {
-        let server = ServerProc::start(bin, SECRET, toml).await?;
-        let verifier = Arc::new(quaver::auth::Verifier::hs256(SECRET.as_bytes())?);
+    /// Starts the server of `target` with extra TOML configuration (or opens the running
+    /// one, whose own configuration applies).
+    pub(crate) async fn start(target: &Target, toml: &str, transport: Transport) -> anyhow::Result<Self> {
+        let server = ServerProc::open(target, SECRET, toml).await?;
+        let secret = match target {
+            Target::Running { secret, .. } => secret.as_str(),
+            Target::Spawn(_) => SECRET,
+        };
+        let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
         Ok(Self {
             server,
             verifier,

@@ -35,12 +35,12 @@ async fn observers(setup: &Setup, owner: &Owner, n: usize, lane: Lane) -> anyhow
 
 /// P1: `changes` presence changes of one user, seen by `members` guild members.
 pub(crate) async fn presence(
-    bin: &std::path::Path,
+    target: &crate::server::Target,
     members: usize,
     changes: usize,
     transport: Transport,
 ) -> anyhow::Result<SocialResult> {
-    let setup = Setup::start(bin, "", transport).await?;
+    let setup = Setup::start(target, "", transport).await?;
     let owner = setup.owner().await?;
     let obs = observers(&setup, &owner, members, Lane::Presence).await?;
     let mut subject_lane = owner.client.open_lane(Lane::Presence).await?;
@@ -112,12 +112,12 @@ pub(crate) async fn presence(
 /// T1: `typers` members start typing once each (no stop); every member sees the start,
 /// then the server's own stop; the typer's latency to the start, and start→stop time.
 pub(crate) async fn typing(
-    bin: &std::path::Path,
+    target: &crate::server::Target,
     members: usize,
     typers: usize,
     transport: Transport,
 ) -> anyhow::Result<SocialResult> {
-    let setup = Setup::start(bin, "", transport).await?;
+    let setup = Setup::start(target, "", transport).await?;
     let owner = setup.owner().await?;
     let ch = owner.general;
     let mut all = Vec::with_capacity(members);

@@ -70,8 +70,8 @@ impl VoiceResult {
 }
 
 /// Runs one voice load against a freshly started server.
-pub(crate) async fn run(bin: &std::path::Path, r: VoiceRun) -> anyhow::Result<VoiceResult> {
-    let setup = Setup::start(bin, "", r.transport).await?;
+pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::Result<VoiceResult> {
+    let setup = Setup::start(target, "", r.transport).await?;
     let Owner {
         mut chat,
         guild_id,

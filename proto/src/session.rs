@@ -163,6 +163,11 @@ impl Session {
     pub fn rtt(&self) -> std::time::Duration {
         self.quic().rtt()
     }
+
+    /// The QUIC connection's packet and frame counters.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.quic().stats()
+    }
 }
 
 /// The sending half of a stream on either transport.
