@@ -171,6 +171,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu0 = setup.server.cpu_seconds();
+    let own0 = crate::server::cpu_seconds(std::process::id());
     eprintln!("measuring (server pid {})", setup.server.pid);
     let start = Instant::now();
     let mut sent = 0;
@@ -188,7 +189,11 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         datagrams += dg;
         acks += a;
     }
-    eprintln!("clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries");
+    let own = crate::server::cpu_seconds(std::process::id()) - own0;
+    eprintln!(
+        "clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries; load generator CPU {:.2} µs per delivery",
+        own * 1e6 / delivered.max(1) as f64
+    );
     let cpu = setup.server.cpu_seconds() - cpu0;
     setup.server.stop().await;
     Ok(ChatResult {
