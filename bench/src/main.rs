@@ -509,8 +509,11 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
             println!("{json}");
             results.push(r);
         }
-        if results.iter().any(|r| r.loss() > 0.01) && !a.ramp.is_empty() {
-            println!("loss passed 1% at {listeners} listeners: stopping the ramp");
+        // A step holds when its median run does (TARGETS.md asks for medians).
+        let mut losses: Vec<f64> = results.iter().map(|r| r.loss()).collect();
+        losses.sort_by(f64::total_cmp);
+        if !a.ramp.is_empty() && losses.get(losses.len() / 2).is_some_and(|l| *l > 0.01) {
+            println!("median loss passed 1% at {listeners} listeners: stopping the ramp");
             break;
         }
     }
@@ -544,7 +547,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
         "cpu µs/del"
     );
     for rate in steps {
-        let mut worst_p99 = 0.0f64;
+        let mut p99s = Vec::new();
         let mut lossy = false;
         for _ in 0..a.runs.max(1) {
             let run = chat::ChatRun {
@@ -578,11 +581,17 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
             });
             println!("{json}");
-            worst_p99 = worst_p99.max(r.latency.p99);
+            p99s.push(r.latency.p99);
             lossy |= r.delivered < r.expected || r.duplicates > 0;
         }
-        if !a.ramp.is_empty() && (worst_p99 > 100_000.0 || lossy) {
-            println!("p99 passed 100 ms or a delivery was lost/duplicated at {rate}/s per sender: stopping the ramp");
+        // A step holds when its median run's p99 is within 100 ms (TARGETS.md asks for
+        // medians) and no run lost or duplicated anything.
+        p99s.sort_by(f64::total_cmp);
+        let median_p99 = p99s.get(p99s.len() / 2).copied().unwrap_or(0.0);
+        if !a.ramp.is_empty() && (median_p99 > 100_000.0 || lossy) {
+            println!(
+                "median p99 passed 100 ms or a delivery was lost/duplicated at {rate}/s per sender: stopping the ramp"
+            );
             break;
         }
     }
