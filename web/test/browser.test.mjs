@@ -1,6 +1,7 @@
 // Headless Debian Chromium loads the page served by a real quaver server, takes the
 // certificate hash from /cert-hash, connects over WebTransport with ?token=, and reaches
-// Ready; with a bad token it is refused with the right close code.
+// Ready; with a bad token it is refused with the right close code. Two browser sessions in
+// one voice channel exchange voice datagrams through the SFU with web/quaver.js.
 //
 // Needs the built server (QUAVER_BIN, default ../target/debug/quaver) and Chromium
 // (CHROMIUM, default /usr/bin/chromium).
@@ -93,5 +94,52 @@ test('browser with a bad token does not reach Ready and learns why', async () =>
     try { await window.quaverConnect(''); return { ok: true }; } catch (e) { return { name: e.name, code: e.code }; }
   });
   assert.deepEqual(expired, { name: 'ClosedError', code: 4010 });
+  await page.close();
+});
+
+test('browser voice: two WebTransport sessions hear each other through the SFU, never themselves', async () => {
+  const page = await browser.newPage();
+  await page.goto(`http://${httpAddr}/`);
+  const r = await page.evaluate(async ([ta, tb]) => {
+    const a = await window.quaverConnect(ta), b = await window.quaverConnect(tb);
+    const ca = await a.openLane('Chat'), cb = await b.openLane('Chat');
+    const g = await ca.request({ type: 'CreateGuild', name: 'web voice' });
+    const inv = await ca.request({ type: 'CreateInvite', guild_id: g.id, max_uses: 0, max_age_secs: 0 });
+    await cb.request({ type: 'JoinGuild', code: inv.code });
+    const vc = await ca.request({ type: 'CreateChannel', guild_id: g.id, kind: 'Voice', name: 'talk', topic: '', user_limit: 0 });
+    const va = await a.openLane('Voice'), vb = await b.openLane('Voice');
+    const ja = await va.request({ type: 'JoinVoice', channel_id: vc.id, self_mute: false, self_deaf: false });
+    const jb = await vb.request({ type: 'JoinVoice', channel_id: vc.id, self_mute: false, self_deaf: false });
+    // Each session collects what it hears until it has 20 frames or 5 s pass.
+    const collect = async (s) => {
+      const got = [], it = s.voice(), end = Date.now() + 5000;
+      while (got.length < 20) {
+        const timeout = new Promise((res) => setTimeout(() => res(null), Math.max(0, end - Date.now())));
+        const next = await Promise.race([it.next(), timeout]);
+        if (!next || next.done) break;
+        got.push([next.value.slot, next.value.seq, Array.from(next.value.payload)]);
+      }
+      return got;
+    };
+    const heardByA = collect(a), heardByB = collect(b);
+    const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+    const talk = async (s, tag) => {
+      for (let i = 0; i < 20; i++) {
+        await s.sendVoice({ flags: i === 0 ? window.quaver.FLAG_TALKSPURT_START : 0, level: 20, voice: true, seq: i, timestamp: i * 960 },
+          new Uint8Array([tag, i, 0xee]));
+        await sleep(20);
+      }
+    };
+    await talk(a, 1);
+    await talk(b, 2);
+    const out = { slotA: ja.slot, slotB: jb.slot, heardByA: await heardByA, heardByB: await heardByB };
+    a.close(); b.close();
+    return out;
+  }, [token(5101), token(5102)]);
+  assert.notEqual(r.slotA, r.slotB);
+  const expect = (slot, tag) => Array.from({ length: 20 }, (_, i) => [slot, i, [tag, i, 0xee]]);
+  // Every frame of the other speaker, in order, payload untouched, and none of its own.
+  assert.deepEqual(r.heardByB, expect(r.slotA, 1));
+  assert.deepEqual(r.heardByA, expect(r.slotB, 2));
   await page.close();
 });
