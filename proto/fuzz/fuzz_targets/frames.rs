@@ -11,7 +11,9 @@ use quaver_proto::*;
 const MAX: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, stream)) = data.split_first() else { return };
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut reader = FrameReader::new(MAX);
     for piece in stream.chunks(chunk) {
