@@ -75,7 +75,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     // measurement is not skewed by the set-up's own traffic still in flight.
     let warm = RequestBody::SendMessage {
         channel_id: ch,
-        nonce: 1,
+        nonce: setup.nonce_base,
         content: "0 warm-up".into(),
         reply_to: None,
     };
@@ -94,9 +94,13 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         let (mut tx, mut rx) = lane.split();
         let warmed2 = warmed.clone();
         receivers.push(tokio::spawn(async move {
-            // Skip everything up to the warm-up message (channel seq 1).
+            // Skip everything up to the warm-up message (channel seq 1), for at most a minute.
+            let warm_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
-                match rx.next().await {
+                let Ok(next) = tokio::time::timeout_at(warm_deadline, rx.next()).await else {
+                    return (0, 0, Vec::new(), (0, 0));
+                };
+                match next {
                     Ok(ServerLane::Event {
                         body: EventBody::MessageCreated { seq: 1, .. },
                         ..
@@ -141,6 +145,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         if k < r.senders {
             let every = Duration::from_secs_f64(1.0 / r.rate);
             let (warmed3, n_sessions, senders_total) = (warmed.clone(), r.sessions, r.senders);
+            let nonce_base = setup.nonce_base;
             senders.push(tokio::spawn(async move {
                 while warmed3.load(std::sync::atomic::Ordering::SeqCst) < n_sessions {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -155,7 +160,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
                     let content = format!("{} sender {k} message {n}", t0.elapsed().as_micros());
                     let body = RequestBody::SendMessage {
                         channel_id: ch,
-                        nonce: n + 1,
+                        nonce: nonce_base + n + 1,
                         content,
                         reply_to: None,
                     };
@@ -167,7 +172,13 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
             }));
         }
     }
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
     while warmed.load(std::sync::atomic::Ordering::SeqCst) < r.sessions {
+        if Instant::now() > warm_deadline {
+            // The senders are still waiting for the barrier: stop them with the run.
+            senders.iter().for_each(|s| s.abort());
+            bail!("the warm-up message did not reach every session within 60 s");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu0 = setup.server.cpu_seconds();

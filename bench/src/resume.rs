@@ -72,6 +72,7 @@ pub(crate) async fn run(
     }
     let total = (rate * seconds).round() as u64;
     let (mut tx, _rx) = chat.split();
+    let nonce_base = setup.nonce_base;
     let sender = tokio::spawn(async move {
         let every = Duration::from_secs_f64(1.0 / rate);
         let mut tick = tokio::time::interval(every);
@@ -79,7 +80,7 @@ pub(crate) async fn run(
             tick.tick().await;
             let body = RequestBody::SendMessage {
                 channel_id: ch,
-                nonce: n + 1,
+                nonce: nonce_base + n + 1,
                 content: format!("m{n}"),
                 reply_to: None,
             };

@@ -18,6 +18,9 @@ pub(crate) struct Setup {
     pub(crate) server: ServerProc,
     verifier: Arc<quaver::auth::Verifier>,
     transport: Transport,
+    /// First message nonce of this run: a running server (`--target`) remembers every
+    /// (author, nonce) it has stored, so each run needs nonces of its own.
+    pub(crate) nonce_base: u64,
 }
 
 /// The owner's session and guild.
@@ -52,10 +55,15 @@ impl Setup {
             Target::Spawn(_) => SECRET,
         };
         let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
+        let nonce_base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Ok(Self {
             server,
             verifier,
             transport,
+            nonce_base,
         })
     }
 

@@ -159,7 +159,9 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
         Ok::<_, ErrorBody>((s, presences))
     };
-    let (parts, presences) = match snapshot.await {
+    // Boxed, like the catch-up below: the store queries' state would otherwise stay in this
+    // task's future for the whole session.
+    let (parts, presences) = match Box::pin(snapshot).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e.message, "building Ready failed");
@@ -263,11 +265,10 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         if let Some(r) = &hello.resume
             && !r.channels.is_empty()
         {
-            ctx.chat
-                .catch_up(identity.user_id, &r.channels, |body| {
-                    handle.push_event(Lane::Chat, body)
-                })
-                .await;
+            Box::pin(ctx.chat.catch_up(identity.user_id, &r.channels, |body| {
+                handle.push_event(Lane::Chat, body)
+            }))
+            .await;
         }
     }
     ctx.presence.connect(identity.user_id, handle.id, hello.device);

@@ -85,7 +85,9 @@ pub async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint) {
 
 /// Handshake, ALPN routing, admission; then the gateway takes over.
 async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
-    let routed = tokio::time::timeout(ctx.cfg.session.hello_timeout, route(&ctx, connecting)).await;
+    // Both phases are boxed: otherwise this task's future is the handshake's and the
+    // session's state side by side (8 KiB, measured), held for the session's whole life.
+    let routed = tokio::time::timeout(ctx.cfg.session.hello_timeout, Box::pin(route(&ctx, connecting))).await;
     ctx.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
     let (session, pre_token) = match routed {
         Ok(Some(r)) => r,
@@ -102,7 +104,7 @@ async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
         return;
     }
     ctx.session_started();
-    crate::gateway::session::run(ctx, session, pre_token).await;
+    Box::pin(crate::gateway::session::run(ctx, session, pre_token)).await;
 }
 
 fn alpn(hd: Box<dyn std::any::Any>) -> Option<Vec<u8>> {
