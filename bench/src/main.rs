@@ -252,6 +252,12 @@ pub(crate) struct Percentiles {
     pub(crate) max: f64,
 }
 
+/// The median of a ramp step's runs (the upper one of an even count; 0 for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Percentiles of a sample of microsecond values.
 pub(crate) fn percentiles(mut v: Vec<u64>) -> Percentiles {
     v.sort_unstable();
@@ -473,7 +479,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
         "fr/cpu-second"
     );
     for listeners in steps {
-        let mut results = Vec::new();
+        let mut losses = Vec::new();
         for _ in 0..a.runs.max(1) {
             let run = voice::VoiceRun {
                 listeners,
@@ -507,12 +513,10 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 "server_rss_bytes": r.server_rss,
             });
             println!("{json}");
-            results.push(r);
+            losses.push(r.loss());
         }
         // A step holds when its median run does (TARGETS.md asks for medians).
-        let mut losses: Vec<f64> = results.iter().map(|r| r.loss()).collect();
-        losses.sort_by(f64::total_cmp);
-        if !a.ramp.is_empty() && losses.get(losses.len() / 2).is_some_and(|l| *l > 0.01) {
+        if !a.ramp.is_empty() && median(losses) > 0.01 {
             println!("median loss passed 1% at {listeners} listeners: stopping the ramp");
             break;
         }
@@ -586,9 +590,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
         }
         // A step holds when its median run's p99 is within 100 ms (TARGETS.md asks for
         // medians) and no run lost or duplicated anything.
-        p99s.sort_by(f64::total_cmp);
-        let median_p99 = p99s.get(p99s.len() / 2).copied().unwrap_or(0.0);
-        if !a.ramp.is_empty() && (median_p99 > 100_000.0 || lossy) {
+        if !a.ramp.is_empty() && (median(p99s) > 100_000.0 || lossy) {
             println!(
                 "median p99 passed 100 ms or a delivery was lost/duplicated at {rate}/s per sender: stopping the ramp"
             );

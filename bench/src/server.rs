@@ -226,11 +226,9 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Str
         .unwrap_or_default())
 }
 
-/// CPU seconds of a process from /proc (clock ticks assumed 100 Hz, as on Linux x86-64).
+/// CPU seconds of a process from /proc (clock ticks assumed 100 Hz, as on Linux x86-64); 0
+/// for an unknown pid (0: there is no /proc/0).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    if pid == 0 {
-        return 0.0;
-    }
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -246,9 +244,6 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident memory of a process from /proc, bytes.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
-    if pid == 0 {
-        return 0;
-    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
