@@ -30,12 +30,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-mod serde_duration {
-    use super::*;
-    pub(super) fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map_err(serde::de::Error::custom)
-    }
+/// Deserializes a duration written as [`parse_duration`] reads it (TOML fields).
+pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// Server configuration (the resolved tree).
@@ -68,6 +66,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// Voice (SFU) settings.
     pub voice: VoiceConfig,
+    /// Database deadlines and durability.
+    pub store: crate::store::StoreOptions,
 }
 
 /// Voice settings.
@@ -97,11 +97,11 @@ pub struct TlsConfig {
     pub cert_dir: PathBuf,
     /// Validity of a dev certificate. Default 10 days: Chrome accepts
     /// `serverCertificateHashes` only for certificates valid at most 14 days.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub dev_validity: Duration,
     /// Renew the dev certificate this long before it expires. Default 2 days, so a
     /// browser holding yesterday's hash still has a day's overlap.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub dev_renew_before: Duration,
 }
 
@@ -123,10 +123,10 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`. Default 30 s: enough for NTP-synced hosts
     /// without stretching a token's life noticeably.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub leeway: Duration,
     /// Send `RefreshNeeded` this long before the token expires. Default 60 s.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub refresh_warning: Duration,
 }
 
@@ -136,15 +136,15 @@ pub struct AuthConfig {
 pub struct SessionConfig {
     /// QUIC keep-alive and application heartbeat interval. Default 10 s, as the old
     /// system's `SOCKET_PING_INTERVAL`.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub ping_interval: Duration,
     /// QUIC idle timeout and heartbeat timeout. Default 20 s (`SOCKET_PING_TIMEOUT`):
     /// two missed heartbeats.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub ping_timeout: Duration,
     /// Time allowed from connection to `Hello`. Default 5 s: a real client sends it at once;
     /// a silent one is holding a slot.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub hello_timeout: Duration,
     /// Largest frame accepted. Default 256 KiB: far above any chat message, small enough
     /// that one session cannot make the server buffer much.
@@ -157,7 +157,7 @@ pub struct SessionConfig {
     pub retry_above_handshakes: usize,
     /// How long a session whose connection was lost can be resumed exactly (its events
     /// are buffered meanwhile). Default 2 min.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub resume_window: Duration,
     /// Most events buffered per session for resume. Default 2,000.
     pub replay_max_events: usize,
@@ -165,17 +165,17 @@ pub struct SessionConfig {
     pub replay_max_bytes: usize,
     /// Channel events older than this are pruned from the event log (catch-up after that
     /// answers `Gap`). Default 30 days.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub event_log_retention: Duration,
     /// A user whose last session ends shows offline only after this grace, so a quick
     /// reconnect does not flap offline → online. Default 5 s.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub presence_grace: Duration,
     /// How long a graceful shutdown waits for sessions to leave after `Goaway`. Default 10 s.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
     /// `Goaway.reconnect_after_ms` sent on shutdown. Default 1 s.
-    #[serde(deserialize_with = "serde_duration::de")]
+    #[serde(deserialize_with = "de_duration")]
     pub reconnect_after: Duration,
     /// Origins allowed to open WebTransport sessions (`ALLOWED_ORIGINS`, comma-separated).
     /// Empty (the default) allows any origin, for development; set it in production.
@@ -197,6 +197,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             limits: Default::default(),
             voice: VoiceConfig::default(),
+            store: Default::default(),
         }
     }
 }
@@ -269,6 +270,9 @@ pub struct ConfigArgs {
     /// Database URL (sqlite://… or postgres://…) [default: sqlite in the data dir].
     #[arg(long, env = "DATABASE_URL")]
     pub database: Option<String>,
+    /// Deadline of every database call [default: 5s].
+    #[arg(long, env = "QUAVER_STORE_TIMEOUT", value_parser = parse_duration)]
+    pub store_timeout: Option<Duration>,
     /// Node number for snowflake ids, 0–1023 [default: from the node name].
     #[arg(long, env = "QUAVER_NODE_ID")]
     pub node_id: Option<u16>,
@@ -369,6 +373,7 @@ impl ConfigArgs {
             presence_grace => session.presence_grace,
             resume_window => session.resume_window,
             event_log_retention => session.event_log_retention,
+            store_timeout => store.timeout,
         }
         macro_rules! set_opt {
             ($($field:ident => $($target:ident).+),* $(,)?) => {
@@ -437,6 +442,10 @@ impl Config {
             quaver_proto::HARD_MAX_FRAME
         );
         anyhow::ensure!(s.max_connections > 0, "max connections must be positive");
+        anyhow::ensure!(
+            self.store.timeout >= Duration::from_millis(10),
+            "store timeout must be at least 10ms"
+        );
         let t = &self.tls;
         anyhow::ensure!(
             t.dev_validity <= Duration::from_secs(14 * 86_400),

@@ -23,6 +23,22 @@ impl Snowflakes {
         }
     }
 
+    /// Continues after `last_id` (the highest id already issued, e.g. the highest stored):
+    /// every later id is greater, even if the clock is now behind the time in `last_id`
+    /// (a restart with the clock set back). Returns how many ms the clock `now_ms` is behind
+    /// `last_id`'s time (0 if not behind), for the log.
+    pub fn resume_after(&mut self, last_id: u64, now_ms: u64) -> u64 {
+        let last_ms = last_id >> 22;
+        let behind = last_ms.saturating_sub(now_ms.saturating_sub(EPOCH_MS));
+        if last_ms >= self.last_ms {
+            self.last_ms = last_ms;
+            // Next id takes the following millisecond's sequence 0: never `last_id` itself,
+            // whatever node or sequence bits it carried.
+            self.seq = 0xfff;
+        }
+        behind
+    }
+
     /// The next id at wall-clock `now_ms`. Never repeats or goes backwards, even if the
     /// clock does: it keeps counting on the last millisecond it saw.
     pub fn next(&mut self, now_ms: u64) -> u64 {
@@ -53,6 +69,28 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restart_with_the_clock_behind_never_repeats_an_id() {
+        let t = EPOCH_MS + 1_000_000;
+        let mut before = Snowflakes::new(7);
+        let issued: Vec<u64> = (0..5000).map(|i| before.next(t + i / 10)).collect();
+        let last = *issued.iter().max().unwrap();
+        // Same node, clock 10 s behind.
+        let mut after = Snowflakes::new(7);
+        assert_eq!(after.resume_after(last, t - 10_000 + 500), 10_000 - 500 + 499);
+        let mut prev = last;
+        for _ in 0..10_000 {
+            let id = after.next(t - 10_000 + 500);
+            assert!(id > prev, "{id} after {prev}");
+            prev = id;
+        }
+        // Resuming after an older id than the generator's own changes nothing.
+        let mut g = Snowflakes::new(1);
+        let a = g.next(t);
+        g.resume_after(a >> 1, t);
+        assert!(g.next(t) > a);
+    }
 
     #[test]
     fn increasing_unique_and_positive_even_with_clock_going_back() {

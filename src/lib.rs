@@ -153,7 +153,7 @@ impl Server {
         cfg.validate()?;
         let verifier = auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
         let certs = transport::tls::CertStore::from_config(&cfg.tls)?;
-        let store = store::Store::open(&cfg.database_url())
+        let store = store::Store::open_with(&cfg.database_url(), &cfg.store)
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
         let (bus, bus_rx) = cluster::MemoryBus::new();
@@ -164,6 +164,20 @@ impl Server {
             cfg.node_number(),
             cfg.limits.clone(),
         ));
+        // Snowflakes continue after the newest stored one: a restart with the clock set
+        // back (or a node name reused) must never repeat an id.
+        let last_id = chat
+            .store()
+            .max_snowflake()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the newest id: {e}"))?;
+        let behind = chat.resume_ids_after(last_id);
+        if behind > 0 {
+            tracing::warn!(
+                behind_ms = behind,
+                "the clock is behind the newest stored id; new ids continue after it (check NTP)"
+            );
+        }
         let presence = presence::task::PresenceHandle::spawn(
             bus.clone(),
             cfg.session.presence_grace,

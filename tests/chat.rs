@@ -769,3 +769,76 @@ async fn large_history_pages_are_compressed_when_negotiated() {
     assert!(compressed * 5 < plain, "compressed {compressed} vs plain {plain}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn channels_and_guilds_fetches_report_the_current_seq() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (g, ch) = shared_guild(&a.client, &mut a.chat, vec![]).await;
+    for n in 0..5 {
+        a.send(ch, n, "hi").await;
+    }
+    let Ok(Ok(FetchResponse::Channels { channels })) = a.client.fetch(FetchRequest::Channels { guild_id: g }).await
+    else {
+        panic!("channels")
+    };
+    assert_eq!(channels.iter().find(|c| c.id == ch).unwrap().last_seq, 5);
+    let Ok(Ok(FetchResponse::Guilds { guilds })) = a.client.fetch(FetchRequest::Guilds).await else {
+        panic!("guilds")
+    };
+    assert_eq!(guilds[0].channels.iter().find(|c| c.id == ch).unwrap().last_seq, 5);
+    server.shutdown().await;
+}
+
+/// A database that holds its locks: a send gets `UNAVAILABLE` within the deadline (not
+/// silence), a new session is refused with a reconnect code, `/ready` says 503; once the
+/// lock goes, the same nonce is stored once and the node is ready again.
+#[tokio::test]
+async fn a_database_that_holds_its_locks_answers_unavailable_and_not_ready() {
+    use sqlx::{Connection, Executor};
+    let mut cfg = config();
+    cfg.store.timeout = Duration::from_millis(600);
+    let db = cfg.data_dir.join("quaver.db");
+    let server = start(cfg).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let (_, ch) = shared_guild(&a.client, &mut a.chat, vec![]).await;
+    a.send(ch, 1, "before").await;
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let body = RequestBody::SendMessage {
+        channel_id: ch,
+        nonce: 2,
+        content: "during".into(),
+        reply_to: None,
+    };
+    let e = a.req(body.clone()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::UNAVAILABLE, "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let (status, why) = http_get(server.http_addr, "/ready").await;
+    assert_eq!(status, 503, "{why}");
+    let t0 = std::time::Instant::now();
+    match connect(&client_config(&server, Transport::Quic, Some(token(2)))).await {
+        Err(e) => assert_eq!(e.close_code(), Some(CloseCode::INTERNAL_ERROR), "{e}"),
+        Ok(_) => panic!("a session opened on a database that cannot store its user"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    locker.execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    let Ok(ResponseBody::MessageSent { seq, duplicate, .. }) = a.req(body).await else {
+        panic!("send after the lock went")
+    };
+    assert_eq!((seq, duplicate), (2, false));
+    let mut ready = false;
+    for _ in 0..50 {
+        if http_get(server.http_addr, "/ready").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the store answers");
+    server.shutdown().await;
+}

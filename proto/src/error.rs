@@ -50,6 +50,11 @@ impl ErrorCode {
     pub const OWNER: ErrorCode = ErrorCode(20);
     /// There is no such friend request or friendship.
     pub const NO_RELATIONSHIP: ErrorCode = ErrorCode(21);
+    /// The server's database did not answer in time. Nothing was acknowledged; retry with
+    /// backoff (a retried `SendMessage` with the same nonce is never stored twice).
+    pub const UNAVAILABLE: ErrorCode = ErrorCode(22);
+    /// The voice channel is at its `user_limit`.
+    pub const CHANNEL_FULL: ErrorCode = ErrorCode(23);
 }
 
 /// The body of an error reply.

@@ -81,6 +81,14 @@ fn store_err(e: StoreError) -> ErrorBody {
             "reply target is not a message of this channel",
         ),
         StoreError::TooManyReactions => ErrorBody::new(ErrorCode::TOO_MANY_REACTIONS, "at most 20 distinct reactions"),
+        StoreError::Timeout(t) => {
+            tracing::warn!(deadline = ?t, "store call missed its deadline");
+            ErrorBody {
+                code: ErrorCode::UNAVAILABLE,
+                message: "storage did not answer in time; retry".into(),
+                retry_after_ms: Some(1000),
+            }
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             ErrorBody::new(ErrorCode::INTERNAL, "storage failure; retry")
@@ -238,6 +246,15 @@ impl Chat {
             buckets: Mutex::new(HashMap::new()),
             floods: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Makes every later id greater than `last_id` (the highest one stored); returns how
+    /// many ms the clock is behind it.
+    pub fn resume_ids_after(&self, last_id: u64) -> u64 {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resume_after(last_id, now_ms())
     }
 
     /// The store.
@@ -1064,7 +1081,7 @@ impl Chat {
                     return Err(not_found().into());
                 }
                 FetchResponse::Channels {
-                    channels: g.visible_channels(user),
+                    channels: self.visible_channels(&g, user).await?,
                 }
             }
             FetchRequest::Members { guild_id, after, limit } => {
@@ -1094,6 +1111,19 @@ impl Chat {
         Ok(FetchReply::Ok(resp))
     }
 
+    /// The channels of `g` that `user` can view, with their current seqs (the cached
+    /// state's are from when it was loaded).
+    async fn visible_channels(&self, g: &GuildView, user: u64) -> Result<Vec<Channel>, ErrorBody> {
+        let mut channels = g.visible_channels(user);
+        let seqs = self.store.channel_seqs(g.state.guild.id).await.map_err(store_err)?;
+        for c in &mut channels {
+            if let Some(seq) = seqs.get(&c.id) {
+                c.last_seq = *seq;
+            }
+        }
+        Ok(channels)
+    }
+
     /// The guilds of `user` as they see them.
     pub async fn guild_snapshots(&self, user: u64) -> Result<Vec<GuildSnapshot>, ErrorBody> {
         let mut out = Vec::new();
@@ -1105,13 +1135,7 @@ impl Chat {
             } else {
                 Vec::new()
             };
-            let mut channels = g.visible_channels(user);
-            // The cached state's seqs are from load time; report the store's current ones.
-            for c in &mut channels {
-                if let Ok(fresh) = self.store.channel(c.id).await {
-                    c.last_seq = fresh.last_seq;
-                }
-            }
+            let channels = self.visible_channels(&g, user).await?;
             out.push(GuildSnapshot {
                 guild: g.state.guild.clone(),
                 roles: g.state.roles.clone(),

@@ -165,14 +165,12 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e.message, "building Ready failed");
-            return refuse(
-                &ctx,
-                &session,
-                &mut ctl_tx,
-                CloseCode::INTERNAL_ERROR,
-                "server failure; retry",
-            )
-            .await;
+            let reason = if e.code == ErrorCode::UNAVAILABLE {
+                "storage unavailable; retry"
+            } else {
+                "server failure; retry"
+            };
+            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::INTERNAL_ERROR, reason).await;
         }
     };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);

@@ -1,5 +1,5 @@
-//! The HTTP side port: `/health` (the process answers), `/ready` (accepting sessions, not
-//! draining), `/metrics` (Prometheus text), `/cert-hash` (what a browser needs for
+//! The HTTP side port: `/health` (the process answers), `/ready` (accepting sessions: not
+//! draining, and the database answering within its deadline), `/metrics` (Prometheus text), `/cert-hash` (what a browser needs for
 //! `serverCertificateHashes`), and the browser client at `/` and `/quaver.js`.
 
 use std::sync::Arc;
@@ -36,11 +36,25 @@ fn static_file(ty: &'static str, body: &'static str) -> Response {
 }
 
 async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if ctx.shutdown.is_fired() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else {
-        "ready\n".into_response()
+        return unavailable("draining\n".into());
     }
+    let store = ctx.chat.store();
+    let limit = ctx.cfg.store.timeout.min(std::time::Duration::from_secs(2));
+    if !store.ping(limit).await {
+        return unavailable(format!("store: no answer within {limit:?}\n"));
+    }
+    if let Some(t) = store.last_timeout_ms() {
+        let ago = crate::ids::now_ms().saturating_sub(t);
+        // A database that holds locks can answer `SELECT 1` while every write waits: a
+        // recent missed deadline also means not ready (for two deadlines, at least 1 s).
+        let memory = (ctx.cfg.store.timeout * 2).max(std::time::Duration::from_secs(1));
+        if u128::from(ago) < memory.as_millis() {
+            return unavailable(format!("store: a call missed its deadline {ago} ms ago\n"));
+        }
+    }
+    "ready\n".into_response()
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
