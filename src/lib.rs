@@ -85,15 +85,30 @@ pub struct Ctx {
     pub quic_port: u16,
 }
 
+/// Counts one session task while it lives. A drop guard, not a call at the end of the
+/// task: a session refused early, or a task that panicked, must not leave the count up —
+/// shutdown waits for it to reach zero (a leaked count made every SIGTERM wait the whole
+/// drain timeout).
+pub(crate) struct SessionTask(Arc<Ctx>);
+
+impl Drop for SessionTask {
+    fn drop(&mut self) {
+        if self.0.tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 impl Ctx {
-    fn session_started(&self) {
+    /// Counts a session task until the returned guard drops.
+    pub(crate) fn session_task(self: &Arc<Self>) -> SessionTask {
         self.tasks.fetch_add(1, Ordering::SeqCst);
+        SessionTask(self.clone())
     }
 
-    fn session_ended(&self) {
-        if self.tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
+    /// Session tasks running.
+    pub fn session_tasks(&self) -> usize {
+        self.tasks.load(Ordering::SeqCst)
     }
 
     /// Replay buffer limits of new sessions.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use quaver_proto::{CloseCode, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -96,14 +96,29 @@ impl AuthError {
     }
 }
 
+/// Latest `exp`/`nbf` accepted: 9999-12-31T23:59:59Z. Beyond it a NumericDate is not a
+/// date a token means (and `exp` ≥ 2^63 used to overflow the session's clock).
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// Highest user id: ids are stored as signed 64-bit integers, so `sub` is 1 ..= 2^63 − 1.
+pub const MAX_USER_ID: u64 = i64::MAX as u64;
+
 /// Verifies tokens with one configured key and algorithm.
+///
+/// The signature is checked with `jsonwebtoken`; the claims are checked here, one rule per
+/// case (PROTOCOL.md §2), so every bad claim is `token_invalid_claims` with its reason and
+/// `token_malformed` means only "not a JWT".
 pub struct Verifier {
     /// Key for signature checks.
     key: DecodingKey,
-    /// Algorithm, leeway, audience and issuer rules.
-    validation: Validation,
     /// The only accepted `alg`.
     algorithm: Algorithm,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    leeway: u64,
+    /// Required `aud` (the token's `aud`, a string or an array of strings, must contain it).
+    audience: Option<String>,
+    /// Required `iss`.
+    issuer: Option<String>,
     /// Signing key when the server holds the secret (HS256), for `quaver token` and tests.
     signer: Option<EncodingKey>,
 }
@@ -112,6 +127,8 @@ impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
             .field("algorithm", &self.algorithm)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +140,29 @@ fn parse_algorithm(name: &str) -> anyhow::Result<Algorithm> {
         "EDDSA" => Ok(Algorithm::EdDSA),
         other => anyhow::bail!("unsupported JWT algorithm {other:?} for a public key (use RS256, ES256 or EdDSA)"),
     }
+}
+
+fn invalid(why: impl Into<String>) -> AuthError {
+    AuthError::InvalidClaims(why.into())
+}
+
+/// A NumericDate claim (RFC 7519 §2): a JSON number of seconds, fractions allowed (and
+/// dropped), between 0 and [`MAX_NUMERIC_DATE`].
+fn numeric_date(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    let secs = v
+        .as_u64()
+        .map(|n| n as f64)
+        .or_else(|| v.as_f64())
+        .filter(|n| n.is_finite() && *n >= 0.0 && *n <= MAX_NUMERIC_DATE as f64)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{name} must be a number of seconds from 0 to {MAX_NUMERIC_DATE}"
+            ))
+        })?;
+    Ok(Some(secs.floor() as u64))
 }
 
 impl Verifier {
@@ -147,14 +187,9 @@ impl Verifier {
             };
             Self::hs256(&secret)?
         };
-        v.validation.leeway = cfg.leeway.as_secs();
-        if let Some(aud) = &cfg.audience {
-            v.validation.set_audience(&[aud]);
-            v.validation.validate_aud = true;
-        }
-        if let Some(iss) = &cfg.issuer {
-            v.validation.set_issuer(&[iss]);
-        }
+        v.leeway = cfg.leeway.as_secs();
+        v.audience = cfg.audience.clone();
+        v.issuer = cfg.issuer.clone();
         Ok(v)
     }
 
@@ -173,14 +208,12 @@ impl Verifier {
     }
 
     fn with_key(key: DecodingKey, algorithm: Algorithm, signer: Option<EncodingKey>) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key,
-            validation,
             algorithm,
+            leeway: 0,
+            audience: None,
+            issuer: None,
             signer,
         }
     }
@@ -192,10 +225,15 @@ impl Verifier {
 
     /// Signs claims with the server's own HS256 secret (dev tokens, tests).
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        self.sign_json(&serde_json::to_value(claims)?)
+    }
+
+    /// Signs any JSON payload with the server's own HS256 secret (tests of bad claims).
+    pub fn sign_json(&self, payload: &serde_json::Value) -> anyhow::Result<String> {
         let signer = self.signer.as_ref().ok_or_else(|| {
             anyhow::anyhow!("this server verifies with a public key; sign tokens with the private key's owner")
         })?;
-        Ok(jsonwebtoken::encode(&Header::new(self.algorithm), claims, signer)?)
+        Ok(jsonwebtoken::encode(&Header::new(self.algorithm), payload, signer)?)
     }
 
     /// Mints a token for `user` valid for `ttl`.
@@ -204,28 +242,46 @@ impl Verifier {
         self.sign(&Claims {
             sub: user.to_string(),
             name: name.map(str::to_string),
-            exp: now + ttl.as_secs().max(1),
+            exp: now.saturating_add(ttl.as_secs().max(1)).min(MAX_NUMERIC_DATE),
             nbf: None,
             iat: Some(now),
-            aud: self.validation.aud.as_ref().and_then(|a| a.iter().next().cloned()),
-            iss: self.validation.iss.as_ref().and_then(|a| a.iter().next().cloned()),
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
         })
     }
 
-    /// Verifies a token.
+    /// Verifies a token at the current time.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// Verifies a token at Unix time `now` (seconds). In this order: the JWT's form, its
+    /// `alg`, its signature, then each claim.
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let json_object = |b64: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64.trim_end_matches('='))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| match v {
+                    serde_json::Value::Object(m) => Some(m),
+                    _ => None,
+                })
+                .ok_or(AuthError::Malformed)
+        };
         // Read `alg` ourselves first: jsonwebtoken cannot even parse a header saying
         // `none`, and we want that case (a classic attack) named precisely.
-        let header_b64 = token.split('.').next().unwrap_or_default();
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header_b64.trim_end_matches('='))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .ok_or(AuthError::Malformed)?;
+        let header = json_object(header_b64)?;
         let alg = header.get("alg").and_then(|a| a.as_str()).ok_or(AuthError::Malformed)?;
         if alg.eq_ignore_ascii_case("none") {
             return Err(AuthError::Unsigned);
@@ -233,34 +289,68 @@ impl Verifier {
         if alg != format!("{:?}", self.algorithm) {
             return Err(AuthError::WrongAlgorithm(alg.to_string()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(alg.to_string()),
-            ErrorKind::InvalidAudience => AuthError::InvalidClaims("aud".into()),
-            ErrorKind::InvalidIssuer => AuthError::InvalidClaims("iss".into()),
-            ErrorKind::MissingRequiredClaim(c) => AuthError::InvalidClaims(format!("missing {c}")),
-            ErrorKind::InvalidClaimFormat(c) => AuthError::InvalidClaims(format!("bad {c}")),
-            _ => AuthError::Malformed,
-        })?;
-        let c = data.claims;
-        let user_id: UserId = c
-            .sub
-            .parse()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| AuthError::InvalidClaims("sub must be a positive decimal user id".into()))?;
-        let name = c.name.unwrap_or_else(|| c.sub.clone());
+        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+        match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &self.key, self.algorithm) {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::BadSignature),
+            // The signature part is not base64url, or not a signature of this algorithm.
+            Err(_) => return Err(AuthError::BadSignature),
+        }
+        let claims = json_object(payload_b64)?;
+        self.check_claims(&claims, now)
+    }
+
+    /// The claim rules, one per case.
+    fn check_claims(&self, c: &serde_json::Map<String, serde_json::Value>, now: u64) -> Result<Identity, AuthError> {
+        let exp = numeric_date(c, "exp")?.ok_or_else(|| invalid("missing exp"))?;
+        let nbf = numeric_date(c, "nbf")?;
+        numeric_date(c, "iat")?;
+        let sub = match c.get("sub") {
+            None => return Err(invalid("missing sub")),
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(invalid("sub must be a string (a decimal user id)")),
+        };
+        let user_id: UserId = Some(sub.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .filter(|id| (1..=MAX_USER_ID).contains(id))
+            .ok_or_else(|| invalid(format!("sub must be a decimal user id from 1 to {MAX_USER_ID}")))?;
+        let name = match c.get("name") {
+            None | Some(serde_json::Value::Null) => sub.clone(),
+            Some(serde_json::Value::String(n)) => n.clone(),
+            Some(_) => return Err(invalid("name must be a string")),
+        };
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaims(
-                "name must be 1–64 printable characters".into(),
-            ));
+            return Err(invalid("name must be 1–64 printable characters"));
+        }
+        if let Some(want) = &self.audience {
+            let ok = match c.get("aud") {
+                None => return Err(invalid("missing aud")),
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
+                Some(_) => return Err(invalid("aud must be a string or an array of strings")),
+            };
+            if !ok {
+                return Err(invalid("aud"));
+            }
+        }
+        if let Some(want) = &self.issuer {
+            match c.get("iss") {
+                None => return Err(invalid("missing iss")),
+                Some(serde_json::Value::String(i)) if i == want => {}
+                Some(_) => return Err(invalid("iss")),
+            }
+        }
+        if exp.saturating_add(self.leeway) <= now {
+            return Err(AuthError::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(AuthError::NotYetValid);
         }
         Ok(Identity {
             user_id,
             name,
-            expires_at: UNIX_EPOCH + Duration::from_secs(c.exp),
+            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
         })
     }
 }
@@ -318,8 +408,7 @@ mod tests {
 
     #[test]
     fn every_bad_token_has_its_own_error() {
-        let mut v = Verifier::hs256(SECRET).unwrap();
-        v.validation.leeway = 0;
+        let v = Verifier::hs256(SECRET).unwrap();
         assert_eq!(v.verify(&v.sign(&claims(60)).unwrap()).unwrap().user_id, 42);
         assert_eq!(v.verify(&v.sign(&claims(-10)).unwrap()), Err(AuthError::Expired));
         let mut c = claims(60);
@@ -352,6 +441,111 @@ mod tests {
         c.sub = "alice".into();
         assert!(matches!(
             v.verify(&v.sign(&c).unwrap()),
+            Err(AuthError::InvalidClaims(_))
+        ));
+    }
+
+    #[test]
+    fn claim_rules_one_per_case() {
+        use serde_json::json;
+        let v = Verifier::hs256(SECRET).unwrap();
+        let now = 1_800_000_000u64;
+        let at = |payload: serde_json::Value| v.verify_at(&v.sign_json(&payload).unwrap(), now);
+        let bad = |r: Result<Identity, AuthError>| match r {
+            Err(AuthError::InvalidClaims(why)) => why,
+            other => panic!("expected invalid claims, got {other:?}"),
+        };
+        assert_eq!(at(json!({"sub": "7", "exp": now + 60})).unwrap().user_id, 7);
+        assert_eq!(bad(at(json!({"sub": "7"}))), "missing exp");
+        assert_eq!(bad(at(json!({"exp": now + 60}))), "missing sub");
+        assert!(bad(at(json!({"sub": 7, "exp": now + 60}))).contains("string"));
+        for exp in [
+            json!("soon"),
+            json!(-5),
+            json!(9_223_372_036_854_775_808u64),
+            json!(u64::MAX),
+            json!(null),
+        ] {
+            assert!(bad(at(json!({"sub": "7", "exp": exp}))).contains("exp"), "{exp}");
+        }
+        // A NumericDate may carry a fraction.
+        let id = at(json!({"sub": "7", "exp": (now + 60) as f64 + 0.5})).unwrap();
+        assert_eq!(id.expires_at, UNIX_EPOCH + Duration::from_secs(now + 60));
+        assert_eq!(at(json!({"sub": "7", "exp": now})), Err(AuthError::Expired));
+        assert_eq!(
+            at(json!({"sub": "7", "exp": now + 60, "nbf": now + 10})),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(bad(at(json!({"sub": "7", "exp": now + 60, "nbf": "x"}))).contains("nbf"));
+        assert!(bad(at(json!({"sub": "7", "exp": now + 60, "iat": "x"}))).contains("iat"));
+        // The whole id range the store can hold, and nothing past it.
+        assert_eq!(
+            at(json!({"sub": "9223372036854775807", "exp": now + 60}))
+                .unwrap()
+                .user_id,
+            MAX_USER_ID
+        );
+        for sub in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "0",
+            "+5",
+            " 5",
+            "5 ",
+            "",
+            "1e3",
+            "-1",
+        ] {
+            assert!(bad(at(json!({"sub": sub, "exp": now + 60}))).contains("sub"), "{sub:?}");
+        }
+        assert!(bad(at(json!({"sub": "7", "exp": now + 60, "name": 3}))).contains("name"));
+        assert!(bad(at(json!({"sub": "7", "exp": now + 60, "name": ""}))).contains("name"));
+        // Not a JWT at all.
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for t in ["a.b", "a.b.c.d", "!!.!!.!!"] {
+            assert_eq!(v.verify_at(t, now), Err(AuthError::Malformed), "{t}");
+        }
+        let array_payload = v.sign_json(&json!(["sub", "7"])).unwrap();
+        assert_eq!(v.verify_at(&array_payload, now), Err(AuthError::Malformed));
+        let header_only = format!("{}.{}.{}", b64(r#"{"typ":"JWT"}"#), b64("{}"), b64("sig"));
+        assert_eq!(v.verify_at(&header_only, now), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn required_audience_and_issuer_must_be_present() {
+        use serde_json::json;
+        let mut v = Verifier::hs256(SECRET).unwrap();
+        v.audience = Some("quaver".into());
+        v.issuer = Some("https://auth.example".into());
+        let now = 1_800_000_000u64;
+        let at = |payload: serde_json::Value| v.verify_at(&v.sign_json(&payload).unwrap(), now);
+        let base = |extra: serde_json::Value| {
+            let mut p = json!({"sub": "7", "exp": now + 60});
+            p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            p
+        };
+        let iss = "https://auth.example";
+        assert!(at(base(json!({"aud": "quaver", "iss": iss}))).is_ok());
+        // RFC 7519 §4.1.3: `aud` may be an array.
+        assert!(at(base(json!({"aud": ["other", "quaver"], "iss": iss}))).is_ok());
+        assert_eq!(
+            at(base(json!({"iss": iss}))),
+            Err(AuthError::InvalidClaims("missing aud".into()))
+        );
+        assert_eq!(
+            at(base(json!({"aud": "quaver"}))),
+            Err(AuthError::InvalidClaims("missing iss".into()))
+        );
+        assert_eq!(
+            at(base(json!({"aud": ["other"], "iss": iss}))),
+            Err(AuthError::InvalidClaims("aud".into()))
+        );
+        assert_eq!(
+            at(base(json!({"aud": "quaver", "iss": "https://evil.example"}))),
+            Err(AuthError::InvalidClaims("iss".into()))
+        );
+        assert!(matches!(
+            at(base(json!({"aud": 5, "iss": iss}))),
             Err(AuthError::InvalidClaims(_))
         ));
     }

@@ -37,10 +37,13 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Converts a wall-clock expiry to the monotonic clock the timers use.
+/// Converts a wall-clock expiry to the monotonic clock the timers use (saturating: the
+/// verifier caps `exp` at year 9999, and a far deadline must never overflow the clock).
 fn deadline_of(expires: SystemTime, leeway: Duration) -> Instant {
     let left = expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    Instant::now() + left + leeway
+    let now = Instant::now();
+    now.checked_add(left.saturating_add(leeway))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 fn random_session_id() -> SessionId {
@@ -376,7 +379,6 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     if let Some((code, reason)) = close {
         close_with(&ctx, &session, Some(&mut ctl_tx), code, &reason).await;
     }
-    ctx.session_ended();
     tracing::debug!(session = %handle.id, "session ended");
 }
 

@@ -103,8 +103,8 @@ async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
         session.close(CloseCode::OVERLOADED.0, "server full");
         return;
     }
-    ctx.session_started();
-    Box::pin(crate::gateway::session::run(ctx, session, pre_token)).await;
+    let _task = ctx.session_task();
+    Box::pin(crate::gateway::session::run(ctx.clone(), session, pre_token)).await;
 }
 
 fn alpn(hd: Box<dyn std::any::Any>) -> Option<Vec<u8>> {
