@@ -177,6 +177,10 @@ pub struct SessionConfig {
     /// `Goaway.reconnect_after_ms` sent on shutdown. Default 1 s.
     #[serde(deserialize_with = "de_duration")]
     pub reconnect_after: Duration,
+    /// How long a fetch reply may wait for the client to read it before its stream is reset.
+    /// Default 30 s: a 400 KB history page over a slow mobile link, not forever.
+    #[serde(deserialize_with = "de_duration")]
+    pub fetch_write_timeout: Duration,
     /// Origins allowed to open WebTransport sessions (`ALLOWED_ORIGINS`, comma-separated).
     /// Empty (the default) allows any origin, for development; set it in production.
     /// Requests without an `Origin` header (native clients) are always allowed.
@@ -244,6 +248,7 @@ impl Default for SessionConfig {
             event_log_retention: Duration::from_secs(30 * 86_400),
             drain_timeout: Duration::from_secs(10),
             reconnect_after: Duration::from_secs(1),
+            fetch_write_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
         }
     }

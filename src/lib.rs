@@ -77,6 +77,8 @@ pub struct Ctx {
     pub typing: typing::task::TypingHandle,
     /// Voice channels (the SFU).
     pub voice: Arc<voice::Voice>,
+    /// Rate limits of every user on this node.
+    pub limiter: Arc<limits::Limiter>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -131,13 +133,18 @@ impl Ctx {
     }
 }
 
-/// Periodic upkeep: forget sessions whose resume window passed; prune the event log.
+/// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
+/// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
+/// forever); prune the event log.
 async fn housekeeping(ctx: Arc<Ctx>) {
     let every = (ctx.cfg.session.resume_window / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tokio::time::sleep(every).await;
-        ctx.sessions.sweep(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        ctx.sessions.sweep(now);
+        ctx.limiter.sweep(now);
+        ctx.chat.sweep();
         if last_prune.elapsed() >= Duration::from_secs(600) {
             last_prune = std::time::Instant::now();
             let before = ids::now_ms().saturating_sub(ctx.cfg.session.event_log_retention.as_millis() as u64);
@@ -173,12 +180,8 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
         let (bus, bus_rx) = cluster::MemoryBus::new();
         let bus: Arc<dyn cluster::Bus> = Arc::new(bus);
-        let chat = Arc::new(chat::Chat::new(
-            store,
-            bus.clone(),
-            cfg.node_number(),
-            cfg.limits.clone(),
-        ));
+        let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
+        let chat = Arc::new(chat::Chat::new(store, bus.clone(), cfg.node_number(), limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
         // back (or a node name reused) must never repeat an id.
         let last_id = chat
@@ -222,6 +225,7 @@ impl Server {
             presence,
             typing,
             voice,
+            limiter,
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),

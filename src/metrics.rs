@@ -62,6 +62,8 @@ pub struct Metrics {
     pub closes: [AtomicU64; 32],
     /// Connections refused with a stateless retry (address validation).
     pub retries: AtomicU64,
+    /// Fetch replies reset because the client did not read them in time.
+    pub fetch_timeouts: AtomicU64,
     /// Frames/bytes received per stream kind.
     pub rx: [Flow; 7],
     /// Frames/bytes sent per stream kind.
@@ -174,6 +176,11 @@ impl Metrics {
             o,
             "quaver_address_validation_retries_total {}",
             self.retries.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP quaver_fetch_write_timeouts_total Fetch replies reset unread after the write deadline.\n# TYPE quaver_fetch_write_timeouts_total counter\nquaver_fetch_write_timeouts_total {}",
+            self.fetch_timeouts.load(Relaxed)
         );
         for (dir, flows) in [("in", &self.rx), ("out", &self.tx)] {
             let _ = writeln!(

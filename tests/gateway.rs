@@ -589,14 +589,18 @@ async fn connection_cap_answers_overloaded() {
     let _a = connect(&client_config(&server, Transport::Quic, Some(token(1))))
         .await
         .unwrap();
-    let e = connect(&client_config(&server, Transport::Quic, Some(token(2))))
-        .await
-        .unwrap_err();
-    assert!(
-        e.close_code() == Some(CloseCode::OVERLOADED) || matches!(e, Error::Transport(_)),
-        "{e}"
-    );
-    assert_eq!(server.ctx.metrics.failures_with(CloseCode::OVERLOADED), 1);
+    for transport in [Transport::Quic, Transport::WebTransport] {
+        // In band: the client reads `Closing` where it expected `Ready` (a browser could
+        // not see the QUIC close code).
+        match connect(&client_config(&server, transport, Some(token(2)))).await {
+            Err(Error::Closed { code, reason }) => {
+                assert_eq!(code, CloseCode::OVERLOADED, "{transport:?}");
+                assert_eq!(reason, "server full");
+            }
+            other => panic!("{transport:?}: expected Closing(overloaded), got {other:?}"),
+        }
+    }
+    assert_eq!(server.ctx.metrics.failures_with(CloseCode::OVERLOADED), 2);
     server.shutdown().await;
 }
 
@@ -610,5 +614,186 @@ async fn stateless_retry_validates_addresses_under_load() {
         .unwrap();
     assert_eq!(c.ready.user.id, 1);
     assert!(server.ctx.metrics.retries.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    server.shutdown().await;
+}
+
+/// A client that stops reading its control stream (lanes still flowing) cannot keep a
+/// session past its token: the session's timers do not wait on that stream's flow control.
+#[tokio::test]
+async fn a_blocked_control_stream_does_not_stop_token_expiry() {
+    let server = start(config()).await;
+    let conn = raw_quic(&server, 1024).await;
+    let expires_in = Duration::from_secs(3);
+    let tok = verifier().sign(&claims(1, expires_in.as_secs() as i64)).unwrap();
+    let t0 = std::time::Instant::now();
+    let (mut ctl, _ctl_rx, _ready) = raw_hello(&conn, tok).await;
+    let (mut lane_tx, mut lane_rx) = raw_lane(&conn, Lane::Chat).await;
+    // More acks than the 1 KiB window takes (4 bytes each), fewer than the server queues:
+    // its control writer is stuck on flow control from here on. We never read them.
+    for n in 0..270u32 {
+        let hb = ClientControl::Heartbeat(Heartbeat {
+            nonce: n % 250,
+            lanes: vec![],
+        });
+        codec::io::write_msg(&mut ctl, &hb).await.unwrap();
+    }
+    // Requests on the chat lane every 200 ms; acks are read (the lane flows).
+    let sender = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for id in 1..=40u32 {
+            let req = Request {
+                id,
+                body: RequestBody::Ping { data: vec![] },
+            };
+            if codec::io::write_msg(&mut lane_tx, &req).await.is_err() {
+                break;
+            }
+            sent.push((id, std::time::Instant::now()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        sent
+    });
+    let mut acked = Vec::new();
+    while let Ok(Ok(Some(msg))) = tokio::time::timeout(Duration::from_secs(10), lane_rx.next::<ServerLane>()).await {
+        if let ServerLane::Ack { id, .. } = msg {
+            acked.push(id);
+        }
+    }
+    let code = close_code_within(&conn, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(CloseCode::TOKEN_REFRESH_MISSED.0));
+    assert!(
+        t0.elapsed() < expires_in + Duration::from_secs(3),
+        "closed at {:?}",
+        t0.elapsed()
+    );
+    let sent = sender.await.unwrap();
+    let expiry = t0 + expires_in + Duration::from_millis(300);
+    for id in &acked {
+        let at = sent.iter().find(|(i, _)| i == id).map(|(_, t)| *t).unwrap();
+        assert!(
+            at < expiry,
+            "request {id} sent {:?} after start was served past expiry",
+            at - t0
+        );
+    }
+    assert!(acked.len() >= 5, "the lane kept flowing before expiry: {acked:?}");
+    server.shutdown().await;
+}
+
+/// Fetch replies a client never reads: at most a few are built at a time, each is reset
+/// after the write deadline, and the session is untouched.
+#[tokio::test]
+async fn unread_fetches_are_bounded_and_reset_after_the_deadline() {
+    let mut cfg = config();
+    cfg.session.fetch_write_timeout = Duration::from_millis(1500);
+    cfg.limits.send = quaver::limits::Rate {
+        burst: 1000.0,
+        per_sec: 1000.0,
+    };
+    cfg.limits.fetch = cfg.limits.send;
+    let server = start(cfg).await;
+    // Fill a channel so a history page is far larger than the reader's window.
+    let owner = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut chat = owner.open_lane(Lane::Chat).await.unwrap();
+    let (_, ch) = shared_guild(&owner, &mut chat, vec![]).await;
+    for n in 0..60u64 {
+        let r = chat
+            .request(RequestBody::SendMessage {
+                channel_id: ch,
+                nonce: n,
+                content: "x".repeat(3000),
+                reply_to: None,
+            })
+            .await
+            .unwrap();
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let conn = raw_quic(&server, 8 * 1024).await;
+    let (_ctl, _ctl_rx, _ready) = raw_hello(&conn, token(1)).await;
+    let mut streams = Vec::new();
+    for _ in 0..24 {
+        let (mut tx, rx) = conn.open_bi().await.unwrap();
+        let open = StreamOpen::Fetch(FetchRequest::History {
+            channel_id: ch,
+            anchor: HistoryAnchor::Latest,
+            limit: 100,
+        });
+        codec::io::write_msg(&mut tx, &open).await.unwrap();
+        tx.finish().unwrap();
+        streams.push((tx, rx));
+    }
+    // After one deadline only the first few were answered (and reset), not all 24.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let reset = server
+        .ctx
+        .metrics
+        .fetch_timeouts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(reset, quaver::gateway::session::FETCH_CONCURRENCY as u64);
+    // The session itself is fine: a lane still answers.
+    let (mut lane_tx, mut lane_rx) = raw_lane(&conn, Lane::Typing).await;
+    codec::io::write_msg(
+        &mut lane_tx,
+        &Request {
+            id: 1,
+            body: RequestBody::Ping { data: vec![7] },
+        },
+    )
+    .await
+    .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), lane_rx.next::<ServerLane>())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(pong, Some(ServerLane::Ack { id: 1, .. })), "{pong:?}");
+    drop(streams);
+    server.shutdown().await;
+}
+
+/// A flood close keeps the order a client can understand: every reply queued before it
+/// arrives, then `Closing(rate_limited)` in band, then the QUIC close with the same code;
+/// nothing sent after the decision is served.
+#[tokio::test]
+async fn a_flood_close_delivers_queued_replies_then_closing() {
+    let mut cfg = config();
+    cfg.limits.flood_max = 20;
+    let server = start(cfg).await;
+    let mut c = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let lane = c.open_lane(Lane::Chat).await.unwrap();
+    let (mut tx, mut rx) = lane.split();
+    // Guild changes are limited to a burst of 10: 10 succeed, then refusals until the 21st
+    // refusal in the window is a flood.
+    for n in 0..60 {
+        tx.send(RequestBody::CreateGuild { name: format!("g{n}") })
+            .await
+            .unwrap();
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+        match msg {
+            ServerLane::Ack { .. } => ok += 1,
+            ServerLane::Error { error, .. } if error.code == ErrorCode::RATE_LIMITED => limited += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((ok, limited), (10, 21), "every reply up to the flood, none after");
+    let mut closing = None;
+    while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(5), c.next_control()).await {
+        if let ServerControl::Closing(cl) = msg {
+            closing = Some(cl.code);
+            break;
+        }
+    }
+    assert_eq!(closing, Some(CloseCode::RATE_LIMITED.0), "Closing in band");
+    let (code, _) = tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, CloseCode::RATE_LIMITED);
     server.shutdown().await;
 }

@@ -12,7 +12,6 @@ pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
@@ -25,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::cluster::{Bus, BusEvent};
 use crate::gateway::Sessions;
 use crate::ids::{Snowflakes, now_ms};
-use crate::limits::{Bucket, Flood, Kind, LimitsConfig};
+use crate::limits::{Kind, Limiter};
 use crate::perms::{self, Perms, Subject};
 use crate::store::{GuildState, NewMessage, Store, StoreError};
 
@@ -56,20 +55,7 @@ pub const SMALL_GUILD: u32 = 100;
 /// Most people in a group DM, the creator included.
 pub const MAX_GROUP_DM: usize = 10;
 
-/// A request refusal, or a signal that the session must be closed for flooding.
-#[derive(Debug)]
-pub enum Refusal {
-    /// Answer the request with this error.
-    Error(ErrorBody),
-    /// The user keeps flooding: close the session.
-    Flood(ErrorBody),
-}
-
-impl From<ErrorBody> for Refusal {
-    fn from(e: ErrorBody) -> Self {
-        Refusal::Error(e)
-    }
-}
+pub use crate::limits::Refusal;
 
 fn store_err(e: StoreError) -> ErrorBody {
     match e {
@@ -226,14 +212,13 @@ pub struct Chat {
     private: RwLock<HashMap<u64, Arc<Private>>>,
     /// Serializes store-commit → publish per channel, so publish order is seq order.
     channel_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
-    limits: LimitsConfig,
-    buckets: Mutex<HashMap<(u64, Kind), Bucket>>,
-    floods: Mutex<HashMap<u64, Flood>>,
+    limiter: Arc<Limiter>,
 }
 
 impl Chat {
-    /// The chat service over `store`, publishing on `bus`, minting ids as node `node`.
-    pub fn new(store: Store, bus: Arc<dyn Bus>, node: u16, limits: LimitsConfig) -> Self {
+    /// The chat service over `store`, publishing on `bus`, minting ids as node `node`,
+    /// rate-limited by `limiter`.
+    pub fn new(store: Store, bus: Arc<dyn Bus>, node: u16, limiter: Arc<Limiter>) -> Self {
         Self {
             store,
             bus,
@@ -242,9 +227,7 @@ impl Chat {
             channel_guild: RwLock::new(HashMap::new()),
             private: RwLock::new(HashMap::new()),
             channel_locks: Mutex::new(HashMap::new()),
-            limits,
-            buckets: Mutex::new(HashMap::new()),
-            floods: Mutex::new(HashMap::new()),
+            limiter,
         }
     }
 
@@ -267,38 +250,17 @@ impl Chat {
     }
 
     fn limit(&self, user: u64, kind: Kind) -> Result<(), Refusal> {
-        let now = Instant::now();
-        let refused = {
-            let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            b.entry((user, kind))
-                .or_insert_with(|| Bucket::new(self.limits.rate(kind), now))
-                .take(now)
-                .err()
-        };
-        let Some(wait) = refused else { return Ok(()) };
-        let body = ErrorBody {
-            code: ErrorCode::RATE_LIMITED,
-            message: format!("rate limited ({kind:?})"),
-            retry_after_ms: Some(wait.as_millis().max(1) as u32),
-        };
-        let flood = self
-            .floods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(user)
-            .or_insert_with(|| {
-                Flood::new(
-                    Duration::from_secs(self.limits.flood_window_secs),
-                    self.limits.flood_max,
-                    now,
-                )
-            })
-            .refused(now);
-        Err(if flood {
-            Refusal::Flood(body)
-        } else {
-            Refusal::Error(body)
-        })
+        self.limiter.check(user, kind)
+    }
+
+    /// Forgets per-channel publish locks nobody holds or waits for (they are re-created on
+    /// demand); returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut locks = self.channel_locks.lock().unwrap_or_else(|p| p.into_inner());
+        let before = locks.len();
+        // Only this map holds an idle lock: a holder or waiter has its own clone.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        before - locks.len()
     }
 
     async fn guild(&self, id: u64) -> Result<Arc<GuildView>, ErrorBody> {

@@ -33,6 +33,9 @@ pub enum LaneOut {
     Reply(ServerLane),
     /// An event with its lane seq, its body pre-encoded once for all receivers.
     Event(u64, Bytes),
+    /// Signals once everything queued before it was written (the close sequence waits for
+    /// it, so queued replies are not cut off).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Commands to a session's own task.
@@ -209,15 +212,34 @@ impl SessionHandle {
         }
     }
 
-    /// Asks the attached connection's task to close it.
+    /// Asks the attached connection's task to close it (with its in-band `Closing`). The
+    /// first close asked for wins; later ones change nothing.
     pub fn close(&self, code: CloseCode, reason: &str) {
         let g = self.lock();
         if let Some(a) = g.attachment.as_ref()
-            && a.cmd.try_send(Cmd::Close(code, reason.to_string())).is_err()
+            && let Err(mpsc::error::TrySendError::Closed(_)) = a.cmd.try_send(Cmd::Close(code, reason.to_string()))
         {
-            // The task is gone or jammed: close the connection directly.
+            // The task is gone: close the connection directly. (A full queue means closes
+            // are already pending: the task will close, sending `Closing` first.)
             a.session.close(code.0, reason);
         }
+    }
+
+    /// Queues a flush marker on every lane writer of connection `generation`; each
+    /// receiver resolves once what was queued before it is written.
+    fn flush_lanes(&self, generation: u64) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let g = self.lock();
+        let Some(a) = g.attachment.as_ref().filter(|a| a.generation == generation) else {
+            return Vec::new();
+        };
+        a.lanes
+            .iter()
+            .flatten()
+            .filter_map(|tx| {
+                let (done, rx) = tokio::sync::oneshot::channel();
+                tx.try_send(LaneOut::Flush(done)).ok().map(|_| rx)
+            })
+            .collect()
     }
 
     /// Last event seq sent on each lane that has had events.

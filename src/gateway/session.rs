@@ -7,8 +7,8 @@ use bytes::Bytes;
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
 use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::{
-    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FrameError, Goaway, Heartbeat, Lane, Limits,
-    Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
+    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FetchReply, FrameError, Goaway, Heartbeat,
+    Lane, Limits, Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
@@ -17,6 +17,7 @@ use super::timers::{TimerAction, Timers};
 use super::{AttachError, Cmd, LANE_QUEUE, LaneOut, SessionHandle, dispatch};
 use crate::Ctx;
 use crate::auth::{AuthError, Identity};
+use crate::limits::Refusal;
 use crate::metrics::{CONTROL, FETCH};
 
 /// How long the server waits, after a `Closing` frame, for the client to close the
@@ -54,25 +55,58 @@ fn random_session_id() -> SessionId {
 }
 
 /// Sends `Closing` on the control stream (if there is one), waits briefly for it to be
-/// delivered, then closes the connection with `code`.
+/// delivered, then closes the connection with `code`. Bounded by [`CLOSING_GRACE`] whatever
+/// the peer does (a peer that grants no flow-control credit cannot hold the task).
 async fn close_with(ctx: &Ctx, session: &Session, control: Option<&mut SendStream>, code: CloseCode, reason: &str) {
     if let Some(ctl) = control {
-        let frame = ServerControl::Closing(Closing {
-            code: code.0,
-            reason: reason.to_string(),
-        });
-        if let Ok(n) = write_msg(ctl, &frame).await {
-            ctx.metrics.tx[CONTROL].add(n);
-            ctl.finish();
-            let _ = tokio::time::timeout(CLOSING_GRACE, async {
+        let frame = closing(code, reason);
+        let _ = tokio::time::timeout(CLOSING_GRACE, async {
+            if let Ok(n) = write_msg(ctl, &frame).await {
+                ctx.metrics.tx[CONTROL].add(n);
+                ctl.finish();
                 ctl.flushed().await;
                 session.closed().await;
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
     ctx.metrics.closed_with(code);
     session.close(code.0, reason);
+}
+
+fn closing(code: CloseCode, reason: &str) -> ServerControl {
+    ServerControl::Closing(Closing {
+        code: code.0,
+        reason: reason.to_string(),
+    })
+}
+
+/// Closes a connection that never became a session (e.g. `overloaded`), with the in-band
+/// `Closing` a browser needs if the client opens its control stream promptly.
+pub async fn refuse_connection(ctx: &Ctx, session: &Session, code: CloseCode, reason: &str) {
+    ctx.metrics.handshake_failed(code);
+    match tokio::time::timeout(CLOSING_GRACE, session.accept_bi()).await {
+        Ok(Ok((mut ctl, _))) => close_with(ctx, session, Some(&mut ctl), code, reason).await,
+        _ => close_with(ctx, session, None, code, reason).await,
+    }
+}
+
+/// Frames queued for the control stream before the session counts as a slow consumer.
+const CONTROL_QUEUE: usize = 32;
+
+/// Owns the control stream's send side once `Ready` is out: the session loop queues frames
+/// and never waits on the stream's flow control, so its timers (heartbeat timeout, token
+/// expiry, drain deadline) fire whatever the peer does. When the queue's sender is dropped
+/// it finishes the stream and waits for the peer to have it all.
+async fn control_writer(ctx: Arc<Ctx>, mut ctl: SendStream, mut rx: mpsc::Receiver<ServerControl>) {
+    while let Some(msg) = rx.recv().await {
+        match write_msg(&mut ctl, &msg).await {
+            Ok(n) => ctx.metrics.tx[CONTROL].add(n),
+            Err(_) => return,
+        }
+    }
+    ctl.finish();
+    ctl.flushed().await;
 }
 
 /// Refuses a session during its handshake.
@@ -220,6 +254,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         generation,
         zstd,
         voice: voice_port.clone(),
+        closing: Default::default(),
+        fetches: tokio::sync::Semaphore::new(FETCH_CONCURRENCY),
     });
     let voice_states = ctx.voice.visible_states(identity.user_id).await;
     let sc = &ctx.cfg.session;
@@ -253,13 +289,20 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     } else {
         ServerControl::Ready(Box::new(ready))
     };
-    match write_msg(&mut ctl_tx, &first).await {
-        Ok(n) => ctx.metrics.tx[CONTROL].add(n),
-        Err(_) => {
+    // Bounded: a client that does not read its Ready within a heartbeat timeout is gone.
+    match tokio::time::timeout(sc.ping_timeout, write_msg(&mut ctl_tx, &first)).await {
+        Ok(Ok(n)) => ctx.metrics.tx[CONTROL].add(n),
+        Ok(Err(_)) => {
             handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);
             return;
         }
+        Err(_) => {
+            handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);
+            return close_with(&ctx, &session, None, CloseCode::SLOW_CONSUMER, "Ready not read").await;
+        }
     }
+    let (ctl_out, ctl_queue) = mpsc::channel::<ServerControl>(CONTROL_QUEUE);
+    let writer = tokio::spawn(control_writer(ctx.clone(), ctl_tx, ctl_queue));
     if !is_resume {
         ctx.sessions.insert(handle.clone());
         // Not resumable exactly: catch the client's channels up from the event log.
@@ -290,7 +333,11 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     let close: Option<(CloseCode, String)> = loop {
         let deadline = tokio::time::Instant::from_std(timers.next_deadline());
         tokio::select! {
-            frame = ctl_rx.next::<ClientControl>() => {
+            // Read the client's control frames only while their answers can be queued:
+            // a client that does not read our control stream stops being read (and its
+            // heartbeat timeout runs) instead of overflowing anything. Two slots stay free
+            // for frames the server sends on its own (RefreshNeeded, Goaway).
+            frame = ctl_rx.next::<ClientControl>(), if ctl_out.capacity() > 2 => {
                 let before = ctl_rx.bytes;
                 match frame {
                     Ok(Some(msg)) => {
@@ -312,9 +359,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                                 Err(e) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, e.to_string())),
                             },
                         };
-                        match write_msg(&mut ctl_tx, &reply).await {
-                            Ok(n) => ctx.metrics.tx[CONTROL].add(n),
-                            Err(_) => break None,
+                        if ctl_out.try_send(reply).is_err() {
+                            break Some((CloseCode::SLOW_CONSUMER, "control stream not read".into()));
                         }
                     }
                     // The client ended its control stream: it is leaving.
@@ -337,7 +383,10 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                         TimerAction::Close(code) => { close = Some(code); break; }
                         TimerAction::SendRefreshNeeded => {
                             let msg = ServerControl::RefreshNeeded { expires_at_ms: unix_ms(identity.expires_at) };
-                            if let Ok(n) = write_msg(&mut ctl_tx, &msg).await { ctx.metrics.tx[CONTROL].add(n); }
+                            if ctl_out.try_send(msg).is_err() {
+                                close = Some(CloseCode::SLOW_CONSUMER);
+                                break;
+                            }
                         }
                     }
                 }
@@ -352,11 +401,20 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                     reconnect_after_ms: ctx.cfg.session.reconnect_after.as_millis() as u32,
                     reason: "server shutting down".into(),
                 });
-                if let Ok(n) = write_msg(&mut ctl_tx, &msg).await { ctx.metrics.tx[CONTROL].add(n); }
+                if ctl_out.try_send(msg).is_err() {
+                    break Some((CloseCode::SLOW_CONSUMER, "control stream not read".into()));
+                }
             }
             _ = session.closed() => break None,
         }
     };
+    if close.is_some() {
+        // Answer no more requests, and let replies already queued on the lanes (a flood's
+        // rate-limit errors, say) reach their writers before the connection goes.
+        conn.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flushed = handle.flush_lanes(generation);
+        let _ = tokio::time::timeout(CLOSING_GRACE, futures_util::future::join_all(flushed)).await;
+    }
     // A lost connection leaves the session resumable for the window; a deliberate close
     // (by the client, or a terminal code) ends it.
     let deliberate = match &close {
@@ -376,8 +434,20 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     // Voice state is state, not history: a lost connection leaves its voice channel.
     ctx.voice.session_ended(identity.user_id, handle.id, &voice_port).await;
     ctx.metrics.session_closed(tr);
-    if let Some((code, reason)) = close {
-        close_with(&ctx, &session, Some(&mut ctl_tx), code, &reason).await;
+    match close {
+        Some((code, reason)) => {
+            // `Closing`, in band, for browsers that cannot read QUIC close codes; bounded.
+            let _ = ctl_out.try_send(closing(code, &reason));
+            drop(ctl_out);
+            let _ = tokio::time::timeout(CLOSING_GRACE, async {
+                let _ = writer.await;
+                session.closed().await;
+            })
+            .await;
+            ctx.metrics.closed_with(code);
+            session.close(code.0, &reason);
+        }
+        None => writer.abort(),
     }
     tracing::debug!(session = %handle.id, "session ended");
 }
@@ -391,7 +461,16 @@ struct Conn {
     zstd: bool,
     /// Where this connection's voice datagrams go.
     voice: Arc<crate::voice::VoicePort>,
+    /// Set once the session is closing: no further request is served.
+    closing: std::sync::atomic::AtomicBool,
+    /// Fetch replies being built or written (see `FETCH_CONCURRENCY`).
+    fetches: tokio::sync::Semaphore,
 }
+
+/// Fetch replies one connection may have in progress at once: enough for a client's
+/// parallel page loads, few enough that unread replies hold little (a history page is at
+/// most ~1.6 MB).
+pub const FETCH_CONCURRENCY: usize = 4;
 
 async fn run_stream(ctx: Arc<Ctx>, conn: Arc<Conn>, mut send: SendStream, recv: RecvStream) {
     let h = &conn.handle;
@@ -405,13 +484,44 @@ async fn run_stream(ctx: Arc<Ctx>, conn: Arc<Conn>, mut send: SendStream, recv: 
     match open {
         StreamOpen::Fetch(req) => {
             ctx.metrics.rx[FETCH].add(rx.bytes as usize);
-            let reply = dispatch::fetch(&ctx, h, req).await;
+            // At most FETCH_CONCURRENCY replies per connection are built or being written;
+            // further fetches wait here holding only their request. With the write deadline
+            // below, this bounds what unread fetches can make the server hold.
+            let Ok(permit) = conn.fetches.acquire().await else {
+                return;
+            };
+            if conn.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let (reply, flood) = match dispatch::fetch(&ctx, h, req).await {
+                Ok(reply) => (reply, false),
+                Err(Refusal::Error(e)) => (FetchReply::Err(e), false),
+                Err(Refusal::Flood(e)) => (FetchReply::Err(e), true),
+            };
+            if flood {
+                conn.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+                h.close(CloseCode::RATE_LIMITED, "kept flooding past rate limits");
+            }
             let mut out = Vec::new();
             quaver_proto::codec::encode_fetch_reply(&reply, conn.zstd, &mut out);
+            drop(reply);
             // STOP_SENDING from the client just fails this write: the session is untouched.
-            if tokio::io::AsyncWriteExt::write_all(&mut send, &out).await.is_ok() {
-                ctx.metrics.tx[FETCH].add(out.len());
+            // A reply the client does not take within the deadline is reset (1007,
+            // slow_consumer) and its memory freed; the session is untouched too.
+            let write = tokio::io::AsyncWriteExt::write_all(&mut send, &out);
+            match tokio::time::timeout(ctx.cfg.session.fetch_write_timeout, write).await {
+                Ok(Ok(())) => ctx.metrics.tx[FETCH].add(out.len()),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    ctx.metrics
+                        .fetch_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    send.reset(CloseCode::SLOW_CONSUMER.0);
+                    return;
+                }
             }
+            drop(out);
+            drop(permit);
             send.finish();
             // Read the client's end of stream before dropping it: dropping an unfinished
             // receive stream sends STOP_SENDING, which a browser reports as an error on its
@@ -454,11 +564,23 @@ async fn run_lane(ctx: Arc<Ctx>, conn: Arc<Conn>, lane: Lane, mut send: SendStre
         };
         ctx.metrics.rx[lane.index()].add((rx.bytes - last) as usize);
         last = rx.bytes;
-        let reply = match dispatch::request(&ctx, h, &conn.voice, lane, req.body).await {
-            Ok(body) => ServerLane::Ack { id: req.id, body },
-            Err(error) => ServerLane::Error { id: req.id, error },
+        if conn.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            // After the session decided to close, nothing more is served.
+            return;
+        }
+        let (reply, flood) = match dispatch::request(&ctx, h, &conn.voice, lane, req.body).await {
+            Ok(body) => (ServerLane::Ack { id: req.id, body }, false),
+            Err(Refusal::Error(error)) => (ServerLane::Error { id: req.id, error }, false),
+            Err(Refusal::Flood(error)) => (ServerLane::Error { id: req.id, error }, true),
         };
         if tx.send(LaneOut::Reply(reply)).await.is_err() {
+            return;
+        }
+        if flood {
+            // After its reply is queued, so the client learns why; nothing after it is
+            // served.
+            conn.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+            h.close(CloseCode::RATE_LIMITED, "kept flooding past rate limits");
             return;
         }
     }
@@ -486,6 +608,7 @@ async fn lane_writer(
             return;
         }
     }
+    let mut flushed = Vec::new();
     while let Some(first) = out.recv().await {
         buf.clear();
         let mut next = Some(first);
@@ -494,6 +617,7 @@ async fn lane_writer(
             match item {
                 LaneOut::Reply(msg) => quaver_proto::encode_frame(&msg, &mut buf),
                 LaneOut::Event(seq, body) => quaver_proto::codec::encode_event_frame(seq, &body, &mut buf),
+                LaneOut::Flush(done) => flushed.push(done),
             }
             flow.add(buf.len() - start);
             if buf.len() >= COALESCE_BYTES {
@@ -501,8 +625,11 @@ async fn lane_writer(
             }
             next = out.try_recv().ok();
         }
-        if tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await.is_err() {
+        if !buf.is_empty() && tokio::io::AsyncWriteExt::write_all(&mut send, &buf).await.is_err() {
             return;
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
         }
     }
 }

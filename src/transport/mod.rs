@@ -32,6 +32,9 @@ pub fn endpoint(cfg: &Config, certs: Arc<tls::CertStore>) -> anyhow::Result<quin
     let s = &cfg.session;
     transport.max_idle_timeout(Some(s.ping_timeout.try_into()?));
     transport.keep_alive_interval(Some(s.ping_interval));
+    // Unacknowledged stream data held per connection (quinn's default is 10 MB): replies a
+    // client does not take stay within this, whatever window the client advertises.
+    transport.send_window(2 * 1024 * 1024);
     // Control + 5 lanes + a few concurrent fetches; more is a misbehaving client.
     transport.max_concurrent_bidi_streams(32u32.into());
     // HTTP/3 needs the client's control and QPACK streams; raw QUIC uses none.
@@ -98,9 +101,8 @@ async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
         }
     };
     if ctx.metrics.open_sessions() as usize >= ctx.cfg.session.max_connections {
-        ctx.metrics.handshake_failed(CloseCode::OVERLOADED);
-        ctx.metrics.closed_with(CloseCode::OVERLOADED);
-        session.close(CloseCode::OVERLOADED.0, "server full");
+        // With the in-band `Closing` (browsers cannot read QUIC close codes), bounded.
+        crate::gateway::session::refuse_connection(&ctx, &session, CloseCode::OVERLOADED, "server full").await;
         return;
     }
     let _task = ctx.session_task();
