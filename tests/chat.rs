@@ -842,3 +842,131 @@ async fn a_database_that_holds_its_locks_answers_unavailable_and_not_ready() {
     assert!(ready, "ready again once the store answers");
     server.shutdown().await;
 }
+
+/// Discord's rules for roles: nobody assigns, edits or removes a role at or above their
+/// own highest one, assigns one with a permission they lack, or kicks someone who ranks as
+/// high as they do — a MANAGE_ROLES member cannot make themself an administrator.
+#[tokio::test]
+async fn role_hierarchy_stops_privilege_escalation() {
+    const ADMINISTRATOR: u64 = 1 << 3;
+    const KICK: u64 = 1 << 1;
+    const MANAGE_ROLES: u64 = 1 << 28;
+    let mut cfg = config();
+    cfg.limits.manage = quaver::limits::Rate {
+        burst: 100.0,
+        per_sec: 100.0,
+    };
+    let server = start(cfg).await;
+    let mut owner = U::new(&server, 1, Transport::Quic).await;
+    let mut mallory = U::new(&server, 2, Transport::Quic).await;
+    let mut bob = U::new(&server, 3, Transport::Quic).await;
+    let mut carol = U::new(&server, 4, Transport::Quic).await;
+    let (g, _) = guild_with(&mut owner, &mut [&mut mallory, &mut bob, &mut carol]).await;
+    let role = |name: &str, permissions: u64| RequestBody::CreateRole {
+        guild_id: g,
+        name: name.into(),
+        permissions,
+    };
+    // Each new role goes to the bottom: created last = lowest.
+    let mut ids = std::collections::HashMap::new();
+    for (name, perms) in [
+        ("admin", ADMINISTRATOR),
+        ("mods", MANAGE_ROLES | KICK),
+        ("sneaky", ADMINISTRATOR),
+        ("helper", 0),
+    ] {
+        let Ok(ResponseBody::Role(r)) = owner.req(role(name, perms)).await else {
+            panic!("create {name}")
+        };
+        assert_eq!(r.position, 1, "{name} starts at the bottom");
+        ids.insert(name, r.id);
+    }
+    // Positions now: admin 4, mods 3, sneaky 2, helper 1.
+    let assign = |user_id: u64, role: u64, add: bool| RequestBody::SetMemberRole {
+        guild_id: g,
+        user_id,
+        role_id: role,
+        add,
+    };
+    assert!(owner.req(assign(2, ids["mods"], true)).await.is_ok());
+    assert!(owner.req(assign(4, ids["admin"], true)).await.is_ok());
+    let forbidden = |r: Result<ResponseBody, ErrorBody>| matches!(r, Err(e) if e.code == ErrorCode::FORBIDDEN);
+    // The reported escalation: the owner's admin role, to herself.
+    assert!(
+        forbidden(mallory.req(assign(2, ids["admin"], true)).await),
+        "role above hers"
+    );
+    // Below her, but it carries a permission she lacks.
+    assert!(
+        forbidden(mallory.req(assign(2, ids["sneaky"], true)).await),
+        "administrator bit"
+    );
+    assert!(
+        forbidden(mallory.req(assign(3, ids["sneaky"], true)).await),
+        "not to others either"
+    );
+    // Her own role is not below her highest: neither assignable nor editable.
+    assert!(forbidden(mallory.req(assign(3, ids["mods"], true)).await));
+    let edit = |role_id: u64, permissions: u64| RequestBody::UpdateRole {
+        guild_id: g,
+        role_id,
+        name: "x".into(),
+        permissions,
+    };
+    assert!(forbidden(
+        mallory
+            .req(edit(ids["mods"], MANAGE_ROLES | KICK | ADMINISTRATOR))
+            .await
+    ));
+    assert!(
+        forbidden(mallory.req(edit(ids["helper"], ADMINISTRATOR)).await),
+        "grant by editing"
+    );
+    // Taking a role away from someone above her is refused too.
+    assert!(forbidden(mallory.req(assign(4, ids["admin"], false)).await));
+    // What she may do: a harmless role below her, to someone below her; kick them.
+    assert!(mallory.req(assign(3, ids["helper"], true)).await.is_ok());
+    assert!(mallory.req(edit(ids["helper"], KICK)).await.is_ok());
+    assert!(
+        forbidden(
+            mallory
+                .req(RequestBody::KickMember {
+                    guild_id: g,
+                    user_id: 4
+                })
+                .await
+        ),
+        "carol outranks her"
+    );
+    assert!(
+        mallory
+            .req(RequestBody::KickMember {
+                guild_id: g,
+                user_id: 3
+            })
+            .await
+            .is_ok()
+    );
+    // Nothing of the refused changes reached the store.
+    let Ok(Ok(FetchResponse::Members { members })) = owner
+        .client
+        .fetch(FetchRequest::Members {
+            guild_id: g,
+            after: 0,
+            limit: 100,
+        })
+        .await
+    else {
+        panic!("members")
+    };
+    let roles_of = |u: u64| {
+        members
+            .iter()
+            .find(|m| m.user_id == u)
+            .map(|m| m.roles.clone())
+            .unwrap()
+    };
+    assert_eq!(roles_of(2), vec![ids["mods"]]);
+    assert_eq!(roles_of(4), vec![ids["admin"]]);
+    server.shutdown().await;
+}

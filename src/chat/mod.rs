@@ -140,6 +140,34 @@ impl GuildView {
         self.state.channels.iter().find(|c| c.id == id)
     }
 
+    /// The position of `user`'s highest role (`@everyone`, position 0, if none).
+    fn top_position(&self, user: u64) -> u32 {
+        self.state
+            .members
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.state.roles.iter().find(|r| r.id == *id))
+            .map(|r| r.position)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Discord's hierarchy: the owner outranks everything; anyone else only what sits
+    /// strictly below their highest role. `position` is a role's, or a member's top one.
+    fn outranks(&self, actor: u64, position: u32) -> bool {
+        self.state.guild.owner_id == actor || self.top_position(actor) > position
+    }
+
+    /// Checks that `actor` (holding `actor_perms`) may act on member `target` with a
+    /// hierarchy-bound permission (kick, ban, change their roles).
+    fn check_outranks_member(&self, actor: u64, target: u64) -> Result<(), ErrorBody> {
+        if actor != target && !self.outranks(actor, self.top_position(target)) {
+            return Err(forbidden("a member whose highest role is not below yours"));
+        }
+        Ok(())
+    }
+
     fn viewers(&self, channel: u64) -> Arc<Vec<u64>> {
         let mut memo = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = memo.get(&channel) {
@@ -744,6 +772,7 @@ impl Chat {
                 if !g.state.members.contains_key(&user_id) {
                     return Err(not_found().into());
                 }
+                g.check_outranks_member(user, user_id)?;
                 self.remove_member(guild_id, user_id, None, now).await?;
                 Ok(ResponseBody::Done)
             }
@@ -760,6 +789,7 @@ impl Chat {
                 if g.state.guild.owner_id == user_id {
                     return Err(ErrorBody::new(ErrorCode::OWNER, "the owner cannot be removed").into());
                 }
+                g.check_outranks_member(user, user_id)?;
                 if reason.chars().count() > 512 {
                     return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "reason over 512 characters").into());
                 }
@@ -771,7 +801,7 @@ impl Chat {
                 name,
                 permissions,
             } => {
-                self.check_role_change(user, guild_id, &name, permissions).await?;
+                let old = self.check_role_change(user, guild_id, &name, permissions).await?;
                 let role = self
                     .store
                     .create_role(self.id(), guild_id, &name, permissions & Perms::ALL.0)
@@ -779,6 +809,17 @@ impl Chat {
                     .map_err(store_err)?;
                 self.changed(guild_id);
                 self.publish_guild(guild_id, &EventBody::RoleUpdated { role: role.clone() });
+                // Every other role moved up one: members see the new positions.
+                for moved in self.guild(guild_id).await?.state.roles.iter() {
+                    if old
+                        .state
+                        .roles
+                        .iter()
+                        .any(|r| r.id == moved.id && r.position != moved.position)
+                    {
+                        self.publish_guild(guild_id, &EventBody::RoleUpdated { role: moved.clone() });
+                    }
+                }
                 Ok(ResponseBody::Role(role))
             }
             R::UpdateRole {
@@ -788,6 +829,14 @@ impl Chat {
                 permissions,
             } => {
                 let g = self.check_role_change(user, guild_id, &name, permissions).await?;
+                let Some(old) = g.state.roles.iter().find(|r| r.id == role_id) else {
+                    return Err(not_found().into());
+                };
+                // `@everyone` (position 0) is below everyone with a role; any other role
+                // must be below the editor's highest.
+                if !g.outranks(user, old.position) && role_id != guild_id {
+                    return Err(forbidden("a role that is not below your highest role").into());
+                }
                 let role = self
                     .store
                     .update_role(guild_id, role_id, &name, permissions & Perms::ALL.0)
@@ -809,12 +858,29 @@ impl Chat {
                 if !p.has(Perms::MANAGE_ROLES) {
                     return Err(forbidden("manage roles").into());
                 }
+                // Nobody hands out (or takes away) a role at or above their own highest
+                // one, nor one carrying a permission they lack — themselves included.
+                let role = g.state.roles.iter().find(|r| r.id == role_id && r.id != guild_id);
+                let Some(role) = role else {
+                    return Err(not_found().into());
+                };
+                if !g.outranks(user, role.position) {
+                    return Err(forbidden("a role that is not below your highest role").into());
+                }
+                if add && role.permissions & !p.0 != 0 && g.state.guild.owner_id != user {
+                    return Err(forbidden("a role with a permission you do not have").into());
+                }
+                g.check_outranks_member(user, user_id)?;
                 self.store
                     .set_member_role(guild_id, user_id, role_id, add)
                     .await
                     .map_err(store_err)?;
                 self.changed(guild_id);
-                let member = self.store.members(guild_id, user_id - 1, 1).await.map_err(store_err)?;
+                let member = self
+                    .store
+                    .members(guild_id, user_id.saturating_sub(1), 1)
+                    .await
+                    .map_err(store_err)?;
                 if let Some(member) = member.into_iter().next() {
                     self.publish_guild(guild_id, &EventBody::MemberUpdated { guild_id, member });
                 }

@@ -225,6 +225,20 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database gave up waiting (pool exhausted, SQLite busy, a PostgreSQL lock
+/// or statement timeout): to the caller the same as a missed deadline.
+fn is_lock_wait(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes, low byte);
+        // PostgreSQL: 55P03 lock_not_available, 57014 query_canceled (statement_timeout).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c == "55P03" || c == "57014" || c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))),
+        _ => false,
+    }
+}
+
 fn message_of(r: &AnyRow) -> Result<Message> {
     Ok(Message {
         id: u(r.try_get("id")?),
@@ -403,8 +417,10 @@ impl Store {
                             })
                             .await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
-                            // A writer waits for the lock no longer than the caller does.
-                            conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {timeout_ms}")))
+                            // A writer waits for the lock a little longer than the caller
+                            // does: the caller's deadline is what fires (and is reported).
+                            let ms = timeout_ms + 1000;
+                            conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {ms}")))
                                 .await?;
                         }
                         Backend::Postgres => {
@@ -490,13 +506,11 @@ impl Store {
     /// inside a transaction.
     async fn deadline<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => {
-                if let Err(StoreError::Db(sqlx::Error::PoolTimedOut)) = &r {
-                    self.timed_out();
-                    return Err(StoreError::Timeout(self.timeout));
-                }
-                r
+            Ok(Err(StoreError::Db(e))) if is_lock_wait(&e) => {
+                self.timed_out();
+                Err(StoreError::Timeout(self.timeout))
             }
+            Ok(r) => r,
             Err(_) => {
                 self.timed_out();
                 Err(StoreError::Timeout(self.timeout))
@@ -868,28 +882,30 @@ impl Store {
 
     // ----- roles ---------------------------------------------------------------------
 
-    /// Creates a role above the existing ones.
+    /// Creates a role at the bottom of the hierarchy (position 1, just above `@everyone`),
+    /// moving every other role up one: whoever may manage roles can then manage the new
+    /// one (Discord's rule; a role created on top would outrank its creator).
     pub async fn create_role(&self, id: u64, guild: u64, name: &str, permissions: u64) -> Result<Role> {
         self.deadline(async move {
-            let pos: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) + 1 AS p FROM roles WHERE guild_id = $1")
+            let mut tx = self.begin().await?;
+            sqlx::query("UPDATE roles SET position = position + 1 WHERE guild_id = $1 AND id <> $1")
                 .bind(i(guild))
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("p")?;
-            sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, $5)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, 1)")
                 .bind(i(id))
                 .bind(i(guild))
                 .bind(name)
                 .bind(i(permissions))
-                .bind(pos)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
             Ok(Role {
                 id,
                 guild_id: guild,
                 name: name.to_string(),
                 permissions,
-                position: pos as u32,
+                position: 1,
             })
         })
         .await
