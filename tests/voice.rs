@@ -351,7 +351,7 @@ async fn mute_deafen_server_mute_and_permissions() {
         .await
         .unwrap_err()
         .code,
-        ErrorCode::FORBIDDEN
+        ErrorCode::CHANNEL_FULL
     );
     // A new session of a sees the voice states in Ready.
     let fresh = connect(&client_config(&server, Transport::Quic, Some(token(1))))
@@ -497,5 +497,67 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_channel_keeps_working() {
     let _ = req(&mut outsider.voice, RequestBody::Ping { data: vec![] })
         .await
         .unwrap();
+    server.shutdown().await;
+}
+
+/// Six people join a channel limited to 2 at the same instant: exactly two get in, the
+/// others hear `CHANNEL_FULL` — the limit is decided where the membership lives.
+#[tokio::test]
+async fn simultaneous_joins_never_exceed_the_user_limit() {
+    let server = start(config()).await;
+    let mut owner = participant(&server, 1, Transport::Quic).await;
+    let mut others = Vec::new();
+    for id in 2..=6 {
+        others.push(participant(&server, id, Transport::Quic).await);
+    }
+    let (gid, _) = shared_guild(
+        &owner.client,
+        &mut owner.chat,
+        others.iter_mut().map(|o| &mut o.chat).collect(),
+    )
+    .await;
+    let body = RequestBody::CreateChannel {
+        guild_id: gid,
+        kind: ChannelKind::Voice,
+        name: "small".into(),
+        topic: String::new(),
+        user_limit: 2,
+    };
+    let Ok(ResponseBody::Channel(vc)) = req(&mut owner.chat, body).await else {
+        panic!()
+    };
+    let mut people = others;
+    people.insert(0, owner);
+    for round in 0..3 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(people.len()));
+        let mut tasks = Vec::new();
+        for mut p in people.drain(..) {
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let join = RequestBody::JoinVoice {
+                    channel_id: vc.id,
+                    self_mute: false,
+                    self_deaf: false,
+                };
+                let r = req(&mut p.voice, join).await;
+                (p, r)
+            }));
+        }
+        let (mut joined, mut full) = (0, 0);
+        for t in tasks {
+            let (p, r) = t.await.unwrap();
+            match r {
+                Ok(ResponseBody::VoiceJoined { .. }) => joined += 1,
+                Err(e) if e.code == ErrorCode::CHANNEL_FULL => full += 1,
+                other => panic!("round {round}: {other:?}"),
+            }
+            people.push(p);
+        }
+        assert_eq!((joined, full), (2, 4), "round {round}");
+        for p in &mut people {
+            req(&mut p.voice, RequestBody::LeaveVoice).await.unwrap();
+        }
+    }
     server.shutdown().await;
 }

@@ -164,7 +164,10 @@ enum ChannelCmd {
         self_mute: bool,
         self_deaf: bool,
         can_speak: bool,
-        reply: oneshot::Sender<(u16, Vec<VoiceState>)>,
+        /// The channel's `user_limit` (0 = none), enforced by the task itself.
+        limit: u32,
+        /// The slot and everyone present, or `None` when the channel is full.
+        reply: oneshot::Sender<Option<(u16, Vec<VoiceState>)>>,
     },
     Leave {
         user: u64,
@@ -209,6 +212,10 @@ pub struct Voice {
 
 fn err(code: ErrorCode, m: &str) -> ErrorBody {
     ErrorBody::new(code, m)
+}
+
+fn full() -> ErrorBody {
+    err(ErrorCode::CHANNEL_FULL, "the voice channel is full")
 }
 
 impl Voice {
@@ -310,8 +317,10 @@ impl Voice {
                 .filter(|m| m.channel_id == channel_id)
                 .count();
             let moving_within = current.as_ref().is_some_and(|m| m.channel_id == channel_id);
+            // A fast path only (it keeps a user moving to a full channel where they are);
+            // the channel's task decides, atomically with the join.
             if here >= limit as usize && !moving_within {
-                return Err(err(ErrorCode::FORBIDDEN, "the voice channel is full"));
+                return Err(full());
             }
         }
         // One voice channel per user: leave wherever they are (this or another session).
@@ -324,6 +333,7 @@ impl Voice {
             self_mute,
             self_deaf,
             can_speak: perms.has(Perms::SPEAK),
+            limit,
             reply,
         };
         if tx.send(cmd).await.is_err() {
@@ -331,7 +341,8 @@ impl Voice {
         }
         let (slot, participants) = rx
             .await
-            .map_err(|_| err(ErrorCode::INTERNAL, "voice channel unavailable; retry"))?;
+            .map_err(|_| err(ErrorCode::INTERNAL, "voice channel unavailable; retry"))?
+            .ok_or_else(full)?;
         port.set(Some((tx, slot)));
         self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(
             user,
@@ -605,8 +616,14 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                 self_mute,
                 self_deaf,
                 can_speak,
+                limit,
                 reply,
             } => {
+                // (A full channel is never empty: refusing leaves the task as it was.)
+                if !ch.has_room(limit) {
+                    let _ = reply.send(None);
+                    continue;
+                }
                 let slot = ch.join(user, self_mute, self_deaf, can_speak);
                 ports.insert(slot, port);
                 publish_state(&ch, slot);
@@ -614,7 +631,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                     .participants()
                     .map(|(s, p)| state_of(guild_id, channel_id, s, p))
                     .collect();
-                let _ = reply.send((slot, participants));
+                let _ = reply.send(Some((slot, participants)));
             }
             ChannelCmd::Leave { user, reply } => {
                 let left = match ch.slot_of(user) {

@@ -229,6 +229,12 @@ impl Channel {
         self.participants.iter().map(|(s, p)| (*s, p))
     }
 
+    /// Whether one more participant fits under `user_limit` (0 = no limit). The channel's
+    /// task checks it and joins in one step, so simultaneous joins cannot overfill it.
+    pub fn has_room(&self, user_limit: u32) -> bool {
+        user_limit == 0 || self.participants.len() < user_limit as usize
+    }
+
     /// Number of participants.
     pub fn len(&self) -> usize {
         self.participants.len()
