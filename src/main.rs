@@ -41,14 +41,29 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG")
-                .unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into()),
+/// Logs to stderr, filtered by `QUAVER_LOG` (default `info`). Whatever that says, no
+/// credential reaches a log: wtransport's debug and trace events print the WebTransport
+/// request's headers and path, and with them a `?token=` JWT or an `Authorization` header,
+/// so that crate is capped at `info` by a filter the environment cannot lift.
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let env = tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG")
+        .unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into());
+    let no_credentials = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("wtransport") && *m.level() > tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(env)
+                .with_filter(no_credentials),
         )
-        .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
         Command::Token {

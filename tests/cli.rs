@@ -114,3 +114,99 @@ async fn guilds_send_and_tail_from_the_command_line() {
     );
     server.shutdown().await;
 }
+
+/// With every log level on (`QUAVER_LOG=trace`), no token — from `?token=`, an
+/// `Authorization` header or `Hello` — appears in the server's log.
+#[tokio::test]
+async fn no_token_reaches_the_log_at_any_level() {
+    let dir = tempdir("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .arg("serve")
+        .env("QUAVER_LOG", "trace")
+        .env("JWT_SECRET", SECRET)
+        .env("QUAVER_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_DATA_DIR", dir.join("data"))
+        .env("QUAVER_CERT_DIR", dir.join("certs"))
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let (mut quic, mut http) = (None, None);
+    while quic.is_none() || http.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts")
+            .unwrap()
+            .expect("server log");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        };
+        quic = quic.or(field("quic="));
+        http = http.or(field("http="));
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let reader = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        rest
+    });
+    let (_, body) = http_get(http.unwrap(), "/cert-hash").await;
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let mut tokens = Vec::new();
+    for (transport, placement) in [
+        (Transport::WebTransport, quaver_client::TokenPlacement::Query),
+        (Transport::WebTransport, quaver_client::TokenPlacement::Header),
+        (Transport::WebTransport, quaver_client::TokenPlacement::Hello),
+        (Transport::Quic, quaver_client::TokenPlacement::Hello),
+    ] {
+        let t = token(7 + tokens.len() as u64);
+        let mut cfg = quaver_client::Config::new(quic.unwrap(), transport, quaver_client::Trust::Hashes(vec![hash]));
+        cfg.token = Some(t.clone());
+        cfg.token_placement = placement;
+        let c = connect(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?} {placement:?}: {e}"));
+        let mut lane = c.open_lane(Lane::Chat).await.unwrap();
+        lane.request(RequestBody::Ping { data: vec![1] })
+            .await
+            .unwrap()
+            .unwrap();
+        c.close();
+        tokens.push(t);
+    }
+    // A refused token must not be echoed either.
+    let bad = format!("{}x", token(99));
+    let mut cfg = quaver_client::Config::new(
+        quic.unwrap(),
+        Transport::WebTransport,
+        quaver_client::Trust::Hashes(vec![hash]),
+    );
+    cfg.token = Some(bad.clone());
+    cfg.token_placement = quaver_client::TokenPlacement::Query;
+    assert!(connect(&cfg).await.is_err());
+    tokens.push(bad);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().await.unwrap();
+    log.push_str(&reader.await.unwrap());
+    assert!(log.contains("TRACE"), "trace logging was on");
+    for t in &tokens {
+        let signature = t.rsplit('.').next().unwrap();
+        let payload = t.split('.').nth(1).unwrap();
+        assert!(!log.contains(signature), "a token signature reached the log");
+        assert!(!log.contains(payload), "a token payload reached the log");
+    }
+}
