@@ -145,7 +145,10 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         ctx.sessions.sweep(now);
         ctx.limiter.sweep(now);
         ctx.chat.sweep();
-        if last_prune.elapsed() >= Duration::from_secs(600) {
+        // Every 10 minutes, or twice per retention period if that is shorter (catch-up
+        // already ignores events past the retention; this frees their space).
+        let prune_every = (ctx.cfg.session.event_log_retention / 2).min(Duration::from_secs(600));
+        if last_prune.elapsed() >= prune_every {
             last_prune = std::time::Instant::now();
             let before = ids::now_ms().saturating_sub(ctx.cfg.session.event_log_retention.as_millis() as u64);
             if let Err(e) = ctx.chat.store().prune_events(before).await {

@@ -443,3 +443,61 @@ async fn resuming_another_users_session_is_refused() {
     assert_eq!(again.ready.session_id, a.ready.session_id);
     server.shutdown().await;
 }
+
+/// The event-log retention is a rule, not a pruning schedule: events older than it are a
+/// `Gap` on catch-up even if the pruner has not run yet.
+#[tokio::test]
+async fn events_past_the_retention_are_a_gap_before_any_pruning() {
+    let mut cfg = fast(config());
+    cfg.session.event_log_retention = Duration::from_secs(2);
+    let server = start(cfg).await;
+    let (_a, mut a_chat, ch) = setup(&server).await;
+    let send = |nonce: u64| RequestBody::SendMessage {
+        channel_id: ch,
+        nonce,
+        content: "m".into(),
+        reply_to: None,
+    };
+    for k in 1..=3 {
+        req(&mut a_chat, send(k)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    req(&mut a_chat, send(4)).await;
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(2)));
+    cfg.resume = Some(ResumeRequest {
+        session_id: SessionId([9; 16]),
+        lanes: vec![],
+        channels: vec![ChannelSeq { channel_id: ch, seq: 1 }],
+    });
+    let c = connect(&cfg).await.unwrap();
+    let mut lane = c.open_lane(Lane::Chat).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), lane.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ServerLane::Event { body, .. } => got.push(body),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        matches!(
+            got[0],
+            EventBody::Gap {
+                after_seq: 1,
+                resumes_at: 4,
+                ..
+            }
+        ),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        matches!(got[1], EventBody::MessageCreated { seq: 4, .. }),
+        "{:?}",
+        got[1]
+    );
+    server.shutdown().await;
+}

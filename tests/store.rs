@@ -192,7 +192,7 @@ async fn messages_are_sequenced_deduplicated_and_logged() {
             "{name}: deleted twice"
         );
         // The failed second delete rolled back: its seq was not consumed.
-        let log = s.events_after(101, 0, 100).await.unwrap();
+        let log = s.events_after(101, 0, 100, 0).await.unwrap();
         let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, (1..=d.seq).collect::<Vec<_>>(), "{name}: gap-free log");
         assert_eq!(s.channel(101).await.unwrap().last_seq, d.seq);

@@ -1197,7 +1197,16 @@ impl Chat {
     /// client's position go to `push` in order, or a `Gap` where the log no longer reaches.
     /// Runs under each channel's publish lock, so no event is published between the log read
     /// and what follows it (later duplicates, dropped by the client by seq, are possible).
-    pub async fn catch_up(&self, user: u64, channels: &[quaver_proto::ChannelSeq], push: impl Fn(Bytes)) {
+    /// Events older than `retention` count as gone (a `Gap`), whether or not the pruner has
+    /// removed them yet: the retention is a rule, not a schedule.
+    pub async fn catch_up(
+        &self,
+        user: u64,
+        channels: &[quaver_proto::ChannelSeq],
+        retention: std::time::Duration,
+        push: impl Fn(Bytes),
+    ) {
+        let since = now_ms().saturating_sub(retention.as_millis() as u64);
         const MAX_PER_CHANNEL: u32 = 1000;
         for cs in channels.iter().take(500) {
             let Ok(access) = self.access(user, cs.channel_id).await else {
@@ -1216,7 +1225,7 @@ impl Chat {
             }
             let events = self
                 .store
-                .events_after(cs.channel_id, cs.seq, MAX_PER_CHANNEL)
+                .events_after(cs.channel_id, cs.seq, MAX_PER_CHANNEL, since)
                 .await
                 .unwrap_or_default();
             let first = events.first().map(|(s, _)| *s);

@@ -309,9 +309,12 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         if let Some(r) = &hello.resume
             && !r.channels.is_empty()
         {
-            Box::pin(ctx.chat.catch_up(identity.user_id, &r.channels, |body| {
-                handle.push_event(Lane::Chat, body)
-            }))
+            Box::pin(ctx.chat.catch_up(
+                identity.user_id,
+                &r.channels,
+                ctx.cfg.session.event_log_retention,
+                |body| handle.push_event(Lane::Chat, body),
+            ))
             .await;
         }
     }

@@ -1671,18 +1671,29 @@ impl Store {
         }
     }
 
-    /// Logged events of a channel with seq > `after`, ascending, at most `limit`.
-    pub async fn events_after(&self, channel: u64, after: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>> {
+    /// Logged events of a channel with seq > `after`, ascending, at most `limit`, created
+    /// at or after `since_ms` (older ones count as pruned even before the pruner ran).
+    pub async fn events_after(
+        &self,
+        channel: u64,
+        after: u64,
+        limit: u32,
+        since_ms: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         self.deadline(async move {
-            sqlx::query("SELECT seq, body FROM channel_events WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-                .bind(i(channel))
-                .bind(i(after))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok((u(r.try_get("seq")?), r.try_get("body")?)))
-                .collect()
+            sqlx::query(
+                "SELECT seq, body FROM channel_events WHERE channel_id = $1 AND seq > $2 AND created_at >= $4 \
+                 ORDER BY seq LIMIT $3",
+            )
+            .bind(i(channel))
+            .bind(i(after))
+            .bind(i64::from(limit))
+            .bind(i(since_ms))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((u(r.try_get("seq")?), r.try_get("body")?)))
+            .collect()
         })
         .await
     }
