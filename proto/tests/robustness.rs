@@ -129,3 +129,21 @@ fn frame_reader_bounds_memory_on_random_streams() {
         }
     }
 }
+
+/// PROTOCOL.md §3: decoders accept non-minimal integer encodings (a bincode marker wider
+/// than the value needs, a QUIC varint longer than needed); encoders always write the
+/// shortest. Pinned here so the rule cannot change silently.
+#[test]
+fn non_minimal_integers_decode_to_the_same_value() {
+    // Heartbeat { nonce: 5, lanes: [] } is variant 1, then nonce, then the lanes' count.
+    let minimal = codec::encode_payload(&ClientControl::Heartbeat(Heartbeat { nonce: 5, lanes: vec![] }));
+    assert_eq!(minimal, [1, 5, 0]);
+    let wide = [1, 251, 5, 0, 0]; // nonce as marker 251 + u16 LE
+    let a: ClientControl = codec::decode(&minimal).unwrap();
+    let b: ClientControl = codec::decode(&wide).unwrap();
+    assert_eq!(a, b);
+    // A frame length of 3 in the 2-byte varint form.
+    let mut r = codec::FrameReader::new(1024);
+    r.push(&[0x40, 3, 1, 5, 0]);
+    assert_eq!(r.next_frame().unwrap().unwrap().as_ref(), &minimal[..]);
+}
