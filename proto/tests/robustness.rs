@@ -136,7 +136,10 @@ fn frame_reader_bounds_memory_on_random_streams() {
 #[test]
 fn non_minimal_integers_decode_to_the_same_value() {
     // Heartbeat { nonce: 5, lanes: [] } is variant 1, then nonce, then the lanes' count.
-    let minimal = codec::encode_payload(&ClientControl::Heartbeat(Heartbeat { nonce: 5, lanes: vec![] }));
+    let minimal = codec::encode_payload(&ClientControl::Heartbeat(Heartbeat {
+        nonce: 5,
+        lanes: vec![],
+    }));
     assert_eq!(minimal, [1, 5, 0]);
     let wide = [1, 251, 5, 0, 0]; // nonce as marker 251 + u16 LE
     let a: ClientControl = codec::decode(&minimal).unwrap();
