@@ -249,7 +249,30 @@ async fn silent_client_is_closed_with_hello_timeout() {
     assert!(
         matches!(err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0))
     );
-    assert_eq!(server.ctx.metrics.failures_with(CloseCode::HELLO_TIMEOUT), 2);
+    // And over HTTP/3: the QUIC handshake completes, the WebTransport CONNECT never comes.
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(
+                    quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_H3)
+                        .unwrap(),
+                )
+                .unwrap(),
+            )),
+            server.quic_addr,
+            "localhost",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed by the server");
+    assert!(
+        matches!(&err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0)),
+        "{err:?}"
+    );
+    assert_eq!(server.ctx.metrics.failures_with(CloseCode::HELLO_TIMEOUT), 3);
     server.shutdown().await;
 }
 

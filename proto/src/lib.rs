@@ -9,7 +9,8 @@
 //! - [`close`]: the close-code table, each code marked reconnect or terminal.
 //! - [`error`]: request error codes carried in acks and fetch replies.
 //! - `session` (feature `transport`): one `Session` type over raw QUIC and WebTransport,
-//!   shared by the server and the native client.
+//!   shared by the server and the native client; `session::h3` is the WebTransport session
+//!   the server serves itself (after its own HTTP/3 handshake).
 //!
 //! `PROTOCOL.md` beside this crate is the specification; `vectors/` holds golden encodings.
 

@@ -12,6 +12,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub mod h3;
+
+pub use h3::H3Session;
+
 /// Which transport a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -47,8 +51,10 @@ pub enum SessionError {
 pub enum Session {
     /// Raw QUIC.
     Quic(quinn::Connection),
-    /// WebTransport.
+    /// WebTransport through `wtransport` (the native client).
     WebTransport(wtransport::Connection),
+    /// WebTransport through our own HTTP/3 layer (the server).
+    H3(H3Session),
 }
 
 impl Session {
@@ -56,7 +62,7 @@ impl Session {
     pub fn transport(&self) -> Transport {
         match self {
             Session::Quic(_) => Transport::Quic,
-            Session::WebTransport(_) => Transport::WebTransport,
+            Session::WebTransport(_) | Session::H3(_) => Transport::WebTransport,
         }
     }
 
@@ -65,6 +71,7 @@ impl Session {
         match self {
             Session::Quic(c) => c,
             Session::WebTransport(c) => c.quic_connection(),
+            Session::H3(c) => c.quic(),
         }
     }
 
@@ -81,6 +88,7 @@ impl Session {
                 .await
                 .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                 .map_err(|e| SessionError::Closed(e.to_string())),
+            Session::H3(c) => c.accept_bi().await,
         }
     }
 
@@ -99,6 +107,7 @@ impl Session {
                     .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                     .map_err(|e| SessionError::Closed(e.to_string()))
             }
+            Session::H3(c) => c.open_bi().await,
         }
     }
 
@@ -109,6 +118,7 @@ impl Session {
             Session::WebTransport(c) => c
                 .send_datagram(&data)
                 .map_err(|e| SessionError::Datagram(e.to_string())),
+            Session::H3(c) => c.send_datagram(&data),
         }
     }
 
@@ -121,6 +131,7 @@ impl Session {
                 .await
                 .map(|d| d.payload())
                 .map_err(|e| SessionError::Closed(e.to_string())),
+            Session::H3(c) => c.read_datagram().await,
         }
     }
 
@@ -130,6 +141,7 @@ impl Session {
         match self {
             Session::Quic(c) => c.max_datagram_size().unwrap_or(0),
             Session::WebTransport(c) => c.max_datagram_size().unwrap_or(0),
+            Session::H3(c) => c.max_datagram_size(),
         }
     }
 
@@ -145,6 +157,13 @@ impl Session {
 
     /// If closed by the peer with an application code: `(code, reason)`.
     pub fn close_reason(&self) -> Option<(u32, String)> {
+        if let Session::H3(c) = self
+            && let Some(how) = c.peer_closed()
+        {
+            // The client ended the WebTransport session (capsule or CONNECT stream end);
+            // the QUIC close that followed was ours.
+            return Some(how);
+        }
         match self.quic().close_reason()? {
             quinn::ConnectionError::ApplicationClosed(a) => Some((
                 u32::try_from(a.error_code.into_inner()).unwrap_or(u32::MAX),

@@ -29,11 +29,16 @@ pub fn write(v: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// Length of the varint that starts with byte `first` (1, 2, 4 or 8).
+pub fn len_of_first(first: u8) -> usize {
+    1usize << (first >> 6)
+}
+
 /// Reads a varint from the front of `buf`: `Some((value, bytes_used))`, or `None` when
 /// `buf` does not yet hold the whole integer.
 pub fn read(buf: &[u8]) -> Option<(u64, usize)> {
     let first = *buf.first()?;
-    let n = 1usize << (first >> 6);
+    let n = len_of_first(first);
     if buf.len() < n {
         return None;
     }

@@ -1,11 +1,12 @@
 //! The QUIC endpoint: one UDP port, two protocols. At accept the negotiated ALPN decides:
-//! `h3` becomes a WebTransport session (through `wtransport` on the same quinn endpoint),
-//! `quaver/1` a raw QUIC session. Both are handed to the gateway as one `Session`.
+//! `h3` becomes a WebTransport session (our own HTTP/3 handshake, [`webtransport`], on the
+//! same quinn endpoint), `quaver/1` a raw QUIC session. Both are handed to the gateway as one `Session`.
 //!
 //! Admission control lives here: a stateless retry (address validation) once many
 //! handshakes are in flight, and a cap on concurrent sessions answered with `overloaded`.
 
 pub mod tls;
+pub mod webtransport;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -90,16 +91,10 @@ pub async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint) {
 async fn handle(ctx: Arc<Ctx>, connecting: quinn::Connecting) {
     // Both phases are boxed: otherwise this task's future is the handshake's and the
     // session's state side by side (8 KiB, measured), held for the session's whole life.
-    let routed = tokio::time::timeout(ctx.cfg.session.hello_timeout, Box::pin(route(&ctx, connecting))).await;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.session.hello_timeout;
+    let routed = Box::pin(route(&ctx, connecting, deadline)).await;
     ctx.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
-    let (session, pre_token) = match routed {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(_) => {
-            ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
-            return;
-        }
-    };
+    let Some((session, pre_token)) = routed else { return };
     if ctx.metrics.open_sessions() as usize >= ctx.cfg.session.max_connections {
         // With the in-band `Closing` (browsers cannot read QUIC close codes), bounded.
         crate::gateway::session::refuse_connection(&ctx, &session, CloseCode::OVERLOADED, "server full").await;
@@ -113,40 +108,60 @@ fn alpn(hd: Box<dyn std::any::Any>) -> Option<Vec<u8>> {
     hd.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
-/// Completes the handshake and returns the session with any token from the request.
-async fn route(ctx: &Ctx, mut connecting: quinn::Connecting) -> Option<(Session, Option<String>)> {
-    let protocol = match connecting.handshake_data().await {
-        Ok(hd) => alpn(hd),
-        Err(_) => {
+/// Completes the handshake by `deadline` and returns the session with any token from the
+/// request. A connection that is up but has not become a session by then (a WebTransport
+/// client that never sends its CONNECT) is closed with `hello_timeout`.
+async fn route(
+    ctx: &Ctx,
+    mut connecting: quinn::Connecting,
+    deadline: tokio::time::Instant,
+) -> Option<(Session, Option<String>)> {
+    let established = tokio::time::timeout_at(deadline, async {
+        let protocol = alpn(connecting.handshake_data().await.ok()?);
+        Some((protocol, connecting.await.ok()?))
+    })
+    .await;
+    let (protocol, conn) = match established {
+        Ok(Some(c)) => c,
+        Ok(None) => {
             ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            return None;
+        }
+        Err(_) => {
+            // No connection yet to carry a code: the QUIC handshake itself stalled.
+            ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
             return None;
         }
     };
     match protocol.as_deref() {
         Some(p) if p == ALPN_QUAVER => {
             ctx.metrics.handshake(Transport::Quic);
-            match connecting.await {
-                Ok(c) => Some((Session::Quic(c), None)),
-                Err(_) => {
-                    ctx.metrics.handshake_failed(CloseCode(u32::MAX));
-                    None
-                }
-            }
+            Some((Session::Quic(conn), None))
         }
         Some(p) if p == ALPN_H3 => {
             ctx.metrics.handshake(Transport::WebTransport);
-            webtransport(ctx, connecting).await
+            match tokio::time::timeout_at(deadline, webtransport(ctx, conn.clone())).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
+                    ctx.metrics.closed_with(CloseCode::HELLO_TIMEOUT);
+                    conn.close(CloseCode::HELLO_TIMEOUT.0.into(), b"no WebTransport request");
+                    None
+                }
+            }
         }
         _ => None,
     }
 }
 
 /// Turns an `h3` connection into a WebTransport session: path, Origin and token checks.
-async fn webtransport(ctx: &Ctx, connecting: quinn::Connecting) -> Option<(Session, Option<String>)> {
-    let request = match wtransport::endpoint::IncomingSessionFuture::with_quic_connecting(connecting).await {
+async fn webtransport(ctx: &Ctx, conn: quinn::Connection) -> Option<(Session, Option<String>)> {
+    let request = match webtransport::accept(&conn).await {
         Ok(r) => r,
-        Err(_) => {
-            ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+        Err(e) => {
+            ctx.metrics.handshake_failed(CloseCode::PROTOCOL_ERROR);
+            tracing::debug!(error = %e, "WebTransport handshake failed");
+            conn.close(CloseCode::PROTOCOL_ERROR.0.into(), b"not a WebTransport request");
             return None;
         }
     };
@@ -155,14 +170,14 @@ async fn webtransport(ctx: &Ctx, connecting: quinn::Connecting) -> Option<(Sessi
         Ok(u) if u.path() == WEBTRANSPORT_PATH => u,
         _ => {
             ctx.metrics.handshake_failed(CloseCode::PROTOCOL_ERROR);
-            request.not_found().await;
+            request.not_found(&conn).await;
             return None;
         }
     };
     if !origin_allowed(&ctx.cfg.session.allowed_origins, request.origin()) {
         ctx.metrics.handshake_failed(CloseCode::ORIGIN_NOT_ALLOWED);
         tracing::debug!(origin = ?request.origin(), "WebTransport origin refused");
-        request.forbidden().await;
+        request.forbidden(&conn).await;
         return None;
     }
     let from_query = url
@@ -170,14 +185,12 @@ async fn webtransport(ctx: &Ctx, connecting: quinn::Connecting) -> Option<(Sessi
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
     let from_header = request
-        .headers()
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, v)| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string());
     let token = from_header.or(from_query);
-    match request.accept().await {
-        Ok(conn) => Some((Session::WebTransport(conn), token)),
+    match request.accept(conn).await {
+        Ok(session) => Some((Session::H3(session), token)),
         Err(_) => {
             ctx.metrics.handshake_failed(CloseCode(u32::MAX));
             None
