@@ -645,12 +645,12 @@ async fn stateless_retry_validates_addresses_under_load() {
 #[tokio::test]
 async fn a_blocked_control_stream_does_not_stop_token_expiry() {
     let server = start(config()).await;
-    let conn = raw_quic(&server, 1024).await;
+    let raw = raw_quic(&server, 1024).await;
     let expires_in = Duration::from_secs(3);
     let tok = verifier().sign(&claims(1, expires_in.as_secs() as i64)).unwrap();
     let t0 = std::time::Instant::now();
-    let (mut ctl, _ctl_rx, _ready) = raw_hello(&conn, tok).await;
-    let (mut lane_tx, mut lane_rx) = raw_lane(&conn, Lane::Chat).await;
+    let (mut ctl, _ctl_rx, _ready) = raw.hello(tok).await.unwrap();
+    let (mut lane_tx, mut lane_rx) = raw.lane(Lane::Chat).await.unwrap();
     // More acks than the 1 KiB window takes (4 bytes each), fewer than the server queues:
     // its control writer is stuck on flow control from here on. We never read them.
     for n in 0..270u32 {
@@ -682,7 +682,7 @@ async fn a_blocked_control_stream_does_not_stop_token_expiry() {
             acked.push(id);
         }
     }
-    let code = close_code_within(&conn, Duration::from_secs(5)).await;
+    let code = close_code_within(&raw.conn, Duration::from_secs(5)).await;
     assert_eq!(code, Some(CloseCode::TOKEN_REFRESH_MISSED.0));
     assert!(
         t0.elapsed() < expires_in + Duration::from_secs(3),
@@ -733,19 +733,16 @@ async fn unread_fetches_are_bounded_and_reset_after_the_deadline() {
             .unwrap();
         assert!(r.is_ok(), "{r:?}");
     }
-    let conn = raw_quic(&server, 8 * 1024).await;
-    let (_ctl, _ctl_rx, _ready) = raw_hello(&conn, token(1)).await;
+    let raw = raw_quic(&server, 8 * 1024).await;
+    let (_ctl, _ctl_rx, _ready) = raw.hello(token(1)).await.unwrap();
     let mut streams = Vec::new();
     for _ in 0..24 {
-        let (mut tx, rx) = conn.open_bi().await.unwrap();
-        let open = StreamOpen::Fetch(FetchRequest::History {
+        let history = FetchRequest::History {
             channel_id: ch,
             anchor: HistoryAnchor::Latest,
             limit: 100,
-        });
-        codec::io::write_msg(&mut tx, &open).await.unwrap();
-        tx.finish().unwrap();
-        streams.push((tx, rx));
+        };
+        streams.push(raw.fetch_unread(history).await.unwrap());
     }
     // After one deadline only the first few were answered (and reset), not all 24.
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -756,7 +753,7 @@ async fn unread_fetches_are_bounded_and_reset_after_the_deadline() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(reset, quaver::gateway::session::FETCH_CONCURRENCY as u64);
     // The session itself is fine: a lane still answers.
-    let (mut lane_tx, mut lane_rx) = raw_lane(&conn, Lane::Typing).await;
+    let (mut lane_tx, mut lane_rx) = raw.lane(Lane::Typing).await.unwrap();
     codec::io::write_msg(
         &mut lane_tx,
         &Request {

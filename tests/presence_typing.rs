@@ -346,3 +346,59 @@ async fn typing_expires_on_the_server_after_ten_seconds() {
     );
     server.shutdown().await;
 }
+
+/// Presence, typing and voice requests have rate limits of their own (they had none).
+#[tokio::test]
+async fn presence_typing_and_voice_requests_are_rate_limited() {
+    let server = start(config()).await;
+    let mut p = session(&server, 1, DeviceKind::Desktop).await;
+    let mut voice = p.client.open_lane(Lane::Voice).await.unwrap();
+    let limited = |r: Result<ResponseBody, ErrorBody>| match r {
+        Err(e) if e.code == ErrorCode::RATE_LIMITED => {
+            assert!(e.retry_after_ms.is_some_and(|ms| ms > 0));
+            true
+        }
+        _ => false,
+    };
+    let limits = quaver::limits::LimitsConfig::default();
+    let count = |n: f64| n as usize;
+    for _ in 0..count(limits.presence.burst) {
+        let r = req(
+            &mut p.presence,
+            RequestBody::SetPresence {
+                status: PresenceStatus::Idle,
+                custom_status: None,
+                activity: None,
+            },
+        )
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let r = req(
+        &mut p.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Online,
+            custom_status: None,
+            activity: None,
+        },
+    )
+    .await;
+    assert!(limited(r), "presence past its burst");
+    for _ in 0..count(limits.typing.burst) {
+        assert!(
+            req(&mut p.typing, RequestBody::TypingStop { channel_id: 5 })
+                .await
+                .is_ok()
+        );
+    }
+    assert!(limited(
+        req(&mut p.typing, RequestBody::TypingStop { channel_id: 5 }).await
+    ));
+    for _ in 0..count(limits.voice.burst) {
+        assert!(req(&mut voice, RequestBody::LeaveVoice).await.is_ok());
+    }
+    assert!(limited(req(&mut voice, RequestBody::LeaveVoice).await));
+    // Chat is a bucket of its own: still fine.
+    assert!(req(&mut p.chat, RequestBody::Ping { data: vec![] }).await.is_ok());
+    server.shutdown().await;
+}

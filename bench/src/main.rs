@@ -21,6 +21,7 @@
 //! - `typing`: T1 — typing starts seen by every member, and the server's own stop ≈ 10 s later.
 //! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
 //!   every client must end with every message exactly once, in order.
+//! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
 
 mod chat;
 mod idle;
@@ -28,6 +29,7 @@ mod resume;
 mod server;
 mod setup;
 mod social;
+mod unread;
 mod voice;
 
 use std::net::SocketAddr;
@@ -68,6 +70,23 @@ enum Scenario {
     Typing(SocialArgs),
     /// R1: forced disconnects during a message stream, clients resuming.
     Resume(ResumeArgs),
+    /// H4: fetch replies never read; server memory while they wait.
+    Unread(UnreadArgs),
+}
+
+#[derive(clap::Args)]
+struct UnreadArgs {
+    /// Raw connections of the one user.
+    #[arg(long, default_value_t = 3)]
+    connections: usize,
+    /// History fetches per connection, never read.
+    #[arg(long, default_value_t = 30)]
+    fetches: usize,
+    /// How long they stay unread, seconds (RSS is sampled throughout).
+    #[arg(long, default_value_t = 8)]
+    hold_seconds: u64,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -304,6 +323,26 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
+        Scenario::Unread(a) => {
+            let bin = a.server.target()?;
+            let r = unread::run(&bin, a.connections, a.fetches, Duration::from_secs(a.hold_seconds)).await?;
+            let mib = |b: u64| b as f64 / 1048576.0;
+            println!(
+                "unread: {} connections × {} unread History fetches ({} opened): server RSS {:.1} MiB → peak {:.1} MiB (+{:.1} MiB)",
+                a.connections,
+                a.fetches,
+                r.opened,
+                mib(r.baseline),
+                mib(r.loaded),
+                mib(r.loaded.saturating_sub(r.baseline))
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "unread", "connections": a.connections, "fetches": a.fetches, "opened": r.opened,
+                    "rss_baseline_bytes": r.baseline, "rss_peak_bytes": r.loaded})
+            );
+            Ok(())
+        }
         Scenario::Idle(a) => {
             let bin = a.server.target()?;
             let transport = match a.transport {

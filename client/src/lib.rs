@@ -5,6 +5,7 @@
 //! This layer is one connection; [`resilient`] builds reconnection, resume, de-duplication
 //! and retried sends on it.
 
+pub mod raw;
 pub mod relay;
 pub mod resilient;
 

@@ -155,66 +155,14 @@ pub async fn shared_guild(
 
 /// A raw QUIC connection (ALPN `quaver/1`) whose streams each accept at most
 /// `stream_window` bytes unread: a client that can stop granting flow-control credit.
-pub async fn raw_quic(server: &Server, stream_window: u32) -> quinn::Connection {
-    let tls = quaver_client::tls_config(&Trust::Hashes(vec![server.cert_hash()]), quaver_proto::ALPN_QUAVER).unwrap();
-    let mut qc = quinn::ClientConfig::new(std::sync::Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
-    let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(stream_window.into());
-    t.receive_window((stream_window * 16).into());
-    qc.transport_config(std::sync::Arc::new(t));
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(qc, server.quic_addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    // The endpoint must outlive the connection; leaking one per test is fine.
-    std::mem::forget(ep);
-    conn
-}
-
-/// Opens the control stream of a raw connection, says Hello with `token` and reads Ready.
-pub async fn raw_hello(
-    conn: &quinn::Connection,
-    token: String,
-) -> (
-    quinn::SendStream,
-    quaver_proto::codec::io::FramedRead<quinn::RecvStream>,
-    quaver_proto::Ready,
-) {
-    use quaver_proto::*;
-    let (mut tx, rx) = conn.open_bi().await.unwrap();
-    let hello = ClientControl::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        token: Some(token),
-        device: DeviceKind::Desktop,
-        resume: None,
-        compression: Compression::None,
-    });
-    codec::io::write_msg(&mut tx, &hello).await.unwrap();
-    let mut rx = codec::io::FramedRead::new(rx, 1 << 22);
-    let ready = match rx.next::<ServerControl>().await.unwrap() {
-        Some(ServerControl::Ready(r)) => *r,
-        other => panic!("expected Ready, got {other:?}"),
-    };
-    (tx, rx, ready)
-}
-
-/// Opens a lane on a raw connection.
-pub async fn raw_lane(
-    conn: &quinn::Connection,
-    lane: quaver_proto::Lane,
-) -> (
-    quinn::SendStream,
-    quaver_proto::codec::io::FramedRead<quinn::RecvStream>,
-) {
-    let (mut tx, rx) = conn.open_bi().await.unwrap();
-    quaver_proto::codec::io::write_msg(&mut tx, &quaver_proto::StreamOpen::Lane(lane))
-        .await
-        .unwrap();
-    (tx, quaver_proto::codec::io::FramedRead::new(rx, 1 << 22))
+pub async fn raw_quic(server: &Server, stream_window: u32) -> quaver_client::raw::RawConn {
+    quaver_client::raw::connect(
+        server.quic_addr,
+        &Trust::Hashes(vec![server.cert_hash()]),
+        stream_window,
+    )
+    .await
+    .unwrap()
 }
 
 /// The application close code a connection ended with, waiting at most `limit`.
