@@ -275,6 +275,9 @@ pub struct ConfigArgs {
     /// Database URL (sqlite://… or postgres://…) [default: sqlite in the data dir].
     #[arg(long, env = "DATABASE_URL")]
     pub database: Option<String>,
+    /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
+    #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
+    pub sqlite_synchronous: Option<crate::store::Synchronous>,
     /// Deadline of every database call [default: 5s].
     #[arg(long, env = "QUAVER_STORE_TIMEOUT", value_parser = parse_duration)]
     pub store_timeout: Option<Duration>,
@@ -378,7 +381,7 @@ impl ConfigArgs {
             presence_grace => session.presence_grace,
             resume_window => session.resume_window,
             event_log_retention => session.event_log_retention,
-            store_timeout => store.timeout,
+            store_timeout => store.timeout, sqlite_synchronous => store.sqlite_synchronous,
         }
         macro_rules! set_opt {
             ($($field:ident => $($target:ident).+),* $(,)?) => {

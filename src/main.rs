@@ -46,18 +46,23 @@ enum Command {
 /// request's headers and path, and with them a `?token=` JWT or an `Authorization` header,
 /// so that crate is capped at `info` by a filter the environment cannot lift.
 fn init_logging() {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let env = tracing_subscriber::EnvFilter::try_from_env("QUAVER_LOG")
         .unwrap_or_else(|_| "info,quinn=warn,wtransport=warn".into());
-    let no_credentials = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("wtransport") && *m.level() > tracing::Level::INFO)
-    });
+    let no_credentials = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("wtransport", LevelFilter::INFO);
+    // One filter, `env` AND the cap: its level hint is the lower of the two, so with the
+    // default `info` every debug/trace callsite (quinn's per-packet ones, sqlx's per-query
+    // logging, which formats each query first) stays disabled at no cost. (Two stacked
+    // per-layer filters raised the hint to TRACE: +16 % server instructions on a small chat
+    // run, measured with callgrind.)
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(env)
-                .with_filter(no_credentials),
+                .with_filter(env.and(no_credentials)),
         )
         .init();
 }

@@ -1,6 +1,7 @@
 //! H4 (hardening, issue 10 item 4): fetch replies a client never reads. One user opens
 //! `connections` raw connections whose streams take only a small window, and on each
-//! `fetches` History fetches of a full page (100 messages of 4,000 characters), never read.
+//! `fetches` History fetches of a full page (100 messages of 4,000 four-byte characters,
+//! 1.6 MB), never read, paced under the default fetch rate limit so every one is answered.
 //! The server's resident memory before and while they wait says whether unread replies are
 //! bounded per session (they were not: 16 MB → 244 MB for 3 × 30).
 
@@ -40,7 +41,7 @@ pub(crate) async fn run(
         let body = RequestBody::SendMessage {
             channel_id: owner.general,
             nonce: setup.nonce_base + n,
-            content: "x".repeat(4000),
+            content: "\u{1D11E}".repeat(4000),
             reply_to: None,
         };
         req(&mut owner.chat, body).await?;
@@ -49,14 +50,19 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = setup.server.rss_bytes();
     let trust = Trust::Hashes(vec![setup.server.hash]);
-    let mut held = Vec::new();
-    let mut opened = 0;
+    let mut conns = Vec::new();
     for _ in 0..connections {
         let raw = quaver_client::raw::connect(setup.server.quic, &trust, 16 * 1024).await?;
         let token = setup.config(1).token.unwrap_or_default();
         let control = raw.hello(token).await?;
-        let mut streams = Vec::new();
-        for _ in 0..fetches {
+        conns.push((raw, control, Vec::new()));
+    }
+    // 8 fetches a second in all: under the default limit (10 per second after a burst of
+    // 20), so none is refused and every reply is built.
+    let mut opened = 0;
+    let mut loaded = 0;
+    for _ in 0..fetches {
+        for (raw, _, streams) in conns.iter_mut() {
             let history = FetchRequest::History {
                 channel_id: owner.general,
                 anchor: HistoryAnchor::Latest,
@@ -66,10 +72,11 @@ pub(crate) async fn run(
                 streams.push(s);
                 opened += 1;
             }
+            tokio::time::sleep(Duration::from_millis(125)).await;
+            loaded = loaded.max(setup.server.rss_bytes());
         }
-        held.push((raw, control, streams));
     }
-    let mut loaded = 0;
+    let held = conns;
     let end = tokio::time::Instant::now() + hold;
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
