@@ -122,6 +122,29 @@ impl Session {
         }
     }
 
+    /// The bytes every datagram of this session starts with on the wire (none for raw
+    /// QUIC; the quarter stream id for WebTransport served by [`H3Session`]), or `None`
+    /// when the transport adds them itself (`wtransport`'s client).
+    pub fn datagram_prefix(&self) -> Option<&[u8]> {
+        match self {
+            Session::Quic(_) => Some(&[]),
+            Session::H3(c) => Some(c.datagram_prefix()),
+            Session::WebTransport(_) => None,
+        }
+    }
+
+    /// Sends a datagram that already starts with [`Session::datagram_prefix`]: a fan-out
+    /// builds one such buffer per prefix and shares it, instead of one copy per receiver.
+    /// On a session without a prefix of its own (`datagram_prefix() == None`) it is sent
+    /// as a plain payload.
+    pub fn send_prefixed_datagram(&self, data: Bytes) -> Result<(), SessionError> {
+        match self {
+            Session::Quic(c) => c.send_datagram(data).map_err(|e| SessionError::Datagram(e.to_string())),
+            Session::H3(c) => c.send_raw_datagram(data),
+            Session::WebTransport(_) => self.send_datagram(data),
+        }
+    }
+
     /// Receives the next datagram.
     pub async fn read_datagram(&self) -> Result<Bytes, SessionError> {
         match self {

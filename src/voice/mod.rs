@@ -587,18 +587,30 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                 };
                 match ch.on_frame(slot, &h, Instant::now()) {
                     Ok(f) => {
-                        // One buffer per frame, shared by every listener.
-                        let mut buf = Vec::with_capacity(quaver_proto::datagram::DOWNLINK_HEADER + payload.len());
-                        buf.extend_from_slice(&Downlink::from_uplink(&h, f.slot).to_bytes());
-                        buf.extend_from_slice(payload);
-                        let out = Bytes::from(buf);
+                        // One buffer per frame and wire prefix (raw QUIC: none; WebTransport:
+                        // the session's quarter stream id, nearly always 0), shared by every
+                        // listener with that prefix: no copy per listener.
+                        let header = Downlink::from_uplink(&h, f.slot).to_bytes();
+                        let mut shared: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(2);
                         for l in f.listeners {
-                            if let Some(port) = ports.get(&l) {
-                                match port.session.send_datagram(out.clone()) {
-                                    Ok(()) => metrics.forwarded.fetch_add(1, Relaxed),
-                                    Err(_) => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
-                                };
-                            }
+                            let Some(port) = ports.get(&l) else { continue };
+                            let prefix = port.session.datagram_prefix().unwrap_or(&[]);
+                            let out = match shared.iter().find(|(p, _)| p.as_slice() == prefix) {
+                                Some((_, b)) => b.clone(),
+                                None => {
+                                    let mut buf = Vec::with_capacity(prefix.len() + header.len() + payload.len());
+                                    buf.extend_from_slice(prefix);
+                                    buf.extend_from_slice(&header);
+                                    buf.extend_from_slice(payload);
+                                    let b = Bytes::from(buf);
+                                    shared.push((prefix.to_vec(), b.clone()));
+                                    b
+                                }
+                            };
+                            match port.session.send_prefixed_datagram(out) {
+                                Ok(()) => metrics.forwarded.fetch_add(1, Relaxed),
+                                Err(_) => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
+                            };
                         }
                         metrics.residence(at.elapsed());
                     }

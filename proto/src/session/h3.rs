@@ -151,6 +151,19 @@ impl H3Session {
             .map_err(|e| SessionError::Datagram(e.to_string()))
     }
 
+    /// The bytes every datagram of this session starts with (its quarter stream id).
+    pub fn datagram_prefix(&self) -> &[u8] {
+        &self.inner.datagram_prefix
+    }
+
+    /// Sends a datagram that already starts with [`H3Session::datagram_prefix`].
+    pub fn send_raw_datagram(&self, data: Bytes) -> Result<(), SessionError> {
+        self.inner
+            .conn
+            .send_datagram(data)
+            .map_err(|e| SessionError::Datagram(e.to_string()))
+    }
+
     /// The next datagram of this session (others are dropped: one session per connection).
     pub async fn read_datagram(&self) -> Result<Bytes, SessionError> {
         let prefix = &self.inner.datagram_prefix;
