@@ -204,74 +204,36 @@ async fn silent_client_is_closed_with_hello_timeout() {
     let mut cfg = config();
     cfg.session.hello_timeout = Duration::from_millis(400);
     let server = start(cfg).await;
-    // Connect at the QUIC level but never send Hello.
-    let tls = quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER).unwrap();
-    let qc = quinn::ClientConfig::new(std::sync::Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(qc, server.quic_addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let connect_alpn = |alpn: &'static [u8]| {
+        let tls = quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), alpn).unwrap();
+        let qc = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        ep.connect_with(qc, server.quic_addr, "localhost").unwrap()
+    };
+    let hello_timeout = |err: &quinn::ConnectionError| matches!(err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0));
+    // Connect at the QUIC level but never send Hello.
+    let conn = connect_alpn(ALPN_QUAVER).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("closed by the server");
-    match err {
-        quinn::ConnectionError::ApplicationClosed(a) => {
-            assert_eq!(a.error_code.into_inner(), u64::from(CloseCode::HELLO_TIMEOUT.0))
-        }
-        other => panic!("{other:?}"),
-    }
+    assert!(hello_timeout(&err), "{err:?}");
     // Also: a control stream opened but with no Hello on it.
-    let conn = ep
-        .connect_with(
-            quinn::ClientConfig::new(std::sync::Arc::new(
-                quinn::crypto::rustls::QuicClientConfig::try_from(
-                    quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER)
-                        .unwrap(),
-                )
-                .unwrap(),
-            )),
-            server.quic_addr,
-            "localhost",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = connect_alpn(ALPN_QUAVER).await.unwrap();
     let (mut s, _r) = conn.open_bi().await.unwrap();
     s.write_all(&[]).await.unwrap();
     let _ = s.set_priority(0);
     let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .unwrap();
-    assert!(
-        matches!(err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0))
-    );
+    assert!(hello_timeout(&err), "{err:?}");
     // And over HTTP/3: the QUIC handshake completes, the WebTransport CONNECT never comes.
-    let conn = ep
-        .connect_with(
-            quinn::ClientConfig::new(std::sync::Arc::new(
-                quinn::crypto::rustls::QuicClientConfig::try_from(
-                    quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_H3)
-                        .unwrap(),
-                )
-                .unwrap(),
-            )),
-            server.quic_addr,
-            "localhost",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = connect_alpn(ALPN_H3).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("closed by the server");
-    assert!(
-        matches!(&err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code.into_inner() == u64::from(CloseCode::HELLO_TIMEOUT.0)),
-        "{err:?}"
-    );
+    assert!(hello_timeout(&err), "{err:?}");
     assert_eq!(server.ctx.metrics.failures_with(CloseCode::HELLO_TIMEOUT), 3);
     server.shutdown().await;
 }

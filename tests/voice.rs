@@ -47,6 +47,11 @@ async fn participant_with(cfg: quaver_client::Config, id: u64) -> P {
 
 /// Owner 1's guild with a voice channel; others join the guild. Returns (guild, voice channel).
 async fn voice_guild(owner: &mut P, others: &mut [&mut P]) -> (u64, u64) {
+    voice_guild_limited(owner, others, 0).await
+}
+
+/// As [`voice_guild`], the voice channel holding at most `user_limit` (0 = no limit).
+async fn voice_guild_limited(owner: &mut P, others: &mut [&mut P], user_limit: u32) -> (u64, u64) {
     let (gid, _) = shared_guild(
         &owner.client,
         &mut owner.chat,
@@ -58,7 +63,7 @@ async fn voice_guild(owner: &mut P, others: &mut [&mut P]) -> (u64, u64) {
         kind: ChannelKind::Voice,
         name: "talk".into(),
         topic: String::new(),
-        user_limit: 0,
+        user_limit,
     };
     let Ok(ResponseBody::Channel(vc)) = req(&mut owner.chat, body).await else {
         panic!()
@@ -510,22 +515,7 @@ async fn simultaneous_joins_never_exceed_the_user_limit() {
     for id in 2..=6 {
         others.push(participant(&server, id, Transport::Quic).await);
     }
-    let (gid, _) = shared_guild(
-        &owner.client,
-        &mut owner.chat,
-        others.iter_mut().map(|o| &mut o.chat).collect(),
-    )
-    .await;
-    let body = RequestBody::CreateChannel {
-        guild_id: gid,
-        kind: ChannelKind::Voice,
-        name: "small".into(),
-        topic: String::new(),
-        user_limit: 2,
-    };
-    let Ok(ResponseBody::Channel(vc)) = req(&mut owner.chat, body).await else {
-        panic!()
-    };
+    let (_, vc) = voice_guild_limited(&mut owner, &mut others.iter_mut().collect::<Vec<_>>(), 2).await;
     let mut people = others;
     people.insert(0, owner);
     for round in 0..3 {
@@ -536,7 +526,7 @@ async fn simultaneous_joins_never_exceed_the_user_limit() {
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let join = RequestBody::JoinVoice {
-                    channel_id: vc.id,
+                    channel_id: vc,
                     self_mute: false,
                     self_deaf: false,
                 };
