@@ -1379,3 +1379,29 @@ fn invite_code() -> String {
         .map(|x| ALPHABET[(*x as usize) % ALPHABET.len()] as char)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_channel_locks_are_forgotten_and_held_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("quaver-chat-sweep-{}", std::process::id()));
+        let store = Store::open(&format!("sqlite://{}/q.db?mode=rwc", dir.display()))
+            .await
+            .unwrap();
+        let (bus, _rx) = crate::cluster::MemoryBus::new();
+        let limiter = Arc::new(Limiter::new(Default::default()));
+        let chat = Chat::new(store, Arc::new(bus), 1, limiter);
+        let held = chat.lock(1);
+        let _guard = held.lock().await;
+        for channel in 2..=100 {
+            drop(chat.lock(channel).lock().await);
+        }
+        assert_eq!(chat.sweep(), 99, "idle locks go");
+        assert_eq!(chat.sweep(), 0);
+        // The held one stayed: taking it again is the same lock (still held).
+        assert!(chat.lock(1).try_lock().is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
