@@ -1,0 +1,451 @@
+//! Users, guilds, members, bans, invites and roles.
+
+use super::*;
+
+fn role_of(r: &AnyRow) -> Result<Role> {
+    Ok(Role {
+        id: u(r.try_get("id")?),
+        guild_id: u(r.try_get("guild_id")?),
+        name: r.try_get("name")?,
+        permissions: u(r.try_get("permissions")?),
+        position: r.try_get::<i64, _>("position")? as u32,
+    })
+}
+
+impl Store {
+    // ----- users ---------------------------------------------------------------------
+
+    /// Creates or renames a user from token claims.
+    pub async fn upsert_user(&self, id: u64, name: &str, now_ms: u64) -> Result<()> {
+        self.deadline(async move {
+            sqlx::query(
+                "INSERT INTO users (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
+            )
+            .bind(i(id))
+            .bind(name)
+            .bind(i(now_ms))
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A user's name, if known.
+    pub async fn user_name(&self, id: u64) -> Result<Option<String>> {
+        self.deadline(async move {
+            Ok(sqlx::query("SELECT name FROM users WHERE id = $1")
+                .bind(i(id))
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get::<String, _>("name"))
+                .transpose()?)
+        })
+        .await
+    }
+
+    // ----- guilds --------------------------------------------------------------------
+
+    /// Creates a guild with its `@everyone` role (id = guild id), the owner as member and a
+    /// `general` text channel (id `general_id`).
+    pub async fn create_guild(
+        &self,
+        id: u64,
+        general_id: u64,
+        name: &str,
+        owner: u64,
+        everyone: u64,
+        now_ms: u64,
+    ) -> Result<Guild> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(i(id))
+                .bind(name)
+                .bind(i(owner))
+                .bind(i(now_ms))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)",
+            )
+            .bind(i(id))
+            .bind(i(everyone))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3)")
+                .bind(i(id))
+                .bind(i(owner))
+                .bind(i(now_ms))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO channels (id, guild_id, kind, name, topic, position, user_limit, owner_id, last_seq, created_at) \
+                 VALUES ($1, $2, 0, 'general', '', 0, 0, 0, 0, $3)",
+            )
+            .bind(i(general_id))
+            .bind(i(id))
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Guild {
+                id,
+                name: name.to_string(),
+                owner_id: owner,
+            })
+        })
+        .await
+    }
+
+    /// A guild.
+    pub async fn guild(&self, id: u64) -> Result<Guild> {
+        self.deadline(async move {
+            let r = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = $1")
+                .bind(i(id))
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            Ok(Guild {
+                id: u(r.try_get("id")?),
+                name: r.try_get("name")?,
+                owner_id: u(r.try_get("owner_id")?),
+            })
+        })
+        .await
+    }
+
+    /// Renames a guild.
+    pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild> {
+        self.deadline(async move {
+            let n = sqlx::query("UPDATE guilds SET name = $2 WHERE id = $1")
+                .bind(i(id))
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            self.guild(id).await
+        })
+        .await
+    }
+
+    /// Deletes a guild and everything in it.
+    pub async fn delete_guild(&self, id: u64) -> Result<()> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            // Explicit, in dependency order: SQLite only cascades with foreign_keys on, and
+            // being explicit keeps both backends identical.
+            for q in [
+                "DELETE FROM channel_events WHERE channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
+                "DELETE FROM reactions WHERE message_id IN (SELECT m.id FROM messages m JOIN channels c ON m.channel_id = c.id WHERE c.guild_id = $1)",
+                "DELETE FROM messages WHERE channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
+                "DELETE FROM read_states WHERE channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
+                "DELETE FROM overwrites WHERE channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
+                "DELETE FROM channels WHERE guild_id = $1",
+                "DELETE FROM member_roles WHERE guild_id = $1",
+                "DELETE FROM members WHERE guild_id = $1",
+                "DELETE FROM roles WHERE guild_id = $1",
+                "DELETE FROM bans WHERE guild_id = $1",
+                "DELETE FROM invites WHERE guild_id = $1",
+                "DELETE FROM guilds WHERE id = $1",
+            ] {
+                sqlx::query(q).bind(i(id)).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ids of the guilds `user` is in.
+    pub async fn guild_ids_of(&self, user: u64) -> Result<Vec<u64>> {
+        self.deadline(async move {
+            let rows = sqlx::query("SELECT guild_id FROM members WHERE user_id = $1 ORDER BY guild_id")
+                .bind(i(user))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(|r| Ok(u(r.try_get("guild_id")?))).collect()
+        })
+        .await
+    }
+
+    /// Everything about a guild that permission checks need.
+    pub async fn guild_state(&self, id: u64) -> Result<GuildState> {
+        self.deadline(async move {
+            let guild = self.guild(id).await?;
+            let roles = sqlx::query(
+                "SELECT id, guild_id, name, permissions, position FROM roles WHERE guild_id = $1 ORDER BY position, id",
+            )
+            .bind(i(id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(role_of)
+            .collect::<Result<Vec<_>>>()?;
+            let mut members: HashMap<u64, Vec<u64>> = HashMap::new();
+            for r in sqlx::query("SELECT user_id FROM members WHERE guild_id = $1")
+                .bind(i(id))
+                .fetch_all(&self.pool)
+                .await?
+            {
+                members.insert(u(r.try_get("user_id")?), Vec::new());
+            }
+            for r in sqlx::query("SELECT user_id, role_id FROM member_roles WHERE guild_id = $1")
+                .bind(i(id))
+                .fetch_all(&self.pool)
+                .await?
+            {
+                if let Some(v) = members.get_mut(&u(r.try_get("user_id")?)) {
+                    v.push(u(r.try_get("role_id")?));
+                }
+            }
+            let channels = self.guild_channels(id).await?;
+            Ok(GuildState {
+                guild,
+                roles,
+                members,
+                channels,
+            })
+        })
+        .await
+    }
+
+    // ----- members, bans, invites ----------------------------------------------------
+
+    /// Creates an invite.
+    pub async fn create_invite(
+        &self,
+        code: &str,
+        guild: u64,
+        inviter: u64,
+        max_uses: u32,
+        expires_at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Invite> {
+        self.deadline(async move {
+            sqlx::query(
+                "INSERT INTO invites (code, guild_id, inviter_id, max_uses, uses, expires_at, created_at) VALUES ($1, $2, $3, $4, 0, $5, $6)",
+            )
+            .bind(code)
+            .bind(i(guild))
+            .bind(i(inviter))
+            .bind(i64::from(max_uses))
+            .bind(expires_at.map(i))
+            .bind(i(now_ms))
+            .execute(&self.pool)
+            .await?;
+            Ok(Invite {
+                code: code.to_string(),
+                guild_id: guild,
+                max_uses,
+                expires_at_ms: expires_at,
+            })
+        })
+        .await
+    }
+
+    /// Joins `user` to the invite's guild; returns the guild id and whether they were
+    /// already a member (then the invite is not used up).
+    pub async fn use_invite(&self, code: &str, user: u64, now_ms: u64) -> Result<(u64, bool)> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            // Take the use first (the write lock), then check it was valid.
+            let n = sqlx::query(
+                "UPDATE invites SET uses = uses + 1 WHERE code = $1 AND (max_uses = 0 OR uses < max_uses) \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(code)
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::InvalidInvite);
+            }
+            let guild: i64 = sqlx::query("SELECT guild_id FROM invites WHERE code = $1")
+                .bind(code)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("guild_id")?;
+            let banned = sqlx::query("SELECT 1 FROM bans WHERE guild_id = $1 AND user_id = $2")
+                .bind(guild)
+                .bind(i(user))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if banned {
+                return Err(StoreError::Banned);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(guild)
+            .bind(i(user))
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // Already a member: leave the invite's use count as it was.
+                tx.rollback().await?;
+                return Ok((u(guild), true));
+            }
+            tx.commit().await?;
+            Ok((u(guild), false))
+        })
+        .await
+    }
+
+    /// Removes a member (leave or kick); with `ban`, also bans them.
+    pub async fn remove_member(&self, guild: u64, user: u64, ban: Option<&str>, now_ms: u64) -> Result<bool> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            if let Some(reason) = ban {
+                sqlx::query("INSERT INTO bans (guild_id, user_id, reason, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(i(guild))
+                    .bind(i(user))
+                    .bind(reason)
+                    .bind(i(now_ms))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2")
+                .bind(i(guild))
+                .bind(i(user))
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM members WHERE guild_id = $1 AND user_id = $2")
+                .bind(i(guild))
+                .bind(i(user))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Members of a guild with names, by user id after `after`.
+    pub async fn members(&self, guild: u64, after: u64, limit: u32) -> Result<Vec<Member>> {
+        self.deadline(async move {
+            let rows = sqlx::query(
+                "SELECT m.user_id, COALESCE(u.name, '') AS name FROM members m LEFT JOIN users u ON u.id = m.user_id \
+                 WHERE m.guild_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
+            )
+            .bind(i(guild))
+            .bind(i(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            let state = self.guild_state(guild).await?;
+            rows.iter()
+                .map(|r| {
+                    let user_id = u(r.try_get("user_id")?);
+                    Ok(Member {
+                        user_id,
+                        name: r.try_get("name")?,
+                        roles: state.members.get(&user_id).cloned().unwrap_or_default(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Number of members.
+    pub async fn member_count(&self, guild: u64) -> Result<u32> {
+        self.deadline(async move {
+            let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM members WHERE guild_id = $1")
+                .bind(i(guild))
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+            Ok(n as u32)
+        })
+        .await
+    }
+
+    // ----- roles ---------------------------------------------------------------------
+
+    /// Creates a role at the bottom of the hierarchy (position 1, just above `@everyone`),
+    /// moving every other role up one: whoever may manage roles can then manage the new
+    /// one (Discord's rule; a role created on top would outrank its creator).
+    pub async fn create_role(&self, id: u64, guild: u64, name: &str, permissions: u64) -> Result<Role> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            sqlx::query("UPDATE roles SET position = position + 1 WHERE guild_id = $1 AND id <> $1")
+                .bind(i(guild))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, 1)")
+                .bind(i(id))
+                .bind(i(guild))
+                .bind(name)
+                .bind(i(permissions))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Role {
+                id,
+                guild_id: guild,
+                name: name.to_string(),
+                permissions,
+                position: 1,
+            })
+        })
+        .await
+    }
+
+    /// Changes a role.
+    pub async fn update_role(&self, guild: u64, id: u64, name: &str, permissions: u64) -> Result<Role> {
+        self.deadline(async move {
+            let r = sqlx::query(
+                "UPDATE roles SET name = $3, permissions = $4 WHERE guild_id = $1 AND id = $2 \
+                 RETURNING id, guild_id, name, permissions, position",
+            )
+            .bind(i(guild))
+            .bind(i(id))
+            .bind(name)
+            .bind(i(permissions))
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            role_of(&r)
+        })
+        .await
+    }
+
+    /// Gives or takes a role; the member and role must be in the guild.
+    pub async fn set_member_role(&self, guild: u64, user: u64, role: u64, add: bool) -> Result<()> {
+        self.deadline(async move {
+            let ok = sqlx::query("SELECT 1 FROM members m JOIN roles r ON r.guild_id = m.guild_id WHERE m.guild_id = $1 AND m.user_id = $2 AND r.id = $3 AND r.id <> $1")
+                .bind(i(guild))
+                .bind(i(user))
+                .bind(i(role))
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+            if !ok {
+                return Err(StoreError::NotFound);
+            }
+            let q = if add {
+                "INSERT INTO member_roles (guild_id, user_id, role_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3"
+            };
+            sqlx::query(q)
+                .bind(i(guild))
+                .bind(i(user))
+                .bind(i(role))
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
