@@ -1,7 +1,15 @@
 //! The cluster bus: how an event reaches every session that should see it, on this node
-//! and (with the Redis implementation, a later issue) on the others. Chat publishes; each
-//! node's fan-out task (`chat::Chat::run_fanout`) receives and delivers to its local
-//! sessions. The in-process implementation here is the single-node default.
+//! and on the others. Chat publishes; each node's fan-out task (`chat::Chat::run_fanout`)
+//! receives and delivers to its local sessions. The in-process [`MemoryBus`] here is what
+//! the server runs on today (single node).
+//!
+//! Beside it, the topic bus the cluster is being built on (issue 11): [`pubsub`] (topics,
+//! reference-counted subscriptions per node, the in-process [`pubsub::MemoryHub`]) and
+//! [`redis`] (the same on one Redis or a Redis Cluster), held to one conformance suite
+//! (`tests/pubsub.rs`). The switch of the fan-out onto it comes next.
+
+pub mod pubsub;
+pub mod redis;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;

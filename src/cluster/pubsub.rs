@@ -1,0 +1,262 @@
+//! Topics between nodes: `publish(topic, bytes)` reaches every node subscribed to the topic
+//! (the publisher included, if it is subscribed), and a node subscribes to a topic while one
+//! of its local sessions needs it — reference-counted here, so the bus sees one subscription
+//! per node and topic, never one per client.
+//!
+//! Two implementations behind [`PubSub`], held to one conformance suite (`tests/pubsub.rs`):
+//! [`MemoryHub`] (in-process: the single-node default, and several "nodes" in one process
+//! for tests) and [`crate::cluster::redis::RedisPubSub`]. Payloads are opaque bytes here;
+//! what they mean is the fan-out's business.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// A topic name. Topics are per channel, guild, user or node; their names are also the
+/// Redis (sharded) pub/sub channel names, so they stay short and ASCII.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(String);
+
+impl Topic {
+    /// Events of one channel.
+    pub fn channel(id: u64) -> Self {
+        Self(format!("q:c:{id}"))
+    }
+    /// Events of one guild (membership, roles, voice and typing of its channels).
+    pub fn guild(id: u64) -> Self {
+        Self(format!("q:g:{id}"))
+    }
+    /// Events for one user's sessions.
+    pub fn user(id: u64) -> Self {
+        Self(format!("q:u:{id}"))
+    }
+    /// Messages for one node (liveness probes, direct requests).
+    pub fn node(name: &str) -> Self {
+        Self(format!("q:n:{name}"))
+    }
+    /// A topic from its wire name, if it is one of ours.
+    pub fn parse(name: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(name).ok()?;
+        let rest = s.strip_prefix("q:")?;
+        let (kind, id) = rest.split_once(':')?;
+        let ok = match kind {
+            "c" | "g" | "u" => id.parse::<u64>().is_ok(),
+            "n" => !id.is_empty(),
+            _ => false,
+        };
+        ok.then(|| Self(s.to_string()))
+    }
+    /// The wire name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message that arrived on a subscribed topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The topic.
+    pub topic: Topic,
+    /// What was published, byte for byte.
+    pub payload: Bytes,
+}
+
+/// Whether the bus reaches the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Publishes and subscriptions work.
+    Up,
+    /// The bus is unreachable (or a subscriber went silent): this node serves its own
+    /// sessions; cross-node publishes are buffered to a bound, then dropped and counted.
+    Degraded,
+}
+
+/// Counters every implementation keeps (rendered in `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages handed to the bus.
+    pub published: AtomicU64,
+    /// Messages dropped because the bus was unreachable and the buffer full.
+    pub dropped: AtomicU64,
+    /// Messages received on subscribed topics.
+    pub received: AtomicU64,
+    /// Pushes that were not messages of ours (foreign channel names, unexpected shapes).
+    pub foreign: AtomicU64,
+    /// Connection attempts after a failure.
+    pub reconnect_attempts: AtomicU64,
+    /// Times every subscription was sent again (after a reconnect or a failed probe).
+    pub resubscribes: AtomicU64,
+    /// Liveness probes that did not come back in time.
+    pub probe_failures: AtomicU64,
+}
+
+/// The node's side of the cluster bus.
+pub trait PubSub: Send + Sync + fmt::Debug {
+    /// Publishes to every node subscribed to `topic`. Never blocks: while the bus is
+    /// unreachable, messages wait in a bounded buffer, then are dropped and counted.
+    fn publish(&self, topic: &Topic, payload: Bytes);
+    /// One more local need for `topic`: the first subscribes the node.
+    fn subscribe(&self, topic: &Topic);
+    /// One less: the last unsubscribes the node. More unsubscribes than subscribes are
+    /// ignored.
+    fn unsubscribe(&self, topic: &Topic);
+    /// Whether the bus reaches the other nodes now.
+    fn health(&self) -> Health;
+    /// The counters.
+    fn counters(&self) -> &Counters;
+}
+
+/// Reference counts of a node's topics; tells when the node itself must (un)subscribe.
+#[derive(Debug, Default)]
+pub struct RefCounts {
+    counts: HashMap<Topic, usize>,
+}
+
+impl RefCounts {
+    /// Adds a need; true when it is the first (subscribe now).
+    pub fn add(&mut self, topic: &Topic) -> bool {
+        let n = self.counts.entry(topic.clone()).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+    /// Removes a need; true when it was the last (unsubscribe now).
+    pub fn remove(&mut self, topic: &Topic) -> bool {
+        match self.counts.get_mut(topic) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.counts.remove(topic);
+                true
+            }
+            None => false,
+        }
+    }
+    /// Whether the node is subscribed to `topic`.
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.counts.contains_key(topic)
+    }
+    /// Every subscribed topic.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.counts.keys()
+    }
+}
+
+/// An in-process bus shared by any number of node handles ([`MemoryHub::node`]).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHub {
+    nodes: Arc<Mutex<Vec<Arc<MemoryNode>>>>,
+}
+
+#[derive(Debug)]
+struct MemoryNode {
+    subs: Mutex<RefCounts>,
+    tx: mpsc::UnboundedSender<Received>,
+    counters: Counters,
+}
+
+/// One node's handle on a [`MemoryHub`].
+#[derive(Debug)]
+pub struct MemoryPubSub {
+    hub: MemoryHub,
+    me: Arc<MemoryNode>,
+}
+
+impl MemoryHub {
+    /// A new, empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A node on this hub and what it receives.
+    pub fn node(&self) -> (MemoryPubSub, mpsc::UnboundedReceiver<Received>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(MemoryNode {
+            subs: Mutex::new(RefCounts::default()),
+            tx,
+            counters: Counters::default(),
+        });
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).push(me.clone());
+        (MemoryPubSub { hub: self.clone(), me }, rx)
+    }
+}
+
+impl PubSub for MemoryPubSub {
+    fn publish(&self, topic: &Topic, payload: Bytes) {
+        self.me.counters.published.fetch_add(1, Relaxed);
+        let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for n in nodes {
+            let subscribed = n.subs.lock().unwrap_or_else(|p| p.into_inner()).contains(topic);
+            if subscribed
+                && n.tx
+                    .send(Received {
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                    })
+                    .is_ok()
+            {
+                n.counters.received.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn subscribe(&self, topic: &Topic) {
+        self.me.subs.lock().unwrap_or_else(|p| p.into_inner()).add(topic);
+    }
+
+    fn unsubscribe(&self, topic: &Topic) {
+        self.me.subs.lock().unwrap_or_else(|p| p.into_inner()).remove(topic);
+    }
+
+    fn health(&self) -> Health {
+        Health::Up
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.me.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_round_trip_and_foreign_names_are_refused() {
+        for t in [
+            Topic::channel(5),
+            Topic::guild(u64::MAX),
+            Topic::user(1),
+            Topic::node("n-1"),
+        ] {
+            assert_eq!(Topic::parse(t.name().as_bytes()), Some(t.clone()));
+        }
+        for bad in ["", "q:", "q:c:", "q:c:x", "q:x:1", "other:c:1", "q:n:"] {
+            assert_eq!(Topic::parse(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(Topic::parse(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn refcounts_say_when_the_node_subscribes_and_unsubscribes() {
+        let mut r = RefCounts::default();
+        let t = Topic::guild(1);
+        assert!(r.add(&t));
+        assert!(!r.add(&t));
+        assert!(!r.remove(&t));
+        assert!(r.remove(&t));
+        assert!(!r.remove(&t), "extra unsubscribes are ignored");
+        assert!(!r.contains(&t));
+    }
+}
