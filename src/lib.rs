@@ -6,10 +6,13 @@
 //!   control, and TLS certificates (`transport::tls`).
 //! - [`auth`]: JWT verification, each failure mapped to a close code.
 //! - [`gateway`]: session lifecycle, control stream, lanes, fetch streams, dispatch.
-//! - [`chat`]: guilds, channels, roles, messages, reactions, read states; fan-out.
+//! - [`chat`]: guilds, channels, roles, messages, reactions, read states.
 //! - [`perms`]: permission bits and their computation (a pure function).
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
-//! - [`cluster`]: the bus that carries events to every node (in-process by default).
+//! - [`cluster`]: the bus that carries events to every node: topics on an in-process hub
+//!   or on Redis.
+//! - [`fanout`]: events → topics and audiences, and delivery to local sessions (a sans-IO
+//!   topic index of which local users need which topics).
 //! - [`limits`]: token-bucket rate limits and flood detection.
 //! - [`notify`]: who is notified of what (a pure decision; chat gathers the facts).
 //! - [`presence`]: multi-device presence with reconnect grace (sans-IO + its task).
@@ -29,6 +32,7 @@ pub mod chat;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod fanout;
 pub mod gateway;
 pub mod http;
 pub mod ids;
@@ -79,6 +83,8 @@ pub struct Ctx {
     pub voice: Arc<voice::Voice>,
     /// Rate limits of every user on this node.
     pub limiter: Arc<limits::Limiter>,
+    /// Topics and delivery to local sessions.
+    pub fanout: Arc<fanout::Fanout>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -142,7 +148,9 @@ async fn housekeeping(ctx: Arc<Ctx>) {
     loop {
         tokio::time::sleep(every).await;
         let now = std::time::Instant::now();
-        ctx.sessions.sweep(now);
+        for user in ctx.sessions.sweep(now) {
+            ctx.fanout.close(user);
+        }
         ctx.limiter.sweep(now);
         ctx.chat.sweep();
         // Every 10 minutes, or twice per retention period if that is shorter (catch-up
@@ -181,8 +189,10 @@ impl Server {
         let store = store::Store::open_with(&cfg.database_url(), &cfg.store)
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
-        let (bus, bus_rx) = cluster::MemoryBus::new();
-        let bus: Arc<dyn cluster::Bus> = Arc::new(bus);
+        // One node on an in-process bus (the Redis bus joins here with the cluster).
+        let (pubsub, bus_rx) = cluster::pubsub::MemoryHub::new().node();
+        let fanout = fanout::Fanout::new(Arc::new(pubsub));
+        let bus: Arc<dyn cluster::Bus> = fanout.clone();
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), cfg.node_number(), limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
@@ -229,6 +239,7 @@ impl Server {
             typing,
             voice,
             limiter,
+            fanout: fanout.clone(),
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),
@@ -236,7 +247,7 @@ impl Server {
         let mut tasks = vec![
             tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())),
             tokio::spawn(certs.renew_loop(signal.clone())),
-            tokio::spawn(chat.clone().run_fanout(sessions.clone(), bus_rx)),
+            tokio::spawn(fanout.clone().run(chat.clone(), sessions.clone(), bus_rx)),
             tokio::spawn(housekeeping(ctx.clone())),
         ];
         let router = http::router(ctx.clone());

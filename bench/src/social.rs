@@ -40,7 +40,9 @@ pub(crate) async fn presence(
     changes: usize,
     transport: Transport,
 ) -> anyhow::Result<SocialResult> {
-    let setup = Setup::start(target, "", transport).await?;
+    // P1 measures propagation: the subject changes faster than a person's rate limit allows.
+    let toml = "[limits]\npresence = { burst = 100000.0, per_sec = 100000.0 }\n";
+    let setup = Setup::start(target, toml, transport).await?;
     let owner = setup.owner().await?;
     let obs = observers(&setup, &owner, members, Lane::Presence).await?;
     let mut subject_lane = owner.client.open_lane(Lane::Presence).await?;

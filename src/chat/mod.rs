@@ -19,10 +19,8 @@ use quaver_proto::{
     Channel, ChannelKind, ErrorBody, ErrorCode, EventBody, FetchReply, FetchRequest, FetchResponse, GuildSnapshot,
     Lane, Member, OverwriteTarget, ReadState, RequestBody, ResponseBody,
 };
-use tokio::sync::mpsc;
 
 use crate::cluster::{Bus, BusEvent};
-use crate::gateway::Sessions;
 use crate::ids::{Snowflakes, now_ms};
 use crate::limits::{Kind, Limiter};
 use crate::perms::{self, Perms, Subject};
@@ -315,7 +313,7 @@ impl Chat {
 
     /// Adds a role-less member to the cached state of `guild`, if cached; returns the new
     /// member count (`None` when not cached).
-    fn member_added(&self, guild: u64, user: u64) -> Option<usize> {
+    pub(crate) fn member_added(&self, guild: u64, user: u64) -> Option<usize> {
         let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
         let g = guilds.get(&guild)?;
         if g.state.members.contains_key(&user) {
@@ -334,7 +332,7 @@ impl Chat {
         Some(n)
     }
 
-    fn invalidate(&self, guild: u64) {
+    pub(crate) fn invalidate(&self, guild: u64) {
         self.guilds.write().unwrap_or_else(|p| p.into_inner()).remove(&guild);
     }
 
@@ -419,7 +417,7 @@ impl Chat {
 
     /// Who receives a channel's events: the viewers of a guild channel, or a private
     /// channel's members.
-    async fn channel_viewers(&self, guild: Option<u64>, channel: u64) -> Option<Arc<Vec<u64>>> {
+    pub(crate) async fn channel_viewers(&self, guild: Option<u64>, channel: u64) -> Option<Arc<Vec<u64>>> {
         match guild {
             Some(g) => self.guild(g).await.ok().map(|g| g.viewers(channel)),
             None => self.private_channel(channel).await.ok().map(|p| p.recipients.clone()),
@@ -667,6 +665,10 @@ impl Chat {
                     .create_guild(gid, cid, &name, user, Perms::DEFAULT_EVERYONE.0, now)
                     .await
                     .map_err(store_err)?;
+                self.bus.publish(BusEvent::MemberAdded {
+                    guild_id: g.id,
+                    user_id: user,
+                });
                 self.publish_user(user, &EventBody::GuildUpdated { guild: g.clone() });
                 Ok(ResponseBody::Guild(g))
             }
@@ -693,6 +695,9 @@ impl Chat {
                     self.publish_user(*m, &EventBody::GuildRemoved { guild_id });
                 }
                 self.store.delete_guild(guild_id).await.map_err(store_err)?;
+                for m in g.state.members.keys() {
+                    self.bus.publish(BusEvent::MemberLeft { guild_id, user_id: *m });
+                }
                 self.changed(guild_id);
                 Ok(ResponseBody::Done)
             }
@@ -979,6 +984,10 @@ impl Chat {
                     .await
                     .map_err(store_err)?;
                 self.remember(&c);
+                self.bus.publish(BusEvent::DmOpened {
+                    channel_id: c.id,
+                    recipients: c.recipients.clone(),
+                });
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
                 }
@@ -1004,6 +1013,10 @@ impl Chat {
                     .await
                     .map_err(store_err)?;
                 self.remember(&c);
+                self.bus.publish(BusEvent::DmOpened {
+                    channel_id: c.id,
+                    recipients: c.recipients.clone(),
+                });
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
                 }
@@ -1041,6 +1054,7 @@ impl Chat {
         self.changed(guild_id);
         self.publish_user(user_id, &EventBody::GuildRemoved { guild_id });
         self.publish_guild(guild_id, &EventBody::MemberRemoved { guild_id, user_id });
+        self.bus.publish(BusEvent::MemberLeft { guild_id, user_id });
         Ok(())
     }
 
@@ -1270,6 +1284,22 @@ impl Chat {
         Ok(out)
     }
 
+    /// The topics a presence change of `user` goes to: each guild they are in, and each
+    /// friend's own topic.
+    pub async fn observer_topics(&self, user: u64) -> Result<Vec<crate::cluster::pubsub::Topic>, ErrorBody> {
+        use crate::cluster::pubsub::Topic;
+        let mut out: Vec<Topic> = self
+            .store
+            .guild_ids_of(user)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(Topic::guild)
+            .collect();
+        out.extend(self.friends(user).await?.into_iter().map(Topic::user));
+        Ok(out)
+    }
+
     /// `user`'s guild-level permissions (`NOT_FOUND` if not a member).
     pub async fn guild_permissions(&self, user: u64, guild: u64) -> Result<Perms, ErrorBody> {
         Ok(self.guild_perms(user, guild).await?.1)
@@ -1295,70 +1325,6 @@ impl Chat {
             return Err(forbidden(&format!("{need:?}")));
         }
         Ok(access.guild_id())
-    }
-
-    /// The node's fan-out task: delivers bus events to local sessions, in order.
-    pub async fn run_fanout(self: Arc<Self>, sessions: Arc<Sessions>, mut rx: mpsc::UnboundedReceiver<BusEvent>) {
-        while let Some(e) = rx.recv().await {
-            match e {
-                BusEvent::GuildChanged { guild_id } => self.invalidate(guild_id),
-                BusEvent::MemberAdded { guild_id, user_id } => {
-                    self.member_added(guild_id, user_id);
-                }
-                BusEvent::User { user_id, lane, event } => sessions.push_to_user(user_id, lane, &event),
-                BusEvent::Guild { guild_id, event } => {
-                    let Ok(g) = self.guild(guild_id).await else { continue };
-                    for u in g.state.members.keys() {
-                        sessions.push_to_user(*u, Lane::Chat, &event);
-                    }
-                }
-                BusEvent::Typing {
-                    guild_id,
-                    channel_id,
-                    user_id,
-                    event,
-                } => {
-                    let Some(viewers) = self.channel_viewers(guild_id, channel_id).await else {
-                        continue;
-                    };
-                    for u in viewers.iter().filter(|u| **u != user_id) {
-                        sessions.push_to_user(*u, Lane::Typing, &event);
-                    }
-                }
-                BusEvent::Voice {
-                    guild_id,
-                    channel_id,
-                    event,
-                } => {
-                    let Some(viewers) = self.channel_viewers(Some(guild_id), channel_id).await else {
-                        continue;
-                    };
-                    for u in viewers.iter() {
-                        sessions.push_to_user(*u, Lane::Voice, &event);
-                    }
-                }
-                BusEvent::Presence { user_id, event } => {
-                    let Ok(observers) = self.observers(user_id).await else {
-                        continue;
-                    };
-                    for u in observers {
-                        sessions.push_to_user(u, Lane::Presence, &event);
-                    }
-                }
-                BusEvent::Channel {
-                    guild_id,
-                    channel_id,
-                    event,
-                } => {
-                    let Some(viewers) = self.channel_viewers(guild_id, channel_id).await else {
-                        continue;
-                    };
-                    for u in viewers.iter() {
-                        sessions.push_to_user(*u, Lane::Chat, &event);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -1390,9 +1356,9 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}/q.db?mode=rwc", dir.display()))
             .await
             .unwrap();
-        let (bus, _rx) = crate::cluster::MemoryBus::new();
+        let (pubsub, _rx) = crate::cluster::pubsub::MemoryHub::new().node();
         let limiter = Arc::new(Limiter::new(Default::default()));
-        let chat = Chat::new(store, Arc::new(bus), 1, limiter);
+        let chat = Chat::new(store, crate::fanout::Fanout::new(Arc::new(pubsub)), 1, limiter);
         let held = chat.lock(1);
         let _guard = held.lock().await;
         for channel in 2..=100 {

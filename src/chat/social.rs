@@ -363,7 +363,7 @@ impl Chat {
     }
 
     /// Friends of `user`.
-    pub(super) async fn friends(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
+    pub(crate) async fn friends(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
         Ok(self
             .store
             .relationships(user)

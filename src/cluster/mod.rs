@@ -1,18 +1,13 @@
 //! The cluster bus: how an event reaches every session that should see it, on this node
-//! and on the others. Chat publishes; each node's fan-out task (`chat::Chat::run_fanout`)
-//! receives and delivers to its local sessions. The in-process [`MemoryBus`] here is what
-//! the server runs on today (single node).
-//!
-//! Beside it, the topic bus the cluster is being built on (issue 11): [`pubsub`] (topics,
-//! reference-counted subscriptions per node, the in-process [`pubsub::MemoryHub`]) and
-//! [`redis`] (the same on one Redis or a Redis Cluster), held to one conformance suite
-//! (`tests/pubsub.rs`). The switch of the fan-out onto it comes next.
+//! and on the others. Publishers speak [`BusEvent`]s through the [`Bus`] trait; the
+//! fan-out ([`crate::fanout`]) turns them into messages on topics of a [`pubsub::PubSub`]:
+//! the in-process [`pubsub::MemoryHub`] (one node, no services) or [`redis`] (one Redis or a
+//! Redis Cluster), held to one conformance suite (`tests/pubsub.rs`).
 
 pub mod pubsub;
 pub mod redis;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 /// What travels on the bus. Event payloads are encoded once (`EventBody` bytes) and shared,
 /// never re-encoded per receiver.
@@ -70,12 +65,28 @@ pub enum BusEvent {
         /// Encoded `EventBody`.
         event: Bytes,
     },
-    /// Someone joined a guild (no roles yet): add them to cached permission state.
+    /// Someone joined a guild (no roles yet): add them to cached permission state, and
+    /// they follow the guild's events.
     MemberAdded {
         /// The guild.
         guild_id: u64,
         /// The new member.
         user_id: u64,
+    },
+    /// Someone left, was removed from, or lost a guild (it was deleted): they stop
+    /// following its events.
+    MemberLeft {
+        /// The guild.
+        guild_id: u64,
+        /// The former member.
+        user_id: u64,
+    },
+    /// A DM or group DM was created: its members follow it.
+    DmOpened {
+        /// The channel.
+        channel_id: u64,
+        /// Its members.
+        recipients: Vec<u64>,
     },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
@@ -84,29 +95,9 @@ pub enum BusEvent {
     },
 }
 
-/// Publishes events to every node (this one included).
+/// Publishes events to every node (this one included). Implemented by
+/// [`crate::fanout::Fanout`], which maps each event to its topics and audience.
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes; never blocks. Order is preserved per publisher.
     fn publish(&self, ev: BusEvent);
-}
-
-/// The single-node bus: a queue into this node's fan-out task.
-#[derive(Debug)]
-pub struct MemoryBus {
-    tx: mpsc::UnboundedSender<BusEvent>,
-}
-
-impl MemoryBus {
-    /// The bus and the receiving end for the fan-out task.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<BusEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, rx)
-    }
-}
-
-impl Bus for MemoryBus {
-    fn publish(&self, ev: BusEvent) {
-        // Fails only when the fan-out task is gone, i.e. during shutdown.
-        let _ = self.tx.send(ev);
-    }
 }

@@ -54,6 +54,10 @@ impl Topic {
     pub fn name(&self) -> &str {
         &self.0
     }
+    /// The guild of a guild topic.
+    pub fn guild_id(&self) -> Option<u64> {
+        self.0.strip_prefix("q:g:")?.parse().ok()
+    }
 }
 
 impl fmt::Debug for Topic {

@@ -297,16 +297,17 @@ impl Sessions {
         m.by_id.insert(h.id, h);
     }
 
-    fn remove(&self, id: &SessionId) {
+    /// Forgets a session; false if it was not live.
+    fn remove(&self, id: &SessionId) -> bool {
         let mut m = self.lock();
-        if let Some(h) = m.by_id.remove(id)
-            && let Some(list) = m.by_user.get_mut(&h.user)
-        {
+        let Some(h) = m.by_id.remove(id) else { return false };
+        if let Some(list) = m.by_user.get_mut(&h.user) {
             list.retain(|x| x.id != *id);
             if list.is_empty() {
                 m.by_user.remove(&h.user);
             }
         }
+        true
     }
 
     /// The session with this id, if live on this node.
@@ -329,19 +330,21 @@ impl Sessions {
         }
     }
 
-    /// Forgets detached sessions whose resume window has passed.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let expired: Vec<SessionId> = self
+    /// Forgets detached sessions whose resume window has passed; returns their users (one
+    /// entry per session).
+    pub fn sweep(&self, now: Instant) -> Vec<UserId> {
+        let expired: Vec<(SessionId, UserId)> = self
             .lock()
             .by_id
             .values()
             .filter(|h| h.expired(now))
-            .map(|h| h.id)
+            .map(|h| (h.id, h.user))
             .collect();
-        for id in &expired {
-            self.remove(id);
-        }
-        expired.len()
+        expired
+            .into_iter()
+            .filter(|(id, _)| self.remove(id))
+            .map(|(_, u)| u)
+            .collect()
     }
 
     /// Number of sessions attached to a connection.

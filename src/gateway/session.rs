@@ -258,6 +258,9 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         fetches: tokio::sync::Semaphore::new(FETCH_CONCURRENCY),
     });
     let voice_states = ctx.voice.visible_states(identity.user_id).await;
+    // What this user follows while a session of theirs lives here.
+    let guild_ids: Vec<u64> = parts.guilds.iter().map(|g| g.guild.id).collect();
+    let private_ids: Vec<u64> = parts.private_channels.iter().map(|c| c.id).collect();
     let sc = &ctx.cfg.session;
     let ready = Ready {
         session_id: handle.id,
@@ -305,6 +308,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     let writer = tokio::spawn(control_writer(ctx.clone(), ctl_tx, ctl_queue));
     if !is_resume {
         ctx.sessions.insert(handle.clone());
+        ctx.fanout.open(identity.user_id, &guild_ids, &private_ids);
         // Not resumable exactly: catch the client's channels up from the event log.
         if let Some(r) = &hello.resume
             && !r.channels.is_empty()
@@ -427,8 +431,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             .is_some_and(|(code, _)| code == CloseCode::NORMAL.0),
     };
     if deliberate {
-        if handle.detach(generation, Instant::now()) {
-            ctx.sessions.remove(&handle.id);
+        if handle.detach(generation, Instant::now()) && ctx.sessions.remove(&handle.id) {
+            ctx.fanout.close(identity.user_id);
         }
     } else {
         handle.detach(generation, Instant::now() + ctx.cfg.session.resume_window);

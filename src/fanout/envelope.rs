@@ -1,0 +1,296 @@
+//! What travels on a topic between nodes: an event with its lane and audience, or a
+//! control message. A fixed, versioned binary layout (ids are 8-byte big-endian, topic names
+//! length-prefixed), because it crosses process boundaries (Redis) and a node must refuse
+//! — and count — anything it cannot read instead of guessing:
+//!
+//! ```text
+//! version 1 | kind u8 | …
+//! kind 0 event:        origin u64 | counter u64 | topics u8 × (len u16 | name) | lane u8 |
+//!                      audience u8 (0 all, 1 all-except user, 2 viewers of channel,
+//!                      3 viewers of channel except user) | its ids u64… | event bytes (rest)
+//! kind 1 guild changed: guild u64
+//! kind 2 member added:  guild u64 | user u64
+//! kind 3 follow / 4 unfollow: user u64 | len u16 | topic name
+//! ```
+
+use bytes::Bytes;
+use quaver_proto::Lane;
+
+use crate::cluster::pubsub::Topic;
+
+const VERSION: u8 = 1;
+
+/// Who, among the local followers of the envelope's topics, gets the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// All of them.
+    All,
+    /// All but this user (their own typing, their own presence).
+    AllExcept(u64),
+    /// Those who can view this guild channel (cached permission state).
+    Viewers(u64),
+    /// Those who can view this channel, but this user.
+    ViewersExcept(u64, u64),
+}
+
+/// An event for sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// (origin node tag, counter): unique, so a node that receives the envelope on several
+    /// topics delivers it once.
+    pub id: (u64, u64),
+    /// Every topic it was published on.
+    pub topics: Vec<Topic>,
+    /// The lane it is delivered on.
+    pub lane: Lane,
+    /// Who gets it.
+    pub audience: Audience,
+    /// The encoded `EventBody`, shared by every receiver.
+    pub event: Bytes,
+}
+
+/// A message on a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// An event.
+    Event(Envelope),
+    /// A guild's roles, members or overwrites changed: drop cached permission state.
+    GuildChanged {
+        /// The guild.
+        guild_id: u64,
+    },
+    /// Someone joined a guild (no roles yet): add them to cached permission state.
+    MemberAdded {
+        /// The guild.
+        guild_id: u64,
+        /// The new member.
+        user_id: u64,
+    },
+    /// `user_id` starts (`true`) or stops following `topic`; sent on the user's own topic,
+    /// so the node holding their sessions hears it.
+    Follow {
+        /// The user.
+        user_id: u64,
+        /// The topic.
+        topic: Topic,
+        /// Start or stop.
+        follow: bool,
+    },
+}
+
+/// A message this node cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable bus message: {0}")]
+pub struct DecodeError(&'static str);
+
+fn lane_code(l: Lane) -> u8 {
+    l.index() as u8
+}
+
+fn put_topic(out: &mut Vec<u8>, t: &Topic) {
+    let name = t.name().as_bytes();
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(name);
+}
+
+impl Message {
+    /// The wire bytes.
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(64);
+        out.push(VERSION);
+        match self {
+            Message::Event(e) => {
+                out.push(0);
+                out.extend_from_slice(&e.id.0.to_be_bytes());
+                out.extend_from_slice(&e.id.1.to_be_bytes());
+                out.push(e.topics.len().min(255) as u8);
+                for t in e.topics.iter().take(255) {
+                    put_topic(&mut out, t);
+                }
+                out.push(lane_code(e.lane));
+                match e.audience {
+                    Audience::All => out.push(0),
+                    Audience::AllExcept(u) => {
+                        out.push(1);
+                        out.extend_from_slice(&u.to_be_bytes());
+                    }
+                    Audience::Viewers(c) => {
+                        out.push(2);
+                        out.extend_from_slice(&c.to_be_bytes());
+                    }
+                    Audience::ViewersExcept(c, u) => {
+                        out.push(3);
+                        out.extend_from_slice(&c.to_be_bytes());
+                        out.extend_from_slice(&u.to_be_bytes());
+                    }
+                }
+                out.extend_from_slice(&e.event);
+            }
+            Message::GuildChanged { guild_id } => {
+                out.push(1);
+                out.extend_from_slice(&guild_id.to_be_bytes());
+            }
+            Message::MemberAdded { guild_id, user_id } => {
+                out.push(2);
+                out.extend_from_slice(&guild_id.to_be_bytes());
+                out.extend_from_slice(&user_id.to_be_bytes());
+            }
+            Message::Follow { user_id, topic, follow } => {
+                out.push(if *follow { 3 } else { 4 });
+                out.extend_from_slice(&user_id.to_be_bytes());
+                put_topic(&mut out, topic);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Reads wire bytes; anything malformed, truncated or of another version is an error.
+    pub fn decode(b: &Bytes) -> Result<Message, DecodeError> {
+        let mut r = Reader { b, at: 0 };
+        if r.u8()? != VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let m = match r.u8()? {
+            0 => {
+                let id = (r.u64()?, r.u64()?);
+                let n = r.u8()?;
+                let mut topics = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    topics.push(r.topic()?);
+                }
+                let lane = *Lane::ALL.get(r.u8()? as usize).ok_or(DecodeError("lane"))?;
+                let audience = match r.u8()? {
+                    0 => Audience::All,
+                    1 => Audience::AllExcept(r.u64()?),
+                    2 => Audience::Viewers(r.u64()?),
+                    3 => Audience::ViewersExcept(r.u64()?, r.u64()?),
+                    _ => return Err(DecodeError("audience")),
+                };
+                Message::Event(Envelope {
+                    id,
+                    topics,
+                    lane,
+                    audience,
+                    event: b.slice(r.at..),
+                })
+            }
+            1 => Message::GuildChanged { guild_id: r.u64()? },
+            2 => Message::MemberAdded {
+                guild_id: r.u64()?,
+                user_id: r.u64()?,
+            },
+            k @ (3 | 4) => Message::Follow {
+                user_id: r.u64()?,
+                topic: r.topic()?,
+                follow: k == 3,
+            },
+            _ => return Err(DecodeError("kind")),
+        };
+        if !matches!(m, Message::Event(_)) && r.at != b.len() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(m)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(DecodeError("truncated"))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn topic(&mut self) -> Result<Topic, DecodeError> {
+        let s = self.take(2)?;
+        let n = u16::from_be_bytes([s[0], s[1]]) as usize;
+        Topic::parse(self.take(n)?).ok_or(DecodeError("topic"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Event(Envelope {
+                id: (7, u64::MAX),
+                topics: vec![Topic::guild(1), Topic::user(i64::MAX as u64)],
+                lane: Lane::Presence,
+                audience: Audience::AllExcept(3),
+                event: Bytes::from_static(b"\x0e\x01\x02"),
+            }),
+            Message::Event(Envelope {
+                id: (1, 2),
+                topics: vec![Topic::channel(9)],
+                lane: Lane::Typing,
+                audience: Audience::ViewersExcept(9, 4),
+                event: Bytes::new(),
+            }),
+            Message::GuildChanged { guild_id: 5 },
+            Message::MemberAdded {
+                guild_id: 5,
+                user_id: 6,
+            },
+            Message::Follow {
+                user_id: 6,
+                topic: Topic::channel(10),
+                follow: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn truncations_and_garbage_are_refused_not_guessed() {
+        for m in samples() {
+            let b = m.encode();
+            // Every strict prefix of a control message is refused; an event may end
+            // anywhere after its header (its event bytes are the rest).
+            for n in 0..b.len() {
+                let r = Message::decode(&b.slice(..n));
+                if !matches!(m, Message::Event(_)) {
+                    assert!(r.is_err(), "{m:?} cut at {n}");
+                }
+            }
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (rng >> (i % 8 * 8)) as u8).collect();
+            let _ = Message::decode(&Bytes::from(bytes));
+        }
+        assert!(
+            Message::decode(&Bytes::from_static(&[2, 1])).is_err(),
+            "another version"
+        );
+        assert!(Message::decode(&Bytes::from_static(&[1, 9])).is_err(), "unknown kind");
+    }
+}
