@@ -133,22 +133,16 @@ enum PubConn {
 
 impl PubConn {
     async fn publish(&mut self, topic: &Topic, payload: &[u8]) -> redis::RedisResult<()> {
+        let verb = match self {
+            PubConn::Single(_) => "PUBLISH",
+            PubConn::Cluster(_) => "SPUBLISH",
+        };
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(topic.name()).arg(payload);
         match self {
-            PubConn::Single(c) => {
-                redis::cmd("PUBLISH")
-                    .arg(topic.name())
-                    .arg(payload)
-                    .query_async::<i64>(c)
-                    .await?;
-            }
-            PubConn::Cluster(c) => {
-                redis::cmd("SPUBLISH")
-                    .arg(topic.name())
-                    .arg(payload)
-                    .query_async::<i64>(c)
-                    .await?;
-            }
-        }
+            PubConn::Single(c) => cmd.query_async::<i64>(c).await?,
+            PubConn::Cluster(c) => cmd.query_async::<i64>(c).await?,
+        };
         Ok(())
     }
 }
@@ -224,41 +218,30 @@ impl RedisPubSub {
         let (sub, publ) = match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(resp3(url))?;
-                let cfg = ConnectionManagerConfig::new()
-                    .set_push_sender(push_tx)
-                    .set_automatic_resubscription()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                let sub = client.get_connection_manager_with_config(cfg).await?;
-                let pcfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                let publ = client.get_connection_manager_with_config(pcfg).await?;
+                // Short timeouts and few quick retries: our own loops retry, with backoff.
+                let base = || {
+                    ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(2)))
+                        .set_response_timeout(Some(Duration::from_secs(2)))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_millis(500))
+                };
+                let sub_cfg = base().set_push_sender(push_tx).set_automatic_resubscription();
+                let sub = client.get_connection_manager_with_config(sub_cfg).await?;
+                let publ = client.get_connection_manager_with_config(base()).await?;
                 (SubConn::Single(sub), PubConn::Single(publ))
             }
             RedisTarget::Cluster(nodes) => {
                 let seeds: Vec<String> = nodes.iter().map(|n| resp3(n)).collect();
-                let sub = redis::cluster::ClusterClientBuilder::new(seeds.clone())
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(push_tx)
-                    .connection_timeout(Duration::from_secs(2))
-                    .response_timeout(Duration::from_secs(2))
-                    .retries(2)
-                    .build()?
-                    .get_async_connection()
-                    .await?;
-                let publ = redis::cluster::ClusterClientBuilder::new(seeds)
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .connection_timeout(Duration::from_secs(2))
-                    .response_timeout(Duration::from_secs(2))
-                    .retries(2)
-                    .build()?
-                    .get_async_connection()
-                    .await?;
+                let base = || {
+                    redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .connection_timeout(Duration::from_secs(2))
+                        .response_timeout(Duration::from_secs(2))
+                        .retries(2)
+                };
+                let sub = base().push_sender(push_tx).build()?.get_async_connection().await?;
+                let publ = base().build()?.get_async_connection().await?;
                 (SubConn::Cluster(sub), PubConn::Cluster(publ))
             }
         };
