@@ -91,6 +91,19 @@ pub async fn refuse_connection(ctx: &Ctx, session: &Session, code: CloseCode, re
     }
 }
 
+/// Queues a control frame for the writer. `Err(Some(close))`: the queue is full, the client
+/// does not read its control stream (slow consumer); `Err(None)`: the writer is gone — the
+/// stream broke, the connection is going.
+fn queue_control(out: &mpsc::Sender<ServerControl>, msg: ServerControl) -> Result<(), Option<(CloseCode, String)>> {
+    match out.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Some((CloseCode::SLOW_CONSUMER, "control stream not read".into())))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+    }
+}
+
 /// Frames queued for the control stream before the session counts as a slow consumer.
 const CONTROL_QUEUE: usize = 32;
 
@@ -366,8 +379,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                                 Err(e) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, e.to_string())),
                             },
                         };
-                        if ctl_out.try_send(reply).is_err() {
-                            break Some((CloseCode::SLOW_CONSUMER, "control stream not read".into()));
+                        if let Err(close) = queue_control(&ctl_out, reply) {
+                            break close;
                         }
                     }
                     // The client ended its control stream: it is leaving.
@@ -385,17 +398,22 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             Some(Cmd::Close(code, reason)) = cmd_rx.recv() => break Some((code, reason)),
             _ = tokio::time::sleep_until(deadline) => {
                 let mut close = None;
+                let mut lost = false;
                 while let Some(action) = timers.poll(Instant::now()) {
                     match action {
                         TimerAction::Close(code) => { close = Some(code); break; }
                         TimerAction::SendRefreshNeeded => {
                             let msg = ServerControl::RefreshNeeded { expires_at_ms: unix_ms(identity.expires_at) };
-                            if ctl_out.try_send(msg).is_err() {
-                                close = Some(CloseCode::SLOW_CONSUMER);
-                                break;
+                            match queue_control(&ctl_out, msg) {
+                                Ok(()) => {}
+                                Err(Some((code, _))) => { close = Some(code); break; }
+                                Err(None) => { lost = true; break; }
                             }
                         }
                     }
+                }
+                if lost {
+                    break None;
                 }
                 if let Some(code) = close {
                     break Some((code, code.name().to_string()));
@@ -408,8 +426,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                     reconnect_after_ms: ctx.cfg.session.reconnect_after.as_millis() as u32,
                     reason: "server shutting down".into(),
                 });
-                if ctl_out.try_send(msg).is_err() {
-                    break Some((CloseCode::SLOW_CONSUMER, "control stream not read".into()));
+                if let Err(close) = queue_control(&ctl_out, msg) {
+                    break close;
                 }
             }
             _ = session.closed() => break None,
