@@ -112,6 +112,11 @@ impl TopicIndex {
         self.topics.get(topic).into_iter().flatten().copied()
     }
 
+    /// Whether local user `user` follows `topic`.
+    pub fn follows(&self, topic: &Topic, user: u64) -> bool {
+        self.topics.get(topic).is_some_and(|f| f.contains(&user))
+    }
+
     /// Whether the node is subscribed to `topic`.
     pub fn subscribed(&self, topic: &Topic) -> bool {
         self.topics.contains_key(topic)

@@ -242,8 +242,7 @@ impl Fanout {
                     return;
                 };
                 let ix = self.index();
-                let followers: HashSet<u64> = ix.followers(topic).collect();
-                viewers.iter().copied().filter(|u| followers.contains(u)).collect()
+                viewers.iter().copied().filter(|u| ix.follows(topic, *u)).collect()
             }
         };
         let mut n = 0;
