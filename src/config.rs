@@ -53,6 +53,10 @@ pub struct Config {
     /// Database URL: `sqlite://path?mode=rwc` or `postgres://…`. Default: SQLite at
     /// `data_dir/quaver.db`, created on first run, so a new user needs nothing installed.
     pub database: Option<String>,
+    /// Redis for a cluster: `redis://host:port` (one Redis 7) or
+    /// `redis+cluster://host:port,host:port` (seeds of a Redis Cluster). Default none: one
+    /// node on the in-process bus.
+    pub redis: Option<String>,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -195,6 +199,7 @@ impl Default for Config {
             node_name: format!("quaver-{}", std::process::id()),
             data_dir: PathBuf::from("data"),
             database: None,
+            redis: None,
             node_id: None,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -275,6 +280,9 @@ pub struct ConfigArgs {
     /// Database URL (sqlite://… or postgres://…) [default: sqlite in the data dir].
     #[arg(long, env = "DATABASE_URL")]
     pub database: Option<String>,
+    /// Redis for a cluster (redis://… or redis+cluster://h:p,h:p) [default: none, one node].
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
     /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
     #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
@@ -390,7 +398,7 @@ impl ConfigArgs {
         }
         set_opt! {
             cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
-            database => database, node_id => node_id,
+            database => database, node_id => node_id, redis => redis,
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }

@@ -183,15 +183,20 @@ pub struct Server {
 impl Server {
     /// Binds both ports and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        Self::start_with(cfg, None).await
+    }
+
+    /// Like [`Server::start`], on the in-process bus `hub` when given (several nodes in one
+    /// process, for tests) instead of the one `cfg` asks for.
+    pub async fn start_with(cfg: Config, hub: Option<&cluster::pubsub::MemoryHub>) -> anyhow::Result<Server> {
         cfg.validate()?;
         let verifier = auth::Verifier::from_config(&cfg.auth, &cfg.data_dir)?;
         let certs = transport::tls::CertStore::from_config(&cfg.tls)?;
         let store = store::Store::open_with(&cfg.database_url(), &cfg.store)
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
-        // One node on an in-process bus (the Redis bus joins here with the cluster).
-        let (pubsub, bus_rx) = cluster::pubsub::MemoryHub::new().node();
-        let fanout = fanout::Fanout::new(Arc::new(pubsub));
+        let (pubsub, bus_rx) = cluster::connect(&cfg, hub).await?;
+        let fanout = fanout::Fanout::new(pubsub);
         let bus: Arc<dyn cluster::Bus> = fanout.clone();
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), cfg.node_number(), limiter.clone()));

@@ -130,6 +130,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         .env("QUAVER_CERT_DIR", dir.join("certs"))
         .env("NO_COLOR", "1")
         .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -84,6 +84,7 @@ impl ServerProc {
         let mut child = tokio::process::Command::new(bin)
             .arg("serve")
             .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
             .env("JWT_SECRET", secret)
             .env("QUAVER_CONFIG", &cfg)
             .env("QUAVER_LISTEN", "127.0.0.1:0")

@@ -92,6 +92,32 @@ fn ev(body: &EventBody) -> Bytes {
     Bytes::from(encode_payload(body))
 }
 
+/// The `Gap` event: events of `channel` after `after_seq` and before `resumes_at` are gone.
+pub(crate) fn gap(channel: u64, after_seq: u64, resumes_at: u64) -> Bytes {
+    ev(&EventBody::Gap {
+        channel_id: channel,
+        after_seq,
+        resumes_at,
+    })
+}
+
+/// A resuming session's catch-up for one channel ([`Chat::catch_up`]).
+#[derive(Debug)]
+pub struct Caught {
+    /// The channel.
+    pub channel: u64,
+    /// Its guild (`None` for DMs).
+    pub guild: Option<u64>,
+    /// The client's position.
+    pub from: u64,
+    /// The seq the items reach.
+    pub reached: u64,
+    /// The retention cut-off the items were read with.
+    pub since_ms: u64,
+    /// (ordering key, event) in order; a `Gap` where the log does not reach.
+    pub items: Vec<(u64, Bytes)>,
+}
+
 /// Permissions a DM participant has.
 const DM_PERMS: Perms =
     Perms(Perms::VIEW_CHANNEL.0 | Perms::SEND_MESSAGES.0 | Perms::READ_MESSAGE_HISTORY.0 | Perms::ADD_REACTIONS.0);
@@ -434,7 +460,7 @@ impl Chat {
         let _guard = lock.lock().await;
         let stored = change.await.map_err(store_err)?;
         Ok(stored.map(|s| {
-            self.publish_channel(guild, channel, s.event);
+            self.publish_channel(guild, channel, s.seq, s.event);
             s.seq
         }))
     }
@@ -454,10 +480,11 @@ impl Chat {
             .clone()
     }
 
-    fn publish_channel(&self, guild_id: Option<u64>, channel_id: u64, event: Vec<u8>) {
+    fn publish_channel(&self, guild_id: Option<u64>, channel_id: u64, seq: u64, event: Vec<u8>) {
         self.bus.publish(BusEvent::Channel {
             guild_id,
             channel_id,
+            seq,
             event: Bytes::from(event),
         });
     }
@@ -554,7 +581,7 @@ impl Chat {
                     .map_err(store_err)?;
                 let duplicate = stored.is_none();
                 if let Some(s) = stored {
-                    self.publish_channel(access.guild_id(), channel_id, s.event);
+                    self.publish_channel(access.guild_id(), channel_id, s.seq, s.event);
                     drop(_guard);
                     // The message is stored and acknowledged regardless: a failure to notify
                     // is logged, never turned into a failed send (the client would resend).
@@ -668,6 +695,7 @@ impl Chat {
                 self.bus.publish(BusEvent::MemberAdded {
                     guild_id: g.id,
                     user_id: user,
+                    channels: vec![(cid, 0)],
                 });
                 self.publish_user(user, &EventBody::GuildUpdated { guild: g.clone() });
                 Ok(ResponseBody::Guild(g))
@@ -731,9 +759,11 @@ impl Chat {
                     // A join only adds a member with no roles: update cached permission
                     // state in place (every node, through the bus) instead of reloading it.
                     let count = self.member_added(gid, user);
+                    let channels = self.store.channel_seqs(gid).await.map_err(store_err)?;
                     self.bus.publish(BusEvent::MemberAdded {
                         guild_id: gid,
                         user_id: user,
+                        channels: channels.into_iter().collect(),
                     });
                     // Like the member lists in `Ready`, join announcements are for small
                     // guilds; in large ones clients page the list (`Members` fetch).
@@ -987,6 +1017,7 @@ impl Chat {
                 self.bus.publish(BusEvent::DmOpened {
                     channel_id: c.id,
                     recipients: c.recipients.clone(),
+                    last_seq: c.last_seq,
                 });
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
@@ -1016,6 +1047,7 @@ impl Chat {
                 self.bus.publish(BusEvent::DmOpened {
                     channel_id: c.id,
                     recipients: c.recipients.clone(),
+                    last_seq: c.last_seq,
                 });
                 for u in &c.recipients {
                     self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
@@ -1207,21 +1239,17 @@ impl Chat {
         })
     }
 
-    /// Catches `user` up on `channels` from the event log: each channel's events after the
-    /// client's position go to `push` in order, or a `Gap` where the log no longer reaches.
-    /// Runs under each channel's publish lock, so no event is published between the log read
-    /// and what follows it (later duplicates, dropped by the client by seq, are possible).
-    /// Events older than `retention` count as gone (a `Gap`), whether or not the pruner has
-    /// removed them yet: the retention is a rule, not a schedule.
+    /// What a client resuming with channel positions missed: per channel it can still
+    /// read, the logged events after its position, read now (the fan-out hands them to the
+    /// session in order with live traffic, [`crate::fanout::Fanout::open`]).
     pub async fn catch_up(
         &self,
         user: u64,
         channels: &[quaver_proto::ChannelSeq],
         retention: std::time::Duration,
-        push: impl Fn(Bytes),
-    ) {
+    ) -> Vec<Caught> {
         let since = now_ms().saturating_sub(retention.as_millis() as u64);
-        const MAX_PER_CHANNEL: u32 = 1000;
+        let mut out = Vec::new();
         for cs in channels.iter().take(500) {
             let Ok(access) = self.access(user, cs.channel_id).await else {
                 continue;
@@ -1229,44 +1257,80 @@ impl Chat {
             if !access.perms().has(Perms::READ_MESSAGE_HISTORY) {
                 continue;
             }
-            let lock = self.lock(cs.channel_id);
-            let _guard = lock.lock().await;
-            let Ok(last) = self.store.channel(cs.channel_id).await.map(|c| c.last_seq) else {
+            let Ok((items, reached)) = self.log_since(cs.channel_id, cs.seq, None, since).await else {
                 continue;
             };
-            if last <= cs.seq {
-                continue;
+            out.push(Caught {
+                channel: cs.channel_id,
+                guild: access.guild_id(),
+                from: cs.seq,
+                reached,
+                since_ms: since,
+                items,
+            });
+        }
+        out
+    }
+
+    /// A channel's logged events after `from` (up to `until`, else up to where the channel
+    /// stands now), as the session must see them: in order, with an explicit `Gap` where
+    /// the log no longer reaches (pruned, older than `since_ms`, or more than 1,000 behind).
+    /// Each item has its ordering key (a Gap's is the first seq it covers). Also returns
+    /// the seq the items reach.
+    pub(crate) async fn log_since(
+        &self,
+        channel: u64,
+        from: u64,
+        until: Option<u64>,
+        since_ms: u64,
+    ) -> Result<(Vec<(u64, Bytes)>, u64), StoreError> {
+        const MAX_PER_CHANNEL: u32 = 1000;
+        let last = match until {
+            Some(u) => u,
+            None => self.store.channel(channel).await?.last_seq,
+        };
+        let mut items = Vec::new();
+        if last <= from {
+            return Ok((items, from.max(last)));
+        }
+        let events = self
+            .store
+            .events_after(channel, from, MAX_PER_CHANNEL, since_ms)
+            .await?;
+        let mut at = from;
+        for (seq, body) in events {
+            if seq > last {
+                break;
             }
-            let events = self
-                .store
-                .events_after(cs.channel_id, cs.seq, MAX_PER_CHANNEL, since)
-                .await
-                .unwrap_or_default();
-            let first = events.first().map(|(s, _)| *s);
-            if first != Some(cs.seq + 1) {
-                // Pruned (or too far behind): say so instead of leaving a silent hole.
-                let resumes_at = first.unwrap_or(last + 1);
-                push(ev(&EventBody::Gap {
-                    channel_id: cs.channel_id,
-                    after_seq: cs.seq,
-                    resumes_at,
-                }));
-                for (_, body) in &events {
-                    push(Bytes::from(body.clone()));
-                }
-                continue;
+            if seq != at + 1 {
+                // Pruned (or too old): say so instead of leaving a silent hole.
+                items.push((at + 1, gap(channel, at, seq)));
             }
-            let end = events.last().map(|(s, _)| *s).unwrap_or(cs.seq);
-            for (_, body) in events {
-                push(Bytes::from(body));
-            }
-            if end < last {
-                push(ev(&EventBody::Gap {
-                    channel_id: cs.channel_id,
-                    after_seq: end,
-                    resumes_at: last + 1,
-                }));
-            }
+            items.push((seq, Bytes::from(body)));
+            at = seq;
+        }
+        if at < last {
+            items.push((at + 1, gap(channel, at, last + 1)));
+        }
+        Ok((items, last))
+    }
+
+    /// A channel's logged events after `after`, at most `limit` (the fan-out's catch-up).
+    pub(crate) async fn channel_log(
+        &self,
+        channel: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let events = self.store.events_after(channel, after, limit, 0).await?;
+        Ok(events.into_iter().map(|(s, b)| (s, Bytes::from(b))).collect())
+    }
+
+    /// Where a guild's channels (or one DM channel) stand now.
+    pub(crate) async fn current_seqs(&self, guild: Option<u64>, channel: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        match guild {
+            Some(g) => Ok(self.store.channel_seqs(g).await?.into_iter().collect()),
+            None => Ok(vec![(channel, self.store.channel(channel).await?.last_seq)]),
         }
     }
 

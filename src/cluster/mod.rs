@@ -7,7 +7,13 @@
 pub mod pubsub;
 pub mod redis;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use self::pubsub::{PubSub, Received};
 
 /// What travels on the bus. Event payloads are encoded once (`EventBody` bytes) and shared,
 /// never re-encoded per receiver.
@@ -19,6 +25,8 @@ pub enum BusEvent {
         guild_id: Option<u64>,
         /// The channel.
         channel_id: u64,
+        /// The event's channel seq (channel events are delivered in seq order).
+        seq: u64,
         /// Encoded `EventBody`.
         event: Bytes,
     },
@@ -72,6 +80,9 @@ pub enum BusEvent {
         guild_id: u64,
         /// The new member.
         user_id: u64,
+        /// Where the guild's channels stood when they joined (channel, seq): the new
+        /// member's node delivers every later event.
+        channels: Vec<(u64, u64)>,
     },
     /// Someone left, was removed from, or lost a guild (it was deleted): they stop
     /// following its events.
@@ -87,6 +98,8 @@ pub enum BusEvent {
         channel_id: u64,
         /// Its members.
         recipients: Vec<u64>,
+        /// Where it stood when it was opened.
+        last_seq: u64,
     },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
@@ -100,4 +113,33 @@ pub enum BusEvent {
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes; never blocks. Order is preserved per publisher.
     fn publish(&self, ev: BusEvent);
+}
+
+/// The bus `cfg` asks for: Redis when `redis` is set (it must answer at start: a node that
+/// cannot reach the cluster at boot cannot know it is part of one), else one node in
+/// process.
+/// With `hub`, the node joins that in-process bus instead (several nodes in one process, in
+/// tests).
+pub async fn connect(
+    cfg: &crate::config::Config,
+    hub: Option<&pubsub::MemoryHub>,
+) -> anyhow::Result<(Arc<dyn PubSub>, mpsc::UnboundedReceiver<Received>)> {
+    if let Some(hub) = hub {
+        let (p, rx) = hub.node();
+        return Ok((Arc::new(p), rx));
+    }
+    let Some(url) = &cfg.redis else {
+        let (p, rx) = pubsub::MemoryHub::new().node();
+        return Ok((Arc::new(p), rx));
+    };
+    // The URL may hold a password: it is never logged, nor is it in these errors.
+    let target = redis::RedisTarget::parse(url).map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+    let (p, rx) = redis::RedisPubSub::connect(&target, &cfg.node_name, redis::RedisOptions::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
+    if !p.ready(Duration::from_secs(5)).await {
+        tracing::warn!("Redis answers but its pub/sub probe did not come back; starting degraded");
+    }
+    tracing::info!(kind = target.kind(), "cluster bus on Redis");
+    Ok((Arc::new(p), rx))
 }

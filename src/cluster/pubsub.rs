@@ -58,6 +58,10 @@ impl Topic {
     pub fn guild_id(&self) -> Option<u64> {
         self.0.strip_prefix("q:g:")?.parse().ok()
     }
+    /// The channel of a channel topic.
+    pub fn channel_id(&self) -> Option<u64> {
+        self.0.strip_prefix("q:c:")?.parse().ok()
+    }
 }
 
 impl fmt::Debug for Topic {
@@ -157,10 +161,19 @@ impl RefCounts {
     }
 }
 
-/// An in-process bus shared by any number of node handles ([`MemoryHub::node`]).
+/// An in-process bus shared by any number of node handles ([`MemoryHub::node`]). For
+/// tests it can also misbehave the way a real bus does: go away ([`MemoryHub::cut`]) or
+/// deliver late and out of order ([`MemoryHub::hold`]).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryHub {
     nodes: Arc<Mutex<Vec<Arc<MemoryNode>>>>,
+    faults: Arc<Mutex<Faults>>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    cut: bool,
+    held: Option<Vec<(Arc<MemoryNode>, Received)>>,
 }
 
 #[derive(Debug)]
@@ -194,23 +207,61 @@ impl MemoryHub {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).push(me.clone());
         (MemoryPubSub { hub: self.clone(), me }, rx)
     }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// While cut, the bus is unreachable: every node reports [`Health::Degraded`] and what
+    /// is published is dropped (counted), as with a Redis outage past the buffer.
+    pub fn cut(&self, cut: bool) {
+        self.faults().cut = cut;
+    }
+
+    /// From now until [`MemoryHub::release_reversed`], deliveries wait.
+    pub fn hold(&self) {
+        self.faults().held.get_or_insert_with(Vec::new);
+    }
+
+    /// Delivers what waited, newest first (the worst order a bus could choose), and stops
+    /// holding.
+    pub fn release_reversed(&self) {
+        let held = self.faults().held.take().unwrap_or_default();
+        for (n, r) in held.into_iter().rev() {
+            n.deliver(r);
+        }
+    }
+}
+
+impl MemoryNode {
+    fn deliver(&self, r: Received) {
+        if self.tx.send(r).is_ok() {
+            self.counters.received.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 impl PubSub for MemoryPubSub {
     fn publish(&self, topic: &Topic, payload: Bytes) {
         self.me.counters.published.fetch_add(1, Relaxed);
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut faults = self.hub.faults();
+        if faults.cut {
+            self.me.counters.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         for n in nodes {
             let subscribed = n.subs.lock().unwrap_or_else(|p| p.into_inner()).contains(topic);
-            if subscribed
-                && n.tx
-                    .send(Received {
-                        topic: topic.clone(),
-                        payload: payload.clone(),
-                    })
-                    .is_ok()
-            {
-                n.counters.received.fetch_add(1, Relaxed);
+            if !subscribed {
+                continue;
+            }
+            let r = Received {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            };
+            match &mut faults.held {
+                Some(held) => held.push((n, r)),
+                None => n.deliver(r),
             }
         }
     }
@@ -224,7 +275,11 @@ impl PubSub for MemoryPubSub {
     }
 
     fn health(&self) -> Health {
-        Health::Up
+        if self.hub.faults().cut {
+            Health::Degraded
+        } else {
+            Health::Up
+        }
     }
 
     fn counters(&self) -> &Counters {

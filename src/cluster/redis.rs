@@ -43,6 +43,14 @@ pub enum RedisTarget {
 }
 
 impl RedisTarget {
+    /// `redis` or `redis-cluster` (for logs: never the URL, which may hold a password).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "redis",
+            Self::Cluster(_) => "redis-cluster",
+        }
+    }
+
     /// Parses a URL; a Redis Cluster is `redis+cluster://` with comma-separated seeds.
     pub fn parse(url: &str) -> Result<Self, BusError> {
         if let Some(seeds) = url.strip_prefix("redis+cluster://") {

@@ -4,13 +4,17 @@
 //! — and count — anything it cannot read instead of guessing:
 //!
 //! ```text
-//! version 1 | kind u8 | …
+//! version 1 | origin u64 (the publishing node's tag: a node skips its own messages, which
+//!              it delivered locally already) | kind u8 | …
 //! kind 0 event:        origin u64 | counter u64 | topics u8 × (len u16 | name) | lane u8 |
 //!                      audience u8 (0 all, 1 all-except user, 2 viewers of channel,
-//!                      3 viewers of channel except user) | its ids u64… | event bytes (rest)
+//!                      3 viewers of channel except user) | its ids u64… |
+//!                      order u8 (0 none, 1 channel event: channel u64 | seq u64) |
+//!                      event bytes (rest)
 //! kind 1 guild changed: guild u64
 //! kind 2 member added:  guild u64 | user u64
-//! kind 3 follow / 4 unfollow: user u64 | len u16 | topic name
+//! kind 3 follow / 4 unfollow: user u64 | len u16 | topic name | n u16 × (channel u64 |
+//!                      seq u64) (where the topic's channels stood when the user joined)
 //! ```
 
 use bytes::Bytes;
@@ -45,6 +49,9 @@ pub struct Envelope {
     pub lane: Lane,
     /// Who gets it.
     pub audience: Audience,
+    /// A channel event's (channel, seq): delivered in seq order, without holes
+    /// ([`super::order`]).
+    pub order: Option<(u64, u64)>,
     /// The encoded `EventBody`, shared by every receiver.
     pub event: Bytes,
 }
@@ -75,6 +82,9 @@ pub enum Message {
         topic: Topic,
         /// Start or stop.
         follow: bool,
+        /// (channel, seq): where the topic's channels stood when the user started
+        /// following (their node delivers every later event).
+        positions: Vec<(u64, u64)>,
     },
 }
 
@@ -94,10 +104,11 @@ fn put_topic(out: &mut Vec<u8>, t: &Topic) {
 }
 
 impl Message {
-    /// The wire bytes.
-    pub fn encode(&self) -> Bytes {
+    /// The wire bytes, as published by node `origin`.
+    pub fn encode(&self, origin: u64) -> Bytes {
         let mut out = Vec::with_capacity(64);
         out.push(VERSION);
+        out.extend_from_slice(&origin.to_be_bytes());
         match self {
             Message::Event(e) => {
                 out.push(0);
@@ -124,6 +135,14 @@ impl Message {
                         out.extend_from_slice(&u.to_be_bytes());
                     }
                 }
+                match e.order {
+                    None => out.push(0),
+                    Some((c, seq)) => {
+                        out.push(1);
+                        out.extend_from_slice(&c.to_be_bytes());
+                        out.extend_from_slice(&seq.to_be_bytes());
+                    }
+                }
                 out.extend_from_slice(&e.event);
             }
             Message::GuildChanged { guild_id } => {
@@ -135,21 +154,34 @@ impl Message {
                 out.extend_from_slice(&guild_id.to_be_bytes());
                 out.extend_from_slice(&user_id.to_be_bytes());
             }
-            Message::Follow { user_id, topic, follow } => {
+            Message::Follow {
+                user_id,
+                topic,
+                follow,
+                positions,
+            } => {
                 out.push(if *follow { 3 } else { 4 });
                 out.extend_from_slice(&user_id.to_be_bytes());
                 put_topic(&mut out, topic);
+                let n = positions.len().min(u16::MAX as usize);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for (c, s) in positions.iter().take(n) {
+                    out.extend_from_slice(&c.to_be_bytes());
+                    out.extend_from_slice(&s.to_be_bytes());
+                }
             }
         }
         Bytes::from(out)
     }
 
-    /// Reads wire bytes; anything malformed, truncated or of another version is an error.
-    pub fn decode(b: &Bytes) -> Result<Message, DecodeError> {
+    /// Reads wire bytes: (origin, message). Anything malformed, truncated or of another
+    /// version is an error.
+    pub fn decode(b: &Bytes) -> Result<(u64, Message), DecodeError> {
         let mut r = Reader { b, at: 0 };
         if r.u8()? != VERSION {
             return Err(DecodeError("unknown version"));
         }
+        let origin = r.u64()?;
         let m = match r.u8()? {
             0 => {
                 let id = (r.u64()?, r.u64()?);
@@ -166,11 +198,17 @@ impl Message {
                     3 => Audience::ViewersExcept(r.u64()?, r.u64()?),
                     _ => return Err(DecodeError("audience")),
                 };
+                let order = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.u64()?, r.u64()?)),
+                    _ => return Err(DecodeError("order")),
+                };
                 Message::Event(Envelope {
                     id,
                     topics,
                     lane,
                     audience,
+                    order,
                     event: b.slice(r.at..),
                 })
             }
@@ -179,17 +217,28 @@ impl Message {
                 guild_id: r.u64()?,
                 user_id: r.u64()?,
             },
-            k @ (3 | 4) => Message::Follow {
-                user_id: r.u64()?,
-                topic: r.topic()?,
-                follow: k == 3,
-            },
+            k @ (3 | 4) => {
+                let user_id = r.u64()?;
+                let topic = r.topic()?;
+                let s = r.take(2)?;
+                let n = u16::from_be_bytes([s[0], s[1]]) as usize;
+                let mut positions = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    positions.push((r.u64()?, r.u64()?));
+                }
+                Message::Follow {
+                    user_id,
+                    topic,
+                    follow: k == 3,
+                    positions,
+                }
+            }
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
             return Err(DecodeError("trailing bytes"));
         }
-        Ok(m)
+        Ok((origin, m))
     }
 }
 
@@ -236,6 +285,7 @@ mod tests {
                 topics: vec![Topic::guild(1), Topic::user(i64::MAX as u64)],
                 lane: Lane::Presence,
                 audience: Audience::AllExcept(3),
+                order: None,
                 event: Bytes::from_static(b"\x0e\x01\x02"),
             }),
             Message::Event(Envelope {
@@ -243,7 +293,16 @@ mod tests {
                 topics: vec![Topic::channel(9)],
                 lane: Lane::Typing,
                 audience: Audience::ViewersExcept(9, 4),
+                order: None,
                 event: Bytes::new(),
+            }),
+            Message::Event(Envelope {
+                id: (1, 3),
+                topics: vec![Topic::guild(2)],
+                lane: Lane::Chat,
+                audience: Audience::Viewers(9),
+                order: Some((9, u64::MAX)),
+                event: Bytes::from_static(b"\x01"),
             }),
             Message::GuildChanged { guild_id: 5 },
             Message::MemberAdded {
@@ -254,6 +313,13 @@ mod tests {
                 user_id: 6,
                 topic: Topic::channel(10),
                 follow: false,
+                positions: vec![],
+            },
+            Message::Follow {
+                user_id: 6,
+                topic: Topic::guild(10),
+                follow: true,
+                positions: vec![(11, 0), (12, u64::MAX)],
             },
         ]
     }
@@ -261,14 +327,14 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         for m in samples() {
-            assert_eq!(Message::decode(&m.encode()), Ok(m));
+            assert_eq!(Message::decode(&m.encode(42)), Ok((42, m)));
         }
     }
 
     #[test]
     fn truncations_and_garbage_are_refused_not_guessed() {
         for m in samples() {
-            let b = m.encode();
+            let b = m.encode(1);
             // Every strict prefix of a control message is refused; an event may end
             // anywhere after its header (its event bytes are the rest).
             for n in 0..b.len() {
@@ -291,6 +357,9 @@ mod tests {
             Message::decode(&Bytes::from_static(&[2, 1])).is_err(),
             "another version"
         );
-        assert!(Message::decode(&Bytes::from_static(&[1, 9])).is_err(), "unknown kind");
+        assert!(
+            Message::decode(&Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 9])).is_err(),
+            "unknown kind"
+        );
     }
 }

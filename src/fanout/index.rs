@@ -127,6 +127,11 @@ impl TopicIndex {
         self.users.contains_key(&user)
     }
 
+    /// The topics the node is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> + '_ {
+        self.topics.keys()
+    }
+
     /// Topics the node is subscribed to.
     pub fn topic_count(&self) -> usize {
         self.topics.len()

@@ -16,25 +16,35 @@
 
 pub mod envelope;
 pub mod index;
+pub mod order;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quaver_proto::Lane;
-use tokio::sync::mpsc;
+use quaver_proto::{Channel, GuildSnapshot, Lane};
+use tokio::sync::{mpsc, oneshot};
 
 use self::envelope::{Audience, Envelope, Message};
 use self::index::{Change, TopicIndex};
-use crate::chat::Chat;
-use crate::cluster::pubsub::{PubSub, Received, Topic};
+use self::order::{Arrival, CatchUp, Out, Sequencer};
+use crate::chat::{Caught, Chat};
+use crate::cluster::pubsub::{Health, PubSub, Received, Topic};
 use crate::cluster::{Bus, BusEvent};
-use crate::gateway::Sessions;
+use crate::gateway::{SessionHandle, Sessions};
 
 /// Envelopes remembered to deliver a multi-topic envelope once (presence goes to every
 /// shared guild and every friend; a node may follow several of those topics).
 const DEDUPE: usize = 4096;
+
+/// A new subscription is checked against the store this long after it was asked for (an
+/// event published before it took effect would otherwise wait for the channel's next one).
+const VERIFY_AFTER: Duration = Duration::from_millis(500);
+
+/// Most logged events read per channel per catch-up.
+const CATCH_UP_LIMIT: u32 = 1000;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -47,19 +57,61 @@ pub struct FanoutCounters {
     pub duplicates: AtomicU64,
     /// Bus messages this node could not read (logged and dropped).
     pub unreadable: AtomicU64,
+    /// Channel events that arrived after a later one of their channel (held to reorder).
+    pub reordered: AtomicU64,
+    /// Channel events that arrived again (already delivered by seq).
+    pub seq_duplicates: AtomicU64,
+    /// Channel events delivered from the store because the bus did not bring them in time.
+    pub caught_up: AtomicU64,
+    /// `Gap`s delivered because the log no longer had what the bus lost.
+    pub gaps: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: TopicIndex,
+    order: Sequencer<Envelope>,
+    /// New subscriptions to check against the store, when due.
+    verify: VecDeque<(Instant, Topic)>,
+}
+
+/// A session opening here, handled in the delivery loop so nothing is delivered between
+/// the positions it is given and its first live event.
+struct Open {
+    handle: Arc<SessionHandle>,
+    topics: Vec<Topic>,
+    /// (guild, channel, snapshot's last seq).
+    channels: Vec<(Option<u64>, u64, u64)>,
+    caught: Vec<Caught>,
+    reply: oneshot::Sender<Vec<u64>>,
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Open")
+            .field("user", &self.handle.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The fan-out of one node.
 #[derive(Debug)]
 pub struct Fanout {
     pubsub: Arc<dyn PubSub>,
-    index: Mutex<TopicIndex>,
+    state: Mutex<State>,
     /// Tags this node's envelopes (random per start).
     origin: u64,
     next_id: AtomicU64,
     /// Presence changes wait here for their audience's topics (a store read), in order.
     presence: mpsc::UnboundedSender<(u64, Bytes)>,
     presence_rx: Mutex<Option<mpsc::UnboundedReceiver<(u64, Bytes)>>>,
+    opens: mpsc::UnboundedSender<Open>,
+    opens_rx: Mutex<Option<mpsc::UnboundedReceiver<Open>>>,
+    /// What this node publishes is delivered here directly (its copy from the bus is
+    /// skipped): local sessions do not wait for a bus round trip, nor for a bus that is
+    /// down.
+    local: mpsc::UnboundedSender<Message>,
+    local_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     /// Counters.
     pub counters: FanoutCounters,
 }
@@ -71,17 +123,27 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
 impl Fanout {
     /// The fan-out over `pubsub`.
     pub fn new(pubsub: Arc<dyn PubSub>) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (ltx, lrx) = mpsc::unbounded_channel();
         Arc::new(Self {
             pubsub,
-            index: Mutex::new(TopicIndex::default()),
+            state: Mutex::new(State::default()),
             origin: random_u64(),
             next_id: AtomicU64::new(1),
             presence: tx,
             presence_rx: Mutex::new(Some(rx)),
+            opens: otx,
+            opens_rx: Mutex::new(Some(orx)),
+            local: ltx,
+            local_rx: Mutex::new(Some(lrx)),
             counters: FanoutCounters::default(),
         })
     }
@@ -91,124 +153,559 @@ impl Fanout {
         &self.pubsub
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, TopicIndex> {
-        // Poisoning only follows a panic elsewhere; the index is still consistent.
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Poisoning only follows a panic elsewhere; the state is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(&self, change: Change) {
+    fn apply(&self, st: &mut State, change: Change) {
+        let now = Instant::now();
         for t in &change.subscribe {
             self.pubsub.subscribe(t);
+            if t.guild_id().is_some() || t.channel_id().is_some() {
+                st.verify.push_back((now + VERIFY_AFTER, t.clone()));
+            }
         }
         for t in &change.unsubscribe {
             self.pubsub.unsubscribe(t);
+            if let Some(g) = t.guild_id() {
+                st.order.forget_guild(g);
+            } else if let Some(c) = t.channel_id() {
+                st.order.forget(c);
+            }
         }
     }
 
     /// A session of `user` now lives on this node (its events are needed, attached or
-    /// not); on their first, they follow their guilds and private channels.
-    pub fn open(&self, user: u64, guilds: &[u64], private_channels: &[u64]) {
+    /// not): on their first, they follow their guilds and private channels. Sets each
+    /// snapshot channel's `last_seq` to where this node's delivery stands (every later
+    /// event reaches the session live), and hands the session its catch-up (`caught`, from
+    /// [`Chat::catch_up`]) in order before any live event of those channels.
+    pub async fn open(
+        &self,
+        handle: Arc<SessionHandle>,
+        guilds: &mut [GuildSnapshot],
+        private_channels: &mut [Channel],
+        caught: Vec<Caught>,
+    ) {
         let topics = guilds
             .iter()
-            .map(|g| Topic::guild(*g))
-            .chain(private_channels.iter().map(|c| Topic::channel(*c)));
-        let change = self.index().open(user, topics);
-        self.apply(change);
+            .map(|g| Topic::guild(g.guild.id))
+            .chain(private_channels.iter().map(|c| Topic::channel(c.id)))
+            .collect();
+        let channels = guilds
+            .iter()
+            .flat_map(|g| g.channels.iter().map(|c| (Some(g.guild.id), c.id, c.last_seq)))
+            .chain(private_channels.iter().map(|c| (None, c.id, c.last_seq)))
+            .collect();
+        let (reply, positions) = oneshot::channel();
+        let open = Open {
+            handle,
+            topics,
+            channels,
+            caught,
+            reply,
+        };
+        if self.opens.send(open).is_err() {
+            return;
+        }
+        // No answer: the delivery loop has stopped (the server is going away).
+        let Ok(positions) = positions.await else { return };
+        let mut at = positions.into_iter();
+        for c in guilds
+            .iter_mut()
+            .flat_map(|g| g.channels.iter_mut())
+            .chain(private_channels.iter_mut())
+        {
+            if let Some(p) = at.next() {
+                c.last_seq = p;
+            }
+        }
     }
 
     /// A session of `user` is gone from this node.
     pub fn close(&self, user: u64) {
-        let change = self.index().close(user);
-        self.apply(change);
+        let mut st = self.state();
+        let change = st.index.close(user);
+        self.apply(&mut st, change);
     }
 
     /// Topics this node is subscribed to.
     pub fn topics(&self) -> usize {
-        self.index().topic_count()
+        self.state().index.topic_count()
+    }
+
+    /// Channel events held for reordering, all channels together.
+    pub fn held(&self) -> usize {
+        self.state().order.held()
+    }
+
+    /// The bus's and the fan-out's figures, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::with_capacity(2048);
+        let b = self.pubsub.counters();
+        let up = f64::from(u8::from(self.pubsub.health() == Health::Up));
+        let (topics, held, tracked) = {
+            let st = self.state();
+            (st.index.topic_count(), st.order.held(), st.order.len())
+        };
+        let rows: [(&str, &str, &str, f64); 19] = [
+            (
+                "quaver_bus_up",
+                "gauge",
+                "1 while the cluster bus reaches the other nodes (0: degraded).",
+                up,
+            ),
+            (
+                "quaver_bus_topics",
+                "gauge",
+                "Topics this node is subscribed to.",
+                topics as f64,
+            ),
+            (
+                "quaver_bus_published_total",
+                "counter",
+                "Messages handed to the bus.",
+                b.published.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_dropped_total",
+                "counter",
+                "Messages dropped: the bus was unreachable and its buffer full.",
+                b.dropped.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_received_total",
+                "counter",
+                "Messages received on subscribed topics.",
+                b.received.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_foreign_total",
+                "counter",
+                "Pushes on the bus that were not ours.",
+                b.foreign.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_reconnect_attempts_total",
+                "counter",
+                "Connection attempts after a failure.",
+                b.reconnect_attempts.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_resubscribes_total",
+                "counter",
+                "Times every subscription was sent again.",
+                b.resubscribes.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_bus_probe_failures_total",
+                "counter",
+                "Liveness probes that did not come back in time.",
+                b.probe_failures.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_envelopes_total",
+                "counter",
+                "Envelopes delivered to local sessions.",
+                self.counters.envelopes.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_deliveries_total",
+                "counter",
+                "Deliveries (envelope x local user).",
+                self.counters.deliveries.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_duplicates_total",
+                "counter",
+                "Envelopes already delivered via another topic.",
+                self.counters.duplicates.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_unreadable_total",
+                "counter",
+                "Bus messages this node could not read.",
+                self.counters.unreadable.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_reordered_total",
+                "counter",
+                "Channel events held because an earlier one had not arrived.",
+                self.counters.reordered.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_seq_duplicates_total",
+                "counter",
+                "Channel events that arrived again.",
+                self.counters.seq_duplicates.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_caught_up_total",
+                "counter",
+                "Channel events delivered from the store (the bus did not bring them in time).",
+                self.counters.caught_up.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_gaps_total",
+                "counter",
+                "Gaps delivered: lost on the bus and gone from the log.",
+                self.counters.gaps.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_held",
+                "gauge",
+                "Channel events held for reordering.",
+                held as f64,
+            ),
+            (
+                "quaver_fanout_channels",
+                "gauge",
+                "Channels whose order this node tracks.",
+                tracked as f64,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        o
     }
 
     /// `user` starts or stops following `topic`: here at once if they are local, and on
     /// their own topic for the node that holds their sessions.
-    fn follow(&self, user: u64, topic: Topic, follow: bool) {
-        let change = if follow {
-            self.index().follow(user, topic.clone())
-        } else {
-            self.index().unfollow(user, &topic)
-        };
-        self.apply(change);
+    fn follow(&self, user: u64, topic: Topic, follow: bool, positions: Vec<(u64, u64)>) {
+        self.follow_here(user, topic.clone(), follow, &positions);
         let m = Message::Follow {
             user_id: user,
             topic,
             follow,
+            positions,
         };
-        self.pubsub.publish(&Topic::user(user), m.encode());
+        self.pubsub.publish(&Topic::user(user), m.encode(self.origin));
     }
 
-    fn send(&self, topics: Vec<Topic>, lane: Lane, audience: Audience, event: Bytes) {
-        if topics.is_empty() {
-            return;
-        }
-        let m = Message::Event(Envelope {
+    fn follow_here(&self, user: u64, topic: Topic, follow: bool, positions: &[(u64, u64)]) {
+        let mut st = self.state();
+        let change = if follow {
+            if st.index.is_local(user) {
+                // Channels this node did not track start where the user's snapshot of them
+                // (the join) stands; tracked ones stay where delivery is.
+                let guild = topic.guild_id();
+                for (c, seq) in positions {
+                    st.order.position(*c, guild, *seq);
+                }
+            }
+            st.index.follow(user, topic)
+        } else {
+            st.index.unfollow(user, &topic)
+        };
+        self.apply(&mut st, change);
+    }
+
+    fn envelope(
+        &self,
+        topics: Vec<Topic>,
+        lane: Lane,
+        audience: Audience,
+        order: Option<(u64, u64)>,
+        event: Bytes,
+    ) -> Envelope {
+        Envelope {
             id: (self.origin, self.next_id.fetch_add(1, Relaxed)),
             topics,
             lane,
             audience,
+            order,
             event,
-        });
-        let bytes = m.encode();
-        let Message::Event(e) = &m else { return };
-        for t in &e.topics {
-            self.pubsub.publish(t, bytes.clone());
         }
     }
 
-    fn control(&self, topic: Topic, m: Message) {
-        self.pubsub.publish(&topic, m.encode());
+    /// A channel event's envelope: a guild channel's go to the guild topic for its viewers,
+    /// a DM's to the channel topic.
+    fn channel_envelope(&self, guild: Option<u64>, channel: u64, order: Option<u64>, event: Bytes) -> Envelope {
+        let (topic, audience) = match guild {
+            Some(g) => (Topic::guild(g), Audience::Viewers(channel)),
+            None => (Topic::channel(channel), Audience::All),
+        };
+        self.envelope(vec![topic], Lane::Chat, audience, order.map(|s| (channel, s)), event)
     }
 
-    /// Delivers what arrives on the node's topics, until the bus ends. Also publishes
-    /// presence changes (their audience's topics need a store read).
+    fn send(&self, e: Envelope) {
+        if e.topics.is_empty() {
+            return;
+        }
+        let m = Message::Event(e);
+        let bytes = m.encode(self.origin);
+        if let Message::Event(e) = &m {
+            for t in &e.topics {
+                self.pubsub.publish(t, bytes.clone());
+            }
+        }
+        let _ = self.local.send(m);
+    }
+
+    fn control(&self, topic: Topic, m: Message) {
+        self.pubsub.publish(&topic, m.encode(self.origin));
+        let _ = self.local.send(m);
+    }
+
+    /// Delivers what arrives on the node's topics, until the bus ends: channel events in
+    /// seq order (held briefly, else caught up from the store), sessions opening here in
+    /// line with that delivery. Also publishes presence changes (their audience's topics
+    /// need a store read).
     pub async fn run(
         self: Arc<Self>,
         chat: Arc<Chat>,
         sessions: Arc<Sessions>,
         mut rx: mpsc::UnboundedReceiver<Received>,
     ) {
-        let presence_rx = self.presence_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(prx) = presence_rx {
+        if let Some(prx) = take(&self.presence_rx) {
             tokio::spawn(self.clone().publish_presence(chat.clone(), prx));
         }
+        let (Some(mut opens), Some(mut local)) = (take(&self.opens_rx), take(&self.local_rx)) else {
+            return;
+        };
         let mut seen = Recent::default();
-        while let Some(r) = rx.recv().await {
-            let m = match Message::decode(&r.payload) {
-                Ok(m) => m,
+        let mut health = self.pubsub.health();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let due = self.state().order.next_deadline();
+            let hold = async {
+                match due {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(open) = opens.recv() => self.on_open(&chat, &sessions, open).await,
+                Some(m) = local.recv() => self.on_message(&chat, &sessions, &mut seen, m).await,
+                r = rx.recv() => match r {
+                    Some(r) => self.on_received(&chat, &sessions, &mut seen, r).await,
+                    None => break,
+                },
+                _ = hold => {
+                    let due = self.state().order.due(Instant::now());
+                    for c in due {
+                        self.catch_up(&chat, &sessions, c).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = self.pubsub.health();
+                    if health == Health::Degraded && now == Health::Up {
+                        // Back from an outage: whatever the bus lost is in the store.
+                        self.verify_all();
+                    }
+                    health = now;
+                    self.verify_due(&chat, &sessions).await;
+                }
+            }
+        }
+    }
+
+    async fn on_received(&self, chat: &Chat, sessions: &Sessions, seen: &mut Recent, r: Received) {
+        match Message::decode(&r.payload) {
+            // Delivered locally when it was published.
+            Ok((origin, _)) if origin == self.origin => {}
+            Ok((_, m)) => self.on_message(chat, sessions, seen, m).await,
+            Err(e) => {
+                self.counters.unreadable.fetch_add(1, Relaxed);
+                tracing::warn!(topic = ?r.topic, error = %e, "dropped an unreadable bus message");
+            }
+        }
+    }
+
+    async fn on_message(&self, chat: &Chat, sessions: &Sessions, seen: &mut Recent, m: Message) {
+        match m {
+            Message::Event(e) => {
+                if e.topics.len() > 1 && !seen.first(e.id) {
+                    self.counters.duplicates.fetch_add(1, Relaxed);
+                    return;
+                }
+                let Some((channel, seq)) = e.order else {
+                    return self.deliver(chat, sessions, e).await;
+                };
+                let guild = e.topics.iter().find_map(|t| t.guild_id());
+                let arrival = self.state().order.arrive(channel, guild, seq, e, Instant::now());
+                match arrival {
+                    Arrival::Duplicate => {
+                        self.counters.seq_duplicates.fetch_add(1, Relaxed);
+                    }
+                    Arrival::Deliver(outs) => {
+                        if outs.is_empty() {
+                            self.counters.reordered.fetch_add(1, Relaxed);
+                        }
+                        self.deliver_all(chat, sessions, outs).await;
+                    }
+                }
+            }
+            Message::GuildChanged { guild_id } => chat.invalidate(guild_id),
+            Message::MemberAdded { guild_id, user_id } => {
+                chat.member_added(guild_id, user_id);
+            }
+            Message::Follow {
+                user_id,
+                topic,
+                follow,
+                positions,
+            } => self.follow_here(user_id, topic, follow, &positions),
+        }
+    }
+
+    async fn deliver_all(&self, chat: &Chat, sessions: &Sessions, outs: Vec<Out<Envelope>>) {
+        for o in outs {
+            let e = match o {
+                Out::Item(e) => e,
+                Out::Gap {
+                    channel,
+                    guild,
+                    after,
+                    resumes_at,
+                } => {
+                    self.counters.gaps.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        channel,
+                        after,
+                        resumes_at,
+                        "channel events lost on the bus are no longer in the log: Gap"
+                    );
+                    self.channel_envelope(guild, channel, None, crate::chat::gap(channel, after, resumes_at))
+                }
+            };
+            self.deliver(chat, sessions, e).await;
+        }
+    }
+
+    /// Reads a channel's log after where delivery stands, and delivers in order.
+    async fn catch_up(&self, chat: &Chat, sessions: &Sessions, c: CatchUp) {
+        let read = match chat.channel_log(c.channel, c.after, CATCH_UP_LIMIT).await {
+            Ok(events) => {
+                let complete = events.len() < CATCH_UP_LIMIT as usize;
+                let items = events
+                    .into_iter()
+                    .map(|(seq, body)| (seq, self.channel_envelope(c.guild, c.channel, Some(seq), body)))
+                    .collect();
+                Some((items, complete))
+            }
+            Err(e) => {
+                tracing::warn!(channel = c.channel, error = %e, "catching a channel up from the store failed; trying again");
+                None
+            }
+        };
+        let outs = self.state().order.fill(c.channel, read, Instant::now());
+        let n = outs.iter().filter(|o| matches!(o, Out::Item(_))).count();
+        self.counters.caught_up.fetch_add(n as u64, Relaxed);
+        self.deliver_all(chat, sessions, outs).await;
+    }
+
+    /// Checks every subscribed guild and DM topic against the store (after an outage).
+    fn verify_all(&self) {
+        let mut st = self.state();
+        let now = Instant::now();
+        let topics: Vec<Topic> = st
+            .index
+            .topics()
+            .filter(|t| t.guild_id().is_some() || t.channel_id().is_some())
+            .cloned()
+            .collect();
+        st.verify.extend(topics.into_iter().map(|t| (now, t)));
+    }
+
+    /// New subscriptions whose time came: channels behind the store are caught up.
+    async fn verify_due(&self, chat: &Chat, sessions: &Sessions) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut st = self.state();
+            while st.verify.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, t)) = st.verify.pop_front()
+                    && st.index.subscribed(&t)
+                {
+                    due.push(t);
+                }
+            }
+        }
+        due.sort_unstable();
+        due.dedup();
+        for t in due {
+            let (guild, channel) = (t.guild_id(), t.channel_id().unwrap_or(0));
+            let seqs = match chat.current_seqs(guild, channel).await {
+                Ok(s) => s,
                 Err(e) => {
-                    self.counters.unreadable.fetch_add(1, Relaxed);
-                    tracing::warn!(topic = ?r.topic, error = %e, "dropped an unreadable bus message");
+                    tracing::warn!(topic = ?t, error = %e, "checking channel positions failed; trying again");
+                    self.state().verify.push_back((now + VERIFY_AFTER, t));
                     continue;
                 }
             };
-            match m {
-                Message::Event(e) => {
-                    if e.topics.len() > 1 && !seen.first(e.id) {
-                        self.counters.duplicates.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    self.deliver(&chat, &sessions, e).await;
-                }
-                Message::GuildChanged { guild_id } => chat.invalidate(guild_id),
-                Message::MemberAdded { guild_id, user_id } => {
-                    chat.member_added(guild_id, user_id);
-                }
-                Message::Follow { user_id, topic, follow } => {
-                    let change = if follow {
-                        self.index().follow(user_id, topic)
-                    } else {
-                        self.index().unfollow(user_id, &topic)
-                    };
-                    self.apply(change);
+            for (ch, seq) in seqs {
+                let c = self.state().order.check(ch, seq);
+                if let Some(c) = c {
+                    self.catch_up(chat, sessions, c).await;
                 }
             }
+        }
+    }
+
+    async fn on_open(&self, chat: &Chat, sessions: &Sessions, open: Open) {
+        let Open {
+            handle,
+            topics,
+            channels,
+            caught,
+            reply,
+        } = open;
+        let mut rereads = Vec::new();
+        let positions = {
+            let mut st = self.state();
+            let positions: Vec<u64> = channels
+                .iter()
+                .map(|(g, c, last)| st.order.position(*c, *g, *last))
+                .collect();
+            let change = st.index.open(handle.user, topics);
+            self.apply(&mut st, change);
+            sessions.insert(handle.clone());
+            for c in caught {
+                let p = st.order.position(c.channel, c.guild, c.reached);
+                for (key, body) in c.items {
+                    if key <= p {
+                        handle.push_event(Lane::Chat, body);
+                    }
+                }
+                if c.reached.max(c.from) < p {
+                    rereads.push((c.channel, c.reached.max(c.from), p, c.since_ms));
+                }
+            }
+            positions
+        };
+        // Delivered here after the catch-up was read: read the rest (nothing is delivered
+        // meanwhile — this is the delivery loop).
+        for (channel, from, until, since_ms) in rereads {
+            match chat.log_since(channel, from, Some(until), since_ms).await {
+                Ok((items, _)) => {
+                    for (_, body) in items {
+                        handle.push_event(Lane::Chat, body);
+                    }
+                }
+                Err(_) => handle.push_event(Lane::Chat, crate::chat::gap(channel, from, until + 1)),
+            }
+        }
+        let _ = reply.send(positions);
+    }
+
+    /// A presence change goes to every guild the user is in and to each friend's own
+    /// topic (one envelope, delivered once per node), in the order they happened.
+    async fn publish_presence(self: Arc<Self>, chat: Arc<Chat>, mut rx: mpsc::UnboundedReceiver<(u64, Bytes)>) {
+        while let Some((user, event)) = rx.recv().await {
+            let topics = match chat.observer_topics(user).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "presence change not published: its audience could not be read");
+                    continue;
+                }
+            };
+            self.send(self.envelope(topics, Lane::Presence, Audience::AllExcept(user), None, event));
         }
     }
 
@@ -221,7 +718,8 @@ impl Fanout {
         };
         let users: Vec<u64> = match channel {
             None => {
-                let ix = self.index();
+                let st = self.state();
+                let ix = &st.index;
                 let mut users: Vec<u64> = Vec::new();
                 for t in &e.topics {
                     users.extend(ix.followers(t));
@@ -241,7 +739,8 @@ impl Fanout {
                 let Some(viewers) = chat.channel_viewers(topic.guild_id(), c).await else {
                     return;
                 };
-                let ix = self.index();
+                let st = self.state();
+                let ix = &st.index;
                 viewers.iter().copied().filter(|u| ix.follows(topic, *u)).collect()
             }
         };
@@ -255,21 +754,6 @@ impl Fanout {
         }
         self.counters.envelopes.fetch_add(1, Relaxed);
         self.counters.deliveries.fetch_add(n, Relaxed);
-    }
-
-    /// A presence change goes to every guild the user is in and to each friend's own
-    /// topic (one envelope, delivered once per node), in the order they happened.
-    async fn publish_presence(self: Arc<Self>, chat: Arc<Chat>, mut rx: mpsc::UnboundedReceiver<(u64, Bytes)>) {
-        while let Some((user, event)) = rx.recv().await {
-            let topics = match chat.observer_topics(user).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e.message, "presence change not published: its audience could not be read");
-                    continue;
-                }
-            };
-            self.send(topics, Lane::Presence, Audience::AllExcept(user), event);
-        }
     }
 }
 
@@ -298,72 +782,75 @@ impl Recent {
 
 impl Bus for Fanout {
     fn publish(&self, ev: BusEvent) {
-        match ev {
+        let e = match ev {
             BusEvent::Channel {
-                guild_id: Some(g),
+                guild_id,
                 channel_id,
+                seq,
                 event,
-            } => self.send(vec![Topic::guild(g)], Lane::Chat, Audience::Viewers(channel_id), event),
-            BusEvent::Channel {
-                guild_id: None,
-                channel_id,
-                event,
-            } => self.send(vec![Topic::channel(channel_id)], Lane::Chat, Audience::All, event),
+            } => self.channel_envelope(guild_id, channel_id, Some(seq), event),
             BusEvent::Guild { guild_id, event } => {
-                self.send(vec![Topic::guild(guild_id)], Lane::Chat, Audience::All, event)
+                self.envelope(vec![Topic::guild(guild_id)], Lane::Chat, Audience::All, None, event)
             }
             BusEvent::User { user_id, lane, event } => {
-                self.send(vec![Topic::user(user_id)], lane, Audience::All, event)
+                self.envelope(vec![Topic::user(user_id)], lane, Audience::All, None, event)
             }
             BusEvent::Typing {
-                guild_id: Some(g),
+                guild_id,
                 channel_id,
                 user_id,
                 event,
-            } => self.send(
-                vec![Topic::guild(g)],
-                Lane::Typing,
-                Audience::ViewersExcept(channel_id, user_id),
-                event,
-            ),
-            BusEvent::Typing {
-                guild_id: None,
-                channel_id,
-                user_id,
-                event,
-            } => self.send(
-                vec![Topic::channel(channel_id)],
-                Lane::Typing,
-                Audience::AllExcept(user_id),
-                event,
-            ),
+            } => {
+                let (topic, audience) = match guild_id {
+                    Some(g) => (Topic::guild(g), Audience::ViewersExcept(channel_id, user_id)),
+                    None => (Topic::channel(channel_id), Audience::AllExcept(user_id)),
+                };
+                self.envelope(vec![topic], Lane::Typing, audience, None, event)
+            }
             BusEvent::Voice {
                 guild_id,
                 channel_id,
                 event,
-            } => self.send(
+            } => self.envelope(
                 vec![Topic::guild(guild_id)],
                 Lane::Voice,
                 Audience::Viewers(channel_id),
+                None,
                 event,
             ),
             BusEvent::Presence { user_id, event } => {
                 let _ = self.presence.send((user_id, event));
+                return;
             }
-            BusEvent::MemberAdded { guild_id, user_id } => {
-                self.follow(user_id, Topic::guild(guild_id), true);
+            BusEvent::MemberAdded {
+                guild_id,
+                user_id,
+                channels,
+            } => {
+                self.follow(user_id, Topic::guild(guild_id), true, channels);
                 self.control(Topic::guild(guild_id), Message::MemberAdded { guild_id, user_id });
+                return;
             }
-            BusEvent::MemberLeft { guild_id, user_id } => self.follow(user_id, Topic::guild(guild_id), false),
-            BusEvent::DmOpened { channel_id, recipients } => {
+            BusEvent::MemberLeft { guild_id, user_id } => {
+                self.follow(user_id, Topic::guild(guild_id), false, Vec::new());
+                return;
+            }
+            BusEvent::DmOpened {
+                channel_id,
+                recipients,
+                last_seq,
+            } => {
                 for u in recipients {
-                    self.follow(u, Topic::channel(channel_id), true);
+                    self.follow(u, Topic::channel(channel_id), true, vec![(channel_id, last_seq)]);
                 }
+                return;
             }
             BusEvent::GuildChanged { guild_id } => {
                 self.control(Topic::guild(guild_id), Message::GuildChanged { guild_id });
+                return;
             }
-        }
+        };
+        self.send(e);
     }
 }
 

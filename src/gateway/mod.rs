@@ -291,7 +291,7 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, h: Arc<SessionHandle>) {
+    pub(crate) fn insert(&self, h: Arc<SessionHandle>) {
         let mut m = self.lock();
         m.by_user.entry(h.user).or_default().push(h.clone());
         m.by_id.insert(h.id, h);

@@ -211,7 +211,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     };
     // Boxed, like the catch-up below: the store queries' state would otherwise stay in this
     // task's future for the whole session.
-    let (parts, presences) = match Box::pin(snapshot).await {
+    let (mut parts, presences) = match Box::pin(snapshot).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e.message, "building Ready failed");
@@ -271,9 +271,24 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         fetches: tokio::sync::Semaphore::new(FETCH_CONCURRENCY),
     });
     let voice_states = ctx.voice.visible_states(identity.user_id).await;
-    // What this user follows while a session of theirs lives here.
-    let guild_ids: Vec<u64> = parts.guilds.iter().map(|g| g.guild.id).collect();
-    let private_ids: Vec<u64> = parts.private_channels.iter().map(|c| c.id).collect();
+    if !is_resume {
+        // Not resumable exactly: catch the client's channels up from the event log. Read
+        // here; the fan-out hands it over in line with live delivery, and sets each
+        // channel's `last_seq` in Ready to where this node's delivery stands.
+        let caught = match &hello.resume {
+            Some(r) if !r.channels.is_empty() => {
+                Box::pin(
+                    ctx.chat
+                        .catch_up(identity.user_id, &r.channels, ctx.cfg.session.event_log_retention),
+                )
+                .await
+            }
+            _ => Vec::new(),
+        };
+        ctx.fanout
+            .open(handle.clone(), &mut parts.guilds, &mut parts.private_channels, caught)
+            .await;
+    }
     let sc = &ctx.cfg.session;
     let ready = Ready {
         session_id: handle.id,
@@ -319,22 +334,6 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     }
     let (ctl_out, ctl_queue) = mpsc::channel::<ServerControl>(CONTROL_QUEUE);
     let writer = tokio::spawn(control_writer(ctx.clone(), ctl_tx, ctl_queue));
-    if !is_resume {
-        ctx.sessions.insert(handle.clone());
-        ctx.fanout.open(identity.user_id, &guild_ids, &private_ids);
-        // Not resumable exactly: catch the client's channels up from the event log.
-        if let Some(r) = &hello.resume
-            && !r.channels.is_empty()
-        {
-            Box::pin(ctx.chat.catch_up(
-                identity.user_id,
-                &r.channels,
-                ctx.cfg.session.event_log_retention,
-                |body| handle.push_event(Lane::Chat, body),
-            ))
-            .await;
-        }
-    }
     ctx.presence.connect(identity.user_id, handle.id, hello.device);
     tokio::spawn(ctx.voice.clone().intake(voice_port.clone()));
     ctx.metrics.session_opened(tr);

@@ -54,6 +54,11 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
             return unavailable(format!("store: a call missed its deadline {ago} ms ago\n"));
         }
     }
+    if ctx.fanout.pubsub().health() == crate::cluster::pubsub::Health::Degraded {
+        // Still useful: it serves its own sessions; cross-node delivery waits for Redis
+        // (and is caught up from the store when it is back).
+        return "degraded: the cluster bus is unreachable; serving this node's sessions\n".into_response();
+    }
     "ready\n".into_response()
 }
 
@@ -73,6 +78,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         ),
     ]);
     body.push_str(&ctx.voice.metrics.render());
+    body.push_str(&ctx.fanout.render_metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -1,0 +1,448 @@
+//! Several nodes on one Redis and one database: cross-node chat (order with two nodes
+//! publishing into one channel, nothing lost or doubled, nonce dedupe across nodes,
+//! membership changes), catch-up on another node, and the node's view of the bus
+//! (`/ready`, `/metrics`).
+//!
+//! The first tests run several nodes in one process on an in-process bus that can be made
+//! to misbehave (deliver out of order, go away), over one shared SQLite file: they need no
+//! service. The Redis tests need `REDIS_URL` (in CI a missing or silent Redis fails these tests; elsewhere they say
+//! skipped). The database is a fresh PostgreSQL database per test when `DATABASE_URL` is a
+//! PostgreSQL URL, else one SQLite file the nodes share.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::*;
+use quaver_client::{Client, LaneStream, Transport, connect};
+use quaver_proto::*;
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+struct Services {
+    redis: String,
+    database: String,
+    /// A PostgreSQL database made for this test (dropped at the end).
+    pg: Option<(String, String)>,
+}
+
+impl Services {
+    async fn drop_db(self) {
+        if let Some((admin, name)) = self.pg {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await;
+            }
+        }
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Redis and a database for a cluster test, or `None` (skipped) off CI without Redis.
+async fn services(tag: &str) -> Option<Services> {
+    let redis = match std::env::var("REDIS_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            assert!(!in_ci(), "REDIS_URL is not set: the cluster tests need Redis in CI");
+            eprintln!("skipped: REDIS_URL is not set");
+            return None;
+        }
+    };
+    let answers = async {
+        let c = redis::Client::open(redis.as_str()).ok()?;
+        let mut conn = c.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+    };
+    if tokio::time::timeout(Duration::from_secs(3), answers)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            !in_ci(),
+            "Redis at REDIS_URL does not answer: the cluster tests need it in CI"
+        );
+        eprintln!("skipped: Redis at REDIS_URL does not answer");
+        return None;
+    }
+    match std::env::var("DATABASE_URL") {
+        Ok(admin) if admin.starts_with("postgres") => {
+            use sqlx::Connection;
+            let name = format!("quaver_cluster_{}_{}", tag, std::process::id());
+            let mut c = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL at DATABASE_URL answers");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut c)
+            .await
+            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let (base, _) = admin.rsplit_once('/').expect("a database URL has a path");
+            Some(Services {
+                redis,
+                database: format!("{base}/{name}"),
+                pg: Some((admin, name)),
+            })
+        }
+        _ => {
+            let dir = tempdir("cluster-db");
+            Some(Services {
+                redis,
+                database: format!("sqlite://{}?mode=rwc", dir.join("shared.db").display()),
+                pg: None,
+            })
+        }
+    }
+}
+
+/// A node of the test's cluster.
+async fn node(s: &Services) -> quaver::Server {
+    let n = NODES.fetch_add(1, Ordering::Relaxed);
+    let mut c = config();
+    c.node_name = format!("it-{}-{n}", std::process::id());
+    c.node_id = Some(100 + (n as u16 % 900));
+    c.redis = Some(s.redis.clone());
+    c.database = Some(s.database.clone());
+    c.limits.send = quaver::limits::Rate {
+        burst: 1000.0,
+        per_sec: 1000.0,
+    };
+    start(c).await
+}
+
+async fn user(server: &quaver::Server, id: u64) -> (Client, LaneStream) {
+    let c = connect(&client_config(server, Transport::Quic, Some(token(id))))
+        .await
+        .expect("connects");
+    let l = c.open_lane(Lane::Chat).await.expect("chat lane");
+    (c, l)
+}
+
+async fn req(l: &mut LaneStream, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+    tokio::time::timeout(Duration::from_secs(10), l.request(body))
+        .await
+        .expect("reply in time")
+        .expect("lane works")
+}
+
+fn send(channel_id: u64, nonce: u64, content: &str) -> RequestBody {
+    RequestBody::SendMessage {
+        channel_id,
+        nonce,
+        content: content.into(),
+        reply_to: None,
+    }
+}
+
+/// Channel seqs of `MessageCreated` events of `channel` on `lane`, until `n` or `limit`.
+async fn created_seqs(lane: &mut LaneStream, channel: u64, n: usize, limit: Duration) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let end = tokio::time::Instant::now() + limit;
+    while seqs.len() < n {
+        let Ok(Ok(frame)) = tokio::time::timeout_at(end, lane.next()).await else {
+            break;
+        };
+        if let ServerLane::Event {
+            body: EventBody::MessageCreated { seq, message },
+            ..
+        } = frame
+            && message.channel_id == channel
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}
+
+/// Guild owned by user 1 on `a`, joined by the given users (each on its node): (guild,
+/// general channel, invite code).
+async fn guild(owner: &mut LaneStream, owner_client: &Client, joiners: Vec<&mut LaneStream>) -> (u64, u64) {
+    let Ok(ResponseBody::Guild(g)) = req(owner, RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!("guild")
+    };
+    let Ok(ResponseBody::Invite(inv)) = req(
+        owner,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("invite")
+    };
+    for j in joiners {
+        assert!(matches!(
+            req(j, RequestBody::JoinGuild { code: inv.code.clone() }).await,
+            Ok(ResponseBody::Guild(_))
+        ));
+    }
+    let Ok(Ok(FetchResponse::Channels { channels })) =
+        owner_client.fetch(FetchRequest::Channels { guild_id: g.id }).await
+    else {
+        panic!("channels")
+    };
+    (g.id, channels[0].id)
+}
+
+/// Two nodes in this process on `hub`, sharing one SQLite file.
+async fn hub_nodes(hub: &quaver::cluster::pubsub::MemoryHub) -> (quaver::Server, quaver::Server) {
+    let db = format!("sqlite://{}?mode=rwc", tempdir("hub-db").join("shared.db").display());
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let n = NODES.fetch_add(1, Ordering::Relaxed);
+        let mut c = config();
+        c.node_name = format!("hub-{}-{n}", std::process::id());
+        c.node_id = Some(n as u16 % 1000);
+        c.database = Some(db.clone());
+        out.push(quaver::Server::start_with(c, Some(hub)).await.expect("node starts"));
+    }
+    let b = out.pop().unwrap();
+    (out.pop().unwrap(), b)
+}
+
+/// The bus delivers a channel's events late and newest first; the receiving node still
+/// hands them to its sessions in seq order, each once.
+#[tokio::test]
+async fn events_the_bus_reorders_reach_sessions_in_seq_order() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    // Settle: the first message arrives normally.
+    req(&mut l1, send(channel, 1, "first")).await.unwrap();
+    assert_eq!(created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await, vec![1]);
+    hub.hold();
+    for i in 0..5 {
+        req(&mut l1, send(channel, 10 + i, "held"))
+            .await
+            .expect("acknowledged: the sender's node needs no bus");
+    }
+    assert!(
+        created_seqs(&mut l2, channel, 1, Duration::from_millis(100))
+            .await
+            .is_empty()
+    );
+    hub.release_reversed();
+    assert_eq!(
+        created_seqs(&mut l2, channel, 5, Duration::from_secs(5)).await,
+        vec![2, 3, 4, 5, 6]
+    );
+    assert!(
+        created_seqs(&mut l2, channel, 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "once"
+    );
+    let (_, m) = http_get(b.http_addr, "/metrics").await;
+    assert!(m.contains("quaver_fanout_reordered_total 4"), "{m}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The bus goes away: each node keeps serving its own sessions, `/ready` says degraded (200),
+/// and when the bus is back the other node's sessions are caught up from the store, in
+/// order, with nothing lost.
+#[tokio::test]
+async fn a_bus_outage_degrades_and_is_caught_up_from_the_store() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (_c3, mut l3) = user(&a, 3).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2, &mut l3]).await;
+    // Past the check a new subscription gets (so only the recovery can catch node b up).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    hub.cut(true);
+    for i in 0..3 {
+        req(&mut l1, send(channel, 10 + i, "during the outage")).await.unwrap();
+    }
+    assert_eq!(
+        created_seqs(&mut l3, channel, 3, Duration::from_secs(5)).await,
+        vec![1, 2, 3],
+        "same-node delivery does not need the bus"
+    );
+    let (status, body) = http_get(b.http_addr, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("degraded"), "{body}");
+    assert!(
+        created_seqs(&mut l2, channel, 1, Duration::from_millis(800))
+            .await
+            .is_empty()
+    );
+    hub.cut(false);
+    assert_eq!(
+        created_seqs(&mut l2, channel, 3, Duration::from_secs(5)).await,
+        vec![1, 2, 3]
+    );
+    let (_, body) = http_get(b.http_addr, "/ready").await;
+    assert_eq!(body, "ready\n");
+    // Live again, in order after the caught-up ones.
+    req(&mut l1, send(channel, 20, "after")).await.unwrap();
+    assert_eq!(created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await, vec![4]);
+    let (_, m) = http_get(b.http_addr, "/metrics").await;
+    assert!(m.contains("quaver_fanout_caught_up_total 3"), "{m}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Two nodes publish into one channel at once; a reader on each node sees every message
+/// exactly once, in seq order, with no hole — though the two nodes' events reach each
+/// reader's node interleaved by Redis, not in seq order.
+#[tokio::test]
+async fn two_nodes_sending_into_one_channel_are_seen_in_order_once_on_both() {
+    let Some(s) = services("order").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (_c3, mut r3) = user(&a, 3).await;
+    let (_c4, mut r4) = user(&b, 4).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2, &mut r3, &mut r4]).await;
+    const EACH: u64 = 60;
+    let s1 = tokio::spawn(async move {
+        for i in 0..EACH {
+            req(&mut l1, send(channel, 1_000 + i, &format!("a{i}")))
+                .await
+                .expect("sent on a");
+        }
+        l1
+    });
+    let s2 = tokio::spawn(async move {
+        for i in 0..EACH {
+            req(&mut l2, send(channel, 2_000 + i, &format!("b{i}")))
+                .await
+                .expect("sent on b");
+        }
+        l2
+    });
+    let (got3, got4) = tokio::join!(
+        created_seqs(&mut r3, channel, 2 * EACH as usize, Duration::from_secs(20)),
+        created_seqs(&mut r4, channel, 2 * EACH as usize, Duration::from_secs(20)),
+    );
+    s1.await.unwrap();
+    s2.await.unwrap();
+    let want: Vec<u64> = (1..=2 * EACH).collect();
+    assert_eq!(got3, want, "reader on node a");
+    assert_eq!(got4, want, "reader on node b");
+    // Nothing more arrives (no duplicate after the last).
+    assert!(
+        created_seqs(&mut r4, channel, 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    let (_, metrics) = http_get(b.http_addr, "/metrics").await;
+    assert!(metrics.contains("quaver_bus_up 1"), "{metrics}");
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}
+
+/// A nonce resent on another node returns the original message; a member removed on one
+/// node stops receiving on the other; a client resuming on another node with channel
+/// positions is caught up from the store.
+#[tokio::test]
+async fn dedupe_membership_and_catch_up_work_across_nodes() {
+    let Some(s) = services("members").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (g, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+
+    // Dedupe across nodes: the same (author, nonce) on node b is the original.
+    let Ok(ResponseBody::MessageSent { message_id, seq, .. }) = req(&mut l1, send(channel, 77, "once")).await else {
+        panic!("sent")
+    };
+    let (_c1b, mut l1b) = user(&b, 1).await;
+    let Ok(ResponseBody::MessageSent {
+        message_id: again,
+        duplicate,
+        ..
+    }) = req(&mut l1b, send(channel, 77, "once")).await
+    else {
+        panic!("resent")
+    };
+    assert_eq!((again, duplicate), (message_id, true));
+    assert_eq!(
+        created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await,
+        vec![seq]
+    );
+
+    // Catch-up on another node: user 2 reconnects to node a from seq 0.
+    for i in 0..5 {
+        req(&mut l1, send(channel, 100 + i, "more")).await.unwrap();
+    }
+    assert_eq!(
+        created_seqs(&mut l2, channel, 5, Duration::from_secs(5)).await,
+        (2..=6).collect::<Vec<_>>()
+    );
+    let mut cfg = client_config(&a, Transport::Quic, Some(token(2)));
+    cfg.resume = Some(ResumeRequest {
+        session_id: c2.ready.session_id,
+        lanes: vec![],
+        channels: vec![ChannelSeq {
+            channel_id: channel,
+            seq: 0,
+        }],
+    });
+    let c2a = connect(&cfg).await.unwrap();
+    assert!(!c2a.resumed, "another node cannot resume exactly");
+    let mut l2a = c2a.open_lane(Lane::Chat).await.unwrap();
+    let caught = created_seqs(&mut l2a, channel, 6, Duration::from_secs(5)).await;
+    assert_eq!(caught, (1..=6).collect::<Vec<_>>());
+    let last = c2a.ready.guilds[0]
+        .channels
+        .iter()
+        .find(|c| c.id == channel)
+        .map(|c| c.last_seq);
+    assert_eq!(last, Some(6));
+
+    // Membership: user 2 is kicked on node a; their session on node b stops receiving.
+    assert!(
+        req(
+            &mut l1,
+            RequestBody::KickMember {
+                guild_id: g,
+                user_id: 2
+            }
+        )
+        .await
+        .is_ok()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    req(&mut l1, send(channel, 500, "after the kick")).await.unwrap();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(f)) = tokio::time::timeout_at(end, l2.next()).await {
+        if let ServerLane::Event { body, .. } = f {
+            *seen
+                .entry(match body {
+                    EventBody::MessageCreated { .. } => "message",
+                    EventBody::GuildRemoved { .. } => "removed",
+                    _ => "other",
+                })
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(seen.get("removed"), Some(&1), "{seen:?}");
+    assert_eq!(seen.get("message"), None, "nothing after the kick: {seen:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}
