@@ -57,6 +57,9 @@ pub struct Config {
     /// `redis+cluster://host:port,host:port` (seeds of a Redis Cluster). Default none: one
     /// node on the in-process bus.
     pub redis: Option<String>,
+    /// Prepended to every Redis key and channel name, so several clusters can share one
+    /// Redis. Default empty.
+    pub redis_prefix: String,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -200,6 +203,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             database: None,
             redis: None,
+            redis_prefix: String::new(),
             node_id: None,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -283,6 +287,9 @@ pub struct ConfigArgs {
     /// Redis for a cluster (redis://… or redis+cluster://h:p,h:p) [default: none, one node].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel (several clusters on one Redis) [default: none].
+    #[arg(long, env = "QUAVER_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
     #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
@@ -378,6 +385,7 @@ impl ConfigArgs {
         }
         set! {
             listen => listen, http_listen => http_listen, node_name => node_name,
+            redis_prefix => redis_prefix,
             data_dir => data_dir, cert_dir => tls.cert_dir,
             dev_cert_validity => tls.dev_validity, dev_cert_renew_before => tls.dev_renew_before,
             jwt_leeway => auth.leeway,

@@ -195,8 +195,18 @@ impl Server {
         let store = store::Store::open_with(&cfg.database_url(), &cfg.store)
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
-        let (pubsub, bus_rx) = cluster::connect(&cfg, hub).await?;
+        let cluster::Connected {
+            pubsub,
+            rx: bus_rx,
+            commands,
+        } = cluster::connect(&cfg, hub).await?;
         let fanout = fanout::Fanout::new(pubsub);
+        let registry = commands.map(|c| Arc::new(presence::registry::redis::RedisRegistry::new(c, &cfg.node_name)));
+        if let Some(r) = &registry
+            && !r.renew().await
+        {
+            tracing::warn!("could not register this node's liveness in Redis; retrying every second");
+        }
         let bus: Arc<dyn cluster::Bus> = fanout.clone();
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), cfg.node_number(), limiter.clone()));
@@ -220,6 +230,7 @@ impl Server {
             // The sweeper is for sessions whose task never reported their end; it must not
             // race the normal path (heartbeat timeout, then the grace).
             cfg.session.ping_timeout * 2 + cfg.session.presence_grace,
+            registry,
         );
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));

@@ -23,13 +23,28 @@ static NODES: AtomicU32 = AtomicU32::new(0);
 
 struct Services {
     redis: String,
+    /// Redis key and channel prefix of this test's cluster (tests share one Redis).
+    prefix: String,
     database: String,
     /// A PostgreSQL database made for this test (dropped at the end).
     pg: Option<(String, String)>,
 }
 
 impl Services {
+    /// Drops the test's database and its Redis keys.
     async fn drop_db(self) {
+        if let Ok(c) = redis::Client::open(self.redis.as_str())
+            && let Ok(mut conn) = c.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(keys).query_async::<i64>(&mut conn).await;
+            }
+        }
         if let Some((admin, name)) = self.pg {
             use sqlx::Connection;
             if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
@@ -94,6 +109,7 @@ async fn services(tag: &str) -> Option<Services> {
                 .unwrap();
             let (base, _) = admin.rsplit_once('/').expect("a database URL has a path");
             Some(Services {
+                prefix: format!("{name}:"),
                 redis,
                 database: format!("{base}/{name}"),
                 pg: Some((admin, name)),
@@ -102,6 +118,7 @@ async fn services(tag: &str) -> Option<Services> {
         _ => {
             let dir = tempdir("cluster-db");
             Some(Services {
+                prefix: format!("t{}-{tag}:", std::process::id()),
                 redis,
                 database: format!("sqlite://{}?mode=rwc", dir.join("shared.db").display()),
                 pg: None,
@@ -112,17 +129,23 @@ async fn services(tag: &str) -> Option<Services> {
 
 /// A node of the test's cluster.
 async fn node(s: &Services) -> quaver::Server {
+    start(node_config(s)).await
+}
+
+fn node_config(s: &Services) -> quaver::config::Config {
     let n = NODES.fetch_add(1, Ordering::Relaxed);
     let mut c = config();
     c.node_name = format!("it-{}-{n}", std::process::id());
     c.node_id = Some(100 + (n as u16 % 900));
     c.redis = Some(s.redis.clone());
+    c.redis_prefix = s.prefix.clone();
     c.database = Some(s.database.clone());
     c.limits.send = quaver::limits::Rate {
         burst: 1000.0,
         per_sec: 1000.0,
     };
-    start(c).await
+    c.session.presence_grace = Duration::from_millis(300);
+    c
 }
 
 async fn user(server: &quaver::Server, id: u64) -> (Client, LaneStream) {
@@ -442,6 +465,163 @@ async fn dedupe_membership_and_catch_up_work_across_nodes() {
     }
     assert_eq!(seen.get("removed"), Some(&1), "{seen:?}");
     assert_eq!(seen.get("message"), None, "nothing after the kick: {seen:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}
+
+/// The next presence update about `user` on a presence lane, within `limit`.
+async fn presence_of(lane: &mut LaneStream, user: u64, limit: Duration) -> Option<Presence> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(Ok(f)) = tokio::time::timeout_at(end, lane.next()).await else {
+            return None;
+        };
+        if let ServerLane::Event {
+            body: EventBody::PresenceUpdated { presence },
+            ..
+        } = f
+            && presence.user_id == user
+        {
+            return Some(presence);
+        }
+    }
+}
+
+/// A node process (the real binary) in the test's cluster: the child and a client config
+/// (without token) for it.
+async fn node_process(s: &Services) -> (tokio::process::Child, quaver_client::Config) {
+    let n = NODES.fetch_add(1, Ordering::Relaxed);
+    let dir = tempdir("proc");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .arg("serve")
+        .env("JWT_SECRET", SECRET)
+        .env("REDIS_URL", &s.redis)
+        .env("QUAVER_REDIS_PREFIX", &s.prefix)
+        .env("DATABASE_URL", &s.database)
+        .env("QUAVER_NODE_NAME", format!("proc-{}-{n}", std::process::id()))
+        .env("QUAVER_NODE_ID", (100 + n % 900).to_string())
+        .env("QUAVER_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_DATA_DIR", dir.join("data"))
+        .env("QUAVER_CERT_DIR", dir.join("certs"))
+        .env("QUAVER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node process starts");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut quic, mut http) = (None, None);
+    while quic.is_none() || http.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("node process starts in time")
+            .unwrap()
+            .expect("node process log");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        };
+        quic = quic.or(field("quic="));
+        http = http.or(field("http="));
+    }
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (_, body) = http_get(http.expect("http address"), "/cert-hash").await;
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let cfg = quaver_client::Config::new(
+        quic.expect("quic address"),
+        Transport::Quic,
+        quaver_client::Trust::Hashes(vec![hash]),
+    );
+    (child, cfg)
+}
+
+/// Presence across nodes: a user's devices on two nodes merge into one presence; a device
+/// leaving one node changes only its platform; a user moving between nodes within the
+/// grace does not flap; a node that is SIGKILLed has its users go offline on the others
+/// once its liveness key expires.
+#[tokio::test]
+async fn presence_merges_across_nodes_and_a_dead_node_goes_offline() {
+    let Some(s) = services("presence").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (_c3, mut l3) = user(&a, 3).await;
+    guild(&mut l1, &c1, vec![&mut l2, &mut l3]).await;
+    drop(c1);
+    // User 1 on node a (desktop); user 2 on node b sees it in Ready and live.
+    let d1 = connect(&client_config(&a, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let watcher = connect(&client_config(&b, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let seen = watcher
+        .ready
+        .presences
+        .iter()
+        .find(|p| p.user_id == 1)
+        .map(|p| p.status);
+    assert_eq!(
+        seen,
+        Some(PresenceStatus::Online),
+        "Ready on node b knows node a's user"
+    );
+    let mut w = watcher.open_lane(Lane::Presence).await.unwrap();
+    // A second device of user 1, on node b: both platforms show.
+    let mut mcfg = client_config(&b, Transport::Quic, Some(token(1)));
+    mcfg.device = DeviceKind::Mobile;
+    let m1 = connect(&mcfg).await.unwrap();
+    let p = presence_of(&mut w, 1, Duration::from_secs(5)).await.expect("an update");
+    assert_eq!(
+        (p.status, p.client_status.desktop, p.client_status.mobile),
+        (PresenceStatus::Online, PresenceStatus::Online, PresenceStatus::Online)
+    );
+    // The desktop leaves node a: after the grace only the mobile remains.
+    d1.close();
+    let p = presence_of(&mut w, 1, Duration::from_secs(5)).await.expect("an update");
+    assert_eq!(
+        (p.status, p.client_status.desktop, p.client_status.mobile),
+        (PresenceStatus::Online, PresenceStatus::Offline, PresenceStatus::Online)
+    );
+    // Moving: the mobile leaves node b and comes back on node a within the grace — no flap.
+    m1.close();
+    let mut acfg = client_config(&a, Transport::Quic, Some(token(1)));
+    acfg.device = DeviceKind::Mobile;
+    let _m1a = connect(&acfg).await.unwrap();
+    assert_eq!(
+        presence_of(&mut w, 1, Duration::from_millis(1500)).await,
+        None,
+        "no offline → online"
+    );
+
+    // A node process with user 3 on it, killed: user 3 goes offline on node b.
+    let (mut child, mut pcfg) = node_process(&s).await;
+    pcfg.token = Some(token(3));
+    pcfg.device = DeviceKind::Web;
+    let p3 = connect(&pcfg).await.unwrap();
+    let p = presence_of(&mut w, 3, Duration::from_secs(5)).await.expect("an update");
+    assert_eq!(p.client_status.web, PresenceStatus::Online);
+    // SIGKILL (tokio's start_kill on Unix): no shutdown path runs in the node.
+    child.start_kill().expect("kill the node process");
+    let _ = child.wait().await;
+    drop(p3);
+    let p = presence_of(&mut w, 3, Duration::from_secs(12))
+        .await
+        .expect("offline after the node died");
+    assert_eq!(p.client_status.web, PresenceStatus::Offline);
+    assert_eq!(
+        p.status,
+        PresenceStatus::Online,
+        "user 3's desktop on node a is still there"
+    );
     a.shutdown().await;
     b.shutdown().await;
     s.drop_db().await;

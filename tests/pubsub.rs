@@ -173,6 +173,27 @@ async fn single_redis_conforms_and_resubscribes() {
     settle(&a, &mut brx, &topics[19]).await;
     kill_pubsub_clients(std::slice::from_ref(&url));
     assert_all_delivered(&a, &mut brx, &topics, "redis after CLIENT KILL").await;
+    // Prefixes keep clusters apart on one Redis: only the same prefix hears a topic.
+    let with = |p: &str| RedisOptions {
+        prefix: p.to_string(),
+        ..Default::default()
+    };
+    let (x, mut xrx) = redis_node(&target, &format!("x{k}"), with("px:")).await;
+    let (y, _yrx) = redis_node(&target, &format!("y{k}"), with("py:")).await;
+    let (x2, _x2rx) = redis_node(&target, &format!("x2{k}"), with("px:")).await;
+    let t = Topic::guild(k + 900);
+    x.subscribe(&t);
+    settle(&x2, &mut xrx, &t).await;
+    y.publish(&t, Bytes::from_static(b"other cluster"));
+    x2.publish(&t, Bytes::from_static(b"same cluster"));
+    let got = next(&mut xrx, Duration::from_secs(2))
+        .await
+        .expect("same prefix delivers");
+    assert_eq!((got.topic, &got.payload[..]), (t, &b"same cluster"[..]));
+    assert!(
+        next(&mut xrx, Duration::from_millis(300)).await.is_none(),
+        "another prefix does not"
+    );
 }
 
 /// `CLIENT KILL TYPE pubsub` on each server: every subscriber connection drops.
@@ -378,6 +399,7 @@ async fn an_outage_degrades_and_recovers() {
         buffer: 50,
         probe_every: Duration::from_millis(300),
         probe_timeout: Duration::from_millis(500),
+        ..Default::default()
     };
     let (a, _arx) = redis_node(&target, "oa", opt.clone()).await;
     let (b, mut brx) = redis_node(&target, "ob", opt).await;

@@ -61,6 +61,9 @@ pub enum BusEvent {
     Presence {
         /// Whose presence.
         user_id: u64,
+        /// The user's presence version in the cluster registry (receivers drop one older
+        /// than what they delivered); `None` on one node or while the registry is away.
+        version: Option<u64>,
         /// Encoded `EventBody`.
         event: Bytes,
     },
@@ -120,26 +123,48 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
 /// process.
 /// With `hub`, the node joins that in-process bus instead (several nodes in one process, in
 /// tests).
-pub async fn connect(
-    cfg: &crate::config::Config,
-    hub: Option<&pubsub::MemoryHub>,
-) -> anyhow::Result<(Arc<dyn PubSub>, mpsc::UnboundedReceiver<Received>)> {
-    if let Some(hub) = hub {
+pub async fn connect(cfg: &crate::config::Config, hub: Option<&pubsub::MemoryHub>) -> anyhow::Result<Connected> {
+    let memory = |hub: &pubsub::MemoryHub| {
         let (p, rx) = hub.node();
-        return Ok((Arc::new(p), rx));
+        Connected {
+            pubsub: Arc::new(p),
+            rx,
+            commands: None,
+        }
+    };
+    if let Some(hub) = hub {
+        return Ok(memory(hub));
     }
     let Some(url) = &cfg.redis else {
-        let (p, rx) = pubsub::MemoryHub::new().node();
-        return Ok((Arc::new(p), rx));
+        return Ok(memory(&pubsub::MemoryHub::new()));
     };
     // The URL may hold a password: it is never logged, nor is it in these errors.
     let target = redis::RedisTarget::parse(url).map_err(|e| anyhow::anyhow!("redis: {e}"))?;
-    let (p, rx) = redis::RedisPubSub::connect(&target, &cfg.node_name, redis::RedisOptions::default())
+    let opt = redis::RedisOptions {
+        prefix: cfg.redis_prefix.clone(),
+        ..Default::default()
+    };
+    let (p, rx) = redis::RedisPubSub::connect(&target, &cfg.node_name, opt)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
     if !p.ready(Duration::from_secs(5)).await {
         tracing::warn!("Redis answers but its pub/sub probe did not come back; starting degraded");
     }
     tracing::info!(kind = target.kind(), "cluster bus on Redis");
-    Ok((Arc::new(p), rx))
+    Ok(Connected {
+        commands: Some(p.commands()),
+        pubsub: Arc::new(p),
+        rx,
+    })
+}
+
+/// A node's way into the cluster.
+#[derive(Debug)]
+pub struct Connected {
+    /// The bus.
+    pub pubsub: Arc<dyn PubSub>,
+    /// What arrives on the node's topics.
+    pub rx: mpsc::UnboundedReceiver<Received>,
+    /// Redis commands (presence registry), on Redis only.
+    pub commands: Option<redis::Commands>,
 }

@@ -97,6 +97,9 @@ pub struct RedisOptions {
     pub probe_every: Duration,
     /// A probe not back within this is a failure. Default 2 s.
     pub probe_timeout: Duration,
+    /// Prepended to every channel and key name (`--redis-prefix`): several clusters (or
+    /// test runs) can share one Redis. Default empty.
+    pub prefix: String,
 }
 
 impl Default for RedisOptions {
@@ -105,6 +108,7 @@ impl Default for RedisOptions {
             buffer: 10_000,
             probe_every: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
+            prefix: String::new(),
         }
     }
 }
@@ -117,17 +121,17 @@ enum SubConn {
 }
 
 impl SubConn {
-    async fn subscribe(&mut self, topic: &Topic) -> redis::RedisResult<()> {
+    async fn subscribe(&mut self, name: &str) -> redis::RedisResult<()> {
         match self {
-            SubConn::Single(c) => c.subscribe(topic.name()).await,
-            SubConn::Cluster(c) => c.ssubscribe(topic.name()).await,
+            SubConn::Single(c) => c.subscribe(name).await,
+            SubConn::Cluster(c) => c.ssubscribe(name).await,
         }
     }
 
-    async fn unsubscribe(&mut self, topic: &Topic) -> redis::RedisResult<()> {
+    async fn unsubscribe(&mut self, name: &str) -> redis::RedisResult<()> {
         match self {
-            SubConn::Single(c) => c.unsubscribe(topic.name()).await,
-            SubConn::Cluster(c) => c.sunsubscribe(topic.name()).await,
+            SubConn::Single(c) => c.unsubscribe(name).await,
+            SubConn::Cluster(c) => c.sunsubscribe(name).await,
         }
     }
 }
@@ -140,18 +144,52 @@ enum PubConn {
 }
 
 impl PubConn {
-    async fn publish(&mut self, topic: &Topic, payload: &[u8]) -> redis::RedisResult<()> {
+    async fn publish(&mut self, name: &str, payload: &[u8]) -> redis::RedisResult<()> {
         let verb = match self {
             PubConn::Single(_) => "PUBLISH",
             PubConn::Cluster(_) => "SPUBLISH",
         };
         let mut cmd = redis::cmd(verb);
-        cmd.arg(topic.name()).arg(payload);
+        cmd.arg(name).arg(payload);
         match self {
             PubConn::Single(c) => cmd.query_async::<i64>(c).await?,
             PubConn::Cluster(c) => cmd.query_async::<i64>(c).await?,
         };
         Ok(())
+    }
+}
+
+/// The node's multiplexed command connection (shared with publishing: never one per
+/// client), for the presence registry and leases.
+#[derive(Clone)]
+pub struct Commands(PubConn, Arc<str>);
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Commands")
+    }
+}
+
+impl Commands {
+    /// A key's name on Redis (with the cluster's prefix).
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.1)
+    }
+
+    /// Runs one command.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self.0.clone() {
+            PubConn::Single(mut c) => cmd.query_async(&mut c).await,
+            PubConn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it when the server does not have it).
+    pub async fn script<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<T> {
+        match self.0.clone() {
+            PubConn::Single(mut c) => inv.invoke_async(&mut c).await,
+            PubConn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+        }
     }
 }
 
@@ -164,6 +202,8 @@ enum SubCmd {
 
 #[derive(Debug)]
 struct Inner {
+    /// Prepended to every channel name on Redis (several clusters on one Redis).
+    prefix: String,
     /// The node's own topic (liveness probes).
     own: Topic,
     subs: Mutex<RefCounts>,
@@ -177,6 +217,13 @@ struct Inner {
     /// Probe tokens: the last sent and the last received.
     probe_sent: AtomicU64,
     probe_seen: watch::Sender<u64>,
+}
+
+impl Inner {
+    /// A topic's channel name on Redis.
+    fn wire(&self, t: &Topic) -> String {
+        format!("{}{}", self.prefix, t.name())
+    }
 }
 
 impl std::fmt::Debug for SubCmd {
@@ -193,6 +240,7 @@ impl std::fmt::Debug for SubCmd {
 #[derive(Debug)]
 pub struct RedisPubSub {
     inner: Arc<Inner>,
+    commands: Commands,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -257,6 +305,7 @@ impl RedisPubSub {
         let (out_tx, out_rx) = mpsc::channel(opt.buffer.max(1));
         let (recv_tx, recv_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            prefix: opt.prefix.clone(),
             own: Topic::node(node),
             subs: Mutex::new(RefCounts::default()),
             sub_cmds: sub_tx,
@@ -268,6 +317,7 @@ impl RedisPubSub {
             probe_seen: watch::channel(0).0,
         });
         let bus = Self {
+            commands: Commands(publ.clone(), opt.prefix.clone().into()),
             tasks: vec![
                 tokio::spawn(subscriber(inner.clone(), sub, sub_rx)).abort_handle(),
                 tokio::spawn(pushes(inner.clone(), push_rx, recv_tx)).abort_handle(),
@@ -278,6 +328,11 @@ impl RedisPubSub {
         };
         bus.subscribe(&bus.inner.own.clone());
         Ok((bus, recv_rx))
+    }
+
+    /// A handle on the command connection.
+    pub fn commands(&self) -> Commands {
+        self.commands.clone()
     }
 
     /// Waits until the bus reports [`Health::Up`] (a probe came back), at most `limit`.
@@ -333,7 +388,7 @@ async fn subscriber(inner: Arc<Inner>, mut conn: SubConn, mut cmds: mpsc::Unboun
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             SubCmd::Subscribe(t) => {
-                if conn.subscribe(&t).await.is_err() {
+                if conn.subscribe(&inner.wire(&t)).await.is_err() {
                     inner.probed.store(false, Relaxed);
                 }
             }
@@ -341,7 +396,7 @@ async fn subscriber(inner: Arc<Inner>, mut conn: SubConn, mut cmds: mpsc::Unboun
                 // Still unwanted when it runs? (A subscribe may have followed.)
                 let wanted = inner.subs.lock().unwrap_or_else(|p| p.into_inner()).contains(&t);
                 if !wanted {
-                    let _ = conn.unsubscribe(&t).await;
+                    let _ = conn.unsubscribe(&inner.wire(&t)).await;
                 }
             }
             SubCmd::Resync => {
@@ -356,7 +411,7 @@ async fn subscriber(inner: Arc<Inner>, mut conn: SubConn, mut cmds: mpsc::Unboun
                     .cloned()
                     .collect();
                 for t in topics {
-                    if conn.subscribe(&t).await.is_err() {
+                    if conn.subscribe(&inner.wire(&t)).await.is_err() {
                         break;
                     }
                 }
@@ -388,7 +443,7 @@ async fn pushes(
                     inner.counters.foreign.fetch_add(1, Relaxed);
                     continue;
                 };
-                let Some(topic) = Topic::parse(name) else {
+                let Some(topic) = name.strip_prefix(inner.prefix.as_bytes()).and_then(Topic::parse) else {
                     inner.counters.foreign.fetch_add(1, Relaxed);
                     continue;
                 };
@@ -422,7 +477,7 @@ async fn publisher(inner: Arc<Inner>, mut conn: PubConn, mut out: mpsc::Receiver
     let mut delay = Duration::from_millis(100);
     while let Some((topic, payload)) = out.recv().await {
         loop {
-            match conn.publish(&topic, &payload).await {
+            match conn.publish(&inner.wire(&topic), &payload).await {
                 Ok(()) => {
                     inner.publishing.store(true, Relaxed);
                     delay = Duration::from_millis(100);

@@ -10,6 +10,7 @@
 //!                      audience u8 (0 all, 1 all-except user, 2 viewers of channel,
 //!                      3 viewers of channel except user) | its ids u64… |
 //!                      order u8 (0 none, 1 channel event: channel u64 | seq u64) |
+//!                      latest u8 (0 none, 1 newest-wins: key u64 | version u64) |
 //!                      event bytes (rest)
 //! kind 1 guild changed: guild u64
 //! kind 2 member added:  guild u64 | user u64
@@ -52,6 +53,9 @@ pub struct Envelope {
     /// A channel event's (channel, seq): delivered in seq order, without holes
     /// ([`super::order`]).
     pub order: Option<(u64, u64)>,
+    /// (key, version): only the newest version per key is delivered (a user's presence,
+    /// published by whichever node changed it).
+    pub latest: Option<(u64, u64)>,
     /// The encoded `EventBody`, shared by every receiver.
     pub event: Bytes,
 }
@@ -135,12 +139,14 @@ impl Message {
                         out.extend_from_slice(&u.to_be_bytes());
                     }
                 }
-                match e.order {
-                    None => out.push(0),
-                    Some((c, seq)) => {
-                        out.push(1);
-                        out.extend_from_slice(&c.to_be_bytes());
-                        out.extend_from_slice(&seq.to_be_bytes());
+                for pair in [e.order, e.latest] {
+                    match pair {
+                        None => out.push(0),
+                        Some((a, b)) => {
+                            out.push(1);
+                            out.extend_from_slice(&a.to_be_bytes());
+                            out.extend_from_slice(&b.to_be_bytes());
+                        }
                     }
                 }
                 out.extend_from_slice(&e.event);
@@ -198,17 +204,15 @@ impl Message {
                     3 => Audience::ViewersExcept(r.u64()?, r.u64()?),
                     _ => return Err(DecodeError("audience")),
                 };
-                let order = match r.u8()? {
-                    0 => None,
-                    1 => Some((r.u64()?, r.u64()?)),
-                    _ => return Err(DecodeError("order")),
-                };
+                let order = r.pair()?;
+                let latest = r.pair()?;
                 Message::Event(Envelope {
                     id,
                     topics,
                     lane,
                     audience,
                     order,
+                    latest,
                     event: b.slice(r.at..),
                 })
             }
@@ -267,6 +271,13 @@ impl Reader<'_> {
         a.copy_from_slice(s);
         Ok(u64::from_be_bytes(a))
     }
+    fn pair(&mut self) -> Result<Option<(u64, u64)>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some((self.u64()?, self.u64()?))),
+            _ => Err(DecodeError("optional pair")),
+        }
+    }
     fn topic(&mut self) -> Result<Topic, DecodeError> {
         let s = self.take(2)?;
         let n = u16::from_be_bytes([s[0], s[1]]) as usize;
@@ -286,6 +297,7 @@ mod tests {
                 lane: Lane::Presence,
                 audience: Audience::AllExcept(3),
                 order: None,
+                latest: Some((3, 17)),
                 event: Bytes::from_static(b"\x0e\x01\x02"),
             }),
             Message::Event(Envelope {
@@ -294,6 +306,7 @@ mod tests {
                 lane: Lane::Typing,
                 audience: Audience::ViewersExcept(9, 4),
                 order: None,
+                latest: None,
                 event: Bytes::new(),
             }),
             Message::Event(Envelope {
@@ -302,6 +315,7 @@ mod tests {
                 lane: Lane::Chat,
                 audience: Audience::Viewers(9),
                 order: Some((9, u64::MAX)),
+                latest: None,
                 event: Bytes::from_static(b"\x01"),
             }),
             Message::GuildChanged { guild_id: 5 },

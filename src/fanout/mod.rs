@@ -65,6 +65,8 @@ pub struct FanoutCounters {
     pub caught_up: AtomicU64,
     /// `Gap`s delivered because the log no longer had what the bus lost.
     pub gaps: AtomicU64,
+    /// Newest-wins envelopes older than one already delivered (dropped).
+    pub stale: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +75,30 @@ struct State {
     order: Sequencer<Envelope>,
     /// New subscriptions to check against the store, when due.
     verify: VecDeque<(Instant, Topic)>,
+    /// Newest version delivered per key (presence per user).
+    latest: Latest,
+}
+
+/// Most keys remembered by [`Latest`]; beyond it the map starts over (an older version
+/// could then be delivered once — presence is state, the next change corrects it).
+const LATEST_KEYS: usize = 100_000;
+
+/// The newest version delivered per key.
+#[derive(Debug, Default)]
+struct Latest(std::collections::HashMap<u64, u64>);
+
+impl Latest {
+    /// True (and remembered) when `version` is newer than any delivered for `key`.
+    fn newer(&mut self, key: u64, version: u64) -> bool {
+        if self.0.get(&key).is_some_and(|v| *v >= version) {
+            return false;
+        }
+        if self.0.len() >= LATEST_KEYS {
+            self.0.clear();
+        }
+        self.0.insert(key, version);
+        true
+    }
 }
 
 /// A session opening here, handled in the delivery loop so nothing is delivered between
@@ -94,6 +120,9 @@ impl std::fmt::Debug for Open {
     }
 }
 
+/// A presence change waiting for its audience: (user, registry version, event).
+type PresenceChange = (u64, Option<u64>, Bytes);
+
 /// The fan-out of one node.
 #[derive(Debug)]
 pub struct Fanout {
@@ -103,8 +132,8 @@ pub struct Fanout {
     origin: u64,
     next_id: AtomicU64,
     /// Presence changes wait here for their audience's topics (a store read), in order.
-    presence: mpsc::UnboundedSender<(u64, Bytes)>,
-    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<(u64, Bytes)>>>,
+    presence: mpsc::UnboundedSender<PresenceChange>,
+    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<PresenceChange>>>,
     opens: mpsc::UnboundedSender<Open>,
     opens_rx: Mutex<Option<mpsc::UnboundedReceiver<Open>>>,
     /// What this node publishes is delivered here directly (its copy from the bus is
@@ -250,7 +279,7 @@ impl Fanout {
             let st = self.state();
             (st.index.topic_count(), st.order.held(), st.order.len())
         };
-        let rows: [(&str, &str, &str, f64); 19] = [
+        let rows: [(&str, &str, &str, f64); 20] = [
             (
                 "quaver_bus_up",
                 "gauge",
@@ -354,6 +383,12 @@ impl Fanout {
                 self.counters.gaps.load(Relaxed) as f64,
             ),
             (
+                "quaver_fanout_stale_total",
+                "counter",
+                "Presence updates older than one already delivered (dropped).",
+                self.counters.stale.load(Relaxed) as f64,
+            ),
+            (
                 "quaver_fanout_held",
                 "gauge",
                 "Channel events held for reordering.",
@@ -417,6 +452,7 @@ impl Fanout {
             lane,
             audience,
             order,
+            latest: None,
             event,
         }
     }
@@ -522,6 +558,12 @@ impl Fanout {
             Message::Event(e) => {
                 if e.topics.len() > 1 && !seen.first(e.id) {
                     self.counters.duplicates.fetch_add(1, Relaxed);
+                    return;
+                }
+                if let Some((key, version)) = e.latest
+                    && !self.state().latest.newer(key, version)
+                {
+                    self.counters.stale.fetch_add(1, Relaxed);
                     return;
                 }
                 let Some((channel, seq)) = e.order else {
@@ -696,8 +738,8 @@ impl Fanout {
 
     /// A presence change goes to every guild the user is in and to each friend's own
     /// topic (one envelope, delivered once per node), in the order they happened.
-    async fn publish_presence(self: Arc<Self>, chat: Arc<Chat>, mut rx: mpsc::UnboundedReceiver<(u64, Bytes)>) {
-        while let Some((user, event)) = rx.recv().await {
+    async fn publish_presence(self: Arc<Self>, chat: Arc<Chat>, mut rx: mpsc::UnboundedReceiver<PresenceChange>) {
+        while let Some((user, version, event)) = rx.recv().await {
             let topics = match chat.observer_topics(user).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -705,7 +747,9 @@ impl Fanout {
                     continue;
                 }
             };
-            self.send(self.envelope(topics, Lane::Presence, Audience::AllExcept(user), None, event));
+            let mut e = self.envelope(topics, Lane::Presence, Audience::AllExcept(user), None, event);
+            e.latest = version.map(|v| (user, v));
+            self.send(e);
         }
     }
 
@@ -818,8 +862,12 @@ impl Bus for Fanout {
                 None,
                 event,
             ),
-            BusEvent::Presence { user_id, event } => {
-                let _ = self.presence.send((user_id, event));
+            BusEvent::Presence {
+                user_id,
+                event,
+                version,
+            } => {
+                let _ = self.presence.send((user_id, version, event));
                 return;
             }
             BusEvent::MemberAdded {
@@ -857,6 +905,16 @@ impl Bus for Fanout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_newer_versions_pass() {
+        let mut l = Latest::default();
+        assert!(l.newer(7, 2));
+        assert!(!l.newer(7, 2));
+        assert!(!l.newer(7, 1), "an older version published by a slower node");
+        assert!(l.newer(7, 3));
+        assert!(l.newer(8, 1), "per key");
+    }
 
     #[test]
     fn an_envelope_is_delivered_once_among_the_recent_ones() {

@@ -10,6 +10,7 @@
 //!   are swept after the heartbeat timeout.
 //! - Output is produced only when what others see changes.
 
+pub mod registry;
 pub mod task;
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ struct UserState {
     offline_at: Option<Instant>,
     /// What others were last told.
     published: Option<Presence>,
+    /// When custom status and activity were last set (ms since the epoch).
+    set_at_ms: u64,
 }
 
 fn rank(s: PresenceStatus) -> u8 {
@@ -64,6 +67,9 @@ fn aggregate<'a>(it: impl Iterator<Item = &'a SessionState>) -> PresenceStatus {
 #[derive(Debug)]
 pub struct PresenceState {
     users: HashMap<u64, UserState>,
+    /// Users whose part (for the cluster registry) may have changed since the last
+    /// [`PresenceState::take_dirty`].
+    dirty: Vec<u64>,
     grace: Duration,
     timeout: Duration,
 }
@@ -73,6 +79,7 @@ impl PresenceState {
     pub fn new(grace: Duration, timeout: Duration) -> Self {
         Self {
             users: HashMap::new(),
+            dirty: Vec::new(),
             grace,
             timeout,
         }
@@ -114,6 +121,65 @@ impl PresenceState {
         }
     }
 
+    /// This node's part of `user`'s presence (raw statuses of its sessions; during the
+    /// reconnect grace, what was last shown), for the cluster registry.
+    pub fn part(&self, user: u64) -> registry::Part {
+        let empty = ClientStatus {
+            desktop: PresenceStatus::Offline,
+            mobile: PresenceStatus::Offline,
+            web: PresenceStatus::Offline,
+        };
+        let Some(u) = self.users.get(&user) else {
+            return registry::Part {
+                client_status: empty,
+                custom_status: None,
+                activity: None,
+                set_at_ms: 0,
+            };
+        };
+        let client_status = if u.sessions.is_empty() {
+            u.published.as_ref().map(|p| p.client_status.clone()).unwrap_or(empty)
+        } else {
+            let raw = |d: DeviceKind| {
+                u.sessions
+                    .values()
+                    .filter(|s| s.device == d)
+                    .map(|s| s.status)
+                    .max_by_key(|s| rank(*s))
+                    .unwrap_or(PresenceStatus::Offline)
+            };
+            ClientStatus {
+                desktop: raw(DeviceKind::Desktop),
+                mobile: raw(DeviceKind::Mobile),
+                web: raw(DeviceKind::Web),
+            }
+        };
+        registry::Part {
+            client_status,
+            custom_status: u.custom_status.clone(),
+            activity: u.activity.clone(),
+            set_at_ms: u.set_at_ms,
+        }
+    }
+
+    /// Users whose part may have changed since the last call (each once).
+    pub fn take_dirty(&mut self) -> Vec<u64> {
+        let mut d = std::mem::take(&mut self.dirty);
+        d.sort_unstable();
+        d.dedup();
+        d
+    }
+
+    /// Marks `users` as changed (their parts are written again).
+    pub fn mark_dirty(&mut self, users: impl IntoIterator<Item = u64>) {
+        self.dirty.extend(users);
+    }
+
+    /// Users with a part on this node.
+    pub fn users(&self) -> impl Iterator<Item = u64> + '_ {
+        self.users.keys().copied()
+    }
+
     /// Whether `user` shows as anything but offline.
     pub fn is_visible_online(&self, user: u64) -> bool {
         self.visible(user).status != PresenceStatus::Offline
@@ -139,6 +205,7 @@ impl PresenceState {
 
     /// A session became ready.
     pub fn connect(&mut self, user: u64, session: SessionId, device: DeviceKind, now: Instant) -> Option<Presence> {
+        self.dirty.push(user);
         let u = self.users.entry(user).or_default();
         u.offline_at = None;
         u.sessions.insert(
@@ -170,12 +237,16 @@ impl PresenceState {
     ) -> Option<Presence> {
         let u = self.users.get_mut(&user)?;
         let s = u.sessions.get_mut(&session)?;
+        self.dirty.push(user);
         // Offline is not a choice a live session can make; invisible is.
         s.status = if status == PresenceStatus::Offline {
             PresenceStatus::Invisible
         } else {
             status
         };
+        if u.custom_status != custom_status || u.activity != activity {
+            u.set_at_ms = crate::ids::now_ms();
+        }
         u.custom_status = custom_status;
         u.activity = activity;
         self.publish_if_changed(user)
@@ -185,6 +256,7 @@ impl PresenceState {
     pub fn disconnect(&mut self, user: u64, session: SessionId, now: Instant) -> Option<Presence> {
         let u = self.users.get_mut(&user)?;
         u.sessions.remove(&session)?;
+        self.dirty.push(user);
         if u.sessions.is_empty() {
             u.offline_at = Some(now + self.grace);
             return None;
@@ -224,6 +296,7 @@ impl PresenceState {
         }
         touched.sort_unstable();
         touched.dedup();
+        self.dirty.extend(&touched);
         let mut out = Vec::new();
         for user in touched {
             let expired = self

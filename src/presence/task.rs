@@ -1,5 +1,6 @@
 //! The task that owns this node's [`PresenceState`] and publishes its changes on the bus.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use quaver_proto::{DeviceKind, EventBody, Presence, PresenceStatus, SessionId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::PresenceState;
+use super::registry::Part;
+use super::registry::redis::{RENEW_EVERY, RedisRegistry};
 use crate::cluster::{Bus, BusEvent};
 
 enum Cmd {
@@ -17,12 +20,15 @@ enum Cmd {
     Seen(u64, SessionId),
     Set(u64, SessionId, PresenceStatus, Option<String>, Option<String>),
     Snapshot(Vec<u64>, oneshot::Sender<Vec<Presence>>),
+    /// The registry is reachable again: write every part again.
+    Resync,
 }
 
 /// Handle to the presence task.
 #[derive(Debug, Clone)]
 pub struct PresenceHandle {
     tx: mpsc::UnboundedSender<Cmd>,
+    registry: Option<Arc<RedisRegistry>>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -32,11 +38,19 @@ impl std::fmt::Debug for Cmd {
 }
 
 impl PresenceHandle {
-    /// Starts the task.
-    pub fn spawn(bus: Arc<dyn Bus>, grace: Duration, timeout: Duration) -> Self {
+    /// Starts the task; with `registry`, presence is merged across the cluster's nodes.
+    pub fn spawn(bus: Arc<dyn Bus>, grace: Duration, timeout: Duration, registry: Option<Arc<RedisRegistry>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(PresenceState::new(grace, timeout), bus, rx));
-        Self { tx }
+        tokio::spawn(run(
+            PresenceState::new(grace, timeout),
+            bus.clone(),
+            rx,
+            registry.clone(),
+        ));
+        if let Some(r) = &registry {
+            tokio::spawn(liveness(r.clone(), bus, tx.clone()));
+        }
+        Self { tx, registry }
     }
 
     /// A session became ready.
@@ -62,8 +76,15 @@ impl PresenceHandle {
     ) {
         let _ = self.tx.send(Cmd::Set(user, session, status, custom, activity));
     }
-    /// The non-offline presences among `users`.
+    /// The non-offline presences among `users` (across the cluster while its registry
+    /// answers; else as this node sees them).
     pub async fn snapshot(&self, users: Vec<u64>) -> Vec<Presence> {
+        if let Some(r) = self.registry.as_ref().filter(|r| r.is_up()) {
+            match r.read(&users).await {
+                Ok(v) => return v,
+                Err(e) => tracing::warn!(error = %e, "presence registry unreachable: this node's view only"),
+            }
+        }
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Snapshot(users, tx)).is_err() {
             return Vec::new();
@@ -72,13 +93,52 @@ impl PresenceHandle {
     }
 }
 
-fn publish(bus: &dyn Bus, p: Presence) {
+fn publish(bus: &dyn Bus, p: Presence, version: Option<u64>) {
     let user_id = p.user_id;
     let event = Bytes::from(encode_payload(&EventBody::PresenceUpdated { presence: p }));
-    bus.publish(BusEvent::Presence { user_id, event });
+    bus.publish(BusEvent::Presence {
+        user_id,
+        event,
+        version,
+    });
 }
 
-async fn run(mut state: PresenceState, bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+/// Renews the node's liveness; when the registry comes back, asks for a resync; removes
+/// dead nodes' presence and publishes what changed.
+async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedSender<Cmd>) {
+    let mut was_up = true;
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        if tx.is_closed() {
+            return;
+        }
+        let up = r.renew().await;
+        if up && !was_up {
+            tracing::info!("presence registry reachable again: writing this node's presence back");
+            let _ = tx.send(Cmd::Resync);
+        }
+        was_up = up;
+        if up {
+            match r.reap().await {
+                Ok(changes) => {
+                    for c in changes {
+                        publish(bus.as_ref(), c.presence, Some(c.version));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for dead nodes failed"),
+            }
+        }
+    }
+}
+
+async fn run(
+    mut state: PresenceState,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    registry: Option<Arc<RedisRegistry>>,
+) {
+    // What this node last wrote to the registry, per user.
+    let mut written: HashMap<u64, Part> = HashMap::new();
     loop {
         let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
         let cmd = tokio::select! {
@@ -104,9 +164,45 @@ async fn run(mut state: PresenceState, bus: Arc<dyn Bus>, mut rx: mpsc::Unbounde
                 let _ = reply.send(v);
                 Vec::new()
             }
+            Some(Cmd::Resync) => {
+                // Every part again (nodes may have removed ours while we were away).
+                let users: Vec<u64> = written.keys().copied().chain(state.users()).collect();
+                written.clear();
+                state.mark_dirty(users);
+                Vec::new()
+            }
         };
-        for p in out {
-            publish(bus.as_ref(), p);
+        let dirty = state.take_dirty();
+        let Some(r) = registry.as_ref().filter(|r| r.is_up()) else {
+            // One node, or the registry is unreachable: what this node sees is published.
+            for p in out {
+                publish(bus.as_ref(), p, None);
+            }
+            continue;
+        };
+        for u in dirty {
+            let part = state.part(u);
+            if written.get(&u) == Some(&part) {
+                continue;
+            }
+            match r.write(u, &part).await {
+                Ok(c) => {
+                    if part.is_empty() {
+                        written.remove(&u);
+                    } else {
+                        written.insert(u, part);
+                    }
+                    if c.changed {
+                        publish(bus.as_ref(), c.presence, Some(c.version));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence registry unreachable: publishing this node's view");
+                    for p in out.iter().filter(|p| p.user_id == u) {
+                        publish(bus.as_ref(), p.clone(), None);
+                    }
+                }
+            }
         }
     }
 }
