@@ -201,7 +201,16 @@ impl Server {
             commands,
         } = cluster::connect(&cfg, hub).await?;
         let fanout = fanout::Fanout::new(pubsub);
-        let registry = commands.map(|c| Arc::new(presence::registry::redis::RedisRegistry::new(c, &cfg.node_name)));
+        // In a cluster: a unique name and snowflake number, checked in Redis before serving.
+        let mut node_number = cfg.node_number();
+        if let Some(c) = &commands {
+            cluster::identity::check_name(c, &cfg.node_name).await?;
+            node_number = cluster::identity::claim_number(c, &cfg.node_name, cfg.node_id, node_number).await?;
+            tracing::info!(node = %cfg.node_name, number = node_number, "claimed the node's snowflake number");
+        }
+        let registry = commands
+            .clone()
+            .map(|c| Arc::new(presence::registry::redis::RedisRegistry::new(c, &cfg.node_name)));
         if let Some(r) = &registry
             && !r.renew().await
         {
@@ -209,7 +218,7 @@ impl Server {
         }
         let bus: Arc<dyn cluster::Bus> = fanout.clone();
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
-        let chat = Arc::new(chat::Chat::new(store, bus.clone(), cfg.node_number(), limiter.clone()));
+        let chat = Arc::new(chat::Chat::new(store, bus.clone(), node_number, limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
         // back (or a node name reused) must never repeat an id.
         let last_id = chat
@@ -224,7 +233,7 @@ impl Server {
                 "the clock is behind the newest stored id; new ids continue after it (check NTP)"
             );
         }
-        let presence = presence::task::PresenceHandle::spawn(
+        let (presence, liveness) = presence::task::PresenceHandle::spawn(
             bus.clone(),
             cfg.session.presence_grace,
             // The sweeper is for sessions whose task never reported their end; it must not
@@ -266,6 +275,14 @@ impl Server {
             tokio::spawn(fanout.clone().run(chat.clone(), sessions.clone(), bus_rx)),
             tokio::spawn(housekeeping(ctx.clone())),
         ];
+        tasks.extend(liveness);
+        if let Some(c) = commands {
+            tasks.push(tokio::spawn(cluster::identity::renew_number(
+                c,
+                ctx.cfg.node_name.clone(),
+                node_number,
+            )));
+        }
         let router = http::router(ctx.clone());
         let mut http_stop = signal.clone();
         tasks.push(tokio::spawn(async move {

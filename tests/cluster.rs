@@ -626,3 +626,43 @@ async fn presence_merges_across_nodes_and_a_dead_node_goes_offline() {
     b.shutdown().await;
     s.drop_db().await;
 }
+
+/// Node identity: a snowflake node number held by a live node refuses the start of another
+/// node configured with it; a node without one takes a free number; a second live node
+/// with the same name is refused.
+#[tokio::test]
+async fn node_numbers_and_names_are_unique_in_the_cluster() {
+    let Some(s) = services("identity").await else { return };
+    let mut c = node_config(&s);
+    c.node_id = Some(777);
+    let first_name = c.node_name.clone();
+    let a = start(c).await;
+    let mut dup = node_config(&s);
+    dup.node_id = Some(777);
+    let err = quaver::Server::start(dup)
+        .await
+        .expect_err("a held number refuses the start");
+    assert!(err.to_string().contains("node number 777 is held"), "{err}");
+    // The same name as a live node.
+    let mut same = node_config(&s);
+    same.node_name = first_name;
+    let err = quaver::Server::start(same)
+        .await
+        .expect_err("a live name refuses the start");
+    assert!(err.to_string().contains("another live node is named"), "{err}");
+    // Without a configured number, a held one is skipped.
+    let target = quaver::cluster::redis::RedisTarget::parse(&s.redis).unwrap();
+    let opt = quaver::cluster::redis::RedisOptions {
+        prefix: s.prefix.clone(),
+        ..Default::default()
+    };
+    let (bus, _rx) = quaver::cluster::redis::RedisPubSub::connect(&target, "probe-node", opt)
+        .await
+        .unwrap();
+    let n = quaver::cluster::identity::claim_number(&bus.commands(), "free-taker", None, 777)
+        .await
+        .unwrap();
+    assert_eq!(n, 778);
+    a.shutdown().await;
+    s.drop_db().await;
+}

@@ -4,6 +4,7 @@
 //! the in-process [`pubsub::MemoryHub`] (one node, no services) or [`redis`] (one Redis or a
 //! Redis Cluster), held to one conformance suite (`tests/pubsub.rs`).
 
+pub mod identity;
 pub mod pubsub;
 pub mod redis;
 

@@ -38,19 +38,22 @@ impl std::fmt::Debug for Cmd {
 }
 
 impl PresenceHandle {
-    /// Starts the task; with `registry`, presence is merged across the cluster's nodes.
-    pub fn spawn(bus: Arc<dyn Bus>, grace: Duration, timeout: Duration, registry: Option<Arc<RedisRegistry>>) -> Self {
+    /// Starts the task; with `registry`, presence is merged across the cluster's nodes, and
+    /// the returned task (the node's liveness in the registry, stopped with the server)
+    /// runs too.
+    pub fn spawn(
+        bus: Arc<dyn Bus>,
+        grace: Duration,
+        timeout: Duration,
+        registry: Option<Arc<RedisRegistry>>,
+    ) -> (Self, Option<tokio::task::JoinHandle<()>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(
-            PresenceState::new(grace, timeout),
-            bus.clone(),
-            rx,
-            registry.clone(),
-        ));
-        if let Some(r) = &registry {
-            tokio::spawn(liveness(r.clone(), bus, tx.clone()));
-        }
-        Self { tx, registry }
+        let state = PresenceState::new(grace, timeout);
+        tokio::spawn(run(state, bus.clone(), rx, registry.clone()));
+        let live = registry
+            .as_ref()
+            .map(|r| tokio::spawn(liveness(r.clone(), bus, tx.clone())));
+        (Self { tx, registry }, live)
     }
 
     /// A session became ready.
