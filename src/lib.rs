@@ -272,7 +272,11 @@ impl Server {
         let mut tasks = vec![
             tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())),
             tokio::spawn(certs.renew_loop(signal.clone())),
-            tokio::spawn(fanout.clone().run(chat.clone(), sessions.clone(), bus_rx)),
+            tokio::spawn(
+                fanout
+                    .clone()
+                    .run(chat.clone(), sessions.clone(), ctx.typing.clone(), bus_rx),
+            ),
             tokio::spawn(housekeeping(ctx.clone())),
         ];
         tasks.extend(liveness);

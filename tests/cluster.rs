@@ -326,6 +326,91 @@ async fn a_bus_outage_degrades_and_is_caught_up_from_the_store() {
     b.shutdown().await;
 }
 
+/// The next event on `lane` matching `f`, within `limit`.
+async fn event_where(lane: &mut LaneStream, limit: Duration, f: impl Fn(&EventBody) -> bool) -> Option<EventBody> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(Ok(frame)) = tokio::time::timeout_at(end, lane.next()).await else {
+            return None;
+        };
+        if let ServerLane::Event { body, .. } = frame
+            && f(&body)
+        {
+            return Some(body);
+        }
+    }
+}
+
+/// Typing (events and `WatchTyping`), notifications and read-state sync between a user's
+/// sessions reach sessions on the other node.
+#[tokio::test]
+async fn typing_notifications_and_read_states_cross_nodes() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let mut t1 = c1.open_lane(Lane::Typing).await.unwrap();
+    let mut t2 = c2.open_lane(Lane::Typing).await.unwrap();
+    let mut n2 = c2.open_lane(Lane::Notifications).await.unwrap();
+    // User 2's second session, on node a.
+    let (_c2a, mut l2a) = user(&a, 2).await;
+
+    req(&mut t1, RequestBody::TypingStart { channel_id: channel })
+        .await
+        .unwrap();
+    let started = event_where(&mut t2, Duration::from_secs(5), |e| {
+        matches!(e, EventBody::TypingStarted { .. })
+    })
+    .await;
+    assert!(
+        matches!(started, Some(EventBody::TypingStarted { channel_id, user_id: 1, .. }) if channel_id == channel),
+        "{started:?}"
+    );
+    assert_eq!(
+        req(&mut t2, RequestBody::WatchTyping { channel_id: channel }).await,
+        Ok(ResponseBody::Typers {
+            channel_id: channel,
+            user_ids: vec![1]
+        }),
+        "node b knows node a's typer"
+    );
+
+    let Ok(ResponseBody::MessageSent { seq, .. }) = req(&mut l1, send(channel, 5, "hey <@2>")).await else {
+        panic!("sent")
+    };
+    let stopped = event_where(&mut t2, Duration::from_secs(5), |e| {
+        matches!(e, EventBody::TypingStopped { .. })
+    })
+    .await;
+    assert!(stopped.is_some(), "sending stops the indicator on every node");
+    let note = event_where(&mut n2, Duration::from_secs(5), |e| {
+        matches!(e, EventBody::NotificationCreated { .. })
+    })
+    .await;
+    assert!(note.is_some(), "the mention reaches user 2 on node b");
+
+    req(
+        &mut l2a,
+        RequestBody::MarkRead {
+            channel_id: channel,
+            seq,
+        },
+    )
+    .await
+    .unwrap();
+    let synced = event_where(&mut l2, Duration::from_secs(5), |e| {
+        matches!(e, EventBody::ReadStateUpdated { .. })
+    })
+    .await;
+    assert!(
+        matches!(&synced, Some(EventBody::ReadStateUpdated { state }) if state.channel_id == channel && state.last_read_seq == seq),
+        "{synced:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Two nodes publish into one channel at once; a reader on each node sees every message
 /// exactly once, in seq order, with no hole — though the two nodes' events reach each
 /// reader's node interleaved by Redis, not in seq order.

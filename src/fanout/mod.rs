@@ -494,6 +494,7 @@ impl Fanout {
         self: Arc<Self>,
         chat: Arc<Chat>,
         sessions: Arc<Sessions>,
+        typing: crate::typing::task::TypingHandle,
         mut rx: mpsc::UnboundedReceiver<Received>,
     ) {
         if let Some(prx) = take(&self.presence_rx) {
@@ -519,7 +520,7 @@ impl Fanout {
                 Some(open) = opens.recv() => self.on_open(&chat, &sessions, open).await,
                 Some(m) = local.recv() => self.on_message(&chat, &sessions, &mut seen, m).await,
                 r = rx.recv() => match r {
-                    Some(r) => self.on_received(&chat, &sessions, &mut seen, r).await,
+                    Some(r) => self.on_received(&chat, &sessions, &typing, &mut seen, r).await,
                     None => break,
                 },
                 _ = hold => {
@@ -541,11 +542,27 @@ impl Fanout {
         }
     }
 
-    async fn on_received(&self, chat: &Chat, sessions: &Sessions, seen: &mut Recent, r: Received) {
+    async fn on_received(
+        &self,
+        chat: &Chat,
+        sessions: &Sessions,
+        typing: &crate::typing::task::TypingHandle,
+        seen: &mut Recent,
+        r: Received,
+    ) {
         match Message::decode(&r.payload) {
             // Delivered locally when it was published.
             Ok((origin, _)) if origin == self.origin => {}
-            Ok((_, m)) => self.on_message(chat, sessions, seen, m).await,
+            Ok((_, m)) => {
+                if let Message::Event(e) = &m
+                    && e.lane == Lane::Typing
+                    && let Ok(body) = quaver_proto::codec::decode::<quaver_proto::EventBody>(&e.event)
+                {
+                    // Another node's typer: known here for `WatchTyping`.
+                    typing.remote(body);
+                }
+                self.on_message(chat, sessions, seen, m).await
+            }
             Err(e) => {
                 self.counters.unreadable.fetch_add(1, Relaxed);
                 tracing::warn!(topic = ?r.topic, error = %e, "dropped an unreadable bus message");

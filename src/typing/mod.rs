@@ -42,10 +42,17 @@ struct Entry {
     broadcast_at: Instant,
 }
 
-/// All typing state of a node.
+/// Remote typers remembered at most (beyond it, expired ones are dropped first).
+const MAX_REMOTE: usize = 10_000;
+
+/// All typing state of a node: its own typers (it broadcasts their starts and stops), and
+/// those of other nodes as their broadcasts told it (so `WatchTyping` answers for the
+/// whole cluster).
 #[derive(Debug, Default)]
 pub struct Typing {
     entries: HashMap<(u64, u64), Entry>,
+    /// (channel, user) → when the indicator expires, typed on another node.
+    remote: HashMap<(u64, u64), Instant>,
 }
 
 impl Typing {
@@ -82,16 +89,37 @@ impl Typing {
             .map(|_| Output::Stopped { channel, user })
     }
 
-    /// Who is typing in `channel` now.
+    /// Who is typing in `channel` now, on any node.
     pub fn typers(&self, channel: u64, now: Instant) -> Vec<u64> {
-        let mut v: Vec<u64> = self
+        let local = self
             .entries
             .iter()
             .filter(|((c, _), e)| *c == channel && e.expires > now)
-            .map(|((_, u), _)| *u)
-            .collect();
+            .map(|((_, u), _)| *u);
+        let remote = self
+            .remote
+            .iter()
+            .filter(|((c, _), e)| *c == channel && **e > now)
+            .map(|((_, u), _)| *u);
+        let mut v: Vec<u64> = local.chain(remote).collect();
         v.sort_unstable();
+        v.dedup();
         v
+    }
+
+    /// Another node broadcast that `user` started typing in `channel`, for `expires_in`.
+    pub fn remote_start(&mut self, channel: u64, user: u64, expires_in: Duration, now: Instant) {
+        if self.remote.len() >= MAX_REMOTE {
+            self.remote.retain(|_, e| *e > now);
+        }
+        if self.remote.len() < MAX_REMOTE {
+            self.remote.insert((channel, user), now + expires_in.min(EXPIRY));
+        }
+    }
+
+    /// Another node broadcast that `user` stopped typing in `channel`.
+    pub fn remote_stop(&mut self, channel: u64, user: u64) {
+        self.remote.remove(&(channel, user));
     }
 
     /// The next expiry, if anyone is typing.
@@ -111,6 +139,7 @@ impl Typing {
             })
             .collect();
         self.entries.retain(|_, e| e.expires > now);
+        self.remote.retain(|_, e| *e > now);
         out.sort_by_key(|o| match o {
             Output::Started { channel, user } | Output::Stopped { channel, user } => (*channel, *user),
         });
@@ -168,6 +197,30 @@ mod tests {
         assert_eq!(
             t.start(1, 7, t0 + 100 * MS),
             Some(Output::Started { channel: 1, user: 7 })
+        );
+    }
+
+    #[test]
+    fn typers_on_other_nodes_are_known_until_they_stop_or_expire() {
+        let t0 = Instant::now();
+        let mut t = Typing::default();
+        t.start(9, 1, t0);
+        t.remote_start(9, 2, EXPIRY, t0);
+        t.remote_start(9, 1, EXPIRY, t0);
+        assert_eq!(t.typers(9, t0), vec![1, 2], "once each");
+        t.remote_stop(9, 2);
+        assert_eq!(t.typers(9, t0), vec![1]);
+        t.remote_start(9, 3, Duration::from_secs(60), t0);
+        assert_eq!(
+            t.typers(9, t0 + EXPIRY),
+            Vec::<u64>::new(),
+            "capped at the expiry; remote ones expire too"
+        );
+        assert!(
+            t.poll(t0 + EXPIRY)
+                .iter()
+                .all(|o| matches!(o, Output::Stopped { user: 1, .. })),
+            "stops are the typer's node's to send"
         );
     }
 

@@ -27,6 +27,8 @@ enum Cmd {
         channel: u64,
         reply: oneshot::Sender<Vec<u64>>,
     },
+    /// A typing broadcast from another node.
+    Remote(EventBody),
 }
 
 /// Handle to the typing task.
@@ -54,7 +56,12 @@ impl TypingHandle {
         let _ = self.tx.send(Cmd::Stop { channel, user });
     }
 
-    /// Who is typing in `channel`.
+    /// A typing broadcast that came from another node (kept for `typers`).
+    pub fn remote(&self, event: EventBody) {
+        let _ = self.tx.send(Cmd::Remote(event));
+    }
+
+    /// Who is typing in `channel`, on any node.
     pub async fn typers(&self, channel: u64) -> Vec<u64> {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Cmd::Typers { channel, reply }).is_err() {
@@ -84,6 +91,23 @@ async fn run(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             Some(Cmd::Stop { channel, user }) => state.stop(channel, user).into_iter().collect(),
             Some(Cmd::Typers { channel, reply }) => {
                 let _ = reply.send(state.typers(channel, now));
+                Vec::new()
+            }
+            Some(Cmd::Remote(e)) => {
+                match e {
+                    EventBody::TypingStarted {
+                        channel_id,
+                        user_id,
+                        expires_in_ms,
+                    } => state.remote_start(
+                        channel_id,
+                        user_id,
+                        std::time::Duration::from_millis(u64::from(expires_in_ms)),
+                        now,
+                    ),
+                    EventBody::TypingStopped { channel_id, user_id } => state.remote_stop(channel_id, user_id),
+                    _ => {}
+                }
                 Vec::new()
             }
         };
