@@ -515,7 +515,14 @@ async fn prober(inner: Arc<Inner>, opt: RedisOptions) {
         } else if !was {
             tracing::info!("cluster bus: Redis answers again");
         }
-        tokio::time::sleep(opt.probe_every).await;
+        // Degraded (the breaker is open): probe again soon — one small publish per node,
+        // jittered, never a storm — so recovery is noticed within about a second.
+        let pause = if back {
+            opt.probe_every
+        } else {
+            opt.probe_every.min(Duration::from_millis(500)) + Duration::from_millis(rand_below(250))
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
