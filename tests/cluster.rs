@@ -826,3 +826,74 @@ async fn redis_killed_and_restarted_during_a_stream_loses_nothing() {
     b.shutdown().await;
     s.drop_db().await;
 }
+
+/// A node process is SIGKILLed during a stream: its client (the resilient native client,
+/// given the cluster's other node) reconnects there, is caught up from the store by seq,
+/// and ends with every message once, in order.
+#[tokio::test]
+async fn a_killed_nodes_client_moves_to_another_node_and_misses_nothing() {
+    use quaver_client::resilient::{Backoff, Resilient, Update};
+    let Some(s) = services("failover").await else { return };
+    let a = node(&s).await;
+    let (mut child, mut pcfg) = node_process(&s).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    // User 2 joins through node a, then lives on the process node.
+    let (_c2, mut l2) = user(&a, 2).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    pcfg.token = Some(token(2));
+    pcfg.keep_alive = Duration::from_millis(100);
+    pcfg.idle_timeout = Duration::from_secs(1);
+    pcfg.alternates = vec![a.quic_addr];
+    if let quaver_client::Trust::Hashes(h) = &mut pcfg.trust {
+        h.push(a.cert_hash());
+    }
+    let mut r = Resilient::start(
+        pcfg,
+        Backoff {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+    );
+    let Some(Update::Connected { ready, .. }) = r.next().await else {
+        panic!("connected to the process node")
+    };
+    assert!(ready.node.starts_with("proc-"), "{}", ready.node);
+    const N: u64 = 100;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            req(&mut l1, send(channel, 20_000 + i, "stream")).await.expect("sent");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    let mut seqs = Vec::new();
+    let mut nodes = vec![ready.node.clone()];
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut killed = false;
+    while (seqs.len() as u64) < N {
+        let Ok(Some(u)) = tokio::time::timeout_at(end, r.next()).await else {
+            break;
+        };
+        match u {
+            Update::Event(EventBody::MessageCreated { seq, message }) if message.channel_id == channel => {
+                seqs.push(seq);
+                if seqs.len() == 20 && !killed {
+                    killed = true;
+                    child.start_kill().expect("SIGKILL the node process");
+                }
+            }
+            Update::Connected { ready, .. } => nodes.push(ready.node.clone()),
+            _ => {}
+        }
+    }
+    sender.await.unwrap();
+    let _ = child.wait().await;
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "every message once, in order, across the failover"
+    );
+    assert_eq!(nodes.len(), 2, "one reconnect: {nodes:?}");
+    assert!(nodes[1].starts_with("it-"), "moved to node a: {nodes:?}");
+    a.shutdown().await;
+    s.drop_db().await;
+}

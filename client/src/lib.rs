@@ -76,6 +76,9 @@ pub struct Config {
     pub keep_alive: Duration,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Other nodes of the same cluster: [`resilient::Resilient`] tries the next one when
+    /// a connection attempt fails (a dead node's clients move to a live one).
+    pub alternates: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             resume: None,
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
+            alternates: Vec::new(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! event log, drops duplicate events by seq, retries sends that were in flight with their
 //! original nonce (the server returns the original message instead of a second one), and
 //! replaces a "zombie" connection whose heartbeat acks stopped, without waiting for the
-//! idle timeout.
+//! idle timeout. With `Config::alternates` (other nodes of a cluster), a failed attempt
+//! moves on to the next node.
 //!
 //! One driver task owns the connection; the handle talks to it over channels.
 
@@ -235,6 +236,11 @@ async fn drive(
 ) {
     let mut mem = Memory::default();
     let mut attempt = 0u32;
+    // The configured node first, then its alternates, round and round.
+    let nodes: Vec<std::net::SocketAddr> = std::iter::once(cfg.addr)
+        .chain(cfg.alternates.iter().copied())
+        .collect();
+    let mut node = 0usize;
     loop {
         cfg.resume = mem.resume();
         // A handshake into a dead path must not wait for the whole idle timeout twice.
@@ -258,6 +264,9 @@ async fn drive(
                 }
                 let wait = backoff.delay(attempt, random_u64());
                 attempt = attempt.saturating_add(1);
+                // Any node of the cluster can serve the session (caught up by seq there).
+                node = (node + 1) % nodes.len();
+                cfg.addr = nodes[node];
                 // Keep accepting requests while waiting; they go out once connected.
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
