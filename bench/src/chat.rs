@@ -26,6 +26,11 @@ pub(crate) struct ChatRun {
     pub(crate) seconds: f64,
     /// Transport.
     pub(crate) transport: Transport,
+    /// Server nodes (more than one: a cluster on `REDIS_URL` and `DATABASE_URL`, sessions
+    /// spread over the nodes by user id, so most deliveries cross Redis).
+    pub(crate) nodes: usize,
+    /// Run even one node on Redis and PostgreSQL (the single-node figure to compare with).
+    pub(crate) on_cluster_services: bool,
 }
 
 /// What a run measured.
@@ -41,8 +46,12 @@ pub(crate) struct ChatResult {
     pub(crate) duplicates: u64,
     /// Deliveries per second over the sending period.
     pub(crate) per_sec: f64,
-    /// Server CPU seconds during the run.
+    /// Server CPU seconds during the run (all nodes).
     pub(crate) cpu_seconds: f64,
+    /// Per node.
+    pub(crate) node_cpu_seconds: Vec<f64>,
+    /// Redis CPU seconds during the run (cluster runs on a local Redis; else 0).
+    pub(crate) redis_cpu_seconds: f64,
     /// Latency percentiles (µs).
     pub(crate) latency: Percentiles,
 }
@@ -62,7 +71,14 @@ impl ChatResult {
 pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::Result<ChatResult> {
     // The benchmark's senders exceed the default per-user send rate on purpose.
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
-    let setup = Setup::start(target, toml, r.transport).await?;
+    let cluster = r.nodes > 1 || r.on_cluster_services;
+    let setup = match (cluster, target) {
+        (false, _) => Setup::start(target, toml, r.transport).await?,
+        (true, crate::server::Target::Spawn(bin)) => {
+            Setup::start_cluster(bin, toml, r.transport, r.nodes.max(1)).await?
+        }
+        _ => bail!("--nodes needs servers the run starts (no --target)"),
+    };
     let Owner {
         mut chat,
         general: ch,
@@ -181,7 +197,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu0 = setup.server.cpu_seconds();
+    let cpu0: Vec<f64> = setup.nodes().map(|s| s.cpu_seconds()).collect();
+    let redis_pid = if cluster { redis_pid() } else { 0 };
+    let redis0 = crate::server::cpu_seconds(redis_pid);
     let own0 = crate::server::cpu_seconds(std::process::id());
     eprintln!("measuring (server pid {})", setup.server.pid);
     let start = Instant::now();
@@ -205,8 +223,10 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         "clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries; load generator CPU {:.2} µs per delivery",
         own * 1e6 / delivered.max(1) as f64
     );
-    let cpu = setup.server.cpu_seconds() - cpu0;
-    setup.server.stop().await;
+    let node_cpu: Vec<f64> = setup.nodes().zip(&cpu0).map(|(s, c0)| s.cpu_seconds() - c0).collect();
+    let cpu = node_cpu.iter().sum();
+    let redis_cpu = crate::server::cpu_seconds(redis_pid) - redis0;
+    setup.stop().await;
     Ok(ChatResult {
         sent,
         expected: sent * r.sessions as u64,
@@ -214,6 +234,24 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         duplicates,
         per_sec: delivered as f64 / sending.max(1e-9),
         cpu_seconds: cpu,
+        node_cpu_seconds: node_cpu,
+        redis_cpu_seconds: redis_cpu,
         latency: percentiles(lat),
     })
+}
+
+/// The pid of the Redis at `REDIS_URL` if it runs on this machine (`INFO server`), else 0.
+fn redis_pid() -> u32 {
+    let Ok(url) = std::env::var("REDIS_URL") else { return 0 };
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "info", "server"])
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -160,6 +160,14 @@ struct ChatArgs {
     /// F3: rates per sender to step through; stops when p99 passes 100 ms or anything is lost.
     #[arg(long, value_delimiter = ',')]
     ramp: Vec<f64>,
+    /// Server nodes: more than one runs a cluster on REDIS_URL and DATABASE_URL (PostgreSQL)
+    /// with the sessions spread over the nodes (F0/F1 across nodes).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Run the node(s) on REDIS_URL and PostgreSQL even with --nodes 1 (the single-node
+    /// figure on the same services, to compare with).
+    #[arg(long)]
+    cluster_services: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -599,8 +607,24 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 rate,
                 seconds: a.seconds,
                 transport,
+                nodes: a.nodes,
+                on_cluster_services: a.cluster_services,
             };
             let r = chat::run(&bin, run).await?;
+            if a.nodes > 1 || a.cluster_services {
+                let per: Vec<String> = r
+                    .node_cpu_seconds
+                    .iter()
+                    .map(|c| format!("{:.2}", c * 1e6 / r.delivered.max(1) as f64))
+                    .collect();
+                eprintln!(
+                    "{} nodes: server CPU µs per delivery by node [{}]; Redis {:.2} µs per delivery ({:.2} s)",
+                    a.nodes,
+                    per.join(", "),
+                    r.redis_cpu_seconds * 1e6 / r.delivered.max(1) as f64,
+                    r.redis_cpu_seconds
+                );
+            }
             println!(
                 "{:>8} {:>7} {:>6} {:>10} {:>12.0} {:>8.3} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11.2}",
                 a.sessions,
@@ -621,6 +645,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 "rate_per_sender": rate, "seconds": a.seconds, "sent": r.sent, "expected": r.expected,
                 "delivered": r.delivered, "duplicates": r.duplicates, "loss": r.loss(), "deliveries_per_sec": r.per_sec,
                 "server_cpu_seconds": r.cpu_seconds, "cpu_us_per_delivery": r.cpu_us_per_delivery(),
+                "nodes": a.nodes, "node_cpu_seconds": r.node_cpu_seconds, "redis_cpu_seconds": r.redis_cpu_seconds,
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
             });
             println!("{json}");

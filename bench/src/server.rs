@@ -77,6 +77,17 @@ impl ServerProc {
     /// Starts `bin serve` on loopback with SQLite in a temporary directory and the given
     /// extra TOML configuration.
     pub(crate) async fn start(bin: &std::path::Path, secret: &str, toml: &str) -> anyhow::Result<Self> {
+        Self::start_env(bin, secret, toml, &[]).await
+    }
+
+    /// Like [`ServerProc::start`], with extra environment (a cluster node: `REDIS_URL`,
+    /// `DATABASE_URL`, its name).
+    pub(crate) async fn start_env(
+        bin: &std::path::Path,
+        secret: &str,
+        toml: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("quaver-bench-srv-{}-{}", std::process::id(), rand_u32()));
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("bench.toml");
@@ -93,6 +104,7 @@ impl ServerProc {
             .env("QUAVER_CERT_DIR", dir.join("certs"))
             .env("QUAVER_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

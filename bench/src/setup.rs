@@ -14,8 +14,10 @@ const SECRET: &str = "quaver-bench-secret-0123456789abcdef";
 
 /// A started server and how to reach it.
 pub(crate) struct Setup {
-    /// The server process.
+    /// The server process (the first node of a cluster).
     pub(crate) server: ServerProc,
+    /// The other nodes of a cluster run (`--nodes`); users are spread over all nodes by id.
+    pub(crate) others: Vec<ServerProc>,
     verifier: Arc<quaver::auth::Verifier>,
     transport: Transport,
     /// First message nonce of this run: a running server (`--target`) remembers every
@@ -54,6 +56,43 @@ impl Setup {
             Target::Running { secret, .. } => secret.as_str(),
             Target::Spawn(_) => SECRET,
         };
+        Self::from_server(server, secret, transport)
+    }
+
+    /// `nodes` server processes on one Redis (`REDIS_URL`) and one PostgreSQL database
+    /// (`DATABASE_URL`), each with the extra TOML configuration.
+    pub(crate) async fn start_cluster(
+        bin: &std::path::Path,
+        toml: &str,
+        transport: Transport,
+        nodes: usize,
+    ) -> anyhow::Result<Self> {
+        let redis = std::env::var("REDIS_URL").map_err(|_| anyhow::anyhow!("--nodes needs REDIS_URL"))?;
+        let db = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))
+            .ok_or_else(|| anyhow::anyhow!("--nodes needs DATABASE_URL=postgres://…"))?;
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut servers = Vec::new();
+        for i in 0..nodes {
+            let env = [
+                ("REDIS_URL", redis.clone()),
+                ("DATABASE_URL", db.clone()),
+                ("QUAVER_REDIS_PREFIX", format!("bench-{run}:")),
+                ("QUAVER_NODE_NAME", format!("bench-{run}-n{i}")),
+            ];
+            servers.push(ServerProc::start_env(bin, SECRET, toml, &env).await?);
+        }
+        let server = servers.remove(0);
+        let mut s = Self::from_server(server, SECRET, transport)?;
+        s.others = servers;
+        Ok(s)
+    }
+
+    fn from_server(server: ServerProc, secret: &str, transport: Transport) -> anyhow::Result<Self> {
         let verifier = Arc::new(quaver::auth::Verifier::hs256(secret.as_bytes())?);
         let nonce_base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -61,15 +100,31 @@ impl Setup {
             .unwrap_or(1);
         Ok(Self {
             server,
+            others: Vec::new(),
             verifier,
             transport,
             nonce_base,
         })
     }
 
-    /// A client configuration for `user`.
+    /// Every node.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &ServerProc> {
+        std::iter::once(&self.server).chain(self.others.iter())
+    }
+
+    /// Stops every node.
+    pub(crate) async fn stop(self) {
+        self.server.stop().await;
+        for s in self.others {
+            s.stop().await;
+        }
+    }
+
+    /// A client configuration for `user` (on node `user % nodes`).
     pub(crate) fn config(&self, user: u64) -> Config {
-        let mut c = Config::new(self.server.quic, self.transport, Trust::Hashes(vec![self.server.hash]));
+        let n = self.nodes().count() as u64;
+        let node = self.nodes().nth((user % n) as usize).unwrap_or(&self.server);
+        let mut c = Config::new(node.quic, self.transport, Trust::Hashes(vec![node.hash]));
         c.token = self.verifier.mint(user, None, Duration::from_secs(3600)).ok();
         c.idle_timeout = Duration::from_secs(30);
         c
@@ -131,7 +186,9 @@ impl Setup {
         for j in joins {
             out.push(j.await??);
         }
-        self.server.quiesce(Duration::from_secs(60)).await;
+        for s in self.nodes() {
+            s.quiesce(Duration::from_secs(60)).await;
+        }
         Ok(out)
     }
 }
