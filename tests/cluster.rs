@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::redis_server::{RedisProcs, free_port, have_redis_server, spawn_redis, wait_ping};
+use common::redis_server::{RedisProcs, free_port, have_redis_server, spawn_redis, start_cluster, wait_ping};
 use common::*;
 use quaver_client::{Client, LaneStream, Transport, connect};
 use quaver_proto::*;
@@ -896,4 +896,47 @@ async fn a_killed_nodes_client_moves_to_another_node_and_misses_nothing() {
     assert!(nodes[1].starts_with("it-"), "moved to node a: {nodes:?}");
     a.shutdown().await;
     s.drop_db().await;
+}
+
+/// The same cluster on a Redis Cluster (3 masters started here): sharded pub/sub between
+/// the nodes, the presence registry's scripts and the identity claims on slots of their own.
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_chat_and_share_presence() {
+    if !have_redis_server() {
+        return;
+    }
+    let procs = start_cluster();
+    let seeds: Vec<String> = procs.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let s = with_database("rcluster", format!("redis+cluster://{}", seeds.join(",")), "rc:".into()).await;
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    for i in 0..20 {
+        req(&mut l1, send(channel, 30_000 + i, "over a Redis Cluster"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        created_seqs(&mut l2, channel, 20, Duration::from_secs(10)).await,
+        (1..=20).collect::<Vec<_>>()
+    );
+    let watcher = connect(&client_config(&b, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let seen = watcher
+        .ready
+        .presences
+        .iter()
+        .find(|p| p.user_id == 1)
+        .map(|p| p.status);
+    assert_eq!(
+        seen,
+        Some(PresenceStatus::Online),
+        "the registry works on a Redis Cluster"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+    drop(procs);
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -220,47 +219,6 @@ async fn assert_all_delivered(a: &dyn PubSub, brx: &mut UnboundedReceiver<Receiv
         "{what}: {} topics never came back: {missing:?}",
         missing.len()
     );
-}
-
-fn start_cluster() -> RedisProcs {
-    let dir = common::tempdir("rcluster");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let children = ports.iter().map(|p| spawn_redis(&dir, *p, true)).collect();
-    let procs = RedisProcs {
-        children,
-        ports: ports.clone(),
-        _dir: dir,
-    };
-    for p in &ports {
-        wait_ping(*p);
-    }
-    let status = Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("create")
-        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("redis-cli runs");
-    assert!(status.success(), "redis-cli --cluster create");
-    // Until every node agrees the cluster is ok.
-    let end = Instant::now() + Duration::from_secs(20);
-    'wait: while Instant::now() < end {
-        for p in &ports {
-            let mut c = redis::Client::open(format!("redis://127.0.0.1:{p}"))
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
-            if !info.contains("cluster_state:ok") {
-                std::thread::sleep(Duration::from_millis(100));
-                continue 'wait;
-            }
-        }
-        return procs;
-    }
-    panic!("the local Redis Cluster never reached cluster_state:ok");
 }
 
 #[tokio::test]

@@ -88,3 +88,45 @@ pub fn wait_ping(port: u16) {
     }
     panic!("redis-server on {port} did not answer");
 }
+
+/// A Redis Cluster of 3 masters on private ports, ready (`cluster_state:ok`).
+pub fn start_cluster() -> RedisProcs {
+    let dir = super::tempdir("rcluster");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let children = ports.iter().map(|p| spawn_redis(&dir, *p, true)).collect();
+    let procs = RedisProcs {
+        children,
+        ports: ports.clone(),
+        _dir: dir,
+    };
+    for p in &ports {
+        wait_ping(*p);
+    }
+    let status = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success(), "redis-cli --cluster create");
+    // Until every node agrees the cluster is ok.
+    let end = Instant::now() + Duration::from_secs(20);
+    'wait: while Instant::now() < end {
+        for p in &ports {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
+            if !info.contains("cluster_state:ok") {
+                std::thread::sleep(Duration::from_millis(100));
+                continue 'wait;
+            }
+        }
+        return procs;
+    }
+    panic!("the local Redis Cluster never reached cluster_state:ok");
+}
