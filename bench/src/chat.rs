@@ -72,13 +72,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     // The benchmark's senders exceed the default per-user send rate on purpose.
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
     let cluster = r.nodes > 1 || r.on_cluster_services;
-    let setup = match (cluster, target) {
-        (false, _) => Setup::start(target, toml, r.transport).await?,
-        (true, crate::server::Target::Spawn(bin)) => {
-            Setup::start_cluster(bin, toml, r.transport, r.nodes.max(1)).await?
-        }
-        _ => bail!("--nodes needs servers the run starts (no --target)"),
-    };
+    let setup = Setup::for_run(target, toml, r.transport, r.nodes, r.on_cluster_services).await?;
     let Owner {
         mut chat,
         general: ch,

@@ -115,6 +115,9 @@ struct SocialArgs {
     /// Presence changes (P1) or typers (T1).
     #[arg(long, default_value_t = 20)]
     count: usize,
+    /// P1 across this many cluster nodes (REDIS_URL and a PostgreSQL DATABASE_URL).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Transport.
     #[arg(long, value_enum, default_value_t = Tr::Quic)]
     transport: Tr,
@@ -671,7 +674,7 @@ async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
         Tr::Webtransport => Transport::WebTransport,
     };
     let r = if which == "presence" {
-        social::presence(&bin, a.members, a.count, transport).await?
+        social::presence(&bin, a.members, a.count, transport, a.nodes).await?
     } else {
         social::typing(&bin, a.members, a.count, transport).await?
     };
@@ -692,7 +695,7 @@ async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
         |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p99.9": p.p999, "max": p.max});
     println!(
         "{}",
-        serde_json::json!({"scenario": which, "transport": transport.name(), "members": a.members, "count": a.count,
+        serde_json::json!({"scenario": which, "transport": transport.name(), "members": a.members, "count": a.count, "nodes": a.nodes,
             "expected": r.expected, "seen": r.seen, "latency_us": j(l), "expiry_us": r.expiry.as_ref().map(j)})
     );
     Ok(())

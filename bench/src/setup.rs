@@ -59,6 +59,22 @@ impl Setup {
         Self::from_server(server, secret, transport)
     }
 
+    /// The servers of a run: `nodes` cluster nodes on Redis and PostgreSQL when `nodes > 1`
+    /// or `cluster` (a single node on the same services, to compare with), else `target`.
+    pub(crate) async fn for_run(
+        target: &Target,
+        toml: &str,
+        transport: Transport,
+        nodes: usize,
+        cluster: bool,
+    ) -> anyhow::Result<Self> {
+        match (nodes > 1 || cluster, target) {
+            (false, _) => Self::start(target, toml, transport).await,
+            (true, Target::Spawn(bin)) => Self::start_cluster(bin, toml, transport, nodes.max(1)).await,
+            _ => bail!("--nodes needs servers the run starts (no --target)"),
+        }
+    }
+
     /// `nodes` server processes on one Redis (`REDIS_URL`) and one PostgreSQL database
     /// (`DATABASE_URL`), each with the extra TOML configuration.
     pub(crate) async fn start_cluster(

@@ -39,10 +39,11 @@ pub(crate) async fn presence(
     members: usize,
     changes: usize,
     transport: Transport,
+    nodes: usize,
 ) -> anyhow::Result<SocialResult> {
     // P1 measures propagation: the subject changes faster than a person's rate limit allows.
     let toml = "[limits]\npresence = { burst = 100000.0, per_sec = 100000.0 }\n";
-    let setup = Setup::start(target, toml, transport).await?;
+    let setup = Setup::for_run(target, toml, transport, nodes, false).await?;
     let owner = setup.owner().await?;
     let obs = observers(&setup, &owner, members, Lane::Presence).await?;
     let mut subject_lane = owner.client.open_lane(Lane::Presence).await?;
@@ -102,7 +103,7 @@ pub(crate) async fn presence(
     for t in tasks {
         lat.extend(t.await?);
     }
-    setup.server.stop().await;
+    setup.stop().await;
     Ok(SocialResult {
         expected: (members * changes) as u64,
         seen: lat.len() as u64,
