@@ -138,24 +138,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let (mut quic, mut http) = (None, None);
-    while quic.is_none() || http.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server starts")
-            .unwrap()
-            .expect("server log");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        };
-        quic = quic.or(field("quic="));
-        http = http.or(field("http="));
-        log.push_str(&line);
-        log.push('\n');
-    }
+    let (quic, http, mut log) = await_addresses(&mut lines).await;
     let reader = tokio::spawn(async move {
         let mut rest = String::new();
         while let Ok(Some(l)) = lines.next_line().await {
@@ -164,7 +147,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         }
         rest
     });
-    let (_, body) = http_get(http.unwrap(), "/cert-hash").await;
+    let (_, body) = http_get(http, "/cert-hash").await;
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
     let mut tokens = Vec::new();
@@ -175,7 +158,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         (Transport::Quic, quaver_client::TokenPlacement::Hello),
     ] {
         let t = token(7 + tokens.len() as u64);
-        let mut cfg = quaver_client::Config::new(quic.unwrap(), transport, quaver_client::Trust::Hashes(vec![hash]));
+        let mut cfg = quaver_client::Config::new(quic, transport, quaver_client::Trust::Hashes(vec![hash]));
         cfg.token = Some(t.clone());
         cfg.token_placement = placement;
         let c = connect(&cfg)
@@ -191,11 +174,7 @@ async fn no_token_reaches_the_log_at_any_level() {
     }
     // A refused token must not be echoed either.
     let bad = format!("{}x", token(99));
-    let mut cfg = quaver_client::Config::new(
-        quic.unwrap(),
-        Transport::WebTransport,
-        quaver_client::Trust::Hashes(vec![hash]),
-    );
+    let mut cfg = quaver_client::Config::new(quic, Transport::WebTransport, quaver_client::Trust::Hashes(vec![hash]));
     cfg.token = Some(bad.clone());
     cfg.token_placement = quaver_client::TokenPlacement::Query;
     assert!(connect(&cfg).await.is_err());

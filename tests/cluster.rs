@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::redis_server::{RedisProcs, free_port, have_redis_server, spawn_redis, start_cluster, wait_ping};
+use common::redis_server::{have_redis_server, spawn_redis, start_cluster, start_single, wait_ping};
 use common::*;
 use quaver_client::{Client, LaneStream, Transport, connect};
 use quaver_proto::*;
@@ -199,38 +199,6 @@ async fn created_seqs(lane: &mut LaneStream, channel: u64, n: usize, limit: Dura
     seqs
 }
 
-/// Guild owned by user 1 on `a`, joined by the given users (each on its node): (guild,
-/// general channel, invite code).
-async fn guild(owner: &mut LaneStream, owner_client: &Client, joiners: Vec<&mut LaneStream>) -> (u64, u64) {
-    let Ok(ResponseBody::Guild(g)) = req(owner, RequestBody::CreateGuild { name: "g".into() }).await else {
-        panic!("guild")
-    };
-    let Ok(ResponseBody::Invite(inv)) = req(
-        owner,
-        RequestBody::CreateInvite {
-            guild_id: g.id,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
-    )
-    .await
-    else {
-        panic!("invite")
-    };
-    for j in joiners {
-        assert!(matches!(
-            req(j, RequestBody::JoinGuild { code: inv.code.clone() }).await,
-            Ok(ResponseBody::Guild(_))
-        ));
-    }
-    let Ok(Ok(FetchResponse::Channels { channels })) =
-        owner_client.fetch(FetchRequest::Channels { guild_id: g.id }).await
-    else {
-        panic!("channels")
-    };
-    (g.id, channels[0].id)
-}
-
 /// Two nodes in this process on `hub`, sharing one SQLite file.
 async fn hub_nodes(hub: &quaver::cluster::pubsub::MemoryHub) -> (quaver::Server, quaver::Server) {
     let db = format!("sqlite://{}?mode=rwc", tempdir("hub-db").join("shared.db").display());
@@ -255,7 +223,7 @@ async fn events_the_bus_reorders_reach_sessions_in_seq_order() {
     let (a, b) = hub_nodes(&hub).await;
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
     // Settle: the first message arrives normally.
     req(&mut l1, send(channel, 1, "first")).await.unwrap();
     assert_eq!(created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await, vec![1]);
@@ -297,7 +265,7 @@ async fn a_bus_outage_degrades_and_is_caught_up_from_the_store() {
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
     let (_c3, mut l3) = user(&a, 3).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2, &mut l3]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2, &mut l3]).await;
     // Past the check a new subscription gets (so only the recovery can catch node b up).
     tokio::time::sleep(Duration::from_millis(800)).await;
     hub.cut(true);
@@ -356,7 +324,7 @@ async fn typing_notifications_and_read_states_cross_nodes() {
     let (a, b) = hub_nodes(&hub).await;
     let (c1, mut l1) = user(&a, 1).await;
     let (c2, mut l2) = user(&b, 2).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
     let mut t1 = c1.open_lane(Lane::Typing).await.unwrap();
     let mut t2 = c2.open_lane(Lane::Typing).await.unwrap();
     let mut n2 = c2.open_lane(Lane::Notifications).await.unwrap();
@@ -429,7 +397,7 @@ async fn two_nodes_sending_into_one_channel_are_seen_in_order_once_on_both() {
     let (_c2, mut l2) = user(&b, 2).await;
     let (_c3, mut r3) = user(&a, 3).await;
     let (_c4, mut r4) = user(&b, 4).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2, &mut r3, &mut r4]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2, &mut r3, &mut r4]).await;
     const EACH: u64 = 60;
     let s1 = tokio::spawn(async move {
         for i in 0..EACH {
@@ -478,7 +446,7 @@ async fn dedupe_membership_and_catch_up_work_across_nodes() {
     let (a, b) = (node(&s).await, node(&s).await);
     let (c1, mut l1) = user(&a, 1).await;
     let (c2, mut l2) = user(&b, 2).await;
-    let (g, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (g, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
 
     // Dedupe across nodes: the same (author, nonce) on node b is the original.
     let Ok(ResponseBody::MessageSent { message_id, seq, .. }) = req(&mut l1, send(channel, 77, "once")).await else {
@@ -607,31 +575,13 @@ async fn node_process(s: &Services) -> (tokio::process::Child, quaver_client::Co
         .expect("node process starts");
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut quic, mut http) = (None, None);
-    while quic.is_none() || http.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("node process starts in time")
-            .unwrap()
-            .expect("node process log");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        };
-        quic = quic.or(field("quic="));
-        http = http.or(field("http="));
-    }
+    let (quic, http, _) = await_addresses(&mut lines).await;
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (_, body) = http_get(http.expect("http address"), "/cert-hash").await;
+    let (_, body) = http_get(http, "/cert-hash").await;
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
-    let cfg = quaver_client::Config::new(
-        quic.expect("quic address"),
-        Transport::Quic,
-        quaver_client::Trust::Hashes(vec![hash]),
-    );
+    let cfg = quaver_client::Config::new(quic, Transport::Quic, quaver_client::Trust::Hashes(vec![hash]));
     (child, cfg)
 }
 
@@ -646,7 +596,7 @@ async fn presence_merges_across_nodes_and_a_dead_node_goes_offline() {
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
     let (_c3, mut l3) = user(&a, 3).await;
-    guild(&mut l1, &c1, vec![&mut l2, &mut l3]).await;
+    shared_guild(&c1, &mut l1, vec![&mut l2, &mut l3]).await;
     drop(c1);
     // User 1 on node a (desktop); user 2 on node b sees it in Ready and live.
     let d1 = connect(&client_config(&a, Transport::Quic, Some(token(1))))
@@ -767,19 +717,13 @@ async fn redis_killed_and_restarted_during_a_stream_loses_nothing() {
     if !have_redis_server() {
         return;
     }
-    let dir = tempdir("redis-restart");
-    let port = free_port();
-    let mut procs = RedisProcs {
-        children: vec![spawn_redis(&dir, port, false)],
-        ports: vec![port],
-        _dir: dir.clone(),
-    };
-    wait_ping(port);
+    let (mut procs, port) = start_single("redis-restart");
+    let dir = procs._dir.clone();
     let s = with_database("restart", format!("redis://127.0.0.1:{port}"), "rr:".into()).await;
     let (a, b) = (node(&s).await, node(&s).await);
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
     const N: u64 = 150;
     let sender = tokio::spawn(async move {
         let mut acked = Vec::new();
@@ -839,7 +783,7 @@ async fn a_killed_nodes_client_moves_to_another_node_and_misses_nothing() {
     let (c1, mut l1) = user(&a, 1).await;
     // User 2 joins through node a, then lives on the process node.
     let (_c2, mut l2) = user(&a, 2).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
     pcfg.token = Some(token(2));
     pcfg.keep_alive = Duration::from_millis(100);
     pcfg.idle_timeout = Duration::from_secs(1);
@@ -911,7 +855,7 @@ async fn two_nodes_on_a_redis_cluster_chat_and_share_presence() {
     let (a, b) = (node(&s).await, node(&s).await);
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
-    let (_, channel) = guild(&mut l1, &c1, vec![&mut l2]).await;
+    let (_, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
     for i in 0..20 {
         req(&mut l1, send(channel, 30_000 + i, "over a Redis Cluster"))
             .await

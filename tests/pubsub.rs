@@ -262,14 +262,8 @@ async fn an_outage_degrades_and_recovers() {
     if !have_redis_server() {
         return;
     }
-    let dir = common::tempdir("routage");
-    let port = free_port();
-    let mut procs = RedisProcs {
-        children: vec![spawn_redis(&dir, port, false)],
-        ports: vec![port],
-        _dir: dir.clone(),
-    };
-    wait_ping(port);
+    let (mut procs, port) = start_single("routage");
+    let dir = procs._dir.clone();
     let target = RedisTarget::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
     let opt = RedisOptions {
         buffer: 50,

@@ -87,17 +87,7 @@ impl PresenceState {
 
     /// What others see of `user` now.
     pub fn visible(&self, user: u64) -> Presence {
-        let offline = Presence {
-            user_id: user,
-            status: PresenceStatus::Offline,
-            client_status: ClientStatus {
-                desktop: PresenceStatus::Offline,
-                mobile: PresenceStatus::Offline,
-                web: PresenceStatus::Offline,
-            },
-            custom_status: None,
-            activity: None,
-        };
+        let offline = registry::offline(user);
         let Some(u) = self.users.get(&user) else { return offline };
         if u.sessions.is_empty() {
             // In the grace period: still what was last published.

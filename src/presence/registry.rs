@@ -19,6 +19,8 @@ pub mod redis;
 use quaver_proto::codec::{decode, encode_payload};
 use quaver_proto::{ClientStatus, Presence, PresenceStatus};
 
+use super::rank;
+
 /// One node's part of a user's presence: raw statuses (`invisible` kept, not yet hidden).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
@@ -68,13 +70,18 @@ impl Part {
     }
 }
 
-fn rank(s: PresenceStatus) -> u8 {
-    match s {
-        PresenceStatus::Offline => 0,
-        PresenceStatus::Idle => 1,
-        PresenceStatus::Online => 2,
-        PresenceStatus::Dnd => 3,
-        PresenceStatus::Invisible => 4,
+/// `user` as others see them with nothing to show.
+pub fn offline(user: u64) -> Presence {
+    Presence {
+        user_id: user,
+        status: PresenceStatus::Offline,
+        client_status: ClientStatus {
+            desktop: PresenceStatus::Offline,
+            mobile: PresenceStatus::Offline,
+            web: PresenceStatus::Offline,
+        },
+        custom_status: None,
+        activity: None,
     }
 }
 
@@ -100,17 +107,7 @@ pub fn merge<'a>(user: u64, parts: impl IntoIterator<Item = &'a Part>) -> Presen
     }
     let status = max(max(cs.desktop, cs.mobile), cs.web);
     if matches!(status, PresenceStatus::Invisible | PresenceStatus::Offline) {
-        return Presence {
-            user_id: user,
-            status: PresenceStatus::Offline,
-            client_status: ClientStatus {
-                desktop: PresenceStatus::Offline,
-                mobile: PresenceStatus::Offline,
-                web: PresenceStatus::Offline,
-            },
-            custom_status: None,
-            activity: None,
-        };
+        return offline(user);
     }
     Presence {
         user_id: user,

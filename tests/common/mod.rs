@@ -99,6 +99,32 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Reads a server process's log until it reports its addresses (`quic=… http=…`, within
+/// 30 s): (QUIC, HTTP, the log read so far).
+pub async fn await_addresses(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) -> (SocketAddr, SocketAddr, String) {
+    let mut log = String::new();
+    let (mut quic, mut http) = (None, None);
+    while quic.is_none() || http.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server log");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        };
+        quic = quic.or(field("quic="));
+        http = http.or(field("http="));
+        log.push_str(&line);
+        log.push('\n');
+    }
+    (quic.unwrap(), http.unwrap(), log)
+}
+
 /// Polls `f` every 20 ms until it returns true or `limit` passes.
 pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + limit;

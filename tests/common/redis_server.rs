@@ -130,3 +130,17 @@ pub fn start_cluster() -> RedisProcs {
     }
     panic!("the local Redis Cluster never reached cluster_state:ok");
 }
+
+/// One redis-server on a private port, answering: the processes and the port (restart it
+/// with `spawn_redis(&procs._dir, port, false)`).
+pub fn start_single(tag: &str) -> (RedisProcs, u16) {
+    let dir = super::tempdir(tag);
+    let port = free_port();
+    let procs = RedisProcs {
+        children: vec![spawn_redis(&dir, port, false)],
+        ports: vec![port],
+        _dir: dir,
+    };
+    wait_ping(port);
+    (procs, port)
+}
