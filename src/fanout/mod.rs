@@ -13,6 +13,16 @@
 //! its topic (applied here at once when the user is local, and sent on the user's own
 //! topic for the node that holds their sessions); a guild change drops every node's
 //! cached permission state.
+//!
+//! What a node publishes it also delivers to its own sessions directly (its copy from the
+//! bus is recognised by origin and skipped), so same-node traffic never waits for — or
+//! depends on — Redis. Channel events carry their seq and pass through a per-channel
+//! sequencer ([`order`]): early ones are held briefly, then the channel is caught up from
+//! the store. Those store reads run beside the delivery loop (at most [`STORE_READS`] at
+//! once), so a slow database delays only the channels being caught up. Sessions open in
+//! line with delivery ([`Fanout::open`]): the positions their `Ready` reports are exactly
+//! where live delivery to them starts. Presence envelopes carry a per-user version from the
+//! cluster registry; an older one than already delivered is dropped.
 
 pub mod envelope;
 pub mod index;
@@ -504,6 +514,12 @@ impl Fanout {
             return;
         };
         let mut seen = Recent::default();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let reads = Reads {
+            done: done_tx,
+            gate: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
+            chat: chat.clone(),
+        };
         let mut health = self.pubsub.health();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -523,10 +539,11 @@ impl Fanout {
                     Some(r) => self.on_received(&chat, &sessions, &typing, &mut seen, r).await,
                     None => break,
                 },
+                Some(d) = done_rx.recv() => self.on_read(&chat, &sessions, &reads, d).await,
                 _ = hold => {
                     let due = self.state().order.due(Instant::now());
                     for c in due {
-                        self.catch_up(&chat, &sessions, c).await;
+                        reads.catch_up(c);
                     }
                 }
                 _ = tick.tick() => {
@@ -536,7 +553,7 @@ impl Fanout {
                         self.verify_all();
                     }
                     health = now;
-                    self.verify_due(&chat, &sessions).await;
+                    self.verify_due(&reads);
                 }
             }
         }
@@ -637,26 +654,34 @@ impl Fanout {
         }
     }
 
-    /// Reads a channel's log after where delivery stands, and delivers in order.
-    async fn catch_up(&self, chat: &Chat, sessions: &Sessions, c: CatchUp) {
-        let read = match chat.channel_log(c.channel, c.after, CATCH_UP_LIMIT).await {
-            Ok(events) => {
-                let complete = events.len() < CATCH_UP_LIMIT as usize;
-                let items = events
-                    .into_iter()
-                    .map(|(seq, body)| (seq, self.channel_envelope(c.guild, c.channel, Some(seq), body)))
-                    .collect();
-                Some((items, complete))
+    /// A store read came back: deliver what it unblocks, or check what it found.
+    async fn on_read(&self, chat: &Chat, sessions: &Sessions, reads: &Reads, d: ReadDone) {
+        match d {
+            ReadDone::Log(c, read) => {
+                let read = read.map(|(events, complete)| {
+                    let items = events
+                        .into_iter()
+                        .map(|(seq, body)| (seq, self.channel_envelope(c.guild, c.channel, Some(seq), body)))
+                        .collect();
+                    (items, complete)
+                });
+                let outs = self.state().order.fill(c.channel, read, Instant::now());
+                let n = outs.iter().filter(|o| matches!(o, Out::Item(_))).count();
+                self.counters.caught_up.fetch_add(n as u64, Relaxed);
+                self.deliver_all(chat, sessions, outs).await;
             }
-            Err(e) => {
-                tracing::warn!(channel = c.channel, error = %e, "catching a channel up from the store failed; trying again");
-                None
+            ReadDone::Seqs(_, Some(seqs)) => {
+                for (ch, seq) in seqs {
+                    let c = self.state().order.check(ch, seq);
+                    if let Some(c) = c {
+                        reads.catch_up(c);
+                    }
+                }
             }
-        };
-        let outs = self.state().order.fill(c.channel, read, Instant::now());
-        let n = outs.iter().filter(|o| matches!(o, Out::Item(_))).count();
-        self.counters.caught_up.fetch_add(n as u64, Relaxed);
-        self.deliver_all(chat, sessions, outs).await;
+            ReadDone::Seqs(t, None) => {
+                self.state().verify.push_back((Instant::now() + VERIFY_AFTER, t));
+            }
+        }
     }
 
     /// Checks every subscribed guild and DM topic against the store (after an outage).
@@ -672,8 +697,9 @@ impl Fanout {
         st.verify.extend(topics.into_iter().map(|t| (now, t)));
     }
 
-    /// New subscriptions whose time came: channels behind the store are caught up.
-    async fn verify_due(&self, chat: &Chat, sessions: &Sessions) {
+    /// New subscriptions whose time came: their channels' positions are read (and those
+    /// behind the store caught up when the read is back).
+    fn verify_due(&self, reads: &Reads) {
         let now = Instant::now();
         let mut due = Vec::new();
         {
@@ -689,21 +715,7 @@ impl Fanout {
         due.sort_unstable();
         due.dedup();
         for t in due {
-            let (guild, channel) = (t.guild_id(), t.channel_id().unwrap_or(0));
-            let seqs = match chat.current_seqs(guild, channel).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(topic = ?t, error = %e, "checking channel positions failed; trying again");
-                    self.state().verify.push_back((now + VERIFY_AFTER, t));
-                    continue;
-                }
-            };
-            for (ch, seq) in seqs {
-                let c = self.state().order.check(ch, seq);
-                if let Some(c) = c {
-                    self.catch_up(chat, sessions, c).await;
-                }
-            }
+            reads.seqs(t);
         }
     }
 
@@ -815,6 +827,64 @@ impl Fanout {
         }
         self.counters.envelopes.fetch_add(1, Relaxed);
         self.counters.deliveries.fetch_add(n, Relaxed);
+    }
+}
+
+/// Store reads the delivery loop has in flight at most (catch-ups after an outage must not
+/// take every database connection).
+const STORE_READS: usize = 4;
+
+/// A store read for the delivery loop, done.
+enum ReadDone {
+    /// A channel's log after a position (`None`: the read failed).
+    Log(CatchUp, Option<(Vec<(u64, Bytes)>, bool)>),
+    /// Where a topic's channels stand (`None`: the read failed).
+    Seqs(Topic, Option<Vec<(u64, u64)>>),
+}
+
+/// Runs the delivery loop's store reads beside it, so a slow or failing database delays
+/// only the channels being caught up, never the loop (every other delivery goes on).
+struct Reads {
+    done: mpsc::UnboundedSender<ReadDone>,
+    gate: Arc<tokio::sync::Semaphore>,
+    chat: Arc<Chat>,
+}
+
+impl Reads {
+    /// Reads `c`'s channel log after its position.
+    fn catch_up(&self, c: CatchUp) {
+        let (chat, done, gate) = (self.chat.clone(), self.done.clone(), self.gate.clone());
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let read = match chat.channel_log(c.channel, c.after, CATCH_UP_LIMIT).await {
+                Ok(events) => {
+                    let complete = events.len() < CATCH_UP_LIMIT as usize;
+                    Some((events, complete))
+                }
+                Err(e) => {
+                    tracing::warn!(channel = c.channel, error = %e, "catching a channel up from the store failed; trying again");
+                    None
+                }
+            };
+            let _ = done.send(ReadDone::Log(c, read));
+        });
+    }
+
+    /// Reads where `t`'s channels stand.
+    fn seqs(&self, t: Topic) {
+        let (chat, done, gate) = (self.chat.clone(), self.done.clone(), self.gate.clone());
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let (guild, channel) = (t.guild_id(), t.channel_id().unwrap_or(0));
+            let seqs = match chat.current_seqs(guild, channel).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(topic = ?t, error = %e, "checking channel positions failed; trying again");
+                    None
+                }
+            };
+            let _ = done.send(ReadDone::Seqs(t, seqs));
+        });
     }
 }
 
