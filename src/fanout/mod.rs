@@ -18,7 +18,7 @@
 //! bus is recognised by origin and skipped), so same-node traffic never waits for — or
 //! depends on — Redis. Channel events carry their seq and pass through a per-channel
 //! sequencer ([`order`]): early ones are held briefly, then the channel is caught up from
-//! the store. Those store reads run beside the delivery loop (at most [`STORE_READS`] at
+//! the store. Those store reads run beside the delivery loop (at most four at
 //! once), so a slow database delays only the channels being caught up. Sessions open in
 //! line with delivery ([`Fanout::open`]): the positions their `Ready` reports are exactly
 //! where live delivery to them starts. Presence envelopes carry a per-user version from the
