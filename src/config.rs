@@ -60,6 +60,10 @@ pub struct Config {
     /// Prepended to every Redis key and channel name, so several clusters can share one
     /// Redis. Default empty.
     pub redis_prefix: String,
+    /// `host:port` at which clients reach this node's QUIC endpoint, announced to clients
+    /// sent here from another node (voice). Default: the bound QUIC address — set it in a
+    /// cluster whose nodes listen on `0.0.0.0`.
+    pub public_addr: Option<String>,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -204,6 +208,7 @@ impl Default for Config {
             database: None,
             redis: None,
             redis_prefix: String::new(),
+            public_addr: None,
             node_id: None,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -290,6 +295,9 @@ pub struct ConfigArgs {
     /// Prefix of every Redis key and channel (several clusters on one Redis) [default: none].
     #[arg(long, env = "QUAVER_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// host:port clients reach this node at (announced for voice in a cluster) [default: the QUIC address].
+    #[arg(long, env = "QUAVER_PUBLIC_ADDR")]
+    pub public_addr: Option<String>,
     /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
     #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
@@ -406,7 +414,7 @@ impl ConfigArgs {
         }
         set_opt! {
             cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
-            database => database, node_id => node_id, redis => redis,
+            database => database, node_id => node_id, redis => redis, public_addr => public_addr,
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }

@@ -884,3 +884,105 @@ async fn two_nodes_on_a_redis_cluster_chat_and_share_presence() {
     s.drop_db().await;
     drop(procs);
 }
+
+/// A voice channel lives on one node: a join from another node is sent there
+/// (`VoiceServer`), the native client follows it, and both participants hear each other in
+/// one SFU; once the channel empties its lease is released and the next join homes it
+/// where it arrives; when its node dies, the lease expires and the channel re-homes.
+#[tokio::test]
+async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
+    use quaver_client::voice::join_voice;
+    use quaver_proto::datagram::{AudioLevel, Uplink};
+    let Some(s) = services("voice").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let Ok(ResponseBody::Channel(vc)) = req(
+        &mut l1,
+        RequestBody::CreateChannel {
+            guild_id: g,
+            kind: ChannelKind::Voice,
+            name: "talk".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("voice channel")
+    };
+    let cfg1 = client_config(&a, Transport::Quic, Some(token(1)));
+    let cfg2 = client_config(&b, Transport::Quic, Some(token(2)));
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let j1 = join_voice(&mut v1, &cfg1, vc.id, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j1.remote.is_none(), "the first join homes the channel on node a");
+    let ResponseBody::VoiceJoined { slot: slot1, .. } = j1.joined else {
+        panic!("{:?}", j1.joined)
+    };
+    let j2 = join_voice(&mut v2, &cfg2, vc.id, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j2.remote.is_some(), "a join on node b is sent to node a");
+    let ResponseBody::VoiceJoined { participants, .. } = &j2.joined else {
+        panic!("{:?}", j2.joined)
+    };
+    assert_eq!(participants.len(), 2, "one room: {participants:?}");
+    // User 1 speaks on node a; user 2 hears it through their session there.
+    let listener = j2.client(&c2);
+    let speak = async {
+        for seq in 0..40u16 {
+            let h = Uplink {
+                flags: 0,
+                level: AudioLevel::new(20, true),
+                seq,
+                timestamp: u32::from(seq) * 960,
+            };
+            let _ = c1.send_voice(&h, &[7, 7, 7]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let hear = async {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut heard = 0;
+        while let Ok(Ok((h, payload))) = tokio::time::timeout_at(end, listener.recv_voice()).await {
+            if h.slot == slot1 && payload[..] == [7, 7, 7] {
+                heard += 1;
+                if heard >= 10 {
+                    break;
+                }
+            }
+        }
+        heard
+    };
+    let ((), heard) = tokio::join!(speak, hear);
+    assert!(heard >= 10, "user 2 heard {heard} of user 1's frames");
+    // Both leave: the lease is released, and a join on node b homes the channel there.
+    req(&mut v1, RequestBody::LeaveVoice).await.unwrap();
+    let (remote2, mut remote_lane) = j2.remote.unwrap();
+    req(&mut remote_lane, RequestBody::LeaveVoice).await.unwrap();
+    drop((remote2, remote_lane));
+    tokio::time::sleep(quaver::voice::lease::RENEW_EVERY + Duration::from_millis(500)).await;
+    let j2b = join_voice(&mut v2, &cfg2, vc.id, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j2b.remote.is_none(), "released: the channel now lives on node b");
+    // Node b goes away without releasing (its tasks stop): after the lease's TTL, a join
+    // on node a homes the channel there again.
+    drop(j2b);
+    b.shutdown().await;
+    tokio::time::sleep(quaver::voice::lease::LEASE_TTL + Duration::from_millis(500)).await;
+    let j1b = join_voice(&mut v1, &cfg1, vc.id, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j1b.remote.is_none(), "re-homed on node a after node b's lease expired");
+    a.shutdown().await;
+    s.drop_db().await;
+}

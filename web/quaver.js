@@ -326,6 +326,7 @@ const ResponseBody = tagged([
   ['Relationship', Relationship.fields],
   ['VoiceJoined', [cid, ['slot', T.u16], ['participants', vec(VoiceState)]]],
   ['VoiceStats', [['participants', vec(VoiceParticipantStats)]]],
+  ['VoiceServer', [cid, ['endpoint', T.string], ['cert_hashes', vec(T.bytes)]]],
 ]);
 const seq = ['seq', T.u64];
 const EventBody = tagged([

@@ -8,6 +8,7 @@
 pub mod raw;
 pub mod relay;
 pub mod resilient;
+pub mod voice;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1000,6 +1000,17 @@ pub enum ResponseBody {
         /// Per participant.
         participants: Vec<VoiceParticipantStats>,
     },
+    /// The voice channel lives on another node of the cluster (answer to `JoinVoice`): open
+    /// a session there with the same token and send `JoinVoice` on it.
+    VoiceServer {
+        /// The channel.
+        channel_id: u64,
+        /// `host:port` of that node's QUIC / WebTransport endpoint.
+        endpoint: String,
+        /// SHA-256 of that node's certificates when they are generated development ones
+        /// (for pinning or `serverCertificateHashes`); empty with a real certificate.
+        cert_hashes: Vec<Vec<u8>>,
+    },
 }
 
 /// Events pushed by the server on a lane. Channel events (`Message*`, `Reaction*`) carry

@@ -423,6 +423,19 @@ fn vectors() -> Vec<Vector> {
             json!({"id": 3, "body": {"type": "JoinVoice", "channel_id": "4", "self_mute": false, "self_deaf": true}}),
         ),
         v(
+            "ack_voice_server",
+            "ServerLane",
+            ServerLane::Ack {
+                id: 3,
+                body: ResponseBody::VoiceServer {
+                    channel_id: 4,
+                    endpoint: "10.0.0.2:4433".into(),
+                    cert_hashes: vec![vec![0xab; 32]],
+                },
+            },
+            json!({"type": "Ack", "id": 3, "body": {"type": "VoiceServer", "channel_id": "4", "endpoint": "10.0.0.2:4433", "cert_hashes": [{"$bytes": "ab".repeat(32)}]}}),
+        ),
+        v(
             "event_voice_speaking",
             "ServerLane",
             ServerLane::Event {

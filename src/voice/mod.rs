@@ -5,6 +5,7 @@
 //! QUIC). Queues are short and full ones drop: late audio is worse than lost audio.
 //! Voice state (joins, leaves, mutes, speaking) goes to everyone who can see the channel.
 
+pub mod lease;
 pub mod sfu;
 
 use std::collections::HashMap;
@@ -208,6 +209,8 @@ pub struct Voice {
     states: Arc<Mutex<HashMap<u64, VoiceState>>>,
     /// Counters.
     pub metrics: Arc<VoiceMetrics>,
+    /// In a cluster: which node each voice channel lives on.
+    leases: std::sync::OnceLock<Arc<lease::VoiceLeases>>,
 }
 
 fn err(code: ErrorCode, m: &str) -> ErrorBody {
@@ -229,6 +232,31 @@ impl Voice {
             members: Mutex::new(HashMap::new()),
             states: Arc::default(),
             metrics: Arc::default(),
+            leases: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// In a cluster: voice channels live where their lease says (set once, at start).
+    pub fn set_leases(&self, leases: Arc<lease::VoiceLeases>) {
+        let _ = self.leases.set(leases);
+    }
+
+    /// Keeps this node's voice leases while their channels have participants here, and
+    /// releases the others; runs until the server stops.
+    pub async fn keep_leases(self: Arc<Self>) {
+        let Some(leases) = self.leases.get().cloned() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(lease::RENEW_EVERY).await;
+            let active: std::collections::HashSet<u64> = self
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|m| m.channel_id)
+                .collect();
+            leases.renew(&active).await;
         }
     }
 
@@ -307,6 +335,23 @@ impl Voice {
             && m.session_id == session_id
         {
             return Err(err(ErrorCode::BAD_REQUEST, "already in this voice channel"));
+        }
+        if let Some(leases) = self.leases.get() {
+            match leases.claim(channel_id).await {
+                Ok(lease::Holder::Here) => {}
+                Ok(lease::Holder::Elsewhere { endpoint, cert_hashes }) => {
+                    return Ok(ResponseBody::VoiceServer {
+                        channel_id,
+                        endpoint,
+                        cert_hashes,
+                    });
+                }
+                // Redis away: the channel is served here (it may split across nodes until
+                // its participants rejoin); voice on one node keeps working.
+                Err(e) => {
+                    tracing::warn!(channel = channel_id, error = %e, "voice lease unavailable: joining on this node")
+                }
+            }
         }
         if limit > 0 {
             let here = self
