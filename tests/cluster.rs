@@ -386,6 +386,59 @@ async fn typing_notifications_and_read_states_cross_nodes() {
     b.shutdown().await;
 }
 
+/// Permissions across nodes: an overwrite set on node a that hides a channel from a
+/// member stops its events reaching that member's session on node b (node b's cached
+/// permission state is dropped by the guild change), and lifting it brings them back.
+#[tokio::test]
+async fn a_permission_change_on_one_node_applies_to_delivery_on_the_other() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (g, channel) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    req(&mut l1, send(channel, 1, "visible")).await.unwrap();
+    assert_eq!(created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await, vec![1]);
+    const VIEW: u64 = 1 << 10;
+    let hide = RequestBody::SetOverwrite {
+        channel_id: channel,
+        target: OverwriteTarget::Role(g),
+        allow: 0,
+        deny: VIEW,
+    };
+    req(&mut l1, hide).await.unwrap();
+    let removed = event_where(
+        &mut l2,
+        Duration::from_secs(5),
+        |e| matches!(e, EventBody::ChannelRemoved { channel_id } if *channel_id == channel),
+    )
+    .await;
+    assert!(removed.is_some(), "node b's member is told the channel is gone");
+    req(&mut l1, send(channel, 2, "hidden")).await.unwrap();
+    assert!(
+        created_seqs(&mut l2, channel, 1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "a hidden channel's message must not reach node b's member"
+    );
+    req(
+        &mut l1,
+        RequestBody::DeleteOverwrite {
+            channel_id: channel,
+            target: OverwriteTarget::Role(g),
+        },
+    )
+    .await
+    .unwrap();
+    let _ = event_where(&mut l2, Duration::from_secs(5), |e| {
+        matches!(e, EventBody::ChannelUpdated { .. })
+    })
+    .await;
+    req(&mut l1, send(channel, 3, "visible again")).await.unwrap();
+    assert_eq!(created_seqs(&mut l2, channel, 1, Duration::from_secs(5)).await, vec![3]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Two nodes publish into one channel at once; a reader on each node sees every message
 /// exactly once, in seq order, with no hole — though the two nodes' events reach each
 /// reader's node interleaved by Redis, not in seq order.
