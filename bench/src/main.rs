@@ -24,6 +24,7 @@
 //! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
 
 mod chat;
+mod failover;
 mod idle;
 mod resume;
 mod server;
@@ -72,6 +73,35 @@ enum Scenario {
     Resume(ResumeArgs),
     /// H4: fetch replies never read; server memory while they wait.
     Unread(UnreadArgs),
+    /// R2: a two-node cluster streaming while Redis, or one node, is SIGKILLed (needs
+    /// redis-server on the PATH and DATABASE_URL=postgres://…).
+    Failover(FailoverArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FaultArg {
+    /// SIGKILL Redis, restart it 2 s later.
+    Redis,
+    /// SIGKILL the node the sender is not on.
+    Node,
+}
+
+#[derive(clap::Args)]
+struct FailoverArgs {
+    /// The fault.
+    #[arg(long, value_enum, default_value_t = FaultArg::Redis)]
+    fault: FaultArg,
+    /// Resilient receivers, spread over both nodes.
+    #[arg(long, default_value_t = 20)]
+    clients: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds of streaming (the fault a third of the way in).
+    #[arg(long, default_value_t = 12.0)]
+    seconds: f64,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -334,6 +364,39 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
+        Scenario::Failover(a) => {
+            let server::Target::Spawn(bin) = a.server.target()? else {
+                anyhow::bail!("failover starts its own nodes (no --target)");
+            };
+            let fault = match a.fault {
+                FaultArg::Redis => failover::Fault::Redis,
+                FaultArg::Node => failover::Fault::Node,
+            };
+            let r = failover::run(&bin, fault, a.clients, a.rate, a.seconds).await?;
+            println!(
+                "failover ({:?}): {} messages to {} receivers on 2 nodes; lost {} duplicated {} out of order {}; {} receivers reconnected; every receiver live again {:.2} s and caught up {:.2} s after the fault",
+                fault,
+                r.sent,
+                a.clients,
+                r.lost,
+                r.duplicated,
+                r.reordered,
+                r.reconnected,
+                r.recovery_seconds,
+                r.caught_up_seconds
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "failover", "fault": format!("{fault:?}"), "clients": a.clients, "rate": a.rate,
+                    "seconds": a.seconds, "sent": r.sent, "lost": r.lost, "duplicated": r.duplicated, "reordered": r.reordered,
+                    "reconnected": r.reconnected, "recovery_seconds": r.recovery_seconds, "caught_up_seconds": r.caught_up_seconds})
+            );
+            anyhow::ensure!(
+                r.lost == 0 && r.duplicated == 0 && r.reordered == 0,
+                "lost, duplicated or reordered messages"
+            );
+            Ok(())
+        }
         Scenario::Unread(a) => {
             let bin = a.server.target()?;
             let r = unread::run(&bin, a.connections, a.fetches, Duration::from_secs(a.hold_seconds)).await?;

@@ -84,6 +84,18 @@ impl Setup {
         nodes: usize,
     ) -> anyhow::Result<Self> {
         let redis = std::env::var("REDIS_URL").map_err(|_| anyhow::anyhow!("--nodes needs REDIS_URL"))?;
+        Self::start_cluster_on(bin, toml, transport, nodes, &redis).await
+    }
+
+    /// Like [`Setup::start_cluster`], on the Redis at `redis`.
+    pub(crate) async fn start_cluster_on(
+        bin: &std::path::Path,
+        toml: &str,
+        transport: Transport,
+        nodes: usize,
+        redis: &str,
+    ) -> anyhow::Result<Self> {
+        let redis = redis.to_string();
         let db = std::env::var("DATABASE_URL")
             .ok()
             .filter(|u| u.starts_with("postgres"))
@@ -126,6 +138,16 @@ impl Setup {
     /// Every node.
     pub(crate) fn nodes(&self) -> impl Iterator<Item = &ServerProc> {
         std::iter::once(&self.server).chain(self.others.iter())
+    }
+
+    /// SIGKILLs the first node (R2); the others keep running.
+    pub(crate) async fn kill_first(&mut self) {
+        if self.others.is_empty() {
+            return;
+        }
+        // Its clients are told nothing: the process is simply gone (SIGKILL).
+        let dead = std::mem::replace(&mut self.server, self.others.remove(0));
+        dead.stop().await;
     }
 
     /// Stops every node.
