@@ -272,11 +272,13 @@ impl Server {
         let mut tasks = vec![
             tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())),
             tokio::spawn(certs.renew_loop(signal.clone())),
-            tokio::spawn(
-                fanout
-                    .clone()
-                    .run(chat.clone(), sessions.clone(), ctx.typing.clone(), bus_rx),
-            ),
+            tokio::spawn(fanout.clone().run(
+                chat.clone(),
+                sessions.clone(),
+                ctx.typing.clone(),
+                ctx.voice.clone(),
+                bus_rx,
+            )),
             tokio::spawn(housekeeping(ctx.clone())),
         ];
         tasks.extend(liveness);

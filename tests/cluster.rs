@@ -1039,3 +1039,72 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     a.shutdown().await;
     s.drop_db().await;
 }
+
+/// One voice channel per user, cluster-wide: joining a channel that lives on another node
+/// removes the user from the channel they were in on this one.
+#[tokio::test]
+async fn joining_voice_on_another_node_leaves_the_previous_channel() {
+    use quaver_client::voice::join_voice;
+    let Some(s) = services("voice1").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let mut voice_channel = async |name: &str| {
+        let body = RequestBody::CreateChannel {
+            guild_id: g,
+            kind: ChannelKind::Voice,
+            name: name.into(),
+            topic: String::new(),
+            user_limit: 0,
+        };
+        let Ok(ResponseBody::Channel(c)) = req(&mut l1, body).await else {
+            panic!("voice channel")
+        };
+        c.id
+    };
+    let (on_a, on_b) = (voice_channel("on-a").await, voice_channel("on-b").await);
+    let (cfg1, cfg2) = (
+        client_config(&a, Transport::Quic, Some(token(1))),
+        client_config(&b, Transport::Quic, Some(token(2))),
+    );
+    let (mut v1, mut v2) = (
+        c1.open_lane(Lane::Voice).await.unwrap(),
+        c2.open_lane(Lane::Voice).await.unwrap(),
+    );
+    // User 1 homes `on_a` on node a; user 2 homes `on_b` on node b.
+    let _j1 = join_voice(&mut v1, &cfg1, on_a, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    let j2 = join_voice(&mut v2, &cfg2, on_b, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j2.remote.is_none());
+    // User 2 moves to `on_a` (it lives on node a).
+    let moved = join_voice(&mut v2, &cfg2, on_a, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(moved.remote.is_some());
+    // Node b dropped user 2 from `on_b`: user 1, joining it (sent to node b), is alone there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let j1b = join_voice(&mut v1, &cfg1, on_b, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j1b.remote.is_some(), "on_b lives on node b");
+    let ResponseBody::VoiceJoined { participants, .. } = &j1b.joined else {
+        panic!("{:?}", j1b.joined)
+    };
+    let users: Vec<u64> = participants.iter().map(|p| p.user_id).collect();
+    assert_eq!(
+        users,
+        vec![1],
+        "user 2 left on_b when they joined on_a on the other node"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}

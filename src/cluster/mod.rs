@@ -105,6 +105,14 @@ pub enum BusEvent {
         /// Where it stood when it was opened.
         last_seq: u64,
     },
+    /// `user_id` joined `channel_id` (voice) on this node: every other node drops them
+    /// from any voice channel it serves (a user is in one voice channel, cluster-wide).
+    VoiceJoined {
+        /// The user.
+        user_id: u64,
+        /// The voice channel.
+        channel_id: u64,
+    },
     /// A guild's roles, members or overwrites changed: drop cached permission state.
     GuildChanged {
         /// The guild.

@@ -16,6 +16,7 @@
 //! kind 2 member added:  guild u64 | user u64
 //! kind 3 follow / 4 unfollow: user u64 | len u16 | topic name | n u16 × (channel u64 |
 //!                      seq u64) (where the topic's channels stood when the user joined)
+//! kind 5 voice joined: user u64 | channel u64
 //! ```
 
 use bytes::Bytes;
@@ -76,6 +77,14 @@ pub enum Message {
         guild_id: u64,
         /// The new member.
         user_id: u64,
+    },
+    /// `user_id` joined voice channel `channel_id` on the publishing node: other nodes drop
+    /// them from any voice channel they serve.
+    VoiceJoined {
+        /// The user.
+        user_id: u64,
+        /// The channel.
+        channel_id: u64,
     },
     /// `user_id` starts (`true`) or stops following `topic`; sent on the user's own topic,
     /// so the node holding their sessions hears it.
@@ -160,6 +169,11 @@ impl Message {
                 out.extend_from_slice(&guild_id.to_be_bytes());
                 out.extend_from_slice(&user_id.to_be_bytes());
             }
+            Message::VoiceJoined { user_id, channel_id } => {
+                out.push(5);
+                out.extend_from_slice(&user_id.to_be_bytes());
+                out.extend_from_slice(&channel_id.to_be_bytes());
+            }
             Message::Follow {
                 user_id,
                 topic,
@@ -237,6 +251,10 @@ impl Message {
                     positions,
                 }
             }
+            5 => Message::VoiceJoined {
+                user_id: r.u64()?,
+                channel_id: r.u64()?,
+            },
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -319,6 +337,10 @@ mod tests {
                 event: Bytes::from_static(b"\x01"),
             }),
             Message::GuildChanged { guild_id: 5 },
+            Message::VoiceJoined {
+                user_id: 6,
+                channel_id: 7,
+            },
             Message::MemberAdded {
                 guild_id: 5,
                 user_id: 6,

@@ -505,6 +505,7 @@ impl Fanout {
         chat: Arc<Chat>,
         sessions: Arc<Sessions>,
         typing: crate::typing::task::TypingHandle,
+        voice: Arc<crate::voice::Voice>,
         mut rx: mpsc::UnboundedReceiver<Received>,
     ) {
         if let Some(prx) = take(&self.presence_rx) {
@@ -536,7 +537,7 @@ impl Fanout {
                 Some(open) = opens.recv() => self.on_open(&chat, &sessions, open).await,
                 Some(m) = local.recv() => self.on_message(&chat, &sessions, &mut seen, m).await,
                 r = rx.recv() => match r {
-                    Some(r) => self.on_received(&chat, &sessions, &typing, &mut seen, r).await,
+                    Some(r) => self.on_received(&chat, &sessions, &typing, &voice, &mut seen, r).await,
                     None => break,
                 },
                 Some(d) = done_rx.recv() => self.on_read(&chat, &sessions, &reads, d).await,
@@ -564,6 +565,7 @@ impl Fanout {
         chat: &Chat,
         sessions: &Sessions,
         typing: &crate::typing::task::TypingHandle,
+        voice: &crate::voice::Voice,
         seen: &mut Recent,
         r: Received,
     ) {
@@ -577,6 +579,10 @@ impl Fanout {
                 {
                     // Another node's typer: known here for `WatchTyping`.
                     typing.remote(body);
+                }
+                if let Message::VoiceJoined { user_id, channel_id } = &m {
+                    // One voice channel per user, cluster-wide: they joined one elsewhere.
+                    voice.left_elsewhere(*user_id, *channel_id).await;
                 }
                 self.on_message(chat, sessions, seen, m).await
             }
@@ -621,6 +627,8 @@ impl Fanout {
             Message::MemberAdded { guild_id, user_id } => {
                 chat.member_added(guild_id, user_id);
             }
+            // Handled on arrival from the bus (it is never delivered locally).
+            Message::VoiceJoined { .. } => {}
             Message::Follow {
                 user_id,
                 topic,
@@ -982,6 +990,12 @@ impl Bus for Fanout {
             }
             BusEvent::GuildChanged { guild_id } => {
                 self.control(Topic::guild(guild_id), Message::GuildChanged { guild_id });
+                return;
+            }
+            BusEvent::VoiceJoined { user_id, channel_id } => {
+                // To the other nodes only (this one already left the previous channel).
+                let m = Message::VoiceJoined { user_id, channel_id };
+                self.pubsub.publish(&Topic::user(user_id), m.encode(self.origin));
                 return;
             }
         };

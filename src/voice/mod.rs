@@ -398,6 +398,10 @@ impl Voice {
                 port: port.clone(),
             },
         );
+        self.bus.publish(BusEvent::VoiceJoined {
+            user_id: user,
+            channel_id,
+        });
         Ok(ResponseBody::VoiceJoined {
             channel_id,
             slot,
@@ -424,6 +428,20 @@ impl Voice {
             }
         }
         true
+    }
+
+    /// `user` joined voice channel `channel` on another node: leave whatever other channel
+    /// they are in here (a user is in one voice channel, cluster-wide).
+    pub async fn left_elsewhere(&self, user: u64, channel: u64) {
+        let here = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .map(|m| m.channel_id);
+        if here.is_some_and(|c| c != channel) {
+            self.leave(user).await;
+        }
     }
 
     /// A connection of `user` (session `session_id`) ended: leave if it was the voice one.
