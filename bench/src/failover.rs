@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use quaver_client::Transport;
-use quaver_client::resilient::{Backoff, Resilient, Update};
+use quaver_client::resilient::Update;
 use quaver_proto::*;
 
 use crate::setup::{Owner, Setup};
@@ -123,19 +123,11 @@ pub(crate) async fn run(
         if let quaver_client::Trust::Hashes(h) = &mut cfg.trust {
             h.push(other.1);
         }
-        cfg.idle_timeout = Duration::from_secs(2);
-        cfg.keep_alive = Duration::from_millis(200);
-        let mut r = Resilient::start(
-            cfg,
-            Backoff {
-                min: Duration::from_millis(20),
-                max: Duration::from_millis(300),
-            },
+        rs.push(
+            crate::resume::receiver(cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("receiver {i}: {e}"))?,
         );
-        match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
-            Ok(Some(Update::Connected { .. })) => rs.push(r),
-            _ => bail!("receiver {i} did not connect"),
-        }
     }
     let t0 = Instant::now();
     let total = (rate * seconds).round() as u64;

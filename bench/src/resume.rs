@@ -11,6 +11,23 @@ use quaver_proto::*;
 
 use crate::setup::{Owner, Setup};
 
+/// A resilient receiver that notices a dead path within 2 s, connected (within 10 s).
+pub(crate) async fn receiver(mut cfg: quaver_client::Config) -> anyhow::Result<Resilient> {
+    cfg.idle_timeout = Duration::from_secs(2);
+    cfg.keep_alive = Duration::from_millis(200);
+    let mut r = Resilient::start(
+        cfg,
+        Backoff {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(300),
+        },
+    );
+    match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
+        Ok(Some(Update::Connected { .. })) => Ok(r),
+        _ => anyhow::bail!("did not connect"),
+    }
+}
+
 /// What a run measured.
 pub(crate) struct ResumeResult {
     /// Messages sent.
@@ -56,19 +73,11 @@ pub(crate) async fn run(
     for i in 0..clients {
         let mut cfg = setup.config(2000 + i as u64);
         cfg.addr = relay.addr;
-        cfg.idle_timeout = Duration::from_secs(2);
-        cfg.keep_alive = Duration::from_millis(200);
-        let mut r = Resilient::start(
-            cfg,
-            Backoff {
-                min: Duration::from_millis(20),
-                max: Duration::from_millis(300),
-            },
+        rs.push(
+            receiver(cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("resilient client {i}: {e}"))?,
         );
-        match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
-            Ok(Some(Update::Connected { .. })) => rs.push(r),
-            _ => anyhow::bail!("resilient client {i} did not connect"),
-        }
     }
     let total = (rate * seconds).round() as u64;
     let (mut tx, _rx) = chat.split();
