@@ -301,6 +301,21 @@ async fn a_bus_outage_degrades_and_is_caught_up_from_the_store() {
     b.shutdown().await;
 }
 
+/// A voice channel `name` in `guild`, created on the owner's chat lane.
+async fn voice_channel(owner: &mut LaneStream, guild: u64, name: &str) -> u64 {
+    let body = RequestBody::CreateChannel {
+        guild_id: guild,
+        kind: ChannelKind::Voice,
+        name: name.into(),
+        topic: String::new(),
+        user_limit: 0,
+    };
+    let Ok(ResponseBody::Channel(c)) = req(owner, body).await else {
+        panic!("voice channel")
+    };
+    c.id
+}
+
 /// The next event on `lane` matching `f`, within `limit`.
 async fn event_where(lane: &mut LaneStream, limit: Duration, f: impl Fn(&EventBody) -> bool) -> Option<EventBody> {
     let end = tokio::time::Instant::now() + limit;
@@ -951,25 +966,12 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     let (c1, mut l1) = user(&a, 1).await;
     let (c2, mut l2) = user(&b, 2).await;
     let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
-    let Ok(ResponseBody::Channel(vc)) = req(
-        &mut l1,
-        RequestBody::CreateChannel {
-            guild_id: g,
-            kind: ChannelKind::Voice,
-            name: "talk".into(),
-            topic: String::new(),
-            user_limit: 0,
-        },
-    )
-    .await
-    else {
-        panic!("voice channel")
-    };
+    let vc = voice_channel(&mut l1, g, "talk").await;
     let cfg1 = client_config(&a, Transport::Quic, Some(token(1)));
     let cfg2 = client_config(&b, Transport::Quic, Some(token(2)));
     let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
     let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
-    let j1 = join_voice(&mut v1, &cfg1, vc.id, false, false)
+    let j1 = join_voice(&mut v1, &cfg1, vc, false, false)
         .await
         .unwrap()
         .expect("joined");
@@ -977,7 +979,7 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     let ResponseBody::VoiceJoined { slot: slot1, .. } = j1.joined else {
         panic!("{:?}", j1.joined)
     };
-    let j2 = join_voice(&mut v2, &cfg2, vc.id, false, false)
+    let j2 = join_voice(&mut v2, &cfg2, vc, false, false)
         .await
         .unwrap()
         .expect("joined");
@@ -1021,7 +1023,7 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     req(&mut remote_lane, RequestBody::LeaveVoice).await.unwrap();
     drop((remote2, remote_lane));
     tokio::time::sleep(quaver::voice::lease::RENEW_EVERY + Duration::from_millis(500)).await;
-    let j2b = join_voice(&mut v2, &cfg2, vc.id, false, false)
+    let j2b = join_voice(&mut v2, &cfg2, vc, false, false)
         .await
         .unwrap()
         .expect("joined");
@@ -1031,7 +1033,7 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     drop(j2b);
     b.shutdown().await;
     tokio::time::sleep(quaver::voice::lease::LEASE_TTL + Duration::from_millis(500)).await;
-    let j1b = join_voice(&mut v1, &cfg1, vc.id, false, false)
+    let j1b = join_voice(&mut v1, &cfg1, vc, false, false)
         .await
         .unwrap()
         .expect("joined");
@@ -1050,20 +1052,10 @@ async fn joining_voice_on_another_node_leaves_the_previous_channel() {
     let (c1, mut l1) = user(&a, 1).await;
     let (c2, mut l2) = user(&b, 2).await;
     let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
-    let mut voice_channel = async |name: &str| {
-        let body = RequestBody::CreateChannel {
-            guild_id: g,
-            kind: ChannelKind::Voice,
-            name: name.into(),
-            topic: String::new(),
-            user_limit: 0,
-        };
-        let Ok(ResponseBody::Channel(c)) = req(&mut l1, body).await else {
-            panic!("voice channel")
-        };
-        c.id
-    };
-    let (on_a, on_b) = (voice_channel("on-a").await, voice_channel("on-b").await);
+    let (on_a, on_b) = (
+        voice_channel(&mut l1, g, "on-a").await,
+        voice_channel(&mut l1, g, "on-b").await,
+    );
     let (cfg1, cfg2) = (
         client_config(&a, Transport::Quic, Some(token(1))),
         client_config(&b, Transport::Quic, Some(token(2))),

@@ -269,16 +269,6 @@ impl Fanout {
         self.apply(&mut st, change);
     }
 
-    /// Topics this node is subscribed to.
-    pub fn topics(&self) -> usize {
-        self.state().index.topic_count()
-    }
-
-    /// Channel events held for reordering, all channels together.
-    pub fn held(&self) -> usize {
-        self.state().order.held()
-    }
-
     /// The bus's and the fan-out's figures, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write as _;
