@@ -285,12 +285,12 @@ impl Server {
         if let Some(c) = &commands {
             // Voice channels live on one node at a time; clients are sent to it.
             let endpoint = ctx.cfg.public_addr.clone().unwrap_or_else(|| quic_addr.to_string());
-            let hashes: Vec<[u8; 32]> = ctx.certs.all().iter().filter(|c| c.dev).map(|c| c.sha256).collect();
             ctx.voice.set_leases(Arc::new(voice::lease::VoiceLeases::new(
                 c.clone(),
                 &ctx.cfg.node_name,
                 &endpoint,
-                &hashes,
+                cluster::Bus::origin(fanout.as_ref()),
+                ctx.certs.clone(),
             )));
             tasks.push(tokio::spawn(ctx.voice.clone().keep_leases()));
         }

@@ -988,6 +988,40 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
         panic!("{:?}", j2.joined)
     };
     assert_eq!(participants.len(), 2, "one room: {participants:?}");
+    // A session opening on node b sees who is in the channel (it lives on node a).
+    let fresh = connect(&cfg2).await.unwrap();
+    let mut inside: Vec<u64> = fresh
+        .ready
+        .voice_states
+        .iter()
+        .filter(|s| s.channel_id == vc)
+        .map(|s| s.user_id)
+        .collect();
+    inside.sort();
+    assert_eq!(inside, vec![1, 2], "Ready on node b shows node a's voice channel");
+    // Node a renews its development certificate: the next redirect names the new hash.
+    let renewed = a.ctx.certs.renew().expect("dev certificate renewal");
+    tokio::time::sleep(quaver::voice::lease::RENEW_EVERY + Duration::from_millis(500)).await;
+    let mut fresh_voice = fresh.open_lane(Lane::Voice).await.unwrap();
+    let answer = req(
+        &mut fresh_voice,
+        RequestBody::JoinVoice {
+            channel_id: vc,
+            self_mute: false,
+            self_deaf: false,
+        },
+    )
+    .await
+    .unwrap();
+    let ResponseBody::VoiceServer { cert_hashes, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        cert_hashes.first().map(Vec::as_slice),
+        Some(&renewed.sha256[..]),
+        "the redirect carries node a's current certificate hash"
+    );
+    drop((fresh_voice, fresh));
     // User 1 speaks on node a; user 2 hears it through their session there.
     let listener = j2.client(&c2);
     let speak = async {
@@ -1098,5 +1132,82 @@ async fn joining_voice_on_another_node_leaves_the_previous_channel() {
     );
     a.shutdown().await;
     b.shutdown().await;
+    s.drop_db().await;
+}
+
+/// A node serving a voice channel is SIGKILLed: sessions on the other nodes that saw its
+/// participants are told they left (once its keys expire), and `Ready` no longer shows them.
+#[tokio::test]
+async fn a_killed_voice_nodes_participants_leave_everyone_elses_view() {
+    use quaver_client::voice::join_voice;
+    let Some(s) = services("voicekill").await else { return };
+    let a = node(&s).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (child, mut pcfg) = node_process(&s).await;
+    let mut child = child;
+    pcfg.token = Some(token(2));
+    let c2 = connect(&pcfg).await.unwrap();
+    let mut l2 = c2.open_lane(Lane::Chat).await.unwrap();
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let vc = voice_channel(&mut l1, g, "doomed").await;
+    // User 2 homes the channel on the node process; user 1 watches from node a.
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let j2 = join_voice(&mut v2, &pcfg, vc, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j2.remote.is_none());
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    let fresh = connect(&client_config(&a, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    assert!(
+        fresh
+            .ready
+            .voice_states
+            .iter()
+            .any(|s| s.user_id == 2 && s.channel_id == vc),
+        "Ready on node a shows the node process's participant: {:?}",
+        fresh.ready.voice_states
+    );
+    drop(fresh);
+    // A state change, so node a has shown user 2 to its sessions through the bus.
+    req(
+        &mut v2,
+        RequestBody::SetVoiceState {
+            self_mute: true,
+            self_deaf: false,
+        },
+    )
+    .await
+    .unwrap();
+    event_where(
+        &mut v1,
+        Duration::from_secs(5),
+        |e| matches!(e, EventBody::VoiceStateUpdated { state } if state.user_id == 2 && state.self_mute),
+    )
+    .await
+    .expect("user 1 sees user 2's state on node a");
+    child.start_kill().expect("kill the node process");
+    let _ = child.wait().await;
+    drop((j2, v2, l2, c2));
+    let limit = quaver::voice::lease::LEASE_TTL + 3 * quaver::voice::lease::RENEW_EVERY;
+    let gone = event_where(
+        &mut v1,
+        limit,
+        |e| matches!(e, EventBody::VoiceStateRemoved { user_id: 2, channel_id, .. } if *channel_id == vc),
+    )
+    .await;
+    assert!(gone.is_some(), "user 2 left user 1's view after their node died");
+    let fresh = connect(&client_config(&a, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    assert!(
+        fresh.ready.voice_states.iter().all(|s| s.user_id != 2),
+        "{:?}",
+        fresh.ready.voice_states
+    );
+    drop(fresh);
+    a.shutdown().await;
     s.drop_db().await;
 }

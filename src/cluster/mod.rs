@@ -125,6 +125,12 @@ pub enum BusEvent {
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes; never blocks. Order is preserved per publisher.
     fn publish(&self, ev: BusEvent);
+    /// Delivers an event to this node's sessions only (what this node concluded on its own,
+    /// e.g. that another node's voice participant is gone). Control events (membership,
+    /// presence, guild changes) are handled as [`Bus::publish`] handles them.
+    fn deliver_here(&self, ev: BusEvent);
+    /// This node's tag on the bus (the origin of what it publishes).
+    fn origin(&self) -> u64;
 }
 
 /// The bus `cfg` asks for: Redis when `redis` is set (it must answer at start: a node that

@@ -562,7 +562,13 @@ impl Fanout {
         match Message::decode(&r.payload) {
             // Delivered locally when it was published.
             Ok((origin, _)) if origin == self.origin => {}
-            Ok((_, m)) => {
+            Ok((origin, m)) => {
+                if let Message::Event(e) = &m
+                    && e.lane == Lane::Voice
+                {
+                    // Another node's voice participants: remembered to notice its death.
+                    voice.remote_event(origin, &e.event);
+                }
                 if let Message::Event(e) = &m
                     && e.lane == Lane::Typing
                     && let Ok(body) = quaver_proto::codec::decode::<quaver_proto::EventBody>(&e.event)
@@ -911,6 +917,25 @@ impl Recent {
 
 impl Bus for Fanout {
     fn publish(&self, ev: BusEvent) {
+        if let Some(e) = self.event_envelope(ev) {
+            self.send(e);
+        }
+    }
+
+    fn deliver_here(&self, ev: BusEvent) {
+        if let Some(e) = self.event_envelope(ev) {
+            let _ = self.local.send(Message::Event(e));
+        }
+    }
+
+    fn origin(&self) -> u64 {
+        self.origin
+    }
+}
+
+impl Fanout {
+    /// The envelope of an event; control events are published here (and give `None`).
+    fn event_envelope(&self, ev: BusEvent) -> Option<Envelope> {
         let e = match ev {
             BusEvent::Channel {
                 guild_id,
@@ -953,7 +978,7 @@ impl Bus for Fanout {
                 version,
             } => {
                 let _ = self.presence.send((user_id, version, event));
-                return;
+                return None;
             }
             BusEvent::MemberAdded {
                 guild_id,
@@ -962,11 +987,11 @@ impl Bus for Fanout {
             } => {
                 self.follow(user_id, Topic::guild(guild_id), true, channels);
                 self.control(Topic::guild(guild_id), Message::MemberAdded { guild_id, user_id });
-                return;
+                return None;
             }
             BusEvent::MemberLeft { guild_id, user_id } => {
                 self.follow(user_id, Topic::guild(guild_id), false, Vec::new());
-                return;
+                return None;
             }
             BusEvent::DmOpened {
                 channel_id,
@@ -976,20 +1001,20 @@ impl Bus for Fanout {
                 for u in recipients {
                     self.follow(u, Topic::channel(channel_id), true, vec![(channel_id, last_seq)]);
                 }
-                return;
+                return None;
             }
             BusEvent::GuildChanged { guild_id } => {
                 self.control(Topic::guild(guild_id), Message::GuildChanged { guild_id });
-                return;
+                return None;
             }
             BusEvent::VoiceJoined { user_id, channel_id } => {
                 // To the other nodes only (this one already left the previous channel).
                 let m = Message::VoiceJoined { user_id, channel_id };
                 self.pubsub.publish(&Topic::user(user_id), m.encode(self.origin));
-                return;
+                return None;
             }
         };
-        self.send(e);
+        Some(e)
     }
 }
 

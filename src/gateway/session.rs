@@ -270,7 +270,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         closing: Default::default(),
         fetches: tokio::sync::Semaphore::new(FETCH_CONCURRENCY),
     });
-    let voice_states = ctx.voice.visible_states(identity.user_id).await;
+    let voice_states = ctx.voice.visible_states(&parts.guilds).await;
     if !is_resume {
         // Not resumable exactly: catch the client's channels up from the event log. Read
         // here; the fan-out hands it over in line with live delivery, and sets each

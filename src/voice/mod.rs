@@ -5,10 +5,11 @@
 //! QUIC). Queues are short and full ones drop: late audio is worse than lost audio.
 //! Voice state (joins, leaves, mutes, speaking) goes to everyone who can see the channel.
 
+pub mod cluster;
 pub mod lease;
 pub mod sfu;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -211,6 +212,12 @@ pub struct Voice {
     pub metrics: Arc<VoiceMetrics>,
     /// In a cluster: which node each voice channel lives on.
     leases: std::sync::OnceLock<Arc<lease::VoiceLeases>>,
+    /// In a cluster: channels whose states must be written to Redis again.
+    dirty: Mutex<HashSet<u64>>,
+    /// Wakes the writer of `dirty`.
+    wake: tokio::sync::Notify,
+    /// In a cluster: participants of other nodes' channels shown to sessions here.
+    remote: Mutex<cluster::RemoteView>,
 }
 
 fn err(code: ErrorCode, m: &str) -> ErrorBody {
@@ -233,31 +240,15 @@ impl Voice {
             states: Arc::default(),
             metrics: Arc::default(),
             leases: std::sync::OnceLock::new(),
+            dirty: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            remote: Mutex::default(),
         }
     }
 
     /// In a cluster: voice channels live where their lease says (set once, at start).
     pub fn set_leases(&self, leases: Arc<lease::VoiceLeases>) {
         let _ = self.leases.set(leases);
-    }
-
-    /// Keeps this node's voice leases while their channels have participants here, and
-    /// releases the others; runs until the server stops.
-    pub async fn keep_leases(self: Arc<Self>) {
-        let Some(leases) = self.leases.get().cloned() else {
-            return;
-        };
-        loop {
-            tokio::time::sleep(lease::RENEW_EVERY).await;
-            let active: std::collections::HashSet<u64> = self
-                .members
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .map(|m| m.channel_id)
-                .collect();
-            leases.renew(&active).await;
-        }
     }
 
     fn publish(bus: &dyn Bus, guild_id: u64, channel_id: u64, body: &EventBody) {
@@ -570,25 +561,6 @@ impl Voice {
             .map_err(|_| err(ErrorCode::INTERNAL, "voice channel unavailable"))?;
         Ok(ResponseBody::VoiceStats { participants })
     }
-
-    /// Voice states `user` can see (for `Ready`).
-    pub async fn visible_states(&self, user: u64) -> Vec<VoiceState> {
-        let all: Vec<VoiceState> = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out = Vec::new();
-        for s in all {
-            if self.chat.can_view(user, s.channel_id).await {
-                out.push(s);
-            }
-        }
-        out.sort_by_key(|s| (s.channel_id, s.slot));
-        out
-    }
 }
 
 fn state_of(guild_id: u64, channel_id: u64, slot: u16, p: &sfu::Participant) -> VoiceState {
@@ -702,6 +674,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                 let slot = ch.join(user, self_mute, self_deaf, can_speak);
                 ports.insert(slot, port);
                 publish_state(&ch, slot);
+                voice.states_changed(channel_id);
                 let participants = ch
                     .participants()
                     .map(|(s, p)| state_of(guild_id, channel_id, s, p))
@@ -722,6 +695,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                             user_id: user,
                         };
                         Voice::publish(bus.as_ref(), guild_id, channel_id, &body);
+                        voice.states_changed(channel_id);
                         true
                     }
                     None => false,
@@ -756,6 +730,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         }
                     }
                     publish_state(&ch, slot);
+                    voice.states_changed(channel_id);
                 }
             }
             ChannelCmd::Stats(reply) => {
