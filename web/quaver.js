@@ -118,6 +118,11 @@ export function hexToBytes(h) {
   return Uint8Array.from(h.match(/../g) ?? [], (x) => parseInt(x, 16));
 }
 
+/** Lowercase hex of a byte string. */
+export function bytesToHex(b) {
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
 // Type constructors: each is { enc(writer, value), dec(reader) }.
 const T = {
   u8: { enc: (w, v) => w.u8(v), dec: (r) => r.u8() },
@@ -531,7 +536,36 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
   }
   if (first.type === 'Closing') { wt.close(); throw new ClosedError(first.code, first.reason); }
   if (first.type !== 'Ready') { wt.close(); throw new ProtocolError(`expected Ready, got ${first.type}`); }
-  return new Session(wt, writer, reader, first, maxFrame);
+  const session = new Session(wt, writer, reader, first, maxFrame);
+  session.token = token;
+  session.device = device;
+  return session;
+}
+
+/**
+ * Joins voice channel `channelId` from `session` (its voice lane `lane`), following the
+ * cluster: when the channel lives on another node the server answers `VoiceServer`, and this
+ * opens a session there (same token, that node's certificate hashes), opens its voice lane
+ * and joins on it. Resolves to `{ session, lane, joined, remote }`: voice datagrams and
+ * voice requests (`LeaveVoice`, `SetVoiceState`, …) go on that `session`/`lane`; `remote`
+ * says whether it is a new session (close it when leaving). Rejects with the ErrorBody.
+ */
+export async function joinVoice(session, lane, channelId, { selfMute = false, selfDeaf = false } = {}) {
+  const request = { type: 'JoinVoice', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf };
+  const first = await lane.request(request);
+  if (first.type !== 'VoiceServer') return { session, lane, joined: first, remote: false };
+  const there = await connect(`https://${first.endpoint}${WEBTRANSPORT_PATH}`, {
+    token: session.token, certHashes: first.cert_hashes.map(bytesToHex), device: session.device, maxFrame: session.maxFrame,
+  });
+  try {
+    const voiceLane = await there.openLane('Voice');
+    const joined = await voiceLane.request(request);
+    if (joined.type !== 'VoiceJoined') throw new ProtocolError(`the voice node answered ${joined.type}`);
+    return { session: there, lane: voiceLane, joined, remote: true };
+  } catch (e) {
+    there.close();
+    throw e;
+  }
 }
 
 /** An open session. Listen with `session.addEventListener(type, e => e.detail)` for
@@ -564,7 +598,7 @@ export class Session extends EventTarget {
     return this.closeInfo;
   }
   /** Sends a fresh token before the current one expires. */
-  refreshToken(token) { return this.#send({ type: 'RefreshToken', token }); }
+  refreshToken(token) { this.token = token; return this.#send({ type: 'RefreshToken', token }); }
   /** Opens a lane ('Chat', 'Presence', 'Typing', 'Voice', 'Notifications'). */
   async openLane(lane) {
     const s = await this.wt.createBidirectionalStream();

@@ -1,7 +1,8 @@
 // Headless Debian Chromium loads the page served by a real quaver server, takes the
 // certificate hash from /cert-hash, connects over WebTransport with ?token=, and reaches
 // Ready; with a bad token it is refused with the right close code. Two browser sessions in
-// one voice channel exchange voice datagrams through the SFU with web/quaver.js.
+// one voice channel exchange voice datagrams through the SFU with web/quaver.js, also across
+// two nodes of a cluster (REDIS_URL and a PostgreSQL DATABASE_URL; required in CI).
 //
 // Needs the built server (QUAVER_BIN, default ../target/debug/quaver) and Chromium
 // (CHROMIUM, default /usr/bin/chromium).
@@ -19,13 +20,17 @@ const SECRET = 'browser-test-secret-0123456789abcdefgh';
 
 let server, browser, httpAddr;
 
-function startServer() {
+// `cluster`: join the cluster on REDIS_URL and DATABASE_URL under this key prefix; else the
+// server runs on its embedded defaults (SQLite in the temp dir), whatever the environment
+// says about other services.
+function startServer(cluster = null) {
   const dir = mkdtempSync(join(tmpdir(), 'quaver-browser-'));
-  // The server runs on its embedded defaults (SQLite in the temp dir), whatever the
-  // environment says about other databases.
-  const { DATABASE_URL: _ignored, ...inherited } = process.env;
+  const { DATABASE_URL: database, REDIS_URL: redis, ...inherited } = process.env;
+  const services = cluster
+    ? { DATABASE_URL: database, REDIS_URL: redis, QUAVER_REDIS_PREFIX: cluster.prefix, QUAVER_NODE_NAME: cluster.name }
+    : {};
   const env = {
-    ...inherited, JWT_SECRET: SECRET, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
+    ...inherited, ...services, JWT_SECRET: SECRET, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
     QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1',
   };
   const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -97,9 +102,31 @@ test('browser with a bad token does not reach Ready and learns why', async () =>
   await page.close();
 });
 
+// The shared part of the voice tests: each session collects what it hears until it has
+// `want` frames or 5 s pass; `talk` sends 20 frames tagged `tag`.
+const VOICE_HELPERS = `
+  window.collectVoice = async (s, want) => {
+    const got = [], it = s.voice(), end = Date.now() + 5000;
+    while (got.length < want) {
+      const timeout = new Promise((res) => setTimeout(() => res(null), Math.max(0, end - Date.now())));
+      const next = await Promise.race([it.next(), timeout]);
+      if (!next || next.done) break;
+      got.push([next.value.slot, next.value.seq, Array.from(next.value.payload)]);
+    }
+    return got;
+  };
+  window.talk = async (s, tag) => {
+    for (let i = 0; i < 20; i++) {
+      await s.sendVoice({ flags: i === 0 ? window.quaver.FLAG_TALKSPURT_START : 0, level: 20, voice: true, seq: i, timestamp: i * 960 },
+        new Uint8Array([tag, i, 0xee]));
+      await new Promise((res) => setTimeout(res, 20));
+    }
+  };`;
+
 test('browser voice: two WebTransport sessions hear each other through the SFU, never themselves', async () => {
   const page = await browser.newPage();
   await page.goto(`http://${httpAddr}/`);
+  await page.evaluate(VOICE_HELPERS);
   const r = await page.evaluate(async ([ta, tb]) => {
     const a = await window.quaverConnect(ta), b = await window.quaverConnect(tb);
     const ca = await a.openLane('Chat'), cb = await b.openLane('Chat');
@@ -110,28 +137,9 @@ test('browser voice: two WebTransport sessions hear each other through the SFU, 
     const va = await a.openLane('Voice'), vb = await b.openLane('Voice');
     const ja = await va.request({ type: 'JoinVoice', channel_id: vc.id, self_mute: false, self_deaf: false });
     const jb = await vb.request({ type: 'JoinVoice', channel_id: vc.id, self_mute: false, self_deaf: false });
-    // Each session collects what it hears until it has 20 frames or 5 s pass.
-    const collect = async (s) => {
-      const got = [], it = s.voice(), end = Date.now() + 5000;
-      while (got.length < 20) {
-        const timeout = new Promise((res) => setTimeout(() => res(null), Math.max(0, end - Date.now())));
-        const next = await Promise.race([it.next(), timeout]);
-        if (!next || next.done) break;
-        got.push([next.value.slot, next.value.seq, Array.from(next.value.payload)]);
-      }
-      return got;
-    };
-    const heardByA = collect(a), heardByB = collect(b);
-    const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
-    const talk = async (s, tag) => {
-      for (let i = 0; i < 20; i++) {
-        await s.sendVoice({ flags: i === 0 ? window.quaver.FLAG_TALKSPURT_START : 0, level: 20, voice: true, seq: i, timestamp: i * 960 },
-          new Uint8Array([tag, i, 0xee]));
-        await sleep(20);
-      }
-    };
-    await talk(a, 1);
-    await talk(b, 2);
+    const heardByA = window.collectVoice(a, 20), heardByB = window.collectVoice(b, 20);
+    await window.talk(a, 1);
+    await window.talk(b, 2);
     const out = { slotA: ja.slot, slotB: jb.slot, heardByA: await heardByA, heardByB: await heardByB };
     a.close(); b.close();
     return out;
@@ -142,4 +150,63 @@ test('browser voice: two WebTransport sessions hear each other through the SFU, 
   assert.deepEqual(r.heardByB, expect(r.slotA, 1));
   assert.deepEqual(r.heardByA, expect(r.slotB, 2));
   await page.close();
+});
+
+test('browser voice in a cluster: a join on the other node follows VoiceServer to the channel\'s node', async (t) => {
+  const { REDIS_URL, DATABASE_URL } = process.env;
+  if (!REDIS_URL || !DATABASE_URL?.startsWith('postgres')) {
+    assert.ok(process.env.CI !== 'true', 'CI needs REDIS_URL and a PostgreSQL DATABASE_URL for the cluster browser test');
+    t.skip('set REDIS_URL and DATABASE_URL=postgres://… to run');
+    return;
+  }
+  const prefix = `webtest${process.pid}${Date.now()}:`;
+  // One after the other: the first applies the migrations.
+  const [nodeA, httpA] = await startServer({ prefix, name: `web-a-${process.pid}` });
+  let nodeB;
+  try {
+    let httpB;
+    [nodeB, httpB] = await startServer({ prefix, name: `web-b-${process.pid}` });
+    const infoB = await (await fetch(`http://${httpB}/cert-hash`)).json();
+    const page = await browser.newPage();
+    await page.goto(`http://${httpA}/`);
+    await page.evaluate(VOICE_HELPERS);
+    // Users unique to this run (the database is shared with other runs).
+    const base = 7_000_000 + Math.floor(Math.random() * 1_000_000) * 2;
+    const r = await page.evaluate(async ([ta, tb, urlB, hashesB]) => {
+      const q = window.quaver;
+      const a = await window.quaverConnect(ta);
+      const b = await q.connect(urlB, { token: tb, certHashes: hashesB });
+      const ca = await a.openLane('Chat'), cb = await b.openLane('Chat');
+      const g = await ca.request({ type: 'CreateGuild', name: 'cluster voice' });
+      const inv = await ca.request({ type: 'CreateInvite', guild_id: g.id, max_uses: 0, max_age_secs: 0 });
+      await cb.request({ type: 'JoinGuild', code: inv.code });
+      const vc = await ca.request({ type: 'CreateChannel', guild_id: g.id, kind: 'Voice', name: 'talk', topic: '', user_limit: 0 });
+      const ja = await q.joinVoice(a, await a.openLane('Voice'), vc.id);
+      const jb = await q.joinVoice(b, await b.openLane('Voice'), vc.id);
+      const heardByA = window.collectVoice(ja.session, 20), heardByB = window.collectVoice(jb.session, 20);
+      await window.talk(ja.session, 1);
+      await window.talk(jb.session, 2);
+      const out = {
+        nodes: [a.ready.node, b.ready.node, jb.session.ready.node],
+        remote: [ja.remote, jb.remote],
+        participants: jb.joined.participants.length,
+        slotA: ja.joined.slot, slotB: jb.joined.slot,
+        heardByA: await heardByA, heardByB: await heardByB,
+      };
+      await jb.lane.request({ type: 'LeaveVoice' });
+      jb.session.close(); a.close(); b.close();
+      return out;
+    }, [token(base), token(base + 1), `https://127.0.0.1:${infoB.port}${infoB.url_path}`, infoB.dev ? infoB.hashes : []]);
+    assert.notEqual(r.nodes[0], r.nodes[1], 'the two users are on different nodes');
+    assert.equal(r.nodes[2], r.nodes[0], "user b's voice session is on the channel's node");
+    assert.deepEqual(r.remote, [false, true]);
+    assert.equal(r.participants, 2);
+    const expect = (slot, tag) => Array.from({ length: 20 }, (_, i) => [slot, i, [tag, i, 0xee]]);
+    assert.deepEqual(r.heardByB, expect(r.slotA, 1));
+    assert.deepEqual(r.heardByA, expect(r.slotB, 2));
+    await page.close();
+  } finally {
+    nodeA.kill('SIGTERM');
+    nodeB?.kill('SIGTERM');
+  }
 });
