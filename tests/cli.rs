@@ -51,7 +51,7 @@ async fn guilds_send_and_tail_from_the_command_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&format!("guild\t{}\tcli guild\n", g.id)), "{text}");
-    assert!(text.contains(&format!("channel\t{ch}\tgeneral\t0\n")), "{text}");
+    assert!(text.contains(&format!("channel\t{ch}\tgeneral\t0\ttext\n")), "{text}");
 
     // send
     let out = chat_cmd(&server, 1)
@@ -112,6 +112,111 @@ async fn guilds_send_and_tail_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    server.shutdown().await;
+}
+
+async fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The id in the `kind<TAB>id<TAB>…` line of `text` whose kind and name match.
+fn id_of(text: &str, kind: &str, name: &str) -> u64 {
+    text.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|f| f[0] == kind && f.get(2) == Some(&name))
+        .and_then(|f| f[1].parse().ok())
+        .unwrap_or_else(|| panic!("no {kind} {name} in {text}"))
+}
+
+/// Two people with nothing but the binary: one creates a guild, a channel and an invite,
+/// the other joins with it; both list the members and chat; a voice channel is created and
+/// `listen` joins it.
+#[tokio::test]
+async fn the_whole_loop_from_two_terminals() {
+    let server = start(config()).await;
+    let created = run_ok({
+        let mut c = chat_cmd(&server, 11);
+        c.args(["create-guild", "two terminals"]);
+        c
+    })
+    .await;
+    let guild = id_of(&created, "guild", "two terminals");
+    let general = id_of(&created, "channel", "general");
+    let made = run_ok({
+        let mut c = chat_cmd(&server, 11);
+        c.args(["create-channel", "--guild", &guild.to_string(), "plans"]);
+        c
+    })
+    .await;
+    let plans = id_of(&made, "channel", "plans");
+    assert!(made.trim_end().ends_with("\ttext"), "{made}");
+    let code = run_ok({
+        let mut c = chat_cmd(&server, 11);
+        c.args(["invite", "--guild", &guild.to_string()]);
+        c
+    })
+    .await;
+    let code = code.trim();
+    assert!(!code.is_empty());
+    // The second person joins with the link form of the invite.
+    let joined = run_ok({
+        let mut c = chat_cmd(&server, 12);
+        c.args(["join", &format!("http://127.0.0.1/#invite={code}")]);
+        c
+    })
+    .await;
+    assert_eq!(id_of(&joined, "guild", "two terminals"), guild);
+    assert_eq!(id_of(&joined, "channel", "plans"), plans);
+    let members = run_ok({
+        let mut c = chat_cmd(&server, 12);
+        c.args(["members", "--guild", &guild.to_string()]);
+        c
+    })
+    .await;
+    let users: Vec<&str> = members.lines().map(|l| l.split('\t').nth(1).unwrap()).collect();
+    assert_eq!(users, vec!["11", "12"], "{members}");
+    assert!(members.lines().all(|l| l.starts_with("member\t")), "{members}");
+    // They chat: each send is seen by the other's tail, in order.
+    for (user, text) in [(11, "hi from 11"), (12, "hello from 12")] {
+        run_ok({
+            let mut c = chat_cmd(&server, user);
+            c.args(["send", "--channel", &general.to_string(), text]);
+            c
+        })
+        .await;
+    }
+    let tail = run_ok({
+        let mut c = chat_cmd(&server, 11);
+        c.args(["tail", "--channel", &general.to_string(), "--count", "0"]);
+        c
+    })
+    .await;
+    let texts: Vec<&str> = tail.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
+    assert_eq!(texts, vec!["hi from 11", "hello from 12"], "{tail}");
+    // A voice channel; `listen` joins it and reports who is there (itself).
+    let voice = run_ok({
+        let mut c = chat_cmd(&server, 11);
+        c.args(["create-channel", "--guild", &guild.to_string(), "--voice", "lounge"]);
+        c
+    })
+    .await;
+    assert!(voice.trim_end().ends_with("\tvoice"), "{voice}");
+    let lounge = id_of(&voice, "channel", "lounge");
+    let heard = run_ok({
+        let mut c = chat_cmd(&server, 12);
+        c.args(["listen", "--channel", &lounge.to_string(), "--seconds", "1"]);
+        c
+    })
+    .await;
+    assert!(heard.lines().any(|l| l.starts_with("participant\t12\t")), "{heard}");
+    // Someone outside the guild cannot join it without an invite.
+    let mut c = chat_cmd(&server, 13);
+    c.args(["join", "nope"]);
+    let out = c.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
     server.shutdown().await;
 }
 
