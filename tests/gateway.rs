@@ -453,6 +453,13 @@ async fn http_side_port_endpoints() {
     let (s, b) = http_get(server.http_addr, "/quaver.js").await;
     assert_eq!(s, 200);
     assert!(b.contains("export"));
+    let (s, b) = http_get(server.http_addr, "/app.js").await;
+    assert_eq!(s, 200);
+    assert!(b.contains("import * as quaver"));
+    // With a configured JWT secret, nobody can mint development tokens.
+    let (s, b) = http_request(server.http_addr, "POST", "/dev/token", r#"{"name":"mallory"}"#).await;
+    assert_eq!(s, 404, "{b}");
+    assert!(b.contains("no development tokens") && !b.contains("token\":"), "{b}");
     server.shutdown().await;
 }
 

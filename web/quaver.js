@@ -112,7 +112,6 @@ const num = (v) => (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
 const MAX_LEN = 4 * 1024 * 1024;
 const length = (r) => { const n = Number(r.uint(U64 > BigInt(MAX_LEN) ? BigInt(MAX_LEN) : U64)); r.need(0); return n; };
 
-const hex = (bytes) => Array.from(bytes, (x) => x.toString(16).padStart(2, '0')).join('');
 export function hexToBytes(h) {
   if (h.length % 2 || /[^0-9a-f]/i.test(h)) throw new ProtocolError('bad hex');
   return Uint8Array.from(h.match(/../g) ?? [], (x) => parseInt(x, 16));
@@ -122,6 +121,7 @@ export function hexToBytes(h) {
 export function bytesToHex(b) {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
+const hex = bytesToHex;
 
 // Type constructors: each is { enc(writer, value), dec(reader) }.
 const T = {
@@ -507,10 +507,10 @@ export async function fetchCertHashes(httpBase) {
 /**
  * Opens a session. `url` is `https://host:port/quaver`. Options: `token` (sent as
  * `?token=`, the only way a browser can), `certHashes` (hex SHA-256 strings, for dev
- * certificates), `device` ('Web' by default).
+ * certificates), `device` ('Web' by default), `resume` (`Hello.resume`, see `Resilient`).
  * Resolves to a Session after `Ready`; rejects with ClosedError if the server refuses.
  */
-export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME } = {}) {
+export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null } = {}) {
   const u = new URL(url);
   if (token) u.searchParams.set('token', token);
   const options = {};
@@ -518,12 +518,14 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
     options.serverCertificateHashes = certHashes.map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h) }));
   }
   const wt = new WebTransport(u.toString(), options);
+  // Its end is observed through the control stream; a lost connection is not an error here.
+  wt.closed.catch(() => {});
   await wt.ready;
   const control = await wt.createBidirectionalStream();
   const writer = control.writable.getWriter();
   const reader = new FramedStream(control.readable, maxFrame);
   await writer.write(encodeFrame('ClientControl', {
-    type: 'Hello', version: PROTOCOL_VERSION, token: null, device, resume: null, compression: 'None',
+    type: 'Hello', version: PROTOCOL_VERSION, token: null, device, resume, compression: 'None',
   }));
   let first;
   try {
@@ -535,7 +537,7 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
     throw e;
   }
   if (first.type === 'Closing') { wt.close(); throw new ClosedError(first.code, first.reason); }
-  if (first.type !== 'Ready') { wt.close(); throw new ProtocolError(`expected Ready, got ${first.type}`); }
+  if (first.type !== 'Ready' && first.type !== 'Resumed') { wt.close(); throw new ProtocolError(`expected Ready, got ${first.type}`); }
   const session = new Session(wt, writer, reader, first, maxFrame);
   session.token = token;
   session.device = device;
@@ -576,7 +578,10 @@ export class Session extends EventTarget {
     this.wt = wt; this.writer = writer; this.reader = reader; this.ready = ready; this.maxFrame = maxFrame;
     this.nonce = 0;
     this.closeInfo = null;
-    this.heartbeat = setInterval(() => this.#send({ type: 'Heartbeat', nonce: ++this.nonce, lanes: [] }).catch(() => {}),
+    this.lastHeard = Date.now();
+    // `heartbeatLanes()`, when set, reports the last event seq processed per lane.
+    this.heartbeatLanes = null;
+    this.heartbeat = setInterval(() => this.#send({ type: 'Heartbeat', nonce: ++this.nonce, lanes: this.heartbeatLanes?.() ?? [] }).catch(() => {}),
       ready.heartbeat_interval_ms);
     this.closed = this.#controlLoop();
   }
@@ -587,6 +592,7 @@ export class Session extends EventTarget {
         const p = await this.reader.next();
         if (!p) break;
         const m = decode('ServerControl', p);
+        this.lastHeard = Date.now();
         const kinds = { Goaway: 'goaway', RefreshNeeded: 'refresh-needed', TokenRefreshed: 'token-refreshed', Error: 'error', HeartbeatAck: 'heartbeat-ack' };
         // The server waits for us to close after telling us why.
         if (m.type === 'Closing') { this.closeInfo = { code: m.code, reason: m.reason }; this.close(); break; }
@@ -646,7 +652,9 @@ export class LaneStream {
   constructor(lane, writer, reader) {
     this.lane = lane; this.writer = writer; this.reader = reader;
     this.nextId = 1; this.waiting = new Map(); this.queued = []; this.onevent = null;
-    this.done = this.#loop();
+    // Ends when the lane does; a lane lost with its connection is not an error here
+    // (waiting requests are rejected, and `Resilient` reconnects).
+    this.done = this.#loop().catch(() => {});
   }
   async #loop() {
     try {
@@ -672,4 +680,201 @@ export class LaneStream {
     await this.writer.write(encodeFrame('Request', { id, body }));
     return p;
   }
+}
+
+export const LANES = Object.freeze(['Chat', 'Presence', 'Typing', 'Voice', 'Notifications']);
+
+/** The channel and channel seq of a chat event that has one (`null` otherwise). */
+export function channelSeqOf(body) {
+  switch (body.type) {
+    case 'MessageCreated': return [body.message.channel_id, body.seq];
+    case 'MessageEdited': case 'MessageDeleted': case 'ReactionAdded': case 'ReactionRemoved':
+      return [body.channel_id, body.seq];
+    default: return null;
+  }
+}
+
+/** A fresh random nonce for `SendMessage` (a decimal u64 string). */
+export function newNonce() {
+  const b = crypto.getRandomValues(new Uint32Array(2));
+  return ((BigInt(b[0] & 0x7fffffff) << 32n) | BigInt(b[1])).toString();
+}
+
+// Requests that may be sent again after the connection died with them in flight: the server
+// stores a resent SendMessage once (its nonce), and the others state a wanted end state.
+const RESENDABLE = new Set(['SendMessage', 'EditMessage', 'AddReaction', 'RemoveReaction', 'MarkRead',
+  'SetPresence', 'TypingStop', 'WatchTyping', 'AckNotifications', 'MarkNotificationsRead', 'SetVoiceState', 'Ping']);
+
+/** The connection is gone and this request was not safe to send again. */
+export class ConnectionLostError extends Error {
+  constructor(type) { super(`connection lost before ${type} was answered; it may or may not have happened`); this.name = 'ConnectionLostError'; }
+}
+
+/**
+ * A session that survives its connection, with the native client's rules (PROTOCOL.md §5b):
+ * reconnects with exponential backoff and full jitter, resumes with its lane and channel
+ * positions (exact resume, or catch-up by channel seq with explicit `Gap`s), drops events
+ * already processed (by lane seq and by channel seq), resends in-flight requests that are safe
+ * to resend (a `SendMessage` with its original nonce, so it is stored once), and replaces a
+ * connection that has gone quiet for three heartbeat intervals.
+ *
+ * `connectInfo()` resolves to `{ url, certHashes, token }` for each attempt (the token may be
+ * fresh). Events (`addEventListener`): 'state' (detail: 'connecting' | 'ready' | 'resumed' |
+ * 'reconnecting' | 'closed'), 'ready' (detail: { ready, resumed }), 'event' (detail:
+ * { lane, body }), 'fatal' (detail: the ClosedError that ended it: a terminal close code).
+ */
+export class Resilient extends EventTarget {
+  constructor(connectInfo, { device = 'Web', backoffMs = 250, maxBackoffMs = 8000 } = {}) {
+    super();
+    this.connectInfo = connectInfo; this.device = device;
+    this.backoffMs = backoffMs; this.maxBackoffMs = maxBackoffMs;
+    this.session = null; this.lanes = {}; this.state = 'connecting';
+    this.sessionId = null;
+    this.laneSeq = Object.fromEntries(LANES.map((l) => [l, 0]));
+    this.channelSeq = new Map();
+    this.pending = []; // { lane, body, resolve, reject, sent }
+    this.stopped = false;
+    this.run = this.#loop();
+  }
+
+  #setState(s) { this.state = s; this.dispatchEvent(new CustomEvent('state', { detail: s })); }
+
+  /** The position of channel `id` (its last processed seq): catch-up starts after it. */
+  follow(id, seq) { if (!this.channelSeq.has(id) || this.channelSeq.get(id) < seq) this.channelSeq.set(id, seq); }
+
+  /** Sends `body` on `lane`; resolves with the ack body, rejects with the ErrorBody (or a
+   * ConnectionLostError). Waits for a connection when there is none. */
+  request(lane, body) {
+    return new Promise((resolve, reject) => {
+      const p = { lane, body, resolve, reject, sent: false };
+      this.pending.push(p);
+      this.#flush();
+    });
+  }
+
+  /** The current session (voice datagrams go on it), or null while reconnecting. */
+  current() { return this.state === 'ready' || this.state === 'resumed' ? this.session : null; }
+
+  #flush() {
+    if (!this.current()) return;
+    for (const p of this.pending) {
+      if (p.sent) continue;
+      const lane = this.lanes[p.lane];
+      if (!lane) { p.reject(new ProtocolError(`lane ${p.lane} is not open`)); p.done = true; continue; }
+      p.sent = true;
+      lane.request(p.body).then((r) => { p.done = true; p.resolve(r); }, (e) => {
+        // An Error is the transport (the lane closed with the connection): the reconnect
+        // decides whether to resend. An ErrorBody is the server's answer.
+        if (e instanceof Error) return;
+        p.done = true; p.reject(e);
+      }).finally(() => { this.pending = this.pending.filter((x) => !x.done); });
+    }
+  }
+
+  #onEvent(lane, m) {
+    if (m.seq <= this.laneSeq[lane]) return; // replayed twice
+    this.laneSeq[lane] = m.seq;
+    const cs = channelSeqOf(m.body);
+    if (cs) {
+      const [ch, seq] = cs;
+      const at = this.channelSeq.get(ch) ?? 0;
+      if (seq <= at) return; // seen (a live event may arrive twice around a catch-up)
+      this.channelSeq.set(ch, seq);
+    }
+    if (m.body.type === 'Gap') this.follow(m.body.channel_id, m.body.resumes_at - 1);
+    this.dispatchEvent(new CustomEvent('event', { detail: { lane, body: m.body } }));
+  }
+
+  async #connectOnce() {
+    const info = await this.connectInfo();
+    const resume = this.sessionId ? {
+      session_id: this.sessionId,
+      lanes: LANES.map((lane) => ({ lane, seq: this.laneSeq[lane] })),
+      channels: [...this.channelSeq].map(([channel_id, seq]) => ({ channel_id, seq })),
+    } : (this.channelSeq.size ? {
+      // No session to resume: catch the channels up from the event log.
+      session_id: '00'.repeat(16), lanes: [],
+      channels: [...this.channelSeq].map(([channel_id, seq]) => ({ channel_id, seq })),
+    } : null);
+    const s = await connect(info.url, { token: info.token, certHashes: info.certHashes, device: this.device, resume });
+    const resumed = s.ready.type === 'Resumed';
+    if (!resumed) for (const l of LANES) this.laneSeq[l] = 0; // a new session numbers afresh
+    this.sessionId = s.ready.session_id;
+    this.session = s;
+    this.lanes = {};
+    for (const [ch] of this.channelSeq) {
+      // Channels the snapshot no longer lists are not followed any more.
+      const listed = s.ready.guilds.some((g) => g.channels.some((c) => c.id === ch)) || s.ready.private_channels.some((c) => c.id === ch);
+      if (!listed) this.channelSeq.delete(ch);
+    }
+    // New channels start where the snapshot stands (history up to there is fetched);
+    // followed ones keep their position, so what is caught up after it is delivered.
+    const channels = s.ready.guilds.flatMap((g) => g.channels).concat(s.ready.private_channels);
+    for (const c of channels) if (c.kind !== 'Voice' && !this.channelSeq.has(c.id)) this.channelSeq.set(c.id, c.last_seq);
+    // The snapshot first, then the lanes' events (which are newer than it).
+    this.dispatchEvent(new CustomEvent('ready', { detail: { ready: s.ready, resumed } }));
+    for (const lane of LANES) {
+      const l = await s.openLane(lane);
+      l.onevent = (m) => this.#onEvent(lane, m);
+      for (const m of l.drain()) this.#onEvent(lane, m);
+      this.lanes[lane] = l;
+    }
+    s.heartbeatLanes = () => LANES.map((lane) => ({ lane, seq: this.laneSeq[lane] }));
+    return { s, resumed };
+  }
+
+  async #loop() {
+    let attempt = 0;
+    while (!this.stopped) {
+      this.#setState(attempt === 0 && !this.sessionId ? 'connecting' : 'reconnecting');
+      let s, resumed;
+      try {
+        ({ s, resumed } = await this.#connectOnce());
+      } catch (e) {
+        if (e instanceof ClosedError && !e.reconnect && e.code !== CloseCode.RESUME_REFUSED) {
+          this.#fail(e); return;
+        }
+        if (e instanceof ClosedError && e.code === CloseCode.RESUME_REFUSED) this.sessionId = null;
+        const delay = Math.random() * Math.min(this.maxBackoffMs, this.backoffMs * 2 ** attempt);
+        attempt++;
+        await new Promise((r) => setTimeout(r, delay));
+        continue;
+      }
+      attempt = 0;
+      this.#setState(resumed ? 'resumed' : 'ready');
+      this.#flush();
+      // Until it dies: closed by the server, or quiet for three heartbeat intervals.
+      const quiet = 3 * s.ready.heartbeat_interval_ms;
+      const info = await new Promise((resolve) => {
+        const timer = setInterval(() => { if (Date.now() - s.lastHeard > quiet) { clearInterval(timer); resolve(null); } }, 500);
+        s.closed.then((ci) => { clearInterval(timer); resolve(ci); });
+      });
+      try { s.wt.close({ closeCode: 1000, reason: 'replacing' }); } catch (_) {}
+      if (this.stopped) break;
+      if (info && info.code >= 4000) { this.#fail(new ClosedError(info.code, info.reason)); return; }
+      // In flight when it died: resend what is safe, reject the rest.
+      for (const p of this.pending) {
+        if (!p.sent) continue;
+        if (RESENDABLE.has(p.body.type)) p.sent = false; else { p.done = true; p.reject(new ConnectionLostError(p.body.type)); }
+      }
+      this.pending = this.pending.filter((p) => !p.done);
+      this.session = null;
+    }
+    this.#setState('closed');
+  }
+
+  #fail(e) {
+    this.stopped = true;
+    for (const p of this.pending) p.reject(e);
+    this.pending = [];
+    this.dispatchEvent(new CustomEvent('fatal', { detail: e }));
+    this.#setState('closed');
+  }
+
+  /** For tests and the "drop connection" button: kills the connection without a goodbye
+   * (the session stays resumable, as after a network failure). */
+  dropConnection() { try { this.session?.wt.close({ closeCode: 1, reason: 'dropped' }); } catch (_) {} }
+
+  /** Ends the session for good. */
+  close() { this.stopped = true; this.session?.close(); }
 }

@@ -1,6 +1,7 @@
 //! The HTTP side port: `/health` (the process answers), `/ready` (accepting sessions: not
 //! draining, and the database answering within its deadline), `/metrics` (Prometheus text), `/cert-hash` (what a browser needs for
-//! `serverCertificateHashes`), and the browser client at `/` and `/quaver.js`.
+//! `serverCertificateHashes`), the web app at `/` (`/app.js`, `/quaver.js`), and — only on a
+//! server running on its generated development secret — `POST /dev/token`.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -9,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::Ctx;
 
@@ -28,6 +29,12 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/quaver.js",
             get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/quaver.js")) }),
         )
+        .route(
+            "/app.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/app.js")) }),
+        )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/dev/token", post(dev_token))
         .with_state(ctx)
 }
 
@@ -102,4 +109,89 @@ async fn cert_hash(State(ctx): State<Arc<Ctx>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// How long a token minted by `POST /dev/token` lives.
+const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// The user id a development name signs in as: the same name (ignoring case and surrounding
+/// space) is the same user on every visit; ids stay below 2^53.
+pub fn dev_user_id(name: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.trim().to_lowercase().as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    (u64::from_be_bytes(b) & ((1 << 53) - 1)).max(1)
+}
+
+#[derive(serde::Deserialize)]
+struct DevTokenRequest {
+    name: String,
+}
+
+/// `POST /dev/token {"name": "ada"}`: a token for the user of that name. Exists only while
+/// the server runs on the JWT secret it generated for development (never with `JWT_SECRET`
+/// or a public key set), and says so.
+async fn dev_token(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
+    let json = |status: StatusCode, v: serde_json::Value| {
+        (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            v.to_string(),
+        )
+            .into_response()
+    };
+    if !ctx.verifier.is_generated() {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "no development tokens: this server verifies tokens from your issuer (JWT_SECRET or a public key is set)" }),
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<DevTokenRequest>(&body) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "expected a JSON body {\"name\": \"…\"}" }),
+        );
+    };
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 32 || name.chars().any(char::is_control) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "a name is 1 to 32 characters, without control characters" }),
+        );
+    }
+    let user = dev_user_id(name);
+    match ctx.verifier.mint(user, Some(name), DEV_TOKEN_TTL) {
+        Ok(token) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "token": token,
+                "user_id": user.to_string(),
+                "name": name,
+                "expires_in_secs": DEV_TOKEN_TTL.as_secs(),
+                "development": "this server runs on a generated development secret and mints a token for any name; set JWT_SECRET (or a public key) in production, and this endpoint goes away",
+            }),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": format!("minting failed: {e}") }),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_user_id;
+
+    #[test]
+    fn dev_names_map_to_stable_ids_below_2_pow_53() {
+        assert_eq!(dev_user_id("Ada"), dev_user_id(" ada "));
+        assert_ne!(dev_user_id("ada"), dev_user_id("bob"));
+        for n in ["a", "ada", "bob", "a very long name of 32 chars...."] {
+            let id = dev_user_id(n);
+            assert!(id > 0 && id < 1 << 53, "{n}: {id}");
+        }
+    }
 }

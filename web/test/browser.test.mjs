@@ -81,10 +81,10 @@ test('browser reaches Ready over WebTransport with ?token= and the /cert-hash ha
   assert.deepEqual(result.pong, [7, 8]);
   assert.deepEqual(result.protocols, [1]);
   assert.ok(result.maxDatagram > 1000, `datagrams available: ${result.maxDatagram}`);
-  // The UI path too: the button connects and shows Ready.
+  // The UI path too: a pasted token connects and shows the connection as ready.
   await page.fill('#token', token(7));
   await page.click('#connect');
-  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('ready'), null, { timeout: 10000 });
+  await page.waitForFunction(() => document.getElementById('conn').dataset.state === 'ready', null, { timeout: 10000 });
   await page.close();
 });
 

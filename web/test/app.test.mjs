@@ -1,0 +1,237 @@
+// The web app at `/`, in headless Debian Chromium, as two people would use it: both sign in
+// with a development name, one creates a guild and an invite, the other joins; they chat
+// (each sees every message once, in order), see each other type and change presence, get
+// a mention notification, and a reload resumes without losing or doubling a message. Voice:
+// with Chromium's fake microphone both join a voice channel and decode each other's Opus
+// with non-zero energy, and a native participant (`quaver chat listen`) receives the
+// browser's frames. Screenshots of the main views go to target/screenshots/ (not committed).
+//
+// Needs the built server (QUAVER_BIN, default ../target/debug/quaver) and Chromium
+// (CHROMIUM, default /usr/bin/chromium).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.QUAVER_BIN ?? new URL('../../target/debug/quaver', import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
+
+let server, browser, quicAddr, httpAddr, ada, bob;
+
+// The server on its embedded defaults, and without JWT_SECRET: it generates a development
+// secret, so `POST /dev/token` mints tokens by name.
+function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), 'quaver-app-'));
+  const { DATABASE_URL: _d, REDIS_URL: _r, JWT_SECRET: _j, ...inherited } = process.env;
+  const env = {
+    ...inherited, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
+    QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1',
+  };
+  const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${text}`)), 20000);
+    child.stderr.on('data', (d) => {
+      text += d;
+      const plain = text.replace(/\x1b\[[0-9;]*m/g, '');
+      const h = plain.match(/http=(127\.0\.0\.1:\d+)/), q = plain.match(/quic=(127\.0\.0\.1:\d+)/);
+      if (h && q) { clearTimeout(timer); resolve([child, q[1], h[1]]); }
+    });
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}:\n${text}`)); });
+  });
+}
+
+async function person(name) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e));
+  page.on('console', (m) => { if (m.text().startsWith('quaver:')) console.error(`[${name}] ${m.text()} at ${new Date().toISOString()}`); });
+  await page.goto(`http://${httpAddr}/`);
+  await page.fill('#name', name);
+  await page.click('#signin-dev');
+  await page.waitForFunction(() => document.getElementById('conn').dataset.state === 'ready', null, { timeout: 10000 });
+  return page;
+}
+
+/** The texts of the open channel's messages, in display order. */
+const shown = (page) => page.$$eval('#messages .msg', (els) => els.map((e) => ({
+  id: e.dataset.id, seq: Number(e.dataset.seq), text: e.querySelector('.content').textContent,
+})));
+
+async function sendText(page, text) {
+  await page.fill('#composer', text);
+  await page.press('#composer', 'Enter');
+}
+
+async function until(what, f, ms = 10000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await f();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+before(async () => {
+  assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
+  mkdirSync(SHOTS, { recursive: true });
+  [server, quicAddr, httpAddr] = await startServer();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill('SIGTERM');
+});
+
+test('the dev token endpoint says what it is and refuses bad names', async () => {
+  const ok = await fetch(`http://${httpAddr}/dev/token`, { method: 'POST', body: JSON.stringify({ name: 'Ada' }) });
+  assert.equal(ok.status, 200);
+  const body = await ok.json();
+  assert.match(body.development, /generated development secret/);
+  const again = await (await fetch(`http://${httpAddr}/dev/token`, { method: 'POST', body: JSON.stringify({ name: ' ada ' }) })).json();
+  assert.equal(again.user_id, body.user_id, 'the same name is the same user');
+  for (const bad of ['{}', '{"name": ""}', `{"name": "${'x'.repeat(33)}"}`, 'not json']) {
+    const r = await fetch(`http://${httpAddr}/dev/token`, { method: 'POST', body: bad });
+    assert.equal(r.status, 400, bad);
+  }
+});
+
+test('two people: guild, invite, chat in order, typing, presence, a mention, a reload', async () => {
+  ada = await person('ada');
+  bob = await person('bob');
+  // Ada creates a guild (it opens its general channel) and an invite.
+  await ada.fill('#new-guild', 'Test guild');
+  await ada.click('#create-guild');
+  await ada.waitForSelector('#channels .channel[data-name="general"].selected');
+  await ada.click('#create-invite');
+  const code = await (await ada.waitForSelector('#invite-value')).textContent();
+  // Bob joins with the link.
+  await bob.fill('#invite-input', `http://${httpAddr}/#invite=${code}`);
+  await bob.click('#join-guild');
+  await bob.waitForSelector('#channels .channel[data-name="general"].selected');
+  await until('ada sees bob among the members', () => ada.$('#members .member:has-text("bob")'));
+
+  // They chat, interleaved: both see every message once, in seq order.
+  const sent = [];
+  for (let i = 1; i <= 5; i++) {
+    await sendText(ada, `ada ${i}`); sent.push(`ada ${i}`);
+    await sendText(bob, `bob ${i}`); sent.push(`bob ${i}`);
+  }
+  for (const page of [ada, bob]) {
+    const list = await until('all ten messages', async () => { const l = await shown(page); return l.length >= 10 && l; });
+    assert.equal(list.length, 10, 'each message once');
+    assert.deepEqual(list.map((m) => m.seq), [...list.map((m) => m.seq)].sort((a, b) => a - b), 'in seq order');
+    assert.deepEqual([...list.map((m) => m.text)].sort(), [...sent].sort());
+    assert.equal(new Set(list.map((m) => m.id)).size, 10);
+  }
+  // The two agree on the order.
+  assert.deepEqual((await shown(ada)).map((m) => m.text), (await shown(bob)).map((m) => m.text));
+
+  // Typing: bob types, ada sees it; bob sends, it stops.
+  await bob.fill('#composer', 'typing something');
+  await bob.dispatchEvent('#composer', 'input');
+  await until('ada sees bob typing', async () => (await ada.textContent('#typing')).includes('bob is typing'));
+  await ada.screenshot({ path: join(SHOTS, 'chat-typing.png') });
+  await bob.press('#composer', 'Enter');
+  await until('the indicator stops on send', async () => (await ada.textContent('#typing')) === '');
+
+  // Presence: bob goes do-not-disturb with a custom status; ada's member list shows it.
+  await bob.fill('#custom-status', 'in a meeting');
+  await bob.selectOption('#status-select', 'Dnd');
+  await until('ada sees bob as dnd', () => ada.$('#members .member[data-status="Dnd"]:has-text("in a meeting")'));
+
+  // A mention: bob mentions ada; she is notified and the message is highlighted.
+  await sendText(bob, 'look here @ada');
+  await until('a mention notification', async () => (await ada.textContent('#notif-count')) !== '0' && !(await ada.$eval('#notif-count', (e) => e.hidden)));
+  await ada.click('#notif-button');
+  await ada.waitForSelector('#notifications .notification.unread[data-kind="Mention"]');
+  await ada.screenshot({ path: join(SHOTS, 'notifications.png') });
+  await ada.click('#notif-read-all');
+  await until('marked read', async () => ada.$eval('#notif-count', (e) => e.hidden));
+  await ada.click('#notif-button');
+  await ada.waitForSelector('#messages .msg.mentions-me .mention');
+
+  // A reload while ada keeps sending: bob's page comes back with every message once.
+  const reload = bob.reload();
+  for (let i = 1; i <= 3; i++) { await sendText(ada, `during reload ${i}`); sent.push(`during reload ${i}`); }
+  await reload;
+  await bob.waitForFunction(() => ['ready', 'resumed'].includes(document.getElementById('conn').dataset.state), null, { timeout: 10000 });
+  await sendText(ada, 'after reload'); sent.push('after reload');
+  sent.push('typing something', 'look here @ada');
+  const after = await until('bob sees everything after the reload', async () => {
+    const l = await shown(bob);
+    return l.some((m) => m.text === 'after reload') && l;
+  });
+  assert.equal(after.length, sent.length, `each message once: ${JSON.stringify(after.map((m) => m.text))}`);
+  assert.equal(new Set(after.map((m) => m.id)).size, sent.length);
+  assert.deepEqual(after.map((m) => m.seq), [...after.map((m) => m.seq)].sort((a, b) => a - b));
+  assert.deepEqual(after.map((m) => m.text), (await shown(ada)).map((m) => m.text), 'the same order on both');
+  await bob.screenshot({ path: join(SHOTS, 'after-reload.png') });
+});
+
+test('edit, delete, react and reply show on both sides', async () => {
+  const act = async (page, text, action) => {
+    const row = page.locator('#messages .msg', { hasText: text }).first();
+    await row.hover();
+    await row.locator(action).click();
+  };
+  await sendText(ada, 'to be edited');
+  await until('ada sees her message', () => ada.$('#messages .msg:has-text("to be edited")'));
+  ada.once('dialog', (d) => d.accept('edited text'));
+  await act(ada, 'to be edited', '.act-edit');
+  await until('bob sees the edit', () => bob.$('#messages .msg:has-text("edited text") .edited'));
+  await act(bob, 'edited text', '.act-react');
+  await until('ada sees the reaction', () => ada.$('#messages .msg:has-text("edited text") .reactions button:has-text("👍 1")'));
+  await act(bob, 'edited text', '.act-reply');
+  await sendText(bob, 'a reply');
+  await until('ada sees the reply with its parent', () => ada.$('#messages .msg:has-text("a reply") .reply:has-text("edited text")'));
+  await act(ada, 'edited text', '.act-delete');
+  await until('bob sees the deletion', () => bob.$('#messages .msg.deleted'));
+});
+
+test('voice: fake microphones, decoded on the other side, heard by a native participant', async () => {
+  // Ada creates a voice channel; both join it.
+  await ada.fill('#new-channel-name', 'lounge');
+  await ada.selectOption('#new-channel-kind', 'Voice');
+  await ada.click('#create-channel');
+  const channel = await (await until('bob sees the voice channel', () => bob.$('#channels .channel[data-kind="Voice"][data-name="lounge"]'))).getAttribute('data-id');
+  // A native participant listens meanwhile (it joins muted and never speaks).
+  const token = (await (await fetch(`http://${httpAddr}/dev/token`, { method: 'POST', body: JSON.stringify({ name: 'native' }) })).json()).token;
+  // It must be a member: join with an invite from ada's page.
+  const invite = await ada.evaluate(async (g) => (await window.quaverApp.client.request('Chat', { type: 'CreateInvite', guild_id: g, max_uses: 1, max_age_secs: 600 })).code,
+    await ada.evaluate(() => window.quaverApp.guild));
+  const cli = (args) => new Promise((resolve, reject) => execFile(BIN, ['chat', '--server', quicAddr, '--http', httpAddr, '--token', token, ...args],
+    { env: { ...process.env, QUAVER_LOG: 'warn' } }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(stdout))));
+  await cli(['join', invite]);
+  await ada.click(`#channels .channel[data-id="${channel}"]`);
+  await bob.click(`#channels .channel[data-id="${channel}"]`);
+  await until('both are in the channel', async () => (await ada.$$('#channels .voice-user')).length === 2);
+  const listening = cli(['listen', '--channel', channel, '--seconds', '4']);
+  await until('each decodes the other with energy', async () => {
+    const [a, b] = await Promise.all([ada.evaluate(() => ({ ...window.quaverApp.voiceStats })), bob.evaluate(() => ({ ...window.quaverApp.voiceStats }))]);
+    return a.decodedFrames > 20 && b.decodedFrames > 20 && a.decodedEnergy > 0 && b.decodedEnergy > 0 && [a, b];
+  }, 15000);
+  await ada.screenshot({ path: join(SHOTS, 'voice.png') });
+  const heard = await listening;
+  const ownSlots = await Promise.all([ada, bob].map((p) => p.evaluate(() => window.quaverApp.voiceSession.slot)));
+  const frames = new Map(heard.split('\n').filter((l) => l.startsWith('frames\t')).map((l) => l.split('\t').slice(1).map(Number)));
+  for (const slot of ownSlots) assert.ok((frames.get(slot) ?? 0) > 20, `the native participant heard slot ${slot}: ${heard}`);
+  // Mute: ada's frames stop reaching bob.
+  await ada.click('#mute');
+  await until('bob sees ada muted', () => bob.$('#channels .voice-user:has-text("ada"):has-text("🔇")'));
+  await ada.click('#leave-voice');
+  await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
+});
