@@ -162,8 +162,12 @@ function onReady(ready, resumed) {
   S.notifications = ready.notifications; S.notifUnread = ready.notifications_unread;
   S.voice = new Map();
   for (const v of ready.voice_states) voiceSet(v);
-  const mine = S.presences.get(S.me.id);
-  if (mine) { $('status-select').value = mine.status === 'Offline' ? 'Online' : mine.status; $('custom-status').value = mine.custom_status ?? ''; }
+  // Presence belongs to sessions: a new one starts online, so say again what you had set.
+  const chosen = JSON.parse(sessionStorage.getItem('quaver.presence') ?? 'null');
+  if (chosen && !resumed) {
+    $('status-select').value = chosen.status; $('custom-status').value = chosen.custom ?? '';
+    if (chosen.status !== 'Online' || chosen.custom) setPresence();
+  }
   if (!resumed) {
     // A fresh session: what we showed may be behind; refetch the open channel's latest.
     for (const [ch, m] of S.messages) if (ch !== S.channel) m.loaded = false;
@@ -548,13 +552,16 @@ async function relationship(type, user) {
 
 async function setPresence() {
   const custom = $('custom-status').value.trim();
+  sessionStorage.setItem('quaver.presence', JSON.stringify({ status: $('status-select').value, custom }));
   try { await req('Presence', { type: 'SetPresence', status: $('status-select').value, custom_status: custom || null, activity: null }); } catch (e) { toast(errText(e)); }
+  render();
 }
 
 function notificationText(n) {
   const who = nameOf(n.actor_id);
   const what = { Mention: 'mentioned you', Reply: 'replied to you', Reaction: 'reacted to your message', DirectMessage: 'sent you a message', FriendRequest: 'sent you a friend request', FriendAccepted: 'accepted your friend request' }[n.kind] ?? n.kind;
-  return `${who} ${what}${n.preview ? `: ${n.preview}` : ''}`;
+  const preview = n.preview.replace(/<@!?(\d+)>/g, (_, id) => `@${nameOf(id)}`).replace(/<@&\d+>/g, '@role');
+  return `${who} ${what}${preview ? `: ${preview}` : ''}`;
 }
 
 async function markAllNotificationsRead() {
@@ -736,8 +743,19 @@ async function leaveVoice() {
 
 // ---- rendering -------------------------------------------------------------------------
 
+/** A user's presence; your own is what you set (the server does not echo it to you). */
+function presenceOf(user) {
+  if (user === S.me?.id && S.client?.current()) {
+    const status = $('status-select').value;
+    const custom = $('custom-status').value.trim() || null;
+    const web = status === 'Invisible' ? 'Offline' : status;
+    return { user_id: user, status: web, client_status: { desktop: 'Offline', mobile: 'Offline', web }, custom_status: custom, activity: null };
+  }
+  return S.presences.get(user);
+}
+
 function presenceDot(user) {
-  const p = S.presences.get(user);
+  const p = presenceOf(user);
   const st = p?.status ?? 'Offline';
   return el('span', { class: `dot ${st}`, title: st, 'data-status': st });
 }
@@ -842,12 +860,12 @@ function messageNode(msg, parent) {
     mine && !msg.deleted ? el('button', { title: 'delete', class: 'act-delete', onclick: () => remove(msg) }, '🗑') : null);
   return el('div', { class: `msg${mentionsMe(msg) ? ' mentions-me' : ''}${msg.deleted ? ' deleted' : ''}`, dataset: { id: msg.id, seq: String(msg.seq), author: msg.author_id } },
     actions,
-    msg.reply_to ? el('div', { class: 'reply' }, '↪ ', parent ? `${nameOf(parent.author_id)}: ${parent.content.slice(0, 60)}` : 'an earlier message') : null,
+    msg.reply_to ? el('div', { class: 'reply' }, '↪ ', parent ? `${nameOf(parent.author_id)}: ${parent.deleted ? 'a deleted message' : parent.content.slice(0, 60)}` : 'an earlier message') : null,
     el('span', { class: 'author' }, nameOf(msg.author_id)),
     el('span', { class: 'content' }, msg.deleted ? 'message deleted' : renderContent(msg.content)),
     msg.edited_at_ms ? el('span', { class: 'edited' }, '(edited)') : null,
     el('span', { class: 'time' }, new Date(msg.created_at_ms).toLocaleTimeString()),
-    msg.reactions.length ? el('div', { class: 'reactions' }, ...msg.reactions.map((r) => el('button', {
+    msg.reactions.length && !msg.deleted ? el('div', { class: 'reactions' }, ...msg.reactions.map((r) => el('button', {
       class: S.myReactions.has(`${msg.id}:${r.emoji}`) ? 'mine' : '', onclick: () => react(msg, r.emoji),
     }, `${r.emoji} ${r.count}`))) : null);
 }
@@ -871,10 +889,10 @@ function renderMembers() {
   const g = S.guilds.get(S.guild);
   const c = findChannel(S.channel);
   const people = g ? [...g.members.values()].map((m) => m.user_id) : (c?.recipients ?? []);
-  const rank = (u) => ({ Online: 0, Idle: 1, Dnd: 2 }[S.presences.get(u)?.status] ?? 3);
+  const rank = (u) => ({ Online: 0, Idle: 1, Dnd: 2 }[presenceOf(u)?.status] ?? 3);
   people.sort((a, b) => rank(a) - rank(b) || nameOf(a).localeCompare(nameOf(b)));
   $('members').replaceChildren(...people.map((u) => {
-    const p = S.presences.get(u);
+    const p = presenceOf(u);
     const devices = p ? Object.entries(p.client_status).filter(([, s]) => s !== 'Offline').map(([d, s]) => `${d}: ${s.toLowerCase()}`).join(', ') : '';
     const actions = u === S.me?.id ? [] : [
       el('button', { title: 'direct message', onclick: () => openDm(u) }, '✉'),

@@ -157,7 +157,7 @@ test('two people: guild, invite, chat in order, typing, presence, a mention, a r
   await sendText(bob, 'look here @ada');
   await until('a mention notification', async () => (await ada.textContent('#notif-count')) !== '0' && !(await ada.$eval('#notif-count', (e) => e.hidden)));
   await ada.click('#notif-button');
-  await ada.waitForSelector('#notifications .notification.unread[data-kind="Mention"]');
+  await ada.waitForSelector('#notifications .notification.unread[data-kind="Mention"]:has-text("bob mentioned you: look here @ada")');
   await ada.screenshot({ path: join(SHOTS, 'notifications.png') });
   await ada.click('#notif-read-all');
   await until('marked read', async () => ada.$eval('#notif-count', (e) => e.hidden));
@@ -179,6 +179,9 @@ test('two people: guild, invite, chat in order, typing, presence, a mention, a r
   assert.equal(new Set(after.map((m) => m.id)).size, sent.length);
   assert.deepEqual(after.map((m) => m.seq), [...after.map((m) => m.seq)].sort((a, b) => a - b));
   assert.deepEqual(after.map((m) => m.text), (await shown(ada)).map((m) => m.text), 'the same order on both');
+  // Bob's status survived the reload.
+  await until('ada still sees bob as dnd', () => ada.$('#members .member[data-status="Dnd"]:has-text("in a meeting")'));
+  await until('ada sees herself online', () => ada.$('#members .member[data-status="Online"]:has-text("ada")'));
   await bob.screenshot({ path: join(SHOTS, 'after-reload.png') });
 });
 
