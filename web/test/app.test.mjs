@@ -205,6 +205,51 @@ test('edit, delete, react and reply show on both sides', async () => {
   await until('bob sees the deletion', () => bob.$('#messages .msg.deleted'));
 });
 
+test('a network blip: the page resumes exactly and shows every message once', async () => {
+  const before = (await shown(ada)).length;
+  await ada.evaluate(() => window.quaverApp.client.dropConnection());
+  for (let i = 1; i <= 4; i++) await sendText(bob, `while ada was away ${i}`);
+  await ada.waitForFunction(() => document.getElementById('conn').dataset.state === 'resumed', null, { timeout: 15000 });
+  const list = await until('ada sees the four', async () => { const l = await shown(ada); return l.filter((m) => m.text.startsWith('while ada was away')).length === 4 && l; });
+  assert.equal(list.length, before + 4, 'nothing doubled');
+  assert.equal(new Set(list.map((m) => m.id)).size, list.length);
+  // A send made while disconnected goes out once when the connection is back.
+  await ada.evaluate(() => window.quaverApp.client.dropConnection());
+  await sendText(ada, 'sent during the blip');
+  await until('bob gets it', async () => (await shown(bob)).some((m) => m.text === 'sent during the blip'));
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal((await shown(bob)).filter((m) => m.text === 'sent during the blip').length, 1);
+});
+
+test('unread and mention badges, friends and a DM', async () => {
+  // Ada opens a second channel; bob stays in general and sees it unread, with a mention.
+  await ada.fill('#new-channel-name', 'random');
+  await ada.selectOption('#new-channel-kind', 'Text');
+  await ada.click('#create-channel');
+  await ada.waitForSelector('#channels .channel[data-name="random"].selected');
+  await until('bob sees the channel', () => bob.$('#channels .channel[data-name="random"]'));
+  await sendText(ada, 'over here @bob');
+  await until('bob sees random unread with one mention', () => bob.$('#channels .channel.unread[data-name="random"] .mentions:has-text("1")'));
+  await bob.click('#channels .channel[data-name="random"]');
+  await until('reading clears it', async () => !(await bob.$('#channels .channel.unread[data-name="random"]')));
+  // Friends: ada asks from the member list, bob accepts under Friends & DMs.
+  await ada.click('#members .member:has-text("bob") button[title="add friend"]');
+  await bob.click('#home-item');
+  await (await until('bob sees the request', () => bob.$('#friends .friend[data-kind="IncomingRequest"] button:has-text("Accept")'))).click();
+  await until('ada sees a friend', () => ada.evaluate(() => [...window.quaverApp.relationships.values()].includes('Friend')));
+  // A DM from bob; ada is notified and reads it there.
+  await (await bob.waitForSelector('#friends .friend[data-kind="Friend"] button:has-text("DM")')).click();
+  await bob.waitForSelector('#chat-head:has-text("ada")');
+  await sendText(bob, 'a direct hello');
+  await until('ada is notified of the DM', () => ada.$('#notifications .notification[data-kind="DirectMessage"]'));
+  await ada.click('#home-item');
+  await ada.click('#dms .dm');
+  await until('ada reads the DM', async () => (await shown(ada)).some((m) => m.text === 'a direct hello'));
+  await ada.screenshot({ path: join(SHOTS, 'dm.png') });
+  // Back to the guild for the voice test.
+  for (const p of [ada, bob]) await p.click('#guilds .guild');
+});
+
 test('voice: fake microphones, decoded on the other side, heard by a native participant', async () => {
   // Ada creates a voice channel; both join it.
   await ada.fill('#new-channel-name', 'lounge');
@@ -227,6 +272,7 @@ test('voice: fake microphones, decoded on the other side, heard by a native part
     const [a, b] = await Promise.all([ada.evaluate(() => ({ ...window.quaverApp.voiceStats })), bob.evaluate(() => ({ ...window.quaverApp.voiceStats }))]);
     return a.decodedFrames > 20 && b.decodedFrames > 20 && a.decodedEnergy > 0 && b.decodedEnergy > 0 && [a, b];
   }, 15000);
+  await until('a speaking indicator', async () => (await bob.evaluate(() => window.quaverApp.voiceStats.speakingSeen)) > 0);
   await ada.screenshot({ path: join(SHOTS, 'voice.png') });
   const heard = await listening;
   const ownSlots = await Promise.all([ada, bob].map((p) => p.evaluate(() => window.quaverApp.voiceSession.slot)));
