@@ -894,9 +894,12 @@ function renderMembers() {
   $('members').replaceChildren(...people.map((u) => {
     const p = presenceOf(u);
     const devices = p ? Object.entries(p.client_status).filter(([, s]) => s !== 'Offline').map(([d, s]) => `${d}: ${s.toLowerCase()}`).join(', ') : '';
+    const blocked = S.relationships.get(u) === 'Blocked';
     const actions = u === S.me?.id ? [] : [
-      el('button', { title: 'direct message', onclick: () => openDm(u) }, '✉'),
+      blocked ? null : el('button', { title: 'direct message', onclick: () => openDm(u) }, '✉'),
       S.relationships.has(u) ? null : el('button', { title: 'add friend', onclick: () => relationship('SendFriendRequest', u) }, '+'),
+      blocked ? el('button', { title: 'unblock', onclick: () => relationship('UnblockUser', u) }, 'unblock')
+        : el('button', { title: 'block', onclick: () => { if (confirm(`Block ${nameOf(u)}? No DMs or friend requests either way.`)) relationship('BlockUser', u); } }, '⛔'),
     ];
     return el('div', { class: 'item member', dataset: { user: u, status: p?.status ?? 'Offline' } },
       presenceDot(u), el('span', {}, nameOf(u), el('span', { class: 'devices' }, devices ? ` ${devices}` : ''), p?.custom_status ? el('span', { class: 'custom' }, p.custom_status) : null),

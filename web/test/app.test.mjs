@@ -246,6 +246,15 @@ test('unread and mention badges, friends and a DM', async () => {
   await ada.click('#dms .dm');
   await until('ada reads the DM', async () => (await shown(ada)).some((m) => m.text === 'a direct hello'));
   await ada.screenshot({ path: join(SHOTS, 'dm.png') });
+  // Ada blocks bob: his next DM is refused (and says so), and unblocking lets it through.
+  ada.once('dialog', (d) => d.accept());
+  await ada.click('#members .member:has-text("bob") button[title="block"]');
+  await until('blocked', () => ada.evaluate(() => [...window.quaverApp.relationships.values()].includes('Blocked')));
+  await sendText(bob, 'are you there?');
+  await until('bob is told', async () => (await bob.textContent('#toast')).includes('not sent'));
+  assert.ok(!(await shown(bob)).some((m) => m.text === 'are you there?'));
+  await ada.click('#members .member:has-text("bob") button[title="unblock"]');
+  await until('unblocked', () => ada.evaluate(() => ![...window.quaverApp.relationships.values()].includes('Blocked')));
   // Back to the guild for the voice test.
   for (const p of [ada, bob]) await p.click('#guilds .guild');
 });
