@@ -692,6 +692,7 @@ async function startCapture(v) {
 
 async function startPlayback(v) {
   const it = v.session.voice();
+  // Ends with the session (a lost connection ends the loop; leaving cleans up).
   v.reading = (async () => {
     for await (const f of it) {
       if (S.voiceSession !== v) break;
@@ -717,7 +718,7 @@ async function startPlayback(v) {
       if (f.payload.length === 0) continue;
       try { d.decode(new EncodedAudioChunk({ type: 'key', timestamp: f.timestamp * 1e6 / 48000, data: f.payload })); } catch (_) {}
     }
-  })();
+  })().catch(() => {});
 }
 
 async function setVoiceState() {

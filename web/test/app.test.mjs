@@ -21,6 +21,7 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
 
 let server, browser, quicAddr, httpAddr, ada, bob;
+let serverLog = '';
 
 // The server on its embedded defaults, and without JWT_SECRET: it generates a development
 // secret, so `POST /dev/token` mints tokens by name.
@@ -37,6 +38,7 @@ function startServer() {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${text}`)), 20000);
     child.stderr.on('data', (d) => {
       text += d;
+      serverLog += d;
       const plain = text.replace(/\x1b\[[0-9;]*m/g, '');
       const h = plain.match(/http=(127\.0\.0\.1:\d+)/), q = plain.match(/quic=(127\.0\.0\.1:\d+)/);
       if (h && q) { clearTimeout(timer); resolve([child, q[1], h[1]]); }
@@ -92,6 +94,9 @@ before(async () => {
 });
 
 after(async () => {
+  // What the server warned about, for a failure's post-mortem.
+  const warnings = serverLog.replace(/\x1b\[[0-9;]*m/g, '').split('\n').filter((l) => / (WARN|ERROR) /.test(l) && !/development secret/.test(l));
+  if (warnings.length) console.error(`server warnings:\n${warnings.slice(-30).join('\n')}`);
   await browser?.close();
   server?.kill('SIGTERM');
 });
@@ -259,6 +264,23 @@ test('unread and mention badges, friends and a DM', async () => {
   for (const p of [ada, bob]) await p.click('#guilds .guild');
 });
 
+test('scroll-back: a long channel loads older messages in order', async () => {
+  await ada.click('#channels .channel[data-name="general"]');
+  await bob.click('#channels .channel[data-name="general"]');
+  // Enough for more than one page of history (50), paced under the default send limits.
+  const burst = async (page, who) => {
+    for (let i = 1; i <= 16; i++) { await sendText(page, `${who} filler ${i}`); await new Promise((r) => setTimeout(r, 220)); }
+  };
+  await Promise.all([burst(ada, 'ada'), burst(bob, 'bob')]);
+  const all = await until('ada has them all', async () => { const l = await shown(ada); return l.filter((m) => m.text.includes('filler')).length === 32 && l; });
+  assert.ok(all.length > 50, `${all.length} messages`);
+  await bob.reload();
+  await bob.waitForFunction(() => ['ready', 'resumed'].includes(document.getElementById('conn').dataset.state), null, { timeout: 10000 });
+  await (await bob.waitForSelector('#older')).click();
+  const back = await until('bob scrolled back to the start', async () => { const l = await shown(bob); return l.length === all.length && l; });
+  assert.deepEqual(back.map((m) => m.id), all.map((m) => m.id), 'the same messages in the same order');
+});
+
 test('voice: fake microphones, decoded on the other side, heard by a native participant', async () => {
   // Ada creates a voice channel; both join it.
   await ada.fill('#new-channel-name', 'lounge');
@@ -289,6 +311,10 @@ test('voice: fake microphones, decoded on the other side, heard by a native part
   for (const slot of ownSlots) assert.ok((frames.get(slot) ?? 0) > 20, `the native participant heard slot ${slot}: ${heard}`);
   // Mute: ada's frames stop reaching bob.
   await ada.click('#mute');
+  await new Promise((r) => setTimeout(r, 1500));
+  console.error('DEBUG', await ada.evaluate(() => JSON.stringify({ muted: window.quaverApp.voiceSession?.muted, me: window.quaverApp.me.id, state: window.quaverApp.client.state })),
+    await bob.evaluate(() => JSON.stringify([...window.quaverApp.voice].map(([c, m]) => [c, [...m.values()]]))),
+    await bob.evaluate(() => document.getElementById('channels').innerText));
   await until('bob sees ada muted', () => bob.$('#channels .voice-user:has-text("ada"):has-text("🔇")'));
   await ada.click('#leave-voice');
   await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);

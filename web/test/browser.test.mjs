@@ -88,6 +88,26 @@ test('browser reaches Ready over WebTransport with ?token= and the /cert-hash ha
   await page.close();
 });
 
+test('an idle browser session stays up (past every server-side stream deadline)', async () => {
+  // Chromium opens its QPACK streams at once and may say nothing on them; a server that
+  // stops them after a deadline kills the connection (this one did, at 10 s).
+  const page = await browser.newPage();
+  await page.goto(`http://${httpAddr}/`);
+  const r = await page.evaluate(async (tok) => {
+    const s = await window.quaverConnect(tok);
+    let closed = null;
+    s.closed.then(() => { closed = Date.now(); });
+    const t0 = Date.now();
+    await new Promise((res) => setTimeout(res, 13000));
+    const chat = await s.openLane('Chat').catch(() => null);
+    const pong = chat ? await chat.request({ type: 'Ping', data: new Uint8Array([1]) }).catch(() => null) : null;
+    s.close();
+    return { closedAfter: closed && closed - t0, pong: !!pong };
+  }, token(4343));
+  assert.deepEqual(r, { closedAfter: null, pong: true });
+  await page.close();
+});
+
 test('browser with a bad token does not reach Ready and learns why', async () => {
   const page = await browser.newPage();
   await page.goto(`http://${httpAddr}/`);

@@ -12,7 +12,6 @@
 //! request (`?token=` included).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -34,8 +33,6 @@ const CAPSULE_CLOSE_SESSION: u64 = 0x2843;
 const H3_STREAM_CREATION_ERROR: u32 = 0x103;
 /// H3_REQUEST_REJECTED: a second request on a connection that serves one session.
 const H3_REQUEST_REJECTED: u32 = 0x10b;
-/// A stream must say what it is within this time, or it is stopped.
-const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read from the CONNECT stream or an HTTP/3 uni stream's frame at once.
 const MAX_CONTROL_FRAME: u64 = 64 * 1024;
 
@@ -210,12 +207,12 @@ async fn accept_bi(conn: quinn::Connection, session_id: u64, tx: mpsc::Sender<(q
     while let Ok((mut s, mut r)) = conn.accept_bi().await {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let header = tokio::time::timeout(STREAM_HEADER_TIMEOUT, async {
-                Some((read_varint(&mut r).await?, read_varint(&mut r).await?))
-            })
-            .await;
+            // No deadline for the header: a browser may open a stream and write its header
+            // with the first data, much later; idle streams are bounded by the connection's
+            // stream limits.
+            let header = async { Some((read_varint(&mut r).await?, read_varint(&mut r).await?)) }.await;
             match header {
-                Ok(Some((WEBTRANSPORT_STREAM, sid))) if sid == session_id => {
+                Some((WEBTRANSPORT_STREAM, sid)) if sid == session_id => {
                     let _ = tx.send((s, r)).await;
                 }
                 _ => {
@@ -230,17 +227,24 @@ async fn accept_bi(conn: quinn::Connection, session_id: u64, tx: mpsc::Sender<(q
 /// Client unidirectional streams: HTTP/3 control and QPACK streams are read and ignored
 /// (no dynamic table, nothing to act on); WebTransport uni streams are not used by Quaver.
 /// Holds our own control stream open for the connection's life.
+///
+/// A stream's type is awaited without a deadline: Chromium opens its QPACK streams at once
+/// but may say nothing on them for a long time, and stopping one of them is fatal to the
+/// connection (it closes with H3 error 0x104, "STOP_SENDING received for QPACK send
+/// stream") — a 10 s deadline here once ended every idle browser session after 10 s.
 async fn accept_uni(conn: quinn::Connection, _control: quinn::SendStream) {
     while let Ok(mut r) = conn.accept_uni().await {
         tokio::spawn(async move {
-            match tokio::time::timeout(STREAM_HEADER_TIMEOUT, read_varint(&mut r)).await {
-                Ok(Some(t)) if t != STREAM_WEBTRANSPORT_UNI => {
+            match read_varint(&mut r).await {
+                Some(STREAM_WEBTRANSPORT_UNI) => {
+                    let _ = r.stop(H3_STREAM_CREATION_ERROR.into());
+                }
+                Some(_) => {
                     let mut sink = [0u8; 4096];
                     while let Ok(Some(_)) = r.read(&mut sink).await {}
                 }
-                _ => {
-                    let _ = r.stop(H3_STREAM_CREATION_ERROR.into());
-                }
+                // Reset or closed before saying what it was: nothing to do.
+                None => {}
             }
         });
     }
