@@ -481,13 +481,18 @@ async function createGuild() {
   try {
     const g = await req('Chat', { type: 'CreateGuild', name });
     $('new-guild').value = '';
-    const r = await fetchReply({ type: 'Guilds' });
-    for (const x of r.guilds) addGuild(x);
-    S.guild = g.id;
-    const general = [...(S.guilds.get(g.id)?.channels.values() ?? [])].find((c) => c.kind === 'Text');
-    if (general) openChannel(general.id);
-    render();
+    await enterGuild(g.id);
   } catch (e) { toast(errText(e)); }
+}
+
+/** After creating or joining guild `id`: load it and open its first text channel. */
+async function enterGuild(id) {
+  const r = await fetchReply({ type: 'Guilds' });
+  for (const x of r.guilds) addGuild(x);
+  S.guild = id;
+  const general = [...(S.guilds.get(id)?.channels.values() ?? [])].find((c) => c.kind === 'Text');
+  if (general) openChannel(general.id);
+  render();
 }
 
 async function joinGuild() {
@@ -498,12 +503,7 @@ async function joinGuild() {
   try {
     const g = await req('Chat', { type: 'JoinGuild', code });
     $('invite-input').value = '';
-    const r = await fetchReply({ type: 'Guilds' });
-    for (const x of r.guilds) addGuild(x);
-    S.guild = g.id;
-    const general = [...(S.guilds.get(g.id)?.channels.values() ?? [])].find((c) => c.kind === 'Text');
-    if (general) openChannel(general.id);
-    render();
+    await enterGuild(g.id);
   } catch (e) { toast(`could not join: ${errText(e)}`); }
 }
 

@@ -10,42 +10,18 @@
 // (CHROMIUM, default /usr/bin/chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { mkdirSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { BIN, startServer } from './server.mjs';
 
-const BIN = process.env.QUAVER_BIN ?? new URL('../../target/debug/quaver', import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
 
+// The server runs without JWT_SECRET: it generates a development secret, so
+// `POST /dev/token` mints tokens by name.
 let server, browser, quicAddr, httpAddr, ada, bob;
-let serverLog = '';
-
-// The server on its embedded defaults, and without JWT_SECRET: it generates a development
-// secret, so `POST /dev/token` mints tokens by name.
-function startServer() {
-  const dir = mkdtempSync(join(tmpdir(), 'quaver-app-'));
-  const { DATABASE_URL: _d, REDIS_URL: _r, JWT_SECRET: _j, ...inherited } = process.env;
-  const env = {
-    ...inherited, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
-    QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1',
-  };
-  const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${text}`)), 20000);
-    child.stderr.on('data', (d) => {
-      text += d;
-      serverLog += d;
-      const plain = text.replace(/\x1b\[[0-9;]*m/g, '');
-      const h = plain.match(/http=(127\.0\.0\.1:\d+)/), q = plain.match(/quic=(127\.0\.0\.1:\d+)/);
-      if (h && q) { clearTimeout(timer); resolve([child, q[1], h[1]]); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}:\n${text}`)); });
-  });
-}
 
 async function person(name) {
   const context = await browser.newContext();
@@ -84,7 +60,8 @@ before(async () => {
   assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
   mkdirSync(SHOTS, { recursive: true });
-  [server, quicAddr, httpAddr] = await startServer();
+  server = await startServer();
+  [quicAddr, httpAddr] = [server.quic, server.http];
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
@@ -95,10 +72,10 @@ before(async () => {
 
 after(async () => {
   // What the server warned about, for a failure's post-mortem.
-  const warnings = serverLog.replace(/\x1b\[[0-9;]*m/g, '').split('\n').filter((l) => / (WARN|ERROR) /.test(l) && !/development secret/.test(l));
+  const warnings = (server?.log() ?? '').split('\n').filter((l) => / (WARN|ERROR) /.test(l) && !/development secret/.test(l));
   if (warnings.length) console.error(`server warnings:\n${warnings.slice(-30).join('\n')}`);
   await browser?.close();
-  server?.kill('SIGTERM');
+  server?.child.kill('SIGTERM');
 });
 
 test('the dev token endpoint says what it is and refuses bad names', async () => {

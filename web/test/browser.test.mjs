@@ -8,42 +8,24 @@
 // (CHROMIUM, default /usr/bin/chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
+import { BIN, startServer } from './server.mjs';
 
-const BIN = process.env.QUAVER_BIN ?? new URL('../../target/debug/quaver', import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SECRET = 'browser-test-secret-0123456789abcdefgh';
 
 let server, browser, httpAddr;
 
 // `cluster`: join the cluster on REDIS_URL and DATABASE_URL under this key prefix; else the
-// server runs on its embedded defaults (SQLite in the temp dir), whatever the environment
-// says about other services.
-function startServer(cluster = null) {
-  const dir = mkdtempSync(join(tmpdir(), 'quaver-browser-'));
-  const { DATABASE_URL: database, REDIS_URL: redis, ...inherited } = process.env;
+// server runs on its embedded defaults, whatever the environment says about other services.
+async function startNode(cluster = null) {
   const services = cluster
-    ? { DATABASE_URL: database, REDIS_URL: redis, QUAVER_REDIS_PREFIX: cluster.prefix, QUAVER_NODE_NAME: cluster.name }
+    ? { DATABASE_URL: process.env.DATABASE_URL, REDIS_URL: process.env.REDIS_URL, QUAVER_REDIS_PREFIX: cluster.prefix, QUAVER_NODE_NAME: cluster.name }
     : {};
-  const env = {
-    ...inherited, ...services, JWT_SECRET: SECRET, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
-    QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1',
-  };
-  const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${text}`)), 20000);
-    child.stderr.on('data', (d) => {
-      text += d;
-      const m = text.replace(/\x1b\[[0-9;]*m/g, '').match(/http=(127\.0\.0\.1:\d+)/);
-      if (m) { clearTimeout(timer); resolve([child, m[1]]); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}:\n${text}`)); });
-  });
+  const s = await startServer({ ...services, JWT_SECRET: SECRET });
+  return [s.child, s.http];
 }
 
 const token = (user) => execFileSync(BIN, ['token', '--user', String(user), '--name', `web${user}`, '--ttl', '10m'],
@@ -52,7 +34,7 @@ const token = (user) => execFileSync(BIN, ['token', '--user', String(user), '--n
 before(async () => {
   assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
-  [server, httpAddr] = await startServer();
+  [server, httpAddr] = await startNode();
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
@@ -181,11 +163,11 @@ test('browser voice in a cluster: a join on the other node follows VoiceServer t
   }
   const prefix = `webtest${process.pid}${Date.now()}:`;
   // One after the other: the first applies the migrations.
-  const [nodeA, httpA] = await startServer({ prefix, name: `web-a-${process.pid}` });
+  const [nodeA, httpA] = await startNode({ prefix, name: `web-a-${process.pid}` });
   let nodeB;
   try {
     let httpB;
-    [nodeB, httpB] = await startServer({ prefix, name: `web-b-${process.pid}` });
+    [nodeB, httpB] = await startNode({ prefix, name: `web-b-${process.pid}` });
     const infoB = await (await fetch(`http://${httpB}/cert-hash`)).json();
     const page = await browser.newPage();
     await page.goto(`http://${httpA}/`);
