@@ -6,6 +6,7 @@
 //! has a reader task (requests in) and a writer task (acks and events out, coalesced);
 //! other parts of the server reach a session through its [`SessionHandle`].
 
+pub mod control;
 pub mod dispatch;
 pub mod replay;
 pub mod session;
@@ -270,6 +271,15 @@ impl SessionHandle {
         for l in lanes {
             self.acked[l.lane.index()].fetch_max(l.seq, Ordering::Relaxed);
         }
+    }
+}
+
+impl control::LaneSeqs for SessionHandle {
+    fn record_acks(&self, lanes: &[LaneSeq]) {
+        SessionHandle::record_acks(self, lanes);
+    }
+    fn sent_seqs(&self) -> Vec<LaneSeq> {
+        SessionHandle::sent_seqs(self)
     }
 }
 

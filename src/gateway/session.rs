@@ -1,22 +1,22 @@
 //! One session from its first stream to its close.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
 use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::{
-    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FetchReply, FrameError, Goaway, Heartbeat,
-    Lane, Limits, Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
+    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FetchReply, FrameError, Lane, Limits, Ready,
+    Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
-use super::timers::{TimerAction, Timers};
+use super::control::{self, Control, ControlConfig, unix_ms};
 use super::{AttachError, Cmd, LANE_QUEUE, LaneOut, SessionHandle, dispatch};
 use crate::Ctx;
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::limits::Refusal;
 use crate::metrics::{CONTROL, FETCH};
 
@@ -32,19 +32,6 @@ fn read_error_code(e: &ReadError) -> CloseCode {
         ReadError::Frame(FrameError::TooLarge { .. }) => CloseCode::FRAME_TOO_LARGE,
         _ => CloseCode::PROTOCOL_ERROR,
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Converts a wall-clock expiry to the monotonic clock the timers use (saturating: the
-/// verifier caps `exp` at year 9999, and a far deadline must never overflow the clock).
-fn deadline_of(expires: SystemTime, leeway: Duration) -> Instant {
-    let left = expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    let now = Instant::now();
-    now.checked_add(left.saturating_add(leeway))
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 fn random_session_id() -> SessionId {
@@ -177,30 +164,9 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         }
     };
     ctx.metrics.rx[CONTROL].add(ctl_rx.bytes as usize);
-    if hello.version != quaver_proto::PROTOCOL_VERSION {
-        return refuse(
-            &ctx,
-            &session,
-            &mut ctl_tx,
-            CloseCode::UNSUPPORTED_VERSION,
-            format!(
-                "protocol version {} unsupported (server speaks {})",
-                hello.version,
-                quaver_proto::PROTOCOL_VERSION
-            ),
-        )
-        .await;
-    }
-    // Hello.token wins over the URL/header token: it is the most deliberate of the three.
-    let identity = match hello.token.as_deref().or(pre_token.as_deref()) {
-        None => Err(AuthError::Missing),
-        Some(t) => ctx.verifier.verify(t),
-    };
-    let identity: Identity = match identity {
+    let identity: Identity = match control::accept_hello(&hello, pre_token.as_deref(), |t| ctx.verifier.verify(t)) {
         Ok(i) => i,
-        Err(e) => {
-            return refuse(&ctx, &session, &mut ctl_tx, e.close_code(), e.to_string()).await;
-        }
+        Err((code, reason)) => return refuse(&ctx, &session, &mut ctl_tx, code, reason).await,
     };
 
     // 2. Ready, with the user's snapshot (which also records the user from the claims).
@@ -226,32 +192,29 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
     let zstd = hello.compression == Compression::Zstd;
     // Resume: the same user's session, still in its window, whose buffer covers every lane.
-    let mut resume_from = [0u64; 5];
-    let resumed: Option<Arc<SessionHandle>> = match &hello.resume {
-        Some(r) => match ctx.sessions.get(&r.session_id) {
-            Some(h) if h.user != identity.user_id => {
-                return refuse(
-                    &ctx,
-                    &session,
-                    &mut ctl_tx,
-                    CloseCode::RESUME_REFUSED,
-                    "that session belongs to another user",
-                )
-                .await;
+    let resumed: Option<(Arc<SessionHandle>, [u64; 5])> = match &hello.resume {
+        Some(r) => {
+            let mut positions = [0u64; 5];
+            for l in &r.lanes {
+                positions[l.lane.index()] = l.seq;
             }
-            Some(h) => {
-                for l in &r.lanes {
-                    resume_from[l.lane.index()] = l.seq;
-                }
-                h.can_replay(&resume_from).is_ok().then_some(h)
+            let known = ctx.sessions.get(&r.session_id);
+            let facts = known.as_ref().map(|h| control::Known {
+                user: h.user,
+                can_replay: h.can_replay(&positions).is_ok(),
+            });
+            match control::decide_resume(identity.user_id, positions, facts) {
+                Err((code, reason)) => return refuse(&ctx, &session, &mut ctl_tx, code, reason).await,
+                Ok(control::Resume::Exact(from)) => known.map(|h| (h, from)),
+                Ok(control::Resume::Fresh) => None,
             }
-            None => None,
-        },
+        }
         None => None,
     };
-    if resumed.is_none() {
-        resume_from = [0; 5];
-    }
+    let (resumed, resume_from) = match resumed {
+        Some((h, from)) => (Some(h), from),
+        None => (None, [0u64; 5]),
+    };
     let is_resume = resumed.is_some();
     let handle = resumed.unwrap_or_else(|| {
         Arc::new(SessionHandle::new(
@@ -339,18 +302,22 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     ctx.metrics.session_opened(tr);
     tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), resumed = is_resume, "session ready");
 
-    // 3. The session loop.
-    let leeway = ctx.cfg.auth.leeway;
-    let mut timers = Timers::new(
+    // 3. The session loop: the control machine decides, this loop moves frames and time.
+    let mut machine = Control::new(
+        ControlConfig {
+            heartbeat_timeout: sc.ping_timeout,
+            refresh_warning: ctx.cfg.auth.refresh_warning,
+            leeway: ctx.cfg.auth.leeway,
+            drain_timeout: sc.drain_timeout,
+            reconnect_after: sc.reconnect_after,
+        },
+        &identity,
         Instant::now(),
-        sc.ping_timeout,
-        deadline_of(identity.expires_at, leeway),
-        ctx.cfg.auth.refresh_warning,
+        SystemTime::now(),
     );
     let mut shutdown = ctx.shutdown.clone();
-    let mut draining = false;
     let close: Option<(CloseCode, String)> = loop {
-        let deadline = tokio::time::Instant::from_std(timers.next_deadline());
+        let deadline = tokio::time::Instant::from_std(machine.next_deadline());
         tokio::select! {
             // Read the client's control frames only while their answers can be queued:
             // a client that does not read our control stream stops being read (and its
@@ -360,26 +327,16 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
                 let before = ctl_rx.bytes;
                 match frame {
                     Ok(Some(msg)) => {
-                        timers.heard(Instant::now());
                         ctx.presence.seen(identity.user_id, handle.id);
                         ctx.metrics.rx[CONTROL].add((ctl_rx.bytes - before) as usize);
-                        let reply = match msg {
-                            ClientControl::Hello(_) => break Some((CloseCode::PROTOCOL_ERROR, "second Hello".into())),
-                            ClientControl::Heartbeat(hb) => {
-                                handle.record_acks(&hb.lanes);
-                                ServerControl::HeartbeatAck(Heartbeat { nonce: hb.nonce, lanes: handle.sent_seqs() })
-                            }
-                            ClientControl::RefreshToken { token } => match ctx.verifier.verify(&token) {
-                                Ok(id) if id.user_id == identity.user_id => {
-                                    timers.token_refreshed(deadline_of(id.expires_at, leeway));
-                                    ServerControl::TokenRefreshed { expires_at_ms: unix_ms(id.expires_at) }
+                        let reply = machine.on_frame(Instant::now(), SystemTime::now(), msg, |t| ctx.verifier.verify(t), handle.as_ref());
+                        match reply {
+                            Ok(reply) => {
+                                if let Err(close) = queue_control(&ctl_out, reply) {
+                                    break close;
                                 }
-                                Ok(_) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, "token is for another user")),
-                                Err(e) => ServerControl::Error(ErrorBody::new(ErrorCode::TOKEN_REJECTED, e.to_string())),
-                            },
-                        };
-                        if let Err(close) = queue_control(&ctl_out, reply) {
-                            break close;
+                            }
+                            Err(close) => break Some(close),
                         }
                     }
                     // The client ended its control stream: it is leaving.
@@ -396,36 +353,24 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             },
             Some(Cmd::Close(code, reason)) = cmd_rx.recv() => break Some((code, reason)),
             _ = tokio::time::sleep_until(deadline) => {
-                let mut close = None;
-                let mut lost = false;
-                while let Some(action) = timers.poll(Instant::now()) {
-                    match action {
-                        TimerAction::Close(code) => { close = Some(code); break; }
-                        TimerAction::SendRefreshNeeded => {
-                            let msg = ServerControl::RefreshNeeded { expires_at_ms: unix_ms(identity.expires_at) };
-                            match queue_control(&ctl_out, msg) {
-                                Ok(()) => {}
-                                Err(Some((code, _))) => { close = Some(code); break; }
-                                Err(None) => { lost = true; break; }
-                            }
-                        }
+                let (send, close) = machine.poll(Instant::now());
+                let mut queued = Ok(());
+                for msg in send {
+                    queued = queue_control(&ctl_out, msg);
+                    if queued.is_err() {
+                        break;
                     }
                 }
-                if lost {
-                    break None;
-                }
-                if let Some(code) = close {
-                    break Some((code, code.name().to_string()));
+                match (queued, close) {
+                    (Err(close), _) => break close,
+                    (Ok(()), Some(close)) => break Some(close),
+                    (Ok(()), None) => {}
                 }
             }
-            _ = shutdown.wait(), if !draining => {
-                draining = true;
-                timers.drain(Instant::now() + ctx.cfg.session.drain_timeout);
-                let msg = ServerControl::Goaway(Goaway {
-                    reconnect_after_ms: ctx.cfg.session.reconnect_after.as_millis() as u32,
-                    reason: "server shutting down".into(),
-                });
-                if let Err(close) = queue_control(&ctl_out, msg) {
+            _ = shutdown.wait(), if !machine.draining() => {
+                if let Some(goaway) = machine.drain(Instant::now())
+                    && let Err(close) = queue_control(&ctl_out, goaway)
+                {
                     break close;
                 }
             }
@@ -441,12 +386,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     }
     // A lost connection leaves the session resumable for the window; a deliberate close
     // (by the client, or a terminal code) ends it.
-    let deliberate = match &close {
-        Some((code, _)) => *code == CloseCode::NORMAL || code.terminal() || *code == CloseCode::GOING_AWAY,
-        None => session
-            .close_reason()
-            .is_some_and(|(code, _)| code == CloseCode::NORMAL.0),
-    };
+    let deliberate = control::ends_session(close.as_ref(), session.close_reason().map(|(code, _)| code));
     if deliberate {
         if handle.detach(generation, Instant::now()) && ctx.sessions.remove(&handle.id) {
             ctx.fanout.close(identity.user_id);
