@@ -46,12 +46,25 @@ pub enum Cmd {
     Close(CloseCode, String),
 }
 
+/// Closes a connection directly (when its session task is already gone). The session
+/// state holds this, not a transport type, so it is tested without any connection.
+pub trait Closer: Send + Sync + std::fmt::Debug {
+    /// Closes the connection with `code` and `reason`.
+    fn close(&self, code: u32, reason: &str);
+}
+
+impl Closer for Session {
+    fn close(&self, code: u32, reason: &str) {
+        Session::close(self, code, reason);
+    }
+}
+
 /// The connection a session is attached to (none while detached, awaiting a resume).
 #[derive(Debug)]
 struct Attachment {
     /// Counts attachments, so a superseded connection's cleanup cannot detach its successor.
     generation: u64,
-    session: Session,
+    closer: Arc<dyn Closer>,
     cmd: mpsc::Sender<Cmd>,
     lanes: [Option<mpsc::Sender<LaneOut>>; 5],
     /// Per lane, the position the client resumed from (replay starts after it).
@@ -116,7 +129,7 @@ impl SessionHandle {
 
     /// Attaches a connection; returns its generation. The previous connection, if any, is
     /// told to close (`session_replaced`).
-    fn attach(&self, session: Session, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
+    fn attach(&self, closer: Arc<dyn Closer>, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
         let mut g = self.lock();
         let generation = g.next_generation;
         g.next_generation += 1;
@@ -129,7 +142,7 @@ impl SessionHandle {
         g.detached_until = None;
         g.attachment = Some(Attachment {
             generation,
-            session,
+            closer,
             cmd,
             lanes: Default::default(),
             resume_from,
@@ -222,7 +235,7 @@ impl SessionHandle {
         {
             // The task is gone: close the connection directly. (A full queue means closes
             // are already pending: the task will close, sending `Closing` first.)
-            a.session.close(code.0, reason);
+            a.closer.close(code.0, reason);
         }
     }
 
@@ -370,5 +383,191 @@ impl Sessions {
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The session state without any connection: attachments and their generations, resume
+/// and its races, lane rules, replay, slow consumers — in memory, deterministic.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(u32, String)>>);
+
+    impl Closer for Recorder {
+        fn close(&self, code: u32, reason: &str) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((code, reason.into()));
+        }
+    }
+
+    fn handle(max_events: usize) -> SessionHandle {
+        SessionHandle::new(
+            SessionId([7; 16]),
+            42,
+            ReplayLimits {
+                max_events,
+                max_bytes: 1 << 20,
+                window: Duration::from_secs(120),
+            },
+        )
+    }
+
+    fn conn(h: &SessionHandle, resume_from: [u64; 5]) -> (u64, mpsc::Receiver<Cmd>, Arc<Recorder>) {
+        let (tx, rx) = mpsc::channel(8);
+        let rec = Arc::new(Recorder::default());
+        (h.attach(rec.clone(), tx, resume_from), rx, rec)
+    }
+
+    fn event(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    fn seqs(backlog: &[(u64, Bytes)]) -> Vec<u64> {
+        backlog.iter().map(|(s, _)| *s).collect()
+    }
+
+    fn drain_events(rx: &mut mpsc::Receiver<LaneOut>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let LaneOut::Event(seq, _) = item {
+                out.push(seq);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn events_before_a_lane_opens_are_its_backlog_then_live() {
+        let h = handle(100);
+        let (g, _cmd, _) = conn(&h, [0; 5]);
+        h.push_event(Lane::Chat, event(1));
+        h.push_event(Lane::Chat, event(2));
+        let (tx, mut rx) = mpsc::channel(16);
+        let backlog = h.attach_lane(g, Lane::Chat, tx).unwrap();
+        assert_eq!(seqs(&backlog), vec![1, 2]);
+        h.push_event(Lane::Chat, event(3));
+        assert_eq!(drain_events(&mut rx), vec![3], "live after the backlog, nothing twice");
+        let (tx2, _rx2) = mpsc::channel(16);
+        assert_eq!(h.attach_lane(g, Lane::Chat, tx2).unwrap_err(), AttachError::AlreadyOpen);
+        assert_eq!(
+            h.sent_seqs(),
+            vec![LaneSeq {
+                lane: Lane::Chat,
+                seq: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn a_resume_replays_exactly_what_the_client_lacks() {
+        let h = handle(100);
+        let (g1, _cmd1, _) = conn(&h, [0; 5]);
+        let (tx, _rx) = mpsc::channel(16);
+        h.attach_lane(g1, Lane::Chat, tx).unwrap();
+        for n in 1..=5 {
+            h.push_event(Lane::Chat, event(n));
+        }
+        // The connection is lost; events keep coming while detached.
+        assert!(h.detach(g1, Instant::now() + Duration::from_secs(120)));
+        h.push_event(Lane::Chat, event(6));
+        // The client processed up to 3: replay 4, 5, 6.
+        let mut from = [0; 5];
+        from[Lane::Chat.index()] = 3;
+        assert!(h.can_replay(&from).is_ok());
+        let (g2, _cmd2, _) = conn(&h, from);
+        let (tx, mut rx) = mpsc::channel(16);
+        assert_eq!(seqs(&h.attach_lane(g2, Lane::Chat, tx).unwrap()), vec![4, 5, 6]);
+        h.push_event(Lane::Chat, event(7));
+        assert_eq!(drain_events(&mut rx), vec![7]);
+    }
+
+    #[test]
+    fn a_newer_connection_replaces_the_old_whose_cleanup_cannot_detach_it() {
+        let h = handle(100);
+        let (g1, mut cmd1, _) = conn(&h, [0; 5]);
+        let (g2, _cmd2, _) = conn(&h, [0; 5]);
+        // The old connection is told to close, as replaced.
+        match cmd1.try_recv() {
+            Ok(Cmd::Close(code, _)) => assert_eq!(code, CloseCode::SESSION_REPLACED),
+            other => panic!("{other:?}"),
+        }
+        // Its late cleanup does nothing to the new one, nor can it open lanes.
+        assert!(!h.detach(g1, Instant::now()));
+        assert!(h.attached());
+        let (tx, _rx) = mpsc::channel(16);
+        assert_eq!(h.attach_lane(g1, Lane::Chat, tx).unwrap_err(), AttachError::Detached);
+        let (tx, _rx) = mpsc::channel(16);
+        assert!(h.attach_lane(g2, Lane::Chat, tx).is_ok());
+    }
+
+    #[test]
+    fn a_replay_that_fell_out_of_the_buffer_is_refused() {
+        let h = handle(3);
+        let (g1, _cmd, _) = conn(&h, [0; 5]);
+        for n in 1..=6 {
+            h.push_event(Lane::Presence, event(n));
+        }
+        h.detach(g1, Instant::now() + Duration::from_secs(120));
+        let mut from = [0; 5];
+        from[Lane::Presence.index()] = 1;
+        assert!(h.can_replay(&from).is_err(), "2 and 3 are gone");
+        from[Lane::Presence.index()] = 3;
+        assert!(h.can_replay(&from).is_ok());
+        // Accepted at 3, but more events push 4 out before the lane reopens: refused then.
+        let (g2, _cmd2, _) = conn(&h, from);
+        h.push_event(Lane::Presence, event(7));
+        let (tx, _rx) = mpsc::channel(16);
+        assert!(matches!(
+            h.attach_lane(g2, Lane::Presence, tx),
+            Err(AttachError::Lost(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_lane_queue_closes_the_session_as_a_slow_consumer() {
+        let h = handle(100);
+        let (g, mut cmd, _) = conn(&h, [0; 5]);
+        let (tx, _rx_never_read) = mpsc::channel(2);
+        h.attach_lane(g, Lane::Typing, tx).unwrap();
+        for n in 1..=3 {
+            h.push_event(Lane::Typing, event(n));
+        }
+        match cmd.try_recv() {
+            Ok(Cmd::Close(code, _)) => assert_eq!(code, CloseCode::SLOW_CONSUMER),
+            other => panic!("{other:?}"),
+        }
+        // Every event is still in the buffer for a resume.
+        h.detach(g, Instant::now() + Duration::from_secs(120));
+        assert!(h.can_replay(&[0; 5]).is_ok());
+    }
+
+    #[test]
+    fn a_close_without_a_session_task_closes_the_connection_directly() {
+        let h = handle(100);
+        let (_g, cmd, rec) = conn(&h, [0; 5]);
+        drop(cmd);
+        h.close(CloseCode::RATE_LIMITED, "flood");
+        assert_eq!(
+            *rec.0.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![(CloseCode::RATE_LIMITED.0, "flood".to_string())]
+        );
+    }
+
+    #[test]
+    fn detached_sessions_expire_after_their_window() {
+        let h = handle(100);
+        let (g, _cmd, _) = conn(&h, [0; 5]);
+        let t = Instant::now();
+        h.detach(g, t + Duration::from_secs(120));
+        assert!(!h.expired(t + Duration::from_secs(119)));
+        assert!(h.expired(t + Duration::from_secs(120)));
+        let (_g2, _cmd2, _) = conn(&h, [0; 5]);
+        assert!(!h.expired(t + Duration::from_secs(500)), "resumed: no longer expiring");
     }
 }

@@ -223,7 +223,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
             ctx.replay_limits(),
         ))
     });
-    let generation = handle.attach(session.clone(), cmd_tx, resume_from);
+    let generation = handle.attach(Arc::new(session.clone()), cmd_tx, resume_from);
     let voice_port = crate::voice::VoicePort::new(session.clone());
     let conn = Arc::new(Conn {
         handle: handle.clone(),
