@@ -11,6 +11,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
 //! - [`cluster`]: the bus that carries events to every node: topics on an in-process hub
 //!   or on Redis.
+//! - [`engine`]: the QUIC event loop over quinn-proto (not serving sessions yet).
 //! - [`fanout`]: events → topics and audiences, and delivery to local sessions (a sans-IO
 //!   topic index of which local users need which topics).
 //! - [`limits`]: token-bucket rate limits and flood detection.
@@ -32,6 +33,7 @@ pub mod chat;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod engine;
 pub mod fanout;
 pub mod gateway;
 pub mod http;

@@ -1,0 +1,376 @@
+//! The QUIC engine (issue 12, step 2): one event loop owns a `quinn_proto::Endpoint` and every
+//! connection on it — no task, channel or mutex per connection. Each turn it receives
+//! datagrams in batches (`quinn-udp`: `recvmmsg`, GRO), feeds them to the endpoint and the
+//! connections, fires due timers from one heap, lets the application react to each dirty
+//! connection's events (streams readable, connected, lost), and sends what every dirty
+//! connection has to send, in `sendmsg` batches with GSO. Work per connection per turn is
+//! bounded ([`MAX_DATAGRAMS_PER_TURN`]), so a flood on one cannot stall the others.
+//!
+//! Not yet wired into `quaver serve`: the gateway still runs on quinn's high-level API. The
+//! application side is the [`App`] trait; the next step implements it with the sans-IO
+//! session machine (`gateway::control`) and the lanes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ServerConfig, StreamEvent, StreamId,
+    VarInt,
+};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Most datagrams one connection may send in one turn; the rest waits for the next turn.
+pub const MAX_DATAGRAMS_PER_TURN: usize = 64;
+/// Datagrams read per `recvmmsg`.
+const RECV_BATCH: usize = 32;
+
+/// What happened on a connection, for the application.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// The handshake completed.
+    Connected,
+    /// The peer opened a stream (bidirectional or not); take it with [`Io::accept`].
+    StreamOpened,
+    /// A stream has data (or its end, or a reset) to read with [`Io::read`].
+    Readable(StreamId),
+    /// A stream that was blocked by flow control can take more.
+    Writable(StreamId),
+    /// The connection is gone; nothing more will be delivered for it.
+    Lost(ConnectionError),
+}
+
+/// The application on top of the engine, called on the loop for each connection's events.
+pub trait App {
+    /// `event` happened on connection `ch`; `io` acts on that connection.
+    fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>);
+}
+
+/// One connection, as the application sees it during an event.
+pub struct Io<'a> {
+    conn: &'a mut quinn_proto::Connection,
+    now: Instant,
+}
+
+/// What reading a stream gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Data (possibly empty when nothing is buffered now).
+    Data(Vec<Bytes>),
+    /// Data, then the stream's end.
+    Finished(Vec<Bytes>),
+    /// The peer reset the stream with this code.
+    Reset(u64),
+}
+
+impl Io<'_> {
+    /// The next stream the peer opened in `dir`, if any.
+    pub fn accept(&mut self, dir: Dir) -> Option<StreamId> {
+        self.conn.streams().accept(dir)
+    }
+
+    /// Everything readable on `stream` now (ordered).
+    pub fn read(&mut self, stream: StreamId) -> Read {
+        let mut recv = self.conn.recv_stream(stream);
+        let Ok(mut chunks) = recv.read(true) else {
+            return Read::Finished(Vec::new());
+        };
+        let mut out = Vec::new();
+        let end = loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(c)) => out.push(c.bytes),
+                Ok(None) => break Some(Read::Finished(std::mem::take(&mut out))),
+                Err(quinn_proto::ReadError::Blocked) => break None,
+                Err(quinn_proto::ReadError::Reset(code)) => break Some(Read::Reset(code.into_inner())),
+            }
+        };
+        // Releases flow-control credit; the transmit pass sends the MAX_STREAM_DATA.
+        let _ = chunks.finalize();
+        end.unwrap_or(Read::Data(out))
+    }
+
+    /// Writes as much of `data` as flow control allows; returns how much.
+    pub fn write(&mut self, stream: StreamId, data: &[u8]) -> usize {
+        self.conn.send_stream(stream).write(data).unwrap_or(0)
+    }
+
+    /// Ends `stream` after what was written.
+    pub fn finish(&mut self, stream: StreamId) {
+        let _ = self.conn.send_stream(stream).finish();
+    }
+
+    /// Closes the connection with an application `code`.
+    pub fn close(&mut self, code: u32, reason: &[u8]) {
+        self.conn
+            .close(self.now, VarInt::from_u32(code), Bytes::copy_from_slice(reason));
+    }
+}
+
+/// Counters of the loop (for tests and, later, metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Loop turns.
+    pub turns: u64,
+    /// Datagrams received.
+    pub received: u64,
+    /// `sendmsg` calls (each may carry several datagrams with GSO).
+    pub sends: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+}
+
+struct Conn {
+    conn: quinn_proto::Connection,
+    /// The timer this connection last asked for (heap entries for other instants are stale).
+    timer: Option<Instant>,
+}
+
+/// The event loop.
+pub struct Engine<A: App> {
+    endpoint: quinn_proto::Endpoint,
+    socket: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    conns: HashMap<ConnectionHandle, Conn>,
+    timers: BinaryHeap<Reverse<(Instant, ConnectionHandle)>>,
+    dirty: HashSet<ConnectionHandle>,
+    app: A,
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl<A: App> Engine<A> {
+    /// An engine serving `server` on `socket` (a bound, non-blocking tokio socket).
+    pub fn new(socket: UdpSocket, server: Arc<ServerConfig>, app: A) -> std::io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let endpoint = quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server), true, None);
+        let stride = state.gro_segments() * 1500;
+        Ok(Self {
+            endpoint,
+            socket,
+            state,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: HashSet::new(),
+            app,
+            recv_buf: vec![0; RECV_BATCH * stride.max(1500)],
+            send_buf: Vec::with_capacity(64 * 1024),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The address the engine listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The application.
+    pub fn app(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Connections alive.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Runs turns until `stop` resolves.
+    pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            if !self.dirty.is_empty() {
+                // Connections that hit their per-turn bound go on at once, after letting
+                // the rest of the runtime in.
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return,
+                    _ = tokio::task::yield_now() => {}
+                }
+                self.turn(Instant::now());
+                continue;
+            }
+            let next = self.timers.peek().map(|Reverse((t, _))| *t);
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                r = self.socket.readable() => if r.is_err() { return },
+                _ = async { match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                } } => {}
+            }
+            self.turn(Instant::now());
+        }
+    }
+
+    /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
+    pub fn turn(&mut self, now: Instant) {
+        self.stats.turns += 1;
+        self.receive(now);
+        while let Some(Reverse((t, ch))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(c) = self.conns.get_mut(&ch)
+                && c.timer == Some(t)
+            {
+                c.timer = None;
+                c.conn.handle_timeout(now);
+                self.dirty.insert(ch);
+            }
+        }
+        let dirty: Vec<ConnectionHandle> = self.dirty.drain().collect();
+        for ch in dirty {
+            self.drive(ch, now);
+        }
+    }
+
+    fn receive(&mut self, now: Instant) {
+        let stride = self.recv_buf.len() / RECV_BATCH;
+        loop {
+            let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+            let n = {
+                let mut slices: Vec<IoSliceMut<'_>> = self.recv_buf.chunks_mut(stride).map(IoSliceMut::new).collect();
+                let (socket, state) = (&self.socket, &self.state);
+                match socket.try_io(Interest::READABLE, || state.recv(socket.into(), &mut slices, &mut meta)) {
+                    Ok(n) => n,
+                    Err(_) => return, // WouldBlock (nothing more now) or a transient error
+                }
+            };
+            // Copied out of the batch buffer, so handling may send (and borrow the engine).
+            let mut datagrams = Vec::with_capacity(n);
+            for (i, m) in meta.iter().enumerate().take(n) {
+                let buf = &self.recv_buf[i * stride..i * stride + m.len];
+                for d in buf.chunks(m.stride.max(1)) {
+                    datagrams.push((m.addr, m.dst_ip, m.ecn, BytesMut::from(d)));
+                }
+            }
+            for (addr, dst_ip, ecn, data) in datagrams {
+                self.stats.received += 1;
+                let ecn = ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                let mut out = Vec::new();
+                match self.endpoint.handle(now, addr, dst_ip, ecn, data, &mut out) {
+                    Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                        if let Some(c) = self.conns.get_mut(&ch) {
+                            c.conn.handle_event(ev);
+                            self.dirty.insert(ch);
+                        }
+                    }
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        match self.endpoint.accept(incoming, now, &mut out, None) {
+                            Ok((ch, conn)) => {
+                                self.stats.accepted += 1;
+                                self.conns.insert(ch, Conn { conn, timer: None });
+                                self.dirty.insert(ch);
+                            }
+                            Err(e) => {
+                                if let Some(t) = e.response {
+                                    self.send_raw(&t, &out);
+                                }
+                            }
+                        }
+                    }
+                    Some(DatagramEvent::Response(t)) => self.send_raw(&t, &out),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Everything a connection has to do now: endpoint bookkeeping, the application's
+    /// reactions to its events, its packets (bounded), its next timer.
+    fn drive(&mut self, ch: ConnectionHandle, now: Instant) {
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        loop {
+            while let Some(ev) = c.conn.poll_endpoint_events() {
+                if let Some(back) = self.endpoint.handle_event(ch, ev) {
+                    c.conn.handle_event(back);
+                }
+            }
+            let Some(ev) = c.conn.poll() else { break };
+            let app_event = match ev {
+                Event::Connected => AppEvent::Connected,
+                Event::ConnectionLost { reason } => AppEvent::Lost(reason),
+                Event::Stream(StreamEvent::Opened { .. }) => AppEvent::StreamOpened,
+                Event::Stream(StreamEvent::Readable { id }) => AppEvent::Readable(id),
+                Event::Stream(StreamEvent::Writable { id }) => AppEvent::Writable(id),
+                _ => continue,
+            };
+            let mut io = Io { conn: &mut c.conn, now };
+            self.app.on_event(ch, app_event, &mut io);
+        }
+        let max_gso = self.state.max_gso_segments().max(1);
+        let mut sent = 0;
+        while sent < MAX_DATAGRAMS_PER_TURN {
+            self.send_buf.clear();
+            let Some(t) = c
+                .conn
+                .poll_transmit(now, max_gso.min(MAX_DATAGRAMS_PER_TURN - sent), &mut self.send_buf)
+            else {
+                break;
+            };
+            sent += t.size.div_ceil(t.segment_size.unwrap_or(t.size).max(1));
+            let transmit = quinn_udp::Transmit {
+                destination: t.destination,
+                ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+                contents: &self.send_buf[..t.size],
+                segment_size: t.segment_size,
+                src_ip: t.src_ip,
+            };
+            // A full socket buffer drops the datagram; QUIC's loss recovery resends it.
+            let _ = self.socket.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            });
+            self.stats.sends += 1;
+        }
+        if sent >= MAX_DATAGRAMS_PER_TURN {
+            // More to send: next turn, after the other connections had theirs.
+            self.dirty.insert(ch);
+        }
+        if c.conn.is_drained() {
+            self.conns.remove(&ch);
+            return;
+        }
+        let next = c.conn.poll_timeout();
+        if next != c.timer {
+            c.timer = next;
+            if let Some(t) = next {
+                self.timers.push(Reverse((t, ch)));
+            }
+        }
+    }
+
+    fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents: &buf[..t.size],
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        let _ = self.socket.try_io(Interest::WRITABLE, || {
+            self.state.try_send((&self.socket).into(), &transmit)
+        });
+        self.stats.sends += 1;
+    }
+}
+
+/// A server config for the engine from a rustls config (TLS 1.3, the ALPNs set by the
+/// caller), with the given idle timeout.
+pub fn server_config(tls: rustls::ServerConfig, idle: Duration) -> anyhow::Result<Arc<ServerConfig>> {
+    let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.max_idle_timeout(Some(idle.try_into()?));
+    transport.max_concurrent_bidi_streams(32u32.into());
+    transport.max_concurrent_uni_streams(8u32.into());
+    server.transport_config(Arc::new(transport));
+    Ok(Arc::new(server))
+}

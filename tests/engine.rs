@@ -1,0 +1,193 @@
+//! The quinn-proto engine on loopback against quinn clients: many connections served by one
+//! loop, streams echoed, idle connections timed out, application closes seen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quaver::engine::{App, AppEvent, Engine, Io, Read};
+use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId};
+
+/// Echoes every bidirectional stream; remembers how connections ended.
+#[derive(Default)]
+struct Echo {
+    lost: Vec<(ConnectionHandle, ConnectionError)>,
+    connected: usize,
+}
+
+impl App for Echo {
+    fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>) {
+        match event {
+            AppEvent::Connected => self.connected += 1,
+            AppEvent::StreamOpened => while io.accept(Dir::Bi).is_some() {},
+            AppEvent::Readable(id) => echo(io, id),
+            AppEvent::Writable(_) => {}
+            AppEvent::Lost(e) => self.lost.push((ch, e)),
+        }
+    }
+}
+
+fn echo(io: &mut Io<'_>, id: StreamId) {
+    match io.read(id) {
+        Read::Data(chunks) => {
+            for c in chunks {
+                // Test payloads fit the stream window: a short write would be a bug here.
+                assert_eq!(io.write(id, &c), c.len(), "echo within the window");
+            }
+        }
+        Read::Finished(chunks) => {
+            for c in chunks {
+                assert_eq!(io.write(id, &c), c.len(), "echo within the window");
+            }
+            io.finish(id);
+        }
+        Read::Reset(_) => {}
+    }
+}
+
+fn tls() -> (rustls::ServerConfig, rustls::ClientConfig) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![b"echo".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"echo".to_vec()];
+    (server, client)
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Engine<Echo>>,
+    client: quinn::ClientConfig,
+}
+
+async fn start(idle: Duration) -> Running {
+    let (server, client) = tls();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut engine = Engine::new(
+        socket,
+        quaver::engine::server_config(server, idle).unwrap(),
+        Echo::default(),
+    )
+    .unwrap();
+    let addr = engine.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        engine
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        engine
+    });
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    Running {
+        addr,
+        stop,
+        done,
+        client: quinn::ClientConfig::new(Arc::new(crypto)),
+    }
+}
+
+fn client_endpoint(cfg: &quinn::ClientConfig) -> quinn::Endpoint {
+    let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    e.set_default_client_config(cfg.clone());
+    e
+}
+
+#[tokio::test]
+async fn one_loop_serves_many_connections_and_echoes_their_streams() {
+    let r = start(Duration::from_secs(10)).await;
+    let clients = 20;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let endpoint = client_endpoint(&r.client);
+        let addr = r.addr;
+        tasks.push(tokio::spawn(async move {
+            let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+            let mut got = Vec::new();
+            for s in 0..3u8 {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                let payload: Vec<u8> = (0..20_000u32).map(|b| (b as u8) ^ (i as u8) ^ s).collect();
+                send.write_all(&payload).await.unwrap();
+                send.finish().unwrap();
+                let back = recv.read_to_end(1 << 20).await.unwrap();
+                got.push(back == payload);
+            }
+            conn.close(0u32.into(), b"done");
+            endpoint.wait_idle().await;
+            got
+        }));
+    }
+    for t in tasks {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(20), t).await.unwrap().unwrap(),
+            vec![true; 3]
+        );
+    }
+    // The closes reach the loop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = r.stop.send(());
+    let engine = r.done.await.unwrap();
+    assert_eq!(engine.stats.accepted, clients);
+    let mut engine = engine;
+    let app = engine.app();
+    assert_eq!(app.connected, clients as usize);
+    assert_eq!(app.lost.len(), clients as usize, "every application close was seen");
+    assert!(
+        app.lost
+            .iter()
+            .all(|(_, e)| matches!(e, ConnectionError::ApplicationClosed(_)))
+    );
+}
+
+/// A reply far larger than one turn's datagram budget still arrives whole: the connection
+/// stays due and goes on in the next turns.
+#[tokio::test]
+async fn a_large_echo_spans_many_turns() {
+    let r = start(Duration::from_secs(10)).await;
+    let endpoint = client_endpoint(&r.client);
+    let conn = endpoint.connect(r.addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let payload: Vec<u8> = (0..600_000u32).map(|b| (b % 251) as u8).collect();
+    let writer = async {
+        send.write_all(&payload).await.unwrap();
+        send.finish().unwrap();
+    };
+    let (_, back) = tokio::join!(writer, recv.read_to_end(1 << 21));
+    assert!(back.unwrap() == payload);
+    conn.close(0u32.into(), b"");
+    let _ = r.stop.send(());
+    let engine = r.done.await.unwrap();
+    assert!(engine.stats.turns > 1);
+}
+
+#[tokio::test]
+async fn idle_connections_time_out_on_the_loops_timer() {
+    let r = start(Duration::from_millis(500)).await;
+    let endpoint = client_endpoint(&r.client);
+    let conn = endpoint.connect(r.addr, "localhost").unwrap().await.unwrap();
+    // The client says nothing: the engine's idle timer (one heap for all) ends it.
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = r.stop.send(());
+    let mut engine = r.done.await.unwrap();
+    assert_eq!(engine.connections(), 0, "the drained connection is gone from the loop");
+    assert!(matches!(engine.app().lost.as_slice(), [(_, ConnectionError::TimedOut)]));
+}
