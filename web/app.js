@@ -391,12 +391,21 @@ async function loadOlder() {
   } catch (e) { toast(errText(e)); } finally { loadOlder.busy = false; }
 }
 
+const markTimers = new Map(); // channel → pending MarkRead timer
+
+/** Marks `channel` read up to `seq` at once on screen; tells the server at most once a
+ * second per channel (a busy channel would otherwise send one MarkRead per message). */
 function markRead(channel, seq) {
   const rs = S.readStates.get(channel);
   S.unread.delete(channel);
   if (rs && rs.last_read_seq >= seq && rs.mention_count === 0) return;
   S.readStates.set(channel, { channel_id: channel, last_read_seq: seq, mention_count: 0 });
-  req('Chat', { type: 'MarkRead', channel_id: channel, seq }).catch(() => {});
+  if (markTimers.has(channel)) return;
+  markTimers.set(channel, setTimeout(() => {
+    markTimers.delete(channel);
+    const upTo = S.readStates.get(channel)?.last_read_seq ?? seq;
+    req('Chat', { type: 'MarkRead', channel_id: channel, seq: upTo }).catch(() => {});
+  }, 1000));
 }
 
 /** `@name` → `<@id>` for members of the channel's guild (or DM recipients). */

@@ -852,6 +852,10 @@ export class Resilient extends EventTarget {
       try { s.wt.close({ closeCode: 1000, reason: 'replacing' }); } catch (_) {}
       if (this.stopped) break;
       if (info && info.code >= 4000) { this.#fail(new ClosedError(info.code, info.reason)); return; }
+      // Another connection resumed this session (a duplicated tab carries its id along):
+      // take a session of our own instead of taking it back, or the two would trade it
+      // forever. The channels are caught up by seq.
+      if (info && info.code === CloseCode.SESSION_REPLACED) this.sessionId = null;
       // In flight when it died: resend what is safe, reject the rest.
       for (const p of this.pending) {
         if (!p.sent) continue;

@@ -203,6 +203,41 @@ test('a network blip: the page resumes exactly and shows every message once', as
   assert.equal((await shown(bob)).filter((m) => m.text === 'sent during the blip').length, 1);
 });
 
+test('a duplicated tab does not trade its session back and forth with the original', async () => {
+  const carol = await person('carol');
+  // A reload stores what a resume needs; a duplicated tab would carry it along.
+  await carol.reload();
+  await carol.waitForFunction(() => ['ready', 'resumed'].includes(document.getElementById('conn').dataset.state), null, { timeout: 10000 });
+  const storage = await carol.evaluate(() => JSON.stringify({ ...sessionStorage }));
+  // What the page would store on its next pagehide: the session it is on now.
+  const live = await carol.evaluate(() => {
+    const c = window.quaverApp.client;
+    return JSON.stringify({ token: window.quaverApp.token, session_id: c.sessionId, lanes: c.laneSeq, channels: [...c.channelSeq] });
+  });
+  const copy = await carol.context().newPage();
+  const states = [];
+  for (const [who, p] of [['original', carol], ['copy', copy]]) {
+    p.on('console', (m) => { if (m.text().startsWith('quaver: connection')) states.push(`${who} ${m.text()}`); });
+  }
+  await copy.addInitScript(([s, resume]) => {
+    if (!sessionStorage.getItem('quaver.token')) {
+      for (const [k, v] of Object.entries(JSON.parse(s))) sessionStorage.setItem(k, v);
+      sessionStorage.setItem('quaver.resume', resume);
+    }
+  }, [storage, live]);
+  await copy.goto(`http://${httpAddr}/`);
+  await new Promise((r) => setTimeout(r, 4000));
+  const reconnects = states.filter((x) => x.endsWith('reconnecting')).length;
+  assert.ok(reconnects <= 2, `settled: ${JSON.stringify(states)}`);
+  for (const p of [carol, copy]) {
+    assert.ok(['ready', 'resumed'].includes(await p.evaluate(() => document.getElementById('conn').dataset.state)));
+  }
+  const ids = await Promise.all([carol, copy].map((p) => p.evaluate(() => window.quaverApp.client.sessionId)));
+  assert.notEqual(ids[0], ids[1], 'two sessions');
+  await copy.close();
+  await carol.context().close();
+});
+
 test('unread and mention badges, friends and a DM', async () => {
   // Ada opens a second channel; bob stays in general and sees it unread, with a mention.
   await ada.fill('#new-channel-name', 'random');
