@@ -180,6 +180,17 @@ function onReady(ready, resumed) {
     if (first) S.channel = first.id;
   }
   if (S.channel) openChannel(S.channel, { refetch: true });
+  // A lost connection left its voice channel (voice is state, not history): join again.
+  const v = S.voiceSession;
+  if (v && !v.remote && v.session !== S.client.session) {
+    // Once the new connection's lanes are open.
+    const rejoin = () => {
+      if (!S.client.current()) return;
+      S.client.removeEventListener('state', rejoin);
+      leaveVoice().then(() => joinVoiceChannel(v.channel));
+    };
+    S.client.addEventListener('state', rejoin);
+  }
   render();
 }
 
@@ -742,7 +753,9 @@ async function leaveVoice() {
   const v = S.voiceSession;
   if (!v) return;
   S.voiceSession = null;
-  try { await v.lane?.request({ type: 'LeaveVoice' }); } catch (_) {}
+  // Bounded: on a connection that is gone the answer never comes (and leaving is moot).
+  const left = v.lane?.request({ type: 'LeaveVoice' }).catch(() => {});
+  await Promise.race([left, new Promise((r) => setTimeout(r, 1000))]);
   v.stream?.getTracks().forEach((t) => t.stop());
   try { v.encoder?.close(); } catch (_) {}
   for (const d of v.decoders.values()) try { d.close(); } catch (_) {}

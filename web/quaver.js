@@ -669,12 +669,14 @@ export class LaneStream {
         if (m.type === 'Ack') w.resolve(m.body); else w.reject(m.error);
       }
     } finally {
+      this.ended = true;
       for (const w of this.waiting.values()) w.reject(new ProtocolError('lane closed'));
     }
   }
   /** Takes queued events (those that arrived before `onevent` was set). */
   drain() { const q = this.queued; this.queued = []; return q; }
   async request(body) {
+    if (this.ended) throw new ProtocolError('lane closed');
     const id = this.nextId++;
     const p = new Promise((resolve, reject) => this.waiting.set(id, { resolve, reject }));
     await this.writer.write(encodeFrame('Request', { id, body }));

@@ -321,6 +321,14 @@ test('voice: fake microphones, decoded on the other side, heard by a native part
   const ownSlots = await Promise.all([ada, bob].map((p) => p.evaluate(() => window.quaverApp.voiceSession.slot)));
   const frames = new Map(heard.split('\n').filter((l) => l.startsWith('frames\t')).map((l) => l.split('\t').slice(1).map(Number)));
   for (const slot of ownSlots) assert.ok((frames.get(slot) ?? 0) > 20, `the native participant heard slot ${slot}: ${heard}`);
+  // A network blip while in voice: ada's page joins again and bob hears her again.
+  const before = await bob.evaluate(() => window.quaverApp.voiceStats.decodedFrames);
+  await ada.evaluate(() => window.quaverApp.client.dropConnection());
+  await until('ada is back in the channel for bob', async () => {
+    const again = await bob.$('#channels .voice-user:has-text("ada")');
+    const now = await bob.evaluate(() => window.quaverApp.voiceStats.decodedFrames);
+    return again && now > before + 20;
+  }, 15000);
   // Mute: ada's frames stop reaching bob.
   await ada.click('#mute');
   await new Promise((r) => setTimeout(r, 1500));
