@@ -12,35 +12,62 @@ use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId};
 struct Echo {
     lost: Vec<(ConnectionHandle, ConnectionError)>,
     connected: usize,
+    /// Each connection's first stream whose first byte is `b'B'`: it takes broadcasts.
+    first_stream: Vec<(ConnectionHandle, StreamId)>,
 }
 
 impl App for Echo {
+    /// Sent to every connection's first stream (see the broadcast test).
+    type Command = bytes::Bytes;
+
+    fn on_command(&mut self, msg: bytes::Bytes, conns: &mut quaver::engine::Conns<'_>) {
+        for (ch, stream) in &self.first_stream {
+            if let Some(mut io) = conns.io(*ch) {
+                io.write(*stream, &msg);
+            }
+        }
+    }
+
     fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>) {
         match event {
             AppEvent::Connected => self.connected += 1,
-            AppEvent::StreamOpened => while io.accept(Dir::Bi).is_some() {},
-            AppEvent::Readable(id) => echo(io, id),
+            // What came with the opening is read at once (no Readable follows for it).
+            AppEvent::StreamOpened => {
+                while let Some(id) = io.accept(Dir::Bi) {
+                    self.readable(ch, id, io);
+                }
+            }
+            AppEvent::Readable(id) => self.readable(ch, id, io),
             AppEvent::Writable(_) => {}
             AppEvent::Lost(e) => self.lost.push((ch, e)),
         }
     }
 }
 
-fn echo(io: &mut Io<'_>, id: StreamId) {
-    match io.read(id) {
-        Read::Data(chunks) => {
-            for c in chunks {
-                // Test payloads fit the stream window: a short write would be a bug here.
-                assert_eq!(io.write(id, &c), c.len(), "echo within the window");
+impl Echo {
+    fn readable(&mut self, ch: ConnectionHandle, id: StreamId, io: &mut Io<'_>) {
+        let broadcast = self.first_stream.contains(&(ch, id));
+        match io.read(id) {
+            Read::Data(_) if broadcast => {}
+            Read::Data(chunks) if chunks.first().and_then(|c| c.first()) == Some(&b'B') => {
+                self.first_stream.push((ch, id));
             }
-        }
-        Read::Finished(chunks) => {
-            for c in chunks {
-                assert_eq!(io.write(id, &c), c.len(), "echo within the window");
+            Read::Data(chunks) => write_all(io, id, &chunks),
+            Read::Finished(chunks) => {
+                if !broadcast {
+                    write_all(io, id, &chunks);
+                }
+                io.finish(id);
             }
-            io.finish(id);
+            Read::Reset(_) => {}
         }
-        Read::Reset(_) => {}
+    }
+}
+
+fn write_all(io: &mut Io<'_>, id: StreamId, chunks: &[bytes::Bytes]) {
+    for c in chunks {
+        // Test payloads fit the stream window: a short write would be a bug here.
+        assert_eq!(io.write(id, c), c.len(), "echo within the window");
     }
 }
 
@@ -69,6 +96,7 @@ fn tls() -> (rustls::ServerConfig, rustls::ClientConfig) {
 
 struct Running {
     addr: std::net::SocketAddr,
+    sender: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<Engine<Echo>>,
     client: quinn::ClientConfig,
@@ -84,6 +112,7 @@ async fn start(idle: Duration) -> Running {
     )
     .unwrap();
     let addr = engine.local_addr().unwrap();
+    let sender = engine.sender();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         engine
@@ -96,6 +125,7 @@ async fn start(idle: Duration) -> Running {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
     Running {
         addr,
+        sender,
         stop,
         done,
         client: quinn::ClientConfig::new(Arc::new(crypto)),
@@ -173,6 +203,42 @@ async fn a_large_echo_spans_many_turns() {
     let _ = r.stop.send(());
     let engine = r.done.await.unwrap();
     assert!(engine.stats.turns > 1);
+}
+
+/// Commands from another task reach every connection through the loop's one queue.
+#[tokio::test]
+async fn a_command_from_another_task_is_written_to_every_connection() {
+    let r = start(Duration::from_secs(10)).await;
+    let sender = {
+        // The engine moved into its task; its sender was taken before (see `start`).
+        r.sender.clone()
+    };
+    let mut conns = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let endpoint = client_endpoint(&r.client);
+        let conn = endpoint.connect(r.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"B").await.unwrap();
+        streams.push((send, recv));
+        conns.push((endpoint, conn));
+    }
+    // Until the loop has seen every registration (it answers nothing on these streams).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..5u8 {
+        sender.send(bytes::Bytes::from(vec![n; 100])).unwrap();
+    }
+    for (_, recv) in &mut streams {
+        let mut got = vec![0u8; 500];
+        tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let want: Vec<u8> = (0..5u8).flat_map(|n| vec![n; 100]).collect();
+        assert_eq!(got, want, "every broadcast, in order, once");
+    }
+    let _ = r.stop.send(());
+    let _ = r.done.await.unwrap();
 }
 
 #[tokio::test]

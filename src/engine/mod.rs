@@ -35,7 +35,8 @@ const RECV_BATCH: usize = 32;
 pub enum AppEvent {
     /// The handshake completed.
     Connected,
-    /// The peer opened a stream (bidirectional or not); take it with [`Io::accept`].
+    /// The peer opened a stream (bidirectional or not); take it with [`Io::accept`] and read
+    /// it at once: what arrived with the opening brings no [`AppEvent::Readable`].
     StreamOpened,
     /// A stream has data (or its end, or a reset) to read with [`Io::read`].
     Readable(StreamId),
@@ -45,11 +46,38 @@ pub enum AppEvent {
     Lost(ConnectionError),
 }
 
-/// The application on top of the engine, called on the loop for each connection's events.
+/// The application on top of the engine, called on the loop for each connection's events
+/// and for the commands other threads send it (through [`Engine::sender`]).
 pub trait App {
+    /// What other threads send the application (e.g. an event to fan out).
+    type Command: Send + 'static;
     /// `event` happened on connection `ch`; `io` acts on that connection.
     fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>);
+    /// A command arrived; `conns` reaches every connection (what is written is sent this turn).
+    fn on_command(&mut self, cmd: Self::Command, conns: &mut Conns<'_>);
 }
+
+/// Every connection of the loop, for a command.
+pub struct Conns<'a> {
+    map: &'a mut HashMap<ConnectionHandle, Conn>,
+    dirty: &'a mut HashSet<ConnectionHandle>,
+    now: Instant,
+}
+
+impl Conns<'_> {
+    /// Connection `ch`, if it is alive; it will transmit this turn.
+    pub fn io(&mut self, ch: ConnectionHandle) -> Option<Io<'_>> {
+        let c = self.map.get_mut(&ch)?;
+        self.dirty.insert(ch);
+        Some(Io {
+            conn: &mut c.conn,
+            now: self.now,
+        })
+    }
+}
+
+/// Most commands handled per turn (the rest waits for the next turn).
+const COMMANDS_PER_TURN: usize = 256;
 
 /// One connection, as the application sees it during an event.
 pub struct Io<'a> {
@@ -141,6 +169,8 @@ pub struct Engine<A: App> {
     app: A,
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
+    commands: tokio::sync::mpsc::UnboundedReceiver<A::Command>,
+    command_tx: tokio::sync::mpsc::UnboundedSender<A::Command>,
     /// Counters.
     pub stats: Stats,
 }
@@ -151,7 +181,10 @@ impl<A: App> Engine<A> {
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         let endpoint = quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server), true, None);
         let stride = state.gro_segments() * 1500;
+        let (command_tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
+            commands,
+            command_tx,
             endpoint,
             socket,
             state,
@@ -168,6 +201,12 @@ impl<A: App> Engine<A> {
     /// The address the engine listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// Where other threads send the application commands (one queue per loop, not per
+    /// connection).
+    pub fn sender(&self) -> tokio::sync::mpsc::UnboundedSender<A::Command> {
+        self.command_tx.clone()
     }
 
     /// The application.
@@ -200,6 +239,16 @@ impl<A: App> Engine<A> {
                 biased;
                 _ = &mut stop => return,
                 r = self.socket.readable() => if r.is_err() { return },
+                Some(cmd) = self.commands.recv() => {
+                    let now = Instant::now();
+                    self.command(cmd, now);
+                    for _ in 1..COMMANDS_PER_TURN {
+                        match self.commands.try_recv() {
+                            Ok(cmd) => self.command(cmd, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = async { match next {
                     Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
                     None => std::future::pending().await,
@@ -207,6 +256,15 @@ impl<A: App> Engine<A> {
             }
             self.turn(Instant::now());
         }
+    }
+
+    fn command(&mut self, cmd: A::Command, now: Instant) {
+        let mut conns = Conns {
+            map: &mut self.conns,
+            dirty: &mut self.dirty,
+            now,
+        };
+        self.app.on_command(cmd, &mut conns);
     }
 
     /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
