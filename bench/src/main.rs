@@ -22,6 +22,8 @@
 //! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
 //!   every client must end with every message exactly once, in order.
 //! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
+//! - `transport`: QUIC fan-out alone (no sessions) — quinn's high-level API against the
+//!   engine over quinn-proto: server CPU per delivered record, latency.
 
 mod chat;
 mod failover;
@@ -30,6 +32,7 @@ mod resume;
 mod server;
 mod setup;
 mod social;
+mod transport;
 mod unread;
 mod voice;
 
@@ -76,6 +79,33 @@ enum Scenario {
     /// R2: a two-node cluster streaming while Redis, or one node, is SIGKILLed (needs
     /// redis-server on the PATH and DATABASE_URL=postgres://…).
     Failover(FailoverArgs),
+    /// QUIC fan-out alone: quinn's high-level API against the engine (no sessions).
+    Transport(TransportArgs),
+}
+
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// Which servers to measure (each run starts a fresh server process).
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [transport::Kind::Quinn, transport::Kind::Engine])]
+    server: Vec<transport::Kind>,
+    /// Internal: be the server process of this kind.
+    #[arg(long, value_enum, hide = true)]
+    serve: Option<transport::Kind>,
+    /// Connections, each with one stream receiving every record.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Records per second (written to every connection).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of records.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 120)]
+    bytes: usize,
+    /// Runs per server kind, interleaved.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,6 +390,29 @@ async fn main() -> anyhow::Result<()> {
                 r.lost == 0 && r.duplicated == 0 && r.reordered == 0,
                 "lost, duplicated or reordered messages"
             );
+            Ok(())
+        }
+        Scenario::Transport(a) => {
+            if let Some(kind) = a.serve {
+                return transport::serve(kind, a.connections, a.rate, a.seconds, a.bytes).await;
+            }
+            for run in 1..=a.runs {
+                for &kind in &a.server {
+                    let r = transport::run(kind, a.connections, a.rate, a.seconds, a.bytes).await?;
+                    println!(
+                        "transport {kind:?} #{run}: {} records × {} connections, delivered {}; server CPU {:.2} µs per delivery; p50 {:.2} ms p99 {:.2} ms; {:.1} KiB per connection",
+                        r.records, a.connections, r.delivered, r.cpu_us, r.p50_ms, r.p99_ms, r.kib_per_connection
+                    );
+                    println!(
+                        "{}",
+                        serde_json::json!({"scenario": "transport", "server": format!("{kind:?}"), "run": run, "connections": a.connections,
+                            "rate": a.rate, "seconds": a.seconds, "bytes": a.bytes, "records": r.records, "delivered": r.delivered,
+                            "server_cpu_us_per_delivery": r.cpu_us, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                            "server_kib_per_connection": r.kib_per_connection})
+                    );
+                    anyhow::ensure!(r.delivered == r.records * a.connections as u64, "lost records");
+                }
+            }
             Ok(())
         }
         Scenario::Presence(a) => social_cmd("presence", a).await,
