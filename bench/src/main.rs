@@ -106,6 +106,9 @@ struct TransportArgs {
     /// Runs per server kind, interleaved.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Engine loops (each its own socket on the shared port, SO_REUSEPORT).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -394,18 +397,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Transport(a) => {
             if let Some(kind) = a.serve {
-                return transport::serve(kind, a.connections, a.rate, a.seconds, a.bytes).await;
+                return transport::serve(kind, a.shards, a.connections, a.rate, a.seconds, a.bytes).await;
             }
             for run in 1..=a.runs {
                 for &kind in &a.server {
-                    let r = transport::run(kind, a.connections, a.rate, a.seconds, a.bytes).await?;
+                    let r = transport::run(kind, a.shards, a.connections, a.rate, a.seconds, a.bytes).await?;
                     println!(
                         "transport {kind:?} #{run}: {} records × {} connections, delivered {}; server CPU {:.2} µs per delivery; p50 {:.2} ms p99 {:.2} ms; {:.1} KiB per connection",
                         r.records, a.connections, r.delivered, r.cpu_us, r.p50_ms, r.p99_ms, r.kib_per_connection
                     );
                     println!(
                         "{}",
-                        serde_json::json!({"scenario": "transport", "server": format!("{kind:?}"), "run": run, "connections": a.connections,
+                        serde_json::json!({"scenario": "transport", "server": format!("{kind:?}"), "shards": a.shards, "run": run, "connections": a.connections,
                             "rate": a.rate, "seconds": a.seconds, "bytes": a.bytes, "records": r.records, "delivered": r.delivered,
                             "server_cpu_us_per_delivery": r.cpu_us, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                             "server_kib_per_connection": r.kib_per_connection})

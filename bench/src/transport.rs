@@ -102,7 +102,14 @@ impl App for Fanout {
 }
 
 /// The server process: prints `cert=`, `addr=`, then `start` and `end` around the records.
-pub(crate) async fn serve(kind: Kind, connections: usize, rate: f64, seconds: f64, bytes: usize) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    kind: Kind,
+    shards: usize,
+    connections: usize,
+    rate: f64,
+    seconds: f64,
+    bytes: usize,
+) -> anyhow::Result<()> {
     let (server_tls, der) = tls()?;
     println!("cert={}", hex::encode(&der));
     let registered = Arc::new(AtomicUsize::new(0));
@@ -110,40 +117,61 @@ pub(crate) async fn serve(kind: Kind, connections: usize, rate: f64, seconds: f6
     let every = Duration::from_secs_f64(1.0 / rate);
     match kind {
         Kind::Engine => {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
             let config = quaver::engine::server_config(server_tls, Duration::from_secs(30))?;
             let short = Arc::new(AtomicUsize::new(0));
-            let mut engine = Engine::new(
-                socket,
-                config,
-                Fanout {
+            // One loop per shard, each on its own socket bound to the same port
+            // (SO_REUSEPORT: the kernel keeps each client's packets on one socket).
+            let mut port = 0;
+            let mut senders = Vec::new();
+            let mut stops = Vec::new();
+            let mut loops = Vec::new();
+            for _ in 0..shards.max(1) {
+                let s = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )?;
+                s.set_reuse_port(true)?;
+                s.set_nonblocking(true)?;
+                s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+                let socket = tokio::net::UdpSocket::from_std(s.into())?;
+                port = socket.local_addr()?.port();
+                let app = Fanout {
                     streams: Vec::new(),
                     registered: registered.clone(),
                     short_writes: short.clone(),
-                },
-            )?;
-            println!("addr={}", engine.local_addr()?);
-            let tx = engine.sender();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let looped = tokio::spawn(async move {
-                engine
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            });
+                };
+                let mut engine = Engine::new(socket, config.clone(), app)?;
+                senders.push(engine.sender());
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                stops.push(stop);
+                loops.push(tokio::spawn(async move {
+                    engine
+                        .run(async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                }));
+            }
+            println!("addr=127.0.0.1:{port}");
             wait_registered(&registered, connections).await?;
             println!("start");
             let mut tick = tokio::time::interval(every);
             for seq in 0..total {
                 tick.tick().await;
-                tx.send(record(seq, bytes))
-                    .map_err(|_| anyhow::anyhow!("engine gone"))?;
+                let r = record(seq, bytes);
+                for tx in &senders {
+                    tx.send(r.clone()).map_err(|_| anyhow::anyhow!("engine gone"))?;
+                }
             }
             println!("end short_writes={}", short.load(Ordering::Relaxed));
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = stop.send(());
-            let _ = looped.await;
+            for stop in stops {
+                let _ = stop.send(());
+            }
+            for l in loops {
+                let _ = l.await;
+            }
         }
         Kind::Quinn => {
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?;
@@ -208,6 +236,7 @@ async fn wait_registered(registered: &AtomicUsize, connections: usize) -> anyhow
 /// One measured run: starts the server process, connects the clients, collects.
 pub(crate) async fn run(
     kind: Kind,
+    shards: usize,
     connections: usize,
     rate: f64,
     seconds: f64,
@@ -219,7 +248,7 @@ pub(crate) async fn run(
         Kind::Engine => "engine",
     };
     let mut child = tokio::process::Command::new(exe)
-        .args(["transport", "--serve", kind_arg])
+        .args(["transport", "--serve", kind_arg, "--shards", &shards.to_string()])
         .args(["--connections", &connections.to_string(), "--rate", &rate.to_string()])
         .args(["--seconds", &seconds.to_string(), "--bytes", &bytes.to_string()])
         .stdout(std::process::Stdio::piped())
@@ -242,8 +271,9 @@ pub(crate) async fn run(
     client_tls.alpn_protocols = vec![b"bench".to_vec()];
     let client_cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?));
     let expected = (rate * seconds).round() as u64;
-    // A few client endpoints (sockets), many connections each.
-    let endpoints: Vec<quinn::Endpoint> = (0..4)
+    // 32 client endpoints (sockets), many connections each: with --shards, the kernel
+    // spreads the client sockets over the shards.
+    let endpoints: Vec<quinn::Endpoint> = (0..32)
         .map(|_| {
             let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("a literal address"))?;
             e.set_default_client_config(client_cfg.clone());

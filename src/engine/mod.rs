@@ -6,6 +6,10 @@
 //! connection has to send, in `sendmsg` batches with GSO. Work per connection per turn is
 //! bounded ([`MAX_DATAGRAMS_PER_TURN`]), so a flood on one cannot stall the others.
 //!
+//! One loop, not one per core: measured on this 2-core machine (bench/RESULTS.md "One loop
+//! or two shards"), two loops on one port (SO_REUSEPORT) cost more per delivery at F0's
+//! rate and only tie at 80k deliveries/s. Shards remain possible: loops share nothing.
+//!
 //! Not yet wired into `quaver serve`: the gateway still runs on quinn's high-level API. The
 //! application side is the [`App`] trait; the next step implements it with the sans-IO
 //! session machine (`gateway::control`) and the lanes.
