@@ -403,15 +403,22 @@ async fn main() -> anyhow::Result<()> {
                 for &kind in &a.server {
                     let r = transport::run(kind, a.shards, a.connections, a.rate, a.seconds, a.bytes).await?;
                     println!(
-                        "transport {kind:?} #{run}: {} records × {} connections, delivered {}; server CPU {:.2} µs per delivery; p50 {:.2} ms p99 {:.2} ms; {:.1} KiB per connection",
-                        r.records, a.connections, r.delivered, r.cpu_us, r.p50_ms, r.p99_ms, r.kib_per_connection
+                        "transport {kind:?} #{run}: {} records × {} connections, delivered {}; server CPU {:.2} µs per delivery; p50 {:.2} ms p99 {:.2} ms; {:.1} KiB per connection; {} ACK frames in",
+                        r.records,
+                        a.connections,
+                        r.delivered,
+                        r.cpu_us,
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.kib_per_connection,
+                        r.acks
                     );
                     println!(
                         "{}",
                         serde_json::json!({"scenario": "transport", "server": format!("{kind:?}"), "shards": a.shards, "run": run, "connections": a.connections,
                             "rate": a.rate, "seconds": a.seconds, "bytes": a.bytes, "records": r.records, "delivered": r.delivered,
                             "server_cpu_us_per_delivery": r.cpu_us, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                            "server_kib_per_connection": r.kib_per_connection})
+                            "server_kib_per_connection": r.kib_per_connection, "server_ack_frames_received": r.acks})
                     );
                     anyhow::ensure!(r.delivered == r.records * a.connections as u64, "lost records");
                 }

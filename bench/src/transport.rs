@@ -41,6 +41,8 @@ pub(crate) struct Report {
     pub(crate) p99_ms: f64,
     /// Server resident memory per connection (after all connected, above before), KiB.
     pub(crate) kib_per_connection: f64,
+    /// ACK frames the server had received before the last record (engine only; 0 for quinn).
+    pub(crate) acks: u64,
 }
 
 fn tls() -> anyhow::Result<(rustls::ServerConfig, Vec<u8>)> {
@@ -70,6 +72,8 @@ fn record(seq: u32, bytes: usize) -> Bytes {
 /// The engine side: remembers each connection's stream and writes every record to all.
 struct Fanout {
     streams: Vec<(ConnectionHandle, StreamId)>,
+    /// ACK frames the connections had received when last asked (an empty command asks).
+    acks: Arc<std::sync::atomic::AtomicU64>,
     registered: Arc<AtomicUsize>,
     short_writes: Arc<AtomicUsize>,
 }
@@ -91,6 +95,15 @@ impl App for Fanout {
     }
 
     fn on_command(&mut self, record: Bytes, conns: &mut Conns<'_>) {
+        if record.is_empty() {
+            let acks: u64 = self
+                .streams
+                .iter()
+                .filter_map(|(ch, _)| conns.io(*ch).map(|mut io| io.stats().frame_rx.acks))
+                .sum();
+            self.acks.fetch_add(acks, Ordering::Relaxed);
+            return;
+        }
         for (ch, id) in &self.streams {
             if let Some(mut io) = conns.io(*ch)
                 && io.write(*id, &record) < record.len()
@@ -121,6 +134,7 @@ pub(crate) async fn serve(
             let short = Arc::new(AtomicUsize::new(0));
             // One loop per shard, each on its own socket bound to the same port
             // (SO_REUSEPORT: the kernel keeps each client's packets on one socket).
+            let acks = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut port = 0;
             let mut senders = Vec::new();
             let mut stops = Vec::new();
@@ -137,6 +151,7 @@ pub(crate) async fn serve(
                 let socket = tokio::net::UdpSocket::from_std(s.into())?;
                 port = socket.local_addr()?.port();
                 let app = Fanout {
+                    acks: acks.clone(),
                     streams: Vec::new(),
                     registered: registered.clone(),
                     short_writes: short.clone(),
@@ -159,12 +174,24 @@ pub(crate) async fn serve(
             let mut tick = tokio::time::interval(every);
             for seq in 0..total {
                 tick.tick().await;
+                if seq + 1 == total {
+                    // The ACK frames the server has received, while every connection is up
+                    // (the clients leave after the last record).
+                    for tx in &senders {
+                        let _ = tx.send(Bytes::new());
+                    }
+                }
                 let r = record(seq, bytes);
                 for tx in &senders {
                     tx.send(r.clone()).map_err(|_| anyhow::anyhow!("engine gone"))?;
                 }
             }
-            println!("end short_writes={}", short.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            println!(
+                "end short_writes={} acks={}",
+                short.load(Ordering::Relaxed),
+                acks.load(Ordering::Relaxed)
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
             for stop in stops {
                 let _ = stop.send(());
@@ -215,7 +242,7 @@ pub(crate) async fn serve(
                 tick.tick().await;
                 let _ = tx.send(record(seq, bytes));
             }
-            println!("end short_writes=0");
+            println!("end short_writes=0 acks=0");
             tokio::time::sleep(Duration::from_secs(2)).await;
             accept.abort();
             endpoint.close(0u32.into(), b"");
@@ -323,7 +350,14 @@ pub(crate) async fn run(
     // The last records' packets leave after the last send: a second more, for both kinds.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu1 = crate::server::cpu_seconds(pid);
-    let short: u64 = end_line.rsplit_once('=').and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+    let field = |name: &str| -> u64 {
+        end_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let short = field("short_writes");
+    let acks = field("acks");
     anyhow::ensure!(short == 0, "{short} short writes");
     for t in tasks {
         t.await??;
@@ -345,5 +379,6 @@ pub(crate) async fn run(
         p50_ms: at(0.5),
         p99_ms: at(0.99),
         kib_per_connection: rss1.saturating_sub(rss0) as f64 / 1024.0 / connections.max(1) as f64,
+        acks,
     })
 }

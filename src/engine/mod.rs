@@ -136,6 +136,11 @@ impl Io<'_> {
         let _ = self.conn.send_stream(stream).finish();
     }
 
+    /// The connection's counters (packets, frames by type, path).
+    pub fn stats(&mut self) -> quinn_proto::ConnectionStats {
+        self.conn.stats()
+    }
+
     /// Closes the connection with an application `code`.
     pub fn close(&mut self, code: u32, reason: &[u8]) {
         self.conn
