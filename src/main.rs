@@ -123,6 +123,12 @@ async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
         "certificate in service (browsers: serverCertificateHashes, or GET http://{}/cert-hash)",
         server.http_addr
     );
+    let names = if server.ctx.verifier.is_generated() {
+        "sign in with any name (development tokens)"
+    } else {
+        "sign in with a token from your issuer"
+    };
+    tracing::info!("web app: open http://{}/ in a browser — {names}", server.http_addr);
     quaver::shutdown::os_signal().await;
     tracing::info!("shutting down: Goaway sent to every session, draining");
     server.shutdown().await;
