@@ -159,6 +159,17 @@ pub struct Stats {
     pub sends: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Sends that found the socket buffer full and waited for it (none is dropped).
+    pub would_block: u64,
+}
+
+/// A datagram (or GSO batch) that found the socket full, kept until it is writable.
+struct Held {
+    destination: SocketAddr,
+    ecn: Option<quinn_udp::EcnCodepoint>,
+    segment_size: Option<usize>,
+    src_ip: Option<std::net::IpAddr>,
+    contents: Vec<u8>,
 }
 
 struct Conn {
@@ -178,6 +189,13 @@ pub struct Engine<A: App> {
     app: A,
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
+    /// Sends waiting for the socket to drain, oldest first; while any wait, connections
+    /// transmit nothing new (their packets stay in quinn-proto, which paces and recovers).
+    /// A full send buffer does not happen on loopback (the kernel frees a datagram's send
+    /// accounting as it hands it to the receiver), so the tests do not reach this path; on
+    /// a real interface a burst can fill the queue, and dropping there would cost a
+    /// retransmission round trip per datagram.
+    held: std::collections::VecDeque<Held>,
     commands: tokio::sync::mpsc::UnboundedReceiver<A::Command>,
     command_tx: tokio::sync::mpsc::UnboundedSender<A::Command>,
     /// Counters.
@@ -192,6 +210,7 @@ impl<A: App> Engine<A> {
         let stride = state.gro_segments() * 1500;
         let (command_tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
+            held: std::collections::VecDeque::new(),
             commands,
             command_tx,
             endpoint,
@@ -232,7 +251,7 @@ impl<A: App> Engine<A> {
     pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
-            if !self.dirty.is_empty() {
+            if !self.dirty.is_empty() && self.held.is_empty() {
                 // Connections that hit their per-turn bound go on at once, after letting
                 // the rest of the runtime in.
                 tokio::select! {
@@ -248,6 +267,7 @@ impl<A: App> Engine<A> {
                 biased;
                 _ = &mut stop => return,
                 r = self.socket.readable() => if r.is_err() { return },
+                r = self.socket.writable(), if !self.held.is_empty() => if r.is_err() { return },
                 Some(cmd) = self.commands.recv() => {
                     let now = Instant::now();
                     self.command(cmd, now);
@@ -279,6 +299,7 @@ impl<A: App> Engine<A> {
     /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
     pub fn turn(&mut self, now: Instant) {
         self.stats.turns += 1;
+        self.flush_held();
         self.receive(now);
         while let Some(Reverse((t, ch))) = self.timers.peek().copied() {
             if t > now {
@@ -375,7 +396,7 @@ impl<A: App> Engine<A> {
         }
         let max_gso = self.state.max_gso_segments().max(1);
         let mut sent = 0;
-        while sent < MAX_DATAGRAMS_PER_TURN {
+        while sent < MAX_DATAGRAMS_PER_TURN && self.held.is_empty() {
             self.send_buf.clear();
             let Some(t) = c
                 .conn
@@ -384,20 +405,23 @@ impl<A: App> Engine<A> {
                 break;
             };
             sent += t.size.div_ceil(t.segment_size.unwrap_or(t.size).max(1));
-            let transmit = quinn_udp::Transmit {
+            let held = Held {
                 destination: t.destination,
                 ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-                contents: &self.send_buf[..t.size],
                 segment_size: t.segment_size,
                 src_ip: t.src_ip,
+                contents: Vec::new(),
             };
-            // A full socket buffer drops the datagram; QUIC's loss recovery resends it.
-            let _ = self.socket.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.socket).into(), &transmit)
-            });
-            self.stats.sends += 1;
+            Self::send_or_hold(
+                &self.socket,
+                &self.state,
+                &mut self.held,
+                &mut self.stats,
+                held,
+                &self.send_buf[..t.size],
+            );
         }
-        if sent >= MAX_DATAGRAMS_PER_TURN {
+        if sent >= MAX_DATAGRAMS_PER_TURN || !self.held.is_empty() {
             // More to send: next turn, after the other connections had theirs.
             self.dirty.insert(ch);
         }
@@ -415,17 +439,74 @@ impl<A: App> Engine<A> {
     }
 
     fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        let transmit = quinn_udp::Transmit {
+        let held = Held {
             destination: t.destination,
             ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-            contents: &buf[..t.size],
             segment_size: t.segment_size,
             src_ip: t.src_ip,
+            contents: Vec::new(),
         };
-        let _ = self.socket.try_io(Interest::WRITABLE, || {
-            self.state.try_send((&self.socket).into(), &transmit)
-        });
-        self.stats.sends += 1;
+        Self::send_or_hold(
+            &self.socket,
+            &self.state,
+            &mut self.held,
+            &mut self.stats,
+            held,
+            &buf[..t.size],
+        );
+    }
+
+    /// Sends `contents` (behind anything already held), or holds a copy when the socket is
+    /// full. Other errors (an unreachable destination, say) drop the datagram: QUIC recovers.
+    fn send_or_hold(
+        socket: &UdpSocket,
+        state: &quinn_udp::UdpSocketState,
+        held: &mut std::collections::VecDeque<Held>,
+        stats: &mut Stats,
+        mut meta: Held,
+        contents: &[u8],
+    ) {
+        if held.is_empty() {
+            let transmit = quinn_udp::Transmit {
+                destination: meta.destination,
+                ecn: meta.ecn,
+                contents,
+                segment_size: meta.segment_size,
+                src_ip: meta.src_ip,
+            };
+            match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &transmit)) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => {
+                    stats.sends += 1;
+                    return;
+                }
+            }
+        }
+        stats.would_block += 1;
+        meta.contents = contents.to_vec();
+        held.push_back(meta);
+    }
+
+    /// Sends what was held, oldest first, until the socket is full again.
+    fn flush_held(&mut self) {
+        while let Some(h) = self.held.front() {
+            let transmit = quinn_udp::Transmit {
+                destination: h.destination,
+                ecn: h.ecn,
+                contents: &h.contents,
+                segment_size: h.segment_size,
+                src_ip: h.src_ip,
+            };
+            match self.socket.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                _ => {
+                    self.stats.sends += 1;
+                    self.held.pop_front();
+                }
+            }
+        }
     }
 }
 
