@@ -103,6 +103,10 @@ struct Running {
 }
 
 async fn start(idle: Duration) -> Running {
+    start_limited(idle, quaver::engine::Limits::default()).await
+}
+
+async fn start_limited(idle: Duration, limits: quaver::engine::Limits) -> Running {
     let (server, client) = tls();
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut engine = Engine::new(
@@ -111,6 +115,7 @@ async fn start(idle: Duration) -> Running {
         Echo::default(),
     )
     .unwrap();
+    engine.set_limits(limits);
     let addr = engine.local_addr().unwrap();
     let sender = engine.sender();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -239,6 +244,57 @@ async fn a_command_from_another_task_is_written_to_every_connection() {
     }
     let _ = r.stop.send(());
     let _ = r.done.await.unwrap();
+}
+
+/// Past the cap, connection attempts are refused; with many handshakes in flight, clients
+/// are made to prove their address first (a stateless retry) and still get in.
+#[tokio::test]
+async fn admission_caps_connections_and_retries_under_handshake_load() {
+    let capped = start_limited(
+        Duration::from_secs(10),
+        quaver::engine::Limits {
+            max_connections: 2,
+            retry_above_handshakes: 1000,
+        },
+    )
+    .await;
+    let endpoint = client_endpoint(&capped.client);
+    let a = endpoint.connect(capped.addr, "localhost").unwrap().await.unwrap();
+    let b = endpoint.connect(capped.addr, "localhost").unwrap().await.unwrap();
+    let third = endpoint.connect(capped.addr, "localhost").unwrap().await;
+    assert!(
+        matches!(third, Err(quinn::ConnectionError::ConnectionClosed(_))),
+        "{third:?}"
+    );
+    drop((a, b));
+    let _ = capped.stop.send(());
+    let engine = capped.done.await.unwrap();
+    assert_eq!((engine.stats.accepted, engine.stats.refused), (2, 1));
+
+    // Every attempt counts as under load. The first is retried, then accepted; the server
+    // gives it address-validation tokens (NEW_TOKEN), which the client's shared token store
+    // presents on its next attempts — those are validated and accepted without a retry.
+    let retrying = start_limited(
+        Duration::from_secs(10),
+        quaver::engine::Limits {
+            max_connections: 100,
+            retry_above_handshakes: 0,
+        },
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let endpoint = client_endpoint(&retrying.client);
+        conns.push(endpoint.connect(retrying.addr, "localhost").unwrap().await.unwrap());
+    }
+    let (mut send, mut recv) = conns[0].open_bi().await.unwrap();
+    send.write_all(b"after a retry").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(100).await.unwrap(), b"after a retry");
+    drop(conns);
+    let _ = retrying.stop.send(());
+    let engine = retrying.done.await.unwrap();
+    assert_eq!((engine.stats.retried, engine.stats.accepted), (1, 3));
 }
 
 #[tokio::test]

@@ -148,6 +148,25 @@ impl Io<'_> {
     }
 }
 
+/// Admission control, as the quinn path has it: a cap on connections, and a stateless retry
+/// (address validation) once many handshakes are in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections beyond this are refused (`CONNECTION_REFUSED`).
+    pub max_connections: usize,
+    /// With this many handshakes in flight, a client must first prove its address.
+    pub retry_above_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            retry_above_handshakes: 256,
+        }
+    }
+}
+
 /// Counters of the loop (for tests and, later, metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -161,6 +180,10 @@ pub struct Stats {
     pub accepted: u64,
     /// Sends that found the socket buffer full and waited for it (none is dropped).
     pub would_block: u64,
+    /// Connection attempts refused by the cap.
+    pub refused: u64,
+    /// Connection attempts sent a stateless retry.
+    pub retried: u64,
 }
 
 /// A datagram (or GSO batch) that found the socket full, kept until it is writable.
@@ -174,6 +197,8 @@ struct Held {
 
 struct Conn {
     conn: quinn_proto::Connection,
+    /// Still in its handshake (counted in `Engine::handshakes`).
+    handshaking: bool,
     /// The timer this connection last asked for (heap entries for other instants are stale).
     timer: Option<Instant>,
 }
@@ -184,6 +209,9 @@ pub struct Engine<A: App> {
     socket: UdpSocket,
     state: quinn_udp::UdpSocketState,
     conns: HashMap<ConnectionHandle, Conn>,
+    /// Connections still handshaking.
+    handshakes: usize,
+    limits: Limits,
     timers: BinaryHeap<Reverse<(Instant, ConnectionHandle)>>,
     dirty: HashSet<ConnectionHandle>,
     app: A,
@@ -210,6 +238,8 @@ impl<A: App> Engine<A> {
         let stride = state.gro_segments() * 1500;
         let (command_tx, commands) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
+            handshakes: 0,
+            limits: Limits::default(),
             held: std::collections::VecDeque::new(),
             commands,
             command_tx,
@@ -229,6 +259,11 @@ impl<A: App> Engine<A> {
     /// The address the engine listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// Sets the admission limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Where other threads send the application commands (one queue per loop, not per
@@ -351,11 +386,37 @@ impl<A: App> Engine<A> {
                             self.dirty.insert(ch);
                         }
                     }
+                    Some(DatagramEvent::NewConnection(incoming)) if self.conns.len() >= self.limits.max_connections => {
+                        self.stats.refused += 1;
+                        let t = self.endpoint.refuse(incoming, &mut out);
+                        self.send_raw(&t, &out);
+                    }
+                    Some(DatagramEvent::NewConnection(incoming))
+                        if !incoming.remote_address_validated()
+                            && self.handshakes >= self.limits.retry_above_handshakes =>
+                    {
+                        // `may_retry` holds whenever the address is not validated.
+                        match self.endpoint.retry(incoming, &mut out) {
+                            Ok(t) => {
+                                self.stats.retried += 1;
+                                self.send_raw(&t, &out);
+                            }
+                            Err(e) => self.endpoint.ignore(e.into_incoming()),
+                        }
+                    }
                     Some(DatagramEvent::NewConnection(incoming)) => {
                         match self.endpoint.accept(incoming, now, &mut out, None) {
                             Ok((ch, conn)) => {
                                 self.stats.accepted += 1;
-                                self.conns.insert(ch, Conn { conn, timer: None });
+                                self.handshakes += 1;
+                                self.conns.insert(
+                                    ch,
+                                    Conn {
+                                        conn,
+                                        timer: None,
+                                        handshaking: true,
+                                    },
+                                );
                                 self.dirty.insert(ch);
                             }
                             Err(e) => {
@@ -424,6 +485,10 @@ impl<A: App> Engine<A> {
         if sent >= MAX_DATAGRAMS_PER_TURN || !self.held.is_empty() {
             // More to send: next turn, after the other connections had theirs.
             self.dirty.insert(ch);
+        }
+        if c.handshaking && (!c.conn.is_handshaking() || c.conn.is_drained()) {
+            c.handshaking = false;
+            self.handshakes -= 1;
         }
         if c.conn.is_drained() {
             self.conns.remove(&ch);
