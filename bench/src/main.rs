@@ -396,12 +396,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Scenario::Transport(a) => {
+            let params = transport::Params {
+                shards: a.shards,
+                connections: a.connections,
+                rate: a.rate,
+                seconds: a.seconds,
+                bytes: a.bytes,
+            };
             if let Some(kind) = a.serve {
-                return transport::serve(kind, a.shards, a.connections, a.rate, a.seconds, a.bytes).await;
+                return transport::serve(kind, params).await;
             }
             for run in 1..=a.runs {
                 for &kind in &a.server {
-                    let r = transport::run(kind, a.shards, a.connections, a.rate, a.seconds, a.bytes).await?;
+                    let r = transport::run(kind, params).await?;
                     println!(
                         "transport {kind:?} #{run}: {} records × {} connections, delivered {}; server CPU {:.2} µs per delivery; p50 {:.2} ms p99 {:.2} ms; {:.1} KiB per connection; {} ACK frames in",
                         r.records,

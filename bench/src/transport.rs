@@ -114,15 +114,30 @@ impl App for Fanout {
     }
 }
 
+/// What a run does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    /// Engine loops (SO_REUSEPORT on one port).
+    pub(crate) shards: usize,
+    /// Connections.
+    pub(crate) connections: usize,
+    /// Records per second.
+    pub(crate) rate: f64,
+    /// Seconds of records.
+    pub(crate) seconds: f64,
+    /// Bytes per record.
+    pub(crate) bytes: usize,
+}
+
 /// The server process: prints `cert=`, `addr=`, then `start` and `end` around the records.
-pub(crate) async fn serve(
-    kind: Kind,
-    shards: usize,
-    connections: usize,
-    rate: f64,
-    seconds: f64,
-    bytes: usize,
-) -> anyhow::Result<()> {
+pub(crate) async fn serve(kind: Kind, p: Params) -> anyhow::Result<()> {
+    let Params {
+        shards,
+        connections,
+        rate,
+        seconds,
+        bytes,
+    } = p;
     let (server_tls, der) = tls()?;
     println!("cert={}", hex::encode(&der));
     let registered = Arc::new(AtomicUsize::new(0));
@@ -261,14 +276,14 @@ async fn wait_registered(registered: &AtomicUsize, connections: usize) -> anyhow
 }
 
 /// One measured run: starts the server process, connects the clients, collects.
-pub(crate) async fn run(
-    kind: Kind,
-    shards: usize,
-    connections: usize,
-    rate: f64,
-    seconds: f64,
-    bytes: usize,
-) -> anyhow::Result<Report> {
+pub(crate) async fn run(kind: Kind, p: Params) -> anyhow::Result<Report> {
+    let Params {
+        shards,
+        connections,
+        rate,
+        seconds,
+        bytes,
+    } = p;
     let exe = std::env::current_exe()?;
     let kind_arg = match kind {
         Kind::Quinn => "quinn",

@@ -195,6 +195,19 @@ struct Held {
     contents: Vec<u8>,
 }
 
+impl Held {
+    /// The addressing of `t` (its contents are copied only if it must wait).
+    fn of(t: &quinn_proto::Transmit) -> Self {
+        Self {
+            destination: t.destination,
+            ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+            contents: Vec::new(),
+        }
+    }
+}
+
 struct Conn {
     conn: quinn_proto::Connection,
     /// Still in its handshake (counted in `Engine::handshakes`).
@@ -466,19 +479,12 @@ impl<A: App> Engine<A> {
                 break;
             };
             sent += t.size.div_ceil(t.segment_size.unwrap_or(t.size).max(1));
-            let held = Held {
-                destination: t.destination,
-                ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-                segment_size: t.segment_size,
-                src_ip: t.src_ip,
-                contents: Vec::new(),
-            };
             Self::send_or_hold(
                 &self.socket,
                 &self.state,
                 &mut self.held,
                 &mut self.stats,
-                held,
+                Held::of(&t),
                 &self.send_buf[..t.size],
             );
         }
@@ -504,19 +510,12 @@ impl<A: App> Engine<A> {
     }
 
     fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        let held = Held {
-            destination: t.destination,
-            ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-            contents: Vec::new(),
-        };
         Self::send_or_hold(
             &self.socket,
             &self.state,
             &mut self.held,
             &mut self.stats,
-            held,
+            Held::of(t),
             &buf[..t.size],
         );
     }
