@@ -59,14 +59,66 @@ impl Closer for Session {
     }
 }
 
+/// Why a lane sink did not take a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SinkError {
+    /// Its queue is full: the client does not read the lane (slow consumer).
+    Full,
+    /// The lane's writer is gone.
+    Closed,
+}
+
+/// Where a lane's frames go: a writer task's queue (quinn's API), or the engine's loop.
+pub trait LaneSink: Send + Sync + std::fmt::Debug {
+    /// Queues `out` without waiting.
+    fn push(&self, out: LaneOut) -> Result<(), SinkError>;
+}
+
+impl LaneSink for mpsc::Sender<LaneOut> {
+    fn push(&self, out: LaneOut) -> Result<(), SinkError> {
+        self.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+        })
+    }
+}
+
+/// How the session state reaches the connection it is attached to.
+pub trait Link: Send + Sync + std::fmt::Debug {
+    /// Asks the connection's owner to close it, in-band `Closing` first. False when the
+    /// owner is gone (a full queue means closes are pending: true).
+    fn ask_close(&self, code: CloseCode, reason: String) -> bool;
+    /// Closes the connection at once.
+    fn close_now(&self, code: CloseCode, reason: &str);
+}
+
+/// The link of a session task (quinn's API): its command queue, and the connection for
+/// when the task is gone.
+#[derive(Debug)]
+struct TaskLink {
+    cmd: mpsc::Sender<Cmd>,
+    closer: Arc<dyn Closer>,
+}
+
+impl Link for TaskLink {
+    fn ask_close(&self, code: CloseCode, reason: String) -> bool {
+        !matches!(
+            self.cmd.try_send(Cmd::Close(code, reason)),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
+    }
+    fn close_now(&self, code: CloseCode, reason: &str) {
+        self.closer.close(code.0, reason);
+    }
+}
+
 /// The connection a session is attached to (none while detached, awaiting a resume).
 #[derive(Debug)]
 struct Attachment {
     /// Counts attachments, so a superseded connection's cleanup cannot detach its successor.
     generation: u64,
-    closer: Arc<dyn Closer>,
-    cmd: mpsc::Sender<Cmd>,
-    lanes: [Option<mpsc::Sender<LaneOut>>; 5],
+    link: Arc<dyn Link>,
+    lanes: [Option<Box<dyn LaneSink>>; 5],
     /// Per lane, the position the client resumed from (replay starts after it).
     resume_from: [u64; 5],
 }
@@ -130,20 +182,24 @@ impl SessionHandle {
     /// Attaches a connection; returns its generation. The previous connection, if any, is
     /// told to close (`session_replaced`).
     fn attach(&self, closer: Arc<dyn Closer>, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
+        self.attach_link(Arc::new(TaskLink { cmd, closer }), resume_from)
+    }
+
+    /// Attaches a connection reached through `link`; returns its generation. The previous
+    /// connection, if any, is told to close (`session_replaced`).
+    pub(crate) fn attach_link(&self, link: Arc<dyn Link>, resume_from: [u64; 5]) -> u64 {
         let mut g = self.lock();
         let generation = g.next_generation;
         g.next_generation += 1;
         if let Some(old) = g.attachment.take() {
-            let _ = old.cmd.try_send(Cmd::Close(
-                CloseCode::SESSION_REPLACED,
-                "resumed on another connection".into(),
-            ));
+            let _ = old
+                .link
+                .ask_close(CloseCode::SESSION_REPLACED, "resumed on another connection".into());
         }
         g.detached_until = None;
         g.attachment = Some(Attachment {
             generation,
-            closer,
-            cmd,
+            link,
             lanes: Default::default(),
             resume_from,
         });
@@ -152,7 +208,7 @@ impl SessionHandle {
 
     /// Detaches connection `generation` (if it is still the current one); events keep
     /// being buffered until `until`. Returns false if a newer connection took over.
-    fn detach(&self, generation: u64, until: Instant) -> bool {
+    pub(crate) fn detach(&self, generation: u64, until: Instant) -> bool {
         let mut g = self.lock();
         if g.attachment.as_ref().is_some_and(|a| a.generation == generation) {
             g.attachment = None;
@@ -185,11 +241,11 @@ impl SessionHandle {
     /// Opens `lane` on connection `generation`: returns the backlog to write first (events
     /// after the resume position, or every buffered event for a new session), atomically
     /// with registering the writer, so nothing is lost or doubled between the two.
-    fn attach_lane(
+    pub(crate) fn attach_lane(
         &self,
         generation: u64,
         lane: Lane,
-        tx: mpsc::Sender<LaneOut>,
+        tx: impl LaneSink + 'static,
     ) -> Result<Vec<(u64, Bytes)>, AttachError> {
         let mut g = self.lock();
         let sent = g.sent[lane.index()];
@@ -202,7 +258,7 @@ impl SessionHandle {
         let from = a.resume_from[lane.index()];
         let backlog = g.replay.since(lane, from, sent).map_err(AttachError::Lost)?;
         if let Some(a) = g.attachment.as_mut() {
-            a.lanes[lane.index()] = Some(tx);
+            a.lanes[lane.index()] = Some(Box::new(tx));
         }
         Ok(backlog)
     }
@@ -219,10 +275,8 @@ impl SessionHandle {
         let Some(tx) = a.lanes[lane.index()].as_ref() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(LaneOut::Event(seq, body)) {
-            let _ = a
-                .cmd
-                .try_send(Cmd::Close(CloseCode::SLOW_CONSUMER, "lane queue overflow".into()));
+        if let Err(SinkError::Full) = tx.push(LaneOut::Event(seq, body)) {
+            let _ = a.link.ask_close(CloseCode::SLOW_CONSUMER, "lane queue overflow".into());
         }
     }
 
@@ -231,11 +285,11 @@ impl SessionHandle {
     pub fn close(&self, code: CloseCode, reason: &str) {
         let g = self.lock();
         if let Some(a) = g.attachment.as_ref()
-            && let Err(mpsc::error::TrySendError::Closed(_)) = a.cmd.try_send(Cmd::Close(code, reason.to_string()))
+            && !a.link.ask_close(code, reason.to_string())
         {
-            // The task is gone: close the connection directly. (A full queue means closes
-            // are already pending: the task will close, sending `Closing` first.)
-            a.closer.close(code.0, reason);
+            // The owner is gone: close the connection directly. (A full queue means closes
+            // are already pending: the owner will close, sending `Closing` first.)
+            a.link.close_now(code, reason);
         }
     }
 
@@ -251,7 +305,7 @@ impl SessionHandle {
             .flatten()
             .filter_map(|tx| {
                 let (done, rx) = tokio::sync::oneshot::channel();
-                tx.try_send(LaneOut::Flush(done)).ok().map(|_| rx)
+                tx.push(LaneOut::Flush(done)).ok().map(|_| rx)
             })
             .collect()
     }

@@ -224,7 +224,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         ))
     });
     let generation = handle.attach(Arc::new(session.clone()), cmd_tx, resume_from);
-    let voice_port = crate::voice::VoicePort::new(session.clone());
+    let voice_port = crate::voice::VoicePort::new(Arc::new(session.clone()));
     let conn = Arc::new(Conn {
         handle: handle.clone(),
         generation,
@@ -298,7 +298,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     let (ctl_out, ctl_queue) = mpsc::channel::<ServerControl>(CONTROL_QUEUE);
     let writer = tokio::spawn(control_writer(ctx.clone(), ctl_tx, ctl_queue));
     ctx.presence.connect(identity.user_id, handle.id, hello.device);
-    tokio::spawn(ctx.voice.clone().intake(voice_port.clone()));
+    tokio::spawn(ctx.voice.clone().intake(session.clone(), voice_port.clone()));
     ctx.metrics.session_opened(tr);
     tracing::debug!(session = %handle.id, user = identity.user_id, transport = tr.name(), resumed = is_resume, "session ready");
 

@@ -133,18 +133,38 @@ impl VoiceMetrics {
     }
 }
 
+/// Where a listener's datagrams leave: a session on quinn's API, or a connection on the
+/// engine's loop (which the SFU reaches through the loop's queue).
+pub trait DatagramSink: Send + Sync + std::fmt::Debug {
+    /// The bytes every datagram starts with on the wire (none for raw QUIC; the quarter
+    /// stream id for WebTransport): the SFU builds one buffer per prefix and shares it.
+    fn prefix(&self) -> &[u8];
+    /// Sends a datagram that already starts with [`DatagramSink::prefix`]. False when it
+    /// cannot be queued (the frame counts as dropped).
+    fn send(&self, data: Bytes) -> bool;
+}
+
+impl DatagramSink for Session {
+    fn prefix(&self) -> &[u8] {
+        self.datagram_prefix().unwrap_or(&[])
+    }
+    fn send(&self, data: Bytes) -> bool {
+        self.send_prefixed_datagram(data).is_ok()
+    }
+}
+
 /// Where one connection's datagrams go: its voice channel task and slot, if any.
 #[derive(Debug)]
 pub struct VoicePort {
-    session: Session,
+    sink: Arc<dyn DatagramSink>,
     target: Mutex<Option<(mpsc::Sender<ChannelCmd>, u16)>>,
 }
 
 impl VoicePort {
-    /// A port for a connection.
-    pub fn new(session: Session) -> Arc<Self> {
+    /// A port for a connection whose datagrams leave through `sink`.
+    pub fn new(sink: Arc<dyn DatagramSink>) -> Arc<Self> {
         Arc::new(Self {
-            session,
+            sink,
             target: Mutex::new(None),
         })
     }
@@ -259,32 +279,37 @@ impl Voice {
         });
     }
 
-    /// Reads a connection's datagrams until it closes and feeds them to the SFU.
-    pub async fn intake(self: Arc<Self>, port: Arc<VoicePort>) {
-        while let Ok(d) = port.session.read_datagram().await {
-            self.metrics.received.fetch_add(1, Relaxed);
-            if d.len() > MAX_UPLINK {
-                self.metrics.count_drop(DropReason::Oversized);
-                continue;
-            }
-            if Uplink::parse(&d).is_err() {
-                self.metrics.count_drop(DropReason::Malformed);
-                continue;
-            }
-            let Some((tx, slot)) = port.get() else {
-                self.metrics.count_drop(DropReason::Foreign);
-                continue;
-            };
-            if tx
-                .try_send(ChannelCmd::Frame {
-                    slot,
-                    data: d,
-                    at: Instant::now(),
-                })
-                .is_err()
-            {
-                self.metrics.count_drop(DropReason::Congested);
-            }
+    /// Reads a session's datagrams until it closes and feeds them to the SFU.
+    pub async fn intake(self: Arc<Self>, session: Session, port: Arc<VoicePort>) {
+        while let Ok(d) = session.read_datagram().await {
+            self.datagram(&port, d);
+        }
+    }
+
+    /// One datagram from `port`'s connection: checked, then handed to its channel's task.
+    pub fn datagram(&self, port: &VoicePort, d: Bytes) {
+        self.metrics.received.fetch_add(1, Relaxed);
+        if d.len() > MAX_UPLINK {
+            self.metrics.count_drop(DropReason::Oversized);
+            return;
+        }
+        if Uplink::parse(&d).is_err() {
+            self.metrics.count_drop(DropReason::Malformed);
+            return;
+        }
+        let Some((tx, slot)) = port.get() else {
+            self.metrics.count_drop(DropReason::Foreign);
+            return;
+        };
+        if tx
+            .try_send(ChannelCmd::Frame {
+                slot,
+                data: d,
+                at: Instant::now(),
+            })
+            .is_err()
+        {
+            self.metrics.count_drop(DropReason::Congested);
         }
     }
 
@@ -629,7 +654,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         let mut shared: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(2);
                         for l in f.listeners {
                             let Some(port) = ports.get(&l) else { continue };
-                            let prefix = port.session.datagram_prefix().unwrap_or(&[]);
+                            let prefix = port.sink.prefix();
                             let out = match shared.iter().find(|(p, _)| p.as_slice() == prefix) {
                                 Some((_, b)) => b.clone(),
                                 None => {
@@ -642,9 +667,9 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                                     b
                                 }
                             };
-                            match port.session.send_prefixed_datagram(out) {
-                                Ok(()) => metrics.forwarded.fetch_add(1, Relaxed),
-                                Err(_) => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
+                            match port.sink.send(out) {
+                                true => metrics.forwarded.fetch_add(1, Relaxed),
+                                false => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
                             };
                         }
                         metrics.residence(at.elapsed());
