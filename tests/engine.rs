@@ -38,7 +38,7 @@ impl App for Echo {
                 }
             }
             AppEvent::Readable(id) => self.readable(ch, id, io),
-            AppEvent::Writable(_) => {}
+            AppEvent::Writable(_) | AppEvent::Stopped(_) | AppEvent::Datagrams => {}
             AppEvent::Lost(e) => self.lost.push((ch, e)),
         }
     }

@@ -10,9 +10,8 @@
 //! or two shards"), two loops on one port (SO_REUSEPORT) cost more per delivery at F0's
 //! rate and only tie at 80k deliveries/s. Shards remain possible: loops share nothing.
 //!
-//! Not yet wired into `quaver serve`: the gateway still runs on quinn's high-level API. The
-//! application side is the [`App`] trait; the next step implements it with the sans-IO
-//! session machine (`gateway::control`) and the lanes.
+//! The application side is the [`App`] trait; `gateway::wire` implements it with the
+//! sessions (raw QUIC, behind `--engine` until it replaces quinn's high-level API).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -46,6 +45,10 @@ pub enum AppEvent {
     Readable(StreamId),
     /// A stream that was blocked by flow control can take more.
     Writable(StreamId),
+    /// The peer asked us to stop sending on a stream (its writes fail from now on).
+    Stopped(StreamId),
+    /// Datagrams arrived; take them with [`Io::recv_datagram`].
+    Datagrams,
     /// The connection is gone; nothing more will be delivered for it.
     Lost(ConnectionError),
 }
@@ -59,6 +62,15 @@ pub trait App {
     fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>);
     /// A command arrived; `conns` reaches every connection (what is written is sent this turn).
     fn on_command(&mut self, cmd: Self::Command, conns: &mut Conns<'_>);
+    /// When the application next wants [`App::on_timeout`] (its own timers: heartbeats,
+    /// deadlines), if ever.
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// The instant from [`App::next_timeout`] (or later) has come.
+    fn on_timeout(&mut self, now: Instant, conns: &mut Conns<'_>) {
+        let _ = (now, conns);
+    }
 }
 
 /// Every connection of the loop, for a command.
@@ -69,6 +81,11 @@ pub struct Conns<'a> {
 }
 
 impl Conns<'_> {
+    /// The time of this turn.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Connection `ch`, if it is alive; it will transmit this turn.
     pub fn io(&mut self, ch: ConnectionHandle) -> Option<Io<'_>> {
         let c = self.map.get_mut(&ch)?;
@@ -128,12 +145,74 @@ impl Io<'_> {
 
     /// Writes as much of `data` as flow control allows; returns how much.
     pub fn write(&mut self, stream: StreamId, data: &[u8]) -> usize {
-        self.conn.send_stream(stream).write(data).unwrap_or(0)
+        self.try_write(stream, data).unwrap_or(0)
+    }
+
+    /// Like [`Io::write`], but `None` when the stream cannot be written any more (stopped
+    /// by the peer, finished or reset), so the caller can drop what it holds for it.
+    pub fn try_write(&mut self, stream: StreamId, data: &[u8]) -> Option<usize> {
+        match self.conn.send_stream(stream).write(data) {
+            Ok(n) => Some(n),
+            Err(quinn_proto::WriteError::Blocked) => Some(0),
+            Err(_) => None,
+        }
     }
 
     /// Ends `stream` after what was written.
     pub fn finish(&mut self, stream: StreamId) {
         let _ = self.conn.send_stream(stream).finish();
+    }
+
+    /// Abandons what is unsent on `stream`, telling the peer `code`.
+    pub fn reset(&mut self, stream: StreamId, code: u32) {
+        let _ = self.conn.send_stream(stream).reset(VarInt::from_u32(code));
+    }
+
+    /// Tells the peer to stop sending on `stream`, discarding what it sent.
+    pub fn stop(&mut self, stream: StreamId, code: u32) {
+        let _ = self.conn.recv_stream(stream).stop(VarInt::from_u32(code));
+    }
+
+    /// Sets the send priority of `stream` (higher goes first).
+    pub fn set_priority(&mut self, stream: StreamId, priority: i32) {
+        let _ = self.conn.send_stream(stream).set_priority(priority);
+    }
+
+    /// The next datagram received, if any.
+    pub fn recv_datagram(&mut self) -> Option<Bytes> {
+        self.conn.datagrams().recv()
+    }
+
+    /// Queues a datagram, dropping the oldest queued ones when the send buffer is full
+    /// (stale audio is worth less than fresh). False when the peer takes no datagrams or
+    /// `data` is larger than it accepts.
+    pub fn send_datagram(&mut self, data: Bytes) -> bool {
+        self.conn.datagrams().send(data, true).is_ok()
+    }
+
+    /// Largest datagram the peer accepts now (0 if none).
+    pub fn max_datagram_size(&mut self) -> usize {
+        self.conn.datagrams().max_size().unwrap_or(0)
+    }
+
+    /// The application protocol negotiated in the handshake.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.conn
+            .crypto_session()
+            .handshake_data()?
+            .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+            .ok()?
+            .protocol
+    }
+
+    /// The peer's address now.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// The time of this turn.
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     /// The connection's counters (packets, frames by type, path).
@@ -310,7 +389,10 @@ impl<A: App> Engine<A> {
                 self.turn(Instant::now());
                 continue;
             }
-            let next = self.timers.peek().map(|Reverse((t, _))| *t);
+            let next = match (self.timers.peek().map(|Reverse((t, _))| *t), self.app.next_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = &mut stop => return,
@@ -362,10 +444,29 @@ impl<A: App> Engine<A> {
                 self.dirty.insert(ch);
             }
         }
+        if self.app.next_timeout().is_some_and(|t| t <= now) {
+            let mut conns = Conns {
+                map: &mut self.conns,
+                dirty: &mut self.dirty,
+                now,
+            };
+            self.app.on_timeout(now, &mut conns);
+        }
         let dirty: Vec<ConnectionHandle> = self.dirty.drain().collect();
         for ch in dirty {
             self.drive(ch, now);
         }
+    }
+
+    /// Closes every connection with `code` and sends the closes (e.g. at shutdown).
+    pub fn close_all(&mut self, code: u32, reason: &[u8]) {
+        let now = Instant::now();
+        for (ch, c) in self.conns.iter_mut() {
+            c.conn
+                .close(now, VarInt::from_u32(code), Bytes::copy_from_slice(reason));
+            self.dirty.insert(*ch);
+        }
+        self.turn(now);
     }
 
     fn receive(&mut self, now: Instant) {
@@ -463,6 +564,8 @@ impl<A: App> Engine<A> {
                 Event::Stream(StreamEvent::Opened { .. }) => AppEvent::StreamOpened,
                 Event::Stream(StreamEvent::Readable { id }) => AppEvent::Readable(id),
                 Event::Stream(StreamEvent::Writable { id }) => AppEvent::Writable(id),
+                Event::Stream(StreamEvent::Stopped { id, .. }) => AppEvent::Stopped(id),
+                Event::DatagramReceived => AppEvent::Datagrams,
                 _ => continue,
             };
             let mut io = Io { conn: &mut c.conn, now };

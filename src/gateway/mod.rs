@@ -95,9 +95,9 @@ pub trait Link: Send + Sync + std::fmt::Debug {
 /// The link of a session task (quinn's API): its command queue, and the connection for
 /// when the task is gone.
 #[derive(Debug)]
-struct TaskLink {
-    cmd: mpsc::Sender<Cmd>,
-    closer: Arc<dyn Closer>,
+pub(crate) struct TaskLink {
+    pub(crate) cmd: mpsc::Sender<Cmd>,
+    pub(crate) closer: Arc<dyn Closer>,
 }
 
 impl Link for TaskLink {
@@ -181,6 +181,7 @@ impl SessionHandle {
 
     /// Attaches a connection; returns its generation. The previous connection, if any, is
     /// told to close (`session_replaced`).
+    #[cfg(test)]
     fn attach(&self, closer: Arc<dyn Closer>, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
         self.attach_link(Arc::new(TaskLink { cmd, closer }), resume_from)
     }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use quaver_proto::codec::io::{FramedRead, ReadError, write_msg};
 use quaver_proto::session::{RecvStream, SendStream, Session};
 use quaver_proto::{
-    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FetchReply, FrameError, Lane, Limits, Ready,
-    Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
+    ClientControl, CloseCode, Closing, Compression, ErrorBody, ErrorCode, FetchReply, FrameError, Hello, Lane, Limits,
+    Ready, Request, ServerControl, ServerLane, SessionId, StreamOpen, User,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
@@ -170,60 +170,22 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
     };
 
     // 2. Ready, with the user's snapshot (which also records the user from the claims).
-    let snapshot = async {
-        let s = ctx.chat.ready(identity.user_id, &identity.name).await?;
-        let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
-        Ok::<_, ErrorBody>((s, presences))
-    };
-    // Boxed, like the catch-up below: the store queries' state would otherwise stay in this
-    // task's future for the whole session.
-    let (mut parts, presences) = match Box::pin(snapshot).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e.message, "building Ready failed");
-            let reason = if e.code == ErrorCode::UNAVAILABLE {
-                "storage unavailable; retry"
-            } else {
-                "server failure; retry"
-            };
-            return refuse(&ctx, &session, &mut ctl_tx, CloseCode::INTERNAL_ERROR, reason).await;
-        }
-    };
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(8);
-    let zstd = hello.compression == Compression::Zstd;
-    // Resume: the same user's session, still in its window, whose buffer covers every lane.
-    let resumed: Option<(Arc<SessionHandle>, [u64; 5])> = match &hello.resume {
-        Some(r) => {
-            let mut positions = [0u64; 5];
-            for l in &r.lanes {
-                positions[l.lane.index()] = l.seq;
-            }
-            let known = ctx.sessions.get(&r.session_id);
-            let facts = known.as_ref().map(|h| control::Known {
-                user: h.user,
-                can_replay: h.can_replay(&positions).is_ok(),
-            });
-            match control::decide_resume(identity.user_id, positions, facts) {
-                Err((code, reason)) => return refuse(&ctx, &session, &mut ctl_tx, code, reason).await,
-                Ok(control::Resume::Exact(from)) => known.map(|h| (h, from)),
-                Ok(control::Resume::Fresh) => None,
-            }
-        }
-        None => None,
-    };
-    let (resumed, resume_from) = match resumed {
-        Some((h, from)) => (Some(h), from),
-        None => (None, [0u64; 5]),
-    };
-    let is_resume = resumed.is_some();
-    let handle = resumed.unwrap_or_else(|| {
-        Arc::new(SessionHandle::new(
-            random_session_id(),
-            identity.user_id,
-            ctx.replay_limits(),
-        ))
+    let link = Arc::new(super::TaskLink {
+        cmd: cmd_tx,
+        closer: Arc::new(session.clone()),
     });
-    let generation = handle.attach(Arc::new(session.clone()), cmd_tx, resume_from);
+    let opened = match Box::pin(open(&ctx, &identity, &hello, link, session.max_datagram_size())).await {
+        Ok(o) => o,
+        Err((code, reason)) => return refuse(&ctx, &session, &mut ctl_tx, code, reason).await,
+    };
+    let Opened {
+        handle,
+        generation,
+        first,
+        resumed: is_resume,
+    } = opened;
+    let zstd = hello.compression == Compression::Zstd;
     let voice_port = crate::voice::VoicePort::new(Arc::new(session.clone()));
     let conn = Arc::new(Conn {
         handle: handle.clone(),
@@ -233,56 +195,7 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         closing: Default::default(),
         fetches: tokio::sync::Semaphore::new(FETCH_CONCURRENCY),
     });
-    let voice_states = ctx.voice.visible_states(&parts.guilds).await;
-    if !is_resume {
-        // Not resumable exactly: catch the client's channels up from the event log. Read
-        // here; the fan-out hands it over in line with live delivery, and sets each
-        // channel's `last_seq` in Ready to where this node's delivery stands.
-        let caught = match &hello.resume {
-            Some(r) if !r.channels.is_empty() => {
-                Box::pin(
-                    ctx.chat
-                        .catch_up(identity.user_id, &r.channels, ctx.cfg.session.event_log_retention),
-                )
-                .await
-            }
-            _ => Vec::new(),
-        };
-        ctx.fanout
-            .open(handle.clone(), &mut parts.guilds, &mut parts.private_channels, caught)
-            .await;
-    }
     let sc = &ctx.cfg.session;
-    let ready = Ready {
-        session_id: handle.id,
-        user: User {
-            id: identity.user_id,
-            name: identity.name.clone(),
-        },
-        heartbeat_interval_ms: sc.ping_interval.as_millis() as u32,
-        limits: Limits {
-            max_frame_bytes: sc.max_frame_bytes as u32,
-            max_datagram_bytes: session.max_datagram_size() as u32,
-            heartbeat_timeout_ms: sc.ping_timeout.as_millis() as u32,
-        },
-        compression: if zstd { Compression::Zstd } else { Compression::None },
-        token_expires_at_ms: unix_ms(identity.expires_at),
-        node: ctx.cfg.node_name.clone(),
-        guilds: parts.guilds,
-        private_channels: parts.private_channels,
-        read_states: parts.read_states,
-        presences,
-        relationships: parts.relationships,
-        mutes: parts.mutes,
-        notifications_unread: parts.notifications_unread,
-        notifications: parts.notifications,
-        voice_states,
-    };
-    let first = if is_resume {
-        ServerControl::Resumed(Box::new(ready))
-    } else {
-        ServerControl::Ready(Box::new(ready))
-    };
     // Bounded: a client that does not read its Ready within a heartbeat timeout is gone.
     match tokio::time::timeout(sc.ping_timeout, write_msg(&mut ctl_tx, &first)).await {
         Ok(Ok(n)) => ctx.metrics.tx[CONTROL].add(n),
@@ -414,6 +327,139 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
         None => writer.abort(),
     }
     tracing::debug!(session = %handle.id, "session ended");
+}
+
+/// A session opened from its `Hello`: attached to its connection, with its first frame.
+pub(crate) struct Opened {
+    /// The session (new, or the one resumed).
+    pub handle: Arc<SessionHandle>,
+    /// The connection's attachment generation.
+    pub generation: u64,
+    /// `Ready` or `Resumed`, to write first.
+    pub first: ServerControl,
+    /// Whether it resumed a session exactly.
+    pub resumed: bool,
+}
+
+/// Builds a session for an accepted `Hello`: the user's snapshot, the resume decision, the
+/// attachment of the connection (`link`), the fan-out registration and catch-up, and the
+/// `Ready`/`Resumed` frame. `Err` is the close to refuse the connection with. Shared by
+/// both transports (quinn's API and the engine).
+pub(crate) async fn open(
+    ctx: &Ctx,
+    identity: &Identity,
+    hello: &Hello,
+    link: Arc<dyn super::Link>,
+    max_datagram_bytes: usize,
+) -> Result<Opened, (CloseCode, String)> {
+    let snapshot = async {
+        let s = ctx.chat.ready(identity.user_id, &identity.name).await?;
+        let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
+        Ok::<_, ErrorBody>((s, presences))
+    };
+    // Boxed, like the catch-up below: the store queries' state would otherwise stay in the
+    // caller's future for the whole session.
+    let (mut parts, presences) = match Box::pin(snapshot).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e.message, "building Ready failed");
+            let reason = if e.code == ErrorCode::UNAVAILABLE {
+                "storage unavailable; retry"
+            } else {
+                "server failure; retry"
+            };
+            return Err((CloseCode::INTERNAL_ERROR, reason.into()));
+        }
+    };
+    let zstd = hello.compression == Compression::Zstd;
+    // Resume: the same user's session, still in its window, whose buffer covers every lane.
+    let resumed: Option<(Arc<SessionHandle>, [u64; 5])> = match &hello.resume {
+        Some(r) => {
+            let mut positions = [0u64; 5];
+            for l in &r.lanes {
+                positions[l.lane.index()] = l.seq;
+            }
+            let known = ctx.sessions.get(&r.session_id);
+            let facts = known.as_ref().map(|h| control::Known {
+                user: h.user,
+                can_replay: h.can_replay(&positions).is_ok(),
+            });
+            match control::decide_resume(identity.user_id, positions, facts)? {
+                control::Resume::Exact(from) => known.map(|h| (h, from)),
+                control::Resume::Fresh => None,
+            }
+        }
+        None => None,
+    };
+    let (resumed, resume_from) = match resumed {
+        Some((h, from)) => (Some(h), from),
+        None => (None, [0u64; 5]),
+    };
+    let is_resume = resumed.is_some();
+    let handle = resumed.unwrap_or_else(|| {
+        Arc::new(SessionHandle::new(
+            random_session_id(),
+            identity.user_id,
+            ctx.replay_limits(),
+        ))
+    });
+    let generation = handle.attach_link(link, resume_from);
+    let voice_states = ctx.voice.visible_states(&parts.guilds).await;
+    if !is_resume {
+        // Not resumable exactly: catch the client's channels up from the event log. Read
+        // here; the fan-out hands it over in line with live delivery, and sets each
+        // channel's `last_seq` in Ready to where this node's delivery stands.
+        let caught = match &hello.resume {
+            Some(r) if !r.channels.is_empty() => {
+                Box::pin(
+                    ctx.chat
+                        .catch_up(identity.user_id, &r.channels, ctx.cfg.session.event_log_retention),
+                )
+                .await
+            }
+            _ => Vec::new(),
+        };
+        ctx.fanout
+            .open(handle.clone(), &mut parts.guilds, &mut parts.private_channels, caught)
+            .await;
+    }
+    let sc = &ctx.cfg.session;
+    let ready = Ready {
+        session_id: handle.id,
+        user: User {
+            id: identity.user_id,
+            name: identity.name.clone(),
+        },
+        heartbeat_interval_ms: sc.ping_interval.as_millis() as u32,
+        limits: Limits {
+            max_frame_bytes: sc.max_frame_bytes as u32,
+            max_datagram_bytes: max_datagram_bytes as u32,
+            heartbeat_timeout_ms: sc.ping_timeout.as_millis() as u32,
+        },
+        compression: if zstd { Compression::Zstd } else { Compression::None },
+        token_expires_at_ms: unix_ms(identity.expires_at),
+        node: ctx.cfg.node_name.clone(),
+        guilds: parts.guilds,
+        private_channels: parts.private_channels,
+        read_states: parts.read_states,
+        presences,
+        relationships: parts.relationships,
+        mutes: parts.mutes,
+        notifications_unread: parts.notifications_unread,
+        notifications: parts.notifications,
+        voice_states,
+    };
+    let first = if is_resume {
+        ServerControl::Resumed(Box::new(ready))
+    } else {
+        ServerControl::Ready(Box::new(ready))
+    };
+    Ok(Opened {
+        handle,
+        generation,
+        first,
+        resumed: is_resume,
+    })
 }
 
 /// A client-opened stream after the control stream: a lane or a fetch.

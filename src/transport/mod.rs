@@ -19,12 +19,19 @@ use crate::config::Config;
 
 /// Builds the QUIC endpoint bound to `cfg.listen`.
 pub fn endpoint(cfg: &Config, certs: Arc<tls::CertStore>) -> anyhow::Result<quinn::Endpoint> {
+    let server = server_config(cfg, certs, &[ALPN_H3, ALPN_QUAVER])?;
+    Ok(quinn::Endpoint::server(server, cfg.listen)?)
+}
+
+/// The QUIC server configuration of both paths (quinn's API and the engine share
+/// quinn-proto's): TLS 1.3 with the certificate store, the given ALPNs, the limits below.
+pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    tls.alpn_protocols = vec![ALPN_H3.to_vec(), ALPN_QUAVER.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     // No 0-RTT: a replayed Hello must not open a session.
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
@@ -56,8 +63,7 @@ pub fn endpoint(cfg: &Config, certs: Arc<tls::CertStore>) -> anyhow::Result<quin
     server.transport_config(Arc::new(transport));
     // Migration stays on: a client moving networks keeps its session.
     server.migration(true);
-    let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
-    Ok(endpoint)
+    Ok(server)
 }
 
 /// Accepts connections until shutdown, then stops accepting.
