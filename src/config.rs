@@ -67,6 +67,10 @@ pub struct Config {
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
+    /// Serve sessions on the engine (one event loop over quinn-proto, issue 12) instead of
+    /// quinn's per-connection tasks. Raw QUIC only so far: WebTransport clients cannot
+    /// connect to an engine node yet. Default false.
+    pub engine: bool,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Token verification.
@@ -210,6 +214,7 @@ impl Default for Config {
             redis_prefix: String::new(),
             public_addr: None,
             node_id: None,
+            engine: false,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
@@ -307,6 +312,9 @@ pub struct ConfigArgs {
     /// Node number for snowflake ids, 0–1023 [default: from the node name].
     #[arg(long, env = "QUAVER_NODE_ID")]
     pub node_id: Option<u16>,
+    /// Serve sessions on the engine (raw QUIC only so far; experimental) [default: false].
+    #[arg(long, env = "QUAVER_ENGINE", num_args = 0..=1, default_missing_value = "true")]
+    pub engine: Option<bool>,
     /// PEM certificate chain (production TLS).
     #[arg(long, env = "QUAVER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -393,7 +401,7 @@ impl ConfigArgs {
         }
         set! {
             listen => listen, http_listen => http_listen, node_name => node_name,
-            redis_prefix => redis_prefix,
+            redis_prefix => redis_prefix, engine => engine,
             data_dir => data_dir, cert_dir => tls.cert_dir,
             dev_cert_validity => tls.dev_validity, dev_cert_renew_before => tls.dev_renew_before,
             jwt_leeway => auth.leeway,

@@ -99,6 +99,7 @@ pub struct Ctx {
 /// task: a session refused early, or a task that panicked, must not leave the count up —
 /// shutdown waits for it to reach zero (a leaked count made every SIGTERM wait the whole
 /// drain timeout).
+#[derive(Debug)]
 pub(crate) struct SessionTask(Arc<Ctx>);
 
 impl Drop for SessionTask {
@@ -178,7 +179,12 @@ pub struct Server {
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     trigger: shutdown::Trigger,
-    endpoint: quinn::Endpoint,
+    /// Quinn's endpoint, or the engine's stop switch and task.
+    endpoint: Option<quinn::Endpoint>,
+    engine: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -246,8 +252,20 @@ impl Server {
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
-        let endpoint = transport::endpoint(&cfg, certs.clone())?;
-        let quic_addr = endpoint.local_addr()?;
+        // Quinn's API, or the engine (one loop over quinn-proto, raw QUIC only so far).
+        let (endpoint, engine_socket) = if cfg.engine {
+            let socket = tokio::net::UdpSocket::bind(cfg.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
+            (None, Some(socket))
+        } else {
+            (Some(transport::endpoint(&cfg, certs.clone())?), None)
+        };
+        let quic_addr = match (&endpoint, &engine_socket) {
+            (Some(e), _) => e.local_addr()?,
+            (None, Some(s)) => s.local_addr()?,
+            (None, None) => unreachable!("one of the two was bound above"),
+        };
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;
@@ -271,9 +289,24 @@ impl Server {
             idle: Notify::new(),
             quic_port: quic_addr.port(),
         });
-        let mut tasks = vec![
-            tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())),
-            tokio::spawn(certs.renew_loop(signal.clone())),
+        let mut tasks = vec![tokio::spawn(certs.clone().renew_loop(signal.clone()))];
+        if let Some(endpoint) = &endpoint {
+            tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
+        }
+        let mut engine = None;
+        if let Some(socket) = engine_socket {
+            let server = Arc::new(transport::server_config(
+                &ctx.cfg,
+                certs.clone(),
+                &[quaver_proto::ALPN_QUAVER],
+            )?);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(gateway::wire::serve(ctx.clone(), socket, server, async move {
+                let _ = stopped.await;
+            }));
+            engine = Some((stop, task));
+        }
+        tasks.extend([
             tokio::spawn(fanout.clone().run(
                 chat.clone(),
                 sessions.clone(),
@@ -282,7 +315,7 @@ impl Server {
                 bus_rx,
             )),
             tokio::spawn(housekeeping(ctx.clone())),
-        ];
+        ]);
         tasks.extend(liveness);
         if let Some(c) = &commands {
             // Voice channels live on one node at a time; clients are sent to it.
@@ -320,6 +353,7 @@ impl Server {
             http_addr,
             trigger,
             endpoint,
+            engine,
             tasks,
         })
     }
@@ -341,11 +375,17 @@ impl Server {
         self.trigger.fire();
         let drain = self.ctx.cfg.session.drain_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(drain, self.ctx.wait_no_sessions()).await;
-        self.endpoint.close(
-            quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0),
-            b"shutdown",
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.close(
+                quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0),
+                b"shutdown",
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
+        if let Some((stop, task)) = self.engine {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         for t in self.tasks {
             t.abort();
         }

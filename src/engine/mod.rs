@@ -62,6 +62,10 @@ pub trait App {
     fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>);
     /// A command arrived; `conns` reaches every connection (what is written is sent this turn).
     fn on_command(&mut self, cmd: Self::Command, conns: &mut Conns<'_>);
+    /// The loop refused a connection (over the cap) or sent it a stateless retry.
+    fn on_admission(&mut self, admission: Admission) {
+        let _ = admission;
+    }
     /// When the application next wants [`App::on_timeout`] (its own timers: heartbeats,
     /// deadlines), if ever.
     fn next_timeout(&self) -> Option<Instant> {
@@ -71,6 +75,15 @@ pub trait App {
     fn on_timeout(&mut self, now: Instant, conns: &mut Conns<'_>) {
         let _ = (now, conns);
     }
+}
+
+/// What admission control did with a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Refused: the loop holds its most connections.
+    Refused,
+    /// Sent a stateless retry: many handshakes are in flight.
+    Retried,
 }
 
 /// Every connection of the loop, for a command.
@@ -502,6 +515,7 @@ impl<A: App> Engine<A> {
                     }
                     Some(DatagramEvent::NewConnection(incoming)) if self.conns.len() >= self.limits.max_connections => {
                         self.stats.refused += 1;
+                        self.app.on_admission(Admission::Refused);
                         let t = self.endpoint.refuse(incoming, &mut out);
                         self.send_raw(&t, &out);
                     }
@@ -513,6 +527,7 @@ impl<A: App> Engine<A> {
                         match self.endpoint.retry(incoming, &mut out) {
                             Ok(t) => {
                                 self.stats.retried += 1;
+                                self.app.on_admission(Admission::Retried);
                                 self.send_raw(&t, &out);
                             }
                             Err(e) => self.endpoint.ignore(e.into_incoming()),

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod replay;
 pub mod session;
 pub mod timers;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

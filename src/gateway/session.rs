@@ -330,7 +330,8 @@ pub async fn run(ctx: Arc<Ctx>, session: Session, pre_token: Option<String>) {
 }
 
 /// A session opened from its `Hello`: attached to its connection, with its first frame.
-pub(crate) struct Opened {
+#[derive(Debug)]
+pub struct Opened {
     /// The session (new, or the one resumed).
     pub handle: Arc<SessionHandle>,
     /// The connection's attachment generation.
