@@ -96,7 +96,7 @@ fn tls() -> (rustls::ServerConfig, rustls::ClientConfig) {
 
 struct Running {
     addr: std::net::SocketAddr,
-    sender: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    sender: quaver::engine::Sender<bytes::Bytes>,
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<Engine<Echo>>,
     client: quinn::ClientConfig,

@@ -822,6 +822,8 @@ impl Fanout {
             }
         };
         let mut n = 0;
+        // Sessions on the engine: one wake-up of the loop for all of them.
+        let _batch = crate::engine::Batch::begin();
         for u in users {
             if Some(u) == except {
                 continue;

@@ -26,7 +26,6 @@ use quaver_proto::{
     Lane, Request, ServerControl, ServerLane, StreamOpen,
 };
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId};
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::control::{self, Control, ControlConfig};
 use super::session::{FETCH_CONCURRENCY, Opened, open};
@@ -78,7 +77,7 @@ pub enum Command {
 /// The link of a session hosted on the loop.
 #[derive(Debug)]
 struct LoopLink {
-    tx: UnboundedSender<Command>,
+    tx: engine::Sender<Command>,
     conn: ConnRef,
 }
 
@@ -95,7 +94,7 @@ impl Link for LoopLink {
 /// what a lane may hold unsent, see [`Outbox`]).
 #[derive(Debug)]
 struct LoopLane {
-    tx: UnboundedSender<Command>,
+    tx: engine::Sender<Command>,
     conn: ConnRef,
     lane: Lane,
 }
@@ -115,7 +114,7 @@ impl LaneSink for LoopLane {
 /// The SFU's way to a listener on the loop.
 #[derive(Debug)]
 struct LoopDatagrams {
-    tx: UnboundedSender<Command>,
+    tx: engine::Sender<Command>,
     conn: ConnRef,
 }
 
@@ -286,8 +285,8 @@ struct Conn {
 /// The gateway on the engine.
 pub struct Gateway {
     ctx: Arc<Ctx>,
-    tx: UnboundedSender<Command>,
-    conns: HashMap<ConnectionHandle, Conn>,
+    tx: engine::Sender<Command>,
+    conns: HashMap<ConnectionHandle, Box<Conn>>,
     timers: BinaryHeap<Reverse<(Instant, ConnRef)>>,
     next_id: u64,
     draining: bool,
@@ -295,7 +294,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// The gateway; `tx` is the engine's command queue ([`engine::Engine::sender`]).
-    pub fn new(ctx: Arc<Ctx>, tx: UnboundedSender<Command>) -> Self {
+    pub fn new(ctx: Arc<Ctx>, tx: engine::Sender<Command>) -> Self {
         Self {
             ctx,
             tx,
@@ -307,7 +306,7 @@ impl Gateway {
     }
 
     /// Sets the command queue (the engine is built after the gateway it hosts).
-    pub fn set_sender(&mut self, tx: UnboundedSender<Command>) {
+    pub fn set_sender(&mut self, tx: engine::Sender<Command>) {
         self.tx = tx;
     }
 }
@@ -320,7 +319,7 @@ pub async fn serve(
     server: Arc<quinn_proto::ServerConfig>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (placeholder, _) = tokio::sync::mpsc::unbounded_channel();
+    let (placeholder, _) = engine::mailbox::channel();
     let mut engine = engine::Engine::new(socket, server, Gateway::new(ctx.clone(), placeholder))?;
     let tx = engine.sender();
     engine.app().set_sender(tx.clone());
@@ -498,7 +497,7 @@ impl Gateway {
             c.stage = Stage::Closing(CloseCode::OVERLOADED, "server full".into());
             c.deadline = Some(io.now() + CLOSING_GRACE);
         }
-        self.conns.insert(ch, c);
+        self.conns.insert(ch, Box::new(c));
         self.arm(ch);
     }
 
@@ -591,7 +590,7 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
 /// One connection, during one event or command.
 struct Here<'a, 'b> {
     ctx: &'a Arc<Ctx>,
-    tx: &'a UnboundedSender<Command>,
+    tx: &'a engine::Sender<Command>,
     conn: ConnRef,
     c: &'a mut Conn,
     io: &'a mut Io<'b>,

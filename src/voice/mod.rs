@@ -652,6 +652,8 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         // listener with that prefix: no copy per listener.
                         let header = Downlink::from_uplink(&h, f.slot).to_bytes();
                         let mut shared: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(2);
+                        // Listeners on the engine: one wake-up of the loop for all of them.
+                        let _batch = crate::engine::Batch::begin();
                         for l in f.listeners {
                             let Some(port) = ports.get(&l) else { continue };
                             let prefix = port.sink.prefix();
