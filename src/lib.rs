@@ -298,7 +298,7 @@ impl Server {
             let server = Arc::new(transport::server_config(
                 &ctx.cfg,
                 certs.clone(),
-                &[quaver_proto::ALPN_QUAVER],
+                &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
             )?);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(gateway::wire::serve(ctx.clone(), socket, server, async move {

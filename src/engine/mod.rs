@@ -137,6 +137,11 @@ impl Io<'_> {
         self.conn.streams().accept(dir)
     }
 
+    /// Opens a stream of ours in `dir`; `None` when the peer's stream limit allows none now.
+    pub fn open(&mut self, dir: Dir) -> Option<StreamId> {
+        self.conn.streams().open(dir)
+    }
+
     /// Everything readable on `stream` now (ordered).
     pub fn read(&mut self, stream: StreamId) -> Read {
         let mut recv = self.conn.recv_stream(stream);

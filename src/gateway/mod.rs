@@ -12,6 +12,7 @@ pub mod replay;
 pub mod session;
 pub mod timers;
 pub mod wire;
+pub mod wt;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

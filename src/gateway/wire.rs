@@ -10,8 +10,10 @@
 //! `SessionHandle::attach_lane` (replay), `dispatch::request`/`fetch`. This module only moves
 //! bytes and time.
 //!
-//! Raw QUIC only for now (ALPN `quaver/1`): WebTransport needs HTTP/3 on the loop
-//! (wtransport-proto), the next step. Selected with `--engine` (`QUAVER_ENGINE=1`).
+//! Both protocols on one port: raw QUIC (ALPN `quaver/1`) and WebTransport (`h3`), whose
+//! HTTP/3 layer is [`super::wt`] — the CONNECT, stream headers and datagram prefixes; past
+//! them a WebTransport session is served exactly as a raw QUIC one. Selected with
+//! `--engine` (`QUAVER_ENGINE=1`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,6 +31,7 @@ use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId};
 
 use super::control::{self, Control, ControlConfig};
 use super::session::{FETCH_CONCURRENCY, Opened, open};
+use super::wt::{self, ConnectStep, H3, Head, Uni};
 use super::{AttachError, LANE_QUEUE, LaneOut, LaneSink, Link, SessionHandle, SinkError, dispatch};
 use crate::auth::Identity;
 use crate::engine::{self, AppEvent, Conns, Io, Read};
@@ -68,7 +71,8 @@ pub enum Command {
     Close(ConnRef, CloseCode, String),
     /// Close the connection now.
     CloseNow(ConnRef, CloseCode, String),
-    /// A voice datagram for the connection (already prefixed: raw QUIC has no prefix).
+    /// A voice datagram for the connection, already prefixed (WebTransport: the session's
+    /// quarter stream id; raw QUIC: nothing).
     Datagram(ConnRef, Bytes),
     /// Graceful shutdown: `Goaway` to every session, accept nothing new.
     Drain,
@@ -116,11 +120,12 @@ impl LaneSink for LoopLane {
 struct LoopDatagrams {
     tx: engine::Sender<Command>,
     conn: ConnRef,
+    prefix: Vec<u8>,
 }
 
 impl crate::voice::DatagramSink for LoopDatagrams {
     fn prefix(&self) -> &[u8] {
-        &[]
+        &self.prefix
     }
     fn send(&self, data: Bytes) -> bool {
         self.tx.send(Command::Datagram(self.conn, data)).is_ok()
@@ -263,6 +268,11 @@ enum Stage {
 #[derive(Debug)]
 struct Conn {
     id: u64,
+    transport: Transport,
+    /// The HTTP/3 layer of a WebTransport connection.
+    h3: Option<Box<H3>>,
+    /// A token from the WebTransport request (`Authorization` or `?token=`).
+    pre_token: Option<String>,
     stage: Stage,
     ctl: Option<StreamId>,
     ctl_reader: FrameReader,
@@ -270,8 +280,9 @@ struct Conn {
     /// Control frames read while the session was being built, handled once it is live.
     early: VecDeque<ClientControl>,
     streams: HashMap<StreamId, Stream>,
-    /// Streams opened before the session was live.
-    parked: Vec<StreamId>,
+    /// Streams opened before the session was live, with what was read of them (a
+    /// WebTransport stream's first bytes after its header).
+    parked: Vec<(StreamId, Vec<Bytes>)>,
     /// Hello deadline, or the end of the closing grace.
     deadline: Option<Instant>,
     /// The earliest instant queued in the timer heap for this connection.
@@ -467,11 +478,27 @@ enum Rest {
 impl Gateway {
     fn connected(&mut self, ch: ConnectionHandle, io: &mut Io<'_>) {
         let ctx = &self.ctx;
-        ctx.metrics.handshake(Transport::Quic);
+        let transport = match io.alpn() {
+            Some(p) if p == quaver_proto::ALPN_H3 => Transport::WebTransport,
+            _ => Transport::Quic,
+        };
+        ctx.metrics.handshake(transport);
+        let h3 = (transport == Transport::WebTransport).then(|| {
+            // Our HTTP/3 control stream, with SETTINGS; kept open (closing it is a
+            // connection error). The client allows at least three uni streams (RFC 9114
+            // §6.2), so it opens at once.
+            if let Some(s) = io.open(Dir::Uni) {
+                io.write(s, &crate::transport::webtransport::control_stream_bytes());
+            }
+            Box::new(H3::new())
+        });
         let id = self.next_id;
         self.next_id += 1;
         let mut c = Conn {
             id,
+            transport,
+            h3,
+            pre_token: None,
             stage: Stage::Hello,
             ctl: None,
             ctl_reader: FrameReader::new(ctx.cfg.session.max_frame_bytes),
@@ -581,7 +608,7 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
         handle.detach(live.generation, Instant::now() + ctx.cfg.session.resume_window);
     }
     ctx.presence.disconnect(live.user, handle.id);
-    ctx.metrics.session_closed(Transport::Quic);
+    ctx.metrics.session_closed(c.transport);
     let (ctx, user, id, voice) = (ctx.clone(), live.user, handle.id, live.voice.clone());
     tokio::spawn(async move { ctx.voice.session_ended(user, id, &voice).await });
     tracing::debug!(session = %live.handle.id, "session ended");
@@ -599,39 +626,194 @@ struct Here<'a, 'b> {
 impl Here<'_, '_> {
     fn streams_opened(&mut self) {
         while let Some(id) = self.io.accept(Dir::Uni) {
-            // Raw QUIC uses no unidirectional streams.
-            self.io.stop(id, 0);
+            match &mut self.c.h3 {
+                Some(h3) => {
+                    h3.uni_opened(id);
+                    self.h3_uni(id);
+                }
+                // Raw QUIC uses no unidirectional streams.
+                None => self.io.stop(id, 0),
+            }
         }
         while let Some(id) = self.io.accept(Dir::Bi) {
-            if self.c.ctl.is_none() {
-                self.c.ctl = Some(id);
-                if let Stage::Closing(code, reason) = &self.c.stage {
-                    // A refused connection (overloaded, draining) learns why in band.
-                    let f = control_frame(&closing(*code, reason));
-                    self.c.ctl_out.write(self.io, id, f);
-                    self.c.ctl_out.finish = true;
-                    self.c.ctl_out.flush(self.io, id);
-                    continue;
+            match &mut self.c.h3 {
+                Some(h3) if h3.connect.is_none() => {
+                    h3.connect = Some(id);
+                    self.h3_connect();
                 }
-                self.read_control();
-            } else if matches!(self.c.stage, Stage::Live(_)) {
-                self.c.streams.insert(
-                    id,
-                    Stream::Opening(FrameReader::new(self.ctx.cfg.session.max_frame_bytes)),
-                );
-                self.read_stream(id);
-            } else {
-                self.c.parked.push(id);
+                Some(h3) => {
+                    h3.head_opened(id);
+                    self.h3_head(id);
+                }
+                None => self.quaver_stream(id, Vec::new()),
             }
         }
     }
 
+    /// A stream carrying Quaver (after its WebTransport header, whose followers are `early`):
+    /// the control stream if it is the first, else a lane or fetch.
+    fn quaver_stream(&mut self, id: StreamId, early: Vec<Bytes>) {
+        if self.c.ctl.is_none() {
+            self.c.ctl = Some(id);
+            if let Stage::Closing(code, reason) = &self.c.stage {
+                // A refused connection (overloaded, draining) learns why in band.
+                let f = control_frame(&closing(*code, reason));
+                self.c.ctl_out.write(self.io, id, f);
+                self.c.ctl_out.finish = true;
+                self.c.ctl_out.flush(self.io, id);
+                return;
+            }
+            for chunk in &early {
+                self.c.ctl_reader.push(chunk);
+            }
+            self.read_control();
+        } else if matches!(self.c.stage, Stage::Live(_)) {
+            let mut reader = FrameReader::new(self.ctx.cfg.session.max_frame_bytes);
+            for chunk in &early {
+                reader.push(chunk);
+            }
+            self.c.streams.insert(id, Stream::Opening(reader));
+            self.read_stream(id);
+        } else {
+            self.c.parked.push((id, early));
+        }
+    }
+
+    /// Reads what is there; the stream's end or reset is `end`.
+    fn read_all(&mut self, id: StreamId) -> (Vec<Bytes>, bool) {
+        match self.io.read(id) {
+            Read::Data(c) => (c, false),
+            Read::Finished(c) => (c, true),
+            Read::Reset(_) => (Vec::new(), true),
+        }
+    }
+
+    /// The CONNECT stream: the request, then (once the session is open) its end.
+    fn h3_connect(&mut self) {
+        let Some(id) = self.c.h3.as_ref().and_then(|h| h.connect) else {
+            return;
+        };
+        let (chunks, end) = self.read_all(id);
+        let Some(h3) = self.c.h3.as_mut() else { return };
+        match h3.connect_bytes(&chunks, end) {
+            ConnectStep::Pending => {}
+            ConnectStep::Request(request) => self.h3_request(id, &request),
+            ConnectStep::Malformed(e) => {
+                self.ctx.metrics.handshake_failed(CloseCode::PROTOCOL_ERROR);
+                tracing::debug!(error = %e, "WebTransport handshake failed");
+                self.c.close = Some((CloseCode::PROTOCOL_ERROR, "not a WebTransport request".into()));
+                self.c.stage = Stage::Closing(CloseCode::PROTOCOL_ERROR, "not a WebTransport request".into());
+                self.io
+                    .close(CloseCode::PROTOCOL_ERROR.0, b"not a WebTransport request");
+            }
+            ConnectStep::Ended(code, reason) => self.peer_ended(code, &reason),
+        }
+    }
+
+    /// Answers the CONNECT: `404` off our path, `403` for an Origin not allowed, else `200`
+    /// and the session's streams may come.
+    fn h3_request(&mut self, id: StreamId, request: &wtransport_proto::session::SessionRequest) {
+        use crate::transport::Verdict;
+        use crate::transport::webtransport::response_bytes;
+        use wtransport_proto::session::SessionResponse;
+        let verdict = crate::transport::judge(&self.ctx.cfg.session.allowed_origins, request);
+        let Some(h3) = self.c.h3.as_mut() else { return };
+        let (response, refused) = match verdict {
+            Verdict::Accept(token) => {
+                h3.accept();
+                self.c.pre_token = token;
+                (SessionResponse::ok(), None)
+            }
+            Verdict::NotFound => {
+                h3.refuse();
+                (SessionResponse::not_found(), Some(CloseCode::PROTOCOL_ERROR))
+            }
+            Verdict::Forbidden => {
+                tracing::debug!(origin = ?request.origin(), "WebTransport origin refused");
+                h3.refuse();
+                (SessionResponse::forbidden(), Some(CloseCode::ORIGIN_NOT_ALLOWED))
+            }
+        };
+        self.io.write(id, &response_bytes(response));
+        match refused {
+            None => {
+                for s in self.c.h3.as_ref().map(|h| h.waiting()).unwrap_or_default() {
+                    self.h3_head(s);
+                }
+            }
+            Some(code) => {
+                // The client reads the status; the connection goes when it closes or at
+                // the end of the grace.
+                self.io.finish(id);
+                if self.c.close.is_none() {
+                    self.ctx.metrics.handshake_failed(code);
+                    self.c.close = Some((code, "request refused".into()));
+                    self.c.stage = Stage::Closing(code, "request refused".into());
+                    self.c.deadline = Some(self.io.now() + CLOSING_GRACE);
+                }
+            }
+        }
+    }
+
+    /// The client ended its WebTransport session (capsule or CONNECT stream end): the
+    /// session ends with its code, as a QUIC close from it would, and the connection goes.
+    fn peer_ended(&mut self, code: u32, reason: &str) {
+        if self.c.close.is_none() {
+            if !matches!(self.c.stage, Stage::Live(_)) {
+                self.ctx.metrics.handshake_failed(CloseCode(u32::MAX));
+            }
+            end_session(self.ctx, self.c, Some(code));
+            self.c.close = Some((CloseCode(code), reason.into()));
+            self.c.stage = Stage::Closing(CloseCode(code), reason.into());
+        }
+        self.io.close(code, reason.as_bytes());
+    }
+
+    /// A client bidirectional stream after the CONNECT: its WebTransport header first.
+    fn h3_head(&mut self, id: StreamId) {
+        let Some(h3) = self.c.h3.as_ref() else { return };
+        let (chunks, end) = if h3.head_room(id) {
+            self.read_all(id)
+        } else {
+            (Vec::new(), false)
+        };
+        let Some(h3) = self.c.h3.as_mut() else { return };
+        match h3.head_bytes(id, &chunks, end) {
+            Head::Pending | Head::Gone => {}
+            Head::Rejected => {
+                self.io.reset(id, wt::H3_REQUEST_REJECTED);
+                self.io.stop(id, wt::H3_REQUEST_REJECTED);
+            }
+            Head::Ours(early) => self.quaver_stream(id, early),
+        }
+    }
+
+    /// A client unidirectional stream: HTTP/3 control and QPACK are read and dropped.
+    fn h3_uni(&mut self, id: StreamId) {
+        let (chunks, end) = self.read_all(id);
+        let Some(h3) = self.c.h3.as_mut() else { return };
+        if h3.uni_bytes(id, &chunks, end) == Uni::Refuse {
+            self.io.stop(id, wt::H3_STREAM_CREATION_ERROR);
+        }
+    }
+
     fn readable(&mut self, id: StreamId) {
+        if let Some(h3) = &self.c.h3 {
+            if h3.connect == Some(id) {
+                return self.h3_connect();
+            }
+            if h3.is_uni(id) {
+                return self.h3_uni(id);
+            }
+            if h3.wants_head(id) {
+                return self.h3_head(id);
+            }
+        }
         if Some(id) == self.c.ctl {
             self.read_control();
         } else if self.c.streams.contains_key(&id) {
             self.read_stream(id);
-        } else if !self.c.parked.contains(&id) {
+        } else if !self.c.parked.iter().any(|(p, _)| *p == id) {
             // A stream we are done with (a fetch whose reply went out): drain and forget.
             let _ = self.io.read(id);
         }
@@ -673,6 +855,14 @@ impl Here<'_, '_> {
 
     fn datagrams(&mut self) {
         while let Some(d) = self.io.recv_datagram() {
+            let d = match &self.c.h3 {
+                // Another session's (there is none) or before ours: dropped.
+                Some(h3) => match h3.strip_datagram(d) {
+                    Some(d) => d,
+                    None => continue,
+                },
+                None => d,
+            };
             if let Stage::Live(l) = &self.c.stage {
                 self.ctx.voice.datagram(&l.voice, d);
             }
@@ -765,7 +955,8 @@ impl Here<'_, '_> {
 
     fn hello(&mut self, hello: Hello) {
         let ctx = self.ctx;
-        let identity: Identity = match control::accept_hello(&hello, None, |t| ctx.verifier.verify(t)) {
+        let pre_token = self.c.pre_token.take();
+        let identity: Identity = match control::accept_hello(&hello, pre_token.as_deref(), |t| ctx.verifier.verify(t)) {
             Ok(i) => i,
             Err((code, reason)) => return self.refuse_or_close(code, reason),
         };
@@ -773,7 +964,9 @@ impl Here<'_, '_> {
             tx: self.tx.clone(),
             conn: self.conn,
         });
-        let (ctx, tx, conn, max_dgram) = (ctx.clone(), self.tx.clone(), self.conn, self.io.max_datagram_size());
+        let prefix = self.c.h3.as_ref().map_or(0, |h| h.prefix().len());
+        let max_dgram = self.io.max_datagram_size().saturating_sub(prefix);
+        let (ctx, tx, conn) = (ctx.clone(), self.tx.clone(), self.conn);
         let h = hello.clone();
         self.c.stage = Stage::Opening(Box::new(hello));
         tokio::spawn(async move {
@@ -808,6 +1001,7 @@ impl Here<'_, '_> {
         let voice = crate::voice::VoicePort::new(Arc::new(LoopDatagrams {
             tx: self.tx.clone(),
             conn: self.conn,
+            prefix: self.c.h3.as_ref().map(|h| h.prefix().to_vec()).unwrap_or_default(),
         }));
         let machine = Control::new(
             ControlConfig {
@@ -834,8 +1028,8 @@ impl Here<'_, '_> {
         }));
         self.control(&first);
         ctx.presence.connect(user, handle.id, hello.device);
-        ctx.metrics.session_opened(Transport::Quic);
-        tracing::debug!(session = %handle.id, user, transport = "quic-engine", resumed, "session ready");
+        ctx.metrics.session_opened(self.c.transport);
+        tracing::debug!(session = %handle.id, user, transport = self.c.transport.name(), engine = true, resumed, "session ready");
         if ctx.shutdown.is_fired()
             && let Stage::Live(l) = &mut self.c.stage
             && let Some(goaway) = l.machine.drain(self.io.now())
@@ -848,13 +1042,15 @@ impl Here<'_, '_> {
             }
             self.control_frame(msg);
         }
-        for id in std::mem::take(&mut self.c.parked) {
+        for (id, early) in std::mem::take(&mut self.c.parked) {
             if !matches!(self.c.stage, Stage::Live(_)) {
                 break;
             }
-            self.c
-                .streams
-                .insert(id, Stream::Opening(FrameReader::new(sc.max_frame_bytes)));
+            let mut reader = FrameReader::new(sc.max_frame_bytes);
+            for chunk in &early {
+                reader.push(chunk);
+            }
+            self.c.streams.insert(id, Stream::Opening(reader));
             self.read_stream(id);
         }
     }
@@ -962,11 +1158,7 @@ impl Here<'_, '_> {
     }
 
     fn read_stream(&mut self, id: StreamId) {
-        let (chunks, end) = match self.io.read(id) {
-            Read::Data(c) => (c, false),
-            Read::Finished(c) => (c, true),
-            Read::Reset(_) => (Vec::new(), true),
-        };
+        let (chunks, end) = self.read_all(id);
         let Some(stream) = self.c.streams.get_mut(&id) else {
             return;
         };

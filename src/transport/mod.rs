@@ -171,30 +171,20 @@ async fn webtransport(ctx: &Ctx, conn: quinn::Connection) -> Option<(Session, Op
             return None;
         }
     };
-    // The path may carry a query (`/quaver?token=…`); parse it against a dummy base.
-    let url = match url::Url::parse(&format!("https://quaver.invalid{}", request.path())) {
-        Ok(u) if u.path() == WEBTRANSPORT_PATH => u,
-        _ => {
+    let token = match judge(&ctx.cfg.session.allowed_origins, &request.request) {
+        Verdict::Accept(token) => token,
+        Verdict::NotFound => {
             ctx.metrics.handshake_failed(CloseCode::PROTOCOL_ERROR);
             request.not_found(&conn).await;
             return None;
         }
+        Verdict::Forbidden => {
+            ctx.metrics.handshake_failed(CloseCode::ORIGIN_NOT_ALLOWED);
+            tracing::debug!(origin = ?request.origin(), "WebTransport origin refused");
+            request.forbidden(&conn).await;
+            return None;
+        }
     };
-    if !origin_allowed(&ctx.cfg.session.allowed_origins, request.origin()) {
-        ctx.metrics.handshake_failed(CloseCode::ORIGIN_NOT_ALLOWED);
-        tracing::debug!(origin = ?request.origin(), "WebTransport origin refused");
-        request.forbidden(&conn).await;
-        return None;
-    }
-    let from_query = url
-        .query_pairs()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned());
-    let from_header = request
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_string());
-    let token = from_header.or(from_query);
     match request.accept(conn).await {
         Ok(session) => Some((Session::H3(session), token)),
         Err(_) => {
@@ -202,6 +192,39 @@ async fn webtransport(ctx: &Ctx, conn: quinn::Connection) -> Option<(Session, Op
             None
         }
     }
+}
+
+/// What a WebTransport CONNECT gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `200`, with the token from `Authorization: Bearer …` or else from `?token=`.
+    Accept(Option<String>),
+    /// `404`: not our path.
+    NotFound,
+    /// `403`: an Origin not allowed.
+    Forbidden,
+}
+
+/// The path, Origin and token rules of a WebTransport request (PROTOCOL.md §1), for both
+/// transports.
+pub fn judge(allowed_origins: &[String], request: &wtransport_proto::session::SessionRequest) -> Verdict {
+    // The path may carry a query (`/quaver?token=…`); parse it against a dummy base.
+    let url = match url::Url::parse(&format!("https://quaver.invalid{}", request.path())) {
+        Ok(u) if u.path() == WEBTRANSPORT_PATH => u,
+        _ => return Verdict::NotFound,
+    };
+    if !origin_allowed(allowed_origins, request.origin()) {
+        return Verdict::Forbidden;
+    }
+    let from_query = url
+        .query_pairs()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    let from_header = request
+        .get("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    Verdict::Accept(from_header.or(from_query))
 }
 
 /// Whether a WebTransport request from `origin` may proceed. An empty list allows all;

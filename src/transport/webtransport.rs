@@ -20,6 +20,8 @@ use wtransport_proto::varint::VarInt;
 const FRAME_HEADERS: u64 = 0x01;
 /// Largest HEADERS frame accepted for the CONNECT (a JWT in the URL is ~1 KB).
 const MAX_HEADERS: u64 = 16 * 1024;
+/// Most bytes (unknown frames included) a client may send before its request is complete.
+const MAX_BEFORE_REQUEST: usize = 4 * MAX_HEADERS as usize;
 
 /// Why a connection did not become a WebTransport request.
 #[derive(Debug, thiserror::Error)]
@@ -93,29 +95,20 @@ impl ConnectRequest {
 }
 
 async fn write_headers(s: &mut quinn::SendStream, response: SessionResponse) -> Result<(), HandshakeError> {
+    s.write_all(&response_bytes(response)).await.map_err(conn_err)
+}
+
+/// A response's HEADERS frame.
+pub fn response_bytes(response: SessionResponse) -> Vec<u8> {
     let mut buf = Vec::new();
-    response
-        .headers()
-        .generate_frame()
-        .write(&mut buf)
-        .map_err(|_| HandshakeError::Malformed("response too large".into()))?;
-    s.write_all(&buf).await.map_err(conn_err)
+    // A status and no other header: far below any frame limit.
+    let _ = response.headers().generate_frame().write(&mut buf);
+    buf
 }
 
-async fn read_varint(r: &mut quinn::RecvStream) -> Result<u64, HandshakeError> {
-    let mut buf = [0u8; 8];
-    r.read_exact(&mut buf[..1]).await.map_err(conn_err)?;
-    let len = varint::len_of_first(buf[0]);
-    r.read_exact(&mut buf[1..len]).await.map_err(conn_err)?;
-    varint::read(&buf[..len])
-        .map(|(v, _)| v)
-        .ok_or_else(|| HandshakeError::Malformed("varint".into()))
-}
-
-/// Sends our SETTINGS and reads the client's CONNECT request from its first bidirectional
-/// stream. The caller bounds it in time.
-pub async fn accept(conn: &quinn::Connection) -> Result<ConnectRequest, HandshakeError> {
-    let mut control = conn.open_uni().await.map_err(conn_err)?;
+/// Our HTTP/3 control stream's opening: its type, then SETTINGS — no QPACK dynamic table,
+/// extended CONNECT, WebTransport (draft-02, one session), HTTP/3 datagrams.
+pub fn control_stream_bytes() -> Vec<u8> {
     let settings = Settings::builder()
         .qpack_max_table_capacity(VarInt::from_u32(0))
         .qpack_blocked_streams(VarInt::from_u32(0))
@@ -126,40 +119,79 @@ pub async fn accept(conn: &quinn::Connection) -> Result<ConnectRequest, Handshak
         .build();
     let mut buf = Vec::new();
     varint::write(quaver_proto::session::h3::STREAM_CONTROL, &mut buf);
-    settings
-        .generate_frame()
-        .write(&mut buf)
-        .map_err(|_| HandshakeError::Malformed("settings".into()))?;
-    control.write_all(&buf).await.map_err(conn_err)?;
+    // A handful of settings: far below any frame limit.
+    let _ = settings.generate_frame().write(&mut buf);
+    buf
+}
 
-    let (send, mut recv) = conn.accept_bi().await.map_err(conn_err)?;
+/// The CONNECT request at the start of `buf` (the first bytes of the client's first
+/// bidirectional stream): `Ok(None)` until its HEADERS frame is complete. Reserved
+/// ("grease") and unknown frames before it are skipped (RFC 9114 §9).
+pub fn parse_request(buf: &[u8]) -> Result<Option<SessionRequest>, HandshakeError> {
+    match request_in(buf)? {
+        None if buf.len() > MAX_BEFORE_REQUEST => Err(HandshakeError::Malformed(format!(
+            "{} bytes without a request",
+            buf.len()
+        ))),
+        r => Ok(r),
+    }
+}
+
+fn request_in(buf: &[u8]) -> Result<Option<SessionRequest>, HandshakeError> {
+    let mut at = 0;
     loop {
-        let kind = read_varint(&mut recv).await?;
+        let Some((kind, a)) = varint::read(&buf[at..]) else {
+            return Ok(None);
+        };
         if kind == quaver_proto::session::h3::WEBTRANSPORT_STREAM {
             return Err(HandshakeError::Malformed(
                 "a WebTransport stream before any session".into(),
             ));
         }
-        let len = read_varint(&mut recv).await?;
+        let Some((len, b)) = varint::read(&buf[at + a..]) else {
+            return Ok(None);
+        };
         if len > MAX_HEADERS {
             return Err(HandshakeError::Malformed(format!(
                 "a {len}-byte frame before the request"
             )));
         }
-        let mut payload = vec![0u8; len as usize];
-        recv.read_exact(&mut payload).await.map_err(conn_err)?;
-        // Reserved ("grease") and unknown frame types before HEADERS are skipped (RFC 9114 §9).
+        let start = at + a + b;
+        let end = start + len as usize;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        at = end;
         if kind != FRAME_HEADERS {
             continue;
         }
-        let frame = Frame::new_headers(payload.into());
+        let frame = Frame::new_headers(buf[start..end].to_vec().into());
         let headers = Headers::with_frame(&frame).map_err(|e| HandshakeError::Malformed(format!("{e:?}")))?;
-        let request = SessionRequest::try_from(headers).map_err(|e| HandshakeError::Malformed(format!("{e:?}")))?;
-        return Ok(ConnectRequest {
-            request,
-            control,
-            send,
-            recv,
-        });
+        return SessionRequest::try_from(headers)
+            .map(Some)
+            .map_err(|e| HandshakeError::Malformed(format!("{e:?}")));
+    }
+}
+
+/// Sends our SETTINGS and reads the client's CONNECT request from its first bidirectional
+/// stream. The caller bounds it in time.
+pub async fn accept(conn: &quinn::Connection) -> Result<ConnectRequest, HandshakeError> {
+    let mut control = conn.open_uni().await.map_err(conn_err)?;
+    control.write_all(&control_stream_bytes()).await.map_err(conn_err)?;
+    let (send, mut recv) = conn.accept_bi().await.map_err(conn_err)?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(request) = parse_request(&buf)? {
+            return Ok(ConnectRequest {
+                request,
+                control,
+                send,
+                recv,
+            });
+        }
+        match recv.read_chunk(MAX_HEADERS as usize, true).await.map_err(conn_err)? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Err(HandshakeError::Malformed("stream ended before the request".into())),
+        }
     }
 }

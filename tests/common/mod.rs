@@ -46,7 +46,7 @@ pub fn config() -> Config {
     c.auth.leeway = Duration::ZERO;
     // Tests end with clients still connected; do not wait the production 10 s for them.
     c.session.drain_timeout = Duration::from_millis(500);
-    // QUAVER_TEST_ENGINE=1 runs the suite's servers on the engine (raw QUIC tests only).
+    // QUAVER_TEST_ENGINE=1 runs the suite's servers on the engine.
     c.engine = std::env::var("QUAVER_TEST_ENGINE").is_ok_and(|v| v == "1");
     c
 }
@@ -78,13 +78,6 @@ pub fn claims(user: u64, exp_in: i64) -> Claims {
 }
 
 pub fn client_config(server: &Server, transport: Transport, token: Option<String>) -> ClientConfig {
-    // The engine serves raw QUIC only so far: under QUAVER_TEST_ENGINE=1 every client
-    // speaks raw QUIC (WebTransport-specific tests then fail, as they must).
-    let transport = if server.ctx.cfg.engine {
-        Transport::Quic
-    } else {
-        transport
-    };
     let mut c = ClientConfig::new(server.quic_addr, transport, Trust::Hashes(vec![server.cert_hash()]));
     c.token = token;
     c

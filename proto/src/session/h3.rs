@@ -263,39 +263,117 @@ async fn watch_connect(
 }
 
 /// The `CLOSE_WEBTRANSPORT_SESSION` capsule's code and reason, or `None` when the stream
-/// ended (or broke) without one. Capsules ride in DATA frames; other frames are skipped.
+/// ended (or broke) without one.
 async fn read_close_capsule(r: &mut quinn::RecvStream) -> Option<(u32, String)> {
-    let mut capsules = Vec::new();
+    let mut reader = ConnectStream::default();
     loop {
-        let kind = read_varint(r).await?;
-        let len = read_varint(r).await?;
-        if len > MAX_CONTROL_FRAME {
-            return None;
+        let chunk = r.read_chunk(MAX_CONTROL_FRAME as usize, true).await.ok()??;
+        match reader.push(&chunk.bytes) {
+            Ok(Some(how)) => return Some(how),
+            Ok(None) => {}
+            Err(()) => return None,
         }
-        let mut payload = vec![0u8; len as usize];
-        r.read_exact(&mut payload).await.ok()?;
-        if kind != FRAME_DATA {
-            continue;
+    }
+}
+
+/// What a client sends on the CONNECT stream once its session is open: HTTP/3 frames whose
+/// DATA carry capsules. Fed in pieces (sans-IO), it finds the `CLOSE_WEBTRANSPORT_SESSION`
+/// capsule; other frames and capsules are skipped. Bounded: a frame or a capsule larger
+/// than 64 KiB is an error.
+#[derive(Debug, Default)]
+pub struct ConnectStream {
+    /// Bytes not yet parsed into frames.
+    frames: Vec<u8>,
+    /// DATA payload not yet parsed into capsules.
+    capsules: Vec<u8>,
+}
+
+impl ConnectStream {
+    /// Takes the next bytes of the stream: `Ok(Some((code, reason)))` once the close capsule
+    /// has arrived, `Err(())` when the client exceeded the bounds.
+    #[allow(clippy::result_unit_err)]
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(u32, String)>, ()> {
+        self.frames.extend_from_slice(bytes);
+        while let Some((kind, a)) = varint::read(&self.frames) {
+            let Some((len, b)) = varint::read(&self.frames[a..]) else {
+                break;
+            };
+            if len > MAX_CONTROL_FRAME {
+                return Err(());
+            }
+            let start = a + b;
+            let end = start + len as usize;
+            if self.frames.len() < end {
+                break;
+            }
+            if kind == FRAME_DATA {
+                self.capsules.extend_from_slice(&self.frames[start..end]);
+            }
+            self.frames.drain(..end);
         }
-        capsules.extend_from_slice(&payload);
         // Complete capsules at the front of the buffer.
-        while let Some((ctype, a)) = varint::read(&capsules) {
-            let Some((clen, b)) = varint::read(&capsules[a..]) else {
+        while let Some((ctype, a)) = varint::read(&self.capsules) {
+            let Some((clen, b)) = varint::read(&self.capsules[a..]) else {
                 break;
             };
             let start = a + b;
-            let Some(end) = start.checked_add(clen as usize).filter(|e| *e <= capsules.len()) else {
+            let Some(end) = start.checked_add(clen as usize).filter(|e| *e <= self.capsules.len()) else {
                 break;
             };
             if ctype == CAPSULE_CLOSE_SESSION && clen >= 4 {
-                let v = &capsules[start..end];
+                let v = &self.capsules[start..end];
                 let code = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
-                return Some((code, String::from_utf8_lossy(&v[4..]).into_owned()));
+                return Ok(Some((code, String::from_utf8_lossy(&v[4..]).into_owned())));
             }
-            capsules.drain(..end);
+            self.capsules.drain(..end);
         }
-        if capsules.len() as u64 > MAX_CONTROL_FRAME {
-            return None;
+        if self.capsules.len() as u64 > MAX_CONTROL_FRAME {
+            return Err(());
         }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close_capsule_in_data(code: u32, reason: &str) -> Vec<u8> {
+        let mut capsule = Vec::new();
+        varint::write(CAPSULE_CLOSE_SESSION, &mut capsule);
+        varint::write(4 + reason.len() as u64, &mut capsule);
+        capsule.extend_from_slice(&code.to_be_bytes());
+        capsule.extend_from_slice(reason.as_bytes());
+        let mut out = Vec::new();
+        // A grease frame first, then the capsule split over two DATA frames.
+        varint::write(0x21, &mut out);
+        varint::write(2, &mut out);
+        out.extend_from_slice(b"zz");
+        let (x, y) = capsule.split_at(3);
+        for part in [x, y] {
+            varint::write(FRAME_DATA, &mut out);
+            varint::write(part.len() as u64, &mut out);
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn close_capsule_is_found_whatever_the_pieces() {
+        let bytes = close_capsule_in_data(4001, "bye");
+        for cut in 0..bytes.len() {
+            let mut r = ConnectStream::default();
+            let first = r.push(&bytes[..cut]).unwrap();
+            assert_eq!(first, None, "cut {cut}");
+            assert_eq!(r.push(&bytes[cut..]).unwrap(), Some((4001, "bye".into())), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut out = Vec::new();
+        varint::write(FRAME_DATA, &mut out);
+        varint::write(MAX_CONTROL_FRAME + 1, &mut out);
+        assert_eq!(ConnectStream::default().push(&out), Err(()));
     }
 }
