@@ -11,7 +11,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
 //! - [`cluster`]: the bus that carries events to every node: topics on an in-process hub
 //!   or on Redis.
-//! - [`engine`]: the QUIC event loop over quinn-proto (not serving sessions yet).
+//! - [`engine`]: the QUIC event loop over quinn-proto (sessions on it: `gateway::wire`, `--engine`).
 //! - [`fanout`]: events → topics and audiences, and delivery to local sessions (a sans-IO
 //!   topic index of which local users need which topics).
 //! - [`limits`]: token-bucket rate limits and flood detection.
@@ -252,7 +252,7 @@ impl Server {
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
-        // Quinn's API, or the engine (one loop over quinn-proto, raw QUIC only so far).
+        // Quinn's API, or the engine (one loop over quinn-proto, both protocols).
         let (endpoint, engine_socket) = if cfg.engine {
             let socket = tokio::net::UdpSocket::bind(cfg.listen)
                 .await

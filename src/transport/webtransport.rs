@@ -59,11 +59,6 @@ impl ConnectRequest {
         self.request.origin()
     }
 
-    /// A header by (lowercase) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.request.get(name)
-    }
-
     /// Answers `200` and starts the session.
     pub async fn accept(mut self, conn: quinn::Connection) -> Result<H3Session, HandshakeError> {
         write_headers(&mut self.send, SessionResponse::ok()).await?;
