@@ -293,6 +293,17 @@ struct Conn {
     _task: SessionTask,
 }
 
+impl Conn {
+    /// Refuses the connection before any session: counted, and closed at the end of the
+    /// grace (or when the client closes), after what it is told in band.
+    fn refuse(&mut self, ctx: &Ctx, code: CloseCode, reason: &str, now: Instant) {
+        ctx.metrics.handshake_failed(code);
+        self.close = Some((code, reason.into()));
+        self.stage = Stage::Closing(code, reason.into());
+        self.deadline = Some(now + CLOSING_GRACE);
+    }
+}
+
 /// The gateway on the engine.
 pub struct Gateway {
     ctx: Arc<Ctx>,
@@ -512,17 +523,11 @@ impl Gateway {
             _task: ctx.session_task(),
         };
         if self.draining {
-            c.close = Some((CloseCode::GOING_AWAY, "server shutting down".into()));
-            ctx.metrics.handshake_failed(CloseCode::GOING_AWAY);
-            c.stage = Stage::Closing(CloseCode::GOING_AWAY, "server shutting down".into());
-            c.deadline = Some(io.now() + CLOSING_GRACE);
+            c.refuse(ctx, CloseCode::GOING_AWAY, "server shutting down", io.now());
         } else if ctx.metrics.open_sessions() as usize >= ctx.cfg.session.max_connections {
             // Refused in band once the client opens its control stream (browsers cannot
             // read QUIC close codes), bounded by the grace.
-            ctx.metrics.handshake_failed(CloseCode::OVERLOADED);
-            c.close = Some((CloseCode::OVERLOADED, "server full".into()));
-            c.stage = Stage::Closing(CloseCode::OVERLOADED, "server full".into());
-            c.deadline = Some(io.now() + CLOSING_GRACE);
+            c.refuse(ctx, CloseCode::OVERLOADED, "server full", io.now());
         }
         self.conns.insert(ch, Box::new(c));
         self.arm(ch);
@@ -746,10 +751,7 @@ impl Here<'_, '_> {
                 // the end of the grace.
                 self.io.finish(id);
                 if self.c.close.is_none() {
-                    self.ctx.metrics.handshake_failed(code);
-                    self.c.close = Some((code, "request refused".into()));
-                    self.c.stage = Stage::Closing(code, "request refused".into());
-                    self.c.deadline = Some(self.io.now() + CLOSING_GRACE);
+                    self.c.refuse(self.ctx, code, "request refused", self.io.now());
                 }
             }
         }
