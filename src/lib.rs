@@ -179,12 +179,9 @@ pub struct Server {
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     trigger: shutdown::Trigger,
-    /// Quinn's endpoint, or the engine's stop switch and task.
+    /// Quinn's endpoint, or the engine's thread.
     endpoint: Option<quinn::Endpoint>,
-    engine: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
+    engine: Option<gateway::wire::Running>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -254,8 +251,7 @@ impl Server {
         let sessions = Arc::new(gateway::Sessions::default());
         // Quinn's API, or the engine (one loop over quinn-proto, both protocols).
         let (endpoint, engine_socket) = if cfg.engine {
-            let socket = tokio::net::UdpSocket::bind(cfg.listen)
-                .await
+            let socket = std::net::UdpSocket::bind(cfg.listen)
                 .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
             (None, Some(socket))
         } else {
@@ -300,11 +296,7 @@ impl Server {
                 certs.clone(),
                 &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
             )?);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(gateway::wire::serve(ctx.clone(), socket, server, async move {
-                let _ = stopped.await;
-            }));
-            engine = Some((stop, task));
+            engine = Some(gateway::wire::spawn(ctx.clone(), socket, server)?);
         }
         tasks.extend([
             tokio::spawn(fanout.clone().run(
@@ -382,9 +374,10 @@ impl Server {
             );
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
-        if let Some((stop, task)) = self.engine {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        if let Some(engine) = self.engine
+            && let Err(e) = engine.stop(Duration::from_secs(2)).await
+        {
+            tracing::warn!(error = %e, "the engine's loop had stopped with an error");
         }
         for t in self.tasks {
             t.abort();

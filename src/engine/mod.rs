@@ -341,6 +341,9 @@ pub struct Engine<A: App> {
     command_tx: mailbox::Sender<A::Command>,
     /// Commands taken from the queue and not yet handled (reused between turns).
     inbox: Vec<A::Command>,
+    /// The runtime the application's own tasks go to (`tokio::spawn` in its callbacks), when
+    /// the loop runs on a thread of its own ([`Engine::spawn_app_tasks_on`]).
+    app_runtime: Option<tokio::runtime::Handle>,
     /// Counters.
     pub stats: Stats,
 }
@@ -359,6 +362,7 @@ impl<A: App> Engine<A> {
             commands,
             command_tx,
             inbox: Vec::new(),
+            app_runtime: None,
             endpoint,
             socket,
             state,
@@ -386,6 +390,13 @@ impl<A: App> Engine<A> {
     /// connection).
     pub fn sender(&self) -> mailbox::Sender<A::Command> {
         self.command_tx.clone()
+    }
+
+    /// Makes `tokio::spawn` in the application's callbacks spawn on `runtime`. For a loop on
+    /// its own thread and runtime: what the application starts (store reads, requests) then
+    /// runs on the main runtime's workers, and the loop's thread only turns.
+    pub fn spawn_app_tasks_on(&mut self, runtime: tokio::runtime::Handle) {
+        self.app_runtime = Some(runtime);
     }
 
     /// The application.
@@ -425,6 +436,8 @@ impl<A: App> Engine<A> {
                 _ = self.commands.ready() => {
                     // Everything queued, in one pass: a fan-out's writes to many
                     // connections all leave in this turn's transmit pass.
+                    let app_runtime = self.app_runtime.clone();
+                    let _app = app_runtime.as_ref().map(|r| r.enter());
                     let now = Instant::now();
                     let mut inbox = std::mem::take(&mut self.inbox);
                     self.commands.take(&mut inbox);
@@ -453,6 +466,8 @@ impl<A: App> Engine<A> {
 
     /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
     pub fn turn(&mut self, now: Instant) {
+        let app_runtime = self.app_runtime.clone();
+        let _app = app_runtime.as_ref().map(|r| r.enter());
         self.stats.turns += 1;
         self.flush_held();
         self.receive(now);

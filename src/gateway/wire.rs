@@ -333,16 +333,78 @@ impl Gateway {
     }
 }
 
-/// Serves the gateway on `cfg.listen` with the engine until `stop` resolves, then closes
-/// every connection (`going_away`). Returns the bound address through `bound`.
-pub async fn serve(
+/// The engine's thread, serving the gateway.
+#[derive(Debug)]
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops the loop (every connection closed `going_away`) and waits up to `grace` for
+    /// its thread to finish.
+    pub async fn stop(self, grace: Duration) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(grace, self.done).await {
+            Ok(Ok(r)) => r,
+            // The thread ended without a word (it cannot: `serve` always answers) or is
+            // still closing: nothing more to wait for.
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Starts the gateway's loop on a thread of its own, with a single-threaded runtime that
+/// only turns the loop: its wake-ups (the socket, the command queue, its timers) go straight
+/// to it, with no other task on its runtime to wake or steal it. What the sessions start
+/// (opening, requests, fetches) runs on the runtime of the caller.
+///
+/// Measured against the loop as a task among the server's others (bench/RESULTS.md "The
+/// loop on its own thread").
+pub fn spawn(
+    ctx: Arc<Ctx>,
+    socket: std::net::UdpSocket,
+    server: Arc<quinn_proto::ServerConfig>,
+) -> std::io::Result<Running> {
+    let main = tokio::runtime::Handle::current();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    socket.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("quaver-engine".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let socket = tokio::net::UdpSocket::from_std(socket)?;
+                        serve(ctx, socket, server, main, async move {
+                            let _ = stopped.await;
+                        })
+                        .await
+                    })
+                });
+            if let Err(e) = &served {
+                tracing::error!(error = %e, "the engine's loop stopped");
+            }
+            let _ = done_tx.send(served);
+        })?;
+    Ok(Running { stop, done })
+}
+
+/// Serves the gateway with the engine on `socket` until `stop` resolves, then closes every
+/// connection (`going_away`). The sessions' tasks run on `tasks`.
+async fn serve(
     ctx: Arc<Ctx>,
     socket: tokio::net::UdpSocket,
     server: Arc<quinn_proto::ServerConfig>,
+    tasks: tokio::runtime::Handle,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (placeholder, _) = engine::mailbox::channel();
     let mut engine = engine::Engine::new(socket, server, Gateway::new(ctx.clone(), placeholder))?;
+    engine.spawn_app_tasks_on(tasks);
     let tx = engine.sender();
     engine.app().set_sender(tx.clone());
     engine.set_limits(engine::Limits {
