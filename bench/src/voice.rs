@@ -135,6 +135,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu0 = setup.server.cpu_seconds();
+    eprintln!("speaking (server pid {})", setup.server.pid);
     let speech = Instant::now();
     let frames = r.fps as u64 * r.seconds;
     let mut speakers = Vec::new();

@@ -405,6 +405,7 @@ async fn serve(
     let (placeholder, _) = engine::mailbox::channel();
     let mut engine = engine::Engine::new(socket, server, Gateway::new(ctx.clone(), placeholder))?;
     engine.spawn_app_tasks_on(tasks);
+    ctx.voice.run_channels_on(tokio::runtime::Handle::current());
     let tx = engine.sender();
     engine.app().set_sender(tx.clone());
     engine.set_limits(engine::Limits {

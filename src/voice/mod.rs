@@ -238,6 +238,9 @@ pub struct Voice {
     wake: tokio::sync::Notify,
     /// In a cluster: participants of other nodes' channels shown to sessions here.
     remote: Mutex<cluster::RemoteView>,
+    /// Where channel tasks run: the engine's thread when sessions are on the engine (set
+    /// once, at start), else the caller's runtime.
+    channel_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 fn err(code: ErrorCode, m: &str) -> ErrorBody {
@@ -263,7 +266,15 @@ impl Voice {
             dirty: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             remote: Mutex::default(),
+            channel_runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runs every voice channel's task on `runtime` from now on: the engine's own, so a
+    /// frame goes from the loop to its channel and back to the loop on one thread, with no
+    /// wake-up of another (measured: bench/RESULTS.md "The loop on its own thread").
+    pub fn run_channels_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.channel_runtime.set(runtime);
     }
 
     /// In a cluster: voice channels live where their lease says (set once, at start).
@@ -322,7 +333,11 @@ impl Voice {
         }
         let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
         map.insert(channel_id, tx.clone());
-        tokio::spawn(run_channel(self.clone(), guild_id, channel_id, rx));
+        let task = run_channel(self.clone(), guild_id, channel_id, rx);
+        match self.channel_runtime.get() {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         tx
     }
 
