@@ -67,9 +67,9 @@ pub struct Config {
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
-    /// Serve sessions on the engine (one event loop over quinn-proto, issue 12) instead of
-    /// quinn's per-connection tasks. Raw QUIC only so far: WebTransport clients cannot
-    /// connect to an engine node yet. Default false.
+    /// Serve sessions on the engine (one event loop over quinn-proto: raw QUIC and
+    /// WebTransport on one port). False serves them with quinn's per-connection tasks, the
+    /// path the engine replaces (kept until it is removed). Default true.
     pub engine: bool,
     /// TLS settings.
     pub tls: TlsConfig,
@@ -214,7 +214,7 @@ impl Default for Config {
             redis_prefix: String::new(),
             public_addr: None,
             node_id: None,
-            engine: false,
+            engine: true,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
@@ -312,7 +312,8 @@ pub struct ConfigArgs {
     /// Node number for snowflake ids, 0–1023 [default: from the node name].
     #[arg(long, env = "QUAVER_NODE_ID")]
     pub node_id: Option<u16>,
-    /// Serve sessions on the engine (raw QUIC only so far; experimental) [default: false].
+    /// Serve sessions on the engine; `--engine=false`: on quinn's per-connection tasks
+    /// (the older path) [default: true].
     #[arg(long, env = "QUAVER_ENGINE", num_args = 0..=1, default_missing_value = "true")]
     pub engine: Option<bool>,
     /// PEM certificate chain (production TLS).

@@ -11,7 +11,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through one sqlx implementation).
 //! - [`cluster`]: the bus that carries events to every node: topics on an in-process hub
 //!   or on Redis.
-//! - [`engine`]: the QUIC event loop over quinn-proto (sessions on it: `gateway::wire`, `--engine`).
+//! - [`engine`]: the QUIC event loop over quinn-proto that serves the sessions (`gateway::wire`).
 //! - [`fanout`]: events → topics and audiences, and delivery to local sessions (a sans-IO
 //!   topic index of which local users need which topics).
 //! - [`limits`]: token-bucket rate limits and flood detection.

@@ -116,11 +116,12 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
     let server = quaver::Server::start(cfg).await?;
     let info = server.ctx.certs.info();
-    if server.ctx.cfg.engine {
-        tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, "quaver listening on the engine (raw QUIC quaver/1 only; WebTransport needs the default path for now)");
+    let path = if server.ctx.cfg.engine {
+        "the engine"
     } else {
-        tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
-    }
+        "quinn's per-connection tasks"
+    };
+    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port, sessions on {path})", quaver_proto::WEBTRANSPORT_PATH);
     tracing::info!(
         sha256 = %hex::encode(info.sha256),
         dev = info.dev,

@@ -12,8 +12,8 @@
 //!
 //! Both protocols on one port: raw QUIC (ALPN `quaver/1`) and WebTransport (`h3`), whose
 //! HTTP/3 layer is [`super::wt`] — the CONNECT, stream headers and datagram prefixes; past
-//! them a WebTransport session is served exactly as a raw QUIC one. Selected with
-//! `--engine` (`QUAVER_ENGINE=1`).
+//! them a WebTransport session is served exactly as a raw QUIC one. The default
+//! (`--engine=false` selects quinn's per-connection path instead).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
