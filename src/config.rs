@@ -67,10 +67,6 @@ pub struct Config {
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
-    /// Serve sessions on the engine (one event loop over quinn-proto: raw QUIC and
-    /// WebTransport on one port). False serves them with quinn's per-connection tasks, the
-    /// path the engine replaces (kept until it is removed). Default true.
-    pub engine: bool,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Token verification.
@@ -214,7 +210,6 @@ impl Default for Config {
             redis_prefix: String::new(),
             public_addr: None,
             node_id: None,
-            engine: true,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
@@ -312,10 +307,6 @@ pub struct ConfigArgs {
     /// Node number for snowflake ids, 0–1023 [default: from the node name].
     #[arg(long, env = "QUAVER_NODE_ID")]
     pub node_id: Option<u16>,
-    /// Serve sessions on the engine; `--engine=false`: on quinn's per-connection tasks
-    /// (the older path) [default: true].
-    #[arg(long, env = "QUAVER_ENGINE", num_args = 0..=1, default_missing_value = "true")]
-    pub engine: Option<bool>,
     /// PEM certificate chain (production TLS).
     #[arg(long, env = "QUAVER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -402,7 +393,7 @@ impl ConfigArgs {
         }
         set! {
             listen => listen, http_listen => http_listen, node_name => node_name,
-            redis_prefix => redis_prefix, engine => engine,
+            redis_prefix => redis_prefix,
             data_dir => data_dir, cert_dir => tls.cert_dir,
             dev_cert_validity => tls.dev_validity, dev_cert_renew_before => tls.dev_renew_before,
             jwt_leeway => auth.leeway,

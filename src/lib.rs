@@ -2,8 +2,8 @@
 //!
 //! Map of the crate (one folder per concern):
 //! - [`config`]: the one configuration tree (defaults ← TOML ← env ← flags).
-//! - [`transport`]: the QUIC endpoint, ALPN routing to WebTransport or raw QUIC, admission
-//!   control, and TLS certificates (`transport::tls`).
+//! - [`transport`]: the QUIC server configuration (TLS 1.3, ALPNs, limits), the rules of a
+//!   WebTransport request (path, Origin, token), and TLS certificates (`transport::tls`).
 //! - [`auth`]: JWT verification, each failure mapped to a close code.
 //! - [`gateway`]: session lifecycle, control stream, lanes, fetch streams, dispatch.
 //! - [`chat`]: guilds, channels, roles, messages, reactions, read states.
@@ -71,7 +71,7 @@ pub struct Ctx {
     pub metrics: metrics::Metrics,
     /// Fires when shutdown starts.
     pub shutdown: shutdown::Signal,
-    /// QUIC handshakes accepted and not yet finished (drives address validation).
+    /// QUIC handshakes accepted and not yet finished (the engine's count, for `/metrics`).
     pub handshakes_in_flight: AtomicUsize,
     /// Live sessions.
     pub sessions: Arc<gateway::Sessions>,
@@ -179,9 +179,8 @@ pub struct Server {
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     trigger: shutdown::Trigger,
-    /// Quinn's endpoint, or the engine's thread.
-    endpoint: Option<quinn::Endpoint>,
-    engine: Option<gateway::wire::Running>,
+    /// The engine's thread.
+    engine: gateway::wire::Running,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -249,19 +248,10 @@ impl Server {
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
-        // Quinn's API, or the engine (one loop over quinn-proto, both protocols).
-        let (endpoint, engine_socket) = if cfg.engine {
-            let socket = std::net::UdpSocket::bind(cfg.listen)
-                .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
-            (None, Some(socket))
-        } else {
-            (Some(transport::endpoint(&cfg, certs.clone())?), None)
-        };
-        let quic_addr = match (&endpoint, &engine_socket) {
-            (Some(e), _) => e.local_addr()?,
-            (None, Some(s)) => s.local_addr()?,
-            (None, None) => unreachable!("one of the two was bound above"),
-        };
+        // The engine's port: one loop over quinn-proto, both protocols.
+        let socket = std::net::UdpSocket::bind(cfg.listen)
+            .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
+        let quic_addr = socket.local_addr()?;
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;
@@ -286,18 +276,12 @@ impl Server {
             quic_port: quic_addr.port(),
         });
         let mut tasks = vec![tokio::spawn(certs.clone().renew_loop(signal.clone()))];
-        if let Some(endpoint) = &endpoint {
-            tasks.push(tokio::spawn(transport::accept_loop(ctx.clone(), endpoint.clone())));
-        }
-        let mut engine = None;
-        if let Some(socket) = engine_socket {
-            let server = Arc::new(transport::server_config(
-                &ctx.cfg,
-                certs.clone(),
-                &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
-            )?);
-            engine = Some(gateway::wire::spawn(ctx.clone(), socket, server)?);
-        }
+        let server = Arc::new(transport::server_config(
+            &ctx.cfg,
+            certs.clone(),
+            &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
+        )?);
+        let engine = gateway::wire::spawn(ctx.clone(), socket, server)?;
         tasks.extend([
             tokio::spawn(fanout.clone().run(
                 chat.clone(),
@@ -344,7 +328,6 @@ impl Server {
             quic_addr,
             http_addr,
             trigger,
-            endpoint,
             engine,
             tasks,
         })
@@ -362,21 +345,12 @@ impl Server {
 
     /// Graceful shutdown: stop accepting, `Goaway` to every session, wait for them to leave
     /// (at most the drain timeout, after which each session closes itself with
-    /// `going_away`), close the endpoint, wait until the network is idle.
+    /// `going_away`), then stop the engine (closing what is left).
     pub async fn shutdown(self) {
         self.trigger.fire();
         let drain = self.ctx.cfg.session.drain_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(drain, self.ctx.wait_no_sessions()).await;
-        if let Some(endpoint) = &self.endpoint {
-            endpoint.close(
-                quinn::VarInt::from_u32(quaver_proto::CloseCode::GOING_AWAY.0),
-                b"shutdown",
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        }
-        if let Some(engine) = self.engine
-            && let Err(e) = engine.stop(Duration::from_secs(2)).await
-        {
+        if let Err(e) = self.engine.stop(Duration::from_secs(2)).await {
             tracing::warn!(error = %e, "the engine's loop had stopped with an error");
         }
         for t in self.tasks {

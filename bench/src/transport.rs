@@ -2,7 +2,7 @@
 //! server process writes one record (`--bytes`, default 120, like a chat event) at `--rate`
 //! records/s into one stream of each of `--connections` connections, either with quinn's
 //! high-level API — a task per connection writing its stream, as the gateway's lane writers
-//! do today — or with the engine (`quaver::engine`: one loop, no task per connection). The
+//! did before the engine — or with the engine (`quaver::engine`: one loop, no task per connection). The
 //! figure is server CPU per delivered record, read from /proc; the clients measure latency.
 //!
 //! The server is this binary again (`transport --serve …`), so its CPU is its own.

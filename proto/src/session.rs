@@ -1,6 +1,7 @@
-//! One session type over both transports: a raw QUIC connection (ALPN `quaver/1`) or a
-//! WebTransport session (ALPN `h3`). Everything above the transport — the server's gateway
-//! and the native client — is written against [`Session`], [`SendStream`] and [`RecvStream`].
+//! One session type over both transports, for the native client: a raw QUIC connection
+//! (ALPN `quaver/1`) or a WebTransport session (ALPN `h3`, through `wtransport`). The client
+//! is written against [`Session`], [`SendStream`] and [`RecvStream`]; the server serves both
+//! from its engine (sans-IO, with the shared pieces in [`h3`]).
 //!
 //! An enum rather than a trait object: there are exactly two transports, the calls are
 //! static, and the streams stay concrete types that implement tokio's I/O traits.
@@ -13,8 +14,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub mod h3;
-
-pub use h3::H3Session;
 
 /// Which transport a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,10 +50,8 @@ pub enum SessionError {
 pub enum Session {
     /// Raw QUIC.
     Quic(quinn::Connection),
-    /// WebTransport through `wtransport` (the native client).
+    /// WebTransport through `wtransport`.
     WebTransport(wtransport::Connection),
-    /// WebTransport through our own HTTP/3 layer (the server).
-    H3(H3Session),
 }
 
 impl Session {
@@ -62,7 +59,7 @@ impl Session {
     pub fn transport(&self) -> Transport {
         match self {
             Session::Quic(_) => Transport::Quic,
-            Session::WebTransport(_) | Session::H3(_) => Transport::WebTransport,
+            Session::WebTransport(_) => Transport::WebTransport,
         }
     }
 
@@ -71,7 +68,6 @@ impl Session {
         match self {
             Session::Quic(c) => c,
             Session::WebTransport(c) => c.quic_connection(),
-            Session::H3(c) => c.quic(),
         }
     }
 
@@ -88,7 +84,6 @@ impl Session {
                 .await
                 .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                 .map_err(|e| SessionError::Closed(e.to_string())),
-            Session::H3(c) => c.accept_bi().await,
         }
     }
 
@@ -107,7 +102,6 @@ impl Session {
                     .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                     .map_err(|e| SessionError::Closed(e.to_string()))
             }
-            Session::H3(c) => c.open_bi().await,
         }
     }
 
@@ -118,30 +112,6 @@ impl Session {
             Session::WebTransport(c) => c
                 .send_datagram(&data)
                 .map_err(|e| SessionError::Datagram(e.to_string())),
-            Session::H3(c) => c.send_datagram(&data),
-        }
-    }
-
-    /// The bytes every datagram of this session starts with on the wire (none for raw
-    /// QUIC; the quarter stream id for WebTransport served by [`H3Session`]), or `None`
-    /// when the transport adds them itself (`wtransport`'s client).
-    pub fn datagram_prefix(&self) -> Option<&[u8]> {
-        match self {
-            Session::Quic(_) => Some(&[]),
-            Session::H3(c) => Some(c.datagram_prefix()),
-            Session::WebTransport(_) => None,
-        }
-    }
-
-    /// Sends a datagram that already starts with [`Session::datagram_prefix`]: a fan-out
-    /// builds one such buffer per prefix and shares it, instead of one copy per receiver.
-    /// On a session without a prefix of its own (`datagram_prefix() == None`) it is sent
-    /// as a plain payload.
-    pub fn send_prefixed_datagram(&self, data: Bytes) -> Result<(), SessionError> {
-        match self {
-            Session::Quic(c) => c.send_datagram(data).map_err(|e| SessionError::Datagram(e.to_string())),
-            Session::H3(c) => c.send_raw_datagram(data),
-            Session::WebTransport(_) => self.send_datagram(data),
         }
     }
 
@@ -154,7 +124,6 @@ impl Session {
                 .await
                 .map(|d| d.payload())
                 .map_err(|e| SessionError::Closed(e.to_string())),
-            Session::H3(c) => c.read_datagram().await,
         }
     }
 
@@ -164,7 +133,6 @@ impl Session {
         match self {
             Session::Quic(c) => c.max_datagram_size().unwrap_or(0),
             Session::WebTransport(c) => c.max_datagram_size().unwrap_or(0),
-            Session::H3(c) => c.max_datagram_size(),
         }
     }
 
@@ -180,13 +148,6 @@ impl Session {
 
     /// If closed by the peer with an application code: `(code, reason)`.
     pub fn close_reason(&self) -> Option<(u32, String)> {
-        if let Session::H3(c) = self
-            && let Some(how) = c.peer_closed()
-        {
-            // The client ended the WebTransport session (capsule or CONNECT stream end);
-            // the QUIC close that followed was ours.
-            return Some(how);
-        }
         match self.quic().close_reason()? {
             quinn::ConnectionError::ApplicationClosed(a) => Some((
                 u32::try_from(a.error_code.into_inner()).unwrap_or(u32::MAX),

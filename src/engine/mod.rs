@@ -1,4 +1,4 @@
-//! The QUIC engine (issue 12, step 2): one event loop owns a `quinn_proto::Endpoint` and every
+//! The QUIC engine: one event loop owns a `quinn_proto::Endpoint` and every
 //! connection on it — no task, channel or mutex per connection. Each turn it receives
 //! datagrams in batches (`quinn-udp`: `recvmmsg`, GRO), feeds them to the endpoint and the
 //! connections, fires due timers from one heap, lets the application react to each dirty
@@ -11,7 +11,9 @@
 //! rate and only tie at 80k deliveries/s. Shards remain possible: loops share nothing.
 //!
 //! The application side is the [`App`] trait; `gateway::wire` implements it with the
-//! sessions (raw QUIC, behind `--engine` until it replaces quinn's high-level API).
+//! sessions (raw QUIC and WebTransport). The server runs the loop on a thread of its own
+//! (`gateway::wire::spawn`); [`Engine::spawn_app_tasks_on`] sends what the application
+//! spawns to the main runtime.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -69,6 +71,10 @@ pub trait App {
     /// The loop refused a connection (over the cap) or sent it a stateless retry.
     fn on_admission(&mut self, admission: Admission) {
         let _ = admission;
+    }
+    /// The number of connections still in their handshake changed (for metrics).
+    fn on_handshakes(&mut self, in_flight: usize) {
+        let _ = in_flight;
     }
     /// When the application next wants [`App::on_timeout`] (its own timers: heartbeats,
     /// deadlines), if ever.
@@ -246,8 +252,8 @@ impl Io<'_> {
     }
 }
 
-/// Admission control, as the quinn path has it: a cap on connections, and a stateless retry
-/// (address validation) once many handshakes are in flight.
+/// Admission control: a cap on connections, and a stateless retry (address validation) once
+/// many handshakes are in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections beyond this are refused (`CONNECTION_REFUSED`).
@@ -565,6 +571,7 @@ impl<A: App> Engine<A> {
                             Ok((ch, conn)) => {
                                 self.stats.accepted += 1;
                                 self.handshakes += 1;
+                                self.app.on_handshakes(self.handshakes);
                                 self.conns.insert(
                                     ch,
                                     Box::new(Conn {
@@ -640,6 +647,7 @@ impl<A: App> Engine<A> {
         if c.handshaking && (!c.conn.is_handshaking() || c.conn.is_drained()) {
             c.handshaking = false;
             self.handshakes -= 1;
+            self.app.on_handshakes(self.handshakes);
         }
         if c.conn.is_drained() {
             self.conns.remove(&ch);

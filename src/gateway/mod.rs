@@ -1,10 +1,11 @@
 //! Session lifecycle: `Hello` → authentication → `Ready`, heartbeats, token refresh, lanes,
-//! fetch streams, `Goaway` and closing with a code. Transport-agnostic: it sees only
-//! [`quaver_proto::session::Session`].
+//! fetch streams, `Goaway` and closing with a code.
 //!
-//! Each session is one task (`session::run`) owning its control stream and timers; each lane
-//! has a reader task (requests in) and a writer task (acks and events out, coalesced);
-//! other parts of the server reach a session through its [`SessionHandle`].
+//! The decisions are transport-free ([`control`], [`session::open`], [`dispatch`]); the
+//! engine's loop ([`wire`], with the HTTP/3 layer in [`wt`]) owns every connection and moves
+//! the bytes. Other parts of the server reach a session through its [`SessionHandle`], which
+//! outlives its connection for the resume window: it reaches the connection through a
+//! [`Link`] and its lanes through [`LaneSink`]s.
 
 pub mod control;
 pub mod dispatch;
@@ -20,45 +21,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quaver_proto::session::Session;
 use quaver_proto::{CloseCode, Lane, LaneSeq, ServerLane, SessionId, UserId};
-use tokio::sync::mpsc;
 
 use self::replay::{Missing, ReplayBuffer, ReplayLimits};
 
-/// Frames queued to a lane writer before the session counts as a slow consumer.
+/// Frames a lane may hold unsent before the session counts as a slow consumer.
 pub const LANE_QUEUE: usize = 1024;
 
-/// What a lane writer sends.
+/// What a lane sends.
 #[derive(Debug)]
 pub enum LaneOut {
     /// A reply to a request (ack or error).
     Reply(ServerLane),
     /// An event with its lane seq, its body pre-encoded once for all receivers.
     Event(u64, Bytes),
-    /// Signals once everything queued before it was written (the close sequence waits for
-    /// it, so queued replies are not cut off).
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Commands to a session's own task.
-#[derive(Debug)]
-pub enum Cmd {
-    /// Close the session with this code (sends `Closing` first).
-    Close(CloseCode, String),
-}
-
-/// Closes a connection directly (when its session task is already gone). The session
-/// state holds this, not a transport type, so it is tested without any connection.
-pub trait Closer: Send + Sync + std::fmt::Debug {
-    /// Closes the connection with `code` and `reason`.
-    fn close(&self, code: u32, reason: &str);
-}
-
-impl Closer for Session {
-    fn close(&self, code: u32, reason: &str) {
-        Session::close(self, code, reason);
-    }
 }
 
 /// Why a lane sink did not take a frame.
@@ -70,19 +46,10 @@ pub enum SinkError {
     Closed,
 }
 
-/// Where a lane's frames go: a writer task's queue (quinn's API), or the engine's loop.
+/// Where a lane's frames go (the engine's loop; a queue in tests).
 pub trait LaneSink: Send + Sync + std::fmt::Debug {
     /// Queues `out` without waiting.
     fn push(&self, out: LaneOut) -> Result<(), SinkError>;
-}
-
-impl LaneSink for mpsc::Sender<LaneOut> {
-    fn push(&self, out: LaneOut) -> Result<(), SinkError> {
-        self.try_send(out).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SinkError::Full,
-            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
-        })
-    }
 }
 
 /// How the session state reaches the connection it is attached to.
@@ -92,26 +59,6 @@ pub trait Link: Send + Sync + std::fmt::Debug {
     fn ask_close(&self, code: CloseCode, reason: String) -> bool;
     /// Closes the connection at once.
     fn close_now(&self, code: CloseCode, reason: &str);
-}
-
-/// The link of a session task (quinn's API): its command queue, and the connection for
-/// when the task is gone.
-#[derive(Debug)]
-pub(crate) struct TaskLink {
-    pub(crate) cmd: mpsc::Sender<Cmd>,
-    pub(crate) closer: Arc<dyn Closer>,
-}
-
-impl Link for TaskLink {
-    fn ask_close(&self, code: CloseCode, reason: String) -> bool {
-        !matches!(
-            self.cmd.try_send(Cmd::Close(code, reason)),
-            Err(mpsc::error::TrySendError::Closed(_))
-        )
-    }
-    fn close_now(&self, code: CloseCode, reason: &str) {
-        self.closer.close(code.0, reason);
-    }
 }
 
 /// The connection a session is attached to (none while detached, awaiting a resume).
@@ -179,13 +126,6 @@ impl SessionHandle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Poisoning only follows a panic elsewhere; the state is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Attaches a connection; returns its generation. The previous connection, if any, is
-    /// told to close (`session_replaced`).
-    #[cfg(test)]
-    fn attach(&self, closer: Arc<dyn Closer>, cmd: mpsc::Sender<Cmd>, resume_from: [u64; 5]) -> u64 {
-        self.attach_link(Arc::new(TaskLink { cmd, closer }), resume_from)
     }
 
     /// Attaches a connection reached through `link`; returns its generation. The previous
@@ -294,23 +234,6 @@ impl SessionHandle {
             // are already pending: the owner will close, sending `Closing` first.)
             a.link.close_now(code, reason);
         }
-    }
-
-    /// Queues a flush marker on every lane writer of connection `generation`; each
-    /// receiver resolves once what was queued before it is written.
-    fn flush_lanes(&self, generation: u64) -> Vec<tokio::sync::oneshot::Receiver<()>> {
-        let g = self.lock();
-        let Some(a) = g.attachment.as_ref().filter(|a| a.generation == generation) else {
-            return Vec::new();
-        };
-        a.lanes
-            .iter()
-            .flatten()
-            .filter_map(|tx| {
-                let (done, rx) = tokio::sync::oneshot::channel();
-                tx.push(LaneOut::Flush(done)).ok().map(|_| rx)
-            })
-            .collect()
     }
 
     /// Last event seq sent on each lane that has had events.
@@ -449,19 +372,53 @@ impl Sessions {
 mod tests {
     use std::time::Duration;
 
+    use tokio::sync::mpsc;
+
     use super::*;
+
+    /// What the session asks of its connection's owner.
+    #[derive(Debug)]
+    enum Cmd {
+        Close(CloseCode),
+    }
+
+    /// A connection's owner as the session sees it: asked closes go to `cmd` (refused once
+    /// its receiver is gone, as the loop's queue is once the loop stops), direct closes are
+    /// recorded.
+    #[derive(Debug)]
+    struct TestLink {
+        cmd: mpsc::Sender<Cmd>,
+        closed: Arc<Recorder>,
+    }
+
+    impl Link for TestLink {
+        fn ask_close(&self, code: CloseCode, _reason: String) -> bool {
+            !matches!(
+                self.cmd.try_send(Cmd::Close(code)),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        }
+        fn close_now(&self, code: CloseCode, reason: &str) {
+            self.closed
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((code.0, reason.into()));
+        }
+    }
+
+    /// A lane whose frames queue up to the channel's capacity.
+    impl LaneSink for mpsc::Sender<LaneOut> {
+        fn push(&self, out: LaneOut) -> Result<(), SinkError> {
+            self.try_send(out).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SinkError::Full,
+                mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+            })
+        }
+    }
 
     #[derive(Debug, Default)]
     struct Recorder(Mutex<Vec<(u32, String)>>);
-
-    impl Closer for Recorder {
-        fn close(&self, code: u32, reason: &str) {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((code, reason.into()));
-        }
-    }
 
     fn handle(max_events: usize) -> SessionHandle {
         SessionHandle::new(
@@ -478,7 +435,11 @@ mod tests {
     fn conn(h: &SessionHandle, resume_from: [u64; 5]) -> (u64, mpsc::Receiver<Cmd>, Arc<Recorder>) {
         let (tx, rx) = mpsc::channel(8);
         let rec = Arc::new(Recorder::default());
-        (h.attach(rec.clone(), tx, resume_from), rx, rec)
+        let link = Arc::new(TestLink {
+            cmd: tx,
+            closed: rec.clone(),
+        });
+        (h.attach_link(link, resume_from), rx, rec)
     }
 
     fn event(n: u8) -> Bytes {
@@ -551,7 +512,7 @@ mod tests {
         let (g2, _cmd2, _) = conn(&h, [0; 5]);
         // The old connection is told to close, as replaced.
         match cmd1.try_recv() {
-            Ok(Cmd::Close(code, _)) => assert_eq!(code, CloseCode::SESSION_REPLACED),
+            Ok(Cmd::Close(code)) => assert_eq!(code, CloseCode::SESSION_REPLACED),
             other => panic!("{other:?}"),
         }
         // Its late cleanup does nothing to the new one, nor can it open lanes.
@@ -596,7 +557,7 @@ mod tests {
             h.push_event(Lane::Typing, event(n));
         }
         match cmd.try_recv() {
-            Ok(Cmd::Close(code, _)) => assert_eq!(code, CloseCode::SLOW_CONSUMER),
+            Ok(Cmd::Close(code)) => assert_eq!(code, CloseCode::SLOW_CONSUMER),
             other => panic!("{other:?}"),
         }
         // Every event is still in the buffer for a resume.

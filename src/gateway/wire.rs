@@ -5,15 +5,18 @@
 //! request (one at a time per lane, in order) and each fetch. The fan-out writes into lanes
 //! through the same queue ([`LoopLane`]); the SFU's datagrams too ([`LoopDatagrams`]).
 //!
-//! The decisions are the transport-free ones the quinn path uses: `control::accept_hello`,
+//! The decisions are transport-free and live elsewhere: `control::accept_hello`,
 //! `session::open`, `control::Control` (heartbeats, token refresh, Goaway),
 //! `SessionHandle::attach_lane` (replay), `dispatch::request`/`fetch`. This module only moves
 //! bytes and time.
 //!
 //! Both protocols on one port: raw QUIC (ALPN `quaver/1`) and WebTransport (`h3`), whose
 //! HTTP/3 layer is [`super::wt`] — the CONNECT, stream headers and datagram prefixes; past
-//! them a WebTransport session is served exactly as a raw QUIC one. The default
-//! (`--engine=false` selects quinn's per-connection path instead).
+//! them a WebTransport session is served exactly as a raw QUIC one.
+//!
+//! Before the engine, quinn's high-level API served each connection with its own tasks (a
+//! driver, a session task, a writer per lane); the engine replaced that path (issue 12;
+//! bench/RESULTS.md "Engine sessions" has the two side by side).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -39,8 +42,9 @@ use crate::limits::Refusal;
 use crate::metrics::{CONTROL, FETCH};
 use crate::{Ctx, SessionTask};
 
-/// How long a closing connection waits for the peer to close after our `Closing` (as on
-/// the quinn path: a browser discards stream data when the connection closes under it).
+/// How long a closing connection waits for the peer to close after our `Closing`: closing
+/// first would let a browser discard the frame unread (Chrome aborts streams, buffered data
+/// included, when the connection closes under them).
 const CLOSING_GRACE: Duration = Duration::from_millis(1000);
 /// Control frames held (unsent for flow control) before the client counts as not reading.
 const CONTROL_QUEUE: usize = 32;
@@ -105,10 +109,6 @@ struct LoopLane {
 
 impl LaneSink for LoopLane {
     fn push(&self, out: LaneOut) -> Result<(), SinkError> {
-        // A flush marker needs no answer here: the loop writes in queue order.
-        if let LaneOut::Flush(_) = out {
-            return Ok(());
-        }
         self.tx
             .send(Command::Lane(self.conn, self.lane, out))
             .map_err(|_| SinkError::Closed)
@@ -505,6 +505,12 @@ impl engine::App for Gateway {
             }
             engine::Admission::Refused => self.ctx.metrics.handshake_failed(CloseCode::OVERLOADED),
         }
+    }
+
+    fn on_handshakes(&mut self, in_flight: usize) {
+        self.ctx
+            .handshakes_in_flight
+            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn next_timeout(&self) -> Option<Instant> {
@@ -1386,7 +1392,6 @@ impl Here<'_, '_> {
         match out {
             LaneOut::Event(seq, body) => quaver_proto::codec::encode_event_frame(seq, &body, &mut buf),
             LaneOut::Reply(msg) => quaver_proto::encode_frame(&msg, &mut buf),
-            LaneOut::Flush(_) => return,
         }
         flow.add(buf.len());
         s.out.write(io, id, Bytes::from(buf));

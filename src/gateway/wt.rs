@@ -12,8 +12,9 @@
 //! streams are read and ignored (no dynamic table); never stopped, which Chromium treats as
 //! fatal.
 //!
-//! The quinn path does the same with tasks (`transport::webtransport`,
-//! `quaver_proto::session::H3Session`); the parsers are shared.
+//! The byte-level parsers are shared with the rest of the crate: `transport::webtransport`
+//! (SETTINGS, the CONNECT, the response) and `quaver_proto::session::h3` (stream types, the
+//! CONNECT stream's capsules).
 
 use std::collections::HashMap;
 

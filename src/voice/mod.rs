@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{Downlink, Uplink};
-use quaver_proto::session::Session;
 use quaver_proto::{ErrorBody, ErrorCode, EventBody, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,8 +132,8 @@ impl VoiceMetrics {
     }
 }
 
-/// Where a listener's datagrams leave: a session on quinn's API, or a connection on the
-/// engine's loop (which the SFU reaches through the loop's queue).
+/// Where a listener's datagrams leave: a connection on the engine's loop (which the SFU
+/// reaches through the loop's queue), or a test's recorder.
 pub trait DatagramSink: Send + Sync + std::fmt::Debug {
     /// The bytes every datagram starts with on the wire (none for raw QUIC; the quarter
     /// stream id for WebTransport): the SFU builds one buffer per prefix and shares it.
@@ -142,15 +141,6 @@ pub trait DatagramSink: Send + Sync + std::fmt::Debug {
     /// Sends a datagram that already starts with [`DatagramSink::prefix`]. False when it
     /// cannot be queued (the frame counts as dropped).
     fn send(&self, data: Bytes) -> bool;
-}
-
-impl DatagramSink for Session {
-    fn prefix(&self) -> &[u8] {
-        self.datagram_prefix().unwrap_or(&[])
-    }
-    fn send(&self, data: Bytes) -> bool {
-        self.send_prefixed_datagram(data).is_ok()
-    }
 }
 
 /// Where one connection's datagrams go: its voice channel task and slot, if any.
@@ -288,13 +278,6 @@ impl Voice {
             channel_id,
             event: Bytes::from(encode_payload(body)),
         });
-    }
-
-    /// Reads a session's datagrams until it closes and feeds them to the SFU.
-    pub async fn intake(self: Arc<Self>, session: Session, port: Arc<VoicePort>) {
-        while let Ok(d) = session.read_datagram().await {
-            self.datagram(&port, d);
-        }
     }
 
     /// One datagram from `port`'s connection: checked, then handed to its channel's task.

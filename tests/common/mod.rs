@@ -46,9 +46,6 @@ pub fn config() -> Config {
     c.auth.leeway = Duration::ZERO;
     // Tests end with clients still connected; do not wait the production 10 s for them.
     c.session.drain_timeout = Duration::from_millis(500);
-    // Servers run on the engine (the default); QUAVER_TEST_ENGINE=0 puts them on quinn's
-    // per-connection path, which scripts/test still checks until it is removed.
-    c.engine = std::env::var("QUAVER_TEST_ENGINE").map_or(c.engine, |v| v != "0");
     c
 }
 
