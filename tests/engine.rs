@@ -177,7 +177,7 @@ async fn one_loop_serves_many_connections_and_echoes_their_streams() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = r.stop.send(());
     let engine = r.done.await.unwrap();
-    assert_eq!(engine.stats.accepted, clients);
+    assert_eq!(engine.stats().accepted, clients);
     let mut engine = engine;
     let app = engine.app();
     assert_eq!(app.connected, clients as usize);
@@ -207,7 +207,7 @@ async fn a_large_echo_spans_many_turns() {
     conn.close(0u32.into(), b"");
     let _ = r.stop.send(());
     let engine = r.done.await.unwrap();
-    assert!(engine.stats.turns > 1);
+    assert!(engine.stats().turns > 1);
 }
 
 /// Commands from another task reach every connection through the loop's one queue.
@@ -269,7 +269,7 @@ async fn admission_caps_connections_and_retries_under_handshake_load() {
     drop((a, b));
     let _ = capped.stop.send(());
     let engine = capped.done.await.unwrap();
-    assert_eq!((engine.stats.accepted, engine.stats.refused), (2, 1));
+    assert_eq!((engine.stats().accepted, engine.stats().refused), (2, 1));
 
     // Every attempt counts as under load. The first is retried, then accepted; the server
     // gives it address-validation tokens (NEW_TOKEN), which the client's shared token store
@@ -294,7 +294,7 @@ async fn admission_caps_connections_and_retries_under_handshake_load() {
     drop(conns);
     let _ = retrying.stop.send(());
     let engine = retrying.done.await.unwrap();
-    assert_eq!((engine.stats.retried, engine.stats.accepted), (1, 3));
+    assert_eq!((engine.stats().retried, engine.stats().accepted), (1, 3));
 }
 
 #[tokio::test]

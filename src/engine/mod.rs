@@ -290,41 +290,23 @@ pub struct Stats {
     pub retried: u64,
 }
 
-/// A datagram (or GSO batch) that found the socket full, kept until it is writable.
-struct Held {
-    destination: SocketAddr,
-    ecn: Option<quinn_udp::EcnCodepoint>,
-    segment_size: Option<usize>,
-    src_ip: Option<std::net::IpAddr>,
-    contents: Vec<u8>,
+/// Where a turn's datagrams go: the engine's UDP socket, or a test's memory.
+pub trait Wire {
+    /// True while the wire takes nothing more (a send waits for it to drain): connections
+    /// then transmit nothing new, and their packets stay in quinn-proto, which paces and
+    /// recovers.
+    fn full(&self) -> bool;
+    /// Most datagrams one send may carry (GSO segments; 1 without GSO).
+    fn max_segments(&self) -> usize;
+    /// Sends `contents` (`t.size` bytes, `t.segment_size` apart) as `t` addresses them.
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]);
 }
 
-impl Held {
-    /// The addressing of `t` (its contents are copied only if it must wait).
-    fn of(t: &quinn_proto::Transmit) -> Self {
-        Self {
-            destination: t.destination,
-            ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-            contents: Vec::new(),
-        }
-    }
-}
-
-struct Conn {
-    conn: quinn_proto::Connection,
-    /// Still in its handshake (counted in `Engine::handshakes`).
-    handshaking: bool,
-    /// The timer this connection last asked for (heap entries for other instants are stale).
-    timer: Option<Instant>,
-}
-
-/// The event loop.
-pub struct Engine<A: App> {
+/// The loop without its I/O: the endpoint, every connection, their timers and the
+/// application. Time is a parameter and datagrams go to a [`Wire`], so the same turns that
+/// serve a socket run in memory on a virtual clock (see `tests/sessions.rs`).
+pub struct Core<A: App> {
     endpoint: quinn_proto::Endpoint,
-    socket: UdpSocket,
-    state: quinn_udp::UdpSocketState,
     /// Boxed: a `quinn_proto::Connection` is ~9 KB inline, and a map of them holds up to
     /// twice as many slots as connections (measured: 6 KB per session wasted at 10,000).
     conns: HashMap<ConnectionHandle, Box<Conn>>,
@@ -334,75 +316,30 @@ pub struct Engine<A: App> {
     timers: BinaryHeap<Reverse<(Instant, ConnectionHandle)>>,
     dirty: HashSet<ConnectionHandle>,
     app: A,
-    recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
-    /// Sends waiting for the socket to drain, oldest first; while any wait, connections
-    /// transmit nothing new (their packets stay in quinn-proto, which paces and recovers).
-    /// A full send buffer does not happen on loopback (the kernel frees a datagram's send
-    /// accounting as it hands it to the receiver), so the tests do not reach this path; on
-    /// a real interface a burst can fill the queue, and dropping there would cost a
-    /// retransmission round trip per datagram.
-    held: std::collections::VecDeque<Held>,
-    commands: mailbox::Receiver<A::Command>,
-    command_tx: mailbox::Sender<A::Command>,
-    /// Commands taken from the queue and not yet handled (reused between turns).
-    inbox: Vec<A::Command>,
-    /// The runtime the application's own tasks go to (`tokio::spawn` in its callbacks), when
-    /// the loop runs on a thread of its own ([`Engine::spawn_app_tasks_on`]).
-    app_runtime: Option<tokio::runtime::Handle>,
-    /// Counters.
+    /// Counters (the socket's own are the engine's).
     pub stats: Stats,
 }
 
-impl<A: App> Engine<A> {
-    /// An engine serving `server` on `socket` (a bound, non-blocking tokio socket).
-    pub fn new(socket: UdpSocket, server: Arc<ServerConfig>, app: A) -> std::io::Result<Self> {
-        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-        let endpoint = quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server), true, None);
-        let stride = state.gro_segments() * 1500;
-        let (command_tx, commands) = mailbox::channel();
-        Ok(Self {
+impl<A: App> Core<A> {
+    /// A server core for `server`, hosting `app`.
+    pub fn new(server: Arc<ServerConfig>, app: A) -> Self {
+        Self {
+            endpoint: quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server), true, None),
+            conns: HashMap::new(),
             handshakes: 0,
             limits: Limits::default(),
-            held: std::collections::VecDeque::new(),
-            commands,
-            command_tx,
-            inbox: Vec::new(),
-            app_runtime: None,
-            endpoint,
-            socket,
-            state,
-            conns: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: HashSet::new(),
             app,
-            recv_buf: vec![0; RECV_BATCH * stride.max(1500)],
             send_buf: Vec::with_capacity(64 * 1024),
             stats: Stats::default(),
-        })
-    }
-
-    /// The address the engine listens on.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
+        }
     }
 
     /// Sets the admission limits.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
-    }
-
-    /// Where other threads send the application commands (one queue per loop, not per
-    /// connection).
-    pub fn sender(&self) -> mailbox::Sender<A::Command> {
-        self.command_tx.clone()
-    }
-
-    /// Makes `tokio::spawn` in the application's callbacks spawn on `runtime`. For a loop on
-    /// its own thread and runtime: what the application starts (store reads, requests) then
-    /// runs on the main runtime's workers, and the loop's thread only turns.
-    pub fn spawn_app_tasks_on(&mut self, runtime: tokio::runtime::Handle) {
-        self.app_runtime = Some(runtime);
     }
 
     /// The application.
@@ -415,53 +352,22 @@ impl<A: App> Engine<A> {
         self.conns.len()
     }
 
-    /// Runs turns until `stop` resolves.
-    pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            if !self.dirty.is_empty() && self.held.is_empty() {
-                // Connections that hit their per-turn bound go on at once, after letting
-                // the rest of the runtime in.
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => return,
-                    _ = tokio::task::yield_now() => {}
-                }
-                self.turn(Instant::now());
-                continue;
-            }
-            let next = match (self.timers.peek().map(|Reverse((t, _))| *t), self.app.next_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            tokio::select! {
-                biased;
-                _ = &mut stop => return,
-                r = self.socket.readable() => if r.is_err() { return },
-                r = self.socket.writable(), if !self.held.is_empty() => if r.is_err() { return },
-                _ = self.commands.ready() => {
-                    // Everything queued, in one pass: a fan-out's writes to many
-                    // connections all leave in this turn's transmit pass.
-                    let app_runtime = self.app_runtime.clone();
-                    let _app = app_runtime.as_ref().map(|r| r.enter());
-                    let now = Instant::now();
-                    let mut inbox = std::mem::take(&mut self.inbox);
-                    self.commands.take(&mut inbox);
-                    for cmd in inbox.drain(..) {
-                        self.command(cmd, now);
-                    }
-                    self.inbox = inbox;
-                }
-                _ = async { match next {
-                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-                    None => std::future::pending().await,
-                } } => {}
-            }
-            self.turn(Instant::now());
+    /// Whether some connection has more to do at once (it hit its per-turn bound).
+    pub fn busy(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The earliest instant a connection's or the application's timer wants a turn.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match (self.timers.peek().map(|Reverse((t, _))| *t), self.app.next_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    fn command(&mut self, cmd: A::Command, now: Instant) {
+    /// Hands `cmd` to the application at `now` (what it writes leaves with the next
+    /// [`Core::finish_turn`]).
+    pub fn command(&mut self, cmd: A::Command, now: Instant) {
         let mut conns = Conns {
             map: &mut self.conns,
             dirty: &mut self.dirty,
@@ -470,13 +376,76 @@ impl<A: App> Engine<A> {
         self.app.on_command(cmd, &mut conns);
     }
 
-    /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
-    pub fn turn(&mut self, now: Instant) {
-        let app_runtime = self.app_runtime.clone();
-        let _app = app_runtime.as_ref().map(|r| r.enter());
+    /// One datagram from `addr`, at `now`: to its connection, or a new one (admitted,
+    /// retried or refused); the endpoint's own answers go to `wire` at once.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        dst_ip: Option<std::net::IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        data: BytesMut,
+        wire: &mut impl Wire,
+    ) {
+        self.stats.received += 1;
+        let mut out = Vec::new();
+        match self.endpoint.handle(now, addr, dst_ip, ecn, data, &mut out) {
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(c) = self.conns.get_mut(&ch) {
+                    c.conn.handle_event(ev);
+                    self.dirty.insert(ch);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) if self.conns.len() >= self.limits.max_connections => {
+                self.stats.refused += 1;
+                self.app.on_admission(Admission::Refused);
+                let t = self.endpoint.refuse(incoming, &mut out);
+                wire.send(&t, &out[..t.size]);
+            }
+            Some(DatagramEvent::NewConnection(incoming))
+                if !incoming.remote_address_validated() && self.handshakes >= self.limits.retry_above_handshakes =>
+            {
+                // `may_retry` holds whenever the address is not validated.
+                match self.endpoint.retry(incoming, &mut out) {
+                    Ok(t) => {
+                        self.stats.retried += 1;
+                        self.app.on_admission(Admission::Retried);
+                        wire.send(&t, &out[..t.size]);
+                    }
+                    Err(e) => self.endpoint.ignore(e.into_incoming()),
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => match self.endpoint.accept(incoming, now, &mut out, None) {
+                Ok((ch, conn)) => {
+                    self.stats.accepted += 1;
+                    self.handshakes += 1;
+                    self.app.on_handshakes(self.handshakes);
+                    self.conns.insert(
+                        ch,
+                        Box::new(Conn {
+                            conn,
+                            timer: None,
+                            handshaking: true,
+                        }),
+                    );
+                    self.dirty.insert(ch);
+                }
+                Err(e) => {
+                    if let Some(t) = e.response {
+                        wire.send(&t, &out[..t.size]);
+                    }
+                }
+            },
+            Some(DatagramEvent::Response(t)) => wire.send(&t, &out[..t.size]),
+            None => {}
+        }
+    }
+
+    /// The rest of a turn at `now`, after what was received: due timers, the application's
+    /// own, then every dirty connection — its events to the application, its packets
+    /// (bounded per turn) to `wire`, its next timer.
+    pub fn finish_turn(&mut self, now: Instant, wire: &mut impl Wire) {
         self.stats.turns += 1;
-        self.flush_held();
-        self.receive(now);
         while let Some(Reverse((t, ch))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -500,105 +469,23 @@ impl<A: App> Engine<A> {
         }
         let dirty: Vec<ConnectionHandle> = self.dirty.drain().collect();
         for ch in dirty {
-            self.drive(ch, now);
+            self.drive(ch, now, wire);
         }
     }
 
     /// Closes every connection with `code` and sends the closes (e.g. at shutdown).
-    pub fn close_all(&mut self, code: u32, reason: &[u8]) {
-        let now = Instant::now();
+    pub fn close_all(&mut self, code: u32, reason: &[u8], now: Instant, wire: &mut impl Wire) {
         for (ch, c) in self.conns.iter_mut() {
             c.conn
                 .close(now, VarInt::from_u32(code), Bytes::copy_from_slice(reason));
             self.dirty.insert(*ch);
         }
-        self.turn(now);
-    }
-
-    fn receive(&mut self, now: Instant) {
-        let stride = self.recv_buf.len() / RECV_BATCH;
-        loop {
-            let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
-            let n = {
-                let mut slices: Vec<IoSliceMut<'_>> = self.recv_buf.chunks_mut(stride).map(IoSliceMut::new).collect();
-                let (socket, state) = (&self.socket, &self.state);
-                match socket.try_io(Interest::READABLE, || state.recv(socket.into(), &mut slices, &mut meta)) {
-                    Ok(n) => n,
-                    Err(_) => return, // WouldBlock (nothing more now) or a transient error
-                }
-            };
-            // Copied out of the batch buffer, so handling may send (and borrow the engine).
-            let mut datagrams = Vec::with_capacity(n);
-            for (i, m) in meta.iter().enumerate().take(n) {
-                let buf = &self.recv_buf[i * stride..i * stride + m.len];
-                for d in buf.chunks(m.stride.max(1)) {
-                    datagrams.push((m.addr, m.dst_ip, m.ecn, BytesMut::from(d)));
-                }
-            }
-            for (addr, dst_ip, ecn, data) in datagrams {
-                self.stats.received += 1;
-                let ecn = ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
-                let mut out = Vec::new();
-                match self.endpoint.handle(now, addr, dst_ip, ecn, data, &mut out) {
-                    Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
-                        if let Some(c) = self.conns.get_mut(&ch) {
-                            c.conn.handle_event(ev);
-                            self.dirty.insert(ch);
-                        }
-                    }
-                    Some(DatagramEvent::NewConnection(incoming)) if self.conns.len() >= self.limits.max_connections => {
-                        self.stats.refused += 1;
-                        self.app.on_admission(Admission::Refused);
-                        let t = self.endpoint.refuse(incoming, &mut out);
-                        self.send_raw(&t, &out);
-                    }
-                    Some(DatagramEvent::NewConnection(incoming))
-                        if !incoming.remote_address_validated()
-                            && self.handshakes >= self.limits.retry_above_handshakes =>
-                    {
-                        // `may_retry` holds whenever the address is not validated.
-                        match self.endpoint.retry(incoming, &mut out) {
-                            Ok(t) => {
-                                self.stats.retried += 1;
-                                self.app.on_admission(Admission::Retried);
-                                self.send_raw(&t, &out);
-                            }
-                            Err(e) => self.endpoint.ignore(e.into_incoming()),
-                        }
-                    }
-                    Some(DatagramEvent::NewConnection(incoming)) => {
-                        match self.endpoint.accept(incoming, now, &mut out, None) {
-                            Ok((ch, conn)) => {
-                                self.stats.accepted += 1;
-                                self.handshakes += 1;
-                                self.app.on_handshakes(self.handshakes);
-                                self.conns.insert(
-                                    ch,
-                                    Box::new(Conn {
-                                        conn,
-                                        timer: None,
-                                        handshaking: true,
-                                    }),
-                                );
-                                self.dirty.insert(ch);
-                            }
-                            Err(e) => {
-                                if let Some(t) = e.response {
-                                    self.send_raw(&t, &out);
-                                }
-                            }
-                        }
-                    }
-                    Some(DatagramEvent::Response(t)) => self.send_raw(&t, &out),
-                    None => {}
-                }
-            }
-        }
+        self.finish_turn(now, wire);
     }
 
     /// Everything a connection has to do now: endpoint bookkeeping, the application's
     /// reactions to its events, its packets (bounded), its next timer.
-    fn drive(&mut self, ch: ConnectionHandle, now: Instant) {
+    fn drive(&mut self, ch: ConnectionHandle, now: Instant, wire: &mut impl Wire) {
         let Some(c) = self.conns.get_mut(&ch) else { return };
         loop {
             while let Some(ev) = c.conn.poll_endpoint_events() {
@@ -620,9 +507,9 @@ impl<A: App> Engine<A> {
             let mut io = Io { conn: &mut c.conn, now };
             self.app.on_event(ch, app_event, &mut io);
         }
-        let max_gso = self.state.max_gso_segments().max(1);
+        let max_gso = wire.max_segments().max(1);
         let mut sent = 0;
-        while sent < MAX_DATAGRAMS_PER_TURN && self.held.is_empty() {
+        while sent < MAX_DATAGRAMS_PER_TURN && !wire.full() {
             self.send_buf.clear();
             let Some(t) = c
                 .conn
@@ -631,16 +518,9 @@ impl<A: App> Engine<A> {
                 break;
             };
             sent += t.size.div_ceil(t.segment_size.unwrap_or(t.size).max(1));
-            Self::send_or_hold(
-                &self.socket,
-                &self.state,
-                &mut self.held,
-                &mut self.stats,
-                Held::of(&t),
-                &self.send_buf[..t.size],
-            );
+            wire.send(&t, &self.send_buf[..t.size]);
         }
-        if sent >= MAX_DATAGRAMS_PER_TURN || !self.held.is_empty() {
+        if sent >= MAX_DATAGRAMS_PER_TURN || wire.full() {
             // More to send: next turn, after the other connections had theirs.
             self.dirty.insert(ch);
         }
@@ -661,47 +541,39 @@ impl<A: App> Engine<A> {
             }
         }
     }
+}
 
-    fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        Self::send_or_hold(
-            &self.socket,
-            &self.state,
-            &mut self.held,
-            &mut self.stats,
-            Held::of(t),
-            &buf[..t.size],
-        );
-    }
+/// A datagram (or GSO batch) that found the socket full, kept until it is writable.
+struct Held {
+    destination: SocketAddr,
+    ecn: Option<quinn_udp::EcnCodepoint>,
+    segment_size: Option<usize>,
+    src_ip: Option<std::net::IpAddr>,
+    contents: Vec<u8>,
+}
 
-    /// Sends `contents` (behind anything already held), or holds a copy when the socket is
-    /// full. Other errors (an unreachable destination, say) drop the datagram: QUIC recovers.
-    fn send_or_hold(
-        socket: &UdpSocket,
-        state: &quinn_udp::UdpSocketState,
-        held: &mut std::collections::VecDeque<Held>,
-        stats: &mut Stats,
-        mut meta: Held,
-        contents: &[u8],
-    ) {
-        if held.is_empty() {
-            let transmit = quinn_udp::Transmit {
-                destination: meta.destination,
-                ecn: meta.ecn,
-                contents,
-                segment_size: meta.segment_size,
-                src_ip: meta.src_ip,
-            };
-            match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &transmit)) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => {
-                    stats.sends += 1;
-                    return;
-                }
-            }
-        }
-        stats.would_block += 1;
-        meta.contents = contents.to_vec();
-        held.push_back(meta);
+/// The engine's UDP socket as a [`Wire`]: sends at once, or holds what finds the socket
+/// full, oldest first, until it drains (none is dropped). A full send buffer does not
+/// happen on loopback (the kernel frees a datagram's send accounting as it hands it to the
+/// receiver), so the tests do not reach this path; on a real interface a burst can fill the
+/// queue, and dropping there would cost a retransmission round trip per datagram.
+struct Socket {
+    socket: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    held: std::collections::VecDeque<Held>,
+    /// `sendmsg` calls.
+    sends: u64,
+    /// Sends that found the socket full.
+    would_block: u64,
+}
+
+impl Socket {
+    fn try_send(&self, transmit: &quinn_udp::Transmit<'_>) -> bool {
+        !matches!(
+            self.socket
+                .try_io(Interest::WRITABLE, || self.state.try_send((&self.socket).into(), transmit)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 
     /// Sends what was held, oldest first, until the socket is full again.
@@ -714,13 +586,218 @@ impl<A: App> Engine<A> {
                 segment_size: h.segment_size,
                 src_ip: h.src_ip,
             };
-            match self.socket.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.socket).into(), &transmit)
-            }) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                _ => {
-                    self.stats.sends += 1;
-                    self.held.pop_front();
+            if !self.try_send(&transmit) {
+                return;
+            }
+            self.sends += 1;
+            self.held.pop_front();
+        }
+    }
+}
+
+impl Wire for Socket {
+    fn full(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Other errors than a full socket (an unreachable destination, say) drop the
+    /// datagram: QUIC recovers.
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) {
+        let ecn = t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8));
+        if self.held.is_empty() {
+            let transmit = quinn_udp::Transmit {
+                destination: t.destination,
+                ecn,
+                contents,
+                segment_size: t.segment_size,
+                src_ip: t.src_ip,
+            };
+            if self.try_send(&transmit) {
+                self.sends += 1;
+                return;
+            }
+        }
+        self.would_block += 1;
+        self.held.push_back(Held {
+            destination: t.destination,
+            ecn,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+            contents: contents.to_vec(),
+        });
+    }
+}
+
+struct Conn {
+    conn: quinn_proto::Connection,
+    /// Still in its handshake (counted in `Core::handshakes`).
+    handshaking: bool,
+    /// The timer this connection last asked for (heap entries for other instants are stale).
+    timer: Option<Instant>,
+}
+
+/// The event loop: a [`Core`] on a UDP socket, with the queue other threads send commands
+/// through.
+pub struct Engine<A: App> {
+    core: Core<A>,
+    socket: Socket,
+    recv_buf: Vec<u8>,
+    commands: mailbox::Receiver<A::Command>,
+    command_tx: mailbox::Sender<A::Command>,
+    /// Commands taken from the queue and not yet handled (reused between turns).
+    inbox: Vec<A::Command>,
+    /// The runtime the application's own tasks go to (`tokio::spawn` in its callbacks), when
+    /// the loop runs on a thread of its own ([`Engine::spawn_app_tasks_on`]).
+    app_runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<A: App> Engine<A> {
+    /// An engine serving `server` on `socket` (a bound, non-blocking tokio socket).
+    pub fn new(socket: UdpSocket, server: Arc<ServerConfig>, app: A) -> std::io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let stride = state.gro_segments() * 1500;
+        let (command_tx, commands) = mailbox::channel();
+        Ok(Self {
+            core: Core::new(server, app),
+            socket: Socket {
+                socket,
+                state,
+                held: std::collections::VecDeque::new(),
+                sends: 0,
+                would_block: 0,
+            },
+            recv_buf: vec![0; RECV_BATCH * stride.max(1500)],
+            commands,
+            command_tx,
+            inbox: Vec::new(),
+            app_runtime: None,
+        })
+    }
+
+    /// The address the engine listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.socket.local_addr()
+    }
+
+    /// Sets the admission limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.core.set_limits(limits);
+    }
+
+    /// Where other threads send the application commands (one queue per loop, not per
+    /// connection).
+    pub fn sender(&self) -> mailbox::Sender<A::Command> {
+        self.command_tx.clone()
+    }
+
+    /// Makes `tokio::spawn` in the application's callbacks spawn on `runtime`. For a loop on
+    /// its own thread and runtime: what the application starts (store reads, requests) then
+    /// runs on the main runtime's workers, and the loop's thread only turns.
+    pub fn spawn_app_tasks_on(&mut self, runtime: tokio::runtime::Handle) {
+        self.app_runtime = Some(runtime);
+    }
+
+    /// The application.
+    pub fn app(&mut self) -> &mut A {
+        self.core.app()
+    }
+
+    /// Connections alive.
+    pub fn connections(&self) -> usize {
+        self.core.connections()
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sends: self.socket.sends,
+            would_block: self.socket.would_block,
+            ..self.core.stats
+        }
+    }
+
+    /// Runs turns until `stop` resolves.
+    pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            if self.core.busy() && !self.socket.full() {
+                // Connections that hit their per-turn bound go on at once, after letting
+                // the rest of the runtime in.
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return,
+                    _ = tokio::task::yield_now() => {}
+                }
+                self.turn(Instant::now());
+                continue;
+            }
+            let next = self.core.next_timeout();
+            let held = self.socket.full();
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                r = self.socket.socket.readable() => if r.is_err() { return },
+                r = self.socket.socket.writable(), if held => if r.is_err() { return },
+                _ = self.commands.ready() => {
+                    // Everything queued, in one pass: a fan-out's writes to many
+                    // connections all leave in this turn's transmit pass.
+                    let app_runtime = self.app_runtime.clone();
+                    let _app = app_runtime.as_ref().map(|r| r.enter());
+                    let now = Instant::now();
+                    let mut inbox = std::mem::take(&mut self.inbox);
+                    self.commands.take(&mut inbox);
+                    for cmd in inbox.drain(..) {
+                        self.core.command(cmd, now);
+                    }
+                    self.inbox = inbox;
+                }
+                _ = async { match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                } } => {}
+            }
+            self.turn(Instant::now());
+        }
+    }
+
+    /// One turn at `now`: receive what is waiting, fire due timers, react, transmit.
+    pub fn turn(&mut self, now: Instant) {
+        let app_runtime = self.app_runtime.clone();
+        let _app = app_runtime.as_ref().map(|r| r.enter());
+        self.socket.flush_held();
+        self.receive(now);
+        self.core.finish_turn(now, &mut self.socket);
+    }
+
+    /// Closes every connection with `code` and sends the closes (e.g. at shutdown).
+    pub fn close_all(&mut self, code: u32, reason: &[u8]) {
+        let app_runtime = self.app_runtime.clone();
+        let _app = app_runtime.as_ref().map(|r| r.enter());
+        self.core.close_all(code, reason, Instant::now(), &mut self.socket);
+    }
+
+    fn receive(&mut self, now: Instant) {
+        let stride = self.recv_buf.len() / RECV_BATCH;
+        loop {
+            let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+            let n = {
+                let mut slices: Vec<IoSliceMut<'_>> = self.recv_buf.chunks_mut(stride).map(IoSliceMut::new).collect();
+                let (socket, state) = (&self.socket.socket, &self.socket.state);
+                match socket.try_io(Interest::READABLE, || state.recv(socket.into(), &mut slices, &mut meta)) {
+                    Ok(n) => n,
+                    Err(_) => return, // WouldBlock (nothing more now) or a transient error
+                }
+            };
+            for (i, m) in meta.iter().enumerate().take(n) {
+                let buf = &self.recv_buf[i * stride..i * stride + m.len];
+                for d in buf.chunks(m.stride.max(1)) {
+                    let ecn = m.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                    self.core
+                        .handle_datagram(now, m.addr, m.dst_ip, ecn, BytesMut::from(d), &mut self.socket);
                 }
             }
         }
