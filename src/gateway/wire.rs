@@ -1417,10 +1417,16 @@ impl Here<'_, '_> {
         let f = lane_frame(&reply);
         flow.add(f.len());
         s.out.write(io, id, f);
+        let overflow = s.out.pending.len() > LANE_QUEUE;
         if flood {
             // After its reply is written, so the client learns why; nothing after it is
             // served.
             return self.begin_close(CloseCode::RATE_LIMITED, "kept flooding past rate limits".into());
+        }
+        if overflow {
+            // The client asks and does not read the answers: held replies are bounded like
+            // events (found by tests/sessions.rs; without it they grew with every request).
+            return self.begin_close(CloseCode::SLOW_CONSUMER, "lane queue overflow".into());
         }
         self.lane_requests(id);
     }
