@@ -67,6 +67,9 @@ pub struct Config {
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
+    /// Event loops serving the sessions, each on its own thread and SO_REUSEPORT socket on
+    /// the one port (1–64). Default: one per core (bench/RESULTS.md "Two loops").
+    pub loops: usize,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Token verification.
@@ -210,6 +213,7 @@ impl Default for Config {
             redis_prefix: String::new(),
             public_addr: None,
             node_id: None,
+            loops: std::thread::available_parallelism().map_or(1, |n| n.get()).min(64),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             session: SessionConfig::default(),
@@ -307,6 +311,9 @@ pub struct ConfigArgs {
     /// Node number for snowflake ids, 0–1023 [default: from the node name].
     #[arg(long, env = "QUAVER_NODE_ID")]
     pub node_id: Option<u16>,
+    /// Event loops serving the sessions, on one port, 1–64 [default: one per core].
+    #[arg(long, env = "QUAVER_LOOPS")]
+    pub loops: Option<usize>,
     /// PEM certificate chain (production TLS).
     #[arg(long, env = "QUAVER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -393,7 +400,7 @@ impl ConfigArgs {
         }
         set! {
             listen => listen, http_listen => http_listen, node_name => node_name,
-            redis_prefix => redis_prefix,
+            redis_prefix => redis_prefix, loops => loops,
             data_dir => data_dir, cert_dir => tls.cert_dir,
             dev_cert_validity => tls.dev_validity, dev_cert_renew_before => tls.dev_renew_before,
             jwt_leeway => auth.leeway,
@@ -460,6 +467,7 @@ impl Config {
 
     /// Rejects settings that cannot work, saying why.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=64).contains(&self.loops), "loops must be 1–64, not {}", self.loops);
         let s = &self.session;
         anyhow::ensure!(s.ping_interval > Duration::ZERO, "ping interval must be positive");
         anyhow::ensure!(

@@ -248,10 +248,10 @@ impl Server {
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
-        // The engine's port: one loop over quinn-proto, both protocols.
-        let socket = std::net::UdpSocket::bind(cfg.listen)
+        // The engine's port: its loops over quinn-proto, both protocols.
+        let sockets = gateway::wire::bind(cfg.listen, cfg.loops)
             .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
-        let quic_addr = socket.local_addr()?;
+        let quic_addr = sockets[0].local_addr()?;
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;
@@ -281,7 +281,7 @@ impl Server {
             certs.clone(),
             &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
         )?);
-        let engine = gateway::wire::spawn(ctx.clone(), socket, server)?;
+        let engine = gateway::wire::spawn(ctx.clone(), sockets, server)?;
         tasks.extend([
             tokio::spawn(fanout.clone().run(
                 chat.clone(),

@@ -118,6 +118,21 @@ async fn start_limited(idle: Duration, limits: quaver::engine::Limits) -> Runnin
     engine.set_limits(limits);
     let addr = engine.local_addr().unwrap();
     let sender = engine.sender();
+    let (stop, done) = run_until_stopped(engine);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    Running {
+        addr,
+        sender,
+        stop,
+        done,
+        client: quinn::ClientConfig::new(Arc::new(crypto)),
+    }
+}
+
+/// Runs `engine` in a task until the sender is used (or dropped); the task gives it back.
+fn run_until_stopped(
+    mut engine: Engine<Echo>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Engine<Echo>>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         engine
@@ -127,14 +142,7 @@ async fn start_limited(idle: Duration, limits: quaver::engine::Limits) -> Runnin
             .await;
         engine
     });
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
-    Running {
-        addr,
-        sender,
-        stop,
-        done,
-        client: quinn::ClientConfig::new(Arc::new(crypto)),
-    }
+    (stop, done)
 }
 
 fn client_endpoint(cfg: &quinn::ClientConfig) -> quinn::Endpoint {
@@ -312,4 +320,62 @@ async fn idle_connections_time_out_on_the_loops_timer() {
     let mut engine = r.done.await.unwrap();
     assert_eq!(engine.connections(), 0, "the drained connection is gone from the loop");
     assert!(matches!(engine.app().lost.as_slice(), [(_, ConnectionError::TimedOut)]));
+}
+
+/// Two loops on one port (SO_REUSEPORT): a client whose address keeps changing lands on
+/// either loop's socket, and the one that does not own its connection hands the datagrams
+/// to the one that does (the connection IDs say which) — the connection lives on.
+#[tokio::test]
+async fn two_loops_on_one_port_keep_a_migrating_connection() {
+    let (server, client) = tls();
+    let config = quaver::engine::server_config(server, Duration::from_secs(10)).unwrap();
+    let sockets = quaver::gateway::wire::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let addr = sockets[0].local_addr().unwrap();
+    let (peers, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| quaver::engine::mailbox::channel()).unzip();
+    let mut loops = Vec::new();
+    for (n, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        let sharding = quaver::engine::Sharding {
+            shards: quaver::engine::Shards {
+                this: n as u8,
+                count: 2,
+            },
+            peers: peers.clone(),
+            inbox,
+        };
+        let engine = Engine::sharded(socket, config.clone(), Echo::default(), sharding).unwrap();
+        loops.push(run_until_stopped(engine));
+    }
+    let endpoint = client_endpoint(&quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap(),
+    )));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    for round in 0..24u8 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[round; 100]).await.unwrap();
+        send.finish().unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 16))
+            .await
+            .unwrap_or_else(|_| panic!("no echo in round {round}"))
+            .unwrap();
+        assert_eq!(back, vec![round; 100]);
+        // A new address (port) for the next round, as after a NAT rebinding.
+        endpoint
+            .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+    }
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    let mut stats = Vec::new();
+    for (stop, done) in loops {
+        let _ = stop.send(());
+        stats.push(done.await.unwrap().stats());
+    }
+    assert_eq!(stats.iter().map(|s| s.accepted).sum::<u64>(), 1);
+    // 24 addresses: all hashed to the owning loop's socket has odds of 2^-24.
+    assert!(
+        stats.iter().map(|s| s.forwarded).sum::<u64>() > 0,
+        "some datagrams crossed loops: {stats:?}"
+    );
 }

@@ -357,6 +357,15 @@ impl Pair {
     }
 }
 
+/// A resume of `session_id` with nothing processed on any lane.
+fn resume_of(session_id: quaver_proto::SessionId) -> ResumeRequest {
+    ResumeRequest {
+        session_id,
+        lanes: Vec::new(),
+        channels: Vec::new(),
+    }
+}
+
 fn hello(token: String, resume: Option<ResumeRequest>) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
@@ -501,12 +510,7 @@ async fn a_resume_on_a_new_connection_replaces_the_old_one() {
     let ready = p.ready(0, token(6)).await;
     // The client loses its path and comes back on a new connection, resuming.
     let b = p.connect();
-    let resume = ResumeRequest {
-        session_id: ready.session_id,
-        lanes: Vec::new(),
-        channels: Vec::new(),
-    };
-    match p.hello(b, hello(token(6), Some(resume))).await {
+    match p.hello(b, hello(token(6), Some(resume_of(ready.session_id)))).await {
         ServerControl::Resumed(r) => assert_eq!(r.session_id, ready.session_id, "the same session"),
         other => panic!("expected Resumed, got {other:?}"),
     }
@@ -516,12 +520,7 @@ async fn a_resume_on_a_new_connection_replaces_the_old_one() {
     assert_eq!(p.clients[b].lost, None, "the new connection carries the session");
     // Another user cannot take the session over: refused, and the session is untouched.
     let c = p.connect();
-    let resume = ResumeRequest {
-        session_id: ready.session_id,
-        lanes: Vec::new(),
-        channels: Vec::new(),
-    };
-    match p.hello(c, hello(token(7), Some(resume))).await {
+    match p.hello(c, hello(token(7), Some(resume_of(ready.session_id)))).await {
         ServerControl::Closing(cl) => assert_eq!(cl.code, CloseCode::RESUME_REFUSED.0),
         other => panic!("expected resume_refused, got {other:?}"),
     }

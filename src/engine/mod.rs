@@ -288,6 +288,8 @@ pub struct Stats {
     pub refused: u64,
     /// Connection attempts sent a stateless retry.
     pub retried: u64,
+    /// Datagrams handed to another loop of the port (their client's address changed).
+    pub forwarded: u64,
 }
 
 /// Where a turn's datagrams go: the engine's UDP socket, or a test's memory.
@@ -300,6 +302,78 @@ pub trait Wire {
     fn max_segments(&self) -> usize;
     /// Sends `contents` (`t.size` bytes, `t.segment_size` apart) as `t` addresses them.
     fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]);
+}
+
+/// Which of several loops on one port a loop is, and the rule that finds a datagram's loop.
+///
+/// The loops share the port with SO_REUSEPORT, so the kernel picks a loop by the client's
+/// address: a connection stays where its first packet landed as long as its address does.
+/// After a migration its packets may land on another loop, which hands them to the right
+/// one. The right one is in the packet: the connection IDs a loop issues carry its number
+/// (first byte modulo the number of loops, the rest random), and every packet but a
+/// client's Initial (whose destination ID the client chose) is addressed to one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shards {
+    /// This loop's number.
+    pub this: u8,
+    /// How many loops share the port (1–128).
+    pub count: u8,
+}
+
+/// Length of the connection IDs the loops issue.
+const CID_LEN: usize = 8;
+
+impl Shards {
+    /// The loop a datagram belongs to, when its packet says (`None`: this loop, e.g. a
+    /// client's Initial, or something that is not QUIC).
+    pub fn route(&self, datagram: &[u8]) -> Option<u8> {
+        let first = *datagram.first()?;
+        let cid = if first & 0x80 == 0 {
+            // Short header: the destination ID follows the first byte, at our length.
+            datagram.get(1..1 + CID_LEN)?
+        } else {
+            // Long header: version (4 bytes), then the length-prefixed destination ID.
+            // An Initial (type 0) may carry the client's own choice: it stays here.
+            if (first >> 4) & 0x03 == 0 {
+                return None;
+            }
+            let len = *datagram.get(5)? as usize;
+            if len != CID_LEN {
+                return None;
+            }
+            datagram.get(6..6 + CID_LEN)?
+        };
+        Some(cid[0] % self.count.max(1))
+    }
+}
+
+impl quinn_proto::ConnectionIdGenerator for Shards {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        let mut b = [0u8; CID_LEN];
+        // Without an OS RNG TLS could not work either; the IDs still differ by the clock.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            b.copy_from_slice(&(t as u64).to_le_bytes());
+        }
+        // The first byte, modulo the count, is this loop (uniform over the byte's values
+        // that are: the largest multiple of the count below 256 bounds it).
+        let n = u16::from(self.count.max(1));
+        let span = (256 / n) * n;
+        let r = u16::from(b[0]) % span;
+        b[0] = (r - r % n + u16::from(self.this)) as u8;
+        quinn_proto::ConnectionId::new(&b)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The loop without its I/O: the endpoint, every connection, their timers and the
@@ -324,8 +398,19 @@ pub struct Core<A: App> {
 impl<A: App> Core<A> {
     /// A server core for `server`, hosting `app`.
     pub fn new(server: Arc<ServerConfig>, app: A) -> Self {
+        Self::with_endpoint(EndpointConfig::default(), server, app)
+    }
+
+    /// Loop `shard` of `shards` on one port: its connection IDs name it ([`Shards`]).
+    pub fn sharded(shards: Shards, server: Arc<ServerConfig>, app: A) -> Self {
+        let mut config = EndpointConfig::default();
+        config.cid_generator(move || Box::new(shards));
+        Self::with_endpoint(config, server, app)
+    }
+
+    fn with_endpoint(config: EndpointConfig, server: Arc<ServerConfig>, app: A) -> Self {
         Self {
-            endpoint: quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server), true, None),
+            endpoint: quinn_proto::Endpoint::new(Arc::new(config), Some(server), true, None),
             conns: HashMap::new(),
             handshakes: 0,
             limits: Limits::default(),
@@ -640,10 +725,34 @@ struct Conn {
     timer: Option<Instant>,
 }
 
+/// A datagram one loop received for another ([`Shards`]).
+#[derive(Debug)]
+pub struct Forwarded {
+    addr: SocketAddr,
+    dst_ip: Option<std::net::IpAddr>,
+    ecn: Option<quinn_proto::EcnCodepoint>,
+    data: BytesMut,
+}
+
+/// A loop's place among the loops of one port: its number, the way to the others, and
+/// its own queue of what they hand it.
+pub struct Sharding {
+    /// This loop among them.
+    pub shards: Shards,
+    /// Every loop's queue, by number (this loop's own included, unused).
+    pub peers: Vec<mailbox::Sender<Forwarded>>,
+    /// This loop's queue.
+    pub inbox: mailbox::Receiver<Forwarded>,
+}
+
 /// The event loop: a [`Core`] on a UDP socket, with the queue other threads send commands
 /// through.
 pub struct Engine<A: App> {
     core: Core<A>,
+    /// When several loops share the port.
+    sharding: Option<Sharding>,
+    /// Datagrams taken from `sharding.inbox` (reused between turns).
+    handed: Vec<Forwarded>,
     socket: Socket,
     recv_buf: Vec<u8>,
     commands: mailbox::Receiver<A::Command>,
@@ -658,11 +767,25 @@ pub struct Engine<A: App> {
 impl<A: App> Engine<A> {
     /// An engine serving `server` on `socket` (a bound, non-blocking tokio socket).
     pub fn new(socket: UdpSocket, server: Arc<ServerConfig>, app: A) -> std::io::Result<Self> {
+        Self::build(socket, Core::new(server, app), None)
+    }
+
+    /// Loop `sharding.shards.this` of several on one port (each with its own
+    /// SO_REUSEPORT socket bound to it): connections it accepts get IDs naming it, and
+    /// datagrams for another loop (after a client's address changed) go to that loop.
+    pub fn sharded(socket: UdpSocket, server: Arc<ServerConfig>, app: A, sharding: Sharding) -> std::io::Result<Self> {
+        let core = Core::sharded(sharding.shards, server, app);
+        Self::build(socket, core, Some(sharding))
+    }
+
+    fn build(socket: UdpSocket, core: Core<A>, sharding: Option<Sharding>) -> std::io::Result<Self> {
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         let stride = state.gro_segments() * 1500;
         let (command_tx, commands) = mailbox::channel();
         Ok(Self {
-            core: Core::new(server, app),
+            core,
+            sharding,
+            handed: Vec::new(),
             socket: Socket {
                 socket,
                 state,
@@ -742,6 +865,20 @@ impl<A: App> Engine<A> {
                 _ = &mut stop => return,
                 r = self.socket.socket.readable() => if r.is_err() { return },
                 r = self.socket.socket.writable(), if held => if r.is_err() { return },
+                _ = async { match &self.sharding {
+                    Some(s) => s.inbox.ready().await,
+                    None => std::future::pending().await,
+                } } => {
+                    let now = Instant::now();
+                    let mut handed = std::mem::take(&mut self.handed);
+                    if let Some(s) = &self.sharding {
+                        s.inbox.take(&mut handed);
+                    }
+                    for d in handed.drain(..) {
+                        self.core.handle_datagram(now, d.addr, d.dst_ip, d.ecn, d.data, &mut self.socket);
+                    }
+                    self.handed = handed;
+                }
                 _ = self.commands.ready() => {
                     // Everything queued, in one pass: a fan-out's writes to many
                     // connections all leave in this turn's transmit pass.
@@ -796,6 +933,22 @@ impl<A: App> Engine<A> {
                 let buf = &self.recv_buf[i * stride..i * stride + m.len];
                 for d in buf.chunks(m.stride.max(1)) {
                     let ecn = m.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                    if let Some(s) = &self.sharding
+                        && let Some(k) = s.shards.route(d)
+                        && k != s.shards.this
+                    {
+                        // Another loop's connection, at a new address: hand it over.
+                        self.core.stats.forwarded += 1;
+                        if let Some(peer) = s.peers.get(usize::from(k)) {
+                            let _ = peer.send(Forwarded {
+                                addr: m.addr,
+                                dst_ip: m.dst_ip,
+                                ecn,
+                                data: BytesMut::from(d),
+                            });
+                        }
+                        continue;
+                    }
                     self.core
                         .handle_datagram(now, m.addr, m.dst_ip, ecn, BytesMut::from(d), &mut self.socket);
                 }
@@ -815,4 +968,56 @@ pub fn server_config(tls: rustls::ServerConfig, idle: Duration) -> anyhow::Resul
     transport.max_concurrent_uni_streams(8u32.into());
     server.transport_config(Arc::new(transport));
     Ok(Arc::new(server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn_proto::ConnectionIdGenerator;
+
+    #[test]
+    fn a_loops_connection_ids_route_to_it() {
+        for count in [2u8, 3, 7] {
+            for this in 0..count {
+                let mut g = Shards { this, count };
+                for _ in 0..200 {
+                    let cid = g.generate_cid();
+                    assert_eq!(cid.len(), CID_LEN);
+                    // A short-header packet to it, and a Handshake (long header, type 2).
+                    let mut short = vec![0x40];
+                    short.extend_from_slice(&cid);
+                    short.extend_from_slice(&[0; 20]);
+                    assert_eq!(g.route(&short), Some(this), "count {count}");
+                    let mut long = vec![0xe0, 0, 0, 0, 1, CID_LEN as u8];
+                    long.extend_from_slice(&cid);
+                    long.extend_from_slice(&[0; 20]);
+                    assert_eq!(g.route(&long), Some(this));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn initials_and_garbage_stay_where_they_land() {
+        let g = Shards { this: 1, count: 2 };
+        // A client's Initial (long header, type 0) with its own destination ID.
+        let mut initial = vec![0xc0, 0, 0, 0, 1, 8];
+        initial.extend_from_slice(&[0x00; 8]);
+        assert_eq!(g.route(&initial), None);
+        // Another ID length than ours, truncated packets, nothing.
+        assert_eq!(g.route(&[0xe0, 0, 0, 0, 1, 4, 1, 2, 3, 4]), None);
+        assert_eq!(g.route(&[0x40, 1, 2]), None);
+        assert_eq!(g.route(&[0xe0, 0, 0]), None);
+        assert_eq!(g.route(&[]), None);
+    }
+
+    #[test]
+    fn connection_ids_stay_random_past_the_loop_number() {
+        let mut g = Shards { this: 1, count: 2 };
+        let ids: HashSet<Vec<u8>> = (0..1000).map(|_| g.generate_cid().to_vec()).collect();
+        assert_eq!(ids.len(), 1000, "no repeats");
+        // The first byte carries the loop in its low bit and 7 random bits above it.
+        let firsts: HashSet<u8> = ids.iter().map(|c| c[0] >> 1).collect();
+        assert!(firsts.len() > 100, "{}", firsts.len());
+    }
 }

@@ -312,6 +312,8 @@ pub struct Gateway {
     timers: BinaryHeap<Reverse<(Instant, ConnRef)>>,
     next_id: u64,
     draining: bool,
+    /// Handshakes in flight on this loop, as last added to the node's gauge.
+    handshakes: usize,
 }
 
 impl Gateway {
@@ -324,6 +326,7 @@ impl Gateway {
             timers: BinaryHeap::new(),
             next_id: 1,
             draining: false,
+            handshakes: 0,
         }
     }
 
@@ -333,25 +336,56 @@ impl Gateway {
     }
 }
 
-/// The engine's thread, serving the gateway.
+/// The engine's threads, serving the gateway.
 #[derive(Debug)]
 pub struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    loops: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    )>,
 }
 
 impl Running {
-    /// Stops the loop (every connection closed `going_away`) and waits up to `grace` for
-    /// its thread to finish.
+    /// Stops the loops (every connection closed `going_away`) and waits up to `grace` for
+    /// their threads to finish.
     pub async fn stop(self, grace: Duration) -> std::io::Result<()> {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(grace, self.done).await {
-            Ok(Ok(r)) => r,
-            // The thread ended without a word (it cannot: `serve` always answers) or is
-            // still closing: nothing more to wait for.
-            Ok(Err(_)) | Err(_) => Ok(()),
+        let mut waits = Vec::new();
+        for (stop, done) in self.loops {
+            let _ = stop.send(());
+            waits.push(done);
         }
+        let mut result = Ok(());
+        let until = tokio::time::Instant::now() + grace;
+        for done in waits {
+            // Stopped, or ended without a word (it cannot: `serve` always answers), or still
+            // closing: nothing more to wait for. Only a loop's own error is reported.
+            if let Ok(Ok(Err(e))) = tokio::time::timeout_at(until, done).await {
+                result = Err(e);
+            }
+        }
+        result
     }
+}
+
+/// Binds the engine's port for `loops` loops: one socket, or one SO_REUSEPORT socket per
+/// loop, all on the address the first one got.
+pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    if loops <= 1 {
+        return Ok(vec![std::net::UdpSocket::bind(listen)?]);
+    }
+    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let addr = sockets.first().map_or(Ok(listen), |s| s.local_addr())?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_reuse_port(true)?;
+        s.bind(&addr.into())?;
+        sockets.push(s.into());
+    }
+    Ok(sockets)
 }
 
 /// Starts the gateway's loop on a thread of its own, with a single-threaded runtime that
@@ -363,34 +397,54 @@ impl Running {
 /// loop on its own thread").
 pub fn spawn(
     ctx: Arc<Ctx>,
-    socket: std::net::UdpSocket,
+    sockets: Vec<std::net::UdpSocket>,
     server: Arc<quinn_proto::ServerConfig>,
 ) -> std::io::Result<Running> {
     let main = tokio::runtime::Handle::current();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, done) = tokio::sync::oneshot::channel();
-    socket.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("quaver-engine".into())
-        .spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| {
-                    rt.block_on(async move {
-                        let socket = tokio::net::UdpSocket::from_std(socket)?;
-                        serve(ctx, socket, server, main, async move {
-                            let _ = stopped.await;
+    let count = sockets.len();
+    let (peers, inboxes): (Vec<_>, Vec<_>) = (0..count).map(|_| engine::mailbox::channel()).unzip();
+    let mut loops = Vec::with_capacity(count);
+    for (n, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        socket.set_nonblocking(true)?;
+        let sharding = (count > 1).then(|| engine::Sharding {
+            shards: engine::Shards {
+                // `config::validate` bounds the count to 64.
+                this: n as u8,
+                count: count as u8,
+            },
+            peers: peers.clone(),
+            inbox,
+        });
+        let (ctx, server, main) = (ctx.clone(), server.clone(), main.clone());
+        std::thread::Builder::new()
+            .name(if count > 1 {
+                format!("quaver-engine-{n}")
+            } else {
+                "quaver-engine".into()
+            })
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let socket = tokio::net::UdpSocket::from_std(socket)?;
+                            serve(ctx, socket, server, main, sharding, async move {
+                                let _ = stopped.await;
+                            })
+                            .await
                         })
-                        .await
-                    })
-                });
-            if let Err(e) = &served {
-                tracing::error!(error = %e, "the engine's loop stopped");
-            }
-            let _ = done_tx.send(served);
-        })?;
-    Ok(Running { stop, done })
+                    });
+                if let Err(e) = &served {
+                    tracing::error!(error = %e, "the engine's loop stopped");
+                }
+                let _ = done_tx.send(served);
+            })?;
+        loops.push((stop, done));
+    }
+    Ok(Running { loops })
 }
 
 /// Serves the gateway with the engine on `socket` until `stop` resolves, then closes every
@@ -400,10 +454,15 @@ async fn serve(
     socket: tokio::net::UdpSocket,
     server: Arc<quinn_proto::ServerConfig>,
     tasks: tokio::runtime::Handle,
+    sharding: Option<engine::Sharding>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (placeholder, _) = engine::mailbox::channel();
-    let mut engine = engine::Engine::new(socket, server, Gateway::new(ctx.clone(), placeholder))?;
+    let gateway = Gateway::new(ctx.clone(), placeholder);
+    let mut engine = match sharding {
+        Some(s) => engine::Engine::sharded(socket, server, gateway, s)?,
+        None => engine::Engine::new(socket, server, gateway)?,
+    };
     engine.spawn_app_tasks_on(tasks);
     ctx.voice.run_channels_on(tokio::runtime::Handle::current());
     let tx = engine.sender();
@@ -508,9 +567,15 @@ impl engine::App for Gateway {
     }
 
     fn on_handshakes(&mut self, in_flight: usize) {
-        self.ctx
-            .handshakes_in_flight
-            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
+        // The node's gauge is the sum over its loops: each adds its own change.
+        use std::sync::atomic::Ordering::Relaxed;
+        let gauge = &self.ctx.handshakes_in_flight;
+        if in_flight > self.handshakes {
+            gauge.fetch_add(in_flight - self.handshakes, Relaxed);
+        } else {
+            gauge.fetch_sub(self.handshakes - in_flight, Relaxed);
+        }
+        self.handshakes = in_flight;
     }
 
     fn next_timeout(&self) -> Option<Instant> {

@@ -46,6 +46,10 @@ pub fn config() -> Config {
     c.auth.leeway = Duration::ZERO;
     // Tests end with clients still connected; do not wait the production 10 s for them.
     c.session.drain_timeout = Duration::from_millis(500);
+    // QUAVER_TEST_LOOPS=n serves the suite's servers with n event loops on the one port.
+    if let Ok(n) = std::env::var("QUAVER_TEST_LOOPS") {
+        c.loops = n.parse().expect("QUAVER_TEST_LOOPS is a number");
+    }
     c
 }
 
