@@ -1,4 +1,4 @@
-//! The QUIC engine: one event loop owns a `quinn_proto::Endpoint` and every
+//! The QUIC engine: an event loop owns a `quinn_proto::Endpoint` and every
 //! connection on it — no task, channel or mutex per connection. Each turn it receives
 //! datagrams in batches (`quinn-udp`: `recvmmsg`, GRO), feeds them to the endpoint and the
 //! connections, fires due timers from one heap, lets the application react to each dirty
@@ -6,12 +6,15 @@
 //! connection has to send, in `sendmsg` batches with GSO. Work per connection per turn is
 //! bounded ([`MAX_DATAGRAMS_PER_TURN`]), so a flood on one cannot stall the others.
 //!
-//! One loop, not one per core: measured on this 2-core machine (bench/RESULTS.md "One loop
-//! or two shards"), two loops on one port (SO_REUSEPORT) cost more per delivery at F0's
-//! rate and only tie at 80k deliveries/s. Shards remain possible: loops share nothing.
+//! Several loops may share one port ([`Shards`]: SO_REUSEPORT sockets, connection IDs that
+//! name their loop, datagrams handed to their loop after a migration); loops share nothing
+//! else. The server runs one per core: measured with sessions on this 2-core machine
+//! (bench/RESULTS.md "Two loops"), two loops hold 40k deliveries/s where one holds under
+//! 30k, at the same cost per delivery at F0's rate. (For the bare transport, before sessions
+//! ran on the engine, one loop had been the cheaper at F0's rate: "One loop or two shards".)
 //!
 //! The application side is the [`App`] trait; `gateway::wire` implements it with the
-//! sessions (raw QUIC and WebTransport). The server runs the loop on a thread of its own
+//! sessions (raw QUIC and WebTransport). The server runs each loop on a thread of its own
 //! (`gateway::wire::spawn`); [`Engine::spawn_app_tasks_on`] sends what the application
 //! spawns to the main runtime.
 

@@ -1,7 +1,7 @@
 //! Session lifecycle: `Hello` → authentication → `Ready`, heartbeats, token refresh, lanes,
 //! fetch streams, `Goaway` and closing with a code.
 //!
-//! The decisions are transport-free ([`control`], [`session::open`], [`dispatch`]); the
+//! The decisions are transport-free ([`control`], `session::open`, [`dispatch`]); the
 //! engine's loop ([`wire`], with the HTTP/3 layer in [`wt`]) owns every connection and moves
 //! the bytes. Other parts of the server reach a session through its [`SessionHandle`], which
 //! outlives its connection for the resume window: it reaches the connection through a

@@ -1,9 +1,9 @@
-//! Sessions on the engine (issue 12): the gateway as an [`engine::App`]. One loop owns
-//! every connection, its control stream, its lanes and its fetch streams — no task, channel
+//! Sessions on the engine (issue 12): the gateway as an [`engine::App`]. A loop owns
+//! every connection it accepted, its control stream, its lanes and its fetch streams — no task, channel
 //! or mutex per connection or per lane. What needs the store runs as a task and comes back
 //! through the loop's one queue ([`Command`]): the opening of a session (its snapshot), each
 //! request (one at a time per lane, in order) and each fetch. The fan-out writes into lanes
-//! through the same queue ([`LoopLane`]); the SFU's datagrams too ([`LoopDatagrams`]).
+//! through the same queue (`LoopLane`); the SFU's datagrams too (`LoopDatagrams`).
 //!
 //! The decisions are transport-free and live elsewhere: `control::accept_hello`,
 //! `session::open`, `control::Control` (heartbeats, token refresh, Goaway),
@@ -388,8 +388,8 @@ pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<s
     Ok(sockets)
 }
 
-/// Starts the gateway's loop on a thread of its own, with a single-threaded runtime that
-/// only turns the loop: its wake-ups (the socket, the command queue, its timers) go straight
+/// Starts the gateway's loops, one per socket of [`bind`], each on a thread of its own with
+/// a single-threaded runtime that only turns the loop: its wake-ups (the socket, the command queue, its timers) go straight
 /// to it, with no other task on its runtime to wake or steal it. What the sessions start
 /// (opening, requests, fetches) runs on the runtime of the caller.
 ///

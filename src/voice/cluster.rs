@@ -1,5 +1,5 @@
 //! Voice across the nodes of a cluster: the owner of a channel keeps its lease and its
-//! states in Redis ([`lease`](super::lease)); every node shows sessions the states of every
+//! states in Redis ([`super::lease`]); every node shows sessions the states of every
 //! visible voice channel in `Ready`, and remembers which participants it has shown from
 //! other nodes ([`RemoteView`]) so that, when an owner dies without saying goodbye, it
 //! tells its sessions they left.
