@@ -309,7 +309,12 @@ impl Pair {
     }
 
     fn write(&mut self, i: usize, id: StreamId, bytes: &[u8]) {
-        let n = self.clients[i].conn.send_stream(id).write(bytes).unwrap();
+        let c = &mut self.clients[i];
+        let n = c
+            .conn
+            .send_stream(id)
+            .write(bytes)
+            .unwrap_or_else(|e| panic!("write on {id:?}: {e:?}; the connection: {:?}", c.lost));
         assert_eq!(n, bytes.len());
         self.exchange();
     }
@@ -590,4 +595,57 @@ async fn a_client_that_does_not_read_its_lane_is_closed_as_a_slow_consumer() {
     assert_eq!(p.clients[c].closed_with(), Some(CloseCode::SLOW_CONSUMER.0));
     // The other session on the same loop is untouched.
     assert_eq!(p.clients[0].lost, None);
+}
+
+#[tokio::test]
+async fn a_refreshed_token_carries_the_session_past_the_first_expiry() {
+    let mut p = Pair::new(config()).await;
+    let short = verifier().mint(10, Some("user10"), Duration::from_secs(30)).unwrap();
+    let every = interval(&p.ready(0, short).await);
+    // Another user's token is refused and changes nothing.
+    p.send_control(0, &ClientControl::RefreshToken { token: token(11) });
+    let mut nonce = 0;
+    while nonce < 40_000 / every.as_millis() as u32 + 1 {
+        nonce += 1;
+        p.send_control(0, &heartbeat(nonce));
+        p.advance(every, Duration::from_millis(500));
+        if p.clients[0]
+            .received
+            .iter()
+            .any(|f| matches!(f, ServerControl::RefreshNeeded { .. }))
+        {
+            break;
+        }
+    }
+    let c = &p.clients[0];
+    assert!(
+        c.received
+            .iter()
+            .any(|f| matches!(f, ServerControl::Error(e) if e.code == ErrorCode::TOKEN_REJECTED)),
+        "the other user's token refused: {:?}",
+        c.received
+    );
+    assert!(
+        c.received
+            .iter()
+            .any(|f| matches!(f, ServerControl::RefreshNeeded { .. })),
+        "still asked to refresh: {:?}",
+        c.received
+    );
+    // The same user's fresh token (an hour): the session lives past the first expiry.
+    p.send_control(0, &ClientControl::RefreshToken { token: token(10) });
+    for _ in 0..(60_000 / every.as_millis() as u32) {
+        nonce += 1;
+        p.send_control(0, &heartbeat(nonce));
+        p.advance(every, Duration::from_millis(500));
+    }
+    assert_eq!(p.clients[0].lost, None, "refreshed: {:?}", p.clients[0].received);
+    assert_eq!(p.clients[0].closing(), None);
+    assert!(
+        p.clients[0]
+            .received
+            .iter()
+            .any(|f| matches!(f, ServerControl::TokenRefreshed { .. })),
+        "the refresh acknowledged"
+    );
 }
