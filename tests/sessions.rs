@@ -1,6 +1,7 @@
 //! Sessions on the engine's loop in memory, on a virtual clock (issue 12 item 1): the
-//! gateway (`gateway::wire::Gateway`) in an `engine::Core` and a quinn-proto client
-//! connection, their packets handed over in memory — no socket, no sleeping through
+//! gateway (`gateway::wire::Gateway`) in an `engine::Core` and quinn-proto client
+//! connections (raw QUIC, or WebTransport with the CONNECT and stream headers written by
+//! hand), their packets handed over in memory — no socket, no sleeping through
 //! timeouts. Time moves only when a test advances it, so a 20-second heartbeat timeout or a
 //! 10-second drain takes milliseconds; the store (SQLite, for `Ready`'s snapshot) is real.
 //!
@@ -20,7 +21,7 @@ use quaver::engine::{Core, Wire, mailbox};
 use quaver::gateway::wire::{Command, Gateway};
 use quaver_proto::codec::{FrameReader, decode, encode_frame};
 use quaver_proto::{
-    ALPN_QUAVER, ClientControl, CloseCode, Compression, DeviceKind, ErrorCode, Heartbeat, Hello, Lane,
+    ALPN_H3, ALPN_QUAVER, ClientControl, CloseCode, Compression, DeviceKind, ErrorCode, Heartbeat, Hello, Lane,
     PROTOCOL_VERSION, Ready, Request, RequestBody, ResponseBody, ResumeRequest, ServerControl, ServerLane, StreamOpen,
 };
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Event, StreamId};
@@ -57,6 +58,9 @@ struct Client {
     received: VecDeque<ServerControl>,
     /// Streams the client does not read (a slow consumer).
     unread: std::collections::HashSet<StreamId>,
+    /// WebTransport: the CONNECT stream and the raw bytes read on it; every other stream
+    /// then starts with the session's stream header.
+    wt: Option<(StreamId, Vec<u8>)>,
     /// How the connection ended, once it has.
     lost: Option<quinn_proto::ConnectionError>,
 }
@@ -69,8 +73,10 @@ struct Incoming {
 }
 
 impl Client {
-    /// Reads every stream it opened; control frames are decoded into `received`.
+    /// Reads every stream it opened; control frames are decoded into `received`, the
+    /// CONNECT stream's bytes kept raw.
     fn read(&mut self) {
+        let connect = self.wt.as_ref().map(|(id, _)| *id);
         for (id, inc) in self.streams.iter_mut() {
             if self.unread.contains(id) {
                 continue;
@@ -79,6 +85,11 @@ impl Client {
             let Ok(mut chunks) = recv.read(true) else { continue };
             loop {
                 match chunks.next(usize::MAX) {
+                    Ok(Some(c)) if Some(*id) == connect => {
+                        if let Some((_, raw)) = &mut self.wt {
+                            raw.extend_from_slice(&c.bytes);
+                        }
+                    }
                     Ok(Some(c)) => inc.reader.push(&c.bytes),
                     Ok(None) => {
                         inc.finished = true;
@@ -134,6 +145,8 @@ struct Pair {
     to_clients: Net,
     clients: Vec<Client>,
     client_config: quinn_proto::ClientConfig,
+    /// The same, offering `h3` (WebTransport).
+    h3_config: quinn_proto::ClientConfig,
     real: quaver::Server,
 }
 
@@ -143,18 +156,20 @@ impl Pair {
     async fn new(cfg: quaver::config::Config) -> Pair {
         let real = start(cfg).await;
         let ctx = real.ctx.clone();
-        let config = quaver::transport::server_config(&ctx.cfg, ctx.certs.clone(), &[ALPN_QUAVER]).unwrap();
+        let config = quaver::transport::server_config(&ctx.cfg, ctx.certs.clone(), &[ALPN_H3, ALPN_QUAVER]).unwrap();
         let (tx, commands) = mailbox::channel();
         let mut core = Core::new(Arc::new(config), Gateway::new(ctx, tx.clone()));
         core.set_limits(quaver::engine::Limits {
             max_connections: 16,
             retry_above_handshakes: 16,
         });
-        let tls =
-            quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![real.cert_hash()]), ALPN_QUAVER).unwrap();
-        let client_config = quinn_proto::ClientConfig::new(Arc::new(
-            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-        ));
+        let config_for = |alpn: &[u8]| {
+            let tls = quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![real.cert_hash()]), alpn).unwrap();
+            quinn_proto::ClientConfig::new(Arc::new(
+                quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+            ))
+        };
+        let (client_config, h3_config) = (config_for(ALPN_QUAVER), config_for(ALPN_H3));
         let mut p = Pair {
             now: Instant::now(),
             server: core,
@@ -163,23 +178,24 @@ impl Pair {
             to_clients: Net::default(),
             clients: Vec::new(),
             client_config,
+            h3_config,
             real,
         };
         p.connect();
         p
     }
 
-    /// A new client connection, handshake done; returns its index.
+    /// A new client connection (raw QUIC), handshake done; returns its index.
     fn connect(&mut self) -> usize {
+        let config = self.client_config.clone();
+        self.connect_with(config)
+    }
+
+    fn connect_with(&mut self, config: quinn_proto::ClientConfig) -> usize {
         let mut endpoint =
             quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, true, None);
         let (ch, conn) = endpoint
-            .connect(
-                self.now,
-                self.client_config.clone(),
-                SERVER.parse().unwrap(),
-                "localhost",
-            )
+            .connect(self.now, config, SERVER.parse().unwrap(), "localhost")
             .unwrap();
         self.clients.push(Client {
             addr: SocketAddr::from(([10, 0, 0, 2], 50_000 + self.clients.len() as u16)),
@@ -190,6 +206,7 @@ impl Pair {
             streams: HashMap::new(),
             received: VecDeque::new(),
             unread: Default::default(),
+            wt: None,
             lost: None,
         });
         self.exchange();
@@ -305,7 +322,42 @@ impl Pair {
                 finished: false,
             },
         );
+        // On a WebTransport session a stream first says whose it is: the signal, then the
+        // session (its CONNECT stream's id).
+        if let Some((connect, _)) = c.wt {
+            let mut head = Vec::new();
+            quaver_proto::varint::write(0x41, &mut head);
+            quaver_proto::varint::write(connect.into(), &mut head);
+            let n = c.conn.send_stream(id).write(&head).unwrap();
+            assert_eq!(n, head.len());
+        }
         id
+    }
+
+    /// A new WebTransport client: `h3` connection, then an extended CONNECT to `path`;
+    /// returns its index and the response's status once it has come (`None`: no answer).
+    fn connect_wt(&mut self, path: &str) -> (usize, Option<String>) {
+        let config = self.h3_config.clone();
+        let i = self.connect_with(config);
+        let request = wtransport_proto::session::SessionRequest::new(format!("https://localhost:4433{path}")).unwrap();
+        let mut buf = Vec::new();
+        request.headers().generate_frame().write(&mut buf).unwrap();
+        let id = self.new_stream(i);
+        self.clients[i].wt = Some((id, Vec::new()));
+        self.write(i, id, &buf);
+        (i, self.status(i))
+    }
+
+    /// The `:status` of the response on client `i`'s CONNECT stream, once complete.
+    fn status(&self, i: usize) -> Option<String> {
+        let (_, raw) = self.clients[i].wt.as_ref()?;
+        let (kind, a) = quaver_proto::varint::read(raw)?;
+        let (len, b) = quaver_proto::varint::read(&raw[a..])?;
+        let payload = raw.get(a + b..a + b + len as usize)?;
+        assert_eq!(kind, 0x01, "a HEADERS frame");
+        let frame = wtransport_proto::frame::Frame::new_headers(payload.to_vec().into());
+        let headers = wtransport_proto::headers::Headers::with_frame(&frame).unwrap();
+        headers.get(":status").map(str::to_string)
     }
 
     fn write(&mut self, i: usize, id: StreamId, bytes: &[u8]) {
@@ -648,4 +700,50 @@ async fn a_refreshed_token_carries_the_session_past_the_first_expiry() {
             .any(|f| matches!(f, ServerControl::TokenRefreshed { .. })),
         "the refresh acknowledged"
     );
+}
+
+#[tokio::test]
+async fn a_webtransport_session_runs_on_the_same_loop() {
+    let mut p = Pair::new(config()).await;
+    // The token in the URL, as browsers pass it; the Hello carries none.
+    let (w, status) = p.connect_wt(&format!("/quaver?token={}", token(12)));
+    assert_eq!(status.as_deref(), Some("200"));
+    let mut h = hello(String::new(), None);
+    h.token = None;
+    match p.hello(w, h).await {
+        ServerControl::Ready(r) => assert_eq!(r.user.id, 12),
+        other => panic!("expected Ready, got {other:?}"),
+    }
+    let lane = p.lane(w, Lane::Presence);
+    p.request(w, lane, 1, RequestBody::Ping { data: vec![7] });
+    p.until("a Pong", |p| !p.clients[w].streams[&lane].frames.is_empty())
+        .await;
+    assert!(matches!(
+        p.clients[w].lane_frames(lane).as_slice(),
+        [ServerLane::Ack {
+            id: 1,
+            body: ResponseBody::Pong { .. }
+        }]
+    ));
+    // Its heartbeat timeout is a raw QUIC session's.
+    let timeout = p.real.ctx.cfg.session.ping_timeout;
+    p.advance(timeout + Duration::from_secs(2), Duration::from_millis(500));
+    assert_eq!(p.clients[w].closing(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
+    assert_eq!(p.clients[w].closed_with(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
+}
+
+#[tokio::test]
+async fn webtransport_requests_are_judged_by_path_and_time() {
+    let mut p = Pair::new(config()).await;
+    let (_, status) = p.connect_wt("/elsewhere");
+    assert_eq!(status.as_deref(), Some("404"), "not our path");
+    // A client that connects over h3 and never sends its CONNECT: closed at the Hello
+    // timeout like any other.
+    let config = p.h3_config.clone();
+    let silent = p.connect_with(config);
+    let limit = p.real.ctx.cfg.session.hello_timeout;
+    p.advance(limit - Duration::from_millis(100), Duration::from_millis(100));
+    assert_eq!(p.clients[silent].lost, None);
+    p.advance(Duration::from_secs(3), Duration::from_millis(100));
+    assert_eq!(p.clients[silent].closed_with(), Some(CloseCode::HELLO_TIMEOUT.0));
 }
