@@ -319,7 +319,7 @@ pub trait Wire {
 pub struct Shards {
     /// This loop's number.
     pub this: u8,
-    /// How many loops share the port (1–128).
+    /// How many loops share the port (`config::Config::loops`: 1–64).
     pub count: u8,
 }
 
