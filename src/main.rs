@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
     let server = quaver::Server::start(cfg).await?;
     let info = server.ctx.certs.info();
-    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
+    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, loops = server.ctx.cfg.loops, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
     tracing::info!(
         sha256 = %hex::encode(info.sha256),
         dev = info.dev,
