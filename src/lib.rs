@@ -179,7 +179,7 @@ pub struct Server {
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     trigger: shutdown::Trigger,
-    /// The engine's thread.
+    /// The engine's loops (one thread each).
     engine: gateway::wire::Running,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -249,7 +249,7 @@ impl Server {
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
         // The engine's port: its loops over quinn-proto, both protocols.
-        let sockets = gateway::wire::bind(cfg.listen, cfg.loops)
+        let sockets = engine::bind(cfg.listen, cfg.loops)
             .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
         let quic_addr = sockets[0].local_addr()?;
         let http = tokio::net::TcpListener::bind(cfg.http_listen)

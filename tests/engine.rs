@@ -329,21 +329,12 @@ async fn idle_connections_time_out_on_the_loops_timer() {
 async fn two_loops_on_one_port_keep_a_migrating_connection() {
     let (server, client) = tls();
     let config = quaver::engine::server_config(server, Duration::from_secs(10)).unwrap();
-    let sockets = quaver::gateway::wire::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let sockets = quaver::engine::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
     let addr = sockets[0].local_addr().unwrap();
-    let (peers, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| quaver::engine::mailbox::channel()).unzip();
     let mut loops = Vec::new();
-    for (n, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+    for (socket, sharding) in sockets.into_iter().zip(quaver::engine::Sharding::for_loops(2)) {
         socket.set_nonblocking(true).unwrap();
         let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
-        let sharding = quaver::engine::Sharding {
-            shards: quaver::engine::Shards {
-                this: n as u8,
-                count: 2,
-            },
-            peers: peers.clone(),
-            inbox,
-        };
         let engine = Engine::sharded(socket, config.clone(), Echo::default(), sharding).unwrap();
         loops.push(run_until_stopped(engine));
     }

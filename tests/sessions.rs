@@ -118,6 +118,11 @@ impl Client {
         }
     }
 
+    /// Whether a control frame like `f` has arrived.
+    fn got(&self, f: impl Fn(&ServerControl) -> bool) -> bool {
+        self.received.iter().any(f)
+    }
+
     /// The `Closing` the server sent, if any.
     fn closing(&self) -> Option<u32> {
         self.received.iter().find_map(|f| match f {
@@ -521,9 +526,7 @@ async fn an_expired_token_without_a_refresh_closes_the_session() {
     }
     let c = &p.clients[0];
     assert!(
-        c.received
-            .iter()
-            .any(|f| matches!(f, ServerControl::RefreshNeeded { .. })),
+        c.got(|f| matches!(f, ServerControl::RefreshNeeded { .. })),
         "asked to refresh before the expiry: {:?}",
         c.received
     );
@@ -661,26 +664,18 @@ async fn a_refreshed_token_carries_the_session_past_the_first_expiry() {
         nonce += 1;
         p.send_control(0, &heartbeat(nonce));
         p.advance(every, Duration::from_millis(500));
-        if p.clients[0]
-            .received
-            .iter()
-            .any(|f| matches!(f, ServerControl::RefreshNeeded { .. }))
-        {
+        if p.clients[0].got(|f| matches!(f, ServerControl::RefreshNeeded { .. })) {
             break;
         }
     }
     let c = &p.clients[0];
     assert!(
-        c.received
-            .iter()
-            .any(|f| matches!(f, ServerControl::Error(e) if e.code == ErrorCode::TOKEN_REJECTED)),
+        c.got(|f| matches!(f, ServerControl::Error(e) if e.code == ErrorCode::TOKEN_REJECTED)),
         "the other user's token refused: {:?}",
         c.received
     );
     assert!(
-        c.received
-            .iter()
-            .any(|f| matches!(f, ServerControl::RefreshNeeded { .. })),
+        c.got(|f| matches!(f, ServerControl::RefreshNeeded { .. })),
         "still asked to refresh: {:?}",
         c.received
     );
@@ -694,10 +689,7 @@ async fn a_refreshed_token_carries_the_session_past_the_first_expiry() {
     assert_eq!(p.clients[0].lost, None, "refreshed: {:?}", p.clients[0].received);
     assert_eq!(p.clients[0].closing(), None);
     assert!(
-        p.clients[0]
-            .received
-            .iter()
-            .any(|f| matches!(f, ServerControl::TokenRefreshed { .. })),
+        p.clients[0].got(|f| matches!(f, ServerControl::TokenRefreshed { .. })),
         "the refresh acknowledged"
     );
 }

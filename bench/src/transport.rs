@@ -154,16 +154,9 @@ pub(crate) async fn serve(kind: Kind, p: Params) -> anyhow::Result<()> {
             let mut senders = Vec::new();
             let mut stops = Vec::new();
             let mut loops = Vec::new();
-            for _ in 0..shards.max(1) {
-                let s = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::DGRAM,
-                    Some(socket2::Protocol::UDP),
-                )?;
-                s.set_reuse_port(true)?;
+            for s in quaver::engine::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), shards.max(1))? {
                 s.set_nonblocking(true)?;
-                s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
-                let socket = tokio::net::UdpSocket::from_std(s.into())?;
+                let socket = tokio::net::UdpSocket::from_std(s)?;
                 port = socket.local_addr()?.port();
                 let app = Fanout {
                     acks: acks.clone(),

@@ -728,6 +728,27 @@ struct Conn {
     timer: Option<Instant>,
 }
 
+/// Binds the engine's port for `loops` loops: one socket, or one SO_REUSEPORT socket per
+/// loop, all on the address the first one got.
+pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    if loops <= 1 {
+        return Ok(vec![std::net::UdpSocket::bind(listen)?]);
+    }
+    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let addr = sockets.first().map_or(Ok(listen), |s| s.local_addr())?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_reuse_port(true)?;
+        s.bind(&addr.into())?;
+        sockets.push(s.into());
+    }
+    Ok(sockets)
+}
+
 /// A datagram one loop received for another ([`Shards`]).
 #[derive(Debug)]
 pub struct Forwarded {
@@ -746,6 +767,25 @@ pub struct Sharding {
     pub peers: Vec<mailbox::Sender<Forwarded>>,
     /// This loop's queue.
     pub inbox: mailbox::Receiver<Forwarded>,
+}
+
+impl Sharding {
+    /// The places of `count` loops on one port, loop 0 first; none for a single loop.
+    pub fn for_loops(count: u8) -> Vec<Sharding> {
+        if count <= 1 {
+            return Vec::new();
+        }
+        let (peers, inboxes): (Vec<_>, Vec<_>) = (0..count).map(|_| mailbox::channel()).unzip();
+        inboxes
+            .into_iter()
+            .zip(0..count)
+            .map(|(inbox, this)| Sharding {
+                shards: Shards { this, count },
+                peers: peers.clone(),
+                inbox,
+            })
+            .collect()
+    }
 }
 
 /// The event loop: a [`Core`] on a UDP socket, with the queue other threads send commands

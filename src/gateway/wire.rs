@@ -367,30 +367,10 @@ impl Running {
     }
 }
 
-/// Binds the engine's port for `loops` loops: one socket, or one SO_REUSEPORT socket per
-/// loop, all on the address the first one got.
-pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
-    if loops <= 1 {
-        return Ok(vec![std::net::UdpSocket::bind(listen)?]);
-    }
-    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(loops);
-    for _ in 0..loops {
-        let addr = sockets.first().map_or(Ok(listen), |s| s.local_addr())?;
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        s.set_reuse_port(true)?;
-        s.bind(&addr.into())?;
-        sockets.push(s.into());
-    }
-    Ok(sockets)
-}
-
-/// Starts the gateway's loops, one per socket of [`bind`], each on a thread of its own with
-/// a single-threaded runtime that only turns the loop: its wake-ups (the socket, the command queue, its timers) go straight
-/// to it, with no other task on its runtime to wake or steal it. What the sessions start
+/// Starts the gateway's loops, one per socket of [`engine::bind`], each on a thread of its
+/// own with a single-threaded runtime that only turns the loop: its wake-ups (the socket,
+/// the command queue, its timers) go straight to it, with no other task on its runtime to
+/// wake or steal it. What the sessions start
 /// (opening, requests, fetches) runs on the runtime of the caller.
 ///
 /// Measured against the loop as a task among the server's others (bench/RESULTS.md "The
@@ -402,21 +382,14 @@ pub fn spawn(
 ) -> std::io::Result<Running> {
     let main = tokio::runtime::Handle::current();
     let count = sockets.len();
-    let (peers, inboxes): (Vec<_>, Vec<_>) = (0..count).map(|_| engine::mailbox::channel()).unzip();
+    // `config::validate` bounds the count to 64.
+    let mut shardings = engine::Sharding::for_loops(count as u8).into_iter();
     let mut loops = Vec::with_capacity(count);
-    for (n, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+    for (n, socket) in sockets.into_iter().enumerate() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         socket.set_nonblocking(true)?;
-        let sharding = (count > 1).then(|| engine::Sharding {
-            shards: engine::Shards {
-                // `config::validate` bounds the count to 64.
-                this: n as u8,
-                count: count as u8,
-            },
-            peers: peers.clone(),
-            inbox,
-        });
+        let sharding = shardings.next();
         let (ctx, server, main) = (ctx.clone(), server.clone(), main.clone());
         std::thread::Builder::new()
             .name(if count > 1 {

@@ -228,8 +228,8 @@ pub struct Voice {
     wake: tokio::sync::Notify,
     /// In a cluster: participants of other nodes' channels shown to sessions here.
     remote: Mutex<cluster::RemoteView>,
-    /// Where channel tasks run: the engine's thread when sessions are on the engine (set
-    /// once, at start), else the caller's runtime.
+    /// Where channel tasks run: the first engine loop's thread (set once, at start); the
+    /// caller's runtime where there is no loop (unit tests).
     channel_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
