@@ -370,3 +370,103 @@ async fn two_loops_on_one_port_keep_a_migrating_connection() {
         "some datagrams crossed loops: {stats:?}"
     );
 }
+
+/// A client engine (the load generator's, `bench/src/swarm.rs`): its connections are
+/// started from a command, each sends one stream and reads the echo on the same loop.
+#[derive(Default)]
+struct Dialer {
+    config: Option<quinn_proto::ClientConfig>,
+    /// By connection: what it sent, what came back.
+    streams: std::collections::HashMap<ConnectionHandle, (Vec<u8>, Vec<u8>)>,
+    /// Echoes that ended (read to their finish), for the test to wait on.
+    echoed: Arc<std::sync::atomic::AtomicUsize>,
+    lost: usize,
+}
+
+impl App for Dialer {
+    /// Connect this many times to the address.
+    type Command = (std::net::SocketAddr, usize);
+
+    fn on_command(&mut self, (addr, n): Self::Command, conns: &mut quaver::engine::Conns<'_>) {
+        let config = self.config.clone().expect("set before the first command");
+        for _ in 0..n {
+            let ch = conns.connect(config.clone(), addr, "localhost").unwrap();
+            self.streams.insert(ch, Default::default());
+        }
+    }
+
+    fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>) {
+        let Some((sent, back)) = self.streams.get_mut(&ch) else {
+            return;
+        };
+        match event {
+            AppEvent::Connected => {
+                let id = io.open(Dir::Bi).expect("a stream");
+                *sent = (0..5_000u32).map(|b| (b as u8) ^ (ch.0 as u8)).collect();
+                assert_eq!(io.write(id, sent), sent.len(), "within the window");
+                io.finish(id);
+            }
+            AppEvent::Readable(id) => match io.read(id) {
+                Read::Data(c) => c.iter().for_each(|c| back.extend_from_slice(c)),
+                Read::Finished(c) => {
+                    c.iter().for_each(|c| back.extend_from_slice(c));
+                    self.echoed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    io.close(0, b"done");
+                }
+                Read::Reset(_) => {}
+            },
+            AppEvent::Lost(_) => self.lost += 1,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_engine_connects_out_and_reads_on_its_loop() {
+    let r = start(Duration::from_secs(10)).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echoed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dialer = Dialer {
+        // quinn's client config is quinn-proto's.
+        config: Some(r.client.clone()),
+        echoed: echoed.clone(),
+        ..Default::default()
+    };
+    let mut client = Engine::client(socket, dialer).unwrap();
+    let tx = client.sender();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        client
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        client
+    });
+    let n = 12;
+    tx.send((r.addr, n)).map_err(|_| "queued").unwrap();
+    let limit = std::time::Instant::now() + Duration::from_secs(20);
+    while echoed.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(std::time::Instant::now() < limit, "every echo within 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The closes reach the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    let mut client = done.await.unwrap();
+    let _ = r.stop.send(());
+    let mut server = r.done.await.unwrap();
+    let connections = client.connections();
+    let dialer = client.app();
+    assert_eq!(dialer.streams.len(), n);
+    for (sent, back) in dialer.streams.values() {
+        assert_eq!(sent.len(), 5_000);
+        assert!(back == sent, "the echo is what was sent");
+    }
+    // quinn-proto reports no loss for a close of our own: the loop drops the drained.
+    assert_eq!(dialer.lost, 0);
+    assert_eq!(connections, 0, "closed connections are gone from the loop");
+    assert_eq!(server.stats().accepted, n as u64);
+    assert_eq!(server.app().lost.len(), n, "the server saw every close");
+    assert_eq!(client.stats().accepted, 0, "a client engine accepts nothing");
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use quaver_client::Transport;
 use quaver_proto::*;
 
@@ -31,6 +31,9 @@ pub(crate) struct ChatRun {
     pub(crate) nodes: usize,
     /// Run even one node on Redis and PostgreSQL (the single-node figure to compare with).
     pub(crate) on_cluster_services: bool,
+    /// The load generator's client loops (`swarm`: sessions on the engine); 0 = one
+    /// `quaver-client` session (tasks) per member. WebTransport runs always use the latter.
+    pub(crate) client_loops: usize,
 }
 
 /// What a run measured.
@@ -80,6 +83,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         client: _owner,
         ..
     } = setup.owner().await?;
+    if r.client_loops > 0 && r.transport == Transport::Quic {
+        return on_swarm(setup, chat, ch, &invite, r).await;
+    }
     let sessions = setup.members(r.sessions, 1000, &invite).await?;
     // Warm-up barrier: one message everyone must receive before the clock starts, so the
     // measurement is not skewed by the set-up's own traffic still in flight.
@@ -248,4 +254,139 @@ fn redis_pid() -> u32 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The run with the sessions on the load generator's own engine loops (`crate::swarm`):
+/// joined, warmed up and counted there; the owner's `chat` lane sends the warm-up.
+async fn on_swarm(
+    setup: Setup,
+    mut chat: quaver_client::LaneStream,
+    ch: u64,
+    invite: &str,
+    r: ChatRun,
+) -> anyhow::Result<ChatResult> {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::swarm::{Member, Sending, Swarm};
+    let swarm = Swarm::start(r.client_loops, invite)?;
+    let mut configs: std::collections::HashMap<std::net::SocketAddr, quinn_proto::ClientConfig> = Default::default();
+    let mut members = Vec::with_capacity(r.sessions);
+    for index in 0..r.sessions {
+        let user = 1000 + index as u64;
+        let cfg = setup.config(user);
+        let config = match configs.get(&cfg.addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = crate::swarm::client_config(&cfg)?;
+                configs.insert(cfg.addr, c.clone());
+                c
+            }
+        };
+        members.push(Member {
+            token: cfg.token.clone().context("a token for every member")?,
+            addr: cfg.addr,
+            config,
+            index,
+        });
+    }
+    swarm.join(members);
+    let p = swarm.progress.clone();
+    let limit = Instant::now() + Duration::from_secs(120);
+    while p.joined.load(Relaxed) + p.failed.load(Relaxed) < r.sessions {
+        if Instant::now() > limit {
+            swarm.stop();
+            bail!(
+                "only {} of {} sessions joined within 120 s",
+                p.joined.load(Relaxed),
+                r.sessions
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if p.failed.load(Relaxed) > 0 {
+        swarm.stop();
+        bail!("{} of {} sessions failed to join", p.failed.load(Relaxed), r.sessions);
+    }
+    for s in setup.nodes() {
+        s.quiesce(Duration::from_secs(60)).await;
+    }
+    let warm = RequestBody::SendMessage {
+        channel_id: ch,
+        nonce: setup.nonce_base,
+        content: "0 warm-up".into(),
+        reply_to: None,
+    };
+    if chat.request(warm).await?.is_err() {
+        swarm.stop();
+        bail!("warm-up message refused");
+    }
+    let limit = Instant::now() + Duration::from_secs(60);
+    while p.warmed.load(Relaxed) < r.sessions {
+        if Instant::now() > limit {
+            swarm.stop();
+            bail!("the warm-up message did not reach every session within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cluster = r.nodes > 1 || r.on_cluster_services;
+    let cpu0: Vec<f64> = setup.nodes().map(|s| s.cpu_seconds()).collect();
+    let redis_pid = if cluster { redis_pid() } else { 0 };
+    let redis0 = crate::server::cpu_seconds(redis_pid);
+    let own0 = crate::server::cpu_seconds(std::process::id());
+    eprintln!("measuring (server pid {})", setup.server.pid);
+    let per_sender = (r.rate * r.seconds).round() as u64;
+    let expected_sends = per_sender * r.senders.min(r.sessions) as u64;
+    let start = Instant::now() + Duration::from_millis(5);
+    swarm.send(Sending {
+        channel: ch,
+        senders: r.senders,
+        every: Duration::from_secs_f64(1.0 / r.rate),
+        per_sender,
+        nonce_base: setup.nonce_base,
+        start,
+    });
+    // Sending ends when the last message has left; deliveries may take until 15 s after
+    // the period (like the task-based receivers' deadline).
+    let limit = start + Duration::from_secs_f64(r.seconds + 15.0);
+    let mut sending = None;
+    loop {
+        let sent = p.sent.load(Relaxed);
+        if sending.is_none() && sent >= expected_sends {
+            sending = Some(start.elapsed().as_secs_f64());
+        }
+        let answered = p.acked.load(Relaxed) + p.refused.load(Relaxed);
+        let all_in = p.delivered.load(Relaxed) >= p.acked.load(Relaxed) * r.sessions as u64;
+        if (sending.is_some() && answered >= sent && all_in) || Instant::now() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = swarm.report().await?;
+    let own = crate::server::cpu_seconds(std::process::id()) - own0;
+    eprintln!(
+        "clients received {} UDP datagrams and sent {} ACK frames for {} deliveries; load generator CPU {:.2} µs per delivery ({} client loops); {} sessions lost, {} sends refused",
+        report.datagrams,
+        report.acks,
+        report.first,
+        own * 1e6 / report.first.max(1) as f64,
+        r.client_loops,
+        p.lost.load(Relaxed),
+        p.refused.load(Relaxed),
+    );
+    let node_cpu: Vec<f64> = setup.nodes().zip(&cpu0).map(|(s, c0)| s.cpu_seconds() - c0).collect();
+    let redis_cpu = crate::server::cpu_seconds(redis_pid) - redis0;
+    swarm.stop();
+    setup.stop().await;
+    let sent = p.acked.load(Relaxed);
+    Ok(ChatResult {
+        sent,
+        expected: sent * r.sessions as u64,
+        delivered: report.first,
+        duplicates: report.duplicates,
+        per_sec: report.first as f64 / sending.unwrap_or(r.seconds).max(1e-9),
+        cpu_seconds: node_cpu.iter().sum(),
+        node_cpu_seconds: node_cpu,
+        redis_cpu_seconds: redis_cpu,
+        latency: percentiles(report.latency),
+    })
 }

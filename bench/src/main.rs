@@ -32,6 +32,7 @@ mod resume;
 mod server;
 mod setup;
 mod social;
+mod swarm;
 mod transport;
 mod unread;
 mod voice;
@@ -234,6 +235,11 @@ struct ChatArgs {
     /// figure on the same services, to compare with).
     #[arg(long)]
     cluster_services: bool,
+    /// The load generator's client loops: its sessions on the engine, on this many threads.
+    /// 0 = a quaver-client session (its own tasks) per member, as before; WebTransport
+    /// runs always use those.
+    #[arg(long, default_value_t = 1)]
+    client_loops: usize,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -745,6 +751,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 transport,
                 nodes: a.nodes,
                 on_cluster_services: a.cluster_services,
+                client_loops: a.client_loops,
             };
             let r = chat::run(&bin, run).await?;
             if a.nodes > 1 || a.cluster_services {
@@ -787,6 +794,14 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
             println!("{json}");
             p99s.push(r.latency.p99);
             lossy |= r.delivered < r.expected || r.duplicates > 0;
+            // A single step (the smoke runs, F0/F1) must deliver everything exactly once.
+            anyhow::ensure!(
+                !a.ramp.is_empty() || (r.delivered == r.expected && r.duplicates == 0),
+                "{} of {} deliveries, {} duplicates",
+                r.delivered,
+                r.expected,
+                r.duplicates
+            );
         }
         // A step holds when its median run's p99 is within 100 ms (TARGETS.md asks for
         // medians) and no run lost or duplicated anything.

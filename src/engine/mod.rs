@@ -101,6 +101,7 @@ pub enum Admission {
 
 /// Every connection of the loop, for a command.
 pub struct Conns<'a> {
+    endpoint: &'a mut quinn_proto::Endpoint,
     map: &'a mut HashMap<ConnectionHandle, Box<Conn>>,
     dirty: &'a mut HashSet<ConnectionHandle>,
     now: Instant,
@@ -110,6 +111,28 @@ impl Conns<'_> {
     /// The time of this turn.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Starts a connection to `addr` (a client [`Core`]); its handshake leaves this turn,
+    /// and [`AppEvent::Connected`] or [`AppEvent::Lost`] follows for the handle returned.
+    pub fn connect(
+        &mut self,
+        config: quinn_proto::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnectionHandle, quinn_proto::ConnectError> {
+        let (ch, conn) = self.endpoint.connect(self.now, config, addr, server_name)?;
+        self.map.insert(
+            ch,
+            Box::new(Conn {
+                conn,
+                timer: None,
+                // Admission counts the handshakes peers start, not ours.
+                handshaking: false,
+            }),
+        );
+        self.dirty.insert(ch);
+        Ok(ch)
     }
 
     /// Connection `ch`, if it is alive; it will transmit this turn.
@@ -411,9 +434,15 @@ impl<A: App> Core<A> {
         Self::with_endpoint(config, server, app)
     }
 
-    fn with_endpoint(config: EndpointConfig, server: Arc<ServerConfig>, app: A) -> Self {
+    /// A client core: it accepts nothing and connects out with [`Conns::connect`] (the load
+    /// generator's sessions, bench/src/swarm.rs).
+    pub fn client(app: A) -> Self {
+        Self::with_endpoint(EndpointConfig::default(), None, app)
+    }
+
+    fn with_endpoint(config: EndpointConfig, server: impl Into<Option<Arc<ServerConfig>>>, app: A) -> Self {
         Self {
-            endpoint: quinn_proto::Endpoint::new(Arc::new(config), Some(server), true, None),
+            endpoint: quinn_proto::Endpoint::new(Arc::new(config), server.into(), true, None),
             conns: HashMap::new(),
             handshakes: 0,
             limits: Limits::default(),
@@ -457,6 +486,7 @@ impl<A: App> Core<A> {
     /// [`Core::finish_turn`]).
     pub fn command(&mut self, cmd: A::Command, now: Instant) {
         let mut conns = Conns {
+            endpoint: &mut self.endpoint,
             map: &mut self.conns,
             dirty: &mut self.dirty,
             now,
@@ -549,6 +579,7 @@ impl<A: App> Core<A> {
         }
         if self.app.next_timeout().is_some_and(|t| t <= now) {
             let mut conns = Conns {
+                endpoint: &mut self.endpoint,
                 map: &mut self.conns,
                 dirty: &mut self.dirty,
                 now,
@@ -819,6 +850,12 @@ impl<A: App> Engine<A> {
     pub fn sharded(socket: UdpSocket, server: Arc<ServerConfig>, app: A, sharding: Sharding) -> std::io::Result<Self> {
         let core = Core::sharded(sharding.shards, server, app);
         Self::build(socket, core, Some(sharding))
+    }
+
+    /// A client engine on `socket` (bound to any local port): the application connects out
+    /// from its commands and timers ([`Conns::connect`]).
+    pub fn client(socket: UdpSocket, app: A) -> std::io::Result<Self> {
+        Self::build(socket, Core::client(app), None)
     }
 
     fn build(socket: UdpSocket, core: Core<A>, sharding: Option<Sharding>) -> std::io::Result<Self> {

@@ -1,0 +1,658 @@
+//! The load generator's chat sessions on the engine (issue 12 item 6): raw-QUIC sessions
+//! driven by a client-side `quaver::engine` loop — one loop owns hundreds of connections,
+//! with no task, channel or mutex per session — instead of `quaver-client`'s async API (a
+//! quinn driver task per connection plus a reader task per lane), which cost the bench
+//! about as much CPU per delivery as the server it measured, on the same two cores.
+//!
+//! Each session: handshake (at most [`HANDSHAKES`] in flight per loop), `Hello` on the
+//! control stream, `Ready`, the chat lane, `JoinGuild`; then heartbeats at the interval
+//! `Ready` gives, and the counting of every `MessageCreated` by channel seq (first copies,
+//! duplicates, latency from the send time written in the content). Senders send on the
+//! loop's own timers, spread evenly over the period like the task-based bench.
+//!
+//! The protocol is written here from PROTOCOL.md (§4 streams, §5 messages) with
+//! `quaver_proto`'s codec, the way any independent client would.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use quaver::engine::{self, App, AppEvent, Conns, Io, Read};
+use quaver_proto::codec::{FrameReader, decode, encode_frame};
+use quaver_proto::{
+    ClientControl, Compression, DeviceKind, EventBody, Heartbeat, Hello, Lane, PROTOCOL_VERSION, Request, RequestBody,
+    ServerControl, ServerLane, StreamOpen,
+};
+use quinn_proto::{ConnectionHandle, Dir, StreamId};
+
+/// Handshakes one loop keeps in flight (the task-based bench joins 32 at a time).
+const HANDSHAKES: usize = 32;
+/// Request id of the `JoinGuild` on each chat lane; sends count up from the next.
+const JOIN_ID: u32 = 1;
+/// Largest frame taken from the server (a `Ready` can be large).
+const MAX_FRAME: usize = 16 << 20;
+
+/// One session to open.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Its token (which names its user).
+    pub(crate) token: String,
+    /// The server node it connects to.
+    pub(crate) addr: SocketAddr,
+    /// The QUIC client configuration for that node (its certificate hash).
+    pub(crate) config: quinn_proto::ClientConfig,
+    /// Its place among all the run's sessions (the first `senders` send).
+    pub(crate) index: usize,
+}
+
+/// What every loop's sessions have reached, read by the bench while it waits.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Sessions whose `JoinGuild` was acknowledged.
+    pub(crate) joined: AtomicUsize,
+    /// Sessions that ended before that (refused, lost, closed).
+    pub(crate) failed: AtomicUsize,
+    /// Sessions that received the warm-up message (channel seq 1).
+    pub(crate) warmed: AtomicUsize,
+    /// First copies received after the warm-up, over all sessions.
+    pub(crate) delivered: AtomicU64,
+    /// Messages sent.
+    pub(crate) sent: AtomicU64,
+    /// Messages acknowledged (`Ack` for a `SendMessage`).
+    pub(crate) acked: AtomicU64,
+    /// Sends refused (`Error` for a `SendMessage`).
+    pub(crate) refused: AtomicU64,
+    /// Sessions lost after they had joined.
+    pub(crate) lost: AtomicUsize,
+}
+
+/// The senders' schedule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sending {
+    /// The channel.
+    pub(crate) channel: u64,
+    /// Sessions `0..senders` send.
+    pub(crate) senders: usize,
+    /// Between one sender's messages.
+    pub(crate) every: Duration,
+    /// Messages per sender.
+    pub(crate) per_sender: u64,
+    /// First nonce (each sender's n-th message has `nonce_base + n + 1`).
+    pub(crate) nonce_base: u64,
+    /// When sender 0 sends its first message.
+    pub(crate) start: Instant,
+}
+
+/// What one loop's sessions measured.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// First copies.
+    pub(crate) first: u64,
+    /// Copies of a seq already seen.
+    pub(crate) duplicates: u64,
+    /// Send → receive latency of every first copy, µs.
+    pub(crate) latency: Vec<u64>,
+    /// UDP datagrams the sessions received.
+    pub(crate) datagrams: u64,
+    /// ACK frames they sent.
+    pub(crate) acks: u64,
+}
+
+enum Cmd {
+    Join(Vec<Member>),
+    Send(Sending),
+    Report(std::sync::mpsc::Sender<Report>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Handshaking.
+    Connecting,
+    /// `Hello` sent.
+    Hello,
+    /// `Ready` came; the lane is open and `JoinGuild` sent.
+    Joining,
+    /// Joined: heartbeating and counting.
+    Joined,
+    /// Ended.
+    Done,
+}
+
+/// One stream's direction toward the server: bytes flow control has not taken yet.
+#[derive(Default)]
+struct Out(Vec<u8>);
+
+impl Out {
+    /// Appends what `encode` writes (a frame) and sends what flow control takes.
+    fn push(&mut self, io: &mut Io<'_>, id: StreamId, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.0);
+        self.flush(io, id);
+    }
+
+    fn flush(&mut self, io: &mut Io<'_>, id: StreamId) {
+        if !self.0.is_empty() {
+            let n = io.write(id, &self.0);
+            self.0.drain(..n);
+        }
+    }
+}
+
+struct Session {
+    member: Member,
+    ch: Option<ConnectionHandle>,
+    phase: Phase,
+    control: Option<(StreamId, FrameReader, Out)>,
+    lane: Option<(StreamId, FrameReader, Out)>,
+    heartbeat: Duration,
+    nonce: u32,
+    next_id: u32,
+    /// Sent n of this sender (when it is one).
+    sent: u64,
+    warmed: bool,
+    /// Channel seqs seen (bit `seq - 2`: seq 1 is the warm-up).
+    seen: Vec<u64>,
+}
+
+impl Session {
+    /// Marks `seq` seen; false if it had been.
+    fn see(&mut self, seq: u64) -> bool {
+        let i = seq.saturating_sub(2) as usize;
+        let (w, b) = (i / 64, i % 64);
+        if w >= self.seen.len() {
+            self.seen.resize(w + 1, 0);
+        }
+        let fresh = self.seen[w] & (1 << b) == 0;
+        self.seen[w] |= 1 << b;
+        fresh
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Start the handshakes that fit now.
+    Connect,
+    Heartbeat(usize),
+    Send(usize),
+}
+
+/// One loop's sessions: the [`App`] of a client engine.
+struct Sessions {
+    progress: Arc<Progress>,
+    /// The clock latency is measured on (shared by every loop and the senders).
+    epoch: Instant,
+    sessions: Vec<Session>,
+    by_handle: HashMap<ConnectionHandle, usize>,
+    /// Sessions not connected yet.
+    queue: VecDeque<usize>,
+    handshaking: usize,
+    invite: String,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    sending: Option<Sending>,
+    report: Report,
+}
+
+impl Sessions {
+    /// Starts handshakes up to the bound.
+    fn connect_more(&mut self, conns: &mut Conns<'_>) {
+        while self.handshaking < HANDSHAKES
+            && let Some(i) = self.queue.pop_front()
+        {
+            let s = &mut self.sessions[i];
+            match conns.connect(s.member.config.clone(), s.member.addr, "localhost") {
+                Ok(ch) => {
+                    s.ch = Some(ch);
+                    self.by_handle.insert(ch, i);
+                    self.handshaking += 1;
+                }
+                Err(_) => {
+                    s.phase = Phase::Done;
+                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn ended(&mut self, i: usize) {
+        let s = &mut self.sessions[i];
+        match s.phase {
+            Phase::Done => return,
+            Phase::Connecting => self.handshaking -= 1,
+            Phase::Joined => {
+                self.progress.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Phase::Hello | Phase::Joining => {
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        s.phase = Phase::Done;
+    }
+
+    fn control(&mut self, i: usize, frame: &[u8], io: &mut Io<'_>) {
+        let Ok(msg) = decode::<ServerControl>(frame) else {
+            io.close(1, b"undecodable control frame");
+            return;
+        };
+        let s = &mut self.sessions[i];
+        match msg {
+            ServerControl::Ready(r) if s.phase == Phase::Hello => {
+                s.heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100).into());
+                self.timers.push(Reverse((io.now() + s.heartbeat, Timer::Heartbeat(i))));
+                let Some(id) = io.open(Dir::Bi) else {
+                    io.close(1, b"no stream for the lane");
+                    return;
+                };
+                let mut out = Out::default();
+                let join = Request {
+                    id: JOIN_ID,
+                    body: RequestBody::JoinGuild {
+                        code: self.invite.clone(),
+                    },
+                };
+                out.push(io, id, |b| {
+                    encode_frame(&StreamOpen::Lane(Lane::Chat), b);
+                    encode_frame(&join, b);
+                });
+                s.lane = Some((id, FrameReader::new(MAX_FRAME), out));
+                s.phase = Phase::Joining;
+            }
+            ServerControl::Closing(_) | ServerControl::Goaway(_) => {}
+            _ => {}
+        }
+    }
+
+    fn lane(&mut self, i: usize, frame: &[u8], now: Instant) {
+        let Ok(msg) = decode::<ServerLane>(frame) else { return };
+        let s = &mut self.sessions[i];
+        match msg {
+            ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
+                s.phase = Phase::Joined;
+                self.progress.joined.fetch_add(1, Ordering::Relaxed);
+            }
+            ServerLane::Error { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
+                s.phase = Phase::Done;
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ServerLane::Ack { .. } => {
+                self.progress.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            ServerLane::Error { .. } => {
+                self.progress.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            ServerLane::Event {
+                body: EventBody::MessageCreated { seq, message },
+                ..
+            } => {
+                if seq == 1 {
+                    if !s.warmed {
+                        s.warmed = true;
+                        self.progress.warmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                if !s.warmed {
+                    return;
+                }
+                if s.see(seq) {
+                    let at = now.saturating_duration_since(self.epoch).as_micros() as u64;
+                    let sent: u64 = message
+                        .content
+                        .split_once(' ')
+                        .and_then(|(t, _)| t.parse().ok())
+                        .unwrap_or(at);
+                    self.report.first += 1;
+                    self.report.latency.push(at.saturating_sub(sent));
+                    self.progress.delivered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.report.duplicates += 1;
+                }
+            }
+            ServerLane::Event { .. } => {}
+        }
+    }
+
+    /// Reads `id` on session `i` and handles its complete frames.
+    fn readable(&mut self, i: usize, id: StreamId, io: &mut Io<'_>) {
+        let on_control = self.sessions[i].control.as_ref().is_some_and(|c| c.0 == id);
+        let on_lane = self.sessions[i].lane.as_ref().is_some_and(|l| l.0 == id);
+        if !on_control && !on_lane {
+            let _ = io.read(id);
+            return;
+        }
+        let chunks = match io.read(id) {
+            Read::Data(c) | Read::Finished(c) => c,
+            Read::Reset(_) => Vec::new(),
+        };
+        let mut frames = Vec::new();
+        {
+            let s = &mut self.sessions[i];
+            let Some((_, reader, _)) = (if on_control {
+                s.control.as_mut()
+            } else {
+                s.lane.as_mut()
+            }) else {
+                return;
+            };
+            for c in &chunks {
+                reader.push(c);
+            }
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(_) => {
+                        io.close(1, b"bad frame");
+                        return;
+                    }
+                }
+            }
+        }
+        for f in frames {
+            if on_control {
+                self.control(i, &f, io);
+            } else {
+                self.lane(i, &f, io.now());
+            }
+        }
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant, conns: &mut Conns<'_>) {
+        let (Timer::Heartbeat(i) | Timer::Send(i)) = timer else {
+            self.connect_more(conns);
+            return;
+        };
+        let s = &mut self.sessions[i];
+        if s.phase == Phase::Done {
+            return;
+        }
+        let Some(mut io) = s.ch.and_then(|ch| conns.io(ch)) else {
+            return;
+        };
+        match timer {
+            Timer::Heartbeat(_) => {
+                s.nonce = s.nonce.wrapping_add(1);
+                if let Some((id, _, out)) = &mut s.control {
+                    let hb = ClientControl::Heartbeat(Heartbeat {
+                        nonce: s.nonce,
+                        lanes: Vec::new(),
+                    });
+                    out.push(&mut io, *id, |b| encode_frame(&hb, b));
+                }
+                self.timers.push(Reverse((now + s.heartbeat, timer)));
+            }
+            Timer::Connect => {}
+            Timer::Send(_) => {
+                let Some(plan) = self.sending else { return };
+                let n = s.sent;
+                if n >= plan.per_sender {
+                    return;
+                }
+                s.sent += 1;
+                s.next_id += 1;
+                let content = format!(
+                    "{} sender {} message {n}",
+                    now.saturating_duration_since(self.epoch).as_micros(),
+                    s.member.index
+                );
+                let req = Request {
+                    id: s.next_id,
+                    body: RequestBody::SendMessage {
+                        channel_id: plan.channel,
+                        nonce: plan.nonce_base + n + 1,
+                        content,
+                        reply_to: None,
+                    },
+                };
+                if let Some((id, _, out)) = &mut s.lane {
+                    out.push(&mut io, *id, |b| encode_frame(&req, b));
+                    self.progress.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                // Catch-up after a late turn is a burst, like `MissedTickBehavior::Burst`.
+                let due = send_time(&plan, s.member.index, n + 1);
+                self.timers.push(Reverse((due, timer)));
+            }
+        }
+    }
+}
+
+/// When sender `k` sends its `n`-th message: spread evenly over one period, then steady.
+fn send_time(plan: &Sending, k: usize, n: u64) -> Instant {
+    let phase = plan.every.mul_f64(k as f64 / plan.senders.max(1) as f64);
+    plan.start + phase + plan.every.mul_f64(n as f64)
+}
+
+impl App for Sessions {
+    type Command = Cmd;
+
+    fn on_event(&mut self, ch: ConnectionHandle, event: AppEvent, io: &mut Io<'_>) {
+        let Some(&i) = self.by_handle.get(&ch) else { return };
+        match event {
+            AppEvent::Connected => {
+                self.handshaking -= 1;
+                self.timers.push(Reverse((io.now(), Timer::Connect)));
+                let s = &mut self.sessions[i];
+                s.phase = Phase::Hello;
+                let Some(id) = io.open(Dir::Bi) else {
+                    io.close(1, b"no control stream");
+                    return;
+                };
+                let hello = ClientControl::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    token: Some(s.member.token.clone()),
+                    device: DeviceKind::Desktop,
+                    resume: None,
+                    compression: Compression::None,
+                });
+                let mut out = Out::default();
+                out.push(io, id, |b| encode_frame(&hello, b));
+                s.control = Some((id, FrameReader::new(MAX_FRAME), out));
+            }
+            AppEvent::Readable(id) => self.readable(i, id, io),
+            AppEvent::Writable(id) => {
+                let s = &mut self.sessions[i];
+                for (sid, _, out) in s.control.iter_mut().chain(s.lane.iter_mut()) {
+                    if *sid == id {
+                        out.flush(io, id);
+                    }
+                }
+            }
+            AppEvent::StreamOpened => {
+                // The server opens no streams toward a client; refuse any.
+                for dir in [Dir::Bi, Dir::Uni] {
+                    while let Some(id) = io.accept(dir) {
+                        io.stop(id, 0);
+                    }
+                }
+            }
+            AppEvent::Lost(_) => {
+                self.by_handle.remove(&ch);
+                if self.sessions[i].phase == Phase::Connecting {
+                    self.timers.push(Reverse((io.now(), Timer::Connect)));
+                }
+                self.ended(i);
+            }
+            AppEvent::Stopped(_) | AppEvent::Datagrams => {}
+        }
+    }
+
+    fn on_command(&mut self, cmd: Cmd, conns: &mut Conns<'_>) {
+        match cmd {
+            Cmd::Join(members) => {
+                for member in members {
+                    self.queue.push_back(self.sessions.len());
+                    self.sessions.push(Session {
+                        member,
+                        ch: None,
+                        phase: Phase::Connecting,
+                        control: None,
+                        lane: None,
+                        heartbeat: Duration::from_secs(10),
+                        nonce: 0,
+                        next_id: JOIN_ID,
+                        sent: 0,
+                        warmed: false,
+                        seen: Vec::new(),
+                    });
+                }
+                self.connect_more(conns);
+            }
+            Cmd::Send(plan) => {
+                self.sending = Some(plan);
+                for (i, s) in self.sessions.iter().enumerate() {
+                    if s.member.index < plan.senders {
+                        self.timers
+                            .push(Reverse((send_time(&plan, s.member.index, 0), Timer::Send(i))));
+                    }
+                }
+            }
+            Cmd::Report(to) => {
+                let mut r = std::mem::take(&mut self.report);
+                for s in &self.sessions {
+                    if let Some(mut io) = s.ch.and_then(|ch| conns.io(ch)) {
+                        let st = io.stats();
+                        r.datagrams += st.udp_rx.datagrams;
+                        r.acks += st.frame_tx.acks;
+                    }
+                }
+                let _ = to.send(r);
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn on_timeout(&mut self, now: Instant, conns: &mut Conns<'_>) {
+        while let Some(Reverse((t, timer))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            self.fire(timer, now, conns);
+        }
+    }
+}
+
+/// The load generator's client loops, each on a thread of its own.
+pub(crate) struct Swarm {
+    loops: Vec<(
+        engine::Sender<Cmd>,
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+    /// Shared counters.
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl Swarm {
+    /// `loops` client loops, whose sessions will join the guild with `invite`.
+    pub(crate) fn start(loops: usize, invite: &str) -> anyhow::Result<Self> {
+        let progress = Arc::new(Progress::default());
+        let epoch = Instant::now();
+        let mut out = Vec::new();
+        for n in 0..loops.max(1) {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            socket.set_nonblocking(true)?;
+            let app = Sessions {
+                progress: progress.clone(),
+                epoch,
+                sessions: Vec::new(),
+                by_handle: HashMap::new(),
+                queue: VecDeque::new(),
+                handshaking: 0,
+                invite: invite.to_string(),
+                timers: BinaryHeap::new(),
+                sending: None,
+                report: Report::default(),
+            };
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let (tx_tx, tx_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("bench-swarm-{n}"))
+                .spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                        return;
+                    };
+                    rt.block_on(async move {
+                        let Ok(socket) = tokio::net::UdpSocket::from_std(socket) else {
+                            return;
+                        };
+                        let Ok(mut engine) = engine::Engine::client(socket, app) else {
+                            return;
+                        };
+                        let _ = tx_tx.send(engine.sender());
+                        engine
+                            .run(async move {
+                                let _ = stop_rx.await;
+                            })
+                            .await;
+                        engine.close_all(0, b"done");
+                    });
+                })?;
+            let tx = tx_rx.recv().context("a client loop did not start")?;
+            out.push((tx, stop_tx, thread));
+        }
+        Ok(Self { loops: out, progress })
+    }
+
+    /// Opens `members`' sessions, spread over the loops in turn.
+    pub(crate) fn join(&self, members: Vec<Member>) {
+        let n = self.loops.len();
+        let mut split: Vec<Vec<Member>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, m) in members.into_iter().enumerate() {
+            split[i % n].push(m);
+        }
+        for ((tx, _, _), part) in self.loops.iter().zip(split) {
+            let _ = tx.send(Cmd::Join(part));
+        }
+    }
+
+    /// Starts the senders.
+    pub(crate) fn send(&self, plan: Sending) {
+        for (tx, _, _) in &self.loops {
+            let _ = tx.send(Cmd::Send(plan));
+        }
+    }
+
+    /// Every loop's report (taken once: what was counted goes with it).
+    pub(crate) async fn report(&self) -> anyhow::Result<Report> {
+        let mut all = Report::default();
+        for (tx, _, _) in &self.loops {
+            let (to, from) = std::sync::mpsc::channel();
+            let _ = tx.send(Cmd::Report(to));
+            let r = tokio::task::spawn_blocking(move || from.recv_timeout(Duration::from_secs(30)))
+                .await?
+                .context("a client loop did not report")?;
+            all.first += r.first;
+            all.duplicates += r.duplicates;
+            all.latency.extend(r.latency);
+            all.datagrams += r.datagrams;
+            all.acks += r.acks;
+        }
+        Ok(all)
+    }
+
+    /// Closes every session and stops the loops.
+    pub(crate) fn stop(self) {
+        for (_, stop, thread) in self.loops {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The raw-QUIC client configuration of `cfg` (its trust, ALPN `quaver/1`, its idle
+/// timeout and keep-alive), for quinn-proto.
+pub(crate) fn client_config(cfg: &quaver_client::Config) -> anyhow::Result<quinn_proto::ClientConfig> {
+    let tls = quaver_client::tls_config(&cfg.trust, quaver_proto::ALPN_QUAVER)?;
+    let mut c = quinn_proto::ClientConfig::new(Arc::new(quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    let mut t = quinn_proto::TransportConfig::default();
+    t.max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    c.transport_config(Arc::new(t));
+    Ok(c)
+}
