@@ -252,6 +252,16 @@ impl Server {
         let sockets = engine::bind(cfg.listen, cfg.loops)
             .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
         let quic_addr = sockets[0].local_addr()?;
+        if let Ok(b) = engine::SocketBuffers::of(&sockets[0])
+            && b.short()
+        {
+            tracing::warn!(
+                recv = b.recv,
+                send = b.send,
+                wanted = engine::SOCKET_BUFFER,
+                "the QUIC sockets got smaller buffers than asked for: bursts may drop datagrams (raise net.core.rmem_max and wmem_max)"
+            );
+        }
         let http = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;

@@ -470,3 +470,26 @@ async fn a_client_engine_connects_out_and_reads_on_its_loop() {
     assert_eq!(server.app().lost.len(), n, "the server saw every close");
     assert_eq!(client.stats().accepted, 0, "a client engine accepts nothing");
 }
+
+#[test]
+fn the_ports_sockets_get_the_buffers_asked_for_or_the_kernels_cap() {
+    let cap = |f: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    for loops in [1, 2] {
+        for s in quaver::engine::bind("127.0.0.1:0".parse().unwrap(), loops).unwrap() {
+            let b = quaver::engine::SocketBuffers::of(&s).unwrap();
+            // Linux grants min(asked, cap) and reports twice that.
+            let want = |max: usize| quaver::engine::SOCKET_BUFFER.min(max) * 2;
+            assert_eq!(b.recv, want(cap("rmem_max")), "{loops} loops: receive buffer");
+            assert_eq!(b.send, want(cap("wmem_max")), "{loops} loops: send buffer");
+            assert_eq!(
+                b.short(),
+                cap("rmem_max") < quaver::engine::SOCKET_BUFFER || cap("wmem_max") < quaver::engine::SOCKET_BUFFER
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use quaver_client::Transport;
 use quaver_proto::*;
 
@@ -57,6 +57,8 @@ pub(crate) struct ChatResult {
     pub(crate) redis_cpu_seconds: f64,
     /// Latency percentiles (µs).
     pub(crate) latency: Percentiles,
+    /// UDP datagrams dropped for full receive buffers during the run (machine-wide).
+    pub(crate) udp_drops: u64,
 }
 
 impl ChatResult {
@@ -201,6 +203,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     let redis_pid = if cluster { redis_pid() } else { 0 };
     let redis0 = crate::server::cpu_seconds(redis_pid);
     let own0 = crate::server::cpu_seconds(std::process::id());
+    let drops0 = crate::server::udp_receive_drops();
     eprintln!("measuring (server pid {})", setup.server.pid);
     let start = Instant::now();
     let mut sent = 0;
@@ -219,6 +222,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         acks += a;
     }
     let own = crate::server::cpu_seconds(std::process::id()) - own0;
+    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
     eprintln!(
         "clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries; load generator CPU {:.2} µs per delivery",
         own * 1e6 / delivered.max(1) as f64
@@ -237,6 +241,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         node_cpu_seconds: node_cpu,
         redis_cpu_seconds: redis_cpu,
         latency: percentiles(lat),
+        udp_drops,
     })
 }
 
@@ -267,49 +272,9 @@ async fn on_swarm(
 ) -> anyhow::Result<ChatResult> {
     use std::sync::atomic::Ordering::Relaxed;
 
-    use crate::swarm::{Member, Sending, Swarm};
-    let swarm = Swarm::start(r.client_loops, invite)?;
-    let mut configs: std::collections::HashMap<std::net::SocketAddr, quinn_proto::ClientConfig> = Default::default();
-    let mut members = Vec::with_capacity(r.sessions);
-    for index in 0..r.sessions {
-        let user = 1000 + index as u64;
-        let cfg = setup.config(user);
-        let config = match configs.get(&cfg.addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = crate::swarm::client_config(&cfg)?;
-                configs.insert(cfg.addr, c.clone());
-                c
-            }
-        };
-        members.push(Member {
-            token: cfg.token.clone().context("a token for every member")?,
-            addr: cfg.addr,
-            config,
-            index,
-        });
-    }
-    swarm.join(members);
+    use crate::swarm::{Sending, Swarm};
+    let swarm = Swarm::open(&setup, 1000, r.sessions, r.client_loops, invite, None).await?;
     let p = swarm.progress.clone();
-    let limit = Instant::now() + Duration::from_secs(120);
-    while p.joined.load(Relaxed) + p.failed.load(Relaxed) < r.sessions {
-        if Instant::now() > limit {
-            swarm.stop();
-            bail!(
-                "only {} of {} sessions joined within 120 s",
-                p.joined.load(Relaxed),
-                r.sessions
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if p.failed.load(Relaxed) > 0 {
-        swarm.stop();
-        bail!("{} of {} sessions failed to join", p.failed.load(Relaxed), r.sessions);
-    }
-    for s in setup.nodes() {
-        s.quiesce(Duration::from_secs(60)).await;
-    }
     let warm = RequestBody::SendMessage {
         channel_id: ch,
         nonce: setup.nonce_base,
@@ -333,6 +298,7 @@ async fn on_swarm(
     let redis_pid = if cluster { redis_pid() } else { 0 };
     let redis0 = crate::server::cpu_seconds(redis_pid);
     let own0 = crate::server::cpu_seconds(std::process::id());
+    let drops0 = crate::server::udp_receive_drops();
     eprintln!("measuring (server pid {})", setup.server.pid);
     let per_sender = (r.rate * r.seconds).round() as u64;
     let expected_sends = per_sender * r.senders.min(r.sessions) as u64;
@@ -363,6 +329,7 @@ async fn on_swarm(
     }
     let report = swarm.report().await?;
     let own = crate::server::cpu_seconds(std::process::id()) - own0;
+    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
     eprintln!(
         "clients received {} UDP datagrams and sent {} ACK frames for {} deliveries; load generator CPU {:.2} µs per delivery ({} client loops); {} sessions lost, {} sends refused",
         report.datagrams,
@@ -388,5 +355,6 @@ async fn on_swarm(
         node_cpu_seconds: node_cpu,
         redis_cpu_seconds: redis_cpu,
         latency: percentiles(report.latency),
+        udp_drops,
     })
 }

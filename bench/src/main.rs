@@ -267,6 +267,11 @@ struct VoiceArgs {
     /// V2: listener counts to step through (e.g. 100,200,400,800); stops when loss passes 1%.
     #[arg(long, value_delimiter = ',')]
     ramp: Vec<usize>,
+    /// The load generator's client loops: its participants on the engine, on this many
+    /// threads. 0 = a quaver-client session (its own tasks) per participant, as before;
+    /// WebTransport runs always use those.
+    #[arg(long, default_value_t = 1)]
+    client_loops: usize,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -676,6 +681,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 fps: a.fps,
                 seconds: a.seconds,
                 transport,
+                client_loops: a.client_loops,
             };
             let r = voice::run(&bin, run).await?;
             println!(
@@ -699,8 +705,14 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 "cpu_us_per_forwarded_frame": r.cpu_us_per_frame(), "forwarded_per_cpu_second": r.frames_per_core_second(),
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
                 "residence_us": {"p50_bucket": r.residence_p50_us, "p99_bucket": r.residence_p99_us},
-                "server_rss_bytes": r.server_rss,
+                "server_rss_bytes": r.server_rss, "udp_receive_drops": r.udp_drops,
             });
+            if r.udp_drops > 0 {
+                eprintln!(
+                    "{} UDP datagrams dropped for full receive buffers during the run",
+                    r.udp_drops
+                );
+            }
             println!("{json}");
             losses.push(r.loss());
         }
@@ -789,9 +801,16 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 "delivered": r.delivered, "duplicates": r.duplicates, "loss": r.loss(), "deliveries_per_sec": r.per_sec,
                 "server_cpu_seconds": r.cpu_seconds, "cpu_us_per_delivery": r.cpu_us_per_delivery(),
                 "nodes": a.nodes, "node_cpu_seconds": r.node_cpu_seconds, "redis_cpu_seconds": r.redis_cpu_seconds,
+                "udp_receive_drops": r.udp_drops,
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
             });
             println!("{json}");
+            if r.udp_drops > 0 {
+                eprintln!(
+                    "{} UDP datagrams dropped for full receive buffers during the run",
+                    r.udp_drops
+                );
+            }
             p99s.push(r.latency.p99);
             lossy |= r.delivered < r.expected || r.duplicates > 0;
             // A single step (the smoke runs, F0/F1) must deliver everything exactly once.

@@ -289,3 +289,22 @@ pub(crate) fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> 
     }
     buckets.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
 }
+
+/// Datagrams this machine's UDP sockets dropped for a full receive buffer so far
+/// (`RcvbufErrors` in /proc/net/snmp; machine-wide: on loopback it counts both the server's
+/// and the load generator's sockets). 0 where it cannot be read.
+pub(crate) fn udp_receive_drops() -> u64 {
+    let Ok(t) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut rows = t.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}

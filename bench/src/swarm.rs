@@ -5,10 +5,11 @@
 //! about as much CPU per delivery as the server it measured, on the same two cores.
 //!
 //! Each session: handshake (at most [`HANDSHAKES`] in flight per loop), `Hello` on the
-//! control stream, `Ready`, the chat lane, `JoinGuild`; then heartbeats at the interval
-//! `Ready` gives, and the counting of every `MessageCreated` by channel seq (first copies,
-//! duplicates, latency from the send time written in the content). Senders send on the
-//! loop's own timers, spread evenly over the period like the task-based bench.
+//! control stream, `Ready`, the chat lane, `JoinGuild` (and, for the voice scenario, the
+//! voice lane and `JoinVoice`); then heartbeats at the interval `Ready` gives, and the
+//! counting of every `MessageCreated` by channel seq (first copies, duplicates, latency
+//! from the send time written in the content) and of every voice datagram (latency from
+//! the send time in its payload). Senders and speakers send on the loop's own timers.
 //!
 //! The protocol is written here from PROTOCOL.md (§4 streams, §5 messages) with
 //! `quaver_proto`'s codec, the way any independent client would.
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use quaver::engine::{self, App, AppEvent, Conns, Io, Read};
 use quaver_proto::codec::{FrameReader, decode, encode_frame};
+use quaver_proto::datagram::{AudioLevel, DOWNLINK_HEADER, Downlink, UPLINK_HEADER, Uplink};
 use quaver_proto::{
     ClientControl, Compression, DeviceKind, EventBody, Heartbeat, Hello, Lane, PROTOCOL_VERSION, Request, RequestBody,
     ServerControl, ServerLane, StreamOpen,
@@ -68,6 +70,23 @@ pub(crate) struct Progress {
     pub(crate) refused: AtomicU64,
     /// Sessions lost after they had joined.
     pub(crate) lost: AtomicUsize,
+    /// Voice frames sent by the speakers.
+    pub(crate) frames_sent: AtomicU64,
+    /// Voice frames received, over all sessions.
+    pub(crate) frames_received: AtomicU64,
+}
+
+/// The speakers' schedule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Speaking {
+    /// Sessions `0..speakers` speak.
+    pub(crate) speakers: usize,
+    /// Between one speaker's frames.
+    pub(crate) every: Duration,
+    /// Frames per speaker.
+    pub(crate) frames: u64,
+    /// When the first frames leave.
+    pub(crate) start: Instant,
 }
 
 /// The senders' schedule.
@@ -105,6 +124,7 @@ pub(crate) struct Report {
 enum Cmd {
     Join(Vec<Member>),
     Send(Sending),
+    Speak(Speaking),
     Report(std::sync::mpsc::Sender<Report>),
 }
 
@@ -116,6 +136,8 @@ enum Phase {
     Hello,
     /// `Ready` came; the lane is open and `JoinGuild` sent.
     Joining,
+    /// In the guild; the voice lane is open and `JoinVoice` sent.
+    JoiningVoice,
     /// Joined: heartbeating and counting.
     Joined,
     /// Ended.
@@ -147,6 +169,7 @@ struct Session {
     phase: Phase,
     control: Option<(StreamId, FrameReader, Out)>,
     lane: Option<(StreamId, FrameReader, Out)>,
+    voice: Option<(StreamId, FrameReader, Out)>,
     heartbeat: Duration,
     nonce: u32,
     next_id: u32,
@@ -177,6 +200,7 @@ enum Timer {
     Connect,
     Heartbeat(usize),
     Send(usize),
+    Speak(usize),
 }
 
 /// One loop's sessions: the [`App`] of a client engine.
@@ -190,8 +214,11 @@ struct Sessions {
     queue: VecDeque<usize>,
     handshaking: usize,
     invite: String,
+    /// The voice channel every session joins after the guild, if any.
+    voice_channel: Option<u64>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     sending: Option<Sending>,
+    speaking: Option<Speaking>,
     report: Report,
 }
 
@@ -224,7 +251,7 @@ impl Sessions {
             Phase::Joined => {
                 self.progress.lost.fetch_add(1, Ordering::Relaxed);
             }
-            Phase::Hello | Phase::Joining => {
+            Phase::Hello | Phase::Joining | Phase::JoiningVoice => {
                 self.progress.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -264,13 +291,52 @@ impl Sessions {
         }
     }
 
-    fn lane(&mut self, i: usize, frame: &[u8], now: Instant) {
+    /// A frame on the voice lane: only `JoinVoice`'s answer matters here.
+    fn voice_lane(&mut self, i: usize, frame: &[u8]) {
+        let s = &mut self.sessions[i];
+        match decode::<ServerLane>(frame) {
+            Ok(ServerLane::Ack { id: JOIN_ID, .. }) if s.phase == Phase::JoiningVoice => {
+                s.phase = Phase::Joined;
+                self.progress.joined.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(ServerLane::Error { id: JOIN_ID, .. }) if s.phase == Phase::JoiningVoice => {
+                s.phase = Phase::Done;
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn lane(&mut self, i: usize, frame: &[u8], io: &mut Io<'_>) {
         let Ok(msg) = decode::<ServerLane>(frame) else { return };
+        let now = io.now();
         let s = &mut self.sessions[i];
         match msg {
             ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
-                s.phase = Phase::Joined;
-                self.progress.joined.fetch_add(1, Ordering::Relaxed);
+                let Some(channel_id) = self.voice_channel else {
+                    s.phase = Phase::Joined;
+                    self.progress.joined.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let Some(id) = io.open(Dir::Bi) else {
+                    io.close(1, b"no stream for the voice lane");
+                    return;
+                };
+                let join = Request {
+                    id: JOIN_ID,
+                    body: RequestBody::JoinVoice {
+                        channel_id,
+                        self_mute: false,
+                        self_deaf: false,
+                    },
+                };
+                let mut out = Out::default();
+                out.push(io, id, |b| {
+                    encode_frame(&StreamOpen::Lane(Lane::Voice), b);
+                    encode_frame(&join, b);
+                });
+                s.voice = Some((id, FrameReader::new(MAX_FRAME), out));
+                s.phase = Phase::JoiningVoice;
             }
             ServerLane::Error { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
                 s.phase = Phase::Done;
@@ -316,12 +382,18 @@ impl Sessions {
 
     /// Reads `id` on session `i` and handles its complete frames.
     fn readable(&mut self, i: usize, id: StreamId, io: &mut Io<'_>) {
-        let on_control = self.sessions[i].control.as_ref().is_some_and(|c| c.0 == id);
-        let on_lane = self.sessions[i].lane.as_ref().is_some_and(|l| l.0 == id);
-        if !on_control && !on_lane {
+        let s = &self.sessions[i];
+        let on = |x: &Option<(StreamId, FrameReader, Out)>| x.as_ref().is_some_and(|c| c.0 == id);
+        let which = if on(&s.control) {
+            0
+        } else if on(&s.lane) {
+            1
+        } else if on(&s.voice) {
+            2
+        } else {
             let _ = io.read(id);
             return;
-        }
+        };
         let chunks = match io.read(id) {
             Read::Data(c) | Read::Finished(c) => c,
             Read::Reset(_) => Vec::new(),
@@ -329,13 +401,12 @@ impl Sessions {
         let mut frames = Vec::new();
         {
             let s = &mut self.sessions[i];
-            let Some((_, reader, _)) = (if on_control {
-                s.control.as_mut()
-            } else {
-                s.lane.as_mut()
-            }) else {
-                return;
+            let stream = match which {
+                0 => s.control.as_mut(),
+                1 => s.lane.as_mut(),
+                _ => s.voice.as_mut(),
             };
+            let Some((_, reader, _)) = stream else { return };
             for c in &chunks {
                 reader.push(c);
             }
@@ -351,16 +422,16 @@ impl Sessions {
             }
         }
         for f in frames {
-            if on_control {
-                self.control(i, &f, io);
-            } else {
-                self.lane(i, &f, io.now());
+            match which {
+                0 => self.control(i, &f, io),
+                1 => self.lane(i, &f, io),
+                _ => self.voice_lane(i, &f),
             }
         }
     }
 
     fn fire(&mut self, timer: Timer, now: Instant, conns: &mut Conns<'_>) {
-        let (Timer::Heartbeat(i) | Timer::Send(i)) = timer else {
+        let (Timer::Heartbeat(i) | Timer::Send(i) | Timer::Speak(i)) = timer else {
             self.connect_more(conns);
             return;
         };
@@ -384,6 +455,30 @@ impl Sessions {
                 self.timers.push(Reverse((now + s.heartbeat, timer)));
             }
             Timer::Connect => {}
+            Timer::Speak(_) => {
+                let Some(plan) = self.speaking else { return };
+                let n = s.sent;
+                if n >= plan.frames {
+                    return;
+                }
+                s.sent += 1;
+                let mut payload = [0x55u8; 160];
+                let at = now.saturating_duration_since(self.epoch).as_micros() as u64;
+                payload[..8].copy_from_slice(&at.to_le_bytes());
+                let h = Uplink {
+                    flags: 0,
+                    level: AudioLevel::new(20 + s.member.index as u8, true),
+                    seq: n as u16,
+                    timestamp: (n as u32).wrapping_mul(960),
+                };
+                let mut d = Vec::with_capacity(UPLINK_HEADER + payload.len());
+                h.write(&payload, &mut d);
+                if io.send_datagram(d.into()) {
+                    self.progress.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                let due = plan.start + plan.every.mul_f64((n + 1) as f64);
+                self.timers.push(Reverse((due, timer)));
+            }
             Timer::Send(_) => {
                 let Some(plan) = self.sending else { return };
                 let n = s.sent;
@@ -453,7 +548,7 @@ impl App for Sessions {
             AppEvent::Readable(id) => self.readable(i, id, io),
             AppEvent::Writable(id) => {
                 let s = &mut self.sessions[i];
-                for (sid, _, out) in s.control.iter_mut().chain(s.lane.iter_mut()) {
+                for (sid, _, out) in s.control.iter_mut().chain(s.lane.iter_mut()).chain(s.voice.iter_mut()) {
                     if *sid == id {
                         out.flush(io, id);
                     }
@@ -474,7 +569,19 @@ impl App for Sessions {
                 }
                 self.ended(i);
             }
-            AppEvent::Stopped(_) | AppEvent::Datagrams => {}
+            AppEvent::Datagrams => {
+                let at = io.now().saturating_duration_since(self.epoch).as_micros() as u64;
+                while let Some(d) = io.recv_datagram() {
+                    if Downlink::parse(&d).is_ok() && d.len() >= DOWNLINK_HEADER + 8 {
+                        let mut t = [0u8; 8];
+                        t.copy_from_slice(&d[DOWNLINK_HEADER..DOWNLINK_HEADER + 8]);
+                        self.report.latency.push(at.saturating_sub(u64::from_le_bytes(t)));
+                        self.report.first += 1;
+                        self.progress.frames_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            AppEvent::Stopped(_) => {}
         }
     }
 
@@ -489,6 +596,7 @@ impl App for Sessions {
                         phase: Phase::Connecting,
                         control: None,
                         lane: None,
+                        voice: None,
                         heartbeat: Duration::from_secs(10),
                         nonce: 0,
                         next_id: JOIN_ID,
@@ -505,6 +613,14 @@ impl App for Sessions {
                     if s.member.index < plan.senders {
                         self.timers
                             .push(Reverse((send_time(&plan, s.member.index, 0), Timer::Send(i))));
+                    }
+                }
+            }
+            Cmd::Speak(plan) => {
+                self.speaking = Some(plan);
+                for (i, s) in self.sessions.iter().enumerate() {
+                    if s.member.index < plan.speakers {
+                        self.timers.push(Reverse((plan.start, Timer::Speak(i))));
                     }
                 }
             }
@@ -549,13 +665,15 @@ pub(crate) struct Swarm {
 }
 
 impl Swarm {
-    /// `loops` client loops, whose sessions will join the guild with `invite`.
-    pub(crate) fn start(loops: usize, invite: &str) -> anyhow::Result<Self> {
+    /// `loops` client loops, whose sessions will join the guild with `invite`, then the
+    /// voice channel `voice` if there is one.
+    fn start(loops: usize, invite: &str, voice: Option<u64>) -> anyhow::Result<Self> {
         let progress = Arc::new(Progress::default());
         let epoch = Instant::now();
         let mut out = Vec::new();
         for n in 0..loops.max(1) {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            // Every session of the loop shares this socket: the engine's buffers.
+            let socket = engine::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?.remove(0);
             socket.set_nonblocking(true)?;
             let app = Sessions {
                 progress: progress.clone(),
@@ -565,8 +683,10 @@ impl Swarm {
                 queue: VecDeque::new(),
                 handshaking: 0,
                 invite: invite.to_string(),
+                voice_channel: voice,
                 timers: BinaryHeap::new(),
                 sending: None,
+                speaking: None,
                 report: Report::default(),
             };
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -599,8 +719,60 @@ impl Swarm {
         Ok(Self { loops: out, progress })
     }
 
+    /// `loops` client loops with sessions of users `first..first + n` of `setup`, each
+    /// joined to the guild by `invite` (and to the voice channel `voice`), once every one
+    /// has; the servers quiesced after the joins' traffic.
+    pub(crate) async fn open(
+        setup: &crate::setup::Setup,
+        first: u64,
+        n: usize,
+        loops: usize,
+        invite: &str,
+        voice: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        use Ordering::Relaxed;
+        let swarm = Swarm::start(loops, invite, voice)?;
+        let mut configs: HashMap<SocketAddr, quinn_proto::ClientConfig> = HashMap::new();
+        let mut members = Vec::with_capacity(n);
+        for index in 0..n {
+            let cfg = setup.config(first + index as u64);
+            let config = match configs.get(&cfg.addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = client_config(&cfg)?;
+                    configs.insert(cfg.addr, c.clone());
+                    c
+                }
+            };
+            members.push(Member {
+                token: cfg.token.clone().context("a token for every member")?,
+                addr: cfg.addr,
+                config,
+                index,
+            });
+        }
+        swarm.join(members);
+        let p = swarm.progress.clone();
+        let limit = Instant::now() + Duration::from_secs(120);
+        while p.joined.load(Relaxed) + p.failed.load(Relaxed) < n {
+            if Instant::now() > limit {
+                swarm.stop();
+                anyhow::bail!("only {} of {n} sessions joined within 120 s", p.joined.load(Relaxed));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if p.failed.load(Relaxed) > 0 {
+            swarm.stop();
+            anyhow::bail!("{} of {n} sessions failed to join", p.failed.load(Relaxed));
+        }
+        for s in setup.nodes() {
+            s.quiesce(Duration::from_secs(60)).await;
+        }
+        Ok(swarm)
+    }
+
     /// Opens `members`' sessions, spread over the loops in turn.
-    pub(crate) fn join(&self, members: Vec<Member>) {
+    fn join(&self, members: Vec<Member>) {
         let n = self.loops.len();
         let mut split: Vec<Vec<Member>> = (0..n).map(|_| Vec::new()).collect();
         for (i, m) in members.into_iter().enumerate() {
@@ -608,6 +780,13 @@ impl Swarm {
         }
         for ((tx, _, _), part) in self.loops.iter().zip(split) {
             let _ = tx.send(Cmd::Join(part));
+        }
+    }
+
+    /// Starts the speakers.
+    pub(crate) fn speak(&self, plan: Speaking) {
+        for (tx, _, _) in &self.loops {
+            let _ = tx.send(Cmd::Speak(plan));
         }
     }
 

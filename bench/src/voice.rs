@@ -29,6 +29,9 @@ pub(crate) struct VoiceRun {
     pub(crate) seconds: u64,
     /// Transport of the participants.
     pub(crate) transport: Transport,
+    /// The load generator's client loops (`crate::swarm`); 0 = a `quaver-client` session
+    /// (tasks) per participant. WebTransport runs always use the latter.
+    pub(crate) client_loops: usize,
 }
 
 /// What a run measured.
@@ -48,6 +51,8 @@ pub(crate) struct VoiceResult {
     pub(crate) cpu_seconds: f64,
     /// Send→receive latency percentiles (µs).
     pub(crate) latency: Percentiles,
+    /// UDP datagrams dropped for full receive buffers during the speech (machine-wide).
+    pub(crate) udp_drops: u64,
     /// SFU residence p50 and p99 (bucket upper bounds, µs).
     pub residence_p50_us: f64,
     /// SFU residence p99 (bucket upper bound, µs).
@@ -89,6 +94,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     let ResponseBody::Channel(vc) = req(&mut chat, body).await? else {
         bail!("channel")
     };
+    if r.client_loops > 0 && r.transport == Transport::Quic {
+        return on_swarm(setup, vc.id, &invite, r).await;
+    }
     // Participants join the guild, then the voice channel.
     let total = r.listeners + r.speakers;
     let mut parts = Vec::with_capacity(total);
@@ -135,6 +143,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu0 = setup.server.cpu_seconds();
+    let drops0 = crate::server::udp_receive_drops();
     eprintln!("speaking (server pid {})", setup.server.pid);
     let speech = Instant::now();
     let frames = r.fps as u64 * r.seconds;
@@ -165,6 +174,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     let speech_secs = speech.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = setup.server.cpu_seconds() - cpu0;
+    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
     stop.notify_waiters();
     let mut lat = Vec::new();
     for rx in receivers {
@@ -189,5 +199,61 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
         latency: percentiles(lat),
         residence_p50_us: res50,
         residence_p99_us: res99,
+        udp_drops,
+    })
+}
+
+/// The run with the participants on the load generator's engine loops (`crate::swarm`).
+async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyhow::Result<VoiceResult> {
+    let total = r.listeners + r.speakers;
+    let swarm = crate::swarm::Swarm::open(&setup, 100, total, r.client_loops, invite, Some(channel)).await?;
+    let p = swarm.progress.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu0 = setup.server.cpu_seconds();
+    let drops0 = crate::server::udp_receive_drops();
+    let own0 = crate::server::cpu_seconds(std::process::id());
+    eprintln!("speaking (server pid {})", setup.server.pid);
+    let frames = r.fps as u64 * r.seconds;
+    let sent = frames * r.speakers as u64;
+    let speech = Instant::now();
+    swarm.speak(crate::swarm::Speaking {
+        speakers: r.speakers,
+        every: Duration::from_secs_f64(1.0 / r.fps as f64),
+        frames,
+        start: speech + Duration::from_millis(5),
+    });
+    let limit = speech + Duration::from_secs(r.seconds + 30);
+    while p.frames_sent.load(Relaxed) < sent && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let speech_secs = speech.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = setup.server.cpu_seconds() - cpu0;
+    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
+    let report = swarm.report().await?;
+    let own = crate::server::cpu_seconds(std::process::id()) - own0;
+    eprintln!(
+        "load generator CPU {:.2} µs per received frame ({} client loops); {} sessions lost",
+        own * 1e6 / report.first.max(1) as f64,
+        r.client_loops,
+        p.lost.load(Relaxed)
+    );
+    let text = setup.server.metrics().await.unwrap_or_default();
+    let res50 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.5).unwrap_or(f64::NAN) * 1e6;
+    let res99 = histogram_quantile(&text, "quaver_voice_residence_seconds", 0.99).unwrap_or(f64::NAN) * 1e6;
+    let server_rss = setup.server.rss_bytes();
+    swarm.stop();
+    setup.server.stop().await;
+    Ok(VoiceResult {
+        server_rss,
+        sent: p.frames_sent.load(Relaxed),
+        expected: sent * (total as u64 - 1),
+        received: report.first,
+        forwarded_per_sec: report.first as f64 / speech_secs,
+        cpu_seconds: cpu,
+        latency: percentiles(report.latency),
+        residence_p50_us: res50,
+        residence_p99_us: res99,
+        udp_drops,
     })
 }

@@ -759,21 +759,66 @@ struct Conn {
     timer: Option<Instant>,
 }
 
-/// Binds the engine's port for `loops` loops: one socket, or one SO_REUSEPORT socket per
-/// loop, all on the address the first one got.
-pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
-    if loops <= 1 {
-        return Ok(vec![std::net::UdpSocket::bind(listen)?]);
+/// The socket buffers the engine asks for, each way. One socket carries every connection of
+/// its loop, so a fan-out's burst of ACKs (a thousand sessions answer within a millisecond)
+/// or a client loop's burst of events lands in one receive buffer; at Linux's default
+/// (208 KiB, about 150 datagrams of a 1,500-byte MTU as the kernel counts them) such a
+/// burst overflows it while the loop is busy sending, and every dropped ACK costs a
+/// retransmission of data that had arrived. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max` ([`SocketBuffers`] says what was granted).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The buffers a socket of [`bind`] got (Linux reports twice what is usable, its own
+/// bookkeeping included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// Receive buffer, bytes.
+    pub recv: usize,
+    /// Send buffer, bytes.
+    pub send: usize,
+}
+
+impl SocketBuffers {
+    /// Whether the kernel granted less than [`SOCKET_BUFFER`] (raise `net.core.rmem_max`
+    /// and `wmem_max` to get it).
+    pub fn short(&self) -> bool {
+        let usable = |reported: usize| {
+            if cfg!(target_os = "linux") {
+                reported / 2
+            } else {
+                reported
+            }
+        };
+        usable(self.recv) < SOCKET_BUFFER || usable(self.send) < SOCKET_BUFFER
     }
-    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(loops);
-    for _ in 0..loops {
+
+    /// What `socket` has.
+    pub fn of(socket: &std::net::UdpSocket) -> std::io::Result<Self> {
+        let s = socket2::SockRef::from(socket);
+        Ok(Self {
+            recv: s.recv_buffer_size()?,
+            send: s.send_buffer_size()?,
+        })
+    }
+}
+
+/// Binds the engine's port for `loops` loops: one socket, or one SO_REUSEPORT socket per
+/// loop, all on the address the first one got; each asks for [`SOCKET_BUFFER`] both ways.
+pub fn bind(listen: std::net::SocketAddr, loops: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(loops.max(1));
+    for _ in 0..loops.max(1) {
         let addr = sockets.first().map_or(Ok(listen), |s| s.local_addr())?;
         let s = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::DGRAM,
             Some(socket2::Protocol::UDP),
         )?;
-        s.set_reuse_port(true)?;
+        if loops > 1 {
+            s.set_reuse_port(true)?;
+        }
+        // Refused or capped by the kernel: the socket works with what it has.
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
         s.bind(&addr.into())?;
         sockets.push(s.into());
     }
