@@ -1,0 +1,341 @@
+//! WebRTC participants for Quaver's voice channels (issue 14), without I/O: a [`Peer`] is
+//! one browser's (or any WebRTC stack's) connection to the server — ICE-lite, DTLS-SRTP,
+//! Opus RTP with the RFC 6464 audio-level extension — turned into the SFU's own terms.
+//! Its uplink (the peer's microphone) comes out as [`Frame`]s carrying what the datagram
+//! uplink header carries (level, voice activity, sequence number, media timestamp, the
+//! start of a talkspurt) and the Opus payload untouched; the SFU's downlink goes in as
+//! frames for a forwarding slot, each slot one outgoing audio track of the peer's offer.
+//! No transcoding.
+//!
+//! Time is a parameter and datagrams go in and out as values, as in `quaver::engine`; the
+//! server decides which socket carries them. Built on `str0m` (sans-IO, one `Rtc` per peer).
+//!
+//! The offer a peer makes: its first audio section it sends on (`sendrecv` or `sendonly`)
+//! is its microphone; every audio section it receives on (`recvonly`, or that same
+//! `sendrecv` one) is a forwarding slot, in the order of the offer.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
+
+/// Opus at 48 kHz: one 20 ms frame advances the media clock by this much.
+pub const SAMPLES_PER_FRAME: u32 = 960;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The offer is not SDP str0m can read.
+    #[error("unreadable SDP offer: {0}")]
+    Sdp(String),
+    /// The offer has no audio section the peer sends on.
+    #[error("the offer has no audio the peer sends")]
+    NoUplink,
+    /// The offer negotiates no Opus.
+    #[error("the offer has no Opus")]
+    NoOpus,
+    /// The WebRTC stack refused (the peer is unusable from now on).
+    #[error("webrtc: {0}")]
+    Rtc(String),
+}
+
+impl From<str0m::RtcError> for Error {
+    fn from(e: str0m::RtcError) -> Self {
+        Error::Rtc(e.to_string())
+    }
+}
+
+/// One voice frame in the SFU's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Audio level, −dBov (0 loudest, 127 silence), as RFC 6464 and the datagram header.
+    pub level: u8,
+    /// The sender's voice-activity flag.
+    pub voice: bool,
+    /// RTP sequence number (low 16 bits).
+    pub seq: u16,
+    /// Media timestamp, 48 kHz.
+    pub timestamp: u32,
+    /// First frame after a silence.
+    pub talkspurt: bool,
+    /// The Opus payload.
+    pub payload: Vec<u8>,
+}
+
+/// What a peer has for the caller after an input.
+#[derive(Debug)]
+pub enum Output {
+    /// Send `data` from the local address to `to`.
+    Transmit {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram.
+        data: Vec<u8>,
+    },
+    /// A frame from the peer's microphone.
+    Frame(Frame),
+    /// ICE and DTLS are up: media flows from now on.
+    Connected,
+    /// The peer is gone (ICE disconnected or the stack failed): drop it.
+    Closed,
+    /// Nothing more until this instant (or the next datagram).
+    Wait(Instant),
+}
+
+/// One outgoing track: where its timestamps stand.
+#[derive(Debug)]
+struct Slot {
+    mid: Mid,
+    /// The source the slot carried last, and the offset that maps its timestamps onto the
+    /// track's (a track's media clock must not jump when its speaker changes).
+    source: Option<(u64, u32)>,
+    /// The last timestamp written on the track.
+    last: Option<u32>,
+}
+
+/// One WebRTC participant.
+pub struct Peer {
+    rtc: Rtc,
+    local: SocketAddr,
+    uplink: Mid,
+    slots: Vec<Slot>,
+    pt: Pt,
+    connected: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("local", &self.local)
+            .field("slots", &self.slots.len())
+            .field("connected", &self.connected)
+            .finish()
+    }
+}
+
+impl Peer {
+    /// Answers `offer` as an ICE-lite peer reachable at `local` (the UDP address the server
+    /// announces as its one host candidate); returns the peer and the answer's SDP.
+    pub fn answer(offer: &str, local: SocketAddr, now: Instant) -> Result<(Peer, String), Error> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| Error::Sdp(e.to_string()))?;
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let candidate = Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+        let answer = answer.to_sdp_string();
+        // The offer's sections as this side answered them (str0m reports them as events
+        // only once media flows; the answer says it now).
+        let mut uplink = None;
+        let mut slots = Vec::new();
+        for (kind, mid, direction) in sections(&answer) {
+            if kind != "audio" {
+                continue;
+            }
+            if uplink.is_none() && matches!(direction, Direction::RecvOnly | Direction::SendRecv) {
+                uplink = Some(mid);
+            }
+            if matches!(direction, Direction::SendOnly | Direction::SendRecv) {
+                slots.push(Slot {
+                    mid,
+                    source: None,
+                    last: None,
+                });
+            }
+        }
+        let uplink = uplink.ok_or(Error::NoUplink)?;
+        // The Opus payload type the offer negotiated (what the outgoing tracks write).
+        let negotiated = slots.first().and_then(|s| {
+            rtc.writer(s.mid).and_then(|w| {
+                w.payload_params()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .map(|p| p.pt())
+            })
+        });
+        let pt = negotiated
+            .or_else(|| {
+                rtc.codec_config()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .map(|p| p.pt())
+            })
+            .ok_or(Error::NoOpus)?;
+        Ok((
+            Peer {
+                rtc,
+                local,
+                uplink,
+                slots,
+                pt,
+                connected: false,
+                closed: false,
+            },
+            answer,
+        ))
+    }
+
+    /// Forwarding slots (outgoing tracks) the peer's offer asked for.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether media flows.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether `data` from `from` belongs to this peer (its ICE credentials or its
+    /// DTLS/SRTP path): the way to find a datagram's peer on a shared socket.
+    pub fn accepts(&self, from: SocketAddr, data: &[u8]) -> bool {
+        let Ok(contents) = data.try_into() else { return false };
+        self.rtc.accepts(&Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        ))
+    }
+
+    /// A datagram from `from`, at `now`. Input that is not WebRTC is ignored; what the
+    /// stack refuses ends the peer ([`Output::Closed`] follows).
+    pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else { return };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.handle_input(input).is_err() {
+            self.close();
+        }
+    }
+
+    /// Time has come to `now` (call at the instant of [`Output::Wait`]).
+    pub fn timeout(&mut self, now: Instant) {
+        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            self.close();
+        }
+    }
+
+    /// Ends the peer.
+    pub fn close(&mut self) {
+        self.rtc.disconnect();
+        self.closed = true;
+    }
+
+    /// The next thing for the caller; call until [`Output::Wait`] (or [`Output::Closed`]).
+    pub fn poll(&mut self) -> Output {
+        loop {
+            if self.closed || !self.rtc.is_alive() {
+                self.closed = true;
+                return Output::Closed;
+            }
+            let out = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(_) => {
+                    self.close();
+                    return Output::Closed;
+                }
+            };
+            match out {
+                str0m::Output::Timeout(t) => return Output::Wait(t),
+                str0m::Output::Transmit(t) => {
+                    return Output::Transmit {
+                        to: t.destination,
+                        data: t.contents.to_vec(),
+                    };
+                }
+                str0m::Output::Event(Event::Connected) => {
+                    self.connected = true;
+                    return Output::Connected;
+                }
+                str0m::Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                    self.close();
+                    return Output::Closed;
+                }
+                str0m::Output::Event(Event::MediaData(m)) if m.mid == self.uplink => {
+                    let level = m.ext_vals.audio_level.map_or(127, |l| l.unsigned_abs().min(127));
+                    return Output::Frame(Frame {
+                        level,
+                        voice: m.ext_vals.voice_activity.unwrap_or(false),
+                        seq: **m.seq_range.start() as u16,
+                        timestamp: m.time.numer() as u32,
+                        talkspurt: m.audio_start_of_talk_spurt,
+                        payload: m.data.to_vec(),
+                    });
+                }
+                str0m::Output::Event(_) => {}
+            }
+        }
+    }
+
+    /// Sends `frame` from `source` (the speaker it came from, e.g. a user id) on forwarding
+    /// slot `slot`. Timestamps stay continuous on the track: when the slot's source changes,
+    /// the new source's clock is mapped to follow the track's last timestamp by one frame.
+    /// False if the slot does not exist or media does not flow yet.
+    pub fn send(&mut self, slot: usize, source: u64, frame: &Frame, now: Instant) -> bool {
+        if !self.connected || self.closed {
+            return false;
+        }
+        let Some(s) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        let offset = match s.source {
+            Some((src, off)) if src == source => off,
+            _ => {
+                let next = s.last.map_or(frame.timestamp, |l| l.wrapping_add(SAMPLES_PER_FRAME));
+                let off = next.wrapping_sub(frame.timestamp);
+                s.source = Some((source, off));
+                off
+            }
+        };
+        let ts = frame.timestamp.wrapping_add(offset);
+        s.last = Some(ts);
+        let Some(w) = self.rtc.writer(s.mid) else { return false };
+        let level = -(i8::try_from(frame.level.min(127)).unwrap_or(127));
+        w.audio_level(level, frame.voice)
+            .start_of_talkspurt(frame.talkspurt)
+            .write(
+                self.pt,
+                now,
+                MediaTime::new(u64::from(ts), Frequency::FORTY_EIGHT_KHZ),
+                frame.payload.clone(),
+            )
+            .is_ok()
+    }
+}
+
+/// The media sections of `sdp`: kind (`audio`, `video`, `application`), mid, direction (a
+/// section without a direction attribute is `sendrecv`, RFC 8866 §6.7).
+fn sections(sdp: &str) -> Vec<(String, Mid, Direction)> {
+    let mut out: Vec<(String, Option<Mid>, Direction)> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let kind = m.split(' ').next().unwrap_or_default().to_string();
+            out.push((kind, None, Direction::SendRecv));
+        } else if let Some(last) = out.last_mut() {
+            match line {
+                "a=sendrecv" => last.2 = Direction::SendRecv,
+                "a=sendonly" => last.2 = Direction::SendOnly,
+                "a=recvonly" => last.2 = Direction::RecvOnly,
+                "a=inactive" => last.2 = Direction::Inactive,
+                _ => {
+                    if let Some(mid) = line.strip_prefix("a=mid:") {
+                        last.1 = Some(Mid::from(mid));
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().filter_map(|(k, m, d)| Some((k, m?, d))).collect()
+}

@@ -1,0 +1,281 @@
+//! A WebRTC peer (str0m, as a browser would be: full ICE, DTLS client or server as
+//! negotiated) against the bridge's ICE-lite [`Peer`], datagrams handed over in memory on a
+//! virtual clock: the offer/answer, connectivity, the microphone's Opus frames with their
+//! RFC 6464 levels coming out as SFU frames, and the SFU's frames going back on the
+//! forwarding slots' tracks with continuous timestamps.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quaver_rtc::{Frame, Output, Peer, SAMPLES_PER_FRAME};
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaData, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Rtc};
+
+struct Pair {
+    now: Instant,
+    client: Rtc,
+    client_addr: SocketAddr,
+    client_wait: Instant,
+    server: Peer,
+    server_addr: SocketAddr,
+    server_wait: Instant,
+    /// The client's microphone and its two receiving sections.
+    mic: Mid,
+    slots: [Mid; 2],
+    /// Frames the bridge took from the microphone.
+    uplink: Vec<Frame>,
+    /// Media the client received.
+    downlink: Vec<MediaData>,
+    connected: bool,
+    closed: bool,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = Instant::now();
+        let client_addr: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let server_addr: SocketAddr = "10.0.0.1:3478".parse().unwrap();
+        let mut client = Rtc::builder().build(now);
+        client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
+        let mut change = client.sdp_api();
+        let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let s0 = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let s1 = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let (server, answer) = Peer::answer(&offer.to_sdp_string(), server_addr, now).unwrap();
+        client
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        Pair {
+            now,
+            client,
+            client_addr,
+            client_wait: now,
+            server,
+            server_addr,
+            server_wait: now,
+            mic,
+            slots: [s0, s1],
+            uplink: Vec::new(),
+            downlink: Vec::new(),
+            connected: false,
+            closed: false,
+        }
+    }
+
+    /// Moves datagrams both ways and fires what is due at `now`, until nothing moves.
+    fn exchange(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            if self.client_wait <= self.now {
+                self.client.handle_input(Input::Timeout(self.now)).unwrap();
+            }
+            let mut to_server = Vec::new();
+            loop {
+                match self.client.poll_output().unwrap() {
+                    str0m::Output::Timeout(t) => {
+                        self.client_wait = t;
+                        break;
+                    }
+                    str0m::Output::Transmit(t) => {
+                        assert_eq!(t.destination, self.server_addr);
+                        to_server.push(t.contents.to_vec());
+                    }
+                    str0m::Output::Event(Event::MediaData(m)) => self.downlink.push(m),
+                    str0m::Output::Event(_) => {}
+                }
+            }
+            for d in to_server {
+                moved = true;
+                assert!(self.server.accepts(self.client_addr, &d) || !self.connected);
+                self.server.receive(self.now, self.client_addr, &d);
+            }
+            if self.server_wait <= self.now {
+                self.server.timeout(self.now);
+            }
+            let mut to_client = Vec::new();
+            loop {
+                match self.server.poll() {
+                    Output::Wait(t) => {
+                        self.server_wait = t;
+                        break;
+                    }
+                    Output::Transmit { to, data } => {
+                        assert_eq!(to, self.client_addr);
+                        to_client.push(data);
+                    }
+                    Output::Frame(f) => self.uplink.push(f),
+                    Output::Connected => self.connected = true,
+                    Output::Closed => {
+                        self.closed = true;
+                        break;
+                    }
+                }
+            }
+            for d in to_client {
+                moved = true;
+                let input = Input::Receive(
+                    self.now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: self.server_addr,
+                        destination: self.client_addr,
+                        contents: d.as_slice().try_into().unwrap(),
+                    },
+                );
+                self.client.handle_input(input).unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the pair never settled");
+    }
+
+    /// Moves the clock on by `d` in 1 ms steps.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            self.exchange();
+        }
+    }
+
+    fn connect(&mut self) {
+        for _ in 0..3000 {
+            if self.connected && self.client.is_connected() {
+                return;
+            }
+            self.advance(Duration::from_millis(1));
+        }
+        panic!("not connected within 3 s of virtual time");
+    }
+}
+
+#[test]
+fn a_webrtc_peer_connects_to_the_ice_lite_bridge() {
+    let mut p = Pair::new();
+    assert_eq!(p.server.slots(), 2, "the offer's two receiving sections");
+    assert!(!p.server.is_connected());
+    p.connect();
+    assert!(p.server.is_connected());
+    assert!(!p.closed);
+}
+
+#[test]
+fn an_unusable_offer_is_refused_with_its_reason() {
+    let now = Instant::now();
+    let addr: SocketAddr = "10.0.0.1:3478".parse().unwrap();
+    assert!(matches!(
+        Peer::answer("not sdp", addr, now),
+        Err(quaver_rtc::Error::Sdp(_))
+    ));
+    // Only receiving audio: nothing to hear from this peer.
+    let mut client = Rtc::builder().build(now);
+    let mut change = client.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, _) = change.apply().unwrap();
+    assert!(matches!(
+        Peer::answer(&offer.to_sdp_string(), addr, now),
+        Err(quaver_rtc::Error::NoUplink)
+    ));
+}
+
+#[test]
+fn the_microphones_opus_frames_come_out_with_their_levels() {
+    let mut p = Pair::new();
+    p.connect();
+    let pt = p
+        .client
+        .codec_config()
+        .find(|c| c.spec().codec == Codec::Opus)
+        .unwrap()
+        .pt();
+    let frames = 50u32;
+    for i in 0..frames {
+        let payload: Vec<u8> = (0..40).map(|b| (b as u8) ^ (i as u8)).collect();
+        let (level, voice) = if i < 25 { (-30, true) } else { (-90, false) };
+        p.client
+            .writer(p.mic)
+            .unwrap()
+            .audio_level(level, voice)
+            .start_of_talkspurt(i == 0)
+            .write(
+                pt,
+                p.now,
+                MediaTime::new(u64::from(1000 + i * SAMPLES_PER_FRAME), Frequency::FORTY_EIGHT_KHZ),
+                payload,
+            )
+            .unwrap();
+        p.advance(Duration::from_millis(20));
+    }
+    p.advance(Duration::from_millis(200));
+    assert_eq!(
+        p.uplink.len(),
+        frames as usize,
+        "every frame, none twice (no loss in memory)"
+    );
+    for (i, f) in p.uplink.iter().enumerate() {
+        let i = i as u32;
+        assert_eq!(f.payload, (0..40).map(|b| (b as u8) ^ (i as u8)).collect::<Vec<u8>>());
+        assert_eq!(f.timestamp, 1000 + i * SAMPLES_PER_FRAME);
+        assert_eq!(
+            (f.level, f.voice),
+            if i < 25 { (30, true) } else { (90, false) },
+            "frame {i}"
+        );
+        assert_eq!(f.talkspurt, i == 0);
+    }
+    for w in p.uplink.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "consecutive RTP sequence numbers");
+    }
+}
+
+#[test]
+fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
+    let mut p = Pair::new();
+    p.connect();
+    let frame = |ts: u32, level: u8, tag: u8| Frame {
+        level,
+        voice: true,
+        seq: 0,
+        timestamp: ts,
+        talkspurt: false,
+        payload: vec![tag; 30],
+    };
+    // Slot 0: speaker 7 for 10 frames, then speaker 9 (another clock entirely).
+    for i in 0..20u32 {
+        let (src, ts) = if i < 10 {
+            (7, 5_000 + i * SAMPLES_PER_FRAME)
+        } else {
+            (9, 900_000 + i * SAMPLES_PER_FRAME)
+        };
+        assert!(p.server.send(0, src, &frame(ts, 20, 0xA0 + (i as u8 % 2)), p.now));
+        assert!(
+            p.server
+                .send(1, 3, &frame(77_000 + i * SAMPLES_PER_FRAME, 45, 0xB0), p.now)
+        );
+        p.advance(Duration::from_millis(20));
+    }
+    assert!(!p.server.send(2, 3, &frame(0, 0, 0), p.now), "no third slot");
+    p.advance(Duration::from_millis(200));
+    let on = |mid: Mid| -> Vec<&MediaData> { p.downlink.iter().filter(|m| m.mid == mid).collect() };
+    let (s0, s1) = (on(p.slots[0]), on(p.slots[1]));
+    assert_eq!(s0.len(), 20, "slot 0: every frame");
+    assert_eq!(s1.len(), 20, "slot 1: every frame");
+    for w in s0.windows(2) {
+        assert_eq!(
+            w[1].time.numer() - w[0].time.numer(),
+            u64::from(SAMPLES_PER_FRAME),
+            "one frame apart, across the change of speaker too"
+        );
+    }
+    assert!(s0.iter().all(|m| m.ext_vals.audio_level == Some(-20)));
+    assert!(s1.iter().all(|m| m.ext_vals.audio_level == Some(-45)));
+    assert!(s0.iter().enumerate().all(|(i, m)| m.data[0] == 0xA0 + (i as u8 % 2)));
+    assert!(s1.iter().all(|m| &m.data[..] == [0xB0; 30].as_slice()));
+}
