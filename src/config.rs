@@ -64,6 +64,10 @@ pub struct Config {
     /// sent here from another node (voice). Default: the bound QUIC address — set it in a
     /// cluster whose nodes listen on `0.0.0.0`.
     pub public_addr: Option<String>,
+    /// UDP address of the WebRTC port (voice participants over WebRTC, ICE-lite): its IP is
+    /// the one host candidate of every answer, so it must be one clients can reach (not
+    /// `0.0.0.0`). Default: none (WebRTC joins are refused).
+    pub webrtc_listen: Option<SocketAddr>,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -212,6 +216,7 @@ impl Default for Config {
             redis: None,
             redis_prefix: String::new(),
             public_addr: None,
+            webrtc_listen: None,
             node_id: None,
             loops: std::thread::available_parallelism().map_or(1, |n| n.get()).min(64),
             tls: TlsConfig::default(),
@@ -302,6 +307,9 @@ pub struct ConfigArgs {
     /// host:port clients reach this node at (announced for voice in a cluster) [default: the QUIC address].
     #[arg(long, env = "QUAVER_PUBLIC_ADDR")]
     pub public_addr: Option<String>,
+    /// UDP address for WebRTC voice participants (a concrete IP clients reach) [default: none, WebRTC off].
+    #[arg(long, env = "QUAVER_WEBRTC_LISTEN")]
+    pub webrtc_listen: Option<SocketAddr>,
     /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
     #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
@@ -422,6 +430,7 @@ impl ConfigArgs {
         set_opt! {
             cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
             database => database, node_id => node_id, redis => redis, public_addr => public_addr,
+            webrtc_listen => webrtc_listen,
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }
@@ -482,6 +491,12 @@ impl Config {
             quaver_proto::HARD_MAX_FRAME
         );
         anyhow::ensure!(s.max_connections > 0, "max connections must be positive");
+        if let Some(w) = self.webrtc_listen {
+            anyhow::ensure!(
+                !w.ip().is_unspecified(),
+                "the WebRTC address {w} must be one clients can reach (it is the answers' ICE candidate), not unspecified"
+            );
+        }
         anyhow::ensure!(
             self.store.timeout >= Duration::from_millis(10),
             "store timeout must be at least 10ms"

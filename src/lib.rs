@@ -83,6 +83,8 @@ pub struct Ctx {
     pub typing: typing::task::TypingHandle,
     /// Voice channels (the SFU).
     pub voice: Arc<voice::Voice>,
+    /// The WebRTC port for voice participants (`--webrtc-listen`), if enabled.
+    pub webrtc: Option<Arc<voice::webrtc::WebRtc>>,
     /// Rate limits of every user on this node.
     pub limiter: Arc<limits::Limiter>,
     /// Topics and delivery to local sessions.
@@ -247,6 +249,14 @@ impl Server {
         );
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
+        let webrtc = match cfg.webrtc_listen {
+            Some(addr) => Some(
+                voice::webrtc::WebRtc::start(addr, voice.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("binding WebRTC port {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let sessions = Arc::new(gateway::Sessions::default());
         // The engine's port: its loops over quinn-proto, both protocols.
         let sockets = engine::bind(cfg.listen, cfg.loops)
@@ -279,6 +289,7 @@ impl Server {
             presence,
             typing,
             voice,
+            webrtc,
             limiter,
             fanout: fanout.clone(),
             tasks: AtomicUsize::new(0),

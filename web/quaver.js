@@ -317,6 +317,7 @@ const RequestBody = tagged([
   ['ServerDeafen', [gid, uid, ['deaf', T.bool]]],
   ['MoveMember', [gid, uid, cid]],
   ['VoiceStats', []],
+  ['JoinVoiceWebRtc', [cid, ['self_mute', T.bool], ['self_deaf', T.bool], ['offer', T.string]]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -332,6 +333,7 @@ const ResponseBody = tagged([
   ['VoiceJoined', [cid, ['slot', T.u16], ['participants', vec(VoiceState)]]],
   ['VoiceStats', [['participants', vec(VoiceParticipantStats)]]],
   ['VoiceServer', [cid, ['endpoint', T.string], ['cert_hashes', vec(T.bytes)]]],
+  ['VoiceJoinedWebRtc', [cid, ['slot', T.u16], ['participants', vec(VoiceState)], ['answer', T.string]]],
 ]);
 const seq = ['seq', T.u64];
 const EventBody = tagged([

@@ -587,6 +587,19 @@ pub enum RequestBody {
     },
     /// Voice lane: the SFU's counters for everyone in your voice channel.
     VoiceStats,
+    /// Voice lane: join a voice channel as a WebRTC participant (issue 14): `offer` is an SDP
+    /// offer whose first audio section the peer sends (its microphone) and whose receiving
+    /// audio sections are the forwarding slots. Answered `VoiceJoinedWebRtc`.
+    JoinVoiceWebRtc {
+        /// The voice channel.
+        channel_id: u64,
+        /// Start muted.
+        self_mute: bool,
+        /// Start deafened.
+        self_deaf: bool,
+        /// The SDP offer.
+        offer: String,
+    },
 }
 
 impl RequestBody {
@@ -602,6 +615,7 @@ impl RequestBody {
                 Some(Lane::Notifications)
             }
             RequestBody::JoinVoice { .. }
+            | RequestBody::JoinVoiceWebRtc { .. }
             | RequestBody::LeaveVoice
             | RequestBody::SetVoiceState { .. }
             | RequestBody::ServerMute { .. }
@@ -1010,6 +1024,17 @@ pub enum ResponseBody {
         /// SHA-256 of that node's certificates when they are generated development ones
         /// (for pinning or `serverCertificateHashes`); empty with a real certificate.
         cert_hashes: Vec<Vec<u8>>,
+    },
+    /// Joined as a WebRTC participant (answer to `JoinVoiceWebRtc`).
+    VoiceJoinedWebRtc {
+        /// The channel.
+        channel_id: u64,
+        /// The participant's slot (as `VoiceJoined.slot`).
+        slot: u16,
+        /// Everyone in the channel, the new participant included.
+        participants: Vec<VoiceState>,
+        /// The SDP answer (ICE-lite, one host candidate: the server's WebRTC port).
+        answer: String,
     },
 }
 

@@ -436,6 +436,34 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Ack", "id": 3, "body": {"type": "VoiceServer", "channel_id": "4", "endpoint": "10.0.0.2:4433", "cert_hashes": [{"$bytes": "ab".repeat(32)}]}}),
         ),
         v(
+            "request_join_voice_webrtc",
+            "Request",
+            Request {
+                id: 4,
+                body: RequestBody::JoinVoiceWebRtc {
+                    channel_id: 4,
+                    self_mute: false,
+                    self_deaf: false,
+                    offer: "v=0\r\n".into(),
+                },
+            },
+            json!({"id": 4, "body": {"type": "JoinVoiceWebRtc", "channel_id": "4", "self_mute": false, "self_deaf": false, "offer": "v=0\r\n"}}),
+        ),
+        v(
+            "ack_voice_joined_webrtc",
+            "ServerLane",
+            ServerLane::Ack {
+                id: 4,
+                body: ResponseBody::VoiceJoinedWebRtc {
+                    channel_id: 4,
+                    slot: 1,
+                    participants: Vec::new(),
+                    answer: "v=0\r\n".into(),
+                },
+            },
+            json!({"type": "Ack", "id": 4, "body": {"type": "VoiceJoinedWebRtc", "channel_id": "4", "slot": 1, "participants": [], "answer": "v=0\r\n"}}),
+        ),
+        v(
             "event_voice_speaking",
             "ServerLane",
             ServerLane::Event {

@@ -395,6 +395,7 @@ impl Chat {
             | R::TypingStop { .. }
             | R::WatchTyping { .. }
             | R::JoinVoice { .. }
+            | R::JoinVoiceWebRtc { .. }
             | R::LeaveVoice
             | R::SetVoiceState { .. }
             | R::ServerMute { .. }

@@ -59,6 +59,7 @@ pub async fn request(
             Ok(ResponseBody::Done)
         }
         voice @ (RequestBody::JoinVoice { .. }
+        | RequestBody::JoinVoiceWebRtc { .. }
         | RequestBody::LeaveVoice
         | RequestBody::SetVoiceState { .. }
         | RequestBody::ServerMute { .. }
@@ -100,6 +101,9 @@ pub async fn request(
     }
 }
 
+/// Largest SDP offer taken (a browser's audio offer is 2–6 KiB).
+const MAX_OFFER: usize = 16 * 1024;
+
 /// The voice lane's requests (rate-limited by the caller).
 async fn voice_request(
     ctx: &Ctx,
@@ -108,6 +112,14 @@ async fn voice_request(
     body: RequestBody,
 ) -> Result<ResponseBody, ErrorBody> {
     let user = session.user;
+    // A join or a leave ends the session's WebRTC participant, if it has one.
+    if matches!(
+        body,
+        RequestBody::JoinVoice { .. } | RequestBody::JoinVoiceWebRtc { .. } | RequestBody::LeaveVoice
+    ) && let Some(w) = &ctx.webrtc
+    {
+        w.session_ended(session.id);
+    }
     match body {
         RequestBody::JoinVoice {
             channel_id,
@@ -117,6 +129,46 @@ async fn voice_request(
             ctx.voice
                 .join(user, session.id, voice_port, channel_id, self_mute, self_deaf)
                 .await
+        }
+        RequestBody::JoinVoiceWebRtc {
+            channel_id,
+            self_mute,
+            self_deaf,
+            offer,
+        } => {
+            let Some(w) = &ctx.webrtc else {
+                return Err(ErrorBody::new(
+                    ErrorCode::BAD_REQUEST,
+                    "WebRTC is not enabled on this node (--webrtc-listen)",
+                ));
+            };
+            if offer.len() > MAX_OFFER {
+                return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "the SDP offer is over 16 KiB"));
+            }
+            let (id, port, answer) = w
+                .open(user, session.id, &offer)
+                .map_err(|e| ErrorBody::new(ErrorCode::BAD_REQUEST, e.to_string()))?;
+            match ctx
+                .voice
+                .join(user, session.id, &port, channel_id, self_mute, self_deaf)
+                .await
+            {
+                Ok(ResponseBody::VoiceJoined {
+                    channel_id,
+                    slot,
+                    participants,
+                }) => Ok(ResponseBody::VoiceJoinedWebRtc {
+                    channel_id,
+                    slot,
+                    participants,
+                    answer,
+                }),
+                other => {
+                    // Refused, or served by another node (`VoiceServer`: join there).
+                    w.remove(id);
+                    other
+                }
+            }
         }
         RequestBody::LeaveVoice => {
             ctx.voice.leave(user).await;

@@ -721,6 +721,9 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
     }
     ctx.presence.disconnect(live.user, handle.id);
     ctx.metrics.session_closed(c.transport);
+    if let Some(w) = &ctx.webrtc {
+        w.session_ended(handle.id);
+    }
     let (ctx, user, id, voice) = (ctx.clone(), live.user, handle.id, live.voice.clone());
     tokio::spawn(async move { ctx.voice.session_ended(user, id, &voice).await });
     tracing::debug!(session = %live.handle.id, "session ended");

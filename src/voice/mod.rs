@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod lease;
 pub mod sfu;
+pub mod webrtc;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

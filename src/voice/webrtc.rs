@@ -1,0 +1,322 @@
+//! WebRTC participants in voice channels (issue 14): a session joins with an SDP offer on
+//! its voice lane (`JoinVoiceWebRtc`); the answer names one ICE-lite host candidate, the
+//! node's WebRTC UDP port (`--webrtc-listen`). Each participant is a `quaver_rtc::Peer`
+//! owned by one task that also owns the port's socket — no lock on the media path, like the
+//! engine — and is joined to the channel's SFU through a [`VoicePort`] of its own:
+//!
+//! - its microphone's frames (Opus RTP with the RFC 6464 level) become uplink datagrams
+//!   handed to [`Voice::datagram`], so top-N selection, speaking, mute and deafen treat it
+//!   like a datagram participant;
+//! - what the SFU forwards to it (downlink datagrams, the speaker's slot in the header)
+//!   goes out on one of the peer's receiving tracks: a speaker keeps its track while it is
+//!   forwarded, a new speaker takes a free track or the one idle longest ([`Tracks`]), and
+//!   the track's timestamps stay continuous across the change (`quaver_rtc::Peer::send`).
+//!
+//! A peer ends with its signalling session ([`WebRtc::session_ended`]), with `LeaveVoice`
+//! or a later join, or when ICE gives up on it (no binding request for 15 s); its user then
+//! leaves the channel.
+//! On loss nothing is repaired (no NACK, no RED): a lost frame is a gap the browser's
+//! jitter buffer conceals, as with datagrams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quaver_proto::SessionId;
+use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_TALKSPURT_START, Uplink};
+use quaver_rtc::{Frame, Output, Peer};
+use tokio::sync::mpsc;
+
+use super::{DatagramSink, Voice, VoicePort};
+
+/// Commands and downlink frames waiting for the WebRTC task before new ones are dropped.
+const QUEUE: usize = 8192;
+
+/// The node's WebRTC port and its participants.
+#[derive(Debug)]
+pub struct WebRtc {
+    tx: mpsc::Sender<Cmd>,
+    local: SocketAddr,
+    next: AtomicU64,
+    /// Each signalling session's peers (to end them with it).
+    by_session: Mutex<HashMap<SessionId, Vec<u64>>>,
+}
+
+enum Cmd {
+    Add(Box<Entry>),
+    Down { id: u64, data: Bytes },
+    Remove(u64),
+}
+
+/// The SFU's way to a WebRTC participant: the downlink datagram goes to the task.
+#[derive(Debug)]
+struct Sink {
+    id: u64,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl DatagramSink for Sink {
+    fn prefix(&self) -> &[u8] {
+        &[]
+    }
+    fn send(&self, data: Bytes) -> bool {
+        self.tx.try_send(Cmd::Down { id: self.id, data }).is_ok()
+    }
+}
+
+/// Which speaker (SFU slot) each of a peer's receiving tracks carries.
+#[derive(Debug)]
+pub struct Tracks {
+    /// Per track: the slot and when it last carried a frame.
+    tracks: Vec<Option<(u16, Instant)>>,
+}
+
+impl Tracks {
+    /// `n` tracks, all free.
+    pub fn new(n: usize) -> Self {
+        Self { tracks: vec![None; n] }
+    }
+
+    /// The track for a frame of `slot` at `now`: the one it has, else a free one, else the
+    /// one idle longest. `None` without tracks.
+    pub fn assign(&mut self, slot: u16, now: Instant) -> Option<usize> {
+        let i = match self.tracks.iter().position(|t| t.is_some_and(|(s, _)| s == slot)) {
+            Some(i) => i,
+            None => match self.tracks.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => self
+                    .tracks
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, t)| t.map(|(_, at)| at))
+                    .map(|(i, _)| i)?,
+            },
+        };
+        self.tracks[i] = Some((slot, now));
+        Some(i)
+    }
+}
+
+struct Entry {
+    id: u64,
+    peer: Peer,
+    port: Arc<VoicePort>,
+    user: u64,
+    session: SessionId,
+    tracks: Tracks,
+    wait: Instant,
+}
+
+impl WebRtc {
+    /// Binds `addr` and starts the task that serves it for `voice`.
+    pub async fn start(addr: SocketAddr, voice: Arc<Voice>) -> std::io::Result<Arc<Self>> {
+        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(socket, voice, rx));
+        Ok(Arc::new(Self {
+            tx,
+            local,
+            next: AtomicU64::new(1),
+            by_session: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The UDP address peers reach.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Answers `offer` for `user`'s session: the peer's port (to join the channel with) and
+    /// the SDP answer. The peer lives from now until it is removed or ICE gives up.
+    pub fn open(
+        &self,
+        user: u64,
+        session: SessionId,
+        offer: &str,
+    ) -> Result<(u64, Arc<VoicePort>, String), quaver_rtc::Error> {
+        let (peer, answer) = Peer::answer(offer, self.local, Instant::now())?;
+        let id = self.next.fetch_add(1, Relaxed);
+        let port = VoicePort::new(Arc::new(Sink {
+            id,
+            tx: self.tx.clone(),
+        }));
+        let entry = Entry {
+            id,
+            tracks: Tracks::new(peer.slots()),
+            peer,
+            port: port.clone(),
+            user,
+            session,
+            wait: Instant::now(),
+        };
+        if self.tx.try_send(Cmd::Add(Box::new(entry))).is_err() {
+            return Err(quaver_rtc::Error::Rtc("the WebRTC port is overloaded; retry".into()));
+        }
+        self.by_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(session)
+            .or_default()
+            .push(id);
+        Ok((id, port, answer))
+    }
+
+    /// Ends peer `id`.
+    pub fn remove(&self, id: u64) {
+        // A full queue: the peer still ends when ICE gives up on it.
+        let _ = self.tx.try_send(Cmd::Remove(id));
+    }
+
+    /// `session` ended: its peers end with it.
+    pub fn session_ended(&self, session: SessionId) {
+        let ids = self
+            .by_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session)
+            .unwrap_or_default();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+}
+
+/// The task: the socket, every peer, their timers.
+async fn run(socket: tokio::net::UdpSocket, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>) {
+    let mut peers: HashMap<u64, Entry> = HashMap::new();
+    let mut by_addr: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let next = peers.values().map(|e| e.wait).min();
+        let now;
+        let mut touched = Vec::new();
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                now = Instant::now();
+                let data = &buf[..n];
+                let id = by_addr.get(&from).copied().or_else(|| {
+                    peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id)
+                });
+                if let Some(id) = id
+                    && let Some(e) = peers.get_mut(&id)
+                {
+                    by_addr.insert(from, id);
+                    e.peer.receive(now, from, data);
+                    touched.push(id);
+                }
+            }
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                now = Instant::now();
+                match cmd {
+                    Cmd::Add(e) => {
+                        touched.push(e.id);
+                        peers.insert(e.id, *e);
+                    }
+                    Cmd::Down { id, data } => {
+                        if let Some(e) = peers.get_mut(&id)
+                            && let Ok((h, payload)) = Downlink::parse(&data)
+                            && let Some(track) = e.tracks.assign(h.slot, now)
+                        {
+                            let frame = Frame {
+                                level: h.level.neg_dbov(),
+                                voice: h.level.voice(),
+                                seq: h.seq,
+                                timestamp: h.timestamp,
+                                talkspurt: h.flags & FLAG_TALKSPURT_START != 0,
+                                payload: payload.to_vec(),
+                            };
+                            e.peer.send(track, u64::from(h.slot), &frame, now);
+                            touched.push(id);
+                        }
+                    }
+                    Cmd::Remove(id) => {
+                        if let Some(mut e) = peers.remove(&id) {
+                            e.peer.close();
+                            by_addr.retain(|_, v| *v != id);
+                            ended(&voice, e);
+                        }
+                    }
+                }
+            }
+            _ = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                now = Instant::now();
+                for e in peers.values_mut().filter(|e| e.wait <= now) {
+                    e.peer.timeout(now);
+                    touched.push(e.id);
+                }
+            }
+        }
+        for id in touched {
+            let alive = peers.get_mut(&id).is_some_and(|e| drain(e, &socket, &voice, now));
+            if !alive && let Some(e) = peers.remove(&id) {
+                by_addr.retain(|_, v| *v != id);
+                ended(&voice, e);
+            }
+        }
+    }
+}
+
+/// Everything `e` has to do now; false once it is gone.
+fn drain(e: &mut Entry, socket: &tokio::net::UdpSocket, voice: &Voice, now: Instant) -> bool {
+    loop {
+        match e.peer.poll() {
+            // A full socket buffer drops the datagram: ICE and DTLS retransmit, audio is
+            // better lost than late.
+            Output::Transmit { to, data } => drop(socket.try_send_to(&data, to)),
+            Output::Frame(f) => {
+                let h = Uplink {
+                    flags: if f.talkspurt { FLAG_TALKSPURT_START } else { 0 },
+                    level: AudioLevel::new(f.level, f.voice),
+                    seq: f.seq,
+                    timestamp: f.timestamp,
+                };
+                let mut d = Vec::with_capacity(quaver_proto::datagram::UPLINK_HEADER + f.payload.len());
+                h.write(&f.payload, &mut d);
+                voice.datagram(&e.port, Bytes::from(d));
+            }
+            Output::Connected => tracing::debug!(user = e.user, "WebRTC participant connected"),
+            Output::Closed => return false,
+            Output::Wait(t) => {
+                // A peer that asks to be woken now is polled again next turn, not spun on.
+                e.wait = t.max(now + Duration::from_micros(100));
+                return true;
+            }
+        }
+    }
+}
+
+/// A peer is gone: its user leaves the channel if this peer was how they were in it.
+fn ended(voice: &Arc<Voice>, e: Entry) {
+    let voice = voice.clone();
+    tokio::spawn(async move { voice.session_ended(e.user, e.session, &e.port).await });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_speaker_keeps_its_track_and_a_new_one_takes_the_idlest() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = Tracks::new(2);
+        assert_eq!(t.assign(5, ms(0)), Some(0));
+        assert_eq!(t.assign(9, ms(1)), Some(1));
+        assert_eq!(t.assign(5, ms(20)), Some(0), "kept");
+        // A third speaker: track 1 (slot 9) has been idle longest.
+        assert_eq!(t.assign(3, ms(21)), Some(1));
+        assert_eq!(t.assign(9, ms(22)), Some(0), "slot 5's track, now the idlest");
+        assert_eq!(Tracks::new(0).assign(1, ms(0)), None);
+    }
+}

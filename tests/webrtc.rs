@@ -1,0 +1,384 @@
+//! WebRTC participants in a voice channel, end to end over loopback: a str0m peer (full
+//! ICE, as a browser) joins with `JoinVoiceWebRtc` on a real session's voice lane and
+//! connects to the node's WebRTC port; a native participant on QUIC datagrams is in the
+//! same channel. Each hears the other, the WebRTC participant's speaking is announced, and
+//! its mute stops its frames at the SFU.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use quaver_client::{Client, LaneStream, Transport, connect};
+use quaver_proto::datagram::{AudioLevel, Uplink};
+use quaver_proto::*;
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+async fn req(l: &mut LaneStream, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+    tokio::time::timeout(Duration::from_secs(10), l.request(body))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// What the browser-like peer received: (mid, audio level, payload) per frame.
+type Heard = Arc<Mutex<Vec<(Mid, Option<i8>, Vec<u8>)>>>;
+
+/// A str0m peer on its own thread and UDP socket: connects, then speaks while `speak` is
+/// set (50 frames/s, level −25 dBov, payload `[0x5A, n, …]`) and records what it hears.
+struct Browser {
+    heard: Heard,
+    speak: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Browser {
+    /// Makes the offer (microphone + three receiving tracks); returns the SDP and a
+    /// function that starts the peer with the answer.
+    fn offer() -> (String, impl FnOnce(String) -> Browser) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut rtc = Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        for _ in 0..3 {
+            change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = change.apply().unwrap();
+        let start = move |answer: String| {
+            rtc.sdp_api()
+                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+                .unwrap();
+            let heard: Heard = Default::default();
+            let (speak, connected, stop) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (h, s, c, st) = (heard.clone(), speak.clone(), connected.clone(), stop.clone());
+            let thread = std::thread::spawn(move || run(rtc, socket, local, mic, h, s, c, st));
+            Browser {
+                heard,
+                speak,
+                connected,
+                stop,
+                thread: Some(thread),
+            }
+        };
+        (offer.to_sdp_string(), start)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    mut rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    mic: Mid,
+    heard: Heard,
+    speak: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
+    let pt = rtc.codec_config().find(|c| c.spec().codec == Codec::Opus).unwrap().pt();
+    let mut next_frame = Instant::now();
+    let mut n: u32 = 0;
+    let mut buf = vec![0u8; 2048];
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < limit {
+        let wait = loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    socket.send_to(&t.contents, t.destination).unwrap();
+                }
+                Output::Event(Event::Connected) => connected.store(true, Ordering::SeqCst),
+                Output::Event(Event::MediaData(m)) => {
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push((m.mid, m.ext_vals.audio_level, m.data.to_vec()))
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let now = Instant::now();
+        if speak.load(Ordering::SeqCst) && now >= next_frame {
+            let mut payload = vec![0x5A, n as u8];
+            payload.extend_from_slice(&[0x11; 38]);
+            rtc.writer(mic)
+                .unwrap()
+                .audio_level(-25, true)
+                .start_of_talkspurt(n == 0)
+                .write(
+                    pt,
+                    now,
+                    MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ),
+                    payload,
+                )
+                .unwrap();
+            n += 1;
+            next_frame = now + Duration::from_millis(20);
+            continue;
+        }
+        let until = wait
+            .min(now + Duration::from_millis(5))
+            .max(now + Duration::from_micros(200));
+        socket.set_read_timeout(Some(until - now)).unwrap();
+        match socket.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                let input = Input::Receive(
+                    Instant::now(),
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: local,
+                        contents: buf[..len].try_into().unwrap(),
+                    },
+                );
+                rtc.handle_input(input).unwrap();
+            }
+            Err(_) => rtc.handle_input(Input::Timeout(Instant::now())).unwrap(),
+        }
+    }
+}
+
+struct Native {
+    client: Client,
+    chat: LaneStream,
+    voice: LaneStream,
+}
+
+async fn native(server: &quaver::Server, id: u64) -> Native {
+    let client = connect(&client_config(server, Transport::Quic, Some(token(id))))
+        .await
+        .unwrap();
+    let chat = client.open_lane(Lane::Chat).await.unwrap();
+    let voice = client.open_lane(Lane::Voice).await.unwrap();
+    Native { client, chat, voice }
+}
+
+fn webrtc_config() -> quaver::config::Config {
+    let mut cfg = config();
+    cfg.webrtc_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg
+}
+
+#[tokio::test]
+async fn a_webrtc_peer_and_a_datagram_participant_hear_each_other() {
+    let server = start(webrtc_config()).await;
+    let mut a = native(&server, 1).await; // native, on datagrams
+    let mut b = native(&server, 2).await; // signals for the WebRTC peer
+    let (gid, _) = shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
+    let Ok(ResponseBody::Channel(vc)) = req(
+        &mut a.chat,
+        RequestBody::CreateChannel {
+            guild_id: gid,
+            kind: ChannelKind::Voice,
+            name: "talk".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("voice channel")
+    };
+    let Ok(ResponseBody::VoiceJoined { slot: a_slot, .. }) = req(
+        &mut a.voice,
+        RequestBody::JoinVoice {
+            channel_id: vc.id,
+            self_mute: false,
+            self_deaf: false,
+        },
+    )
+    .await
+    else {
+        panic!("native join")
+    };
+    let (offer, start_browser) = Browser::offer();
+    let joined = req(
+        &mut b.voice,
+        RequestBody::JoinVoiceWebRtc {
+            channel_id: vc.id,
+            self_mute: false,
+            self_deaf: false,
+            offer,
+        },
+    )
+    .await;
+    let Ok(ResponseBody::VoiceJoinedWebRtc {
+        slot: b_slot,
+        participants,
+        answer,
+        ..
+    }) = joined
+    else {
+        panic!("WebRTC join: {joined:?}")
+    };
+    assert_ne!(a_slot, b_slot);
+    assert!(participants.iter().any(|p| p.user_id == 1) && participants.iter().any(|p| p.user_id == 2));
+    let port = server.ctx.webrtc.as_ref().unwrap().local_addr();
+    assert!(
+        answer.contains(&port.port().to_string()),
+        "the answer names the WebRTC port"
+    );
+    let browser = start_browser(answer);
+    assert!(
+        eventually(Duration::from_secs(10), || browser.connected.load(Ordering::SeqCst)).await,
+        "ICE and DTLS up"
+    );
+
+    // (a) The browser hears the native participant: its frames on one receiving track,
+    // with their level and payload.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..50u16 {
+        tick.tick().await;
+        let h = Uplink {
+            flags: 0,
+            level: AudioLevel::new(20, true),
+            seq: n,
+            timestamp: u32::from(n) * 960,
+        };
+        a.client.send_voice(&h, &[0xA5, n as u8, 1, 2, 3]).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || browser.heard.lock().unwrap().len() >= 45).await,
+        "the browser heard {} of 50 frames",
+        browser.heard.lock().unwrap().len()
+    );
+    {
+        let heard = browser.heard.lock().unwrap();
+        let mid = heard[0].0;
+        for (i, (m, level, data)) in heard.iter().enumerate() {
+            assert_eq!(*m, mid, "one speaker stays on one track");
+            assert_eq!(*level, Some(-20), "its level");
+            assert_eq!(data[0], 0xA5, "its payload, untouched (frame {i})");
+            assert_eq!(&data[2..], &[1, 2, 3]);
+        }
+    }
+
+    // (b) The native participant hears the browser, from the WebRTC participant's slot.
+    browser.speak.store(true, Ordering::SeqCst);
+    let mut got = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while got.len() < 40 {
+        match tokio::time::timeout_at(end, a.client.recv_voice()).await {
+            Ok(Ok((h, payload))) => got.push((h, payload)),
+            _ => break,
+        }
+    }
+    assert!(got.len() >= 40, "the native participant heard {} frames", got.len());
+    for (h, payload) in &got {
+        assert_eq!(h.slot, b_slot);
+        assert_eq!(h.level.neg_dbov(), 25);
+        assert!(h.level.voice());
+        assert_eq!(payload[0], 0x5A);
+        assert_eq!(&payload[2..], &[0x11; 38]);
+    }
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].0.seq,
+            w[0].0.seq.wrapping_add(1),
+            "in order, none lost on loopback"
+        );
+        assert_eq!(w[1].0.timestamp, w[0].0.timestamp.wrapping_add(960));
+    }
+
+    // (c) Speaking is announced for it like for anyone.
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut speaking = false;
+    while !speaking {
+        match tokio::time::timeout_at(end, a.voice.next()).await {
+            Ok(Ok(ServerLane::Event {
+                body:
+                    EventBody::VoiceSpeaking {
+                        user_id: 2,
+                        speaking: true,
+                        ..
+                    },
+                ..
+            })) => speaking = true,
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(speaking, "VoiceSpeaking for the WebRTC participant");
+
+    // Mute: its frames stop at the SFU while it keeps sending.
+    let r = req(
+        &mut b.voice,
+        RequestBody::SetVoiceState {
+            self_mute: true,
+            self_deaf: false,
+        },
+    )
+    .await;
+    assert!(matches!(r, Ok(ResponseBody::Done)), "{r:?}");
+    // What was in flight arrives; then nothing.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    while tokio::time::timeout(Duration::from_millis(10), a.client.recv_voice())
+        .await
+        .is_ok()
+    {}
+    let quiet = tokio::time::timeout(Duration::from_millis(500), a.client.recv_voice()).await;
+    assert!(quiet.is_err(), "a muted WebRTC participant is not forwarded");
+    assert!(browser.speak.load(Ordering::SeqCst), "it was still sending");
+    drop(browser);
+}
+
+#[tokio::test]
+async fn webrtc_joins_are_refused_clearly_when_off_or_malformed() {
+    // Off: a node without --webrtc-listen.
+    let server = start(config()).await;
+    let mut a = native(&server, 1).await;
+    let r = req(
+        &mut a.voice,
+        RequestBody::JoinVoiceWebRtc {
+            channel_id: 1,
+            self_mute: false,
+            self_deaf: false,
+            offer: "v=0".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(e) if e.code == ErrorCode::BAD_REQUEST && e.message.contains("not enabled")),
+        "{r:?}"
+    );
+    // On, with an offer that is not SDP: refused, the session goes on.
+    let server = start(webrtc_config()).await;
+    let mut a = native(&server, 1).await;
+    let r = req(
+        &mut a.voice,
+        RequestBody::JoinVoiceWebRtc {
+            channel_id: 1,
+            self_mute: false,
+            self_deaf: false,
+            offer: "not sdp".into(),
+        },
+    )
+    .await;
+    assert!(matches!(&r, Err(e) if e.code == ErrorCode::BAD_REQUEST), "{r:?}");
+    let pong = req(&mut a.voice, RequestBody::Ping { data: vec![1] }).await;
+    assert!(matches!(pong, Ok(ResponseBody::Pong { .. })));
+}
