@@ -343,6 +343,48 @@ async fn a_webrtc_peer_and_a_datagram_participant_hear_each_other() {
     let quiet = tokio::time::timeout(Duration::from_millis(500), a.client.recv_voice()).await;
     assert!(quiet.is_err(), "a muted WebRTC participant is not forwarded");
     assert!(browser.speak.load(Ordering::SeqCst), "it was still sending");
+
+    // /metrics counts the peer and its packets.
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (_, text) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(metric(&text, "quaver_webrtc_peers"), 1, "{text}");
+    // The peer's counters are snapshots taken every second (quaver_rtc::STATS_INTERVAL).
+    assert!(metric(&text, "quaver_webrtc_uplink_packets_total") >= 20, "{text}");
+    assert!(metric(&text, "quaver_webrtc_downlink_packets_total") >= 45, "{text}");
+    assert_eq!(
+        metric(&text, "quaver_webrtc_downlink_lost_total"),
+        0,
+        "none lost on loopback"
+    );
+    // The signalling session ends: so does the peer, and its user leaves the channel.
+    b.client.close();
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, text) = http_get(server.http_addr, "/metrics").await;
+        if metric(&text, "quaver_webrtc_peers") == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the peer ended with its session");
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut removed = false;
+    while !removed {
+        match tokio::time::timeout_at(end, a.voice.next()).await {
+            Ok(Ok(ServerLane::Event {
+                body: EventBody::VoiceStateRemoved { user_id: 2, .. },
+                ..
+            })) => removed = true,
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(removed, "VoiceStateRemoved for the WebRTC participant");
     drop(browser);
 }
 

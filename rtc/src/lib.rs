@@ -26,6 +26,26 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 /// Opus at 48 kHz: one 20 ms frame advances the media clock by this much.
 pub const SAMPLES_PER_FRAME: u32 = 960;
 
+/// How often the peer's counters are brought up to date from RTCP.
+pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a peer's RTCP says about its media, brought up to date every [`STATS_INTERVAL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Packets received on the microphone's track.
+    pub uplink_packets: u64,
+    /// RTP packets sent on the forwarding tracks.
+    pub downlink_packets: u64,
+    /// Of those, lost on the way as the peer's receiver reports say (summed over tracks).
+    pub downlink_lost: u64,
+    /// The largest interarrival jitter a receiver report gave, µs.
+    pub downlink_jitter_us: u32,
+    /// Round-trip time from the latest receiver report.
+    pub rtt: Option<std::time::Duration>,
+    /// Receiver reports taken into account (0: the peer has reported nothing yet).
+    pub reports: u64,
+}
+
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -106,6 +126,9 @@ pub struct Peer {
     pt: Pt,
     connected: bool,
     closed: bool,
+    stats: Stats,
+    /// Per forwarding track: packets sent and lost, the latest values reported.
+    per_track: Vec<(Mid, u64, u64)>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -123,7 +146,10 @@ impl Peer {
     /// announces as its one host candidate); returns the peer and the answer's SDP.
     pub fn answer(offer: &str, local: SocketAddr, now: Instant) -> Result<(Peer, String), Error> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| Error::Sdp(e.to_string()))?;
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_stats_interval(Some(STATS_INTERVAL))
+            .build(now);
         let candidate = Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         let answer = rtc.sdp_api().accept_offer(offer)?;
@@ -172,6 +198,8 @@ impl Peer {
                 pt,
                 connected: false,
                 closed: false,
+                stats: Stats::default(),
+                per_track: Vec::new(),
             },
             answer,
         ))
@@ -185,6 +213,30 @@ impl Peer {
     /// Whether media flows.
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// The peer's media counters (from RTCP: its receiver reports for what we send).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn egress(&mut self, e: &str0m::stats::MediaEgressStats) {
+        let lost = e.remote.as_ref().map_or(0, |r| r.packets_lost);
+        match self.per_track.iter_mut().find(|t| t.0 == e.mid) {
+            Some(t) => (t.1, t.2) = (e.packets, lost),
+            None => self.per_track.push((e.mid, e.packets, lost)),
+        }
+        self.stats.downlink_packets = self.per_track.iter().map(|t| t.1).sum();
+        self.stats.downlink_lost = self.per_track.iter().map(|t| t.2).sum();
+        if let Some(r) = &e.remote {
+            self.stats.reports += 1;
+            // RTP timestamp units at 48 kHz → µs.
+            let us = (u64::from(r.jitter) * 1_000_000 / 48_000).min(u64::from(u32::MAX)) as u32;
+            self.stats.downlink_jitter_us = self.stats.downlink_jitter_us.max(us);
+        }
+        if e.rtt.is_some() {
+            self.stats.rtt = e.rtt;
+        }
     }
 
     /// Whether `data` from `from` belongs to this peer (its ICE credentials or its
@@ -262,6 +314,10 @@ impl Peer {
                 str0m::Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
                     self.close();
                     return Output::Closed;
+                }
+                str0m::Output::Event(Event::MediaEgressStats(e)) => self.egress(&e),
+                str0m::Output::Event(Event::MediaIngressStats(i)) if i.mid == self.uplink => {
+                    self.stats.uplink_packets = i.packets;
                 }
                 str0m::Output::Event(Event::MediaData(m)) if m.mid == self.uplink => {
                     let level = m.ext_vals.audio_level.map_or(127, |l| l.unsigned_abs().min(127));

@@ -31,6 +31,10 @@ struct Pair {
     downlink: Vec<MediaData>,
     connected: bool,
     closed: bool,
+    /// Once connected, drop every n-th datagram to the client (0: none).
+    drop_every: usize,
+    sent_to_client: usize,
+    dropped: usize,
 }
 
 impl Pair {
@@ -64,6 +68,9 @@ impl Pair {
             downlink: Vec::new(),
             connected: false,
             closed: false,
+            drop_every: 0,
+            sent_to_client: 0,
+            dropped: 0,
         }
     }
 
@@ -118,6 +125,13 @@ impl Pair {
             }
             for d in to_client {
                 moved = true;
+                if self.connected && self.drop_every > 0 {
+                    self.sent_to_client += 1;
+                    if self.sent_to_client.is_multiple_of(self.drop_every) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                }
                 let input = Input::Receive(
                     self.now,
                     Receive {
@@ -143,6 +157,13 @@ impl Pair {
             self.now += Duration::from_millis(1);
             self.exchange();
         }
+    }
+
+    /// RTP packets toward the client that were dropped: sent minus received, per track.
+    fn downlink_lost_expected(&self) -> u64 {
+        let got = self.downlink.len() as u64;
+        let sent = self.server.stats().downlink_packets;
+        sent.saturating_sub(got)
     }
 
     fn connect(&mut self) {
@@ -278,4 +299,44 @@ fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
     assert!(s1.iter().all(|m| m.ext_vals.audio_level == Some(-45)));
     assert!(s0.iter().enumerate().all(|(i, m)| m.data[0] == 0xA0 + (i as u8 % 2)));
     assert!(s1.iter().all(|m| &m.data[..] == [0xB0; 30].as_slice()));
+}
+
+#[test]
+fn the_peers_receiver_reports_give_loss_and_jitter() {
+    let mut p = Pair::new();
+    p.connect();
+    let frame = |i: u32| Frame {
+        level: 30,
+        voice: true,
+        seq: i as u16,
+        timestamp: i * SAMPLES_PER_FRAME,
+        talkspurt: false,
+        payload: vec![7; 40],
+    };
+    // 6 s clean (audio receivers report every 5 s, RFC 3550's minimum: str0m's and
+    // Chromium's alike), then 6 s losing every 10th datagram toward the peer.
+    for i in 0..600u32 {
+        if i == 300 {
+            let s = p.server.stats();
+            assert!(s.reports > 0, "a receiver report within 6 s: {s:?}");
+            assert_eq!(s.downlink_lost, 0, "nothing lost yet: {s:?}");
+            p.drop_every = 10;
+        }
+        assert!(p.server.send(0, 1, &frame(i), p.now));
+        p.advance(Duration::from_millis(20));
+    }
+    // Past the next report (about what came before the end).
+    p.advance(Duration::from_millis(6500));
+    let s = p.server.stats();
+    assert!(s.downlink_packets >= 600, "{s:?}");
+    // What the peer reports lost is what was dropped (RTCP reports dropped too count for nothing).
+    let media_dropped = p.downlink_lost_expected();
+    assert!(media_dropped >= 20, "about 30 of 300 packets dropped: {media_dropped}");
+    assert!(
+        s.downlink_lost >= media_dropped.saturating_sub(1) && s.downlink_lost <= media_dropped,
+        "reported {} lost, {media_dropped} media packets dropped ({} datagrams): {s:?}",
+        s.downlink_lost,
+        p.dropped
+    );
+    assert!(s.rtt.is_some(), "{s:?}");
 }

@@ -85,6 +85,9 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         ),
     ]);
     body.push_str(&ctx.voice.metrics.render());
+    if let Some(w) = &ctx.webrtc {
+        body.push_str(&w.metrics.render());
+    }
     body.push_str(&ctx.fanout.render_metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

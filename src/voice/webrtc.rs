@@ -35,9 +35,51 @@ use super::{DatagramSink, Voice, VoicePort};
 /// Commands and downlink frames waiting for the WebRTC task before new ones are dropped.
 const QUEUE: usize = 8192;
 
+/// Counters of the WebRTC port, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebRtcMetrics {
+    /// Peers alive (answered, not yet gone).
+    pub peers: AtomicU64,
+    /// RTP packets received from the peers' microphones.
+    pub uplink_packets: AtomicU64,
+    /// RTP packets sent on the peers' forwarding tracks.
+    pub downlink_packets: AtomicU64,
+    /// Of those, lost as the peers' RTCP receiver reports say.
+    pub downlink_lost: AtomicU64,
+}
+
+impl WebRtcMetrics {
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        format!(
+            "# TYPE quaver_webrtc_peers gauge\nquaver_webrtc_peers {}\n\
+             # TYPE quaver_webrtc_uplink_packets_total counter\nquaver_webrtc_uplink_packets_total {}\n\
+             # TYPE quaver_webrtc_downlink_packets_total counter\nquaver_webrtc_downlink_packets_total {}\n\
+             # HELP quaver_webrtc_downlink_lost_total Packets to WebRTC peers lost on the way (their RTCP receiver reports).\n\
+             # TYPE quaver_webrtc_downlink_lost_total counter\nquaver_webrtc_downlink_lost_total {}\n",
+            self.peers.load(Relaxed),
+            self.uplink_packets.load(Relaxed),
+            self.downlink_packets.load(Relaxed),
+            self.downlink_lost.load(Relaxed),
+        )
+    }
+
+    /// Adds what `now` counts beyond `before` (a peer's counters only grow).
+    fn add(&self, before: &quaver_rtc::Stats, now: &quaver_rtc::Stats) {
+        self.uplink_packets
+            .fetch_add(now.uplink_packets.saturating_sub(before.uplink_packets), Relaxed);
+        self.downlink_packets
+            .fetch_add(now.downlink_packets.saturating_sub(before.downlink_packets), Relaxed);
+        self.downlink_lost
+            .fetch_add(now.downlink_lost.saturating_sub(before.downlink_lost), Relaxed);
+    }
+}
+
 /// The node's WebRTC port and its participants.
 #[derive(Debug)]
 pub struct WebRtc {
+    /// Its counters.
+    pub metrics: Arc<WebRtcMetrics>,
     tx: mpsc::Sender<Cmd>,
     local: SocketAddr,
     next: AtomicU64,
@@ -108,6 +150,8 @@ struct Entry {
     session: SessionId,
     tracks: Tracks,
     wait: Instant,
+    /// The peer's counters as last added to the metrics.
+    counted: quaver_rtc::Stats,
 }
 
 impl WebRtc {
@@ -116,8 +160,10 @@ impl WebRtc {
         let socket = tokio::net::UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(socket, voice, rx));
+        let metrics = Arc::new(WebRtcMetrics::default());
+        tokio::spawn(run(socket, voice, rx, metrics.clone()));
         Ok(Arc::new(Self {
+            metrics,
             tx,
             local,
             next: AtomicU64::new(1),
@@ -152,6 +198,7 @@ impl WebRtc {
             user,
             session,
             wait: Instant::now(),
+            counted: quaver_rtc::Stats::default(),
         };
         if self.tx.try_send(Cmd::Add(Box::new(entry))).is_err() {
             return Err(quaver_rtc::Error::Rtc("the WebRTC port is overloaded; retry".into()));
@@ -186,7 +233,12 @@ impl WebRtc {
 }
 
 /// The task: the socket, every peer, their timers.
-async fn run(socket: tokio::net::UdpSocket, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>) {
+async fn run(
+    socket: tokio::net::UdpSocket,
+    voice: Arc<Voice>,
+    mut rx: mpsc::Receiver<Cmd>,
+    metrics: Arc<WebRtcMetrics>,
+) {
     let mut peers: HashMap<u64, Entry> = HashMap::new();
     let mut by_addr: HashMap<SocketAddr, u64> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -215,6 +267,7 @@ async fn run(socket: tokio::net::UdpSocket, voice: Arc<Voice>, mut rx: mpsc::Rec
                 now = Instant::now();
                 match cmd {
                     Cmd::Add(e) => {
+                        metrics.peers.fetch_add(1, Relaxed);
                         touched.push(e.id);
                         peers.insert(e.id, *e);
                     }
@@ -239,6 +292,7 @@ async fn run(socket: tokio::net::UdpSocket, voice: Arc<Voice>, mut rx: mpsc::Rec
                         if let Some(mut e) = peers.remove(&id) {
                             e.peer.close();
                             by_addr.retain(|_, v| *v != id);
+                            metrics.peers.fetch_sub(1, Relaxed);
                             ended(&voice, e);
                         }
                     }
@@ -258,9 +312,16 @@ async fn run(socket: tokio::net::UdpSocket, voice: Arc<Voice>, mut rx: mpsc::Rec
             }
         }
         for id in touched {
-            let alive = peers.get_mut(&id).is_some_and(|e| drain(e, &socket, &voice, now));
+            let alive = peers.get_mut(&id).is_some_and(|e| {
+                let alive = drain(e, &socket, &voice, now);
+                let stats = e.peer.stats();
+                metrics.add(&e.counted, &stats);
+                e.counted = stats;
+                alive
+            });
             if !alive && let Some(e) = peers.remove(&id) {
                 by_addr.retain(|_, v| *v != id);
+                metrics.peers.fetch_sub(1, Relaxed);
                 ended(&voice, e);
             }
         }
