@@ -36,6 +36,7 @@ mod swarm;
 mod transport;
 mod unread;
 mod voice;
+mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -272,6 +273,10 @@ struct VoiceArgs {
     /// WebTransport runs always use those.
     #[arg(long, default_value_t = 1)]
     client_loops: usize,
+    /// Of the listeners, this many join over WebRTC (str0m peers; the server gets a WebRTC
+    /// port).
+    #[arg(long, default_value_t = 0)]
+    webrtc_listeners: usize,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -682,6 +687,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 seconds: a.seconds,
                 transport,
                 client_loops: a.client_loops,
+                webrtc_listeners: a.webrtc_listeners,
             };
             let r = voice::run(&bin, run).await?;
             println!(

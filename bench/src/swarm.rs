@@ -662,6 +662,8 @@ pub(crate) struct Swarm {
     )>,
     /// Shared counters.
     pub(crate) progress: Arc<Progress>,
+    /// The clock the speakers' send times are written on.
+    pub(crate) epoch: Instant,
 }
 
 impl Swarm {
@@ -716,7 +718,11 @@ impl Swarm {
             let tx = tx_rx.recv().context("a client loop did not start")?;
             out.push((tx, stop_tx, thread));
         }
-        Ok(Self { loops: out, progress })
+        Ok(Self {
+            loops: out,
+            progress,
+            epoch,
+        })
     }
 
     /// `loops` client loops with sessions of users `first..first + n` of `setup`, each

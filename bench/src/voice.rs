@@ -32,6 +32,8 @@ pub(crate) struct VoiceRun {
     /// The load generator's client loops (`crate::swarm`); 0 = a `quaver-client` session
     /// (tasks) per participant. WebTransport runs always use the latter.
     pub(crate) client_loops: usize,
+    /// Of the listeners, how many join over WebRTC (`crate::webrtc`; needs client loops).
+    pub(crate) webrtc_listeners: usize,
 }
 
 /// What a run measured.
@@ -76,7 +78,12 @@ impl VoiceResult {
 
 /// Runs one voice load against a freshly started server.
 pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::Result<VoiceResult> {
-    let setup = Setup::start(target, "", r.transport).await?;
+    let toml = if r.webrtc_listeners > 0 {
+        "webrtc_listen = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
+    let setup = Setup::start(target, toml, r.transport).await?;
     let Owner {
         mut chat,
         guild_id,
@@ -96,6 +103,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     };
     if r.client_loops > 0 && r.transport == Transport::Quic {
         return on_swarm(setup, vc.id, &invite, r).await;
+    }
+    if r.webrtc_listeners > 0 {
+        bail!("WebRTC listeners need the engine's client loops (--client-loops ≥ 1, raw QUIC)");
     }
     // Participants join the guild, then the voice channel.
     let total = r.listeners + r.speakers;
@@ -206,7 +216,15 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
 /// The run with the participants on the load generator's engine loops (`crate::swarm`).
 async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyhow::Result<VoiceResult> {
     let total = r.listeners + r.speakers;
-    let swarm = crate::swarm::Swarm::open(&setup, 100, total, r.client_loops, invite, Some(channel)).await?;
+    let webrtc = r.webrtc_listeners.min(r.listeners);
+    let on_datagrams = total - webrtc;
+    let swarm = crate::swarm::Swarm::open(&setup, 100, on_datagrams, r.client_loops, invite, Some(channel)).await?;
+    let rtc = if webrtc > 0 {
+        let first = 100 + on_datagrams as u64;
+        Some(crate::webrtc::Listeners::join(&setup, first, webrtc, invite, channel, swarm.epoch).await?)
+    } else {
+        None
+    };
     let p = swarm.progress.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu0 = setup.server.cpu_seconds();
@@ -230,7 +248,23 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = setup.server.cpu_seconds() - cpu0;
     let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
-    let report = swarm.report().await?;
+    let mut report = swarm.report().await?;
+    if let Some(rtc) = rtc {
+        let got = rtc.received.load(Relaxed);
+        let all = rtc.stop().await;
+        let lat = percentiles(all.clone());
+        let datagrams = percentiles(report.latency.clone());
+        eprintln!(
+            "WebRTC listeners: {webrtc} received {got} frames ({:.0} each of {sent} sent), latency p50 {:.0} µs p99 {:.0} µs; datagram listeners p50 {:.0} µs p99 {:.0} µs",
+            got as f64 / webrtc as f64,
+            lat.p50,
+            lat.p99,
+            datagrams.p50,
+            datagrams.p99
+        );
+        report.first += got;
+        report.latency.extend(all);
+    }
     let own = crate::server::cpu_seconds(std::process::id()) - own0;
     eprintln!(
         "load generator CPU {:.2} µs per received frame ({} client loops); {} sessions lost",
