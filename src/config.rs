@@ -68,6 +68,9 @@ pub struct Config {
     /// the one host candidate of every answer, so it must be one clients can reach (not
     /// `0.0.0.0`). Default: none (WebRTC joins are refused).
     pub webrtc_listen: Option<SocketAddr>,
+    /// WebRTC on the QUIC port itself (RFC 9443: told apart by the first byte), instead of a
+    /// port of its own; the QUIC address must then be one clients can reach. Default false.
+    pub webrtc_shared_port: bool,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -217,6 +220,7 @@ impl Default for Config {
             redis_prefix: String::new(),
             public_addr: None,
             webrtc_listen: None,
+            webrtc_shared_port: false,
             node_id: None,
             loops: std::thread::available_parallelism().map_or(1, |n| n.get()).min(64),
             tls: TlsConfig::default(),
@@ -310,6 +314,9 @@ pub struct ConfigArgs {
     /// UDP address for WebRTC voice participants (a concrete IP clients reach) [default: none, WebRTC off].
     #[arg(long, env = "QUAVER_WEBRTC_LISTEN")]
     pub webrtc_listen: Option<SocketAddr>,
+    /// WebRTC voice participants on the QUIC port (RFC 9443 demultiplexing) [default: off].
+    #[arg(long, env = "QUAVER_WEBRTC_SHARED_PORT")]
+    pub webrtc_shared_port: bool,
     /// SQLite durability: normal (fsync at checkpoints) or full (every commit) [default: normal].
     #[arg(long, env = "QUAVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
@@ -434,6 +441,9 @@ impl ConfigArgs {
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,
         }
+        if self.webrtc_shared_port {
+            c.webrtc_shared_port = true;
+        }
         if let Some(o) = &self.allowed_origins {
             c.session.allowed_origins = o
                 .iter()
@@ -491,6 +501,15 @@ impl Config {
             quaver_proto::HARD_MAX_FRAME
         );
         anyhow::ensure!(s.max_connections > 0, "max connections must be positive");
+        anyhow::ensure!(
+            !(self.webrtc_shared_port && self.webrtc_listen.is_some()),
+            "WebRTC is on its own port (webrtc_listen) or on the QUIC port (webrtc_shared_port), not both"
+        );
+        anyhow::ensure!(
+            !self.webrtc_shared_port || !self.listen.ip().is_unspecified(),
+            "WebRTC on the QUIC port needs a QUIC address clients can reach (it is the answers' ICE candidate), not {}",
+            self.listen
+        );
         if let Some(w) = self.webrtc_listen {
             anyhow::ensure!(
                 !w.ip().is_unspecified(),

@@ -249,19 +249,26 @@ impl Server {
         );
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
-        let webrtc = match cfg.webrtc_listen {
-            Some(addr) => Some(
-                voice::webrtc::WebRtc::start(addr, voice.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("binding WebRTC port {addr}: {e}"))?,
-            ),
-            None => None,
-        };
         let sessions = Arc::new(gateway::Sessions::default());
         // The engine's port: its loops over quinn-proto, both protocols.
         let sockets = engine::bind(cfg.listen, cfg.loops)
             .map_err(|e| anyhow::anyhow!("binding QUIC port {}: {e}", cfg.listen))?;
         let quic_addr = sockets[0].local_addr()?;
+        let (webrtc, webrtc_inlet) = match cfg.webrtc_listen {
+            Some(addr) => (
+                Some(
+                    voice::webrtc::WebRtc::start(addr, voice.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("binding WebRTC port {addr}: {e}"))?,
+                ),
+                None,
+            ),
+            None if cfg.webrtc_shared_port => {
+                let (w, inlet) = voice::webrtc::WebRtc::on_quic_port(&sockets[0], quic_addr, voice.clone())?;
+                (Some(w), Some(inlet))
+            }
+            None => (None, None),
+        };
         if let Ok(b) = engine::SocketBuffers::of(&sockets[0])
             && b.short()
         {
@@ -302,7 +309,7 @@ impl Server {
             certs.clone(),
             &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
         )?);
-        let engine = gateway::wire::spawn(ctx.clone(), sockets, server)?;
+        let engine = gateway::wire::spawn(ctx.clone(), sockets, server, webrtc_inlet)?;
         tasks.extend([
             tokio::spawn(fanout.clone().run(
                 chat.clone(),

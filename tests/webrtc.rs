@@ -186,6 +186,23 @@ fn webrtc_config() -> quaver::config::Config {
 #[tokio::test]
 async fn a_webrtc_peer_and_a_datagram_participant_hear_each_other() {
     let server = start(webrtc_config()).await;
+    let port = server.ctx.webrtc.as_ref().unwrap().local_addr();
+    assert_ne!(port, server.quic_addr);
+    hear_each_other(server, port).await;
+}
+
+#[tokio::test]
+async fn webrtc_on_the_quic_port_is_told_apart_by_its_first_byte() {
+    let mut cfg = config();
+    cfg.webrtc_shared_port = true;
+    let server = start(cfg).await;
+    let port = server.ctx.webrtc.as_ref().unwrap().local_addr();
+    assert_eq!(port, server.quic_addr, "the answers name the QUIC port");
+    hear_each_other(server, port).await;
+}
+
+/// The whole exchange against `server`, whose WebRTC port is `port`.
+async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     let mut a = native(&server, 1).await; // native, on datagrams
     let mut b = native(&server, 2).await; // signals for the WebRTC peer
     let (gid, _) = shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
@@ -237,10 +254,9 @@ async fn a_webrtc_peer_and_a_datagram_participant_hear_each_other() {
     };
     assert_ne!(a_slot, b_slot);
     assert!(participants.iter().any(|p| p.user_id == 1) && participants.iter().any(|p| p.user_id == 2));
-    let port = server.ctx.webrtc.as_ref().unwrap().local_addr();
     assert!(
-        answer.contains(&port.port().to_string()),
-        "the answer names the WebRTC port"
+        answer.contains(&format!("{} {} typ host", port.ip(), port.port())),
+        "the answer's candidate is the WebRTC port: {answer}"
     );
     let browser = start_browser(answer);
     assert!(

@@ -277,6 +277,9 @@ struct VoiceArgs {
     /// port).
     #[arg(long, default_value_t = 0)]
     webrtc_listeners: usize,
+    /// Serve WebRTC on the QUIC port (RFC 9443 demultiplexing) instead of a port of its own.
+    #[arg(long)]
+    webrtc_shared_port: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -688,6 +691,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 transport,
                 client_loops: a.client_loops,
                 webrtc_listeners: a.webrtc_listeners,
+                webrtc_shared_port: a.webrtc_shared_port,
             };
             let r = voice::run(&bin, run).await?;
             println!(

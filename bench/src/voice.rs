@@ -34,6 +34,8 @@ pub(crate) struct VoiceRun {
     pub(crate) client_loops: usize,
     /// Of the listeners, how many join over WebRTC (`crate::webrtc`; needs client loops).
     pub(crate) webrtc_listeners: usize,
+    /// WebRTC on the QUIC port (RFC 9443) rather than a port of its own.
+    pub(crate) webrtc_shared_port: bool,
 }
 
 /// What a run measured.
@@ -78,10 +80,10 @@ impl VoiceResult {
 
 /// Runs one voice load against a freshly started server.
 pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::Result<VoiceResult> {
-    let toml = if r.webrtc_listeners > 0 {
-        "webrtc_listen = \"127.0.0.1:0\"\n"
-    } else {
-        ""
+    let toml = match (r.webrtc_listeners > 0, r.webrtc_shared_port) {
+        (false, _) => "",
+        (true, false) => "webrtc_listen = \"127.0.0.1:0\"\n",
+        (true, true) => "webrtc_shared_port = true\n",
     };
     let setup = Setup::start(target, toml, r.transport).await?;
     let Owner {

@@ -440,7 +440,11 @@ impl<A: App> Core<A> {
         Self::with_endpoint(EndpointConfig::default(), None, app)
     }
 
-    fn with_endpoint(config: EndpointConfig, server: impl Into<Option<Arc<ServerConfig>>>, app: A) -> Self {
+    fn with_endpoint(mut config: EndpointConfig, server: impl Into<Option<Arc<ServerConfig>>>, app: A) -> Self {
+        // Peers must keep QUIC's fixed bit set (RFC 9287 greasing not offered), so a first
+        // byte with it clear is never QUIC: what shares the port (WebRTC, RFC 9443) is told
+        // apart by it ([`Engine::set_foreign`]).
+        config.grease_quic_bit(false);
         Self {
             endpoint: quinn_proto::Endpoint::new(Arc::new(config), server.into(), true, None),
             conns: HashMap::new(),
@@ -864,6 +868,9 @@ impl Sharding {
     }
 }
 
+/// What takes the datagrams of the port that are not QUIC ([`Engine::set_foreign`]).
+type Foreign = dyn FnMut(SocketAddr, &[u8]) + Send;
+
 /// The event loop: a [`Core`] on a UDP socket, with the queue other threads send commands
 /// through.
 pub struct Engine<A: App> {
@@ -881,6 +888,8 @@ pub struct Engine<A: App> {
     /// The runtime the application's own tasks go to (`tokio::spawn` in its callbacks), when
     /// the loop runs on a thread of its own ([`Engine::spawn_app_tasks_on`]).
     app_runtime: Option<tokio::runtime::Handle>,
+    /// Where datagrams that are not QUIC go ([`Engine::set_foreign`]).
+    foreign: Option<Box<Foreign>>,
 }
 
 impl<A: App> Engine<A> {
@@ -923,6 +932,7 @@ impl<A: App> Engine<A> {
             command_tx,
             inbox: Vec::new(),
             app_runtime: None,
+            foreign: None,
         })
     }
 
@@ -952,6 +962,13 @@ impl<A: App> Engine<A> {
     /// The application.
     pub fn app(&mut self) -> &mut A {
         self.core.app()
+    }
+
+    /// Hands every received datagram whose first byte has QUIC's fixed bit (0x40) clear —
+    /// STUN (0–3), DTLS (20–63), RTP/RTCP (128–191): RFC 9443's ranges — to `to`, with its
+    /// source, instead of the endpoint (which would drop it). For WebRTC on the QUIC port.
+    pub fn set_foreign(&mut self, to: impl FnMut(SocketAddr, &[u8]) + Send + 'static) {
+        self.foreign = Some(Box::new(to));
     }
 
     /// Connections alive.
@@ -1057,6 +1074,12 @@ impl<A: App> Engine<A> {
             for (i, m) in meta.iter().enumerate().take(n) {
                 let buf = &self.recv_buf[i * stride..i * stride + m.len];
                 for d in buf.chunks(m.stride.max(1)) {
+                    if let Some(to) = &mut self.foreign
+                        && d.first().is_some_and(|b| b & 0x40 == 0)
+                    {
+                        to(m.addr, d);
+                        continue;
+                    }
                     let ecn = m.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
                     if let Some(s) = &self.sharding
                         && let Some(k) = s.shards.route(d)

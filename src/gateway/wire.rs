@@ -379,6 +379,7 @@ pub fn spawn(
     ctx: Arc<Ctx>,
     sockets: Vec<std::net::UdpSocket>,
     server: Arc<quinn_proto::ServerConfig>,
+    webrtc: Option<crate::voice::webrtc::Inlet>,
 ) -> std::io::Result<Running> {
     let main = tokio::runtime::Handle::current();
     let count = sockets.len();
@@ -390,7 +391,7 @@ pub fn spawn(
         let (done_tx, done) = tokio::sync::oneshot::channel();
         socket.set_nonblocking(true)?;
         let sharding = shardings.next();
-        let (ctx, server, main) = (ctx.clone(), server.clone(), main.clone());
+        let (ctx, server, main, webrtc) = (ctx.clone(), server.clone(), main.clone(), webrtc.clone());
         std::thread::Builder::new()
             .name(if count > 1 {
                 format!("quaver-engine-{n}")
@@ -404,7 +405,7 @@ pub fn spawn(
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let socket = tokio::net::UdpSocket::from_std(socket)?;
-                            serve(ctx, socket, server, main, sharding, async move {
+                            serve(ctx, socket, server, main, sharding, webrtc, async move {
                                 let _ = stopped.await;
                             })
                             .await
@@ -428,6 +429,7 @@ async fn serve(
     server: Arc<quinn_proto::ServerConfig>,
     tasks: tokio::runtime::Handle,
     sharding: Option<engine::Sharding>,
+    webrtc: Option<crate::voice::webrtc::Inlet>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (placeholder, _) = engine::mailbox::channel();
@@ -437,6 +439,11 @@ async fn serve(
         None => engine::Engine::new(socket, server, gateway)?,
     };
     engine.spawn_app_tasks_on(tasks);
+    if let Some(inlet) = webrtc {
+        // WebRTC on this port (RFC 9443): what is not QUIC goes to the WebRTC task; a full
+        // queue drops it (ICE and DTLS retransmit, audio is better lost than late).
+        engine.set_foreign(move |from, d| drop(inlet.try_send((from, d.to_vec()))));
+    }
     ctx.voice.run_channels_on(tokio::runtime::Handle::current());
     let tx = engine.sender();
     engine.app().set_sender(tx.clone());

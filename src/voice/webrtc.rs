@@ -12,6 +12,12 @@
 //!   forwarded, a new speaker takes a free track or the one idle longest ([`Tracks`]), and
 //!   the track's timestamps stay continuous across the change (`quaver_rtc::Peer::send`).
 //!
+//! The port is its own (`--webrtc-listen`) or the QUIC port itself (`--webrtc-shared-port`,
+//! RFC 9443): then the engine's loops hand this task every datagram whose first byte is not
+//! QUIC's ([`engine::Engine::set_foreign`](crate::engine::Engine::set_foreign)) and the task
+//! sends through a duplicate of the port's socket, so ICE, DTLS and SRTP share QUIC's one
+//! UDP port and its firewall rule.
+//!
 //! A peer ends with its signalling session ([`WebRtc::session_ended`]), with `LeaveVoice`
 //! or a later join, or when ICE gives up on it (no binding request for 15 s); its user then
 //! leaves the channel.
@@ -87,6 +93,48 @@ pub struct WebRtc {
     by_session: Mutex<HashMap<SessionId, Vec<u64>>>,
 }
 
+/// A datagram the engine's loops received for WebRTC on the shared port.
+pub type Inlet = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
+/// How the task reaches the network.
+enum Port {
+    /// A socket of its own.
+    Own(tokio::net::UdpSocket),
+    /// The QUIC port: a duplicate of its socket to send with (non-blocking, never read), and
+    /// what the loops hand over.
+    Shared(std::net::UdpSocket, mpsc::Receiver<(SocketAddr, Vec<u8>)>),
+}
+
+impl Port {
+    /// Sends one datagram; a full buffer drops it (ICE and DTLS retransmit, audio is
+    /// better lost than late).
+    fn send(&self, data: &[u8], to: SocketAddr) {
+        let _ = match self {
+            Port::Own(s) => s.try_send_to(data, to),
+            Port::Shared(s, _) => s.send_to(data, to),
+        };
+    }
+
+    /// The next datagram.
+    async fn recv(&mut self, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        match self {
+            Port::Own(s) => loop {
+                buf.resize(2048, 0);
+                // An error is an ICMP report about an earlier send: the next one may be fine.
+                if let Ok((n, from)) = s.recv_from(buf).await {
+                    buf.truncate(n);
+                    return Some(from);
+                }
+            },
+            Port::Shared(_, rx) => {
+                let (from, d) = rx.recv().await?;
+                *buf = d;
+                Some(from)
+            }
+        }
+    }
+}
+
 enum Cmd {
     Add(Box<Entry>),
     Down { id: u64, data: Bytes },
@@ -159,16 +207,34 @@ impl WebRtc {
     pub async fn start(addr: SocketAddr, voice: Arc<Voice>) -> std::io::Result<Arc<Self>> {
         let socket = tokio::net::UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
+        Ok(Self::serve(Port::Own(socket), local, voice))
+    }
+
+    /// WebRTC on the QUIC port, whose socket is `quic` (reached at `local`): the task sends
+    /// through a duplicate of it; the loops hand it what they receive for it through the
+    /// returned [`Inlet`].
+    pub fn on_quic_port(
+        quic: &std::net::UdpSocket,
+        local: SocketAddr,
+        voice: Arc<Voice>,
+    ) -> std::io::Result<(Arc<Self>, Inlet)> {
+        let send = quic.try_clone()?;
+        send.set_nonblocking(true)?;
+        let (inlet, rx) = mpsc::channel(QUEUE);
+        Ok((Self::serve(Port::Shared(send, rx), local, voice), inlet))
+    }
+
+    fn serve(port: Port, local: SocketAddr, voice: Arc<Voice>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let metrics = Arc::new(WebRtcMetrics::default());
-        tokio::spawn(run(socket, voice, rx, metrics.clone()));
-        Ok(Arc::new(Self {
+        tokio::spawn(run(port, voice, rx, metrics.clone()));
+        Arc::new(Self {
             metrics,
             tx,
             local,
             next: AtomicU64::new(1),
             by_session: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// The UDP address peers reach.
@@ -233,24 +299,19 @@ impl WebRtc {
 }
 
 /// The task: the socket, every peer, their timers.
-async fn run(
-    socket: tokio::net::UdpSocket,
-    voice: Arc<Voice>,
-    mut rx: mpsc::Receiver<Cmd>,
-    metrics: Arc<WebRtcMetrics>,
-) {
+async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, metrics: Arc<WebRtcMetrics>) {
     let mut peers: HashMap<u64, Entry> = HashMap::new();
     let mut by_addr: HashMap<SocketAddr, u64> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
+    let mut buf = Vec::with_capacity(2048);
     loop {
         let next = peers.values().map(|e| e.wait).min();
         let now;
         let mut touched = Vec::new();
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
+            from = socket.recv(&mut buf) => {
+                let Some(from) = from else { return };
                 now = Instant::now();
-                let data = &buf[..n];
+                let data = &buf[..];
                 let id = by_addr.get(&from).copied().or_else(|| {
                     peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id)
                 });
@@ -329,12 +390,10 @@ async fn run(
 }
 
 /// Everything `e` has to do now; false once it is gone.
-fn drain(e: &mut Entry, socket: &tokio::net::UdpSocket, voice: &Voice, now: Instant) -> bool {
+fn drain(e: &mut Entry, socket: &Port, voice: &Voice, now: Instant) -> bool {
     loop {
         match e.peer.poll() {
-            // A full socket buffer drops the datagram: ICE and DTLS retransmit, audio is
-            // better lost than late.
-            Output::Transmit { to, data } => drop(socket.try_send_to(&data, to)),
+            Output::Transmit { to, data } => socket.send(&data, to),
             Output::Frame(f) => {
                 let h = Uplink {
                     flags: if f.talkspurt { FLAG_TALKSPURT_START } else { 0 },

@@ -17,7 +17,7 @@ import { BIN, startServer } from './server.mjs';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SECRET = 'webrtc-test-secret-0123456789abcdefghij';
 
-let server, browser, httpAddr;
+let server, shared, browser, httpAddr, sharedHttp;
 
 const token = (user) => execFileSync(BIN, ['token', '--user', String(user), '--name', `rtc${user}`, '--ttl', '10m'],
   { env: { ...process.env, JWT_SECRET: SECRET } }).toString().trim();
@@ -27,6 +27,9 @@ before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
   const s = await startServer({ JWT_SECRET: SECRET, QUAVER_WEBRTC_LISTEN: '127.0.0.1:0' });
   [server, httpAddr] = [s.child, s.http];
+  // The same on the QUIC port itself (RFC 9443 demultiplexing).
+  const t = await startServer({ JWT_SECRET: SECRET, QUAVER_WEBRTC_SHARED_PORT: 'true' });
+  [shared, sharedHttp] = [t.child, t.http];
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
@@ -41,12 +44,18 @@ before(async () => {
 after(async () => {
   await browser?.close();
   server?.kill('SIGTERM');
+  shared?.kill('SIGTERM');
 });
 
-test('a WebRTC browser and a datagram participant hear each other in one voice channel', async () => {
+test('a WebRTC browser and a datagram participant hear each other in one voice channel', () => exchange(httpAddr, 6100));
+
+test('the same with WebRTC on the QUIC port', () => exchange(sharedHttp, 6200));
+
+async function exchange(httpAddr, users) {
   const page = await browser.newPage();
   page.on('console', (m) => { if (process.env.QUAVER_TEST_VERBOSE) console.log('page:', m.text()); });
   await page.goto(`http://${httpAddr}/`);
+  const quicPort = (await (await fetch(`http://${httpAddr}/cert-hash`)).json()).port;
   const r = await page.evaluate(async ([ta, tb]) => {
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     const a = await window.quaverConnect(ta), b = await window.quaverConnect(tb);
@@ -80,6 +89,7 @@ test('a WebRTC browser and a datagram participant hear each other in one voice c
       setTimeout(res, 3000);
     });
     const jb = await vb.request({ type: 'JoinVoiceWebRtc', channel_id: vc.id, self_mute: false, self_deaf: false, offer: pc.localDescription.sdp });
+    const candidatePort = Number(jb.answer.match(/a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host/i)?.[1]);
     await pc.setRemoteDescription({ type: 'answer', sdp: jb.answer });
     const t0 = Date.now();
     while (pc.connectionState !== 'connected' && Date.now() - t0 < 10000) await sleep(50);
@@ -136,11 +146,11 @@ test('a WebRTC browser and a datagram participant hear each other in one voice c
     const out = {
       state, slotA: ja.slot, slotB: jb.slot, tracks: playing.length,
       fromB: fromB.length, levels: [...new Set(fromB.map((f) => f.level))], sizes: fromB.map((f) => f.payload.length),
-      speakingB, energyBefore: before, energyAfter: after, packetsReceived: received, lateAfterMute: late,
+      speakingB, energyBefore: before, energyAfter: after, packetsReceived: received, lateAfterMute: late, candidatePort,
     };
     pc.close(); a.close(); b.close();
     return out;
-  }, [token(6101), token(6102)]);
+  }, [token(users + 1), token(users + 2)]);
   console.log('webrtc test:', JSON.stringify({ ...r, sizes: undefined }));
   assert.equal(r.state, 'connected', 'ICE and DTLS with the ICE-lite server');
   assert.notEqual(r.slotA, r.slotB);
@@ -154,5 +164,6 @@ test('a WebRTC browser and a datagram participant hear each other in one voice c
   // (c)
   assert.ok(r.speakingB, 'VoiceSpeaking for the browser');
   assert.equal(r.lateAfterMute, 0, 'nothing forwarded from a muted browser');
+  assert.equal(r.candidatePort === quicPort, httpAddr === sharedHttp, `the answer's candidate port ${r.candidatePort} (QUIC ${quicPort})`);
   await page.close();
-});
+}
