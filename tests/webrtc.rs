@@ -404,21 +404,22 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     drop(browser);
 }
 
+/// A WebRTC join of channel 1 with `offer`.
+fn join_with(offer: &str) -> RequestBody {
+    RequestBody::JoinVoiceWebRtc {
+        channel_id: 1,
+        self_mute: false,
+        self_deaf: false,
+        offer: offer.into(),
+    }
+}
+
 #[tokio::test]
 async fn webrtc_joins_are_refused_clearly_when_off_or_malformed() {
     // Off: a node without --webrtc-listen.
     let server = start(config()).await;
     let mut a = native(&server, 1).await;
-    let r = req(
-        &mut a.voice,
-        RequestBody::JoinVoiceWebRtc {
-            channel_id: 1,
-            self_mute: false,
-            self_deaf: false,
-            offer: "v=0".into(),
-        },
-    )
-    .await;
+    let r = req(&mut a.voice, join_with("v=0")).await;
     assert!(
         matches!(&r, Err(e) if e.code == ErrorCode::BAD_REQUEST && e.message.contains("not enabled")),
         "{r:?}"
@@ -426,16 +427,7 @@ async fn webrtc_joins_are_refused_clearly_when_off_or_malformed() {
     // On, with an offer that is not SDP: refused, the session goes on.
     let server = start(webrtc_config()).await;
     let mut a = native(&server, 1).await;
-    let r = req(
-        &mut a.voice,
-        RequestBody::JoinVoiceWebRtc {
-            channel_id: 1,
-            self_mute: false,
-            self_deaf: false,
-            offer: "not sdp".into(),
-        },
-    )
-    .await;
+    let r = req(&mut a.voice, join_with("not sdp")).await;
     assert!(matches!(&r, Err(e) if e.code == ErrorCode::BAD_REQUEST), "{r:?}");
     let pong = req(&mut a.voice, RequestBody::Ping { data: vec![1] }).await;
     assert!(matches!(pong, Ok(ResponseBody::Pong { .. })));

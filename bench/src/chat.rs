@@ -91,13 +91,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     let sessions = setup.members(r.sessions, 1000, &invite).await?;
     // Warm-up barrier: one message everyone must receive before the clock starts, so the
     // measurement is not skewed by the set-up's own traffic still in flight.
-    let warm = RequestBody::SendMessage {
-        channel_id: ch,
-        nonce: setup.nonce_base,
-        content: "0 warm-up".into(),
-        reply_to: None,
-    };
-    if chat.request(warm).await?.is_err() {
+    if chat.request(warm_up(ch, setup.nonce_base)).await?.is_err() {
         bail!("warm-up message refused");
     }
     let warmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -245,6 +239,17 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     })
 }
 
+/// The warm-up message (channel seq 1): every session must have it before the clock starts,
+/// so the measurement is not skewed by the set-up's own traffic still in flight.
+fn warm_up(channel_id: u64, nonce: u64) -> RequestBody {
+    RequestBody::SendMessage {
+        channel_id,
+        nonce,
+        content: "0 warm-up".into(),
+        reply_to: None,
+    }
+}
+
 /// The pid of the Redis at `REDIS_URL` if it runs on this machine (`INFO server`), else 0.
 fn redis_pid() -> u32 {
     let Ok(url) = std::env::var("REDIS_URL") else { return 0 };
@@ -275,13 +280,7 @@ async fn on_swarm(
     use crate::swarm::{Sending, Swarm};
     let swarm = Swarm::open(&setup, 1000, r.sessions, r.client_loops, invite, None).await?;
     let p = swarm.progress.clone();
-    let warm = RequestBody::SendMessage {
-        channel_id: ch,
-        nonce: setup.nonce_base,
-        content: "0 warm-up".into(),
-        reply_to: None,
-    };
-    if chat.request(warm).await?.is_err() {
+    if chat.request(warm_up(ch, setup.nonce_base)).await?.is_err() {
         swarm.stop();
         bail!("warm-up message refused");
     }
