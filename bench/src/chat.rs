@@ -36,6 +36,13 @@ pub(crate) struct ChatRun {
     pub(crate) client_loops: usize,
 }
 
+impl ChatRun {
+    /// Whether the run's nodes use Redis and PostgreSQL.
+    fn on_cluster(&self) -> bool {
+        self.nodes > 1 || self.on_cluster_services
+    }
+}
+
 /// What a run measured.
 #[derive(Debug)]
 pub(crate) struct ChatResult {
@@ -76,7 +83,7 @@ impl ChatResult {
 pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::Result<ChatResult> {
     // The benchmark's senders exceed the default per-user send rate on purpose.
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
-    let cluster = r.nodes > 1 || r.on_cluster_services;
+    let cluster = r.on_cluster();
     let setup = Setup::for_run(target, toml, r.transport, r.nodes, r.on_cluster_services).await?;
     let Owner {
         mut chat,
@@ -193,12 +200,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu0: Vec<f64> = setup.nodes().map(|s| s.cpu_seconds()).collect();
-    let redis_pid = if cluster { redis_pid() } else { 0 };
-    let redis0 = crate::server::cpu_seconds(redis_pid);
-    let own0 = crate::server::cpu_seconds(std::process::id());
-    let drops0 = crate::server::udp_receive_drops();
-    eprintln!("measuring (server pid {})", setup.server.pid);
+    let meter = Meter::start(&setup, cluster);
     let start = Instant::now();
     let mut sent = 0;
     for s in senders {
@@ -215,15 +217,11 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         datagrams += dg;
         acks += a;
     }
-    let own = crate::server::cpu_seconds(std::process::id()) - own0;
-    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
+    let m = meter.stop(&setup);
     eprintln!(
         "clients received {datagrams} UDP datagrams and sent {acks} ACK frames for {delivered} deliveries; load generator CPU {:.2} µs per delivery",
-        own * 1e6 / delivered.max(1) as f64
+        m.own * 1e6 / delivered.max(1) as f64
     );
-    let node_cpu: Vec<f64> = setup.nodes().zip(&cpu0).map(|(s, c0)| s.cpu_seconds() - c0).collect();
-    let cpu = node_cpu.iter().sum();
-    let redis_cpu = crate::server::cpu_seconds(redis_pid) - redis0;
     setup.stop().await;
     Ok(ChatResult {
         sent,
@@ -231,12 +229,62 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         delivered,
         duplicates,
         per_sec: delivered as f64 / sending.max(1e-9),
-        cpu_seconds: cpu,
-        node_cpu_seconds: node_cpu,
-        redis_cpu_seconds: redis_cpu,
+        cpu_seconds: m.node_cpu.iter().sum(),
+        node_cpu_seconds: m.node_cpu,
+        redis_cpu_seconds: m.redis_cpu,
         latency: percentiles(lat),
-        udp_drops,
+        udp_drops: m.udp_drops,
     })
+}
+
+/// CPU and UDP drop counters at the start of a measurement.
+struct Meter {
+    nodes0: Vec<f64>,
+    redis_pid: u32,
+    redis0: f64,
+    own0: f64,
+    drops0: u64,
+}
+
+/// What the measured period cost.
+struct Metered {
+    /// Server CPU seconds, by node.
+    node_cpu: Vec<f64>,
+    /// Redis CPU seconds (a local Redis of a cluster run; else 0).
+    redis_cpu: f64,
+    /// The load generator's own CPU seconds.
+    own: f64,
+    /// Datagrams the machine dropped for full receive buffers.
+    udp_drops: u64,
+}
+
+impl Meter {
+    /// Starts measuring `setup`'s nodes (and the local Redis of a `cluster` run).
+    fn start(setup: &Setup, cluster: bool) -> Self {
+        let redis_pid = if cluster { redis_pid() } else { 0 };
+        let m = Meter {
+            nodes0: setup.nodes().map(|s| s.cpu_seconds()).collect(),
+            redis_pid,
+            redis0: crate::server::cpu_seconds(redis_pid),
+            own0: crate::server::cpu_seconds(std::process::id()),
+            drops0: crate::server::udp_receive_drops(),
+        };
+        eprintln!("measuring (server pid {})", setup.server.pid);
+        m
+    }
+
+    fn stop(&self, setup: &Setup) -> Metered {
+        Metered {
+            node_cpu: setup
+                .nodes()
+                .zip(&self.nodes0)
+                .map(|(s, c0)| s.cpu_seconds() - c0)
+                .collect(),
+            redis_cpu: crate::server::cpu_seconds(self.redis_pid) - self.redis0,
+            own: crate::server::cpu_seconds(std::process::id()) - self.own0,
+            udp_drops: crate::server::udp_receive_drops().saturating_sub(self.drops0),
+        }
+    }
 }
 
 /// The warm-up message (channel seq 1): every session must have it before the clock starts,
@@ -292,13 +340,8 @@ async fn on_swarm(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cluster = r.nodes > 1 || r.on_cluster_services;
-    let cpu0: Vec<f64> = setup.nodes().map(|s| s.cpu_seconds()).collect();
-    let redis_pid = if cluster { redis_pid() } else { 0 };
-    let redis0 = crate::server::cpu_seconds(redis_pid);
-    let own0 = crate::server::cpu_seconds(std::process::id());
-    let drops0 = crate::server::udp_receive_drops();
-    eprintln!("measuring (server pid {})", setup.server.pid);
+    let cluster = r.on_cluster();
+    let meter = Meter::start(&setup, cluster);
     let per_sender = (r.rate * r.seconds).round() as u64;
     let expected_sends = per_sender * r.senders.min(r.sessions) as u64;
     let start = Instant::now() + Duration::from_millis(5);
@@ -327,20 +370,17 @@ async fn on_swarm(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let report = swarm.report().await?;
-    let own = crate::server::cpu_seconds(std::process::id()) - own0;
-    let udp_drops = crate::server::udp_receive_drops().saturating_sub(drops0);
+    let m = meter.stop(&setup);
     eprintln!(
         "clients received {} UDP datagrams and sent {} ACK frames for {} deliveries; load generator CPU {:.2} µs per delivery ({} client loops); {} sessions lost, {} sends refused",
         report.datagrams,
         report.acks,
         report.first,
-        own * 1e6 / report.first.max(1) as f64,
+        m.own * 1e6 / report.first.max(1) as f64,
         r.client_loops,
         p.lost.load(Relaxed),
         p.refused.load(Relaxed),
     );
-    let node_cpu: Vec<f64> = setup.nodes().zip(&cpu0).map(|(s, c0)| s.cpu_seconds() - c0).collect();
-    let redis_cpu = crate::server::cpu_seconds(redis_pid) - redis0;
     swarm.stop();
     setup.stop().await;
     let sent = p.acked.load(Relaxed);
@@ -350,10 +390,10 @@ async fn on_swarm(
         delivered: report.first,
         duplicates: report.duplicates,
         per_sec: report.first as f64 / sending.unwrap_or(r.seconds).max(1e-9),
-        cpu_seconds: node_cpu.iter().sum(),
-        node_cpu_seconds: node_cpu,
-        redis_cpu_seconds: redis_cpu,
+        cpu_seconds: m.node_cpu.iter().sum(),
+        node_cpu_seconds: m.node_cpu,
+        redis_cpu_seconds: m.redis_cpu,
         latency: percentiles(report.latency),
-        udp_drops,
+        udp_drops: m.udp_drops,
     })
 }
