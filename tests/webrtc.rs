@@ -292,6 +292,27 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
             assert_eq!(&data[2..], &[1, 2, 3]);
         }
     }
+    // Its session is told that this track carries the native participant's slot.
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut told = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout_at(end, b.voice.next()).await {
+        if let ServerLane::Event {
+            body: EventBody::VoiceTrack { channel_id, mid, slot },
+            ..
+        } = m
+        {
+            told.push((channel_id, mid, slot));
+        }
+        if !told.is_empty() {
+            break;
+        }
+    }
+    let heard_on = browser.heard.lock().unwrap()[0].0.to_string();
+    assert_eq!(
+        told,
+        vec![(vc.id, heard_on, a_slot)],
+        "VoiceTrack for the track the browser heard A on"
+    );
 
     // (b) The native participant hears the browser, from the WebRTC participant's slot.
     browser.speak.store(true, Ordering::SeqCst);

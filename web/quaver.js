@@ -363,6 +363,7 @@ const EventBody = tagged([
   ['VoiceStateUpdated', [['state', VoiceState]]],
   ['VoiceStateRemoved', [gid, cid, uid]],
   ['VoiceSpeaking', [cid, uid, ['slot', T.u16], ['speaking', T.bool]]],
+  ['VoiceTrack', [cid, ['mid', T.string], ['slot', T.u16]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

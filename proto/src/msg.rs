@@ -1234,6 +1234,18 @@ pub enum EventBody {
         /// Speaking now.
         speaking: bool,
     },
+    /// Voice lane, to a WebRTC participant's own session only: the receiving track with
+    /// media id `mid` (its transceiver's `mid`) now carries the speaker in `slot` (that
+    /// slot's user is in their `VoiceState`). Sent when a track's speaker changes, before
+    /// that speaker's first packet on it leaves.
+    VoiceTrack {
+        /// The channel.
+        channel_id: u64,
+        /// The track's media id, as in the SDP.
+        mid: String,
+        /// The speaker's slot.
+        slot: u16,
+    },
 }
 
 impl EventBody {

@@ -478,6 +478,19 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Event", "seq": 9, "body": {"type": "VoiceSpeaking", "channel_id": "4", "user_id": "5", "slot": 2, "speaking": true}}),
         ),
         v(
+            "event_voice_track",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 10,
+                body: EventBody::VoiceTrack {
+                    channel_id: 4,
+                    mid: "1".into(),
+                    slot: 2,
+                },
+            },
+            json!({"type": "Event", "seq": 10, "body": {"type": "VoiceTrack", "channel_id": "4", "mid": "1", "slot": 2}}),
+        ),
+        v(
             "fetch_ok_server_info",
             "FetchReply",
             FetchReply::Ok(FetchResponse::ServerInfo {

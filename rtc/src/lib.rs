@@ -210,6 +210,11 @@ impl Peer {
         self.slots.len()
     }
 
+    /// The media id (SDP `a=mid`) of forwarding slot `slot`'s track.
+    pub fn mid(&self, slot: usize) -> Option<String> {
+        self.slots.get(slot).map(|s| s.mid.to_string())
+    }
+
     /// Whether media flows.
     pub fn is_connected(&self) -> bool {
         self.connected

@@ -16,7 +16,7 @@ pub const MAX_PING_BYTES: usize = 1024;
 /// once the reply is queued.
 pub async fn request(
     ctx: &Ctx,
-    session: &SessionHandle,
+    session: &std::sync::Arc<SessionHandle>,
     voice_port: &std::sync::Arc<crate::voice::VoicePort>,
     lane: Lane,
     body: RequestBody,
@@ -107,7 +107,7 @@ const MAX_OFFER: usize = 16 * 1024;
 /// The voice lane's requests (rate-limited by the caller).
 async fn voice_request(
     ctx: &Ctx,
-    session: &SessionHandle,
+    session: &std::sync::Arc<SessionHandle>,
     voice_port: &std::sync::Arc<crate::voice::VoicePort>,
     body: RequestBody,
 ) -> Result<ResponseBody, ErrorBody> {
@@ -146,7 +146,7 @@ async fn voice_request(
                 return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "the SDP offer is over 16 KiB"));
             }
             let (id, port, answer) = w
-                .open(user, session.id, &offer)
+                .open(session, channel_id, &offer)
                 .map_err(|e| ErrorBody::new(ErrorCode::BAD_REQUEST, e.to_string()))?;
             match ctx
                 .voice

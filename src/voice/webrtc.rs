@@ -27,16 +27,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quaver_proto::SessionId;
+use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_TALKSPURT_START, Uplink};
+use quaver_proto::{EventBody, Lane, SessionId};
 use quaver_rtc::{Frame, Output, Peer};
 use tokio::sync::mpsc;
 
 use super::{DatagramSink, Voice, VoicePort};
+use crate::gateway::SessionHandle;
 
 /// Commands and downlink frames waiting for the WebRTC task before new ones are dropped.
 const QUEUE: usize = 8192;
@@ -171,8 +173,9 @@ impl Tracks {
     }
 
     /// The track for a frame of `slot` at `now`: the one it has, else a free one, else the
-    /// one idle longest. `None` without tracks.
-    pub fn assign(&mut self, slot: u16, now: Instant) -> Option<usize> {
+    /// one idle longest; and whether the track changed speaker (then the peer's session is
+    /// told, `VoiceTrack`). `None` without tracks.
+    pub fn assign(&mut self, slot: u16, now: Instant) -> Option<(usize, bool)> {
         let i = match self.tracks.iter().position(|t| t.is_some_and(|(s, _)| s == slot)) {
             Some(i) => i,
             None => match self.tracks.iter().position(Option::is_none) {
@@ -185,8 +188,9 @@ impl Tracks {
                     .map(|(i, _)| i)?,
             },
         };
+        let changed = self.tracks[i].is_none_or(|(s, _)| s != slot);
         self.tracks[i] = Some((slot, now));
-        Some(i)
+        Some((i, changed))
     }
 }
 
@@ -196,6 +200,9 @@ struct Entry {
     port: Arc<VoicePort>,
     user: u64,
     session: SessionId,
+    /// Where `VoiceTrack` events go (weak: the peer ends with the session, not after it).
+    events: Weak<SessionHandle>,
+    channel_id: u64,
     tracks: Tracks,
     wait: Instant,
     /// The peer's counters as last added to the metrics.
@@ -242,14 +249,17 @@ impl WebRtc {
         self.local
     }
 
-    /// Answers `offer` for `user`'s session: the peer's port (to join the channel with) and
-    /// the SDP answer. The peer lives from now until it is removed or ICE gives up.
+    /// Answers `offer` for `session`, joining `channel_id`: the peer's id, its port (to join
+    /// the channel with) and the SDP answer. The peer lives from now until it is removed or
+    /// ICE gives up; which speaker each of its tracks carries goes to `session`
+    /// (`VoiceTrack`).
     pub fn open(
         &self,
-        user: u64,
-        session: SessionId,
+        session: &Arc<SessionHandle>,
+        channel_id: u64,
         offer: &str,
     ) -> Result<(u64, Arc<VoicePort>, String), quaver_rtc::Error> {
+        let (user, events, session) = (session.user, Arc::downgrade(session), session.id);
         let (peer, answer) = Peer::answer(offer, self.local, Instant::now())?;
         let id = self.next.fetch_add(1, Relaxed);
         let port = VoicePort::new(Arc::new(Sink {
@@ -263,6 +273,8 @@ impl WebRtc {
             port: port.clone(),
             user,
             session,
+            events,
+            channel_id,
             wait: Instant::now(),
             counted: quaver_rtc::Stats::default(),
         };
@@ -335,8 +347,12 @@ async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, m
                     Cmd::Down { id, data } => {
                         if let Some(e) = peers.get_mut(&id)
                             && let Ok((h, payload)) = Downlink::parse(&data)
-                            && let Some(track) = e.tracks.assign(h.slot, now)
+                            && let Some((track, changed)) = e.tracks.assign(h.slot, now)
                         {
+                            if changed && let (Some(s), Some(mid)) = (e.events.upgrade(), e.peer.mid(track)) {
+                                let body = EventBody::VoiceTrack { channel_id: e.channel_id, mid, slot: h.slot };
+                                s.push_event(Lane::Voice, Bytes::from(encode_payload(&body)));
+                            }
                             let frame = Frame {
                                 level: h.level.neg_dbov(),
                                 voice: h.level.voice(),
@@ -431,12 +447,13 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = Tracks::new(2);
-        assert_eq!(t.assign(5, ms(0)), Some(0));
-        assert_eq!(t.assign(9, ms(1)), Some(1));
-        assert_eq!(t.assign(5, ms(20)), Some(0), "kept");
+        assert_eq!(t.assign(5, ms(0)), Some((0, true)));
+        assert_eq!(t.assign(9, ms(1)), Some((1, true)));
+        assert_eq!(t.assign(5, ms(20)), Some((0, false)), "kept");
         // A third speaker: track 1 (slot 9) has been idle longest.
-        assert_eq!(t.assign(3, ms(21)), Some(1));
-        assert_eq!(t.assign(9, ms(22)), Some(0), "slot 5's track, now the idlest");
+        assert_eq!(t.assign(3, ms(21)), Some((1, true)));
+        assert_eq!(t.assign(9, ms(22)), Some((0, true)), "slot 5's track, now the idlest");
+        assert_eq!(t.assign(9, ms(40)), Some((0, false)));
         assert_eq!(Tracks::new(0).assign(1, ms(0)), None);
     }
 }
