@@ -6,7 +6,9 @@
 // each channel's messages by id, so history fetched after a reload and events replayed by
 // the server never show a message twice. Voice: the microphone through an AudioWorklet into
 // WebCodecs' Opus `AudioEncoder`, out as datagrams; datagrams in through one `AudioDecoder`
-// per speaker slot into a playback worklet with a small jitter buffer.
+// per speaker slot into a playback worklet with a small jitter buffer. Or, with "voice over
+// WebRTC" (or without WebCodecs), an RTCPeerConnection to the node's ICE-lite WebRTC port:
+// the browser's own echo cancellation, jitter buffer and loss concealment.
 import * as quaver from '/quaver.js';
 
 window.quaver = quaver;
@@ -334,6 +336,12 @@ function onEvent(lane, b) {
       break;
     case 'VoiceStateUpdated': voiceSet(b.state); break;
     case 'VoiceStateRemoved': S.voice.get(b.channel_id)?.delete(b.user_id); break;
+    case 'VoiceTrack': {
+      // Our WebRTC receiving track `mid` now carries the speaker in `slot`.
+      const v = S.voiceSession;
+      if (v?.trackSlots && v.channel === b.channel_id) v.trackSlots.set(b.mid, b.slot);
+      break;
+    }
     case 'VoiceSpeaking': {
       const v = S.voice.get(b.channel_id)?.get(b.user_id);
       if (v) v.speaking = b.speaking;
@@ -639,12 +647,30 @@ function levelOf(samples) {
   return Math.max(0, Math.min(127, Math.round(dbov)));
 }
 
-async function joinVoiceChannel(channelId) {
+const hasWebCodecs = () => 'AudioEncoder' in window && 'AudioDecoder' in window;
+
+/** Joins a voice channel over WebRTC when asked (the checkbox) or when the browser has no
+ * WebCodecs audio, else over WebTransport datagrams; a node without WebRTC falls back to
+ * datagrams. */
+async function joinVoiceChannel(channelId, { webrtc = $('voice-webrtc').checked || !hasWebCodecs() } = {}) {
   if (S.voiceSession?.channel === channelId) return;
   await leaveVoice();
-  if (!('AudioEncoder' in window) || !('AudioDecoder' in window)) { toast('this browser has no WebCodecs audio: voice is unavailable'); return; }
-  const v = { channel: channelId, muted: false, deafened: false, seq: 0, timestamp: 0, talking: false, decoders: new Map() };
+  if (webrtc && !('RTCPeerConnection' in window)) { toast('this browser has no WebRTC: voice is unavailable'); return; }
+  if (!webrtc && !hasWebCodecs()) { toast('this browser has no WebCodecs audio: voice is unavailable'); return; }
+  const v = { channel: channelId, muted: false, deafened: false, seq: 0, timestamp: 0, talking: false, decoders: new Map(), webrtc };
   S.voiceSession = v;
+  if (webrtc) {
+    try {
+      await startWebRtc(v, channelId);
+    } catch (e) {
+      const fallback = /not enabled/.test(e?.message ?? '') && hasWebCodecs();
+      toast(fallback ? 'this node has no WebRTC: voice over datagrams' : `voice: ${errText(e)}`);
+      await leaveVoice();
+      if (fallback) await joinVoiceChannel(channelId, { webrtc: false });
+    }
+    render();
+    return;
+  }
   try {
     const j = await quaver.joinVoice(S.client.session, S.client.lanes.Voice, channelId, {});
     Object.assign(v, { session: j.session, lane: j.lane, remote: j.remote, slot: j.joined.slot });
@@ -664,6 +690,55 @@ async function joinVoiceChannel(channelId) {
     await leaveVoice();
   }
   render();
+}
+
+/** Voice over WebRTC: the microphone on one sending transceiver and three receiving ones
+ * (the node forwards up to three speakers); the server answers as an ICE-lite peer. Which
+ * speaker each receiving track carries comes as `VoiceTrack` events (`v.trackSlots`). */
+async function startWebRtc(v, channelId) {
+  v.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
+  const pc = new RTCPeerConnection();
+  Object.assign(v, { pc, trackSlots: new Map(), audio: [], statsBase: { ...S.voiceStats } });
+  pc.addTransceiver(v.stream.getAudioTracks()[0], { direction: 'sendonly' });
+  for (let i = 0; i < 3; i++) pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.ontrack = (e) => {
+    // Chromium decodes a remote track only while an element plays it.
+    const a = new Audio();
+    a.srcObject = new MediaStream([e.track]);
+    a.muted = v.deafened;
+    a.play().catch(() => {});
+    v.audio.push(a);
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === 'failed' && S.voiceSession === v) { toast('voice: the WebRTC connection failed'); leaveVoice(); }
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  // The server reads no trickled candidates: offer once gathering is done.
+  await new Promise((res) => {
+    if (pc.iceGatheringState === 'complete') return res();
+    pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') res(); });
+    setTimeout(res, 3000);
+  });
+  const j = await quaver.joinVoice(S.client.session, S.client.lanes.Voice, channelId, { offer: pc.localDescription.sdp });
+  Object.assign(v, { session: j.session, lane: j.lane, remote: j.remote, slot: j.joined.slot });
+  for (const p of j.joined.participants) voiceSet(p);
+  if (j.remote) j.lane.onevent = (m) => onEvent('Voice', m.body);
+  await pc.setRemoteDescription({ type: 'answer', sdp: j.joined.answer });
+  // The counters the datagram path keeps, from the peer connection's statistics.
+  v.statsTimer = setInterval(async () => {
+    if (S.voiceSession !== v) return;
+    let sent = 0, received = 0, energy = 0;
+    (await pc.getStats()).forEach((s) => {
+      if (s.kind !== 'audio') return;
+      if (s.type === 'outbound-rtp') sent += s.packetsSent ?? 0;
+      if (s.type === 'inbound-rtp') { received += s.packetsReceived ?? 0; energy += s.totalAudioEnergy ?? 0; }
+    });
+    const b = v.statsBase;
+    Object.assign(S.voiceStats, {
+      sentFrames: b.sentFrames + sent, receivedFrames: b.receivedFrames + received,
+      decodedFrames: b.decodedFrames + received, decodedEnergy: b.decodedEnergy + energy,
+    });
+  }, 250);
 }
 
 async function startCapture(v) {
@@ -745,6 +820,8 @@ async function setVoiceState() {
   const v = S.voiceSession;
   if (!v?.lane) return;
   if (v.gain) v.gain.gain.value = v.deafened ? 0 : 1;
+  for (const a of v.audio ?? []) a.muted = v.deafened;
+  for (const t of v.stream?.getAudioTracks() ?? []) if (v.pc) t.enabled = !v.muted;
   try { await v.lane.request({ type: 'SetVoiceState', self_mute: v.muted, self_deaf: v.deafened }); } catch (e) { toast(errText(e)); }
   render();
 }
@@ -757,6 +834,9 @@ async function leaveVoice() {
   const left = v.lane?.request({ type: 'LeaveVoice' }).catch(() => {});
   await Promise.race([left, new Promise((r) => setTimeout(r, 1000))]);
   v.stream?.getTracks().forEach((t) => t.stop());
+  clearInterval(v.statsTimer);
+  v.pc?.close();
+  for (const a of v.audio ?? []) a.srcObject = null;
   try { v.encoder?.close(); } catch (_) {}
   for (const d of v.decoders.values()) try { d.close(); } catch (_) {}
   v.ctx?.close().catch(() => {});
@@ -947,7 +1027,7 @@ function renderVoicebar() {
   const v = S.voiceSession;
   $('voicebar').style.display = v ? 'flex' : 'none';
   if (!v) return;
-  $('voice-where').textContent = `🔊 ${findChannel(v.channel)?.name ?? 'voice'}${v.remote ? ' (other node)' : ''}`;
+  $('voice-where').textContent = `🔊 ${findChannel(v.channel)?.name ?? 'voice'}${v.webrtc ? ' (WebRTC)' : ''}${v.remote ? ' (other node)' : ''}`;
   $('mute').textContent = v.muted ? 'Unmute' : 'Mute';
   $('deafen').textContent = v.deafened ? 'Undeafen' : 'Deafen';
 }
@@ -985,6 +1065,8 @@ $('notif-read-all').onclick = markAllNotificationsRead;
 $('mute').onclick = () => { if (S.voiceSession) { S.voiceSession.muted = !S.voiceSession.muted; setVoiceState(); } };
 $('deafen').onclick = () => { if (S.voiceSession) { S.voiceSession.deafened = !S.voiceSession.deafened; setVoiceState(); } };
 $('leave-voice').onclick = leaveVoice;
+$('voice-webrtc').checked = localStorage.getItem('quaver.voice.webrtc') === '1';
+$('voice-webrtc').onchange = () => localStorage.setItem('quaver.voice.webrtc', $('voice-webrtc').checked ? '1' : '0');
 setInterval(renderTyping, 1000);
 document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && S.channel) openChannel(S.channel); });
 

@@ -554,9 +554,15 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
  * and joins on it. Resolves to `{ session, lane, joined, remote }`: voice datagrams and
  * voice requests (`LeaveVoice`, `SetVoiceState`, …) go on that `session`/`lane`; `remote`
  * says whether it is a new session (close it when leaving). Rejects with the ErrorBody.
+ * With `offer` (an `RTCPeerConnection`'s SDP offer, ICE gathering complete) it joins as a
+ * WebRTC participant (`JoinVoiceWebRtc`) and `joined` is `VoiceJoinedWebRtc`, its `answer`
+ * for `setRemoteDescription`; audio then travels on the peer connection, not datagrams.
  */
-export async function joinVoice(session, lane, channelId, { selfMute = false, selfDeaf = false } = {}) {
-  const request = { type: 'JoinVoice', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf };
+export async function joinVoice(session, lane, channelId, { selfMute = false, selfDeaf = false, offer = null } = {}) {
+  const request = offer
+    ? { type: 'JoinVoiceWebRtc', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf, offer }
+    : { type: 'JoinVoice', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf };
+  const expected = offer ? 'VoiceJoinedWebRtc' : 'VoiceJoined';
   const first = await lane.request(request);
   if (first.type !== 'VoiceServer') return { session, lane, joined: first, remote: false };
   const there = await connect(`https://${first.endpoint}${WEBTRANSPORT_PATH}`, {
@@ -565,7 +571,7 @@ export async function joinVoice(session, lane, channelId, { selfMute = false, se
   try {
     const voiceLane = await there.openLane('Voice');
     const joined = await voiceLane.request(request);
-    if (joined.type !== 'VoiceJoined') throw new ProtocolError(`the voice node answered ${joined.type}`);
+    if (joined.type !== expected) throw new ProtocolError(`the voice node answered ${joined.type}`);
     return { session: there, lane: voiceLane, joined, remote: true };
   } catch (e) {
     there.close();

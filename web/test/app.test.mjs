@@ -4,7 +4,8 @@
 // a mention notification, and a reload resumes without losing or doubling a message. Voice:
 // with Chromium's fake microphone both join a voice channel and decode each other's Opus
 // with non-zero energy, and a native participant (`quaver chat listen`) receives the
-// browser's frames. Screenshots of the main views go to target/screenshots/ (not committed).
+// browser's frames; then one page joins over WebRTC ("voice over WebRTC") and the two hear
+// each other across the bridge. Screenshots of the main views go to target/screenshots/ (not committed).
 //
 // Needs the built server (QUAVER_BIN, default ../target/debug/quaver) and Chromium
 // (CHROMIUM, default /usr/bin/chromium).
@@ -60,13 +61,15 @@ before(async () => {
   assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
   mkdirSync(SHOTS, { recursive: true });
-  server = await startServer();
+  // With a WebRTC port, for the page's "voice over WebRTC".
+  server = await startServer({ QUAVER_WEBRTC_LISTEN: '127.0.0.1:0' });
   [quicAddr, httpAddr] = [server.quic, server.http];
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'],
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required',
+      '--allow-loopback-in-peer-connection'],
   });
 });
 
@@ -338,4 +341,35 @@ test('voice: fake microphones, decoded on the other side, heard by a native part
   await until('bob sees ada muted', () => bob.$('#channels .voice-user:has-text("ada"):has-text("🔇")'));
   await ada.click('#leave-voice');
   await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
+});
+
+test("voice over WebRTC: ada's page on an RTCPeerConnection, bob's on datagrams, hear each other", async () => {
+  // Bob is still in the lounge (on datagrams); ada ticks "voice over WebRTC" and joins it.
+  const channel = await (await ada.$('#channels .channel[data-kind="Voice"][data-name="lounge"]')).getAttribute('data-id');
+  const stats = (p) => p.evaluate(() => ({ ...window.quaverApp.voiceStats }));
+  const [a0, b0] = [await stats(ada), await stats(bob)];
+  await ada.check('#voice-webrtc');
+  await ada.click(`#channels .channel[data-id="${channel}"]`);
+  await until('ada is in the channel for bob', () => bob.$('#channels .voice-user:has-text("ada")'));
+  assert.match(await ada.textContent('#voice-where'), /WebRTC/);
+  await until('each decodes the other with energy', async () => {
+    const [a, b] = [await stats(ada), await stats(bob)];
+    return a.decodedFrames > a0.decodedFrames + 20 && a.decodedEnergy > a0.decodedEnergy
+      && b.decodedFrames > b0.decodedFrames + 20 && b.decodedEnergy > b0.decodedEnergy && [a, b];
+  }, 15000);
+  // Ada's page was told which of its tracks carries bob.
+  const bobSlot = await bob.evaluate(() => window.quaverApp.voiceSession.slot);
+  const tracks = await ada.evaluate(() => [...window.quaverApp.voiceSession.trackSlots]);
+  assert.ok(tracks.some(([, slot]) => slot === bobSlot), `a VoiceTrack for bob's slot ${bobSlot}: ${JSON.stringify(tracks)}`);
+  await until('bob sees ada speaking', () => bob.$('#channels .voice-user.speaking:has-text("ada")'));
+  // Mute stops what bob decodes from her.
+  await ada.click('#mute');
+  await until('bob sees ada muted', () => bob.$('#channels .voice-user:has-text("ada"):has-text("🔇")'));
+  await new Promise((r) => setTimeout(r, 500));
+  const muted = await bob.evaluate(() => window.quaverApp.voiceStats.receivedFrames);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(await bob.evaluate(() => window.quaverApp.voiceStats.receivedFrames), muted, 'nothing from a muted WebRTC participant');
+  await ada.click('#leave-voice');
+  await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
+  await ada.uncheck('#voice-webrtc');
 });
