@@ -9,6 +9,8 @@
 //! skipped). The database is a fresh PostgreSQL database per test when `DATABASE_URL` is a
 //! PostgreSQL URL, else one SQLite file the nodes share.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::collections::HashMap;
@@ -1073,6 +1075,103 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
         .expect("joined");
     assert!(j1b.remote.is_none(), "re-homed on node a after node b's lease expired");
     a.shutdown().await;
+    s.drop_db().await;
+}
+
+/// A WebRTC join sent to a node the voice channel does not live on is answered
+/// `VoiceServer`, like a datagram join; sent again on the channel's node it is answered with
+/// that node's WebRTC port, and the peer connected there hears the channel.
+#[tokio::test]
+async fn a_webrtc_join_follows_the_voice_channel_to_its_node() {
+    use quaver_client::voice::join_voice;
+    use quaver_proto::datagram::{AudioLevel, Uplink};
+    let Some(s) = services("webrtc").await else { return };
+    let with_webrtc = || {
+        let mut c = node_config(&s);
+        c.webrtc_listen = Some("127.0.0.1:0".parse().expect("an address"));
+        c
+    };
+    let (a, b) = (start(with_webrtc()).await, start(with_webrtc()).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let vc = voice_channel(&mut l1, g, "talk").await;
+    // User 1 homes the channel on node a (datagrams).
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    let cfg1 = client_config(&a, Transport::Quic, Some(token(1)));
+    let j1 = join_voice(&mut v1, &cfg1, vc, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    let ResponseBody::VoiceJoined { slot: slot1, .. } = j1.joined else {
+        panic!("{:?}", j1.joined)
+    };
+    // User 2 offers on node b: sent to node a.
+    let (offer, start_browser) = browser::Browser::offer();
+    let join = RequestBody::JoinVoiceWebRtc {
+        channel_id: vc,
+        self_mute: false,
+        self_deaf: false,
+        offer,
+    };
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let there = req(&mut v2, join.clone()).await;
+    let Ok(ResponseBody::VoiceServer { endpoint, .. }) = &there else {
+        panic!("{there:?}")
+    };
+    assert_eq!(
+        endpoint.parse::<std::net::SocketAddr>().ok(),
+        Some(a.quic_addr),
+        "node a's endpoint"
+    );
+    let b_port = b.ctx.webrtc.as_ref().unwrap().local_addr();
+    let b_peers = || b.ctx.webrtc.as_ref().unwrap().metrics.peers.load(Ordering::Relaxed);
+    let end = tokio::time::Instant::now() + Duration::from_secs(2);
+    while b_peers() != 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b_peers(), 0, "node b keeps no peer for a join it redirected");
+    let on_a = connect(&client_config(&a, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let mut v2a = on_a.open_lane(Lane::Voice).await.unwrap();
+    let joined = req(&mut v2a, join).await;
+    let Ok(ResponseBody::VoiceJoinedWebRtc {
+        answer, participants, ..
+    }) = joined
+    else {
+        panic!("{joined:?}")
+    };
+    assert_eq!(participants.len(), 2);
+    let a_port = a.ctx.webrtc.as_ref().unwrap().local_addr();
+    assert!(answer.contains(&format!("{} {} typ host", a_port.ip(), a_port.port())));
+    assert!(!answer.contains(&format!(" {} typ host", b_port.port())));
+    let peer = start_browser(answer);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !peer.connected.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peer.connected.load(Ordering::SeqCst), "ICE and DTLS with node a");
+    // User 1 speaks; the WebRTC peer hears it through node a.
+    for seq in 0..50u16 {
+        let h = Uplink {
+            flags: 0,
+            level: AudioLevel::new(20, true),
+            seq,
+            timestamp: u32::from(seq) * 960,
+        };
+        let _ = c1.send_voice(&h, &[9, 9, 9]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let heard = peer.heard.lock().unwrap().iter().filter(|f| f.2 == [9, 9, 9]).count();
+    assert!(
+        heard >= 40,
+        "the WebRTC peer heard {heard} of user 1's 50 frames (slot {slot1})"
+    );
+    drop(peer);
+    a.shutdown().await;
+    b.shutdown().await;
     s.drop_db().await;
 }
 
