@@ -310,69 +310,132 @@ impl WebRtc {
     }
 }
 
+/// Commands taken in one turn of the task beyond the one that woke it: the SFU queues one
+/// downlink frame per copy, so a frame for a hundred peers is one turn (one timer, one
+/// drain per peer), not a hundred.
+const BATCH: usize = 512;
+
+/// The task's state beside the socket.
+struct Peers {
+    peers: HashMap<u64, Entry>,
+    by_addr: HashMap<SocketAddr, u64>,
+    voice: Arc<Voice>,
+    metrics: Arc<WebRtcMetrics>,
+    /// Peers with something to drain this turn.
+    touched: Vec<u64>,
+}
+
+impl Peers {
+    fn command(&mut self, cmd: Cmd, now: Instant) {
+        match cmd {
+            Cmd::Add(e) => {
+                self.metrics.peers.fetch_add(1, Relaxed);
+                self.touched.push(e.id);
+                self.peers.insert(e.id, *e);
+            }
+            Cmd::Down { id, data } => {
+                if let Some(e) = self.peers.get_mut(&id)
+                    && let Ok((h, payload)) = Downlink::parse(&data)
+                    && let Some((track, changed)) = e.tracks.assign(h.slot, now)
+                {
+                    if changed && let (Some(s), Some(mid)) = (e.events.upgrade(), e.peer.mid(track)) {
+                        let body = EventBody::VoiceTrack {
+                            channel_id: e.channel_id,
+                            mid,
+                            slot: h.slot,
+                        };
+                        s.push_event(Lane::Voice, Bytes::from(encode_payload(&body)));
+                    }
+                    let frame = Frame {
+                        level: h.level.neg_dbov(),
+                        voice: h.level.voice(),
+                        seq: h.seq,
+                        timestamp: h.timestamp,
+                        talkspurt: h.flags & FLAG_TALKSPURT_START != 0,
+                        payload: payload.to_vec(),
+                    };
+                    e.peer.send(track, u64::from(h.slot), &frame, now);
+                    self.touched.push(id);
+                }
+            }
+            Cmd::Remove(id) => {
+                if let Some(mut e) = self.peers.remove(&id) {
+                    e.peer.close();
+                    self.gone(e);
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        let id = self
+            .by_addr
+            .get(&from)
+            .copied()
+            .or_else(|| self.peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id));
+        if let Some(id) = id
+            && let Some(e) = self.peers.get_mut(&id)
+        {
+            self.by_addr.insert(from, id);
+            e.peer.receive(now, from, data);
+            self.touched.push(id);
+        }
+    }
+
+    /// Drains every peer touched this turn, once each.
+    fn drain(&mut self, socket: &Port, now: Instant) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched.drain(..) {
+            let alive = self.peers.get_mut(&id).is_some_and(|e| {
+                let alive = drain(e, socket, &self.voice, now);
+                let stats = e.peer.stats();
+                self.metrics.add(&e.counted, &stats);
+                e.counted = stats;
+                alive
+            });
+            if !alive && let Some(e) = self.peers.remove(&id) {
+                self.gone(e);
+            }
+        }
+        self.touched = touched;
+    }
+
+    /// `e` has been taken out: forget its address, count it, let its user leave.
+    fn gone(&mut self, e: Entry) {
+        self.by_addr.retain(|_, v| *v != e.id);
+        self.metrics.peers.fetch_sub(1, Relaxed);
+        ended(&self.voice, e);
+    }
+}
+
 /// The task: the socket, every peer, their timers.
 async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, metrics: Arc<WebRtcMetrics>) {
-    let mut peers: HashMap<u64, Entry> = HashMap::new();
-    let mut by_addr: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut p = Peers {
+        peers: HashMap::new(),
+        by_addr: HashMap::new(),
+        voice,
+        metrics,
+        touched: Vec::new(),
+    };
     let mut buf = Vec::with_capacity(2048);
     loop {
-        let next = peers.values().map(|e| e.wait).min();
+        let next = p.peers.values().map(|e| e.wait).min();
         let now;
-        let mut touched = Vec::new();
         tokio::select! {
             from = socket.recv(&mut buf) => {
                 let Some(from) = from else { return };
                 now = Instant::now();
-                let data = &buf[..];
-                let id = by_addr.get(&from).copied().or_else(|| {
-                    peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id)
-                });
-                if let Some(id) = id
-                    && let Some(e) = peers.get_mut(&id)
-                {
-                    by_addr.insert(from, id);
-                    e.peer.receive(now, from, data);
-                    touched.push(id);
-                }
+                p.datagram(from, &buf, now);
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 now = Instant::now();
-                match cmd {
-                    Cmd::Add(e) => {
-                        metrics.peers.fetch_add(1, Relaxed);
-                        touched.push(e.id);
-                        peers.insert(e.id, *e);
-                    }
-                    Cmd::Down { id, data } => {
-                        if let Some(e) = peers.get_mut(&id)
-                            && let Ok((h, payload)) = Downlink::parse(&data)
-                            && let Some((track, changed)) = e.tracks.assign(h.slot, now)
-                        {
-                            if changed && let (Some(s), Some(mid)) = (e.events.upgrade(), e.peer.mid(track)) {
-                                let body = EventBody::VoiceTrack { channel_id: e.channel_id, mid, slot: h.slot };
-                                s.push_event(Lane::Voice, Bytes::from(encode_payload(&body)));
-                            }
-                            let frame = Frame {
-                                level: h.level.neg_dbov(),
-                                voice: h.level.voice(),
-                                seq: h.seq,
-                                timestamp: h.timestamp,
-                                talkspurt: h.flags & FLAG_TALKSPURT_START != 0,
-                                payload: payload.to_vec(),
-                            };
-                            e.peer.send(track, u64::from(h.slot), &frame, now);
-                            touched.push(id);
-                        }
-                    }
-                    Cmd::Remove(id) => {
-                        if let Some(mut e) = peers.remove(&id) {
-                            e.peer.close();
-                            by_addr.retain(|_, v| *v != id);
-                            metrics.peers.fetch_sub(1, Relaxed);
-                            ended(&voice, e);
-                        }
-                    }
+                p.command(cmd, now);
+                for _ in 0..BATCH {
+                    let Ok(cmd) = rx.try_recv() else { break };
+                    p.command(cmd, now);
                 }
             }
             _ = async {
@@ -382,26 +445,13 @@ async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, m
                 }
             } => {
                 now = Instant::now();
-                for e in peers.values_mut().filter(|e| e.wait <= now) {
+                for e in p.peers.values_mut().filter(|e| e.wait <= now) {
                     e.peer.timeout(now);
-                    touched.push(e.id);
+                    p.touched.push(e.id);
                 }
             }
         }
-        for id in touched {
-            let alive = peers.get_mut(&id).is_some_and(|e| {
-                let alive = drain(e, &socket, &voice, now);
-                let stats = e.peer.stats();
-                metrics.add(&e.counted, &stats);
-                e.counted = stats;
-                alive
-            });
-            if !alive && let Some(e) = peers.remove(&id) {
-                by_addr.retain(|_, v| *v != id);
-                metrics.peers.fetch_sub(1, Relaxed);
-                ended(&voice, e);
-            }
-        }
+        p.drain(&socket, now);
     }
 }
 
