@@ -260,6 +260,16 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
         0,
         "none lost on loopback"
     );
+    // VoiceStats: the WebRTC participant's downlink as its peer counts and reports it; none
+    // for the datagram participant.
+    let Ok(ResponseBody::VoiceStats { participants }) = req(&mut a.voice, RequestBody::VoiceStats).await else {
+        panic!("VoiceStats")
+    };
+    let of = |user| participants.iter().find(|p| p.user_id == user).expect("a participant");
+    assert_eq!(of(1).downlink, None, "a datagram participant reports nothing");
+    let down = of(2).downlink.clone().expect("the WebRTC participant's downlink");
+    assert!(down.packets >= 45 && down.lost == 0, "{down:?}");
+    assert!(of(2).received >= 20, "its uplink counted by the SFU like anyone's");
     // The signalling session ends: so does the peer, and its user leaves the channel.
     b.client.close();
     let mut gone = false;

@@ -237,8 +237,10 @@ const VoiceState = struct([
   ['guild_id', T.id], ['channel_id', T.id], ['user_id', T.id], ['slot', T.u16], ['self_mute', T.bool], ['self_deaf', T.bool],
   ['server_mute', T.bool], ['server_deaf', T.bool], ['speaking', T.bool],
 ]);
+const VoiceDownlinkStats = struct([['packets', T.u64], ['lost', T.u64], ['jitter_us', T.u32], ['rtt_us', opt(T.u32)]]);
 const VoiceParticipantStats = struct([
   ['user_id', T.id], ['slot', T.u16], ['received', T.u64], ['forwarded', T.u64], ['dropped', T.u64], ['lost', T.u64], ['jitter_us', T.u32],
+  ['downlink', opt(VoiceDownlinkStats)],
 ]);
 const RelationshipKind = names('Friend', 'IncomingRequest', 'OutgoingRequest', 'Blocked');
 const Relationship = struct([['user_id', T.id], ['kind', RelationshipKind]]);

@@ -891,6 +891,23 @@ pub struct VoiceParticipantStats {
     pub lost: u64,
     /// Interarrival jitter in microseconds.
     pub jitter_us: u32,
+    /// What their own receiver reports say of what the node sent them: a WebRTC
+    /// participant's RTCP; `None` for datagram participants, who send no reports.
+    pub downlink: Option<VoiceDownlinkStats>,
+}
+
+/// A WebRTC participant's downlink, as the node counts it and its RTCP receiver reports
+/// tell it (brought up to date every second; reports come every 5 s for audio).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VoiceDownlinkStats {
+    /// RTP packets the node sent it.
+    pub packets: u64,
+    /// Of those, lost on the way, as reported.
+    pub lost: u64,
+    /// The largest interarrival jitter reported, µs.
+    pub jitter_us: u32,
+    /// Round-trip time from the latest report, µs (`None` before the first).
+    pub rtt_us: Option<u32>,
 }
 
 /// A presence status.

@@ -464,6 +464,46 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Ack", "id": 4, "body": {"type": "VoiceJoinedWebRtc", "channel_id": "4", "slot": 1, "participants": [], "answer": "v=0\r\n"}}),
         ),
         v(
+            "ack_voice_stats",
+            "ServerLane",
+            ServerLane::Ack {
+                id: 5,
+                body: ResponseBody::VoiceStats {
+                    participants: vec![
+                        VoiceParticipantStats {
+                            user_id: 5,
+                            slot: 1,
+                            received: 500,
+                            forwarded: 1000,
+                            dropped: 3,
+                            lost: 1,
+                            jitter_us: 1200,
+                            downlink: None,
+                        },
+                        VoiceParticipantStats {
+                            user_id: 6,
+                            slot: 2,
+                            received: 480,
+                            forwarded: 960,
+                            dropped: 0,
+                            lost: 0,
+                            jitter_us: 800,
+                            downlink: Some(VoiceDownlinkStats {
+                                packets: 520,
+                                lost: 2,
+                                jitter_us: 3000,
+                                rtt_us: Some(41_000),
+                            }),
+                        },
+                    ],
+                },
+            },
+            json!({"type": "Ack", "id": 5, "body": {"type": "VoiceStats", "participants": [
+                {"user_id": "5", "slot": 1, "received": 500, "forwarded": 1000, "dropped": 3, "lost": 1, "jitter_us": 1200, "downlink": null},
+                {"user_id": "6", "slot": 2, "received": 480, "forwarded": 960, "dropped": 0, "lost": 0, "jitter_us": 800,
+                 "downlink": {"packets": 520, "lost": 2, "jitter_us": 3000, "rtt_us": 41000}}]}}),
+        ),
+        v(
             "event_voice_speaking",
             "ServerLane",
             ServerLane::Event {

@@ -142,6 +142,10 @@ pub trait DatagramSink: Send + Sync + std::fmt::Debug {
     /// Sends a datagram that already starts with [`DatagramSink::prefix`]. False when it
     /// cannot be queued (the frame counts as dropped).
     fn send(&self, data: Bytes) -> bool;
+    /// What the participant reports of its downlink (WebRTC's RTCP); `None` by default.
+    fn downlink(&self) -> Option<quaver_proto::VoiceDownlinkStats> {
+        None
+    }
 }
 
 /// Where one connection's datagrams go: its voice channel task and slot, if any.
@@ -770,6 +774,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         dropped: p.stats.dropped,
                         lost: p.stats.lost,
                         jitter_us: (p.stats.jitter_ms * 1000.0) as u32,
+                        downlink: ports.get(&slot).and_then(|port| port.sink.downlink()),
                     })
                     .collect();
                 let _ = reply.send(v);

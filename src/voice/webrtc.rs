@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_TALKSPURT_START, Uplink};
-use quaver_proto::{EventBody, Lane, SessionId};
+use quaver_proto::{EventBody, Lane, SessionId, VoiceDownlinkStats};
 use quaver_rtc::{Frame, Output, Peer};
 use tokio::sync::mpsc;
 
@@ -143,11 +143,13 @@ enum Cmd {
     Remove(u64),
 }
 
-/// The SFU's way to a WebRTC participant: the downlink datagram goes to the task.
+/// The SFU's way to a WebRTC participant: the downlink datagram goes to the task; the
+/// peer's RTCP-derived counters come back for `VoiceStats`.
 #[derive(Debug)]
 struct Sink {
     id: u64,
     tx: mpsc::Sender<Cmd>,
+    downlink: Mutex<quaver_rtc::Stats>,
 }
 
 impl DatagramSink for Sink {
@@ -156,6 +158,15 @@ impl DatagramSink for Sink {
     }
     fn send(&self, data: Bytes) -> bool {
         self.tx.try_send(Cmd::Down { id: self.id, data }).is_ok()
+    }
+    fn downlink(&self) -> Option<VoiceDownlinkStats> {
+        let s = *self.downlink.lock().unwrap_or_else(|p| p.into_inner());
+        Some(VoiceDownlinkStats {
+            packets: s.downlink_packets,
+            lost: s.downlink_lost,
+            jitter_us: s.downlink_jitter_us,
+            rtt_us: s.rtt.map(|d| d.as_micros().min(u128::from(u32::MAX)) as u32),
+        })
     }
 }
 
@@ -203,6 +214,8 @@ struct Entry {
     /// Where `VoiceTrack` events go (weak: the peer ends with the session, not after it).
     events: Weak<SessionHandle>,
     channel_id: u64,
+    /// Its port's sink, where `VoiceStats` reads the downlink counters.
+    sink: Arc<Sink>,
     tracks: Tracks,
     wait: Instant,
     /// The peer's counters as last added to the metrics.
@@ -262,10 +275,12 @@ impl WebRtc {
         let (user, events, session) = (session.user, Arc::downgrade(session), session.id);
         let (peer, answer) = Peer::answer(offer, self.local, Instant::now())?;
         let id = self.next.fetch_add(1, Relaxed);
-        let port = VoicePort::new(Arc::new(Sink {
+        let sink = Arc::new(Sink {
             id,
             tx: self.tx.clone(),
-        }));
+            downlink: Mutex::new(quaver_rtc::Stats::default()),
+        });
+        let port = VoicePort::new(sink.clone());
         let entry = Entry {
             id,
             tracks: Tracks::new(peer.slots()),
@@ -275,6 +290,7 @@ impl WebRtc {
             session,
             events,
             channel_id,
+            sink,
             wait: Instant::now(),
             counted: quaver_rtc::Stats::default(),
         };
@@ -391,8 +407,11 @@ impl Peers {
             let alive = self.peers.get_mut(&id).is_some_and(|e| {
                 let alive = drain(e, socket, &self.voice, now);
                 let stats = e.peer.stats();
-                self.metrics.add(&e.counted, &stats);
-                e.counted = stats;
+                if stats != e.counted {
+                    self.metrics.add(&e.counted, &stats);
+                    *e.sink.downlink.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+                    e.counted = stats;
+                }
                 alive
             });
             if !alive && let Some(e) = self.peers.remove(&id) {
