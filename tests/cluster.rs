@@ -1164,7 +1164,13 @@ async fn a_webrtc_join_follows_the_voice_channel_to_its_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let heard = peer.heard.lock().unwrap().iter().filter(|f| f.2 == [9, 9, 9]).count();
+    let heard = peer
+        .heard
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, f)| f.payload == [9, 9, 9])
+        .count();
     assert!(
         heard >= 40,
         "the WebRTC peer heard {heard} of user 1's 50 frames (slot {slot1})"

@@ -147,12 +147,12 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     );
     {
         let heard = browser.heard.lock().unwrap();
-        let mid = heard[0].0;
-        for (i, (m, level, data)) in heard.iter().enumerate() {
-            assert_eq!(*m, mid, "one speaker stays on one track");
-            assert_eq!(*level, Some(-20), "its level");
-            assert_eq!(data[0], 0xA5, "its payload, untouched (frame {i})");
-            assert_eq!(&data[2..], &[1, 2, 3]);
+        let mid = &heard[0].0;
+        for (i, (m, f)) in heard.iter().enumerate() {
+            assert_eq!(m, mid, "one speaker stays on one track");
+            assert_eq!((f.level, f.voice), (20, true), "its level");
+            assert_eq!(f.payload[0], 0xA5, "its payload, untouched (frame {i})");
+            assert_eq!(&f.payload[2..], &[1, 2, 3]);
         }
     }
     // Its session is told that this track carries the native participant's slot.
@@ -170,7 +170,7 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
             break;
         }
     }
-    let heard_on = browser.heard.lock().unwrap()[0].0.to_string();
+    let heard_on = browser.heard.lock().unwrap()[0].0.clone();
     assert_eq!(
         told,
         vec![(vc.id, heard_on, a_slot)],

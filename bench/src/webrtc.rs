@@ -1,6 +1,6 @@
 //! WebRTC listeners for the voice scenario (`voice --webrtc-listeners N`, issue 14's bench):
-//! each a `quaver-client` session for the signalling (`JoinVoiceWebRtc` with a str0m offer:
-//! a microphone it never uses and three receiving tracks) and a str0m peer on a UDP socket
+//! each a `quaver-client` session for the signalling (`JoinVoiceWebRtc` with a
+//! `quaver_rtc::Client` offer: a microphone it never uses and three receiving tracks) and that client on a UDP socket
 //! of its own, driven by a task, that counts the Opus frames the SFU forwards to it and
 //! their latency (the send time the speakers write in the payload).
 
@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use quaver_client::{Client, LaneStream, connect};
 use quaver_proto::*;
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use quaver_rtc::{Client as Rtc, ClientOutput};
 
 use crate::setup::{Setup, req};
 
@@ -53,29 +50,19 @@ impl Listeners {
             let mut voice = client.open_lane(Lane::Voice).await?;
             let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
             let local = socket.local_addr()?;
-            let mut rtc = Rtc::builder().build(Instant::now());
-            rtc.add_local_candidate(Candidate::host(local, "udp").context("a host candidate")?);
-            let mut change = rtc.sdp_api();
-            change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-            for _ in 0..3 {
-                change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-            }
-            let (offer, pending) = change.apply().context("an offer")?;
+            let (mut rtc, offer) = Rtc::offer(local, 3, Instant::now()).context("an offer")?;
             let body = RequestBody::JoinVoiceWebRtc {
                 channel_id: channel,
                 self_mute: false,
                 self_deaf: false,
-                offer: offer.to_sdp_string(),
+                offer,
             };
             let ResponseBody::VoiceJoinedWebRtc { answer, .. } = req(&mut voice, body).await? else {
                 bail!("JoinVoiceWebRtc: not joined")
             };
-            rtc.sdp_api()
-                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer)?)?;
+            rtc.accept(&answer)?;
             let (received, connected, stopped) = (received.clone(), connected.clone(), stopped.clone());
-            tasks.push(tokio::spawn(peer(
-                rtc, socket, local, epoch, received, connected, stopped,
-            )));
+            tasks.push(tokio::spawn(peer(rtc, socket, epoch, received, connected, stopped)));
             sessions.push((client, chat, voice));
         }
         let limit = Instant::now() + Duration::from_secs(30);
@@ -110,7 +97,6 @@ impl Listeners {
 async fn peer(
     mut rtc: Rtc,
     socket: tokio::net::UdpSocket,
-    local: std::net::SocketAddr,
     epoch: Instant,
     received: Arc<AtomicU64>,
     connected: Arc<AtomicUsize>,
@@ -120,40 +106,35 @@ async fn peer(
     let mut buf = vec![0u8; 2048];
     loop {
         let wait = loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+            match rtc.poll() {
+                ClientOutput::Wait(t) => break t,
+                ClientOutput::Transmit { to, data } => {
+                    let _ = socket.send_to(&data, to).await;
                 }
-                Ok(Output::Event(Event::Connected)) => {
+                ClientOutput::Connected => {
                     connected.fetch_add(1, Relaxed);
                 }
-                Ok(Output::Event(Event::MediaData(m))) if m.data.len() >= 8 => {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&m.data[..8]);
-                    let at = epoch.elapsed().as_micros() as u64;
-                    latency.push(at.saturating_sub(u64::from_le_bytes(t)));
-                    received.fetch_add(1, Relaxed);
+                ClientOutput::Heard { frame, .. } => {
+                    // The speakers' send time, µs since `epoch`, leads the payload.
+                    if let Some(t) = frame.payload.first_chunk::<8>() {
+                        let at = epoch.elapsed().as_micros() as u64;
+                        latency.push(at.saturating_sub(u64::from_le_bytes(*t)));
+                        received.fetch_add(1, Relaxed);
+                    }
                 }
-                Ok(Output::Event(_)) => {}
-                Err(_) => return latency,
+                ClientOutput::Closed => return latency,
             }
         };
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { return latency };
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents });
-                if rtc.handle_input(input).is_err() {
-                    return latency;
-                }
-            }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wait)) => {
-                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
-                    return latency;
-                }
-            }
-            _ = stop.changed() => return latency,
+        let alive = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => rtc.receive(Instant::now(), from, &buf[..n]),
+                Err(_) => false,
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wait)) => rtc.timeout(Instant::now()),
+            _ = stop.changed() => false,
+        };
+        if !alive {
+            return latency;
         }
     }
 }

@@ -17,9 +17,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+mod client;
+pub use client::{Client, ClientOutput};
+
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, MediaData, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
@@ -247,31 +250,15 @@ impl Peer {
     /// Whether `data` from `from` belongs to this peer (its ICE credentials or its
     /// DTLS/SRTP path): the way to find a datagram's peer on a shared socket.
     pub fn accepts(&self, from: SocketAddr, data: &[u8]) -> bool {
-        let Ok(contents) = data.try_into() else { return false };
-        self.rtc.accepts(&Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source: from,
-                destination: self.local,
-                contents,
-            },
-        ))
+        received(Instant::now(), from, self.local, data).is_some_and(|i| self.rtc.accepts(&i))
     }
 
     /// A datagram from `from`, at `now`. Input that is not WebRTC is ignored; what the
     /// stack refuses ends the peer ([`Output::Closed`] follows).
     pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Ok(contents) = data.try_into() else { return };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source: from,
-                destination: self.local,
-                contents,
-            },
-        );
+        let Some(input) = received(now, from, self.local, data) else {
+            return;
+        };
         if self.rtc.handle_input(input).is_err() {
             self.close();
         }
@@ -325,15 +312,7 @@ impl Peer {
                     self.stats.uplink_packets = i.packets;
                 }
                 str0m::Output::Event(Event::MediaData(m)) if m.mid == self.uplink => {
-                    let level = m.ext_vals.audio_level.map_or(127, |l| l.unsigned_abs().min(127));
-                    return Output::Frame(Frame {
-                        level,
-                        voice: m.ext_vals.voice_activity.unwrap_or(false),
-                        seq: **m.seq_range.start() as u16,
-                        timestamp: m.time.numer() as u32,
-                        talkspurt: m.audio_start_of_talk_spurt,
-                        payload: m.data.to_vec(),
-                    });
+                    return Output::Frame(frame_of(&m));
                 }
                 str0m::Output::Event(_) => {}
             }
@@ -373,6 +352,32 @@ impl Peer {
                 frame.payload.clone(),
             )
             .is_ok()
+    }
+}
+
+/// A UDP datagram from `from` to `to` as str0m's input; `None` if it is nothing str0m reads
+/// (not STUN, DTLS, RTP or RTCP).
+fn received(now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<Input<'_>> {
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+            contents: data.try_into().ok()?,
+        },
+    ))
+}
+
+/// A received packet in the SFU's terms (no level extension: silence, 127).
+fn frame_of(m: &MediaData) -> Frame {
+    Frame {
+        level: m.ext_vals.audio_level.map_or(127, |l| l.unsigned_abs().min(127)),
+        voice: m.ext_vals.voice_activity.unwrap_or(false),
+        seq: **m.seq_range.start() as u16,
+        timestamp: m.time.numer() as u32,
+        talkspurt: m.audio_start_of_talk_spurt,
+        payload: m.data.to_vec(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A WebRTC peer (str0m, as a browser would be: full ICE, DTLS client or server as
+//! A WebRTC client (`quaver_rtc::Client`: str0m as a browser would be, full ICE, DTLS client or server as
 //! negotiated) against the bridge's ICE-lite [`Peer`], datagrams handed over in memory on a
 //! virtual clock: the offer/answer, connectivity, the microphone's Opus frames with their
 //! RFC 6464 levels coming out as SFU frames, and the SFU's frames going back on the
@@ -7,28 +7,23 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use quaver_rtc::{Frame, Output, Peer, SAMPLES_PER_FRAME};
-use str0m::change::SdpAnswer;
-use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaData, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Rtc};
+use quaver_rtc::{Client, ClientOutput, Frame, Output, Peer, SAMPLES_PER_FRAME};
+use str0m::Rtc;
+use str0m::media::{Direction, MediaKind};
 
 struct Pair {
     now: Instant,
-    client: Rtc,
+    client: Client,
     client_addr: SocketAddr,
     client_wait: Instant,
+    client_connected: bool,
     server: Peer,
     server_addr: SocketAddr,
     server_wait: Instant,
-    /// The client's microphone and its two receiving sections.
-    mic: Mid,
-    slots: [Mid; 2],
     /// Frames the bridge took from the microphone.
     uplink: Vec<Frame>,
-    /// Media the client received.
-    downlink: Vec<MediaData>,
+    /// Media the client received: (track mid, frame).
+    downlink: Vec<(String, Frame)>,
     connected: bool,
     closed: bool,
     /// Once connected, drop every n-th datagram to the client (0: none).
@@ -38,32 +33,23 @@ struct Pair {
 }
 
 impl Pair {
+    /// A client offering a microphone and two receiving tracks, answered by the bridge.
     fn new() -> Pair {
         let now = Instant::now();
         let client_addr: SocketAddr = "10.0.0.2:50000".parse().unwrap();
         let server_addr: SocketAddr = "10.0.0.1:3478".parse().unwrap();
-        let mut client = Rtc::builder().build(now);
-        client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
-        let mut change = client.sdp_api();
-        let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        let s0 = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let s1 = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = change.apply().unwrap();
-        let (server, answer) = Peer::answer(&offer.to_sdp_string(), server_addr, now).unwrap();
-        client
-            .sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-            .unwrap();
+        let (mut client, offer) = Client::offer(client_addr, 2, now).unwrap();
+        let (server, answer) = Peer::answer(&offer, server_addr, now).unwrap();
+        client.accept(&answer).unwrap();
         Pair {
             now,
             client,
             client_addr,
             client_wait: now,
+            client_connected: false,
             server,
             server_addr,
             server_wait: now,
-            mic,
-            slots: [s0, s1],
             uplink: Vec::new(),
             downlink: Vec::new(),
             connected: false,
@@ -79,21 +65,22 @@ impl Pair {
         for _ in 0..10_000 {
             let mut moved = false;
             if self.client_wait <= self.now {
-                self.client.handle_input(Input::Timeout(self.now)).unwrap();
+                assert!(self.client.timeout(self.now));
             }
             let mut to_server = Vec::new();
             loop {
-                match self.client.poll_output().unwrap() {
-                    str0m::Output::Timeout(t) => {
+                match self.client.poll() {
+                    ClientOutput::Wait(t) => {
                         self.client_wait = t;
                         break;
                     }
-                    str0m::Output::Transmit(t) => {
-                        assert_eq!(t.destination, self.server_addr);
-                        to_server.push(t.contents.to_vec());
+                    ClientOutput::Transmit { to, data } => {
+                        assert_eq!(to, self.server_addr);
+                        to_server.push(data);
                     }
-                    str0m::Output::Event(Event::MediaData(m)) => self.downlink.push(m),
-                    str0m::Output::Event(_) => {}
+                    ClientOutput::Heard { mid, frame } => self.downlink.push((mid, frame)),
+                    ClientOutput::Connected => self.client_connected = true,
+                    ClientOutput::Closed => panic!("the client closed"),
                 }
             }
             for d in to_server {
@@ -132,16 +119,7 @@ impl Pair {
                         continue;
                     }
                 }
-                let input = Input::Receive(
-                    self.now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: self.server_addr,
-                        destination: self.client_addr,
-                        contents: d.as_slice().try_into().unwrap(),
-                    },
-                );
-                self.client.handle_input(input).unwrap();
+                assert!(self.client.receive(self.now, self.server_addr, &d));
             }
             if !moved {
                 return;
@@ -168,7 +146,7 @@ impl Pair {
 
     fn connect(&mut self) {
         for _ in 0..3000 {
-            if self.connected && self.client.is_connected() {
+            if self.connected && self.client_connected {
                 return;
             }
             self.advance(Duration::from_millis(1));
@@ -210,28 +188,19 @@ fn an_unusable_offer_is_refused_with_its_reason() {
 fn the_microphones_opus_frames_come_out_with_their_levels() {
     let mut p = Pair::new();
     p.connect();
-    let pt = p
-        .client
-        .codec_config()
-        .find(|c| c.spec().codec == Codec::Opus)
-        .unwrap()
-        .pt();
     let frames = 50u32;
     for i in 0..frames {
         let payload: Vec<u8> = (0..40).map(|b| (b as u8) ^ (i as u8)).collect();
-        let (level, voice) = if i < 25 { (-30, true) } else { (-90, false) };
-        p.client
-            .writer(p.mic)
-            .unwrap()
-            .audio_level(level, voice)
-            .start_of_talkspurt(i == 0)
-            .write(
-                pt,
-                p.now,
-                MediaTime::new(u64::from(1000 + i * SAMPLES_PER_FRAME), Frequency::FORTY_EIGHT_KHZ),
-                payload,
-            )
-            .unwrap();
+        let (level, voice) = if i < 25 { (30, true) } else { (90, false) };
+        let frame = Frame {
+            level,
+            voice,
+            seq: 0,
+            timestamp: 1000 + i * SAMPLES_PER_FRAME,
+            talkspurt: i == 0,
+            payload,
+        };
+        assert!(p.client.speak(&frame, p.now));
         p.advance(Duration::from_millis(20));
     }
     p.advance(Duration::from_millis(200));
@@ -284,21 +253,25 @@ fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
     }
     assert!(!p.server.send(2, 3, &frame(0, 0, 0), p.now), "no third slot");
     p.advance(Duration::from_millis(200));
-    let on = |mid: Mid| -> Vec<&MediaData> { p.downlink.iter().filter(|m| m.mid == mid).collect() };
-    let (s0, s1) = (on(p.slots[0]), on(p.slots[1]));
+    // Each slot's track, by the mid the bridge gives it.
+    let on = |slot: usize| -> Vec<&Frame> {
+        let mid = p.server.mid(slot).unwrap();
+        p.downlink.iter().filter(|(m, _)| *m == mid).map(|(_, f)| f).collect()
+    };
+    let (s0, s1) = (on(0), on(1));
     assert_eq!(s0.len(), 20, "slot 0: every frame");
     assert_eq!(s1.len(), 20, "slot 1: every frame");
     for w in s0.windows(2) {
         assert_eq!(
-            w[1].time.numer() - w[0].time.numer(),
-            u64::from(SAMPLES_PER_FRAME),
+            w[1].timestamp.wrapping_sub(w[0].timestamp),
+            SAMPLES_PER_FRAME,
             "one frame apart, across the change of speaker too"
         );
     }
-    assert!(s0.iter().all(|m| m.ext_vals.audio_level == Some(-20)));
-    assert!(s1.iter().all(|m| m.ext_vals.audio_level == Some(-45)));
-    assert!(s0.iter().enumerate().all(|(i, m)| m.data[0] == 0xA0 + (i as u8 % 2)));
-    assert!(s1.iter().all(|m| &m.data[..] == [0xB0; 30].as_slice()));
+    assert!(s0.iter().all(|f| f.level == 20));
+    assert!(s1.iter().all(|f| f.level == 45));
+    assert!(s0.iter().enumerate().all(|(i, f)| f.payload[0] == 0xA0 + (i as u8 % 2)));
+    assert!(s1.iter().all(|f| f.payload == [0xB0; 30]));
 }
 
 #[test]

@@ -1,25 +1,22 @@
 //! A browser-like WebRTC peer for the integration tests (included with `#[path]` by the
-//! tests that use it): str0m with full ICE on a UDP socket and thread of its own.
+//! tests that use it): a `quaver_rtc::Client` (full ICE) on a UDP socket and thread of its
+//! own.
 
 // Each test binary that includes it uses a part.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpAnswer;
-use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use quaver_rtc::{Client, ClientOutput, Frame};
 
-/// What the browser-like peer received: (mid, audio level, payload) per frame.
-pub(crate) type Heard = Arc<Mutex<Vec<(Mid, Option<i8>, Vec<u8>)>>>;
+/// What the peer received: (track mid, frame) per frame.
+pub(crate) type Heard = Arc<Mutex<Vec<(String, Frame)>>>;
 
-/// A str0m peer on its own thread and UDP socket: connects, then speaks while `speak` is
-/// set (50 frames/s, level −25 dBov, payload `[0x5A, n, …]`) and records what it hears.
+/// A client on its own thread and UDP socket: connects, then speaks while `speak` is set
+/// (50 frames/s, level −25 dBov, payload `[0x5A, n, …]`) and records what it hears.
 pub(crate) struct Browser {
     pub(crate) heard: Heard,
     pub(crate) speak: Arc<AtomicBool>,
@@ -34,18 +31,9 @@ impl Browser {
     pub(crate) fn offer() -> (String, impl FnOnce(String) -> Browser) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let local = socket.local_addr().unwrap();
-        let mut rtc = Rtc::builder().build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-        let mut change = rtc.sdp_api();
-        let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        for _ in 0..3 {
-            change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        }
-        let (offer, pending) = change.apply().unwrap();
+        let (mut client, offer) = Client::offer(local, 3, Instant::now()).unwrap();
         let start = move |answer: String| {
-            rtc.sdp_api()
-                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-                .unwrap();
+            client.accept(&answer).unwrap();
             let heard: Heard = Default::default();
             let (speak, connected, stop) = (
                 Arc::new(AtomicBool::new(false)),
@@ -53,7 +41,7 @@ impl Browser {
                 Arc::new(AtomicBool::new(false)),
             );
             let (h, s, c, st) = (heard.clone(), speak.clone(), connected.clone(), stop.clone());
-            let thread = std::thread::spawn(move || run(rtc, socket, local, mic, h, s, c, st));
+            let thread = std::thread::spawn(move || run(client, socket, h, s, c, st));
             Browser {
                 heard,
                 speak,
@@ -62,7 +50,7 @@ impl Browser {
                 thread: Some(thread),
             }
         };
-        (offer.to_sdp_string(), start)
+        (offer, start)
     }
 }
 
@@ -75,54 +63,43 @@ impl Drop for Browser {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
-    mut rtc: Rtc,
+    mut client: Client,
     socket: UdpSocket,
-    local: SocketAddr,
-    mic: Mid,
     heard: Heard,
     speak: Arc<AtomicBool>,
     connected: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
-    let pt = rtc.codec_config().find(|c| c.spec().codec == Codec::Opus).unwrap().pt();
     let mut next_frame = Instant::now();
     let mut n: u32 = 0;
     let mut buf = vec![0u8; 2048];
     let limit = Instant::now() + Duration::from_secs(60);
     while !stop.load(Ordering::SeqCst) && Instant::now() < limit {
         let wait = loop {
-            match rtc.poll_output().unwrap() {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    socket.send_to(&t.contents, t.destination).unwrap();
+            match client.poll() {
+                ClientOutput::Wait(t) => break t,
+                ClientOutput::Transmit { to, data } => {
+                    socket.send_to(&data, to).unwrap();
                 }
-                Output::Event(Event::Connected) => connected.store(true, Ordering::SeqCst),
-                Output::Event(Event::MediaData(m)) => {
-                    heard
-                        .lock()
-                        .unwrap()
-                        .push((m.mid, m.ext_vals.audio_level, m.data.to_vec()))
-                }
-                Output::Event(_) => {}
+                ClientOutput::Connected => connected.store(true, Ordering::SeqCst),
+                ClientOutput::Heard { mid, frame } => heard.lock().unwrap().push((mid, frame)),
+                ClientOutput::Closed => return,
             }
         };
         let now = Instant::now();
         if speak.load(Ordering::SeqCst) && now >= next_frame {
             let mut payload = vec![0x5A, n as u8];
             payload.extend_from_slice(&[0x11; 38]);
-            rtc.writer(mic)
-                .unwrap()
-                .audio_level(-25, true)
-                .start_of_talkspurt(n == 0)
-                .write(
-                    pt,
-                    now,
-                    MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ),
-                    payload,
-                )
-                .unwrap();
+            let frame = Frame {
+                level: 25,
+                voice: true,
+                seq: n as u16,
+                timestamp: n * 960,
+                talkspurt: n == 0,
+                payload,
+            };
+            assert!(client.speak(&frame, now), "the microphone takes the frame");
             n += 1;
             next_frame = now + Duration::from_millis(20);
             continue;
@@ -131,20 +108,10 @@ fn run(
             .min(now + Duration::from_millis(5))
             .max(now + Duration::from_micros(200));
         socket.set_read_timeout(Some(until - now)).unwrap();
-        match socket.recv_from(&mut buf) {
-            Ok((len, from)) => {
-                let input = Input::Receive(
-                    Instant::now(),
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: from,
-                        destination: local,
-                        contents: buf[..len].try_into().unwrap(),
-                    },
-                );
-                rtc.handle_input(input).unwrap();
-            }
-            Err(_) => rtc.handle_input(Input::Timeout(Instant::now())).unwrap(),
-        }
+        let alive = match socket.recv_from(&mut buf) {
+            Ok((len, from)) => client.receive(Instant::now(), from, &buf[..len]),
+            Err(_) => client.timeout(Instant::now()),
+        };
+        assert!(alive, "the client's stack refused its input");
     }
 }

@@ -1,7 +1,7 @@
 //! Issue 14's library comparison: the server side of a voice SFU's WebRTC downlink on str0m
 //! (through `quaver-rtc`, the bridge Quaver runs) and on webrtc 0.21, measured the same way.
 //!
-//! `webrtc-compare <str0m|webrtc> [peers] [seconds]`: `peers` listeners (str0m offerers with
+//! `webrtc-compare <str0m|webrtc> [peers] [seconds]`: `peers` listeners (`quaver_rtc::Client`s, str0m with
 //! full ICE, each on a UDP socket of its own, on a client thread) connect to `peers`
 //! server-side peers of the library under test (ICE-lite answerers, on one server thread
 //! with a current-thread runtime: every task the library spawns runs there). Once all are
@@ -24,10 +24,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 const PAYLOAD: usize = 60;
@@ -118,22 +114,13 @@ async fn listeners(
     let mut tasks = Vec::new();
     for _ in 0..n {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder().build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").context("a host candidate")?);
-        let mut change = rtc.sdp_api();
-        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = change.apply().context("an offer")?;
+        let (mut client, offer) = quaver_rtc::Client::offer(socket.local_addr()?, 1, Instant::now())?;
         let (atx, arx) = oneshot::channel();
-        tx.send((offer.to_sdp_string(), atx)).await?;
-        let answer = arx.await.context("no answer")?;
-        rtc.sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer)?)?;
+        tx.send((offer, atx)).await?;
+        client.accept(&arx.await.context("no answer")?)?;
         tasks.push(tokio::spawn(listener(
-            rtc,
+            client,
             socket,
-            local,
             epoch,
             received.clone(),
             connected.clone(),
@@ -163,47 +150,45 @@ async fn listeners(
 }
 
 async fn listener(
-    mut rtc: Rtc,
+    mut client: quaver_rtc::Client,
     socket: tokio::net::UdpSocket,
-    local: SocketAddr,
     epoch: Instant,
     received: Arc<AtomicU64>,
     connected: Arc<AtomicUsize>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<u64> {
+    use quaver_rtc::ClientOutput;
     let mut latency = Vec::new();
     let mut buf = vec![0u8; 2048];
     loop {
         let wait = loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+            match client.poll() {
+                ClientOutput::Wait(t) => break t,
+                ClientOutput::Transmit { to, data } => {
+                    let _ = socket.send_to(&data, to).await;
                 }
-                Ok(Output::Event(Event::Connected)) => {
+                ClientOutput::Connected => {
                     connected.fetch_add(1, Relaxed);
                 }
-                Ok(Output::Event(Event::MediaData(m))) if m.data.len() >= 8 => {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&m.data[..8]);
-                    latency.push((epoch.elapsed().as_micros() as u64).saturating_sub(u64::from_le_bytes(t)));
-                    received.fetch_add(1, Relaxed);
+                ClientOutput::Heard { frame, .. } => {
+                    if let Some(t) = frame.payload.first_chunk::<8>() {
+                        latency.push((epoch.elapsed().as_micros() as u64).saturating_sub(u64::from_le_bytes(*t)));
+                        received.fetch_add(1, Relaxed);
+                    }
                 }
-                Ok(Output::Event(_)) => {}
-                Err(_) => return latency,
+                ClientOutput::Closed => return latency,
             }
         };
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { return latency };
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents });
-                if rtc.handle_input(input).is_err() { return latency; }
-            }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wait)) => {
-                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() { return latency; }
-            }
-            _ = stop.changed() => return latency,
+        let alive = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => client.receive(Instant::now(), from, &buf[..n]),
+                Err(_) => false,
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wait)) => client.timeout(Instant::now()),
+            _ = stop.changed() => false,
+        };
+        if !alive {
+            return latency;
         }
     }
 }
