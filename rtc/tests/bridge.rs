@@ -30,6 +30,8 @@ struct Pair {
     drop_every: usize,
     sent_to_client: usize,
     dropped: usize,
+    /// Every datagram the client sent (seeds for the garbage test).
+    to_server_log: Vec<Vec<u8>>,
 }
 
 impl Pair {
@@ -57,6 +59,7 @@ impl Pair {
             drop_every: 0,
             sent_to_client: 0,
             dropped: 0,
+            to_server_log: Vec::new(),
         }
     }
 
@@ -85,6 +88,9 @@ impl Pair {
             }
             for d in to_server {
                 moved = true;
+                if self.to_server_log.len() < 1000 {
+                    self.to_server_log.push(d.clone());
+                }
                 assert!(self.server.accepts(self.client_addr, &d) || !self.connected);
                 self.server.receive(self.now, self.client_addr, &d);
             }
@@ -312,4 +318,70 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
         p.dropped
     );
     assert!(s.rtt.is_some(), "{s:?}");
+}
+
+#[test]
+fn garbage_datagrams_neither_panic_nor_end_the_peer() {
+    let mut p = Pair::new();
+    p.connect();
+    let speak = |p: &mut Pair, i: u32| {
+        let f = Frame {
+            level: 30,
+            voice: true,
+            seq: 0,
+            timestamp: i * SAMPLES_PER_FRAME,
+            talkspurt: false,
+            payload: vec![i as u8; 40],
+        };
+        assert!(p.client.speak(&f, p.now));
+        p.advance(Duration::from_millis(20));
+    };
+    for i in 0..20 {
+        speak(&mut p, i);
+    }
+    // STUN, DTLS and RTP/RTCP as the peer sent them, mutated; and random bytes whose first
+    // byte claims each of RFC 7983's ranges. From the peer's address and from a stranger's.
+    let seeds = p.to_server_log.clone();
+    let stranger: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let mut x: u64 = 0x0dd_ba11_5eed;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let uplink_before = p.uplink.len();
+    for i in 0..3000u64 {
+        let mut d = match i % 3 {
+            0 => {
+                let len = 1 + (next() % 1400) as usize;
+                let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                d[0] = [0u8, 1, 20, 22, 23, 63, 128, 144, 191][(next() % 9) as usize];
+                d
+            }
+            _ => seeds[(next() as usize) % seeds.len()].clone(),
+        };
+        if i % 3 != 0 {
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % d.len();
+                d[at] ^= 1 << (next() % 8);
+            }
+            if i % 3 == 2 {
+                d.truncate((next() as usize) % (d.len() + 1));
+            }
+        }
+        let from = if i % 5 == 0 { stranger } else { p.client_addr };
+        let _ = p.server.accepts(from, &d);
+        p.server.receive(p.now, from, &d);
+    }
+    p.advance(Duration::from_millis(100));
+    assert!(!p.closed, "garbage, even from the peer's own address, does not end it");
+    for i in 20..40 {
+        speak(&mut p, i);
+    }
+    p.advance(Duration::from_millis(100));
+    assert!(
+        p.uplink.len() >= uplink_before + 19,
+        "the microphone still comes through"
+    );
 }

@@ -384,11 +384,14 @@ impl Peers {
     }
 
     fn datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-        let id = self
-            .by_addr
-            .get(&from)
-            .copied()
-            .or_else(|| self.peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id));
+        // A new address starts with a STUN binding request (first byte 0–3, RFC 7983): only
+        // that is worth asking every peer about; anything else from a stranger is dropped
+        // without a scan.
+        let stun = data.first().is_some_and(|b| *b < 4);
+        let id = self.by_addr.get(&from).copied().or_else(|| {
+            stun.then(|| self.peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id))
+                .flatten()
+        });
         if let Some(id) = id
             && let Some(e) = self.peers.get_mut(&id)
         {
