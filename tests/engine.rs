@@ -14,6 +14,9 @@ struct Echo {
     connected: usize,
     /// Each connection's first stream whose first byte is `b'B'`: it takes broadcasts.
     first_stream: Vec<(ConnectionHandle, StreamId)>,
+    /// Streams whose first byte has been read (only that byte says broadcast: a later read
+    /// that happens to start with `b'B'` is data to echo).
+    started: std::collections::HashSet<(ConnectionHandle, StreamId)>,
 }
 
 impl App for Echo {
@@ -47,12 +50,19 @@ impl App for Echo {
 impl Echo {
     fn readable(&mut self, ch: ConnectionHandle, id: StreamId, io: &mut Io<'_>) {
         let broadcast = self.first_stream.contains(&(ch, id));
+        let first = !self.started.contains(&(ch, id));
         match io.read(id) {
             Read::Data(_) if broadcast => {}
-            Read::Data(chunks) if chunks.first().and_then(|c| c.first()) == Some(&b'B') => {
+            Read::Data(chunks) if first && chunks.first().and_then(|c| c.first()) == Some(&b'B') => {
+                self.started.insert((ch, id));
                 self.first_stream.push((ch, id));
             }
-            Read::Data(chunks) => write_all(io, id, &chunks),
+            Read::Data(chunks) => {
+                if chunks.iter().any(|c| !c.is_empty()) {
+                    self.started.insert((ch, id));
+                }
+                write_all(io, id, &chunks);
+            }
             Read::Finished(chunks) => {
                 if !broadcast {
                     write_all(io, id, &chunks);
