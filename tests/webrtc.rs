@@ -126,6 +126,18 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
         eventually(Duration::from_secs(10), || browser.connected.load(Ordering::SeqCst)).await,
         "ICE and DTLS up"
     );
+    // A stranger sprays the port with garbage of every first byte (STUN, DTLS, RTP and, on
+    // the shared port, QUIC-looking too): nothing breaks, the exchange below still works.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u32 = 0x1234_5678;
+    for i in 0..2000u32 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let mut d: Vec<u8> = (0..(x % 1200) as usize + 1).map(|k| (x >> (k % 24)) as u8).collect();
+        d[0] = i as u8;
+        let _ = stranger.send_to(&d, port);
+    }
 
     // (a) The browser hears the native participant: its frames on one receiving track,
     // with their level and payload.
