@@ -48,7 +48,12 @@ impl Listeners {
             let mut chat = client.open_lane(Lane::Chat).await?;
             req(&mut chat, RequestBody::JoinGuild { code: invite.into() }).await?;
             let mut voice = client.open_lane(Lane::Voice).await?;
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            // The server's buffers (a starved listener task drops nothing while it waits).
+            let socket = quaver::engine::bind("127.0.0.1:0".parse()?, 1)?
+                .pop()
+                .context("a socket")?;
+            socket.set_nonblocking(true)?;
+            let socket = tokio::net::UdpSocket::from_std(socket)?;
             let local = socket.local_addr()?;
             let (mut rtc, offer) = Rtc::offer(local, 3, Instant::now()).context("an offer")?;
             let body = RequestBody::JoinVoiceWebRtc {

@@ -223,9 +223,15 @@ struct Entry {
 }
 
 impl WebRtc {
-    /// Binds `addr` and starts the task that serves it for `voice`.
+    /// Binds `addr` and starts the task that serves it for `voice`. The socket asks for the
+    /// QUIC sockets' buffers ([`engine::SOCKET_BUFFER`](crate::engine::SOCKET_BUFFER)): a
+    /// frame for hundreds of peers leaves as a burst of as many packets.
     pub async fn start(addr: SocketAddr, voice: Arc<Voice>) -> std::io::Result<Arc<Self>> {
-        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        let std = crate::engine::bind(addr, 1)?
+            .pop()
+            .ok_or_else(|| std::io::Error::other("no socket bound"))?;
+        std.set_nonblocking(true)?;
+        let socket = tokio::net::UdpSocket::from_std(std)?;
         let local = socket.local_addr()?;
         Ok(Self::serve(Port::Own(socket), local, voice))
     }
