@@ -35,6 +35,7 @@ const S = {
   relationships: new Map(), // user → kind
   notifications: [], notifUnread: 0,
   voice: new Map(), // channel → Map(user → VoiceState)
+  mutedForMe: new Set(JSON.parse(localStorage.getItem('quaver.mutedForMe') ?? '[]')), // users I do not hear
   messages: new Map(), // channel → { byId: Map, moreBefore, loaded }
   myReactions: new Set(), // `${message}:${emoji}`
   typing: new Map(), // channel → Map(user → expires at ms)
@@ -339,7 +340,7 @@ function onEvent(lane, b) {
     case 'VoiceTrack': {
       // Our WebRTC receiving track `mid` now carries the speaker in `slot`.
       const v = S.voiceSession;
-      if (v?.trackSlots && v.channel === b.channel_id) v.trackSlots.set(b.mid, b.slot);
+      if (v?.trackSlots && v.channel === b.channel_id) { v.trackSlots.set(b.mid, b.slot); applyHearing(v); }
       break;
     }
     case 'VoiceSpeaking': {
@@ -698,7 +699,7 @@ async function joinVoiceChannel(channelId, { webrtc = $('voice-webrtc').checked 
 async function startWebRtc(v, channelId) {
   v.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
   const pc = new RTCPeerConnection();
-  Object.assign(v, { pc, trackSlots: new Map(), audio: [], statsBase: { ...S.voiceStats } });
+  Object.assign(v, { pc, trackSlots: new Map(), audio: [], audioByMid: new Map(), statsBase: { ...S.voiceStats } });
   pc.addTransceiver(v.stream.getAudioTracks()[0], { direction: 'sendonly' });
   for (let i = 0; i < 3; i++) pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
@@ -708,6 +709,8 @@ async function startWebRtc(v, channelId) {
     a.muted = v.deafened;
     a.play().catch(() => {});
     v.audio.push(a);
+    if (e.transceiver?.mid != null) v.audioByMid.set(e.transceiver.mid, a);
+    applyHearing(v);
   };
   pc.onconnectionstatechange = () => {
     if (pc.connectionState === 'failed' && S.voiceSession === v) { toast('voice: the WebRTC connection failed'); leaveVoice(); }
@@ -803,7 +806,9 @@ async function startPlayback(v) {
             for (const x of samples) sum += x * x;
             S.voiceStats.decodedFrames++;
             S.voiceStats.decodedEnergy += sum;
-            if (!v.deafened) v.playback.port.postMessage({ slot: f.slot, samples }, [samples.buffer]);
+            if (!v.deafened && !S.mutedForMe.has(userInSlot(v.channel, f.slot))) {
+              v.playback.port.postMessage({ slot: f.slot, samples }, [samples.buffer]);
+            }
           },
           error: () => {},
         });
@@ -816,11 +821,35 @@ async function startPlayback(v) {
   })().catch(() => {});
 }
 
+/** The user in `slot` of voice channel `channel`, from its voice states. */
+function userInSlot(channel, slot) {
+  for (const st of S.voice.get(channel)?.values() ?? []) if (st.slot === slot) return st.user_id;
+  return null;
+}
+
+/** WebRTC: each receiving track plays unless deafened or its speaker (`VoiceTrack`) is
+ * muted for me. (Datagrams: checked per decoded frame.) */
+function applyHearing(v) {
+  if (!v?.pc) return;
+  for (const a of v.audio) a.muted = v.deafened;
+  for (const [mid, slot] of v.trackSlots) {
+    const a = v.audioByMid.get(mid);
+    if (a) a.muted = v.deafened || S.mutedForMe.has(userInSlot(v.channel, slot));
+  }
+}
+
+function toggleMutedForMe(user) {
+  if (S.mutedForMe.has(user)) S.mutedForMe.delete(user); else S.mutedForMe.add(user);
+  localStorage.setItem('quaver.mutedForMe', JSON.stringify([...S.mutedForMe]));
+  applyHearing(S.voiceSession);
+  render();
+}
+
 async function setVoiceState() {
   const v = S.voiceSession;
   if (!v?.lane) return;
   if (v.gain) v.gain.gain.value = v.deafened ? 0 : 1;
-  for (const a of v.audio ?? []) a.muted = v.deafened;
+  applyHearing(v);
   for (const t of v.stream?.getAudioTracks() ?? []) if (v.pc) t.enabled = !v.muted;
   try { await v.lane.request({ type: 'SetVoiceState', self_mute: v.muted, self_deaf: v.deafened }); } catch (e) { toast(errText(e)); }
   render();
@@ -894,8 +923,16 @@ function renderChannels() {
     }, voice ? '🔊 ' : '# ', c.name, mentions ? el('span', { class: 'badge mentions' }, String(mentions)) : null));
     if (voice) {
       for (const v of S.voice.get(c.id)?.values() ?? []) {
+        // Someone else in the channel I am in: mute them for me alone.
+        const hearable = S.voiceSession?.channel === c.id && v.user_id !== S.me?.id;
+        const mine = S.mutedForMe.has(v.user_id);
         rows.push(el('div', { class: `voice-user${v.speaking ? ' speaking' : ''}`, dataset: { user: v.user_id } },
-          nameOf(v.user_id), v.self_mute || v.server_mute ? ' 🔇' : '', v.self_deaf || v.server_deaf ? ' 🙉' : ''));
+          nameOf(v.user_id), v.self_mute || v.server_mute ? ' 🔇' : '', v.self_deaf || v.server_deaf ? ' 🙉' : '',
+          mine ? ' (muted for you)' : '',
+          hearable ? el('button', {
+            class: 'mute-for-me', title: mine ? 'hear them again' : 'stop hearing them (only you)',
+            onclick: (e) => { e.stopPropagation(); toggleMutedForMe(v.user_id); },
+          }, mine ? 'unmute' : 'mute') : null));
       }
     }
   }

@@ -361,6 +361,17 @@ test("voice over WebRTC: ada's page on an RTCPeerConnection, bob's on datagrams,
   const bobSlot = await bob.evaluate(() => window.quaverApp.voiceSession.slot);
   const tracks = await ada.evaluate(() => [...window.quaverApp.voiceSession.trackSlots]);
   assert.ok(tracks.some(([, slot]) => slot === bobSlot), `a VoiceTrack for bob's slot ${bobSlot}: ${JSON.stringify(tracks)}`);
+  // Muting bob for herself silences the track that carries him (found by VoiceTrack), and only it.
+  const bobsTrack = (slot) => ada.evaluate((slot) => {
+    const v = window.quaverApp.voiceSession;
+    return [...v.trackSlots].filter(([, s]) => s === slot).map(([mid]) => v.audioByMid.get(mid)?.muted);
+  }, slot);
+  assert.deepEqual(await bobsTrack(bobSlot), [false]);
+  await ada.click('#channels .voice-user:has-text("bob") .mute-for-me');
+  await until('bob muted for ada', () => ada.$('#channels .voice-user:has-text("bob"):has-text("muted for you")'));
+  assert.deepEqual(await bobsTrack(bobSlot), [true], 'his track is muted');
+  await ada.click('#channels .voice-user:has-text("bob") .mute-for-me');
+  assert.deepEqual(await bobsTrack(bobSlot), [false], 'and heard again');
   await until('bob sees ada speaking', () => bob.$('#channels .voice-user.speaking:has-text("ada")'));
   // Mute stops what bob decodes from her.
   await ada.click('#mute');
