@@ -32,6 +32,8 @@ struct Pair {
     dropped: usize,
     /// Every datagram the client sent (seeds for the garbage test).
     to_server_log: Vec<Vec<u8>>,
+    /// The client has gone silent: nothing it sends arrives.
+    client_gone: bool,
 }
 
 impl Pair {
@@ -60,6 +62,7 @@ impl Pair {
             sent_to_client: 0,
             dropped: 0,
             to_server_log: Vec::new(),
+            client_gone: false,
         }
     }
 
@@ -85,6 +88,9 @@ impl Pair {
                     ClientOutput::Connected => self.client_connected = true,
                     ClientOutput::Closed => panic!("the client closed"),
                 }
+            }
+            if self.client_gone {
+                to_server.clear();
             }
             for d in to_server {
                 moved = true;
@@ -383,5 +389,24 @@ fn garbage_datagrams_neither_panic_nor_end_the_peer() {
     assert!(
         p.uplink.len() >= uplink_before + 19,
         "the microphone still comes through"
+    );
+}
+
+#[test]
+fn a_peer_whose_consent_checks_stop_is_closed_within_about_15_s() {
+    let mut p = Pair::new();
+    p.connect();
+    p.client_gone = true;
+    let gone_at = p.now;
+    while !p.closed && p.now < gone_at + Duration::from_secs(40) {
+        p.now += Duration::from_millis(10);
+        p.exchange();
+    }
+    let after = p.now - gone_at;
+    eprintln!("closed after {after:?}");
+    assert!(p.closed, "still open 40 s after the last consent check");
+    assert!(
+        after >= Duration::from_secs(5) && after <= Duration::from_secs(20),
+        "closed {after:?} after the last check"
     );
 }
