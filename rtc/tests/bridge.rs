@@ -393,7 +393,7 @@ fn garbage_datagrams_neither_panic_nor_end_the_peer() {
 }
 
 #[test]
-fn a_peer_whose_consent_checks_stop_is_closed_within_about_15_s() {
+fn a_peer_whose_consent_checks_stop_is_closed_after_15_s() {
     let mut p = Pair::new();
     p.connect();
     p.client_gone = true;
@@ -403,10 +403,9 @@ fn a_peer_whose_consent_checks_stop_is_closed_within_about_15_s() {
         p.exchange();
     }
     let after = p.now - gone_at;
-    eprintln!("closed after {after:?}");
     assert!(p.closed, "still open 40 s after the last consent check");
     assert!(
-        after >= Duration::from_secs(5) && after <= Duration::from_secs(20),
-        "closed {after:?} after the last check"
+        after >= Duration::from_secs(14) && after <= Duration::from_secs(16),
+        "closed {after:?} after the last check (PROTOCOL.md says 15 s)"
     );
 }
