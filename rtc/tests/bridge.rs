@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use quaver_rtc::{Client, ClientOutput, Frame, Output, Peer, SAMPLES_PER_FRAME};
 use str0m::Rtc;
 use str0m::media::{Direction, MediaKind};
@@ -335,16 +337,6 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
     assert!(s.rtt.is_some(), "{s:?}");
 }
 
-/// xorshift64*, for the garbage tests.
-fn rng(mut x: u64) -> impl FnMut() -> u64 {
-    move || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// A connected pair whose client has spoken `n` frames (its datagrams logged as seeds).
 fn spoken_pair(n: u32) -> Pair {
     let mut p = Pair::new();
@@ -377,7 +369,8 @@ fn garbage_datagrams_neither_panic_nor_end_the_peer() {
     let seeds = p.to_server_log.clone();
     let stranger: SocketAddr = "10.0.0.9:4000".parse().unwrap();
     p.stranger_answered = Some(0);
-    let mut next = rng(0x0dd_ba11_5eed);
+    let mut r = common::Rng(0x0dd_ba11_5eed);
+    let mut next = move || r.next();
     let uplink_before = p.uplink.len();
     for i in 0..3000u64 {
         let seed = || seeds[(i as usize * 7919) % seeds.len()].clone();
@@ -428,7 +421,8 @@ fn garbage_datagrams_neither_panic_nor_end_the_peer() {
 fn bit_flipped_copies_of_the_peers_packets_do_not_panic_or_end_it() {
     let mut p = spoken_pair(20);
     let seeds = p.to_server_log.clone();
-    let mut next = rng(0xf11f_5eed);
+    let mut r = common::Rng(0xf11f_5eed);
+    let mut next = move || r.next();
     for i in 0..2000usize {
         let mut d = seeds[(i * 7919) % seeds.len()].clone();
         for _ in 0..1 + next() % 4 {

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::sync::{mpsc, oneshot};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::peer_connection::{PeerConnection, PeerConnectionEventHandler};
 
 const PAYLOAD: usize = 60;
 const FRAME: Duration = Duration::from_millis(20);
@@ -308,6 +310,87 @@ impl webrtc::peer_connection::PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Opus as Chromium offers it (payload type 111).
+fn opus() -> rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+    rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
+        mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// webrtc 0.21 as Quaver would run it: an ICE-lite answerer on a 127.0.0.1 socket of its
+/// own, Opus only, that sends on a `TrackLocalStaticRTP` with `ssrc` (named `id`). Answers
+/// `offer` once gathering is done (the handler fires `gathered`); returns the connection,
+/// its track and the answer.
+async fn answerer(
+    offer: String,
+    id: &str,
+    ssrc: u32,
+    handler: impl FnOnce(Arc<TrackLocalStaticRTP>, mpsc::Sender<()>) -> Arc<dyn PeerConnectionEventHandler>,
+) -> anyhow::Result<(impl PeerConnection, Arc<TrackLocalStaticRTP>, String)> {
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+    use rtc::peer_connection::configuration::media_engine::MediaEngine;
+    use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+    use rtc::peer_connection::sdp::RTCSessionDescription;
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    use webrtc::media_stream::track_local::TrackLocal;
+    use webrtc::peer_connection::PeerConnectionBuilder;
+
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus(),
+            payload_type: 111,
+            ..Default::default()
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut media)?;
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("{id}-stream"),
+        format!("{id}-track"),
+        id.to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus(),
+            ..Default::default()
+        }],
+    )));
+    let (gtx, mut grx) = mpsc::channel(1);
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_lite(true)
+                .with_include_loopback_candidate(true)
+                .build(),
+        )
+        .with_handler(handler(track.clone(), gtx))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await?;
+    pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+    pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(3), grx.recv()).await;
+    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    Ok((pc, track, sdp))
+}
+
 async fn webrtc_server(
     mut rx: mpsc::Receiver<Signal>,
     n: usize,
@@ -315,82 +398,23 @@ async fn webrtc_server(
     epoch: Instant,
     connected: Arc<AtomicUsize>,
 ) -> anyhow::Result<(Duration, u64)> {
-    use rtc::media_stream::MediaStreamTrack;
-    use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-    use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
-    use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-    use rtc::peer_connection::sdp::RTCSessionDescription;
     use rtc::rtp;
-    use rtc::rtp_transceiver::rtp_sender::{
-        RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-    };
-    use webrtc::media_stream::track_local::TrackLocal;
-    use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-    use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder};
 
     let up = Arc::new(AtomicUsize::new(0));
-    let codec = RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    };
     let mut pcs = Vec::with_capacity(n);
     let mut tracks: Vec<(Arc<TrackLocalStaticRTP>, u32)> = Vec::with_capacity(n);
     for i in 0..n {
         let (offer, answer_tx) = rx.recv().await.context("signalling ended")?;
-        let mut media = MediaEngine::default();
-        media.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: codec.clone(),
-                payload_type: 111,
-                ..Default::default()
-            },
-            RtpCodecKind::Audio,
-        )?;
-        let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut media)?;
-        let (gtx, mut grx) = mpsc::channel(1);
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_lite(true)
-                    .with_include_loopback_candidate(true)
-                    .build(),
-            )
-            .with_handler(Arc::new(Handler {
-                connected: connected.clone(),
-                up: up.clone(),
-                gathered: gtx,
-            }))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-            .build()
-            .await?;
-        pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
         let ssrc = 0x1000_0000 + i as u32;
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("s{i}"),
-            format!("t{i}"),
-            format!("l{i}"),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.clone(),
-                ..Default::default()
-            }],
-        )));
-        pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
-        let answer = pc.create_answer(None).await?;
-        pc.set_local_description(answer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(3), grx.recv()).await;
-        let sdp = pc.local_description().await.context("no local description")?.sdp;
+        let (connected, up) = (connected.clone(), up.clone());
+        let (pc, track, sdp) = answerer(offer, &format!("s{i}"), ssrc, move |_, gathered| {
+            Arc::new(Handler {
+                connected,
+                up,
+                gathered,
+            })
+        })
+        .await?;
         let _ = answer_tx.send(sdp);
         pcs.push(pc);
         tracks.push((track, ssrc));
@@ -480,17 +504,7 @@ impl webrtc::peer_connection::PeerConnectionEventHandler for Reflect {
 /// Reads an SDP from standard input up to a line `.`; writes the answer the same way, then
 /// reflects the browser's audio until standard input closes, and reports the packets sent back.
 async fn reflect() -> anyhow::Result<()> {
-    use rtc::media_stream::MediaStreamTrack;
-    use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-    use rtc::peer_connection::configuration::media_engine::MediaEngine;
-    use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-    use rtc::peer_connection::sdp::RTCSessionDescription;
-    use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
     use tokio::io::AsyncBufReadExt;
-    use webrtc::media_stream::track_local::TrackLocal;
-    use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-    use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder};
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut offer = String::new();
@@ -501,58 +515,18 @@ async fn reflect() -> anyhow::Result<()> {
         offer.push_str(&l);
         offer.push_str("\r\n");
     }
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut media)?;
-    let codec = rtc::rtp_transceiver::rtp_sender::RTCRtpCodec {
-        mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    };
     let ssrc = 0x0bad_cafe;
-    let out = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "reflect".into(),
-        "reflect-audio".into(),
-        "reflect".into(),
-        RtpCodecKind::Audio,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
-    )));
-    let (gtx, mut grx) = mpsc::channel(1);
     let reflected = Arc::new(AtomicU64::new(0));
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_lite(true)
-                .with_include_loopback_candidate(true)
-                .build(),
-        )
-        .with_handler(Arc::new(Reflect {
-            out: out.clone(),
+    let counted = reflected.clone();
+    let (pc, _, sdp) = answerer(offer, "reflect", ssrc, move |out, gathered| {
+        Arc::new(Reflect {
+            out,
             ssrc,
-            gathered: gtx,
-            reflected: reflected.clone(),
-        }))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-        .build()
-        .await?;
-    pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
-    pc.add_track(out as Arc<dyn TrackLocal>).await?;
-    let answer = pc.create_answer(None).await?;
-    pc.set_local_description(answer).await?;
-    let _ = tokio::time::timeout(Duration::from_secs(3), grx.recv()).await;
-    let sdp = pc.local_description().await.context("no local description")?.sdp;
+            gathered,
+            reflected: counted,
+        })
+    })
+    .await?;
     println!("{}\n.", sdp.trim_end());
     while lines.next_line().await?.is_some() {}
     eprintln!("reflect: {} packets sent back", reflected.load(Relaxed));
