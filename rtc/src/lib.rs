@@ -323,7 +323,7 @@ impl Peer {
     /// slot `slot`. Timestamps stay continuous on the track: when the slot's source changes,
     /// the new source's clock is mapped to follow the track's last timestamp by one frame.
     /// False if the slot does not exist or media does not flow yet.
-    pub fn send(&mut self, slot: usize, source: u64, frame: &Frame, now: Instant) -> bool {
+    pub fn send(&mut self, slot: usize, source: u64, frame: Frame, now: Instant) -> bool {
         if !self.connected || self.closed {
             return false;
         }
@@ -349,7 +349,7 @@ impl Peer {
                 self.pt,
                 now,
                 MediaTime::new(u64::from(ts), Frequency::FORTY_EIGHT_KHZ),
-                frame.payload.clone(),
+                frame.payload,
             )
             .is_ok()
     }

@@ -267,14 +267,14 @@ fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
         } else {
             (9, 900_000 + i * SAMPLES_PER_FRAME)
         };
-        assert!(p.server.send(0, src, &frame(ts, 20, 0xA0 + (i as u8 % 2)), p.now));
+        assert!(p.server.send(0, src, frame(ts, 20, 0xA0 + (i as u8 % 2)), p.now));
         assert!(
             p.server
-                .send(1, 3, &frame(77_000 + i * SAMPLES_PER_FRAME, 45, 0xB0), p.now)
+                .send(1, 3, frame(77_000 + i * SAMPLES_PER_FRAME, 45, 0xB0), p.now)
         );
         p.advance(Duration::from_millis(20));
     }
-    assert!(!p.server.send(2, 3, &frame(0, 0, 0), p.now), "no third slot");
+    assert!(!p.server.send(2, 3, frame(0, 0, 0), p.now), "no third slot");
     p.advance(Duration::from_millis(200));
     // Each slot's track, by the mid the bridge gives it.
     let on = |slot: usize| -> Vec<&Frame> {
@@ -318,7 +318,7 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
             assert_eq!(s.downlink_lost, 0, "nothing lost yet: {s:?}");
             p.drop_every = 10;
         }
-        assert!(p.server.send(0, 1, &frame(i), p.now));
+        assert!(p.server.send(0, 1, frame(i), p.now));
         p.advance(Duration::from_millis(20));
     }
     // Past the next report (about what came before the end).

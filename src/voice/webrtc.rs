@@ -376,7 +376,7 @@ impl Peers {
                         talkspurt: h.flags & FLAG_TALKSPURT_START != 0,
                         payload: payload.to_vec(),
                     };
-                    e.peer.send(track, u64::from(h.slot), &frame, now);
+                    e.peer.send(track, u64::from(h.slot), frame, now);
                     self.touched.push(id);
                 }
             }

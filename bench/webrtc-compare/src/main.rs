@@ -275,7 +275,7 @@ async fn str0m_server(
                 if sending && now >= next_frame && now < end {
                     let frame = Frame { level: 20, voice: true, seq, timestamp: u32::from(seq) * 960, talkspurt: seq == 0, payload: payload(epoch) };
                     for (p, wait) in peers.iter_mut() {
-                        if p.send(0, 1, &frame, now) { copies += 1; }
+                        if p.send(0, 1, frame.clone(), now) { copies += 1; }
                         drain(p, wait, &mut up, &socket);
                     }
                     seq = seq.wrapping_add(1);
@@ -298,15 +298,20 @@ struct Handler {
 #[async_trait::async_trait]
 impl webrtc::peer_connection::PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, s: webrtc::peer_connection::RTCIceGatheringState) {
-        if s == webrtc::peer_connection::RTCIceGatheringState::Complete {
-            let _ = self.gathered.try_send(());
-        }
+        gathered(s, &self.gathered);
     }
     async fn on_connection_state_change(&self, s: webrtc::peer_connection::RTCPeerConnectionState) {
         if s == webrtc::peer_connection::RTCPeerConnectionState::Connected {
             self.connected.fetch_add(1, Relaxed);
             self.up.fetch_add(1, Relaxed);
         }
+    }
+}
+
+/// Tells `answerer` that ICE gathering is complete.
+fn gathered(s: webrtc::peer_connection::RTCIceGatheringState, tx: &mpsc::Sender<()>) {
+    if s == webrtc::peer_connection::RTCIceGatheringState::Complete {
+        let _ = tx.try_send(());
     }
 }
 
@@ -477,9 +482,7 @@ struct Reflect {
 #[async_trait::async_trait]
 impl webrtc::peer_connection::PeerConnectionEventHandler for Reflect {
     async fn on_ice_gathering_state_change(&self, s: webrtc::peer_connection::RTCIceGatheringState) {
-        if s == webrtc::peer_connection::RTCIceGatheringState::Complete {
-            let _ = self.gathered.try_send(());
-        }
+        gathered(s, &self.gathered);
     }
     async fn on_connection_state_change(&self, s: webrtc::peer_connection::RTCPeerConnectionState) {
         eprintln!("reflect: connection {s}");
