@@ -62,6 +62,43 @@ async fn raw_quic_and_webtransport_share_one_port_with_all_three_token_sources()
     server.shutdown().await;
 }
 
+/// PROTOCOL.md §2: with a required audience, an `aud` that is not a string or an array of
+/// strings is `token_invalid_claims`, even when one of the array's strings is the audience.
+#[tokio::test]
+async fn an_audience_array_with_anything_but_strings_is_refused() {
+    let mut cfg = config();
+    cfg.auth.audience = Some("ours".into());
+    let server = start(cfg).await;
+    let v = verifier();
+    let exp = claims(5, 60).exp;
+    let cases = [
+        (serde_json::json!(["ours", 7]), Some(CloseCode::TOKEN_INVALID_CLAIMS)),
+        (serde_json::json!(["ours", null]), Some(CloseCode::TOKEN_INVALID_CLAIMS)),
+        (
+            serde_json::json!({"aud": "ours"}),
+            Some(CloseCode::TOKEN_INVALID_CLAIMS),
+        ),
+        (serde_json::json!(["theirs"]), Some(CloseCode::TOKEN_INVALID_CLAIMS)),
+        (serde_json::json!(["theirs", "ours"]), None),
+        (serde_json::json!("ours"), None),
+    ];
+    for (aud, refused) in cases {
+        let tok = v
+            .sign_json(&serde_json::json!({"sub": "5", "exp": exp, "aud": aud}))
+            .unwrap();
+        for transport in [Transport::Quic, Transport::WebTransport] {
+            let r = connect(&client_config(&server, transport, Some(tok.clone()))).await;
+            match (refused, r) {
+                (Some(code), Err(e)) => assert_eq!(e.close_code(), Some(code), "aud {aud} over {transport:?}: {e}"),
+                (Some(_), Ok(_)) => panic!("aud {aud} over {transport:?} was accepted"),
+                (None, Ok(c)) => assert_eq!(c.ready.user.id, 5),
+                (None, Err(e)) => panic!("aud {aud} over {transport:?} was refused: {e}"),
+            }
+        }
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn every_bad_token_is_refused_with_its_own_close_code() {
     let mut cfg = config();

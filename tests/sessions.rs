@@ -739,3 +739,51 @@ async fn webtransport_requests_are_judged_by_path_and_time() {
     p.advance(Duration::from_secs(3), Duration::from_millis(100));
     assert_eq!(p.clients[silent].closed_with(), Some(CloseCode::HELLO_TIMEOUT.0));
 }
+
+/// A connection the server closes itself — here a WebTransport session its client ended by
+/// finishing the CONNECT stream, as a browser page does — is gone from the loop once QUIC
+/// has drained it, and no longer counts for the shutdown drain. (quinn-proto reports no
+/// loss for a locally closed connection; the gateway kept such connections, each holding
+/// its session's count, for the life of the process, and every SIGTERM after a browser had
+/// left waited the whole drain timeout.)
+#[tokio::test]
+async fn a_connection_the_server_closed_stops_counting_once_drained() {
+    let mut p = Pair::new(config()).await;
+    // The pair's first client never says Hello: closed at the Hello timeout, then drained.
+    let hello_timeout = p.real.ctx.cfg.session.hello_timeout;
+    p.advance(hello_timeout + Duration::from_secs(5), Duration::from_millis(250));
+    assert!(p.clients[0].lost.is_some());
+    assert_eq!(
+        p.real.ctx.session_tasks(),
+        0,
+        "a connection closed at its Hello timeout still counts"
+    );
+    let base = 0;
+    let (w, status) = p.connect_wt(&format!("/quaver?token={}", token(12)));
+    assert_eq!(status.as_deref(), Some("200"));
+    let mut h = hello(String::new(), None);
+    h.token = None;
+    assert!(matches!(p.hello(w, h).await, ServerControl::Ready(_)));
+    assert_eq!(p.real.ctx.session_tasks(), base + 1);
+    // The client ends the WebTransport session: FIN on its CONNECT stream.
+    let (connect, _) = p.clients[w].wt.clone().expect("a WebTransport client");
+    p.clients[w]
+        .conn
+        .send_stream(connect)
+        .finish()
+        .expect("finish the CONNECT stream");
+    p.exchange();
+    p.until("the server closes the connection", |p| p.clients[w].lost.is_some())
+        .await;
+    // QUIC's closing period (3 PTO), then nothing is left of it.
+    p.advance(Duration::from_secs(5), Duration::from_millis(100));
+    assert_eq!(p.real.ctx.session_tasks(), base, "the closed connection still counts");
+    // The same for a raw QUIC session the server closes (heartbeat timeout).
+    let q = p.connect();
+    p.ready(q, token(13)).await;
+    assert_eq!(p.real.ctx.session_tasks(), base + 1);
+    let timeout = p.real.ctx.cfg.session.ping_timeout;
+    p.advance(timeout + Duration::from_secs(8), Duration::from_millis(250));
+    assert_eq!(p.clients[q].closed_with(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
+    assert_eq!(p.real.ctx.session_tasks(), base);
+}

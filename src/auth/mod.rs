@@ -338,7 +338,9 @@ impl Verifier {
             let ok = match c.get("aud") {
                 None => return Err(invalid("missing aud")),
                 Some(serde_json::Value::String(a)) => a == want,
-                Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
+                Some(serde_json::Value::Array(list)) if list.iter().all(serde_json::Value::is_string) => {
+                    list.iter().any(|a| a.as_str() == Some(want))
+                }
                 Some(_) => return Err(invalid("aud must be a string or an array of strings")),
             };
             if !ok {
@@ -559,6 +561,17 @@ mod tests {
             at(base(json!({"aud": 5, "iss": iss}))),
             Err(AuthError::InvalidClaims(_))
         ));
+        // An array holding anything but strings is not an audience (PROTOCOL.md §2), even
+        // when one of its strings matches.
+        for aud in [
+            json!(["quaver", 7]),
+            json!(["quaver", null]),
+            json!([["quaver"]]),
+            json!([]),
+        ] {
+            let r = at(base(json!({"aud": aud.clone(), "iss": iss})));
+            assert!(matches!(r, Err(AuthError::InvalidClaims(_))), "aud {aud}: {r:?}");
+        }
     }
 
     #[test]

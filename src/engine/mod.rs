@@ -129,6 +129,7 @@ impl Conns<'_> {
                 timer: None,
                 // Admission counts the handshakes peers start, not ours.
                 handshaking: false,
+                lost: false,
             }),
         );
         self.dirty.insert(ch);
@@ -548,6 +549,7 @@ impl<A: App> Core<A> {
                             conn,
                             timer: None,
                             handshaking: true,
+                            lost: false,
                         }),
                     );
                     self.dirty.insert(ch);
@@ -619,7 +621,10 @@ impl<A: App> Core<A> {
             let Some(ev) = c.conn.poll() else { break };
             let app_event = match ev {
                 Event::Connected => AppEvent::Connected,
-                Event::ConnectionLost { reason } => AppEvent::Lost(reason),
+                Event::ConnectionLost { reason } => {
+                    c.lost = true;
+                    AppEvent::Lost(reason)
+                }
                 Event::Stream(StreamEvent::Opened { .. }) => AppEvent::StreamOpened,
                 Event::Stream(StreamEvent::Readable { id }) => AppEvent::Readable(id),
                 Event::Stream(StreamEvent::Writable { id }) => AppEvent::Writable(id),
@@ -653,6 +658,16 @@ impl<A: App> Core<A> {
             self.app.on_handshakes(self.handshakes);
         }
         if c.conn.is_drained() {
+            // quinn-proto reports no loss for a connection closed on our side: the
+            // application still hears of its end exactly once (it held a session's state and
+            // counted it for the drain — a Chromium page that ended its WebTransport session
+            // left both behind for the life of the process).
+            if !c.lost {
+                c.lost = true;
+                let mut io = Io { conn: &mut c.conn, now };
+                self.app
+                    .on_event(ch, AppEvent::Lost(quinn_proto::ConnectionError::LocallyClosed), &mut io);
+            }
             self.conns.remove(&ch);
             return;
         }
@@ -761,6 +776,8 @@ struct Conn {
     handshaking: bool,
     /// The timer this connection last asked for (heap entries for other instants are stale).
     timer: Option<Instant>,
+    /// [`AppEvent::Lost`] was delivered for it.
+    lost: bool,
 }
 
 /// The socket buffers the engine asks for, each way. One socket carries every connection of
