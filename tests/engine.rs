@@ -480,7 +480,10 @@ async fn a_client_engine_connects_out_and_reads_on_its_loop() {
     }
     // quinn-proto reports no loss for a close of our own; the loop reports each drained
     // connection's end once (`LocallyClosed`), then drops it.
-    assert_eq!(dialer.lost, n, "each connection closed here ends once for the application");
+    assert_eq!(
+        dialer.lost, n,
+        "each connection closed here ends once for the application"
+    );
     assert_eq!(connections, 0, "closed connections are gone from the loop");
     assert_eq!(server.stats().accepted, n as u64);
     assert_eq!(server.app().lost.len(), n, "the server saw every close");

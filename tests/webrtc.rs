@@ -338,3 +338,227 @@ async fn webrtc_joins_are_refused_clearly_when_off_or_malformed() {
     let pong = req(&mut a.voice, RequestBody::Ping { data: vec![1] }).await;
     assert!(matches!(pong, Ok(ResponseBody::Pong { .. })));
 }
+
+/// A voice channel in a fresh guild of `a`'s, joined by `b`: its id.
+async fn voice_channel(a: &mut Native, b: &mut Native) -> u64 {
+    let (gid, _) = shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
+    let Ok(ResponseBody::Channel(vc)) = req(
+        &mut a.chat,
+        RequestBody::CreateChannel {
+            guild_id: gid,
+            kind: ChannelKind::Voice,
+            name: "talk".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("voice channel")
+    };
+    vc.id
+}
+
+/// `offer` with its Opus replaced by PCMU on every audio section (what a client without
+/// Opus would offer).
+fn pcmu_only(offer: &str) -> String {
+    let mut out = Vec::new();
+    for line in offer.lines() {
+        if let Some(m) = line.strip_prefix("m=audio ") {
+            let head: Vec<&str> = m.split(' ').take(2).collect();
+            out.push(format!("m=audio {} 0", head.join(" ")));
+        } else if line.starts_with("a=rtpmap:") && line.to_lowercase().contains("opus") {
+            out.push("a=rtpmap:0 PCMU/8000".to_string());
+        } else if line.starts_with("a=fmtp:") || line.starts_with("a=rtcp-fb:") || line.starts_with("a=rtpmap:") {
+            continue;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out.join("\r\n") + "\r\n"
+}
+
+/// Events on `lane` for `d`: whether any says user `user` left voice.
+async fn removed_within(lane: &mut LaneStream, user: u64, d: Duration) -> bool {
+    let end = tokio::time::Instant::now() + d;
+    while let Ok(Ok(m)) = tokio::time::timeout_at(end, lane.next()).await {
+        if let ServerLane::Event {
+            body: EventBody::VoiceStateRemoved { user_id, .. },
+            ..
+        } = m
+            && user_id == user
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn webrtc_peers(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("quaver_webrtc_peers ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_refused_webrtc_join_changes_nothing_and_says_why_in_words() {
+    let server = start(webrtc_config()).await;
+    let mut a = native(&server, 1).await;
+    let mut b = native(&server, 2).await;
+    let vc = voice_channel(&mut a, &mut b).await;
+    let join = |offer: String| RequestBody::JoinVoiceWebRtc {
+        channel_id: vc,
+        self_mute: false,
+        self_deaf: false,
+        offer,
+    };
+    let r = req(
+        &mut a.voice,
+        RequestBody::JoinVoice {
+            channel_id: vc,
+            self_mute: false,
+            self_deaf: false,
+        },
+    )
+    .await;
+    assert!(matches!(r, Ok(ResponseBody::VoiceJoined { .. })), "{r:?}");
+    let (offer, start_browser) = Browser::offer();
+    let Ok(ResponseBody::VoiceJoinedWebRtc { answer, .. }) = req(&mut b.voice, join(offer.clone())).await else {
+        panic!("WebRTC join")
+    };
+    let browser = start_browser(answer);
+    assert!(eventually(Duration::from_secs(10), || browser.connected.load(Ordering::SeqCst)).await);
+    // Whatever a has heard so far (b's join) is not what this test is about.
+    while tokio::time::timeout(Duration::from_millis(200), a.voice.next())
+        .await
+        .is_ok()
+    {}
+
+    // Each refusal: its code, a message for people, and nothing changes.
+    let huge = format!("{offer}{}", "a=x-padding:0123456789abcdef\r\n".repeat(700));
+    let cases = [
+        ("no Opus", join(pcmu_only(&offer)), ErrorCode::BAD_REQUEST, "Opus"),
+        (
+            "not SDP",
+            join("v=0\r\nthis is not sdp".into()),
+            ErrorCode::BAD_REQUEST,
+            "SDP",
+        ),
+        ("over 16 KiB", join(huge), ErrorCode::TOO_LARGE, "16 KiB"),
+        (
+            "a channel that does not exist",
+            RequestBody::JoinVoiceWebRtc {
+                channel_id: 12345,
+                self_mute: false,
+                self_deaf: false,
+                offer: offer.clone(),
+            },
+            ErrorCode::NOT_FOUND,
+            "",
+        ),
+        (
+            "the same datagram join again",
+            RequestBody::JoinVoice {
+                channel_id: vc,
+                self_mute: false,
+                self_deaf: false,
+            },
+            ErrorCode::BAD_REQUEST,
+            "already",
+        ),
+    ];
+    for (what, body, code, says) in cases {
+        let on_a = matches!(body, RequestBody::JoinVoice { .. });
+        let r = req(if on_a { &mut a.voice } else { &mut b.voice }, body).await;
+        let Err(e) = r else { panic!("{what}: accepted: {r:?}") };
+        assert_eq!(e.code, code, "{what}: {e:?}");
+        assert!(e.message.contains(says), "{what}: {:?}", e.message);
+        assert!(
+            !e.message.contains('\n') && !e.message.contains("0x") && e.message.len() < 200,
+            "{what}: a message for people: {:?}",
+            e.message
+        );
+    }
+    assert!(
+        !removed_within(&mut a.voice, 2, Duration::from_millis(500)).await,
+        "a refused join took the WebRTC participant out of the channel"
+    );
+    assert!(!removed_within(&mut b.voice, 1, Duration::from_millis(100)).await);
+    let Ok(ResponseBody::VoiceStats { participants }) = req(&mut a.voice, RequestBody::VoiceStats).await else {
+        panic!("VoiceStats")
+    };
+    assert_eq!(participants.len(), 2, "both still in: {participants:?}");
+    // The WebRTC participant still speaks and is heard.
+    browser.speak.store(true, Ordering::SeqCst);
+    let heard = tokio::time::timeout(Duration::from_secs(3), a.client.recv_voice()).await;
+    assert!(matches!(heard, Ok(Ok(_))), "b is still heard after the refusals");
+    browser.speak.store(false, Ordering::SeqCst);
+
+    // Joining again with a fresh offer (PROTOCOL.md's remedy for a misread microphone)
+    // replaces the participant: the new peer connects and is heard, the old one is gone.
+    let (offer2, start2) = Browser::offer();
+    let r = req(&mut b.voice, join(offer2)).await;
+    let Ok(ResponseBody::VoiceJoinedWebRtc { answer, .. }) = r else {
+        panic!("a second WebRTC join: {r:?}")
+    };
+    let browser2 = start2(answer);
+    assert!(eventually(Duration::from_secs(10), || browser2.connected.load(Ordering::SeqCst)).await);
+    let mut one = false;
+    for _ in 0..100 {
+        let (_, text) = http_get(server.http_addr, "/metrics").await;
+        if webrtc_peers(&text) == 1 {
+            one = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(one, "the replaced peer is gone");
+    while tokio::time::timeout(Duration::from_millis(20), a.client.recv_voice())
+        .await
+        .is_ok()
+    {}
+    browser2.speak.store(true, Ordering::SeqCst);
+    let heard = tokio::time::timeout(Duration::from_secs(3), a.client.recv_voice()).await;
+    assert!(matches!(heard, Ok(Ok(_))), "the new peer is heard");
+    drop((browser, browser2));
+}
+
+#[tokio::test]
+async fn a_webrtc_participant_that_never_connects_leaves_after_15_s() {
+    let server = start(webrtc_config()).await;
+    let mut a = native(&server, 1).await;
+    let mut b = native(&server, 2).await;
+    let vc = voice_channel(&mut a, &mut b).await;
+    // An offer without candidates (a browser that trickles them and never sends any), and
+    // no binding request ever: str0m alone kept such a peer for the life of its session.
+    let (offer, _never_started) = Browser::offer();
+    let offer: String = offer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let t0 = tokio::time::Instant::now();
+    let r = req(
+        &mut b.voice,
+        RequestBody::JoinVoiceWebRtc {
+            channel_id: vc,
+            self_mute: false,
+            self_deaf: false,
+            offer,
+        },
+    )
+    .await;
+    assert!(matches!(r, Ok(ResponseBody::VoiceJoinedWebRtc { .. })), "{r:?}");
+    // No binding request ever reaches the port: the participant goes 15 s after its answer.
+    assert!(
+        removed_within(&mut b.voice, 2, Duration::from_secs(20)).await,
+        "still in the channel 20 s later"
+    );
+    let after = t0.elapsed();
+    assert!(
+        after >= Duration::from_secs(14) && after < Duration::from_secs(18),
+        "left after {after:?}"
+    );
+    let (_, text) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(webrtc_peers(&text), 0, "{text}");
+}

@@ -29,6 +29,11 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 /// Opus at 48 kHz: one 20 ms frame advances the media clock by this much.
 pub const SAMPLES_PER_FRAME: u32 = 960;
 
+/// A peer whose media is not flowing (ICE and DTLS up) this long after its answer is
+/// closed: the same 15 s a connected peer is given once its consent checks stop, so a peer
+/// that never starts holds no place in a channel for longer than one that stops.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How often the peer's counters are brought up to date from RTCP.
 pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -49,11 +54,14 @@ pub struct Stats {
     pub reports: u64,
 }
 
-/// What went wrong.
+/// What went wrong. The messages are for people (they reach the client as the refusal's
+/// text): short, one line, nothing of the process; [`Error::detail`] is for the log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The offer is not SDP str0m can read.
-    #[error("unreadable SDP offer: {0}")]
+    /// The offer is not an SDP offer this side can answer (the parser's words in it).
+    #[error(
+        "the SDP offer could not be read: it must be a complete offer (ICE credentials, a DTLS fingerprint, an audio section)"
+    )]
     Sdp(String),
     /// The offer has no audio section the peer sends on.
     #[error("the offer has no audio the peer sends")]
@@ -62,8 +70,19 @@ pub enum Error {
     #[error("the offer has no Opus")]
     NoOpus,
     /// The WebRTC stack refused (the peer is unusable from now on).
-    #[error("webrtc: {0}")]
+    #[error("the WebRTC offer was refused")]
     Rtc(String),
+}
+
+impl Error {
+    /// What the library said, on one line, for the log (never for the client: it can name
+    /// memory addresses).
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Sdp(d) | Error::Rtc(d) => d.split_whitespace().collect::<Vec<_>>().join(" "),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<str0m::RtcError> for Error {
@@ -128,6 +147,8 @@ pub struct Peer {
     slots: Vec<Slot>,
     pt: Pt,
     connected: bool,
+    /// Until media flows: when the peer is given up on ([`START_TIMEOUT`] after its answer).
+    start_by: Option<Instant>,
     closed: bool,
     stats: Stats,
     /// Per forwarding track: packets sent and lost, the latest values reported.
@@ -158,14 +179,27 @@ impl Peer {
         let answer = rtc.sdp_api().accept_offer(offer)?;
         let answer = answer.to_sdp_string();
         // The offer's sections as this side answered them (str0m reports them as events
-        // only once media flows; the answer says it now).
+        // only once media flows; the answer says it now). A section str0m rejected (no codec
+        // in common: port 0 in the answer) counts for nothing.
+        let opus_of = |rtc: &Rtc, mid: Mid| -> Option<Pt> {
+            let media = rtc.media(mid).filter(|m| !m.disabled())?;
+            rtc.codec_config()
+                .find(|p| p.spec().codec == Codec::Opus && media.remote_pts().contains(&p.pt()))
+                .map(|p| p.pt())
+        };
         let mut uplink = None;
         let mut slots = Vec::new();
+        let mut pt = None;
+        let mut audio_sent = false;
         for (kind, mid, direction) in sections(&answer) {
             if kind != "audio" {
                 continue;
             }
-            if uplink.is_none() && matches!(direction, Direction::RecvOnly | Direction::SendRecv) {
+            let receives = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
+            audio_sent |= receives;
+            let Some(opus) = opus_of(&rtc, mid) else { continue };
+            pt.get_or_insert(opus);
+            if uplink.is_none() && receives {
                 uplink = Some(mid);
             }
             if matches!(direction, Direction::SendOnly | Direction::SendRecv) {
@@ -176,22 +210,14 @@ impl Peer {
                 });
             }
         }
-        let uplink = uplink.ok_or(Error::NoUplink)?;
-        // The Opus payload type the offer negotiated (what the outgoing tracks write).
-        let negotiated = slots.first().and_then(|s| {
-            rtc.writer(s.mid).and_then(|w| {
-                w.payload_params()
-                    .find(|p| p.spec().codec == Codec::Opus)
-                    .map(|p| p.pt())
-            })
-        });
-        let pt = negotiated
-            .or_else(|| {
-                rtc.codec_config()
-                    .find(|p| p.spec().codec == Codec::Opus)
-                    .map(|p| p.pt())
-            })
-            .ok_or(Error::NoOpus)?;
+        // Opus is required of the microphone (PROTOCOL.md): an offer whose sending audio
+        // has no Opus is refused, not answered with every section rejected.
+        let uplink = match uplink {
+            Some(u) => u,
+            None if audio_sent => return Err(Error::NoOpus),
+            None => return Err(Error::NoUplink),
+        };
+        let pt = pt.ok_or(Error::NoOpus)?;
         Ok((
             Peer {
                 rtc,
@@ -200,6 +226,7 @@ impl Peer {
                 slots,
                 pt,
                 connected: false,
+                start_by: Some(now + START_TIMEOUT),
                 closed: false,
                 stats: Stats::default(),
                 per_track: Vec::new(),
@@ -266,6 +293,10 @@ impl Peer {
 
     /// Time has come to `now` (call at the instant of [`Output::Wait`]).
     pub fn timeout(&mut self, now: Instant) {
+        if self.start_by.is_some_and(|t| t <= now) {
+            self.close();
+            return;
+        }
         if self.rtc.handle_input(Input::Timeout(now)).is_err() {
             self.close();
         }
@@ -292,7 +323,7 @@ impl Peer {
                 }
             };
             match out {
-                str0m::Output::Timeout(t) => return Output::Wait(t),
+                str0m::Output::Timeout(t) => return Output::Wait(self.start_by.map_or(t, |s| s.min(t))),
                 str0m::Output::Transmit(t) => {
                     return Output::Transmit {
                         to: t.destination,
@@ -301,6 +332,7 @@ impl Peer {
                 }
                 str0m::Output::Event(Event::Connected) => {
                     self.connected = true;
+                    self.start_by = None;
                     return Output::Connected;
                 }
                 str0m::Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {

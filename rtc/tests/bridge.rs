@@ -205,6 +205,19 @@ fn an_unusable_offer_is_refused_with_its_reason() {
         Peer::answer(&offer.to_sdp_string(), addr, now),
         Err(quaver_rtc::Error::NoUplink)
     ));
+    // A microphone without Opus (PCMU only): refused, not answered with every section
+    // rejected.
+    for dir in [Direction::SendRecv, Direction::SendOnly] {
+        let mut client = Rtc::builder().clear_codecs().enable_pcmu(true, false).build(now);
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Audio, dir, None, None, None);
+        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, _) = change.apply().unwrap();
+        let sdp = offer.to_sdp_string();
+        assert!(sdp.contains("PCMU") && !sdp.to_lowercase().contains("opus"), "{sdp}");
+        let r = Peer::answer(&sdp, addr, now);
+        assert!(matches!(r, Err(quaver_rtc::Error::NoOpus)), "{dir:?}: {r:?}");
+    }
 }
 
 #[test]
@@ -456,4 +469,36 @@ fn a_peer_whose_consent_checks_stop_is_closed_after_15_s() {
         after >= Duration::from_secs(14) && after <= Duration::from_secs(16),
         "closed {after:?} after the last check (PROTOCOL.md says 15 s)"
     );
+}
+
+#[test]
+fn a_peer_that_never_sends_a_consent_check_is_closed_after_15_s() {
+    let mut p = Pair::new();
+    // The client never reaches the bridge: no binding request, ever.
+    p.client_gone = true;
+    let start = p.now;
+    while !p.closed && p.now < start + Duration::from_secs(40) {
+        p.now += Duration::from_millis(10);
+        p.exchange();
+    }
+    let after = p.now - start;
+    assert!(p.closed, "still open 40 s after its answer");
+    assert!(!p.connected);
+    assert!(
+        after >= Duration::from_secs(15) && after <= Duration::from_secs(16),
+        "closed {after:?} after its answer (15 s, as for a peer whose checks stop)"
+    );
+}
+
+#[test]
+fn a_peer_that_starts_late_within_15_s_is_kept() {
+    let mut p = Pair::new();
+    p.client_gone = true;
+    p.advance(Duration::from_secs(4));
+    assert!(!p.closed);
+    // The browser's checks get through 4 s late (a slow network): it connects and stays.
+    p.client_gone = false;
+    p.connect();
+    p.advance(Duration::from_secs(14));
+    assert!(!p.closed, "a connected peer is not held to the start deadline");
 }

@@ -112,23 +112,30 @@ async fn voice_request(
     body: RequestBody,
 ) -> Result<ResponseBody, ErrorBody> {
     let user = session.user;
-    // A join or a leave ends the session's WebRTC participant, if it has one.
-    if matches!(
-        body,
-        RequestBody::JoinVoice { .. } | RequestBody::JoinVoiceWebRtc { .. } | RequestBody::LeaveVoice
-    ) && let Some(w) = &ctx.webrtc
-    {
-        w.session_ended(session.id);
-    }
+    // A join ends the session's WebRTC participant only once it has succeeded (or been sent
+    // to the channel's node): a refused request changes nothing.
+    let joined = |r: &Result<ResponseBody, ErrorBody>| {
+        matches!(
+            r,
+            Ok(ResponseBody::VoiceJoined { .. } | ResponseBody::VoiceServer { .. })
+        )
+    };
     match body {
         RequestBody::JoinVoice {
             channel_id,
             self_mute,
             self_deaf,
         } => {
-            ctx.voice
+            let r = ctx
+                .voice
                 .join(user, session.id, voice_port, channel_id, self_mute, self_deaf)
-                .await
+                .await;
+            if joined(&r)
+                && let Some(w) = &ctx.webrtc
+            {
+                w.session_ended(session.id);
+            }
+            r
         }
         RequestBody::JoinVoiceWebRtc {
             channel_id,
@@ -143,16 +150,22 @@ async fn voice_request(
                 ));
             };
             if offer.len() > MAX_OFFER {
-                return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "the SDP offer is over 16 KiB"));
+                return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "the SDP offer is over 16 KiB"));
             }
-            let (id, port, answer) = w
-                .open(session, channel_id, &offer)
-                .map_err(|e| ErrorBody::new(ErrorCode::BAD_REQUEST, e.to_string()))?;
-            match ctx
+            let (id, port, answer) = w.open(session, channel_id, &offer)?;
+            let r = ctx
                 .voice
                 .join(user, session.id, &port, channel_id, self_mute, self_deaf)
-                .await
-            {
+                .await;
+            match &r {
+                // The new participant replaces any earlier one of this session.
+                Ok(ResponseBody::VoiceJoined { .. }) => w.end_others(session.id, Some(id)),
+                // Served by another node: the user goes there (and leaves here).
+                Ok(ResponseBody::VoiceServer { .. }) => w.session_ended(session.id),
+                // Refused: only the peer just made goes; nothing else changes.
+                _ => w.discard(session.id, id),
+            }
+            match r {
                 Ok(ResponseBody::VoiceJoined {
                     channel_id,
                     slot,
@@ -163,14 +176,13 @@ async fn voice_request(
                     participants,
                     answer,
                 }),
-                other => {
-                    // Refused, or served by another node (`VoiceServer`: join there).
-                    w.remove(id);
-                    other
-                }
+                other => other,
             }
         }
         RequestBody::LeaveVoice => {
+            if let Some(w) = &ctx.webrtc {
+                w.session_ended(session.id);
+            }
             ctx.voice.leave(user).await;
             Ok(ResponseBody::Done)
         }

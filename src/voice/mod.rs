@@ -349,9 +349,12 @@ impl Voice {
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
             .cloned();
+        // The same join again changes nothing; a join on another media path of the same
+        // session (a new WebRTC offer, or datagrams instead of WebRTC) replaces the old one.
         if let Some(m) = &current
             && m.channel_id == channel_id
             && m.session_id == session_id
+            && Arc::ptr_eq(&m.port, port)
         {
             return Err(err(ErrorCode::BAD_REQUEST, "already in this voice channel"));
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_TALKSPURT_START, Uplink};
-use quaver_proto::{EventBody, Lane, SessionId, VoiceDownlinkStats};
+use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, SessionId, VoiceDownlinkStats};
 use quaver_rtc::{Frame, Output, Peer};
 use tokio::sync::mpsc;
 
@@ -277,9 +277,12 @@ impl WebRtc {
         session: &Arc<SessionHandle>,
         channel_id: u64,
         offer: &str,
-    ) -> Result<(u64, Arc<VoicePort>, String), quaver_rtc::Error> {
+    ) -> Result<(u64, Arc<VoicePort>, String), ErrorBody> {
         let (user, events, session) = (session.user, Arc::downgrade(session), session.id);
-        let (peer, answer) = Peer::answer(offer, self.local, Instant::now())?;
+        let (peer, answer) = Peer::answer(offer, self.local, Instant::now()).map_err(|e| {
+            tracing::debug!(user, detail = %e.detail(), "a WebRTC offer was refused");
+            ErrorBody::new(ErrorCode::BAD_REQUEST, e.to_string())
+        })?;
         let id = self.next.fetch_add(1, Relaxed);
         let sink = Arc::new(Sink {
             id,
@@ -301,7 +304,10 @@ impl WebRtc {
             counted: quaver_rtc::Stats::default(),
         };
         if self.tx.try_send(Cmd::Add(Box::new(entry))).is_err() {
-            return Err(quaver_rtc::Error::Rtc("the WebRTC port is overloaded; retry".into()));
+            return Err(ErrorBody::new(
+                ErrorCode::INTERNAL,
+                "the WebRTC port is overloaded; retry",
+            ));
         }
         self.by_session
             .lock()
@@ -320,13 +326,33 @@ impl WebRtc {
 
     /// `session` ended: its peers end with it.
     pub fn session_ended(&self, session: SessionId) {
-        let ids = self
+        self.end_others(session, None);
+    }
+
+    /// Ends peer `id` of `session` (its join was refused).
+    pub fn discard(&self, session: SessionId, id: u64) {
+        if let Some(ids) = self
             .by_session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&session)
-            .unwrap_or_default();
-        for id in ids {
+            .get_mut(&session)
+        {
+            ids.retain(|i| *i != id);
+        }
+        self.remove(id);
+    }
+
+    /// Ends `session`'s peers but `keep` (a later join replaced them).
+    pub fn end_others(&self, session: SessionId, keep: Option<u64>) {
+        let ids = {
+            let mut by = self.by_session.lock().unwrap_or_else(|p| p.into_inner());
+            let ids = by.remove(&session).unwrap_or_default();
+            if let Some(k) = keep.filter(|k| ids.contains(k)) {
+                by.insert(session, vec![k]);
+            }
+            ids
+        };
+        for id in ids.into_iter().filter(|id| Some(*id) != keep) {
             self.remove(id);
         }
     }
