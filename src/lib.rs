@@ -316,6 +316,7 @@ impl Server {
                 sessions.clone(),
                 ctx.typing.clone(),
                 ctx.voice.clone(),
+                ctx.presence.clone(),
                 bus_rx,
             )),
             tokio::spawn(housekeeping(ctx.clone())),

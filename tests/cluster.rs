@@ -1316,3 +1316,121 @@ async fn a_killed_voice_nodes_participants_leave_everyone_elses_view() {
     a.shutdown().await;
     s.drop_db().await;
 }
+
+/// A presence lane's view of `user`'s status after `PresenceUpdated` and `PresenceSnapshot`
+/// events, waited for until it is `want` (within `limit`): whether it got there.
+async fn shows(lane: &mut LaneStream, user: u64, want: PresenceStatus, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(Ok(f)) = tokio::time::timeout_at(end, lane.next()).await else {
+            return false;
+        };
+        let status = match f {
+            ServerLane::Event {
+                body: EventBody::PresenceUpdated { presence },
+                ..
+            } if presence.user_id == user => Some(presence.status),
+            ServerLane::Event {
+                body: EventBody::PresenceSnapshot { presences },
+                ..
+            } => presences.iter().find(|p| p.user_id == user).map(|p| p.status),
+            _ => None,
+        };
+        if status == Some(want) {
+            return true;
+        }
+    }
+}
+
+/// Audiences that change across nodes: a member joining on node b sees the members on node
+/// a online (their merged presence, from the registry) and is seen online by them; new
+/// friends on two nodes see each other; a voice channel served by node a shows its
+/// participants to a new member on node b — each without anyone reconnecting.
+#[tokio::test]
+async fn a_new_member_on_another_node_sees_presence_and_voice_at_once() {
+    let Some(s) = services("audience").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let mut p1 = c1.open_lane(Lane::Presence).await.unwrap();
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    // User 1 also has a session on node b, idle: the merge across nodes is what is shown.
+    let (c1b, _l1b) = user(&b, 1).await;
+    let mut p1b = c1b.open_lane(Lane::Presence).await.unwrap();
+    req(
+        &mut p1b,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Dnd,
+            custom_status: None,
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let Ok(ResponseBody::Guild(g)) = req(&mut l1, RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!("guild")
+    };
+    let vc = voice_channel(&mut l1, g.id, "talk").await;
+    let r = req(
+        &mut v1,
+        RequestBody::JoinVoice {
+            channel_id: vc,
+            self_mute: true,
+            self_deaf: false,
+        },
+    )
+    .await;
+    assert!(matches!(r, Ok(ResponseBody::VoiceJoined { .. })), "{r:?}");
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut l1,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("invite")
+    };
+    // User 2 on node b, a stranger until now.
+    let (c2, mut l2) = user(&b, 2).await;
+    let mut p2 = c2.open_lane(Lane::Presence).await.unwrap();
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    assert!(!c2.ready.presences.iter().any(|p| p.user_id == 1));
+    req(&mut l2, RequestBody::JoinGuild { code: inv.code }).await.unwrap();
+    let bound = Duration::from_secs(3);
+    assert!(
+        shows(&mut p2, 1, PresenceStatus::Dnd, bound).await,
+        "the new member on node b sees the member's merged presence"
+    );
+    assert!(
+        shows(&mut p1, 2, PresenceStatus::Online, bound).await,
+        "the member on node a sees the new member"
+    );
+    let snapshot = event_where(&mut v2, bound, |e| matches!(e, EventBody::VoiceStatesSnapshot { .. })).await;
+    let Some(EventBody::VoiceStatesSnapshot { channel_ids, states }) = snapshot else {
+        panic!("no voice states for the new member")
+    };
+    assert_eq!(channel_ids, vec![vc]);
+    assert_eq!(
+        states.iter().map(|s| (s.user_id, s.self_mute)).collect::<Vec<_>>(),
+        vec![(1, true)],
+        "node a's participant, as node a serves it"
+    );
+    // Friends across nodes: 3 on node a, 4 on node b.
+    let (c3, mut l3) = user(&a, 3).await;
+    let mut p3 = c3.open_lane(Lane::Presence).await.unwrap();
+    let (c4, mut l4) = user(&b, 4).await;
+    let mut p4 = c4.open_lane(Lane::Presence).await.unwrap();
+    req(&mut l3, RequestBody::SendFriendRequest { user_id: 4 })
+        .await
+        .unwrap();
+    req(&mut l4, RequestBody::AcceptFriendRequest { user_id: 3 })
+        .await
+        .unwrap();
+    assert!(shows(&mut p3, 4, PresenceStatus::Online, bound).await);
+    assert!(shows(&mut p4, 3, PresenceStatus::Online, bound).await);
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}

@@ -402,3 +402,184 @@ async fn presence_typing_and_voice_requests_are_rate_limited() {
     assert!(req(&mut p.chat, RequestBody::Ping { data: vec![] }).await.is_ok());
     server.shutdown().await;
 }
+
+/// The presence a client holds of others, kept as PROTOCOL.md says: `Ready.presences`,
+/// then `PresenceUpdated` and `PresenceSnapshot` as they come.
+#[derive(Default)]
+struct Seen(std::collections::HashMap<u64, PresenceStatus>);
+
+impl Seen {
+    fn of(ready: &Ready) -> Seen {
+        Seen(ready.presences.iter().map(|p| (p.user_id, p.status)).collect())
+    }
+
+    fn status(&self, user: u64) -> PresenceStatus {
+        self.0.get(&user).copied().unwrap_or(PresenceStatus::Offline)
+    }
+
+    /// Takes events from `lane` until `user` shows `want` (true) or `within` passes.
+    async fn until(&mut self, lane: &mut LaneStream, user: u64, want: PresenceStatus, within: Duration) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        while self.status(user) != want {
+            let Ok(next) = tokio::time::timeout_at(end, lane.next()).await else {
+                return false;
+            };
+            match next.expect("lane works") {
+                ServerLane::Event {
+                    body: EventBody::PresenceUpdated { presence },
+                    ..
+                } => {
+                    self.0.insert(presence.user_id, presence.status);
+                }
+                ServerLane::Event {
+                    body: EventBody::PresenceSnapshot { presences },
+                    ..
+                } => {
+                    for p in presences {
+                        self.0.insert(p.user_id, p.status);
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+/// How long a connected user may show offline to someone who can see them (PROTOCOL.md:
+/// the presence propagation bound). Generous for a loaded CI machine; on loopback it takes
+/// milliseconds.
+const PROPAGATION: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_new_guild_member_and_the_members_see_each_other_online_at_once() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut c = session(&server, 3, DeviceKind::Mobile).await;
+    let mut b = session(&server, 2, DeviceKind::Web).await;
+    // a and c share a guild; b is a stranger to both.
+    let (gid, _) = shared_guild(&a.client, &mut a.chat, vec![&mut c.chat]).await;
+    req(
+        &mut c.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Dnd,
+            custom_status: None,
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut b_sees = Seen::of(&b.client.ready);
+    let mut a_sees = Seen::of(&a.client.ready);
+    assert_eq!(b_sees.status(1), PresenceStatus::Offline, "strangers see nothing");
+    // b joins by invite: b sees both members at once, and they see b — without anyone
+    // reconnecting or changing status.
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut a.chat,
+        RequestBody::CreateInvite {
+            guild_id: gid,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("invite")
+    };
+    req(&mut b.chat, RequestBody::JoinGuild { code: inv.code })
+        .await
+        .unwrap();
+    assert!(
+        b_sees
+            .until(&mut b.presence, 1, PresenceStatus::Online, PROPAGATION)
+            .await,
+        "the new member sees the owner offline"
+    );
+    assert!(
+        b_sees.until(&mut b.presence, 3, PresenceStatus::Dnd, PROPAGATION).await,
+        "the new member sees the other member's status"
+    );
+    assert!(
+        a_sees
+            .until(&mut a.presence, 2, PresenceStatus::Online, PROPAGATION)
+            .await,
+        "the owner sees the new member offline"
+    );
+    let mut c_sees = Seen::default();
+    assert!(
+        c_sees
+            .until(&mut c.presence, 2, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    // Nothing for the joiner about themself.
+    assert_eq!(b_sees.status(2), PresenceStatus::Offline);
+}
+
+#[tokio::test]
+async fn new_friends_see_each_other_online_at_once() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut b = session(&server, 2, DeviceKind::Desktop).await;
+    let (mut a_sees, mut b_sees) = (Seen::of(&a.client.ready), Seen::of(&b.client.ready));
+    req(&mut a.chat, RequestBody::SendFriendRequest { user_id: 2 })
+        .await
+        .unwrap();
+    // A request alone shares nothing.
+    assert!(
+        !a_sees
+            .until(&mut a.presence, 2, PresenceStatus::Online, Duration::from_millis(300))
+            .await
+    );
+    req(&mut b.chat, RequestBody::AcceptFriendRequest { user_id: 1 })
+        .await
+        .unwrap();
+    assert!(
+        a_sees
+            .until(&mut a.presence, 2, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    assert!(
+        b_sees
+            .until(&mut b.presence, 1, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+}
+
+#[tokio::test]
+async fn an_invisible_member_stays_hidden_from_a_new_member() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut b = session(&server, 2, DeviceKind::Desktop).await;
+    req(
+        &mut a.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Invisible,
+            custom_status: Some("hidden".into()),
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
+    let mut b_sees = Seen::default();
+    // b is told nothing of a (offline is left out of snapshots), in any form.
+    let end = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok(m)) = tokio::time::timeout_at(end, b.presence.next()).await {
+        if let ServerLane::Event {
+            body: EventBody::PresenceSnapshot { presences },
+            ..
+        } = &m
+        {
+            assert!(presences.iter().all(|p| p.user_id != 1), "{presences:?}");
+        }
+        if let ServerLane::Event {
+            body: EventBody::PresenceUpdated { presence },
+            ..
+        } = &m
+        {
+            assert!(presence.user_id != 1 || presence.status == PresenceStatus::Offline);
+        }
+    }
+    assert_eq!(b_sees.status(1), PresenceStatus::Offline);
+    let _ = &mut b_sees;
+}

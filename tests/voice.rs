@@ -557,3 +557,90 @@ async fn simultaneous_joins_never_exceed_the_user_limit() {
     }
     server.shutdown().await;
 }
+
+/// The next `VoiceStatesSnapshot` on `lane` within `limit`: (channels, (user, channel) pairs).
+async fn states_snapshot(lane: &mut LaneStream, limit: Duration) -> Option<(Vec<u64>, Vec<(u64, u64)>)> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(Ok(f)) = tokio::time::timeout_at(end, lane.next()).await else {
+            return None;
+        };
+        if let ServerLane::Event {
+            body: EventBody::VoiceStatesSnapshot { channel_ids, states },
+            ..
+        } = f
+        {
+            return Some((channel_ids, states.iter().map(|s| (s.user_id, s.channel_id)).collect()));
+        }
+    }
+}
+
+/// Whoever can newly see a voice channel is told who is in it: a new guild member, and a
+/// member given view of a channel that was hidden from them (no reconnect needed).
+#[tokio::test]
+async fn who_newly_sees_a_voice_channel_is_told_who_is_in_it() {
+    let server = start(config()).await;
+    let mut a = participant(&server, 1, Transport::Quic).await;
+    let mut b = participant(&server, 2, Transport::Quic).await;
+    let mut c = participant(&server, 3, Transport::WebTransport).await;
+    let (gid, vc) = voice_guild(&mut a, &mut [&mut b]).await;
+    // A second voice channel hidden from everyone but its members' overwrites.
+    let body = RequestBody::CreateChannel {
+        guild_id: gid,
+        kind: ChannelKind::Voice,
+        name: "private".into(),
+        topic: String::new(),
+        user_limit: 0,
+    };
+    let Ok(ResponseBody::Channel(hidden)) = req(&mut a.chat, body).await else {
+        panic!()
+    };
+    let view = 1u64 << 10;
+    let r = req(
+        &mut a.chat,
+        RequestBody::SetOverwrite {
+            channel_id: hidden.id,
+            target: OverwriteTarget::Role(gid),
+            allow: 0,
+            deny: view,
+        },
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    join(&mut b, vc).await;
+    join(&mut a, hidden.id).await;
+    // c joins the guild: told who is in the channel it can see, not in the hidden one.
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut a.chat,
+        RequestBody::CreateInvite {
+            guild_id: gid,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    req(&mut c.chat, RequestBody::JoinGuild { code: inv.code })
+        .await
+        .unwrap();
+    let got = states_snapshot(&mut c.voice, Duration::from_secs(3)).await;
+    assert_eq!(got, Some((vec![vc], vec![(2, vc)])), "the new member's view of voice");
+    // b is given view of the hidden channel: told a is in it.
+    let r = req(
+        &mut a.chat,
+        RequestBody::SetOverwrite {
+            channel_id: hidden.id,
+            target: OverwriteTarget::Member(2),
+            allow: view,
+            deny: 0,
+        },
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    let got = states_snapshot(&mut b.voice, Duration::from_secs(3)).await;
+    assert_eq!(got, Some((vec![hidden.id], vec![(1, hidden.id)])));
+    // c, still without view of it, is told nothing about it.
+    assert_eq!(states_snapshot(&mut c.voice, Duration::from_millis(300)).await, None);
+}

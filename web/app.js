@@ -309,6 +309,10 @@ function onEvent(lane, b) {
     case 'PresenceUpdated':
       S.presences.set(b.presence.user_id, b.presence);
       break;
+    case 'PresenceSnapshot':
+      // Someone we newly share a guild or a friendship with: what they show now.
+      for (const p of b.presences) S.presences.set(p.user_id, p);
+      break;
     case 'TypingStarted': {
       if (b.user_id === S.me?.id) return;
       const t = S.typing.get(b.channel_id) ?? new Map();
@@ -336,6 +340,11 @@ function onEvent(lane, b) {
       S.notifUnread = b.all ? 0 : S.notifications.filter((n) => !n.read).length;
       break;
     case 'VoiceStateUpdated': voiceSet(b.state); break;
+    case 'VoiceStatesSnapshot':
+      // Voice channels we can newly see: everyone in them now.
+      for (const c of b.channel_ids) S.voice.set(c, new Map());
+      for (const st of b.states) voiceSet(st);
+      break;
     case 'VoiceStateRemoved': S.voice.get(b.channel_id)?.delete(b.user_id); break;
     case 'VoiceTrack': {
       // Our WebRTC receiving track `mid` now carries the speaker in `slot`.

@@ -366,6 +366,8 @@ const EventBody = tagged([
   ['VoiceStateRemoved', [gid, cid, uid]],
   ['VoiceSpeaking', [cid, uid, ['slot', T.u16], ['speaking', T.bool]]],
   ['VoiceTrack', [cid, ['mid', T.string], ['slot', T.u16]]],
+  ['PresenceSnapshot', [['presences', vec(Presence)]]],
+  ['VoiceStatesSnapshot', [['channel_ids', vec(T.id)], ['states', vec(VoiceState)]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

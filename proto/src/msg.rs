@@ -1263,6 +1263,23 @@ pub enum EventBody {
         /// The speaker's slot.
         slot: u16,
     },
+    /// Presence lane: what you can now see of these users' presence, because what you share
+    /// with them changed (you joined a guild, a friendship began, someone joined yours).
+    /// Offline users are left out. Each replaces what you knew of that user, as a
+    /// `PresenceUpdated` would.
+    PresenceSnapshot {
+        /// The presences.
+        presences: Vec<Presence>,
+    },
+    /// Voice lane: the complete participants of these voice channels now, because you can
+    /// newly see them (you joined their guild, or were given view of them). Forget what you
+    /// held for the listed channels and take `states`.
+    VoiceStatesSnapshot {
+        /// The channels described.
+        channel_ids: Vec<u64>,
+        /// Everyone in them.
+        states: Vec<VoiceState>,
+    },
 }
 
 impl EventBody {

@@ -531,6 +531,53 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Event", "seq": 10, "body": {"type": "VoiceTrack", "channel_id": "4", "mid": "1", "slot": 2}}),
         ),
         v(
+            "event_presence_snapshot",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 3,
+                body: EventBody::PresenceSnapshot {
+                    presences: vec![Presence {
+                        user_id: 7,
+                        status: PresenceStatus::Online,
+                        client_status: ClientStatus {
+                            desktop: PresenceStatus::Offline,
+                            mobile: PresenceStatus::Offline,
+                            web: PresenceStatus::Online,
+                        },
+                        custom_status: Some("hi".into()),
+                        activity: None,
+                    }],
+                },
+            },
+            json!({"type": "Event", "seq": 3, "body": {"type": "PresenceSnapshot", "presences": [
+                {"user_id": "7", "status": "Online", "client_status": {"desktop": "Offline", "mobile": "Offline", "web": "Online"},
+                 "custom_status": "hi", "activity": null}]}}),
+        ),
+        v(
+            "event_voice_states_snapshot",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 11,
+                body: EventBody::VoiceStatesSnapshot {
+                    channel_ids: vec![4, 5],
+                    states: vec![VoiceState {
+                        guild_id: 1,
+                        channel_id: 4,
+                        user_id: 5,
+                        slot: 2,
+                        self_mute: true,
+                        self_deaf: false,
+                        server_mute: false,
+                        server_deaf: false,
+                        speaking: false,
+                    }],
+                },
+            },
+            json!({"type": "Event", "seq": 11, "body": {"type": "VoiceStatesSnapshot", "channel_ids": ["4", "5"], "states": [
+                {"guild_id": "1", "channel_id": "4", "user_id": "5", "slot": 2, "self_mute": true, "self_deaf": false,
+                 "server_mute": false, "server_deaf": false, "speaking": false}]}}),
+        ),
+        v(
             "fetch_ok_server_info",
             "FetchReply",
             FetchReply::Ok(FetchResponse::ServerInfo {

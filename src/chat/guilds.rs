@@ -4,6 +4,35 @@
 use super::*;
 
 impl Chat {
+    /// `user` just joined `guild`: they and its members now see each other's presence, and
+    /// they see who is in its voice channels they can view — each told at once, on every
+    /// node (PROTOCOL.md: a snapshot wherever an audience changes).
+    async fn joined_audience(&self, guild: u64, user: u64) -> Result<(), ErrorBody> {
+        let g = self.guild(guild).await?;
+        let members: Vec<u64> = g.state.members.keys().copied().filter(|u| *u != user).collect();
+        self.bus.publish(BusEvent::ShowPresences {
+            to: Viewers::User(user),
+            users: members,
+        });
+        self.bus.publish(BusEvent::ShowPresences {
+            to: Viewers::GuildExcept(guild, user),
+            users: vec![user],
+        });
+        let voice: Vec<u64> = g
+            .visible_channels(user)
+            .iter()
+            .filter(|c| c.kind == ChannelKind::Voice)
+            .map(|c| c.id)
+            .collect();
+        if !voice.is_empty() {
+            self.bus.publish(BusEvent::ShowVoiceStates {
+                user_id: user,
+                channels: voice,
+            });
+        }
+        Ok(())
+    }
+
     pub(super) async fn handle_guild(&self, user: u64, body: RequestBody, now: u64) -> Result<ResponseBody, Refusal> {
         use RequestBody as R;
         match body {
@@ -101,6 +130,7 @@ impl Chat {
                         self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
                     }
                     self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
+                    self.joined_audience(gid, user).await?;
                 }
                 Ok(ResponseBody::Guild(guild))
             }

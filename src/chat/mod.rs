@@ -32,7 +32,7 @@ use quaver_proto::{
     Lane, Member, OverwriteTarget, ReadState, RequestBody, ResponseBody,
 };
 
-use crate::cluster::{Bus, BusEvent};
+use crate::cluster::{Bus, BusEvent, Viewers};
 use crate::ids::{Snowflakes, now_ms};
 use crate::limits::{Kind, Limiter};
 use crate::perms::{self, Perms, Subject};
@@ -369,6 +369,15 @@ impl Chat {
             }
             for u in after.iter() {
                 self.publish_user(*u, &EventBody::ChannelUpdated { channel: c.clone() });
+            }
+            // Who can newly see a voice channel is told who is in it.
+            if c.kind == ChannelKind::Voice {
+                for u in after.iter().filter(|u| !before.contains(u)) {
+                    self.bus.publish(BusEvent::ShowVoiceStates {
+                        user_id: *u,
+                        channels: vec![c.id],
+                    });
+                }
             }
         }
         Ok(())

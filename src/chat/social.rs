@@ -9,7 +9,7 @@ use quaver_proto::{
 };
 
 use super::{Access, Chat, Refusal, ev, store_err};
-use crate::cluster::BusEvent;
+use crate::cluster::{BusEvent, Viewers};
 use crate::ids::now_ms;
 use crate::limits::Kind;
 use crate::notify::{self, Facts};
@@ -106,6 +106,7 @@ impl Chat {
                     Some(Friend) | Some(OutgoingRequest) => Ok(reply(mine)),
                     Some(IncomingRequest) => {
                         set(Some(Friend), Some(Friend)).await?;
+                        self.friends_now(user, user_id);
                         self.notify_user(user_id, user, NotificationKind::FriendAccepted, now)
                             .await?;
                         Ok(reply(Some(Friend)))
@@ -123,6 +124,7 @@ impl Chat {
                     return Err(no_relationship().into());
                 }
                 set(Some(Friend), Some(Friend)).await?;
+                self.friends_now(user, user_id);
                 self.notify_user(user_id, user, NotificationKind::FriendAccepted, now)
                     .await?;
                 Ok(reply(Some(Friend)))
@@ -360,6 +362,17 @@ impl Chat {
             }
         }
         Ok(())
+    }
+
+    /// `a` and `b` just became friends: each now sees the other's presence, told at once
+    /// (PROTOCOL.md: a snapshot wherever an audience changes).
+    fn friends_now(&self, a: u64, b: u64) {
+        for (to, whose) in [(a, b), (b, a)] {
+            self.bus.publish(BusEvent::ShowPresences {
+                to: Viewers::User(to),
+                users: vec![whose],
+            });
+        }
     }
 
     /// Friends of `user`.

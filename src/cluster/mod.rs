@@ -118,6 +118,32 @@ pub enum BusEvent {
         /// The guild.
         guild_id: u64,
     },
+    /// An audience changed: `to` can now see the presence of `users` (a guild joined, a
+    /// friendship begun) and is told it (`PresenceSnapshot`), on every node, read after `to`
+    /// follows what brings later changes.
+    ShowPresences {
+        /// Who is told.
+        to: Viewers,
+        /// Whose presence.
+        users: Vec<u64>,
+    },
+    /// `user_id` can now see voice channels `channels` (their guild joined, or view granted)
+    /// and is told who is in them (`VoiceStatesSnapshot`).
+    ShowVoiceStates {
+        /// Who is told.
+        user_id: u64,
+        /// The voice channels.
+        channels: Vec<u64>,
+    },
+}
+
+/// Who a [`BusEvent::ShowPresences`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewers {
+    /// Every session of this user.
+    User(u64),
+    /// Every member of this guild but this user (the one who just joined).
+    GuildExcept(u64, u64),
 }
 
 /// Publishes events to every node (this one included). Implemented by

@@ -17,6 +17,9 @@
 //! kind 3 follow / 4 unfollow: user u64 | len u16 | topic name | n u16 × (channel u64 |
 //!                      seq u64) (where the topic's channels stood when the user joined)
 //! kind 5 voice joined: user u64 | channel u64
+//! kind 6 show:         len u16 | topic name | except u8 (0 none, 1: user u64) |
+//!                      what u8 (0 presences of users, 1 voice states of channels) |
+//!                      n u32 × id u64
 //! ```
 
 use bytes::Bytes;
@@ -61,6 +64,15 @@ pub struct Envelope {
     pub event: Bytes,
 }
 
+/// What a [`Message::Show`] asks the receiving nodes to read and tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Show {
+    /// The presence of these users.
+    Presences(Vec<u64>),
+    /// Everyone in these voice channels.
+    VoiceStates(Vec<u64>),
+}
+
 /// A message on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -85,6 +97,18 @@ pub enum Message {
         user_id: u64,
         /// The channel.
         channel_id: u64,
+    },
+    /// An audience changed (a guild joined, a friendship begun, a channel's view granted):
+    /// each node that has followers of `topic` reads the current state of `what` — after
+    /// every earlier message on the topic, a follow included, so nothing that changes later
+    /// is missed — and tells those followers but `except`.
+    Show {
+        /// Whose followers are told.
+        topic: Topic,
+        /// Who among them is not.
+        except: Option<u64>,
+        /// What they are told.
+        what: Show,
     },
     /// `user_id` starts (`true`) or stops following `topic`; sent on the user's own topic,
     /// so the node holding their sessions hears it.
@@ -174,6 +198,27 @@ impl Message {
                 out.extend_from_slice(&user_id.to_be_bytes());
                 out.extend_from_slice(&channel_id.to_be_bytes());
             }
+            Message::Show { topic, except, what } => {
+                out.push(6);
+                put_topic(&mut out, topic);
+                match except {
+                    None => out.push(0),
+                    Some(u) => {
+                        out.push(1);
+                        out.extend_from_slice(&u.to_be_bytes());
+                    }
+                }
+                let (kind, ids) = match what {
+                    Show::Presences(ids) => (0, ids),
+                    Show::VoiceStates(ids) => (1, ids),
+                };
+                out.push(kind);
+                let n = ids.len().min(u32::MAX as usize);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+                for id in ids.iter().take(n) {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
             Message::Follow {
                 user_id,
                 topic,
@@ -255,6 +300,31 @@ impl Message {
                 user_id: r.u64()?,
                 channel_id: r.u64()?,
             },
+            6 => {
+                let topic = r.topic()?;
+                let except = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u64()?),
+                    _ => return Err(DecodeError("except")),
+                };
+                let kind = r.u8()?;
+                let s = r.take(4)?;
+                let n = u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize;
+                // Bounded by what is there: n ids take 8n bytes.
+                if n.saturating_mul(8) > b.len() - r.at {
+                    return Err(DecodeError("truncated"));
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(r.u64()?);
+                }
+                let what = match kind {
+                    0 => Show::Presences(ids),
+                    1 => Show::VoiceStates(ids),
+                    _ => return Err(DecodeError("show")),
+                };
+                Message::Show { topic, except, what }
+            }
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -356,6 +426,16 @@ mod tests {
                 topic: Topic::guild(10),
                 follow: true,
                 positions: vec![(11, 0), (12, u64::MAX)],
+            },
+            Message::Show {
+                topic: Topic::user(6),
+                except: None,
+                what: Show::Presences(vec![1, 2, u64::MAX]),
+            },
+            Message::Show {
+                topic: Topic::guild(6),
+                except: Some(3),
+                what: Show::VoiceStates(vec![]),
             },
         ]
     }

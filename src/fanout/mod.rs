@@ -22,7 +22,14 @@
 //! once), so a slow database delays only the channels being caught up. Sessions open in
 //! line with delivery ([`Fanout::open`]): the positions their `Ready` reports are exactly
 //! where live delivery to them starts. Presence envelopes carry a per-user version from the
-//! cluster registry; an older one than already delivered is dropped.
+//! cluster registry (on one node, from the presence task's counter); an older one than
+//! already delivered is dropped.
+//!
+//! When an audience changes (a guild joined, a friendship begun, a voice channel's view
+//! granted) a [`envelope::Message::Show`] goes on the topic of those who are to be told; each
+//! node with followers of it reads the current presences or voice states *after* the
+//! messages before it on that topic (the follow among them) and delivers a snapshot —
+//! presences only where no newer change of that user was delivered meanwhile.
 
 pub mod envelope;
 pub mod index;
@@ -37,12 +44,12 @@ use bytes::Bytes;
 use quaver_proto::{Channel, GuildSnapshot, Lane};
 use tokio::sync::{mpsc, oneshot};
 
-use self::envelope::{Audience, Envelope, Message};
+use self::envelope::{Audience, Envelope, Message, Show};
 use self::index::{Change, TopicIndex};
 use self::order::{Arrival, CatchUp, Out, Sequencer};
 use crate::chat::{Caught, Chat};
 use crate::cluster::pubsub::{Health, PubSub, Received, Topic};
-use crate::cluster::{Bus, BusEvent};
+use crate::cluster::{Bus, BusEvent, Viewers};
 use crate::gateway::{SessionHandle, Sessions};
 
 /// Envelopes remembered to deliver a multi-topic envelope once (presence goes to every
@@ -55,6 +62,11 @@ const VERIFY_AFTER: Duration = Duration::from_millis(500);
 
 /// Most logged events read per channel per catch-up.
 const CATCH_UP_LIMIT: u32 = 1000;
+
+/// Most presences in one `PresenceSnapshot` (a guild joined can hold thousands of online
+/// members; one frame each would fill a lane's 1,024-frame allowance, one frame for all
+/// could be megabytes).
+const SNAPSHOT_CHUNK: usize = 256;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -98,6 +110,12 @@ const LATEST_KEYS: usize = 100_000;
 struct Latest(std::collections::HashMap<u64, u64>);
 
 impl Latest {
+    /// Whether nothing newer than `version` was delivered for `key` (a snapshot read at
+    /// `version` is still current).
+    fn not_newer_than(&self, key: u64, version: u64) -> bool {
+        self.0.get(&key).is_none_or(|v| *v <= version)
+    }
+
     /// True (and remembered) when `version` is newer than any delivered for `key`.
     fn newer(&mut self, key: u64, version: u64) -> bool {
         if self.0.get(&key).is_some_and(|v| *v >= version) {
@@ -496,6 +514,7 @@ impl Fanout {
         sessions: Arc<Sessions>,
         typing: crate::typing::task::TypingHandle,
         voice: Arc<crate::voice::Voice>,
+        presence: crate::presence::task::PresenceHandle,
         mut rx: mpsc::UnboundedReceiver<Received>,
     ) {
         if let Some(prx) = take(&self.presence_rx) {
@@ -510,6 +529,8 @@ impl Fanout {
             done: done_tx,
             gate: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
             chat: chat.clone(),
+            voice: voice.clone(),
+            presence,
         };
         let mut health = self.pubsub.health();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -525,9 +546,9 @@ impl Fanout {
             tokio::select! {
                 biased;
                 Some(open) = opens.recv() => self.on_open(&chat, &sessions, open).await,
-                Some(m) = local.recv() => self.on_message(&chat, &sessions, &mut seen, m).await,
+                Some(m) = local.recv() => self.on_message(&chat, &sessions, &reads, &mut seen, m).await,
                 r = rx.recv() => match r {
-                    Some(r) => self.on_received(&chat, &sessions, &typing, &voice, &mut seen, r).await,
+                    Some(r) => self.on_received(&chat, &sessions, &reads, &typing, &voice, &mut seen, r).await,
                     None => break,
                 },
                 Some(d) = done_rx.recv() => self.on_read(&chat, &sessions, &reads, d).await,
@@ -550,10 +571,12 @@ impl Fanout {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn on_received(
         &self,
         chat: &Chat,
         sessions: &Sessions,
+        reads: &Reads,
         typing: &crate::typing::task::TypingHandle,
         voice: &crate::voice::Voice,
         seen: &mut Recent,
@@ -580,7 +603,7 @@ impl Fanout {
                     // One voice channel per user, cluster-wide: they joined one elsewhere.
                     voice.left_elsewhere(*user_id, *channel_id).await;
                 }
-                self.on_message(chat, sessions, seen, m).await
+                self.on_message(chat, sessions, reads, seen, m).await
             }
             Err(e) => {
                 self.counters.unreadable.fetch_add(1, Relaxed);
@@ -589,7 +612,7 @@ impl Fanout {
         }
     }
 
-    async fn on_message(&self, chat: &Chat, sessions: &Sessions, seen: &mut Recent, m: Message) {
+    async fn on_message(&self, chat: &Chat, sessions: &Sessions, reads: &Reads, seen: &mut Recent, m: Message) {
         match m {
             Message::Event(e) => {
                 if e.topics.len() > 1 && !seen.first(e.id) {
@@ -631,7 +654,95 @@ impl Fanout {
                 follow,
                 positions,
             } => self.follow_here(user_id, topic, follow, &positions),
+            Message::Show { topic, except, what } => self.show(chat, sessions, reads, topic, except, what).await,
         }
+    }
+
+    /// An audience changed: read what `topic`'s local followers (but `except`) may now see
+    /// and tell them. Only where someone follows the topic here; the reads run beside the
+    /// loop and come back through it ([`ReadDone::Shown`]).
+    async fn show(
+        &self,
+        chat: &Chat,
+        sessions: &Sessions,
+        reads: &Reads,
+        topic: Topic,
+        except: Option<u64>,
+        what: Show,
+    ) {
+        let here = {
+            let st = self.state();
+            st.index.followers(&topic).any(|u| Some(u) != except)
+        };
+        if !here {
+            return;
+        }
+        match what {
+            Show::Presences(users) => reads.presences(topic, except, users),
+            Show::VoiceStates(channels) => {
+                // This node's own channels are read now, in line with the voice events it
+                // publishes (each state is written before its event goes out): no later
+                // event can be overtaken by this snapshot. Other nodes' from Redis.
+                let (states, elsewhere) = reads.voice.states_here(&channels);
+                if elsewhere.is_empty() {
+                    self.deliver_voice_states(chat, sessions, topic, except, channels, states)
+                        .await;
+                } else {
+                    reads.voice_states(topic, except, channels, states, elsewhere);
+                }
+            }
+        }
+    }
+
+    /// Delivers presences read for a [`Message::Show`]: each one unless a newer change of
+    /// that user was delivered here meanwhile (then its followers have that already), in
+    /// events of at most [`SNAPSHOT_CHUNK`].
+    async fn deliver_presences(
+        &self,
+        chat: &Chat,
+        sessions: &Sessions,
+        topic: Topic,
+        except: Option<u64>,
+        presences: Vec<(quaver_proto::Presence, Option<u64>)>,
+    ) {
+        let current: Vec<quaver_proto::Presence> = {
+            let st = self.state();
+            presences
+                .into_iter()
+                .filter(|(p, v)| v.is_none_or(|v| st.latest.not_newer_than(p.user_id, v)))
+                .map(|(p, _)| p)
+                .collect()
+        };
+        for chunk in current.chunks(SNAPSHOT_CHUNK) {
+            let body = quaver_proto::EventBody::PresenceSnapshot {
+                presences: chunk.to_vec(),
+            };
+            let e = self.shown(topic.clone(), Lane::Presence, except, &body);
+            self.deliver(chat, sessions, e).await;
+        }
+    }
+
+    /// Delivers the voice states read for a [`Message::Show`].
+    async fn deliver_voice_states(
+        &self,
+        chat: &Chat,
+        sessions: &Sessions,
+        topic: Topic,
+        except: Option<u64>,
+        channel_ids: Vec<u64>,
+        mut states: Vec<quaver_proto::VoiceState>,
+    ) {
+        states.sort_by_key(|s| (s.channel_id, s.slot));
+        let body = quaver_proto::EventBody::VoiceStatesSnapshot { channel_ids, states };
+        let e = self.shown(topic, Lane::Voice, except, &body);
+        self.deliver(chat, sessions, e).await;
+    }
+
+    /// The envelope of a snapshot for `topic`'s local followers but `except`.
+    fn shown(&self, topic: Topic, lane: Lane, except: Option<u64>, body: &quaver_proto::EventBody) -> Envelope {
+        let audience = except.map_or(Audience::All, Audience::AllExcept);
+        let event = Bytes::from(quaver_proto::codec::encode_payload(body));
+        self.envelope(vec![topic], lane, audience, None, event)
     }
 
     async fn deliver_all(&self, chat: &Chat, sessions: &Sessions, outs: Vec<Out<Envelope>>) {
@@ -684,6 +795,13 @@ impl Fanout {
             }
             ReadDone::Seqs(t, None) => {
                 self.state().verify.push_back((Instant::now() + VERIFY_AFTER, t));
+            }
+            ReadDone::Presences(topic, except, read) => {
+                self.deliver_presences(chat, sessions, topic, except, read).await;
+            }
+            ReadDone::VoiceStates(topic, except, channels, states) => {
+                self.deliver_voice_states(chat, sessions, topic, except, channels, states)
+                    .await;
             }
         }
     }
@@ -846,6 +964,11 @@ enum ReadDone {
     Log(CatchUp, Option<(Vec<(u64, Bytes)>, bool)>),
     /// Where a topic's channels stand (`None`: the read failed).
     Seqs(Topic, Option<Vec<(u64, u64)>>),
+    /// Presences for a [`Message::Show`]: its topic, its exception, what was read.
+    Presences(Topic, Option<u64>, Vec<(quaver_proto::Presence, Option<u64>)>),
+    /// Voice states for a [`Message::Show`]: its topic, its exception, its channels, the
+    /// states of them all.
+    VoiceStates(Topic, Option<u64>, Vec<u64>, Vec<quaver_proto::VoiceState>),
 }
 
 /// Runs the delivery loop's store reads beside it, so a slow or failing database delays
@@ -854,6 +977,8 @@ struct Reads {
     done: mpsc::UnboundedSender<ReadDone>,
     gate: Arc<tokio::sync::Semaphore>,
     chat: Arc<Chat>,
+    voice: Arc<crate::voice::Voice>,
+    presence: crate::presence::task::PresenceHandle,
 }
 
 impl Reads {
@@ -873,6 +998,33 @@ impl Reads {
                 }
             };
             let _ = done.send(ReadDone::Log(c, read));
+        });
+    }
+
+    /// Reads the presence of `users` for a [`Message::Show`] on `topic`.
+    fn presences(&self, topic: Topic, except: Option<u64>, users: Vec<u64>) {
+        let (presence, done) = (self.presence.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let read = presence.snapshot_versioned(users).await;
+            let _ = done.send(ReadDone::Presences(topic, except, read));
+        });
+    }
+
+    /// Reads the states of `elsewhere` (channels other nodes serve) from Redis, to deliver
+    /// with `here` (this node's, read already) for a [`Message::Show`] of `channels`.
+    fn voice_states(
+        &self,
+        topic: Topic,
+        except: Option<u64>,
+        channels: Vec<u64>,
+        here: Vec<quaver_proto::VoiceState>,
+        elsewhere: Vec<u64>,
+    ) {
+        let (voice, done) = (self.voice.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let mut states = here;
+            states.extend(voice.states_elsewhere(&elsewhere).await);
+            let _ = done.send(ReadDone::VoiceStates(topic, except, channels, states));
         });
     }
 
@@ -1009,6 +1161,28 @@ impl Fanout {
                 self.control(Topic::guild(guild_id), Message::GuildChanged { guild_id });
                 return None;
             }
+            BusEvent::ShowPresences { to, users } => {
+                let (topic, except) = match to {
+                    Viewers::User(u) => (Topic::user(u), None),
+                    Viewers::GuildExcept(g, u) => (Topic::guild(g), Some(u)),
+                };
+                let what = Show::Presences(users);
+                self.control(topic.clone(), Message::Show { topic, except, what });
+                return None;
+            }
+            BusEvent::ShowVoiceStates { user_id, channels } => {
+                let topic = Topic::user(user_id);
+                let what = Show::VoiceStates(channels);
+                self.control(
+                    topic.clone(),
+                    Message::Show {
+                        topic,
+                        except: None,
+                        what,
+                    },
+                );
+                return None;
+            }
             BusEvent::VoiceJoined { user_id, channel_id } => {
                 // To the other nodes only (this one already left the previous channel).
                 let m = Message::VoiceJoined { user_id, channel_id };
@@ -1032,6 +1206,16 @@ mod tests {
         assert!(!l.newer(7, 1), "an older version published by a slower node");
         assert!(l.newer(7, 3));
         assert!(l.newer(8, 1), "per key");
+    }
+
+    #[test]
+    fn a_snapshot_is_current_unless_a_newer_change_was_delivered() {
+        let mut l = Latest::default();
+        assert!(l.not_newer_than(7, 0), "nothing delivered for the user yet");
+        l.newer(7, 5);
+        assert!(l.not_newer_than(7, 5), "read at the delivered version: same state");
+        assert!(l.not_newer_than(7, 9), "read after it");
+        assert!(!l.not_newer_than(7, 4), "read before a change already delivered");
     }
 
     #[test]

@@ -19,7 +19,9 @@ enum Cmd {
     Disconnect(u64, SessionId),
     Seen(u64, SessionId),
     Set(u64, SessionId, PresenceStatus, Option<String>, Option<String>),
-    Snapshot(Vec<u64>, oneshot::Sender<Vec<Presence>>),
+    /// The non-offline presences among the users, each with the version its last change was
+    /// published with here (`None` while a cluster's registry is away).
+    Snapshot(Vec<u64>, oneshot::Sender<Vec<(Presence, Option<u64>)>>),
     /// The registry is reachable again: write every part again.
     Resync,
 }
@@ -82,9 +84,20 @@ impl PresenceHandle {
     /// The non-offline presences among `users` (across the cluster while its registry
     /// answers; else as this node sees them).
     pub async fn snapshot(&self, users: Vec<u64>) -> Vec<Presence> {
+        self.snapshot_versioned(users)
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The same, each with its version: the one its latest change was published with (the
+    /// fan-out tells a newer change from an older snapshot by it). `None` while a cluster's
+    /// registry is away (this node's view, unversioned).
+    pub async fn snapshot_versioned(&self, users: Vec<u64>) -> Vec<(Presence, Option<u64>)> {
         if let Some(r) = self.registry.as_ref().filter(|r| r.is_up()) {
-            match r.read(&users).await {
-                Ok(v) => return v,
+            match r.read_versioned(&users).await {
+                Ok(v) => return v.into_iter().map(|(p, n)| (p, Some(n))).collect(),
                 Err(e) => tracing::warn!(error = %e, "presence registry unreachable: this node's view only"),
             }
         }
@@ -142,6 +155,11 @@ async fn run(
 ) {
     // What this node last wrote to the registry, per user.
     let mut written: HashMap<u64, Part> = HashMap::new();
+    // One node (no registry): every change is published with the next number of one
+    // node-wide counter — increasing for every user, which is all a version must be — so a
+    // snapshot (numbered with the counter's value when it was read) is told from a later
+    // change in the fan-out, as the registry's versions are in a cluster.
+    let mut version: u64 = 0;
     loop {
         let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
         let cmd = tokio::select! {
@@ -159,10 +177,12 @@ async fn run(
             }
             Some(Cmd::Set(u, s, st, c, a)) => state.set(u, s, st, c, a).into_iter().collect(),
             Some(Cmd::Snapshot(users, reply)) => {
+                let at = registry.is_none().then_some(version);
                 let v = users
                     .into_iter()
                     .map(|u| state.visible(u))
                     .filter(|p| p.status != PresenceStatus::Offline)
+                    .map(|p| (p, at))
                     .collect();
                 let _ = reply.send(v);
                 Vec::new()
@@ -179,7 +199,11 @@ async fn run(
         let Some(r) = registry.as_ref().filter(|r| r.is_up()) else {
             // One node, or the registry is unreachable: what this node sees is published.
             for p in out {
-                publish(bus.as_ref(), p, None);
+                let v = registry.is_none().then(|| {
+                    version += 1;
+                    version
+                });
+                publish(bus.as_ref(), p, v);
             }
             continue;
         };

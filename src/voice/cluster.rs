@@ -231,18 +231,32 @@ impl Voice {
             .filter(|c| c.kind == ChannelKind::Voice)
             .map(|c| c.id)
             .collect();
-        let (here, elsewhere): (Vec<u64>, Vec<u64>) = voice.into_iter().partition(|c| self.served_here(*c));
-        let mut out: Vec<VoiceState> = here.into_iter().flat_map(|c| self.states_in(c)).collect();
-        if let Some(leases) = self.leases.get()
-            && !elsewhere.is_empty()
-        {
-            match leases.states_of(&elsewhere).await {
-                Ok(v) => out.extend(v.into_iter().filter_map(|(_, s)| s).flat_map(|s| s.states)),
-                Err(e) => tracing::warn!(error = %e, "voice states of other nodes unavailable for Ready"),
-            }
-        }
+        let (mut out, elsewhere) = self.states_here(&voice);
+        out.extend(self.states_elsewhere(&elsewhere).await);
         out.sort_by_key(|s| (s.channel_id, s.slot));
         out
+    }
+
+    /// The states of `channels` this node serves (read at once, in line with the voice
+    /// events it publishes), and the channels it does not.
+    pub fn states_here(&self, channels: &[u64]) -> (Vec<VoiceState>, Vec<u64>) {
+        let (here, elsewhere): (Vec<u64>, Vec<u64>) = channels.iter().partition(|c| self.served_here(**c));
+        (here.into_iter().flat_map(|c| self.states_in(c)).collect(), elsewhere)
+    }
+
+    /// The states of `channels` served by other nodes, as their owners wrote them to Redis
+    /// (none on one node, or while Redis does not answer).
+    pub async fn states_elsewhere(&self, channels: &[u64]) -> Vec<VoiceState> {
+        let Some(leases) = self.leases.get().filter(|_| !channels.is_empty()) else {
+            return Vec::new();
+        };
+        match leases.states_of(channels).await {
+            Ok(v) => v.into_iter().filter_map(|(_, s)| s).flat_map(|s| s.states).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "voice states of other nodes unavailable");
+                Vec::new()
+            }
+        }
     }
 }
 

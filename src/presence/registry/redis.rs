@@ -109,6 +109,23 @@ fn parts_of(v: &Value) -> Vec<Part> {
         .collect()
 }
 
+/// The `#v` field of a user's hash (0 when absent or unreadable).
+fn version_of(v: &Value) -> u64 {
+    let pairs: Vec<(&Value, &Value)> = match v {
+        Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
+        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| bytes(k) == Some(VERSION.as_bytes()))
+        .and_then(|(_, v)| match v {
+            Value::Int(n) => u64::try_from(*n).ok(),
+            other => bytes(other).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+        })
+        .unwrap_or(0)
+}
+
 impl RedisRegistry {
     /// The registry for node `node` over its command connection.
     pub fn new(cmds: Commands, node: &str) -> Self {
@@ -176,15 +193,21 @@ impl RedisRegistry {
 
     /// What others see of each of `users` (offline ones left out).
     pub async fn read(&self, users: &[u64]) -> redis::RedisResult<Vec<Presence>> {
+        Ok(self.read_versioned(users).await?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// The same, each with the user's version (the one its last change was published with;
+    /// 0 for a user never written).
+    pub async fn read_versioned(&self, users: &[u64]) -> redis::RedisResult<Vec<(Presence, u64)>> {
         let reads = users.iter().map(|u| async move {
             let v: Value = self.cmds.query(redis::cmd("HGETALL").arg(self.user_key(*u))).await?;
-            Ok::<_, redis::RedisError>(merge(*u, &parts_of(&v)))
+            Ok::<_, redis::RedisError>((merge(*u, &parts_of(&v)), version_of(&v)))
         });
         let all = futures_util::future::join_all(reads).await;
-        let r: redis::RedisResult<Vec<Presence>> = all.into_iter().collect();
+        let r: redis::RedisResult<Vec<(Presence, u64)>> = all.into_iter().collect();
         self.result(r.map(|v| {
             v.into_iter()
-                .filter(|p| p.status != quaver_proto::PresenceStatus::Offline)
+                .filter(|(p, _)| p.status != quaver_proto::PresenceStatus::Offline)
                 .collect()
         }))
     }
