@@ -512,14 +512,15 @@ export async function fetchCertHashes(httpBase) {
 }
 
 /**
- * Opens a session. `url` is `https://host:port/quaver`. Options: `token` (sent as
- * `?token=`, the only way a browser can), `certHashes` (hex SHA-256 strings, for dev
- * certificates), `device` ('Web' by default), `resume` (`Hello.resume`, see `Resilient`).
+ * Opens a session. `url` is `https://host:port/quaver`. Options: `token` (sent in `Hello`,
+ * never in the URL: browsers log the URL of every failed WebTransport connection to the
+ * console, where error-reporting tools collect it), `certHashes` (hex SHA-256 strings, for
+ * dev certificates), `device` ('Web' by default), `resume` (`Hello.resume`, see `Resilient`).
  * Resolves to a Session after `Ready`; rejects with ClosedError if the server refuses.
  */
 export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null } = {}) {
   const u = new URL(url);
-  if (token) u.searchParams.set('token', token);
+  u.searchParams.delete('token');
   const options = {};
   if (certHashes && certHashes.length) {
     options.serverCertificateHashes = certHashes.map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h) }));
@@ -532,7 +533,7 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
   const writer = control.writable.getWriter();
   const reader = new FramedStream(control.readable, maxFrame);
   await writer.write(encodeFrame('ClientControl', {
-    type: 'Hello', version: PROTOCOL_VERSION, token: null, device, resume, compression: 'None',
+    type: 'Hello', version: PROTOCOL_VERSION, token: token ?? null, device, resume, compression: 'None',
   }));
   let first;
   try {
@@ -646,14 +647,60 @@ export class Session extends EventTarget {
     const w = this.datagramWriter ??= this.wt.datagrams.writable.getWriter();
     await w.write(encodeUplink(header, payload));
   }
-  /** Async iterator over received voice frames (decoded downlink datagrams). */
-  async *voice() {
+  /**
+   * Received voice frames (decoded downlink datagrams), as an async iterator. Any number
+   * may be taken, one after another or at once (each gets every frame): one reader on the
+   * session's datagrams feeds them all. `return()` (or `break` in `for await`) ends one at
+   * once, even while it waits; the iterator ends by itself when the session does. A reader
+   * that falls behind loses its oldest frames past 64 (late audio is worse than lost); a
+   * malformed datagram is counted in `malformedDatagrams` and skipped.
+   */
+  voice() {
+    const sub = { queue: [], wake: null, done: false, dropped: 0 };
+    this.#voiceSubs.add(sub);
+    this.#pumpDatagrams();
+    const subs = this.#voiceSubs;
+    const end = () => { sub.done = true; subs.delete(sub); sub.wake?.(); sub.wake = null; };
+    return {
+      [Symbol.asyncIterator]() { return this; },
+      async next() {
+        for (;;) {
+          if (sub.queue.length) return { value: sub.queue.shift(), done: false };
+          if (sub.done) return { value: undefined, done: true };
+          await new Promise((r) => { sub.wake = r; });
+        }
+      },
+      async return() { end(); return { value: undefined, done: true }; },
+      /** Frames this reader lost for being behind. */
+      get dropped() { return sub.dropped; },
+    };
+  }
+  #voiceSubs = new Set();
+  #pump = null;
+  malformedDatagrams = 0;
+  #pumpDatagrams() {
+    if (this.#pump) return;
     const r = this.wt.datagrams.readable.getReader();
-    for (;;) {
-      const { value, done } = await r.read();
-      if (done) return;
-      try { yield decodeDownlink(value); } catch (_) { /* a malformed datagram is skipped */ }
-    }
+    this.#pump = (async () => {
+      try {
+        for (;;) {
+          const { value, done } = await r.read();
+          if (done) break;
+          let f;
+          try { f = decodeDownlink(value); } catch (_) { this.malformedDatagrams++; continue; }
+          for (const s of this.#voiceSubs) {
+            s.queue.push(f);
+            if (s.queue.length > 64) { s.queue.shift(); s.dropped++; }
+            s.wake?.(); s.wake = null;
+          }
+        }
+      } catch (_) {
+        // The session's datagrams end with its connection: every reader ends below.
+      } finally {
+        for (const s of this.#voiceSubs) { s.done = true; s.wake?.(); s.wake = null; }
+        this.#voiceSubs.clear();
+      }
+    })();
   }
   /** Closes the session normally. */
   close() { clearInterval(this.heartbeat); try { this.wt.close({ closeCode: 0, reason: 'bye' }); } catch (_) {} }

@@ -47,7 +47,7 @@ after(async () => {
   server?.kill('SIGTERM');
 });
 
-test('browser reaches Ready over WebTransport with ?token= and the /cert-hash hash', async () => {
+test('browser reaches Ready over WebTransport with the token in Hello and the /cert-hash hash', async () => {
   const page = await browser.newPage();
   await page.goto(`http://${httpAddr}/`);
   const result = await page.evaluate(async (tok) => {
@@ -90,6 +90,33 @@ test('an idle browser session stays up (past every server-side stream deadline)'
   await page.close();
 });
 
+test('the token is never in a URL: failed connections log nothing a reporter could collect', async () => {
+  const page = await browser.newPage();
+  const logged = [];
+  page.on('console', (m) => logged.push(m.text()));
+  page.on('pageerror', (e) => logged.push(String(e)));
+  await page.goto(`http://${httpAddr}/`);
+  const tok = token(4545);
+  const r = await page.evaluate(async (tok) => {
+    const info = await window.quaver.fetchCertHashes(location.origin);
+    const out = {};
+    // Nobody listens on port 9 (discard): the connection fails, and Chromium logs its URL.
+    try { await window.quaver.connect(`https://127.0.0.1:9${info.url_path}`, { token: tok, certHashes: info.hashes }); } catch (e) { out.failed = e.name ?? String(e); }
+    // A real connection: the token went in Hello.
+    const s = await window.quaverConnect(tok);
+    out.user = s.ready.user.id;
+    s.close();
+    return out;
+  }, tok);
+  assert.ok(r.failed, 'the connection to a closed port failed');
+  assert.equal(r.user, '4545');
+  await new Promise((res) => setTimeout(res, 300));
+  assert.ok(logged.some((l) => l.includes('127.0.0.1:9')), `Chromium logged the failed connection: ${JSON.stringify(logged)}`);
+  const [, payload] = tok.split('.');
+  for (const l of logged) assert.ok(!l.includes(payload), `the token is in the console: ${l}`);
+  await page.close();
+});
+
 test('browser with a bad token does not reach Ready and learns why', async () => {
   const page = await browser.newPage();
   await page.goto(`http://${httpAddr}/`);
@@ -115,6 +142,7 @@ const VOICE_HELPERS = `
       if (!next || next.done) break;
       got.push([next.value.slot, next.value.seq, Array.from(next.value.payload)]);
     }
+    await it.return();
     return got;
   };
   window.talk = async (s, tag) => {
@@ -151,6 +179,47 @@ test('browser voice: two WebTransport sessions hear each other through the SFU, 
   // Every frame of the other speaker, in order, payload untouched, and none of its own.
   assert.deepEqual(r.heardByB, expect(r.slotA, 1));
   assert.deepEqual(r.heardByA, expect(r.slotB, 2));
+  await page.close();
+});
+
+test('browser voice: leave and join 20 times on one connection, hearing the other each time', async () => {
+  const page = await browser.newPage();
+  await page.goto(`http://${httpAddr}/`);
+  await page.evaluate(VOICE_HELPERS);
+  const r = await page.evaluate(async ([ta, tb]) => {
+    const a = await window.quaverConnect(ta), b = await window.quaverConnect(tb);
+    const ca = await a.openLane('Chat'), cb = await b.openLane('Chat');
+    const g = await ca.request({ type: 'CreateGuild', name: 'rejoin' });
+    const inv = await ca.request({ type: 'CreateInvite', guild_id: g.id, max_uses: 0, max_age_secs: 0 });
+    await cb.request({ type: 'JoinGuild', code: inv.code });
+    const rooms = [];
+    for (const name of ['one', 'two']) rooms.push((await ca.request({ type: 'CreateChannel', guild_id: g.id, kind: 'Voice', name, topic: '', user_limit: 0 })).id);
+    const va = await a.openLane('Voice'), vb = await b.openLane('Voice');
+    // Voice-lane requests are rate-limited (10 at once, 2 a second): wait when told to.
+    const ask = async (lane, body) => {
+      for (;;) {
+        try { return await lane.request(body); } catch (e) {
+          if (e.code !== 5) throw new Error(`${body.type}: ${e.code} ${e.message}`);
+          await new Promise((res) => setTimeout(res, e.retry_after_ms ?? 500));
+        }
+      }
+    };
+    const heard = [];
+    for (let round = 0; round < 20; round++) {
+      // Alternate between two channels: a rejoin and a switch, on the same connections.
+      const room = rooms[round % 2];
+      await ask(va, { type: 'JoinVoice', channel_id: room, self_mute: false, self_deaf: false });
+      await ask(vb, { type: 'JoinVoice', channel_id: room, self_mute: false, self_deaf: false });
+      const got = window.collectVoice(b, 20);
+      await window.talk(a, round);
+      heard.push((await got).filter(([, , p]) => p[0] === round).length);
+      await ask(va, { type: 'LeaveVoice' });
+      await ask(vb, { type: 'LeaveVoice' });
+    }
+    a.close(); b.close();
+    return heard;
+  }, [token(5201), token(5202)]);
+  assert.deepEqual(r, Array(20).fill(20), 'every frame of every round heard');
   await page.close();
 });
 
