@@ -970,3 +970,58 @@ async fn role_hierarchy_stops_privilege_escalation() {
     assert_eq!(roles_of(4), vec![ids["admin"]]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_invite_shows_its_guild_before_joining() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let b = U::new(&server, 2, Transport::WebTransport).await;
+    let Ok(ResponseBody::Guild(g)) = a
+        .req(RequestBody::CreateGuild {
+            name: "book club".into(),
+        })
+        .await
+    else {
+        panic!("guild")
+    };
+    let invite = |max_uses| RequestBody::CreateInvite {
+        guild_id: g.id,
+        max_uses,
+        max_age_secs: 0,
+    };
+    let Ok(ResponseBody::Invite(inv)) = a.req(invite(1)).await else {
+        panic!("invite")
+    };
+    async fn look(c: &Client, code: &str) -> Result<FetchResponse, ErrorBody> {
+        c.fetch(FetchRequest::Invite { code: code.into() }).await.unwrap()
+    }
+    match look(&b.client, &inv.code).await {
+        Ok(FetchResponse::Invite {
+            invite,
+            guild,
+            member_count,
+            member,
+        }) => {
+            assert_eq!((guild.name.as_str(), member_count, member), ("book club", 1, false));
+            assert_eq!(invite, inv);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The owner is a member; a look uses nothing up.
+    assert!(matches!(
+        look(&a.client, &inv.code).await,
+        Ok(FetchResponse::Invite { member: true, .. })
+    ));
+    let mut b = b;
+    assert!(matches!(
+        b.req(RequestBody::JoinGuild { code: inv.code.clone() }).await,
+        Ok(ResponseBody::Guild(_))
+    ));
+    // Used up (one use), unknown, absurd: INVALID_INVITE, nothing else.
+    for code in [inv.code.as_str(), "nope", "", &"x".repeat(65)] {
+        match look(&b.client, code).await {
+            Err(e) => assert_eq!(e.code, ErrorCode::INVALID_INVITE, "{code}"),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+}

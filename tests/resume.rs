@@ -501,3 +501,46 @@ async fn events_past_the_retention_are_a_gap_before_any_pruning() {
     );
     server.shutdown().await;
 }
+
+/// What ends a session and what leaves it resumable, as a client closes: over WebTransport
+/// a close with code 0 (what a browser page sends when it unloads — a reload included)
+/// leaves it resumable; finishing the control stream ends it on either transport; over raw
+/// QUIC a close with code 0 ends it too.
+#[tokio::test]
+async fn a_webtransport_close_with_code_0_stays_resumable_and_a_finished_control_stream_ends_it() {
+    let server = start(config()).await;
+    let resumes = |transport, user, session_id| {
+        let mut cfg = client_config(&server, transport, Some(token(user)));
+        cfg.resume = Some(ResumeRequest {
+            session_id,
+            lanes: vec![],
+            channels: vec![],
+        });
+        cfg
+    };
+    for (transport, user, how, expect) in [
+        (Transport::WebTransport, 61, "close 0", true),
+        (Transport::WebTransport, 62, "end", false),
+        (Transport::Quic, 63, "close 0", false),
+        (Transport::Quic, 64, "end", false),
+    ] {
+        let c = connect(&client_config(&server, transport, Some(token(user))))
+            .await
+            .unwrap();
+        let id = c.ready.session_id;
+        match how {
+            "end" => c.end().await,
+            _ => {
+                c.close();
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.closed()).await;
+            }
+        }
+        // The server has noticed once no connection is open.
+        assert!(eventually(Duration::from_secs(3), || server.ctx.metrics.open_sessions() == 0).await);
+        let again = connect(&resumes(transport, user, id)).await.unwrap();
+        assert_eq!(again.resumed, expect, "{transport:?} after {how}");
+        assert_eq!(again.ready.session_id == id, expect);
+        again.end().await;
+    }
+    server.shutdown().await;
+}

@@ -262,6 +262,7 @@ const FetchRequest = tagged([
   ['Members', [['guild_id', T.id], ['after', T.id], ['limit', T.u32]]],
   ['Notifications', [['before', T.id], ['limit', T.u32]]],
   ['Relationships', []],
+  ['Invite', [['code', T.string]]],
 ]);
 const FetchResponse = tagged([
   ['ServerInfo', [['version', T.string], ['node', T.string], ['protocols', vec(T.u16)], ['max_frame_bytes', T.u32]]],
@@ -271,6 +272,7 @@ const FetchResponse = tagged([
   ['Members', [['members', vec(Member)]]],
   ['Notifications', [['notifications', vec(Notification)], ['unread', T.u32]]],
   ['Relationships', [['relationships', vec(Relationship)]]],
+  ['Invite', [['invite', Invite], ['guild', Guild], ['member_count', T.u32], ['member', T.bool]]],
 ]);
 const gid = ['guild_id', T.id], cid = ['channel_id', T.id], mid = ['message_id', T.id], uid = ['user_id', T.id];
 const RequestBody = tagged([
@@ -609,7 +611,7 @@ export class Session extends EventTarget {
         this.lastHeard = Date.now();
         const kinds = { Goaway: 'goaway', RefreshNeeded: 'refresh-needed', TokenRefreshed: 'token-refreshed', Error: 'error', HeartbeatAck: 'heartbeat-ack' };
         // The server waits for us to close after telling us why.
-        if (m.type === 'Closing') { this.closeInfo = { code: m.code, reason: m.reason }; this.close(); break; }
+        if (m.type === 'Closing') { this.closeInfo = { code: m.code, reason: m.reason }; this.#hangUp(); break; }
         else if (kinds[m.type]) this.dispatchEvent(new CustomEvent(kinds[m.type], { detail: m }));
       }
     } catch (_) { /* the connection went away; `closeInfo` says why if the server told us */ }
@@ -702,8 +704,21 @@ export class Session extends EventTarget {
       }
     })();
   }
-  /** Closes the session normally. */
-  close() { clearInterval(this.heartbeat); try { this.wt.close({ closeCode: 0, reason: 'bye' }); } catch (_) {} }
+  /**
+   * Ends the session for good: finishes the control stream (PROTOCOL.md §5b: that, not a
+   * WebTransport close with code 0 — which browsers send on every page unload, a reload
+   * included — is what ends a session), then closes the connection once the server
+   * answers `Closing`, or after a second.
+   */
+  close() {
+    clearInterval(this.heartbeat);
+    if (this.#ending) return;
+    this.#ending = true;
+    this.writer.close().catch(() => { /* the stream is gone with the connection: nothing to end */ });
+    setTimeout(() => this.#hangUp(), 1000);
+  }
+  #ending = false;
+  #hangUp() { clearInterval(this.heartbeat); try { this.wt.close({ closeCode: 0, reason: 'bye' }); } catch (_) { /* already closed */ } }
 }
 
 /** One lane: `request(body)` resolves with the ack body or rejects with the ErrorBody;

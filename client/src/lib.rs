@@ -534,9 +534,24 @@ impl Client {
         }
     }
 
-    /// Closes the session normally.
+    /// Closes the connection with code 0. Over raw QUIC that ends the session; over
+    /// WebTransport it stays resumable for the resume window, as after a page reload
+    /// (PROTOCOL.md §5b) — use [`Client::end`] to be done with it.
     pub fn close(&self) {
         self.session.close(CloseCode::NORMAL.0, "bye");
+    }
+
+    /// Ends the session for good on either transport: finishes the control stream (the
+    /// server ends the session, answers `Closing` and closes), waiting for the close at most
+    /// two seconds before closing itself.
+    pub async fn end(&self) {
+        self.ctl_tx.lock().await.finish();
+        if tokio::time::timeout(std::time::Duration::from_secs(2), self.session.closed())
+            .await
+            .is_err()
+        {
+            self.close();
+        }
     }
 
     /// Waits for the connection to be closed and returns the server's code, if it sent one.

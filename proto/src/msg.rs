@@ -1361,6 +1361,12 @@ pub enum FetchRequest {
     },
     /// Your relationships.
     Relationships,
+    /// What an invite leads to, before joining (`INVALID_INVITE` if it is unknown, used up
+    /// or expired).
+    Invite {
+        /// The invite's code.
+        code: String,
+    },
 }
 
 /// Where a history page starts.
@@ -1425,6 +1431,17 @@ pub enum FetchResponse {
     Relationships {
         /// All of them.
         relationships: Vec<Relationship>,
+    },
+    /// An invite and its guild.
+    Invite {
+        /// The invite.
+        invite: Invite,
+        /// The guild it joins.
+        guild: Guild,
+        /// How many members the guild has.
+        member_count: u32,
+        /// Whether you are one of them already.
+        member: bool,
     },
 }
 

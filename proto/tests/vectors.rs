@@ -589,6 +589,34 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Ok", "response": {"type": "ServerInfo", "version": "0.1.0", "node": "n1", "protocols": [1], "max_frame_bytes": 262144}}),
         ),
         v(
+            "open_fetch_invite",
+            "StreamOpen",
+            StreamOpen::Fetch(FetchRequest::Invite { code: "AbC123".into() }),
+            json!({"type": "Fetch", "request": {"type": "Invite", "code": "AbC123"}}),
+        ),
+        v(
+            "fetch_ok_invite",
+            "FetchReply",
+            FetchReply::Ok(FetchResponse::Invite {
+                invite: Invite {
+                    code: "AbC123".into(),
+                    guild_id: 9,
+                    max_uses: 0,
+                    expires_at_ms: Some(1_767_225_600_000),
+                },
+                guild: Guild {
+                    id: 9,
+                    name: "team".into(),
+                    owner_id: 1,
+                },
+                member_count: 12,
+                member: false,
+            }),
+            json!({"type": "Ok", "response": {"type": "Invite",
+                "invite": {"code": "AbC123", "guild_id": "9", "max_uses": 0, "expires_at_ms": 1767225600000u64},
+                "guild": {"id": "9", "name": "team", "owner_id": "1"}, "member_count": 12, "member": false}}),
+        ),
+        v(
             "fetch_err",
             "FetchReply",
             FetchReply::Err(ErrorBody::new(ErrorCode::NOT_FOUND, "")),

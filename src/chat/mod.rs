@@ -499,6 +499,25 @@ impl Chat {
             FetchRequest::Relationships => FetchResponse::Relationships {
                 relationships: self.store.relationships(user).await.map_err(store_err)?,
             },
+            FetchRequest::Invite { code } => {
+                let invalid = || ErrorBody::new(ErrorCode::INVALID_INVITE, "invite unknown, used up or expired");
+                if code.is_empty() || code.len() > 64 {
+                    return Err(invalid().into());
+                }
+                let invite = self
+                    .store
+                    .invite(&code, now_ms())
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(invalid)?;
+                let g = self.guild(invite.guild_id).await?;
+                FetchResponse::Invite {
+                    guild: g.state.guild.clone(),
+                    member_count: g.state.members.len() as u32,
+                    member: g.state.members.contains_key(&user),
+                    invite,
+                }
+            }
         };
         Ok(FetchReply::Ok(resp))
     }

@@ -215,12 +215,16 @@ impl Control {
 }
 
 /// Whether a session that ended this way is over for good (else it stays resumable for the
-/// window): the server closed it with `normal`, `going_away` or a terminal code, or — the
-/// connection lost without a code from us — the client closed it with code 0.
-pub fn ends_session(close: Option<&Close>, peer_code: Option<u32>) -> bool {
+/// window): the server closed it with `normal` (a client that finished its control stream
+/// is closed so), `going_away` or a terminal code, or — the connection lost without a code
+/// from us — a raw-QUIC client closed it with code 0. A WebTransport session its client ended
+/// with code 0 stays resumable: browsers end every WebTransport session so when a page
+/// unloads, a reload as much as a closed tab, and a reload must resume; a client that is done
+/// says so by finishing its control stream (quaver.js `close()` does).
+pub fn ends_session(close: Option<&Close>, peer_code: Option<u32>, webtransport: bool) -> bool {
     match close {
         Some((code, _)) => *code == CloseCode::NORMAL || code.terminal() || *code == CloseCode::GOING_AWAY,
-        None => peer_code == Some(CloseCode::NORMAL.0),
+        None => !webtransport && peer_code == Some(CloseCode::NORMAL.0),
     }
 }
 
@@ -475,14 +479,26 @@ mod tests {
     #[test]
     fn what_ends_a_session_and_what_leaves_it_resumable() {
         let c = |code: CloseCode| Some((code, String::new()));
-        assert!(ends_session(c(CloseCode::NORMAL).as_ref(), None));
-        assert!(ends_session(c(CloseCode::GOING_AWAY).as_ref(), None));
-        assert!(ends_session(c(CloseCode::TOKEN_EXPIRED).as_ref(), None));
-        assert!(!ends_session(c(CloseCode::HEARTBEAT_TIMEOUT).as_ref(), None));
-        assert!(!ends_session(c(CloseCode::SLOW_CONSUMER).as_ref(), None));
-        assert!(ends_session(None, Some(0)), "the client closed with code 0");
-        assert!(!ends_session(None, Some(1)), "a lost or otherwise closed connection");
-        assert!(!ends_session(None, None));
+        for wt in [false, true] {
+            assert!(ends_session(c(CloseCode::NORMAL).as_ref(), None, wt));
+            assert!(ends_session(c(CloseCode::GOING_AWAY).as_ref(), None, wt));
+            assert!(ends_session(c(CloseCode::TOKEN_EXPIRED).as_ref(), None, wt));
+            assert!(!ends_session(c(CloseCode::HEARTBEAT_TIMEOUT).as_ref(), None, wt));
+            assert!(!ends_session(c(CloseCode::SLOW_CONSUMER).as_ref(), None, wt));
+            assert!(
+                !ends_session(None, Some(1), wt),
+                "a lost or otherwise closed connection"
+            );
+            assert!(!ends_session(None, None, wt));
+        }
+        assert!(
+            ends_session(None, Some(0), false),
+            "a raw-QUIC client closed with code 0"
+        );
+        assert!(
+            !ends_session(None, Some(0), true),
+            "a browser page unloading ends its WebTransport session with code 0: resumable"
+        );
     }
 
     #[test]

@@ -717,7 +717,7 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
     let Stage::Live(live) = std::mem::replace(&mut c.stage, Stage::Hello) else {
         return;
     };
-    let deliberate = control::ends_session(c.close.as_ref(), peer_code);
+    let deliberate = control::ends_session(c.close.as_ref(), peer_code, c.transport == Transport::WebTransport);
     let handle = &live.handle;
     if deliberate {
         if handle.detach(live.generation, Instant::now()) && ctx.sessions.remove(&handle.id) {

@@ -248,6 +248,31 @@ impl Store {
         .await
     }
 
+    /// The invite `code` while it can still be used at `now_ms` (`None`: unknown, used up
+    /// or expired).
+    pub async fn invite(&self, code: &str, now_ms: u64) -> Result<Option<Invite>> {
+        self.deadline(async move {
+            let row = sqlx::query(
+                "SELECT guild_id, max_uses, expires_at FROM invites WHERE code = $1 \
+                 AND (max_uses = 0 OR uses < max_uses) AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(code)
+            .bind(i(now_ms))
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let max_uses: i64 = row.try_get("max_uses")?;
+            let expires: Option<i64> = row.try_get("expires_at")?;
+            Ok(Some(Invite {
+                code: code.to_string(),
+                guild_id: u(row.try_get("guild_id")?),
+                max_uses: u32::try_from(max_uses).unwrap_or(u32::MAX),
+                expires_at_ms: expires.map(u),
+            }))
+        })
+        .await
+    }
+
     /// Joins `user` to the invite's guild; returns the guild id and whether they were
     /// already a member (then the invite is not used up).
     pub async fn use_invite(&self, code: &str, user: u64, now_ms: u64) -> Result<(u64, bool)> {
