@@ -64,13 +64,19 @@ pub struct Config {
     /// sent here from another node (voice). Default: the bound QUIC address — set it in a
     /// cluster whose nodes listen on `0.0.0.0`.
     pub public_addr: Option<String>,
-    /// UDP address of the WebRTC port (voice participants over WebRTC, ICE-lite): its IP is
-    /// the one host candidate of every answer, so it must be one clients can reach (not
-    /// `0.0.0.0`). Default: none (WebRTC joins are refused).
+    /// UDP address of the WebRTC port (voice participants over WebRTC, ICE-lite). Answers
+    /// name it as their host candidate; bound to `0.0.0.0` (or `::`), they name loopback and
+    /// the machine's routed address instead (or `webrtc_announce`). Default: none (WebRTC
+    /// joins are refused).
     pub webrtc_listen: Option<SocketAddr>,
     /// WebRTC on the QUIC port itself (RFC 9443: told apart by the first byte), instead of a
-    /// port of its own; the QUIC address must then be one clients can reach. Default false.
+    /// port of its own. Default false.
     pub webrtc_shared_port: bool,
+    /// The IPs answers name as host candidates (with the WebRTC port), when clients reach the
+    /// node at addresses it cannot see itself (a public IP in front of a private one).
+    /// Default: empty (the bound address, or on an unspecified bind loopback and the routed
+    /// address).
+    pub webrtc_announce: Vec<std::net::IpAddr>,
     /// Node number in snowflake ids (0–1023); must differ between nodes of a cluster.
     /// Default: derived from the node name.
     pub node_id: Option<u16>,
@@ -221,6 +227,7 @@ impl Default for Config {
             public_addr: None,
             webrtc_listen: None,
             webrtc_shared_port: false,
+            webrtc_announce: Vec::new(),
             node_id: None,
             loops: std::thread::available_parallelism().map_or(1, |n| n.get()).min(64),
             tls: TlsConfig::default(),
@@ -311,9 +318,12 @@ pub struct ConfigArgs {
     /// host:port clients reach this node at (announced for voice in a cluster) [default: the QUIC address].
     #[arg(long, env = "QUAVER_PUBLIC_ADDR")]
     pub public_addr: Option<String>,
-    /// UDP address for WebRTC voice participants (a concrete IP clients reach) [default: none, WebRTC off].
+    /// UDP address for WebRTC voice participants (0.0.0.0: every interface) [default: none, WebRTC off].
     #[arg(long, env = "QUAVER_WEBRTC_LISTEN")]
     pub webrtc_listen: Option<SocketAddr>,
+    /// IPs the WebRTC answers name, comma-separated (a public IP in front of this one) [default: found].
+    #[arg(long, env = "QUAVER_WEBRTC_ANNOUNCE", value_delimiter = ',')]
+    pub webrtc_announce: Option<Vec<std::net::IpAddr>>,
     /// WebRTC voice participants on the QUIC port (RFC 9443 demultiplexing) [default: off].
     #[arg(long, env = "QUAVER_WEBRTC_SHARED_PORT")]
     pub webrtc_shared_port: bool,
@@ -444,6 +454,9 @@ impl ConfigArgs {
         if self.webrtc_shared_port {
             c.webrtc_shared_port = true;
         }
+        if let Some(a) = &self.webrtc_announce {
+            c.webrtc_announce = a.clone();
+        }
         if let Some(o) = &self.allowed_origins {
             c.session.allowed_origins = o
                 .iter()
@@ -505,17 +518,6 @@ impl Config {
             !(self.webrtc_shared_port && self.webrtc_listen.is_some()),
             "WebRTC is on its own port (webrtc_listen) or on the QUIC port (webrtc_shared_port), not both"
         );
-        anyhow::ensure!(
-            !self.webrtc_shared_port || !self.listen.ip().is_unspecified(),
-            "WebRTC on the QUIC port needs a QUIC address clients can reach (it is the answers' ICE candidate), not {}",
-            self.listen
-        );
-        if let Some(w) = self.webrtc_listen {
-            anyhow::ensure!(
-                !w.ip().is_unspecified(),
-                "the WebRTC address {w} must be one clients can reach (it is the answers' ICE candidate), not unspecified"
-            );
-        }
         anyhow::ensure!(
             self.store.timeout >= Duration::from_millis(10),
             "store timeout must be at least 10ms"

@@ -257,14 +257,15 @@ impl Server {
         let (webrtc, webrtc_inlet) = match cfg.webrtc_listen {
             Some(addr) => (
                 Some(
-                    voice::webrtc::WebRtc::start(addr, voice.clone())
+                    voice::webrtc::WebRtc::start(addr, &cfg.webrtc_announce, voice.clone())
                         .await
                         .map_err(|e| anyhow::anyhow!("binding WebRTC port {addr}: {e}"))?,
                 ),
                 None,
             ),
             None if cfg.webrtc_shared_port => {
-                let (w, inlet) = voice::webrtc::WebRtc::on_quic_port(&sockets[0], quic_addr, voice.clone())?;
+                let (w, inlet) =
+                    voice::webrtc::WebRtc::on_quic_port(&sockets[0], quic_addr, &cfg.webrtc_announce, voice.clone())?;
                 (Some(w), Some(inlet))
             }
             None => (None, None),

@@ -583,3 +583,61 @@ async fn an_invisible_member_stays_hidden_from_a_new_member() {
     assert_eq!(b_sees.status(1), PresenceStatus::Offline);
     let _ = &mut b_sees;
 }
+
+/// A resumed session is the same session: it shows what it had set (not `Online` again),
+/// and the others see no change at all.
+#[tokio::test]
+async fn a_resumed_session_keeps_its_status() {
+    let server = start(config()).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut cfg = client_config(&server, Transport::WebTransport, Some(token(2)));
+    cfg.device = DeviceKind::Web;
+    let mut b = session_with(cfg.clone()).await;
+    shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
+    req(
+        &mut b.presence,
+        RequestBody::SetPresence {
+            status: PresenceStatus::Dnd,
+            custom_status: Some("deep work".into()),
+            activity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut a_sees = Seen::of(&a.client.ready);
+    assert!(a_sees.until(&mut a.presence, 2, PresenceStatus::Dnd, PROPAGATION).await);
+    // b's page reloads: its WebTransport session ends with code 0, and it resumes.
+    let id = b.client.ready.session_id;
+    b.client.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), b.client.closed()).await;
+    cfg.resume = Some(ResumeRequest {
+        session_id: id,
+        lanes: vec![],
+        channels: vec![],
+    });
+    let again = session_with(cfg).await;
+    assert!(again.client.resumed);
+    // a is told nothing (the same status throughout), and a new observer sees dnd.
+    let mut changes = Vec::new();
+    while let Some(e) = next_event(&mut a.presence, Duration::from_millis(700)).await {
+        changes.push(e);
+    }
+    assert!(
+        changes
+            .iter()
+            .all(|e| !matches!(e, EventBody::PresenceUpdated { presence } if presence.user_id == 2)),
+        "a flap on resume: {changes:?}"
+    );
+    let c = session(&server, 1, DeviceKind::Mobile).await;
+    let p = c
+        .client
+        .ready
+        .presences
+        .iter()
+        .find(|p| p.user_id == 2)
+        .expect("b is visible");
+    assert_eq!(
+        (p.status, p.custom_status.as_deref()),
+        (PresenceStatus::Dnd, Some("deep work"))
+    );
+}

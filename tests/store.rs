@@ -391,6 +391,20 @@ async fn channels_overwrites_dms_read_states() {
             1,
             "never backwards"
         );
+        // A read that raced a newer mention (read up to 2, mentioned at 3) keeps it counted;
+        // reading past it clears it.
+        s.send_message(msg(2, 500, OWNER, 2, "plain")).await.unwrap();
+        let mut m = msg(3, 500, OWNER, 3, "again <@11>");
+        m.mentions.users = vec![BOB];
+        s.send_message(m).await.unwrap();
+        let r = s.mark_read(BOB, 500, 2).await.unwrap();
+        assert_eq!(
+            (r.last_read_seq, r.mention_count),
+            (2, 1),
+            "{name}: the mention at 3 is unread"
+        );
+        let r = s.mark_read(BOB, 500, 3).await.unwrap();
+        assert_eq!((r.last_read_seq, r.mention_count), (3, 0), "{name}");
     }
 }
 

@@ -1,36 +1,30 @@
-// The Quaver web app: a small chat and voice client on quaver.js (ES modules, no build).
+// The Quaver web app: chat, friends, DMs, presence, notifications and voice on quaver.js
+// (ES modules, no build step). This module holds the state (`S`), the connection and what
+// its events do to the state, the person's actions, and the page's wiring; app-views.js
+// draws, app-voice.js does voice, app-ui.js holds the small pieces (dialogs, toasts, emoji).
 //
-// State lives in `S`; every change re-renders the part of the page it touches. The
-// connection is a `quaver.Resilient`: it reconnects, resumes or catches up by channel seq,
-// drops duplicates and resends in-flight sends with their nonce. The app itself also keeps
-// each channel's messages by id, so history fetched after a reload and events replayed by
-// the server never show a message twice. Voice: the microphone through an AudioWorklet into
-// WebCodecs' Opus `AudioEncoder`, out as datagrams; datagrams in through one `AudioDecoder`
-// per speaker slot into a playback worklet with a small jitter buffer. Or, with "voice over
-// WebRTC" (or without WebCodecs), an RTCPeerConnection to the node's ICE-lite WebRTC port:
-// the browser's own echo cancellation, jitter buffer and loss concealment.
+// The connection is a `quaver.Resilient`: it reconnects, resumes (a reload too) or catches
+// up by channel seq, drops duplicates and resends in-flight sends with their nonce. The app
+// keeps each channel's messages by id, so history fetched after a reload and events
+// replayed by the server never show a message twice.
+//
+// No error is swallowed: what the person asked for and could not be done is said in a
+// toast; what failed in the background is logged (`quaver: …` in the console) and, where it
+// changes what the person sees, said too.
 import * as quaver from '/quaver.js';
+import { $, el, toast, dialog, closeDialog, confirmDialog, pickEmoji, statusLabel } from './app-ui.js';
+import * as V from './app-views.js';
+import { VoiceEngine, hasWebCodecs } from './app-voice.js';
 
 window.quaver = quaver;
-const $ = (id) => document.getElementById(id);
-const el = (tag, attrs = {}, ...children) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === 'class') e.className = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else if (k === 'dataset') Object.assign(e.dataset, v);
-    else e.setAttribute(k, v);
-  }
-  for (const c of children) if (c != null) e.append(c);
-  return e;
-};
 
 const S = {
   me: null, client: null, token: null,
-  guilds: new Map(), // id → { guild, roles, channels: Map, members: Map }
+  guilds: new Map(), // id → { guild, roles, channels: Map, members: Map, memberCount }
   dms: new Map(), // id → Channel
   readStates: new Map(), // channel → { last_read_seq, mention_count }
   unread: new Set(), // channels with messages after the read position
+  newSince: new Map(), // channel → the read position when it was opened (the "new messages" line)
   presences: new Map(),
   relationships: new Map(), // user → kind
   notifications: [], notifUnread: 0,
@@ -40,32 +34,71 @@ const S = {
   myReactions: new Set(), // `${message}:${emoji}`
   typing: new Map(), // channel → Map(user → expires at ms)
   names: new Map(),
-  guild: null, channel: null, replyTo: null,
-  lastTypingSent: 0,
-  voiceSession: null, // { channel, session, lane, remote, slot, muted, deafened, ... }
-  voiceStats: { sentFrames: 0, receivedFrames: 0, decodedFrames: 0, decodedEnergy: 0, speakingSeen: 0 },
+  view: 'guild', // or 'home' (friends and DMs)
+  homeTab: 'all',
+  guild: null, channel: null, replyTo: null, editing: null,
+  myStatus: JSON.parse(sessionStorage.getItem('quaver.presence') ?? 'null') ?? { status: 'Online', custom: '' },
+  lastTypingSent: 0, typingIn: null,
+  ready: null,
 };
 window.quaverApp = S;
 
-function toast(text) {
-  const t = $('toast');
-  t.textContent = text; t.style.display = 'block';
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { t.style.display = 'none'; }, 4000);
+const voice = new VoiceEngine({
+  client: () => S.client,
+  onVoiceEvent: (body) => onEvent('Voice', body),
+  voiceSet: (st) => voiceSet(st),
+  userInSlot: (channel, slot) => userInSlot(channel, slot),
+  mutedForMe: S.mutedForMe,
+  changed: () => render(),
+  toast: (text, opts) => toast(text, opts),
+});
+Object.defineProperty(S, 'voiceSession', { get: () => voice.current });
+S.voiceStats = voice.stats;
+
+const errText = (e) => (e && e.message) ? e.message : String(e);
+/** A failed action the person asked for: said, and logged. */
+function failed(what, e) {
+  console.warn(`quaver: ${what}`, e);
+  toast(`${what}: ${errText(e)}`, { error: true });
 }
-const errText = (e) => (e && e.message) ? `${e.message}${e.code !== undefined ? ` (${e.code})` : ''}` : String(e);
-const nameOf = (id) => S.names.get(id) ?? `user ${id.slice(-4)}`;
+/** A background failure: logged (the state it would have changed is fixed by the next event or reconnect). */
+const logged = (what) => (e) => console.warn(`quaver: ${what}`, e);
 const req = (lane, body) => S.client.request(lane, body);
-/** A fetch on the current connection (rejects while reconnecting). */
+/** A fetch on the current connection — or on the one being set up, from its `Ready`
+ * (rejects while there is none). */
 const fetchReply = (request) => {
   const s = S.client?.current() ?? S.client?.session;
   return s ? s.fetch(request) : Promise.reject(new Error('not connected'));
 };
 
+S.findChannel = (id) => {
+  for (const g of S.guilds.values()) if (g.channels.has(id)) return g.channels.get(id);
+  return S.dms.get(id) ?? null;
+};
+S.store = (channel) => {
+  let m = S.messages.get(channel);
+  if (!m) { m = { byId: new Map(), moreBefore: true, loaded: false }; S.messages.set(channel, m); }
+  return m;
+};
+S.mentionsMe = (msg) => {
+  if (!S.me || msg.author_id === S.me.id) return false;
+  if (msg.mentions.users.includes(S.me.id) || msg.mentions.everyone) return true;
+  const g = S.guilds.get(guildOfChannel(msg.channel_id));
+  const mine = g?.members.get(S.me.id)?.roles ?? [];
+  return msg.mentions.roles.some((r) => mine.includes(r));
+};
+function guildOfChannel(id) {
+  for (const [gid, g] of S.guilds) if (g.channels.has(id)) return gid;
+  return null;
+}
+function allChannels() {
+  return [...S.guilds.values()].flatMap((g) => [...g.channels.values()]).concat([...S.dms.values()]);
+}
+
 // ---- sign-in -------------------------------------------------------------------------
 
-/** Connects to the QUIC port this page's server announces at /cert-hash (kept for tests
- * and scripts: a plain session, no reconnects). */
+/** Connects to the QUIC port this page's server announces at /cert-hash (for tests and
+ * scripts: a plain session, no reconnects). */
 window.quaverConnect = async (token) => {
   const info = await quaver.fetchCertHashes(location.origin);
   const url = `https://${location.hostname}:${info.port}${info.url_path}`;
@@ -74,21 +107,43 @@ window.quaverConnect = async (token) => {
 
 async function devToken(name) {
   const r = await fetch('/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) });
+  // An error answer without a JSON body is said by its status instead.
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.error ?? `the server answered ${r.status}`);
   return body.token;
 }
 
-function showSignin(error = '') {
-  $('signin').hidden = false; $('main').hidden = true; $('me-controls').hidden = true;
-  $('signin-error').textContent = error;
-  setConn('signed-out');
+/** Whether the server mints development names (`GET /dev/token` says). */
+async function devMode() {
+  try {
+    const r = await fetch('/dev/token');
+    return r.ok && (await r.json()).available === true;
+  } catch (e) { console.warn('quaver: checking for development sign-in', e); return false; }
 }
 
+async function showSignin(error = '') {
+  $('signin').hidden = false; $('app').hidden = true;
+  $('signin-error').textContent = error;
+  if (!error && /invite=/.test(location.hash)) $('signin-error').textContent = 'You were invited to a guild: sign in to accept.';
+  setConn('signed-out');
+  const dev = await devMode();
+  $('signin-dev-box').hidden = !dev;
+  $('signin-key-box').hidden = dev;
+  // In development the access key is the second way in, tucked away.
+  if (dev) $('key-slot').append($('key-form')); else $('signin-key-box').after($('key-form'));
+  (dev ? $('name') : $('token')).focus();
+}
+
+const CONN_TEXT = { 'signed-out': 'signed out', connecting: 'connecting…', reconnecting: 'reconnecting…', ready: 'connected', resumed: 'connected (resumed)', closed: 'disconnected' };
 function setConn(state) {
   const c = $('conn');
+  const was = c.dataset.state;
   c.dataset.state = state;
-  c.textContent = { 'signed-out': 'signed out', connecting: 'connecting…', reconnecting: 'reconnecting…', ready: 'connected', resumed: 'connected (resumed)', closed: 'disconnected' }[state] ?? state;
+  c.textContent = CONN_TEXT[state] ?? state;
+  c.setAttribute('aria-label', `Connection: ${c.textContent}. Details`);
+  const lost = state === 'reconnecting' || (state === 'connecting' && ['ready', 'resumed'].includes(was));
+  $('reconnect-banner').hidden = !lost;
+  if (lost) $('reconnect-banner').textContent = 'Connection lost — reconnecting. Messages you send now go out when it is back.';
 }
 
 async function signIn(token) {
@@ -106,14 +161,15 @@ async function signIn(token) {
     for (const [ch, seq] of saved.channels) client.channelSeq.set(ch, seq);
   }
   S.client = client;
-  client.addEventListener('state', (e) => { setConn(e.detail); console.info(`quaver: connection ${e.detail}`); });
+  client.addEventListener('state', (e) => { setConn(e.detail); console.info(`quaver: connection ${e.detail}`); render(); });
   client.addEventListener('ready', (e) => onReady(e.detail.ready, e.detail.resumed));
   client.addEventListener('event', (e) => onEvent(e.detail.lane, e.detail.body));
   client.addEventListener('fatal', (e) => {
     sessionStorage.removeItem('quaver.token'); sessionStorage.removeItem('quaver.resume');
-    showSignin(`the server closed the session: ${e.detail.code} ${e.detail.reason}`);
+    const why = { 4012: 'your sign-in expired', 4030: 'you are banned from this server' }[e.detail.code] ?? e.detail.reason;
+    showSignin(`You were signed out: ${why}. Sign in again.`);
   });
-  $('signin').hidden = true; $('main').hidden = false; $('me-controls').hidden = false;
+  $('signin').hidden = true; $('app').hidden = false;
 }
 
 // What a reload needs to resume: kept as the page goes away.
@@ -138,8 +194,8 @@ function addGuild(g) {
 async function loadMembers(guildId) {
   let after = '0';
   for (let page = 0; page < 10; page++) {
-    const r = await fetchReply({ type: 'Members', guild_id: guildId, after, limit: 100 }).catch(() => null);
-    if (!r) return;
+    let r;
+    try { r = await fetchReply({ type: 'Members', guild_id: guildId, after, limit: 100 }); } catch (e) { logged('loading members')(e); return; }
     const g = S.guilds.get(guildId);
     for (const m of r.members) { g?.members.set(m.user_id, m); S.names.set(m.user_id, m.name); }
     if (r.members.length < 100) break;
@@ -149,13 +205,15 @@ async function loadMembers(guildId) {
 }
 
 function onReady(ready, resumed) {
+  S.ready = { node: ready.node, session: ready.session_id, resumed };
   S.me = ready.user;
   S.names.set(ready.user.id, ready.user.name);
-  $('whoami').textContent = `${ready.user.name} · ${ready.node}`;
   S.guilds.clear();
   for (const g of ready.guilds) addGuild(g);
   S.dms = new Map(ready.private_channels.map((c) => [c.id, c]));
+  for (const c of S.dms.values()) for (const u of c.recipients) if (!S.names.has(u)) S.names.set(u, `user ${u.slice(-4)}`);
   S.readStates = new Map(ready.read_states.map((r) => [r.channel_id, r]));
+  S.unread.clear();
   for (const c of allChannels()) {
     const rs = S.readStates.get(c.id);
     if (c.kind !== 'Voice' && c.last_seq > (rs?.last_read_seq ?? 0)) S.unread.add(c.id);
@@ -166,75 +224,48 @@ function onReady(ready, resumed) {
   S.voice = new Map();
   for (const v of ready.voice_states) voiceSet(v);
   // Presence belongs to sessions: a new one starts online, so say again what you had set.
-  const chosen = JSON.parse(sessionStorage.getItem('quaver.presence') ?? 'null');
-  if (chosen && !resumed) {
-    $('status-select').value = chosen.status; $('custom-status').value = chosen.custom ?? '';
-    if (chosen.status !== 'Online' || chosen.custom) setPresence();
-  }
+  if (!resumed && (S.myStatus.status !== 'Online' || S.myStatus.custom)) sendPresence();
   if (!resumed) {
-    // A fresh session: what we showed may be behind; refetch the open channel's latest.
+    // A fresh session: what we showed may be behind; refetch channels when opened.
     for (const [ch, m] of S.messages) if (ch !== S.channel) m.loaded = false;
   }
   if (S.guild && !S.guilds.has(S.guild)) S.guild = null;
-  if (!S.guild && !S.channel && S.guilds.size) S.guild = [...S.guilds.keys()][0];
-  if (S.channel && !findChannel(S.channel)) S.channel = null;
-  if (!S.channel && S.guild) {
-    const first = [...S.guilds.get(S.guild).channels.values()].find((c) => c.kind === 'Text');
-    if (first) S.channel = first.id;
-  }
-  if (S.channel) openChannel(S.channel, { refetch: true });
+  if (S.channel && !S.findChannel(S.channel)) S.channel = null;
+  if (S.view === 'guild' && !S.guild && S.guilds.size) S.guild = [...S.guilds.keys()][0];
+  if (S.view === 'guild' && !S.guild) S.view = 'home';
+  if (!S.channel && S.view === 'guild' && S.guild) S.channel = firstText(S.guild);
+  if (S.channel) openChannel(S.channel, { refetch: true, keepDivider: true });
   // A lost connection left its voice channel (voice is state, not history): join again.
-  const v = S.voiceSession;
-  if (v && !v.remote && v.session !== S.client.session) {
-    // Once the new connection's lanes are open.
+  const v = voice.current;
+  if (v && !v.remote && v.session && v.session !== S.client.session) {
     const rejoin = () => {
       if (!S.client.current()) return;
       S.client.removeEventListener('state', rejoin);
-      leaveVoice().then(() => joinVoiceChannel(v.channel));
+      voice.join(v.channel, { webrtc: v.webrtc });
     };
     S.client.addEventListener('state', rejoin);
   }
   render();
+  takeInviteFromLink();
 }
 
-function allChannels() {
-  return [...S.guilds.values()].flatMap((g) => [...g.channels.values()]).concat([...S.dms.values()]);
-}
-function findChannel(id) {
-  for (const g of S.guilds.values()) if (g.channels.has(id)) return g.channels.get(id);
-  return S.dms.get(id) ?? null;
-}
-function guildOfChannel(id) {
-  for (const [gid, g] of S.guilds) if (g.channels.has(id)) return gid;
-  return null;
-}
-
-function store(channel) {
-  let m = S.messages.get(channel);
-  if (!m) { m = { byId: new Map(), moreBefore: true, loaded: false }; S.messages.set(channel, m); }
-  return m;
-}
-
-function mentionsMe(msg) {
-  if (!S.me) return false;
-  if (msg.mentions.users.includes(S.me.id) || msg.mentions.everyone) return true;
-  const g = S.guilds.get(guildOfChannel(msg.channel_id));
-  const mine = g?.members.get(S.me.id)?.roles ?? [];
-  return msg.mentions.roles.some((r) => mine.includes(r));
+function firstText(guild) {
+  return [...(S.guilds.get(guild)?.channels.values() ?? [])].filter((c) => c.kind === 'Text').sort((a, b) => a.name.localeCompare(b.name))[0]?.id ?? null;
 }
 
 function onEvent(lane, b) {
   switch (b.type) {
     case 'MessageCreated': {
       const m = b.message;
-      store(m.channel_id).byId.set(m.id, m);
-      const c = findChannel(m.channel_id);
+      S.store(m.channel_id).byId.set(m.id, m);
+      const c = S.findChannel(m.channel_id);
       if (c) c.last_seq = Math.max(c.last_seq, m.seq);
       clearTyping(m.channel_id, m.author_id);
+      if (m.author_id === S.me?.id) { if (m.channel_id === S.channel) S.scrollToEnd = true; break; }
       if (m.channel_id === S.channel && document.visibilityState === 'visible') markRead(m.channel_id, m.seq);
-      else if (m.author_id !== S.me?.id) {
+      else {
         S.unread.add(m.channel_id);
-        if (mentionsMe(m)) {
+        if (S.mentionsMe(m)) {
           const rs = S.readStates.get(m.channel_id) ?? { channel_id: m.channel_id, last_read_seq: 0, mention_count: 0 };
           S.readStates.set(m.channel_id, { ...rs, mention_count: rs.mention_count + 1 });
         }
@@ -242,17 +273,18 @@ function onEvent(lane, b) {
       break;
     }
     case 'MessageEdited': {
-      const m = store(b.channel_id).byId.get(b.message_id);
+      const m = S.store(b.channel_id).byId.get(b.message_id);
       if (m) { m.content = b.content; m.mentions = b.mentions; m.edited_at_ms = b.edited_at_ms; }
       break;
     }
     case 'MessageDeleted': {
-      const m = store(b.channel_id).byId.get(b.message_id);
+      const m = S.store(b.channel_id).byId.get(b.message_id);
       if (m) { m.deleted = true; m.content = ''; }
+      if (S.editing === b.message_id) S.editing = null;
       break;
     }
     case 'ReactionAdded': case 'ReactionRemoved': {
-      const m = store(b.channel_id).byId.get(b.message_id);
+      const m = S.store(b.channel_id).byId.get(b.message_id);
       const add = b.type === 'ReactionAdded';
       if (b.user_id === S.me?.id) S.myReactions[add ? 'add' : 'delete'](`${b.message_id}:${b.emoji}`);
       if (m) {
@@ -264,7 +296,7 @@ function onEvent(lane, b) {
     }
     case 'Gap': {
       // Events between after_seq and resumes_at are gone: reload the channel's history.
-      const m = store(b.channel_id);
+      const m = S.store(b.channel_id);
       m.byId.clear(); m.loaded = false; m.moreBefore = true;
       if (b.channel_id === S.channel) openChannel(b.channel_id, { refetch: true });
       break;
@@ -272,13 +304,20 @@ function onEvent(lane, b) {
     case 'GuildUpdated': {
       const g = S.guilds.get(b.guild.id);
       if (g) g.guild = b.guild;
-      else fetchReply({ type: 'Guilds' }).then((r) => { for (const x of r.guilds) if (!S.guilds.has(x.guild.id)) addGuild(x); render(); });
+      else fetchReply({ type: 'Guilds' }).then((r) => { for (const x of r.guilds) if (!S.guilds.has(x.guild.id)) addGuild(x); render(); }, logged('loading a new guild'));
       break;
     }
-    case 'GuildRemoved':
+    case 'GuildRemoved': {
+      const g = S.guilds.get(b.guild_id);
       S.guilds.delete(b.guild_id);
-      if (S.guild === b.guild_id) { S.guild = null; S.channel = null; }
+      if (g && voice.current && g.channels.has(voice.current.channel)) voice.leave();
+      if (S.guild === b.guild_id) {
+        S.guild = [...S.guilds.keys()][0] ?? null; S.channel = S.guild ? firstText(S.guild) : null;
+        if (!S.guild) S.view = 'home';
+        if (g) toast(`You are no longer in ${g.guild.name}.`);
+      }
       break;
+    }
     case 'ChannelUpdated': {
       const c = b.channel;
       if (c.guild_id) S.guilds.get(c.guild_id)?.channels.set(c.id, c); else S.dms.set(c.id, c);
@@ -288,7 +327,7 @@ function onEvent(lane, b) {
     case 'ChannelRemoved':
       for (const g of S.guilds.values()) g.channels.delete(b.channel_id);
       S.dms.delete(b.channel_id);
-      if (S.channel === b.channel_id) S.channel = null;
+      if (S.channel === b.channel_id) S.channel = S.view === 'guild' && S.guild ? firstText(S.guild) : null;
       break;
     case 'RoleUpdated': {
       const g = S.guilds.get(b.role.guild_id);
@@ -304,7 +343,7 @@ function onEvent(lane, b) {
       break;
     case 'ReadStateUpdated':
       S.readStates.set(b.state.channel_id, b.state);
-      if ((findChannel(b.state.channel_id)?.last_seq ?? 0) <= b.state.last_read_seq) S.unread.delete(b.state.channel_id);
+      if ((S.findChannel(b.state.channel_id)?.last_seq ?? 0) <= b.state.last_read_seq) S.unread.delete(b.state.channel_id);
       break;
     case 'PresenceUpdated':
       S.presences.set(b.presence.user_id, b.presence);
@@ -318,12 +357,14 @@ function onEvent(lane, b) {
       const t = S.typing.get(b.channel_id) ?? new Map();
       t.set(b.user_id, Date.now() + b.expires_in_ms);
       S.typing.set(b.channel_id, t);
-      setTimeout(renderTyping, b.expires_in_ms + 50);
-      break;
+      setTimeout(V.renderTyping, b.expires_in_ms + 50);
+      V.renderTyping();
+      return;
     }
     case 'TypingStopped':
       clearTyping(b.channel_id, b.user_id);
-      break;
+      V.renderTyping();
+      return;
     case 'RelationshipUpdated':
       S.relationships.set(b.relationship.user_id, b.relationship.kind);
       break;
@@ -333,32 +374,30 @@ function onEvent(lane, b) {
     case 'NotificationCreated':
       S.notifications.unshift(b.notification);
       if (!b.notification.read) S.notifUnread++;
-      toast(notificationText(b.notification));
+      notify(b.notification);
       break;
     case 'NotificationsRead':
       for (const n of S.notifications) if (b.all || b.ids.includes(n.id)) n.read = true;
-      S.notifUnread = b.all ? 0 : S.notifications.filter((n) => !n.read).length;
+      S.notifUnread = b.all ? 0 : Math.max(0, S.notifUnread - S.notifications.filter((n) => b.ids.includes(n.id)).length);
+      if (!b.all && S.notifications.length >= S.notifUnread) S.notifUnread = S.notifications.filter((n) => !n.read).length;
       break;
     case 'VoiceStateUpdated': voiceSet(b.state); break;
+    case 'VoiceStateRemoved': S.voice.get(b.channel_id)?.delete(b.user_id); break;
     case 'VoiceStatesSnapshot':
       // Voice channels we can newly see: everyone in them now.
       for (const c of b.channel_ids) S.voice.set(c, new Map());
       for (const st of b.states) voiceSet(st);
       break;
-    case 'VoiceStateRemoved': S.voice.get(b.channel_id)?.delete(b.user_id); break;
-    case 'VoiceTrack': {
-      // Our WebRTC receiving track `mid` now carries the speaker in `slot`.
-      const v = S.voiceSession;
-      if (v?.trackSlots && v.channel === b.channel_id) { v.trackSlots.set(b.mid, b.slot); applyHearing(v); }
-      break;
-    }
     case 'VoiceSpeaking': {
-      const v = S.voice.get(b.channel_id)?.get(b.user_id);
-      if (v) v.speaking = b.speaking;
-      if (b.speaking) S.voiceStats.speakingSeen++;
+      const st = S.voice.get(b.channel_id)?.get(b.user_id);
+      if (st) st.speaking = b.speaking;
+      if (b.speaking) voice.stats.speakingSeen++;
       break;
     }
-    default: break;
+    case 'VoiceTrack': voice.trackCarries(b.channel_id, b.mid, b.slot); break;
+    case 'Notice': toast(b.text); break;
+    case 'MuteUpdated': break;
+    default: console.warn(`quaver: an event this page does not know: ${b.type}`);
   }
   render();
 }
@@ -370,42 +409,119 @@ function voiceSet(v) {
   S.voice.set(v.channel_id, m);
 }
 
-function clearTyping(channel, user) {
-  S.typing.get(channel)?.delete(user);
+/** The user in `slot` of voice channel `channel`, from its voice states. */
+function userInSlot(channel, slot) {
+  for (const st of S.voice.get(channel)?.values() ?? []) if (st.slot === slot) return st.user_id;
+  return null;
+}
+
+function clearTyping(channel, user) { S.typing.get(channel)?.delete(user); }
+
+// ---- notifications: in the page, on the desktop ------------------------------------------
+
+const dnd = () => S.myStatus.status === 'Dnd';
+
+/** A new notification: a toast unless it is about the conversation in view (then it is
+ * read at once) or you are on do-not-disturb; on the desktop when the tab is hidden. */
+function notify(n) {
+  const inView = n.channel_id && n.channel_id === S.channel && document.visibilityState === 'visible';
+  if (inView) { readNotifications([n]); return; }
+  if (dnd()) return;
+  const text = V.notificationText(n);
+  if (document.visibilityState === 'hidden' && localStorage.getItem('quaver.desktop') === '1'
+    && 'Notification' in window && Notification.permission === 'granted') {
+    const d = new Notification('Quaver', { body: text, tag: n.id });
+    d.onclick = () => { window.focus(); openNotification(n); };
+  } else {
+    toast(text);
+  }
+}
+
+function readNotifications(list) {
+  const ids = list.filter((n) => !n.read).map((n) => n.id);
+  if (!ids.length) return;
+  for (const n of list) n.read = true;
+  S.notifUnread = Math.max(0, S.notifUnread - ids.length);
+  req('Notifications', { type: 'MarkNotificationsRead', ids, all: false }).catch(logged('marking notifications read'));
+}
+
+function openNotification(n) {
+  readNotifications([n]);
+  closeNotifications();
+  if (n.channel_id && S.findChannel(n.channel_id)) openChannel(n.channel_id);
+  else if (n.kind === 'FriendRequest' || n.kind === 'FriendAccepted') { S.homeTab = n.kind === 'FriendRequest' ? 'pending' : 'all'; openHome(); }
+  render();
+}
+
+function toggleNotifications() {
+  const p = $('notif-panel');
+  if (!p.hidden) { closeNotifications(); return; }
+  p.hidden = false;
+  $('notif-button').setAttribute('aria-expanded', 'true');
+  (p.querySelector('.notification') ?? $('notif-read-all')).focus();
+}
+function closeNotifications() {
+  $('notif-panel').hidden = true;
+  $('notif-button').setAttribute('aria-expanded', 'false');
 }
 
 // ---- channels and messages -------------------------------------------------------------
 
-async function openChannel(id, { refetch = false } = {}) {
-  S.channel = id;
-  S.replyTo = null;
-  const g = guildOfChannel(id);
-  if (g) S.guild = g;
-  const m = store(id);
+function closeDrawers() { $('app').classList.remove('nav-open', 'members-open'); $('menu-button').setAttribute('aria-expanded', 'false'); }
+
+function openGuild(id) {
+  S.view = 'guild'; S.guild = id;
+  const c = S.channel && guildOfChannel(S.channel) === id ? S.channel : firstText(id);
+  if (c) openChannel(c); else { S.channel = null; render(); }
+}
+
+function openHome() {
+  S.view = 'home'; S.channel = null; S.replyTo = null; S.editing = null;
+  closeDrawers();
   render();
+}
+
+async function openChannel(id, { refetch = false, keepDivider = false } = {}) {
+  if (S.channel !== id) { S.replyTo = null; S.editing = null; stopTyping(); }
+  const g = guildOfChannel(id);
+  S.view = g ? 'guild' : 'home';
+  if (g) S.guild = g;
+  if (!keepDivider || !S.newSince.has(id)) {
+    const rs = S.readStates.get(id);
+    if (S.unread.has(id) && rs) S.newSince.set(id, rs.last_read_seq); else S.newSince.delete(id);
+  }
+  S.channel = id;
+  S.scrollToEnd = true;
+  closeDrawers();
+  const m = S.store(id);
+  render();
+  // Reading a conversation reads its notifications.
+  readNotifications(S.notifications.filter((n) => n.channel_id === id && !n.read));
   if (!m.loaded || refetch) {
-    const r = await fetchReply({ type: 'History', channel_id: id, anchor: { type: 'Latest' }, limit: 50 }).catch((e) => { toast(errText(e)); return null; });
-    if (r) {
+    try {
+      const r = await fetchReply({ type: 'History', channel_id: id, anchor: { type: 'Latest' }, limit: 50 });
       for (const msg of r.messages) m.byId.set(msg.id, msg);
       if (!m.loaded) m.moreBefore = r.more_before;
       m.loaded = true;
+    } catch (e) {
+      // Without a connection the next Ready loads them; with one, the person is told.
+      if (S.client.current()) failed('could not load the messages', e); else logged('loading messages')(e);
     }
     // Who is typing there right now.
     req('Typing', { type: 'WatchTyping', channel_id: id }).then((t) => {
       const map = new Map((t.user_ids ?? []).filter((u) => u !== S.me?.id).map((u) => [u, Date.now() + 10000]));
-      S.typing.set(id, map); renderTyping();
-    }).catch(() => {});
+      S.typing.set(id, map); V.renderTyping();
+    }, logged('asking who is typing'));
   }
-  const latest = Math.max(0, ...[...m.byId.values()].map((x) => x.seq), findChannel(id)?.last_seq ?? 0);
-  if (latest) markRead(id, latest);
+  const latest = Math.max(0, ...[...m.byId.values()].map((x) => x.seq), S.findChannel(id)?.last_seq ?? 0);
+  if (latest && document.visibilityState === 'visible') markRead(id, latest);
+  S.scrollToEnd = true;
   render();
-  const box = $('messages');
-  box.scrollTop = box.scrollHeight;
 }
 
 async function loadOlder() {
   const id = S.channel;
-  const m = store(id);
+  const m = S.store(id);
   if (!m.moreBefore || loadOlder.busy) return;
   const oldest = Math.min(...[...m.byId.values()].map((x) => x.seq));
   if (!Number.isFinite(oldest)) return;
@@ -417,7 +533,7 @@ async function loadOlder() {
     m.moreBefore = r.more_before;
     render();
     box.scrollTop += box.scrollHeight - before;
-  } catch (e) { toast(errText(e)); } finally { loadOlder.busy = false; }
+  } catch (e) { failed('could not load older messages', e); } finally { loadOlder.busy = false; }
 }
 
 const markTimers = new Map(); // channel → pending MarkRead timer
@@ -433,14 +549,14 @@ function markRead(channel, seq) {
   markTimers.set(channel, setTimeout(() => {
     markTimers.delete(channel);
     const upTo = S.readStates.get(channel)?.last_read_seq ?? seq;
-    req('Chat', { type: 'MarkRead', channel_id: channel, seq: upTo }).catch(() => {});
+    req('Chat', { type: 'MarkRead', channel_id: channel, seq: upTo }).catch(logged('marking a channel read'));
   }, 1000));
 }
 
 /** `@name` → `<@id>` for members of the channel's guild (or DM recipients). */
 function encodeMentions(text, channel) {
   const g = S.guilds.get(guildOfChannel(channel));
-  const people = g ? [...g.members.values()].map((m) => [m.name, m.user_id]) : (findChannel(channel)?.recipients ?? []).map((u) => [nameOf(u), u]);
+  const people = g ? [...g.members.values()].map((m) => [m.name, m.user_id]) : (S.findChannel(channel)?.recipients ?? []).map((u) => [V.nameOf(u), u]);
   people.sort((a, b) => b[0].length - a[0].length);
   return text.replace(/@([^\s@<>]+(?: [^\s@<>]+)?)/g, (all, word) => {
     if (word === 'everyone' || word === 'here') return all;
@@ -452,44 +568,50 @@ function encodeMentions(text, channel) {
   });
 }
 
-function renderContent(text) {
-  const out = document.createDocumentFragment();
-  const re = /<@!?(\d+)>|<@&(\d+)>|@everyone|@here/g;
-  let last = 0, m;
-  while ((m = re.exec(text))) {
-    out.append(text.slice(last, m.index));
-    const label = m[1] ? `@${nameOf(m[1])}` : m[2] ? `@${S.guilds.get(S.guild)?.roles.find((r) => r.id === m[2])?.name ?? 'role'}` : m[0];
-    out.append(el('span', { class: 'mention' }, label));
-    last = re.lastIndex;
-  }
-  out.append(text.slice(last));
-  return out;
-}
-
 async function send() {
   const input = $('composer');
   const text = input.value.trim();
   const channel = S.channel;
   if (!text || !channel) return;
-  input.value = '';
+  input.value = ''; grow();
   const body = { type: 'SendMessage', channel_id: channel, nonce: quaver.newNonce(), content: encodeMentions(text, channel), reply_to: S.replyTo };
-  S.replyTo = null; renderReply();
-  S.lastTypingSent = 0;
+  S.replyTo = null; V.renderReply();
+  S.lastTypingSent = 0; S.typingIn = null; // sending ends the indicator on the server
+  S.newSince.delete(channel);
   try {
     await req('Chat', body);
   } catch (e) {
-    toast(`not sent: ${errText(e)}`);
-    if (!input.value) input.value = text;
+    failed('your message was not sent', e);
+    if (!input.value) { input.value = text; grow(); }
   }
 }
 
+function grow() {
+  const t = $('composer');
+  t.style.height = 'auto';
+  t.style.height = `${Math.min(t.scrollHeight, 192)}px`;
+}
+
+/** Typing: started while there is a draft (refreshed every 4 s), stopped when it is emptied. */
 function onComposerInput() {
+  grow();
   if (!S.channel) return;
   const now = Date.now();
-  if ($('composer').value && now - S.lastTypingSent > 4000) {
-    S.lastTypingSent = now;
-    req('Typing', { type: 'TypingStart', channel_id: S.channel }).catch(() => {});
+  if ($('composer').value.trim()) {
+    if (now - S.lastTypingSent > 4000 || S.typingIn !== S.channel) {
+      S.lastTypingSent = now; S.typingIn = S.channel;
+      req('Typing', { type: 'TypingStart', channel_id: S.channel }).catch(logged('saying you are typing'));
+    }
+  } else {
+    stopTyping();
   }
+}
+
+function stopTyping() {
+  if (!S.typingIn) return;
+  const channel = S.typingIn;
+  S.typingIn = null; S.lastTypingSent = 0;
+  req('Typing', { type: 'TypingStop', channel_id: channel }).catch(logged('saying you stopped typing'));
 }
 
 async function react(msg, emoji) {
@@ -498,78 +620,142 @@ async function react(msg, emoji) {
     await req('Chat', { type: mine ? 'RemoveReaction' : 'AddReaction', channel_id: msg.channel_id, message_id: msg.id, emoji });
     S.myReactions[mine ? 'delete' : 'add'](`${msg.id}:${emoji}`);
     render();
-  } catch (e) { toast(errText(e)); }
+  } catch (e) { failed('could not react', e); }
 }
 
-async function edit(msg) {
-  const text = prompt('Edit message', msg.content);
-  if (text == null || text === msg.content) return;
-  try { await req('Chat', { type: 'EditMessage', channel_id: msg.channel_id, message_id: msg.id, content: encodeMentions(text, msg.channel_id) }); } catch (e) { toast(errText(e)); }
+async function saveEdit(msg, text) {
+  const content = encodeMentions(text.trim(), msg.channel_id);
+  S.editing = null;
+  render();
+  if (!content || content === msg.content) return;
+  try { await req('Chat', { type: 'EditMessage', channel_id: msg.channel_id, message_id: msg.id, content }); } catch (e) { failed('could not edit', e); }
 }
 
-async function remove(msg) {
-  try { await req('Chat', { type: 'DeleteMessage', channel_id: msg.channel_id, message_id: msg.id }); } catch (e) { toast(errText(e)); }
+async function remove(msg, atOnce = false) {
+  if (!atOnce) {
+    const preview = el('div', { class: 'preview' }, V.plainMentions(msg.content));
+    if (!(await confirmDialog('Delete message', 'Delete this message? Everyone sees that a message was deleted.', 'Delete', { danger: true, extra: [preview] }))) return;
+  }
+  try { await req('Chat', { type: 'DeleteMessage', channel_id: msg.channel_id, message_id: msg.id }); } catch (e) { failed('could not delete', e); }
 }
 
-// ---- guild actions ---------------------------------------------------------------------
+// ---- guilds ----------------------------------------------------------------------------
 
-async function createGuild() {
-  const name = $('new-guild').value.trim();
-  if (!name) return;
+async function addGuildDialog() {
+  const name = el('input', { id: 'new-guild', maxlength: '100', autocomplete: 'off' });
+  const code = el('input', { id: 'invite-input', autocomplete: 'off', 'aria-describedby': 'invite-hint' });
+  const choice = await dialog({
+    title: 'Create or join a guild',
+    body: [
+      el('label', { for: 'new-guild' }, 'Name of a new guild'), name,
+      el('label', { for: 'invite-input' }, 'Or an invite you were given'), code,
+      el('p', { class: 'hint', id: 'invite-hint' }, 'A code like “hTKzmgs7Qa”, or a link.'),
+    ],
+    buttons: [{ label: 'Cancel', value: 'cancel' }, { label: 'Join', value: 'join', id: 'join-guild' }, { label: 'Create', value: 'create', id: 'create-guild', primary: true }],
+    onopen: () => name.focus(),
+  });
+  if (choice === 'create') {
+    if (!name.value.trim()) { toast('Give the new guild a name.', { error: true }); return; }
+    try { const g = await req('Chat', { type: 'CreateGuild', name: name.value.trim() }); await enterGuild(g.id); } catch (e) { failed('could not create the guild', e); }
+  } else if (choice === 'join') {
+    const c = codeOf(code.value);
+    if (!c) { toast('Paste an invite code or link.', { error: true }); return; }
+    await joinByCode(c);
+  }
+}
+
+function codeOf(text) {
+  const t = text.trim();
+  const m = t.match(/[?#&]invite=([^&#\s]+)/) ?? t.match(/\/invite\/([^/?#\s]+)/);
+  return m ? decodeURIComponent(m[1]) : t;
+}
+
+async function joinByCode(code) {
   try {
-    const g = await req('Chat', { type: 'CreateGuild', name });
-    $('new-guild').value = '';
+    const g = await req('Chat', { type: 'JoinGuild', code });
     await enterGuild(g.id);
-  } catch (e) { toast(errText(e)); }
+    toast(`Welcome to ${g.name}!`);
+  } catch (e) { failed('could not join', e); }
+}
+
+/** An invite link (`/#invite=CODE`): "Join <guild>?" in one click, once signed in. */
+async function takeInviteFromLink() {
+  const m = location.hash.match(/invite=([^&]+)/);
+  if (!m) return;
+  const code = decodeURIComponent(m[1]);
+  history.replaceState(null, '', location.pathname + location.search);
+  let r;
+  try { r = await fetchReply({ type: 'Invite', code }); } catch (e) { failed('this invite does not work', e); return; }
+  if (r.member) { await enterGuild(r.guild.id); return; }
+  const go = await dialog({
+    title: `Join ${r.guild.name}?`,
+    body: [el('p', {}, `You were invited to ${r.guild.name}, with ${r.member_count} member${r.member_count === 1 ? '' : 's'}.`)],
+    buttons: [{ label: 'Not now', value: 'no' }, { label: `Join ${r.guild.name}`, value: 'join', id: 'join-invite', primary: true }],
+  });
+  if (go === 'join') await joinByCode(code);
 }
 
 /** After creating or joining guild `id`: load it and open its first text channel. */
 async function enterGuild(id) {
-  const r = await fetchReply({ type: 'Guilds' });
-  for (const x of r.guilds) addGuild(x);
-  S.guild = id;
-  const general = [...(S.guilds.get(id)?.channels.values() ?? [])].find((c) => c.kind === 'Text');
-  if (general) openChannel(general.id);
-  render();
+  try {
+    const r = await fetchReply({ type: 'Guilds' });
+    for (const x of r.guilds) addGuild(x);
+  } catch (e) { logged('loading guilds')(e); }
+  S.view = 'guild'; S.guild = id;
+  const c = firstText(id);
+  if (c) openChannel(c); else render();
 }
 
-async function joinGuild() {
-  let code = $('invite-input').value.trim();
-  const m = code.match(/[?#&]invite=([^&#]+)/) ?? code.match(/\/invite\/([^/?#]+)/);
-  if (m) code = decodeURIComponent(m[1]);
-  if (!code) return;
+async function newChannel(kind = 'Text') {
+  if (!S.guild) return;
+  const name = el('input', { id: 'new-channel-name', maxlength: '100', autocomplete: 'off' });
+  const select = el('select', { id: 'new-channel-kind' },
+    el('option', { value: 'Text', selected: kind === 'Text' }, 'Text — messages'), el('option', { value: 'Voice', selected: kind === 'Voice' }, 'Voice — talk'));
+  const go = await dialog({
+    title: 'Create a channel',
+    body: [el('label', { for: 'new-channel-name' }, 'Name'), name, el('label', { for: 'new-channel-kind' }, 'Kind'), select],
+    buttons: [{ label: 'Cancel', value: 'cancel' }, { label: 'Create', value: 'create', id: 'create-channel', primary: true }],
+    onopen: () => name.focus(),
+  });
+  if (go !== 'create') return;
+  if (!name.value.trim()) { toast('Give the channel a name.', { error: true }); return; }
   try {
-    const g = await req('Chat', { type: 'JoinGuild', code });
-    $('invite-input').value = '';
-    await enterGuild(g.id);
-  } catch (e) { toast(`could not join: ${errText(e)}`); }
-}
-
-async function createChannel() {
-  const name = $('new-channel-name').value.trim();
-  if (!name || !S.guild) return;
-  try {
-    const c = await req('Chat', { type: 'CreateChannel', guild_id: S.guild, kind: $('new-channel-kind').value, name, topic: '', user_limit: 0 });
-    $('new-channel-name').value = '';
+    const c = await req('Chat', { type: 'CreateChannel', guild_id: S.guild, kind: select.value, name: name.value.trim(), topic: '', user_limit: 0 });
     S.guilds.get(S.guild)?.channels.set(c.id, c);
     if (c.kind === 'Text') { S.client.follow(c.id, c.last_seq); openChannel(c.id); }
     render();
-  } catch (e) { toast(errText(e)); }
+  } catch (e) { failed('could not create the channel', e); }
 }
 
 async function createInvite() {
   if (!S.guild) return;
-  try {
-    const inv = await req('Chat', { type: 'CreateInvite', guild_id: S.guild, max_uses: 0, max_age_secs: 7 * 86400 });
-    const link = `${location.origin}/#invite=${inv.code}`;
-    $('invite-code').replaceChildren(el('code', { id: 'invite-value' }, inv.code), el('br'), el('small', {}, link));
-    navigator.clipboard?.writeText(link).catch(() => {});
-  } catch (e) { toast(errText(e)); }
+  let inv;
+  try { inv = await req('Chat', { type: 'CreateInvite', guild_id: S.guild, max_uses: 0, max_age_secs: 7 * 86400 }); } catch (e) { failed('could not create an invite', e); return; }
+  const link = `${location.origin}/#invite=${inv.code}`;
+  const field = el('input', { id: 'invite-link', readonly: true, value: link, 'aria-describedby': 'invite-note' });
+  const said = el('p', { class: 'copied', role: 'status' });
+  const copy = el('button', {
+    type: 'button', id: 'copy-invite', class: 'primary',
+    onclick: async () => {
+      try { await navigator.clipboard.writeText(link); said.textContent = 'Copied!'; } catch (e) {
+        console.warn('quaver: copying the invite', e);
+        field.select(); said.textContent = 'Selected: press Ctrl+C (⌘C) to copy.';
+      }
+    },
+  }, 'Copy');
+  await dialog({
+    title: `Invite people to ${S.guilds.get(S.guild)?.guild.name ?? 'this guild'}`,
+    body: [el('label', { for: 'invite-link' }, 'Send them this link'), el('div', { class: 'invite-link' }, field, copy), said,
+      el('p', { class: 'hint', id: 'invite-note' }, 'It works for a week. Code: ', el('code', { id: 'invite-value' }, inv.code))],
+    buttons: [{ label: 'Done', value: 'done' }],
+    onopen: () => copy.focus(),
+  });
 }
 
 async function leaveGuild() {
-  if (!S.guild || !confirm('Leave this guild?')) return;
-  try { await req('Chat', { type: 'LeaveGuild', guild_id: S.guild }); } catch (e) { toast(errText(e)); }
+  const g = S.guilds.get(S.guild);
+  if (!g || !(await confirmDialog(`Leave ${g.guild.name}`, `Leave ${g.guild.name}? You can come back with an invite.`, 'Leave', { danger: true }))) return;
+  try { await req('Chat', { type: 'LeaveGuild', guild_id: S.guild }); } catch (e) { failed('could not leave', e); }
 }
 
 // ---- people ----------------------------------------------------------------------------
@@ -579,545 +765,274 @@ async function openDm(user) {
     const c = await req('Chat', { type: 'OpenDm', user_id: user });
     S.dms.set(c.id, c);
     S.client.follow(c.id, c.last_seq);
-    S.guild = null;
     openChannel(c.id);
-  } catch (e) { toast(errText(e)); }
+  } catch (e) { failed('could not open the conversation', e); }
 }
 
+const REL_DONE = { SendFriendRequest: 'Friend request sent.', AcceptFriendRequest: 'You are friends now.', UnblockUser: 'Unblocked.' };
 async function relationship(type, user) {
-  try { await req('Chat', { type, user_id: user }); } catch (e) { toast(errText(e)); }
-}
-
-async function setPresence() {
-  const custom = $('custom-status').value.trim();
-  sessionStorage.setItem('quaver.presence', JSON.stringify({ status: $('status-select').value, custom }));
-  try { await req('Presence', { type: 'SetPresence', status: $('status-select').value, custom_status: custom || null, activity: null }); } catch (e) { toast(errText(e)); }
-  render();
-}
-
-function notificationText(n) {
-  const who = nameOf(n.actor_id);
-  const what = { Mention: 'mentioned you', Reply: 'replied to you', Reaction: 'reacted to your message', DirectMessage: 'sent you a message', FriendRequest: 'sent you a friend request', FriendAccepted: 'accepted your friend request' }[n.kind] ?? n.kind;
-  const preview = n.preview.replace(/<@!?(\d+)>/g, (_, id) => `@${nameOf(id)}`).replace(/<@&\d+>/g, '@role');
-  return `${who} ${what}${preview ? `: ${preview}` : ''}`;
-}
-
-async function markAllNotificationsRead() {
-  try { await req('Notifications', { type: 'MarkNotificationsRead', ids: [], all: true }); } catch (e) { toast(errText(e)); }
-}
-
-// ---- voice -----------------------------------------------------------------------------
-
-const WORKLETS = `
-class Capture extends AudioWorkletProcessor {
-  process(inputs) { const c = inputs[0][0]; if (c) this.port.postMessage(c.slice(0)); return true; }
-}
-registerProcessor('quaver-capture', Capture);
-class Playback extends AudioWorkletProcessor {
-  constructor() {
-    super();
-    this.slots = new Map(); // slot → { queue: Float32Array[], offset, started }
-    this.port.onmessage = (e) => {
-      const { slot, samples } = e.data;
-      let s = this.slots.get(slot);
-      if (!s) { s = { queue: [], offset: 0, started: false, queued: 0 }; this.slots.set(slot, s); }
-      s.queue.push(samples); s.queued += samples.length;
-      // Jitter buffer: start once 60 ms are queued; drop the oldest past 300 ms.
-      if (s.queued >= 2880) s.started = true;
-      while (s.queued > 14400) { s.queued -= s.queue[0].length - s.offset; s.queue.shift(); s.offset = 0; }
-    };
-  }
-  process(_, outputs) {
-    const out = outputs[0][0];
-    out.fill(0);
-    for (const s of this.slots.values()) {
-      if (!s.started) continue;
-      let i = 0;
-      while (i < out.length && s.queue.length) {
-        const head = s.queue[0];
-        const n = Math.min(out.length - i, head.length - s.offset);
-        for (let k = 0; k < n; k++) out[i + k] += head[s.offset + k];
-        i += n; s.offset += n; s.queued -= n;
-        if (s.offset >= head.length) { s.queue.shift(); s.offset = 0; }
-      }
-      if (!s.queue.length) s.started = false; // underrun: buffer again
-    }
-    for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
-    return true;
-  }
-}
-registerProcessor('quaver-playback', Playback);
-`;
-
-function levelOf(samples) {
-  let sum = 0;
-  for (const x of samples) sum += x * x;
-  const rms = Math.sqrt(sum / samples.length);
-  const dbov = rms > 0 ? -20 * Math.log10(rms) : 127;
-  return Math.max(0, Math.min(127, Math.round(dbov)));
-}
-
-const hasWebCodecs = () => 'AudioEncoder' in window && 'AudioDecoder' in window;
-
-/** Joins a voice channel over WebRTC when asked (the checkbox) or when the browser has no
- * WebCodecs audio, else over WebTransport datagrams; a node without WebRTC falls back to
- * datagrams. */
-async function joinVoiceChannel(channelId, { webrtc = $('voice-webrtc').checked || !hasWebCodecs() } = {}) {
-  if (S.voiceSession?.channel === channelId) return;
-  await leaveVoice();
-  if (webrtc && !('RTCPeerConnection' in window)) { toast('this browser has no WebRTC: voice is unavailable'); return; }
-  if (!webrtc && !hasWebCodecs()) { toast('this browser has no WebCodecs audio: voice is unavailable'); return; }
-  const v = { channel: channelId, muted: false, deafened: false, seq: 0, timestamp: 0, talking: false, decoders: new Map(), webrtc };
-  S.voiceSession = v;
-  if (webrtc) {
-    try {
-      await startWebRtc(v, channelId);
-    } catch (e) {
-      const fallback = /not enabled/.test(e?.message ?? '') && hasWebCodecs();
-      toast(fallback ? 'this node has no WebRTC: voice over datagrams' : `voice: ${errText(e)}`);
-      await leaveVoice();
-      if (fallback) await joinVoiceChannel(channelId, { webrtc: false });
-    }
-    render();
-    return;
-  }
   try {
-    const j = await quaver.joinVoice(S.client.session, S.client.lanes.Voice, channelId, {});
-    Object.assign(v, { session: j.session, lane: j.lane, remote: j.remote, slot: j.joined.slot });
-    for (const p of j.joined.participants) voiceSet(p);
-    if (j.remote) j.lane.onevent = (m) => onEvent('Voice', m.body);
-    const ctx = new AudioContext({ sampleRate: 48000 });
-    v.ctx = ctx;
-    await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([WORKLETS], { type: 'text/javascript' })));
-    v.playback = new AudioWorkletNode(ctx, 'quaver-playback', { outputChannelCount: [1] });
-    v.gain = ctx.createGain();
-    v.playback.connect(v.gain).connect(ctx.destination);
-    await ctx.resume().catch(() => {});
-    startPlayback(v);
-    await startCapture(v);
-  } catch (e) {
-    toast(`voice: ${errText(e)}`);
-    await leaveVoice();
+    await req('Chat', { type, user_id: user });
+    if (REL_DONE[type]) toast(REL_DONE[type]);
+    // Answering a request reads its notification.
+    if (type === 'AcceptFriendRequest' || type === 'DeclineFriendRequest') {
+      readNotifications(S.notifications.filter((n) => n.kind === 'FriendRequest' && n.actor_id === user));
+      render();
+    }
+  } catch (e) { failed('that did not work', e); }
+}
+
+async function block(user) {
+  const who = V.nameOf(user);
+  if (await confirmDialog(`Block ${who}`, `Block ${who}? Neither of you can send the other messages or friend requests until you unblock.`, 'Block', { danger: true })) {
+    await relationship('BlockUser', user);
   }
+}
+
+async function removeFriend(user) {
+  if (await confirmDialog('Remove friend', `Remove ${V.nameOf(user)} from your friends?`, 'Remove', { danger: true })) await relationship('RemoveFriend', user);
+}
+
+function sendPresence() {
+  sessionStorage.setItem('quaver.presence', JSON.stringify(S.myStatus));
+  req('Presence', { type: 'SetPresence', status: S.myStatus.status, custom_status: S.myStatus.custom || null, activity: null })
+    .catch((e) => failed('could not set your status', e));
+}
+
+async function statusDialog() {
+  const select = el('select', { id: 'status-select' }, ...['Online', 'Idle', 'Dnd', 'Invisible'].map((s) => el('option', { value: s, selected: S.myStatus.status === s }, statusLabel(s))));
+  const custom = el('input', { id: 'custom-status', maxlength: '128', value: S.myStatus.custom ?? '', autocomplete: 'off' });
+  const go = await dialog({
+    title: 'Your status',
+    body: [el('label', { for: 'status-select' }, 'Status'), select,
+      el('p', { class: 'hint' }, 'Do not disturb silences notifications; invisible shows you offline.'),
+      el('label', { for: 'custom-status' }, 'Custom status (optional)'), custom],
+    buttons: [{ label: 'Cancel', value: 'cancel' }, { label: 'Save', value: 'save', id: 'status-save', primary: true }],
+    onopen: () => select.focus(),
+  });
+  if (go !== 'save') return;
+  S.myStatus = { status: select.value, custom: custom.value.trim() };
+  sendPresence();
   render();
 }
 
-/** Voice over WebRTC: the microphone on one sending transceiver and three receiving ones
- * (the node forwards up to three speakers); the server answers as an ICE-lite peer. Which
- * speaker each receiving track carries comes as `VoiceTrack` events (`v.trackSlots`). */
-async function startWebRtc(v, channelId) {
-  v.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
-  const pc = new RTCPeerConnection();
-  Object.assign(v, { pc, trackSlots: new Map(), audio: [], audioByMid: new Map(), statsBase: { ...S.voiceStats } });
-  pc.addTransceiver(v.stream.getAudioTracks()[0], { direction: 'sendonly' });
-  for (let i = 0; i < 3; i++) pc.addTransceiver('audio', { direction: 'recvonly' });
-  pc.ontrack = (e) => {
-    // Chromium decodes a remote track only while an element plays it.
-    const a = new Audio();
-    a.srcObject = new MediaStream([e.track]);
-    a.muted = v.deafened;
-    a.play().catch(() => {});
-    v.audio.push(a);
-    if (e.transceiver?.mid != null) v.audioByMid.set(e.transceiver.mid, a);
-    applyHearing(v);
-  };
-  pc.onconnectionstatechange = () => {
-    if (pc.connectionState === 'failed' && S.voiceSession === v) { toast('voice: the WebRTC connection failed'); leaveVoice(); }
-  };
-  await pc.setLocalDescription(await pc.createOffer());
-  // The server reads no trickled candidates: offer once gathering is done.
-  await new Promise((res) => {
-    if (pc.iceGatheringState === 'complete') return res();
-    pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') res(); });
-    setTimeout(res, 3000);
-  });
-  const j = await quaver.joinVoice(S.client.session, S.client.lanes.Voice, channelId, { offer: pc.localDescription.sdp });
-  Object.assign(v, { session: j.session, lane: j.lane, remote: j.remote, slot: j.joined.slot });
-  for (const p of j.joined.participants) voiceSet(p);
-  if (j.remote) j.lane.onevent = (m) => onEvent('Voice', m.body);
-  await pc.setRemoteDescription({ type: 'answer', sdp: j.joined.answer });
-  // The counters the datagram path keeps, from the peer connection's statistics.
-  v.statsTimer = setInterval(async () => {
-    if (S.voiceSession !== v) return;
-    let sent = 0, received = 0, energy = 0;
-    (await pc.getStats()).forEach((s) => {
-      if (s.kind !== 'audio') return;
-      if (s.type === 'outbound-rtp') sent += s.packetsSent ?? 0;
-      if (s.type === 'inbound-rtp') { received += s.packetsReceived ?? 0; energy += s.totalAudioEnergy ?? 0; }
-    });
-    const b = v.statsBase;
-    Object.assign(S.voiceStats, {
-      sentFrames: b.sentFrames + sent, receivedFrames: b.receivedFrames + received,
-      decodedFrames: b.decodedFrames + received, decodedEnergy: b.decodedEnergy + energy,
-    });
-  }, 250);
-}
+// ---- settings and details --------------------------------------------------------------
 
-async function startCapture(v) {
-  v.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } });
-  const source = v.ctx.createMediaStreamSource(v.stream);
-  v.capture = new AudioWorkletNode(v.ctx, 'quaver-capture', { numberOfInputs: 1, numberOfOutputs: 0 });
-  source.connect(v.capture);
-  v.encoder = new AudioEncoder({
-    output: (chunk) => {
-      if (!v.session || v.muted) return;
-      const buf = new Uint8Array(chunk.byteLength);
-      chunk.copyTo(buf);
-      const level = v.pendingLevels.shift() ?? 127;
-      const voice = level < 55;
-      const flags = voice && !v.talking ? quaver.FLAG_TALKSPURT_START : 0;
-      v.talking = voice;
-      if (buf.length > 1000) return; // never past the 1,024-byte voice frame bound
-      v.session.sendVoice({ flags, level, voice, seq: v.seq & 0xffff, timestamp: v.timestamp >>> 0 }, buf).catch(() => {});
-      v.seq++; v.timestamp += 960;
-      S.voiceStats.sentFrames++;
+function applyTheme() {
+  const t = localStorage.getItem('quaver.theme') ?? 'system';
+  const dark = t === 'dark' || (t === 'system' && matchMedia('(prefers-color-scheme: dark)').matches);
+  document.documentElement.dataset.theme = dark ? 'dark' : 'light';
+}
+matchMedia('(prefers-color-scheme: dark)').addEventListener('change', applyTheme);
+
+async function settingsDialog() {
+  const theme = localStorage.getItem('quaver.theme') ?? 'system';
+  const radio = (value, label) => el('label', { class: 'choice' }, el('input', {
+    type: 'radio', name: 'theme', id: `theme-${value}`, value, checked: theme === value,
+    onchange: () => { localStorage.setItem('quaver.theme', value); applyTheme(); },
+  }), label);
+  const desktop = el('input', {
+    type: 'checkbox', id: 'desktop-notify', checked: localStorage.getItem('quaver.desktop') === '1' && 'Notification' in window && Notification.permission === 'granted',
+    onchange: async (e) => {
+      if (!e.target.checked) { localStorage.setItem('quaver.desktop', '0'); return; }
+      if (!('Notification' in window)) { e.target.checked = false; toast('This browser has no desktop notifications.', { error: true }); return; }
+      const p = await Notification.requestPermission();
+      e.target.checked = p === 'granted';
+      localStorage.setItem('quaver.desktop', p === 'granted' ? '1' : '0');
+      if (p !== 'granted') toast('Desktop notifications are blocked for this site in your browser’s settings.', { error: true });
     },
-    error: (e) => toast(`encoder: ${e.message}`),
   });
-  v.encoder.configure({ codec: 'opus', sampleRate: v.ctx.sampleRate, numberOfChannels: 1, bitrate: 32000, opus: { frameDuration: 20000 } });
-  v.pendingLevels = [];
-  let acc = new Float32Array(960), filled = 0, ts = 0;
-  const frame = Math.round(v.ctx.sampleRate / 50);
-  if (acc.length !== frame) acc = new Float32Array(frame);
-  v.capture.port.onmessage = (e) => {
-    const input = e.data;
-    let i = 0;
-    while (i < input.length) {
-      const n = Math.min(frame - filled, input.length - i);
-      acc.set(input.subarray(i, i + n), filled);
-      filled += n; i += n;
-      if (filled === frame) {
-        if (!v.muted && v.encoder.state === 'configured') {
-          v.pendingLevels.push(levelOf(acc));
-          v.encoder.encode(new AudioData({ format: 'f32-planar', sampleRate: v.ctx.sampleRate, numberOfFrames: frame, numberOfChannels: 1, timestamp: ts, data: acc.slice(0) }));
-        }
-        ts += 20000; filled = 0;
-      }
-    }
-  };
+  const webrtc = el('input', {
+    type: 'checkbox', id: 'voice-webrtc', checked: localStorage.getItem('quaver.voice.webrtc') === '1',
+    onchange: (e) => localStorage.setItem('quaver.voice.webrtc', e.target.checked ? '1' : '0'),
+  });
+  const go = await dialog({
+    title: 'Settings',
+    body: [
+      el('fieldset', {}, el('legend', {}, 'Theme'), radio('system', 'Same as my system'), radio('light', 'Light'), radio('dark', 'Dark')),
+      el('fieldset', {}, el('legend', {}, 'Notifications'),
+        el('label', { class: 'choice' }, desktop, 'Desktop notifications when this tab is in the background (not while on do not disturb)')),
+      el('fieldset', {}, el('legend', {}, 'Voice'),
+        el('label', { class: 'choice' }, webrtc, 'Voice over WebRTC (the browser’s echo cancellation and jitter buffer)'),
+        hasWebCodecs() ? null : el('p', { class: 'hint' }, 'This browser always uses WebRTC for voice.')),
+    ],
+    buttons: [{ label: 'Sign out', value: 'signout', id: 'signout', danger: true }, { label: 'Close', value: 'close', primary: true }],
+  });
+  if (go === 'signout') signOut();
 }
 
-async function startPlayback(v) {
-  const it = v.session.voice();
-  // Ends with the session (a lost connection ends the loop; leaving cleans up).
-  v.reading = (async () => {
-    for await (const f of it) {
-      if (S.voiceSession !== v) break;
-      S.voiceStats.receivedFrames++;
-      let d = v.decoders.get(f.slot);
-      if (!d) {
-        d = new AudioDecoder({
-          output: (data) => {
-            const samples = new Float32Array(data.numberOfFrames);
-            data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
-            data.close();
-            let sum = 0;
-            for (const x of samples) sum += x * x;
-            S.voiceStats.decodedFrames++;
-            S.voiceStats.decodedEnergy += sum;
-            if (!v.deafened && !S.mutedForMe.has(userInSlot(v.channel, f.slot))) {
-              v.playback.port.postMessage({ slot: f.slot, samples }, [samples.buffer]);
-            }
-          },
-          error: () => {},
-        });
-        d.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: 1 });
-        v.decoders.set(f.slot, d);
-      }
-      if (f.payload.length === 0) continue;
-      try { d.decode(new EncodedAudioChunk({ type: 'key', timestamp: f.timestamp * 1e6 / 48000, data: f.payload })); } catch (_) {}
-    }
-  })().catch(() => {});
+async function signOut() {
+  await voice.leave();
+  S.client?.close();
+  sessionStorage.clear();
+  location.hash = '';
+  location.reload();
 }
 
-/** The user in `slot` of voice channel `channel`, from its voice states. */
-function userInSlot(channel, slot) {
-  for (const st of S.voice.get(channel)?.values() ?? []) if (st.slot === slot) return st.user_id;
-  return null;
-}
-
-/** WebRTC: each receiving track plays unless deafened or its speaker (`VoiceTrack`) is
- * muted for me. (Datagrams: checked per decoded frame.) */
-function applyHearing(v) {
-  if (!v?.pc) return;
-  for (const a of v.audio) a.muted = v.deafened;
-  for (const [mid, slot] of v.trackSlots) {
-    const a = v.audioByMid.get(mid);
-    if (a) a.muted = v.deafened || S.mutedForMe.has(userInSlot(v.channel, slot));
-  }
-}
-
-function toggleMutedForMe(user) {
-  if (S.mutedForMe.has(user)) S.mutedForMe.delete(user); else S.mutedForMe.add(user);
-  localStorage.setItem('quaver.mutedForMe', JSON.stringify([...S.mutedForMe]));
-  applyHearing(S.voiceSession);
-  render();
-}
-
-async function setVoiceState() {
-  const v = S.voiceSession;
-  if (!v?.lane) return;
-  if (v.gain) v.gain.gain.value = v.deafened ? 0 : 1;
-  applyHearing(v);
-  for (const t of v.stream?.getAudioTracks() ?? []) if (v.pc) t.enabled = !v.muted;
-  try { await v.lane.request({ type: 'SetVoiceState', self_mute: v.muted, self_deaf: v.deafened }); } catch (e) { toast(errText(e)); }
-  render();
-}
-
-async function leaveVoice() {
-  const v = S.voiceSession;
-  if (!v) return;
-  S.voiceSession = null;
-  // Bounded: on a connection that is gone the answer never comes (and leaving is moot).
-  const left = v.lane?.request({ type: 'LeaveVoice' }).catch(() => {});
-  await Promise.race([left, new Promise((r) => setTimeout(r, 1000))]);
-  v.stream?.getTracks().forEach((t) => t.stop());
-  clearInterval(v.statsTimer);
-  v.pc?.close();
-  for (const a of v.audio ?? []) a.srcObject = null;
-  try { v.encoder?.close(); } catch (_) {}
-  for (const d of v.decoders.values()) try { d.close(); } catch (_) {}
-  v.ctx?.close().catch(() => {});
-  if (v.remote) v.session.close();
-  render();
+async function connectionDialog() {
+  const c = S.client;
+  const row = (k, v) => [el('dt', {}, k), el('dd', {}, v)];
+  await dialog({
+    title: 'Connection',
+    body: [el('dl', { class: 'details' },
+      ...row('State', CONN_TEXT[c?.state] ?? c?.state ?? 'signed out'),
+      ...row('Server node', S.ready?.node ?? '—'),
+      ...row('Session', S.ready?.session ?? '—'),
+      ...row('Last connect', S.ready ? (S.ready.resumed ? 'resumed exactly' : 'new session (caught up by channel)') : '—'),
+      ...row('Transport', 'WebTransport over QUIC'),
+      ...row('Voice', voice.current ? `${voice.current.webrtc ? 'WebRTC' : 'datagrams'}${voice.current.remote ? ', on another node' : ''}` : 'not in voice'))],
+  });
 }
 
 // ---- rendering -------------------------------------------------------------------------
 
-/** A user's presence; your own is what you set (the server does not echo it to you). */
-function presenceOf(user) {
-  if (user === S.me?.id && S.client?.current()) {
-    const status = $('status-select').value;
-    const custom = $('custom-status').value.trim() || null;
-    const web = status === 'Invisible' ? 'Offline' : status;
-    return { user_id: user, status: web, client_status: { desktop: 'Offline', mobile: 'Offline', web }, custom_status: custom, activity: null };
-  }
-  return S.presences.get(user);
-}
-
-function presenceDot(user) {
-  const p = presenceOf(user);
-  const st = p?.status ?? 'Offline';
-  return el('span', { class: `dot ${st}`, title: st, 'data-status': st });
-}
-
-function renderGuilds() {
-  $('guilds').replaceChildren(...[...S.guilds.values()].map((g) => {
-    const unread = [...g.channels.keys()].some((c) => S.unread.has(c));
-    const mentions = [...g.channels.keys()].reduce((n, c) => n + (S.readStates.get(c)?.mention_count ?? 0), 0);
-    return el('div', { class: `item guild${g.guild.id === S.guild ? ' selected' : ''}${unread ? ' unread' : ''}`, dataset: { id: g.guild.id }, onclick: () => {
-      S.guild = g.guild.id;
-      const first = [...g.channels.values()].find((c) => c.kind === 'Text');
-      if (first) openChannel(first.id); else { S.channel = null; render(); }
-    } }, g.guild.name, mentions ? el('span', { class: 'badge' }, String(mentions)) : null);
-  }));
-  $('home-item').className = `item${S.guild === null ? ' selected' : ''}`;
-}
-
-function renderChannels() {
-  const g = S.guilds.get(S.guild);
-  $('guild-panel').hidden = !g; $('home-panel').hidden = !!g;
-  if (!g) { renderHome(); return; }
-  $('guild-name').textContent = g.guild.name;
-  const rows = [];
-  const channels = [...g.channels.values()].sort((a, b) => (a.kind === b.kind ? a.name.localeCompare(b.name) : a.kind === 'Text' ? -1 : 1));
-  for (const c of channels) {
-    const rs = S.readStates.get(c.id);
-    const mentions = rs?.mention_count ?? 0;
-    const voice = c.kind === 'Voice';
-    rows.push(el('div', {
-      class: `item channel${c.id === S.channel ? ' selected' : ''}${S.unread.has(c.id) ? ' unread' : ''}`,
-      dataset: { id: c.id, name: c.name, kind: c.kind },
-      onclick: () => (voice ? joinVoiceChannel(c.id) : openChannel(c.id)),
-    }, voice ? '🔊 ' : '# ', c.name, mentions ? el('span', { class: 'badge mentions' }, String(mentions)) : null));
-    if (voice) {
-      for (const v of S.voice.get(c.id)?.values() ?? []) {
-        // Someone else in the channel I am in: mute them for me alone.
-        const hearable = S.voiceSession?.channel === c.id && v.user_id !== S.me?.id;
-        const mine = S.mutedForMe.has(v.user_id);
-        rows.push(el('div', { class: `voice-user${v.speaking ? ' speaking' : ''}`, dataset: { user: v.user_id } },
-          nameOf(v.user_id), v.self_mute || v.server_mute ? ' 🔇' : '', v.self_deaf || v.server_deaf ? ' 🙉' : '',
-          mine ? ' (muted for you)' : '',
-          hearable ? el('button', {
-            class: 'mute-for-me', title: mine ? 'hear them again' : 'stop hearing them (only you)',
-            onclick: (e) => { e.stopPropagation(); toggleMutedForMe(v.user_id); },
-          }, mine ? 'unmute' : 'mute') : null));
-      }
-    }
-  }
-  $('channels').replaceChildren(...rows);
-}
-
-function renderHome() {
-  $('dms').replaceChildren(...[...S.dms.values()].map((c) => el('div', {
-    class: `item dm${c.id === S.channel ? ' selected' : ''}${S.unread.has(c.id) ? ' unread' : ''}`, dataset: { id: c.id },
-    onclick: () => openChannel(c.id),
-  }, c.name || c.recipients.filter((u) => u !== S.me?.id).map(nameOf).join(', '))));
-  const rows = [];
-  for (const [user, kind] of S.relationships) {
-    const actions = [];
-    if (kind === 'IncomingRequest') actions.push(el('button', { onclick: () => relationship('AcceptFriendRequest', user) }, 'Accept'), el('button', { onclick: () => relationship('DeclineFriendRequest', user) }, 'Decline'));
-    if (kind === 'OutgoingRequest') actions.push(el('button', { onclick: () => relationship('CancelFriendRequest', user) }, 'Cancel'));
-    if (kind === 'Friend') actions.push(el('button', { onclick: () => openDm(user) }, 'DM'), el('button', { onclick: () => relationship('RemoveFriend', user) }, 'Remove'));
-    if (kind === 'Blocked') actions.push(el('button', { onclick: () => relationship('UnblockUser', user) }, 'Unblock'));
-    rows.push(el('div', { class: 'item friend', dataset: { user, kind } }, presenceDot(user), nameOf(user), el('small', {}, ` ${kind}`), ...actions));
-  }
-  $('friends').replaceChildren(...rows);
-}
-
-function renderMessages() {
-  const c = findChannel(S.channel);
-  $('composer').disabled = !c || c.kind === 'Voice'; $('send').disabled = $('composer').disabled;
-  if (!c) { $('chat-head').textContent = 'Pick a channel'; $('messages').replaceChildren(); return; }
-  $('chat-head').textContent = c.guild_id ? `# ${c.name}` : (c.name || c.recipients.filter((u) => u !== S.me?.id).map(nameOf).join(', '));
-  const m = store(c.id);
-  const list = [...m.byId.values()].sort((a, b) => a.seq - b.seq);
-  const box = $('messages');
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-  // Keyed: a message's element is rebuilt only when what it shows changed, so hovering,
-  // selecting text and scrolling survive the events that re-render the channel.
-  const rows = [];
-  if (m.moreBefore && list.length) rows.push(S.olderButton ??= el('button', { id: 'older', onclick: loadOlder }, 'Load older messages'));
-  const cache = S.msgNodes ??= new Map();
-  for (const msg of list) {
-    const parent = msg.reply_to ? m.byId.get(msg.reply_to) : null;
-    const key = JSON.stringify([msg.content, msg.edited_at_ms, msg.deleted, msg.reactions, msg.reactions.map((r) => S.myReactions.has(`${msg.id}:${r.emoji}`)),
-      nameOf(msg.author_id), parent?.content, parent?.author_id, mentionsMe(msg)]);
-    const hit = cache.get(msg.id);
-    if (hit && hit.key === key) { rows.push(hit.node); continue; }
-    const node = messageNode(msg, parent);
-    cache.set(msg.id, { key, node });
-    rows.push(node);
-  }
-  if (cache.size > 5000) for (const id of cache.keys()) { if (!m.byId.has(id)) cache.delete(id); }
-  // Put the rows in place, moving only what is out of place.
-  let at = box.firstChild;
-  for (const r of rows) {
-    if (at === r) { at = at.nextSibling; continue; }
-    box.insertBefore(r, at);
-  }
-  while (at) { const next = at.nextSibling; at.remove(); at = next; }
-  if (atBottom) box.scrollTop = box.scrollHeight;
-}
-
-function messageNode(msg, parent) {
-  const mine = msg.author_id === S.me?.id;
-  const actions = el('span', { class: 'actions' },
-    el('button', { title: 'reply', class: 'act-reply', onclick: () => { S.replyTo = msg.id; renderReply(); $('composer').focus(); } }, '↩'),
-    el('button', { title: 'react 👍', class: 'act-react', onclick: () => react(msg, '👍') }, '👍'),
-    mine && !msg.deleted ? el('button', { title: 'edit', class: 'act-edit', onclick: () => edit(msg) }, '✎') : null,
-    mine && !msg.deleted ? el('button', { title: 'delete', class: 'act-delete', onclick: () => remove(msg) }, '🗑') : null);
-  return el('div', { class: `msg${mentionsMe(msg) ? ' mentions-me' : ''}${msg.deleted ? ' deleted' : ''}`, dataset: { id: msg.id, seq: String(msg.seq), author: msg.author_id } },
-    actions,
-    msg.reply_to ? el('div', { class: 'reply' }, '↪ ', parent ? `${nameOf(parent.author_id)}: ${parent.deleted ? 'a deleted message' : parent.content.slice(0, 60)}` : 'an earlier message') : null,
-    el('span', { class: 'author' }, nameOf(msg.author_id)),
-    el('span', { class: 'content' }, msg.deleted ? 'message deleted' : renderContent(msg.content)),
-    msg.edited_at_ms ? el('span', { class: 'edited' }, '(edited)') : null,
-    el('span', { class: 'time' }, new Date(msg.created_at_ms).toLocaleTimeString()),
-    msg.reactions.length && !msg.deleted ? el('div', { class: 'reactions' }, ...msg.reactions.map((r) => el('button', {
-      class: S.myReactions.has(`${msg.id}:${r.emoji}`) ? 'mine' : '', onclick: () => react(msg, r.emoji),
-    }, `${r.emoji} ${r.count}`))) : null);
-}
-
-function renderReply() {
-  const r = $('replying');
-  if (!S.replyTo) { r.hidden = true; return; }
-  const msg = store(S.channel).byId.get(S.replyTo);
-  r.hidden = false;
-  r.replaceChildren(`Replying to ${msg ? nameOf(msg.author_id) : 'a message'} `, el('button', { onclick: () => { S.replyTo = null; renderReply(); } }, '✕'));
-}
-
-function renderTyping() {
-  const t = S.typing.get(S.channel);
-  const now = Date.now();
-  const who = t ? [...t].filter(([, exp]) => exp > now).map(([u]) => nameOf(u)) : [];
-  $('typing').textContent = who.length === 0 ? '' : who.length === 1 ? `${who[0]} is typing…` : who.length < 4 ? `${who.join(', ')} are typing…` : 'several people are typing…';
-}
-
-function renderMembers() {
-  const g = S.guilds.get(S.guild);
-  const c = findChannel(S.channel);
-  const people = g ? [...g.members.values()].map((m) => m.user_id) : (c?.recipients ?? []);
-  const rank = (u) => ({ Online: 0, Idle: 1, Dnd: 2 }[presenceOf(u)?.status] ?? 3);
-  people.sort((a, b) => rank(a) - rank(b) || nameOf(a).localeCompare(nameOf(b)));
-  $('members').replaceChildren(...people.map((u) => {
-    const p = presenceOf(u);
-    const devices = p ? Object.entries(p.client_status).filter(([, s]) => s !== 'Offline').map(([d, s]) => `${d}: ${s.toLowerCase()}`).join(', ') : '';
-    const blocked = S.relationships.get(u) === 'Blocked';
-    const actions = u === S.me?.id ? [] : [
-      blocked ? null : el('button', { title: 'direct message', onclick: () => openDm(u) }, '✉'),
-      S.relationships.has(u) ? null : el('button', { title: 'add friend', onclick: () => relationship('SendFriendRequest', u) }, '+'),
-      blocked ? el('button', { title: 'unblock', onclick: () => relationship('UnblockUser', u) }, 'unblock')
-        : el('button', { title: 'block', onclick: () => { if (confirm(`Block ${nameOf(u)}? No DMs or friend requests either way.`)) relationship('BlockUser', u); } }, '⛔'),
-    ];
-    return el('div', { class: 'item member', dataset: { user: u, status: p?.status ?? 'Offline' } },
-      presenceDot(u), el('span', {}, nameOf(u), el('span', { class: 'devices' }, devices ? ` ${devices}` : ''), p?.custom_status ? el('span', { class: 'custom' }, p.custom_status) : null),
-      el('span', { class: 'spacer' }), ...actions);
-  }));
-}
-
-function renderNotifications() {
-  const n = $('notif-count');
-  n.hidden = S.notifUnread === 0; n.textContent = String(S.notifUnread);
-  $('notifications').replaceChildren(...S.notifications.slice(0, 50).map((x) => el('div', {
-    class: `notification${x.read ? '' : ' unread'}`, dataset: { kind: x.kind, id: x.id },
-    onclick: () => {
-      if (x.channel_id && findChannel(x.channel_id)) openChannel(x.channel_id);
-      req('Notifications', { type: 'MarkNotificationsRead', ids: [x.id], all: false }).catch(() => {});
-      $('notif-panel').style.display = 'none';
-    },
-  }, notificationText(x), el('div', { class: 'time' }, new Date(x.created_at_ms).toLocaleString()))));
-}
-
-function renderVoicebar() {
-  const v = S.voiceSession;
-  $('voicebar').style.display = v ? 'flex' : 'none';
-  if (!v) return;
-  $('voice-where').textContent = `🔊 ${findChannel(v.channel)?.name ?? 'voice'}${v.webrtc ? ' (WebRTC)' : ''}${v.remote ? ' (other node)' : ''}`;
-  $('mute').textContent = v.muted ? 'Unmute' : 'Mute';
-  $('deafen').textContent = v.deafened ? 'Undeafen' : 'Deafen';
-}
-
+let renderQueued = false;
+/** Draws every part once per frame at most (events come in bursts). */
 function render() {
-  if (!S.me) return;
-  renderGuilds(); renderChannels(); renderMessages(); renderTyping(); renderMembers(); renderNotifications(); renderVoicebar();
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    if (!S.me) return;
+    V.renderRail(); V.renderSidebar(); V.renderChatHead(); if (!$('messages').hidden) V.renderMessages();
+    V.renderReply(); V.renderTyping(); V.renderMembers(); V.renderNotifications(); V.renderVoicebar(); V.renderUserbar(); V.renderTitle();
+  });
 }
+// Tests and scripts can ask for a render now.
+window.quaverRender = () => { renderQueued = false; render(); };
+
+V.bind(S, {
+  openGuild, openChannel, loadOlder, relationship, openDm, block, removeFriend,
+  joinVoice: (id) => {
+    if (voice.current?.channel === id) return;
+    voice.join(id, { webrtc: localStorage.getItem('quaver.voice.webrtc') === '1' || !hasWebCodecs() });
+  },
+  toggleMutedForMe: (user) => {
+    if (S.mutedForMe.has(user)) S.mutedForMe.delete(user); else S.mutedForMe.add(user);
+    localStorage.setItem('quaver.mutedForMe', JSON.stringify([...S.mutedForMe]));
+    voice.applyHearing();
+    render();
+  },
+  newChannel,
+  replyTo: (id) => { S.replyTo = id; V.renderReply(); if (id) $('composer').focus(); },
+  pickReaction: async (msg, anchor) => { const e = await pickEmoji(anchor); if (e) react(msg, e); },
+  react,
+  startEdit: (id) => { S.editing = id; render(); },
+  saveEdit,
+  cancelEdit: () => { S.editing = null; render(); $('composer').focus(); },
+  remove,
+  openNotification,
+});
 
 // ---- wiring ----------------------------------------------------------------------------
 
-$('signin-dev').onclick = async () => {
+$('dev-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
   const name = $('name').value.trim();
-  if (!name) { $('signin-error').textContent = 'pick a name'; return; }
-  try { await signIn(await devToken(name)); } catch (e) { $('signin-error').textContent = `${e.message}\nPaste a token instead.`; }
-};
-$('name').addEventListener('keydown', (e) => { if (e.key === 'Enter') $('signin-dev').click(); });
-$('connect').onclick = () => { const t = $('token').value.trim(); if (t) signIn(t); };
-$('signout').onclick = () => { leaveVoice(); S.client?.close(); sessionStorage.clear(); location.hash = ''; location.reload(); };
-$('send').onclick = send;
-$('composer').addEventListener('keydown', (e) => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(); } });
+  if (!name) { $('signin-error').textContent = 'Pick a name.'; return; }
+  try { await signIn(await devToken(name)); } catch (err) { $('signin-error').textContent = `That did not work: ${err.message}.`; }
+});
+$('key-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const t = $('token').value.trim();
+  if (t) signIn(t); else $('signin-error').textContent = 'Paste your access key.';
+});
+$('composer-box').addEventListener('submit', (e) => { e.preventDefault(); send(); });
+$('composer').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(); return; }
+  if (e.key === 'Escape' && S.replyTo) { S.replyTo = null; V.renderReply(); }
+  if (e.key === 'ArrowUp' && !$('composer').value) {
+    // Edit your last message, as in other chat apps.
+    const mine = [...S.store(S.channel).byId.values()].filter((m) => m.author_id === S.me?.id && !m.deleted).sort((a, b) => b.seq - a.seq)[0];
+    if (mine) { e.preventDefault(); S.editing = mine.id; render(); }
+  }
+});
 $('composer').addEventListener('input', onComposerInput);
+$('composer').addEventListener('blur', () => { if (!$('composer').value.trim()) stopTyping(); });
 $('messages').addEventListener('scroll', () => { if ($('messages').scrollTop < 20) loadOlder(); });
-$('create-guild').onclick = createGuild;
-$('join-guild').onclick = joinGuild;
-$('create-channel').onclick = createChannel;
+$('add-guild').onclick = addGuildDialog;
+$('home-item').onclick = openHome;
+$('friends-nav').onclick = openHome;
+$('guild-menu-button').onclick = () => {
+  const m = $('guild-menu'), open = m.hidden;
+  m.hidden = !open;
+  $('guild-menu-button').setAttribute('aria-expanded', String(open));
+  if (open) m.querySelector('button').focus();
+};
+$('guild-menu').addEventListener('click', () => { $('guild-menu').hidden = true; $('guild-menu-button').setAttribute('aria-expanded', 'false'); });
+$('guild-menu').addEventListener('keydown', (e) => {
+  const items = [...$('guild-menu').querySelectorAll('button')];
+  const i = items.indexOf(document.activeElement);
+  if (e.key === 'Escape') { $('guild-menu').hidden = true; $('guild-menu-button').focus(); }
+  if (e.key === 'ArrowDown') { e.preventDefault(); items[(i + 1) % items.length].focus(); }
+  if (e.key === 'ArrowUp') { e.preventDefault(); items[(i - 1 + items.length) % items.length].focus(); }
+});
 $('create-invite').onclick = createInvite;
+$('new-channel').onclick = () => newChannel('Text');
 $('leave-guild').onclick = leaveGuild;
-$('home-item').onclick = () => { S.guild = null; S.channel = null; render(); };
-$('add-friend').onclick = () => { const u = $('friend-id').value.trim(); if (/^\d+$/.test(u)) relationship('SendFriendRequest', u); };
-$('status-select').onchange = setPresence;
-$('custom-status').addEventListener('change', setPresence);
-$('notif-button').onclick = () => { const p = $('notif-panel'); p.style.display = p.style.display === 'block' ? 'none' : 'block'; };
-$('notif-read-all').onclick = markAllNotificationsRead;
-$('mute').onclick = () => { if (S.voiceSession) { S.voiceSession.muted = !S.voiceSession.muted; setVoiceState(); } };
-$('deafen').onclick = () => { if (S.voiceSession) { S.voiceSession.deafened = !S.voiceSession.deafened; setVoiceState(); } };
-$('leave-voice').onclick = leaveVoice;
-$('voice-webrtc').checked = localStorage.getItem('quaver.voice.webrtc') === '1';
-$('voice-webrtc').onchange = () => localStorage.setItem('quaver.voice.webrtc', $('voice-webrtc').checked ? '1' : '0');
-setInterval(renderTyping, 1000);
-document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && S.channel) openChannel(S.channel); });
+$('status-button').onclick = statusDialog;
+$('settings-button').onclick = settingsDialog;
+$('conn').onclick = connectionDialog;
+$('notif-button').onclick = toggleNotifications;
+$('notif-read-all').onclick = () => {
+  for (const n of S.notifications) n.read = true;
+  S.notifUnread = 0; render();
+  req('Notifications', { type: 'MarkNotificationsRead', ids: [], all: true }).catch((e) => failed('could not mark them read', e));
+};
+$('notif-panel').addEventListener('keydown', (e) => { if (e.key === 'Escape') { closeNotifications(); $('notif-button').focus(); } });
+document.addEventListener('pointerdown', (e) => {
+  if (!$('notif-panel').hidden && !$('notif-panel').contains(e.target) && !$('notif-button').contains(e.target)) closeNotifications();
+  if (!$('guild-menu').hidden && !$('guild-menu').contains(e.target) && !$('guild-menu-button').contains(e.target)) $('guild-menu').hidden = true;
+});
+$('mute').onclick = () => voice.setMuted(!voice.current?.muted);
+$('deafen').onclick = () => voice.setDeafened(!voice.current?.deafened);
+$('leave-voice').onclick = () => voice.leave();
+$('menu-button').onclick = () => {
+  const open = !$('app').classList.contains('nav-open');
+  $('app').classList.toggle('nav-open', open);
+  $('app').classList.remove('members-open');
+  $('menu-button').setAttribute('aria-expanded', String(open));
+  if (open) ($('sidebar').querySelector('.selected') ?? $('home-item')).focus();
+};
+$('members-button').onclick = () => {
+  const narrow = matchMedia('(max-width: 1199px)').matches;
+  if (narrow) {
+    const open = !$('app').classList.contains('members-open');
+    $('app').classList.toggle('members-open', open);
+    $('app').classList.remove('nav-open');
+    $('members-button').setAttribute('aria-expanded', String(open));
+  } else {
+    const hidden = $('app').classList.toggle('members-hidden');
+    $('members-button').setAttribute('aria-expanded', String(!hidden));
+  }
+};
+$('scrim').onclick = closeDrawers;
+document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && $('app').matches('.nav-open, .members-open')) closeDrawers(); });
+for (const t of document.querySelectorAll('#home-view [role="tab"]')) {
+  t.onclick = () => {
+    S.homeTab = t.dataset.tab;
+    // Seeing the requests reads their notifications.
+    if (S.homeTab === 'pending') readNotifications(S.notifications.filter((n) => n.kind === 'FriendRequest'));
+    render();
+    if (S.homeTab === 'add') $('friend-query').focus();
+  };
+  t.addEventListener('keydown', (e) => {
+    const tabs = [...document.querySelectorAll('#home-view [role="tab"]')];
+    const i = tabs.indexOf(t), step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+    if (step) { e.preventDefault(); const n = tabs[(i + step + tabs.length) % tabs.length]; n.focus(); n.click(); }
+  });
+}
+$('friend-query').addEventListener('input', () => V.renderFriends());
+addEventListener('hashchange', () => { if (S.client?.current()) takeInviteFromLink(); });
+setInterval(V.renderTyping, 1000);
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible' && S.channel) {
+    const c = S.findChannel(S.channel);
+    if (c?.last_seq) markRead(S.channel, c.last_seq);
+    render();
+  }
+});
 
-// An invite link (`/#invite=CODE`) fills the join field.
-const inviteInHash = location.hash.match(/invite=([^&]+)/);
-if (inviteInHash) $('invite-input').value = decodeURIComponent(inviteInHash[1]);
+// An invite link that arrives before sign-in waits for it (`takeInviteFromLink` after Ready).
 const savedToken = sessionStorage.getItem('quaver.token');
 if (savedToken) signIn(savedToken); else showSignin();

@@ -597,6 +597,8 @@ export class Session extends EventTarget {
     this.lastHeard = Date.now();
     // `heartbeatLanes()`, when set, reports the last event seq processed per lane.
     this.heartbeatLanes = null;
+    // A heartbeat that cannot be written means the connection is gone: the control loop
+    // below sees that end and reports it ('closed'); nothing else is to be done here.
     this.heartbeat = setInterval(() => this.#send({ type: 'Heartbeat', nonce: ++this.nonce, lanes: this.heartbeatLanes?.() ?? [] }).catch(() => {}),
       ready.heartbeat_interval_ms);
     this.closed = this.#controlLoop();
@@ -614,7 +616,11 @@ export class Session extends EventTarget {
         if (m.type === 'Closing') { this.closeInfo = { code: m.code, reason: m.reason }; this.#hangUp(); break; }
         else if (kinds[m.type]) this.dispatchEvent(new CustomEvent(kinds[m.type], { detail: m }));
       }
-    } catch (_) { /* the connection went away; `closeInfo` says why if the server told us */ }
+    } catch (e) {
+      // The connection went away (`closeInfo` says why if the server told us) — or the
+      // server sent something this client cannot read, which is a bug worth a log line.
+      if (e instanceof ProtocolError) { this.protocolError = e; console.warn('quaver: unreadable control frame; the session ends', e); }
+    }
     clearInterval(this.heartbeat);
     this.dispatchEvent(new CustomEvent('closed', { detail: this.closeInfo }));
     return this.closeInfo;
@@ -926,7 +932,7 @@ export class Resilient extends EventTarget {
         const timer = setInterval(() => { if (Date.now() - s.lastHeard > quiet) { clearInterval(timer); resolve(null); } }, 500);
         s.closed.then((ci) => { clearInterval(timer); resolve(ci); });
       });
-      try { s.wt.close({ closeCode: 1000, reason: 'replacing' }); } catch (_) {}
+      try { s.wt.close({ closeCode: 1000, reason: 'replacing' }); } catch (_) { /* already closed: nothing to replace */ }
       if (this.stopped) break;
       if (info && info.code >= 4000) { this.#fail(new ClosedError(info.code, info.reason)); return; }
       // Another connection resumed this session (a duplicated tab carries its id along):
@@ -954,7 +960,7 @@ export class Resilient extends EventTarget {
 
   /** For tests and the "drop connection" button: kills the connection without a goodbye
    * (the session stays resumable, as after a network failure). */
-  dropConnection() { try { this.session?.wt.close({ closeCode: 1, reason: 'dropped' }); } catch (_) {} }
+  dropConnection() { try { this.session?.wt.close({ closeCode: 1, reason: 'dropped' }); } catch (_) { /* already gone */ } }
 
   /** Ends the session for good. */
   close() { this.stopped = true; this.session?.close(); }

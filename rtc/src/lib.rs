@@ -169,13 +169,26 @@ impl Peer {
     /// Answers `offer` as an ICE-lite peer reachable at `local` (the UDP address the server
     /// announces as its one host candidate); returns the peer and the answer's SDP.
     pub fn answer(offer: &str, local: SocketAddr, now: Instant) -> Result<(Peer, String), Error> {
+        Self::answer_on(offer, &[local], now)
+    }
+
+    /// The same with a host candidate for each of `candidates` (a server listening on every
+    /// interface announces each address it can be reached at: browsers such as Firefox
+    /// offer no loopback candidate, so a loopback address alone would not do). The first is
+    /// the default destination of [`Peer::receive`].
+    pub fn answer_on(offer: &str, candidates: &[SocketAddr], now: Instant) -> Result<(Peer, String), Error> {
+        let local = *candidates
+            .first()
+            .ok_or_else(|| Error::Rtc("no address to announce".into()))?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| Error::Sdp(e.to_string()))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
-        let candidate = Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
+        for addr in candidates {
+            let candidate = Candidate::host(*addr, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
+            rtc.add_local_candidate(candidate);
+        }
         let answer = rtc.sdp_api().accept_offer(offer)?;
         let answer = answer.to_sdp_string();
         // The offer's sections as this side answered them (str0m reports them as events
@@ -277,13 +290,24 @@ impl Peer {
     /// Whether `data` from `from` belongs to this peer (its ICE credentials or its
     /// DTLS/SRTP path): the way to find a datagram's peer on a shared socket.
     pub fn accepts(&self, from: SocketAddr, data: &[u8]) -> bool {
-        received(Instant::now(), from, self.local, data).is_some_and(|i| self.rtc.accepts(&i))
+        self.accepts_at(from, self.local, data)
+    }
+
+    /// [`Peer::accepts`] for a datagram that arrived at local address `to`.
+    pub fn accepts_at(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) -> bool {
+        received(Instant::now(), from, to, data).is_some_and(|i| self.rtc.accepts(&i))
     }
 
     /// A datagram from `from`, at `now`. Input that is not WebRTC is ignored; what the
     /// stack refuses ends the peer ([`Output::Closed`] follows).
     pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(input) = received(now, from, self.local, data) else {
+        self.receive_at(now, from, self.local, data);
+    }
+
+    /// [`Peer::receive`] for a datagram that arrived at local address `to` (one of the
+    /// candidates announced).
+    pub fn receive_at(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let Some(input) = received(now, from, to, data) else {
             return;
         };
         if self.rtc.handle_input(input).is_err() {

@@ -886,7 +886,7 @@ impl Sharding {
 }
 
 /// What takes the datagrams of the port that are not QUIC ([`Engine::set_foreign`]).
-type Foreign = dyn FnMut(SocketAddr, &[u8]) + Send;
+type Foreign = dyn FnMut(SocketAddr, Option<std::net::IpAddr>, &[u8]) + Send;
 
 /// The event loop: a [`Core`] on a UDP socket, with the queue other threads send commands
 /// through.
@@ -984,7 +984,7 @@ impl<A: App> Engine<A> {
     /// Hands every received datagram whose first byte has QUIC's fixed bit (0x40) clear —
     /// STUN (0–3), DTLS (20–63), RTP/RTCP (128–191): RFC 9443's ranges — to `to`, with its
     /// source, instead of the endpoint (which would drop it). For WebRTC on the QUIC port.
-    pub fn set_foreign(&mut self, to: impl FnMut(SocketAddr, &[u8]) + Send + 'static) {
+    pub fn set_foreign(&mut self, to: impl FnMut(SocketAddr, Option<std::net::IpAddr>, &[u8]) + Send + 'static) {
         self.foreign = Some(Box::new(to));
     }
 
@@ -1094,7 +1094,7 @@ impl<A: App> Engine<A> {
                     if let Some(to) = &mut self.foreign
                         && d.first().is_some_and(|b| b & 0x40 == 0)
                     {
-                        to(m.addr, d);
+                        to(m.addr, m.dst_ip, d);
                         continue;
                     }
                     let ecn = m.ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));

@@ -55,6 +55,11 @@ pub async fn request(
                     .into());
                 }
             }
+            session.set_chosen(crate::presence::Chosen {
+                status,
+                custom_status: custom_status.clone(),
+                activity: activity.clone(),
+            });
             ctx.presence.set(user, session.id, status, custom_status, activity);
             Ok(ResponseBody::Done)
         }

@@ -94,6 +94,8 @@ pub struct SessionHandle {
     inner: Mutex<Inner>,
     /// Last event seq the client reported processed per lane (from heartbeats).
     acked: [AtomicU64; 5],
+    /// What the session set with `SetPresence`: a resume shows it again, not `Online`.
+    chosen: Mutex<Option<crate::presence::Chosen>>,
 }
 
 /// Why a lane could not be attached.
@@ -120,7 +122,18 @@ impl SessionHandle {
                 detached_until: None,
             }),
             acked: Default::default(),
+            chosen: Mutex::new(None),
         }
+    }
+
+    /// Remembers what the session chose with `SetPresence`.
+    pub fn set_chosen(&self, chosen: crate::presence::Chosen) {
+        *self.chosen.lock().unwrap_or_else(|p| p.into_inner()) = Some(chosen);
+    }
+
+    /// What the session chose with `SetPresence`, if it did.
+    pub fn chosen(&self) -> Option<crate::presence::Chosen> {
+        self.chosen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -442,7 +442,7 @@ async fn serve(
     if let Some(inlet) = webrtc {
         // WebRTC on this port (RFC 9443): what is not QUIC goes to the WebRTC task; a full
         // queue drops it (ICE and DTLS retransmit, audio is better lost than late).
-        engine.set_foreign(move |from, d| drop(inlet.try_send((from, d.to_vec()))));
+        engine.set_foreign(move |from, to, d| drop(inlet.try_send((from, to, d.to_vec()))));
     }
     ctx.voice.run_channels_on(tokio::runtime::Handle::current());
     let tx = engine.sender();
@@ -1146,7 +1146,7 @@ impl Here<'_, '_> {
             fetches: 0,
         }));
         self.control(&first);
-        ctx.presence.connect(user, handle.id, hello.device);
+        ctx.presence.connect(user, handle.id, hello.device, handle.chosen());
         ctx.metrics.session_opened(self.c.transport);
         tracing::debug!(session = %handle.id, user, transport = self.c.transport.name(), engine = true, resumed, "session ready");
         if ctx.shutdown.is_fired()

@@ -1,7 +1,8 @@
 //! The HTTP side port: `/health` (the process answers), `/ready` (accepting sessions: not
 //! draining, and the database answering within its deadline), `/metrics` (Prometheus text), `/cert-hash` (what a browser needs for
-//! `serverCertificateHashes`), the web app at `/` (`/app.js`, `/quaver.js`), and — only on a
-//! server running on its generated development secret — `POST /dev/token`.
+//! `serverCertificateHashes`), the web app at `/` (its modules and styles, [`WEB`]), and — only on a
+//! server running on its generated development secret — `POST /dev/token` (and `GET /dev/token`,
+//! which says whether it does).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -14,32 +15,43 @@ use axum::routing::{get, post};
 
 use crate::Ctx;
 
+/// The web app's files, built into the binary (no build step: the modules as written).
+const WEB: [(&str, &str, &str); 7] = [
+    ("/", "text/html; charset=utf-8", include_str!("../../web/index.html")),
+    ("/app.css", "text/css; charset=utf-8", include_str!("../../web/app.css")),
+    ("/quaver.js", JS, include_str!("../../web/quaver.js")),
+    ("/app.js", JS, include_str!("../../web/app.js")),
+    ("/app-ui.js", JS, include_str!("../../web/app-ui.js")),
+    ("/app-views.js", JS, include_str!("../../web/app-views.js")),
+    ("/app-voice.js", JS, include_str!("../../web/app-voice.js")),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+
 /// The router, a value tests can drive without a socket.
 pub fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+    let mut r = Router::new();
+    for (path, ty, body) in WEB {
+        r = r.route(path, get(move || async move { static_file(ty, body) }));
+    }
+    r.route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/cert-hash", get(cert_hash))
-        .route(
-            "/",
-            get(|| async { static_file("text/html; charset=utf-8", include_str!("../../web/index.html")) }),
-        )
-        .route(
-            "/quaver.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/quaver.js")) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../../web/app.js")) }),
-        )
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/dev/token", post(dev_token))
+        .route("/dev/token", post(dev_token).get(dev_tokens_available))
         .with_state(ctx)
 }
 
 fn static_file(ty: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, ty),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -134,6 +146,19 @@ struct DevTokenRequest {
 /// `POST /dev/token {"name": "ada"}`: a token for the user of that name. Exists only while
 /// the server runs on the JWT secret it generated for development (never with `JWT_SECRET`
 /// or a public key set), and says so.
+/// Whether `POST /dev/token` mints tokens here (the sign-in page asks, and offers names or
+/// an access key accordingly): always 200, so a browser logs no failed request for asking.
+async fn dev_tokens_available(State(ctx): State<Arc<Ctx>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        serde_json::json!({ "available": ctx.verifier.is_generated() }).to_string(),
+    )
+        .into_response()
+}
+
 async fn dev_token(State(ctx): State<Arc<Ctx>>, body: axum::body::Bytes) -> Response {
     let json = |status: StatusCode, v: serde_json::Value| {
         (

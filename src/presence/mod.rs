@@ -21,6 +21,17 @@ use quaver_proto::{ClientStatus, DeviceKind, Presence, PresenceStatus, SessionId
 /// Default reconnect grace before a user shows offline.
 pub const GRACE: Duration = Duration::from_secs(5);
 
+/// What a session chose with `SetPresence` (kept by its session, given back on a resume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The status.
+    pub status: PresenceStatus,
+    /// Custom status text.
+    pub custom_status: Option<String>,
+    /// Activity text.
+    pub activity: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 struct SessionState {
     device: DeviceKind,
@@ -193,16 +204,36 @@ impl PresenceState {
         }
     }
 
-    /// A session became ready.
-    pub fn connect(&mut self, user: u64, session: SessionId, device: DeviceKind, now: Instant) -> Option<Presence> {
+    /// A session became ready: a new one `Online`; a resumed one as it had set itself
+    /// (`chosen`: its last status and texts), so a resume shows no flap.
+    pub fn connect(
+        &mut self,
+        user: u64,
+        session: SessionId,
+        device: DeviceKind,
+        chosen: Option<Chosen>,
+        now: Instant,
+    ) -> Option<Presence> {
         self.dirty.push(user);
         let u = self.users.entry(user).or_default();
         u.offline_at = None;
+        let status = match &chosen {
+            Some(c) if c.status != PresenceStatus::Offline => c.status,
+            Some(_) => PresenceStatus::Invisible,
+            None => PresenceStatus::Online,
+        };
+        if let Some(c) = chosen
+            && (u.custom_status != c.custom_status || u.activity != c.activity)
+        {
+            u.custom_status = c.custom_status;
+            u.activity = c.activity;
+            u.set_at_ms = crate::ids::now_ms();
+        }
         u.sessions.insert(
             session,
             SessionState {
                 device,
-                status: PresenceStatus::Online,
+                status,
                 last_seen: now,
             },
         );
@@ -325,11 +356,11 @@ mod tests {
     fn aggregate_and_per_platform_with_two_devices() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 60 * S);
-        let first = p.connect(7, sid(1), DeviceKind::Desktop, t0).unwrap();
+        let first = p.connect(7, sid(1), DeviceKind::Desktop, None, t0).unwrap();
         assert_eq!(first.status, PresenceStatus::Online);
         assert_eq!(first.client_status.desktop, PresenceStatus::Online);
         assert_eq!(first.client_status.mobile, PresenceStatus::Offline);
-        let both = p.connect(7, sid(2), DeviceKind::Mobile, t0).unwrap();
+        let both = p.connect(7, sid(2), DeviceKind::Mobile, None, t0).unwrap();
         assert_eq!(both.client_status.mobile, PresenceStatus::Online);
         // Mobile goes idle: aggregate stays online, per-platform shows it.
         let idle = p.set(7, sid(2), PresenceStatus::Idle, None, None).unwrap();
@@ -356,8 +387,8 @@ mod tests {
     fn invisible_looks_offline_to_others() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 60 * S);
-        p.connect(7, sid(1), DeviceKind::Web, t0);
-        p.connect(7, sid(2), DeviceKind::Desktop, t0);
+        p.connect(7, sid(1), DeviceKind::Web, None, t0);
+        p.connect(7, sid(2), DeviceKind::Desktop, None, t0);
         let hidden = p
             .set(7, sid(2), PresenceStatus::Invisible, Some("secret".into()), None)
             .unwrap();
@@ -366,19 +397,19 @@ mod tests {
         assert_eq!(hidden.custom_status, None, "nothing leaks");
         assert!(!p.is_visible_online(7));
         // An invisible user connecting more sessions stays hidden, and silent.
-        assert_eq!(p.connect(7, sid(3), DeviceKind::Mobile, t0), None);
+        assert_eq!(p.connect(7, sid(3), DeviceKind::Mobile, None, t0), None);
     }
 
     #[test]
     fn reconnect_within_grace_does_not_flap() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 60 * S);
-        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.connect(7, sid(1), DeviceKind::Desktop, None, t0);
         assert_eq!(p.disconnect(7, sid(1), t0 + S), None, "grace, not offline");
         assert!(p.is_visible_online(7));
         assert_eq!(p.next_deadline(), Some(t0 + 6 * S));
         assert_eq!(
-            p.connect(7, sid(2), DeviceKind::Desktop, t0 + 3 * S),
+            p.connect(7, sid(2), DeviceKind::Desktop, None, t0 + 3 * S),
             None,
             "same visible state: no event"
         );
@@ -389,7 +420,7 @@ mod tests {
     fn grace_expiry_goes_offline_once() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 60 * S);
-        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.connect(7, sid(1), DeviceKind::Desktop, None, t0);
         p.disconnect(7, sid(1), t0);
         assert!(p.poll(t0 + 4 * S).is_empty());
         let out = p.poll(t0 + 5 * S);
@@ -403,8 +434,8 @@ mod tests {
     fn silent_sessions_are_swept() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 20 * S);
-        p.connect(7, sid(1), DeviceKind::Desktop, t0);
-        p.connect(7, sid(2), DeviceKind::Mobile, t0);
+        p.connect(7, sid(1), DeviceKind::Desktop, None, t0);
+        p.connect(7, sid(2), DeviceKind::Mobile, None, t0);
         p.seen(7, sid(1), t0 + 15 * S);
         // Mobile never heartbeats again: swept at 20 s; desktop remains.
         let out = p.poll(t0 + 20 * S);
@@ -420,10 +451,32 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_session_comes_back_as_it_had_set_itself_without_a_flap() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Web, None, t0);
+        let dnd = p
+            .set(7, sid(1), PresenceStatus::Dnd, Some("focus".into()), None)
+            .unwrap();
+        assert_eq!(p.disconnect(7, sid(1), t0 + S), None, "grace");
+        let chosen = Chosen {
+            status: PresenceStatus::Dnd,
+            custom_status: Some("focus".into()),
+            activity: None,
+        };
+        assert_eq!(
+            p.connect(7, sid(1), DeviceKind::Web, Some(chosen), t0 + 2 * S),
+            None,
+            "the same as before the resume: nothing to tell"
+        );
+        assert_eq!(p.visible(7), dnd);
+    }
+
+    #[test]
     fn invisible_user_leaving_produces_no_offline_event() {
         let t0 = Instant::now();
         let mut p = PresenceState::new(5 * S, 60 * S);
-        p.connect(7, sid(1), DeviceKind::Desktop, t0);
+        p.connect(7, sid(1), DeviceKind::Desktop, None, t0);
         p.set(7, sid(1), PresenceStatus::Invisible, None, None);
         p.disconnect(7, sid(1), t0);
         assert!(p.poll(t0 + 10 * S).is_empty());

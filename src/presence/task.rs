@@ -15,7 +15,7 @@ use super::registry::redis::{RENEW_EVERY, RedisRegistry};
 use crate::cluster::{Bus, BusEvent};
 
 enum Cmd {
-    Connect(u64, SessionId, DeviceKind),
+    Connect(u64, SessionId, DeviceKind, Option<super::Chosen>),
     Disconnect(u64, SessionId),
     Seen(u64, SessionId),
     Set(u64, SessionId, PresenceStatus, Option<String>, Option<String>),
@@ -58,9 +58,9 @@ impl PresenceHandle {
         (Self { tx, registry }, live)
     }
 
-    /// A session became ready.
-    pub fn connect(&self, user: u64, session: SessionId, device: DeviceKind) {
-        let _ = self.tx.send(Cmd::Connect(user, session, device));
+    /// A session became ready (`chosen`: what a resumed session had set).
+    pub fn connect(&self, user: u64, session: SessionId, device: DeviceKind, chosen: Option<super::Chosen>) {
+        let _ = self.tx.send(Cmd::Connect(user, session, device, chosen));
     }
     /// A session ended.
     pub fn disconnect(&self, user: u64, session: SessionId) {
@@ -169,7 +169,7 @@ async fn run(
         let now = Instant::now();
         let out = match cmd {
             None => state.poll(now),
-            Some(Cmd::Connect(u, s, d)) => state.connect(u, s, d, now).into_iter().collect(),
+            Some(Cmd::Connect(u, s, d, c)) => state.connect(u, s, d, c, now).into_iter().collect(),
             Some(Cmd::Disconnect(u, s)) => state.disconnect(u, s, now).into_iter().collect(),
             Some(Cmd::Seen(u, s)) => {
                 state.seen(u, s, now);

@@ -155,11 +155,13 @@ impl Store {
                     continue;
                 }
                 sqlx::query(
-                    "INSERT INTO read_states (user_id, channel_id, last_read_seq, mention_count) VALUES ($1, $2, 0, 1) \
-                     ON CONFLICT (user_id, channel_id) DO UPDATE SET mention_count = read_states.mention_count + 1",
+                    "INSERT INTO read_states (user_id, channel_id, last_read_seq, mention_count, last_mention_seq) VALUES ($1, $2, 0, 1, $3) \
+                     ON CONFLICT (user_id, channel_id) DO UPDATE SET mention_count = read_states.mention_count + 1, \
+                       last_mention_seq = excluded.last_mention_seq",
                 )
                 .bind(i(*user))
                 .bind(i(m.channel_id))
+                .bind(i(stored.seq))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -512,14 +514,15 @@ impl Store {
 
     // ----- read states ---------------------------------------------------------------
 
-    /// Marks a channel read up to `seq` (never backwards); clears the mention count.
+    /// Marks a channel read up to `seq` (never backwards); clears the mention count once the
+    /// read reaches the last mention (a read that raced a newer mention leaves it counted).
     pub async fn mark_read(&self, user: u64, channel: u64, seq: u64) -> Result<ReadState> {
         self.deadline(async move {
             let r = sqlx::query(
                 "INSERT INTO read_states (user_id, channel_id, last_read_seq, mention_count) VALUES ($1, $2, $3, 0) \
                  ON CONFLICT (user_id, channel_id) DO UPDATE SET \
                    last_read_seq = CASE WHEN excluded.last_read_seq > read_states.last_read_seq THEN excluded.last_read_seq ELSE read_states.last_read_seq END, \
-                   mention_count = 0 \
+                   mention_count = CASE WHEN excluded.last_read_seq >= read_states.last_mention_seq THEN 0 ELSE read_states.mention_count END \
                  RETURNING last_read_seq, mention_count",
             )
             .bind(i(user))

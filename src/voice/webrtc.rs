@@ -25,7 +25,7 @@
 //! jitter buffer conceals, as with datagrams.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -90,21 +90,37 @@ pub struct WebRtc {
     pub metrics: Arc<WebRtcMetrics>,
     tx: mpsc::Sender<Cmd>,
     local: SocketAddr,
+    /// The addresses every answer names as host candidates (the bound one, or on an
+    /// unspecified bind each address this machine is reached at).
+    announced: Vec<SocketAddr>,
     next: AtomicU64,
     /// Each signalling session's peers (to end them with it).
     by_session: Mutex<HashMap<SessionId, Vec<u64>>>,
 }
 
-/// A datagram the engine's loops received for WebRTC on the shared port.
-pub type Inlet = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+/// A datagram the engine's loops received for WebRTC on the shared port: its source, the
+/// local address it was sent to (when the kernel says), its bytes.
+pub type Inlet = mpsc::Sender<(SocketAddr, Option<IpAddr>, Vec<u8>)>;
 
 /// How the task reaches the network.
 enum Port {
-    /// A socket of its own.
-    Own(tokio::net::UdpSocket),
+    /// A socket of its own, read with quinn-udp (batched, and with each datagram's
+    /// destination: on an unspecified bind, the candidate it was sent to).
+    Own(tokio::net::UdpSocket, quinn_udp::UdpSocketState),
     /// The QUIC port: a duplicate of its socket to send with (non-blocking, never read), and
     /// what the loops hand over.
-    Shared(std::net::UdpSocket, mpsc::Receiver<(SocketAddr, Vec<u8>)>),
+    Shared(
+        std::net::UdpSocket,
+        mpsc::Receiver<(SocketAddr, Option<IpAddr>, Vec<u8>)>,
+    ),
+}
+
+/// A datagram (or a batch of equal-sized ones from one source, `stride` bytes each) that
+/// arrived: where from, and at which local IP.
+struct Arrived {
+    from: SocketAddr,
+    to: Option<IpAddr>,
+    stride: usize,
 }
 
 impl Port {
@@ -112,29 +128,77 @@ impl Port {
     /// better lost than late).
     fn send(&self, data: &[u8], to: SocketAddr) {
         let _ = match self {
-            Port::Own(s) => s.try_send_to(data, to),
+            Port::Own(s, _) => s.try_send_to(data, to),
             Port::Shared(s, _) => s.send_to(data, to),
         };
     }
 
-    /// The next datagram.
-    async fn recv(&mut self, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+    /// The next datagram, or batch of them, into `buf`.
+    async fn recv(&mut self, buf: &mut Vec<u8>) -> Option<Arrived> {
         match self {
-            Port::Own(s) => loop {
-                buf.resize(2048, 0);
-                // An error is an ICMP report about an earlier send: the next one may be fine.
-                if let Ok((n, from)) = s.recv_from(buf).await {
-                    buf.truncate(n);
-                    return Some(from);
+            Port::Own(s, state) => loop {
+                buf.resize(64 * 1024, 0);
+                if s.readable().await.is_err() {
+                    return None;
+                }
+                let mut meta = [quinn_udp::RecvMeta::default()];
+                let r = s.try_io(tokio::io::Interest::READABLE, || {
+                    state.recv((&*s).into(), &mut [std::io::IoSliceMut::new(buf)], &mut meta)
+                });
+                // WouldBlock (a spurious wake-up), or an ICMP report about an earlier send:
+                // the next one may be fine.
+                if let Ok(1) = r {
+                    let m = meta[0];
+                    buf.truncate(m.len);
+                    return Some(Arrived {
+                        from: m.addr,
+                        to: m.dst_ip,
+                        stride: m.stride.max(1),
+                    });
                 }
             },
             Port::Shared(_, rx) => {
-                let (from, d) = rx.recv().await?;
+                let (from, to, d) = rx.recv().await?;
                 *buf = d;
-                Some(from)
+                Some(Arrived {
+                    from,
+                    to,
+                    stride: buf.len().max(1),
+                })
             }
         }
     }
+}
+
+/// The addresses to announce for a port bound at `bound`: `announce` (with the bound port)
+/// when configured; else the bound address; on an unspecified bind, loopback and the
+/// address this machine sends from by its default route (found by connecting a UDP socket
+/// to a documentation address: no packet is sent). Browsers such as Firefox offer no
+/// loopback candidate, so loopback alone would leave them unable to connect.
+pub fn announced_addresses(bound: SocketAddr, announce: &[IpAddr]) -> Vec<SocketAddr> {
+    if !announce.is_empty() {
+        return announce.iter().map(|ip| SocketAddr::new(*ip, bound.port())).collect();
+    }
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let (loopback, any, probe): (IpAddr, &str, &str) = if bound.is_ipv4() {
+        (std::net::Ipv4Addr::LOCALHOST.into(), "0.0.0.0:0", "198.51.100.1:9")
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST.into(), "[::]:0", "[2001:db8::1]:9")
+    };
+    let mut out = vec![SocketAddr::new(loopback, bound.port())];
+    let routed = std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|a| a.ip());
+    match routed {
+        Ok(ip) if !ip.is_unspecified() && !ip.is_loopback() => out.push(SocketAddr::new(ip, bound.port())),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "no routed address found for WebRTC: answers name loopback only (set webrtc_announce)")
+        }
+    }
+    out
 }
 
 enum Cmd {
@@ -226,14 +290,15 @@ impl WebRtc {
     /// Binds `addr` and starts the task that serves it for `voice`. The socket asks for the
     /// QUIC sockets' buffers ([`engine::SOCKET_BUFFER`](crate::engine::SOCKET_BUFFER)): a
     /// frame for hundreds of peers leaves as a burst of as many packets.
-    pub async fn start(addr: SocketAddr, voice: Arc<Voice>) -> std::io::Result<Arc<Self>> {
+    pub async fn start(addr: SocketAddr, announce: &[IpAddr], voice: Arc<Voice>) -> std::io::Result<Arc<Self>> {
         let std = crate::engine::bind(addr, 1)?
             .pop()
             .ok_or_else(|| std::io::Error::other("no socket bound"))?;
         std.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&std).into())?;
         let socket = tokio::net::UdpSocket::from_std(std)?;
         let local = socket.local_addr()?;
-        Ok(Self::serve(Port::Own(socket), local, voice))
+        Ok(Self::serve(Port::Own(socket, state), local, announce, voice))
     }
 
     /// WebRTC on the QUIC port, whose socket is `quic` (reached at `local`): the task sends
@@ -242,30 +307,39 @@ impl WebRtc {
     pub fn on_quic_port(
         quic: &std::net::UdpSocket,
         local: SocketAddr,
+        announce: &[IpAddr],
         voice: Arc<Voice>,
     ) -> std::io::Result<(Arc<Self>, Inlet)> {
         let send = quic.try_clone()?;
         send.set_nonblocking(true)?;
         let (inlet, rx) = mpsc::channel(QUEUE);
-        Ok((Self::serve(Port::Shared(send, rx), local, voice), inlet))
+        Ok((Self::serve(Port::Shared(send, rx), local, announce, voice), inlet))
     }
 
-    fn serve(port: Port, local: SocketAddr, voice: Arc<Voice>) -> Arc<Self> {
+    fn serve(port: Port, local: SocketAddr, announce: &[IpAddr], voice: Arc<Voice>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let metrics = Arc::new(WebRtcMetrics::default());
-        tokio::spawn(run(port, voice, rx, metrics.clone()));
+        let announced = announced_addresses(local, announce);
+        tracing::info!(addresses = ?announced, "WebRTC voice: answers name these addresses");
+        tokio::spawn(run(port, local, announced[0], voice, rx, metrics.clone()));
         Arc::new(Self {
             metrics,
             tx,
             local,
+            announced,
             next: AtomicU64::new(1),
             by_session: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The UDP address peers reach.
+    /// The UDP address bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The addresses answers name as host candidates.
+    pub fn announced(&self) -> &[SocketAddr] {
+        &self.announced
     }
 
     /// Answers `offer` for `session`, joining `channel_id`: the peer's id, its port (to join
@@ -279,7 +353,7 @@ impl WebRtc {
         offer: &str,
     ) -> Result<(u64, Arc<VoicePort>, String), ErrorBody> {
         let (user, events, session) = (session.user, Arc::downgrade(session), session.id);
-        let (peer, answer) = Peer::answer(offer, self.local, Instant::now()).map_err(|e| {
+        let (peer, answer) = Peer::answer_on(offer, &self.announced, Instant::now()).map_err(|e| {
             tracing::debug!(user, detail = %e.detail(), "a WebRTC offer was refused");
             ErrorBody::new(ErrorCode::BAD_REQUEST, e.to_string())
         })?;
@@ -415,20 +489,25 @@ impl Peers {
         }
     }
 
-    fn datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+    fn datagram(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8], now: Instant) {
         // A new address starts with a STUN binding request (first byte 0–3, RFC 7983): only
         // that is worth asking every peer about; anything else from a stranger is dropped
         // without a scan.
         let stun = data.first().is_some_and(|b| *b < 4);
         let id = self.by_addr.get(&from).copied().or_else(|| {
-            stun.then(|| self.peers.values().find(|e| e.peer.accepts(from, data)).map(|e| e.id))
-                .flatten()
+            stun.then(|| {
+                self.peers
+                    .values()
+                    .find(|e| e.peer.accepts_at(from, to, data))
+                    .map(|e| e.id)
+            })
+            .flatten()
         });
         if let Some(id) = id
             && let Some(e) = self.peers.get_mut(&id)
         {
             self.by_addr.insert(from, id);
-            e.peer.receive(now, from, data);
+            e.peer.receive_at(now, from, to, data);
             self.touched.push(id);
         }
     }
@@ -464,8 +543,16 @@ impl Peers {
     }
 }
 
-/// The task: the socket, every peer, their timers.
-async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, metrics: Arc<WebRtcMetrics>) {
+/// The task: the socket, every peer, their timers. `bound` is the socket's address;
+/// `default_to` the destination assumed when the kernel does not say.
+async fn run(
+    mut socket: Port,
+    bound: SocketAddr,
+    default_to: SocketAddr,
+    voice: Arc<Voice>,
+    mut rx: mpsc::Receiver<Cmd>,
+    metrics: Arc<WebRtcMetrics>,
+) {
     let mut p = Peers {
         peers: HashMap::new(),
         by_addr: HashMap::new(),
@@ -473,15 +560,21 @@ async fn run(mut socket: Port, voice: Arc<Voice>, mut rx: mpsc::Receiver<Cmd>, m
         metrics,
         touched: Vec::new(),
     };
-    let mut buf = Vec::with_capacity(2048);
+    let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let next = p.peers.values().map(|e| e.wait).min();
         let now;
         tokio::select! {
-            from = socket.recv(&mut buf) => {
-                let Some(from) = from else { return };
+            arrived = socket.recv(&mut buf) => {
+                let Some(a) = arrived else { return };
                 now = Instant::now();
-                p.datagram(from, &buf, now);
+                let to = match a.to {
+                    Some(ip) if !bound.ip().is_unspecified() || !ip.is_unspecified() => SocketAddr::new(ip, bound.port()),
+                    _ => default_to,
+                };
+                for d in buf.chunks(a.stride) {
+                    p.datagram(a.from, to, d, now);
+                }
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
