@@ -68,25 +68,11 @@ async fn webrtc_on_the_quic_port_is_told_apart_by_its_first_byte() {
 async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     let mut a = native(&server, 1).await; // native, on datagrams
     let mut b = native(&server, 2).await; // signals for the WebRTC peer
-    let (gid, _) = shared_guild(&a.client, &mut a.chat, vec![&mut b.chat]).await;
-    let Ok(ResponseBody::Channel(vc)) = req(
-        &mut a.chat,
-        RequestBody::CreateChannel {
-            guild_id: gid,
-            kind: ChannelKind::Voice,
-            name: "talk".into(),
-            topic: String::new(),
-            user_limit: 0,
-        },
-    )
-    .await
-    else {
-        panic!("voice channel")
-    };
+    let vc = voice_channel(&mut a, &mut b).await;
     let Ok(ResponseBody::VoiceJoined { slot: a_slot, .. }) = req(
         &mut a.voice,
         RequestBody::JoinVoice {
-            channel_id: vc.id,
+            channel_id: vc,
             self_mute: false,
             self_deaf: false,
         },
@@ -99,7 +85,7 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     let joined = req(
         &mut b.voice,
         RequestBody::JoinVoiceWebRtc {
-            channel_id: vc.id,
+            channel_id: vc,
             self_mute: false,
             self_deaf: false,
             offer,
@@ -185,7 +171,7 @@ async fn hear_each_other(server: quaver::Server, port: SocketAddr) {
     let heard_on = browser.heard.lock().unwrap()[0].0.clone();
     assert_eq!(
         told,
-        vec![(vc.id, heard_on, a_slot)],
+        vec![(vc, heard_on, a_slot)],
         "VoiceTrack for the track the browser heard A on"
     );
 

@@ -89,14 +89,18 @@ fn bytes(v: &Value) -> Option<&[u8]> {
     }
 }
 
-/// The parts in a flat field/value list or a map (RESP2 scripts, RESP3 replies).
-fn parts_of(v: &Value) -> Vec<Part> {
-    let pairs: Vec<(&Value, &Value)> = match v {
+/// The field/value pairs of a hash as a flat list or a map (RESP2 scripts, RESP3 replies).
+fn fields(v: &Value) -> Vec<(&Value, &Value)> {
+    match v {
         Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
         Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
         _ => Vec::new(),
-    };
-    pairs
+    }
+}
+
+/// The parts in a user's hash.
+fn parts_of(v: &Value) -> Vec<Part> {
+    fields(v)
         .into_iter()
         .filter(|(k, _)| bytes(k).is_some_and(|k| k != VERSION.as_bytes()))
         .filter_map(|(_, v)| {
@@ -111,12 +115,7 @@ fn parts_of(v: &Value) -> Vec<Part> {
 
 /// The `#v` field of a user's hash (0 when absent or unreadable).
 fn version_of(v: &Value) -> u64 {
-    let pairs: Vec<(&Value, &Value)> = match v {
-        Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
-        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-        _ => Vec::new(),
-    };
-    pairs
+    fields(v)
         .into_iter()
         .find(|(k, _)| bytes(k) == Some(VERSION.as_bytes()))
         .and_then(|(_, v)| match v {
