@@ -95,6 +95,55 @@ pub struct Config {
     pub voice: VoiceConfig,
     /// Database deadlines and durability.
     pub store: crate::store::StoreOptions,
+    /// The server API for application backends.
+    pub api: ApiConfig,
+}
+
+/// The server API (`/api/v1`, `src/api`): its listener and its keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address of the API listener. Default `127.0.0.1:8081`: the API is for the
+    /// application's backend, on a private interface, never the public client port.
+    pub listen: SocketAddr,
+    /// The keys accepted (several at once: rotate by adding the new one, moving the backend
+    /// to it, then removing the old). Default none: every call is refused with 401.
+    pub keys: Vec<ApiKeyConfig>,
+    /// Each key's request rate. Default 200 at once, 100 a second: a busy backend, not a
+    /// runaway loop.
+    pub rate: crate::limits::Rate,
+    /// How long an `Idempotency-Key` and its answer are kept. Default 24 h.
+    #[serde(deserialize_with = "de_duration")]
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            keys: Vec::new(),
+            rate: crate::limits::Rate {
+                burst: 200.0,
+                per_sec: 100.0,
+            },
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One API key: its id (public, in logs and the key itself), the SHA-256 of its secret (the
+/// secret is never stored), and what it may do.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Letters, digits, `-` and `_`; up to 32.
+    pub id: String,
+    /// Hex SHA-256 of the whole key (`qk_<id>_<secret>`), as `quaver api-key` prints it.
+    pub secret_sha256: String,
+    /// Scopes (`messages:read`, `messages:write`, `guilds:read`, `guilds:write`,
+    /// `moderation`, `sessions:read`, `sessions:write`, `presence:read`, `voice:admin`,
+    /// `events:write`, `users:read`, `users:write`, `admin` for all).
+    pub scopes: Vec<String>,
 }
 
 /// Voice settings.
@@ -236,6 +285,7 @@ impl Default for Config {
             limits: Default::default(),
             voice: VoiceConfig::default(),
             store: Default::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -402,6 +452,12 @@ pub struct ConfigArgs {
     /// Drain deadline on shutdown [default: 10s].
     #[arg(long, env = "QUAVER_DRAIN_TIMEOUT", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// TCP address of the server API for backends [default: 127.0.0.1:8081].
+    #[arg(long, env = "QUAVER_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// API keys as JSON: [{"id":"…","secret_sha256":"…","scopes":["…"]}] (appended to the file's).
+    #[arg(long, env = "QUAVER_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
     /// Allowed WebTransport origins, comma-separated [default: any].
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -456,6 +512,14 @@ impl ConfigArgs {
         }
         if let Some(a) = &self.webrtc_announce {
             c.webrtc_announce = a.clone();
+        }
+        if let Some(a) = self.api_listen {
+            c.api.listen = a;
+        }
+        if let Some(k) = &self.api_keys {
+            let keys: Vec<ApiKeyConfig> =
+                serde_json::from_str(k).map_err(|e| anyhow::anyhow!("QUAVER_API_KEYS / --api-keys: {e}"))?;
+            c.api.keys.extend(keys);
         }
         if let Some(o) = &self.allowed_origins {
             c.session.allowed_origins = o
@@ -518,6 +582,30 @@ impl Config {
             !(self.webrtc_shared_port && self.webrtc_listen.is_some()),
             "WebRTC is on its own port (webrtc_listen) or on the QUIC port (webrtc_shared_port), not both"
         );
+        for k in &self.api.keys {
+            anyhow::ensure!(
+                !k.id.is_empty()
+                    && k.id.len() <= 32
+                    && k.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "API key id {:?}: 1–32 letters, digits, - or _",
+                k.id
+            );
+            anyhow::ensure!(
+                k.secret_sha256.len() == 64 && k.secret_sha256.chars().all(|c| c.is_ascii_hexdigit()),
+                "API key {}: secret_sha256 is 64 hex digits (quaver api-key prints it)",
+                k.id
+            );
+            for sc in &k.scopes {
+                anyhow::ensure!(
+                    crate::api::Scope::parse(sc).is_some(),
+                    "API key {}: unknown scope {sc:?}",
+                    k.id
+                );
+            }
+        }
+        let mut ids: Vec<&str> = self.api.keys.iter().map(|k| k.id.as_str()).collect();
+        ids.sort_unstable();
+        anyhow::ensure!(ids.windows(2).all(|w| w[0] != w[1]), "two API keys with one id");
         anyhow::ensure!(
             self.store.timeout >= Duration::from_millis(10),
             "store timeout must be at least 10ms"

@@ -28,6 +28,7 @@
 //!
 //! [`Server::start`] wires them together; `main.rs` is only the command line.
 
+pub mod api;
 pub mod auth;
 pub mod chat;
 pub mod cli;
@@ -144,12 +145,17 @@ impl Ctx {
     }
 }
 
+/// How often a node reads the revocations from the database (they reach it on the bus at
+/// once; this is for those the bus lost).
+const REVOCATIONS_EVERY: Duration = Duration::from_secs(30);
+
 /// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
 /// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
 /// forever); prune the event log.
 async fn housekeeping(ctx: Arc<Ctx>) {
     let every = (ctx.cfg.session.resume_window / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_revocations = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
         let now = std::time::Instant::now();
@@ -158,6 +164,30 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         }
         ctx.limiter.sweep(now);
         ctx.chat.sweep();
+        if last_revocations.elapsed() >= REVOCATIONS_EVERY {
+            // Revocations made while the bus was away reach this node from the database.
+            last_revocations = std::time::Instant::now();
+            match ctx.chat.store().revocations().await {
+                Ok(all) => {
+                    for r in &all {
+                        ctx.verifier.revocations().add(r);
+                    }
+                    let order = gateway::Order::Revoke(store::Revocation {
+                        user_id: 0,
+                        before_ms: 0,
+                        jti: String::new(),
+                    });
+                    let (forgotten, n) = ctx.sessions.apply(&order, ctx.verifier.revocations());
+                    for user in forgotten {
+                        ctx.fanout.close(user);
+                    }
+                    if n > 0 {
+                        tracing::info!(sessions = n, "ended sessions whose tokens were revoked");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading token revocations failed"),
+            }
+        }
         // Every 10 minutes, or twice per retention period if that is shorter (catch-up
         // already ignores events past the retention; this frees their space).
         let prune_every = (ctx.cfg.session.event_log_retention / 2).min(Duration::from_secs(600));
@@ -166,6 +196,10 @@ async fn housekeeping(ctx: Arc<Ctx>) {
             let before = ids::now_ms().saturating_sub(ctx.cfg.session.event_log_retention.as_millis() as u64);
             if let Err(e) = ctx.chat.store().prune_events(before).await {
                 tracing::warn!(error = %e, "pruning the event log failed");
+            }
+            let idem = ids::now_ms().saturating_sub(ctx.cfg.api.idempotency_ttl.as_millis() as u64);
+            if let Err(e) = ctx.chat.store().prune_idempotency(idem).await {
+                tracing::warn!(error = %e, "pruning the API's idempotency keys failed");
             }
         }
     }
@@ -180,6 +214,8 @@ pub struct Server {
     pub quic_addr: SocketAddr,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
+    /// The bound address of the server API.
+    pub api_addr: SocketAddr,
     trigger: shutdown::Trigger,
     /// The engine's loops (one thread each).
     engine: gateway::wire::Running,
@@ -206,7 +242,15 @@ impl Server {
             rx: bus_rx,
             commands,
         } = cluster::connect(&cfg, hub).await?;
-        let fanout = fanout::Fanout::new(pubsub);
+        // Revoked tokens: every node refuses them from its start.
+        for r in store
+            .revocations()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading token revocations: {e}"))?
+        {
+            verifier.revocations().add(&r);
+        }
+        let fanout = fanout::Fanout::new(pubsub, verifier.revocations().clone());
         // In a cluster: a unique name and snowflake number, checked in Redis before serving.
         let mut node_number = cfg.node_number();
         if let Some(c) = &commands {
@@ -284,6 +328,10 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP port {}: {e}", cfg.http_listen))?;
         let http_addr = http.local_addr()?;
+        let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", cfg.api.listen))?;
+        let api_addr = api_listener.local_addr()?;
         let (trigger, signal) = shutdown::channel();
         let ctx = Arc::new(Ctx {
             cfg,
@@ -342,6 +390,22 @@ impl Server {
                 node_number,
             )));
         }
+        let api = api::router(Arc::new(api::Services {
+            chat: ctx.chat.clone(),
+            presence: ctx.presence.clone(),
+            sessions: ctx.sessions.clone(),
+            fanout: ctx.fanout.clone(),
+            bus: bus.clone(),
+            revocations: ctx.verifier.revocations().clone(),
+            keys: Arc::new(api::auth::Keys::new(&ctx.cfg.api.keys, ctx.cfg.api.rate)),
+            idempotency_ttl: ctx.cfg.api.idempotency_ttl,
+        }));
+        tasks.push(tokio::spawn(async move {
+            // Serves through the drain, like the HTTP port, and stops with the process.
+            if let Err(e) = axum::serve(api_listener, api).await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        }));
         let router = http::router(ctx.clone());
         let mut http_stop = signal.clone();
         tasks.push(tokio::spawn(async move {
@@ -357,6 +421,7 @@ impl Server {
             ctx,
             quic_addr,
             http_addr,
+            api_addr,
             trigger,
             engine,
             tasks,

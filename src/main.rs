@@ -25,6 +25,16 @@ enum Command {
     Chat(quaver::cli::ChatArgs),
     /// Create or upgrade the database schema, then exit (`serve` also does this at start).
     Migrate(ConfigArgs),
+    /// Make a key for the server API: prints the key (once: it is stored nowhere) and the
+    /// configuration that accepts it.
+    ApiKey {
+        /// Its id: letters, digits, - and _ (up to 32).
+        #[arg(long)]
+        id: String,
+        /// Its scopes, comma-separated (e.g. messages:write,moderation; admin for all).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
     /// Mint a token signed with the configured HS256 secret (development and tests).
     Token {
         /// User id (a positive integer).
@@ -82,6 +92,36 @@ fn main() -> anyhow::Result<()> {
             println!("{}", v.mint(user, name.as_deref(), ttl)?);
             Ok(())
         }
+        Command::ApiKey { id, scopes } => {
+            let key = quaver::config::ApiKeyConfig {
+                id: id.clone(),
+                secret_sha256: String::new(),
+                scopes: scopes.clone(),
+            };
+            // Checked as the server will check it.
+            let (secret, hash) = quaver::api::auth::mint(&id)?;
+            let key = quaver::config::ApiKeyConfig {
+                secret_sha256: hash,
+                ..key
+            };
+            let check = quaver::config::Config {
+                api: quaver::config::ApiConfig {
+                    keys: vec![key.clone()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            check.validate()?;
+            println!("{secret}");
+            eprintln!(
+                "# the key is above (shown once, stored nowhere). Accept it with, in the config file:\n\n[[api.keys]]\nid = {:?}\nsecret_sha256 = {:?}\nscopes = {:?}\n\n# or in the environment: QUAVER_API_KEYS='{}'",
+                key.id,
+                key.secret_sha256,
+                key.scopes,
+                serde_json::to_string(&[&key]).unwrap_or_default()
+            );
+            Ok(())
+        }
         Command::Chat(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -116,7 +156,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
     let server = quaver::Server::start(cfg).await?;
     let info = server.ctx.certs.info();
-    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, node = %server.ctx.cfg.node_name, loops = server.ctx.cfg.loops, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
+    tracing::info!(quic = %server.quic_addr, http = %server.http_addr, api = %server.api_addr, node = %server.ctx.cfg.node_name, loops = server.ctx.cfg.loops, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
     tracing::info!(
         sha256 = %hex::encode(info.sha256),
         dev = info.dev,
@@ -129,6 +169,11 @@ async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
         "sign in with a token from your issuer"
     };
     tracing::info!("web app: open http://{}/ in a browser — {names}", server.http_addr);
+    tracing::info!(
+        keys = server.ctx.cfg.api.keys.len(),
+        "server API for your backend: http://{}/api/v1 (documented at /api/v1/docs; `quaver api-key` makes a key)",
+        server.api_addr
+    );
     quaver::shutdown::os_signal().await;
     tracing::info!("shutting down: Goaway sent to every session, draining");
     server.shutdown().await;

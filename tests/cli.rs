@@ -231,6 +231,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         .env("JWT_SECRET", SECRET)
         .env("QUAVER_LISTEN", "127.0.0.1:0")
         .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_API_LISTEN", "127.0.0.1:0")
         .env("QUAVER_DATA_DIR", dir.join("data"))
         .env("QUAVER_CERT_DIR", dir.join("certs"))
         .env("NO_COLOR", "1")

@@ -633,6 +633,7 @@ async fn node_process(s: &Services) -> (tokio::process::Child, quaver_client::Co
         .env("QUAVER_NODE_ID", (100 + n % 900).to_string())
         .env("QUAVER_LISTEN", "127.0.0.1:0")
         .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_API_LISTEN", "127.0.0.1:0")
         .env("QUAVER_DATA_DIR", dir.join("data"))
         .env("QUAVER_CERT_DIR", dir.join("certs"))
         .env("QUAVER_LOG", "info")

@@ -33,6 +33,7 @@ async fn node(ping_timeout_ms: u64) -> Node {
         .env("JWT_SECRET", SECRET)
         .env("QUAVER_LISTEN", "127.0.0.1:0")
         .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_API_LISTEN", "127.0.0.1:0")
         .env("QUAVER_DATA_DIR", dir.join("data"))
         .env("QUAVER_CERT_DIR", dir.join("certs"))
         .env("QUAVER_DRAIN_TIMEOUT", "5s")

@@ -564,6 +564,7 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             cfg.tls.cert_dir = dir.join("certs");
+            cfg.api.listen = "127.0.0.1:0".parse()?;
             cfg.auth.jwt_secret = Some(secret.clone());
             Some(quaver::Server::start(cfg).await?)
         }

@@ -100,6 +100,7 @@ impl ServerProc {
             .env("QUAVER_CONFIG", &cfg)
             .env("QUAVER_LISTEN", "127.0.0.1:0")
             .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+            .env("QUAVER_API_LISTEN", "127.0.0.1:0")
             .env("QUAVER_DATA_DIR", dir.join("data"))
             .env("QUAVER_CERT_DIR", dir.join("certs"))
             .env("QUAVER_LOG", "info")

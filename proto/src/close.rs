@@ -49,6 +49,8 @@ close_codes! {
     TOKEN_REFRESH_MISSED = 1006, "token_refresh_missed";
     /// The client read too slowly and its outgoing queue overflowed; reconnect and resume.
     SLOW_CONSUMER = 1007, "slow_consumer";
+    /// The application's backend disconnected the session (server API); it may reconnect.
+    DISCONNECTED = 1008, "disconnected";
     /// A frame or message broke the protocol (garbage, unknown message, wrong stream use).
     PROTOCOL_ERROR = 4000, "protocol_error";
     /// A frame exceeded the negotiated size limit.
@@ -78,8 +80,13 @@ close_codes! {
     TOKEN_INVALID_CLAIMS = 4017, "token_invalid_claims";
     /// A resume named a session of another user.
     RESUME_REFUSED = 4018, "resume_refused";
+    /// The token was revoked (server API): reconnect only with a new one.
+    TOKEN_REVOKED = 4019, "token_revoked";
     /// The user is banned from this server.
     BANNED = 4030, "banned";
+    /// The application's backend removed the session and asked it not to come back (server
+    /// API): do not reconnect until the person acts.
+    REMOVED = 4031, "removed";
 }
 
 impl CloseCode {

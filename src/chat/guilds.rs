@@ -4,6 +4,51 @@
 use super::*;
 
 impl Chat {
+    /// `user` was just added to `guild` (invite or server API): everything that follows a
+    /// join — cached permission state, the member's topic, the announcements, the audience.
+    async fn joined(&self, guild: &quaver_proto::Guild, user: u64) -> Result<(), ErrorBody> {
+        let gid = guild.id;
+        // A join only adds a member with no roles: update cached permission state in place
+        // (every node, through the bus) instead of reloading it.
+        let count = self.member_added(gid, user);
+        let channels = self.store.channel_seqs(gid).await.map_err(store_err)?;
+        self.bus.publish(BusEvent::MemberAdded {
+            guild_id: gid,
+            user_id: user,
+            channels: channels.into_iter().collect(),
+        });
+        // Like the member lists in `Ready`, join announcements are for small guilds; in
+        // large ones clients page the list (`Members` fetch).
+        if count.is_none_or(|n| n <= SMALL_GUILD as usize) {
+            let name = self.store.user_name(user).await.map_err(store_err)?.unwrap_or_default();
+            let member = Member {
+                user_id: user,
+                name,
+                roles: vec![],
+            };
+            self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
+        }
+        self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
+        self.joined_audience(gid, user).await
+    }
+
+    /// Adds `user` to `guild` without an invite (the server API): `Ok(false)` if they were a
+    /// member already; `BANNED` if banned there.
+    pub async fn add_member(&self, guild: u64, user: u64) -> Result<bool, ErrorBody> {
+        let g = self.store.guild(guild).await.map_err(store_err)?;
+        if !self.store.add_member(guild, user, now_ms()).await.map_err(store_err)? {
+            return Ok(false);
+        }
+        self.joined(&g, user).await?;
+        Ok(true)
+    }
+
+    /// Lifts a ban (the server API): whether there was one.
+    pub async fn unban(&self, guild: u64, user: u64) -> Result<bool, ErrorBody> {
+        self.store.guild(guild).await.map_err(store_err)?;
+        self.store.unban(guild, user).await.map_err(store_err)
+    }
+
     /// `user` just joined `guild`: they and its members now see each other's presence, and
     /// they see who is in its voice channels they can view — each told at once, on every
     /// node (PROTOCOL.md: a snapshot wherever an audience changes).
@@ -109,28 +154,7 @@ impl Chat {
                 let (gid, already) = self.store.use_invite(&code, user, now).await.map_err(store_err)?;
                 let guild = self.store.guild(gid).await.map_err(store_err)?;
                 if !already {
-                    // A join only adds a member with no roles: update cached permission
-                    // state in place (every node, through the bus) instead of reloading it.
-                    let count = self.member_added(gid, user);
-                    let channels = self.store.channel_seqs(gid).await.map_err(store_err)?;
-                    self.bus.publish(BusEvent::MemberAdded {
-                        guild_id: gid,
-                        user_id: user,
-                        channels: channels.into_iter().collect(),
-                    });
-                    // Like the member lists in `Ready`, join announcements are for small
-                    // guilds; in large ones clients page the list (`Members` fetch).
-                    if count.is_none_or(|n| n <= SMALL_GUILD as usize) {
-                        let name = self.store.user_name(user).await.map_err(store_err)?.unwrap_or_default();
-                        let member = Member {
-                            user_id: user,
-                            name,
-                            roles: vec![],
-                        };
-                        self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
-                    }
-                    self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
-                    self.joined_audience(gid, user).await?;
+                    self.joined(&guild, user).await?;
                 }
                 Ok(ResponseBody::Guild(guild))
             }

@@ -67,6 +67,11 @@ pub const MAX_GROUP_DM: usize = 10;
 
 pub use crate::limits::Refusal;
 
+/// A store failure as a request error (also the server API's).
+pub fn store_error(e: StoreError) -> ErrorBody {
+    store_err(e)
+}
+
 fn store_err(e: StoreError) -> ErrorBody {
     match e {
         StoreError::NotFound => ErrorBody::new(ErrorCode::NOT_FOUND, "not found"),
@@ -154,7 +159,8 @@ impl Chat {
         &self.store
     }
 
-    fn id(&self) -> u64 {
+    /// A new snowflake id, unique across the cluster (also the API's fresh nonces).
+    pub fn id(&self) -> u64 {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms())
     }
 
@@ -226,22 +232,26 @@ impl Chat {
         self.bus.publish(BusEvent::GuildChanged { guild_id: guild });
     }
 
-    async fn access(&self, user: u64, channel: u64) -> Result<Access, ErrorBody> {
+    /// The guild of `channel` (`None`: a DM), from the cache or the store.
+    async fn channel_guild(&self, channel: u64) -> Result<Option<u64>, ErrorBody> {
         let known = self
             .channel_guild
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&channel)
             .copied();
-        let guild = match known {
+        Ok(match known {
             Some(g) => g,
             None => {
                 let c = self.store.channel(channel).await.map_err(store_err)?;
                 self.remember(&c);
                 c.guild_id
             }
-        };
-        match guild {
+        })
+    }
+
+    async fn access(&self, user: u64, channel: u64) -> Result<Access, ErrorBody> {
+        match self.channel_guild(channel).await? {
             Some(gid) => {
                 let g = self.guild(gid).await?;
                 let c = g.channel(channel).cloned().ok_or_else(not_found)?;
@@ -619,6 +629,38 @@ impl Chat {
         }
     }
 
+    /// A guild as the server sees it (every channel, its current seqs), for the server API.
+    pub async fn guild_state(&self, guild: u64) -> Result<crate::store::GuildState, ErrorBody> {
+        let g = self.guild(guild).await?;
+        let mut state = g.state.clone();
+        let seqs = self.store.channel_seqs(guild).await.map_err(store_err)?;
+        for c in &mut state.channels {
+            if let Some(seq) = seqs.get(&c.id) {
+                c.last_seq = *seq;
+            }
+        }
+        Ok(state)
+    }
+
+    /// The guild of `channel` (`None`: a DM; `NOT_FOUND`: no such channel).
+    pub async fn channel_guild_of(&self, channel: u64) -> Result<Option<u64>, ErrorBody> {
+        self.channel_guild(channel).await
+    }
+
+    /// Who acts with every permission in `channel` (the server API's authority): its
+    /// guild's owner; `None` for a DM. `NOT_FOUND` for a channel that does not exist.
+    pub async fn authority(&self, channel: u64) -> Result<Option<u64>, ErrorBody> {
+        match self.channel_guild(channel).await? {
+            Some(g) => Ok(Some(self.guild(g).await?.state.guild.owner_id)),
+            None => Ok(None),
+        }
+    }
+
+    /// `user`'s permissions in `channel` (`NOT_FOUND` if they cannot view it).
+    pub async fn channel_permissions(&self, user: u64, channel: u64) -> Result<Perms, ErrorBody> {
+        Ok(self.access(user, channel).await?.perms())
+    }
+
     /// Whether `user` can view `channel`.
     pub async fn can_view(&self, user: u64, channel: u64) -> bool {
         self.access(user, channel).await.is_ok()
@@ -664,7 +706,12 @@ mod tests {
             .unwrap();
         let (pubsub, _rx) = crate::cluster::pubsub::MemoryHub::new().node();
         let limiter = Arc::new(Limiter::new(Default::default()));
-        let chat = Chat::new(store, crate::fanout::Fanout::new(Arc::new(pubsub)), 1, limiter);
+        let chat = Chat::new(
+            store,
+            crate::fanout::Fanout::new(Arc::new(pubsub), Arc::default()),
+            1,
+            limiter,
+        );
         let held = chat.lock(1);
         let _guard = held.lock().await;
         for channel in 2..=100 {

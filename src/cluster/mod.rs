@@ -135,6 +135,8 @@ pub enum BusEvent {
         /// The voice channels.
         channels: Vec<u64>,
     },
+    /// The backend's order about sessions (server API): carried out on every node.
+    Order(crate::gateway::Order),
 }
 
 /// Who a [`BusEvent::ShowPresences`] is for.

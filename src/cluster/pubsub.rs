@@ -38,6 +38,11 @@ impl Topic {
     pub fn node(name: &str) -> Self {
         Self(format!("q:n:{name}"))
     }
+    /// Messages for every node (the backend's orders about sessions): each subscribes from
+    /// its start.
+    pub fn cluster() -> Self {
+        Self("q:a:nodes".into())
+    }
     /// A topic from its wire name, if it is one of ours.
     pub fn parse(name: &[u8]) -> Option<Self> {
         let s = std::str::from_utf8(name).ok()?;
@@ -46,6 +51,7 @@ impl Topic {
         let ok = match kind {
             "c" | "g" | "u" => id.parse::<u64>().is_ok(),
             "n" => !id.is_empty(),
+            "a" => id == "nodes",
             _ => false,
         };
         ok.then(|| Self(s.to_string()))
@@ -298,10 +304,11 @@ mod tests {
             Topic::guild(u64::MAX),
             Topic::user(1),
             Topic::node("n-1"),
+            Topic::cluster(),
         ] {
             assert_eq!(Topic::parse(t.name().as_bytes()), Some(t.clone()));
         }
-        for bad in ["", "q:", "q:c:", "q:c:x", "q:x:1", "other:c:1", "q:n:"] {
+        for bad in ["", "q:", "q:c:", "q:c:x", "q:x:1", "other:c:1", "q:n:", "q:a:", "q:a:x"] {
             assert_eq!(Topic::parse(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(Topic::parse(&[0xff, 0xfe]), None);

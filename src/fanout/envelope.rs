@@ -20,12 +20,15 @@
 //! kind 6 show:         len u16 | topic name | except u8 (0 none, 1: user u64) |
 //!                      what u8 (0 presences of users, 1 voice states of channels) |
 //!                      n u32 × id u64
+//! kind 7 revoke:       user u64 (0: any) | before ms u64 | len u16 | jti (UTF-8)
+//! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8)
 //! ```
 
 use bytes::Bytes;
 use quaver_proto::Lane;
 
 use crate::cluster::pubsub::Topic;
+use crate::gateway::Order;
 
 const VERSION: u8 = 1;
 
@@ -123,6 +126,8 @@ pub enum Message {
         /// following (their node delivers every later event).
         positions: Vec<(u64, u64)>,
     },
+    /// The backend's order about sessions, for every node (on [`Topic::cluster`]).
+    Order(crate::gateway::Order),
 }
 
 /// A message this node cannot read.
@@ -132,6 +137,16 @@ pub struct DecodeError(&'static str);
 
 fn lane_code(l: Lane) -> u8 {
     l.index() as u8
+}
+
+/// Text of at most 65,535 bytes (longer is cut at a character boundary).
+fn put_text(out: &mut Vec<u8>, t: &str) {
+    let mut end = t.len().min(u16::MAX as usize);
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&t.as_bytes()[..end]);
 }
 
 fn put_topic(out: &mut Vec<u8>, t: &Topic) {
@@ -235,6 +250,22 @@ impl Message {
                     out.extend_from_slice(&s.to_be_bytes());
                 }
             }
+            Message::Order(Order::Revoke(r)) => {
+                out.push(7);
+                out.extend_from_slice(&r.user_id.to_be_bytes());
+                out.extend_from_slice(&r.before_ms.to_be_bytes());
+                put_text(&mut out, &r.jti);
+            }
+            Message::Order(Order::Disconnect {
+                user_id,
+                reconnect,
+                reason,
+            }) => {
+                out.push(8);
+                out.extend_from_slice(&user_id.to_be_bytes());
+                out.push(u8::from(*reconnect));
+                put_text(&mut out, reason);
+            }
         }
         Bytes::from(out)
     }
@@ -325,6 +356,20 @@ impl Message {
                 };
                 Message::Show { topic, except, what }
             }
+            7 => Message::Order(Order::Revoke(crate::store::Revocation {
+                user_id: r.u64()?,
+                before_ms: r.u64()?,
+                jti: r.text()?,
+            })),
+            8 => Message::Order(Order::Disconnect {
+                user_id: r.u64()?,
+                reconnect: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError("reconnect")),
+                },
+                reason: r.text()?,
+            }),
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -365,6 +410,11 @@ impl Reader<'_> {
             1 => Ok(Some((self.u64()?, self.u64()?))),
             _ => Err(DecodeError("optional pair")),
         }
+    }
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let s = self.take(2)?;
+        let n = u16::from_be_bytes([s[0], s[1]]) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| DecodeError("text"))
     }
     fn topic(&mut self) -> Result<Topic, DecodeError> {
         let s = self.take(2)?;
@@ -437,6 +487,26 @@ mod tests {
                 except: Some(3),
                 what: Show::VoiceStates(vec![]),
             },
+            Message::Order(Order::Revoke(crate::store::Revocation {
+                user_id: 9,
+                before_ms: 1_800_000_000_000,
+                jti: String::new(),
+            })),
+            Message::Order(Order::Revoke(crate::store::Revocation {
+                user_id: 0,
+                before_ms: 0,
+                jti: "tök-1".into(),
+            })),
+            Message::Order(Order::Disconnect {
+                user_id: u64::MAX,
+                reconnect: true,
+                reason: "signed out elsewhere".into(),
+            }),
+            Message::Order(Order::Disconnect {
+                user_id: 1,
+                reconnect: false,
+                reason: String::new(),
+            }),
         ]
     }
 

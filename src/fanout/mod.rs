@@ -169,6 +169,8 @@ pub struct Fanout {
     /// down.
     local: mpsc::UnboundedSender<Message>,
     local_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    /// Revoked tokens (the verifier's): orders add to them.
+    revocations: Arc<crate::auth::Revocations>,
     /// Counters.
     pub counters: FanoutCounters,
 }
@@ -185,8 +187,10 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
 }
 
 impl Fanout {
-    /// The fan-out over `pubsub`.
-    pub fn new(pubsub: Arc<dyn PubSub>) -> Arc<Self> {
+    /// The fan-out over `pubsub`; revocations the backend orders are added to
+    /// `revocations`. It follows [`Topic::cluster`] from the start.
+    pub fn new(pubsub: Arc<dyn PubSub>, revocations: Arc<crate::auth::Revocations>) -> Arc<Self> {
+        pubsub.subscribe(&Topic::cluster());
         let (tx, rx) = mpsc::unbounded_channel();
         let (otx, orx) = mpsc::unbounded_channel();
         let (ltx, lrx) = mpsc::unbounded_channel();
@@ -201,6 +205,7 @@ impl Fanout {
             opens_rx: Mutex::new(Some(orx)),
             local: ltx,
             local_rx: Mutex::new(Some(lrx)),
+            revocations,
             counters: FanoutCounters::default(),
         })
     }
@@ -655,6 +660,22 @@ impl Fanout {
                 positions,
             } => self.follow_here(user_id, topic, follow, &positions),
             Message::Show { topic, except, what } => self.show(chat, sessions, reads, topic, except, what).await,
+            Message::Order(order) => self.carry_out(sessions, &order),
+        }
+    }
+
+    /// The backend's order, on this node: a revocation is refused at `Hello` from now on;
+    /// the sessions it covers end.
+    fn carry_out(&self, sessions: &Sessions, order: &crate::gateway::Order) {
+        if let crate::gateway::Order::Revoke(r) = order {
+            self.revocations.add(r);
+        }
+        let (forgotten, covered) = sessions.apply(order, &self.revocations);
+        for user in forgotten {
+            self.close(user);
+        }
+        if covered > 0 {
+            tracing::info!(?order, sessions = covered, "the backend's order ended sessions here");
         }
     }
 
@@ -1181,6 +1202,10 @@ impl Fanout {
                         what,
                     },
                 );
+                return None;
+            }
+            BusEvent::Order(order) => {
+                self.control(Topic::cluster(), Message::Order(order));
                 return None;
             }
             BusEvent::VoiceJoined { user_id, channel_id } => {

@@ -216,14 +216,20 @@ impl Control {
 
 /// Whether a session that ended this way is over for good (else it stays resumable for the
 /// window): the server closed it with `normal` (a client that finished its control stream
-/// is closed so), `going_away` or a terminal code, or — the connection lost without a code
+/// is closed so), `going_away`, `disconnected` (the backend's order) or a terminal code, or — the connection lost without a code
 /// from us — a raw-QUIC client closed it with code 0. A WebTransport session its client ended
 /// with code 0 stays resumable: browsers end every WebTransport session so when a page
 /// unloads, a reload as much as a closed tab, and a reload must resume; a client that is done
 /// says so by finishing its control stream (quaver.js `close()` does).
 pub fn ends_session(close: Option<&Close>, peer_code: Option<u32>, webtransport: bool) -> bool {
     match close {
-        Some((code, _)) => *code == CloseCode::NORMAL || code.terminal() || *code == CloseCode::GOING_AWAY,
+        // DISCONNECTED: the backend ended the session; the client may start a new one.
+        Some((code, _)) => {
+            *code == CloseCode::NORMAL
+                || code.terminal()
+                || *code == CloseCode::GOING_AWAY
+                || *code == CloseCode::DISCONNECTED
+        }
         None => !webtransport && peer_code == Some(CloseCode::NORMAL.0),
     }
 }
@@ -253,6 +259,8 @@ mod tests {
             user_id: user,
             name: format!("u{user}"),
             expires_at: wall + ttl,
+            issued_at: None,
+            jti: None,
         }
     }
 
@@ -483,6 +491,8 @@ mod tests {
             assert!(ends_session(c(CloseCode::NORMAL).as_ref(), None, wt));
             assert!(ends_session(c(CloseCode::GOING_AWAY).as_ref(), None, wt));
             assert!(ends_session(c(CloseCode::TOKEN_EXPIRED).as_ref(), None, wt));
+            assert!(ends_session(c(CloseCode::DISCONNECTED).as_ref(), None, wt));
+            assert!(ends_session(c(CloseCode::TOKEN_REVOKED).as_ref(), None, wt));
             assert!(!ends_session(c(CloseCode::HEARTBEAT_TIMEOUT).as_ref(), None, wt));
             assert!(!ends_session(c(CloseCode::SLOW_CONSUMER).as_ref(), None, wt));
             assert!(

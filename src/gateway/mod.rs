@@ -96,6 +96,9 @@ pub struct SessionHandle {
     acked: [AtomicU64; 5],
     /// What the session set with `SetPresence`: a resume shows it again, not `Online`.
     chosen: Mutex<Option<crate::presence::Chosen>>,
+    /// The token it authenticated with last (`Hello` or `RefreshToken`): its `iat` and
+    /// `jti`, checked against revocations.
+    token: Mutex<(Option<u64>, Option<String>)>,
 }
 
 /// Why a lane could not be attached.
@@ -123,7 +126,19 @@ impl SessionHandle {
             }),
             acked: Default::default(),
             chosen: Mutex::new(None),
+            token: Mutex::new((None, None)),
         }
+    }
+
+    /// Remembers the token the session authenticated with (at `Hello`, at each refresh).
+    pub fn set_token(&self, identity: &crate::auth::Identity) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = (identity.issued_at, identity.jti.clone());
+    }
+
+    /// Whether `revocations` cover the token the session authenticated with.
+    pub fn revoked(&self, revocations: &crate::auth::Revocations) -> bool {
+        let t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        revocations.covers_parts(self.user, t.0, t.1.as_deref())
     }
 
     /// Remembers what the session chose with `SetPresence`.
@@ -237,16 +252,19 @@ impl SessionHandle {
     }
 
     /// Asks the attached connection's task to close it (with its in-band `Closing`). The
-    /// first close asked for wins; later ones change nothing.
-    pub fn close(&self, code: CloseCode, reason: &str) {
+    /// first close asked for wins; later ones change nothing. False if no connection was
+    /// attached.
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
         let g = self.lock();
-        if let Some(a) = g.attachment.as_ref()
-            && !a.link.ask_close(code, reason.to_string())
-        {
+        let Some(a) = g.attachment.as_ref() else {
+            return false;
+        };
+        if !a.link.ask_close(code, reason.to_string()) {
             // The owner is gone: close the connection directly. (A full queue means closes
             // are already pending: the owner will close, sending `Closing` first.)
             a.link.close_now(code, reason);
         }
+        true
     }
 
     /// Last event seq sent on each lane that has had events.
@@ -287,6 +305,25 @@ impl control::LaneSeqs for SessionHandle {
     fn sent_seqs(&self) -> Vec<LaneSeq> {
         SessionHandle::sent_seqs(self)
     }
+}
+
+/// An order of the application's backend (server API) about sessions, carried to every
+/// node ([`crate::cluster::BusEvent::Order`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// Tokens revoked: refused from now on, and the sessions they authenticated end
+    /// (`TOKEN_REVOKED`).
+    Revoke(crate::store::Revocation),
+    /// Every session of `user_id` ends: `DISCONNECTED` (the client may reconnect at once) or,
+    /// with `reconnect` false, `REMOVED` (it must not until the person acts).
+    Disconnect {
+        /// The user.
+        user_id: UserId,
+        /// Whether the client may reconnect.
+        reconnect: bool,
+        /// Said in `Closing` (at most 120 bytes).
+        reason: String,
+    },
 }
 
 /// Live sessions by id and by user.
@@ -361,6 +398,44 @@ impl Sessions {
             .filter(|(id, _)| self.remove(id))
             .map(|(_, u)| u)
             .collect()
+    }
+
+    /// Carries out `order` on this node: attached sessions it covers are closed with its
+    /// code (and end, as terminal closes do); detached ones are forgotten at once (no resume).
+    /// Returns the users of the sessions forgotten (one entry per session) and how many
+    /// sessions it covered.
+    pub fn apply(&self, order: &Order, revocations: &crate::auth::Revocations) -> (Vec<UserId>, usize) {
+        let (covered, code, reason): (Vec<Arc<SessionHandle>>, CloseCode, &str) = match order {
+            Order::Revoke(r) => {
+                let candidates = if r.user_id > 0 {
+                    self.of_user(r.user_id)
+                } else {
+                    self.lock().by_id.values().cloned().collect()
+                };
+                let covered = candidates.into_iter().filter(|h| h.revoked(revocations)).collect();
+                (covered, CloseCode::TOKEN_REVOKED, "token revoked")
+            }
+            Order::Disconnect {
+                user_id,
+                reconnect,
+                reason,
+            } => {
+                let code = if *reconnect {
+                    CloseCode::DISCONNECTED
+                } else {
+                    CloseCode::REMOVED
+                };
+                (self.of_user(*user_id), code, reason.as_str())
+            }
+        };
+        let n = covered.len();
+        let mut forgotten = Vec::new();
+        for h in covered {
+            if !h.close(code, reason) && self.remove(&h.id) {
+                forgotten.push(h.user);
+            }
+        }
+        (forgotten, n)
     }
 
     /// Number of sessions attached to a connection.
@@ -583,7 +658,7 @@ mod tests {
         let h = handle(100);
         let (_g, cmd, rec) = conn(&h, [0; 5]);
         drop(cmd);
-        h.close(CloseCode::RATE_LIMITED, "flood");
+        assert!(h.close(CloseCode::RATE_LIMITED, "flood"));
         assert_eq!(
             *rec.0.lock().unwrap_or_else(|p| p.into_inner()),
             vec![(CloseCode::RATE_LIMITED.0, "flood".to_string())]

@@ -1105,10 +1105,19 @@ impl Here<'_, '_> {
                 .detach(o.generation, Instant::now() + self.ctx.cfg.session.resume_window);
             return;
         }
+        let ctx = self.ctx;
+        o.handle.set_token(&identity);
+        if o.handle.revoked(ctx.verifier.revocations()) {
+            // Revoked while the session was opening (after its token was checked).
+            o.handle.detach(o.generation, Instant::now());
+            if ctx.sessions.remove(&o.handle.id) {
+                ctx.fanout.close(identity.user_id);
+            }
+            return self.refuse_or_close(CloseCode::TOKEN_REVOKED, "token revoked".into());
+        }
         let Stage::Opening(hello) = std::mem::replace(&mut self.c.stage, Stage::Hello) else {
             return;
         };
-        let ctx = self.ctx;
         let sc = &ctx.cfg.session;
         let Opened {
             handle,
@@ -1178,11 +1187,19 @@ impl Here<'_, '_> {
         let ctx = self.ctx;
         let Stage::Live(l) = &mut self.c.stage else { return };
         ctx.presence.seen(l.user, l.handle.id);
+        let handle = l.handle.clone();
         let reply = l.machine.on_frame(
             self.io.now(),
             SystemTime::now(),
             msg,
-            |t| ctx.verifier.verify(t),
+            |t| {
+                // A refreshed token is the one revocations are checked against from now on.
+                let r = ctx.verifier.verify(t);
+                if let Ok(i) = &r {
+                    handle.set_token(i);
+                }
+                r
+            },
             l.handle.as_ref(),
         );
         match reply {

@@ -47,6 +47,21 @@ impl Kind {
     ];
 }
 
+tokio::task_local! {
+    /// Set while the server API acts (its key has a rate limit of its own).
+    static SERVER: ();
+}
+
+/// Runs `f` as the server API: the per-user limits do not apply to what it does on a user's
+/// behalf or with a guild's authority (the API key's own limit does, before the call).
+pub async fn as_server<F: std::future::Future>(f: F) -> F::Output {
+    SERVER.scope((), f).await
+}
+
+fn acting_as_server() -> bool {
+    SERVER.try_with(|_| ()).is_ok()
+}
+
 /// Capacity (burst) and refill rate of one bucket.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +221,9 @@ impl Limiter {
 
     /// Takes a token for `user`'s `kind` now.
     pub fn check(&self, user: u64, kind: Kind) -> Result<(), Refusal> {
+        if acting_as_server() {
+            return Ok(());
+        }
         self.check_at(user, kind, Instant::now())
     }
 
@@ -276,6 +294,12 @@ impl Bucket {
     pub fn full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens + elapsed * self.rate.per_sec >= self.rate.burst
+    }
+
+    /// Whole tokens left at `now`.
+    pub fn remaining(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate.per_sec).min(self.rate.burst).floor() as u64
     }
 
     /// Takes one token, or says how long until one is available.

@@ -58,7 +58,34 @@ bits! {
     MANAGE_ROLES = 28;
 }
 
+/// Each bit's name, as the server API spells it.
+const NAMES: [(Perms, &str); 18] = [
+    (Perms::CREATE_INVITE, "create_invite"),
+    (Perms::KICK_MEMBERS, "kick_members"),
+    (Perms::BAN_MEMBERS, "ban_members"),
+    (Perms::ADMINISTRATOR, "administrator"),
+    (Perms::MANAGE_CHANNELS, "manage_channels"),
+    (Perms::MANAGE_GUILD, "manage_guild"),
+    (Perms::ADD_REACTIONS, "add_reactions"),
+    (Perms::VIEW_CHANNEL, "view_channel"),
+    (Perms::SEND_MESSAGES, "send_messages"),
+    (Perms::MANAGE_MESSAGES, "manage_messages"),
+    (Perms::READ_MESSAGE_HISTORY, "read_message_history"),
+    (Perms::MENTION_EVERYONE, "mention_everyone"),
+    (Perms::CONNECT, "connect"),
+    (Perms::SPEAK, "speak"),
+    (Perms::MUTE_MEMBERS, "mute_members"),
+    (Perms::DEAFEN_MEMBERS, "deafen_members"),
+    (Perms::MOVE_MEMBERS, "move_members"),
+    (Perms::MANAGE_ROLES, "manage_roles"),
+];
+
 impl Perms {
+    /// The names of the bits set (`send_messages`, …).
+    pub fn names(self) -> Vec<&'static str> {
+        NAMES.iter().filter(|(p, _)| self.has(*p)).map(|(_, n)| *n).collect()
+    }
+
     /// What `@everyone` gets in a new guild.
     pub const DEFAULT_EVERYONE: Perms = Perms(
         Perms::CREATE_INVITE.0
@@ -149,6 +176,13 @@ pub fn in_channel(s: &Subject<'_>, everyone_role: u64, overwrites: &[Overwrite])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_defined_bit_has_a_name() {
+        assert_eq!(Perms::ALL.names().len(), NAMES.len());
+        assert_eq!(Perms::ALL.0.count_ones() as usize, NAMES.len());
+        assert_eq!(Perms(0).names(), Vec::<&str>::new());
+    }
 
     const G: u64 = 100;
     const MOD: u64 = 200;

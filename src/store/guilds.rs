@@ -325,6 +325,50 @@ impl Store {
         .await
     }
 
+    /// Adds `user` to `guild` (no invite): whether they were not a member before;
+    /// [`StoreError::Banned`] when banned there.
+    pub async fn add_member(&self, guild: u64, user: u64, now_ms: u64) -> Result<bool> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            let banned = sqlx::query("SELECT 1 FROM bans WHERE guild_id = $1 AND user_id = $2")
+                .bind(i(guild))
+                .bind(i(user))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if banned {
+                tx.rollback().await?;
+                return Err(StoreError::Banned);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(i(guild))
+            .bind(i(user))
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(inserted > 0)
+        })
+        .await
+    }
+
+    /// Lifts `user`'s ban from `guild`: whether there was one.
+    pub async fn unban(&self, guild: u64, user: u64) -> Result<bool> {
+        self.deadline(async move {
+            Ok(sqlx::query("DELETE FROM bans WHERE guild_id = $1 AND user_id = $2")
+                .bind(i(guild))
+                .bind(i(user))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0)
+        })
+        .await
+    }
+
     /// Removes a member (leave or kick); with `ban`, also bans them.
     pub async fn remove_member(&self, guild: u64, user: u64, ban: Option<&str>, now_ms: u64) -> Result<bool> {
         self.deadline(async move {

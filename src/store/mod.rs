@@ -29,6 +29,7 @@ use quaver_proto::{
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod api;
 mod channels;
 mod guilds;
 mod messages;
@@ -36,6 +37,8 @@ mod social;
 mod tx;
 
 use tx::Tx;
+
+pub use api::{IdempotencyBegin, Revocation};
 
 /// Store failures. Domain refusals are distinct variants so the chat layer can map each to
 /// its request error code.

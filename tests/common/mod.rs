@@ -42,6 +42,7 @@ pub fn config() -> Config {
         ..Default::default()
     };
     c.tls.cert_dir = dir.join("certs");
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
     c.auth.jwt_secret = Some(SECRET.into());
     c.auth.leeway = Duration::ZERO;
     // Tests end with clients still connected; do not wait the production 10 s for them.

@@ -14,7 +14,7 @@ export function startServer(env = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'quaver-browser-'));
   const { DATABASE_URL: _d, REDIS_URL: _r, JWT_SECRET: _j, ...inherited } = process.env;
   const full = {
-    ...inherited, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0',
+    ...inherited, QUAVER_LISTEN: '127.0.0.1:0', QUAVER_HTTP_LISTEN: '127.0.0.1:0', QUAVER_API_LISTEN: '127.0.0.1:0',
     QUAVER_DATA_DIR: join(dir, 'data'), QUAVER_CERT_DIR: join(dir, 'certs'), QUAVER_LOG: 'info', NO_COLOR: '1', ...env,
   };
   const child = spawn(BIN, ['serve'], { env: full, stdio: ['ignore', 'ignore', 'pipe'] });

@@ -1,0 +1,23 @@
+-- The server API: idempotency keys with their answers (cluster-wide, 24 h), and token
+-- revocations (every node checks them at Hello and ends live sessions they cover).
+CREATE TABLE api_idempotency (
+    key_id       TEXT    NOT NULL,
+    idem_key     TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    -- 0 while the first request is being answered; then its HTTP status.
+    status       INTEGER NOT NULL,
+    response     TEXT,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idem_key)
+);
+CREATE INDEX api_idempotency_created ON api_idempotency (created_at);
+
+CREATE TABLE token_revocations (
+    user_id    INTEGER NOT NULL,
+    -- Tokens of the user issued (iat) before this instant (Unix ms) are refused; 0: none.
+    before_ms  INTEGER NOT NULL,
+    -- Or the one token with this jti ('' when the row is by time).
+    jti        TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, jti)
+);

@@ -1,0 +1,245 @@
+//! People through the API: the key in use, user profiles, presence (merged across devices
+//! and nodes), and effective permissions computed by Quaver's own rules — so a backend
+//! never reimplements them.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::Services;
+use super::auth::{Caller, Scope};
+use super::error::{ApiResult, Problem};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::types::{Id, Presence, Status};
+use crate::perms::Perms;
+
+/// The key in use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The key's id.
+    pub key_id: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+}
+
+/// Says which key this is and what it may do.
+#[utoipa::path(
+    get, path = "/whoami", tag = "meta",
+    responses(
+        (status = 200, description = "The key", body = WhoAmI),
+        (status = 401, description = "No valid key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn whoami(caller: Caller) -> axum::Json<WhoAmI> {
+    axum::Json(WhoAmI {
+        key_id: caller.key_id.clone(),
+        scopes: caller.scope_names().into_iter().map(str::to_string).collect(),
+    })
+}
+
+/// A user's profile.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct User {
+    /// Their id (the `sub` of their tokens).
+    pub id: Id,
+    /// Their display name.
+    pub name: String,
+}
+
+/// What a profile is set to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// 1–64 printable characters. A session's token, when it carries a `name`, sets it
+    /// again when the session opens: the later of the two wins.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct UserPath {
+    user_id: Id,
+}
+
+/// Creates or updates a user (a bot, or someone who has not connected yet).
+#[utoipa::path(
+    put, path = "/users/{user_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "The user")),
+    request_body = UserUpdate,
+    responses(
+        (status = 200, description = "The profile", body = User),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn put_user(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+    ApiJson(u): ApiJson<UserUpdate>,
+) -> ApiResult<axum::Json<User>> {
+    caller.need(Scope::UsersWrite)?;
+    let name = u.name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(Problem::new(
+            quaver_proto::ErrorCode::INVALID_NAME.0,
+            "a name is 1–64 printable characters",
+        )
+        .field("name"));
+    }
+    api.chat
+        .store()
+        .upsert_user(p.user_id.0, name, crate::ids::now_ms())
+        .await?;
+    Ok(axum::Json(User {
+        id: p.user_id,
+        name: name.to_string(),
+    }))
+}
+
+/// A user's profile.
+#[utoipa::path(
+    get, path = "/users/{user_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The profile", body = User),
+        (status = 404, description = "Never seen", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn get_user(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+) -> ApiResult<axum::Json<User>> {
+    caller.need(Scope::UsersRead)?;
+    let name = api
+        .chat
+        .store()
+        .user_name(p.user_id.0)
+        .await?
+        .ok_or_else(|| Problem::not_found("user"))?;
+    Ok(axum::Json(User { id: p.user_id, name }))
+}
+
+/// Whose presence.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    /// 1–1,000 users.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub user_ids: Vec<Id>,
+}
+
+/// Presences, one per user asked about, in that order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Presences {
+    /// The presences (offline users included, as `offline`).
+    pub presences: Vec<Presence>,
+    /// How many of them are not offline.
+    pub online: usize,
+}
+
+/// What many users show, merged across their devices and the cluster's nodes.
+#[utoipa::path(
+    post, path = "/presence/query", tag = "people",
+    request_body = PresenceQuery,
+    responses(
+        (status = 200, description = "Their presences", body = Presences),
+        (status = 400, description = "None, or over 1,000", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn query_presence(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiJson(q): ApiJson<PresenceQuery>,
+) -> ApiResult<axum::Json<Presences>> {
+    caller.need(Scope::PresenceRead)?;
+    if q.user_ids.is_empty() || q.user_ids.len() > 1000 {
+        return Err(Problem::bad("user_ids", "ask about 1 to 1,000 users"));
+    }
+    let users: Vec<u64> = q.user_ids.iter().map(|u| u.0).collect();
+    let seen = api.presence.snapshot(users.clone()).await;
+    let presences: Vec<Presence> = users
+        .iter()
+        .map(|u| {
+            seen.iter()
+                .find(|p| p.user_id == *u)
+                .cloned()
+                .unwrap_or_else(|| crate::presence::registry::offline(*u))
+                .into()
+        })
+        .collect();
+    let online = presences.iter().filter(|p| p.status != Status::Offline).count();
+    Ok(axum::Json(Presences { presences, online }))
+}
+
+/// Where permissions are computed.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsQuery {
+    /// In this channel (its overwrites applied); without it, the guild's.
+    pub channel_id: Option<Id>,
+}
+
+/// A member's effective permissions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Permissions {
+    /// The bits (PROTOCOL.md "Permissions"), as a decimal string.
+    pub bits: String,
+    /// The names of the bits set.
+    pub names: Vec<String>,
+    /// Where: the channel, if one was given.
+    pub channel_id: Option<Id>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct MemberPath {
+    guild_id: Id,
+    user_id: Id,
+}
+
+/// A member's effective permissions, by Quaver's own rules (roles, overwrites, owner and
+/// administrator): what a client of theirs would be allowed.
+#[utoipa::path(
+    get, path = "/guilds/{guild_id}/members/{user_id}/permissions", tag = "people",
+    params(("guild_id" = Id, Path, description = "The guild"), ("user_id" = Id, Path, description = "The member"), PermissionsQuery),
+    responses(
+        (status = 200, description = "Their permissions", body = Permissions),
+        (status = 404, description = "No such guild, member, or channel in it they can see", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn permissions(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<MemberPath>,
+    ApiQuery(q): ApiQuery<PermissionsQuery>,
+) -> ApiResult<axum::Json<Permissions>> {
+    caller.need(Scope::GuildsRead)?;
+    let guild_perms = api.chat.guild_permissions(p.user_id.0, p.guild_id.0).await?;
+    let perms = match q.channel_id {
+        None => guild_perms,
+        Some(c) => {
+            let in_guild = api.chat.channel_guild_of(c.0).await?;
+            if in_guild != Some(p.guild_id.0) {
+                return Err(Problem::not_found("channel in this guild").field("channel_id"));
+            }
+            match api.chat.channel_permissions(p.user_id.0, c.0).await {
+                Ok(perms) => perms,
+                // Cannot view it: no permission there at all.
+                Err(e) if e.code == quaver_proto::ErrorCode::NOT_FOUND => Perms(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    Ok(axum::Json(Permissions {
+        bits: perms.0.to_string(),
+        names: perms.names().into_iter().map(str::to_string).collect(),
+        channel_id: q.channel_id,
+    }))
+}

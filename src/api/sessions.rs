@@ -1,0 +1,197 @@
+//! Sessions through the API: revoke a user's tokens (all issued before an instant, or one by
+//! its `jti`) and end the sessions they opened, or end a user's sessions outright — on
+//! every node of the cluster. A revocation is stored first (nodes read them at start and
+//! every 30 s) and then carried on the bus, so the user's live sessions close within
+//! moments wherever they are, and their next `Hello` with such a token is refused
+//! (`TOKEN_REVOKED`, 4019).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Services;
+use super::auth::{Caller, Scope};
+use super::error::{ApiResult, Problem};
+use super::extract::{ApiJson, ApiPath};
+use super::types::Id;
+use crate::cluster::BusEvent;
+use crate::gateway::Order;
+use crate::store::Revocation;
+
+/// Which of a user's tokens to revoke. Without either field: every token issued until now.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRevocation {
+    /// Every token issued (`iat`) before this instant, Unix milliseconds (a token without
+    /// `iat` counts as issued at the beginning of time). Default: now, unless `jti` is given.
+    #[serde(default)]
+    pub issued_before: Option<u64>,
+    /// The one token with this `jti` claim (1–255 characters).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
+    pub jti: Option<String>,
+}
+
+/// A revocation made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationMade {
+    /// Whose tokens.
+    pub user_id: Id,
+    /// Tokens issued before this Unix ms are refused (0: none by time).
+    pub issued_before: u64,
+    /// The token refused by `jti`, if one was named.
+    pub jti: Option<String>,
+    /// Sessions this node ended at once (others end theirs as the order reaches them).
+    pub sessions_ended_here: usize,
+}
+
+/// How to end a user's sessions.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    /// `true` (default): the client may reconnect at once (close code 1008 `disconnected`),
+    /// e.g. to pick up changed permissions. `false`: it must not until the person acts (4031
+    /// `removed`) — pair it with a revocation to keep them out.
+    #[serde(default)]
+    pub reconnect: Option<bool>,
+    /// Said to the client in `Closing` (at most 120 bytes).
+    #[serde(default)]
+    #[schema(max_length = 120, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    pub reason: Option<String>,
+}
+
+/// What a disconnect did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Disconnected {
+    /// The user.
+    pub user_id: Id,
+    /// The close code their sessions get.
+    pub close_code: u16,
+    /// Sessions this node ended at once (others end theirs as the order reaches them).
+    pub sessions_ended_here: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct UserPath {
+    user_id: Id,
+}
+
+/// Carries `order` out here at once, and to every other node on the bus.
+fn order(api: &Services, order: Order) -> usize {
+    if let Order::Revoke(r) = &order {
+        api.revocations.add(r);
+    }
+    let (forgotten, n) = api.sessions.apply(&order, &api.revocations);
+    for user in forgotten {
+        api.fanout.close(user);
+    }
+    api.bus.publish(BusEvent::Order(order));
+    n
+}
+
+/// Revokes a user's tokens, and ends the sessions they opened, on every node.
+#[utoipa::path(
+    post, path = "/users/{user_id}/revocations", tag = "sessions",
+    params(("user_id" = Id, Path, description = "The user")),
+    request_body = NewRevocation,
+    responses(
+        (status = 201, description = "Stored; their sessions are ending", body = RevocationMade),
+        (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn revoke(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+    ApiJson(r): ApiJson<NewRevocation>,
+) -> ApiResult<Response> {
+    caller.need(Scope::SessionsWrite)?;
+    let now = crate::ids::now_ms();
+    if let Some(j) = &r.jti
+        && (j.is_empty() || j.len() > 255)
+    {
+        return Err(Problem::bad("jti", "a jti is 1–255 bytes"));
+    }
+    let before = match (r.issued_before, &r.jti) {
+        (Some(t), _) if t > now + 60_000 => {
+            return Err(Problem::bad(
+                "issued_before",
+                "issued_before is in the future (Unix milliseconds, at most now)",
+            ));
+        }
+        (Some(t), _) => t,
+        (None, Some(_)) => 0,
+        (None, None) => now,
+    };
+    let revocation = Revocation {
+        user_id: p.user_id.0,
+        before_ms: before,
+        jti: r.jti.clone().unwrap_or_default(),
+    };
+    api.chat.store().revoke(&revocation, now).await?;
+    let n = order(&api, Order::Revoke(revocation));
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RevocationMade {
+            user_id: p.user_id,
+            issued_before: before,
+            jti: r.jti,
+            sessions_ended_here: n,
+        }),
+    )
+        .into_response())
+}
+
+/// Ends every session of a user, on every node.
+#[utoipa::path(
+    post, path = "/users/{user_id}/disconnect", tag = "sessions",
+    params(("user_id" = Id, Path, description = "The user")),
+    request_body = Disconnect,
+    responses(
+        (status = 202, description = "Their sessions are ending", body = Disconnected),
+        (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn disconnect(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+    ApiJson(d): ApiJson<Disconnect>,
+) -> ApiResult<Response> {
+    caller.need(Scope::SessionsWrite)?;
+    let reason = d.reason.unwrap_or_default();
+    if reason.len() > 120 || reason.chars().any(char::is_control) {
+        return Err(Problem::bad("reason", "a reason is at most 120 bytes, printable"));
+    }
+    let reconnect = d.reconnect.unwrap_or(true);
+    let code = if reconnect {
+        quaver_proto::CloseCode::DISCONNECTED
+    } else {
+        quaver_proto::CloseCode::REMOVED
+    };
+    let n = order(
+        &api,
+        Order::Disconnect {
+            user_id: p.user_id.0,
+            reconnect,
+            reason: if reason.is_empty() {
+                "disconnected by the application".into()
+            } else {
+                reason
+            },
+        },
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Disconnected {
+            user_id: p.user_id,
+            close_code: code.0 as u16,
+            sessions_ended_here: n,
+        }),
+    )
+        .into_response())
+}

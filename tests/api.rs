@@ -1,0 +1,877 @@
+//! The server API (`/api/v1` on its own port), called the way a backend calls it — plain
+//! HTTP/1.1 with a key — against a real server with real clients connected: keys and
+//! scopes, problem documents, idempotency, messages and guilds seen live by clients,
+//! presence and permissions, token revocation and disconnects on one node and across two.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use quaver::config::{ApiKeyConfig, Config};
+use quaver_client::{Client, LaneStream, Transport, connect};
+use quaver_proto::{CloseCode, EventBody, Lane, ServerLane};
+use serde_json::{Value, json};
+
+/// An answer: status, headers (lower-case names), body as JSON (`Null` when empty or not
+/// JSON).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    /// The body's `field` as a string (ids are strings).
+    fn s(&self, field: &str) -> String {
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {}", self.body))
+            .to_string()
+    }
+}
+
+/// One request to the API port.
+async fn call(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    extra: &[(&str, &str)],
+) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        head.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (n, v) in extra {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the API answers in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<HashMap<_, _>>();
+    // Answers are small: hyper sends them with Content-Length, or chunked.
+    let body = if headers.get("transfer-encoding").is_some_and(|v| v == "chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// A backend's view of a server: its API address and keys.
+struct Backend {
+    addr: SocketAddr,
+    /// Every scope.
+    admin: String,
+    /// `messages:read` only.
+    reader: String,
+}
+
+impl Backend {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        call(self.addr, Some(&self.admin), method, path, body, &[]).await
+    }
+    /// A call that must answer `status`.
+    async fn ok(&self, status: u16, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let a = self.call(method, path, body).await;
+        assert_eq!(a.status, status, "{method} {path}: {a:?}");
+        a
+    }
+}
+
+/// Adds an all-scopes key and a read-only key to `c`.
+fn with_keys(c: &mut Config) -> (String, String) {
+    let (admin, admin_hash) = quaver::api::auth::mint("backend").unwrap();
+    let (reader, reader_hash) = quaver::api::auth::mint("reader").unwrap();
+    c.api.keys = vec![
+        ApiKeyConfig {
+            id: "backend".into(),
+            secret_sha256: admin_hash,
+            scopes: vec!["admin".into()],
+        },
+        ApiKeyConfig {
+            id: "reader".into(),
+            secret_sha256: reader_hash,
+            scopes: vec!["messages:read".into()],
+        },
+    ];
+    (admin, reader)
+}
+
+async fn server() -> (quaver::Server, Backend) {
+    let mut c = config();
+    let (admin, reader) = with_keys(&mut c);
+    let s = start(c).await;
+    let b = Backend {
+        addr: s.api_addr,
+        admin,
+        reader,
+    };
+    (s, b)
+}
+
+async fn client(server: &quaver::Server, token: String) -> (Client, LaneStream) {
+    let c = connect(&client_config(server, Transport::Quic, Some(token)))
+        .await
+        .expect("connects");
+    let l = c.open_lane(Lane::Chat).await.expect("chat lane");
+    (c, l)
+}
+
+/// The next event on `lane` that `want` picks, within 5 s.
+async fn event<T>(lane: &mut LaneStream, mut want: impl FnMut(EventBody) -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = tokio::time::timeout_at(end, lane.next())
+            .await
+            .expect("the event arrives in time")
+            .expect("lane works");
+        if let ServerLane::Event { body, .. } = frame
+            && let Some(t) = want(body)
+        {
+            return t;
+        }
+    }
+}
+
+/// The close code a connection ends with, within `limit`.
+async fn closed_with(c: &Client, limit: Duration) -> Option<u32> {
+    tokio::time::timeout(limit, c.closed())
+        .await
+        .ok()
+        .flatten()
+        .map(|(code, _)| code.0)
+}
+
+/// A guild owned by user 1 (connected), with bot 900 (never connected) as a member, made
+/// through the API: (guild id, its first text channel).
+async fn guild_with_bot(b: &Backend) -> (String, String) {
+    b.ok(200, "PUT", "/api/v1/users/900", Some(json!({"name": "Deploy bot"})))
+        .await;
+    let g = b
+        .ok(
+            201,
+            "POST",
+            "/api/v1/guilds",
+            Some(json!({"owner_id": "1", "name": "Ops"})),
+        )
+        .await;
+    let gid = g.s("id");
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/900"), None)
+        .await;
+    let details = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await;
+    let channel = details.body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "text")
+        .expect("a text channel")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (gid, channel)
+}
+
+#[tokio::test]
+async fn every_call_needs_a_valid_key_and_the_scope_it_uses() {
+    let (s, b) = server().await;
+    let a = call(b.addr, None, "GET", "/api/v1/whoami", None, &[]).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        (a.body["code"].as_u64(), a.body["code_name"].as_str()),
+        (Some(100), Some("UNAUTHORIZED"))
+    );
+    assert!(
+        a.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")),
+        "{a:?}"
+    );
+    // A key with one character changed is not the key.
+    let mut forged = b.admin.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    for bad in [
+        "qk_backend_nothex",
+        "Bearer",
+        forged.as_str(),
+        "qk_nobody_0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let a = call(b.addr, Some(bad), "GET", "/api/v1/whoami", None, &[]).await;
+        assert_eq!(a.status, 401, "{bad}: {a:?}");
+    }
+    let me = b.ok(200, "GET", "/api/v1/whoami", None).await;
+    assert_eq!(me.s("key_id"), "backend");
+    assert!(me.body["scopes"].as_array().unwrap().iter().any(|s| s == "admin"));
+    // The reader may read but not write.
+    let a = call(
+        b.addr,
+        Some(&b.reader),
+        "POST",
+        "/api/v1/guilds",
+        Some(json!({"owner_id": "1", "name": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str()),
+        (403, Some("SCOPE_MISSING")),
+        "{a:?}"
+    );
+    assert!(a.body["detail"].as_str().unwrap().contains("guilds:write"), "{a:?}");
+    // Every answer tells the key's quota.
+    assert!(
+        me.header("x-ratelimit-limit").is_some() && me.header("x-ratelimit-remaining").is_some(),
+        "{me:?}"
+    );
+    // Unknown routes are problems too; the document and its page need no key.
+    let a = b.call("GET", "/api/v1/nothing-here", None).await;
+    assert_eq!((a.status, a.body["code_name"].as_str()), (404, Some("NO_ROUTE")));
+    let doc = call(b.addr, None, "GET", "/api/v1/openapi.json", None, &[]).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(
+        doc.body["paths"]["/api/v1/channels/{channel_id}/messages"]["post"].is_object(),
+        "{}",
+        doc.body["paths"]
+    );
+    let page = call(b.addr, None, "GET", "/api/v1/docs", None, &[]).await;
+    assert_eq!(page.status, 200);
+    // The client port does not serve the API.
+    let (status, _) = http_get(s.http_addr, "/api/v1/whoami").await;
+    assert_eq!(status, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_naming_the_field() {
+    let (s, b) = server().await;
+    let cases: Vec<(&str, &str, Option<Value>, u16, &str)> = vec![
+        // A path that does not parse names nothing that exists.
+        ("PUT", "/api/v1/users/abc", Some(json!({"name": "x"})), 404, "path"),
+        ("PUT", "/api/v1/users/0", Some(json!({"name": "x"})), 404, "path"),
+        ("GET", "/api/v1/users/9223372036854775808", None, 404, "path"),
+        ("PUT", "/api/v1/users/5", Some(json!({"name": ""})), 400, "name"),
+        (
+            "PUT",
+            "/api/v1/users/5",
+            Some(json!({"name": "x", "extra": 1})),
+            400,
+            "extra",
+        ),
+        ("POST", "/api/v1/guilds", Some(json!({"owner_id": "1"})), 400, "name"),
+        (
+            "POST",
+            "/api/v1/presence/query",
+            Some(json!({"user_ids": []})),
+            400,
+            "user_ids",
+        ),
+        (
+            "GET",
+            "/api/v1/channels/1/messages?before=1&after=2",
+            None,
+            400,
+            "before",
+        ),
+        ("GET", "/api/v1/channels/1/messages?limit=lots", None, 400, "limit"),
+    ];
+    for (method, path, body, status, field) in cases {
+        let a = b.call(method, path, body).await;
+        assert_eq!(a.status, status, "{method} {path}: {a:?}");
+        assert_eq!(a.header("content-type"), Some("application/problem+json"), "{path}");
+        let said = format!("{} {}", a.body["field"], a.body["detail"]);
+        assert!(said.contains(field), "{method} {path}: {a:?}");
+    }
+    // Not JSON at all.
+    let a = call(
+        b.addr,
+        Some(&b.admin),
+        "PUT",
+        "/api/v1/users/5",
+        None,
+        &[("Content-Type", "application/json")],
+    )
+    .await;
+    assert_eq!(a.status, 400, "{a:?}");
+    // Things that are not there.
+    for path in ["/api/v1/users/77", "/api/v1/guilds/77", "/api/v1/channels/77/messages"] {
+        let a = b.call("GET", path, None).await;
+        assert_eq!(
+            (a.status, a.body["code_name"].as_str()),
+            (404, Some("NOT_FOUND")),
+            "{path}: {a:?}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_builds_a_guild_and_its_bot_posts_what_clients_see_live() {
+    let (s, b) = server().await;
+    let (c1, mut l1) = client(&s, token(1)).await;
+    let (gid, channel) = guild_with_bot(&b).await;
+    // The owner's client heard the bot join.
+    let joined = event(&mut l1, |e| match e {
+        EventBody::MemberUpdated { guild_id, member } if guild_id.to_string() == gid => Some(member.user_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined, 900);
+    // The bot posts; the owner's client gets it with its seq, as from any member.
+    let m = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "900", "content": "deploy 4711 is live", "nonce": "77"})),
+        )
+        .await;
+    let (seq, content) = event(&mut l1, |e| match e {
+        EventBody::MessageCreated { seq, message } if message.author_id == 900 => Some((seq, message.content)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(content, "deploy 4711 is live");
+    assert_eq!(m.body["seq"].as_u64(), Some(seq), "{m:?}");
+    // Its nonce again: the first message, not a second one.
+    let again = b
+        .ok(
+            200,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "900", "content": "deploy 4711 is live", "nonce": "77"})),
+        )
+        .await;
+    assert_eq!(again.s("id"), m.s("id"));
+    // Someone who is not a member cannot be made to post.
+    let a = b
+        .call(
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "901", "content": "hi"})),
+        )
+        .await;
+    assert!(matches!(a.status, 403 | 404), "{a:?}");
+    // Edited as its author, reacted to, then deleted with moderation: each seen live.
+    let mid = m.s("id");
+    b.ok(
+        200,
+        "PATCH",
+        &format!("/api/v1/channels/{channel}/messages/{mid}"),
+        Some(json!({"content": "deploy 4711 rolled back"})),
+    )
+    .await;
+    let edited = event(&mut l1, |e| match e {
+        EventBody::MessageEdited { content, .. } => Some(content),
+        _ => None,
+    })
+    .await;
+    assert_eq!(edited, "deploy 4711 rolled back");
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/channels/{channel}/messages/{mid}/reactions/%F0%9F%91%8D/1"),
+        None,
+    )
+    .await;
+    event(&mut l1, |e| {
+        matches!(e, EventBody::ReactionAdded { user_id: 1, .. }).then_some(())
+    })
+    .await;
+    let history = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/channels/{channel}/messages?limit=10"),
+            None,
+        )
+        .await;
+    let msgs = history.body["messages"].as_array().unwrap();
+    assert!(
+        msgs.iter()
+            .any(|x| x["id"] == mid.as_str() && x["content"] == "deploy 4711 rolled back"),
+        "{history:?}"
+    );
+    b.ok(
+        204,
+        "DELETE",
+        &format!("/api/v1/channels/{channel}/messages/{mid}"),
+        None,
+    )
+    .await;
+    event(&mut l1, |e| matches!(e, EventBody::MessageDeleted { .. }).then_some(())).await;
+    // The reader key reads history but does not post.
+    let a = call(
+        b.addr,
+        Some(&b.reader),
+        "GET",
+        &format!("/api/v1/channels/{channel}/messages"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = call(
+        b.addr,
+        Some(&b.reader),
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(json!({"author_id": "900", "content": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    // Presence: the owner is online, the bot (never connected) offline.
+    let p = b
+        .ok(
+            200,
+            "POST",
+            "/api/v1/presence/query",
+            Some(json!({"user_ids": ["1", "900"]})),
+        )
+        .await;
+    assert_eq!(p.body["online"], 1, "{p:?}");
+    assert_eq!(p.body["presences"][0]["status"], "online", "{p:?}");
+    assert_eq!(p.body["presences"][1]["status"], "offline", "{p:?}");
+    // Permissions by Quaver's rules: the owner has everything, the bot what @everyone has.
+    let owner = b
+        .ok(200, "GET", &format!("/api/v1/guilds/{gid}/members/1/permissions"), None)
+        .await;
+    assert!(
+        owner.body["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "administrator"),
+        "{owner:?}"
+    );
+    let bot = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/guilds/{gid}/members/900/permissions?channel_id={channel}"),
+            None,
+        )
+        .await;
+    let names = bot.body["names"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| n == "send_messages") && !names.iter().any(|n| n == "administrator"),
+        "{bot:?}"
+    );
+    c1.close();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn moderation_through_the_api_reaches_the_member() {
+    let (s, b) = server().await;
+    let (_c1, mut l1) = client(&s, token(1)).await;
+    let (c2, mut l2) = client(&s, token(2)).await;
+    let (gid, channel) = guild_with_bot(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    // Member 2 sees the guild arrive.
+    event(&mut l2, |e| matches!(e, EventBody::GuildUpdated { .. }).then_some(())).await;
+    let members = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}/members"), None).await;
+    let ids: Vec<&str> = members.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"1") && ids.contains(&"2") && ids.contains(&"900"),
+        "{members:?}"
+    );
+    // A role for member 2, then a ban: they lose the guild, the owner sees them go.
+    let role = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/roles"),
+            Some(json!({"name": "oncall"})),
+        )
+        .await;
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/guilds/{gid}/members/2/roles/{}", role.s("id")),
+        None,
+    )
+    .await;
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/guilds/{gid}/bans/2"),
+        Some(json!({"reason": "spam"})),
+    )
+    .await;
+    event(&mut l2, |e| matches!(e, EventBody::GuildRemoved { .. }).then_some(())).await;
+    event(&mut l1, |e| {
+        matches!(e, EventBody::MemberRemoved { user_id: 2, .. }).then_some(())
+    })
+    .await;
+    // Banned: adding them back is refused until unbanned.
+    let a = b.call("PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    assert_eq!((a.status, a.body["code_name"].as_str()), (403, Some("BANNED")), "{a:?}");
+    b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}/bans/2"), None).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    // A channel and an invite made for the owner.
+    let ch = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": "alerts", "kind": "text"})),
+        )
+        .await;
+    assert_eq!(ch.body["kind"], "text");
+    let inv = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/invites"),
+            Some(json!({"max_uses": 5})),
+        )
+        .await;
+    assert!(!inv.s("code").is_empty());
+    b.ok(204, "DELETE", &format!("/api/v1/channels/{}", ch.s("id")), None)
+        .await;
+    let _ = channel;
+    c2.close();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_safe() {
+    let (s, b) = server().await;
+    let (_c1, _l1) = client(&s, token(1)).await;
+    let (_gid, channel) = guild_with_bot(&b).await;
+    let path = format!("/api/v1/channels/{channel}/messages");
+    let post = |content: &'static str, key: &'static str| {
+        let (addr, k, path) = (b.addr, b.admin.clone(), path.clone());
+        async move {
+            call(
+                addr,
+                Some(&k),
+                "POST",
+                &path,
+                Some(json!({"author_id": "900", "content": content})),
+                &[("Idempotency-Key", key)],
+            )
+            .await
+        }
+    };
+    let first = post("once", "order-1").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    // The retry (no nonce in the body: only the key makes it safe) gets the first answer.
+    let retry = post("once", "order-1").await;
+    assert_eq!(
+        (retry.status, retry.header("idempotent-replayed")),
+        (201, Some("true")),
+        "{retry:?}"
+    );
+    assert_eq!(retry.s("id"), first.s("id"));
+    // The same key with another request is refused, naming the header.
+    let other = post("twice", "order-1").await;
+    assert_eq!(
+        (other.status, other.body["code_name"].as_str()),
+        (422, Some("IDEMPOTENCY_MISMATCH")),
+        "{other:?}"
+    );
+    // Concurrent first tries: one goes ahead, the others are told it is in flight or get its
+    // answer — never a second message.
+    let tries = futures_util::future::join_all((0..6).map(|_| post("racing", "order-2"))).await;
+    let made: std::collections::HashSet<String> = tries.iter().filter(|a| a.status == 201).map(|a| a.s("id")).collect();
+    assert_eq!(made.len(), 1, "{tries:?}");
+    assert!(tries.iter().all(|a| a.status == 201 || a.status == 409), "{tries:?}");
+    let history = b.ok(200, "GET", &format!("{path}?limit=100"), None).await;
+    let contents: Vec<&str> = history.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents.iter().filter(|c| **c == "once").count(), 1, "{contents:?}");
+    assert_eq!(contents.iter().filter(|c| **c == "racing").count(), 1, "{contents:?}");
+    assert!(!contents.contains(&"twice"));
+    // A bad key is refused before anything is done.
+    let bad = call(
+        b.addr,
+        Some(&b.admin),
+        "POST",
+        &path,
+        Some(json!({"author_id": "900", "content": "x"})),
+        &[("Idempotency-Key", "")],
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    s.shutdown().await;
+}
+
+/// A token with a `jti`, signed with the test secret.
+fn token_with_jti(user: u64, jti: &str) -> String {
+    let now = quaver::auth::unix_now();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user.to_string(), "exp": now + 3600, "iat": now - 5, "jti": jti}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_its_sessions_and_is_refused_after() {
+    let (s, b) = server().await;
+    let (c1, _l1) = client(&s, token_with_jti(5, "laptop")).await;
+    let (c2, _l2) = client(&s, token_with_jti(5, "phone")).await;
+    // One token by jti: its session ends with 4019, the other stays.
+    let r = b
+        .ok(
+            201,
+            "POST",
+            "/api/v1/users/5/revocations",
+            Some(json!({"jti": "laptop"})),
+        )
+        .await;
+    assert_eq!(r.body["sessions_ended_here"], 1, "{r:?}");
+    assert_eq!(
+        closed_with(&c1, Duration::from_secs(5)).await,
+        Some(CloseCode::TOKEN_REVOKED.0)
+    );
+    assert_eq!(
+        closed_with(&c2, Duration::from_millis(300)).await,
+        None,
+        "the phone's token is not revoked"
+    );
+    let e = connect(&client_config(&s, Transport::Quic, Some(token_with_jti(5, "laptop"))))
+        .await
+        .expect_err("a revoked token is refused");
+    assert_eq!(e.close_code(), Some(CloseCode::TOKEN_REVOKED));
+    // Every token issued until now: the phone goes too, a new token still works.
+    b.ok(201, "POST", "/api/v1/users/5/revocations", Some(json!({}))).await;
+    assert_eq!(
+        closed_with(&c2, Duration::from_secs(5)).await,
+        Some(CloseCode::TOKEN_REVOKED.0)
+    );
+    let later = {
+        let now = quaver::auth::unix_now();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "5", "exp": now + 3600, "iat": now + 2}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let (c3, _l3) = client(&s, later).await;
+    // Revocations are kept: a restarted node still refuses.
+    let a = b
+        .call(
+            "POST",
+            "/api/v1/users/5/revocations",
+            Some(json!({"issued_before": u64::MAX / 2})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["field"].as_str()),
+        (400, Some("issued_before")),
+        "{a:?}"
+    );
+    assert!(s.ctx.verifier.revocations().covers_parts(5, Some(0), None));
+    let rows = s.ctx.chat.store().revocations().await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    c3.close();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_disconnect_says_whether_to_come_back() {
+    let (s, b) = server().await;
+    let (c1, _l1) = client(&s, token(6)).await;
+    let a = b
+        .ok(
+            202,
+            "POST",
+            "/api/v1/users/6/disconnect",
+            Some(json!({"reason": "permissions changed"})),
+        )
+        .await;
+    assert_eq!(
+        (a.body["close_code"].as_u64(), a.body["sessions_ended_here"].as_u64()),
+        (Some(1008), Some(1))
+    );
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(5), c1.closed())
+        .await
+        .expect("closed in time")
+        .expect("with a code");
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::DISCONNECTED, "permissions changed")
+    );
+    // It may come back at once (a new session: the old one ended, not resumable).
+    let (c2, _l2) = client(&s, token(6)).await;
+    assert_eq!(s.ctx.sessions.of_user(6).len(), 1);
+    b.ok(
+        202,
+        "POST",
+        "/api/v1/users/6/disconnect",
+        Some(json!({"reconnect": false})),
+    )
+    .await;
+    assert_eq!(
+        closed_with(&c2, Duration::from_secs(5)).await,
+        Some(CloseCode::REMOVED.0)
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || s.ctx.sessions.of_user(6).is_empty()).await,
+        "a removed session is not kept for a resume"
+    );
+    let a = b
+        .call(
+            "POST",
+            "/api/v1/users/6/disconnect",
+            Some(json!({"reason": "x".repeat(121)})),
+        )
+        .await;
+    assert_eq!((a.status, a.body["field"].as_str()), (400, Some("reason")));
+    s.shutdown().await;
+}
+
+/// Two nodes in this process on one in-process bus, over one SQLite file, each with the
+/// backend's keys.
+async fn two_nodes(hub: &quaver::cluster::pubsub::MemoryHub) -> (quaver::Server, quaver::Server, Backend) {
+    let db = format!("sqlite://{}?mode=rwc", tempdir("api-db").join("shared.db").display());
+    let mut c = config();
+    let (admin, reader) = with_keys(&mut c);
+    let mut nodes = Vec::new();
+    for n in 0..2u16 {
+        let mut c = c.clone();
+        c.data_dir = tempdir("api-node").join("data");
+        c.node_name = format!("api-{}-{n}", std::process::id());
+        c.node_id = Some(700 + n);
+        c.database = Some(db.clone());
+        nodes.push(quaver::Server::start_with(c, Some(hub)).await.expect("node starts"));
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let backend = Backend {
+        addr: a.api_addr,
+        admin,
+        reader,
+    };
+    (a, b, backend)
+}
+
+#[tokio::test]
+async fn orders_and_messages_of_the_api_reach_every_node() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b, api) = two_nodes(&hub).await;
+    // The owner is on node b; the backend calls node a.
+    let (c1, mut l1) = client(&b, token(1)).await;
+    let (_gid, channel) = guild_with_bot(&api).await;
+    for i in 0..5 {
+        api.ok(
+            201,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "900", "content": format!("m{i}")})),
+        )
+        .await;
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        seqs.push(
+            event(&mut l1, |e| match e {
+                EventBody::MessageCreated { seq, message } if message.author_id == 900 => Some(seq),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in seq order, once: {seqs:?}"
+    );
+    // A revocation made on node a ends the session on node b, and node b refuses the token.
+    let t = token_with_jti(1, "stolen");
+    let (c2, _l2) = client(&b, t.clone()).await;
+    let started = std::time::Instant::now();
+    let r = api
+        .ok(
+            201,
+            "POST",
+            "/api/v1/users/1/revocations",
+            Some(json!({"jti": "stolen"})),
+        )
+        .await;
+    assert_eq!(r.body["sessions_ended_here"], 0, "nothing of user 1 on node a");
+    assert_eq!(
+        closed_with(&c2, Duration::from_secs(5)).await,
+        Some(CloseCode::TOKEN_REVOKED.0)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = connect(&client_config(&b, Transport::Quic, Some(t)))
+        .await
+        .expect_err("refused on node b");
+    assert_eq!(e.close_code(), Some(CloseCode::TOKEN_REVOKED));
+    assert_eq!(
+        closed_with(&c1, Duration::from_millis(200)).await,
+        None,
+        "other tokens untouched"
+    );
+    // A disconnect ordered on node a reaches node b.
+    api.ok(202, "POST", "/api/v1/users/1/disconnect", Some(json!({}))).await;
+    assert_eq!(
+        closed_with(&c1, Duration::from_secs(5)).await,
+        Some(CloseCode::DISCONNECTED.0)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
