@@ -166,7 +166,12 @@ async function signIn(token) {
   client.addEventListener('event', (e) => onEvent(e.detail.lane, e.detail.body));
   client.addEventListener('fatal', (e) => {
     sessionStorage.removeItem('quaver.token'); sessionStorage.removeItem('quaver.resume');
-    const why = { 4012: 'your sign-in expired', 4030: 'you are banned from this server' }[e.detail.code] ?? e.detail.reason;
+    const why = {
+      4012: 'your sign-in expired',
+      4019: 'your sign-in was revoked',
+      4030: 'you are banned from this server',
+      4031: e.detail.reason || 'the application ended your session',
+    }[e.detail.code] ?? e.detail.reason;
     showSignin(`You were signed out: ${why}. Sign in again.`);
   });
   $('signin').hidden = true; $('app').hidden = false;

@@ -1,0 +1,109 @@
+// The server API seen from the web app, in headless Debian Chromium: what a backend does
+// through /api/v1 shows up live on the page of the person it concerns — a guild made for
+// her, a bot's message in it, an edit and a delete; a disconnect the page reconnects from by
+// itself; a removal and a token revocation that sign her out, saying why.
+//
+// Needs the built server (QUAVER_BIN, default ../target/debug/quaver) and Chromium
+// (CHROMIUM, default /usr/bin/chromium).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { BIN, startServer } from './server.mjs';
+import { CHROMIUM_ARGS, until, person, shown } from './people.mjs';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
+
+let server, browser, api, key, ada;
+
+/** One API call: { status, body }. */
+async function call(method, path, body) {
+  const r = await fetch(`${api}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${key}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+async function ok(status, method, path, body) {
+  const r = await call(method, path, body);
+  assert.equal(r.status, status, `${method} ${path}: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+before(async () => {
+  assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
+  mkdirSync(SHOTS, { recursive: true });
+  // A key, as the README says: `quaver api-key` prints it and the line to configure.
+  const out = execFileSync(BIN, ['api-key', '--id', 'webtest', '--scopes', 'admin'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  key = out.split('\n')[0].trim();
+  const hash = (await import('node:crypto')).createHash('sha256').update(key).digest('hex');
+  server = await startServer({ QUAVER_API_KEYS: JSON.stringify([{ id: 'webtest', secret_sha256: hash, scopes: ['admin'] }]) });
+  const m = await until('the API address in the log', () => server.log().match(/server API for your backend: (http:\/\/[^ ]+\/api\/v1)/));
+  api = m[1];
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  if (ada) {
+    // Only the sign-out the test caused may be said on the console.
+    assert.deepEqual(ada.problems.filter((p) => !/ClosedError|4019|4031/.test(p)), [], 'no page errors and no console errors');
+  }
+  await browser?.close();
+  server?.child.kill('SIGTERM');
+});
+
+test("a backend's guild, bot message, edit and delete appear live on the page", async () => {
+  ada = await person(browser, server.http, 'ada');
+  const adaId = await ada.evaluate(() => window.quaverApp.me.id);
+  await ok(200, 'PUT', '/users/900', { name: 'Deploy bot' });
+  const g = await ok(201, 'POST', '/guilds', { owner_id: adaId, name: 'Operations' });
+  await ok(201, 'PUT', `/guilds/${g.id}/members/900`);
+  // The guild appears in her rail without a reload.
+  const item = await until('the guild in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
+  await item.click();
+  await ada.waitForSelector('#channels .channel[data-name="general"]');
+  await ada.click('#channels .channel[data-name="general"]');
+  const details = await ok(200, 'GET', `/guilds/${g.id}`);
+  const channel = details.channels.find((c) => c.kind === 'text').id;
+  const posted = await ok(201, 'POST', `/channels/${channel}/messages`, { author_id: '900', content: 'deploy 4711 is live' });
+  await until('the bot message on the page', async () => (await shown(ada)).some((m) => m.text === 'deploy 4711 is live'));
+  await until('with its author', () => ada.$('#messages .msg:has-text("Deploy bot")'));
+  await ada.screenshot({ path: join(SHOTS, 'api-bot-message.png') });
+  await ok(200, 'PATCH', `/channels/${channel}/messages/${posted.id}`, { content: 'deploy 4711 rolled back' });
+  await until('the edit on the page', async () => (await shown(ada)).some((m) => m.text.startsWith('deploy 4711 rolled back')));
+  await ok(204, 'DELETE', `/channels/${channel}/messages/${posted.id}`);
+  await until('the delete on the page', async () => !(await shown(ada)).some((m) => m.text.startsWith('deploy 4711')));
+  // She sees the bot among the members, offline (it never connected).
+  await until('the bot among the members', () => ada.$('#members .member:has-text("Deploy bot")'));
+});
+
+test('a disconnect is reconnected from; a removal and a revocation sign her out, saying why', async () => {
+  const adaId = await ada.evaluate(() => window.quaverApp.me.id);
+  const states = [];
+  await ada.exposeFunction('recordState', (s) => states.push(s));
+  await ada.evaluate(() => new MutationObserver(() => window.recordState(document.getElementById('conn').dataset.state))
+    .observe(document.getElementById('conn'), { attributes: true, attributeFilter: ['data-state'] }));
+  const d = await ok(202, 'POST', `/users/${adaId}/disconnect`, { reason: 'permissions changed' });
+  assert.equal(d.close_code, 1008);
+  await until('reconnected by itself', () => states.includes('reconnecting') || states.includes('connecting'));
+  await ada.waitForFunction(() => document.getElementById('conn').dataset.state === 'ready', null, { timeout: 10000 });
+  // A removal: back to the sign-in page, with the backend's reason.
+  await ok(202, 'POST', `/users/${adaId}/disconnect`, { reconnect: false, reason: 'Your account was suspended' });
+  await until('signed out with the reason', async () => (await ada.textContent('#signin-error')).includes('Your account was suspended'));
+  assert.equal(await ada.isVisible('#signin'), true);
+  // Signed in again, then her tokens are revoked: signed out again, told so.
+  await ada.fill('#name', 'ada');
+  await ada.click('#signin-dev');
+  await ada.waitForFunction(() => document.getElementById('conn').dataset.state === 'ready', null, { timeout: 10000 });
+  // Tokens issued up to now; the one she holds was minted within this second, so "now" + 1 s.
+  await ok(201, 'POST', `/users/${adaId}/revocations`, { issued_before: Date.now() + 1000 });
+  await until('signed out: revoked', async () => (await ada.textContent('#signin-error')).includes('revoked'));
+  await ada.screenshot({ path: join(SHOTS, 'api-revoked.png') });
+});
