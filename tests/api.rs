@@ -875,3 +875,136 @@ async fn orders_and_messages_of_the_api_reach_every_node() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The next `AppEvent` on `lane`, within `limit` (none: `None`).
+async fn app_event(lane: &mut LaneStream, limit: Duration) -> Option<(String, Value, Option<u64>, Option<u64>)> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let frame = tokio::time::timeout_at(end, lane.next())
+            .await
+            .ok()?
+            .expect("lane works");
+        if let ServerLane::Event {
+            body:
+                EventBody::AppEvent {
+                    name,
+                    data,
+                    channel_id,
+                    guild_id,
+                },
+            ..
+        } = frame
+        {
+            return Some((
+                name,
+                serde_json::from_str(&data).expect("JSON data"),
+                channel_id,
+                guild_id,
+            ));
+        }
+    }
+}
+
+#[tokio::test]
+async fn application_events_reach_users_channels_and_guilds() {
+    let (s, b) = server().await;
+    let (c1, _l1) = client(&s, token(1)).await;
+    let mut n1 = c1.open_lane(Lane::Notifications).await.unwrap();
+    let (c2, _l2) = client(&s, token(2)).await;
+    let mut n2 = c2.open_lane(Lane::Notifications).await.unwrap();
+    let (gid, channel) = guild_with_bot(&b).await;
+    // To users: only they get it.
+    let a = b
+        .ok(
+            202,
+            "POST",
+            "/api/v1/events",
+            Some(json!({"name": "order.shipped", "data": {"order": 17}, "user_ids": ["2"]})),
+        )
+        .await;
+    assert_eq!(a.body["to"], "users");
+    let (name, data, ch, g) = app_event(&mut n2, Duration::from_secs(5))
+        .await
+        .expect("user 2 gets it");
+    assert_eq!(
+        (name.as_str(), data, ch, g),
+        ("order.shipped", json!({"order": 17}), None, None)
+    );
+    assert!(
+        app_event(&mut n1, Duration::from_millis(300)).await.is_none(),
+        "user 1 does not"
+    );
+    // To a channel's viewers: the guild's members (user 1), not user 2.
+    b.ok(
+        202,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"name": "poll.updated", "data": {"votes": [3, 1]}, "channel_id": channel})),
+    )
+    .await;
+    let (name, data, ch, g) = app_event(&mut n1, Duration::from_secs(5))
+        .await
+        .expect("a viewer gets it");
+    assert_eq!(name, "poll.updated");
+    assert_eq!(data, json!({"votes": [3, 1]}));
+    assert_eq!(
+        (ch.map(|c| c.to_string()), g.map(|g| g.to_string())),
+        (Some(channel.clone()), Some(gid.clone()))
+    );
+    assert!(
+        app_event(&mut n2, Duration::from_millis(300)).await.is_none(),
+        "not a member, not told"
+    );
+    // To a guild.
+    b.ok(
+        202,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"name": "deploy.done", "guild_id": gid})),
+    )
+    .await;
+    let (name, data, _, g) = app_event(&mut n1, Duration::from_secs(5))
+        .await
+        .expect("a member gets it");
+    assert_eq!(
+        (name.as_str(), data, g.map(|g| g.to_string())),
+        ("deploy.done", Value::Null, Some(gid.clone()))
+    );
+    // Refusals: no audience or two, a bad name, too much data, an unknown channel, the scope.
+    for (body, status, field) in [
+        (json!({"name": "x"}), 400, "user_ids"),
+        (
+            json!({"name": "x", "user_ids": ["1"], "guild_id": gid}),
+            400,
+            "user_ids",
+        ),
+        (json!({"name": "has space", "user_ids": ["1"]}), 400, "name"),
+        (
+            json!({"name": "big", "user_ids": ["1"], "data": "x".repeat(17 * 1024)}),
+            413,
+            "data",
+        ),
+    ] {
+        let a = b.call("POST", "/api/v1/events", Some(body.clone())).await;
+        assert_eq!(
+            (a.status, a.body["field"].as_str()),
+            (status, Some(field)),
+            "{body}: {a:?}"
+        );
+    }
+    let a = b
+        .call("POST", "/api/v1/events", Some(json!({"name": "x", "channel_id": "77"})))
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
+    let a = call(
+        b.addr,
+        Some(&b.reader),
+        "POST",
+        "/api/v1/events",
+        Some(json!({"name": "x", "user_ids": ["1"]})),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    s.shutdown().await;
+}

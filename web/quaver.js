@@ -371,6 +371,7 @@ const EventBody = tagged([
   ['VoiceTrack', [cid, ['mid', T.string], ['slot', T.u16]]],
   ['PresenceSnapshot', [['presences', vec(Presence)]]],
   ['VoiceStatesSnapshot', [['channel_ids', vec(T.id)], ['states', vec(VoiceState)]]],
+  ['AppEvent', [['name', T.string], ['data', T.string], ['channel_id', opt(T.id)], ['guild_id', opt(T.id)]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

@@ -1280,6 +1280,19 @@ pub enum EventBody {
         /// Everyone in them.
         states: Vec<VoiceState>,
     },
+    /// Notifications lane: an event of the application's own (its backend sent it through
+    /// the server API), for a feature Quaver does not model. Not stored: delivered to the
+    /// sessions connected when it was sent (and replayed on a resume within the window).
+    AppEvent {
+        /// The application's name for it (1–64 characters: letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// Its data: JSON text (at most 16 KiB).
+        data: String,
+        /// The channel it concerns, when it was sent to a channel's viewers.
+        channel_id: Option<u64>,
+        /// The guild it concerns, when it was sent to a guild or one of its channels.
+        guild_id: Option<u64>,
+    },
 }
 
 impl EventBody {

@@ -531,6 +531,21 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Event", "seq": 10, "body": {"type": "VoiceTrack", "channel_id": "4", "mid": "1", "slot": 2}}),
         ),
         v(
+            "event_app_event",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 4,
+                body: EventBody::AppEvent {
+                    name: "poll.updated".into(),
+                    data: r#"{"votes":[3,1]}"#.into(),
+                    channel_id: Some(8),
+                    guild_id: Some(1),
+                },
+            },
+            json!({"type": "Event", "seq": 4, "body": {"type": "AppEvent", "name": "poll.updated",
+                "data": "{\"votes\":[3,1]}", "channel_id": "8", "guild_id": "1"}}),
+        ),
+        v(
             "event_presence_snapshot",
             "ServerLane",
             ServerLane::Event {

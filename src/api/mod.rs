@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 mod extract;
 pub mod guilds;
 pub mod idempotency;
@@ -86,6 +87,7 @@ impl std::fmt::Debug for Services {
         (name = "guilds", description = "Guilds, members, bans, channels, roles, invites, with the guild's authority."),
         (name = "people", description = "Users, presence, permissions."),
         (name = "sessions", description = "Token revocation and disconnects, on every node."),
+        (name = "events", description = "Application events to users, channels and guilds (not stored)."),
         (name = "meta", description = "The key in use."),
     )
 )]
@@ -122,6 +124,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(people::permissions))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))
+        .routes(routes!(events::send))
         .routes(routes!(messages::create, messages::history))
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(messages::add_reaction, messages::remove_reaction))

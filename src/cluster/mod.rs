@@ -137,6 +137,16 @@ pub enum BusEvent {
     },
     /// The backend's order about sessions (server API): carried out on every node.
     Order(crate::gateway::Order),
+    /// An application event (server API) on the notifications lane: to the viewers of
+    /// `channel_id` (a guild channel, or a DM's members), or to every member of `guild_id`.
+    App {
+        /// The guild (of the channel, or the guild itself).
+        guild_id: Option<u64>,
+        /// The channel, when it is for a channel's viewers.
+        channel_id: Option<u64>,
+        /// Encoded `EventBody`.
+        event: Bytes,
+    },
 }
 
 /// Who a [`BusEvent::ShowPresences`] is for.

@@ -1124,6 +1124,19 @@ impl Fanout {
             BusEvent::User { user_id, lane, event } => {
                 self.envelope(vec![Topic::user(user_id)], lane, Audience::All, None, event)
             }
+            BusEvent::App {
+                guild_id,
+                channel_id,
+                event,
+            } => {
+                let (topic, audience) = match (guild_id, channel_id) {
+                    (Some(g), Some(c)) => (Topic::guild(g), Audience::Viewers(c)),
+                    (Some(g), None) => (Topic::guild(g), Audience::All),
+                    (None, Some(c)) => (Topic::channel(c), Audience::All),
+                    (None, None) => return None,
+                };
+                self.envelope(vec![topic], Lane::Notifications, audience, None, event)
+            }
             BusEvent::Typing {
                 guild_id,
                 channel_id,
