@@ -397,6 +397,7 @@ impl Server {
             fanout: ctx.fanout.clone(),
             bus: bus.clone(),
             revocations: ctx.verifier.revocations().clone(),
+            voice: ctx.voice.clone(),
             keys: Arc::new(api::auth::Keys::new(&ctx.cfg.api.keys, ctx.cfg.api.rate)),
             idempotency_ttl: ctx.cfg.api.idempotency_ttl,
         }));

@@ -480,6 +480,12 @@ async fn a_backend_builds_a_guild_and_its_bot_posts_what_clients_see_live() {
     assert_eq!(p.body["online"], 1, "{p:?}");
     assert_eq!(p.body["presences"][0]["status"], "online", "{p:?}");
     assert_eq!(p.body["presences"][1]["status"], "offline", "{p:?}");
+    let counts = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}/presence"), None).await;
+    assert_eq!(
+        (counts.body["members"].as_u64(), counts.body["online"].as_u64()),
+        (Some(2), Some(1)),
+        "{counts:?}"
+    );
     // Permissions by Quaver's rules: the owner has everything, the bot what @everyone has.
     let owner = b
         .ok(200, "GET", &format!("/api/v1/guilds/{gid}/members/1/permissions"), None)
@@ -1006,5 +1012,137 @@ async fn application_events_reach_users_channels_and_guilds() {
     )
     .await;
     assert_eq!(a.status, 403);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_moderates_voice() {
+    let (s, b) = server().await;
+    let (_c1, _l1) = client(&s, token(1)).await;
+    let (c2, _l2) = client(&s, token(2)).await;
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let (gid, _) = guild_with_bot(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    let mut rooms = Vec::new();
+    for name in ["Standup", "Quiet room"] {
+        let c = b
+            .ok(
+                201,
+                "POST",
+                &format!("/api/v1/guilds/{gid}/channels"),
+                Some(json!({"kind": "voice", "name": name})),
+            )
+            .await;
+        rooms.push(c.s("id"));
+    }
+    // Not in voice yet: nothing to act on.
+    let a = b.call("DELETE", &format!("/api/v1/guilds/{gid}/voice/2"), None).await;
+    assert_eq!(a.status, 404, "{a:?}");
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        v2.request(quaver_proto::RequestBody::JoinVoice {
+            channel_id: rooms[0].parse().unwrap(),
+            self_mute: false,
+            self_deaf: false,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(joined, Ok(quaver_proto::ResponseBody::VoiceJoined { .. })),
+        "{joined:?}"
+    );
+    let p = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/voice/channels/{}/participants", rooms[0]),
+            None,
+        )
+        .await;
+    assert_eq!(p.body["participants"][0]["user_id"], "2", "{p:?}");
+    // Server mute: they hear of it on their voice lane.
+    let a = b
+        .ok(
+            200,
+            "PATCH",
+            &format!("/api/v1/guilds/{gid}/voice/2"),
+            Some(json!({"server_mute": true})),
+        )
+        .await;
+    assert_eq!(a.body["carried_out"], "here");
+    event(&mut v2, |e| match e {
+        EventBody::VoiceStateUpdated { state } if state.user_id == 2 && state.server_mute => Some(()),
+        _ => None,
+    })
+    .await;
+    // Moved to the quiet room.
+    b.ok(
+        200,
+        "PATCH",
+        &format!("/api/v1/guilds/{gid}/voice/2"),
+        Some(json!({"channel_id": rooms[1]})),
+    )
+    .await;
+    let moved_to = event(&mut v2, |e| match e {
+        EventBody::VoiceStateUpdated { state } if state.user_id == 2 && state.channel_id.to_string() == rooms[1] => {
+            Some(state.channel_id)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(moved_to.to_string(), rooms[1]);
+    let p = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/voice/channels/{}/participants", rooms[1]),
+            None,
+        )
+        .await;
+    assert_eq!(p.body["participants"].as_array().unwrap().len(), 1, "{p:?}");
+    // A text channel is not a voice channel to move to; nothing to change is refused.
+    let text = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await.body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "text")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = b
+        .call(
+            "PATCH",
+            &format!("/api/v1/guilds/{gid}/voice/2"),
+            Some(json!({"channel_id": text})),
+        )
+        .await;
+    assert_eq!((a.status, a.body["field"].as_str()), (400, Some("channel_id")), "{a:?}");
+    let a = b
+        .call("PATCH", &format!("/api/v1/guilds/{gid}/voice/2"), Some(json!({})))
+        .await;
+    assert_eq!(a.status, 400, "{a:?}");
+    let a = b
+        .call("GET", &format!("/api/v1/voice/channels/{text}/participants"), None)
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
+    // Out of voice.
+    b.ok(200, "DELETE", &format!("/api/v1/guilds/{gid}/voice/2"), None)
+        .await;
+    event(&mut v2, |e| {
+        matches!(e, EventBody::VoiceStateRemoved { user_id: 2, .. }).then_some(())
+    })
+    .await;
+    let p = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/voice/channels/{}/participants", rooms[1]),
+            None,
+        )
+        .await;
+    assert_eq!(p.body["participants"].as_array().unwrap().len(), 0, "{p:?}");
     s.shutdown().await;
 }

@@ -23,6 +23,7 @@ pub mod messages;
 pub mod people;
 pub mod sessions;
 pub mod types;
+pub mod voice;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ pub struct Services {
     pub bus: Arc<dyn crate::cluster::Bus>,
     /// Revoked tokens (the verifier's).
     pub revocations: Arc<crate::auth::Revocations>,
+    /// Voice channels (this node's, and what it knows of others').
+    pub voice: Arc<crate::voice::Voice>,
     /// The keys and their limits.
     pub keys: Arc<auth::Keys>,
     /// How long idempotency keys are kept.
@@ -87,6 +90,7 @@ impl std::fmt::Debug for Services {
         (name = "guilds", description = "Guilds, members, bans, channels, roles, invites, with the guild's authority."),
         (name = "people", description = "Users, presence, permissions."),
         (name = "sessions", description = "Token revocation and disconnects, on every node."),
+        (name = "voice", description = "Voice participants and moderation, cluster-wide."),
         (name = "events", description = "Application events to users, channels and guilds (not stored)."),
         (name = "meta", description = "The key in use."),
     )
@@ -121,10 +125,13 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(people::whoami))
         .routes(routes!(people::put_user, people::get_user))
         .routes(routes!(people::query_presence))
+        .routes(routes!(people::guild_presence))
         .routes(routes!(people::permissions))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))
         .routes(routes!(events::send))
+        .routes(routes!(voice::participants))
+        .routes(routes!(voice::change, voice::disconnect))
         .routes(routes!(messages::create, messages::history))
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(messages::add_reaction, messages::remove_reaction))

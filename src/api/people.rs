@@ -243,3 +243,53 @@ pub(super) async fn permissions(
         channel_id: q.channel_id,
     }))
 }
+
+/// How many of a guild's members show each status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuildPresence {
+    /// Members.
+    pub members: usize,
+    /// Not offline (online, idle or do not disturb).
+    pub online: usize,
+    /// Of them, online.
+    pub status_online: usize,
+    /// Of them, idle.
+    pub status_idle: usize,
+    /// Of them, do not disturb.
+    pub status_dnd: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct GuildPath {
+    guild_id: Id,
+}
+
+/// How many of a guild's members are online, merged across devices and nodes (invisible
+/// members count as offline, as everyone sees them).
+#[utoipa::path(
+    get, path = "/guilds/{guild_id}/presence", tag = "people",
+    params(("guild_id" = Id, Path, description = "The guild")),
+    responses(
+        (status = 200, description = "The counts", body = GuildPresence),
+        (status = 404, description = "No such guild", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn guild_presence(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GuildPath>,
+) -> ApiResult<axum::Json<GuildPresence>> {
+    caller.need(Scope::PresenceRead)?;
+    let members: Vec<u64> = api.chat.guild_state(p.guild_id.0).await?.members.into_keys().collect();
+    let n = members.len();
+    let seen = api.presence.snapshot(members).await;
+    let count = |st: Status| seen.iter().filter(|p| Status::from(p.status) == st).count();
+    let (status_online, status_idle, status_dnd) = (count(Status::Online), count(Status::Idle), count(Status::Dnd));
+    Ok(axum::Json(GuildPresence {
+        members: n,
+        online: status_online + status_idle + status_dnd,
+        status_online,
+        status_idle,
+        status_dnd,
+    }))
+}

@@ -22,13 +22,15 @@
 //!                      n u32 × id u64
 //! kind 7 revoke:       user u64 (0: any) | before ms u64 | len u16 | jti (UTF-8)
 //! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8)
+//! kind 9 voice order:  guild u64 | user u64 | action u8 (0 mute, 1 deafen: on u8; 2 move:
+//!                      channel u64; 3 disconnect)
 //! ```
 
 use bytes::Bytes;
 use quaver_proto::Lane;
 
 use crate::cluster::pubsub::Topic;
-use crate::gateway::Order;
+use crate::gateway::{Order, VoiceAction};
 
 const VERSION: u8 = 1;
 
@@ -266,6 +268,24 @@ impl Message {
                 out.push(u8::from(*reconnect));
                 put_text(&mut out, reason);
             }
+            Message::Order(Order::Voice {
+                guild_id,
+                user_id,
+                action,
+            }) => {
+                out.push(9);
+                out.extend_from_slice(&guild_id.to_be_bytes());
+                out.extend_from_slice(&user_id.to_be_bytes());
+                match action {
+                    VoiceAction::Mute(on) => out.extend_from_slice(&[0, u8::from(*on)]),
+                    VoiceAction::Deafen(on) => out.extend_from_slice(&[1, u8::from(*on)]),
+                    VoiceAction::Move(c) => {
+                        out.push(2);
+                        out.extend_from_slice(&c.to_be_bytes());
+                    }
+                    VoiceAction::Disconnect => out.push(3),
+                }
+            }
         }
         Bytes::from(out)
     }
@@ -363,13 +383,25 @@ impl Message {
             })),
             8 => Message::Order(Order::Disconnect {
                 user_id: r.u64()?,
-                reconnect: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError("reconnect")),
-                },
+                reconnect: r.flag()?,
                 reason: r.text()?,
             }),
+            9 => {
+                let guild_id = r.u64()?;
+                let user_id = r.u64()?;
+                let action = match r.u8()? {
+                    0 => VoiceAction::Mute(r.flag()?),
+                    1 => VoiceAction::Deafen(r.flag()?),
+                    2 => VoiceAction::Move(r.u64()?),
+                    3 => VoiceAction::Disconnect,
+                    _ => return Err(DecodeError("voice action")),
+                };
+                Message::Order(Order::Voice {
+                    guild_id,
+                    user_id,
+                    action,
+                })
+            }
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -409,6 +441,13 @@ impl Reader<'_> {
             0 => Ok(None),
             1 => Ok(Some((self.u64()?, self.u64()?))),
             _ => Err(DecodeError("optional pair")),
+        }
+    }
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError("flag")),
         }
     }
     fn text(&mut self) -> Result<String, DecodeError> {
@@ -506,6 +545,26 @@ mod tests {
                 user_id: 1,
                 reconnect: false,
                 reason: String::new(),
+            }),
+            Message::Order(Order::Voice {
+                guild_id: 3,
+                user_id: 4,
+                action: VoiceAction::Mute(true),
+            }),
+            Message::Order(Order::Voice {
+                guild_id: 3,
+                user_id: 4,
+                action: VoiceAction::Deafen(false),
+            }),
+            Message::Order(Order::Voice {
+                guild_id: 3,
+                user_id: 4,
+                action: VoiceAction::Move(u64::MAX),
+            }),
+            Message::Order(Order::Voice {
+                guild_id: 3,
+                user_id: 4,
+                action: VoiceAction::Disconnect,
             }),
         ]
     }

@@ -660,6 +660,25 @@ impl Fanout {
                 positions,
             } => self.follow_here(user_id, topic, follow, &positions),
             Message::Show { topic, except, what } => self.show(chat, sessions, reads, topic, except, what).await,
+            Message::Order(crate::gateway::Order::Voice {
+                guild_id,
+                user_id,
+                action,
+            }) => {
+                // Beside the loop: it waits on the voice channel's task.
+                let voice = reads.voice.clone();
+                tokio::spawn(async move {
+                    match voice.carry_out(guild_id, user_id, action).await {
+                        Ok(true) => {
+                            tracing::info!(guild_id, user_id, ?action, "the backend's voice order carried out here")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(guild_id, user_id, ?action, error = %e.message, "the backend's voice order failed here")
+                        }
+                    }
+                });
+            }
             Message::Order(order) => self.carry_out(sessions, &order),
         }
     }

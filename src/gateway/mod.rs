@@ -324,6 +324,29 @@ pub enum Order {
         /// Said in `Closing` (at most 120 bytes).
         reason: String,
     },
+    /// `user_id`'s voice in `guild_id`: carried out, with the guild's authority, by the node
+    /// whose voice channel they are in.
+    Voice {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: UserId,
+        /// What to do.
+        action: VoiceAction,
+    },
+}
+
+/// What the backend does to a member's voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiceAction {
+    /// Server-mute (true) or unmute.
+    Mute(bool),
+    /// Server-deafen (true) or undeafen.
+    Deafen(bool),
+    /// Move to this voice channel of the guild.
+    Move(u64),
+    /// Out of voice.
+    Disconnect,
 }
 
 /// Live sessions by id and by user.
@@ -427,6 +450,8 @@ impl Sessions {
                 };
                 (self.of_user(*user_id), code, reason.as_str())
             }
+            // Not about sessions: the voice part carries it out.
+            Order::Voice { .. } => return (Vec::new(), 0),
         };
         let n = covered.len();
         let mut forgotten = Vec::new();

@@ -231,7 +231,13 @@ impl Voice {
             .filter(|c| c.kind == ChannelKind::Voice)
             .map(|c| c.id)
             .collect();
-        let (mut out, elsewhere) = self.states_here(&voice);
+        self.states_of(&voice).await
+    }
+
+    /// Everyone in `channels` (voice channels), cluster-wide: this node's at once, other
+    /// nodes' from Redis (none while it does not answer); by channel, then slot.
+    pub async fn states_of(&self, channels: &[u64]) -> Vec<VoiceState> {
+        let (mut out, elsewhere) = self.states_here(channels);
         out.extend(self.states_elsewhere(&elsewhere).await);
         out.sort_by_key(|s| (s.channel_id, s.slot));
         out

@@ -583,6 +583,32 @@ impl Voice {
             .map(|_| ResponseBody::Done)
     }
 
+    /// The backend's order about `user`'s voice in `guild_id` (server API), with the
+    /// guild's authority (its owner's). `Ok(false)`: they are not in a voice channel of that
+    /// guild on this node.
+    pub async fn carry_out(
+        self: &Arc<Self>,
+        guild_id: u64,
+        user: u64,
+        action: crate::gateway::VoiceAction,
+    ) -> Result<bool, ErrorBody> {
+        use crate::gateway::VoiceAction as A;
+        if self.membership(user).is_none_or(|m| m.guild_id != guild_id) {
+            return Ok(false);
+        }
+        let owner = self.chat.guild_state(guild_id).await?.guild.owner_id;
+        match action {
+            A::Mute(on) => self.set_server(owner, guild_id, user, Some(on), None).await?,
+            A::Deafen(on) => self.set_server(owner, guild_id, user, None, Some(on)).await?,
+            A::Move(channel) => self.move_member(owner, guild_id, user, channel).await?,
+            A::Disconnect => {
+                self.leave(user).await;
+                ResponseBody::Done
+            }
+        };
+        Ok(true)
+    }
+
     /// The SFU counters of `user`'s channel.
     pub async fn stats(&self, user: u64) -> Result<ResponseBody, ErrorBody> {
         let (reply, rx) = oneshot::channel();
