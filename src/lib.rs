@@ -398,6 +398,7 @@ impl Server {
             bus: bus.clone(),
             revocations: ctx.verifier.revocations().clone(),
             voice: ctx.voice.clone(),
+            operations: Default::default(),
             keys: Arc::new(api::auth::Keys::new(&ctx.cfg.api.keys, ctx.cfg.api.rate)),
             idempotency_ttl: ctx.cfg.api.idempotency_ttl,
         }));

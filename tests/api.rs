@@ -1146,3 +1146,89 @@ async fn a_backend_moderates_voice() {
     assert_eq!(p.body["participants"].as_array().unwrap().len(), 0, "{p:?}");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_batch_runs_each_operation_as_if_alone() {
+    let (s, b) = server().await;
+    let (_c1, mut l1) = client(&s, token(1)).await;
+    let (_gid, channel) = guild_with_bot(&b).await;
+    let post = |content: &str| json!({"method": "POST", "path": format!("/channels/{channel}/messages"), "body": {"author_id": "900", "content": content}});
+    let a = b
+        .ok(
+            200,
+            "POST",
+            "/api/v1/batch",
+            Some(json!({"operations": [
+                post("one"),
+                {"method": "GET", "path": "/users/900"},
+                {"method": "POST", "path": "/channels/77/messages", "body": {"author_id": "900", "content": "nowhere"}},
+                post("two"),
+            ]})),
+        )
+        .await;
+    let results = a.body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, vec![201, 200, 404, 201], "{a:?}");
+    assert_eq!(results[1]["body"]["name"], "Deploy bot");
+    assert_eq!(results[2]["body"]["code_name"], "NOT_FOUND");
+    // Both messages went out as events, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(
+            event(&mut l1, |e| match e {
+                EventBody::MessageCreated { message, .. } if message.author_id == 900 => Some(message.content),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(seen, vec!["one", "two"]);
+    // stop_on_error: nothing after the first failure runs.
+    let a = b
+        .ok(
+            200,
+            "POST",
+            "/api/v1/batch",
+            Some(json!({"stop_on_error": true, "operations": [{"method": "GET", "path": "/users/77"}, post("three")]})),
+        )
+        .await;
+    assert_eq!(
+        (a.body["results"].as_array().unwrap().len(), a.body["skipped"].as_u64()),
+        (1, Some(1)),
+        "{a:?}"
+    );
+    // Each operation needs its own scope: the reader's batch reads but may not post.
+    let a = call(
+        b.addr,
+        Some(&b.reader),
+        "POST",
+        "/api/v1/batch",
+        Some(json!({"operations": [{"method": "GET", "path": format!("/channels/{channel}/messages")}, post("four")]})),
+        &[],
+    )
+    .await;
+    let statuses: Vec<u64> = a.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![200, 403], "{a:?}");
+    // Refused whole: a batch in a batch, a bad method, none or too many.
+    for (ops, field) in [
+        (
+            json!([{"method": "POST", "path": "/batch", "body": {"operations": []}}]),
+            "operations[0].path",
+        ),
+        (json!([{"method": "TRACE", "path": "/whoami"}]), "operations[0].method"),
+        (json!([]), "operations"),
+        (
+            Value::Array((0..101).map(|_| json!({"method": "GET", "path": "/whoami"})).collect()),
+            "operations",
+        ),
+    ] {
+        let a = b.call("POST", "/api/v1/batch", Some(json!({"operations": ops}))).await;
+        assert_eq!((a.status, a.body["field"].as_str()), (400, Some(field)), "{a:?}");
+    }
+    s.shutdown().await;
+}

@@ -14,6 +14,7 @@
 //! (`utoipa`) and served at `/api/v1/openapi.json`, with a page at `/api/v1/docs`.
 
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod events;
 mod extract;
@@ -62,6 +63,9 @@ pub struct Services {
     pub revocations: Arc<crate::auth::Revocations>,
     /// Voice channels (this node's, and what it knows of others').
     pub voice: Arc<crate::voice::Voice>,
+    /// The operations without the guard, for a batch's (each run with the batch's caller):
+    /// set once the routes are built. (Stateless: it holds no `Services`.)
+    pub operations: std::sync::OnceLock<Router<Arc<Services>>>,
     /// The keys and their limits.
     pub keys: Arc<auth::Keys>,
     /// How long idempotency keys are kept.
@@ -132,6 +136,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(events::send))
         .routes(routes!(voice::participants))
         .routes(routes!(voice::change, voice::disconnect))
+        .routes(routes!(batch::batch))
         .routes(routes!(messages::create, messages::history))
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(messages::add_reaction, messages::remove_reaction))
@@ -148,6 +153,18 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .split_for_parts();
     let mut api = api;
     common_responses(&mut api);
+    let operations = router
+        .clone()
+        .fallback(|| async { Problem::new(NO_ROUTE, "no such route; see /api/v1/docs") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                METHOD_NOT_ALLOWED,
+                "this route does not take that method; see /api/v1/docs",
+            )
+        });
+    if services.operations.set(operations).is_err() {
+        tracing::warn!("the API's routes were built twice; batches use the first");
+    }
     // The guard runs for routes that exist, with a method they take; the rest is told so
     // without a key.
     let guarded = router
