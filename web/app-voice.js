@@ -190,6 +190,7 @@ export class VoiceEngine {
   }
 
   #teardown(v) {
+    clearTimeout(v.removal);
     clearInterval(v.statsTimer);
     clearTimeout(v.watchdog);
     v.frames?.return();
@@ -201,6 +202,37 @@ export class VoiceEngine {
     for (const d of v.decoders.values()) if (d.state !== 'closed') d.close();
     v.ctx?.close().catch((e) => console.warn('quaver: voice: closing audio', e));
     if (v.remote) v.session.close();
+  }
+
+  /** The server moved this page's participant to `channel` (a moderator or the backend):
+   * the same connection carries on there, in `slot`. */
+  movedTo(channel, slot) {
+    const v = this.current;
+    if (!v || !v.lane) return;
+    // A move is a removal from the old channel followed by this: not a disconnect.
+    clearTimeout(v.removal);
+    v.removal = null;
+    if (v.channel === channel) return;
+    v.channel = channel;
+    v.slot = slot;
+    this.app.toast('You were moved to another voice channel');
+    this.app.changed();
+  }
+
+  /** The server took this page's participant out of `channel`: unless a move follows at
+   * once (a move removes, then adds), voice is over here. */
+  removedFrom(channel) {
+    const v = this.current;
+    if (!v || v.channel !== channel || !v.lane) return;
+    clearTimeout(v.removal);
+    v.removal = setTimeout(() => this.#serially(async () => {
+      if (this.current !== v || v.channel !== channel) return;
+      this.current = null;
+      this.generation++;
+      this.#teardown(v);
+      this.app.toast('You were disconnected from voice');
+      this.app.changed();
+    }), 1500);
   }
 
   async setMuted(muted) { if (this.current) { this.current.muted = muted; await this.#sendState(); } }

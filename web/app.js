@@ -386,8 +386,17 @@ function onEvent(lane, b) {
       S.notifUnread = b.all ? 0 : Math.max(0, S.notifUnread - S.notifications.filter((n) => b.ids.includes(n.id)).length);
       if (!b.all && S.notifications.length >= S.notifUnread) S.notifUnread = S.notifications.filter((n) => !n.read).length;
       break;
-    case 'VoiceStateUpdated': voiceSet(b.state); break;
-    case 'VoiceStateRemoved': S.voice.get(b.channel_id)?.delete(b.user_id); break;
+    case 'VoiceStateUpdated':
+      voiceSet(b.state);
+      // Moved by a moderator (or the application's backend): the same connection carries on
+      // in the new channel.
+      if (b.state.user_id === S.me?.id) voice.movedTo(b.state.channel_id, b.state.slot);
+      break;
+    case 'VoiceStateRemoved':
+      S.voice.get(b.channel_id)?.delete(b.user_id);
+      // Taken out of voice (not by leaving here): voice is over on this page.
+      if (b.user_id === S.me?.id) voice.removedFrom(b.channel_id);
+      break;
     case 'VoiceStatesSnapshot':
       // Voice channels we can newly see: everyone in them now.
       for (const c of b.channel_ids) S.voice.set(c, new Map());

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use quaver_client::Transport;
 use quaver_proto::*;
 
@@ -34,6 +34,8 @@ pub(crate) struct ChatRun {
     /// The load generator's client loops (`swarm`: sessions on the engine); 0 = one
     /// `quaver-client` session (tasks) per member. WebTransport runs always use the latter.
     pub(crate) client_loops: usize,
+    /// Senders post through the server API (HTTP, as bots) instead of their chat lanes.
+    pub(crate) via_api: bool,
 }
 
 impl ChatRun {
@@ -66,6 +68,8 @@ pub(crate) struct ChatResult {
     pub(crate) latency: Percentiles,
     /// UDP datagrams dropped for full receive buffers during the run (machine-wide).
     pub(crate) udp_drops: u64,
+    /// API runs: how long each post took to be answered (µs).
+    pub(crate) api_call: Option<Percentiles>,
 }
 
 impl ChatResult {
@@ -82,18 +86,34 @@ impl ChatResult {
 /// Runs one chat fan-out load against a freshly started server.
 pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::Result<ChatResult> {
     // The benchmark's senders exceed the default per-user send rate on purpose.
-    let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n";
+    let mut toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n".to_string();
+    let api_key = if r.via_api {
+        anyhow::ensure!(
+            r.client_loops > 0 && r.transport == Transport::Quic && matches!(target, crate::server::Target::Spawn(_)),
+            "API runs need raw QUIC receivers on client loops and a server the run starts"
+        );
+        let (key, cfg) = crate::api::key_config()?;
+        toml.push_str(&cfg);
+        Some(key)
+    } else {
+        None
+    };
     let cluster = r.on_cluster();
-    let setup = Setup::for_run(target, toml, r.transport, r.nodes, r.on_cluster_services).await?;
+    let setup = Setup::for_run(target, &toml, r.transport, r.nodes, r.on_cluster_services).await?;
     let Owner {
         mut chat,
         general: ch,
         invite,
         client: _owner,
-        ..
+        guild_id,
     } = setup.owner().await?;
+    if let Some(key) = api_key {
+        let addr = setup.server.api.context("the server did not say its API address")?;
+        crate::api::add_bots(addr, &key, guild_id, r.senders).await?;
+        return on_swarm(setup, chat, ch, &invite, r, Some((addr, key))).await;
+    }
     if r.client_loops > 0 && r.transport == Transport::Quic {
-        return on_swarm(setup, chat, ch, &invite, r).await;
+        return on_swarm(setup, chat, ch, &invite, r, None).await;
     }
     let sessions = setup.members(r.sessions, 1000, &invite).await?;
     // Warm-up barrier: one message everyone must receive before the clock starts, so the
@@ -234,6 +254,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         redis_cpu_seconds: m.redis_cpu,
         latency: percentiles(lat),
         udp_drops: m.udp_drops,
+        api_call: None,
     })
 }
 
@@ -322,6 +343,7 @@ async fn on_swarm(
     ch: u64,
     invite: &str,
     r: ChatRun,
+    api: Option<(std::net::SocketAddr, String)>,
 ) -> anyhow::Result<ChatResult> {
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -345,25 +367,50 @@ async fn on_swarm(
     let per_sender = (r.rate * r.seconds).round() as u64;
     let expected_sends = per_sender * r.senders.min(r.sessions) as u64;
     let start = Instant::now() + Duration::from_millis(5);
-    swarm.send(Sending {
-        channel: ch,
-        senders: r.senders,
-        every: Duration::from_secs_f64(1.0 / r.rate),
-        per_sender,
-        nonce_base: setup.nonce_base,
-        start,
-    });
+    let every = Duration::from_secs_f64(1.0 / r.rate);
+    let posting = match &api {
+        // Through the API: the counters the swarm's senders would keep, from the answers.
+        Some((addr, key)) => Some(crate::api::post(
+            *addr,
+            key,
+            ch,
+            r.senders,
+            every,
+            per_sender,
+            setup.nonce_base,
+            start,
+            swarm.epoch,
+        )),
+        None => {
+            swarm.send(Sending {
+                channel: ch,
+                senders: r.senders,
+                every,
+                per_sender,
+                nonce_base: setup.nonce_base,
+                start,
+            });
+            None
+        }
+    };
+    let counts = |p: &crate::swarm::Progress| match &posting {
+        Some((posted, _)) => {
+            let (acked, refused) = (posted.acked.load(Relaxed), posted.refused.load(Relaxed));
+            (acked + refused, acked, refused)
+        }
+        None => (p.sent.load(Relaxed), p.acked.load(Relaxed), p.refused.load(Relaxed)),
+    };
     // Sending ends when the last message has left; deliveries may take until 15 s after
     // the period (like the task-based receivers' deadline).
     let limit = start + Duration::from_secs_f64(r.seconds + 15.0);
     let mut sending = None;
     loop {
-        let sent = p.sent.load(Relaxed);
+        let (sent, acked, refused) = counts(&p);
         if sending.is_none() && sent >= expected_sends {
             sending = Some(start.elapsed().as_secs_f64());
         }
-        let answered = p.acked.load(Relaxed) + p.refused.load(Relaxed);
-        let all_in = p.delivered.load(Relaxed) >= p.acked.load(Relaxed) * r.sessions as u64;
+        let answered = acked + refused;
+        let all_in = p.delivered.load(Relaxed) >= acked * r.sessions as u64;
         if (sending.is_some() && answered >= sent && all_in) || Instant::now() > limit {
             break;
         }
@@ -379,11 +426,22 @@ async fn on_swarm(
         m.own * 1e6 / report.first.max(1) as f64,
         r.client_loops,
         p.lost.load(Relaxed),
-        p.refused.load(Relaxed),
+        counts(&p).2,
     );
+    let sent = counts(&p).1;
+    let api_call = match posting {
+        Some((posted, tasks)) => {
+            for t in tasks {
+                t.await??;
+            }
+            Some(percentiles(std::mem::take(
+                &mut *posted.call_us.lock().unwrap_or_else(|p| p.into_inner()),
+            )))
+        }
+        None => None,
+    };
     swarm.stop();
     setup.stop().await;
-    let sent = p.acked.load(Relaxed);
     Ok(ChatResult {
         sent,
         expected: sent * r.sessions as u64,
@@ -395,5 +453,6 @@ async fn on_swarm(
         redis_cpu_seconds: m.redis_cpu,
         latency: percentiles(report.latency),
         udp_drops: m.udp_drops,
+        api_call,
     })
 }

@@ -25,6 +25,7 @@
 //! - `transport`: QUIC fan-out alone (no sessions) — quinn's high-level API against the
 //!   engine over quinn-proto: server CPU per delivered record, latency.
 
+mod api;
 mod chat;
 mod failover;
 mod idle;
@@ -68,6 +69,9 @@ enum Scenario {
     Voice(VoiceArgs),
     /// F0–F3: chat fan-out in one channel.
     Chat(ChatArgs),
+    /// A1: the same fan-out with the messages posted through the server API (HTTP, as a
+    /// backend's bots post them) instead of the senders' chat lanes.
+    Api(ChatArgs),
     /// C1: idle sessions and memory per session.
     Idle(IdleArgs),
     /// P1: presence change propagation to guild members.
@@ -394,7 +398,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Sessions(args) => sessions(args).await,
         Scenario::Voice(args) => voice_cmd(args).await,
-        Scenario::Chat(args) => chat_cmd(args).await,
+        Scenario::Chat(args) => chat_cmd(args, false).await,
+        Scenario::Api(args) => chat_cmd(args, true).await,
         Scenario::Resume(a) => {
             let bin = a.server.target()?;
             let r = resume::run(&bin, a.clients, a.kills, a.rate, a.seconds).await?;
@@ -736,7 +741,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
+async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
     let bin = a.server.target()?;
     let transport = match a.transport {
         Tr::Quic => Transport::Quic,
@@ -775,6 +780,7 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 nodes: a.nodes,
                 on_cluster_services: a.cluster_services,
                 client_loops: a.client_loops,
+                via_api,
             };
             let r = chat::run(&bin, run).await?;
             if a.nodes > 1 || a.cluster_services {
@@ -807,7 +813,9 @@ async fn chat_cmd(a: ChatArgs) -> anyhow::Result<()> {
                 r.cpu_us_per_delivery()
             );
             let json = serde_json::json!({
-                "scenario": "chat", "transport": transport.name(), "sessions": a.sessions, "senders": a.senders,
+                "scenario": if via_api { "api" } else { "chat" }, "transport": transport.name(), "sessions": a.sessions, "senders": a.senders,
+                "sent_per_server_cpu_second": r.sent as f64 / r.cpu_seconds.max(1e-9),
+                "api_call_us": r.api_call.as_ref().map(|c| serde_json::json!({"p50": c.p50, "p99": c.p99, "max": c.max})),
                 "rate_per_sender": rate, "seconds": a.seconds, "sent": r.sent, "expected": r.expected,
                 "delivered": r.delivered, "duplicates": r.duplicates, "loss": r.loss(), "deliveries_per_sec": r.per_sec,
                 "server_cpu_seconds": r.cpu_seconds, "cpu_us_per_delivery": r.cpu_us_per_delivery(),

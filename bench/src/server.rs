@@ -34,6 +34,8 @@ pub(crate) struct ServerProc {
     pub(crate) quic: SocketAddr,
     /// Its HTTP address.
     pub(crate) http: SocketAddr,
+    /// Its server API address (processes the run started).
+    pub(crate) api: Option<SocketAddr>,
     /// Its certificate hash.
     pub(crate) hash: [u8; 32],
     /// Its pid (0 when unknown).
@@ -66,6 +68,7 @@ impl ServerProc {
             Target::Running { quic, http, pid, .. } => Ok(Self {
                 quic: *quic,
                 http: *http,
+                api: None,
                 hash: cert_hash(*http).await?,
                 pid: pid.unwrap_or(0),
                 child: None,
@@ -114,7 +117,7 @@ impl ServerProc {
             .with_context(|| format!("starting {} (build it: cargo build --release)", bin.display()))?;
         let pid = child.id().context("server pid")?;
         let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-        let (mut quic, mut http) = (None, None);
+        let (mut quic, mut http, mut api) = (None, None, None);
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 let clean: String = strip_ansi(&line);
@@ -124,6 +127,9 @@ impl ServerProc {
                     }
                     if let Some(v) = part.strip_prefix("http=") {
                         http = v.parse().ok();
+                    }
+                    if let Some(v) = part.strip_prefix("api=") {
+                        api = v.parse().ok();
                     }
                 }
                 if quic.is_some() && http.is_some() {
@@ -143,6 +149,7 @@ impl ServerProc {
         Ok(Self {
             quic,
             http,
+            api,
             hash: cert_hash(http).await?,
             pid,
             child: Some(child),

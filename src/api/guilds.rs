@@ -307,6 +307,17 @@ async fn as_owner(api: &Services, guild: u64, body: RequestBody) -> ApiResult<Re
     as_server(api.chat.handle(owner, body)).await.map_err(Problem::from)
 }
 
+/// Refuses (409 `OWNER`) an action that would remove `user` if they own `guild`.
+async fn not_the_owner(api: &Services, guild: u64, user: u64, what: &str) -> ApiResult<()> {
+    if api.chat.guild_state(guild).await?.guild.owner_id == user {
+        return Err(Problem::new(
+            ErrorCode::OWNER.0,
+            format!("the owner cannot be {what}; delete the guild or give it another owner first"),
+        ));
+    }
+    Ok(())
+}
+
 fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }
@@ -483,6 +494,7 @@ pub(super) async fn kick(
     ApiPath(p): ApiPath<GuildUserPath>,
 ) -> ApiResult<StatusCode> {
     caller.need(Scope::Moderation)?;
+    not_the_owner(&api, p.guild_id.0, p.user_id.0, "kicked").await?;
     let body = RequestBody::KickMember {
         guild_id: p.guild_id.0,
         user_id: p.user_id.0,
@@ -509,6 +521,7 @@ pub(super) async fn ban(
     ApiJson(b): ApiJson<Ban>,
 ) -> ApiResult<StatusCode> {
     caller.need(Scope::Moderation)?;
+    not_the_owner(&api, p.guild_id.0, p.user_id.0, "banned").await?;
     let body = RequestBody::BanMember {
         guild_id: p.guild_id.0,
         user_id: p.user_id.0,

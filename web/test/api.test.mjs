@@ -7,11 +7,10 @@
 // (CHROMIUM, default /usr/bin/chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { BIN, startServer } from './server.mjs';
+import { BIN, startServerWithKey } from './server.mjs';
 import { CHROMIUM_ARGS, until, person, shown } from './people.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -40,13 +39,7 @@ before(async () => {
   assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
   mkdirSync(SHOTS, { recursive: true });
-  // A key, as the README says: `quaver api-key` prints it and the line to configure.
-  const out = execFileSync(BIN, ['api-key', '--id', 'webtest', '--scopes', 'admin'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  key = out.split('\n')[0].trim();
-  const hash = (await import('node:crypto')).createHash('sha256').update(key).digest('hex');
-  server = await startServer({ QUAVER_API_KEYS: JSON.stringify([{ id: 'webtest', secret_sha256: hash, scopes: ['admin'] }]) });
-  const m = await until('the API address in the log', () => server.log().match(/server API for your backend: (http:\/\/[^ ]+\/api\/v1)/));
-  api = m[1];
+  ({ server, api, key } = await startServerWithKey());
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 

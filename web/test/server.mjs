@@ -30,3 +30,23 @@ export function startServer(env = {}) {
     child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}:\n${log()}`)); });
   });
 }
+
+/**
+ * A server as `startServer` makes it, with one API key (`quaver api-key`, as the README
+ * says): resolves to { server, api (the /api/v1 base URL), key }.
+ */
+export async function startServerWithKey(scopes = ['admin'], env = {}) {
+  const { execFileSync } = await import('node:child_process');
+  const { createHash } = await import('node:crypto');
+  const key = execFileSync(BIN, ['api-key', '--id', 'tests', '--scopes', scopes.join(',')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    .split('\n')[0].trim();
+  const secret_sha256 = createHash('sha256').update(key).digest('hex');
+  const server = await startServer({ QUAVER_API_KEYS: JSON.stringify([{ id: 'tests', secret_sha256, scopes }]), ...env });
+  const end = Date.now() + 10000;
+  let m;
+  while (!(m = server.log().match(/server API for your backend: (http:\/\/[^ ]+\/api\/v1)/)) && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!m) throw new Error(`the server did not say its API address:\n${server.log()}`);
+  return { server, api: m[1], key };
+}
