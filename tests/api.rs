@@ -1232,3 +1232,144 @@ async fn a_batch_runs_each_operation_as_if_alone() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn roles_overwrites_dms_and_bulk_deletes() {
+    let (s, b) = server().await;
+    let (_c1, mut l1) = client(&s, token(1)).await;
+    let (_c2, mut l2) = client(&s, token(2)).await;
+    let (gid, channel) = guild_with_bot(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    // A role renamed and given permissions: members are told.
+    let role = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/roles"),
+            Some(json!({"name": "oncall"})),
+        )
+        .await;
+    let r = b
+        .ok(
+            200,
+            "PATCH",
+            &format!("/api/v1/guilds/{gid}/roles/{}", role.s("id")),
+            Some(json!({"name": "on call", "permissions": "8192"})),
+        )
+        .await;
+    assert_eq!(
+        (r.s("name"), r.s("permissions")),
+        ("on call".to_string(), "8192".to_string())
+    );
+    event(&mut l2, |e| match e {
+        EventBody::RoleUpdated { role } if role.name == "on call" => Some(()),
+        _ => None,
+    })
+    .await;
+    let a = b
+        .call(
+            "PATCH",
+            &format!("/api/v1/guilds/{gid}/roles/77"),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
+    // The channel hidden from member 2 by an overwrite, then shown again.
+    let view = 1u64 << 10;
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/channels/{channel}/overwrites/member/2"),
+        Some(json!({"deny": view.to_string()})),
+    )
+    .await;
+    event(&mut l2, |e| match e {
+        EventBody::ChannelRemoved { channel_id } if channel_id.to_string() == channel => Some(()),
+        _ => None,
+    })
+    .await;
+    let p = b
+        .ok(
+            200,
+            "GET",
+            &format!("/api/v1/guilds/{gid}/members/2/permissions?channel_id={channel}"),
+            None,
+        )
+        .await;
+    assert_eq!(p.s("bits"), "0", "{p:?}");
+    b.ok(
+        204,
+        "DELETE",
+        &format!("/api/v1/channels/{channel}/overwrites/member/2"),
+        None,
+    )
+    .await;
+    event(&mut l2, |e| match e {
+        EventBody::ChannelUpdated { channel: c } if c.id.to_string() == channel => Some(()),
+        _ => None,
+    })
+    .await;
+    let a = b
+        .call(
+            "PUT",
+            &format!("/api/v1/channels/{channel}/overwrites/team/2"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
+    // Bulk delete: what is there goes, what is not is said.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let m = b
+            .ok(
+                201,
+                "POST",
+                &format!("/api/v1/channels/{channel}/messages"),
+                Some(json!({"author_id": "2", "content": format!("spam {i}")})),
+            )
+            .await;
+        ids.push(m.s("id"));
+    }
+    ids.push("77".into());
+    let d = b
+        .ok(
+            200,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages/bulk-delete"),
+            Some(json!({"message_ids": ids})),
+        )
+        .await;
+    assert_eq!(d.body["deleted"].as_array().unwrap().len(), 3, "{d:?}");
+    assert_eq!(d.body["not_found"], json!(["77"]));
+    let mut gone = 0;
+    while gone < 3 {
+        event(&mut l1, |e| matches!(e, EventBody::MessageDeleted { .. }).then_some(())).await;
+        gone += 1;
+    }
+    // A DM between 1 and 2, opened for them; the same one again.
+    let dm = b
+        .ok(200, "POST", "/api/v1/dms", Some(json!({"user_ids": ["1", "2"]})))
+        .await;
+    assert_eq!(dm.body["kind"], "dm");
+    let again = b
+        .ok(200, "POST", "/api/v1/dms", Some(json!({"user_ids": ["1", "2"]})))
+        .await;
+    assert_eq!(again.s("id"), dm.s("id"));
+    let group = b
+        .ok(
+            200,
+            "POST",
+            "/api/v1/dms",
+            Some(json!({"user_ids": ["1", "2", "900"], "name": "incident"})),
+        )
+        .await;
+    assert_eq!(
+        (group.body["kind"].as_str(), group.body["name"].as_str()),
+        (Some("group_dm"), Some("incident"))
+    );
+    let a = b
+        .call("POST", "/api/v1/dms", Some(json!({"user_ids": ["1", "1"]})))
+        .await;
+    assert_eq!((a.status, a.body["field"].as_str()), (400, Some("user_ids")));
+    s.shutdown().await;
+}

@@ -725,3 +725,220 @@ pub(super) async fn create_invite(
         _ => Err(Problem::new(ErrorCode::INTERNAL.0, "unexpected answer")),
     }
 }
+
+/// A role's new name and permissions (at least one).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleUpdate {
+    /// 1–100 characters.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub name: Option<String>,
+    /// Permission bits.
+    #[serde(default)]
+    pub permissions: Option<Bits>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RolePath {
+    guild_id: Id,
+    role_id: Id,
+}
+
+/// Renames a role or sets its permissions (every member's are recomputed; clients are told).
+#[utoipa::path(
+    patch, path = "/guilds/{guild_id}/roles/{role_id}", tag = "guilds",
+    params(("guild_id" = Id, Path, description = "The guild"), ("role_id" = Id, Path, description = "The role")),
+    request_body = RoleUpdate,
+    responses(
+        (status = 200, description = "The role now", body = Role),
+        (status = 404, description = "No such guild or role", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn update_role(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<RolePath>,
+    ApiJson(u): ApiJson<RoleUpdate>,
+) -> ApiResult<Response> {
+    caller.need(Scope::GuildsWrite)?;
+    if u.name.is_none() && u.permissions.is_none() {
+        return Err(Problem::bad("name", "give name, permissions or both"));
+    }
+    let state = api.chat.guild_state(p.guild_id.0).await?;
+    let role = state
+        .roles
+        .iter()
+        .find(|r| r.id == p.role_id.0)
+        .ok_or_else(|| Problem::not_found("role"))?;
+    let body = RequestBody::UpdateRole {
+        guild_id: p.guild_id.0,
+        role_id: p.role_id.0,
+        name: u.name.unwrap_or_else(|| role.name.clone()),
+        permissions: u.permissions.map_or(role.permissions, |b| b.0),
+    };
+    match as_owner(&api, p.guild_id.0, body).await? {
+        ResponseBody::Role(r) => Ok(axum::Json(Role::from(r)).into_response()),
+        _ => Err(Problem::new(ErrorCode::INTERNAL.0, "unexpected answer")),
+    }
+}
+
+/// Whom an overwrite applies to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum TargetKind {
+    Role,
+    Member,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct OverwritePath {
+    channel_id: Id,
+    kind: TargetKind,
+    target_id: Id,
+}
+
+/// A channel's permission overwrite for a role or a member.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverwriteBits {
+    /// Bits allowed there.
+    #[serde(default)]
+    pub allow: Bits,
+    /// Bits denied there.
+    #[serde(default)]
+    pub deny: Bits,
+}
+
+fn overwrite_target(p: &OverwritePath) -> quaver_proto::OverwriteTarget {
+    match p.kind {
+        TargetKind::Role => quaver_proto::OverwriteTarget::Role(p.target_id.0),
+        TargetKind::Member => quaver_proto::OverwriteTarget::Member(p.target_id.0),
+    }
+}
+
+async fn guild_of_channel(api: &Services, channel: u64) -> ApiResult<u64> {
+    api.chat
+        .channel_guild_of(channel)
+        .await?
+        .ok_or_else(|| Problem::not_found("guild channel"))
+}
+
+/// Sets a channel's permission overwrite for a role (`@everyone` is the guild's id) or a
+/// member: who can see and do what there.
+#[utoipa::path(
+    put, path = "/channels/{channel_id}/overwrites/{kind}/{target_id}", tag = "guilds",
+    params(
+        ("channel_id" = Id, Path, description = "The guild channel"),
+        ("kind" = String, Path, description = "`role` or `member`", pattern = "^(role|member)$"),
+        ("target_id" = Id, Path, description = "The role or the member"),
+    ),
+    request_body = OverwriteBits,
+    responses(
+        (status = 204, description = "Set (those who gain or lose the channel are told)"),
+        (status = 404, description = "No such guild channel, role or member", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn set_overwrite(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<OverwritePath>,
+    ApiJson(b): ApiJson<OverwriteBits>,
+) -> ApiResult<StatusCode> {
+    caller.need(Scope::GuildsWrite)?;
+    let guild = guild_of_channel(&api, p.channel_id.0).await?;
+    let body = RequestBody::SetOverwrite {
+        channel_id: p.channel_id.0,
+        target: overwrite_target(&p),
+        allow: b.allow.0,
+        deny: b.deny.0,
+    };
+    as_owner(&api, guild, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a channel's permission overwrite.
+#[utoipa::path(
+    delete, path = "/channels/{channel_id}/overwrites/{kind}/{target_id}", tag = "guilds",
+    params(
+        ("channel_id" = Id, Path, description = "The guild channel"),
+        ("kind" = String, Path, description = "`role` or `member`", pattern = "^(role|member)$"),
+        ("target_id" = Id, Path, description = "The role or the member"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such guild channel or overwrite", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn delete_overwrite(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<OverwritePath>,
+) -> ApiResult<StatusCode> {
+    caller.need(Scope::GuildsWrite)?;
+    let guild = guild_of_channel(&api, p.channel_id.0).await?;
+    let body = RequestBody::DeleteOverwrite {
+        channel_id: p.channel_id.0,
+        target: overwrite_target(&p),
+    };
+    as_owner(&api, guild, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A DM or a group DM to open.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDm {
+    /// 2–10 users: two open (or find) their DM; more make a group DM, opened by the first.
+    #[schema(min_items = 2, max_items = 10)]
+    pub user_ids: Vec<Id>,
+    /// A group DM's name (0–100 characters).
+    #[serde(default)]
+    #[schema(max_length = 100)]
+    pub name: String,
+}
+
+/// Opens the DM of two users (the same one again if it exists), or makes a group DM — as the
+/// first user, with the rules their client would meet (no DM with someone who blocked them).
+#[utoipa::path(
+    post, path = "/dms", tag = "guilds",
+    request_body = NewDm,
+    responses(
+        (status = 200, description = "The channel", body = Channel),
+        (status = 400, description = "Fewer than 2 or more than 10 users, or twice the same", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Blocked", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn open_dm(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiJson(d): ApiJson<NewDm>,
+) -> ApiResult<axum::Json<Channel>> {
+    caller.need(Scope::GuildsWrite)?;
+    let users: Vec<u64> = d.user_ids.iter().map(|u| u.0).collect();
+    let mut unique = users.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if users.len() < 2 || users.len() > 10 || unique.len() != users.len() {
+        return Err(Problem::bad("user_ids", "2 to 10 different users"));
+    }
+    let body = if users.len() == 2 {
+        RequestBody::OpenDm { user_id: users[1] }
+    } else {
+        RequestBody::CreateGroupDm {
+            user_ids: users[1..].to_vec(),
+            name: d.name,
+        }
+    };
+    match as_server(api.chat.handle(users[0], body))
+        .await
+        .map_err(Problem::from)?
+    {
+        ResponseBody::Channel(c) => Ok(axum::Json(Channel::from(c))),
+        _ => Err(Problem::new(ErrorCode::INTERNAL.0, "unexpected answer")),
+    }
+}

@@ -302,3 +302,63 @@ pub(super) async fn remove_reaction(
     as_user(&api, p.user_id.0, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Messages to delete at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDelete {
+    /// 1–100 messages of the channel.
+    #[schema(min_items = 1, max_items = 100)]
+    pub message_ids: Vec<Id>,
+}
+
+/// What a bulk delete did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkDeleted {
+    /// Deleted now (each a channel event with its seq).
+    pub deleted: Vec<Id>,
+    /// Not there (never, or deleted already).
+    pub not_found: Vec<Id>,
+}
+
+/// Deletes up to 100 messages of a guild channel with the guild's authority (moderation).
+#[utoipa::path(
+    post, path = "/channels/{channel_id}/messages/bulk-delete", tag = "messages",
+    params(("channel_id" = Id, Path, description = "The channel")),
+    request_body = BulkDelete,
+    responses(
+        (status = 200, description = "What was deleted and what was not there", body = BulkDeleted),
+        (status = 400, description = "None, over 100, or a DM", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such channel", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn bulk_delete(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ChannelPath>,
+    ApiJson(b): ApiJson<BulkDelete>,
+) -> ApiResult<axum::Json<BulkDeleted>> {
+    caller.need(Scope::Moderation)?;
+    if b.message_ids.is_empty() || b.message_ids.len() > 100 {
+        return Err(Problem::bad("message_ids", "delete 1 to 100 messages at once"));
+    }
+    let Some(owner) = api.chat.authority(p.channel_id.0).await? else {
+        return Err(Problem::bad(
+            "channel_id",
+            "a DM has no moderator: delete its messages one by one as their authors",
+        ));
+    };
+    let (mut deleted, mut not_found) = (Vec::new(), Vec::new());
+    for id in b.message_ids {
+        let body = RequestBody::DeleteMessage {
+            channel_id: p.channel_id.0,
+            message_id: id.0,
+        };
+        match as_user(&api, owner, body).await {
+            Ok(_) => deleted.push(id),
+            Err(e) if e.code == ErrorCode::NOT_FOUND.0 => not_found.push(id),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(BulkDeleted { deleted, not_found }))
+}

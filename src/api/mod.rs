@@ -150,6 +150,10 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(guilds::create_role))
         .routes(routes!(guilds::add_role, guilds::remove_role))
         .routes(routes!(guilds::create_invite))
+        .routes(routes!(guilds::update_role))
+        .routes(routes!(guilds::set_overwrite, guilds::delete_overwrite))
+        .routes(routes!(guilds::open_dm))
+        .routes(routes!(messages::bulk_delete))
         .split_for_parts();
     let mut api = api;
     common_responses(&mut api);
