@@ -52,22 +52,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path or query string that did not parse: `code`, naming the field when the message
+/// does, else `whole`.
+fn refused(text: String, code: quaver_proto::ErrorCode, whole: &str) -> Problem {
+    let mut p = Problem::new(code.0, text.clone());
+    p.field = field_of(&text).or(Some(whole.into()));
+    p
+}
+
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(e) => {
-                let text = match &e {
-                    PathRejection::FailedToDeserializePathParams(d) => d.body_text(),
-                    other => other.body_text(),
-                };
+            Err(PathRejection::FailedToDeserializePathParams(d)) => {
                 // A path that does not parse names nothing that exists.
-                let mut p = Problem::new(quaver_proto::ErrorCode::NOT_FOUND.0, text.clone());
-                p.field = field_of(&text).or(Some("path".into()));
-                Err(p)
+                Err(refused(d.body_text(), quaver_proto::ErrorCode::NOT_FOUND, "path"))
             }
+            Err(other) => Err(refused(other.body_text(), quaver_proto::ErrorCode::NOT_FOUND, "path")),
         }
     }
 }
@@ -78,15 +81,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(e) => {
-                let text = match &e {
-                    QueryRejection::FailedToDeserializeQueryString(d) => d.body_text(),
-                    other => other.body_text(),
-                };
-                let mut p = Problem::new(quaver_proto::ErrorCode::BAD_REQUEST.0, text.clone());
-                p.field = field_of(&text).or(Some("query".into()));
-                Err(p)
+            Err(QueryRejection::FailedToDeserializeQueryString(d)) => {
+                Err(refused(d.body_text(), quaver_proto::ErrorCode::BAD_REQUEST, "query"))
             }
+            Err(other) => Err(refused(
+                other.body_text(),
+                quaver_proto::ErrorCode::BAD_REQUEST,
+                "query",
+            )),
         }
     }
 }

@@ -14,23 +14,26 @@ impl Serialize for Id {
     }
 }
 
+/// A `u64` as decimal digits in a string (ids and bit sets pass 2^53) or as a JSON number.
+fn decimal<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        N(u64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{what} fits in 64 bits"))),
+        Raw::S(_) => Err(serde::de::Error::custom(format!("{what} is decimal digits"))),
+    }
+}
+
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        let n = match Raw::deserialize(d)? {
-            Raw::N(n) => n,
-            Raw::S(s) => {
-                if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(serde::de::Error::custom("an id is decimal digits"));
-                }
-                s.parse::<u64>().map_err(serde::de::Error::custom)?
-            }
-        };
+        let n = decimal(d, "an id")?;
         if n == 0 || n > i64::MAX as u64 {
             return Err(serde::de::Error::custom("an id is from 1 to 2^63 - 1"));
         }
@@ -67,20 +70,7 @@ pub struct Bits(pub u64);
 
 impl<'de> Deserialize<'de> for Bits {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Bits(n)),
-            Raw::S(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => s
-                .parse()
-                .map(Bits)
-                .map_err(|_| serde::de::Error::custom("permission bits fit in 64 bits")),
-            Raw::S(_) => Err(serde::de::Error::custom("permission bits are decimal digits")),
-        }
+        decimal(d, "permission bits").map(Bits)
     }
 }
 
