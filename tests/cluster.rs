@@ -1435,3 +1435,98 @@ async fn a_new_member_on_another_node_sees_presence_and_voice_at_once() {
     b.shutdown().await;
     s.drop_db().await;
 }
+
+/// The server API on a real cluster (Redis + the test's database): a backend calling node
+/// a moderates a voice participant whose channel lives on node b (carried out there), revokes
+/// a token used on node b (closed within 5 s, refused after), and sends an application event
+/// that a session on node b gets.
+#[tokio::test]
+async fn the_server_api_reaches_sessions_on_the_other_node() {
+    use common::api::{call, with_keys};
+    use quaver_client::voice::join_voice;
+    use serde_json::json;
+    let Some(s) = services("api").await else { return };
+    let mut ca = node_config(&s);
+    let (key, _) = with_keys(&mut ca);
+    let mut cb = node_config(&s);
+    cb.api.keys = ca.api.keys.clone();
+    let (a, b) = (start(ca).await, start(cb).await);
+    let api = |method: &'static str, path: String, body: serde_json::Value| {
+        let (addr, key) = (a.api_addr, key.clone());
+        async move { call(addr, Some(&key), method, &path, Some(body), &[]).await }
+    };
+    let (c1, mut l1) = user(&a, 1).await;
+    let (c2, mut l2) = user(&b, 2).await;
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let vc = voice_channel(&mut l1, g, "talk").await;
+    // User 2 joins on node b: the channel lives there.
+    let cfg2 = client_config(&b, Transport::Quic, Some(token(2)));
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let j = join_voice(&mut v2, &cfg2, vc, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j.remote.is_none(), "homed on node b");
+    let p = call(
+        a.api_addr,
+        Some(&key),
+        "GET",
+        &format!("/api/v1/voice/channels/{vc}/participants"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        p.body["participants"][0]["user_id"], "2",
+        "node a sees node b's channel: {p:?}"
+    );
+    let m = api(
+        "PATCH",
+        format!("/api/v1/guilds/{g}/voice/2"),
+        json!({"server_mute": true}),
+    )
+    .await;
+    assert_eq!((m.status, m.body["carried_out"].as_str()), (202, Some("bus")), "{m:?}");
+    let muted = event_where(
+        &mut v2,
+        Duration::from_secs(5),
+        |e| matches!(e, EventBody::VoiceStateUpdated { state } if state.user_id == 2 && state.server_mute),
+    )
+    .await;
+    assert!(muted.is_some(), "node b carried the mute out");
+    // An application event for user 2, sent through node a.
+    let mut n2 = c2.open_lane(Lane::Notifications).await.unwrap();
+    let e = api(
+        "POST",
+        "/api/v1/events".into(),
+        json!({"name": "order.shipped", "user_ids": ["2"]}),
+    )
+    .await;
+    assert_eq!(e.status, 202, "{e:?}");
+    let got = event_where(
+        &mut n2,
+        Duration::from_secs(5),
+        |e| matches!(e, EventBody::AppEvent { name, .. } if name == "order.shipped"),
+    )
+    .await;
+    assert!(got.is_some(), "the event crossed the bus");
+    // Every token of user 2 issued until now: node b closes the session and refuses the token.
+    let started = std::time::Instant::now();
+    let r = api("POST", "/api/v1/users/2/revocations".into(), json!({})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), c2.closed())
+        .await
+        .ok()
+        .flatten();
+    assert_eq!(
+        closed.map(|(c, _)| c),
+        Some(CloseCode::TOKEN_REVOKED),
+        "closed on node b"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let refused = connect(&cfg2).await.expect_err("refused on node b");
+    assert_eq!(refused.close_code(), Some(CloseCode::TOKEN_REVOKED));
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}
