@@ -126,19 +126,17 @@ pub(super) async fn create(
     ApiJson(m): ApiJson<NewMessage>,
 ) -> ApiResult<Response> {
     caller.need(Scope::MessagesWrite)?;
-    let body = RequestBody::SendMessage {
-        channel_id: p.channel_id.0,
-        nonce: m.nonce.map_or_else(|| api.chat.id(), |n| n.0),
-        content: m.content,
-        reply_to: m.reply_to.map(|r| r.0),
-    };
-    let ResponseBody::MessageSent {
-        message_id, duplicate, ..
-    } = as_user(&api, m.author_id.0, body).await?
-    else {
-        return Err(Problem::new(ErrorCode::INTERNAL.0, "unexpected answer"));
-    };
-    let message = api.chat.store().message(p.channel_id.0, message_id).await?;
+    let nonce = m.nonce.map_or_else(|| api.chat.id(), |n| n.0);
+    let sent = api.chat.send_message(
+        m.author_id.0,
+        p.channel_id.0,
+        nonce,
+        m.content,
+        m.reply_to.map(|r| r.0),
+        crate::ids::now_ms(),
+    );
+    // The message as stored comes back with the send: no second read.
+    let (message, duplicate) = as_server(sent).await.map_err(Problem::from)?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, axum::Json(Message::from(message))).into_response())
 }

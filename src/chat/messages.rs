@@ -4,6 +4,60 @@
 use super::*;
 
 impl Chat {
+    /// Sends a message as `user` (`SendMessage`): stored, sequenced, published, notified.
+    /// Returns the message as stored, and whether this author's `nonce` was used before (then
+    /// it is the first message, and nothing new was created).
+    pub async fn send_message(
+        &self,
+        user: u64,
+        channel_id: u64,
+        nonce: u64,
+        content: String,
+        reply_to: Option<u64>,
+        now: u64,
+    ) -> Result<(quaver_proto::Message, bool), Refusal> {
+        self.limit(user, Kind::Send)?;
+        validate::content(&content)?;
+        let access = self.access(user, channel_id).await?;
+        if !access.perms().has(Perms::SEND_MESSAGES) {
+            return Err(forbidden("send messages").into());
+        }
+        if let Access::Private(p) = &access {
+            self.check_dm_block(user, p.kind, &p.recipients).await?;
+        }
+        let mut mentions = validate::mentions(&content);
+        if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {
+            mentions.everyone = false;
+        }
+        let lock = self.lock(channel_id);
+        let _guard = lock.lock().await;
+        let (m, stored) = self
+            .store
+            .send_message(NewMessage {
+                id: self.id(),
+                channel_id,
+                author_id: user,
+                nonce,
+                content,
+                reply_to,
+                mentions,
+                now_ms: now,
+            })
+            .await
+            .map_err(store_err)?;
+        let duplicate = stored.is_none();
+        if let Some(s) = stored {
+            self.publish_channel(access.guild_id(), channel_id, s.seq, s.event);
+            drop(_guard);
+            // The message is stored and acknowledged regardless: a failure to notify
+            // is logged, never turned into a failed send (the client would resend).
+            if let Err(e) = self.notify_message(&access, &m).await {
+                tracing::warn!(error = %e.message, "notifications for a message failed");
+            }
+        }
+        Ok((m, duplicate))
+    }
+
     pub(super) async fn handle_message(&self, user: u64, body: RequestBody, now: u64) -> Result<ResponseBody, Refusal> {
         use RequestBody as R;
         match body {
@@ -13,45 +67,9 @@ impl Chat {
                 content,
                 reply_to,
             } => {
-                self.limit(user, Kind::Send)?;
-                validate::content(&content)?;
-                let access = self.access(user, channel_id).await?;
-                if !access.perms().has(Perms::SEND_MESSAGES) {
-                    return Err(forbidden("send messages").into());
-                }
-                if let Access::Private(p) = &access {
-                    self.check_dm_block(user, p.kind, &p.recipients).await?;
-                }
-                let mut mentions = validate::mentions(&content);
-                if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {
-                    mentions.everyone = false;
-                }
-                let lock = self.lock(channel_id);
-                let _guard = lock.lock().await;
-                let (m, stored) = self
-                    .store
-                    .send_message(NewMessage {
-                        id: self.id(),
-                        channel_id,
-                        author_id: user,
-                        nonce,
-                        content,
-                        reply_to,
-                        mentions,
-                        now_ms: now,
-                    })
-                    .await
-                    .map_err(store_err)?;
-                let duplicate = stored.is_none();
-                if let Some(s) = stored {
-                    self.publish_channel(access.guild_id(), channel_id, s.seq, s.event);
-                    drop(_guard);
-                    // The message is stored and acknowledged regardless: a failure to notify
-                    // is logged, never turned into a failed send (the client would resend).
-                    if let Err(e) = self.notify_message(&access, &m).await {
-                        tracing::warn!(error = %e.message, "notifications for a message failed");
-                    }
-                }
+                let (m, duplicate) = self
+                    .send_message(user, channel_id, nonce, content, reply_to, now)
+                    .await?;
                 Ok(ResponseBody::MessageSent {
                     message_id: m.id,
                     seq: m.seq,
