@@ -1263,3 +1263,64 @@ async fn roles_overwrites_dms_and_bulk_deletes() {
     assert_eq!((a.status, a.body["field"].as_str()), (400, Some("user_ids")));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn deleting_a_user_ends_their_sessions_and_keeps_their_messages() {
+    let (s, b) = server().await;
+    let (c1, mut l1) = client(&s, token(1)).await;
+    let t2 = token(2);
+    let (c2, _l2) = client(&s, t2.clone()).await;
+    let (gid, channel) = guild_with_bot(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    let m = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "2", "content": "my last words"})),
+        )
+        .await;
+    // The owner of a guild cannot be deleted; nothing changes.
+    let a = b.call("DELETE", "/api/v1/users/1", None).await;
+    assert_eq!((a.status, a.body["code_name"].as_str()), (409, Some("OWNER")), "{a:?}");
+    assert!(a.body["detail"].as_str().unwrap().contains(&gid));
+    assert_eq!(closed_with(&c1, Duration::from_millis(200)).await, None);
+    let d = b.ok(200, "DELETE", "/api/v1/users/2", None).await;
+    assert_eq!(
+        (d.body["guilds_left"].as_u64(), d.body["sessions_ended_here"].as_u64()),
+        (Some(1), Some(1)),
+        "{d:?}"
+    );
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(5), c2.closed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::REMOVED, "this account was deleted")
+    );
+    event(&mut l1, |e| {
+        matches!(e, EventBody::MemberRemoved { user_id: 2, .. }).then_some(())
+    })
+    .await;
+    let e = connect(&client_config(&s, Transport::Quic, Some(t2)))
+        .await
+        .expect_err("the old token is refused");
+    assert_eq!(e.close_code(), Some(CloseCode::TOKEN_REVOKED));
+    // Their message stays, under the deleted name.
+    let u = b.ok(200, "GET", "/api/v1/users/2", None).await;
+    assert_eq!(u.s("name"), "Deleted user");
+    let h = b
+        .ok(200, "GET", &format!("/api/v1/channels/{channel}/messages"), None)
+        .await;
+    assert!(
+        h.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == m.s("id").as_str() && x["content"] == "my last words")
+    );
+    let a = b.call("DELETE", "/api/v1/users/77", None).await;
+    assert_eq!(a.status, 404);
+    s.shutdown().await;
+}

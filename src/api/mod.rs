@@ -127,7 +127,7 @@ impl utoipa::Modify for SecurityAddon {
 pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(people::whoami))
-        .routes(routes!(people::put_user, people::get_user))
+        .routes(routes!(people::put_user, people::get_user, people::delete_user))
         .routes(routes!(people::query_presence))
         .routes(routes!(people::guild_presence))
         .routes(routes!(people::permissions))

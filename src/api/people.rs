@@ -293,3 +293,91 @@ pub(super) async fn guild_presence(
         status_dnd,
     }))
 }
+
+/// What deleting a user did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserDeleted {
+    /// The user.
+    pub user_id: Id,
+    /// Guilds they left.
+    pub guilds_left: usize,
+    /// Sessions this node ended at once (others end theirs as the order reaches them).
+    pub sessions_ended_here: usize,
+}
+
+/// The name a deleted user's messages show.
+pub const DELETED_NAME: &str = "Deleted user";
+
+/// Deletes a user, by this rule: their sessions end at once (4031 `removed`, "this account
+/// was deleted") and every token issued until now is refused; they leave every guild
+/// (members are told); their messages stay where they are, under the name "Deleted user"
+/// (deleting them is a separate, explicit choice: bulk delete); DMs and friendships stay
+/// as they were. Refused (409 `OWNER`, nothing changed) while they own a guild: delete it or
+/// give it another owner first.
+#[utoipa::path(
+    delete, path = "/users/{user_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "The user")),
+    responses(
+        (status = 200, description = "Deleted", body = UserDeleted),
+        (status = 404, description = "Never seen", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "They own a guild", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn delete_user(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+) -> ApiResult<axum::Json<UserDeleted>> {
+    caller.need(Scope::UsersWrite)?;
+    caller.need(Scope::SessionsWrite)?;
+    let user = p.user_id.0;
+    let store = api.chat.store();
+    store.user_name(user).await?.ok_or_else(|| Problem::not_found("user"))?;
+    let guilds = store.guild_ids_of(user).await?;
+    let mut owned = Vec::new();
+    for g in &guilds {
+        if api.chat.guild_state(*g).await?.guild.owner_id == user {
+            owned.push(g.to_string());
+        }
+    }
+    if !owned.is_empty() {
+        return Err(Problem::new(
+            quaver_proto::ErrorCode::OWNER.0,
+            format!(
+                "they own guilds {}: delete them or give them another owner first",
+                owned.join(", ")
+            ),
+        ));
+    }
+    // Out first (so nothing they do lands after), then kept out.
+    let ended = super::sessions::order(
+        &api,
+        crate::gateway::Order::Disconnect {
+            user_id: user,
+            reconnect: false,
+            reason: "this account was deleted".into(),
+        },
+    );
+    let now = crate::ids::now_ms();
+    let revocation = crate::store::Revocation {
+        user_id: user,
+        before_ms: now,
+        jti: String::new(),
+    };
+    store.revoke(&revocation, now).await?;
+    super::sessions::order(&api, crate::gateway::Order::Revoke(revocation));
+    for g in &guilds {
+        let left = crate::limits::as_server(
+            api.chat
+                .handle(user, quaver_proto::RequestBody::LeaveGuild { guild_id: *g }),
+        )
+        .await;
+        left.map_err(Problem::from)?;
+    }
+    store.upsert_user(user, DELETED_NAME, now).await?;
+    Ok(axum::Json(UserDeleted {
+        user_id: p.user_id,
+        guilds_left: guilds.len(),
+        sessions_ended_here: ended,
+    }))
+}

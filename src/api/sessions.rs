@@ -81,7 +81,7 @@ pub(super) struct UserPath {
 }
 
 /// Carries `order` out here at once, and to every other node on the bus.
-fn order(api: &Services, order: Order) -> usize {
+pub(super) fn order(api: &Services, order: Order) -> usize {
     if let Order::Revoke(r) = &order {
         api.revocations.add(r);
     }
