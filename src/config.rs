@@ -115,6 +115,35 @@ pub struct ApiConfig {
     /// How long an `Idempotency-Key` and its answer are kept. Default 24 h.
     #[serde(deserialize_with = "de_duration")]
     pub idempotency_ttl: Duration,
+    /// HTTPS on the API listener: `auto` (default) serves HTTPS with the server's
+    /// certificate when one is configured (`--cert`/`--key`) and the listener is not on
+    /// loopback, plain HTTP otherwise; `on` always (the dev certificate when no other);
+    /// `off` never.
+    pub tls: ApiTls,
+}
+
+/// Whether the API listener speaks HTTPS.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiTls {
+    /// HTTPS with a configured certificate off loopback; plain HTTP otherwise.
+    #[default]
+    Auto,
+    /// Always HTTPS.
+    On,
+    /// Never.
+    Off,
+}
+
+impl ApiConfig {
+    /// Whether the listener speaks HTTPS, given the TLS settings.
+    pub fn https(&self, tls: &TlsConfig) -> bool {
+        match self.tls {
+            ApiTls::On => true,
+            ApiTls::Off => false,
+            ApiTls::Auto => tls.cert.is_some() && !self.listen.ip().is_loopback(),
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -127,6 +156,7 @@ impl Default for ApiConfig {
                 per_sec: 100.0,
             },
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            tls: ApiTls::Auto,
         }
     }
 }
@@ -455,6 +485,9 @@ pub struct ConfigArgs {
     /// TCP address of the server API for backends [default: 127.0.0.1:8081].
     #[arg(long, env = "QUAVER_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// HTTPS on the API listener: auto (with --cert/--key, off loopback), on, off [default: auto].
+    #[arg(long, env = "QUAVER_API_TLS", value_enum)]
+    pub api_tls: Option<ApiTls>,
     /// API keys as JSON: [{"id":"…","secret_sha256":"…","scopes":["…"]}] (appended to the file's).
     #[arg(long, env = "QUAVER_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
@@ -515,6 +548,9 @@ impl ConfigArgs {
         }
         if let Some(a) = self.api_listen {
             c.api.listen = a;
+        }
+        if let Some(t) = self.api_tls {
+            c.api.tls = t;
         }
         if let Some(k) = &self.api_keys {
             let keys: Vec<ApiKeyConfig> =
@@ -626,6 +662,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_is_https_with_a_certificate_off_loopback_or_when_asked() {
+        let mut api = ApiConfig::default();
+        let mut tls = TlsConfig::default();
+        assert!(!api.https(&tls), "loopback, dev certificate: plain");
+        tls.cert = Some("cert.pem".into());
+        assert!(!api.https(&tls), "loopback: plain even with a certificate");
+        api.listen = "0.0.0.0:8081".parse().unwrap();
+        assert!(api.https(&tls), "a certificate and a public interface: HTTPS");
+        api.tls = ApiTls::Off;
+        assert!(!api.https(&tls));
+        api.tls = ApiTls::On;
+        tls.cert = None;
+        assert!(api.https(&tls), "on: always");
+    }
 
     #[test]
     fn durations_parse_with_units_and_bare_milliseconds() {

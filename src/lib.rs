@@ -205,6 +205,12 @@ async fn housekeeping(ctx: Arc<Ctx>) {
     }
 }
 
+/// One of two things.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -216,6 +222,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     /// The bound address of the server API.
     pub api_addr: SocketAddr,
+    /// Whether the server API speaks HTTPS there.
+    pub api_https: bool,
     trigger: shutdown::Trigger,
     /// The engine's loops (one thread each).
     engine: gateway::wire::Running,
@@ -402,9 +410,19 @@ impl Server {
             keys: Arc::new(api::auth::Keys::new(&ctx.cfg.api.keys, ctx.cfg.api.rate)),
             idempotency_ttl: ctx.cfg.api.idempotency_ttl,
         }));
+        let https = ctx.cfg.api.https(&ctx.cfg.tls);
+        let listener = if https {
+            Either::Left(api::tls::TlsListener::new(api_listener, certs.clone())?)
+        } else {
+            Either::Right(api_listener)
+        };
         tasks.push(tokio::spawn(async move {
             // Serves through the drain, like the HTTP port, and stops with the process.
-            if let Err(e) = axum::serve(api_listener, api).await {
+            let served = match listener {
+                Either::Left(l) => axum::serve(l, api).await,
+                Either::Right(l) => axum::serve(l, api).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "API server failed");
             }
         }));
@@ -424,6 +442,7 @@ impl Server {
             quic_addr,
             http_addr,
             api_addr,
+            api_https: https,
             trigger,
             engine,
             tasks,

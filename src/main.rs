@@ -171,7 +171,8 @@ async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
     tracing::info!("web app: open http://{}/ in a browser — {names}", server.http_addr);
     tracing::info!(
         keys = server.ctx.cfg.api.keys.len(),
-        "server API for your backend: http://{}/api/v1 (documented at /api/v1/docs; `quaver api-key` makes a key)",
+        "server API for your backend: {}://{}/api/v1 (documented at /api/v1/docs; `quaver api-key` makes a key)",
+        if server.api_https { "https" } else { "http" },
         server.api_addr
     );
     quaver::shutdown::os_signal().await;

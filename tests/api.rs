@@ -1324,3 +1324,46 @@ async fn deleting_a_user_ends_their_sessions_and_keeps_their_messages() {
     assert_eq!(a.status, 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_api_speaks_https_when_asked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config();
+    let (admin, _) = with_keys(&mut c);
+    c.api.tls = quaver::config::ApiTls::On;
+    let s = start(c).await;
+    assert!(s.api_https);
+    // A client that trusts the server's (development) certificate, ALPN http/1.1.
+    let trust = quaver_client::Trust::Hashes(vec![s.cert_hash()]);
+    let cfg = quaver_client::tls_config(&trust, b"http/1.1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.api_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(format!("GET /api/v1/whoami HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"key_id\":\"backend\""), "{text}");
+    // Plain HTTP on that port gets no answer, and the server goes on.
+    let mut plain = tokio::net::TcpStream::connect(s.api_addr).await.unwrap();
+    plain
+        .write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("key_id"));
+    // On loopback without a certificate of its own, `auto` is plain HTTP.
+    let mut c = config();
+    with_keys(&mut c);
+    let plain_server = start(c).await;
+    assert!(!plain_server.api_https);
+    plain_server.shutdown().await;
+    s.shutdown().await;
+}

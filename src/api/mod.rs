@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod people;
 pub mod sessions;
+pub mod tls;
 pub mod types;
 pub mod voice;
 
