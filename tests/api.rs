@@ -1367,3 +1367,45 @@ async fn the_api_speaks_https_when_asked() {
     plain_server.shutdown().await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backend_makes_and_ends_friendships() {
+    let (s, b) = server().await;
+    let (c1, mut l1) = client(&s, token(1)).await;
+    let mut p1 = c1.open_lane(Lane::Presence).await.unwrap();
+    let (_c2, mut l2) = client(&s, token(2)).await;
+    b.ok(204, "PUT", "/api/v1/users/1/friends/2", None).await;
+    for lane in [&mut l1, &mut l2] {
+        event(lane, |e| match e {
+            EventBody::RelationshipUpdated { relationship }
+                if relationship.kind == quaver_proto::RelationshipKind::Friend =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    // Friends see each other's presence from then on.
+    event(&mut p1, |e| match e {
+        EventBody::PresenceSnapshot { presences } if presences.iter().any(|p| p.user_id == 2) => Some(()),
+        EventBody::PresenceUpdated { presence } if presence.user_id == 2 => Some(()),
+        _ => None,
+    })
+    .await;
+    b.ok(204, "PUT", "/api/v1/users/2/friends/1", None).await;
+    b.ok(204, "DELETE", "/api/v1/users/2/friends/1", None).await;
+    event(&mut l1, |e| {
+        matches!(e, EventBody::RelationshipRemoved { user_id: 2 }).then_some(())
+    })
+    .await;
+    let a = b.call("DELETE", "/api/v1/users/2/friends/1", None).await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str()),
+        (409, Some("NO_RELATIONSHIP")),
+        "{a:?}"
+    );
+    let a = b.call("PUT", "/api/v1/users/3/friends/3", None).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    s.shutdown().await;
+}

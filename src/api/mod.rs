@@ -131,6 +131,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(people::put_user, people::get_user, people::delete_user))
         .routes(routes!(people::query_presence))
         .routes(routes!(people::guild_presence))
+        .routes(routes!(people::befriend, people::unfriend))
         .routes(routes!(people::permissions))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))

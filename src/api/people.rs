@@ -381,3 +381,66 @@ pub(super) async fn delete_user(
         sessions_ended_here: ended,
     }))
 }
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PairPath {
+    user_id: Id,
+    other_id: Id,
+}
+
+async fn as_user(api: &Services, user: u64, body: quaver_proto::RequestBody) -> ApiResult<quaver_proto::ResponseBody> {
+    crate::limits::as_server(api.chat.handle(user, body))
+        .await
+        .map_err(Problem::from)
+}
+
+/// Makes two users friends (as if one asked and the other accepted): both are told, and see
+/// each other's presence from then on.
+#[utoipa::path(
+    put, path = "/users/{user_id}/friends/{other_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "One user"), ("other_id" = Id, Path, description = "The other")),
+    responses(
+        (status = 204, description = "Friends (or friends already)"),
+        (status = 400, description = "The same user twice", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "One blocked the other", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn befriend(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<PairPath>,
+) -> ApiResult<axum::http::StatusCode> {
+    use quaver_proto::{RelationshipKind, RequestBody, ResponseBody};
+    caller.need(Scope::UsersWrite)?;
+    let (a, b) = (p.user_id.0, p.other_id.0);
+    let asked = as_user(&api, a, RequestBody::SendFriendRequest { user_id: b }).await?;
+    let friends = matches!(&asked, ResponseBody::Relationship(r) if r.kind == RelationshipKind::Friend);
+    if !friends {
+        as_user(&api, b, RequestBody::AcceptFriendRequest { user_id: a }).await?;
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Ends two users' friendship (both are told).
+#[utoipa::path(
+    delete, path = "/users/{user_id}/friends/{other_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "One user"), ("other_id" = Id, Path, description = "The other")),
+    responses(
+        (status = 204, description = "No longer friends"),
+        (status = 409, description = "They were not friends", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn unfriend(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<PairPath>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.need(Scope::UsersWrite)?;
+    as_user(
+        &api,
+        p.user_id.0,
+        quaver_proto::RequestBody::RemoveFriend { user_id: p.other_id.0 },
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
