@@ -258,7 +258,7 @@ impl Server {
         {
             verifier.revocations().add(&r);
         }
-        let fanout = fanout::Fanout::new(pubsub, verifier.revocations().clone());
+        let fanout = fanout::Fanout::new(pubsub, verifier.revocations().clone(), &cfg.node_name);
         // In a cluster: a unique name and snowflake number, checked in Redis before serving.
         let mut node_number = cfg.node_number();
         if let Some(c) = &commands {

@@ -654,6 +654,9 @@ async fn a_disconnect_says_whether_to_come_back() {
     // It may come back at once (a new session: the old one ended, not resumable).
     let (c2, _l2) = client(&s, token(6)).await;
     assert_eq!(s.ctx.sessions.of_user(6).len(), 1);
+    let l = b.ok(200, "GET", "/api/v1/users/6/sessions", None).await;
+    assert_eq!(l.body["sessions"].as_array().unwrap().len(), 1, "{l:?}");
+    assert_eq!(l.body["sessions"][0]["id"].as_str().map(str::len), Some(32));
     b.ok(
         202,
         "POST",
@@ -669,6 +672,8 @@ async fn a_disconnect_says_whether_to_come_back() {
         eventually(Duration::from_secs(2), || s.ctx.sessions.of_user(6).is_empty()).await,
         "a removed session is not kept for a resume"
     );
+    let l = b.ok(200, "GET", "/api/v1/users/6/sessions", None).await;
+    assert_eq!(l.body["sessions"], json!([]), "{l:?}");
     let a = b
         .call(
             "POST",
@@ -738,6 +743,15 @@ async fn orders_and_messages_of_the_api_reach_every_node() {
     // A revocation made on node a ends the session on node b, and node b refuses the token.
     let t = token_with_jti(1, "stolen");
     let (c2, _l2) = client(&b, t.clone()).await;
+    // Node a lists user 1's sessions: both are on node b.
+    let l = api.ok(200, "GET", "/api/v1/users/1/sessions", None).await;
+    let list = l.body["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{l:?}");
+    assert!(
+        list.iter()
+            .all(|x| x["node"] == b.ctx.cfg.node_name.as_str() && x["connected"] == true && x["transport"] == "quic"),
+        "{l:?}"
+    );
     let started = std::time::Instant::now();
     let r = api
         .ok(

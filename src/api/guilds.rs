@@ -521,6 +521,9 @@ pub(super) async fn ban(
     ApiJson(b): ApiJson<Ban>,
 ) -> ApiResult<StatusCode> {
     caller.need(Scope::Moderation)?;
+    if b.reason.chars().count() > 512 {
+        return Err(Problem::bad("reason", "a ban's reason is at most 512 characters"));
+    }
     not_the_owner(&api, p.guild_id.0, p.user_id.0, "banned").await?;
     let body = RequestBody::BanMember {
         guild_id: p.guild_id.0,

@@ -135,6 +135,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(people::permissions))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))
+        .routes(routes!(sessions::list))
         .routes(routes!(events::send))
         .routes(routes!(voice::participants))
         .routes(routes!(voice::change, voice::disconnect))

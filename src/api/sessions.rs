@@ -195,3 +195,65 @@ pub(super) async fn disconnect(
     )
         .into_response())
 }
+
+/// One of a user's sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// Its id (hex), as the client's `Ready` says it.
+    pub id: String,
+    /// The node holding it.
+    pub node: String,
+    /// `quic` or `webtransport`.
+    pub transport: &'static str,
+    /// `desktop`, `mobile` or `web`.
+    pub device: &'static str,
+    /// When its latest connection opened (Unix ms).
+    pub connected_at_ms: u64,
+    /// Connected now (else it waits for a resume, up to the resume window).
+    pub connected: bool,
+}
+
+/// A user's sessions, cluster-wide.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Oldest connection first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// How long the nodes have to answer.
+const ASK_WINDOW: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A user's live sessions on every node (those waiting for a resume included): each node
+/// holding some answers on the bus within 300 ms.
+#[utoipa::path(
+    get, path = "/users/{user_id}/sessions", tag = "sessions",
+    params(("user_id" = Id, Path, description = "The user")),
+    responses((status = 200, description = "Their sessions", body = SessionList))
+)]
+pub(super) async fn list(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<UserPath>,
+) -> ApiResult<axum::Json<SessionList>> {
+    caller.need(Scope::SessionsRead)?;
+    let (request, mut rx) = api.fanout.ask_sessions(p.user_id.0);
+    let mut sessions = Vec::new();
+    let end = tokio::time::Instant::now() + ASK_WINDOW;
+    while let Ok(Some((node, here))) = tokio::time::timeout_at(end, rx.recv()).await {
+        sessions.extend(here.into_iter().map(|s| SessionView {
+            id: s.id.to_string(),
+            node: node.clone(),
+            transport: s.transport.name(),
+            device: match s.device {
+                quaver_proto::DeviceKind::Desktop => "desktop",
+                quaver_proto::DeviceKind::Mobile => "mobile",
+                quaver_proto::DeviceKind::Web => "web",
+            },
+            connected_at_ms: s.connected_at_ms,
+            connected: s.attached,
+        }));
+    }
+    api.fanout.done_asking(request);
+    sessions.sort_by_key(|s| s.connected_at_ms);
+    Ok(axum::Json(SessionList { sessions }))
+}

@@ -708,7 +708,7 @@ mod tests {
         let limiter = Arc::new(Limiter::new(Default::default()));
         let chat = Chat::new(
             store,
-            crate::fanout::Fanout::new(Arc::new(pubsub), Arc::default()),
+            crate::fanout::Fanout::new(Arc::new(pubsub), Arc::default(), "test"),
             1,
             limiter,
         );

@@ -24,13 +24,20 @@
 //! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8)
 //! kind 9 voice order:  guild u64 | user u64 | action u8 (0 mute, 1 deafen: on u8; 2 move:
 //!                      channel u64; 3 disconnect)
+//! kind 10 list sessions: request u64 | user u64
+//! kind 11 sessions of: request u64 | len u16 | node (UTF-8) | n u16 × (session 16 bytes |
+//!                      transport u8 (0 quic, 1 webtransport) | device u8 (0 desktop,
+//!                      1 mobile, 2 web) | connected at ms u64 | attached u8)
 //! ```
 
 use bytes::Bytes;
 use quaver_proto::Lane;
 
 use crate::cluster::pubsub::Topic;
-use crate::gateway::{Order, VoiceAction};
+use quaver_proto::DeviceKind;
+use quaver_proto::session::Transport;
+
+use crate::gateway::{Order, SessionSummary, VoiceAction};
 
 const VERSION: u8 = 1;
 
@@ -130,6 +137,15 @@ pub enum Message {
     },
     /// The backend's order about sessions, for every node (on [`Topic::cluster`]).
     Order(crate::gateway::Order),
+    /// A node's answer to `Order::ListSessions` (on [`Topic::cluster`]).
+    SessionsOf {
+        /// The question's number.
+        request: u64,
+        /// The answering node's name.
+        node: String,
+        /// Its sessions of the user.
+        sessions: Vec<SessionSummary>,
+    },
 }
 
 /// A message this node cannot read.
@@ -268,6 +284,36 @@ impl Message {
                 out.push(u8::from(*reconnect));
                 put_text(&mut out, reason);
             }
+            Message::Order(Order::ListSessions { request, user_id }) => {
+                out.push(10);
+                out.extend_from_slice(&request.to_be_bytes());
+                out.extend_from_slice(&user_id.to_be_bytes());
+            }
+            Message::SessionsOf {
+                request,
+                node,
+                sessions,
+            } => {
+                out.push(11);
+                out.extend_from_slice(&request.to_be_bytes());
+                put_text(&mut out, node);
+                let n = sessions.len().min(u16::MAX as usize);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for x in sessions.iter().take(n) {
+                    out.extend_from_slice(&x.id.0);
+                    out.push(match x.transport {
+                        Transport::Quic => 0,
+                        Transport::WebTransport => 1,
+                    });
+                    out.push(match x.device {
+                        DeviceKind::Desktop => 0,
+                        DeviceKind::Mobile => 1,
+                        DeviceKind::Web => 2,
+                    });
+                    out.extend_from_slice(&x.connected_at_ms.to_be_bytes());
+                    out.push(u8::from(x.attached));
+                }
+            }
             Message::Order(Order::Voice {
                 guild_id,
                 user_id,
@@ -401,6 +447,44 @@ impl Message {
                     user_id,
                     action,
                 })
+            }
+            10 => Message::Order(Order::ListSessions {
+                request: r.u64()?,
+                user_id: r.u64()?,
+            }),
+            11 => {
+                let request = r.u64()?;
+                let node = r.text()?;
+                let s = r.take(2)?;
+                let n = u16::from_be_bytes([s[0], s[1]]) as usize;
+                let mut sessions = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(r.take(16)?);
+                    let transport = match r.u8()? {
+                        0 => Transport::Quic,
+                        1 => Transport::WebTransport,
+                        _ => return Err(DecodeError("transport")),
+                    };
+                    let device = match r.u8()? {
+                        0 => DeviceKind::Desktop,
+                        1 => DeviceKind::Mobile,
+                        2 => DeviceKind::Web,
+                        _ => return Err(DecodeError("device")),
+                    };
+                    sessions.push(SessionSummary {
+                        id: quaver_proto::SessionId(id),
+                        transport,
+                        device,
+                        connected_at_ms: r.u64()?,
+                        attached: r.flag()?,
+                    });
+                }
+                Message::SessionsOf {
+                    request,
+                    node,
+                    sessions,
+                }
             }
             _ => return Err(DecodeError("kind")),
         };
@@ -566,6 +650,35 @@ mod tests {
                 user_id: 4,
                 action: VoiceAction::Disconnect,
             }),
+            Message::Order(Order::ListSessions {
+                request: 7,
+                user_id: u64::MAX,
+            }),
+            Message::SessionsOf {
+                request: 7,
+                node: "node-ö".into(),
+                sessions: vec![
+                    SessionSummary {
+                        id: quaver_proto::SessionId([9; 16]),
+                        transport: Transport::WebTransport,
+                        device: DeviceKind::Mobile,
+                        connected_at_ms: 1_800_000_000_000,
+                        attached: false,
+                    },
+                    SessionSummary {
+                        id: quaver_proto::SessionId([0; 16]),
+                        transport: Transport::Quic,
+                        device: DeviceKind::Desktop,
+                        connected_at_ms: 0,
+                        attached: true,
+                    },
+                ],
+            },
+            Message::SessionsOf {
+                request: 0,
+                node: String::new(),
+                sessions: vec![],
+            },
         ]
     }
 

@@ -171,6 +171,10 @@ pub struct Fanout {
     local_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     /// Revoked tokens (the verifier's): orders add to them.
     revocations: Arc<crate::auth::Revocations>,
+    /// This node's name (in its answers to the server API's questions).
+    node: String,
+    /// Questions this node asked the others, by number: where their answers go.
+    asks: Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<NodeSessions>>>,
     /// Counters.
     pub counters: FanoutCounters,
 }
@@ -182,6 +186,9 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// A node's answer to a question about a user's sessions: its name and those it holds.
+pub type NodeSessions = (String, Vec<crate::gateway::SessionSummary>);
+
 fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     m.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
@@ -189,7 +196,7 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
 impl Fanout {
     /// The fan-out over `pubsub`; revocations the backend orders are added to
     /// `revocations`. It follows [`Topic::cluster`] from the start.
-    pub fn new(pubsub: Arc<dyn PubSub>, revocations: Arc<crate::auth::Revocations>) -> Arc<Self> {
+    pub fn new(pubsub: Arc<dyn PubSub>, revocations: Arc<crate::auth::Revocations>, node: &str) -> Arc<Self> {
         pubsub.subscribe(&Topic::cluster());
         let (tx, rx) = mpsc::unbounded_channel();
         let (otx, orx) = mpsc::unbounded_channel();
@@ -206,6 +213,8 @@ impl Fanout {
             local: ltx,
             local_rx: Mutex::new(Some(lrx)),
             revocations,
+            node: node.to_string(),
+            asks: Mutex::new(std::collections::HashMap::new()),
             counters: FanoutCounters::default(),
         })
     }
@@ -679,8 +688,50 @@ impl Fanout {
                     }
                 });
             }
+            Message::Order(crate::gateway::Order::ListSessions { request, user_id }) => {
+                let here = sessions.summaries(user_id);
+                if !here.is_empty() {
+                    let m = Message::SessionsOf {
+                        request,
+                        node: self.node.clone(),
+                        sessions: here,
+                    };
+                    self.control(Topic::cluster(), m);
+                }
+            }
+            Message::SessionsOf {
+                request,
+                node,
+                sessions,
+            } => {
+                let asked = self
+                    .asks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&request)
+                    .cloned();
+                if let Some(tx) = asked {
+                    let _ = tx.send((node, sessions));
+                }
+            }
             Message::Order(order) => self.carry_out(sessions, &order),
         }
+    }
+
+    /// Asks every node which sessions `user` has: the answers (node, its sessions) arrive
+    /// on the receiver until [`Fanout::done_asking`]. Nodes without any do not answer.
+    pub fn ask_sessions(&self, user: u64) -> (u64, mpsc::UnboundedReceiver<NodeSessions>) {
+        let request = self.next_id.fetch_add(1, Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.asks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        let order = crate::gateway::Order::ListSessions { request, user_id: user };
+        self.control(Topic::cluster(), Message::Order(order));
+        (request, rx)
+    }
+
+    /// Stops taking answers to question `request`.
+    pub fn done_asking(&self, request: u64) {
+        self.asks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
     }
 
     /// The backend's order, on this node: a revocation is refused at `Hello` from now on;

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quaver_proto::{CloseCode, Lane, LaneSeq, ServerLane, SessionId, UserId};
+use quaver_proto::session::Transport;
+use quaver_proto::{CloseCode, DeviceKind, Lane, LaneSeq, ServerLane, SessionId, UserId};
 
 use self::replay::{Missing, ReplayBuffer, ReplayLimits};
 
@@ -99,6 +100,23 @@ pub struct SessionHandle {
     /// The token it authenticated with last (`Hello` or `RefreshToken`): its `iat` and
     /// `jti`, checked against revocations.
     token: Mutex<(Option<u64>, Option<String>)>,
+    /// How its latest connection came (transport, device) and when (Unix ms).
+    via: Mutex<Option<(Transport, DeviceKind, u64)>>,
+}
+
+/// A session as the server API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Its id.
+    pub id: SessionId,
+    /// Its latest connection's transport.
+    pub transport: Transport,
+    /// The device it said it is.
+    pub device: DeviceKind,
+    /// When its latest connection opened (Unix ms).
+    pub connected_at_ms: u64,
+    /// Whether a connection is attached now (else it waits for a resume).
+    pub attached: bool,
 }
 
 /// Why a lane could not be attached.
@@ -127,7 +145,25 @@ impl SessionHandle {
             acked: Default::default(),
             chosen: Mutex::new(None),
             token: Mutex::new((None, None)),
+            via: Mutex::new(None),
         }
+    }
+
+    /// Remembers how its latest connection came, and when.
+    pub fn set_via(&self, transport: Transport, device: DeviceKind, at_ms: u64) {
+        *self.via.lock().unwrap_or_else(|p| p.into_inner()) = Some((transport, device, at_ms));
+    }
+
+    /// The session as the server API lists it (once a connection opened it).
+    pub fn summary(&self) -> Option<SessionSummary> {
+        let via = *self.via.lock().unwrap_or_else(|p| p.into_inner());
+        via.map(|(transport, device, connected_at_ms)| SessionSummary {
+            id: self.id,
+            transport,
+            device,
+            connected_at_ms,
+            attached: self.attached(),
+        })
     }
 
     /// Remembers the token the session authenticated with (at `Hello`, at each refresh).
@@ -324,6 +360,14 @@ pub enum Order {
         /// Said in `Closing` (at most 120 bytes).
         reason: String,
     },
+    /// Which sessions `user_id` has: every node that holds some answers with
+    /// `SessionsOf { request }` (the server API collects them).
+    ListSessions {
+        /// The asking node's number for the question.
+        request: u64,
+        /// The user.
+        user_id: UserId,
+    },
     /// `user_id`'s voice in `guild_id`: carried out, with the guild's authority, by the node
     /// whose voice channel they are in.
     Voice {
@@ -450,8 +494,8 @@ impl Sessions {
                 };
                 (self.of_user(*user_id), code, reason.as_str())
             }
-            // Not about sessions: the voice part carries it out.
-            Order::Voice { .. } => return (Vec::new(), 0),
+            // Not orders to sessions: the fan-out (a list) and the voice part carry them out.
+            Order::Voice { .. } | Order::ListSessions { .. } => return (Vec::new(), 0),
         };
         let n = covered.len();
         let mut forgotten = Vec::new();
@@ -461,6 +505,11 @@ impl Sessions {
             }
         }
         (forgotten, n)
+    }
+
+    /// `user`'s sessions here, as the server API lists them.
+    pub fn summaries(&self, user: UserId) -> Vec<SessionSummary> {
+        self.of_user(user).iter().filter_map(|h| h.summary()).collect()
     }
 
     /// Number of sessions attached to a connection.

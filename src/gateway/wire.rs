@@ -1155,6 +1155,7 @@ impl Here<'_, '_> {
             fetches: 0,
         }));
         self.control(&first);
+        handle.set_via(self.c.transport, hello.device, crate::ids::now_ms());
         ctx.presence.connect(user, handle.id, hello.device, handle.chosen());
         ctx.metrics.session_opened(self.c.transport);
         tracing::debug!(session = %handle.id, user, transport = self.c.transport.name(), engine = true, resumed, "session ready");
