@@ -657,6 +657,31 @@ async fn a_disconnect_says_whether_to_come_back() {
     let l = b.ok(200, "GET", "/api/v1/users/6/sessions", None).await;
     assert_eq!(l.body["sessions"].as_array().unwrap().len(), 1, "{l:?}");
     assert_eq!(l.body["sessions"][0]["id"].as_str().map(str::len), Some(32));
+    // One session of two: only that one ends.
+    let (c3, _l3) = client(&s, token(6)).await;
+    let one = c3.ready.session_id.to_string();
+    let a = b
+        .ok(
+            202,
+            "POST",
+            &format!("/api/v1/users/6/sessions/{one}/disconnect"),
+            Some(json!({"reason": "signed out on the phone"})),
+        )
+        .await;
+    assert_eq!(a.body["sessions_ended_here"], 1, "{a:?}");
+    assert_eq!(
+        closed_with(&c3, Duration::from_secs(5)).await,
+        Some(CloseCode::DISCONNECTED.0)
+    );
+    assert_eq!(
+        closed_with(&c2, Duration::from_millis(200)).await,
+        None,
+        "the other session stays"
+    );
+    let a = b
+        .call("POST", "/api/v1/users/6/sessions/nothex/disconnect", Some(json!({})))
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
     b.ok(
         202,
         "POST",

@@ -136,6 +136,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))
         .routes(routes!(sessions::list))
+        .routes(routes!(sessions::disconnect_session))
         .routes(routes!(events::send))
         .routes(routes!(voice::participants))
         .routes(routes!(voice::change, voice::disconnect))

@@ -354,6 +354,7 @@ pub(super) async fn delete_user(
         &api,
         crate::gateway::Order::Disconnect {
             user_id: user,
+            session: None,
             reconnect: false,
             reason: "this account was deleted".into(),
         },

@@ -162,6 +162,50 @@ pub(super) async fn disconnect(
     ApiPath(p): ApiPath<UserPath>,
     ApiJson(d): ApiJson<Disconnect>,
 ) -> ApiResult<Response> {
+    end_sessions(&api, &caller, p.user_id, None, d)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SessionPath {
+    user_id: Id,
+    session_id: String,
+}
+
+/// Ends one session of a user (its id as `GET /users/{user_id}/sessions` lists it), on
+/// whichever node holds it.
+#[utoipa::path(
+    post, path = "/users/{user_id}/sessions/{session_id}/disconnect", tag = "sessions",
+    params(
+        ("user_id" = Id, Path, description = "The user"),
+        ("session_id" = String, Path, description = "The session (32 hex digits)", pattern = "^[0-9a-f]{32}$"),
+    ),
+    request_body = Disconnect,
+    responses(
+        (status = 202, description = "The session is ending", body = Disconnected),
+        (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn disconnect_session(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<SessionPath>,
+    ApiJson(d): ApiJson<Disconnect>,
+) -> ApiResult<Response> {
+    let mut id = [0u8; 16];
+    if p.session_id.len() != 32 || hex::decode_to_slice(&p.session_id, &mut id).is_err() {
+        return Err(Problem::not_found("session").field("session_id"));
+    }
+    end_sessions(&api, &caller, p.user_id, Some(quaver_proto::SessionId(id)), d)
+}
+
+/// Ends `user`'s sessions (or just `session`) everywhere, as `d` says.
+fn end_sessions(
+    api: &Services,
+    caller: &Caller,
+    user: Id,
+    session: Option<quaver_proto::SessionId>,
+    d: Disconnect,
+) -> ApiResult<Response> {
     caller.need(Scope::SessionsWrite)?;
     let reason = d.reason.unwrap_or_default();
     if reason.len() > 120 || reason.chars().any(char::is_control) {
@@ -174,9 +218,10 @@ pub(super) async fn disconnect(
         quaver_proto::CloseCode::REMOVED
     };
     let n = order(
-        &api,
+        api,
         Order::Disconnect {
-            user_id: p.user_id.0,
+            user_id: user.0,
+            session,
             reconnect,
             reason: if reason.is_empty() {
                 "disconnected by the application".into()
@@ -188,7 +233,7 @@ pub(super) async fn disconnect(
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(Disconnected {
-            user_id: p.user_id,
+            user_id: user,
             close_code: code.0 as u16,
             sessions_ended_here: n,
         }),

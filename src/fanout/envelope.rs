@@ -21,7 +21,8 @@
 //!                      what u8 (0 presences of users, 1 voice states of channels) |
 //!                      n u32 × id u64
 //! kind 7 revoke:       user u64 (0: any) | before ms u64 | len u16 | jti (UTF-8)
-//! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8)
+//! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8) |
+//!                      session u8 (0 every one, 1: session 16 bytes)
 //! kind 9 voice order:  guild u64 | user u64 | action u8 (0 mute, 1 deafen: on u8; 2 move:
 //!                      channel u64; 3 disconnect)
 //! kind 10 list sessions: request u64 | user u64
@@ -276,6 +277,7 @@ impl Message {
             }
             Message::Order(Order::Disconnect {
                 user_id,
+                session,
                 reconnect,
                 reason,
             }) => {
@@ -283,6 +285,13 @@ impl Message {
                 out.extend_from_slice(&user_id.to_be_bytes());
                 out.push(u8::from(*reconnect));
                 put_text(&mut out, reason);
+                match session {
+                    None => out.push(0),
+                    Some(id) => {
+                        out.push(1);
+                        out.extend_from_slice(&id.0);
+                    }
+                }
             }
             Message::Order(Order::ListSessions { request, user_id }) => {
                 out.push(10);
@@ -431,6 +440,15 @@ impl Message {
                 user_id: r.u64()?,
                 reconnect: r.flag()?,
                 reason: r.text()?,
+                session: match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let mut id = [0u8; 16];
+                        id.copy_from_slice(r.take(16)?);
+                        Some(quaver_proto::SessionId(id))
+                    }
+                    _ => return Err(DecodeError("session")),
+                },
             }),
             9 => {
                 let guild_id = r.u64()?;
@@ -622,11 +640,13 @@ mod tests {
             })),
             Message::Order(Order::Disconnect {
                 user_id: u64::MAX,
+                session: Some(quaver_proto::SessionId([7; 16])),
                 reconnect: true,
                 reason: "signed out elsewhere".into(),
             }),
             Message::Order(Order::Disconnect {
                 user_id: 1,
+                session: None,
                 reconnect: false,
                 reason: String::new(),
             }),

@@ -355,6 +355,8 @@ pub enum Order {
     Disconnect {
         /// The user.
         user_id: UserId,
+        /// Only this one of their sessions (else every one).
+        session: Option<SessionId>,
         /// Whether the client may reconnect.
         reconnect: bool,
         /// Said in `Closing` (at most 120 bytes).
@@ -484,6 +486,7 @@ impl Sessions {
             }
             Order::Disconnect {
                 user_id,
+                session,
                 reconnect,
                 reason,
             } => {
@@ -492,7 +495,9 @@ impl Sessions {
                 } else {
                     CloseCode::REMOVED
                 };
-                (self.of_user(*user_id), code, reason.as_str())
+                let mut of = self.of_user(*user_id);
+                of.retain(|h| session.is_none_or(|s| h.id == s));
+                (of, code, reason.as_str())
             }
             // Not orders to sessions: the fan-out (a list) and the voice part carry them out.
             Order::Voice { .. } | Order::ListSessions { .. } => return (Vec::new(), 0),
