@@ -58,6 +58,7 @@ export class Quaver {
     history(channelId: Id, q?: { before?: number; after?: number; around?: number; limit?: number }): Promise<Page>;
     react(channelId: Id, messageId: Id, emoji: string, userId: Id, o?: CallOptions): Promise<null>;
     unreact(channelId: Id, messageId: Id, emoji: string, userId: Id, o?: CallOptions): Promise<null>;
+    bulkDelete(channelId: Id, messageIds: Id[], o?: CallOptions): Promise<{ deleted: Id[]; not_found: Id[] }>;
   };
   guilds: {
     create(g: { owner_id: Id; name: string }, o?: CallOptions): Promise<Guild>;
@@ -72,6 +73,10 @@ export class Quaver {
     createChannel(guildId: Id, c: { kind: 'text' | 'voice'; name: string; topic?: string; user_limit?: number }, o?: CallOptions): Promise<Channel>;
     deleteChannel(channelId: Id, o?: CallOptions): Promise<null>;
     createRole(guildId: Id, r: { name: string; permissions?: string }, o?: CallOptions): Promise<Role>;
+    updateRole(guildId: Id, roleId: Id, r: { name?: string; permissions?: string }, o?: CallOptions): Promise<Role>;
+    setOverwrite(channelId: Id, kind: 'role' | 'member', targetId: Id, bits: { allow?: string; deny?: string }, o?: CallOptions): Promise<null>;
+    deleteOverwrite(channelId: Id, kind: 'role' | 'member', targetId: Id, o?: CallOptions): Promise<null>;
+    openDm(userIds: Id[], name?: string, o?: CallOptions): Promise<Channel>;
     addRole(guildId: Id, userId: Id, roleId: Id, o?: CallOptions): Promise<null>;
     removeRole(guildId: Id, userId: Id, roleId: Id, o?: CallOptions): Promise<null>;
     createInvite(guildId: Id, i?: { max_uses?: number; max_age_secs?: number }, o?: CallOptions): Promise<Invite>;
@@ -81,9 +86,14 @@ export class Quaver {
   users: {
     put(userId: Id, u: { name: string }, o?: CallOptions): Promise<{ id: Id; name: string }>;
     get(userId: Id): Promise<{ id: Id; name: string }>;
+    delete(userId: Id, o?: CallOptions): Promise<{ user_id: Id; guilds_left: number; sessions_ended_here: number }>;
+    befriend(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
+    unfriend(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
     presence(userIds: Id[]): Promise<{ presences: Presence[]; online: number }>;
   };
   sessions: {
+    list(userId: Id): Promise<{ sessions: { id: string; node: string; transport: 'quic' | 'webtransport'; device: 'desktop' | 'mobile' | 'web'; connected_at_ms: number; connected: boolean }[] }>;
+    disconnectOne(userId: Id, sessionId: string, d?: { reconnect?: boolean; reason?: string }, o?: CallOptions): Promise<{ user_id: Id; close_code: number; sessions_ended_here: number }>;
     revoke(userId: Id, r?: { issued_before?: number; jti?: string }, o?: CallOptions): Promise<{ user_id: Id; issued_before: number; jti: string | null; sessions_ended_here: number }>;
     disconnect(userId: Id, d?: { reconnect?: boolean; reason?: string }, o?: CallOptions): Promise<{ user_id: Id; close_code: number; sessions_ended_here: number }>;
   };

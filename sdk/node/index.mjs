@@ -58,6 +58,8 @@ export class Quaver {
         q.request('PUT', `/channels/${channelId}/messages/${messageId}/reactions/${enc(emoji)}/${userId}`, undefined, o),
       unreact: (channelId, messageId, emoji, userId, o) =>
         q.request('DELETE', `/channels/${channelId}/messages/${messageId}/reactions/${enc(emoji)}/${userId}`, undefined, o),
+      bulkDelete: (channelId, messageIds, o) =>
+        q.request('POST', `/channels/${channelId}/messages/bulk-delete`, { message_ids: messageIds.map(String) }, o),
     };
     /** Guilds, members, bans, channels, roles, invites. */
     this.guilds = {
@@ -73,6 +75,10 @@ export class Quaver {
       createChannel: (guildId, c, o) => q.request('POST', `/guilds/${guildId}/channels`, c, o),
       deleteChannel: (channelId, o) => q.request('DELETE', `/channels/${channelId}`, undefined, o),
       createRole: (guildId, r, o) => q.request('POST', `/guilds/${guildId}/roles`, r, o),
+      updateRole: (guildId, roleId, r, o) => q.request('PATCH', `/guilds/${guildId}/roles/${roleId}`, r, o),
+      setOverwrite: (channelId, kind, targetId, bits, o) => q.request('PUT', `/channels/${channelId}/overwrites/${kind}/${targetId}`, bits, o),
+      deleteOverwrite: (channelId, kind, targetId, o) => q.request('DELETE', `/channels/${channelId}/overwrites/${kind}/${targetId}`, undefined, o),
+      openDm: (userIds, name, o) => q.request('POST', '/dms', { user_ids: userIds.map(String), ...(name ? { name } : {}) }, o),
       addRole: (guildId, userId, roleId, o) => q.request('PUT', `/guilds/${guildId}/members/${userId}/roles/${roleId}`, undefined, o),
       removeRole: (guildId, userId, roleId, o) => q.request('DELETE', `/guilds/${guildId}/members/${userId}/roles/${roleId}`, undefined, o),
       createInvite: (guildId, i = {}, o) => q.request('POST', `/guilds/${guildId}/invites`, i, o),
@@ -84,10 +90,15 @@ export class Quaver {
     this.users = {
       put: (userId, u, o) => q.request('PUT', `/users/${userId}`, u, o),
       get: (userId) => q.request('GET', `/users/${userId}`),
+      delete: (userId, o) => q.request('DELETE', `/users/${userId}`, undefined, o),
+      befriend: (userId, otherId, o) => q.request('PUT', `/users/${userId}/friends/${otherId}`, undefined, o),
+      unfriend: (userId, otherId, o) => q.request('DELETE', `/users/${userId}/friends/${otherId}`, undefined, o),
       presence: (userIds) => q.request('POST', '/presence/query', { user_ids: userIds.map(String) }),
     };
     /** Token revocation and disconnects, on every node. */
     this.sessions = {
+      list: (userId) => q.request('GET', `/users/${userId}/sessions`),
+      disconnectOne: (userId, sessionId, d = {}, o) => q.request('POST', `/users/${userId}/sessions/${sessionId}/disconnect`, d, o),
       revoke: (userId, r = {}, o) => q.request('POST', `/users/${userId}/revocations`, r, o),
       disconnect: (userId, d = {}, o) => q.request('POST', `/users/${userId}/disconnect`, d, o),
     };
