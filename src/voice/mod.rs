@@ -578,9 +578,15 @@ impl Voice {
             .get(&target)
             .cloned();
         let (mute, deaf) = st.map(|s| (s.self_mute, s.self_deaf)).unwrap_or((false, false));
-        self.join(target, m.session_id, &m.port, channel_id, mute, deaf)
-            .await
-            .map(|_| ResponseBody::Done)
+        match self.join(target, m.session_id, &m.port, channel_id, mute, deaf).await? {
+            // The target channel is leased by another node: the member's session is here, so
+            // the move cannot be carried out without them reconnecting there.
+            ResponseBody::VoiceServer { .. } => Err(err(
+                ErrorCode::UNSUPPORTED,
+                "the target channel is served by another node: a move across nodes is not supported yet (the member can join it)",
+            )),
+            _ => Ok(ResponseBody::Done),
+        }
     }
 
     /// The backend's order about `user`'s voice in `guild_id` (server API), with the
