@@ -97,6 +97,8 @@ pub struct Config {
     pub store: crate::store::StoreOptions,
     /// The server API for application backends.
     pub api: ApiConfig,
+    /// Webhooks (`[webhooks]`, `src/webhooks`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// The server API (`/api/v1`, `src/api`): its listener and its keys.
@@ -172,7 +174,8 @@ pub struct ApiKeyConfig {
     pub secret_sha256: String,
     /// Scopes (`messages:read`, `messages:write`, `guilds:read`, `guilds:write`,
     /// `moderation`, `sessions:read`, `sessions:write`, `presence:read`, `voice:admin`,
-    /// `events:write`, `users:read`, `users:write`, `admin` for all).
+    /// `events:write`, `users:read`, `users:write`, `webhooks`, `events:read`, `admin` for
+    /// all).
     pub scopes: Vec<String>,
 }
 
@@ -316,6 +319,7 @@ impl Default for Config {
             voice: VoiceConfig::default(),
             store: Default::default(),
             api: ApiConfig::default(),
+            webhooks: Default::default(),
         }
     }
 }

@@ -49,6 +49,7 @@ pub mod store;
 pub mod transport;
 pub mod typing;
 pub mod voice;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Ctx {
     pub limiter: Arc<limits::Limiter>,
     /// Topics and delivery to local sessions.
     pub fanout: Arc<fanout::Fanout>,
+    /// Webhook delivery.
+    pub webhooks: Arc<webhooks::deliver::Deliverer>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -201,6 +204,10 @@ async fn housekeeping(ctx: Arc<Ctx>) {
             if let Err(e) = ctx.chat.store().prune_idempotency(idem).await {
                 tracing::warn!(error = %e, "pruning the API's idempotency keys failed");
             }
+            let hooks = ids::now_ms().saturating_sub(ctx.cfg.webhooks.retention.as_millis() as u64);
+            if let Err(e) = ctx.chat.store().hook_prune(hooks).await {
+                tracing::warn!(error = %e, "pruning the webhook event log failed");
+            }
         }
     }
 }
@@ -275,6 +282,7 @@ impl Server {
             tracing::warn!("could not register this node's liveness in Redis; retrying every second");
         }
         let bus: Arc<dyn cluster::Bus> = fanout.clone();
+        let webhooks = webhooks::deliver::Deliverer::start(store.clone(), &cfg.node_name, &cfg.webhooks).await?;
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), node_number, limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
@@ -356,6 +364,7 @@ impl Server {
             webrtc,
             limiter,
             fanout: fanout.clone(),
+            webhooks: webhooks.clone(),
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),
@@ -377,6 +386,7 @@ impl Server {
                 bus_rx,
             )),
             tokio::spawn(housekeeping(ctx.clone())),
+            tokio::spawn(webhooks.clone().run(signal.clone())),
         ]);
         tasks.extend(liveness);
         if let Some(c) = &commands {
@@ -409,6 +419,7 @@ impl Server {
             operations: Default::default(),
             keys: Arc::new(api::auth::Keys::new(&ctx.cfg.api.keys, ctx.cfg.api.rate)),
             idempotency_ttl: ctx.cfg.api.idempotency_ttl,
+            webhooks: ctx.webhooks.clone(),
         }));
         let https = ctx.cfg.api.https(&ctx.cfg.tls);
         let listener = if https {

@@ -1346,9 +1346,14 @@ async fn deleting_a_user_ends_their_sessions_and_keeps_their_messages() {
         .await
         .expect_err("the old token is refused");
     assert_eq!(e.close_code(), Some(CloseCode::TOKEN_REVOKED));
-    // Their message stays, under the deleted name.
-    let u = b.ok(200, "GET", "/api/v1/users/2", None).await;
-    assert_eq!(u.s("name"), "Deleted user");
+    // Their profile is gone (a second delete finds nothing); their message stays.
+    b.ok(404, "GET", "/api/v1/users/2", None).await;
+    b.ok(404, "DELETE", "/api/v1/users/2", None).await;
+    assert_eq!(
+        s.ctx.chat.store().user_name(2).await.unwrap().as_deref(),
+        Some("Deleted user"),
+        "what their messages show"
+    );
     let h = b
         .ok(200, "GET", &format!("/api/v1/channels/{channel}/messages"), None)
         .await;

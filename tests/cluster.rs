@@ -621,10 +621,31 @@ async fn presence_of(lane: &mut LaneStream, user: u64, limit: Duration) -> Optio
 /// A node process (the real binary) in the test's cluster: the child and a client config
 /// (without token) for it.
 async fn node_process(s: &Services) -> (tokio::process::Child, quaver_client::Config) {
+    let (child, cfg, _, _) = node_process_with(s, None).await;
+    (child, cfg)
+}
+
+/// A node process with a config file of `toml` (beside the environment): the child, a
+/// client config, and its API and HTTP addresses.
+async fn node_process_with(
+    s: &Services,
+    toml: Option<&str>,
+) -> (
+    tokio::process::Child,
+    quaver_client::Config,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let n = NODES.fetch_add(1, Ordering::Relaxed);
     let dir = tempdir("proc");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
-        .arg("serve")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quaver"));
+    cmd.arg("serve");
+    if let Some(t) = toml {
+        let path = dir.join("quaver.toml");
+        std::fs::write(&path, t).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd
         .env("JWT_SECRET", SECRET)
         .env("REDIS_URL", &s.redis)
         .env("QUAVER_REDIS_PREFIX", &s.prefix)
@@ -646,14 +667,19 @@ async fn node_process(s: &Services) -> (tokio::process::Child, quaver_client::Co
         .expect("node process starts");
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (quic, http, _) = await_addresses(&mut lines).await;
+    let (quic, http, log) = await_addresses(&mut lines).await;
+    let api = log
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .and_then(|a| a.parse().ok())
+        .expect("the node logs its API address");
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let (_, body) = http_get(http, "/cert-hash").await;
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
     let cfg = quaver_client::Config::new(quic, Transport::Quic, quaver_client::Trust::Hashes(vec![hash]));
-    (child, cfg)
+    (child, cfg, api, http)
 }
 
 /// Presence across nodes: a user's devices on two nodes merge into one presence; a device
@@ -1528,5 +1554,157 @@ async fn the_server_api_reaches_sessions_on_the_other_node() {
     assert_eq!(refused.close_code(), Some(CloseCode::TOKEN_REVOKED));
     a.shutdown().await;
     b.shutdown().await;
+    s.drop_db().await;
+}
+
+/// Webhooks survive a node's death: node a (a process) holds every partition of an
+/// endpoint whose receiver is down while node b records 30 messages in three channels; node
+/// a is SIGKILLed with the backlog; the receiver comes back; node b takes the leases over
+/// when they run out and delivers every event, in order per channel.
+#[tokio::test]
+async fn a_killed_nodes_webhook_backlog_is_delivered_by_another_node() {
+    use common::api::call;
+    use common::hooks::{Receiver, check_signed_and_ordered};
+    use serde_json::json;
+    const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let Some(s) = services("hooks").await else { return };
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let url = r.url();
+    let receiver_addr = r.stop();
+    let (key, hash) = quaver::api::auth::mint("backend").unwrap();
+    let toml = format!(
+        "[webhooks]\nlease = \"2s\"\nretry_min = \"100ms\"\nretry_max = \"500ms\"\ntimeout = \"1s\"\n\n\
+         [[api.keys]]\nid = \"backend\"\nsecret_sha256 = \"{hash}\"\nscopes = [\"admin\"]\n"
+    );
+    let (mut child, _, a_api, a_http) = node_process_with(&s, Some(&toml)).await;
+    let made = call(
+        a_api,
+        Some(&key),
+        "POST",
+        "/api/v1/webhooks",
+        Some(json!({"id": "app", "url": url, "events": ["message.*"], "secret": HOOK_SECRET})),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    // Node a takes every partition of the new endpoint before node b starts.
+    let mut held = false;
+    for _ in 0..100 {
+        let (_, metrics) = http_get(a_http, "/metrics").await;
+        if metrics.contains("quaver_webhook_leases 8") {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "node a holds the endpoint's partitions");
+    let mut cb = node_config(&s);
+    cb.api.keys = vec![quaver::config::ApiKeyConfig {
+        id: "backend".into(),
+        secret_sha256: hash.clone(),
+        scopes: vec!["admin".into()],
+    }];
+    cb.webhooks.lease = Duration::from_secs(2);
+    cb.webhooks.retry_min = Duration::from_millis(100);
+    cb.webhooks.retry_max = Duration::from_millis(500);
+    cb.webhooks.timeout = Duration::from_secs(1);
+    let b = start(cb).await;
+    let api = |method: &'static str, path: String, body: Option<serde_json::Value>| {
+        let (addr, key) = (b.api_addr, key.clone());
+        async move { call(addr, Some(&key), method, &path, body, &[]).await }
+    };
+    let g = api(
+        "POST",
+        "/api/v1/guilds".into(),
+        Some(json!({"owner_id": "1", "name": "Ops"})),
+    )
+    .await;
+    assert_eq!(g.status, 201, "{g:?}");
+    let gid = g.s("id");
+    let mut channels = Vec::new();
+    for name in ["one", "two", "three"] {
+        let c = api(
+            "POST",
+            format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": name, "kind": "text"})),
+        )
+        .await;
+        assert_eq!(c.status, 201, "{c:?}");
+        channels.push(c.s("id"));
+    }
+    for i in 0..30 {
+        let m = api(
+            "POST",
+            format!("/api/v1/channels/{}/messages", channels[i % 3]),
+            Some(json!({"author_id": "1", "content": format!("m{i}")})),
+        )
+        .await;
+        assert_eq!(m.status, 201, "{m:?}");
+    }
+    // Node a is trying (the receiver is down) and node b is not: b holds no lease.
+    let tried = async {
+        loop {
+            let d = api("GET", "/api/v1/webhooks/app/deliveries?state=pending".into(), None).await;
+            let list = d.body["deliveries"].as_array().cloned().unwrap_or_default();
+            if list.len() == 30 && list.iter().filter(|d| d["attempts"].as_u64() >= Some(1)).count() >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), tried)
+        .await
+        .expect("node a attempts the deliveries");
+    let (_, metrics) = http_get(b.http_addr, "/metrics").await;
+    assert!(metrics.contains("quaver_webhook_leases 0"), "node b holds nothing yet");
+    // SIGKILL: no shutdown path, its leases stay in the database until they run out.
+    child.start_kill().expect("kill the node process");
+    child.wait().await.unwrap();
+    let r = Receiver::start(receiver_addr).await;
+    let want: std::collections::HashSet<String> = {
+        let d = api("GET", "/api/v1/webhooks/app/deliveries?limit=100".into(), None).await;
+        d.body["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["event_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(want.len(), 30);
+    let all = async {
+        loop {
+            let ok: std::collections::HashSet<String> = r
+                .got()
+                .iter()
+                .filter(|g| g.answered == 200)
+                .map(|g| g.id.clone())
+                .collect();
+            if want.is_subset(&ok) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("node b delivers node a's backlog");
+    let got = r.got();
+    check_signed_and_ordered(&got, HOOK_SECRET);
+    for (i, ch) in channels.iter().enumerate() {
+        let contents: Vec<String> = got
+            .iter()
+            .map(|g| g.json())
+            .filter(|v| v["data"]["channel_id"] == ch.as_str())
+            .map(|v| v["data"]["message"]["content"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..30).filter(|n| n % 3 == i).map(|n| format!("m{n}")).collect();
+        assert_eq!(contents, expected, "channel {i} in order");
+    }
+    let (_, metrics) = http_get(b.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("quaver_webhook_leases 8"),
+        "node b took every partition"
+    );
+    drop(b);
     s.drop_db().await;
 }

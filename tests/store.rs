@@ -130,7 +130,7 @@ async fn guilds_members_roles_invites() {
         assert_eq!((r.name.as_str(), r.permissions), ("moderators", 0x6000));
 
         // Ban: removed, and cannot rejoin.
-        assert!(s.remove_member(100, BOB, Some("spam"), 7).await.unwrap());
+        assert!(s.remove_member(100, BOB, OWNER, Some("spam"), 7).await.unwrap());
         s.create_invite("again", 100, OWNER, 0, None, 5).await.unwrap();
         assert!(
             matches!(s.use_invite("again", BOB, 8).await, Err(StoreError::Banned)),

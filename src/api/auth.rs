@@ -42,13 +42,17 @@ pub enum Scope {
     UsersRead,
     /// Upsert user profiles, relationships.
     UsersWrite,
+    /// Webhook endpoints: create, change, delete, rotate secrets, delivery logs, redeliver.
+    Webhooks,
+    /// The retained event log (`GET /events`).
+    EventsRead,
     /// Everything.
     Admin,
 }
 
 impl Scope {
     /// Every scope with its name.
-    pub const ALL: [(Scope, &'static str); 13] = [
+    pub const ALL: [(Scope, &'static str); 15] = [
         (Scope::MessagesRead, "messages:read"),
         (Scope::MessagesWrite, "messages:write"),
         (Scope::GuildsRead, "guilds:read"),
@@ -61,6 +65,8 @@ impl Scope {
         (Scope::EventsWrite, "events:write"),
         (Scope::UsersRead, "users:read"),
         (Scope::UsersWrite, "users:write"),
+        (Scope::Webhooks, "webhooks"),
+        (Scope::EventsRead, "events:read"),
         (Scope::Admin, "admin"),
     ];
 
@@ -95,6 +101,7 @@ impl Caller {
             Scope::GuildsRead => Some(Scope::GuildsWrite),
             Scope::SessionsRead => Some(Scope::SessionsWrite),
             Scope::UsersRead => Some(Scope::UsersWrite),
+            Scope::EventsRead => Some(Scope::Webhooks),
             _ => None,
         };
         if self.scopes.contains(&scope)

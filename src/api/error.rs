@@ -20,6 +20,8 @@ pub const IDEMPOTENCY_MISMATCH: u16 = 103;
 pub const NO_ROUTE: u16 = 104;
 /// The route does not take this method (405).
 pub const METHOD_NOT_ALLOWED: u16 = 105;
+/// The thing exists already, or is managed elsewhere (the config file) (409).
+pub const CONFLICT: u16 = 106;
 
 /// A problem, as the body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
@@ -83,6 +85,7 @@ pub fn describe(code: u16) -> (&'static str, &'static str, StatusCode) {
             ),
             NO_ROUTE => ("NO_ROUTE", "No such route", S::NOT_FOUND),
             METHOD_NOT_ALLOWED => ("METHOD_NOT_ALLOWED", "Method not allowed", S::METHOD_NOT_ALLOWED),
+            CONFLICT => ("CONFLICT", "Conflict", S::CONFLICT),
             _ => ("INTERNAL", "Server failure", S::INTERNAL_SERVER_ERROR),
         },
     }

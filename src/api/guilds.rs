@@ -248,8 +248,9 @@ pub struct NewInvite {
     /// Uses before it is spent (0: no limit).
     #[serde(default)]
     pub max_uses: u32,
-    /// Seconds it works (0: forever).
+    /// Seconds it works (0: forever; at most a year).
     #[serde(default)]
+    #[schema(maximum = 31_536_000)]
     pub max_age_secs: u32,
 }
 
@@ -713,6 +714,12 @@ pub(super) async fn create_invite(
     ApiJson(i): ApiJson<NewInvite>,
 ) -> ApiResult<Response> {
     caller.need(Scope::GuildsWrite)?;
+    if i.max_age_secs > 31_536_000 {
+        return Err(Problem::bad(
+            "max_age_secs",
+            "at most a year (31,536,000 seconds); 0 for forever",
+        ));
+    }
     let body = RequestBody::CreateInvite {
         guild_id: p.guild_id.0,
         max_uses: i.max_uses,

@@ -26,6 +26,7 @@ pub mod sessions;
 pub mod tls;
 pub mod types;
 pub mod voice;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,8 @@ pub struct Services {
     pub keys: Arc<auth::Keys>,
     /// How long idempotency keys are kept.
     pub idempotency_ttl: Duration,
+    /// Webhook delivery (endpoints, the event log).
+    pub webhooks: Arc<crate::webhooks::deliver::Deliverer>,
 }
 
 impl std::fmt::Debug for Services {
@@ -90,6 +93,18 @@ impl std::fmt::Debug for Services {
         version = "1"
     ),
     modifiers(&SecurityAddon),
+    components(schemas(
+        crate::webhooks::catalogue::WebhookEnvelope,
+        crate::webhooks::catalogue::WebhookMessageCreated,
+        crate::webhooks::catalogue::WebhookMessageUpdated,
+        crate::webhooks::catalogue::WebhookMessageDeleted,
+        crate::webhooks::catalogue::WebhookReaction,
+        crate::webhooks::catalogue::WebhookMember,
+        crate::webhooks::catalogue::WebhookMemberLeft,
+        crate::webhooks::catalogue::WebhookMemberBanned,
+        crate::webhooks::catalogue::WebhookEndpointDisabled,
+        crate::webhooks::catalogue::WebhookTest,
+    )),
     tags(
         (name = "messages", description = "Messages and reactions, as their authors or with moderation."),
         (name = "guilds", description = "Guilds, members, bans, channels, roles, invites, with the guild's authority."),
@@ -97,6 +112,7 @@ impl std::fmt::Debug for Services {
         (name = "sessions", description = "Token revocation and disconnects, on every node."),
         (name = "voice", description = "Voice participants and moderation, cluster-wide."),
         (name = "events", description = "Application events to users, channels and guilds (not stored)."),
+        (name = "webhooks", description = "Webhook endpoints, their deliveries, and the retained event log. Each delivery's body is a WebhookEnvelope whose data is one of the Webhook* schemas."),
         (name = "meta", description = "The key in use."),
     )
 )]
@@ -137,7 +153,13 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::disconnect))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::disconnect_session))
-        .routes(routes!(events::send))
+        .routes(routes!(events::send, webhooks::event_log))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(voice::participants))
         .routes(routes!(voice::change, voice::disconnect))
         .routes(routes!(batch::batch))

@@ -108,7 +108,7 @@ pub(super) async fn put_user(
     params(("user_id" = Id, Path, description = "The user")),
     responses(
         (status = 200, description = "The profile", body = User),
-        (status = 404, description = "Never seen", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Never seen, or deleted", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get_user(
@@ -120,7 +120,7 @@ pub(super) async fn get_user(
     let name = api
         .chat
         .store()
-        .user_name(p.user_id.0)
+        .live_user_name(p.user_id.0)
         .await?
         .ok_or_else(|| Problem::not_found("user"))?;
     Ok(axum::Json(User { id: p.user_id, name }))
@@ -310,7 +310,8 @@ pub const DELETED_NAME: &str = "Deleted user";
 
 /// Deletes a user, by this rule: their sessions end at once (4031 `removed`, "this account
 /// was deleted") and every token issued until now is refused; they leave every guild
-/// (members are told); their messages stay where they are, under the name "Deleted user"
+/// (members are told); their profile is gone (`GET` answers 404 until a `PUT` or a new
+/// token creates them again); their messages stay where they are, under the name "Deleted user"
 /// (deleting them is a separate, explicit choice: bulk delete); DMs and friendships stay
 /// as they were. Refused (409 `OWNER`, nothing changed) while they own a guild: delete it or
 /// give it another owner first.
@@ -319,7 +320,7 @@ pub const DELETED_NAME: &str = "Deleted user";
     params(("user_id" = Id, Path, description = "The user")),
     responses(
         (status = 200, description = "Deleted", body = UserDeleted),
-        (status = 404, description = "Never seen", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Never seen, or deleted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "They own a guild", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -332,7 +333,10 @@ pub(super) async fn delete_user(
     caller.need(Scope::SessionsWrite)?;
     let user = p.user_id.0;
     let store = api.chat.store();
-    store.user_name(user).await?.ok_or_else(|| Problem::not_found("user"))?;
+    store
+        .live_user_name(user)
+        .await?
+        .ok_or_else(|| Problem::not_found("user"))?;
     let guilds = store.guild_ids_of(user).await?;
     let mut owned = Vec::new();
     for g in &guilds {
@@ -375,7 +379,7 @@ pub(super) async fn delete_user(
         .await;
         left.map_err(Problem::from)?;
     }
-    store.upsert_user(user, DELETED_NAME, now).await?;
+    store.mark_user_deleted(user, DELETED_NAME, now).await?;
     Ok(axum::Json(UserDeleted {
         user_id: p.user_id,
         guilds_left: guilds.len(),

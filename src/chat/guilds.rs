@@ -46,7 +46,7 @@ impl Chat {
     /// Lifts a ban (the server API): whether there was one.
     pub async fn unban(&self, guild: u64, user: u64) -> Result<bool, ErrorBody> {
         self.store.guild(guild).await.map_err(store_err)?;
-        self.store.unban(guild, user).await.map_err(store_err)
+        self.store.unban(guild, user, now_ms()).await.map_err(store_err)
     }
 
     /// `user` just joined `guild`: they and its members now see each other's presence, and
@@ -166,7 +166,7 @@ impl Chat {
                         ErrorBody::new(ErrorCode::OWNER, "the owner cannot leave; delete the guild instead").into(),
                     );
                 }
-                self.remove_member(guild_id, user, None, now).await?;
+                self.remove_member(guild_id, user, user, None, now).await?;
                 Ok(ResponseBody::Done)
             }
             R::KickMember { guild_id, user_id } | R::BanMember { guild_id, user_id, .. } if user_id == user => {
@@ -186,7 +186,7 @@ impl Chat {
                     return Err(not_found().into());
                 }
                 g.check_outranks_member(user, user_id)?;
-                self.remove_member(guild_id, user_id, None, now).await?;
+                self.remove_member(guild_id, user_id, user, None, now).await?;
                 Ok(ResponseBody::Done)
             }
             R::BanMember {
@@ -206,7 +206,7 @@ impl Chat {
                 if reason.chars().count() > 512 {
                     return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "reason over 512 characters").into());
                 }
-                self.remove_member(guild_id, user_id, Some(&reason), now).await?;
+                self.remove_member(guild_id, user_id, user, Some(&reason), now).await?;
                 Ok(ResponseBody::Done)
             }
             R::CreateRole {
@@ -457,9 +457,16 @@ impl Chat {
         Ok(g)
     }
 
-    async fn remove_member(&self, guild_id: u64, user_id: u64, ban: Option<&str>, now: u64) -> Result<(), ErrorBody> {
+    async fn remove_member(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+        actor: u64,
+        ban: Option<&str>,
+        now: u64,
+    ) -> Result<(), ErrorBody> {
         self.store
-            .remove_member(guild_id, user_id, ban, now)
+            .remove_member(guild_id, user_id, actor, ban, now)
             .await
             .map_err(store_err)?;
         self.changed(guild_id);

@@ -1,6 +1,8 @@
 //! Users, guilds, members, bans, invites and roles.
 
 use super::*;
+use crate::api::types::Id;
+use crate::webhooks::catalogue::{LeftHow, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, guild_event};
 
 fn role_of(r: &AnyRow) -> Result<Role> {
     Ok(Role {
@@ -15,12 +17,12 @@ fn role_of(r: &AnyRow) -> Result<Role> {
 impl Store {
     // ----- users ---------------------------------------------------------------------
 
-    /// Creates or renames a user from token claims.
+    /// Creates or renames a user from token claims (a deleted user is created again).
     pub async fn upsert_user(&self, id: u64, name: &str, now_ms: u64) -> Result<()> {
         self.deadline(async move {
             sqlx::query(
                 "INSERT INTO users (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at, deleted_at = NULL",
             )
             .bind(i(id))
             .bind(name)
@@ -32,7 +34,37 @@ impl Store {
         .await
     }
 
-    /// A user's name, if known.
+    /// Marks a user deleted: their profile is gone, their name becomes `name` (what their
+    /// messages show).
+    pub async fn mark_user_deleted(&self, id: u64, name: &str, now_ms: u64) -> Result<()> {
+        self.deadline(async move {
+            sqlx::query("UPDATE users SET name = $2, updated_at = $3, deleted_at = $3 WHERE id = $1")
+                .bind(i(id))
+                .bind(name)
+                .bind(i(now_ms))
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A user's name, if known and not deleted.
+    pub async fn live_user_name(&self, id: u64) -> Result<Option<String>> {
+        self.deadline(async move {
+            Ok(
+                sqlx::query("SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(i(id))
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.try_get::<String, _>("name"))
+                    .transpose()?,
+            )
+        })
+        .await
+    }
+
+    /// A user's name, if known (deleted users' too).
     pub async fn user_name(&self, id: u64) -> Result<Option<String>> {
         self.deadline(async move {
             Ok(sqlx::query("SELECT name FROM users WHERE id = $1")
@@ -319,6 +351,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok((u(guild), true));
             }
+            self.hook_joined(&mut tx, u(guild), user, now_ms).await?;
             tx.commit().await?;
             Ok((u(guild), false))
         })
@@ -349,6 +382,9 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if inserted > 0 {
+                self.hook_joined(&mut tx, guild, user, now_ms).await?;
+            }
             tx.commit().await?;
             Ok(inserted > 0)
         })
@@ -356,31 +392,75 @@ impl Store {
     }
 
     /// Lifts `user`'s ban from `guild`: whether there was one.
-    pub async fn unban(&self, guild: u64, user: u64) -> Result<bool> {
+    pub async fn unban(&self, guild: u64, user: u64, now_ms: u64) -> Result<bool> {
         self.deadline(async move {
-            Ok(sqlx::query("DELETE FROM bans WHERE guild_id = $1 AND user_id = $2")
+            let mut tx = self.begin().await?;
+            let n = sqlx::query("DELETE FROM bans WHERE guild_id = $1 AND user_id = $2")
                 .bind(i(guild))
                 .bind(i(user))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
-                > 0)
+                .rows_affected();
+            if n > 0 {
+                let data = WebhookMember {
+                    guild_id: Id(guild),
+                    user_id: Id(user),
+                };
+                self.hook_record(&mut tx, "member.unbanned", now_ms, || {
+                    guild_event("member.unbanned", guild, &data)
+                })
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
         })
         .await
     }
 
-    /// Removes a member (leave or kick); with `ban`, also bans them.
-    pub async fn remove_member(&self, guild: u64, user: u64, ban: Option<&str>, now_ms: u64) -> Result<bool> {
+    async fn hook_joined(&self, tx: &mut Tx, guild: u64, user: u64, now_ms: u64) -> Result<()> {
+        let data = WebhookMember {
+            guild_id: Id(guild),
+            user_id: Id(user),
+        };
+        self.hook_record(tx, "member.joined", now_ms, || {
+            guild_event("member.joined", guild, &data)
+        })
+        .await
+    }
+
+    /// Removes a member: they left (`actor == user`) or `actor` kicked them; with `ban`,
+    /// also bans them.
+    pub async fn remove_member(
+        &self,
+        guild: u64,
+        user: u64,
+        actor: u64,
+        ban: Option<&str>,
+        now_ms: u64,
+    ) -> Result<bool> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
             if let Some(reason) = ban {
-                sqlx::query("INSERT INTO bans (guild_id, user_id, reason, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                let n = sqlx::query("INSERT INTO bans (guild_id, user_id, reason, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                     .bind(i(guild))
                     .bind(i(user))
                     .bind(reason)
                     .bind(i(now_ms))
                     .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > 0 {
+                    let data = WebhookMemberBanned {
+                        guild_id: Id(guild),
+                        user_id: Id(user),
+                        by: Id(actor),
+                        reason: reason.to_string(),
+                    };
+                    self.hook_record(&mut tx, "member.banned", now_ms, || {
+                        guild_event("member.banned", guild, &data)
+                    })
                     .await?;
+                }
             }
             sqlx::query("DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2")
                 .bind(i(guild))
@@ -393,6 +473,21 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if n > 0 {
+                let how = match (ban, actor == user) {
+                    (Some(_), _) => LeftHow::Banned,
+                    (None, true) => LeftHow::Left,
+                    (None, false) => LeftHow::Kicked,
+                };
+                let data = WebhookMemberLeft {
+                    guild_id: Id(guild),
+                    user_id: Id(user),
+                    how,
+                    by: (how != LeftHow::Left).then_some(Id(actor)),
+                };
+                self.hook_record(&mut tx, "member.left", now_ms, || guild_event("member.left", guild, &data))
+                    .await?;
+            }
             tx.commit().await?;
             Ok(n > 0)
         })

@@ -44,16 +44,24 @@ const MSG_COLS: &str =
 impl Store {
     // ----- messages and the event log ------------------------------------------------
 
-    /// Takes the channel's next seq and appends `event(seq)` to the log, in `tx`.
-    async fn sequence(tx: &mut Tx, channel: u64, now_ms: u64, event: impl FnOnce(u64) -> EventBody) -> Result<Stored> {
-        let seq: i64 = sqlx::query("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+    /// Takes the channel's next seq and appends `event(seq)` to the log, in `tx`, with its
+    /// webhook event (`channel:<id>`, sequenced by the channel's seq).
+    async fn sequence(
+        &self,
+        tx: &mut Tx,
+        channel: u64,
+        now_ms: u64,
+        event: impl FnOnce(u64) -> EventBody,
+    ) -> Result<Stored> {
+        let row = sqlx::query("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq, guild_id")
             .bind(i(channel))
             .fetch_optional(&mut **tx)
             .await?
-            .ok_or(StoreError::NotFound)?
-            .try_get("last_seq")?;
-        let seq = u(seq);
-        let bytes = encode_payload(&event(seq));
+            .ok_or(StoreError::NotFound)?;
+        let seq = u(row.try_get("last_seq")?);
+        let guild = row.try_get::<Option<i64>, _>("guild_id")?.map(u);
+        let body = event(seq);
+        let bytes = encode_payload(&body);
         sqlx::query("INSERT INTO channel_events (channel_id, seq, body, created_at) VALUES ($1, $2, $3, $4)")
             .bind(i(channel))
             .bind(i(seq))
@@ -61,6 +69,12 @@ impl Store {
             .bind(i(now_ms))
             .execute(&mut **tx)
             .await?;
+        if let Some(kind) = crate::webhooks::catalogue::channel_event_type(&body) {
+            self.hook_record(tx, kind, now_ms, || {
+                crate::webhooks::catalogue::channel_event(kind, guild, channel, seq, &body)
+            })
+            .await?;
+        }
         Ok(Stored { seq, event: bytes })
     }
 
@@ -114,7 +128,7 @@ impl Store {
                 deleted: false,
                 reactions: Vec::new(),
             };
-            let stored = Self::sequence(&mut tx, m.channel_id, m.now_ms, |seq| {
+            let stored = self.sequence(&mut tx, m.channel_id, m.now_ms, |seq| {
                 message.seq = seq;
                 EventBody::MessageCreated {
                     seq,
@@ -198,7 +212,7 @@ impl Store {
     ) -> Result<Stored> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
-            let stored = Self::sequence(&mut tx, channel, now_ms, |seq| EventBody::MessageEdited {
+            let stored = self.sequence(&mut tx, channel, now_ms, |seq| EventBody::MessageEdited {
                 seq,
                 channel_id: channel,
                 message_id: id,
@@ -229,7 +243,7 @@ impl Store {
     pub async fn delete_message(&self, channel: u64, id: u64, now_ms: u64) -> Result<Stored> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
-            let stored = Self::sequence(&mut tx, channel, now_ms, |seq| EventBody::MessageDeleted {
+            let stored = self.sequence(&mut tx, channel, now_ms, |seq| EventBody::MessageDeleted {
                 seq,
                 channel_id: channel,
                 message_id: id,
@@ -266,7 +280,7 @@ impl Store {
         self.deadline(async move {
             let mut tx = self.begin().await?;
             // Seq first: it takes the write lock, so the checks below cannot race.
-            let stored = Self::sequence(&mut tx, channel, now_ms, |seq| EventBody::ReactionAdded {
+            let stored = self.sequence(&mut tx, channel, now_ms, |seq| EventBody::ReactionAdded {
                 seq,
                 channel_id: channel,
                 message_id: message,
@@ -326,7 +340,7 @@ impl Store {
     ) -> Result<Option<Stored>> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
-            let stored = Self::sequence(&mut tx, channel, now_ms, |seq| EventBody::ReactionRemoved {
+            let stored = self.sequence(&mut tx, channel, now_ms, |seq| EventBody::ReactionRemoved {
                 seq,
                 channel_id: channel,
                 message_id: message,

@@ -14,8 +14,9 @@
 //! Layout: this file holds the pool, its options and deadlines; one file per aggregate
 //! holds its queries — `guilds` (users, guilds, members, invites, roles), `channels`
 //! (channels, overwrites, DMs), `messages` (messages, reactions, history, the event log,
-//! read states), `social` (relationships, mutes, notifications) — and `tx` the write
-//! transaction every multi-statement change runs in.
+//! read states), `social` (relationships, mutes, notifications), `hooks` (the webhook
+//! event log, endpoints, deliveries, leases) — and `tx` the write transaction every
+//! multi-statement change runs in.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -32,6 +33,7 @@ use sqlx::{AnyPool, Row};
 mod api;
 mod channels;
 mod guilds;
+mod hooks;
 mod messages;
 mod social;
 mod tx;
@@ -39,6 +41,10 @@ mod tx;
 use tx::Tx;
 
 pub use api::{IdempotencyBegin, Revocation};
+pub use hooks::{
+    Delivery, Due, Endpoint, EndpointFilter, EndpointSecret, HookEvent, HookSink, LoggedEvent, PARTITIONS, partition,
+    state as delivery_state,
+};
 
 /// Store failures. Domain refusals are distinct variants so the chat layer can map each to
 /// its request error code.
@@ -136,6 +142,8 @@ pub struct Store {
     timeout: Duration,
     /// Unix ms of the last call that missed its deadline (0: none), for readiness.
     last_timeout_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Which webhook events are recorded, and the delivery task's wake-up.
+    hooks: std::sync::Arc<HookSink>,
 }
 
 /// Everything permission checks and fan-out need about one guild.
@@ -295,6 +303,7 @@ impl Store {
             backend,
             timeout: opt.timeout,
             last_timeout_ms: Default::default(),
+            hooks: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -318,7 +327,10 @@ impl Store {
         let conn = self.pool.acquire().await?;
         // Owned by the `Tx` before BEGIN runs: if BEGIN fails or is cancelled, its drop
         // rolls back whatever state the connection is in.
-        let mut tx = Tx { conn: Some(conn) };
+        let mut tx = Tx {
+            conn: Some(conn),
+            wake: None,
+        };
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
@@ -330,6 +342,11 @@ impl Store {
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The deadline of every store call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Closes every connection (waits for checked-out ones to come back).

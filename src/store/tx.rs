@@ -23,6 +23,8 @@ const ROLLBACK_DEADLINE: Duration = Duration::from_secs(5);
 pub(super) struct Tx {
     /// `None` only after the transaction ended.
     pub(super) conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    /// Woken once the transaction committed (it wrote webhook deliveries).
+    pub(super) wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Tx {
@@ -36,7 +38,12 @@ impl Tx {
         use sqlx::Executor;
         let mut conn = self.conn.take().expect("transaction still open");
         match conn.execute("COMMIT").await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(w) = self.wake.take() {
+                    w.notify_one();
+                }
+                Ok(())
+            }
             Err(e) => {
                 end_abandoned(conn).await;
                 Err(e.into())

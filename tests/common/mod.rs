@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
 pub mod api;
+pub mod hooks;
 pub mod redis_server;
 
 use std::net::SocketAddr;

@@ -1,0 +1,319 @@
+//! The event catalogue: every webhook event type, what its `data` holds, and which ordering
+//! key sequences it. PROTOCOL.md ("Webhooks") and the OpenAPI document (schemas
+//! `Webhook*`) describe the same.
+
+use quaver_proto::EventBody;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::types::{Id, Message};
+use crate::store::HookEvent;
+
+/// Every event type, with the key that orders it.
+pub const TYPES: &[(&str, &str)] = &[
+    ("message.created", "channel"),
+    ("message.updated", "channel"),
+    ("message.deleted", "channel"),
+    ("reaction.added", "channel"),
+    ("reaction.removed", "channel"),
+    ("member.joined", "guild"),
+    ("member.left", "guild"),
+    ("member.banned", "guild"),
+    ("member.unbanned", "guild"),
+    ("endpoint.disabled", "endpoint"),
+    ("webhook.test", "endpoint"),
+];
+
+/// Whether an endpoint with these patterns wants events of `kind`: `*` (every type), a
+/// family (`message.*`) or one type (`message.created`). `webhook.test` goes only to the
+/// endpoint it tests, whatever its patterns.
+pub fn matches(patterns: &[String], kind: &str) -> bool {
+    if kind == "webhook.test" {
+        return false;
+    }
+    patterns.iter().any(|p| {
+        p == "*"
+            || p == kind
+            || p.strip_suffix(".*")
+                .is_some_and(|family| kind.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')))
+    })
+}
+
+/// Whether a pattern can match something in the catalogue (a typo is refused, not kept).
+pub fn valid_pattern(p: &str) -> bool {
+    p == "*"
+        || TYPES.iter().any(|(t, _)| {
+            *t == p
+                || p.strip_suffix(".*")
+                    .is_some_and(|family| t.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')))
+        })
+}
+
+/// `message.created`: a message was posted (by a client or the server API).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMessageCreated {
+    /// The guild (`null` in a DM).
+    pub guild_id: Option<Id>,
+    /// The channel.
+    pub channel_id: Id,
+    /// The message (its `seq` is the channel's).
+    pub message: Message,
+}
+
+/// `message.updated`: a message's content was edited.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMessageUpdated {
+    /// The guild (`null` in a DM).
+    pub guild_id: Option<Id>,
+    /// The channel.
+    pub channel_id: Id,
+    /// The message.
+    pub message_id: Id,
+    /// The channel seq of the edit.
+    pub seq: u64,
+    /// The new content.
+    pub content: String,
+    /// Unix ms.
+    pub edited_at_ms: u64,
+}
+
+/// `message.deleted`: a message was deleted.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMessageDeleted {
+    /// The guild (`null` in a DM).
+    pub guild_id: Option<Id>,
+    /// The channel.
+    pub channel_id: Id,
+    /// The message.
+    pub message_id: Id,
+    /// The channel seq of the deletion.
+    pub seq: u64,
+}
+
+/// `reaction.added` / `reaction.removed`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookReaction {
+    /// The guild (`null` in a DM).
+    pub guild_id: Option<Id>,
+    /// The channel.
+    pub channel_id: Id,
+    /// The message.
+    pub message_id: Id,
+    /// The channel seq of the change.
+    pub seq: u64,
+    /// Who reacted.
+    pub user_id: Id,
+    /// The emoji.
+    pub emoji: String,
+}
+
+/// `member.joined` / `member.unbanned`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMember {
+    /// The guild.
+    pub guild_id: Id,
+    /// The member.
+    pub user_id: Id,
+}
+
+/// How a member left.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftHow {
+    /// On their own.
+    Left,
+    /// Removed by someone (a member with the permission, or the server API).
+    Kicked,
+    /// Banned (a `member.banned` event precedes this one).
+    Banned,
+}
+
+/// `member.left`: a member is no longer in the guild.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMemberLeft {
+    /// The guild.
+    pub guild_id: Id,
+    /// The former member.
+    pub user_id: Id,
+    /// How.
+    pub how: LeftHow,
+    /// Who removed them (`null` when they left).
+    pub by: Option<Id>,
+}
+
+/// `member.banned`: a user was banned from a guild.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMemberBanned {
+    /// The guild.
+    pub guild_id: Id,
+    /// The banned user.
+    pub user_id: Id,
+    /// Who banned them.
+    pub by: Id,
+    /// The reason given.
+    pub reason: String,
+}
+
+/// `endpoint.disabled`: an endpoint answered `410 Gone` (or was disabled through the API);
+/// nothing more is delivered to it until it is enabled again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpointDisabled {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `webhook.test`: a ping asked for through the API (`POST /api/v1/webhooks/{id}/test`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookTest {
+    /// The endpoint.
+    pub endpoint_id: String,
+}
+
+/// What every delivery's body is (Standard Webhooks' `{type, timestamp, data}`, with the
+/// id and the ordering key beside them).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEnvelope {
+    /// `evt_<n>`: the same as the `webhook-id` header, the same on every retry — dedupe on it.
+    pub id: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened, RFC 3339 (UTC, milliseconds).
+    pub timestamp: String,
+    /// The ordering key: `channel:<id>`, `guild:<id>`, `user:<id>` or `endpoint:<id>`.
+    /// Events of one key are delivered one at a time, in `key_seq` order.
+    pub key: String,
+    /// The key's sequence (for a channel, its seq: the order clients see).
+    pub key_seq: u64,
+    /// The event's data (see the `Webhook*` schemas).
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    // Invariant: these types hold only strings, numbers, booleans and options of them.
+    serde_json::to_string(v).expect("webhook data serializes")
+}
+
+/// The webhook type of a stored channel event, if it has one.
+pub fn channel_event_type(body: &EventBody) -> Option<&'static str> {
+    Some(match body {
+        EventBody::MessageCreated { .. } => "message.created",
+        EventBody::MessageEdited { .. } => "message.updated",
+        EventBody::MessageDeleted { .. } => "message.deleted",
+        EventBody::ReactionAdded { .. } => "reaction.added",
+        EventBody::ReactionRemoved { .. } => "reaction.removed",
+        _ => return None,
+    })
+}
+
+/// The webhook event of a stored channel event (its type from [`channel_event_type`]).
+pub fn channel_event(kind: &'static str, guild: Option<u64>, channel: u64, seq: u64, body: &EventBody) -> HookEvent {
+    let guild_id = guild.map(Id);
+    let channel_id = Id(channel);
+    let data = match body {
+        EventBody::MessageCreated { message, .. } => json(&WebhookMessageCreated {
+            guild_id,
+            channel_id,
+            message: message.clone().into(),
+        }),
+        EventBody::MessageEdited {
+            message_id,
+            content,
+            edited_at_ms,
+            ..
+        } => json(&WebhookMessageUpdated {
+            guild_id,
+            channel_id,
+            message_id: Id(*message_id),
+            seq,
+            content: content.clone(),
+            edited_at_ms: *edited_at_ms,
+        }),
+        EventBody::MessageDeleted { message_id, .. } => json(&WebhookMessageDeleted {
+            guild_id,
+            channel_id,
+            message_id: Id(*message_id),
+            seq,
+        }),
+        EventBody::ReactionAdded {
+            message_id,
+            user_id,
+            emoji,
+            ..
+        }
+        | EventBody::ReactionRemoved {
+            message_id,
+            user_id,
+            emoji,
+            ..
+        } => json(&WebhookReaction {
+            guild_id,
+            channel_id,
+            message_id: Id(*message_id),
+            seq,
+            user_id: Id(*user_id),
+            emoji: emoji.clone(),
+        }),
+        // Invariant: callers pass only events `channel_event_type` names.
+        _ => "{}".to_string(),
+    };
+    HookEvent {
+        kind,
+        okey: format!("channel:{channel}"),
+        kseq: Some(seq),
+        data,
+    }
+}
+
+/// An event ordered by its guild.
+pub fn guild_event<T: Serialize>(kind: &'static str, guild: u64, data: &T) -> HookEvent {
+    HookEvent {
+        kind,
+        okey: format!("guild:{guild}"),
+        kseq: None,
+        data: json(data),
+    }
+}
+
+/// An event ordered by its endpoint.
+pub fn endpoint_event<T: Serialize>(kind: &'static str, endpoint: &str, data: &T) -> HookEvent {
+    HookEvent {
+        kind,
+        okey: format!("endpoint:{endpoint}"),
+        kseq: None,
+        data: json(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn patterns_match_a_type_a_family_or_everything() {
+        assert!(matches(&p(&["*"]), "message.created"));
+        assert!(matches(&p(&["message.*"]), "message.deleted"));
+        assert!(!matches(&p(&["message.*"]), "member.joined"));
+        assert!(!matches(&p(&["mess.*"]), "message.created"));
+        assert!(matches(&p(&["member.left", "reaction.added"]), "reaction.added"));
+        assert!(!matches(&p(&[]), "message.created"));
+        assert!(!matches(&p(&["*"]), "webhook.test"));
+    }
+
+    #[test]
+    fn only_patterns_that_can_match_are_valid() {
+        for ok in ["*", "message.*", "member.joined", "endpoint.disabled"] {
+            assert!(valid_pattern(ok), "{ok}");
+        }
+        for bad in ["", "message", "messages.*", "message.create", "*.created", "mess.*"] {
+            assert!(!valid_pattern(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The delivery task: one per node. It keeps the store's copy of the endpoints' filters
+//! current, holds leases on endpoint partitions, and sends each due delivery — the first
+//! pending event of its key — to its endpoint, recording the outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::client::Client;
+use super::{WebhooksConfig, catalogue, envelope, event_id, sign};
+use crate::ids::now_ms;
+use crate::store::{Due, Endpoint, EndpointFilter, PARTITIONS, Store, delivery_state};
+
+/// How often endpoints are reread from the database (changes made on another node).
+const RELOAD_MS: u64 = 2_000;
+/// How often due deliveries are looked for without a wake-up (another node's writes,
+/// retries coming due).
+const POLL: Duration = Duration::from_millis(200);
+
+/// Delivery counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Attempts answered with 2xx.
+    pub delivered: AtomicU64,
+    /// Attempts that failed (non-2xx, timeout, connection).
+    pub failed: AtomicU64,
+    /// Deliveries given up after the retry period.
+    pub given_up: AtomicU64,
+    /// Endpoints disabled by a `410`.
+    pub disabled: AtomicU64,
+    /// Sum of change → delivery milliseconds of delivered first attempts (with `delivered_first`).
+    pub latency_ms_sum: AtomicU64,
+    /// Deliveries that succeeded on their first attempt.
+    pub delivered_first: AtomicU64,
+    /// Partitions this node holds now.
+    pub leases: AtomicU64,
+}
+
+impl Metrics {
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        for (name, help, kind, v) in [
+            (
+                "quaver_webhook_delivered_total",
+                "Webhook attempts answered with 2xx.",
+                "counter",
+                &self.delivered,
+            ),
+            (
+                "quaver_webhook_failed_total",
+                "Webhook attempts that failed (will be retried).",
+                "counter",
+                &self.failed,
+            ),
+            (
+                "quaver_webhook_given_up_total",
+                "Webhook deliveries given up after the retry period.",
+                "counter",
+                &self.given_up,
+            ),
+            (
+                "quaver_webhook_endpoints_disabled_total",
+                "Webhook endpoints disabled by a 410 Gone.",
+                "counter",
+                &self.disabled,
+            ),
+            (
+                "quaver_webhook_first_attempt_latency_ms_sum",
+                "Change-to-delivery ms of deliveries that succeeded at once.",
+                "counter",
+                &self.latency_ms_sum,
+            ),
+            (
+                "quaver_webhook_first_attempt_delivered_total",
+                "Deliveries that succeeded at once.",
+                "counter",
+                &self.delivered_first,
+            ),
+            (
+                "quaver_webhook_leases",
+                "Endpoint partitions this node delivers.",
+                "gauge",
+                &self.leases,
+            ),
+        ] {
+            o.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+        o
+    }
+}
+
+/// The delivery task's state.
+pub struct Deliverer {
+    store: Store,
+    node: String,
+    cfg: WebhooksConfig,
+    client: Client,
+    /// Keys with an attempt in flight, per endpoint.
+    inflight: Mutex<HashMap<String, HashSet<String>>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Set when endpoints changed through this node's API: reread them at once.
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deliverer {
+    /// Writes the config file's endpoints to the database (creating, updating, and
+    /// removing those the file no longer lists), loads the filters into the store, and
+    /// makes the task.
+    pub async fn start(store: Store, node: &str, cfg: &WebhooksConfig) -> anyhow::Result<Arc<Deliverer>> {
+        let client = Client::new(cfg.ca_file.as_deref())?;
+        store.hooks().set_log(cfg.log);
+        let now = now_ms();
+        let existing = store
+            .hook_endpoints()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading webhook endpoints: {e}"))?;
+        for c in &cfg.endpoints {
+            super::check_endpoint(&c.id, &c.url, Some(&c.secret), &c.events)
+                .map_err(|e| anyhow::anyhow!("webhooks endpoint {:?}: {e}", c.id))?;
+            let old = existing.iter().find(|e| e.id == c.id);
+            if old.is_some_and(|o| o.source != "config") {
+                anyhow::bail!(
+                    "webhooks endpoint {:?} exists already (made through the API): pick another id",
+                    c.id
+                );
+            }
+            let e = Endpoint {
+                id: c.id.clone(),
+                url: c.url.clone(),
+                secrets: vec![crate::store::EndpointSecret {
+                    secret: c.secret.clone(),
+                    expires_at: None,
+                }],
+                events: c.events.clone(),
+                source: "config".into(),
+                description: c.description.clone(),
+                // A 410 disabled it: it stays disabled until enabled through the API.
+                disabled: old.and_then(|o| o.disabled.clone()),
+                created_at_ms: old.map_or(now, |o| o.created_at_ms),
+                updated_at_ms: now,
+            };
+            if old != Some(&e) {
+                store
+                    .hook_put_endpoint(&e)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("writing a webhook endpoint: {e}"))?;
+            }
+        }
+        for gone in existing
+            .iter()
+            .filter(|e| e.source == "config" && !cfg.endpoints.iter().any(|c| c.id == e.id))
+        {
+            tracing::info!(endpoint = %gone.id, "webhook endpoint removed from the config file: deleting it");
+            store
+                .hook_delete_endpoint(&gone.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("deleting a webhook endpoint: {e}"))?;
+        }
+        let d = Arc::new(Deliverer {
+            store,
+            node: node.to_string(),
+            cfg: cfg.clone(),
+            client,
+            inflight: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            changed: Default::default(),
+        });
+        d.reload()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading webhook endpoints: {e}"))?;
+        Ok(d)
+    }
+
+    /// Endpoints changed (through this node's API): reread them now.
+    pub fn endpoints_changed(&self) {
+        self.changed.store(true, Relaxed);
+        self.store.hooks().written.notify_one();
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WebhooksConfig {
+        &self.cfg
+    }
+
+    async fn reload(&self) -> Result<Vec<Endpoint>, crate::store::StoreError> {
+        let all = self.store.hook_endpoints().await?;
+        let enabled: Vec<Endpoint> = all.into_iter().filter(|e| e.disabled.is_none()).collect();
+        self.store.hooks().set_endpoints(
+            enabled
+                .iter()
+                .map(|e| EndpointFilter {
+                    id: e.id.clone(),
+                    events: e.events.clone(),
+                })
+                .collect(),
+        );
+        Ok(enabled)
+    }
+
+    /// Runs until `stop` fires, then gives back its leases.
+    pub async fn run(self: Arc<Self>, mut stop: crate::shutdown::Signal) {
+        let written = self.store.hooks().written.clone();
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let mut last_reload = 0u64;
+        // (endpoint, partition) → when our lease runs out.
+        let mut leases: HashMap<(String, u32), u64> = HashMap::new();
+        let mut last_claim = 0u64;
+        let lease_ms = (self.cfg.lease.as_millis() as u64).max(300);
+        loop {
+            let now = now_ms();
+            if self.changed.swap(false, Relaxed) || now.saturating_sub(last_reload) >= RELOAD_MS {
+                match self.reload().await {
+                    Ok(e) => {
+                        // A new endpoint's partitions are claimed at once.
+                        if e.iter().any(|n| !endpoints.iter().any(|o| o.id == n.id)) {
+                            last_claim = 0;
+                        }
+                        endpoints = e;
+                        last_reload = now;
+                        leases.retain(|(id, _), _| endpoints.iter().any(|e| &e.id == id));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading webhook endpoints failed"),
+                }
+            }
+            // Leases: renew ours at a third of their life; try for the others as often.
+            if now.saturating_sub(last_claim) >= lease_ms / 3 {
+                last_claim = now;
+                for e in &endpoints {
+                    for part in 0..PARTITIONS {
+                        match self
+                            .store
+                            .hook_lease(&e.id, part, &self.node, now, now + lease_ms)
+                            .await
+                        {
+                            Ok(true) => {
+                                leases.insert((e.id.clone(), part), now + lease_ms);
+                            }
+                            Ok(false) => {
+                                leases.remove(&(e.id.clone(), part));
+                            }
+                            Err(err) => tracing::warn!(error = %err, endpoint = %e.id, "webhook lease failed"),
+                        }
+                    }
+                }
+                self.metrics.leases.store(leases.len() as u64, Relaxed);
+            }
+            for e in &endpoints {
+                let parts: Vec<u32> = (0..PARTITIONS)
+                    .filter(|p| leases.get(&(e.id.clone(), *p)).is_some_and(|t| *t > now))
+                    .collect();
+                self.dispatch(e, &parts, now).await;
+            }
+            tokio::select! {
+                _ = written.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.wait() => break,
+            }
+        }
+        if let Err(e) = self.store.hook_release(&self.node).await {
+            tracing::warn!(error = %e, "giving back webhook leases failed (they run out by themselves)");
+        }
+    }
+
+    /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
+    /// concurrency and never two of one key.
+    async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
+        let busy = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&e.id)
+            .map_or(0, HashSet::len);
+        let room = self.cfg.concurrency.max(1).saturating_sub(busy);
+        if room == 0 || parts.is_empty() {
+            return;
+        }
+        let due = match self.store.hook_due(&e.id, parts, now, (room + busy) as u32).await {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(error = %err, endpoint = %e.id, "reading due webhook deliveries failed");
+                return;
+            }
+        };
+        let mut started = 0;
+        for d in due {
+            if started == room {
+                break;
+            }
+            {
+                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                if !inflight.entry(e.id.clone()).or_default().insert(d.event.okey.clone()) {
+                    continue;
+                }
+            }
+            started += 1;
+            let me = self.clone();
+            let e = e.clone();
+            tokio::spawn(async move {
+                let okey = d.event.okey.clone();
+                me.attempt(&e, d).await;
+                if let Some(s) = me.inflight.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&e.id) {
+                    s.remove(&okey);
+                }
+                // The key's next event may be due now.
+                me.store.hooks().written.notify_one();
+            });
+        }
+    }
+
+    async fn attempt(&self, e: &Endpoint, d: Due) {
+        let Ok(url) = url::Url::parse(&e.url) else {
+            // Checked when the endpoint was made; a row edited by hand is not retried forever.
+            return self
+                .failed(e, &d, None, "the endpoint's URL does not parse", None)
+                .await;
+        };
+        let body = serde_json::to_vec(&envelope(&d.event)).unwrap_or_default();
+        let now = now_ms();
+        let ts = (now / 1000) as i64;
+        let id = event_id(d.event.id);
+        let signature = sign(&e.secrets, &id, ts, &body, now);
+        let headers = [
+            ("webhook-id", id),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signature),
+        ];
+        match self
+            .client
+            .post(&url, &headers, Bytes::from(body), self.cfg.timeout)
+            .await
+        {
+            Ok(a) if (200..300).contains(&a.status) => {
+                let now = now_ms();
+                self.metrics.delivered.fetch_add(1, Relaxed);
+                if d.attempts == 0 {
+                    self.metrics.delivered_first.fetch_add(1, Relaxed);
+                    self.metrics
+                        .latency_ms_sum
+                        .fetch_add(now.saturating_sub(d.event.created_at_ms), Relaxed);
+                }
+                let r = self
+                    .store
+                    .hook_attempted(
+                        &e.id,
+                        d.event.id,
+                        delivery_state::DELIVERED,
+                        d.attempts + 1,
+                        now,
+                        Some(a.status),
+                        None,
+                        now,
+                    )
+                    .await;
+                if let Err(err) = r {
+                    // It will be sent again (at least once): the receiver dedupes on webhook-id.
+                    tracing::warn!(error = %err, endpoint = %e.id, "recording a webhook delivery failed");
+                }
+            }
+            Ok(a) if a.status == 410 => {
+                self.metrics.disabled.fetch_add(1, Relaxed);
+                self.metrics.failed.fetch_add(1, Relaxed);
+                tracing::warn!(endpoint = %e.id, url = %e.url, "webhook endpoint answered 410 Gone: disabling it");
+                let reason = "the endpoint answered 410 Gone";
+                let now = now_ms();
+                let _ = self
+                    .store
+                    .hook_attempted(
+                        &e.id,
+                        d.event.id,
+                        delivery_state::PENDING,
+                        d.attempts + 1,
+                        now,
+                        Some(410),
+                        Some(reason),
+                        now,
+                    )
+                    .await
+                    .map_err(|err| tracing::warn!(error = %err, "recording a webhook attempt failed"));
+                match self.store.hook_set_disabled(&e.id, Some(reason), now).await {
+                    Ok(_) => {
+                        let data = catalogue::WebhookEndpointDisabled {
+                            endpoint_id: e.id.clone(),
+                            reason: reason.into(),
+                        };
+                        let ev = catalogue::endpoint_event("endpoint.disabled", &e.id, &data);
+                        if let Err(err) = self.store.hook_record_now(ev, None, now).await {
+                            tracing::warn!(error = %err, "recording endpoint.disabled failed");
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, endpoint = %e.id, "disabling a webhook endpoint failed"),
+                }
+                self.endpoints_changed();
+            }
+            Ok(a) => {
+                let msg = format!("answered {}", a.status);
+                self.failed(e, &d, Some(a.status), &msg, a.retry_after).await
+            }
+            Err(msg) => self.failed(e, &d, None, &msg, None).await,
+        }
+    }
+
+    async fn failed(&self, e: &Endpoint, d: &Due, status: Option<u16>, msg: &str, retry_after: Option<Duration>) {
+        self.metrics.failed.fetch_add(1, Relaxed);
+        let now = now_ms();
+        let attempts = d.attempts + 1;
+        let give_up = now.saturating_sub(d.event.created_at_ms) >= self.cfg.retry_for.as_millis() as u64;
+        let (state, next) = if give_up {
+            self.metrics.given_up.fetch_add(1, Relaxed);
+            tracing::warn!(endpoint = %e.id, event = d.event.id, attempts, error = msg, "webhook delivery given up after the retry period");
+            (delivery_state::GIVEN_UP, now)
+        } else {
+            tracing::debug!(endpoint = %e.id, event = d.event.id, attempts, error = msg, "webhook attempt failed");
+            (
+                delivery_state::PENDING,
+                now + self.backoff(attempts, retry_after).as_millis() as u64,
+            )
+        };
+        let r = self
+            .store
+            .hook_attempted(&e.id, d.event.id, state, attempts, next, status, Some(msg), now)
+            .await;
+        if let Err(err) = r {
+            tracing::warn!(error = %err, endpoint = %e.id, "recording a webhook attempt failed");
+        }
+    }
+
+    /// The delay before attempt `attempts + 1`: `retry_min · 2^(attempts−1)` up to
+    /// `retry_max`, drawn in its upper half (jitter), and never before `Retry-After` (up to
+    /// a day).
+    fn backoff(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .cfg
+            .retry_min
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+            .min(self.cfg.retry_max);
+        let jitter = exp.mul_f64(0.5 + 0.5 * rand_unit());
+        jitter.max(retry_after.unwrap_or_default().min(Duration::from_secs(86_400)))
+    }
+}
+
+/// A number in [0, 1) (jitter only: not security).
+fn rand_unit() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
