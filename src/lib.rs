@@ -306,7 +306,9 @@ impl Server {
             // race the normal path (heartbeat timeout, then the grace).
             cfg.session.ping_timeout * 2 + cfg.session.presence_grace,
             registry,
+            Some(chat.store().clone()),
         );
+        chat.set_presence(presence.clone());
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());

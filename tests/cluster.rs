@@ -1708,3 +1708,94 @@ async fn a_killed_nodes_webhook_backlog_is_delivered_by_another_node() {
     drop(b);
     s.drop_db().await;
 }
+
+/// Presence webhooks on a cluster: a user only on a node that is SIGKILLed gets
+/// `user.offline` (reason `node_lost`) within the liveness bound, after their
+/// `user.online`; a user also connected to the surviving node gets nothing.
+#[tokio::test]
+async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
+    use common::api::{call, with_keys};
+    use common::hooks::{Received, Receiver};
+    use serde_json::json;
+    let Some(s) = services("hookpresence").await else {
+        return;
+    };
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut cb = node_config(&s);
+    let (key, _) = with_keys(&mut cb);
+    let b = start(cb).await;
+    let made = call(
+        b.api_addr,
+        Some(&key),
+        "POST",
+        "/api/v1/webhooks",
+        Some(json!({"id": "app", "url": r.url(), "events": ["user.*"]})),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let (mut child, mut pcfg, _, _) = node_process_with(&s, None).await;
+    pcfg.token = Some(token(3));
+    let p3 = connect(&pcfg).await.unwrap();
+    pcfg.token = Some(token(4));
+    let p4 = connect(&pcfg).await.unwrap();
+    let b4 = connect(&client_config(&b, Transport::Quic, Some(token(4))))
+        .await
+        .unwrap();
+    let of = |u: &str| {
+        r.got()
+            .iter()
+            .map(Received::json)
+            .filter(|e| e["data"]["user_id"] == u)
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["key_seq"].as_u64().unwrap(),
+                    e["data"]["reason"].as_str().map(str::to_string),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let both_online = async {
+        while of("3").is_empty() || of("4").is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), both_online)
+        .await
+        .expect("user.online for 3 and 4");
+    child.start_kill().expect("kill the node process");
+    let killed = std::time::Instant::now();
+    let _ = child.wait().await;
+    drop((p3, p4));
+    let offline = async {
+        while of("3").len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), offline)
+        .await
+        .expect("user.offline for the dead node's user");
+    let took = killed.elapsed();
+    // The liveness key lapses after 5 s; a survivor looks every second.
+    assert!(took < Duration::from_secs(9), "within the liveness bound: {took:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let three = of("3");
+    assert_eq!(
+        three
+            .iter()
+            .map(|(t, _, w)| (t.as_str(), w.as_deref()))
+            .collect::<Vec<_>>(),
+        [("user.online", None), ("user.offline", Some("node_lost"))]
+    );
+    assert!(three[1].1 > three[0].1, "the offline's version is above the online's");
+    let four = of("4");
+    assert_eq!(
+        four.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(),
+        ["user.online"],
+        "user 4 is still connected to node b"
+    );
+    drop(b4);
+    b.shutdown().await;
+    s.drop_db().await;
+}

@@ -455,7 +455,7 @@ async fn relationships_mutes_and_notifications() {
             created_at_ms: id,
             read: false,
         };
-        s.create_notifications(&(1..=5).map(|k| (BOB, n(k))).collect::<Vec<_>>())
+        s.create_notifications(&(1..=5).map(|k| (BOB, n(k))).collect::<Vec<_>>(), &Default::default())
             .await
             .unwrap();
         let page = s.notifications(BOB, 0, 3).await.unwrap();

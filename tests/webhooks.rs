@@ -589,3 +589,119 @@ async fn webhook_calls_need_their_scopes() {
     let a = call(s.api_addr, Some(&admin), "GET", "/api/v1/events", None, &[]).await;
     assert_eq!(a.status, 200);
 }
+
+/// `user.online` / `user.offline` over devices and the reconnect grace, and
+/// `notification.undelivered` for a mention of a user with no session (not for one who has).
+#[tokio::test]
+async fn presence_crossings_and_notifications_for_offline_users() {
+    use quaver_client::{Transport, connect};
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    quick(&mut c);
+    c.session.presence_grace = Duration::from_millis(400);
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["user.*", "notification.*"])];
+    let (s, b) = server(c).await;
+    let events = |r: &Receiver| r.got().iter().map(Received::json).collect::<Vec<_>>();
+    let of_user = |v: &[Value], u: &str| {
+        v.iter()
+            .filter(|e| e["data"]["user_id"] == u && e["type"].as_str().unwrap().starts_with("user."))
+            .map(|e| (e["type"].as_str().unwrap().to_string(), e["key_seq"].as_u64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // Two devices: one user.online.
+    let d1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || !of_user(&events(&r), "1").is_empty()).await);
+    let d2 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    // One device leaves, and the other reconnects within the grace: nothing.
+    d1.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    d2.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let d3 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let seen = of_user(&events(&r), "1");
+    assert_eq!(seen.len(), 1, "no flap within the grace: {seen:?}");
+    assert_eq!(seen[0].0, "user.online");
+    let online = events(&r).into_iter().find(|e| e["type"] == "user.online").unwrap();
+    assert_eq!(online["data"]["status"], "online");
+    assert_eq!(online["key"], "user:1");
+    // The last one leaves: user.offline after the grace, with a higher presence version.
+    d3.close();
+    assert!(eventually(Duration::from_secs(5), || of_user(&events(&r), "1").len() == 2).await);
+    let seen = of_user(&events(&r), "1");
+    assert_eq!(seen[1].0, "user.offline");
+    assert!(seen[1].1 > seen[0].1, "versions increase: {seen:?}");
+    let offline = events(&r).into_iter().find(|e| e["type"] == "user.offline").unwrap();
+    assert_eq!(
+        (offline["data"]["status"].as_str(), offline["data"]["reason"].as_str()),
+        (Some("offline"), Some("disconnected"))
+    );
+
+    // Notifications: user 1 online again, user 2 never connected.
+    let _d4 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    b.ok(200, "PUT", "/api/v1/users/2", Some(json!({"name": "Bob"}))).await;
+    let gid = b
+        .ok(
+            201,
+            "POST",
+            "/api/v1/guilds",
+            Some(json!({"owner_id": "1", "name": "Ops"})),
+        )
+        .await
+        .s("id");
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    let details = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await;
+    let channel = details.body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "text")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(eventually(Duration::from_secs(5), || of_user(&events(&r), "1").len() == 3).await);
+    let m = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "1", "content": "<@2> are you there?"})),
+        )
+        .await;
+    b.ok(
+        201,
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(json!({"author_id": "2", "content": "<@1> yes"})),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || events(&r)
+            .iter()
+            .any(|e| e["type"] == "notification.undelivered"))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushes: Vec<Value> = events(&r)
+        .into_iter()
+        .filter(|e| e["type"] == "notification.undelivered")
+        .collect();
+    assert_eq!(pushes.len(), 1, "only the offline user: {pushes:?}");
+    let p = &pushes[0]["data"];
+    assert_eq!(
+        (p["user_id"].as_str(), p["kind"].as_str(), p["actor_id"].as_str()),
+        (Some("2"), Some("mention"), Some("1"))
+    );
+    assert_eq!(p["message_id"], m.s("id").as_str());
+    assert_eq!(p["preview"], "<@2> are you there?");
+    assert_eq!(pushes[0]["key"], "user:2");
+}

@@ -127,6 +127,9 @@ pub struct Chat {
     /// Serializes store-commit → publish per channel, so publish order is seq order.
     channel_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     limiter: Arc<Limiter>,
+    /// Who has a live session (set once the presence task runs): a notification for
+    /// someone without one is also a `notification.undelivered` webhook event.
+    presence: std::sync::OnceLock<crate::presence::task::PresenceHandle>,
 }
 
 impl Chat {
@@ -142,6 +145,14 @@ impl Chat {
             private: RwLock::new(HashMap::new()),
             channel_locks: Mutex::new(HashMap::new()),
             limiter,
+            presence: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The presence task, asked who is live before notifying.
+    pub fn set_presence(&self, p: crate::presence::task::PresenceHandle) {
+        if self.presence.set(p).is_err() {
+            tracing::warn!("the chat service's presence was set twice; the first stays");
         }
     }
 

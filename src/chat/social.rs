@@ -201,7 +201,20 @@ impl Chat {
 
     /// Stores and delivers notifications to `items` (already filtered).
     async fn deliver(&self, items: Vec<(u64, Notification)>) -> Result<(), ErrorBody> {
-        self.store.create_notifications(&items).await.map_err(store_err)?;
+        // Recipients with no live session anywhere: the backend hears of it (to push).
+        let mut undelivered = std::collections::HashSet::new();
+        if let Some(p) = self.presence.get()
+            && !items.is_empty()
+            && self.store.hooks().wants("notification.undelivered")
+        {
+            let users: Vec<u64> = items.iter().map(|(u, _)| *u).collect();
+            let live: std::collections::HashSet<u64> = p.live(users.clone()).await.into_iter().collect();
+            undelivered.extend(users.into_iter().filter(|u| !live.contains(u)));
+        }
+        self.store
+            .create_notifications(&items, &undelivered)
+            .await
+            .map_err(store_err)?;
         for (user, n) in items {
             self.publish_user_lane(
                 user,

@@ -181,6 +181,14 @@ impl PresenceState {
         self.users.keys().copied()
     }
 
+    /// Whether `user` has a session here, or lost their last one less than the reconnect
+    /// grace ago (they will be back, or shown offline).
+    pub fn is_live(&self, user: u64) -> bool {
+        self.users
+            .get(&user)
+            .is_some_and(|u| !u.sessions.is_empty() || u.offline_at.is_some())
+    }
+
     /// Whether `user` shows as anything but offline.
     pub fn is_visible_online(&self, user: u64) -> bool {
         self.visible(user).status != PresenceStatus::Offline

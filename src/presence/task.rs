@@ -13,6 +13,8 @@ use super::PresenceState;
 use super::registry::Part;
 use super::registry::redis::{RENEW_EVERY, RedisRegistry};
 use crate::cluster::{Bus, BusEvent};
+use crate::store::Store;
+use crate::webhooks::catalogue::{OfflineWhy, user_presence};
 
 enum Cmd {
     Connect(u64, SessionId, DeviceKind, Option<super::Chosen>),
@@ -22,6 +24,8 @@ enum Cmd {
     /// The non-offline presences among the users, each with the version its last change was
     /// published with here (`None` while a cluster's registry is away).
     Snapshot(Vec<u64>, oneshot::Sender<Vec<(Presence, Option<u64>)>>),
+    /// Which of the users have a session here (or are in their reconnect grace).
+    Live(Vec<u64>, oneshot::Sender<Vec<u64>>),
     /// The registry is reachable again: write every part again.
     Resync,
 }
@@ -42,19 +46,21 @@ impl std::fmt::Debug for Cmd {
 impl PresenceHandle {
     /// Starts the task; with `registry`, presence is merged across the cluster's nodes, and
     /// the returned task (the node's liveness in the registry, stopped with the server)
-    /// runs too.
+    /// runs too. With `store`, a user crossing between offline and online is recorded as a
+    /// webhook event (`user.online` / `user.offline`) before it is published.
     pub fn spawn(
         bus: Arc<dyn Bus>,
         grace: Duration,
         timeout: Duration,
         registry: Option<Arc<RedisRegistry>>,
+        store: Option<Store>,
     ) -> (Self, Option<tokio::task::JoinHandle<()>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = PresenceState::new(grace, timeout);
-        tokio::spawn(run(state, bus.clone(), rx, registry.clone()));
+        tokio::spawn(run(state, bus.clone(), rx, registry.clone(), store.clone()));
         let live = registry
             .as_ref()
-            .map(|r| tokio::spawn(liveness(r.clone(), bus, tx.clone())));
+            .map(|r| tokio::spawn(liveness(r.clone(), bus, tx.clone(), store)));
         (Self { tx, registry }, live)
     }
 
@@ -91,6 +97,23 @@ impl PresenceHandle {
             .collect()
     }
 
+    /// Which of `users` have a session anywhere (invisible ones too), or lost their last
+    /// one less than the reconnect grace ago — across the cluster while its registry
+    /// answers, else on this node.
+    pub async fn live(&self, users: Vec<u64>) -> Vec<u64> {
+        if let Some(r) = self.registry.as_ref().filter(|r| r.is_up()) {
+            match r.live(&users).await {
+                Ok(v) => return v,
+                Err(e) => tracing::warn!(error = %e, "presence registry unreachable: this node's view only"),
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Live(users, tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// The same, each with its version: the one its latest change was published with (the
     /// fan-out tells a newer change from an older snapshot by it). `None` while a cluster's
     /// registry is away (this node's view, unversioned).
@@ -119,9 +142,21 @@ fn publish(bus: &dyn Bus, p: Presence, version: Option<u64>) {
     });
 }
 
+/// Records `user.online` / `user.offline` when `p` crosses between them (a failure is
+/// logged: the presence change itself still goes out).
+async fn record(store: Option<&Store>, p: &Presence, was_online: bool, why: OfflineWhy) {
+    let Some(store) = store else { return };
+    let Some(ev) = user_presence(p, was_online, why) else {
+        return;
+    };
+    if let Err(e) = store.hook_record_now(ev, None, crate::ids::now_ms()).await {
+        tracing::warn!(error = %e, user = p.user_id, "recording a presence webhook event failed");
+    }
+}
+
 /// Renews the node's liveness; when the registry comes back, asks for a resync; removes
 /// dead nodes' presence and publishes what changed.
-async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedSender<Cmd>) {
+async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedSender<Cmd>, store: Option<Store>) {
     let mut was_up = true;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
@@ -138,6 +173,7 @@ async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedS
             match r.reap().await {
                 Ok(changes) => {
                     for c in changes {
+                        record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::NodeLost).await;
                         publish(bus.as_ref(), c.presence, Some(c.version));
                     }
                 }
@@ -152,9 +188,12 @@ async fn run(
     bus: Arc<dyn Bus>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     registry: Option<Arc<RedisRegistry>>,
+    store: Option<Store>,
 ) {
     // What this node last wrote to the registry, per user.
     let mut written: HashMap<u64, Part> = HashMap::new();
+    // One node: the users last published as not offline (to tell when one crosses).
+    let mut online: std::collections::HashSet<u64> = Default::default();
     // One node (no registry): every change is published with the next number of one
     // node-wide counter — increasing for every user, which is all a version must be — so a
     // snapshot (numbered with the counter's value when it was read) is told from a later
@@ -187,6 +226,10 @@ async fn run(
                 let _ = reply.send(v);
                 Vec::new()
             }
+            Some(Cmd::Live(users, reply)) => {
+                let _ = reply.send(users.into_iter().filter(|u| state.is_live(*u)).collect());
+                Vec::new()
+            }
             Some(Cmd::Resync) => {
                 // Every part again (nodes may have removed ours while we were away).
                 let users: Vec<u64> = written.keys().copied().chain(state.users()).collect();
@@ -199,6 +242,16 @@ async fn run(
         let Some(r) = registry.as_ref().filter(|r| r.is_up()) else {
             // One node, or the registry is unreachable: what this node sees is published.
             for p in out {
+                if registry.is_none() {
+                    // (With the registry away this node cannot tell whether the user is
+                    // online elsewhere: no presence webhook events until it is back.)
+                    let was = if p.status == PresenceStatus::Offline {
+                        online.remove(&p.user_id)
+                    } else {
+                        !online.insert(p.user_id)
+                    };
+                    record(store.as_ref(), &p, was, OfflineWhy::Disconnected).await;
+                }
                 let v = registry.is_none().then(|| {
                     version += 1;
                     version
@@ -220,6 +273,7 @@ async fn run(
                         written.insert(u, part);
                     }
                     if c.changed {
+                        record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::Disconnected).await;
                         publish(bus.as_ref(), c.presence, Some(c.version));
                     }
                 }

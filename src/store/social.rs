@@ -219,8 +219,13 @@ impl Store {
 
     // ----- notifications -------------------------------------------------------------
 
-    /// Stores one notification per recipient; returns them in `recipients` order.
-    pub async fn create_notifications(&self, items: &[(u64, Notification)]) -> Result<()> {
+    /// Stores one notification per recipient, with a `notification.undelivered` webhook
+    /// event (same transaction) for each recipient in `undelivered`.
+    pub async fn create_notifications(
+        &self,
+        items: &[(u64, Notification)],
+        undelivered: &std::collections::HashSet<u64>,
+    ) -> Result<()> {
         self.deadline(async move {
             if items.is_empty() {
                 return Ok(());
@@ -242,6 +247,11 @@ impl Store {
                 .bind(i(n.created_at_ms))
                 .execute(&mut *tx)
                 .await?;
+                if undelivered.contains(user)
+                    && let Some(ev) = crate::webhooks::catalogue::undelivered(*user, n)
+                {
+                    self.hook_record(&mut tx, ev.kind, n.created_at_ms, || ev).await?;
+                }
             }
             tx.commit().await?;
             Ok(())

@@ -20,6 +20,9 @@ pub const TYPES: &[(&str, &str)] = &[
     ("member.left", "guild"),
     ("member.banned", "guild"),
     ("member.unbanned", "guild"),
+    ("user.online", "user"),
+    ("user.offline", "user"),
+    ("notification.undelivered", "user"),
     ("endpoint.disabled", "endpoint"),
     ("webhook.test", "endpoint"),
 ];
@@ -152,6 +155,156 @@ pub struct WebhookMemberBanned {
     pub by: Id,
     /// The reason given.
     pub reason: String,
+}
+
+/// A status as webhooks name it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// Online.
+    Online,
+    /// Idle.
+    Idle,
+    /// Do not disturb.
+    Dnd,
+    /// Offline (or invisible: others see them offline).
+    Offline,
+}
+
+impl From<quaver_proto::PresenceStatus> for UserStatus {
+    fn from(s: quaver_proto::PresenceStatus) -> Self {
+        use quaver_proto::PresenceStatus as P;
+        match s {
+            P::Online => UserStatus::Online,
+            P::Idle => UserStatus::Idle,
+            P::Dnd => UserStatus::Dnd,
+            P::Offline | P::Invisible => UserStatus::Offline,
+        }
+    }
+}
+
+/// Why a user went offline.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineWhy {
+    /// Their last session ended (or went invisible) and the reconnect grace passed.
+    Disconnected,
+    /// The node holding their sessions died (its liveness lapsed).
+    NodeLost,
+}
+
+/// `user.online` / `user.offline`: a user's aggregate status crossed between offline and
+/// anything else, merged over every device and node, after the reconnect grace (a reconnect
+/// within it sends nothing). Ordered by `user:<id>`: the envelope's `key_seq` is the
+/// user's presence version — apply an event only if its `key_seq` is above the last you
+/// applied for that user.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookUserPresence {
+    /// The user.
+    pub user_id: Id,
+    /// What others see now (`offline` for `user.offline`).
+    pub status: UserStatus,
+    /// Per platform.
+    pub desktop: UserStatus,
+    /// Per platform.
+    pub mobile: UserStatus,
+    /// Per platform.
+    pub web: UserStatus,
+    /// Why they went offline (`null` for `user.online`).
+    pub reason: Option<OfflineWhy>,
+}
+
+/// The presence event of a change to what others see of a user, when it crosses between
+/// offline and online.
+pub fn user_presence(p: &quaver_proto::Presence, was_online: bool, why: OfflineWhy) -> Option<HookEvent> {
+    let online = p.status != quaver_proto::PresenceStatus::Offline;
+    if online == was_online {
+        return None;
+    }
+    let kind = if online { "user.online" } else { "user.offline" };
+    Some(HookEvent {
+        kind,
+        okey: format!("user:{}", p.user_id),
+        kseq: None,
+        data: json(&WebhookUserPresence {
+            user_id: Id(p.user_id),
+            status: p.status.into(),
+            desktop: p.client_status.desktop.into(),
+            mobile: p.client_status.mobile.into(),
+            web: p.client_status.web.into(),
+            reason: (!online).then_some(why),
+        }),
+    })
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationWhy {
+    /// They were mentioned (`<@id>`, a role they hold, `@everyone`).
+    Mention,
+    /// Someone replied to their message.
+    Reply,
+    /// A direct message (or group DM) to them.
+    DirectMessage,
+    /// A friend request to them.
+    FriendRequest,
+    /// Their friend request was accepted.
+    FriendAccepted,
+}
+
+/// `notification.undelivered`: a notification for a user with no live session anywhere
+/// (none on any node, and not within the reconnect grace of their last): send them a push.
+/// Reactions are not pushed. Ordered by `user:<id>`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookNotification {
+    /// Who it is for.
+    pub user_id: Id,
+    /// The notification's id (as `GET` of their notifications and `NotificationCreated` name it).
+    pub notification_id: Id,
+    /// Why.
+    pub kind: NotificationWhy,
+    /// Who caused it.
+    pub actor_id: Id,
+    /// The guild, if any.
+    pub guild_id: Option<Id>,
+    /// The channel, if any.
+    pub channel_id: Option<Id>,
+    /// The message, if any.
+    pub message_id: Option<Id>,
+    /// The start of the message (up to 100 characters).
+    pub preview: String,
+    /// Unix ms.
+    pub created_at_ms: u64,
+}
+
+/// The `notification.undelivered` event of `n` for `user`, if its kind is pushed.
+pub fn undelivered(user: u64, n: &quaver_proto::Notification) -> Option<HookEvent> {
+    use quaver_proto::NotificationKind as K;
+    let kind = match n.kind {
+        K::Mention => NotificationWhy::Mention,
+        K::Reply => NotificationWhy::Reply,
+        K::DirectMessage => NotificationWhy::DirectMessage,
+        K::FriendRequest => NotificationWhy::FriendRequest,
+        K::FriendAccepted => NotificationWhy::FriendAccepted,
+        K::Reaction => return None,
+    };
+    Some(HookEvent {
+        kind: "notification.undelivered",
+        okey: format!("user:{user}"),
+        kseq: None,
+        data: json(&WebhookNotification {
+            user_id: Id(user),
+            notification_id: Id(n.id),
+            kind,
+            actor_id: Id(n.actor_id),
+            guild_id: n.guild_id.map(Id),
+            channel_id: n.channel_id.map(Id),
+            message_id: n.message_id.map(Id),
+            preview: n.preview.clone(),
+            created_at_ms: n.created_at_ms,
+        }),
+    })
 }
 
 /// `endpoint.disabled`: an endpoint answered `410 Gone` (or was disabled through the API);

@@ -96,14 +96,30 @@ impl Metrics {
     }
 }
 
+/// An endpoint's attempts: the keys in flight, and when each recent attempt finished.
+///
+/// A due-list query that started before an attempt's outcome was written may still list
+/// its event as pending: `finished` remembers the query generation each attempt ended in,
+/// and a listing from that generation or earlier is not trusted for it (otherwise a
+/// delivered event would go out twice — harmless to a deduplicating receiver, but a
+/// waste, and out of key order).
+#[derive(Debug, Default)]
+struct Running {
+    keys: HashSet<String>,
+    /// Generation of the latest due-list query.
+    generation: u64,
+    /// Event → the generation in which its attempt ended.
+    finished: HashMap<u64, u64>,
+}
+
 /// The delivery task's state.
 pub struct Deliverer {
     store: Store,
     node: String,
     cfg: WebhooksConfig,
     client: Client,
-    /// Keys with an attempt in flight, per endpoint.
-    inflight: Mutex<HashMap<String, HashSet<String>>>,
+    /// Attempts in flight and just finished, per endpoint.
+    inflight: Mutex<HashMap<String, Running>>,
     /// Counters.
     pub metrics: Metrics,
     /// Set when endpoints changed through this node's API: reread them at once.
@@ -280,12 +296,15 @@ impl Deliverer {
     /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
     /// concurrency and never two of one key.
     async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
-        let busy = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&e.id)
-            .map_or(0, HashSet::len);
+        let (busy, generation) = {
+            let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let run = all.entry(e.id.clone()).or_default();
+            run.generation += 1;
+            let g = run.generation;
+            // Outcomes older than the previous listing are visible to this one.
+            run.finished.retain(|_, at| *at + 1 >= g);
+            (run.keys.len(), g)
+        };
         let room = self.cfg.concurrency.max(1).saturating_sub(busy);
         if room == 0 || parts.is_empty() {
             return;
@@ -303,8 +322,13 @@ impl Deliverer {
                 break;
             }
             {
-                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if !inflight.entry(e.id.clone()).or_default().insert(d.event.okey.clone()) {
+                let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                let run = all.entry(e.id.clone()).or_default();
+                // Its attempt ended after this listing was asked for: the listing is stale.
+                if run.finished.get(&d.event.id).is_some_and(|at| *at >= generation) {
+                    continue;
+                }
+                if !run.keys.insert(d.event.okey.clone()) {
                     continue;
                 }
             }
@@ -312,10 +336,12 @@ impl Deliverer {
             let me = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
-                let okey = d.event.okey.clone();
+                let (okey, id) = (d.event.okey.clone(), d.event.id);
                 me.attempt(&e, d).await;
-                if let Some(s) = me.inflight.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&e.id) {
-                    s.remove(&okey);
+                if let Some(run) = me.inflight.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&e.id) {
+                    run.keys.remove(&okey);
+                    let g = run.generation;
+                    run.finished.insert(id, g);
                 }
                 // The key's next event may be due now.
                 me.store.hooks().written.notify_one();

@@ -70,6 +70,8 @@ pub struct Change {
     pub presence: Presence,
     /// Whether that differs from before the write (otherwise nothing to publish).
     pub changed: bool,
+    /// Whether others saw the user as not offline before the write.
+    pub was_online: bool,
 }
 
 /// The registry of one node.
@@ -168,6 +170,7 @@ impl RedisRegistry {
         Ok(Change {
             version,
             changed: was != now,
+            was_online: was.status != quaver_proto::PresenceStatus::Offline,
             presence: now,
         })
     }
@@ -209,6 +212,24 @@ impl RedisRegistry {
                 .filter(|(p, _)| p.status != quaver_proto::PresenceStatus::Offline)
                 .collect()
         }))
+    }
+
+    /// Which of `users` have a session on some node (invisible ones too), or lost their
+    /// last one less than the reconnect grace ago: a node keeps its part until then.
+    pub async fn live(&self, users: &[u64]) -> redis::RedisResult<Vec<u64>> {
+        let reads = users.iter().map(|u| async move {
+            let v: Value = self.cmds.query(redis::cmd("HGETALL").arg(self.user_key(*u))).await?;
+            let live = parts_of(&v).iter().any(|p| {
+                let c = &p.client_status;
+                [c.desktop, c.mobile, c.web]
+                    .iter()
+                    .any(|s| *s != quaver_proto::PresenceStatus::Offline)
+            });
+            Ok::<_, redis::RedisError>(live.then_some(*u))
+        });
+        let all = futures_util::future::join_all(reads).await;
+        let r: redis::RedisResult<Vec<Option<u64>>> = all.into_iter().collect();
+        self.result(r.map(|v| v.into_iter().flatten().collect()))
     }
 
     /// Renews this node's liveness key; whether Redis answered.
