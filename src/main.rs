@@ -35,6 +35,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Make a webhook signing secret (`whsec_` + base64 of 32 random bytes) for an endpoint
+    /// in the config file.
+    WebhookSecret,
     /// Mint a token signed with the configured HS256 secret (development and tests).
     Token {
         /// User id (a positive integer).
@@ -120,6 +123,10 @@ fn main() -> anyhow::Result<()> {
                 key.scopes,
                 serde_json::to_string(&[&key]).unwrap_or_default()
             );
+            Ok(())
+        }
+        Command::WebhookSecret => {
+            println!("{}", quaver::webhooks::new_secret());
             Ok(())
         }
         Command::Chat(args) => tokio::runtime::Builder::new_multi_thread()

@@ -705,3 +705,39 @@ async fn presence_crossings_and_notifications_for_offline_users() {
     assert_eq!(p["preview"], "<@2> are you there?");
     assert_eq!(pushes[0]["key"], "user:2");
 }
+
+#[tokio::test]
+async fn the_cli_makes_signing_secrets_a_config_file_accepts() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .arg("webhook-secret")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    quaver::webhooks::check_secret(&secret).expect("a usable secret");
+    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .arg("webhook-secret")
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(
+        String::from_utf8(again.stdout).unwrap().trim(),
+        secret,
+        "random each time"
+    );
+    // A server starts with it in its config, and refuses a bad one with the reason.
+    let mut c = config();
+    c.webhooks.endpoints = vec![EndpointConfig {
+        id: "app".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: secret.clone(),
+        events: vec!["*".into()],
+        description: String::new(),
+    }];
+    let s = start(c.clone()).await;
+    s.shutdown().await;
+    c.webhooks.endpoints[0].secret = "whsec_short".into();
+    let e = quaver::Server::start(c).await.expect_err("a bad secret is refused");
+    assert!(e.to_string().contains("secret"), "{e}");
+}
