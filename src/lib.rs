@@ -93,6 +93,8 @@ pub struct Ctx {
     pub fanout: Arc<fanout::Fanout>,
     /// Webhook delivery.
     pub webhooks: Arc<webhooks::deliver::Deliverer>,
+    /// The application's synchronous hooks.
+    pub hooks: Arc<webhooks::hooks::Hooks>,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -283,6 +285,10 @@ impl Server {
         }
         let bus: Arc<dyn cluster::Bus> = fanout.clone();
         let webhooks = webhooks::deliver::Deliverer::start(store.clone(), &cfg.node_name, &cfg.webhooks).await?;
+        let hooks = Arc::new(webhooks::hooks::Hooks::new(
+            &cfg.webhooks.hooks,
+            cfg.webhooks.ca_file.as_deref(),
+        )?);
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), node_number, limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
@@ -309,6 +315,7 @@ impl Server {
             Some(chat.store().clone()),
         );
         chat.set_presence(presence.clone());
+        chat.set_hooks(hooks.clone());
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));
         let sessions = Arc::new(gateway::Sessions::default());
@@ -367,6 +374,7 @@ impl Server {
             limiter,
             fanout: fanout.clone(),
             webhooks: webhooks.clone(),
+            hooks,
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),

@@ -741,3 +741,277 @@ async fn the_cli_makes_signing_secrets_a_config_file_accepts() {
     let e = quaver::Server::start(c).await.expect_err("a bad secret is refused");
     assert!(e.to_string().contains("secret"), "{e}");
 }
+
+/// A hook backend for tests: answers by what it is asked (see `decide`), or 500 to
+/// everything while `down`; records each request's body and whether its signature
+/// verifies with `SECRET`.
+struct HookBackend {
+    addr: SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(Value, bool)>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HookBackend {
+    async fn start() -> HookBackend {
+        use std::sync::atomic::Ordering;
+        let got: std::sync::Arc<std::sync::Mutex<Vec<(Value, bool)>>> = Default::default();
+        let down: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let (g, d) = (got.clone(), down.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (g, d) = (g.clone(), d.clone());
+                async move {
+                    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let r = Received {
+                        id: h("webhook-id"),
+                        timestamp: h("webhook-timestamp"),
+                        signature: h("webhook-signature"),
+                        body: body.clone(),
+                        answered: 200,
+                    };
+                    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    g.lock().unwrap().push((v.clone(), signed_by(&r, SECRET)));
+                    if d.load(Ordering::Relaxed) {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+                    }
+                    let (delay, answer) = decide(&v);
+                    tokio::time::sleep(delay).await;
+                    (axum::http::StatusCode::OK, answer.to_string())
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        HookBackend { addr, got, down }
+    }
+
+    fn hook(&self, kind: &str, on_failure: &str) -> quaver::webhooks::hooks::HookConfig {
+        toml::from_str(&format!(
+            "kind = {kind:?}\nurl = \"http://{}/hook\"\nsecret = {SECRET:?}\ntimeout = \"300ms\"\non_failure = {on_failure:?}\nbreaker_failures = 3\nbreaker_cooldown = \"500ms\"\n",
+            self.addr
+        ))
+        .unwrap()
+    }
+
+    fn asked(&self) -> Vec<Value> {
+        let got = self.got.lock().unwrap();
+        assert!(got.iter().all(|(_, signed)| *signed), "every hook call is signed");
+        got.iter().map(|(v, _)| v.clone()).collect()
+    }
+}
+
+/// The test backend's decisions.
+fn decide(v: &Value) -> (Duration, Value) {
+    let d = &v["data"];
+    match v["type"].as_str().unwrap_or("") {
+        "message.before_create" => match d["content"].as_str().unwrap_or("") {
+            "deny me" => (Duration::ZERO, json!({"allow": false, "reason": "no swearing here"})),
+            "rewrite me" => (Duration::ZERO, json!({"allow": true, "content": "rewritten ✓"})),
+            "rewrite empty" => (Duration::ZERO, json!({"allow": true, "content": "   "})),
+            "slow" => (Duration::from_secs(2), json!({"allow": false, "reason": "too late"})),
+            _ => (Duration::ZERO, json!({"allow": true})),
+        },
+        "connect" => match d["user_id"].as_str().unwrap_or("") {
+            "66" => (
+                Duration::ZERO,
+                json!({"allow": false, "reason": "suspended by the app"}),
+            ),
+            "77" => (Duration::ZERO, json!({"allow": true, "name": "Renamed by the app"})),
+            _ => (Duration::ZERO, json!({"allow": true})),
+        },
+        "voice.before_join" => match d["user_id"].as_str().unwrap_or("") {
+            "2" => (
+                Duration::ZERO,
+                json!({"allow": false, "reason": "voice is for subscribers"}),
+            ),
+            _ => (Duration::ZERO, json!({"allow": true})),
+        },
+        _ => (Duration::ZERO, json!({"allow": false, "reason": "unknown hook"})),
+    }
+}
+
+fn metric(text: &str, name: &str, hook: &str) -> f64 {
+    let prefix = format!("{name}{{hook=\"{hook}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} in metrics"))
+}
+
+#[tokio::test]
+async fn the_message_hook_allows_refuses_rewrites_times_out_and_breaks() {
+    let hb = HookBackend::start().await;
+    let mut c = config();
+    c.webhooks.hooks = vec![hb.hook("message.before_create", "open")];
+    let (s, b) = server(c).await;
+    let (_gid, channel) = guild(&b).await;
+    let post = |content: &str| {
+        let (addr, key, path) = (b.addr, b.key.clone(), format!("/api/v1/channels/{channel}/messages"));
+        let body = json!({"author_id": "1", "content": content});
+        async move { call(addr, Some(&key), "POST", &path, Some(body), &[]).await }
+    };
+    let a = post("hello").await;
+    assert_eq!((a.status, a.body["content"].as_str()), (201, Some("hello")));
+    let a = post("deny me").await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str(), a.body["detail"].as_str()),
+        (403, Some("REFUSED_BY_APP"), Some("no swearing here"))
+    );
+    let a = post("rewrite me").await;
+    assert_eq!((a.status, a.body["content"].as_str()), (201, Some("rewritten ✓")));
+    let a = post("rewrite empty").await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str()),
+        (400, Some("INVALID_CONTENT")),
+        "{a:?}"
+    );
+    // Too slow: the open policy lets it through after the 300 ms deadline.
+    let t = std::time::Instant::now();
+    let a = post("slow").await;
+    assert_eq!((a.status, a.body["content"].as_str()), (201, Some("slow")));
+    assert!(
+        t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // An answer in time resets the failure count.
+    assert_eq!(post("hello again").await.status, 201);
+    // Only what was allowed is stored.
+    let h = b
+        .ok(200, "GET", &format!("/api/v1/channels/{channel}/messages"), None)
+        .await;
+    let stored: Vec<&str> = h.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ["hello", "rewritten ✓", "slow", "hello again"]);
+    // What the backend was asked, signed.
+    let asked = hb.asked();
+    assert_eq!(asked[0]["type"], "message.before_create");
+    assert_eq!(
+        (
+            asked[0]["data"]["user_id"].as_str(),
+            asked[0]["data"]["channel_id"].as_str()
+        ),
+        (Some("1"), Some(channel.as_str()))
+    );
+
+    // The backend fails: three failures open the breaker; then it is not called at all.
+    hb.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..3 {
+        assert_eq!(post(&format!("while down {i}")).await.status, 201, "open policy");
+    }
+    let calls = hb.asked().len();
+    for i in 0..5 {
+        assert_eq!(post(&format!("breaker open {i}")).await.status, 201);
+    }
+    assert_eq!(hb.asked().len(), calls, "an open breaker does not call the backend");
+    let (_, m) = http_get(s.http_addr, "/metrics").await;
+    assert_eq!(metric(&m, "quaver_hook_breaker_open", "message.before_create"), 1.0);
+    assert_eq!(metric(&m, "quaver_hook_skipped_total", "message.before_create"), 5.0);
+    assert_eq!(
+        metric(&m, "quaver_hook_failures_total", "message.before_create"),
+        4.0,
+        "3 down + 1 timeout"
+    );
+    // It comes back: after the cooldown one trial closes the breaker.
+    hb.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let a = post("deny me").await;
+    assert_eq!(a.status, 403, "asked again after the cooldown");
+    let (_, m) = http_get(s.http_addr, "/metrics").await;
+    assert_eq!(metric(&m, "quaver_hook_breaker_open", "message.before_create"), 0.0);
+}
+
+#[tokio::test]
+async fn a_closed_policy_refuses_when_the_backend_cannot_be_asked() {
+    let hb = HookBackend::start().await;
+    let mut c = config();
+    let mut h = hb.hook("message.before_create", "closed");
+    h.url = "http://127.0.0.1:9/hook".into(); // nobody there
+    c.webhooks.hooks = vec![h];
+    let (_s, b) = server(c).await;
+    let (_gid, channel) = guild(&b).await;
+    let a = call(
+        b.addr,
+        Some(&b.key),
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(json!({"author_id": "1", "content": "hello"})),
+        &[],
+    )
+    .await;
+    assert_eq!((a.status, a.body["code_name"].as_str()), (403, Some("REFUSED_BY_APP")));
+    assert!(a.body["detail"].as_str().unwrap().contains("could not be asked"));
+}
+
+#[tokio::test]
+async fn the_connect_and_voice_hooks_decide_for_clients() {
+    use quaver_client::{Transport, connect};
+    use quaver_proto::{ErrorCode, Lane, RequestBody};
+    let hb = HookBackend::start().await;
+    let mut c = config();
+    c.webhooks.hooks = vec![hb.hook("connect", "open"), hb.hook("voice.before_join", "open")];
+    let (s, b) = server(c).await;
+    // Refused: 4032 with the application's reason.
+    let e = connect(&client_config(&s, Transport::Quic, Some(token(66))))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.close_code(), Some(quaver_proto::CloseCode::REFUSED));
+    assert!(e.to_string().contains("suspended by the app"), "{e}");
+    // Renamed.
+    let c77 = connect(&client_config(&s, Transport::Quic, Some(token(77))))
+        .await
+        .unwrap();
+    assert_eq!(c77.ready.user.name, "Renamed by the app");
+    // Voice: user 2 may not join, user 1 may.
+    let (gid, _) = guild(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    let vc = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": "talk", "kind": "voice"})),
+        )
+        .await
+        .s("id")
+        .parse::<u64>()
+        .unwrap();
+    let join = RequestBody::JoinVoice {
+        channel_id: vc,
+        self_mute: false,
+        self_deaf: false,
+    };
+    let c2 = connect(&client_config(&s, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let e = v2.request(join.clone()).await.unwrap().expect_err("refused");
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::REFUSED_BY_APP, "voice is for subscribers")
+    );
+    let c1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    assert!(v1.request(join).await.unwrap().is_ok(), "user 1 joins");
+    let asked = hb.asked();
+    let kinds: Vec<&str> = asked.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert!(
+        kinds.contains(&"connect") && kinds.contains(&"voice.before_join"),
+        "{kinds:?}"
+    );
+    let v = asked.iter().find(|v| v["type"] == "voice.before_join").unwrap();
+    assert_eq!(
+        (v["data"]["guild_id"].as_str(), v["data"]["transport"].as_str()),
+        (Some(gid.as_str()), Some("datagrams"))
+    );
+}

@@ -171,6 +171,7 @@ async function signIn(token) {
       4019: 'your sign-in was revoked',
       4030: 'you are banned from this server',
       4031: e.detail.reason || 'the application ended your session',
+      4032: e.detail.reason || 'the application refused the connection',
     }[e.detail.code] ?? e.detail.reason;
     showSignin(`You were signed out: ${why}. Sign in again.`);
   });

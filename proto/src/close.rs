@@ -87,6 +87,9 @@ close_codes! {
     /// The application's backend removed the session and asked it not to come back (server
     /// API): do not reconnect until the person acts.
     REMOVED = 4031, "removed";
+    /// The application's backend refused the connection (its connect hook); the reason
+    /// says why: do not reconnect until the person acts.
+    REFUSED = 4032, "refused";
 }
 
 impl CloseCode {

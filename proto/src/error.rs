@@ -55,6 +55,8 @@ impl ErrorCode {
     pub const UNAVAILABLE: ErrorCode = ErrorCode(22);
     /// The voice channel is at its `user_limit`.
     pub const CHANNEL_FULL: ErrorCode = ErrorCode(23);
+    /// The application's backend refused it (a hook); the message says why, for the person.
+    pub const REFUSED_BY_APP: ErrorCode = ErrorCode(24);
 }
 
 /// The body of an error reply.

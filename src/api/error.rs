@@ -74,6 +74,7 @@ pub fn describe(code: u16) -> (&'static str, &'static str, StatusCode) {
         ErrorCode::NO_RELATIONSHIP => ("NO_RELATIONSHIP", "No such relationship", S::CONFLICT),
         ErrorCode::UNAVAILABLE => ("UNAVAILABLE", "Database unavailable", S::SERVICE_UNAVAILABLE),
         ErrorCode::CHANNEL_FULL => ("CHANNEL_FULL", "Channel full", S::CONFLICT),
+        ErrorCode::REFUSED_BY_APP => ("REFUSED_BY_APP", "Refused by the application", S::FORBIDDEN),
         _ => match code {
             UNAUTHORIZED => ("UNAUTHORIZED", "Unauthorized", S::UNAUTHORIZED),
             SCOPE_MISSING => ("SCOPE_MISSING", "Scope missing", S::FORBIDDEN),

@@ -2,6 +2,7 @@
 //! channel's next seq under its publish lock and publishes the event it stored.
 
 use super::*;
+use crate::webhooks::hooks::{HookKind, Verdict};
 
 impl Chat {
     /// Sends a message as `user` (`SendMessage`): stored, sequenced, published, notified.
@@ -24,6 +25,42 @@ impl Chat {
         }
         if let Access::Private(p) = &access {
             self.check_dm_block(user, p.kind, &p.recipients).await?;
+        }
+        // The application's hook decides (not for a retry of a message already stored: its
+        // answer is the stored message). No lock is held while it is asked.
+        let mut content = content;
+        if let Some(hooks) = self.hooks.get().filter(|h| h.has(HookKind::MessageBeforeCreate))
+            && self
+                .store
+                .message_by_nonce(user, nonce)
+                .await
+                .map_err(store_err)?
+                .is_none()
+        {
+            let data = serde_json::json!({
+                "user_id": user.to_string(),
+                "channel_id": channel_id.to_string(),
+                "guild_id": access.guild_id().map(|g| g.to_string()),
+                "nonce": nonce.to_string(),
+                "content": content,
+                "reply_to": reply_to.map(|r| r.to_string()),
+            });
+            match hooks.ask(HookKind::MessageBeforeCreate, &data).await {
+                Verdict::Deny { reason } => {
+                    return Err(ErrorBody::new(ErrorCode::REFUSED_BY_APP, reason).into());
+                }
+                Verdict::Allow {
+                    content: Some(rewritten),
+                    ..
+                } => {
+                    validate::content(&rewritten).map_err(|mut e| {
+                        e.message = format!("the application's rewrite: {}", e.message);
+                        e
+                    })?;
+                    content = rewritten;
+                }
+                Verdict::Allow { .. } => {}
+            }
         }
         let mut mentions = validate::mentions(&content);
         if mentions.everyone && !access.perms().has(Perms::MENTION_EVERYONE) {

@@ -130,6 +130,8 @@ pub struct Chat {
     /// Who has a live session (set once the presence task runs): a notification for
     /// someone without one is also a `notification.undelivered` webhook event.
     presence: std::sync::OnceLock<crate::presence::task::PresenceHandle>,
+    /// The application's hooks (`message.before_create`), set once at start.
+    hooks: std::sync::OnceLock<Arc<crate::webhooks::hooks::Hooks>>,
 }
 
 impl Chat {
@@ -146,6 +148,14 @@ impl Chat {
             channel_locks: Mutex::new(HashMap::new()),
             limiter,
             presence: std::sync::OnceLock::new(),
+            hooks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The application's hooks, asked before a message is stored.
+    pub fn set_hooks(&self, h: Arc<crate::webhooks::hooks::Hooks>) {
+        if self.hooks.set(h).is_err() {
+            tracing::warn!("the chat service's hooks were set twice; the first stay");
         }
     }
 

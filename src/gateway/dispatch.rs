@@ -106,6 +106,27 @@ pub async fn request(
     }
 }
 
+/// The application's `voice.before_join` hook, when one is configured, for a join the user
+/// asked for (once they may join by Quaver's own rules): refused with `REFUSED_BY_APP` and
+/// the hook's reason.
+async fn voice_hook(ctx: &Ctx, user: u64, channel_id: u64, transport: &str) -> Result<(), ErrorBody> {
+    use crate::webhooks::hooks::{HookKind, Verdict};
+    if !ctx.hooks.has(HookKind::VoiceBeforeJoin) {
+        return Ok(());
+    }
+    let (guild, _, _) = ctx.chat.voice_access(user, channel_id).await?;
+    let data = serde_json::json!({
+        "user_id": user.to_string(),
+        "channel_id": channel_id.to_string(),
+        "guild_id": guild.to_string(),
+        "transport": transport,
+    });
+    match ctx.hooks.ask(HookKind::VoiceBeforeJoin, &data).await {
+        Verdict::Deny { reason } => Err(ErrorBody::new(ErrorCode::REFUSED_BY_APP, reason)),
+        Verdict::Allow { .. } => Ok(()),
+    }
+}
+
 /// Largest SDP offer taken (a browser's audio offer is 2–6 KiB).
 const MAX_OFFER: usize = 16 * 1024;
 
@@ -131,6 +152,7 @@ async fn voice_request(
             self_mute,
             self_deaf,
         } => {
+            voice_hook(ctx, user, channel_id, "datagrams").await?;
             let r = ctx
                 .voice
                 .join(user, session.id, voice_port, channel_id, self_mute, self_deaf)
@@ -157,6 +179,7 @@ async fn voice_request(
             if offer.len() > MAX_OFFER {
                 return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "the SDP offer is over 16 KiB"));
             }
+            voice_hook(ctx, user, channel_id, "webrtc").await?;
             let (id, port, answer) = w.open(session, channel_id, &offer)?;
             let r = ctx
                 .voice

@@ -157,3 +157,46 @@ pub(crate) async fn open(
         resumed: is_resume,
     })
 }
+
+/// The application's `connect` hook, when one is configured: `Ok(Some(name))` to use that
+/// display name, `Ok(None)` to go ahead as is, `Err` (4032 `refused`, the hook's reason) to
+/// refuse. Asked for every `Hello`, a resume too.
+pub(crate) async fn connect_hook(
+    ctx: &Ctx,
+    identity: &Identity,
+    hello: &Hello,
+) -> Result<Option<String>, (CloseCode, String)> {
+    use crate::webhooks::hooks::{HookKind, Verdict};
+    if !ctx.hooks.has(HookKind::Connect) {
+        return Ok(None);
+    }
+    let device = match hello.device {
+        quaver_proto::DeviceKind::Desktop => "desktop",
+        quaver_proto::DeviceKind::Mobile => "mobile",
+        quaver_proto::DeviceKind::Web => "web",
+    };
+    let data = serde_json::json!({
+        "user_id": identity.user_id.to_string(),
+        "name": identity.name,
+        "device": device,
+        "resume": hello.resume.is_some(),
+        "jti": identity.jti,
+        "node": ctx.cfg.node_name,
+    });
+    match ctx.hooks.ask(HookKind::Connect, &data).await {
+        Verdict::Deny { reason } => Err((CloseCode::REFUSED, reason)),
+        Verdict::Allow { name: Some(n), .. } => {
+            let n = n.trim();
+            if n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) {
+                tracing::warn!(
+                    user = identity.user_id,
+                    "the connect hook's name is not 1–64 printable characters: kept the token's"
+                );
+                Ok(None)
+            } else {
+                Ok(Some(n.to_string()))
+            }
+        }
+        Verdict::Allow { .. } => Ok(None),
+    }
+}

@@ -33,7 +33,7 @@ use quaver_proto::{
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamId};
 
 use super::control::{self, Control, ControlConfig};
-use super::session::{FETCH_CONCURRENCY, Opened, open};
+use super::session::{FETCH_CONCURRENCY, Opened, connect_hook, open};
 use super::wt::{self, ConnectStep, H3, Head, Uni};
 use super::{AttachError, LANE_QUEUE, LaneOut, LaneSink, Link, SessionHandle, SinkError, dispatch};
 use crate::auth::Identity;
@@ -1089,7 +1089,17 @@ impl Here<'_, '_> {
         let h = hello.clone();
         self.c.stage = Stage::Opening(Box::new(hello));
         tokio::spawn(async move {
-            let r = Box::pin(open(&ctx, &identity, &h, link, max_dgram)).await;
+            let mut identity = identity;
+            // The application's connect hook, if any, decides first (and may rename).
+            let r = match connect_hook(&ctx, &identity, &h).await {
+                Err(refused) => Err(refused),
+                Ok(name) => {
+                    if let Some(n) = name {
+                        identity.name = n;
+                    }
+                    Box::pin(open(&ctx, &identity, &h, link, max_dgram)).await
+                }
+            };
             let _ = tx.send(Command::Opened(conn, r.map(|o| Box::new((o, identity)))));
         });
     }

@@ -29,6 +29,8 @@ pub(super) struct Answer {
     pub(super) status: u16,
     /// `Retry-After` in seconds, if given as seconds.
     pub(super) retry_after: Option<Duration>,
+    /// The body (up to 64 KiB; empty when longer).
+    pub(super) body: Bytes,
 }
 
 /// The client (cheap to share).
@@ -129,11 +131,18 @@ impl Client {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         // Read the answer (bounded) so the connection can carry the next request.
-        let whole = Limited::new(answer.into_body(), MAX_ANSWER).collect().await.is_ok();
-        if whole {
-            self.give_back(origin, sender);
-        }
-        Ok(Answer { status, retry_after })
+        let body = match Limited::new(answer.into_body(), MAX_ANSWER).collect().await {
+            Ok(b) => {
+                self.give_back(origin, sender);
+                b.to_bytes()
+            }
+            Err(_) => Bytes::new(),
+        };
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     fn take_idle(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {

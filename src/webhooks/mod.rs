@@ -23,6 +23,7 @@
 pub mod catalogue;
 mod client;
 pub mod deliver;
+pub mod hooks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +70,8 @@ pub struct WebhooksConfig {
     pub ca_file: Option<PathBuf>,
     /// Endpoints configured here (changed only here; the API adds others).
     pub endpoints: Vec<EndpointConfig>,
+    /// Synchronous hooks (at most one of each kind).
+    pub hooks: Vec<hooks::HookConfig>,
 }
 
 impl Default for WebhooksConfig {
@@ -85,6 +88,7 @@ impl Default for WebhooksConfig {
             rotation_overlap: Duration::from_secs(86_400),
             ca_file: None,
             endpoints: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 }
