@@ -550,13 +550,19 @@ async fn endpoints_through_the_api_ping_rotate_redeliver_and_the_event_log() {
     let types: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
-        ["webhook.test", "member.joined", "member.joined", "message.created"]
+        [
+            "webhook.test",
+            "guild.created",
+            "member.joined",
+            "member.joined",
+            "message.created"
+        ]
     );
     let page = b.ok(200, "GET", "/api/v1/events?limit=2", None).await;
     let next = page.body["next_after"].as_u64().unwrap();
     let rest = b.ok(200, "GET", &format!("/api/v1/events?after={next}"), None).await;
-    assert_eq!(rest.body["events"].as_array().unwrap().len(), 2);
-    assert_eq!(rest.body["events"][1]["data"]["guild_id"], gid.as_str());
+    assert_eq!(rest.body["events"].as_array().unwrap().len(), 3);
+    assert_eq!(rest.body["events"][2]["data"]["guild_id"], gid.as_str());
     let limit = call(b.addr, Some(&b.key), "GET", "/api/v1/events?limit=0", None, &[]).await;
     assert_eq!((limit.status, limit.body["field"].as_str()), (400, Some("limit")));
 
@@ -1014,4 +1020,151 @@ async fn the_connect_and_voice_hooks_decide_for_clients() {
         (v["data"]["guild_id"].as_str(), v["data"]["transport"].as_str()),
         (Some(gid.as_str()), Some("datagrams"))
     );
+}
+
+#[tokio::test]
+async fn guild_and_channel_changes_are_events_of_the_guild_key() {
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    quick(&mut c);
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["guild.*", "channel.*"])];
+    let (_s, b) = server(c).await;
+    let gid = b
+        .ok(
+            201,
+            "POST",
+            "/api/v1/guilds",
+            Some(json!({"owner_id": "1", "name": "Ops"})),
+        )
+        .await
+        .s("id");
+    b.ok(
+        200,
+        "PATCH",
+        &format!("/api/v1/guilds/{gid}"),
+        Some(json!({"name": "Ops 2"})),
+    )
+    .await;
+    let ch = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": "talk", "kind": "voice"})),
+        )
+        .await
+        .s("id");
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/channels/{ch}/overwrites/member/1"),
+        Some(json!({"allow": "0", "deny": "0"})),
+    )
+    .await;
+    b.ok(204, "DELETE", &format!("/api/v1/channels/{ch}"), None).await;
+    b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}"), None).await;
+    let want = [
+        "guild.created",
+        "guild.updated",
+        "channel.created",
+        "channel.updated",
+        "channel.deleted",
+        "guild.deleted",
+    ];
+    assert!(
+        eventually(Duration::from_secs(5), || r.got().len() >= want.len()).await,
+        "{:?}",
+        r.got()
+    );
+    let got: Vec<Value> = r.got().iter().map(Received::json).collect();
+    assert_eq!(
+        got.iter().map(|e| e["type"].as_str().unwrap()).collect::<Vec<_>>(),
+        want
+    );
+    assert!(got.iter().all(|e| e["key"] == format!("guild:{gid}")));
+    let seqs: Vec<u64> = got.iter().map(|e| e["key_seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(
+        (got[0]["data"]["name"].as_str(), got[0]["data"]["owner_id"].as_str()),
+        (Some("Ops"), Some("1"))
+    );
+    assert_eq!(got[1]["data"]["name"], "Ops 2");
+    assert_eq!(
+        (got[2]["data"]["channel_id"].as_str(), got[2]["data"]["kind"].as_str()),
+        (Some(ch.as_str()), Some("voice"))
+    );
+}
+
+#[tokio::test]
+async fn voice_joins_leaves_and_state_changes_are_events() {
+    use quaver_client::{Transport, connect};
+    use quaver_proto::{Lane, RequestBody};
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    quick(&mut c);
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["voice.*"])];
+    let (s, b) = server(c).await;
+    let (gid, _) = guild(&b).await;
+    let vc = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": "talk", "kind": "voice"})),
+        )
+        .await
+        .s("id");
+    let c1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut v = c1.open_lane(Lane::Voice).await.unwrap();
+    let join = RequestBody::JoinVoice {
+        channel_id: vc.parse().unwrap(),
+        self_mute: false,
+        self_deaf: false,
+    };
+    v.request(join).await.unwrap().expect("joined");
+    v.request(RequestBody::SetVoiceState {
+        self_mute: true,
+        self_deaf: false,
+    })
+    .await
+    .unwrap()
+    .expect("muted");
+    b.ok(
+        200,
+        "PATCH",
+        &format!("/api/v1/guilds/{gid}/voice/1"),
+        Some(json!({"server_deaf": true})),
+    )
+    .await;
+    v.request(RequestBody::LeaveVoice).await.unwrap().expect("left");
+    assert!(
+        eventually(Duration::from_secs(5), || r.got().len() >= 4).await,
+        "{:?}",
+        r.got()
+    );
+    let got: Vec<Value> = r.got().iter().map(Received::json).collect();
+    let kinds: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "voice.joined",
+            "voice.state_updated",
+            "voice.state_updated",
+            "voice.left"
+        ]
+    );
+    assert!(
+        got.iter()
+            .all(|e| e["key"] == format!("voice:{vc}") && e["data"]["user_id"] == "1")
+    );
+    assert_eq!(
+        (
+            got[1]["data"]["self_mute"].as_bool(),
+            got[1]["data"]["server_deaf"].as_bool()
+        ),
+        (Some(true), None)
+    );
+    assert_eq!(got[2]["data"]["server_deaf"], true);
 }

@@ -37,6 +37,7 @@ mod swarm;
 mod transport;
 mod unread;
 mod voice;
+mod webhooks;
 mod webrtc;
 
 use std::net::SocketAddr;
@@ -87,6 +88,35 @@ enum Scenario {
     Failover(FailoverArgs),
     /// QUIC fan-out alone: quinn's high-level API against the engine (no sessions).
     Transport(TransportArgs),
+    /// W1/W2: webhook delivery of messages posted through the API (rate, latency, CPU), and
+    /// what a `message.before_create` hook adds to a post.
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(clap::Args)]
+struct WebhooksArgs {
+    /// Messages posted per second (each one `message.created` event).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of posting.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Channels posted into (each its own ordering key).
+    #[arg(long, default_value_t = 100)]
+    channels: usize,
+    /// API connections posting at once.
+    #[arg(long, default_value_t = 32)]
+    posters: usize,
+    /// W2 instead: the same posts without and with a `message.before_create` hook (no
+    /// webhook endpoint), interleaved.
+    #[arg(long)]
+    hook: bool,
+    /// Runs (interleaved for W2).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -400,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Voice(args) => voice_cmd(args).await,
         Scenario::Chat(args) => chat_cmd(args, false).await,
         Scenario::Api(args) => chat_cmd(args, true).await,
+        Scenario::Webhooks(a) => webhooks_cmd(a).await,
         Scenario::Resume(a) => {
             let bin = a.server.target()?;
             let r = resume::run(&bin, a.clients, a.kills, a.rate, a.seconds).await?;
@@ -736,6 +767,88 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
         if !a.ramp.is_empty() && median(losses) > 0.01 {
             println!("median loss passed 1% at {listeners} listeners: stopping the ramp");
             break;
+        }
+    }
+    Ok(())
+}
+
+async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
+    let bin = a.server_bin.clone().unwrap_or_else(server::default_bin);
+    let kinds: Vec<(bool, bool)> = if a.hook {
+        vec![(false, false), (false, true)]
+    } else {
+        vec![(true, false)]
+    };
+    println!(
+        "{:>10} {:>7} {:>8} {:>9} {:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "case",
+        "rate",
+        "posted",
+        "delivered",
+        "per_sec",
+        "dup",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "call_p50",
+        "call_p99",
+        "cpu_us/ev"
+    );
+    for _ in 0..a.runs {
+        for &(webhook, hook) in &kinds {
+            let p = webhooks::Params {
+                rate: a.rate,
+                seconds: a.seconds,
+                channels: a.channels,
+                posters: a.posters,
+                hook,
+                webhook,
+            };
+            let r = webhooks::run(&bin, &p).await?;
+            let case = match (webhook, hook) {
+                (true, _) => "webhooks",
+                (false, true) => "hook",
+                (false, false) => "no-hook",
+            };
+            println!(
+                "{:>10} {:>7.0} {:>8} {:>9} {:>9.0} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>10.2} {:>9.1}",
+                case,
+                a.rate,
+                r.posted,
+                r.delivered,
+                r.delivered_per_sec,
+                r.duplicates,
+                r.latency.p50 / 1000.0,
+                r.latency.p99 / 1000.0,
+                r.latency.max / 1000.0,
+                r.call.p50 / 1000.0,
+                r.call.p99 / 1000.0,
+                r.cpu_us_per_event
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "webhooks", "case": case, "rate": a.rate, "seconds": a.seconds, "channels": a.channels,
+                    "posted": r.posted, "post_seconds": r.post_seconds, "delivered": r.delivered, "duplicates": r.duplicates,
+                    "delivered_per_sec": r.delivered_per_sec, "latency_ms_p50": r.latency.p50 / 1000.0, "latency_ms_p99": r.latency.p99 / 1000.0,
+                    "latency_ms_max": r.latency.max / 1000.0, "call_ms_p50": r.call.p50 / 1000.0, "call_ms_p99": r.call.p99 / 1000.0,
+                    "cpu_us_per_event": r.cpu_us_per_event, "hook_calls": r.hook_calls})
+            );
+            if webhook {
+                anyhow::ensure!(
+                    r.delivered == r.posted,
+                    "{} of {} events delivered",
+                    r.delivered,
+                    r.posted
+                );
+            }
+            if hook {
+                anyhow::ensure!(
+                    r.hook_calls >= r.posted,
+                    "the hook was asked {} times for {} posts",
+                    r.hook_calls,
+                    r.posted
+                );
+            }
         }
     }
     Ok(())

@@ -103,6 +103,11 @@ impl std::fmt::Debug for Services {
         crate::webhooks::catalogue::WebhookMemberLeft,
         crate::webhooks::catalogue::WebhookMemberBanned,
         crate::webhooks::catalogue::WebhookEndpointDisabled,
+        crate::webhooks::catalogue::WebhookGuild,
+        crate::webhooks::catalogue::WebhookChannel,
+        crate::webhooks::catalogue::WebhookVoice,
+        crate::webhooks::catalogue::WebhookUserPresence,
+        crate::webhooks::catalogue::WebhookNotification,
         crate::webhooks::catalogue::WebhookTest,
     )),
     tags(

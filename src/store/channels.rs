@@ -1,6 +1,8 @@
 //! Guild channels, permission overwrites, DMs and group DMs.
 
 use super::*;
+use crate::api::types::Id;
+use crate::webhooks::catalogue::{WebhookChannel, guild_event};
 
 fn kind_code(k: ChannelKind) -> i64 {
     match k {
@@ -62,6 +64,7 @@ impl Store {
                 topic,
                 user_limit,
             } = c;
+            let mut tx = self.begin().await?;
             sqlx::query(
                 "INSERT INTO channels (id, guild_id, kind, name, topic, position, user_limit, owner_id, last_seq, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 0, $7, 0, 0, $6)",
@@ -73,8 +76,17 @@ impl Store {
             .bind(topic)
             .bind(i(now_ms))
             .bind(i64::from(user_limit))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+            let data = WebhookChannel {
+                guild_id: Id(guild),
+                channel_id: Id(id),
+                name: Some(name.to_string()),
+                kind: Some(if kind == ChannelKind::Voice { "voice" } else { "text" }.to_string()),
+            };
+            self.hook_record(&mut tx, "channel.created", now_ms, || guild_event("channel.created", guild, &data))
+                .await?;
+            tx.commit().await?;
             self.channel(id).await
         })
         .await
@@ -162,6 +174,13 @@ impl Store {
     pub async fn delete_channel(&self, id: u64) -> Result<()> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
+            let guild: Option<i64> = sqlx::query("SELECT guild_id FROM channels WHERE id = $1")
+                .bind(i(id))
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<Option<i64>, _>("guild_id"))
+                .transpose()?
+                .flatten();
             for q in [
                 "DELETE FROM channel_events WHERE channel_id = $1",
                 "DELETE FROM reactions WHERE message_id IN (SELECT id FROM messages WHERE channel_id = $1)",
@@ -173,6 +192,19 @@ impl Store {
                 "DELETE FROM channels WHERE id = $1",
             ] {
                 sqlx::query(q).bind(i(id)).execute(&mut *tx).await?;
+            }
+            if let Some(g) = guild.map(u) {
+                let data = WebhookChannel {
+                    guild_id: Id(g),
+                    channel_id: Id(id),
+                    name: None,
+                    kind: None,
+                };
+                let now_ms = crate::ids::now_ms();
+                self.hook_record(&mut tx, "channel.deleted", now_ms, || {
+                    guild_event("channel.deleted", g, &data)
+                })
+                .await?;
             }
             tx.commit().await?;
             Ok(())
@@ -187,6 +219,7 @@ impl Store {
                 OverwriteTarget::Role(id) => (0i64, id),
                 OverwriteTarget::Member(id) => (1i64, id),
             };
+            let mut tx = self.begin().await?;
             match bits {
                 Some((allow, deny)) => {
                     sqlx::query(
@@ -198,7 +231,7 @@ impl Store {
                     .bind(i(id))
                     .bind(i(allow))
                     .bind(i(deny))
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 None => {
@@ -206,10 +239,29 @@ impl Store {
                         .bind(i(channel))
                         .bind(kind)
                         .bind(i(id))
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
                 }
             }
+            let guild: Option<i64> = sqlx::query("SELECT guild_id FROM channels WHERE id = $1")
+                .bind(i(channel))
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<Option<i64>, _>("guild_id"))
+                .transpose()?
+                .flatten();
+            if let Some(g) = guild.map(u) {
+                let data = WebhookChannel {
+                    guild_id: Id(g),
+                    channel_id: Id(channel),
+                    name: None,
+                    kind: None,
+                };
+                let now_ms = crate::ids::now_ms();
+                self.hook_record(&mut tx, "channel.updated", now_ms, || guild_event("channel.updated", g, &data))
+                    .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::api::types::Id;
-use crate::webhooks::catalogue::{LeftHow, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, guild_event};
+use crate::webhooks::catalogue::{
+    LeftHow, WebhookGuild, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, guild_event,
+};
 
 fn role_of(r: &AnyRow) -> Result<Role> {
     Ok(Role {
@@ -121,6 +123,13 @@ impl Store {
             .bind(i(now_ms))
             .execute(&mut *tx)
             .await?;
+            let data = WebhookGuild {
+                guild_id: Id(id),
+                name: Some(name.to_string()),
+                owner_id: Some(Id(owner)),
+            };
+            self.hook_record(&mut tx, "guild.created", now_ms, || guild_event("guild.created", id, &data))
+                .await?;
             tx.commit().await?;
             Ok(Guild {
                 id,
@@ -151,15 +160,27 @@ impl Store {
     /// Renames a guild.
     pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild> {
         self.deadline(async move {
+            let mut tx = self.begin().await?;
             let n = sqlx::query("UPDATE guilds SET name = $2 WHERE id = $1")
                 .bind(i(id))
                 .bind(name)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            let data = WebhookGuild {
+                guild_id: Id(id),
+                name: Some(name.to_string()),
+                owner_id: None,
+            };
+            let now_ms = crate::ids::now_ms();
+            self.hook_record(&mut tx, "guild.updated", now_ms, || {
+                guild_event("guild.updated", id, &data)
+            })
+            .await?;
+            tx.commit().await?;
             self.guild(id).await
         })
         .await
@@ -187,6 +208,14 @@ impl Store {
             ] {
                 sqlx::query(q).bind(i(id)).execute(&mut *tx).await?;
             }
+            let data = WebhookGuild {
+                guild_id: Id(id),
+                name: None,
+                owner_id: None,
+            };
+            let now_ms = crate::ids::now_ms();
+            self.hook_record(&mut tx, "guild.deleted", now_ms, || guild_event("guild.deleted", id, &data))
+                .await?;
             tx.commit().await?;
             Ok(())
         })

@@ -31,7 +31,8 @@ pub fn partition(okey: &str) -> u32 {
 pub struct HookEvent {
     /// Its type (`message.created`, …).
     pub kind: &'static str,
-    /// Its ordering key (`channel:<id>`, `guild:<id>`, `user:<id>`, `endpoint:<id>`).
+    /// Its ordering key (`channel:<id>`, `guild:<id>`, `voice:<id>`, `user:<id>`,
+    /// `endpoint:<id>`).
     pub okey: String,
     /// The key's sequence when the caller has one (a channel's seq); otherwise the next of
     /// the key's own counter.

@@ -424,6 +424,14 @@ impl Voice {
             user_id: user,
             channel_id,
         });
+        self.hook(
+            "voice.joined",
+            guild_id,
+            channel_id,
+            user,
+            [Some(self_mute), Some(self_deaf), None, None],
+        )
+        .await;
         Ok(ResponseBody::VoiceJoined {
             channel_id,
             slot,
@@ -449,7 +457,20 @@ impl Voice {
                 let _ = rx.await;
             }
         }
+        self.hook("voice.left", m.guild_id, m.channel_id, user, [None; 4]).await;
         true
+    }
+
+    /// Records a voice webhook event (a failure is logged; the voice change stands).
+    async fn hook(&self, kind: &'static str, guild: u64, channel: u64, user: u64, states: [Option<bool>; 4]) {
+        let store = self.chat.store();
+        if !store.hooks().wants(kind) {
+            return;
+        }
+        let ev = crate::webhooks::catalogue::WebhookVoice::event(kind, guild, channel, user, states);
+        if let Err(e) = store.hook_record_now(ev, None, crate::ids::now_ms()).await {
+            tracing::warn!(error = %e, kind, "recording a voice webhook event failed");
+        }
     }
 
     /// `user` joined voice channel `channel` on another node: leave whatever other channel
@@ -515,6 +536,11 @@ impl Voice {
             },
         )
         .await?;
+        if let Some(m) = self.membership(user) {
+            let states = [Some(self_mute), Some(self_deaf), None, None];
+            self.hook("voice.state_updated", m.guild_id, m.channel_id, user, states)
+                .await;
+        }
         Ok(ResponseBody::Done)
     }
 
@@ -548,6 +574,16 @@ impl Voice {
             },
         )
         .await?;
+        if let Some(m) = self.membership(target) {
+            self.hook(
+                "voice.state_updated",
+                m.guild_id,
+                m.channel_id,
+                target,
+                [None, None, mute, deaf],
+            )
+            .await;
+        }
         Ok(ResponseBody::Done)
     }
 

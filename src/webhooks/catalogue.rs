@@ -20,6 +20,15 @@ pub const TYPES: &[(&str, &str)] = &[
     ("member.left", "guild"),
     ("member.banned", "guild"),
     ("member.unbanned", "guild"),
+    ("guild.created", "guild"),
+    ("guild.updated", "guild"),
+    ("guild.deleted", "guild"),
+    ("channel.created", "guild"),
+    ("channel.updated", "guild"),
+    ("channel.deleted", "guild"),
+    ("voice.joined", "voice"),
+    ("voice.left", "voice"),
+    ("voice.state_updated", "voice"),
     ("user.online", "user"),
     ("user.offline", "user"),
     ("notification.undelivered", "user"),
@@ -155,6 +164,73 @@ pub struct WebhookMemberBanned {
     pub by: Id,
     /// The reason given.
     pub reason: String,
+}
+
+/// `guild.created` / `guild.updated` / `guild.deleted`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookGuild {
+    /// The guild.
+    pub guild_id: Id,
+    /// Its name (`null` for `guild.deleted`).
+    pub name: Option<String>,
+    /// Its owner (`guild.created` only).
+    pub owner_id: Option<Id>,
+}
+
+/// `channel.created` / `channel.updated` (its permission overwrites changed) /
+/// `channel.deleted`: a guild's channel. Ordered by the guild (`guild:<id>`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookChannel {
+    /// The guild.
+    pub guild_id: Id,
+    /// The channel.
+    pub channel_id: Id,
+    /// Its name (`channel.created`).
+    pub name: Option<String>,
+    /// `text` or `voice` (`channel.created`).
+    pub kind: Option<String>,
+}
+
+/// `voice.joined` / `voice.left` / `voice.state_updated`: someone in a voice channel.
+/// Ordered by the channel (`voice:<id>`). In `voice.state_updated` the states given are the
+/// new ones; `null`: unchanged.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookVoice {
+    /// The guild.
+    pub guild_id: Id,
+    /// The voice channel.
+    pub channel_id: Id,
+    /// Who.
+    pub user_id: Id,
+    /// Muted themselves.
+    pub self_mute: Option<bool>,
+    /// Deafened themselves.
+    pub self_deaf: Option<bool>,
+    /// Muted by a moderator.
+    pub server_mute: Option<bool>,
+    /// Deafened by a moderator.
+    pub server_deaf: Option<bool>,
+}
+
+impl WebhookVoice {
+    /// The event of `kind` about `user` in `channel`.
+    pub fn event(kind: &'static str, guild: u64, channel: u64, user: u64, states: [Option<bool>; 4]) -> HookEvent {
+        let [self_mute, self_deaf, server_mute, server_deaf] = states;
+        HookEvent {
+            kind,
+            okey: format!("voice:{channel}"),
+            kseq: None,
+            data: json(&WebhookVoice {
+                guild_id: Id(guild),
+                channel_id: Id(channel),
+                user_id: Id(user),
+                self_mute,
+                self_deaf,
+                server_mute,
+                server_deaf,
+            }),
+        }
+    }
 }
 
 /// A status as webhooks name it.
@@ -335,7 +411,8 @@ pub struct WebhookEnvelope {
     pub kind: String,
     /// When it happened, RFC 3339 (UTC, milliseconds).
     pub timestamp: String,
-    /// The ordering key: `channel:<id>`, `guild:<id>`, `user:<id>` or `endpoint:<id>`.
+    /// The ordering key: `channel:<id>`, `guild:<id>`, `voice:<id>`, `user:<id>` or
+    /// `endpoint:<id>`.
     /// Events of one key are delivered one at a time, in `key_seq` order.
     pub key: String,
     /// The key's sequence (for a channel, its seq: the order clients see).
