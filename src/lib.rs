@@ -95,6 +95,8 @@ pub struct Ctx {
     pub webhooks: Arc<webhooks::deliver::Deliverer>,
     /// The application's synchronous hooks.
     pub hooks: Arc<webhooks::hooks::Hooks>,
+    /// Records session and rate-limit webhook events off the engine's paths.
+    pub hook_writer: webhooks::writer::HookWriter,
     /// Session tasks running (including ones still authenticating).
     tasks: AtomicUsize,
     /// Notified when `tasks` drops to zero.
@@ -289,7 +291,26 @@ impl Server {
             &cfg.webhooks.hooks,
             cfg.webhooks.ca_file.as_deref(),
         )?);
+        let hook_writer = webhooks::writer::HookWriter::spawn(store.clone());
         let limiter = Arc::new(limits::Limiter::new(cfg.limits.clone()));
+        {
+            // `rate_limited` webhook events, for abuse monitoring.
+            let (w, node) = (hook_writer.clone(), cfg.node_name.clone());
+            limiter.on_refused(Box::new(move |user, kind, flood| {
+                if w.wants("rate_limited") {
+                    let data = webhooks::catalogue::WebhookRateLimited {
+                        user_id: api::types::Id(user),
+                        limit: format!("{kind:?}").to_lowercase(),
+                        flood,
+                        node: node.clone(),
+                    };
+                    w.record(
+                        webhooks::catalogue::user_event("rate_limited", user, &data),
+                        ids::now_ms(),
+                    );
+                }
+            }));
+        }
         let chat = Arc::new(chat::Chat::new(store, bus.clone(), node_number, limiter.clone()));
         // Snowflakes continue after the newest stored one: a restart with the clock set
         // back (or a node name reused) must never repeat an id.
@@ -375,6 +396,7 @@ impl Server {
             fanout: fanout.clone(),
             webhooks: webhooks.clone(),
             hooks,
+            hook_writer,
             tasks: AtomicUsize::new(0),
             idle: Notify::new(),
             quic_port: quic_addr.port(),

@@ -1729,7 +1729,7 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
         Some(&key),
         "POST",
         "/api/v1/webhooks",
-        Some(json!({"id": "app", "url": r.url(), "events": ["user.*"]})),
+        Some(json!({"id": "app", "url": r.url(), "events": ["user.*", "session.closed"]})),
         &[],
     )
     .await;
@@ -1746,7 +1746,7 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
         r.got()
             .iter()
             .map(Received::json)
-            .filter(|e| e["data"]["user_id"] == u)
+            .filter(|e| e["data"]["user_id"] == u && e["type"].as_str().unwrap().starts_with("user."))
             .map(|e| {
                 (
                     e["type"].as_str().unwrap().to_string(),
@@ -1795,6 +1795,17 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
         ["user.online"],
         "user 4 is still connected to node b"
     );
+    // Both users' sessions on the dead node are closed (node_lost), in one event each.
+    let lost: Vec<serde_json::Value> = r
+        .got()
+        .iter()
+        .map(Received::json)
+        .filter(|e| e["type"] == "session.closed" && e["data"]["reason"] == "node_lost")
+        .collect();
+    let mut users: Vec<&str> = lost.iter().map(|e| e["data"]["user_id"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["3", "4"], "{lost:?}");
+    assert!(lost.iter().all(|e| e["data"]["session_id"].is_null()));
     drop(b4);
     b.shutdown().await;
     s.drop_db().await;

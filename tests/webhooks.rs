@@ -1168,3 +1168,72 @@ async fn voice_joins_leaves_and_state_changes_are_events() {
     );
     assert_eq!(got[2]["data"]["server_deaf"], true);
 }
+
+#[tokio::test]
+async fn sessions_opening_and_closing_and_rate_limits_are_events() {
+    use quaver_client::{Transport, connect};
+    use quaver_proto::{ErrorCode, Lane, RequestBody};
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    quick(&mut c);
+    c.limits.send = quaver::limits::Rate {
+        burst: 1.0,
+        per_sec: 0.01,
+    };
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["session.*", "rate_limited"])];
+    let (s, b) = server(c).await;
+    let (_gid, channel) = guild(&b).await;
+    let c1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let sid = c1.ready.session_id.to_string();
+    let mut chat = c1.open_lane(Lane::Chat).await.unwrap();
+    let send = |n: u64| RequestBody::SendMessage {
+        channel_id: channel.parse().unwrap(),
+        nonce: n,
+        content: format!("m{n}"),
+        reply_to: None,
+    };
+    chat.request(send(1)).await.unwrap().expect("the first goes");
+    for n in 2..5 {
+        let e = chat.request(send(n)).await.unwrap().expect_err("limited");
+        assert_eq!(e.code, ErrorCode::RATE_LIMITED);
+    }
+    c1.close();
+    assert!(
+        eventually(Duration::from_secs(5), || r.got().len() >= 3).await,
+        "{:?}",
+        r.got()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: Vec<Value> = r.got().iter().map(Received::json).collect();
+    let kinds: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["session.opened", "rate_limited", "session.closed"],
+        "one rate_limited per 10 s"
+    );
+    let opened = &got[0]["data"];
+    assert_eq!(
+        (
+            opened["session_id"].as_str(),
+            opened["transport"].as_str(),
+            opened["resumed"].as_bool()
+        ),
+        (Some(sid.as_str()), Some("quic"), Some(false))
+    );
+    assert_eq!(
+        (got[1]["data"]["limit"].as_str(), got[1]["data"]["flood"].as_bool()),
+        (Some("send"), Some(false))
+    );
+    let closed = &got[2]["data"];
+    assert_eq!(
+        (
+            closed["session_id"].as_str(),
+            closed["resumable"].as_bool(),
+            closed["reason"].as_str()
+        ),
+        (Some(sid.as_str()), Some(false), Some("closed"))
+    );
+    assert!(got.iter().all(|e| e["key"] == "user:1"));
+}

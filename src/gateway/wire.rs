@@ -727,6 +727,18 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
         handle.detach(live.generation, Instant::now() + ctx.cfg.session.resume_window);
     }
     ctx.presence.disconnect(live.user, handle.id);
+    if ctx.hook_writer.wants("session.closed") {
+        let data = crate::webhooks::catalogue::WebhookSessionClosed {
+            user_id: crate::api::types::Id(live.user),
+            session_id: Some(handle.id.to_string()),
+            node: ctx.cfg.node_name.clone(),
+            close_code: c.close.as_ref().map(|(code, _)| u32::from(code.0)).or(peer_code),
+            resumable: !deliberate,
+            reason: crate::webhooks::catalogue::SessionEnd::Closed,
+        };
+        let ev = crate::webhooks::catalogue::user_event("session.closed", live.user, &data);
+        ctx.hook_writer.record(ev, crate::ids::now_ms());
+    }
     ctx.metrics.session_closed(c.transport);
     if let Some(w) = &ctx.webrtc {
         w.session_ended(handle.id);
@@ -1167,6 +1179,18 @@ impl Here<'_, '_> {
         self.control(&first);
         handle.set_via(self.c.transport, hello.device, crate::ids::now_ms());
         ctx.presence.connect(user, handle.id, hello.device, handle.chosen());
+        if ctx.hook_writer.wants("session.opened") {
+            let data = crate::webhooks::catalogue::WebhookSessionOpened {
+                user_id: crate::api::types::Id(user),
+                session_id: handle.id.to_string(),
+                node: ctx.cfg.node_name.clone(),
+                transport: self.c.transport.name().to_string(),
+                device: format!("{:?}", hello.device).to_lowercase(),
+                resumed,
+            };
+            let ev = crate::webhooks::catalogue::user_event("session.opened", user, &data);
+            ctx.hook_writer.record(ev, crate::ids::now_ms());
+        }
         ctx.metrics.session_opened(self.c.transport);
         tracing::debug!(session = %handle.id, user, transport = self.c.transport.name(), engine = true, resumed, "session ready");
         if ctx.shutdown.is_fired()

@@ -103,6 +103,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     body.push_str(&ctx.fanout.render_metrics());
     body.push_str(&ctx.webhooks.metrics.render());
     body.push_str(&ctx.hooks.render());
+    body.push_str(&ctx.hook_writer.render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -201,13 +201,29 @@ impl From<ErrorBody> for Refusal {
 struct UserLimits {
     buckets: [Option<Bucket>; Kind::ALL.len()],
     flood: Flood,
+    /// When a refusal of this user was last reported (see [`Limiter::on_refused`]).
+    reported: Option<Instant>,
 }
 
+/// Told of refusals: (user, kind, whether it is a flood).
+pub type RefusalSink = Box<dyn Fn(u64, Kind, bool) + Send + Sync>;
+
+/// A user's refusals are reported at most this often (floods always).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// Every user's buckets and flood counter on this node.
-#[derive(Debug)]
 pub struct Limiter {
     cfg: LimitsConfig,
     users: Mutex<HashMap<u64, UserLimits>>,
+    sink: std::sync::OnceLock<RefusalSink>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Limiter {
@@ -216,6 +232,16 @@ impl Limiter {
         Self {
             cfg,
             users: Mutex::new(HashMap::new()),
+            sink: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Tells `sink` of refusals (webhooks' `rate_limited`): each flood, and otherwise at
+    /// most one refusal per user every 10 s. Called with the limiter's lock held: it must
+    /// only hand the fact over.
+    pub fn on_refused(&self, sink: RefusalSink) {
+        if self.sink.set(sink).is_err() {
+            tracing::warn!("the limiter's refusal sink was set twice; the first stays");
         }
     }
 
@@ -234,6 +260,7 @@ impl Limiter {
         let u = users.entry(user).or_insert_with(|| UserLimits {
             buckets: Default::default(),
             flood: Flood::new(Duration::from_secs(self.cfg.flood_window_secs), self.cfg.flood_max, now),
+            reported: None,
         });
         let slot = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         let bucket = u.buckets[slot].get_or_insert_with(|| Bucket::new(self.cfg.rate(kind), now));
@@ -245,7 +272,16 @@ impl Limiter {
             message: format!("rate limited ({kind:?})"),
             retry_after_ms: Some(wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
         };
-        Err(if u.flood.refused(now) {
+        let flood = u.flood.refused(now);
+        if let Some(sink) = self.sink.get()
+            && (flood
+                || u.reported
+                    .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY))
+        {
+            u.reported = Some(now);
+            sink(user, kind, flood);
+        }
+        Err(if flood {
             Refusal::Flood(body)
         } else {
             Refusal::Error(body)

@@ -154,6 +154,34 @@ async fn record(store: Option<&Store>, p: &Presence, was_online: bool, why: Offl
     }
 }
 
+/// Records `session.closed` (reason `node_lost`) for each user who had sessions on a dead
+/// node, in one transaction.
+async fn record_node_lost(store: Option<&Store>, node: &str, users: &[u64]) {
+    use crate::webhooks::catalogue::{SessionEnd, WebhookSessionClosed, user_event};
+    let Some(store) = store else { return };
+    if users.is_empty() || !store.hooks().wants("session.closed") {
+        return;
+    }
+    let now = crate::ids::now_ms();
+    let events: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let data = WebhookSessionClosed {
+                user_id: crate::api::types::Id(*u),
+                session_id: None,
+                node: node.to_string(),
+                close_code: None,
+                resumable: false,
+                reason: SessionEnd::NodeLost,
+            };
+            (user_event("session.closed", *u, &data), now)
+        })
+        .collect();
+    if let Err(e) = store.hook_record_batch(&events).await {
+        tracing::warn!(error = %e, node, "recording session.closed for a dead node's users failed");
+    }
+}
+
 /// Renews the node's liveness; when the registry comes back, asks for a resync; removes
 /// dead nodes' presence and publishes what changed.
 async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedSender<Cmd>, store: Option<Store>) {
@@ -171,7 +199,10 @@ async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedS
         was_up = up;
         if up {
             match r.reap().await {
-                Ok(changes) => {
+                Ok((changes, dead)) => {
+                    for (node, users) in dead {
+                        record_node_lost(store.as_ref(), &node, &users).await;
+                    }
                     for c in changes {
                         record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::NodeLost).await;
                         publish(bus.as_ref(), c.presence, Some(c.version));

@@ -335,6 +335,21 @@ impl Store {
         .await
     }
 
+    /// Records events that are not part of a stored change, in one transaction (each when
+    /// something wants its kind), each at its own time.
+    pub async fn hook_record_batch(&self, events: &[(HookEvent, u64)]) -> Result<()> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            for (ev, at) in events {
+                let kind = ev.kind;
+                self.hook_record(&mut tx, kind, *at, || ev.clone()).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// What decides which events are recorded (shared with the delivery task).
     pub fn hooks(&self) -> &HookSink {
         &self.hooks

@@ -29,6 +29,9 @@ pub const TYPES: &[(&str, &str)] = &[
     ("voice.joined", "voice"),
     ("voice.left", "voice"),
     ("voice.state_updated", "voice"),
+    ("session.opened", "user"),
+    ("session.closed", "user"),
+    ("rate_limited", "user"),
     ("user.online", "user"),
     ("user.offline", "user"),
     ("notification.undelivered", "user"),
@@ -230,6 +233,77 @@ impl WebhookVoice {
                 server_deaf,
             }),
         }
+    }
+}
+
+/// `session.opened`: a connection of the user went live on a node (a new session, or one
+/// resumed). Ordered by `user:<id>`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookSessionOpened {
+    /// The user.
+    pub user_id: Id,
+    /// The session (32 hex digits, as `GET /users/{id}/sessions` lists it).
+    pub session_id: String,
+    /// The node.
+    pub node: String,
+    /// `quic` or `webtransport`.
+    pub transport: String,
+    /// `desktop`, `mobile` or `web`.
+    pub device: String,
+    /// Whether it resumed an earlier connection's session.
+    pub resumed: bool,
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// Its connection ended (see `close_code` and `resumable`).
+    Closed,
+    /// The node holding it died (its liveness lapsed): every session of the user there.
+    NodeLost,
+}
+
+/// `session.closed`: a connection of the user ended — for good, or leaving the session
+/// resumable for the resume window (`resumable`). Ordered by `user:<id>`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookSessionClosed {
+    /// The user.
+    pub user_id: Id,
+    /// The session (`null` for `node_lost`: all of the user's sessions on that node).
+    pub session_id: Option<String>,
+    /// The node.
+    pub node: String,
+    /// The close code (PROTOCOL.md §7) when the server or client gave one.
+    pub close_code: Option<u32>,
+    /// Whether it may still be resumed (the connection dropped without a deliberate close).
+    pub resumable: bool,
+    /// Why.
+    pub reason: SessionEnd,
+}
+
+/// `rate_limited`: a user's request was refused by a rate limit (at most one event per
+/// user per 10 s, and one for each flood that closes a session). Ordered by `user:<id>`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookRateLimited {
+    /// The user.
+    pub user_id: Id,
+    /// Which limit (`send`, `edit`, `react`, `manage`, `fetch`, `read`, `presence`,
+    /// `typing`, `voice`).
+    pub limit: String,
+    /// Whether they kept going past refusals until the session was closed (1004).
+    pub flood: bool,
+    /// The node.
+    pub node: String,
+}
+
+/// An event ordered by its user.
+pub fn user_event<T: Serialize>(kind: &'static str, user: u64, data: &T) -> HookEvent {
+    HookEvent {
+        kind,
+        okey: format!("user:{user}"),
+        kseq: None,
+        data: json(data),
     }
 }
 

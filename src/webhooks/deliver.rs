@@ -19,6 +19,8 @@ const RELOAD_MS: u64 = 2_000;
 /// How often due deliveries are looked for without a wake-up (another node's writes,
 /// retries coming due).
 const POLL: Duration = Duration::from_millis(200);
+/// How long a wake-up waits for others before looking at the due list.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Delivery counters, for `/metrics`.
 #[derive(Debug, Default)]
@@ -283,7 +285,11 @@ impl Deliverer {
                 self.dispatch(e, &parts, now).await;
             }
             tokio::select! {
-                _ = written.notified() => {}
+                _ = written.notified() => {
+                    // Wake-ups in a burst (commits, finished attempts) share one look at
+                    // the due list: one query per few ms, not one per event.
+                    tokio::time::sleep(COALESCE).await;
+                }
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.wait() => break,
             }

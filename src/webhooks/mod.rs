@@ -24,6 +24,7 @@ pub mod catalogue;
 mod client;
 pub mod deliver;
 pub mod hooks;
+pub mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -253,10 +253,12 @@ impl RedisRegistry {
     }
 
     /// Removes the parts of nodes whose liveness key expired (one surviving node does it,
-    /// under a short lock), returning the changes to publish.
-    pub async fn reap(&self) -> redis::RedisResult<Vec<Change>> {
+    /// under a short lock), returning the changes to publish and, per dead node, the users
+    /// who had sessions there.
+    pub async fn reap(&self) -> redis::RedisResult<(Vec<Change>, Vec<(String, Vec<u64>)>)> {
         let nodes: Vec<String> = self.cmds.query(redis::cmd("SMEMBERS").arg(self.nodes_key())).await?;
         let mut out = Vec::new();
+        let mut dead = Vec::new();
         for n in nodes.iter().filter(|n| **n != self.node) {
             let alive: bool = self.cmds.query(redis::cmd("EXISTS").arg(self.alive_key(n))).await?;
             if alive {
@@ -282,10 +284,11 @@ impl RedisRegistry {
                 .await?;
             tracing::warn!(node = %n, users = users.len(), "a node's liveness key expired: removing its presence");
             let mut by_user: HashMap<u64, Change> = HashMap::new();
-            for u in users {
-                let c = self.write_for(n, u, None).await?;
-                by_user.insert(u, c);
+            for u in &users {
+                let c = self.write_for(n, *u, None).await?;
+                by_user.insert(*u, c);
             }
+            dead.push((n.clone(), users));
             self.cmds
                 .query::<i64>(redis::cmd("DEL").arg(self.node_users_key(n)))
                 .await?;
@@ -294,6 +297,6 @@ impl RedisRegistry {
                 .await?;
             out.extend(by_user.into_values().filter(|c| c.changed));
         }
-        Ok(out)
+        Ok((out, dead))
     }
 }
