@@ -732,7 +732,7 @@ fn end_session(ctx: &Arc<Ctx>, c: &mut Conn, peer_code: Option<u32>) {
             user_id: crate::api::types::Id(live.user),
             session_id: Some(handle.id.to_string()),
             node: ctx.cfg.node_name.clone(),
-            close_code: c.close.as_ref().map(|(code, _)| u32::from(code.0)).or(peer_code),
+            close_code: c.close.as_ref().map(|(code, _)| code.0).or(peer_code),
             resumable: !deliberate,
             reason: crate::webhooks::catalogue::SessionEnd::Closed,
         };
