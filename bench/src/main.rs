@@ -111,6 +111,10 @@ struct WebhooksArgs {
     /// webhook endpoint), interleaved.
     #[arg(long)]
     hook: bool,
+    /// W1 with a backlog: the receiver refuses (503) while the events are posted, then
+    /// takes them: how fast a backlog drains (`drain/s`).
+    #[arg(long, conflicts_with = "hook")]
+    backlog: bool,
     /// Runs (interleaved for W2).
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -803,6 +807,7 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
                 posters: a.posters,
                 hook,
                 webhook,
+                backlog: a.backlog,
             };
             let r = webhooks::run(&bin, &p).await?;
             let case = match (webhook, hook) {
@@ -811,7 +816,7 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
                 (false, false) => "no-hook",
             };
             println!(
-                "{:>10} {:>7.0} {:>8} {:>9} {:>9.0} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>10.2} {:>9.1}",
+                "{:>10} {:>7.0} {:>8} {:>9} {:>9.0} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>10.2} {:>9.1} {:>9.0}",
                 case,
                 a.rate,
                 r.posted,
@@ -823,7 +828,8 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
                 r.latency.max / 1000.0,
                 r.call.p50 / 1000.0,
                 r.call.p99 / 1000.0,
-                r.cpu_us_per_event
+                r.cpu_us_per_event,
+                r.drain_per_sec
             );
             println!(
                 "{}",
@@ -831,7 +837,7 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
                     "posted": r.posted, "post_seconds": r.post_seconds, "delivered": r.delivered, "duplicates": r.duplicates,
                     "delivered_per_sec": r.delivered_per_sec, "latency_ms_p50": r.latency.p50 / 1000.0, "latency_ms_p99": r.latency.p99 / 1000.0,
                     "latency_ms_max": r.latency.max / 1000.0, "call_ms_p50": r.call.p50 / 1000.0, "call_ms_p99": r.call.p99 / 1000.0,
-                    "cpu_us_per_event": r.cpu_us_per_event, "hook_calls": r.hook_calls})
+                    "cpu_us_per_event": r.cpu_us_per_event, "hook_calls": r.hook_calls, "backlog": a.backlog, "drain_per_sec": r.drain_per_sec})
             );
             if webhook {
                 anyhow::ensure!(

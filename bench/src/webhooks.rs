@@ -19,6 +19,8 @@ use crate::server::ServerProc;
 /// What the receiver saw.
 #[derive(Default)]
 struct Seen {
+    /// Refuse deliveries with 503 (a backlog builds up) while set.
+    refuse: bool,
     ids: HashSet<String>,
     duplicates: u64,
     /// Change → arrival, µs.
@@ -74,6 +76,8 @@ async fn receiver(seen: Arc<Mutex<Seen>>) -> anyhow::Result<SocketAddr> {
                     let answer: &[u8] = if hook {
                         seen.lock().unwrap().hook_calls += 1;
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n{\"allow\":true}"
+                    } else if seen.lock().unwrap().refuse {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
                     } else {
                         let at = now_ms_f();
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -113,6 +117,8 @@ pub(crate) struct Run {
     pub(crate) call: crate::Percentiles,
     pub(crate) cpu_us_per_event: f64,
     pub(crate) hook_calls: u64,
+    /// Backlog runs: events per second delivered once the receiver accepts them.
+    pub(crate) drain_per_sec: f64,
 }
 
 /// Parameters.
@@ -123,17 +129,23 @@ pub(crate) struct Params {
     pub(crate) posters: usize,
     pub(crate) hook: bool,
     pub(crate) webhook: bool,
+    /// The receiver refuses (503) while the events are posted, then accepts: how fast a
+    /// backlog drains.
+    pub(crate) backlog: bool,
 }
 
 /// One run against a fresh server.
 pub(crate) async fn run(bin: &std::path::Path, p: &Params) -> anyhow::Result<Run> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Seen {
+        refuse: p.backlog,
+        ..Seen::default()
+    }));
     let rx = receiver(seen.clone()).await?;
     let (key, keys) = key_config()?;
     let mut toml = keys;
     // The senders' rate is the scenario's, not a user's.
     toml.push_str("\n[limits]\nsend = { burst = 1000000.0, per_sec = 1000000.0 }\n");
-    toml.push_str("\n[webhooks]\nlog = true\n");
+    toml.push_str("\n[webhooks]\nlog = true\nretry_min = \"100ms\"\nretry_max = \"200ms\"\n");
     let secret = quaver::webhooks::new_secret();
     if p.webhook {
         toml.push_str(&format!(
@@ -206,6 +218,14 @@ pub(crate) async fn run(bin: &std::path::Path, p: &Params) -> anyhow::Result<Run
     }
     let post_seconds = start.elapsed().as_secs_f64();
     let posted = calls.len() as u64;
+    let mut drain_per_sec = 0.0;
+    let mut drain_from = None;
+    if p.backlog {
+        // Everything is stored and pending: accept from now on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        seen.lock().unwrap().refuse = false;
+        drain_from = Some(Instant::now());
+    }
     if p.webhook {
         // Every event delivered, or 60 s.
         let end = Instant::now() + Duration::from_secs(60);
@@ -216,6 +236,9 @@ pub(crate) async fn run(bin: &std::path::Path, p: &Params) -> anyhow::Result<Run
     let cpu = srv.cpu_seconds() - cpu0;
     srv.stop().await;
     let s = std::mem::take(&mut *seen.lock().unwrap());
+    if let (Some(from), Some(last)) = (drain_from, s.last_at) {
+        drain_per_sec = s.ids.len() as f64 / last.duration_since(from).as_secs_f64().max(1e-9);
+    }
     let delivered = s.ids.len() as u64;
     let span = s
         .last_at
@@ -230,5 +253,6 @@ pub(crate) async fn run(bin: &std::path::Path, p: &Params) -> anyhow::Result<Run
         call: crate::percentiles(calls),
         cpu_us_per_event: cpu * 1e6 / posted.max(1) as f64,
         hook_calls: s.hook_calls,
+        drain_per_sec,
     })
 }
