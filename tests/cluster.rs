@@ -1810,3 +1810,59 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
     b.shutdown().await;
     s.drop_db().await;
 }
+
+/// Presence webhooks through a Redis restart that loses everything: a user who
+/// disconnected while Redis was down still gets their `user.offline` once it is back.
+#[tokio::test]
+async fn a_disconnect_during_a_redis_outage_still_sends_user_offline() {
+    use common::hooks::{Received, Receiver};
+    if !have_redis_server() {
+        return;
+    }
+    let (mut procs, port) = start_single("redis-hooks");
+    let dir = procs._dir.clone();
+    let s = with_database("hookredis", format!("redis://127.0.0.1:{port}"), "rh:".into()).await;
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = node_config(&s);
+    c.webhooks.retry_min = Duration::from_millis(50);
+    c.webhooks.retry_max = Duration::from_millis(300);
+    c.webhooks.endpoints = vec![quaver::webhooks::EndpointConfig {
+        id: "app".into(),
+        url: r.url(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        events: vec!["user.*".into()],
+        description: String::new(),
+    }];
+    let a = start(c).await;
+    let kinds = || {
+        r.got()
+            .iter()
+            .map(Received::json)
+            .filter(|e| e["data"]["user_id"] == "1")
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (c1, _l1) = user(&a, 1).await;
+    assert!(
+        eventually(Duration::from_secs(5), || kinds() == ["user.online"]).await,
+        "{:?}",
+        kinds()
+    );
+    let mut redis = procs.children.pop().unwrap();
+    redis.kill().unwrap(); // SIGKILL: Redis keeps nothing (no persistence)
+    redis.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c1.close();
+    // The grace (300 ms) passes while Redis is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kinds(), ["user.online"], "nothing decided while the registry is away");
+    procs.children.push(spawn_redis(&dir, port, false));
+    wait_ping(port);
+    assert!(
+        eventually(Duration::from_secs(8), || kinds() == ["user.online", "user.offline"]).await,
+        "{:?}",
+        kinds()
+    );
+    a.shutdown().await;
+    s.drop_db().await;
+}

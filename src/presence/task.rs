@@ -225,6 +225,11 @@ async fn run(
     let mut written: HashMap<u64, Part> = HashMap::new();
     // One node: the users last published as not offline (to tell when one crosses).
     let mut online: std::collections::HashSet<u64> = Default::default();
+    // A cluster whose registry was away: users whose presence changed meanwhile (no
+    // webhook event could be decided then). Once their part is written again, one that
+    // is offline gets its `user.offline` even if the registry lost what it had (a Redis
+    // restart without persistence), so a disconnect during an outage is never missed.
+    let mut unsure: std::collections::HashSet<u64> = Default::default();
     // One node (no registry): every change is published with the next number of one
     // node-wide counter — increasing for every user, which is all a version must be — so a
     // snapshot (numbered with the counter's value when it was read) is told from a later
@@ -272,6 +277,9 @@ async fn run(
         let dirty = state.take_dirty();
         let Some(r) = registry.as_ref().filter(|r| r.is_up()) else {
             // One node, or the registry is unreachable: what this node sees is published.
+            if registry.is_some() {
+                unsure.extend(dirty);
+            }
             for p in out {
                 if registry.is_none() {
                     // (With the registry away this node cannot tell whether the user is
@@ -303,9 +311,14 @@ async fn run(
                     } else {
                         written.insert(u, part);
                     }
+                    let was_unsure = unsure.remove(&u);
                     if c.changed {
                         record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::Disconnected).await;
                         publish(bus.as_ref(), c.presence, Some(c.version));
+                    } else if was_unsure && c.presence.status == PresenceStatus::Offline {
+                        // Went offline while the registry was away, and it kept nothing to
+                        // compare with: say so (at worst a second user.offline).
+                        record(store.as_ref(), &c.presence, true, OfflineWhy::Disconnected).await;
                     }
                 }
                 Err(e) => {
