@@ -1237,3 +1237,41 @@ async fn sessions_opening_and_closing_and_rate_limits_are_events() {
     );
     assert!(got.iter().all(|e| e["key"] == "user:1"));
 }
+
+#[tokio::test]
+async fn typing_is_opt_in() {
+    use quaver_client::{Transport, connect};
+    use quaver_proto::{Lane, RequestBody};
+    let all = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let typing = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    quick(&mut c);
+    c.webhooks.endpoints = vec![
+        endpoint("all", all.url(), &["*"]),
+        endpoint("typing", typing.url(), &["typing.*"]),
+    ];
+    let (s, b) = server(c).await;
+    let (_gid, channel) = guild(&b).await;
+    let c1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut t = c1.open_lane(Lane::Typing).await.unwrap();
+    t.request(RequestBody::TypingStart {
+        channel_id: channel.parse().unwrap(),
+    })
+    .await
+    .unwrap()
+    .expect("typing");
+    assert!(eventually(Duration::from_secs(5), || !typing.got().is_empty()).await);
+    let e = typing.got()[0].json();
+    assert_eq!(
+        (e["type"].as_str(), e["key"].as_str()),
+        (Some("typing.started"), Some(format!("typing:{channel}").as_str()))
+    );
+    assert_eq!(e["data"]["user_id"], "1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        all.got().iter().all(|g| g.json()["type"] != "typing.started"),
+        "`*` does not include typing"
+    );
+}

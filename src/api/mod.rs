@@ -109,6 +109,7 @@ impl std::fmt::Debug for Services {
         crate::webhooks::catalogue::WebhookSessionOpened,
         crate::webhooks::catalogue::WebhookSessionClosed,
         crate::webhooks::catalogue::WebhookRateLimited,
+        crate::webhooks::catalogue::WebhookTyping,
         crate::webhooks::catalogue::WebhookUserPresence,
         crate::webhooks::catalogue::WebhookNotification,
         crate::webhooks::catalogue::WebhookTest,

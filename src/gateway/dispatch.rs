@@ -78,6 +78,10 @@ pub async fn request(
             ctx.limiter.check(user, Kind::Typing)?;
             let guild = ctx.chat.check(user, channel_id, Perms::SEND_MESSAGES).await?;
             ctx.typing.start(channel_id, guild, user);
+            if ctx.hook_writer.wants("typing.started") {
+                let ev = crate::webhooks::catalogue::typing(guild, channel_id, user);
+                ctx.hook_writer.record(ev, crate::ids::now_ms());
+            }
             Ok(ResponseBody::Done)
         }
         RequestBody::TypingStop { channel_id } => {

@@ -32,6 +32,7 @@ pub const TYPES: &[(&str, &str)] = &[
     ("session.opened", "user"),
     ("session.closed", "user"),
     ("rate_limited", "user"),
+    ("typing.started", "typing"),
     ("user.online", "user"),
     ("user.offline", "user"),
     ("notification.undelivered", "user"),
@@ -39,15 +40,18 @@ pub const TYPES: &[(&str, &str)] = &[
     ("webhook.test", "endpoint"),
 ];
 
-/// Whether an endpoint with these patterns wants events of `kind`: `*` (every type), a
-/// family (`message.*`) or one type (`message.created`). `webhook.test` goes only to the
-/// endpoint it tests, whatever its patterns.
+/// High-volume types that `*` does not include: an endpoint names them (or their family).
+pub const OPT_IN: &[&str] = &["typing.started"];
+
+/// Whether an endpoint with these patterns wants events of `kind`: `*` (every type but the
+/// opt-in ones), a family (`message.*`) or one type (`message.created`). `webhook.test`
+/// goes only to the endpoint it tests, whatever its patterns.
 pub fn matches(patterns: &[String], kind: &str) -> bool {
     if kind == "webhook.test" {
         return false;
     }
     patterns.iter().any(|p| {
-        p == "*"
+        (p == "*" && !OPT_IN.contains(&kind))
             || p == kind
             || p.strip_suffix(".*")
                 .is_some_and(|family| kind.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')))
@@ -194,6 +198,20 @@ pub struct WebhookChannel {
     pub kind: Option<String>,
 }
 
+/// The `typing.started` event.
+pub fn typing(guild: Option<u64>, channel: u64, user: u64) -> HookEvent {
+    HookEvent {
+        kind: "typing.started",
+        okey: format!("typing:{channel}"),
+        kseq: None,
+        data: json(&WebhookTyping {
+            guild_id: guild.map(Id),
+            channel_id: Id(channel),
+            user_id: Id(user),
+        }),
+    }
+}
+
 /// `voice.joined` / `voice.left` / `voice.state_updated`: someone in a voice channel.
 /// Ordered by the channel (`voice:<id>`). In `voice.state_updated` the states given are the
 /// new ones; `null`: unchanged.
@@ -305,6 +323,19 @@ pub fn user_event<T: Serialize>(kind: &'static str, user: u64, data: &T) -> Hook
         kseq: None,
         data: json(data),
     }
+}
+
+/// `typing.started` (opt-in: `*` does not include it): someone started typing in a
+/// channel. Ordered by `typing:<channel id>` (typing is not stored, so not in the channel's
+/// seq). Recorded by the batch writer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookTyping {
+    /// The guild (`null` in a DM).
+    pub guild_id: Option<Id>,
+    /// The channel.
+    pub channel_id: Id,
+    /// Who.
+    pub user_id: Id,
 }
 
 /// A status as webhooks name it.
@@ -609,6 +640,8 @@ mod tests {
         assert!(matches(&p(&["member.left", "reaction.added"]), "reaction.added"));
         assert!(!matches(&p(&[]), "message.created"));
         assert!(!matches(&p(&["*"]), "webhook.test"));
+        assert!(!matches(&p(&["*"]), "typing.started"), "opt-in");
+        assert!(matches(&p(&["*", "typing.*"]), "typing.started"));
     }
 
     #[test]
