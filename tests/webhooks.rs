@@ -1027,7 +1027,11 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
     let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
     let mut c = config();
     quick(&mut c);
-    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["guild.*", "channel.*"])];
+    c.webhooks.endpoints = vec![endpoint(
+        "app",
+        r.url(),
+        &["guild.*", "channel.*", "role.*", "member.roles_updated"],
+    )];
     let (_s, b) = server(c).await;
     let gid = b
         .ok(
@@ -1062,6 +1066,29 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
     )
     .await;
     b.ok(204, "DELETE", &format!("/api/v1/channels/{ch}"), None).await;
+    let role = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/roles"),
+            Some(json!({"name": "mods", "permissions": "8"})),
+        )
+        .await
+        .s("id");
+    b.ok(
+        200,
+        "PATCH",
+        &format!("/api/v1/guilds/{gid}/roles/{role}"),
+        Some(json!({"name": "moderators"})),
+    )
+    .await;
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/guilds/{gid}/members/1/roles/{role}"),
+        None,
+    )
+    .await;
     b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}"), None).await;
     let want = [
         "guild.created",
@@ -1069,6 +1096,9 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
         "channel.created",
         "channel.updated",
         "channel.deleted",
+        "role.created",
+        "role.updated",
+        "member.roles_updated",
         "guild.deleted",
     ];
     assert!(

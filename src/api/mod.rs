@@ -110,6 +110,8 @@ impl std::fmt::Debug for Services {
         crate::webhooks::catalogue::WebhookSessionClosed,
         crate::webhooks::catalogue::WebhookRateLimited,
         crate::webhooks::catalogue::WebhookTyping,
+        crate::webhooks::catalogue::WebhookRole,
+        crate::webhooks::catalogue::WebhookMemberRole,
         crate::webhooks::catalogue::WebhookUserPresence,
         crate::webhooks::catalogue::WebhookNotification,
         crate::webhooks::catalogue::WebhookTest,

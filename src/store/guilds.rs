@@ -3,7 +3,8 @@
 use super::*;
 use crate::api::types::Id;
 use crate::webhooks::catalogue::{
-    LeftHow, WebhookGuild, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, guild_event,
+    LeftHow, WebhookGuild, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, WebhookMemberRole, WebhookRole,
+    guild_event,
 };
 
 fn role_of(r: &AnyRow) -> Result<Role> {
@@ -582,6 +583,17 @@ impl Store {
                 .bind(i(permissions))
                 .execute(&mut *tx)
                 .await?;
+            let data = WebhookRole {
+                guild_id: Id(guild),
+                role_id: Id(id),
+                name: name.to_string(),
+                permissions: permissions.to_string(),
+            };
+            let now_ms = crate::ids::now_ms();
+            self.hook_record(&mut tx, "role.created", now_ms, || {
+                guild_event("role.created", guild, &data)
+            })
+            .await?;
             tx.commit().await?;
             Ok(Role {
                 id,
@@ -597,6 +609,7 @@ impl Store {
     /// Changes a role.
     pub async fn update_role(&self, guild: u64, id: u64, name: &str, permissions: u64) -> Result<Role> {
         self.deadline(async move {
+            let mut tx = self.begin().await?;
             let r = sqlx::query(
                 "UPDATE roles SET name = $3, permissions = $4 WHERE guild_id = $1 AND id = $2 \
                  RETURNING id, guild_id, name, permissions, position",
@@ -605,10 +618,23 @@ impl Store {
             .bind(i(id))
             .bind(name)
             .bind(i(permissions))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-            role_of(&r)
+            let role = role_of(&r)?;
+            let data = WebhookRole {
+                guild_id: Id(guild),
+                role_id: Id(id),
+                name: name.to_string(),
+                permissions: permissions.to_string(),
+            };
+            let now_ms = crate::ids::now_ms();
+            self.hook_record(&mut tx, "role.updated", now_ms, || {
+                guild_event("role.updated", guild, &data)
+            })
+            .await?;
+            tx.commit().await?;
+            Ok(role)
         })
         .await
     }
@@ -631,12 +657,28 @@ impl Store {
             } else {
                 "DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3"
             };
-            sqlx::query(q)
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(q)
                 .bind(i(guild))
                 .bind(i(user))
                 .bind(i(role))
-                .execute(&self.pool)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                let data = WebhookMemberRole {
+                    guild_id: Id(guild),
+                    user_id: Id(user),
+                    role_id: Id(role),
+                    added: add,
+                };
+                let now_ms = crate::ids::now_ms();
+                self.hook_record(&mut tx, "member.roles_updated", now_ms, || {
+                    guild_event("member.roles_updated", guild, &data)
+                })
                 .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await

@@ -20,6 +20,9 @@ pub const TYPES: &[(&str, &str)] = &[
     ("member.left", "guild"),
     ("member.banned", "guild"),
     ("member.unbanned", "guild"),
+    ("role.created", "guild"),
+    ("role.updated", "guild"),
+    ("member.roles_updated", "guild"),
     ("guild.created", "guild"),
     ("guild.updated", "guild"),
     ("guild.deleted", "guild"),
@@ -171,6 +174,32 @@ pub struct WebhookMemberBanned {
     pub by: Id,
     /// The reason given.
     pub reason: String,
+}
+
+/// `role.created` / `role.updated`: a guild's role made or changed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookRole {
+    /// The guild.
+    pub guild_id: Id,
+    /// The role.
+    pub role_id: Id,
+    /// Its name.
+    pub name: String,
+    /// Its permission bits (decimal string).
+    pub permissions: String,
+}
+
+/// `member.roles_updated`: a member was given (`added`) or lost a role.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMemberRole {
+    /// The guild.
+    pub guild_id: Id,
+    /// The member.
+    pub user_id: Id,
+    /// The role.
+    pub role_id: Id,
+    /// Given (true) or taken (false).
+    pub added: bool,
 }
 
 /// `guild.created` / `guild.updated` / `guild.deleted`.
