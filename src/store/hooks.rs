@@ -143,6 +143,25 @@ pub struct Due {
     pub attempts: u32,
 }
 
+/// An attempt's outcome to write.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    /// The endpoint.
+    pub endpoint: String,
+    /// The event.
+    pub event: u64,
+    /// Its new state (pending for a retry).
+    pub state: i64,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// The next attempt (pending ones), Unix ms.
+    pub next_at_ms: u64,
+    /// The answer's status, if any.
+    pub status: Option<u16>,
+    /// What failed, if anything.
+    pub error: Option<String>,
+}
+
 /// One row of an endpoint's delivery log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -525,34 +544,27 @@ impl Store {
         .await
     }
 
-    /// Writes an attempt's outcome: `state` (pending with `next_at_ms` for a retry).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn hook_attempted(
-        &self,
-        endpoint: &str,
-        event: u64,
-        state: i64,
-        attempts: u32,
-        next_at_ms: u64,
-        status: Option<u16>,
-        error: Option<&str>,
-        now_ms: u64,
-    ) -> Result<()> {
+    /// Writes attempts' outcomes in one transaction.
+    pub async fn hook_attempted_many(&self, rows: &[Attempted], now_ms: u64) -> Result<()> {
         self.deadline(async move {
-            sqlx::query(
-                "UPDATE hook_deliveries SET state = $3, attempts = $4, next_at = $5, last_status = $6, last_error = $7, updated_at = $8 \
-                 WHERE endpoint_id = $1 AND event_id = $2 AND state = 0",
-            )
-            .bind(endpoint)
-            .bind(i(event))
-            .bind(state)
-            .bind(i64::from(attempts))
-            .bind(i(next_at_ms))
-            .bind(status.map(i64::from))
-            .bind(error)
-            .bind(i(now_ms))
-            .execute(&self.pool)
-            .await?;
+            let mut tx = self.begin().await?;
+            for a in rows {
+                sqlx::query(
+                    "UPDATE hook_deliveries SET state = $3, attempts = $4, next_at = $5, last_status = $6, last_error = $7, updated_at = $8 \
+                     WHERE endpoint_id = $1 AND event_id = $2 AND state = 0",
+                )
+                .bind(&a.endpoint)
+                .bind(i(a.event))
+                .bind(a.state)
+                .bind(i64::from(a.attempts))
+                .bind(i(a.next_at_ms))
+                .bind(a.status.map(i64::from))
+                .bind(a.error.as_deref())
+                .bind(i(now_ms))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await

@@ -42,8 +42,8 @@ use tx::Tx;
 
 pub use api::{IdempotencyBegin, Revocation};
 pub use hooks::{
-    Delivery, Due, Endpoint, EndpointFilter, EndpointSecret, HookEvent, HookSink, LoggedEvent, PARTITIONS, partition,
-    state as delivery_state,
+    Attempted, Delivery, Due, Endpoint, EndpointFilter, EndpointSecret, HookEvent, HookSink, LoggedEvent, PARTITIONS,
+    partition, state as delivery_state,
 };
 
 /// Store failures. Domain refusals are distinct variants so the chat layer can map each to

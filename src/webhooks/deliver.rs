@@ -114,6 +114,20 @@ struct Running {
     finished: HashMap<u64, u64>,
 }
 
+/// An attempt's result, written with the others that finished at the same time (one
+/// transaction), before its key is free for the next event.
+#[derive(Debug)]
+struct Outcome {
+    endpoint: String,
+    okey: String,
+    event: u64,
+    state: i64,
+    attempts: u32,
+    next_at_ms: u64,
+    status: Option<u16>,
+    error: Option<String>,
+}
+
 /// The delivery task's state.
 pub struct Deliverer {
     store: Store,
@@ -126,6 +140,9 @@ pub struct Deliverer {
     pub metrics: Metrics,
     /// Set when endpoints changed through this node's API: reread them at once.
     changed: std::sync::atomic::AtomicBool,
+    /// Finished attempts, to the run loop.
+    done_tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    done_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>>>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -190,6 +207,7 @@ impl Deliverer {
                 .await
                 .map_err(|e| anyhow::anyhow!("deleting a webhook endpoint: {e}"))?;
         }
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let d = Arc::new(Deliverer {
             store,
             node: node.to_string(),
@@ -198,6 +216,8 @@ impl Deliverer {
             inflight: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             changed: Default::default(),
+            done_tx,
+            done_rx: Mutex::new(Some(done_rx)),
         });
         d.reload()
             .await
@@ -234,6 +254,10 @@ impl Deliverer {
     /// Runs until `stop` fires, then gives back its leases.
     pub async fn run(self: Arc<Self>, mut stop: crate::shutdown::Signal) {
         let written = self.store.hooks().written.clone();
+        let Some(mut done) = self.done_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            tracing::error!("the webhook delivery task was started twice; this one stops");
+            return;
+        };
         let mut endpoints: Vec<Endpoint> = Vec::new();
         let mut last_reload = 0u64;
         // (endpoint, partition) → when our lease runs out.
@@ -241,6 +265,13 @@ impl Deliverer {
         let mut last_claim = 0u64;
         let lease_ms = (self.cfg.lease.as_millis() as u64).max(300);
         loop {
+            // Finished attempts first: their outcomes are written (one transaction), then
+            // their keys are free.
+            let mut finished = Vec::new();
+            while let Ok(o) = done.try_recv() {
+                finished.push(o);
+            }
+            self.settle(finished).await;
             let now = now_ms();
             if self.changed.swap(false, Relaxed) || now.saturating_sub(last_reload) >= RELOAD_MS {
                 match self.reload().await {
@@ -290,12 +321,53 @@ impl Deliverer {
                     // the due list: one query per few ms, not one per event.
                     tokio::time::sleep(COALESCE).await;
                 }
+                Some(o) = done.recv() => {
+                    tokio::time::sleep(COALESCE).await;
+                    let mut finished = vec![o];
+                    while let Ok(o) = done.try_recv() {
+                        finished.push(o);
+                    }
+                    self.settle(finished).await;
+                }
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.wait() => break,
             }
         }
         if let Err(e) = self.store.hook_release(&self.node).await {
             tracing::warn!(error = %e, "giving back webhook leases failed (they run out by themselves)");
+        }
+    }
+
+    /// Writes finished attempts' outcomes in one transaction, then frees their keys. (If
+    /// the write fails the deliveries stay pending and go out again: at least once.)
+    async fn settle(&self, finished: Vec<Outcome>) {
+        if finished.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let rows: Vec<crate::store::Attempted> = finished
+            .iter()
+            .map(|o| crate::store::Attempted {
+                endpoint: o.endpoint.clone(),
+                event: o.event,
+                state: o.state,
+                attempts: o.attempts,
+                next_at_ms: o.next_at_ms,
+                status: o.status,
+                error: o.error.clone(),
+            })
+            .collect();
+        if let Err(err) = self.store.hook_attempted_many(&rows, now).await {
+            // They will be sent again (at least once): the receiver dedupes on webhook-id.
+            tracing::warn!(error = %err, attempts = rows.len(), "recording webhook attempts failed");
+        }
+        let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for o in finished {
+            if let Some(run) = all.get_mut(&o.endpoint) {
+                run.keys.remove(&o.okey);
+                let g = run.generation;
+                run.finished.insert(o.event, g);
+            }
         }
     }
 
@@ -342,25 +414,29 @@ impl Deliverer {
             let me = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
-                let (okey, id) = (d.event.okey.clone(), d.event.id);
-                me.attempt(&e, d).await;
-                if let Some(run) = me.inflight.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&e.id) {
-                    run.keys.remove(&okey);
-                    let g = run.generation;
-                    run.finished.insert(id, g);
-                }
-                // The key's next event may be due now.
-                me.store.hooks().written.notify_one();
+                let o = me.attempt(&e, d).await;
+                // The run loop writes it and frees the key (the key's next event may be
+                // due then).
+                let _ = me.done_tx.send(o);
             });
         }
     }
 
-    async fn attempt(&self, e: &Endpoint, d: Due) {
+    /// One attempt: what to write for it (the run loop writes it).
+    async fn attempt(&self, e: &Endpoint, d: Due) -> Outcome {
+        let outcome = |state: i64, next_at_ms: u64, status: Option<u16>, error: Option<String>| Outcome {
+            endpoint: e.id.clone(),
+            okey: d.event.okey.clone(),
+            event: d.event.id,
+            state,
+            attempts: d.attempts + 1,
+            next_at_ms,
+            status,
+            error,
+        };
         let Ok(url) = url::Url::parse(&e.url) else {
-            // Checked when the endpoint was made; a row edited by hand is not retried forever.
-            return self
-                .failed(e, &d, None, "the endpoint's URL does not parse", None)
-                .await;
+            // Checked when the endpoint was made; a row edited by hand is retried and given up.
+            return self.failed(e, &d, None, "the endpoint's URL does not parse", None, outcome);
         };
         let body = serde_json::to_vec(&envelope(&d.event)).unwrap_or_default();
         let now = now_ms();
@@ -386,23 +462,7 @@ impl Deliverer {
                         .latency_ms_sum
                         .fetch_add(now.saturating_sub(d.event.created_at_ms), Relaxed);
                 }
-                let r = self
-                    .store
-                    .hook_attempted(
-                        &e.id,
-                        d.event.id,
-                        delivery_state::DELIVERED,
-                        d.attempts + 1,
-                        now,
-                        Some(a.status),
-                        None,
-                        now,
-                    )
-                    .await;
-                if let Err(err) = r {
-                    // It will be sent again (at least once): the receiver dedupes on webhook-id.
-                    tracing::warn!(error = %err, endpoint = %e.id, "recording a webhook delivery failed");
-                }
+                outcome(delivery_state::DELIVERED, now, Some(a.status), None)
             }
             Ok(a) if a.status == 410 => {
                 self.metrics.disabled.fetch_add(1, Relaxed);
@@ -410,20 +470,6 @@ impl Deliverer {
                 tracing::warn!(endpoint = %e.id, url = %e.url, "webhook endpoint answered 410 Gone: disabling it");
                 let reason = "the endpoint answered 410 Gone";
                 let now = now_ms();
-                let _ = self
-                    .store
-                    .hook_attempted(
-                        &e.id,
-                        d.event.id,
-                        delivery_state::PENDING,
-                        d.attempts + 1,
-                        now,
-                        Some(410),
-                        Some(reason),
-                        now,
-                    )
-                    .await
-                    .map_err(|err| tracing::warn!(error = %err, "recording a webhook attempt failed"));
                 match self.store.hook_set_disabled(&e.id, Some(reason), now).await {
                     Ok(_) => {
                         let data = catalogue::WebhookEndpointDisabled {
@@ -438,37 +484,38 @@ impl Deliverer {
                     Err(err) => tracing::warn!(error = %err, endpoint = %e.id, "disabling a webhook endpoint failed"),
                 }
                 self.endpoints_changed();
+                // It waits, pending, until the endpoint is enabled again.
+                outcome(delivery_state::PENDING, now, Some(410), Some(reason.into()))
             }
             Ok(a) => {
                 let msg = format!("answered {}", a.status);
-                self.failed(e, &d, Some(a.status), &msg, a.retry_after).await
+                self.failed(e, &d, Some(a.status), &msg, a.retry_after, outcome)
             }
-            Err(msg) => self.failed(e, &d, None, &msg, None).await,
+            Err(msg) => self.failed(e, &d, None, &msg, None, outcome),
         }
     }
 
-    async fn failed(&self, e: &Endpoint, d: &Due, status: Option<u16>, msg: &str, retry_after: Option<Duration>) {
+    fn failed(
+        &self,
+        e: &Endpoint,
+        d: &Due,
+        status: Option<u16>,
+        msg: &str,
+        retry_after: Option<Duration>,
+        outcome: impl Fn(i64, u64, Option<u16>, Option<String>) -> Outcome,
+    ) -> Outcome {
         self.metrics.failed.fetch_add(1, Relaxed);
         let now = now_ms();
         let attempts = d.attempts + 1;
         let give_up = now.saturating_sub(d.event.created_at_ms) >= self.cfg.retry_for.as_millis() as u64;
-        let (state, next) = if give_up {
+        if give_up {
             self.metrics.given_up.fetch_add(1, Relaxed);
             tracing::warn!(endpoint = %e.id, event = d.event.id, attempts, error = msg, "webhook delivery given up after the retry period");
-            (delivery_state::GIVEN_UP, now)
+            outcome(delivery_state::GIVEN_UP, now, status, Some(msg.to_string()))
         } else {
             tracing::debug!(endpoint = %e.id, event = d.event.id, attempts, error = msg, "webhook attempt failed");
-            (
-                delivery_state::PENDING,
-                now + self.backoff(attempts, retry_after).as_millis() as u64,
-            )
-        };
-        let r = self
-            .store
-            .hook_attempted(&e.id, d.event.id, state, attempts, next, status, Some(msg), now)
-            .await;
-        if let Err(err) = r {
-            tracing::warn!(error = %err, endpoint = %e.id, "recording a webhook attempt failed");
+            let next = now + self.backoff(attempts, retry_after).as_millis() as u64;
+            outcome(delivery_state::PENDING, next, status, Some(msg.to_string()))
         }
     }
 
