@@ -170,17 +170,23 @@ impl Store {
             .collect()
     }
 
+    /// The guild of a channel (`None`: a DM, or no such channel), in `tx`.
+    async fn guild_of_channel(tx: &mut Tx, channel: u64) -> Result<Option<u64>> {
+        Ok(sqlx::query("SELECT guild_id FROM channels WHERE id = $1")
+            .bind(i(channel))
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get::<Option<i64>, _>("guild_id"))
+            .transpose()?
+            .flatten()
+            .map(u))
+    }
+
     /// Deletes a channel and its messages.
     pub async fn delete_channel(&self, id: u64) -> Result<()> {
         self.deadline(async move {
             let mut tx = self.begin().await?;
-            let guild: Option<i64> = sqlx::query("SELECT guild_id FROM channels WHERE id = $1")
-                .bind(i(id))
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<Option<i64>, _>("guild_id"))
-                .transpose()?
-                .flatten();
+            let guild = Self::guild_of_channel(&mut tx, id).await?;
             for q in [
                 "DELETE FROM channel_events WHERE channel_id = $1",
                 "DELETE FROM reactions WHERE message_id IN (SELECT id FROM messages WHERE channel_id = $1)",
@@ -193,7 +199,7 @@ impl Store {
             ] {
                 sqlx::query(q).bind(i(id)).execute(&mut *tx).await?;
             }
-            if let Some(g) = guild.map(u) {
+            if let Some(g) = guild {
                 let data = WebhookChannel {
                     guild_id: Id(g),
                     channel_id: Id(id),
@@ -243,14 +249,8 @@ impl Store {
                         .await?;
                 }
             }
-            let guild: Option<i64> = sqlx::query("SELECT guild_id FROM channels WHERE id = $1")
-                .bind(i(channel))
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<Option<i64>, _>("guild_id"))
-                .transpose()?
-                .flatten();
-            if let Some(g) = guild.map(u) {
+            let guild = Self::guild_of_channel(&mut tx, channel).await?;
+            if let Some(g) = guild {
                 let data = WebhookChannel {
                     guild_id: Id(g),
                     channel_id: Id(channel),

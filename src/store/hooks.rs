@@ -245,6 +245,25 @@ impl Store {
             return Ok(());
         }
         let ev = event();
+        let (id, kseq) = Self::insert_event(tx, &ev, now_ms).await?;
+        let part = i64::from(partition(&ev.okey));
+        let mut any = false;
+        for e in self.hooks.endpoints().iter() {
+            if !crate::webhooks::catalogue::matches(&e.events, ev.kind) {
+                continue;
+            }
+            Self::insert_delivery(tx, &e.id, id, &ev.okey, kseq, part, now_ms).await?;
+            any = true;
+        }
+        if any {
+            tx.wake = Some(self.hooks.written.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes `ev` to the log with its key's sequence (the caller's, or the key's next):
+    /// its id and that sequence.
+    async fn insert_event(tx: &mut Tx, ev: &HookEvent, now_ms: u64) -> Result<(i64, u64)> {
         let kseq = match ev.kseq {
             Some(s) => s,
             None => u(sqlx::query(
@@ -267,19 +286,7 @@ impl Store {
         .fetch_one(&mut **tx)
         .await?
         .try_get("id")?;
-        let part = i64::from(partition(&ev.okey));
-        let mut any = false;
-        for e in self.hooks.endpoints().iter() {
-            if !crate::webhooks::catalogue::matches(&e.events, ev.kind) {
-                continue;
-            }
-            Self::insert_delivery(tx, &e.id, id, &ev.okey, kseq, part, now_ms).await?;
-            any = true;
-        }
-        if any {
-            tx.wake = Some(self.hooks.written.clone());
-        }
-        Ok(())
+        Ok((id, kseq))
     }
 
     async fn insert_delivery(
@@ -323,25 +330,7 @@ impl Store {
                     None
                 }
                 Some(endpoint) => {
-                    let kseq = u(sqlx::query(
-                        "INSERT INTO hook_keys (okey, last_seq) VALUES ($1, 1) \
-                         ON CONFLICT (okey) DO UPDATE SET last_seq = hook_keys.last_seq + 1 RETURNING last_seq",
-                    )
-                    .bind(&ev.okey)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("last_seq")?);
-                    let id: i64 = sqlx::query(
-                        "INSERT INTO hook_events (type, okey, kseq, data, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    )
-                    .bind(ev.kind)
-                    .bind(&ev.okey)
-                    .bind(i(kseq))
-                    .bind(&ev.data)
-                    .bind(i(now_ms))
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("id")?;
+                    let (id, kseq) = Self::insert_event(&mut tx, &ev, now_ms).await?;
                     let part = i64::from(partition(&ev.okey));
                     Self::insert_delivery(&mut tx, endpoint, id, &ev.okey, kseq, part, now_ms).await?;
                     tx.wake = Some(self.hooks.written.clone());
