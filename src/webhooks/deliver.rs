@@ -322,7 +322,8 @@ impl Deliverer {
                     tokio::time::sleep(COALESCE).await;
                 }
                 Some(o) = done.recv() => {
-                    tokio::time::sleep(COALESCE).await;
+                    // Written at once with whatever else finished meanwhile: the key's
+                    // next event waits for this write.
                     let mut finished = vec![o];
                     while let Ok(o) = done.try_recv() {
                         finished.push(o);
