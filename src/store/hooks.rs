@@ -85,13 +85,22 @@ impl HookSink {
     }
 }
 
-/// A signing secret of an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A signing secret of an endpoint (its `Debug` does not show it).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointSecret {
     /// `whsec_<base64>`.
     pub secret: String,
     /// Unix ms after which it no longer signs (`None`: the current one).
     pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for EndpointSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSecret")
+            .field("secret", &"whsec_…")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A webhook endpoint.

@@ -66,8 +66,8 @@ fn five() -> u32 {
     5
 }
 
-/// A hook in the config file (`[[webhooks.hooks]]`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A hook in the config file (`[[webhooks.hooks]]`; its `Debug` does not show the secret).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HookConfig {
     /// `connect`, `message.before_create` or `voice.before_join`.
@@ -88,6 +88,18 @@ pub struct HookConfig {
     /// How long an open breaker skips the backend. Default 10 s.
     #[serde(default = "ten_seconds", deserialize_with = "de_duration")]
     pub breaker_cooldown: Duration,
+}
+
+impl std::fmt::Debug for HookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookConfig")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("secret", &"whsec_…")
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A hook's decision.

@@ -94,8 +94,8 @@ impl Default for WebhooksConfig {
     }
 }
 
-/// An endpoint in the config file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// An endpoint in the config file (its `Debug` does not show the secret).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Letters, digits, `-` and `_`; up to 64.
@@ -110,6 +110,17 @@ pub struct EndpointConfig {
     /// Free text.
     #[serde(default)]
     pub description: String,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &"whsec_…")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 fn all_events() -> Vec<String> {
@@ -255,5 +266,31 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_with_milliseconds() {
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let secret = super::new_secret();
+        let e = super::EndpointConfig {
+            id: "a".into(),
+            url: "https://x/".into(),
+            secret: secret.clone(),
+            events: vec!["*".into()],
+            description: String::new(),
+        };
+        let s = crate::store::EndpointSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        };
+        let h: super::hooks::HookConfig = toml::from_str(&format!(
+            "kind = \"connect\"\nurl = \"https://x/\"\nsecret = {secret:?}\n"
+        ))
+        .unwrap();
+        for text in [format!("{e:?}"), format!("{s:?}"), format!("{h:?}")] {
+            assert!(!text.contains(&secret[6..]), "{text}");
+        }
     }
 }
