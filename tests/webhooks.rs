@@ -1305,3 +1305,41 @@ async fn typing_is_opt_in() {
         "`*` does not include typing"
     );
 }
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_logged_and_with_one_everything_is() {
+    let (_s, b) = server(config()).await;
+    let (_gid, channel) = guild(&b).await;
+    let post = |content: &'static str| {
+        let (addr, key, path) = (b.addr, b.key.clone(), format!("/api/v1/channels/{channel}/messages"));
+        async move {
+            let a = call(
+                addr,
+                Some(&key),
+                "POST",
+                &path,
+                Some(json!({"author_id": "1", "content": content})),
+                &[],
+            )
+            .await;
+            assert_eq!(a.status, 201);
+        }
+    };
+    post("before").await;
+    assert!(log(&b).await.is_empty(), "no endpoint, no log");
+    // An endpoint that wants only reactions: the log keeps the rest too.
+    b.ok(
+        201,
+        "POST",
+        "/api/v1/webhooks",
+        Some(json!({"id": "r", "url": "http://127.0.0.1:9/x", "events": ["reaction.*"]})),
+    )
+    .await;
+    post("after").await;
+    let types: Vec<String> = log(&b)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["message.created"]);
+}

@@ -342,7 +342,7 @@ pub(super) async fn create(
         updated_at_ms: now,
     };
     api.chat.store().hook_put_endpoint(&e).await?;
-    api.webhooks.endpoints_changed();
+    api.webhooks.endpoints_changed_now().await;
     Ok((
         StatusCode::CREATED,
         axum::Json(WebhookEndpointCreated {
@@ -412,7 +412,7 @@ pub(super) async fn update(
     }
     e.updated_at_ms = now;
     api.chat.store().hook_put_endpoint(&e).await?;
-    api.webhooks.endpoints_changed();
+    api.webhooks.endpoints_changed_now().await;
     Ok(axum::Json(WebhookEndpoint::of(&e, now)).into_response())
 }
 
@@ -434,7 +434,7 @@ pub(super) async fn delete(
     let e = endpoint(&api, &p.endpoint_id).await?;
     from_api(&e)?;
     api.chat.store().hook_delete_endpoint(&e.id).await?;
-    api.webhooks.endpoints_changed();
+    api.webhooks.endpoints_changed_now().await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -475,7 +475,7 @@ pub(super) async fn rotate(
     e.secrets = secrets;
     e.updated_at_ms = now;
     api.chat.store().hook_put_endpoint(&e).await?;
-    api.webhooks.endpoints_changed();
+    api.webhooks.endpoints_changed_now().await;
     Ok(axum::Json(SecretRotated {
         secret,
         previous_valid_until_ms: until,
@@ -624,7 +624,8 @@ pub(super) async fn redeliver(
 }
 
 /// The retained event log (7 days by default), oldest first: every event webhooks carry,
-/// whether an endpoint wanted it or not, in the same body. Reconcile after an outage by
+/// whether an endpoint wanted it or not, in the same body — kept while at least one
+/// endpoint exists (or as `[webhooks] log` says). Reconcile after an outage by
 /// reading from the last `next_after` you kept. On PostgreSQL an event appears here a few
 /// seconds after it happened (the store's deadline plus 2 s: a transaction that took its
 /// number earlier may still commit), so the cursor never skips one; on SQLite at once.

@@ -159,7 +159,7 @@ impl Deliverer {
     /// makes the task.
     pub async fn start(store: Store, node: &str, cfg: &WebhooksConfig) -> anyhow::Result<Arc<Deliverer>> {
         let client = Client::new(cfg.ca_file.as_deref())?;
-        store.hooks().set_log(cfg.log);
+        store.hooks().set_log(cfg.log.unwrap_or(false));
         let now = now_ms();
         let existing = store
             .hook_endpoints()
@@ -231,6 +231,16 @@ impl Deliverer {
         self.store.hooks().written.notify_one();
     }
 
+    /// Endpoints changed through this node's API: what is recorded follows before this
+    /// returns (the next change made here is recorded for a new endpoint), and the delivery
+    /// loop rereads them and claims a new endpoint's partitions at once.
+    pub async fn endpoints_changed_now(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "reading webhook endpoints failed (the delivery loop retries)");
+        }
+        self.endpoints_changed();
+    }
+
     /// The settings.
     pub fn config(&self) -> &WebhooksConfig {
         &self.cfg
@@ -238,6 +248,9 @@ impl Deliverer {
 
     async fn reload(&self) -> Result<Vec<Endpoint>, crate::store::StoreError> {
         let all = self.store.hook_endpoints().await?;
+        // The log, unless configured, is kept while some endpoint exists (disabled ones
+        // too: what they miss meanwhile is there to redeliver).
+        self.store.hooks().set_log(self.cfg.log.unwrap_or(!all.is_empty()));
         let enabled: Vec<Endpoint> = all.into_iter().filter(|e| e.disabled.is_none()).collect();
         self.store.hooks().set_endpoints(
             enabled

@@ -38,9 +38,10 @@ use crate::store::{EndpointSecret, LoggedEvent};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
-    /// Keep every event in the log (`GET /api/v1/events`) even when no endpoint wants it.
-    /// Default true.
-    pub log: bool,
+    /// Keep every event in the log (`GET /api/v1/events`), even those no endpoint wants:
+    /// `true`, `false` (only what an endpoint wants is written), or unset (the default):
+    /// on while at least one endpoint exists — a server without webhooks writes nothing.
+    pub log: Option<bool>,
     /// How long logged events (and finished deliveries) are kept. Default 7 days.
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
@@ -78,7 +79,7 @@ pub struct WebhooksConfig {
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
-            log: true,
+            log: None,
             retention: Duration::from_secs(7 * 86_400),
             retry_for: Duration::from_secs(3 * 86_400),
             retry_min: Duration::from_secs(1),
