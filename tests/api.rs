@@ -1451,5 +1451,30 @@ async fn a_backend_makes_and_ends_friendships() {
     );
     let a = b.call("PUT", "/api/v1/users/3/friends/3", None).await;
     assert_eq!(a.status, 400, "{a:?}");
+    // Blocks: user 1 blocks user 2 (told on their session); 2 cannot befriend 1 then.
+    b.ok(204, "PUT", "/api/v1/users/1/blocks/2", None).await;
+    event(&mut l1, |e| match e {
+        EventBody::RelationshipUpdated { relationship }
+            if relationship.user_id == 2 && relationship.kind == quaver_proto::RelationshipKind::Blocked =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    let a = b.call("PUT", "/api/v1/users/2/friends/1", None).await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str()),
+        (403, Some("BLOCKED")),
+        "{a:?}"
+    );
+    b.ok(204, "DELETE", "/api/v1/users/1/blocks/2", None).await;
+    let a = b.call("DELETE", "/api/v1/users/1/blocks/2", None).await;
+    assert_eq!(
+        (a.status, a.body["code_name"].as_str()),
+        (409, Some("NO_RELATIONSHIP")),
+        "{a:?}"
+    );
+    b.ok(204, "PUT", "/api/v1/users/2/friends/1", None).await;
     s.shutdown().await;
 }

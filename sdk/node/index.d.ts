@@ -89,6 +89,10 @@ export class Quaver {
     delete(userId: Id, o?: CallOptions): Promise<{ user_id: Id; guilds_left: number; sessions_ended_here: number }>;
     befriend(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
     unfriend(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
+    /** `userId` blocks `otherId` (no DMs, friend requests or notifications from them). */
+    block(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
+    /** `userId` unblocks `otherId` (`NO_RELATIONSHIP` if there was no block). */
+    unblock(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;
     presence(userIds: Id[]): Promise<{ presences: Presence[]; online: number }>;
   };
   sessions: {

@@ -93,6 +93,8 @@ export class Quaver {
       delete: (userId, o) => q.request('DELETE', `/users/${userId}`, undefined, o),
       befriend: (userId, otherId, o) => q.request('PUT', `/users/${userId}/friends/${otherId}`, undefined, o),
       unfriend: (userId, otherId, o) => q.request('DELETE', `/users/${userId}/friends/${otherId}`, undefined, o),
+      block: (userId, otherId, o) => q.request('PUT', `/users/${userId}/blocks/${otherId}`, undefined, o),
+      unblock: (userId, otherId, o) => q.request('DELETE', `/users/${userId}/blocks/${otherId}`, undefined, o),
       presence: (userIds) => q.request('POST', '/presence/query', { user_ids: userIds.map(String) }),
     };
     /** Token revocation and disconnects, on every node. */

@@ -159,6 +159,7 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(people::query_presence))
         .routes(routes!(people::guild_presence))
         .routes(routes!(people::befriend, people::unfriend))
+        .routes(routes!(people::block, people::unblock))
         .routes(routes!(people::permissions))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::disconnect))

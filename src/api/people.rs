@@ -449,3 +449,52 @@ pub(super) async fn unfriend(
     .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
+
+/// `user_id` blocks `other_id`, as if they asked (their sessions are told; a friendship or
+/// request between them ends): no DMs, friend requests or notifications from them.
+#[utoipa::path(
+    put, path = "/users/{user_id}/blocks/{other_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "Who blocks"), ("other_id" = Id, Path, description = "Whom")),
+    responses(
+        (status = 204, description = "Blocked (or blocked already)"),
+        (status = 400, description = "The same user twice", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn block(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<PairPath>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.need(Scope::UsersWrite)?;
+    as_user(
+        &api,
+        p.user_id.0,
+        quaver_proto::RequestBody::BlockUser { user_id: p.other_id.0 },
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// `user_id` unblocks `other_id` (their sessions are told).
+#[utoipa::path(
+    delete, path = "/users/{user_id}/blocks/{other_id}", tag = "people",
+    params(("user_id" = Id, Path, description = "Who blocked"), ("other_id" = Id, Path, description = "Whom")),
+    responses(
+        (status = 204, description = "Unblocked"),
+        (status = 409, description = "They had not blocked them", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn unblock(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<PairPath>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.need(Scope::UsersWrite)?;
+    as_user(
+        &api,
+        p.user_id.0,
+        quaver_proto::RequestBody::UnblockUser { user_id: p.other_id.0 },
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

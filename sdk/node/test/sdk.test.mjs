@@ -67,4 +67,8 @@ test('batch, events, presence and revocations through the SDK', async () => {
   await q.users.befriend('1', '900');
   await q.users.unfriend('900', '1');
   await assert.rejects(q.users.unfriend('900', '1'), (e) => e.codeName === 'NO_RELATIONSHIP');
+  await q.users.block('1', '900');
+  await assert.rejects(q.users.befriend('900', '1'), (e) => e.codeName === 'BLOCKED');
+  await q.users.unblock('1', '900');
+  await assert.rejects(q.users.unblock('1', '900'), (e) => e.codeName === 'NO_RELATIONSHIP');
 });
