@@ -399,6 +399,18 @@ async fn as_user(api: &Services, user: u64, body: quaver_proto::RequestBody) -> 
         .map_err(Problem::from)
 }
 
+/// Runs `request(other_id)` as `user_id` (needs `users:write`): 204 when it succeeds.
+async fn pair_request(
+    api: &Services,
+    caller: &Caller,
+    p: &PairPath,
+    request: impl FnOnce(u64) -> quaver_proto::RequestBody,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.need(Scope::UsersWrite)?;
+    as_user(api, p.user_id.0, request(p.other_id.0)).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 /// Makes two users friends (as if one asked and the other accepted): both are told, and see
 /// each other's presence from then on.
 #[utoipa::path(
@@ -440,14 +452,10 @@ pub(super) async fn unfriend(
     caller: Caller,
     ApiPath(p): ApiPath<PairPath>,
 ) -> ApiResult<axum::http::StatusCode> {
-    caller.need(Scope::UsersWrite)?;
-    as_user(
-        &api,
-        p.user_id.0,
-        quaver_proto::RequestBody::RemoveFriend { user_id: p.other_id.0 },
-    )
-    .await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    pair_request(&api, &caller, &p, |user_id| quaver_proto::RequestBody::RemoveFriend {
+        user_id,
+    })
+    .await
 }
 
 /// `user_id` blocks `other_id`, as if they asked (their sessions are told; a friendship or
@@ -465,14 +473,10 @@ pub(super) async fn block(
     caller: Caller,
     ApiPath(p): ApiPath<PairPath>,
 ) -> ApiResult<axum::http::StatusCode> {
-    caller.need(Scope::UsersWrite)?;
-    as_user(
-        &api,
-        p.user_id.0,
-        quaver_proto::RequestBody::BlockUser { user_id: p.other_id.0 },
-    )
-    .await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    pair_request(&api, &caller, &p, |user_id| quaver_proto::RequestBody::BlockUser {
+        user_id,
+    })
+    .await
 }
 
 /// `user_id` unblocks `other_id` (their sessions are told).
@@ -489,12 +493,8 @@ pub(super) async fn unblock(
     caller: Caller,
     ApiPath(p): ApiPath<PairPath>,
 ) -> ApiResult<axum::http::StatusCode> {
-    caller.need(Scope::UsersWrite)?;
-    as_user(
-        &api,
-        p.user_id.0,
-        quaver_proto::RequestBody::UnblockUser { user_id: p.other_id.0 },
-    )
-    .await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    pair_request(&api, &caller, &p, |user_id| quaver_proto::RequestBody::UnblockUser {
+        user_id,
+    })
+    .await
 }

@@ -447,6 +447,26 @@ impl Store {
         .await
     }
 
+    async fn hook_role(
+        &self,
+        tx: &mut Tx,
+        kind: &'static str,
+        guild: u64,
+        id: u64,
+        name: &str,
+        permissions: u64,
+    ) -> Result<()> {
+        let data = WebhookRole {
+            guild_id: Id(guild),
+            role_id: Id(id),
+            name: name.to_string(),
+            permissions: permissions.to_string(),
+        };
+        let now_ms = crate::ids::now_ms();
+        self.hook_record(tx, kind, now_ms, || guild_event(kind, guild, &data))
+            .await
+    }
+
     async fn hook_joined(&self, tx: &mut Tx, guild: u64, user: u64, now_ms: u64) -> Result<()> {
         let data = WebhookMember {
             guild_id: Id(guild),
@@ -583,17 +603,8 @@ impl Store {
                 .bind(i(permissions))
                 .execute(&mut *tx)
                 .await?;
-            let data = WebhookRole {
-                guild_id: Id(guild),
-                role_id: Id(id),
-                name: name.to_string(),
-                permissions: permissions.to_string(),
-            };
-            let now_ms = crate::ids::now_ms();
-            self.hook_record(&mut tx, "role.created", now_ms, || {
-                guild_event("role.created", guild, &data)
-            })
-            .await?;
+            self.hook_role(&mut tx, "role.created", guild, id, name, permissions)
+                .await?;
             tx.commit().await?;
             Ok(Role {
                 id,
@@ -622,17 +633,8 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
             let role = role_of(&r)?;
-            let data = WebhookRole {
-                guild_id: Id(guild),
-                role_id: Id(id),
-                name: name.to_string(),
-                permissions: permissions.to_string(),
-            };
-            let now_ms = crate::ids::now_ms();
-            self.hook_record(&mut tx, "role.updated", now_ms, || {
-                guild_event("role.updated", guild, &data)
-            })
-            .await?;
+            self.hook_role(&mut tx, "role.updated", guild, id, name, permissions)
+                .await?;
             tx.commit().await?;
             Ok(role)
         })
