@@ -54,23 +54,18 @@ impl Store {
 
     /// A user's name, if known and not deleted.
     pub async fn live_user_name(&self, id: u64) -> Result<Option<String>> {
-        self.deadline(async move {
-            Ok(
-                sqlx::query("SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL")
-                    .bind(i(id))
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|r| r.try_get::<String, _>("name"))
-                    .transpose()?,
-            )
-        })
-        .await
+        self.name_of(id, "SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL")
+            .await
     }
 
     /// A user's name, if known (deleted users' too).
     pub async fn user_name(&self, id: u64) -> Result<Option<String>> {
+        self.name_of(id, "SELECT name FROM users WHERE id = $1").await
+    }
+
+    async fn name_of(&self, id: u64, q: &'static str) -> Result<Option<String>> {
         self.deadline(async move {
-            Ok(sqlx::query("SELECT name FROM users WHERE id = $1")
+            Ok(sqlx::query(q)
                 .bind(i(id))
                 .fetch_optional(&self.pool)
                 .await?
