@@ -1073,6 +1073,37 @@ async fn a_backend_moderates_voice() {
         )
         .await;
     assert_eq!(p.body["participants"].as_array().unwrap().len(), 0, "{p:?}");
+    // Back in; a timeout takes them out at once, and joining again is refused until lifted.
+    let join = || quaver_proto::RequestBody::JoinVoice {
+        channel_id: rooms[0].parse().unwrap(),
+        self_mute: false,
+        self_deaf: false,
+    };
+    let joined = v2.request(join()).await.unwrap();
+    assert!(
+        matches!(joined, Ok(quaver_proto::ResponseBody::VoiceJoined { .. })),
+        "{joined:?}"
+    );
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/guilds/{gid}/members/2/timeout"),
+        Some(json!({"seconds": 300})),
+    )
+    .await;
+    event(&mut v2, |e| {
+        matches!(e, EventBody::VoiceStateRemoved { user_id: 2, .. }).then_some(())
+    })
+    .await;
+    let again = v2.request(join()).await.unwrap();
+    assert_eq!(again.err().map(|e| e.code), Some(quaver_proto::ErrorCode::TIMED_OUT));
+    b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}/members/2/timeout"), None)
+        .await;
+    let joined = v2.request(join()).await.unwrap();
+    assert!(
+        matches!(joined, Ok(quaver_proto::ResponseBody::VoiceJoined { .. })),
+        "{joined:?}"
+    );
     s.shutdown().await;
 }
 
@@ -1476,5 +1507,175 @@ async fn a_backend_makes_and_ends_friendships() {
         "{a:?}"
     );
     b.ok(204, "PUT", "/api/v1/users/2/friends/1", None).await;
+    s.shutdown().await;
+}
+
+/// Protocol 2 through the API: a role's place and its deletion, a member's timeout (seen by
+/// the member, enforced, lifted), and a profile's avatar — each seen live by a client.
+#[tokio::test]
+async fn timeouts_role_order_and_avatars_reach_clients() {
+    let (s, b) = server().await;
+    let (_c1, mut l1) = client(&s, token(1)).await;
+    let (_c2, mut l2) = client(&s, token(2)).await;
+    let (gid, channel) = guild_with_bot(&b).await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    event(&mut l2, |e| matches!(e, EventBody::GuildUpdated { .. }).then_some(())).await;
+    // Roles: a, then b (created at the bottom: a 2, b 1); b to the top.
+    let roles = format!("/api/v1/guilds/{gid}/roles");
+    let a = b.ok(201, "POST", &roles, Some(json!({"name": "a"}))).await.s("id");
+    let r_b = b.ok(201, "POST", &roles, Some(json!({"name": "b"}))).await.s("id");
+    let moved = b
+        .ok(200, "PATCH", &format!("{roles}/{r_b}"), Some(json!({"position": 50})))
+        .await;
+    assert_eq!(moved.body["position"], 2, "{moved:?}");
+    let a_id: u64 = a.parse().unwrap();
+    event(&mut l2, |e| match e {
+        EventBody::RoleUpdated { role } if role.id == a_id && role.position == 1 => Some(()),
+        _ => None,
+    })
+    .await;
+    let bad = b
+        .call("PATCH", &format!("{roles}/{r_b}"), Some(json!({"position": 0})))
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (400, Some("position")),
+        "{bad:?}"
+    );
+    let bad = b
+        .call("PATCH", &format!("{roles}/{gid}"), Some(json!({"position": 3})))
+        .await;
+    assert_eq!(bad.status, 400, "@everyone does not move: {bad:?}");
+    // Deleting: gone for the member's client; @everyone and unknown roles refused.
+    b.ok(204, "DELETE", &format!("{roles}/{a}"), None).await;
+    event(&mut l2, |e| match e {
+        EventBody::RoleDeleted { role_id, .. } if role_id == a_id => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(b.call("DELETE", &format!("{roles}/{gid}"), None).await.status, 400);
+    assert_eq!(b.call("DELETE", &format!("{roles}/{a}"), None).await.status, 404);
+    // A timeout: the member's client sees it, sending is refused, the API lists it.
+    let path = format!("/api/v1/guilds/{gid}/members/2/timeout");
+    let denied = call(b.addr, Some(&b.reader), "PUT", &path, Some(json!({"seconds": 60})), &[]).await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    for (body, field) in [
+        (json!({"seconds": 0}), "seconds"),
+        (json!({"seconds": 2_419_201}), "seconds"),
+        (json!({"seconds": 60, "reason": "x".repeat(513)}), "reason"),
+    ] {
+        let a = b.call("PUT", &path, Some(body)).await;
+        assert_eq!((a.status, a.body["field"].as_str()), (400, Some(field)), "{a:?}");
+    }
+    let owner = b
+        .call(
+            "PUT",
+            &format!("/api/v1/guilds/{gid}/members/1/timeout"),
+            Some(json!({"seconds": 60})),
+        )
+        .await;
+    assert_eq!((owner.status, owner.body["code_name"].as_str()), (409, Some("OWNER")));
+    let stranger = b
+        .call(
+            "PUT",
+            &format!("/api/v1/guilds/{gid}/members/77/timeout"),
+            Some(json!({"seconds": 60})),
+        )
+        .await;
+    assert_eq!(stranger.status, 404, "{stranger:?}");
+    b.ok(204, "PUT", &path, Some(json!({"seconds": 600, "reason": "spam"})))
+        .await;
+    let until = event(&mut l2, |e| match e {
+        EventBody::MemberUpdated { member, .. } if member.user_id == 2 && member.timed_out_until_ms > 0 => {
+            Some(member.timed_out_until_ms)
+        }
+        _ => None,
+    })
+    .await;
+    let members = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}/members"), None).await;
+    let m2 = members.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == "2")
+        .unwrap()
+        .clone();
+    assert_eq!(m2["timed_out_until_ms"].as_u64(), Some(until), "{m2}");
+    let refused = l2
+        .request(quaver_proto::RequestBody::SendMessage {
+            channel_id: channel.parse().unwrap(),
+            nonce: 1,
+            content: "hello?".into(),
+            reply_to: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.err().map(|e| e.code), Some(quaver_proto::ErrorCode::TIMED_OUT));
+    // Posting on their behalf is refused the same way.
+    let as_them = b
+        .call(
+            "POST",
+            &format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"content": "hi", "author_id": "2"})),
+        )
+        .await;
+    assert_eq!(
+        (as_them.status, as_them.body["code_name"].as_str()),
+        (403, Some("TIMED_OUT")),
+        "{as_them:?}"
+    );
+    b.ok(204, "DELETE", &path, None).await;
+    event(&mut l2, |e| match e {
+        EventBody::MemberUpdated { member, .. } if member.user_id == 2 && member.timed_out_until_ms == 0 => Some(()),
+        _ => None,
+    })
+    .await;
+    // An avatar: checked, stored, told to the guild, removed with "".
+    let bad = b
+        .call(
+            "PUT",
+            "/api/v1/users/2",
+            Some(json!({"name": "Two", "avatar_url": "http://x.example/a.png"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (400, Some("avatar_url")),
+        "{bad:?}"
+    );
+    let url = "https://cdn.example/avatars/2.png?v=3";
+    let me = b
+        .ok(
+            200,
+            "PUT",
+            "/api/v1/users/2",
+            Some(json!({"name": "Two", "avatar_url": url})),
+        )
+        .await;
+    assert_eq!(me.body["avatar_url"], url);
+    let seen = event(&mut l1, |e| match e {
+        EventBody::MemberUpdated { member, .. } if member.user_id == 2 && !member.avatar_url.is_empty() => {
+            Some((member.name, member.avatar_url))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, ("Two".to_string(), url.to_string()));
+    // Absent keeps it; "" removes it.
+    let kept = b.ok(200, "PUT", "/api/v1/users/2", Some(json!({"name": "Two"}))).await;
+    assert_eq!(kept.body["avatar_url"], url);
+    let cleared = b
+        .ok(
+            200,
+            "PUT",
+            "/api/v1/users/2",
+            Some(json!({"name": "Two", "avatar_url": ""})),
+        )
+        .await;
+    assert_eq!(cleared.body["avatar_url"], Value::Null);
+    assert_eq!(
+        b.ok(200, "GET", "/api/v1/users/2", None).await.body["avatar_url"],
+        Value::Null
+    );
     s.shutdown().await;
 }

@@ -971,6 +971,234 @@ async fn role_hierarchy_stops_privilege_escalation() {
     server.shutdown().await;
 }
 
+/// Protocol 2's role management: moving a role renumbers the hierarchy (and the move obeys
+/// it), deleting one takes it from members and drops its overwrites; a timed-out member
+/// reads but cannot send or react until it ends or is lifted, and cannot dodge it.
+#[tokio::test]
+async fn roles_move_and_delete_and_members_time_out() {
+    const VIEW: u64 = 1 << 10;
+    const MANAGE_ROLES: u64 = 1 << 28;
+    const MODERATE: u64 = 1 << 40;
+    let mut cfg = config();
+    cfg.limits.manage = quaver::limits::Rate {
+        burst: 100.0,
+        per_sec: 100.0,
+    };
+    let server = start(cfg).await;
+    let mut owner = U::new(&server, 1, Transport::Quic).await;
+    let mut mallory = U::new(&server, 2, Transport::Quic).await;
+    let mut bob = U::new(&server, 3, Transport::WebTransport).await;
+    let (g, ch) = guild_with(&mut owner, &mut [&mut mallory, &mut bob]).await;
+    let mut ids = std::collections::HashMap::new();
+    for (name, perms) in [("top", 0), ("mods", MANAGE_ROLES | MODERATE), ("low", 0)] {
+        let Ok(ResponseBody::Role(r)) = owner
+            .req(RequestBody::CreateRole {
+                guild_id: g,
+                name: name.into(),
+                permissions: perms,
+            })
+            .await
+        else {
+            panic!("create {name}")
+        };
+        ids.insert(name, r.id);
+    }
+    // Positions: top 3, mods 2, low 1.
+    for (user_id, role) in [(2, "mods"), (3, "low")] {
+        let set = RequestBody::SetMemberRole {
+            guild_id: g,
+            user_id,
+            role_id: ids[role],
+            add: true,
+        };
+        assert!(owner.req(set).await.is_ok());
+    }
+    let mv = |role_id: u64, position: u32| RequestBody::MoveRole {
+        guild_id: g,
+        role_id,
+        position,
+    };
+    let code = |r: Result<ResponseBody, ErrorBody>| r.err().map(|e| e.code);
+    assert_eq!(
+        code(mallory.req(mv(ids["low"], 2)).await),
+        Some(ErrorCode::FORBIDDEN),
+        "to her own rank"
+    );
+    assert_eq!(
+        code(mallory.req(mv(ids["top"], 1)).await),
+        Some(ErrorCode::FORBIDDEN),
+        "a role above her"
+    );
+    assert_eq!(
+        code(owner.req(mv(g, 2)).await),
+        Some(ErrorCode::BAD_REQUEST),
+        "@everyone stays"
+    );
+    assert_eq!(code(owner.req(mv(ids["low"], 0)).await), Some(ErrorCode::BAD_REQUEST));
+    // The owner lifts `low` past the top: mods 1, top 2, low 3 — each change told.
+    let Ok(ResponseBody::Role(r)) = owner.req(mv(ids["low"], 99)).await else {
+        panic!("move")
+    };
+    assert_eq!(r.position, 3);
+    let mut seen = std::collections::HashMap::new();
+    // (The creations were told too: the newest position of each role counts; the move
+    // reports `low` last, being the top one now.)
+    while seen.get(&ids["low"]) != Some(&3) {
+        if let EventBody::RoleUpdated { role } = bob.event_where(|e| matches!(e, EventBody::RoleUpdated { .. })).await {
+            seen.insert(role.id, role.position);
+        }
+    }
+    assert_eq!((seen[&ids["mods"]], seen[&ids["top"]], seen[&ids["low"]]), (1, 2, 3));
+    let timeout = |user_id: u64, duration_secs: u32| RequestBody::TimeoutMember {
+        guild_id: g,
+        user_id,
+        duration_secs,
+        reason: "cool off".into(),
+    };
+    // Bob now outranks mallory: she cannot time him out.
+    assert_eq!(code(mallory.req(timeout(3, 60)).await), Some(ErrorCode::FORBIDDEN));
+    assert!(owner.req(mv(ids["low"], 1)).await.is_ok());
+    assert_eq!(code(mallory.req(timeout(1, 60)).await), Some(ErrorCode::OWNER));
+    assert_eq!(
+        code(mallory.req(timeout(2, 60)).await),
+        Some(ErrorCode::BAD_REQUEST),
+        "herself"
+    );
+    assert_eq!(
+        code(mallory.req(timeout(3, 28 * 24 * 3600 + 1)).await),
+        Some(ErrorCode::BAD_REQUEST),
+        "over 28 days"
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(mallory.req(timeout(3, 60)).await.is_ok());
+    let EventBody::MemberUpdated { member, .. } = bob
+        .event_where(|e| matches!(e, EventBody::MemberUpdated { member, .. } if member.user_id == 3))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(
+        (before + 59_000..before + 62_000).contains(&member.timed_out_until_ms),
+        "{member:?}"
+    );
+    let send = |nonce: u64| RequestBody::SendMessage {
+        channel_id: ch,
+        nonce,
+        content: "let me speak".into(),
+        reply_to: None,
+    };
+    let (mid, _) = owner.send(ch, 1, "read this").await;
+    let Err(e) = bob.req(send(1)).await else {
+        panic!("a timed-out member sent")
+    };
+    assert_eq!(e.code, ErrorCode::TIMED_OUT);
+    assert!(e.message.contains("until"), "{}", e.message);
+    let react = RequestBody::AddReaction {
+        channel_id: ch,
+        message_id: mid,
+        emoji: "👍".into(),
+    };
+    assert_eq!(code(bob.req(react.clone()).await), Some(ErrorCode::TIMED_OUT));
+    // Reading still works.
+    let Ok(FetchResponse::History { messages, .. }) = bob
+        .fetch(FetchRequest::History {
+            channel_id: ch,
+            anchor: HistoryAnchor::Latest,
+            limit: 10,
+        })
+        .await
+    else {
+        panic!("history")
+    };
+    assert!(messages.iter().any(|m| m.id == mid));
+    // Leaving and coming back does not lift it.
+    assert!(bob.req(RequestBody::LeaveGuild { guild_id: g }).await.is_ok());
+    let Ok(ResponseBody::Invite(inv)) = owner
+        .req(RequestBody::CreateInvite {
+            guild_id: g,
+            max_uses: 0,
+            max_age_secs: 0,
+        })
+        .await
+    else {
+        panic!("invite")
+    };
+    assert!(bob.req(RequestBody::JoinGuild { code: inv.code }).await.is_ok());
+    assert_eq!(code(bob.req(send(2)).await), Some(ErrorCode::TIMED_OUT), "rejoined");
+    // Lifted: he speaks again (and the members list agrees).
+    assert!(mallory.req(timeout(3, 0)).await.is_ok());
+    assert!(matches!(bob.req(send(3)).await, Ok(ResponseBody::MessageSent { .. })));
+    // A short one ends by itself, with no event needed.
+    assert!(mallory.req(timeout(3, 1)).await.is_ok());
+    assert_eq!(code(bob.req(react.clone()).await), Some(ErrorCode::TIMED_OUT));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(bob.req(react).await.is_ok(), "the timeout ended");
+    let Ok(FetchResponse::Members { members }) = owner
+        .fetch(FetchRequest::Members {
+            guild_id: g,
+            after: 0,
+            limit: 100,
+        })
+        .await
+    else {
+        panic!("members")
+    };
+    assert!(members.iter().all(|m| m.timed_out_until_ms == 0), "{members:?}");
+    // Deleting: not @everyone, not above you; members lose the role, its overwrites go.
+    assert!(
+        owner
+            .req(RequestBody::SetMemberRole {
+                guild_id: g,
+                user_id: 3,
+                role_id: ids["low"],
+                add: true,
+            })
+            .await
+            .is_ok()
+    );
+    let hide = RequestBody::SetOverwrite {
+        channel_id: ch,
+        target: OverwriteTarget::Role(ids["low"]),
+        allow: 0,
+        deny: VIEW,
+    };
+    assert!(owner.req(hide).await.is_ok());
+    bob.event_where(|e| matches!(e, EventBody::ChannelRemoved { channel_id } if *channel_id == ch))
+        .await;
+    let del = |role_id: u64| RequestBody::DeleteRole { guild_id: g, role_id };
+    assert_eq!(code(owner.req(del(g)).await), Some(ErrorCode::BAD_REQUEST));
+    assert_eq!(code(mallory.req(del(ids["top"])).await), Some(ErrorCode::FORBIDDEN));
+    assert_eq!(code(owner.req(del(12345)).await), Some(ErrorCode::NOT_FOUND));
+    assert!(mallory.req(del(ids["low"])).await.is_ok());
+    let gone = bob.event_where(|e| matches!(e, EventBody::RoleDeleted { .. })).await;
+    assert_eq!(
+        gone,
+        EventBody::RoleDeleted {
+            guild_id: g,
+            role_id: ids["low"]
+        }
+    );
+    // The overwrite went with it: he sees the channel again.
+    bob.event_where(|e| matches!(e, EventBody::ChannelUpdated { channel } if channel.id == ch))
+        .await;
+    let Ok(FetchResponse::Members { members }) = owner
+        .fetch(FetchRequest::Members {
+            guild_id: g,
+            after: 0,
+            limit: 100,
+        })
+        .await
+    else {
+        panic!("members")
+    };
+    let bob_m = members.iter().find(|m| m.user_id == 3).unwrap();
+    assert!(bob_m.roles.is_empty(), "{bob_m:?}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_invite_shows_its_guild_before_joining() {
     let server = start(config()).await;

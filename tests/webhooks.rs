@@ -1030,7 +1030,13 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
     c.webhooks.endpoints = vec![endpoint(
         "app",
         r.url(),
-        &["guild.*", "channel.*", "role.*", "member.roles_updated"],
+        &[
+            "guild.*",
+            "channel.*",
+            "role.*",
+            "member.roles_updated",
+            "member.timed_out",
+        ],
     )];
     let (_s, b) = server(c).await;
     let gid = b
@@ -1089,6 +1095,18 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
         None,
     )
     .await;
+    b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
+    b.ok(
+        204,
+        "PUT",
+        &format!("/api/v1/guilds/{gid}/members/2/timeout"),
+        Some(json!({"seconds": 60, "reason": "spam"})),
+    )
+    .await;
+    b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}/members/2/timeout"), None)
+        .await;
+    b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}/roles/{role}"), None)
+        .await;
     b.ok(204, "DELETE", &format!("/api/v1/guilds/{gid}"), None).await;
     let want = [
         "guild.created",
@@ -1099,6 +1117,9 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
         "role.created",
         "role.updated",
         "member.roles_updated",
+        "member.timed_out",
+        "member.timed_out",
+        "role.deleted",
         "guild.deleted",
     ];
     assert!(
@@ -1119,6 +1140,13 @@ async fn guild_and_channel_changes_are_events_of_the_guild_key() {
         (Some("Ops"), Some("1"))
     );
     assert_eq!(got[1]["data"]["name"], "Ops 2");
+    assert_eq!(
+        (got[8]["data"]["user_id"].as_str(), got[8]["data"]["reason"].as_str()),
+        (Some("2"), Some("spam"))
+    );
+    assert!(got[8]["data"]["until_ms"].as_u64().is_some(), "{}", got[8]);
+    assert!(got[9]["data"]["until_ms"].is_null(), "lifted: {}", got[9]);
+    assert_eq!(got[10]["data"]["role_id"].as_str(), Some(role.as_str()));
     assert_eq!(
         (got[2]["data"]["channel_id"].as_str(), got[2]["data"]["kind"].as_str()),
         (Some(ch.as_str()), Some("voice"))

@@ -60,9 +60,18 @@ export function colourOf(id) {
   return `hsl(${h % 360} 50% 30%)`;
 }
 
-/** An avatar (initials on a colour), with a presence dot when `status` is given. */
-export function avatar(id, name, { size = '', status = null } = {}) {
+/**
+ * An avatar: the picture at `url` when there is one (initials on a colour until it loads, and
+ * if it cannot), with a presence dot when `status` is given.
+ */
+export function avatar(id, name, { size = '', status = null, url = '' } = {}) {
   const a = el('span', { class: `avatar${size ? ` ${size}` : ''}`, style: `background:${colourOf(id)}`, 'aria-hidden': 'true' }, initials(name));
+  if (url) {
+    // No referrer to the image's host; a broken picture leaves the initials.
+    const img = el('img', { src: url, alt: '', referrerpolicy: 'no-referrer', loading: 'lazy', decoding: 'async' });
+    img.addEventListener('error', () => img.remove());
+    a.append(img);
+  }
   if (status == null) return a;
   return el('span', { class: 'avatar-wrap' }, a, el('span', { class: `dot ${status}`, 'aria-hidden': 'true' }));
 }

@@ -10,6 +10,9 @@ export function bind(state, actions) { S = state; A = actions; }
 
 export const nameOf = (id) => S.names.get(id) ?? `user ${String(id).slice(-4)}`;
 
+/** A user's avatar: their picture when their backend set one, else their initials. */
+const face = (id, name, opts = {}) => avatar(id, name, { ...opts, url: S.avatars.get(id) ?? '' });
+
 /** A user's presence; yours is what you set (the server does not echo it to you). */
 export function presenceOf(user) {
   if (user === S.me?.id && S.client?.current()) {
@@ -108,7 +111,7 @@ function voiceUser(v, here) {
   const flags = [muted ? 'muted' : null, deaf ? 'deafened' : null, mutedForMe ? 'muted for you' : null].filter(Boolean);
   return el('li', {
     class: `voice-user${v.speaking ? ' speaking' : ''}`, dataset: { user: v.user_id, muted: String(muted), deaf: String(deaf) },
-  }, avatar(v.user_id, nameOf(v.user_id), { size: 'small' }), el('span', {}, nameOf(v.user_id)),
+  }, face(v.user_id, nameOf(v.user_id), { size: 'small' }), el('span', {}, nameOf(v.user_id)),
   v.speaking ? el('span', { class: 'visually-hidden' }, ', speaking') : null,
   muted ? icon('micOff') : null, deaf ? icon('headOff') : null,
   flags.length ? el('span', { class: 'flags' }, `(${flags.join(', ')})`) : null,
@@ -132,7 +135,7 @@ function renderDms() {
       type: 'button', class: `dm${selected ? ' selected' : ''}${unread ? ' unread' : ''}`, dataset: { id: c.id },
       'aria-current': selected ? 'page' : null,
       onclick: () => A.openChannel(c.id),
-    }, c.kind === 'Dm' ? avatar(other, nameOf(other), { size: 'medium', status: statusOf(other) }) : avatar(c.id, dmTitle(c), { size: 'medium' }),
+    }, c.kind === 'Dm' ? face(other, nameOf(other), { size: 'medium', status: statusOf(other) }) : avatar(c.id, dmTitle(c), { size: 'medium' }),
     el('span', { class: 'name' }, dmTitle(c)), unread ? el('span', { class: 'visually-hidden' }, ', unread') : null));
   }));
 }
@@ -143,7 +146,7 @@ const KIND_LABEL = {
 
 function personRow(user, label, actions) {
   return el('li', { class: 'friend', dataset: { user, kind: S.relationships.get(user) ?? 'None' } },
-    avatar(user, nameOf(user), { status: statusOf(user) }),
+    face(user, nameOf(user), { status: statusOf(user) }),
     el('div', { class: 'who' }, el('span', { class: 'name' }, nameOf(user)), el('span', { class: 'label' }, label)),
     el('div', { class: 'friend-actions' }, ...actions));
 }
@@ -197,9 +200,17 @@ export function renderChatHead() {
   }
   $('chat-head').textContent = c ? (c.guild_id ? `# ${c.name}` : dmTitle(c)) : 'Pick a channel';
   $('chat-topic').textContent = c?.topic ?? '';
-  const can = !!c && c.kind !== 'Voice';
+  const until = c?.guild_id ? timedOutUntil(c.guild_id) : 0;
+  const can = !!c && c.kind !== 'Voice' && !until;
   $('composer').disabled = !can; $('send').disabled = !can;
-  $('composer').placeholder = c ? `Message ${c.guild_id ? `#${c.name}` : dmTitle(c)}` : 'Pick a channel';
+  $('composer').placeholder = until ? `You are timed out here until ${fullTime(until)}`
+    : c ? `Message ${c.guild_id ? `#${c.name}` : dmTitle(c)}` : 'Pick a channel';
+}
+
+/** When your timeout in `guild` ends (Unix ms), or 0 if you are not timed out there. */
+export function timedOutUntil(guild) {
+  const until = S.guilds.get(guild)?.members.get(S.me?.id)?.timed_out_until_ms ?? 0;
+  return until > Date.now() ? until : 0;
 }
 
 /** `<@id>` and role mentions as readable names. */
@@ -318,7 +329,7 @@ function messageNode(msg, parent, first, editing) {
     dataset: { id: msg.id, seq: String(msg.seq), author: msg.author_id },
   },
   msg.reply_to ? el('div', { class: 'reply' }, '↪ ', parent ? `${nameOf(parent.author_id)}: ${parent.deleted ? 'a deleted message' : plainMentions(parent.content).slice(0, 80)}` : 'an earlier message') : null,
-  el('div', { class: 'gutter' }, first ? avatar(msg.author_id, who) : el('span', { class: 'hover-time', 'aria-hidden': 'true' }, timeLabel(msg.created_at_ms))),
+  el('div', { class: 'gutter' }, first ? face(msg.author_id, who) : el('span', { class: 'hover-time', 'aria-hidden': 'true' }, timeLabel(msg.created_at_ms))),
   body, actions);
   return row;
 }
@@ -368,7 +379,7 @@ function memberRow(u) {
   ];
   const words = statusText(p);
   return el('li', { class: `member${status === 'Offline' ? ' offline' : ''}`, dataset: { user: u, status } },
-    avatar(u, who, { size: 'medium', status }),
+    face(u, who, { size: 'medium', status }),
     el('div', { class: 'who' }, el('span', { class: 'name' }, who, me ? ' (you)' : ''),
       el('span', { class: 'status-text' }, p?.custom_status ? `${words} · ${p.custom_status}` : words)),
     el('div', { class: 'member-actions' }, ...actions));
@@ -413,7 +424,7 @@ export function renderVoicebar() {
 export function renderUserbar() {
   if (!S.me) return;
   $('whoami').textContent = S.me.name;
-  fill($('me-avatar'), avatar(S.me.id, S.me.name, { size: 'medium', status: presenceOf(S.me.id)?.status ?? 'Offline' }));
+  fill($('me-avatar'), face(S.me.id, S.me.name, { size: 'medium', status: presenceOf(S.me.id)?.status ?? 'Offline' }));
   const chosen = S.myStatus.status === 'Invisible' ? 'Invisible' : statusText(presenceOf(S.me.id));
   $('status-button').textContent = S.myStatus.custom ? `${chosen} · ${S.myStatus.custom}` : chosen;
   $('status-button').setAttribute('aria-label', `Your status: ${$('status-button').textContent}. Change it`);

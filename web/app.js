@@ -34,6 +34,7 @@ const S = {
   myReactions: new Set(), // `${message}:${emoji}`
   typing: new Map(), // channel → Map(user → expires at ms)
   names: new Map(),
+  avatars: new Map(),
   view: 'guild', // or 'home' (friends and DMs)
   homeTab: 'all',
   guild: null, channel: null, replyTo: null, editing: null,
@@ -189,10 +190,19 @@ addEventListener('pagehide', () => {
 
 // ---- snapshot and events ---------------------------------------------------------------
 
+/** What a member entry tells about a person: name, picture, and your own timeout's end. */
+function learn(m) {
+  S.names.set(m.user_id, m.name);
+  if (m.avatar_url) S.avatars.set(m.user_id, m.avatar_url); else S.avatars.delete(m.user_id);
+  // Your timeout ends by itself (no event): draw the composer again when it does.
+  const left = m.timed_out_until_ms - Date.now();
+  if (m.user_id === S.me?.id && left > 0) setTimeout(render, Math.min(left + 50, 2 ** 31 - 1));
+}
+
 function addGuild(g) {
   const old = S.guilds.get(g.guild.id);
   const entry = { guild: g.guild, roles: g.roles, channels: new Map(g.channels.map((c) => [c.id, c])), members: old?.members ?? new Map(), memberCount: g.member_count };
-  for (const m of g.members) { entry.members.set(m.user_id, m); S.names.set(m.user_id, m.name); }
+  for (const m of g.members) { entry.members.set(m.user_id, m); learn(m); }
   S.guilds.set(g.guild.id, entry);
   if (g.members.length === 0 && g.member_count > 0) loadMembers(g.guild.id);
 }
@@ -203,7 +213,7 @@ async function loadMembers(guildId) {
     let r;
     try { r = await fetchReply({ type: 'Members', guild_id: guildId, after, limit: 100 }); } catch (e) { logged('loading members')(e); return; }
     const g = S.guilds.get(guildId);
-    for (const m of r.members) { g?.members.set(m.user_id, m); S.names.set(m.user_id, m.name); }
+    for (const m of r.members) { g?.members.set(m.user_id, m); learn(m); }
     if (r.members.length < 100) break;
     after = r.members[r.members.length - 1].user_id;
   }
@@ -342,8 +352,16 @@ function onEvent(lane, b) {
     }
     case 'MemberUpdated':
       S.guilds.get(b.guild_id)?.members.set(b.member.user_id, b.member);
-      S.names.set(b.member.user_id, b.member.name);
+      learn(b.member);
       break;
+    case 'RoleDeleted': {
+      const g = S.guilds.get(b.guild_id);
+      if (!g) break;
+      g.roles = g.roles.filter((r) => r.id !== b.role_id);
+      for (const m of g.members.values()) m.roles = m.roles.filter((r) => r !== b.role_id);
+      for (const c of g.channels.values()) c.overwrites = c.overwrites.filter((o) => !(o.target.type === 'Role' && o.target.id === b.role_id));
+      break;
+    }
     case 'MemberRemoved':
       S.guilds.get(b.guild_id)?.members.delete(b.user_id);
       break;

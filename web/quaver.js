@@ -9,7 +9,7 @@
 // field naming the variant plus the variant's fields; byte strings are Uint8Array; user ids
 // are decimal strings (they exceed 2^53); other u64 values are Numbers (BigInt past 2^53).
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const WEBTRANSPORT_PATH = '/quaver';
 export const DEFAULT_MAX_FRAME = 256 * 1024;
 
@@ -215,7 +215,9 @@ const Channel = struct([
   ['id', T.id], ['guild_id', opt(T.id)], ['kind', ChannelKind], ['name', T.string], ['topic', T.string],
   ['last_seq', T.u64], ['overwrites', vec(Overwrite)], ['recipients', vec(T.id)], ['user_limit', T.u32],
 ]);
-const Member = struct([['user_id', T.id], ['name', T.string], ['roles', vec(T.id)]]);
+const Member = struct([
+  ['user_id', T.id], ['name', T.string], ['roles', vec(T.id)], ['avatar_url', T.string], ['timed_out_until_ms', T.u64],
+]);
 const Mentions = struct([['users', vec(T.id)], ['roles', vec(T.id)], ['everyone', T.bool]]);
 const Reaction = struct([['emoji', T.string], ['count', T.u32]]);
 const Message = struct([
@@ -323,6 +325,9 @@ const RequestBody = tagged([
   ['MoveMember', [gid, uid, cid]],
   ['VoiceStats', []],
   ['JoinVoiceWebRtc', [cid, ['self_mute', T.bool], ['self_deaf', T.bool], ['offer', T.string]]],
+  ['DeleteRole', [gid, ['role_id', T.id]]],
+  ['MoveRole', [gid, ['role_id', T.id], ['position', T.u32]]],
+  ['TimeoutMember', [gid, uid, ['duration_secs', T.u32], ['reason', T.string]]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -372,6 +377,7 @@ const EventBody = tagged([
   ['PresenceSnapshot', [['presences', vec(Presence)]]],
   ['VoiceStatesSnapshot', [['channel_ids', vec(T.id)], ['states', vec(VoiceState)]]],
   ['AppEvent', [['name', T.string], ['data', T.string], ['channel_id', opt(T.id)], ['guild_id', opt(T.id)]]],
+  ['RoleDeleted', [gid, ['role_id', T.id]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

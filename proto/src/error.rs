@@ -57,6 +57,9 @@ impl ErrorCode {
     pub const CHANNEL_FULL: ErrorCode = ErrorCode(23);
     /// The application's backend refused it (a hook); the message says why, for the person.
     pub const REFUSED_BY_APP: ErrorCode = ErrorCode(24);
+    /// You are timed out in this guild (the message says until when): reading still works.
+    /// Since protocol 2.
+    pub const TIMED_OUT: ErrorCode = ErrorCode(25);
 }
 
 /// The body of an error reply.

@@ -29,7 +29,7 @@ pub use error::{ErrorBody, ErrorCode};
 pub use msg::*;
 
 /// Version of the protocol spoken by this crate; sent in `Hello`, checked by the server.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// ALPN of raw-QUIC sessions (native clients).
 pub const ALPN_QUAVER: &[u8] = b"quaver/1";
 /// ALPN of HTTP/3, under which WebTransport sessions arrive.

@@ -600,6 +600,38 @@ pub enum RequestBody {
         /// The SDP offer.
         offer: String,
     },
+    /// Delete a role (manage-roles; a role below your highest, not `@everyone`): members
+    /// lose it and the channel overwrites naming it go. Since protocol 2.
+    DeleteRole {
+        /// The guild.
+        guild_id: u64,
+        /// The role.
+        role_id: u64,
+    },
+    /// Move a role to another place in the hierarchy (manage-roles): `position` 1 is just
+    /// above `@everyone`; a position past the top means the top. The role and its new place
+    /// must both be below your highest role. Since protocol 2.
+    MoveRole {
+        /// The guild.
+        guild_id: u64,
+        /// The role.
+        role_id: u64,
+        /// Its new position (≥ 1).
+        position: u32,
+    },
+    /// Time a member out (moderate-members; a member whose highest role is below yours):
+    /// for `duration_secs` (at most 28 days; 0 lifts a timeout) they may read but not send,
+    /// react, or join or stay in voice. Since protocol 2.
+    TimeoutMember {
+        /// The guild.
+        guild_id: u64,
+        /// The member.
+        user_id: u64,
+        /// How long (0 lifts it).
+        duration_secs: u32,
+        /// Why (≤ 512 characters; for the audit trail and webhooks).
+        reason: String,
+    },
 }
 
 impl RequestBody {
@@ -718,6 +750,13 @@ pub struct Member {
     pub name: String,
     /// Role ids (besides `@everyone`).
     pub roles: Vec<u64>,
+    /// The user's avatar: an `https://` URL set by the application's backend, or empty
+    /// (clients draw initials). Since protocol 2.
+    pub avatar_url: String,
+    /// Timed out until this time (Unix ms; 0 = not timed out): until then the member may
+    /// read but not send, react, or join voice ([`RequestBody::TimeoutMember`]). Since
+    /// protocol 2.
+    pub timed_out_until_ms: u64,
 }
 
 /// What a message mentions.
@@ -1292,6 +1331,13 @@ pub enum EventBody {
         channel_id: Option<u64>,
         /// The guild it concerns, when it was sent to a guild or one of its channels.
         guild_id: Option<u64>,
+    },
+    /// A role was deleted: drop it from every member's roles. Since protocol 2.
+    RoleDeleted {
+        /// The guild.
+        guild_id: u64,
+        /// The role.
+        role_id: u64,
     },
 }
 

@@ -44,19 +44,19 @@ fn vectors() -> Vec<Vector> {
             "hello_minimal",
             "ClientControl",
             ClientControl::Hello(Hello {
-                version: 1,
+                version: 2,
                 token: None,
                 device: DeviceKind::Web,
                 resume: None,
                 compression: Compression::None,
             }),
-            json!({"type": "Hello", "version": 1, "token": null, "device": "Web", "resume": null, "compression": "None"}),
+            json!({"type": "Hello", "version": 2, "token": null, "device": "Web", "resume": null, "compression": "None"}),
         ),
         v(
             "hello_full",
             "ClientControl",
             ClientControl::Hello(Hello {
-                version: 1,
+                version: 2,
                 token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
                 device: DeviceKind::Desktop,
                 resume: Some(ResumeRequest {
@@ -75,7 +75,7 @@ fn vectors() -> Vec<Vector> {
                 }),
                 compression: Compression::Zstd,
             }),
-            json!({"type": "Hello", "version": 1, "token": "eyJhbGciOiJIUzI1NiJ9.e30.sig", "device": "Desktop",
+            json!({"type": "Hello", "version": 2, "token": "eyJhbGciOiJIUzI1NiJ9.e30.sig", "device": "Desktop",
                    "resume": {"session_id": sid_hex, "lanes": [{"lane": "Chat", "seq": 42}, {"lane": "Presence", "seq": 300}],
                               "channels": [{"channel_id": "8", "seq": 17}]},
                    "compression": "Zstd"}),
@@ -283,6 +283,53 @@ fn vectors() -> Vec<Vector> {
                 },
             },
             json!({"type": "Event", "seq": 4294967301u64, "body": {"type": "Notice", "text": "maintenance"}}),
+        ),
+        v(
+            "event_member_updated_v2",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 0,
+                body: EventBody::MemberUpdated {
+                    guild_id: 7,
+                    member: Member {
+                        user_id: 42,
+                        name: "Ada".into(),
+                        roles: vec![9],
+                        avatar_url: "https://a.example/42.png".into(),
+                        timed_out_until_ms: 1_800_000_000_000,
+                    },
+                },
+            },
+            json!({"type": "Event", "seq": 0, "body": {"type": "MemberUpdated", "guild_id": "7", "member": {
+                "user_id": "42", "name": "Ada", "roles": ["9"], "avatar_url": "https://a.example/42.png",
+                "timed_out_until_ms": 1_800_000_000_000u64}}}),
+        ),
+        v(
+            "event_role_deleted_v2",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 0,
+                body: EventBody::RoleDeleted {
+                    guild_id: 7,
+                    role_id: 9,
+                },
+            },
+            json!({"type": "Event", "seq": 0, "body": {"type": "RoleDeleted", "guild_id": "7", "role_id": "9"}}),
+        ),
+        v(
+            "timeout_member_v2",
+            "Request",
+            Request {
+                id: 6,
+                body: RequestBody::TimeoutMember {
+                    guild_id: 7,
+                    user_id: 42,
+                    duration_secs: 600,
+                    reason: "spam".into(),
+                },
+            },
+            json!({"id": 6, "body": {"type": "TimeoutMember", "guild_id": "7", "user_id": "42",
+                   "duration_secs": 600, "reason": "spam"}}),
         ),
         v(
             "send_message",

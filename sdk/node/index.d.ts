@@ -32,7 +32,7 @@ export type ChannelKind = 'text' | 'voice' | 'dm' | 'group_dm';
 export interface Channel { id: Id; guild_id: Id | null; kind: ChannelKind; name: string; topic: string; last_seq: number; user_limit: number }
 export interface Role { id: Id; name: string; permissions: string; position: number }
 export interface GuildDetails { guild: Guild; channels: Channel[]; roles: Role[]; member_count: number }
-export interface Member { user_id: Id; name: string; roles: Id[] }
+export interface Member { user_id: Id; name: string; roles: Id[]; avatar_url: string | null; timed_out_until_ms: number | null }
 export interface Invite { code: string; guild_id: Id; max_uses: number; expires_at_ms: number | null }
 export type Status = 'online' | 'idle' | 'dnd' | 'offline';
 export interface Presence {
@@ -73,7 +73,13 @@ export class Quaver {
     createChannel(guildId: Id, c: { kind: 'text' | 'voice'; name: string; topic?: string; user_limit?: number }, o?: CallOptions): Promise<Channel>;
     deleteChannel(channelId: Id, o?: CallOptions): Promise<null>;
     createRole(guildId: Id, r: { name: string; permissions?: string }, o?: CallOptions): Promise<Role>;
-    updateRole(guildId: Id, roleId: Id, r: { name?: string; permissions?: string }, o?: CallOptions): Promise<Role>;
+    /** `position`: 1 is just above `@everyone`; past the top is the top. */
+    updateRole(guildId: Id, roleId: Id, r: { name?: string; permissions?: string; position?: number }, o?: CallOptions): Promise<Role>;
+    /** Members lose it; channel overwrites naming it go. */
+    deleteRole(guildId: Id, roleId: Id, o?: CallOptions): Promise<null>;
+    /** Until it ends (1 s – 28 days) they read but do not send, react, or stay in voice. */
+    timeout(guildId: Id, userId: Id, seconds: number, reason?: string, o?: CallOptions): Promise<null>;
+    liftTimeout(guildId: Id, userId: Id, o?: CallOptions): Promise<null>;
     setOverwrite(channelId: Id, kind: 'role' | 'member', targetId: Id, bits: { allow?: string; deny?: string }, o?: CallOptions): Promise<null>;
     deleteOverwrite(channelId: Id, kind: 'role' | 'member', targetId: Id, o?: CallOptions): Promise<null>;
     openDm(userIds: Id[], name?: string, o?: CallOptions): Promise<Channel>;
@@ -84,7 +90,8 @@ export class Quaver {
     presence(guildId: Id): Promise<{ members: number; online: number; status_online: number; status_idle: number; status_dnd: number }>;
   };
   users: {
-    put(userId: Id, u: { name: string }, o?: CallOptions): Promise<{ id: Id; name: string }>;
+    /** `avatar_url`: an `https://` URL, `''` to remove it, absent to keep it. */
+    put(userId: Id, u: { name: string; avatar_url?: string }, o?: CallOptions): Promise<{ id: Id; name: string; avatar_url: string | null }>;
     get(userId: Id): Promise<{ id: Id; name: string }>;
     delete(userId: Id, o?: CallOptions): Promise<{ user_id: Id; guilds_left: number; sessions_ended_here: number }>;
     befriend(userId: Id, otherId: Id, o?: CallOptions): Promise<null>;

@@ -75,6 +75,7 @@ pub fn describe(code: u16) -> (&'static str, &'static str, StatusCode) {
         ErrorCode::UNAVAILABLE => ("UNAVAILABLE", "Database unavailable", S::SERVICE_UNAVAILABLE),
         ErrorCode::CHANNEL_FULL => ("CHANNEL_FULL", "Channel full", S::CONFLICT),
         ErrorCode::REFUSED_BY_APP => ("REFUSED_BY_APP", "Refused by the application", S::FORBIDDEN),
+        ErrorCode::TIMED_OUT => ("TIMED_OUT", "Timed out", S::FORBIDDEN),
         _ => match code {
             UNAUTHORIZED => ("UNAUTHORIZED", "Unauthorized", S::UNAUTHORIZED),
             SCOPE_MISSING => ("SCOPE_MISSING", "Scope missing", S::FORBIDDEN),

@@ -145,6 +145,10 @@ pub struct Member {
     pub name: String,
     /// Their roles.
     pub roles: Vec<Id>,
+    /// Their avatar (`https://`), or null.
+    pub avatar_url: Option<String>,
+    /// While they are timed out: when it ends (Unix ms); null otherwise.
+    pub timed_out_until_ms: Option<u64>,
 }
 
 /// A page of members (by user id).
@@ -449,6 +453,8 @@ pub(super) async fn members(
                 user_id: Id(m.user_id),
                 name: m.name,
                 roles: m.roles.into_iter().map(Id).collect(),
+                avatar_url: (!m.avatar_url.is_empty()).then_some(m.avatar_url),
+                timed_out_until_ms: (m.timed_out_until_ms > 0).then_some(m.timed_out_until_ms),
             })
             .collect(),
     }))
@@ -751,6 +757,12 @@ pub struct RoleUpdate {
     /// Permission bits.
     #[serde(default)]
     pub permissions: Option<Bits>,
+    /// Its place in the hierarchy: 1 is just above `@everyone`, higher is more senior; past
+    /// the top means the top. The roles in between shift by one (each is reported to
+    /// clients and webhooks as updated).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub position: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -776,8 +788,14 @@ pub(super) async fn update_role(
     ApiJson(u): ApiJson<RoleUpdate>,
 ) -> ApiResult<Response> {
     caller.need(Scope::GuildsWrite)?;
-    if u.name.is_none() && u.permissions.is_none() {
-        return Err(Problem::bad("name", "give name, permissions or both"));
+    if u.name.is_none() && u.permissions.is_none() && u.position.is_none() {
+        return Err(Problem::bad("name", "give name, permissions, position, or several"));
+    }
+    if u.position == Some(0) {
+        return Err(Problem::bad("position", "position 0 is @everyone's; roles start at 1"));
+    }
+    if u.position.is_some() && p.role_id == p.guild_id {
+        return Err(Problem::bad("position", "@everyone stays at the bottom"));
     }
     let state = api.chat.guild_state(p.guild_id.0).await?;
     let role = state
@@ -785,16 +803,132 @@ pub(super) async fn update_role(
         .iter()
         .find(|r| r.id == p.role_id.0)
         .ok_or_else(|| Problem::not_found("role"))?;
-    let body = RequestBody::UpdateRole {
-        guild_id: p.guild_id.0,
-        role_id: p.role_id.0,
-        name: u.name.unwrap_or_else(|| role.name.clone()),
-        permissions: u.permissions.map_or(role.permissions, |b| b.0),
-    };
-    match as_owner(&api, p.guild_id.0, body).await? {
-        ResponseBody::Role(r) => Ok(axum::Json(Role::from(r)).into_response()),
+    let mut now = role.clone();
+    if u.name.is_some() || u.permissions.is_some() {
+        let body = RequestBody::UpdateRole {
+            guild_id: p.guild_id.0,
+            role_id: p.role_id.0,
+            name: u.name.unwrap_or_else(|| role.name.clone()),
+            permissions: u.permissions.map_or(role.permissions, |b| b.0),
+        };
+        now = role_of(as_owner(&api, p.guild_id.0, body).await?)?;
+    }
+    if let Some(position) = u.position {
+        let body = RequestBody::MoveRole {
+            guild_id: p.guild_id.0,
+            role_id: p.role_id.0,
+            position,
+        };
+        now = role_of(as_owner(&api, p.guild_id.0, body).await?)?;
+    }
+    Ok(axum::Json(Role::from(now)).into_response())
+}
+
+fn role_of(answer: ResponseBody) -> ApiResult<quaver_proto::Role> {
+    match answer {
+        ResponseBody::Role(r) => Ok(r),
         _ => Err(Problem::new(ErrorCode::INTERNAL.0, "unexpected answer")),
     }
+}
+
+/// Deletes a role: members lose it, and the channel overwrites naming it go.
+#[utoipa::path(
+    delete, path = "/guilds/{guild_id}/roles/{role_id}", tag = "guilds",
+    params(("guild_id" = Id, Path, description = "The guild"), ("role_id" = Id, Path, description = "The role")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`@everyone` cannot be deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such guild or role", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn delete_role(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<RolePath>,
+) -> ApiResult<StatusCode> {
+    caller.need(Scope::GuildsWrite)?;
+    if p.role_id == p.guild_id {
+        return Err(Problem::bad("role_id", "@everyone cannot be deleted"));
+    }
+    let body = RequestBody::DeleteRole {
+        guild_id: p.guild_id.0,
+        role_id: p.role_id.0,
+    };
+    as_owner(&api, p.guild_id.0, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long a member is timed out.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeout {
+    /// 1 second to 28 days.
+    #[schema(minimum = 1, maximum = 2419200)]
+    pub seconds: u32,
+    /// Why (up to 512 characters; in the `member.timed_out` webhook).
+    #[serde(default)]
+    #[schema(max_length = 512)]
+    pub reason: String,
+}
+
+/// Times a member out: until it ends they may read but not send, react, or be in voice
+/// (they are taken out of voice at once). A timeout outlives leaving and rejoining.
+#[utoipa::path(
+    put, path = "/guilds/{guild_id}/members/{user_id}/timeout", tag = "guilds",
+    params(("guild_id" = Id, Path, description = "The guild"), ("user_id" = Id, Path, description = "The member")),
+    request_body = Timeout,
+    responses(
+        (status = 204, description = "Timed out (a timeout already running is replaced)"),
+        (status = 400, description = "Bad duration or reason", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An administrator cannot be timed out", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such guild or member", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The owner cannot be timed out", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn timeout(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GuildUserPath>,
+    ApiJson(t): ApiJson<Timeout>,
+) -> ApiResult<StatusCode> {
+    caller.need(Scope::Moderation)?;
+    if t.seconds == 0 || t.seconds > crate::chat::MAX_TIMEOUT_SECS {
+        return Err(Problem::bad("seconds", "a timeout lasts 1 second to 28 days (2419200)"));
+    }
+    if t.reason.chars().count() > 512 {
+        return Err(Problem::bad("reason", "a timeout's reason is at most 512 characters"));
+    }
+    set_timeout(&api, &p, t.seconds, t.reason).await
+}
+
+/// Lifts a member's timeout (whether or not one was running).
+#[utoipa::path(
+    delete, path = "/guilds/{guild_id}/members/{user_id}/timeout", tag = "guilds",
+    params(("guild_id" = Id, Path, description = "The guild"), ("user_id" = Id, Path, description = "The member")),
+    responses(
+        (status = 204, description = "No timeout now"),
+        (status = 404, description = "No such guild or member", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn lift_timeout(
+    State(api): State<Arc<Services>>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GuildUserPath>,
+) -> ApiResult<StatusCode> {
+    caller.need(Scope::Moderation)?;
+    set_timeout(&api, &p, 0, String::new()).await
+}
+
+async fn set_timeout(api: &Services, p: &GuildUserPath, seconds: u32, reason: String) -> ApiResult<StatusCode> {
+    not_the_owner(api, p.guild_id.0, p.user_id.0, "timed out").await?;
+    let body = RequestBody::TimeoutMember {
+        guild_id: p.guild_id.0,
+        user_id: p.user_id.0,
+        duration_secs: seconds,
+        reason,
+    };
+    as_owner(api, p.guild_id.0, body).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Whom an overwrite applies to.

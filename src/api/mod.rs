@@ -112,6 +112,8 @@ impl std::fmt::Debug for Services {
         crate::webhooks::catalogue::WebhookTyping,
         crate::webhooks::catalogue::WebhookRole,
         crate::webhooks::catalogue::WebhookMemberRole,
+        crate::webhooks::catalogue::WebhookRoleDeleted,
+        crate::webhooks::catalogue::WebhookMemberTimeout,
         crate::webhooks::catalogue::WebhookUserPresence,
         crate::webhooks::catalogue::WebhookNotification,
         crate::webhooks::catalogue::WebhookTest,
@@ -188,7 +190,8 @@ pub fn routes(services: Arc<Services>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(guilds::create_role))
         .routes(routes!(guilds::add_role, guilds::remove_role))
         .routes(routes!(guilds::create_invite))
-        .routes(routes!(guilds::update_role))
+        .routes(routes!(guilds::update_role, guilds::delete_role))
+        .routes(routes!(guilds::timeout, guilds::lift_timeout))
         .routes(routes!(guilds::set_overwrite, guilds::delete_overwrite))
         .routes(routes!(guilds::open_dm))
         .routes(routes!(messages::bulk_delete))

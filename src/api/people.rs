@@ -46,6 +46,8 @@ pub struct User {
     pub id: Id,
     /// Their display name.
     pub name: String,
+    /// Their avatar (`https://`), or null.
+    pub avatar_url: Option<String>,
 }
 
 /// What a profile is set to.
@@ -60,6 +62,37 @@ pub struct UserUpdate {
         pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
     pub name: String,
+    /// An `https://` URL of their picture (at most 512 characters), shown by clients beside
+    /// their name; `""` removes it; absent leaves it as it is.
+    #[serde(default)]
+    #[schema(
+        max_length = 512,
+        pattern = r"^(https://[!#-&(-.0-;=?-\[\]_a-z~][!#-&(-;=?-\[\]_a-z~]*)?$"
+    )]
+    pub avatar_url: Option<String>,
+}
+
+/// Checks an avatar URL: empty, or `https://` and a host, in visible ASCII that needs no
+/// escaping in HTML attributes, at most 512 characters.
+fn check_avatar(url: &str) -> ApiResult<()> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let ok = url.len() <= 512
+        && url
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && url.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'`' | b'\'' | b'^' | b'{' | b'|' | b'}')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::bad(
+            "avatar_url",
+            "an avatar is an https:// URL of at most 512 visible ASCII characters (or \"\" for none)",
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,13 +125,24 @@ pub(super) async fn put_user(
         )
         .field("name"));
     }
-    api.chat
-        .store()
-        .upsert_user(p.user_id.0, name, crate::ids::now_ms())
-        .await?;
+    if let Some(url) = &u.avatar_url {
+        check_avatar(url)?;
+    }
+    let now = crate::ids::now_ms();
+    let store = api.chat.store();
+    store.upsert_user(p.user_id.0, name, now).await?;
+    if let Some(url) = &u.avatar_url {
+        store.set_avatar(p.user_id.0, url, now).await?;
+    }
+    let (name, avatar) = store
+        .live_profile(p.user_id.0)
+        .await?
+        .ok_or_else(|| Problem::not_found("user"))?;
+    api.chat.profile_changed(p.user_id.0).await?;
     Ok(axum::Json(User {
         id: p.user_id,
-        name: name.to_string(),
+        name,
+        avatar_url: (!avatar.is_empty()).then_some(avatar),
     }))
 }
 
@@ -117,13 +161,17 @@ pub(super) async fn get_user(
     ApiPath(p): ApiPath<UserPath>,
 ) -> ApiResult<axum::Json<User>> {
     caller.need(Scope::UsersRead)?;
-    let name = api
+    let (name, avatar) = api
         .chat
         .store()
-        .live_user_name(p.user_id.0)
+        .live_profile(p.user_id.0)
         .await?
         .ok_or_else(|| Problem::not_found("user"))?;
-    Ok(axum::Json(User { id: p.user_id, name }))
+    Ok(axum::Json(User {
+        id: p.user_id,
+        name,
+        avatar_url: (!avatar.is_empty()).then_some(avatar),
+    }))
 }
 
 /// Whose presence.

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The longest timeout (28 days, as Discord's).
+pub const MAX_TIMEOUT_SECS: u32 = 28 * 24 * 3600;
+
 impl Chat {
     /// `user` was just added to `guild` (invite or server API): everything that follows a
     /// join — cached permission state, the member's topic, the announcements, the audience.
@@ -20,13 +23,7 @@ impl Chat {
         // Like the member lists in `Ready`, join announcements are for small guilds; in
         // large ones clients page the list (`Members` fetch).
         if count.is_none_or(|n| n <= SMALL_GUILD as usize) {
-            let name = self.store.user_name(user).await.map_err(store_err)?.unwrap_or_default();
-            let member = Member {
-                user_id: user,
-                name,
-                roles: vec![],
-            };
-            self.publish_guild(gid, &EventBody::MemberUpdated { guild_id: gid, member });
+            self.publish_member(gid, user).await?;
         }
         self.publish_user(user, &EventBody::GuildUpdated { guild: guild.clone() });
         self.joined_audience(gid, user).await
@@ -289,14 +286,7 @@ impl Chat {
                     .await
                     .map_err(store_err)?;
                 self.changed(guild_id);
-                let member = self
-                    .store
-                    .members(guild_id, user_id.saturating_sub(1), 1)
-                    .await
-                    .map_err(store_err)?;
-                if let Some(member) = member.into_iter().next() {
-                    self.publish_guild(guild_id, &EventBody::MemberUpdated { guild_id, member });
-                }
+                self.publish_member(guild_id, user_id).await?;
                 self.announce_visibility(&g, guild_id).await?;
                 Ok(ResponseBody::Done)
             }
@@ -432,8 +422,156 @@ impl Chat {
                 }
                 Ok(ResponseBody::Channel(c))
             }
+            R::DeleteRole { guild_id, role_id } => {
+                self.limit(user, Kind::Manage)?;
+                let g = self.check_manage_role(user, guild_id, role_id).await?;
+                self.store.delete_role(guild_id, role_id).await.map_err(store_err)?;
+                self.changed(guild_id);
+                self.publish_guild(guild_id, &EventBody::RoleDeleted { guild_id, role_id });
+                self.announce_visibility(&g, guild_id).await?;
+                Ok(ResponseBody::Done)
+            }
+            R::MoveRole {
+                guild_id,
+                role_id,
+                position,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                let g = self.check_manage_role(user, guild_id, role_id).await?;
+                if position == 0 {
+                    return Err(
+                        ErrorBody::new(ErrorCode::BAD_REQUEST, "position 0 is @everyone's; roles start at 1").into(),
+                    );
+                }
+                // The new place must be below the mover's highest role too: nobody lifts a
+                // role to (or above) their own rank.
+                let top = g.state.roles.iter().map(|r| r.position).max().unwrap_or(0);
+                if !g.outranks(user, position.min(top)) {
+                    return Err(forbidden("a place that is not below your highest role").into());
+                }
+                let moved = self
+                    .store
+                    .move_role(guild_id, role_id, position)
+                    .await
+                    .map_err(store_err)?;
+                self.changed(guild_id);
+                let mut role = None;
+                for r in moved {
+                    if r.id == role_id {
+                        role = Some(r.clone());
+                    }
+                    self.publish_guild(guild_id, &EventBody::RoleUpdated { role: r });
+                }
+                // Unmoved (already there): answer with it as it stands.
+                let role = match role {
+                    Some(r) => r,
+                    None => g
+                        .state
+                        .roles
+                        .iter()
+                        .find(|r| r.id == role_id)
+                        .cloned()
+                        .ok_or_else(not_found)?,
+                };
+                Ok(ResponseBody::Role(role))
+            }
+            R::TimeoutMember {
+                guild_id,
+                user_id,
+                duration_secs,
+                reason,
+            } => {
+                self.limit(user, Kind::Manage)?;
+                let (g, p) = self.guild_perms(user, guild_id).await?;
+                if !p.has(Perms::MODERATE_MEMBERS) {
+                    return Err(forbidden("moderate members").into());
+                }
+                if user_id == user {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "you cannot time yourself out").into());
+                }
+                if duration_secs > MAX_TIMEOUT_SECS {
+                    return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "a timeout lasts at most 28 days").into());
+                }
+                if reason.chars().count() > 512 {
+                    return Err(ErrorBody::new(ErrorCode::TOO_LARGE, "reason over 512 characters").into());
+                }
+                if !g.state.members.contains_key(&user_id) {
+                    return Err(not_found().into());
+                }
+                if g.state.guild.owner_id == user_id {
+                    return Err(ErrorBody::new(ErrorCode::OWNER, "the owner cannot be timed out").into());
+                }
+                if duration_secs > 0 && g.perms(user_id, None).is_some_and(|p| p.has(Perms::ADMINISTRATOR)) {
+                    return Err(forbidden("timing out an administrator").into());
+                }
+                g.check_outranks_member(user, user_id)?;
+                let until = if duration_secs == 0 {
+                    0
+                } else {
+                    now + u64::from(duration_secs) * 1000
+                };
+                if !self
+                    .store
+                    .set_timeout(guild_id, user_id, until, user, &reason)
+                    .await
+                    .map_err(store_err)?
+                {
+                    return Err(not_found().into());
+                }
+                self.changed(guild_id);
+                self.publish_member(guild_id, user_id).await?;
+                if until > 0 {
+                    // Out of voice at once, on whichever node serves their channel.
+                    self.bus.publish(BusEvent::Order(crate::gateway::Order::Voice {
+                        guild_id,
+                        user_id,
+                        action: crate::gateway::VoiceAction::Disconnect,
+                    }));
+                }
+                Ok(ResponseBody::Done)
+            }
             _ => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a guild request").into()),
         }
+    }
+
+    /// A user's name or avatar changed: every guild they are in is told (their member entry).
+    pub async fn profile_changed(&self, user: u64) -> Result<(), ErrorBody> {
+        for guild in self.store.guilds_of(user).await.map_err(store_err)? {
+            self.publish_member(guild, user).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells a guild a member's current state (roles, name, avatar, timeout).
+    async fn publish_member(&self, guild_id: u64, user_id: u64) -> Result<(), ErrorBody> {
+        let member = self
+            .store
+            .members(guild_id, user_id.saturating_sub(1), 1)
+            .await
+            .map_err(store_err)?;
+        if let Some(member) = member.into_iter().next().filter(|m| m.user_id == user_id) {
+            self.publish_guild(guild_id, &EventBody::MemberUpdated { guild_id, member });
+        }
+        Ok(())
+    }
+
+    /// Checks that `user` may delete or move `role_id`: manage-roles, a role of the guild
+    /// other than `@everyone`, below their highest.
+    async fn check_manage_role(&self, user: u64, guild_id: u64, role_id: u64) -> Result<Arc<GuildView>, Refusal> {
+        let (g, p) = self.guild_perms(user, guild_id).await?;
+        if !p.has(Perms::MANAGE_ROLES) {
+            return Err(forbidden("manage roles").into());
+        }
+        if role_id == guild_id {
+            return Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "@everyone cannot be deleted or moved").into());
+        }
+        let Some(role) = g.state.roles.iter().find(|r| r.id == role_id) else {
+            return Err(not_found().into());
+        };
+        if !g.outranks(user, role.position) {
+            return Err(forbidden("a role that is not below your highest role").into());
+        }
+        Ok(g)
     }
 
     /// Checks a role creation or change: rate, name, manage-roles, and that nobody grants

@@ -21,7 +21,7 @@ impl Chat {
         validate::content(&content)?;
         let access = self.access(user, channel_id).await?;
         if !access.perms().has(Perms::SEND_MESSAGES) {
-            return Err(forbidden("send messages").into());
+            return Err(access.refuse(user, "send messages").into());
         }
         if let Access::Private(p) = &access {
             self.check_dm_block(user, p.kind, &p.recipients).await?;
@@ -170,7 +170,7 @@ impl Chat {
                 self.limit(user, Kind::React)?;
                 let access = self.access(user, channel_id).await?;
                 if !access.perms().has(Perms::ADD_REACTIONS) {
-                    return Err(forbidden("add reactions").into());
+                    return Err(access.refuse(user, "add reactions").into());
                 }
                 let add = self.store.add_reaction(channel_id, message_id, user, &emoji, now);
                 let seq = self.sequenced(access.guild_id(), channel_id, add).await?;

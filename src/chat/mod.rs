@@ -16,6 +16,7 @@ mod log;
 mod messages;
 mod view;
 
+pub use guilds::MAX_TIMEOUT_SECS;
 pub use log::Caught;
 pub(crate) use log::gap;
 use view::{Access, GuildView, Private};
@@ -29,7 +30,7 @@ use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::{
     Channel, ChannelKind, ErrorBody, ErrorCode, EventBody, FetchReply, FetchRequest, FetchResponse, GuildSnapshot,
-    Lane, Member, OverwriteTarget, ReadState, RequestBody, ResponseBody,
+    Lane, OverwriteTarget, ReadState, RequestBody, ResponseBody,
 };
 
 use crate::cluster::{Bus, BusEvent, Viewers};
@@ -464,7 +465,10 @@ impl Chat {
             | R::RenameGuild { .. }
             | R::SetMemberRole { .. }
             | R::SetOverwrite { .. }
-            | R::UpdateRole { .. }) => self.handle_guild(user, g, now).await,
+            | R::UpdateRole { .. }
+            | R::DeleteRole { .. }
+            | R::MoveRole { .. }
+            | R::TimeoutMember { .. }) => self.handle_guild(user, g, now).await,
         }
     }
 
@@ -645,7 +649,12 @@ impl Chat {
     /// A voice channel as `user` sees it: (guild, user limit, permissions there).
     pub async fn voice_access(&self, user: u64, channel: u64) -> Result<(u64, u32, Perms), ErrorBody> {
         match self.access(user, channel).await? {
-            Access::Guild(g, c, p) if c.kind == ChannelKind::Voice => Ok((g.state.guild.id, c.user_limit, p)),
+            Access::Guild(g, c, p) if c.kind == ChannelKind::Voice => {
+                if g.timed_out(user).is_some() {
+                    return Err(g.refuse(user, "connect"));
+                }
+                Ok((g.state.guild.id, c.user_limit, p))
+            }
             _ => Err(ErrorBody::new(ErrorCode::BAD_REQUEST, "not a voice channel")),
         }
     }
@@ -691,7 +700,7 @@ impl Chat {
     pub async fn check(&self, user: u64, channel: u64, need: Perms) -> Result<Option<u64>, ErrorBody> {
         let access = self.access(user, channel).await?;
         if !access.perms().has(need) {
-            return Err(forbidden(&format!("{need:?}")));
+            return Err(access.refuse(user, &format!("{need:?}")));
         }
         Ok(access.guild_id())
     }

@@ -35,10 +35,40 @@ impl GuildView {
             everyone,
             roles: &roles,
         };
-        Some(match channel {
+        let p = match channel {
             Some(c) => perms::in_channel(&s, self.state.guild.id, &c.overwrites),
             None => perms::base(&s),
-        })
+        };
+        // A timeout leaves seeing and reading; the owner and administrators cannot be timed
+        // out (the request refuses them), and one made before they became so does not bind.
+        if p != Perms::ALL && self.timed_out(user).is_some() {
+            return Some(Perms(p.0 & Perms::WHILE_TIMED_OUT.0));
+        }
+        Some(p)
+    }
+
+    /// When `user`'s timeout in this guild ends, if it has not yet.
+    pub(super) fn timed_out(&self, user: u64) -> Option<u64> {
+        self.state
+            .timeouts
+            .get(&user)
+            .copied()
+            .filter(|until| *until > now_ms())
+    }
+
+    /// The refusal for `user` lacking `what` here: `TIMED_OUT` (saying until when) while
+    /// they are timed out, `FORBIDDEN` otherwise.
+    pub(super) fn refuse(&self, user: u64, what: &str) -> ErrorBody {
+        match self.timed_out(user) {
+            Some(until) => ErrorBody::new(
+                ErrorCode::TIMED_OUT,
+                format!(
+                    "you are timed out in this guild until {}",
+                    crate::webhooks::rfc3339(until)
+                ),
+            ),
+            None => forbidden(what),
+        }
     }
 
     pub(super) fn channel(&self, id: u64) -> Option<&Channel> {
@@ -118,6 +148,14 @@ pub(super) enum Access {
 }
 
 impl Access {
+    /// The refusal for `user` lacking `what` in this channel ([`GuildView::refuse`]).
+    pub(super) fn refuse(&self, user: u64, what: &str) -> ErrorBody {
+        match self {
+            Access::Guild(g, _, _) => g.refuse(user, what),
+            Access::Private(_) => forbidden(what),
+        }
+    }
+
     pub(super) fn perms(&self) -> Perms {
         match self {
             Access::Guild(_, _, p) => *p,

@@ -304,6 +304,10 @@ mod tests {
         };
         let (code, _) = accept_hello(&hello(9, Some("good")), None, ok).unwrap_err();
         assert_eq!(code, CloseCode::UNSUPPORTED_VERSION);
+        // Version 1's `Member` cannot carry what version 2 sends: refused, not misparsed.
+        let (code, why) = accept_hello(&hello(1, Some("good")), None, ok).unwrap_err();
+        assert_eq!(code, CloseCode::UNSUPPORTED_VERSION);
+        assert!(why.contains("speaks 2"), "{why}");
         assert_eq!(
             accept_hello(&hello(PROTOCOL_VERSION, None), None, ok).unwrap_err().0,
             CloseCode::TOKEN_MISSING

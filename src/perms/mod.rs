@@ -56,10 +56,12 @@ bits! {
     MOVE_MEMBERS = 24;
     /// Create, change, assign and delete roles; set channel overwrites.
     MANAGE_ROLES = 28;
+    /// Time members out.
+    MODERATE_MEMBERS = 40;
 }
 
 /// Each bit's name, as the server API spells it.
-const NAMES: [(Perms, &str); 18] = [
+const NAMES: [(Perms, &str); 19] = [
     (Perms::CREATE_INVITE, "create_invite"),
     (Perms::KICK_MEMBERS, "kick_members"),
     (Perms::BAN_MEMBERS, "ban_members"),
@@ -78,6 +80,7 @@ const NAMES: [(Perms, &str); 18] = [
     (Perms::DEAFEN_MEMBERS, "deafen_members"),
     (Perms::MOVE_MEMBERS, "move_members"),
     (Perms::MANAGE_ROLES, "manage_roles"),
+    (Perms::MODERATE_MEMBERS, "moderate_members"),
 ];
 
 impl Perms {
@@ -96,6 +99,10 @@ impl Perms {
             | Perms::CONNECT.0
             | Perms::SPEAK.0,
     );
+
+    /// What a timed-out member keeps (unless they own the guild or are administrators):
+    /// seeing and reading.
+    pub const WHILE_TIMED_OUT: Perms = Perms(Perms::VIEW_CHANNEL.0 | Perms::READ_MESSAGE_HISTORY.0);
 
     /// Whether every bit of `p` is set.
     pub fn has(self, p: Perms) -> bool {

@@ -3,9 +3,14 @@
 use super::*;
 use crate::api::types::Id;
 use crate::webhooks::catalogue::{
-    LeftHow, WebhookGuild, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, WebhookMemberRole, WebhookRole,
-    guild_event,
+    LeftHow, WebhookGuild, WebhookMember, WebhookMemberBanned, WebhookMemberLeft, WebhookMemberRole,
+    WebhookMemberTimeout, WebhookRole, WebhookRoleDeleted, guild_event,
 };
+
+/// A stored timeout's end, or 0 once it has passed.
+fn live_until(until_ms: u64, now_ms: u64) -> u64 {
+    if until_ms > now_ms { until_ms } else { 0 }
+}
 
 fn role_of(r: &AnyRow) -> Result<Role> {
     Ok(Role {
@@ -33,6 +38,49 @@ impl Store {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Sets a user's avatar URL (`""` = none); `false` if the user is unknown or deleted.
+    pub async fn set_avatar(&self, id: u64, url: &str, now_ms: u64) -> Result<bool> {
+        self.deadline(async move {
+            let n =
+                sqlx::query("UPDATE users SET avatar_url = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(i(id))
+                    .bind(url)
+                    .bind(i(now_ms))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// A live user's name and avatar URL.
+    pub async fn live_profile(&self, id: u64) -> Result<Option<(String, String)>> {
+        self.deadline(async move {
+            sqlx::query("SELECT name, avatar_url FROM users WHERE id = $1 AND deleted_at IS NULL")
+                .bind(i(id))
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| Ok((r.try_get("name")?, r.try_get("avatar_url")?)))
+                .transpose()
+        })
+        .await
+    }
+
+    /// The guilds `user` is a member of.
+    pub async fn guilds_of(&self, user: u64) -> Result<Vec<u64>> {
+        self.deadline(async move {
+            sqlx::query("SELECT guild_id FROM members WHERE user_id = $1")
+                .bind(i(user))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok(u(r.try_get("guild_id")?)))
+                .collect()
         })
         .await
     }
@@ -196,6 +244,7 @@ impl Store {
                 "DELETE FROM overwrites WHERE channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
                 "DELETE FROM channels WHERE guild_id = $1",
                 "DELETE FROM member_roles WHERE guild_id = $1",
+                "DELETE FROM member_timeouts WHERE guild_id = $1",
                 "DELETE FROM members WHERE guild_id = $1",
                 "DELETE FROM roles WHERE guild_id = $1",
                 "DELETE FROM bans WHERE guild_id = $1",
@@ -261,11 +310,22 @@ impl Store {
                 }
             }
             let channels = self.guild_channels(id).await?;
+            let now = crate::ids::now_ms();
+            let mut timeouts = HashMap::new();
+            for r in sqlx::query("SELECT user_id, until_ms FROM member_timeouts WHERE guild_id = $1 AND until_ms > $2")
+                .bind(i(id))
+                .bind(i(now))
+                .fetch_all(&self.pool)
+                .await?
+            {
+                timeouts.insert(u(r.try_get("user_id")?), u(r.try_get("until_ms")?));
+            }
             Ok(GuildState {
                 guild,
                 roles,
                 members,
                 channels,
+                timeouts,
             })
         })
         .await
@@ -543,7 +603,9 @@ impl Store {
     pub async fn members(&self, guild: u64, after: u64, limit: u32) -> Result<Vec<Member>> {
         self.deadline(async move {
             let rows = sqlx::query(
-                "SELECT m.user_id, COALESCE(u.name, '') AS name FROM members m LEFT JOIN users u ON u.id = m.user_id \
+                "SELECT m.user_id, COALESCE(u.name, '') AS name, COALESCE(u.avatar_url, '') AS avatar_url, \
+                 COALESCE(t.until_ms, 0) AS until_ms FROM members m LEFT JOIN users u ON u.id = m.user_id \
+                 LEFT JOIN member_timeouts t ON t.guild_id = m.guild_id AND t.user_id = m.user_id \
                  WHERE m.guild_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
             )
             .bind(i(guild))
@@ -552,6 +614,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
             let state = self.guild_state(guild).await?;
+            let now = crate::ids::now_ms();
             rows.iter()
                 .map(|r| {
                     let user_id = u(r.try_get("user_id")?);
@@ -559,6 +622,8 @@ impl Store {
                         user_id,
                         name: r.try_get("name")?,
                         roles: state.members.get(&user_id).cloned().unwrap_or_default(),
+                        avatar_url: r.try_get("avatar_url")?,
+                        timed_out_until_ms: live_until(u(r.try_get("until_ms")?), now),
                     })
                 })
                 .collect()
@@ -677,6 +742,137 @@ impl Store {
             }
             tx.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a role (not `@everyone`): members lose it, channel overwrites naming it go.
+    pub async fn delete_role(&self, guild: u64, id: u64) -> Result<()> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query("DELETE FROM roles WHERE guild_id = $1 AND id = $2 AND id <> $1")
+                .bind(i(guild))
+                .bind(i(id))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query("DELETE FROM member_roles WHERE guild_id = $1 AND role_id = $2")
+                .bind(i(guild))
+                .bind(i(id))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "DELETE FROM overwrites WHERE target_kind = 0 AND target_id = $2 \
+                 AND channel_id IN (SELECT id FROM channels WHERE guild_id = $1)",
+            )
+            .bind(i(guild))
+            .bind(i(id))
+            .execute(&mut *tx)
+            .await?;
+            let data = WebhookRoleDeleted {
+                guild_id: Id(guild),
+                role_id: Id(id),
+            };
+            let now_ms = crate::ids::now_ms();
+            self.hook_record(&mut tx, "role.deleted", now_ms, || {
+                guild_event("role.deleted", guild, &data)
+            })
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a role to `position` among the guild's roles (1 = just above `@everyone`; past
+    /// the top = the top) and numbers them all 1..n again: the roles whose position changed,
+    /// in their new order.
+    pub async fn move_role(&self, guild: u64, id: u64, position: u32) -> Result<Vec<Role>> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            let mut roles = sqlx::query(
+                "SELECT id, guild_id, name, permissions, position FROM roles WHERE guild_id = $1 AND id <> $1 \
+                 ORDER BY position, id",
+            )
+            .bind(i(guild))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(role_of)
+            .collect::<Result<Vec<_>>>()?;
+            let from = roles.iter().position(|r| r.id == id).ok_or(StoreError::NotFound)?;
+            let role = roles.remove(from);
+            let to = (position.max(1) as usize - 1).min(roles.len());
+            roles.insert(to, role);
+            let mut changed = Vec::new();
+            for (n, r) in roles.iter_mut().enumerate() {
+                let p = n as u32 + 1;
+                if r.position != p {
+                    r.position = p;
+                    sqlx::query("UPDATE roles SET position = $3 WHERE guild_id = $1 AND id = $2")
+                        .bind(i(guild))
+                        .bind(i(r.id))
+                        .bind(i64::from(p))
+                        .execute(&mut *tx)
+                        .await?;
+                    self.hook_role(&mut tx, "role.updated", guild, r.id, &r.name, r.permissions)
+                        .await?;
+                    changed.push(r.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Times a member out until `until_ms` (0 lifts it); `false` if they are not a member.
+    pub async fn set_timeout(&self, guild: u64, user: u64, until_ms: u64, by: u64, reason: &str) -> Result<bool> {
+        self.deadline(async move {
+            let mut tx = self.begin().await?;
+            let member = sqlx::query("SELECT 1 FROM members WHERE guild_id = $1 AND user_id = $2")
+                .bind(i(guild))
+                .bind(i(user))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !member {
+                return Ok(false);
+            }
+            if until_ms == 0 {
+                sqlx::query("DELETE FROM member_timeouts WHERE guild_id = $1 AND user_id = $2")
+                    .bind(i(guild))
+                    .bind(i(user))
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO member_timeouts (guild_id, user_id, until_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (guild_id, user_id) DO UPDATE SET until_ms = excluded.until_ms",
+                )
+                .bind(i(guild))
+                .bind(i(user))
+                .bind(i(until_ms))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let now_ms = crate::ids::now_ms();
+            let data = WebhookMemberTimeout {
+                guild_id: Id(guild),
+                user_id: Id(user),
+                until_ms: (until_ms > 0).then_some(until_ms),
+                by: Id(by),
+                reason: reason.to_string(),
+            };
+            self.hook_record(&mut tx, "member.timed_out", now_ms, || {
+                guild_event("member.timed_out", guild, &data)
+            })
+            .await?;
+            tx.commit().await?;
+            Ok(true)
         })
         .await
     }

@@ -157,6 +157,8 @@ pub struct GuildState {
     pub members: HashMap<u64, Vec<u64>>,
     /// Channels with their overwrites.
     pub channels: Vec<Channel>,
+    /// Member → end of their timeout (Unix ms), for timeouts that had not ended when loaded.
+    pub timeouts: HashMap<u64, u64>,
 }
 
 /// A message to store.

@@ -22,7 +22,9 @@ pub const TYPES: &[(&str, &str)] = &[
     ("member.unbanned", "guild"),
     ("role.created", "guild"),
     ("role.updated", "guild"),
+    ("role.deleted", "guild"),
     ("member.roles_updated", "guild"),
+    ("member.timed_out", "guild"),
     ("guild.created", "guild"),
     ("guild.updated", "guild"),
     ("guild.deleted", "guild"),
@@ -187,6 +189,31 @@ pub struct WebhookRole {
     pub name: String,
     /// Its permission bits (decimal string).
     pub permissions: String,
+}
+
+/// `role.deleted`: a role was deleted (members lost it; overwrites naming it went).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookRoleDeleted {
+    /// The guild.
+    pub guild_id: Id,
+    /// The role.
+    pub role_id: Id,
+}
+
+/// `member.timed_out`: a member was timed out (`until_ms` set) or their timeout lifted
+/// (`until_ms` null).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookMemberTimeout {
+    /// The guild.
+    pub guild_id: Id,
+    /// The member.
+    pub user_id: Id,
+    /// When the timeout ends (Unix ms), or null when it was lifted.
+    pub until_ms: Option<u64>,
+    /// Who did it (a user, or the server API's acting user).
+    pub by: Id,
+    /// The reason given.
+    pub reason: String,
 }
 
 /// `member.roles_updated`: a member was given (`added`) or lost a role.

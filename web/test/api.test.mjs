@@ -77,6 +77,33 @@ test("a backend's guild, bot message, edit and delete appear live on the page", 
   await until('the bot among the members', () => ada.$('#members .member:has-text("Deploy bot")'));
 });
 
+test("a backend's avatar shows as a picture; a timeout closes the composer until lifted", async () => {
+  // The picture's host, answered inside the browser (the test has no network).
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64" fill="#2a7"/></svg>';
+  await ada.context().route('https://avatars.test/**', (r) => r.fulfill({ status: 200, contentType: 'image/svg+xml', body: svg }));
+  const adaId = await ada.evaluate(() => window.quaverApp.me.id);
+  const bad = await call('PUT', '/users/900', { name: 'Deploy bot', avatar_url: 'javascript:alert(1)' });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.field, 'avatar_url');
+  await ok(200, 'PUT', '/users/900', { name: 'Deploy bot', avatar_url: 'https://avatars.test/bot.svg' });
+  // A guild the bot owns, with her in it: the bot can time her out.
+  const g = await ok(201, 'POST', '/guilds', { owner_id: '900', name: 'Bot hall' });
+  await ok(201, 'PUT', `/guilds/${g.id}/members/${adaId}`);
+  const item = await until('the bot hall in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
+  await item.click();
+  await ada.waitForSelector('#channels .channel[data-name="general"]');
+  await ada.click('#channels .channel[data-name="general"]');
+  await until('the bot with its picture', () => ada.$eval('#members .member:has-text("Deploy bot")', (m) => {
+    const img = m.querySelector('img');
+    return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') === 'https://avatars.test/bot.svg';
+  }).catch(() => false));
+  await ok(204, 'PUT', `/guilds/${g.id}/members/${adaId}/timeout`, { seconds: 600, reason: 'test' });
+  await until('the composer closed', () => ada.$eval('#composer', (c) => c.disabled && c.placeholder.startsWith('You are timed out here until')));
+  await ada.screenshot({ path: join(SHOTS, 'timed-out.png') });
+  await ok(204, 'DELETE', `/guilds/${g.id}/members/${adaId}/timeout`);
+  await until('the composer open again', () => ada.$eval('#composer', (c) => !c.disabled && c.placeholder === 'Message #general'));
+});
+
 test('a disconnect is reconnected from; a removal and a revocation sign her out, saying why', async () => {
   const adaId = await ada.evaluate(() => window.quaverApp.me.id);
   const states = [];

@@ -23,6 +23,26 @@ test('calls answer their JSON; refusals are typed errors naming the field', asyn
   await assert.rejects(wrong.whoami(), (e) => e.status === 401 && e.codeName === 'UNAUTHORIZED');
 });
 
+test('roles in order, deleted; a member timed out and lifted; an avatar', async () => {
+  const q = new Quaver({ url: api, key });
+  const me = await q.users.put('901', { name: 'Pictured', avatar_url: 'https://cdn.example/901.png' });
+  assert.equal(me.avatar_url, 'https://cdn.example/901.png');
+  const g = await q.guilds.create({ owner_id: '1', name: 'Order' });
+  await q.guilds.addMember(g.id, '901');
+  const a = await q.guilds.createRole(g.id, { name: 'a' });
+  const b = await q.guilds.createRole(g.id, { name: 'b' });
+  assert.equal((await q.guilds.updateRole(g.id, b.id, { position: 9 })).position, 2);
+  await q.guilds.deleteRole(g.id, a.id);
+  assert.deepEqual((await q.guilds.get(g.id)).roles.map((r) => r.name).sort(), ['@everyone', 'b']);
+  await q.guilds.timeout(g.id, '901', 60, 'calm down');
+  const member = (await q.guilds.members(g.id)).members.find((m) => m.user_id === '901');
+  assert.equal(member.avatar_url, 'https://cdn.example/901.png');
+  assert.ok(member.timed_out_until_ms > Date.now(), JSON.stringify(member));
+  await assert.rejects(q.guilds.timeout(g.id, '901', 0), (e) => e.status === 400 && e.field === 'seconds');
+  await q.guilds.liftTimeout(g.id, '901');
+  assert.equal((await q.guilds.members(g.id)).members.find((m) => m.user_id === '901').timed_out_until_ms, null);
+});
+
 test('a 429 and a lost answer are retried with the same Idempotency-Key: one message', async () => {
   const seen = [];
   let n = 0;
