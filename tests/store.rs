@@ -129,6 +129,61 @@ async fn guilds_members_roles_invites() {
         let r = s.update_role(100, 200, "moderators", 0x6000).await.unwrap();
         assert_eq!((r.name.as_str(), r.permissions), ("moderators", 0x6000));
 
+        // Protocol 2: order, deletion, timeouts, avatars.
+        s.create_role(201, 100, "low", 0).await.unwrap();
+        s.create_role(202, 100, "lower", 0).await.unwrap();
+        // lower 1, low 2, moderators 3 → lower to the top: low 1, moderators 2, lower 3.
+        let moved = s.move_role(100, 202, 9).await.unwrap();
+        assert_eq!(
+            moved.iter().map(|r| (r.id, r.position)).collect::<Vec<_>>(),
+            vec![(201, 1), (200, 2), (202, 3)],
+            "{name}"
+        );
+        assert!(
+            matches!(s.move_role(100, 100, 1).await, Err(StoreError::NotFound)),
+            "{name}: @everyone"
+        );
+        s.set_member_role(100, BOB, 201, true).await.unwrap();
+        s.set_overwrite(101, quaver_proto::OverwriteTarget::Role(201), Some((0, 1 << 10)))
+            .await
+            .unwrap();
+        s.delete_role(100, 201).await.unwrap();
+        assert!(
+            matches!(s.delete_role(100, 201).await, Err(StoreError::NotFound)),
+            "{name}"
+        );
+        assert!(
+            matches!(s.delete_role(100, 100).await, Err(StoreError::NotFound)),
+            "{name}: @everyone"
+        );
+        let st = s.guild_state(100).await.unwrap();
+        assert_eq!(st.members[&BOB], vec![200], "{name}: the role left its members");
+        assert!(st.channels[0].overwrites.is_empty(), "{name}: and its overwrites");
+        let later = quaver::ids::now_ms() + 60_000;
+        assert!(s.set_timeout(100, BOB, later, OWNER, "spam").await.unwrap());
+        assert!(
+            !s.set_timeout(100, EVE, later, OWNER, "").await.unwrap(),
+            "{name}: not a member"
+        );
+        assert!(s.set_avatar(BOB, "https://a.example/b.png", 9).await.unwrap());
+        assert!(
+            !s.set_avatar(EVE, "https://a.example/e.png", 9).await.unwrap(),
+            "{name}: unknown"
+        );
+        let bob = s.members(100, BOB - 1, 1).await.unwrap().remove(0);
+        assert_eq!(
+            (bob.avatar_url.as_str(), bob.timed_out_until_ms),
+            ("https://a.example/b.png", later),
+            "{name}"
+        );
+        assert_eq!(s.guild_state(100).await.unwrap().timeouts.get(&BOB), Some(&later));
+        assert!(s.set_timeout(100, BOB, 0, OWNER, "").await.unwrap());
+        assert_eq!(
+            s.members(100, BOB - 1, 1).await.unwrap()[0].timed_out_until_ms,
+            0,
+            "{name}: lifted"
+        );
+
         // Ban: removed, and cannot rejoin.
         assert!(s.remove_member(100, BOB, OWNER, Some("spam"), 7).await.unwrap());
         s.create_invite("again", 100, OWNER, 0, None, 5).await.unwrap();

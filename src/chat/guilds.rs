@@ -536,7 +536,7 @@ impl Chat {
 
     /// A user's name or avatar changed: every guild they are in is told (their member entry).
     pub async fn profile_changed(&self, user: u64) -> Result<(), ErrorBody> {
-        for guild in self.store.guilds_of(user).await.map_err(store_err)? {
+        for guild in self.store.guild_ids_of(user).await.map_err(store_err)? {
             self.publish_member(guild, user).await?;
         }
         Ok(())

@@ -71,20 +71,6 @@ impl Store {
         .await
     }
 
-    /// The guilds `user` is a member of.
-    pub async fn guilds_of(&self, user: u64) -> Result<Vec<u64>> {
-        self.deadline(async move {
-            sqlx::query("SELECT guild_id FROM members WHERE user_id = $1")
-                .bind(i(user))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok(u(r.try_get("guild_id")?)))
-                .collect()
-        })
-        .await
-    }
-
     /// Marks a user deleted: their profile is gone, their name becomes `name` (what their
     /// messages show).
     pub async fn mark_user_deleted(&self, id: u64, name: &str, now_ms: u64) -> Result<()> {
