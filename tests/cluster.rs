@@ -1536,6 +1536,58 @@ async fn the_server_api_reaches_sessions_on_the_other_node() {
     )
     .await;
     assert!(got.is_some(), "the event crossed the bus");
+    // A move to a channel node a serves: node b takes user 2 out of `talk` and tells their
+    // voice session; the client follows to node a, where both users are then.
+    let stage = voice_channel(&mut l1, g, "stage").await;
+    let cfg1 = client_config(&a, Transport::Quic, Some(token(1)));
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    let j1 = join_voice(&mut v1, &cfg1, stage, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(j1.remote.is_none(), "stage homed on node a");
+    let m = api(
+        "PATCH",
+        format!("/api/v1/guilds/{g}/voice/2"),
+        json!({"channel_id": stage.to_string()}),
+    )
+    .await;
+    assert_eq!(m.status, 202, "{m:?}");
+    let moved = event_where(
+        &mut v2,
+        Duration::from_secs(5),
+        |e| matches!(e, EventBody::VoiceMoved { channel_id, .. } if *channel_id == stage),
+    )
+    .await;
+    assert_eq!(
+        moved,
+        Some(EventBody::VoiceMoved {
+            guild_id: g,
+            channel_id: stage
+        })
+    );
+    let followed = join_voice(&mut v2, &cfg2, stage, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    assert!(followed.remote.is_some(), "the join went to node a");
+    let ResponseBody::VoiceJoined { participants, .. } = &followed.joined else {
+        panic!("{:?}", followed.joined)
+    };
+    let mut there: Vec<u64> = participants.iter().map(|p| p.user_id).collect();
+    there.sort_unstable();
+    assert_eq!(there, vec![1, 2]);
+    let left = call(
+        a.api_addr,
+        Some(&key),
+        "GET",
+        &format!("/api/v1/voice/channels/{vc}/participants"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(left.body["participants"], json!([]), "out of talk: {left:?}");
+    drop(followed);
     // Every token of user 2 issued until now: node b closes the session and refuses the token.
     let started = std::time::Instant::now();
     let r = api("POST", "/api/v1/users/2/revocations".into(), json!({})).await;

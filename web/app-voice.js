@@ -219,6 +219,24 @@ export class VoiceEngine {
     this.app.changed();
   }
 
+  /** The server moved this page's participant to `channel`, which another node serves
+   * (`VoiceMoved`): join it there, the same way, muted and deafened as before. */
+  followMove(channel) {
+    return this.#serially(async () => {
+      const v = this.current;
+      if (!v) return;
+      clearTimeout(v.removal);
+      const { muted, deafened, webrtc } = v;
+      this.app.toast('You were moved to another voice channel');
+      await this.#join(channel, { webrtc });
+      const now = this.current;
+      if (now?.channel === channel && (muted || deafened)) {
+        Object.assign(now, { muted, deafened });
+        await this.#sendState();
+      }
+    });
+  }
+
   /** The server took this page's participant out of `channel`: unless a move follows at
    * once (a move removes, then adds), voice is over here. */
   removedFrom(channel) {

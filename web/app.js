@@ -416,6 +416,10 @@ function onEvent(lane, b) {
       // Taken out of voice (not by leaving here): voice is over on this page.
       if (b.user_id === S.me?.id) voice.removedFrom(b.channel_id);
       break;
+    case 'VoiceMoved':
+      // Moved to a channel another node serves: follow (the join goes to its node).
+      voice.followMove(b.channel_id).catch(logged('following a voice move'));
+      break;
     case 'VoiceStatesSnapshot':
       // Voice channels we can newly see: everyone in them now.
       for (const c of b.channel_ids) S.voice.set(c, new Map());

@@ -378,6 +378,7 @@ const EventBody = tagged([
   ['VoiceStatesSnapshot', [['channel_ids', vec(T.id)], ['states', vec(VoiceState)]]],
   ['AppEvent', [['name', T.string], ['data', T.string], ['channel_id', opt(T.id)], ['guild_id', opt(T.id)]]],
   ['RoleDeleted', [gid, ['role_id', T.id]]],
+  ['VoiceMoved', [gid, cid]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */

@@ -1339,6 +1339,16 @@ pub enum EventBody {
         /// The role.
         role_id: u64,
     },
+    /// You were moved (a moderator, or the application's backend) to a voice channel that
+    /// another node serves: you are out of your channel here; join `channel_id` as usual
+    /// (its answer, `VoiceServer`, takes you to that node), with the same mute and deafen.
+    /// Sent on the voice lane of the session that was in voice. Since protocol 2.
+    VoiceMoved {
+        /// The guild.
+        guild_id: u64,
+        /// The channel to join.
+        channel_id: u64,
+    },
 }
 
 impl EventBody {

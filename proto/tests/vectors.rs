@@ -317,6 +317,18 @@ fn vectors() -> Vec<Vector> {
             json!({"type": "Event", "seq": 0, "body": {"type": "RoleDeleted", "guild_id": "7", "role_id": "9"}}),
         ),
         v(
+            "event_voice_moved_v2",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 3,
+                body: EventBody::VoiceMoved {
+                    guild_id: 7,
+                    channel_id: 8,
+                },
+            },
+            json!({"type": "Event", "seq": 3, "body": {"type": "VoiceMoved", "guild_id": "7", "channel_id": "8"}}),
+        ),
+        v(
             "timeout_member_v2",
             "Request",
             Request {

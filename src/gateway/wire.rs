@@ -1148,11 +1148,14 @@ impl Here<'_, '_> {
             resumed,
         } = o;
         let user = identity.user_id;
-        let voice = crate::voice::VoicePort::new(Arc::new(LoopDatagrams {
-            tx: self.tx.clone(),
-            conn: self.conn,
-            prefix: self.c.h3.as_ref().map(|h| h.prefix().to_vec()).unwrap_or_default(),
-        }));
+        let voice = crate::voice::VoicePort::new(
+            Arc::new(LoopDatagrams {
+                tx: self.tx.clone(),
+                conn: self.conn,
+                prefix: self.c.h3.as_ref().map(|h| h.prefix().to_vec()).unwrap_or_default(),
+            }),
+            Arc::downgrade(&handle),
+        );
         let machine = Control::new(
             ControlConfig {
                 heartbeat_timeout: sc.ping_timeout,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{Downlink, Uplink};
-use quaver_proto::{ErrorBody, ErrorCode, EventBody, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
+use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
 use tokio::sync::{mpsc, oneshot};
 
 use self::sfu::{Channel, Dropped, SfuConfig};
@@ -153,15 +153,26 @@ pub trait DatagramSink: Send + Sync + std::fmt::Debug {
 pub struct VoicePort {
     sink: Arc<dyn DatagramSink>,
     target: Mutex<Option<(mpsc::Sender<ChannelCmd>, u16)>>,
+    /// The session whose voice this is (weak: the port does not keep it alive), for the
+    /// events meant for it alone (`VoiceMoved`).
+    session: std::sync::Weak<crate::gateway::SessionHandle>,
 }
 
 impl VoicePort {
-    /// A port for a connection whose datagrams leave through `sink`.
-    pub fn new(sink: Arc<dyn DatagramSink>) -> Arc<Self> {
+    /// A port for `session`'s voice, whose datagrams leave through `sink`.
+    pub fn new(sink: Arc<dyn DatagramSink>, session: std::sync::Weak<crate::gateway::SessionHandle>) -> Arc<Self> {
         Arc::new(Self {
             sink,
             target: Mutex::new(None),
+            session,
         })
+    }
+
+    /// Tells the session on its voice lane (nothing if it is gone).
+    fn tell(&self, body: &EventBody) {
+        if let Some(s) = self.session.upgrade() {
+            s.push_event(Lane::Voice, Bytes::from(encode_payload(body)));
+        }
     }
 
     fn set(&self, t: Option<(mpsc::Sender<ChannelCmd>, u16)>) {
@@ -615,12 +626,14 @@ impl Voice {
             .cloned();
         let (mute, deaf) = st.map(|s| (s.self_mute, s.self_deaf)).unwrap_or((false, false));
         match self.join(target, m.session_id, &m.port, channel_id, mute, deaf).await? {
-            // The target channel is leased by another node: the member's session is here, so
-            // the move cannot be carried out without them reconnecting there.
-            ResponseBody::VoiceServer { .. } => Err(err(
-                ErrorCode::UNSUPPORTED,
-                "the target channel is served by another node: a move across nodes is not supported yet (the member can join it)",
-            )),
+            // The target channel is served by another node: their voice session is here. Out
+            // of their channel here at once (a move is carried out whether or not they follow),
+            // and told to join the new one, which takes them to its node.
+            ResponseBody::VoiceServer { .. } => {
+                self.leave(target).await;
+                m.port.tell(&EventBody::VoiceMoved { guild_id, channel_id });
+                Ok(ResponseBody::Done)
+            }
             _ => Ok(ResponseBody::Done),
         }
     }

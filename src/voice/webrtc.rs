@@ -363,7 +363,7 @@ impl WebRtc {
             tx: self.tx.clone(),
             downlink: Mutex::new(quaver_rtc::Stats::default()),
         });
-        let port = VoicePort::new(sink.clone());
+        let port = VoicePort::new(sink.clone(), events.clone());
         let entry = Entry {
             id,
             tracks: Tracks::new(peer.slots()),
