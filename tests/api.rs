@@ -1679,3 +1679,79 @@ async fn timeouts_role_order_and_avatars_reach_clients() {
     );
     s.shutdown().await;
 }
+
+/// Every operation the document lists refuses a call without a key (401), and each one that
+/// takes no body refuses a key without its scope (403 naming the scope) and accepts the same
+/// call once the key has that scope — so no route is left open or guarded by the wrong scope.
+#[tokio::test]
+async fn every_operation_needs_a_key_and_exactly_its_scope() {
+    use quaver::config::ApiKeyConfig;
+    let mut c = config();
+    let (admin, _) = with_keys(&mut c);
+    // A key per scope, and one with a scope no operation asks for alone.
+    let mut keys = std::collections::HashMap::new();
+    for (_, name) in quaver::api::auth::Scope::ALL {
+        let (secret, hash) = quaver::api::auth::mint(&name.replace(':', "-")).unwrap();
+        c.api.keys.push(ApiKeyConfig {
+            id: name.replace(':', "-"),
+            secret_sha256: hash,
+            scopes: vec![name.into()],
+        });
+        keys.insert(name.to_string(), secret);
+    }
+    c.api.rate = quaver::limits::Rate {
+        burst: 10_000.0,
+        per_sec: 10_000.0,
+    };
+    let s = start(c).await;
+    let doc = call(s.api_addr, None, "GET", "/api/v1/openapi.json", None, &[]).await;
+    let paths = doc.body["paths"].as_object().unwrap();
+    let (mut ops, mut scoped) = (0, 0);
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            ops += 1;
+            let method = method.to_uppercase();
+            let concrete = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "1" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let a = call(s.api_addr, None, &method, &concrete, None, &[]).await;
+            assert_eq!(a.status, 401, "{method} {path} without a key: {a:?}");
+            if op.get("requestBody").is_some() || path.ends_with("/whoami") {
+                continue;
+            }
+            // With the scope that does the least: refused, naming what it needs.
+            let a = call(s.api_addr, Some(&keys["messages:read"]), &method, &concrete, None, &[]).await;
+            if a.status != 403 {
+                // `messages:read` is what this operation needs.
+                assert_ne!(a.status, 401, "{method} {path}: {a:?}");
+                continue;
+            }
+            assert_eq!(a.body["code_name"], "SCOPE_MISSING", "{method} {path}: {a:?}");
+            let detail = a.body["detail"].as_str().unwrap();
+            let needed = quaver::api::auth::Scope::ALL
+                .iter()
+                .map(|(_, n)| *n)
+                .find(|n| detail.contains(n))
+                .unwrap_or_else(|| panic!("{method} {path} names no scope: {detail}"));
+            // With it, the call gets past that scope: done, not found, or (an operation that
+            // needs two, like deleting a user, who is also disconnected) the next scope.
+            let b = call(s.api_addr, Some(&keys[needed]), &method, &concrete, None, &[]).await;
+            assert_ne!(b.status, 401, "{method} {path} with {needed}: {b:?}");
+            if b.body["code_name"] == "SCOPE_MISSING" {
+                let next = b.body["detail"].as_str().unwrap();
+                assert!(!next.contains(needed), "{method} {path} still wants {needed}: {b:?}");
+            }
+            scoped += 1;
+        }
+    }
+    assert!(ops >= 59, "the document lists {ops} operations");
+    assert!(scoped >= 25, "only {scoped} operations were checked for their scope");
+    let a = call(s.api_addr, Some(&admin), "GET", "/api/v1/whoami", None, &[]).await;
+    assert_eq!(a.status, 200);
+    s.shutdown().await;
+}
