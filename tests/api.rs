@@ -656,6 +656,7 @@ async fn a_disconnect_says_whether_to_come_back() {
     assert_eq!(s.ctx.sessions.of_user(6).len(), 1);
     let l = b.ok(200, "GET", "/api/v1/users/6/sessions", None).await;
     assert_eq!(l.body["sessions"].as_array().unwrap().len(), 1, "{l:?}");
+    assert_eq!(l.body["complete"], true, "{l:?}");
     assert_eq!(l.body["sessions"][0]["id"].as_str().map(str::len), Some(32));
     // One session of two: only that one ends.
     let (c3, _l3) = client(&s, token(6)).await;
@@ -768,8 +769,12 @@ async fn orders_and_messages_of_the_api_reach_every_node() {
     // A revocation made on node a ends the session on node b, and node b refuses the token.
     let t = token_with_jti(1, "stolen");
     let (c2, _l2) = client(&b, t.clone()).await;
-    // Node a lists user 1's sessions: both are on node b.
+    // Node a lists user 1's sessions: both are on node b. Both nodes answered (node a with
+    // none), so the list is complete at once, not after a waiting window.
+    let asked = std::time::Instant::now();
     let l = api.ok(200, "GET", "/api/v1/users/1/sessions", None).await;
+    assert!(asked.elapsed() < Duration::from_millis(250), "{:?}", asked.elapsed());
+    assert_eq!(l.body["complete"], true, "{l:?}");
     let list = l.body["sessions"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{l:?}");
     assert!(

@@ -1588,6 +1588,19 @@ async fn the_server_api_reaches_sessions_on_the_other_node() {
     .await;
     assert_eq!(left.body["participants"], json!([]), "out of talk: {left:?}");
     drop(followed);
+    // Node a lists user 2's sessions: the live nodes are counted in Redis; both answered.
+    let asked = std::time::Instant::now();
+    let l = call(a.api_addr, Some(&key), "GET", "/api/v1/users/2/sessions", None, &[]).await;
+    assert_eq!((l.status, &l.body["complete"]), (200, &json!(true)), "{l:?}");
+    assert!(asked.elapsed() < Duration::from_millis(900), "{:?}", asked.elapsed());
+    assert!(
+        l.body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["node"] == b.ctx.cfg.node_name.as_str()),
+        "{l:?}"
+    );
     // Every token of user 2 issued until now: node b closes the session and refuses the token.
     let started = std::time::Instant::now();
     let r = api("POST", "/api/v1/users/2/revocations".into(), json!({})).await;

@@ -103,7 +103,7 @@ export class Quaver {
     presence(userIds: Id[]): Promise<{ presences: Presence[]; online: number }>;
   };
   sessions: {
-    list(userId: Id): Promise<{ sessions: { id: string; node: string; transport: 'quic' | 'webtransport'; device: 'desktop' | 'mobile' | 'web'; connected_at_ms: number; connected: boolean }[] }>;
+    list(userId: Id): Promise<{ sessions: { id: string; node: string; transport: 'quic' | 'webtransport'; device: 'desktop' | 'mobile' | 'web'; connected_at_ms: number; connected: boolean }[]; /** every live node answered */ complete: boolean }>;
     disconnectOne(userId: Id, sessionId: string, d?: { reconnect?: boolean; reason?: string }, o?: CallOptions): Promise<{ user_id: Id; close_code: number; sessions_ended_here: number }>;
     revoke(userId: Id, r?: { issued_before?: number; jti?: string }, o?: CallOptions): Promise<{ user_id: Id; issued_before: number; jti: string | null; sessions_ended_here: number }>;
     disconnect(userId: Id, d?: { reconnect?: boolean; reason?: string }, o?: CallOptions): Promise<{ user_id: Id; close_code: number; sessions_ended_here: number }>;

@@ -263,13 +263,19 @@ pub struct SessionView {
 pub struct SessionList {
     /// Oldest connection first.
     pub sessions: Vec<SessionView>,
+    /// Whether every live node answered. `false`: a node did not answer within a second
+    /// (it may be dying), or the cluster's registry was unreachable so the nodes could not
+    /// be counted (then the answers of 300 ms are listed).
+    pub complete: bool,
 }
 
-/// How long the nodes have to answer.
+/// How long the nodes have to answer when it is known how many they are.
+const ASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long answers are collected when it is not.
 const ASK_WINDOW: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// A user's live sessions on every node (those waiting for a resume included): each node
-/// holding some answers on the bus within 300 ms.
+/// A user's live sessions on every node (those waiting for a resume included): every node
+/// answers on the bus; the list is complete once each live node has (within a second).
 #[utoipa::path(
     get, path = "/users/{user_id}/sessions", tag = "sessions",
     params(("user_id" = Id, Path, description = "The user")),
@@ -281,10 +287,20 @@ pub(super) async fn list(
     ApiPath(p): ApiPath<UserPath>,
 ) -> ApiResult<axum::Json<SessionList>> {
     caller.need(Scope::SessionsRead)?;
+    // How many answers to wait for: the bus knows its nodes in one process; a Redis
+    // cluster's live nodes are in the presence registry.
+    let expected = match api.fanout.nodes() {
+        Some(n) => Some(n),
+        None => api.presence.live_nodes().await,
+    };
     let (request, mut rx) = api.fanout.ask_sessions(p.user_id.0);
     let mut sessions = Vec::new();
-    let end = tokio::time::Instant::now() + ASK_WINDOW;
-    while let Ok(Some((node, here))) = tokio::time::timeout_at(end, rx.recv()).await {
+    let mut answered = std::collections::HashSet::new();
+    let end = tokio::time::Instant::now() + expected.map_or(ASK_WINDOW, |_| ASK_DEADLINE);
+    while expected.is_none_or(|n| answered.len() < n)
+        && let Ok(Some((node, here))) = tokio::time::timeout_at(end, rx.recv()).await
+    {
+        answered.insert(node.clone());
         sessions.extend(here.into_iter().map(|s| SessionView {
             id: s.id.to_string(),
             node: node.clone(),
@@ -300,5 +316,14 @@ pub(super) async fn list(
     }
     api.fanout.done_asking(request);
     sessions.sort_by_key(|s| s.connected_at_ms);
-    Ok(axum::Json(SessionList { sessions }))
+    let complete = expected.is_some_and(|n| answered.len() >= n);
+    if !complete {
+        tracing::warn!(
+            user_id = p.user_id.0,
+            answered = answered.len(),
+            expected,
+            "a session list is incomplete: not every node answered"
+        );
+    }
+    Ok(axum::Json(SessionList { sessions, complete }))
 }

@@ -128,6 +128,11 @@ pub trait PubSub: Send + Sync + fmt::Debug {
     fn health(&self) -> Health;
     /// The counters.
     fn counters(&self) -> &Counters;
+    /// How many nodes this bus joins (this one included), when the bus itself knows; `None`
+    /// when another part knows (a Redis cluster's nodes are in the presence registry).
+    fn nodes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Reference counts of a node's topics; tells when the node itself must (un)subscribe.
@@ -248,6 +253,19 @@ impl MemoryNode {
 }
 
 impl PubSub for MemoryPubSub {
+    fn nodes(&self) -> Option<usize> {
+        // A node that stopped has dropped its receiver.
+        Some(
+            self.hub
+                .nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|n| !n.tx.is_closed())
+                .count(),
+        )
+    }
+
     fn publish(&self, topic: &Topic, payload: Bytes) {
         self.me.counters.published.fetch_add(1, Relaxed);
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -689,15 +689,13 @@ impl Fanout {
                 });
             }
             Message::Order(crate::gateway::Order::ListSessions { request, user_id }) => {
-                let here = sessions.summaries(user_id);
-                if !here.is_empty() {
-                    let m = Message::SessionsOf {
-                        request,
-                        node: self.node.clone(),
-                        sessions: here,
-                    };
-                    self.control(Topic::cluster(), m);
-                }
+                // Every node answers, with none too: the asker knows when all have.
+                let m = Message::SessionsOf {
+                    request,
+                    node: self.node.clone(),
+                    sessions: sessions.summaries(user_id),
+                };
+                self.control(Topic::cluster(), m);
             }
             Message::SessionsOf {
                 request,
@@ -727,6 +725,11 @@ impl Fanout {
         let order = crate::gateway::Order::ListSessions { request, user_id: user };
         self.control(Topic::cluster(), Message::Order(order));
         (request, rx)
+    }
+
+    /// How many nodes the bus joins, when it knows ([`PubSub::nodes`]).
+    pub fn nodes(&self) -> Option<usize> {
+        self.pubsub.nodes()
     }
 
     /// Stops taking answers to question `request`.

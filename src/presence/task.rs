@@ -114,6 +114,19 @@ impl PresenceHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// How many nodes of the cluster are live, from its registry (`None` without one, or
+    /// while it does not answer).
+    pub async fn live_nodes(&self) -> Option<usize> {
+        let r = self.registry.as_ref().filter(|r| r.is_up())?;
+        match r.live_nodes().await {
+            Ok(v) => Some(v.len()),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence registry unreachable: the cluster's nodes are not known");
+                None
+            }
+        }
+    }
+
     /// The same, each with its version: the one its latest change was published with (the
     /// fan-out tells a newer change from an older snapshot by it). `None` while a cluster's
     /// registry is away (this node's view, unversioned).

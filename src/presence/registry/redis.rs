@@ -252,6 +252,23 @@ impl RedisRegistry {
         self.result(r).is_ok()
     }
 
+    /// The nodes whose liveness key is current (this one included).
+    pub async fn live_nodes(&self) -> redis::RedisResult<Vec<String>> {
+        let r = async {
+            let nodes: Vec<String> = self.cmds.query(redis::cmd("SMEMBERS").arg(self.nodes_key())).await?;
+            let mut live = Vec::with_capacity(nodes.len());
+            for n in nodes {
+                let alive: bool = self.cmds.query(redis::cmd("EXISTS").arg(self.alive_key(&n))).await?;
+                if alive {
+                    live.push(n);
+                }
+            }
+            Ok(live)
+        }
+        .await;
+        self.result(r)
+    }
+
     /// Removes the parts of nodes whose liveness key expired (one surviving node does it,
     /// under a short lock), returning the changes to publish and, per dead node, the users
     /// who had sessions there.
