@@ -324,6 +324,108 @@ async fn a_receiver_that_is_down_gets_everything_when_it_returns_even_after_a_re
     assert_eq!(contents, expected, "one channel: one key, delivered in order");
 }
 
+/// The outage, at full length: the receiver answers 500s, then times out, then is
+/// down for a whole minute while messages keep coming in two channels, then returns. Every
+/// event arrives, each answered 2xx exactly once, in order per channel; the retries, capped
+/// at 5 s here, reach it within seconds of its return.
+#[tokio::test]
+async fn a_minute_down_after_errors_and_timeouts_loses_and_reorders_nothing() {
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut c = config();
+    c.webhooks.retry_min = Duration::from_millis(200);
+    c.webhooks.retry_max = Duration::from_secs(5);
+    c.webhooks.timeout = Duration::from_millis(500);
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["message.created"])];
+    let (_s, b) = server(c).await;
+    let (gid, first) = guild(&b).await;
+    let second = b
+        .ok(
+            201,
+            "POST",
+            &format!("/api/v1/guilds/{gid}/channels"),
+            Some(json!({"name": "second", "kind": "text"})),
+        )
+        .await
+        .s("id");
+    let post = |channel: &str, text: String| {
+        let path = format!("/api/v1/channels/{channel}/messages");
+        let b = &b;
+        async move {
+            b.ok(201, "POST", &path, Some(json!({"author_id": "1", "content": text})))
+                .await;
+        }
+    };
+    r.plan([
+        Reply::Status(500),
+        Reply::Status(500),
+        Reply::Status(503),
+        Reply::Slow(Duration::from_secs(2)),
+        Reply::Slow(Duration::from_secs(2)),
+    ]);
+    for i in 0..5 {
+        post(&first, format!("first {i}")).await;
+        post(&second, format!("second {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = r.got();
+    let addr = r.stop();
+    // Down for a minute; a message in each channel every 2 s meanwhile.
+    let down = tokio::time::Instant::now();
+    let mut i = 5;
+    while down.elapsed() < Duration::from_secs(60) {
+        post(&first, format!("first {i}")).await;
+        post(&second, format!("second {i}")).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let r = Receiver::start(addr).await;
+    let back = tokio::time::Instant::now();
+    let want: HashSet<String> = log(&b)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "message.created")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(want.len(), 2 * i, "every message is an event");
+    let delivered_before: HashSet<String> = before
+        .iter()
+        .filter(|g| (200..300).contains(&g.answered))
+        .map(|g| g.id.clone())
+        .collect();
+    let rest: HashSet<String> = want.difference(&delivered_before).cloned().collect();
+    assert!(
+        rest.len() >= 60,
+        "the minute's events were not delivered before: {}",
+        rest.len()
+    );
+    let after = delivered(&r, &rest, Duration::from_secs(20)).await;
+    let caught_up = back.elapsed();
+    assert!(
+        caught_up < Duration::from_secs(15),
+        "caught up {caught_up:?} after its return"
+    );
+    let all: Vec<Received> = before.into_iter().chain(after).collect();
+    check_signed_and_ordered(&all, SECRET);
+    let mut ok = std::collections::HashMap::<&str, usize>::new();
+    for g in all.iter().filter(|g| (200..300).contains(&g.answered)) {
+        *ok.entry(g.id.as_str()).or_default() += 1;
+    }
+    assert!(ok.values().all(|n| *n == 1), "a delivered event was sent again");
+    assert_eq!(ok.len(), want.len());
+    // In order per channel, by content.
+    for (channel, name) in [(&first, "first"), (&second, "second")] {
+        let seen: Vec<String> = all
+            .iter()
+            .filter(|g| (200..300).contains(&g.answered))
+            .map(Received::json)
+            .filter(|v| v["data"]["message"]["channel_id"] == channel.as_str())
+            .map(|v| v["data"]["message"]["content"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..i).map(|n| format!("{name} {n}")).collect();
+        assert_eq!(seen, expected, "{name}: one key, in order");
+    }
+}
+
 #[tokio::test]
 async fn a_410_disables_the_endpoint_and_an_event_says_so() {
     let gone = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
