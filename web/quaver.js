@@ -64,6 +64,50 @@ export function varintDecode(buf, off = 0) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The WebSocket framing (PROTOCOL.md §11): each binary message is a stream id (varint), a
+// kind byte, and the kind's payload — stream bytes, a reset or stop code, or a datagram.
+
+const WS_KINDS = ['Data', 'DataFin', 'Reset', 'Stop', 'Datagram'];
+
+/** One WebSocket framing message as bytes: `{type: 'Data', stream, fin, bytes}`,
+ * `{type: 'Reset'|'Stop', stream, code}` or `{type: 'Datagram', bytes}`. */
+export function encodeWs(f) {
+  const out = [];
+  varintEncode(f.type === 'Datagram' ? 0 : f.stream, out);
+  if (f.type === 'Data') out.push(f.fin ? 1 : 0);
+  else if (f.type === 'Reset' || f.type === 'Stop') { out.push(f.type === 'Reset' ? 2 : 3); varintEncode(f.code, out); }
+  else if (f.type === 'Datagram') out.push(4);
+  else throw new ProtocolError(`unknown WebSocket frame ${f.type}`);
+  const head = Uint8Array.from(out);
+  if (f.type !== 'Data' && f.type !== 'Datagram') return head;
+  const all = new Uint8Array(head.length + f.bytes.length);
+  all.set(head); all.set(f.bytes, head.length);
+  return all;
+}
+
+/** Reads one WebSocket framing message; throws ProtocolError on a malformed one. */
+export function decodeWs(msg) {
+  const id = varintDecode(msg);
+  if (!id || id[1] >= msg.length) throw new ProtocolError('truncated WebSocket frame');
+  const [stream, n] = id;
+  const kind = WS_KINDS[msg[n]];
+  const rest = msg.subarray(n + 1);
+  switch (kind) {
+    case 'Data': case 'DataFin': return { type: 'Data', stream, fin: kind === 'DataFin', bytes: rest };
+    case 'Reset': case 'Stop': {
+      const c = varintDecode(rest);
+      if (!c) throw new ProtocolError('truncated WebSocket frame');
+      if (c[1] !== rest.length) throw new ProtocolError('bytes after a WebSocket frame\'s code');
+      return { type: kind, stream, code: c[0] };
+    }
+    case 'Datagram':
+      if (stream !== 0) throw new ProtocolError('a datagram names a stream');
+      return { type: 'Datagram', bytes: rest };
+    default: throw new ProtocolError(`unknown WebSocket frame kind ${msg[n]}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // bincode 2 "standard" encoding: little-endian; u16/u32/u64 as varints (< 251: one byte;
 // 251 + u16; 252 + u32; 253 + u64); u8 and bool one byte; lengths and enum tags as varints.
 

@@ -8,6 +8,7 @@
 //! - [`datagram`]: the fixed binary header of voice datagrams.
 //! - [`close`]: the close-code table, each code marked reconnect or terminal.
 //! - [`error`]: request error codes carried in acks and fetch replies.
+//! - [`ws`]: the WebSocket framing — streams and datagrams multiplexed on one WebSocket.
 //! - `session` (feature `transport`): one `Session` type over raw QUIC and WebTransport,
 //!   shared by the server and the native client; `session::h3` is the WebTransport session
 //!   the server serves itself (after its own HTTP/3 handshake).
@@ -22,6 +23,7 @@ pub mod msg;
 #[cfg(feature = "transport")]
 pub mod session;
 pub mod varint;
+pub mod ws;
 
 pub use close::CloseCode;
 pub use codec::{DecodeError, FrameError, FrameReader, decode, encode_frame};

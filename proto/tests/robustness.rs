@@ -40,6 +40,12 @@ fn decode_all(p: &[u8]) -> usize {
     ok += decode::<FetchReply>(p).is_ok() as usize;
     ok += Uplink::parse(p).is_ok() as usize;
     ok += Downlink::parse(p).is_ok() as usize;
+    // The WebSocket framing, and the stream bookkeeping behind it.
+    if let Ok(f) = quaver_proto::ws::Frame::decode(bytes::Bytes::copy_from_slice(p)) {
+        ok += 1;
+        let mut streams = quaver_proto::ws::Streams::new(4);
+        let _ = streams.receive(f);
+    }
     ok
 }
 

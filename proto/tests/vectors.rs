@@ -731,6 +731,64 @@ fn datagrams() -> Vec<(&'static str, Vec<u8>, Value)> {
     ]
 }
 
+/// WebSocket framing messages (PROTOCOL.md §11): a frame and its JSON form.
+fn ws_frames() -> Vec<(&'static str, ws::Frame, Value)> {
+    use bytes::Bytes;
+    // The control stream's first bytes: a Hello frame (length-prefixed, as on QUIC).
+    let mut hello = Vec::new();
+    encode_frame(
+        &ClientControl::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            device: DeviceKind::Web,
+            resume: None,
+            compression: Compression::None,
+        }),
+        &mut hello,
+    );
+    let hello_hex = hex::encode(&hello);
+    vec![
+        (
+            "ws_control_hello",
+            ws::Frame::Data {
+                stream: 0,
+                fin: false,
+                bytes: Bytes::from(hello),
+            },
+            json!({"type": "Data", "stream": 0, "fin": false, "bytes": hello_hex}),
+        ),
+        (
+            "ws_fetch_end",
+            ws::Frame::Data {
+                stream: 68,
+                fin: true,
+                bytes: Bytes::new(),
+            },
+            json!({"type": "Data", "stream": 68, "fin": true, "bytes": ""}),
+        ),
+        (
+            "ws_reset",
+            ws::Frame::Reset { stream: 4, code: 4000 },
+            json!({"type": "Reset", "stream": 4, "code": 4000}),
+        ),
+        (
+            "ws_stop",
+            ws::Frame::Stop {
+                stream: 16_384,
+                code: 0,
+            },
+            json!({"type": "Stop", "stream": 16384, "code": 0}),
+        ),
+        (
+            "ws_datagram",
+            ws::Frame::Datagram(Bytes::from_static(&[
+                0x01, 0x9e, 0xff, 0xff, 0xc0, 0x03, 0x00, 0x00, 0xf8,
+            ])),
+            json!({"type": "Datagram", "bytes": "019effffc0030000f8"}),
+        ),
+    ]
+}
+
 fn render() -> Value {
     let msgs: Vec<Value> = vectors()
         .into_iter()
@@ -746,7 +804,11 @@ fn render() -> Value {
         .into_iter()
         .map(|(name, bytes, value)| json!({"name": name, "value": value, "hex": hex::encode(bytes)}))
         .collect();
-    json!({"protocol_version": PROTOCOL_VERSION, "messages": msgs, "datagrams": dgrams})
+    let websocket: Vec<Value> = ws_frames()
+        .into_iter()
+        .map(|(name, f, value)| json!({"name": name, "value": value, "hex": hex::encode(f.to_bytes())}))
+        .collect();
+    json!({"protocol_version": PROTOCOL_VERSION, "messages": msgs, "datagrams": dgrams, "websocket": websocket})
 }
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/messages.json");
@@ -778,6 +840,10 @@ fn golden_vectors_decode_to_their_values() {
                 vec.name
             );
         }
+    }
+    for (name, frame, _) in ws_frames() {
+        let bytes = frame.to_bytes();
+        assert_eq!(ws::Frame::decode(bytes.clone().into()), Ok(frame), "{name}");
     }
     for (name, bytes, value) in datagrams() {
         if name.starts_with("uplink") {

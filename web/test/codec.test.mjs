@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   ProtocolError, decode, encode, encodeFrame, FrameReader, varintEncode, varintDecode,
-  encodeUplink, decodeUplink, decodeDownlink, hexToBytes,
+  encodeUplink, decodeUplink, decodeDownlink, hexToBytes, encodeWs, decodeWs,
 } from '../quaver.js';
 
 const vectors = JSON.parse(readFileSync(new URL('../../proto/vectors/messages.json', import.meta.url)));
@@ -27,6 +27,20 @@ test('every vector decodes to its value and encodes to its bytes', () => {
     assert.deepEqual(decode(v.type, hexToBytes(v.payload)), value, v.name);
     assert.equal(hex(encode(v.type, value)), v.payload, v.name);
     assert.equal(hex(encodeFrame(v.type, value)), v.frame, v.name);
+  }
+});
+
+test('WebSocket framing vectors, and malformed frames refused', () => {
+  assert.ok(vectors.websocket.length >= 5);
+  for (const w of vectors.websocket) {
+    const { bytes, ...rest } = w.value;
+    const value = bytes === undefined ? rest : { ...rest, bytes: hexToBytes(bytes) };
+    const got = decodeWs(hexToBytes(w.hex));
+    assert.deepEqual(got.bytes === undefined ? got : { ...got, bytes: new Uint8Array(got.bytes) }, value, w.name);
+    assert.equal(hex(encodeWs(value)), w.hex, w.name);
+  }
+  for (const bad of ['', '00', '40', '0009', '0402', '04020101', '040401']) {
+    assert.throws(() => decodeWs(hexToBytes(bad)), ProtocolError, bad);
   }
 });
 
@@ -84,6 +98,7 @@ test('random and mutated input only ever raises ProtocolError', () => {
     for (const t of types) {
       try { decode(t, p); accepted++; } catch (e) { assert.ok(e instanceof ProtocolError, `${t}: ${e}`); }
     }
+    try { decodeWs(p); accepted++; } catch (e) { assert.ok(e instanceof ProtocolError, `WebSocket: ${e}`); }
   }
   assert.ok(accepted > 0);
 });
