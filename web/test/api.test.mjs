@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { BIN, startServerWithKey } from './server.mjs';
+import { BIN, startServerWithKey, apiCaller } from './server.mjs';
 import { CHROMIUM_ARGS, until, person, shown } from './people.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -18,22 +18,9 @@ const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
 
 let server, browser, api, key, ada;
 
-/** One API call: { status, body }. */
-async function call(method, path, body) {
-  const r = await fetch(`${api}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${key}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await r.text();
-  return { status: r.status, body: text ? JSON.parse(text) : null };
-}
-
-async function ok(status, method, path, body) {
-  const r = await call(method, path, body);
-  assert.equal(r.status, status, `${method} ${path}: ${JSON.stringify(r.body)}`);
-  return r.body;
-}
+/** One API call ({ status, body }), and one that must answer a status. */
+const call = (method, path, body) => apiCaller(api, key).call(method, path, body);
+const ok = (status, method, path, body) => apiCaller(api, key).ok(status, method, path, body);
 
 before(async () => {
   assert.ok(existsSync(BIN), `server binary ${BIN} missing: build it first (cargo build)`);

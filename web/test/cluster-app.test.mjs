@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { BIN, startServer, startServerWithKey } from './server.mjs';
+import { BIN, apiCaller, startServer, startServerWithKey } from './server.mjs';
 import { CHROMIUM_ARGS, until, person } from './people.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -53,20 +53,7 @@ test('a backend moves a participant to a voice channel another node serves: the 
   children.push(a.child);
   const b = await startServer(cluster('app-b'));
   children.push(b.child);
-  const call = async (method, path, body) => {
-    const r = await fetch(`${api}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${key}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await r.text();
-    return { status: r.status, body: text ? JSON.parse(text) : null };
-  };
-  const ok = async (status, method, path, body) => {
-    const r = await call(method, path, body);
-    assert.equal(r.status, status, `${method} ${path}: ${JSON.stringify(r.body)}`);
-    return r.body;
-  };
+  const { call, ok } = apiCaller(api, key);
   // Names unique to this run (the database is shared with other runs).
   const tag = `${process.pid % 10000}${Date.now() % 10000}`;
   const ada = await person(browser, a.http, `ada${tag}`);

@@ -50,3 +50,27 @@ export async function startServerWithKey(scopes = ['admin'], env = {}) {
   if (!m) throw new Error(`the server did not say its API address:\n${server.log()}`);
   return { server, api: m[1], key };
 }
+
+/**
+ * Calls of the server API at `api` (its /api/v1 base URL) with `key`: `call(method, path,
+ * body)` resolves to { status, body }; `ok(status, method, path, body)` asserts the status and
+ * resolves to the body.
+ */
+export function apiCaller(api, key) {
+  const call = async (method, path, body) => {
+    const r = await fetch(`${api}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${key}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await r.text();
+    return { status: r.status, body: text ? JSON.parse(text) : null };
+  };
+  const ok = async (status, method, path, body) => {
+    const r = await call(method, path, body);
+    if (r.status !== status) throw new Error(`${method} ${path}: ${r.status}, not ${status}: ${JSON.stringify(r.body)}`);
+    return r.body;
+  };
+  return { call, ok };
+}
+

@@ -11,26 +11,13 @@ import { existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
-import { BIN, startServerWithKey } from './server.mjs';
+import { BIN, startServerWithKey, apiCaller } from './server.mjs';
 import { receive } from '../../examples/webhook-receiver/receiver.mjs';
 
 let server, api, key;
 
-async function call(method, path, body) {
-  const r = await fetch(`${api}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${key}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await r.text();
-  return { status: r.status, body: text ? JSON.parse(text) : null };
-}
-
-async function ok(status, method, path, body) {
-  const r = await call(method, path, body);
-  assert.equal(r.status, status, `${method} ${path}: ${JSON.stringify(r.body)}`);
-  return r.body;
-}
+const call = (method, path, body) => apiCaller(api, key).call(method, path, body);
+const ok = (status, method, path, body) => apiCaller(api, key).ok(status, method, path, body);
 
 async function until(what, f, ms = 10000) {
   const end = Date.now() + ms;
