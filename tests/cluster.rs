@@ -257,6 +257,55 @@ async fn events_the_bus_reorders_reach_sessions_in_seq_order() {
     b.shutdown().await;
 }
 
+/// A subscription slow to take effect (a Redis subscriber behind a queue of others): a
+/// member who just joined on node b must still get a message node a published after node b
+/// asked to subscribe but before the subscription worked — read from the store when the bus
+/// confirms it, not left waiting for the channel's next message.
+#[tokio::test]
+async fn a_message_published_while_a_subscription_is_on_its_way_is_not_lost() {
+    use quaver_proto::{RequestBody, ResponseBody};
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (_c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let Ok(ResponseBody::Guild(g)) = req(&mut l1, RequestBody::CreateGuild { name: "g".into() }).await else {
+        panic!("guild")
+    };
+    let invite = RequestBody::CreateInvite {
+        guild_id: g.id,
+        max_uses: 0,
+        max_age_secs: 0,
+    };
+    let Ok(ResponseBody::Invite(inv)) = req(&mut l1, invite).await else {
+        panic!("invite")
+    };
+    // From now on node b's new subscriptions take a second and a half.
+    hub.slow_subscribe(Some(Duration::from_millis(1500)));
+    let Ok(ResponseBody::Guild(_)) = req(&mut l2, RequestBody::JoinGuild { code: inv.code }).await else {
+        panic!("join")
+    };
+    let channel = {
+        let Ok(Ok(quaver_proto::FetchResponse::Channels { channels })) =
+            _c1.fetch(quaver_proto::FetchRequest::Channels { guild_id: g.id }).await
+        else {
+            panic!("channels")
+        };
+        channels[0].id
+    };
+    // Past the half second a fixed timer would have checked at, before the subscription
+    // works: the bus does not bring it to node b.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    req(&mut l1, send(channel, 1, "welcome")).await.unwrap();
+    assert_eq!(
+        created_seqs(&mut l2, channel, 1, Duration::from_secs(3)).await,
+        vec![1],
+        "caught up once the subscription was confirmed"
+    );
+    hub.slow_subscribe(None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// The bus goes away: each node keeps serving its own sessions, `/ready` says degraded (200),
 /// and when the bus is back the other node's sessions are caught up from the store, in
 /// order, with nothing lost.

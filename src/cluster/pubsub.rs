@@ -76,13 +76,30 @@ impl fmt::Debug for Topic {
     }
 }
 
-/// A message that arrived on a subscribed topic.
+/// A message that arrived on a subscribed topic — or, with an empty payload (no message is
+/// empty), the bus's word that a subscription to `topic` has taken effect: from then on every
+/// message published on it arrives, so what was published before is in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The topic.
     pub topic: Topic,
-    /// What was published, byte for byte.
+    /// What was published, byte for byte (empty: a confirmation).
     pub payload: Bytes,
+}
+
+impl Received {
+    /// The confirmation that a subscription to `topic` took effect.
+    pub fn confirmation(topic: Topic) -> Self {
+        Self {
+            topic,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Whether this is a confirmation rather than a message.
+    pub fn is_confirmation(&self) -> bool {
+        self.payload.is_empty()
+    }
 }
 
 /// Whether the bus reaches the other nodes.
@@ -119,7 +136,8 @@ pub trait PubSub: Send + Sync + fmt::Debug {
     /// Publishes to every node subscribed to `topic`. Never blocks: while the bus is
     /// unreachable, messages wait in a bounded buffer, then are dropped and counted.
     fn publish(&self, topic: &Topic, payload: Bytes);
-    /// One more local need for `topic`: the first subscribes the node.
+    /// One more local need for `topic`: the first subscribes the node, and once the
+    /// subscription has taken effect the bus says so ([`Received::confirmation`]).
     fn subscribe(&self, topic: &Topic);
     /// One less: the last unsubscribes the node. More unsubscribes than subscribes are
     /// ignored.
@@ -185,6 +203,8 @@ pub struct MemoryHub {
 struct Faults {
     cut: bool,
     held: Option<Vec<(Arc<MemoryNode>, Received)>>,
+    /// New subscriptions take effect (and are confirmed) this late.
+    slow_subscribe: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -227,6 +247,12 @@ impl MemoryHub {
     /// is published is dropped (counted), as with a Redis outage past the buffer.
     pub fn cut(&self, cut: bool) {
         self.faults().cut = cut;
+    }
+
+    /// From now on a new subscription takes effect only `after` this long (as a Redis
+    /// subscriber behind a queue of others), then is confirmed; `None`: at once.
+    pub fn slow_subscribe(&self, after: Option<std::time::Duration>) {
+        self.faults().slow_subscribe = after;
     }
 
     /// From now until [`MemoryHub::release_reversed`], deliveries wait.
@@ -291,7 +317,23 @@ impl PubSub for MemoryPubSub {
     }
 
     fn subscribe(&self, topic: &Topic) {
-        self.me.subs.lock().unwrap_or_else(|p| p.into_inner()).add(topic);
+        let delay = self.hub.faults().slow_subscribe;
+        let me = self.me.clone();
+        let take_effect = move |topic: Topic| {
+            if me.subs.lock().unwrap_or_else(|p| p.into_inner()).add(&topic) {
+                let _ = me.tx.send(Received::confirmation(topic));
+            }
+        };
+        match delay {
+            None => take_effect(topic.clone()),
+            Some(d) => {
+                let topic = topic.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    take_effect(topic);
+                });
+            }
+        }
     }
 
     fn unsubscribe(&self, topic: &Topic) {

@@ -319,7 +319,7 @@ impl RedisPubSub {
         let bus = Self {
             commands: Commands(publ.clone(), opt.prefix.clone().into()),
             tasks: vec![
-                tokio::spawn(subscriber(inner.clone(), sub, sub_rx)).abort_handle(),
+                tokio::spawn(subscriber(inner.clone(), sub, sub_rx, recv_tx.clone())).abort_handle(),
                 tokio::spawn(pushes(inner.clone(), push_rx, recv_tx)).abort_handle(),
                 tokio::spawn(publisher(inner.clone(), publ, out_rx)).abort_handle(),
                 tokio::spawn(prober(inner.clone(), opt)).abort_handle(),
@@ -384,14 +384,21 @@ impl PubSub for RedisPubSub {
 /// Applies subscription changes in order; on `Resync`, subscribes every wanted topic again,
 /// one command per topic. A failed command is left to the next resync (the prober asks
 /// for one while the bus is degraded).
-async fn subscriber(inner: Arc<Inner>, mut conn: SubConn, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
+async fn subscriber(
+    inner: Arc<Inner>,
+    mut conn: SubConn,
+    mut cmds: mpsc::UnboundedReceiver<SubCmd>,
+    recv: mpsc::UnboundedSender<Received>,
+) {
     while let Some(cmd) = cmds.recv().await {
         match cmd {
-            SubCmd::Subscribe(t) => {
-                if conn.subscribe(&inner.wire(&t)).await.is_err() {
-                    inner.probed.store(false, Relaxed);
+            SubCmd::Subscribe(t) => match conn.subscribe(&inner.wire(&t)).await {
+                // Redis answered: the subscription is in effect.
+                Ok(()) => {
+                    let _ = recv.send(Received::confirmation(t));
                 }
-            }
+                Err(_) => inner.probed.store(false, Relaxed),
+            },
             SubCmd::Unsubscribe(t) => {
                 // Still unwanted when it runs? (A subscribe may have followed.)
                 let wanted = inner.subs.lock().unwrap_or_else(|p| p.into_inner()).contains(&t);
@@ -414,6 +421,7 @@ async fn subscriber(inner: Arc<Inner>, mut conn: SubConn, mut cmds: mpsc::Unboun
                     if conn.subscribe(&inner.wire(&t)).await.is_err() {
                         break;
                     }
+                    let _ = recv.send(Received::confirmation(t));
                 }
             }
         }

@@ -56,8 +56,7 @@ use crate::gateway::{SessionHandle, Sessions};
 /// shared guild and every friend; a node may follow several of those topics).
 const DEDUPE: usize = 4096;
 
-/// A new subscription is checked against the store this long after it was asked for (an
-/// event published before it took effect would otherwise wait for the channel's next one).
+/// A check of a topic against the store that could not read it is tried again this late.
 const VERIFY_AFTER: Duration = Duration::from_millis(500);
 
 /// Most logged events read per channel per catch-up.
@@ -230,12 +229,10 @@ impl Fanout {
     }
 
     fn apply(&self, st: &mut State, change: Change) {
-        let now = Instant::now();
+        // A new subscription is checked against the store when the bus confirms it took
+        // effect (`on_received`): what was published before it is in the store by then.
         for t in &change.subscribe {
             self.pubsub.subscribe(t);
-            if t.guild_id().is_some() || t.channel_id().is_some() {
-                st.verify.push_back((now + VERIFY_AFTER, t.clone()));
-            }
         }
         for t in &change.unsubscribe {
             self.pubsub.unsubscribe(t);
@@ -596,6 +593,17 @@ impl Fanout {
         seen: &mut Recent,
         r: Received,
     ) {
+        if r.is_confirmation() {
+            // Subscribed: everything published on it from now on arrives; what came before
+            // is read from the store (an event published while the subscription was on its
+            // way would otherwise wait for the channel's next one).
+            let wanted = (r.topic.guild_id().is_some() || r.topic.channel_id().is_some())
+                && self.state().index.subscribed(&r.topic);
+            if wanted {
+                reads.seqs(r.topic);
+            }
+            return;
+        }
         match Message::decode(&r.payload) {
             // Delivered locally when it was published.
             Ok((origin, _)) if origin == self.origin => {}
