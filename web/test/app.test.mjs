@@ -363,6 +363,9 @@ test('narrow screens: the channel list and the members are drawers; the dark the
   assert.equal(await ada.isVisible('#composer'), true, 'the chat fills the screen');
   const box = await ada.$eval('#chat', (e) => e.getBoundingClientRect().width);
   assert.ok(box >= 380, `the chat is ${box} px wide`);
+  // The closed drawers leave nothing on screen (no strip of the channel list at the edge).
+  const edges = await ada.$$eval('.rail, .sidebar', (els) => els.map((e) => e.getBoundingClientRect().right));
+  assert.ok(edges.every((r) => r <= 0), `closed drawers end at ${edges} px`);
   await ada.click('#menu-button');
   await ada.waitForSelector('#app.nav-open');
   await new Promise((r) => setTimeout(r, 300));
@@ -376,6 +379,10 @@ test('narrow screens: the channel list and the members are drawers; the dark the
   await ada.keyboard.press('Escape');
   await until('Escape closes it', async () => !(await ada.$('#app.members-open')));
   await new Promise((r) => setTimeout(r, 300));
+  const closed = await ada.$$eval('.rail, .sidebar', (els) => els.map((e) => e.getBoundingClientRect().right));
+  assert.ok(closed.every((r) => r <= 0), `closed again, drawers end at ${closed} px`);
+  const members = await ada.$eval('.members', (e) => e.getBoundingClientRect().left);
+  assert.ok(members >= 390 + 24, `the closed members drawer (and its shadow) starts at ${members} px`);
   await ada.screenshot({ path: join(SHOTS, 'narrow.png') });
   await accessible(ada, 'narrow guild channel');
   await ada.setViewportSize({ width: 1280, height: 800 });

@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { BIN, startServer } from './server.mjs';
+import { PROTOCOL_VERSION } from '../quaver.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SECRET = 'browser-test-secret-0123456789abcdefgh';
@@ -61,7 +62,7 @@ test('browser reaches Ready over WebTransport with the token in Hello and the /c
   }, token(4242));
   assert.deepEqual(result.user, { id: '4242', name: 'web4242' });
   assert.deepEqual(result.pong, [7, 8]);
-  assert.deepEqual(result.protocols, [1]);
+  assert.deepEqual(result.protocols, [PROTOCOL_VERSION]);
   assert.ok(result.maxDatagram > 1000, `datagrams available: ${result.maxDatagram}`);
   // The UI path too: a pasted token connects and shows the connection as ready.
   await page.fill('#token', token(7));
