@@ -372,6 +372,12 @@ async fn tail(cfg: Config, channel: u64, history: u32, count: Option<usize>) -> 
                 eprintln!("gap: some messages could not be recovered; refetch history");
             }
             Some(Update::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
+            Some(Update::Unreachable { error, retry_in, .. }) => {
+                eprintln!(
+                    "cannot reach the server ({error}); trying again in {} ms",
+                    retry_in.as_millis()
+                )
+            }
             Some(_) => {}
             None => bail!("connection refused for good"),
         }

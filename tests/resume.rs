@@ -544,3 +544,70 @@ async fn a_webtransport_close_with_code_0_stays_resumable_and_a_finished_control
     }
     server.shutdown().await;
 }
+
+/// A server that cannot be reached (its packets vanish, as on a network that drops UDP) is
+/// reported at once — `Update::Unreachable` after the connect timeout, not 20 s of silence —
+/// a request can be given a deadline, and a request given up on before it went out is never
+/// sent once the client does connect (here: to the cluster's other node).
+#[tokio::test]
+async fn an_unreachable_server_is_reported_and_requests_have_deadlines() {
+    let server = start(fast(config())).await;
+    let (_a, mut a_chat, ch) = setup(&server).await;
+    // A UDP socket that reads nothing and answers nothing.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(2)));
+    cfg.alternates = vec![cfg.addr];
+    cfg.addr = hole.local_addr().unwrap();
+    cfg.connect_timeout = Duration::from_millis(800);
+    let started = Instant::now();
+    // A long first backoff: the request below times out before the next attempt.
+    let mut r = Resilient::start(
+        cfg,
+        Backoff {
+            min: Duration::from_millis(1500),
+            max: Duration::from_millis(1500),
+        },
+    );
+    let given_up = r.request_within(
+        RequestBody::SendMessage {
+            channel_id: ch,
+            nonce: 77,
+            content: "given up".into(),
+            reply_to: None,
+        },
+        Duration::from_millis(400),
+    );
+    let refused = given_up.await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::UNAVAILABLE, "{refused:?}");
+    match tokio::time::timeout(Duration::from_secs(5), r.next()).await {
+        Ok(Some(Update::Unreachable { attempts, error, .. })) => {
+            assert_eq!(attempts, 1);
+            assert!(error.contains("timed out"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // Then the other node answers: connected, and the given-up message was never sent.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
+            Ok(Some(Update::Connected { .. })) => break,
+            Ok(Some(Update::Unreachable { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let sent = r.send_message(ch, "after").await.unwrap();
+    assert!(matches!(sent, ResponseBody::MessageSent { .. }));
+    let Ok(Ok(FetchResponse::History { messages, .. })) = _a
+        .fetch(FetchRequest::History {
+            channel_id: ch,
+            anchor: HistoryAnchor::Latest,
+            limit: 50,
+        })
+        .await
+    else {
+        panic!("history")
+    };
+    let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    assert!(texts.contains(&"after") && !texts.contains(&"given up"), "{texts:?}");
+    drop(a_chat);
+}

@@ -135,16 +135,35 @@ async function showSignin(error = '') {
   (dev ? $('name') : $('token')).focus();
 }
 
-const CONN_TEXT = { 'signed-out': 'signed out', connecting: 'connecting…', reconnecting: 'reconnecting…', ready: 'connected', resumed: 'connected (resumed)', closed: 'disconnected' };
+const CONN_TEXT = { 'signed-out': 'signed out', connecting: 'connecting…', reconnecting: 'reconnecting…', ready: 'connected', resumed: 'connected (resumed)', closed: 'disconnected', unreachable: 'cannot reach the server' };
 function setConn(state) {
+  // While attempts keep failing, what failed stays on screen between them.
+  if (S.trouble && (state === 'connecting' || state === 'reconnecting')) state = 'unreachable';
+  if (state === 'ready' || state === 'resumed') S.trouble = null;
   const c = $('conn');
   const was = c.dataset.state;
   c.dataset.state = state;
   c.textContent = CONN_TEXT[state] ?? state;
   c.setAttribute('aria-label', `Connection: ${c.textContent}. Details`);
-  const lost = state === 'reconnecting' || (state === 'connecting' && ['ready', 'resumed'].includes(was));
-  $('reconnect-banner').hidden = !lost;
-  if (lost) $('reconnect-banner').textContent = 'Connection lost — reconnecting. Messages you send now go out when it is back.';
+  const lost = state === 'reconnecting' || state === 'unreachable' || (state === 'connecting' && ['ready', 'resumed'].includes(was));
+  const banner = $('reconnect-banner');
+  banner.hidden = !lost;
+  if (state === 'unreachable') {
+    const { error, retryInMs } = S.trouble;
+    banner.textContent = `Can't reach the server: ${errText(error)}. Trying again in ${Math.max(1, Math.ceil(retryInMs / 1000))} s.`
+      + (S.everReady ? ' Messages you send now go out when it is back.' : '');
+  } else if (lost) {
+    banner.textContent = 'Connection lost — reconnecting. Messages you send now go out when it is back.';
+  }
+}
+
+/** An attempt to connect failed: said at once (the badge and the banner), not after minutes
+ * of "reconnecting…". A server that said "come back later" is not a failure to reach it. */
+function onTrouble({ error, retryInMs, attempts }) {
+  console.warn(`quaver: connecting failed (attempt ${attempts})`, error);
+  if (error instanceof quaver.ClosedError) return;
+  S.trouble = { error, retryInMs };
+  setConn('unreachable');
 }
 
 async function signIn(token) {
@@ -163,7 +182,8 @@ async function signIn(token) {
   }
   S.client = client;
   client.addEventListener('state', (e) => { setConn(e.detail); console.info(`quaver: connection ${e.detail}`); render(); });
-  client.addEventListener('ready', (e) => onReady(e.detail.ready, e.detail.resumed));
+  client.addEventListener('ready', (e) => { S.everReady = true; onReady(e.detail.ready, e.detail.resumed); });
+  client.addEventListener('trouble', (e) => onTrouble(e.detail));
   client.addEventListener('event', (e) => onEvent(e.detail.lane, e.detail.body));
   client.addEventListener('fatal', (e) => {
     sessionStorage.removeItem('quaver.token'); sessionStorage.removeItem('quaver.resume');

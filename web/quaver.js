@@ -573,7 +573,8 @@ export async function fetchCertHashes(httpBase) {
  * dev certificates), `device` ('Web' by default), `resume` (`Hello.resume`, see `Resilient`).
  * Resolves to a Session after `Ready`; rejects with ClosedError if the server refuses.
  */
-export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null } = {}) {
+export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null, timeoutMs = 10000 } = {}) {
+  if (typeof WebTransport === 'undefined') throw new UnreachableError('this browser has no WebTransport');
   const u = new URL(url);
   u.searchParams.delete('token');
   const options = {};
@@ -583,7 +584,19 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
   const wt = new WebTransport(u.toString(), options);
   // Its end is observed through the control stream; a lost connection is not an error here.
   wt.closed.catch(() => {});
-  await wt.ready;
+  // A network that drops UDP never answers: give up after `timeoutMs`, saying so.
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new UnreachableError(`no answer within ${Math.round(timeoutMs / 1000)} s (a network that blocks UDP looks like this)`)), timeoutMs);
+  });
+  try {
+    await Promise.race([wt.ready.catch((e) => { throw new UnreachableError(`the connection failed (${e?.message || e})`); }), late]);
+  } catch (e) {
+    try { wt.close(); } catch (_) { /* it never opened */ }
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
   const control = await wt.createBidirectionalStream();
   const writer = control.writable.getWriter();
   const reader = new FramedStream(control.readable, maxFrame);
@@ -842,6 +855,12 @@ const RESENDABLE = new Set(['SendMessage', 'EditMessage', 'AddReaction', 'Remove
   'SetPresence', 'TypingStop', 'WatchTyping', 'AckNotifications', 'MarkNotificationsRead', 'SetVoiceState', 'Ping']);
 
 /** The connection is gone and this request was not safe to send again. */
+/** The server could not be reached at all (no WebTransport, a failed or unanswered
+ * connection); `message` says which, for the person. */
+export class UnreachableError extends Error {
+  constructor(why) { super(why); this.name = 'UnreachableError'; }
+}
+
 export class ConnectionLostError extends Error {
   constructor(type) { super(`connection lost before ${type} was answered; it may or may not have happened`); this.name = 'ConnectionLostError'; }
 }
@@ -857,7 +876,9 @@ export class ConnectionLostError extends Error {
  * `connectInfo()` resolves to `{ url, certHashes, token }` for each attempt (the token may be
  * fresh). Events (`addEventListener`): 'state' (detail: 'connecting' | 'ready' | 'resumed' |
  * 'reconnecting' | 'closed'), 'ready' (detail: { ready, resumed }), 'event' (detail:
- * { lane, body }), 'fatal' (detail: the ClosedError that ended it: a terminal close code).
+ * { lane, body }), 'fatal' (detail: the ClosedError that ended it: a terminal close code),
+ * 'trouble' (detail: { attempts, error, retryInMs }: an attempt to connect failed — from the
+ * first, so a person can be told within seconds, not after minutes of "reconnecting").
  */
 export class Resilient extends EventTarget {
   constructor(connectInfo, { device = 'Web', backoffMs = 250, maxBackoffMs = 8000 } = {}) {
@@ -973,6 +994,7 @@ export class Resilient extends EventTarget {
         if (e instanceof ClosedError && e.code === CloseCode.RESUME_REFUSED) this.sessionId = null;
         const delay = Math.random() * Math.min(this.maxBackoffMs, this.backoffMs * 2 ** attempt);
         attempt++;
+        this.dispatchEvent(new CustomEvent('trouble', { detail: { attempts: attempt, error: e, retryInMs: Math.round(delay) } }));
         await new Promise((r) => setTimeout(r, delay));
         continue;
       }

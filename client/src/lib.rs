@@ -80,6 +80,10 @@ pub struct Config {
     /// Other nodes of the same cluster: [`resilient::Resilient`] tries the next one when
     /// a connection attempt fails (a dead node's clients move to a live one).
     pub alternates: Vec<SocketAddr>,
+    /// How long [`resilient::Resilient`] gives one attempt to connect and reach `Ready`
+    /// before it calls the server unreachable and tries again (a network that drops UDP
+    /// never answers; waiting out the idle timeout would keep the user in silence).
+    pub connect_timeout: Duration,
 }
 
 impl Config {
@@ -101,6 +105,7 @@ impl Config {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             alternates: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

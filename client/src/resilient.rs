@@ -35,6 +35,17 @@ pub enum Update {
         /// Why.
         reason: String,
     },
+    /// An attempt to connect failed (from the first one: an application can tell its user
+    /// at once that the server cannot be reached, instead of waiting in silence); the next
+    /// attempt follows after `retry_in`.
+    Unreachable {
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// What failed.
+        error: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
+    },
 }
 
 /// Reconnection timing.
@@ -125,6 +136,11 @@ impl Resilient {
         self.handle().send_message(channel_id, content).await
     }
 
+    /// [`Requester::request_within`]: a request with a deadline.
+    pub async fn request_within(&self, body: RequestBody, limit: Duration) -> Result<ResponseBody, ErrorBody> {
+        self.handle().request_within(body, limit).await
+    }
+
     /// The next update.
     pub async fn next(&mut self) -> Option<Update> {
         self.updates.recv().await
@@ -165,6 +181,23 @@ impl Requester {
         }
         rx.await
             .unwrap_or_else(|_| Err(ErrorBody::new(ErrorCode::INTERNAL, "client stopped")))
+    }
+
+    /// The same, giving up after `limit`: `UNAVAILABLE` ("no answer within …"). A request
+    /// given up on before it was sent is never sent; one already sent may have happened (a
+    /// message: resend it with the same nonce to learn, it is never stored twice).
+    pub async fn request_within(&self, body: RequestBody, limit: Duration) -> Result<ResponseBody, ErrorBody> {
+        tokio::time::timeout(limit, self.request(body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorBody::new(
+                    ErrorCode::UNAVAILABLE,
+                    format!(
+                        "no answer within {} ms (the server may be unreachable)",
+                        limit.as_millis()
+                    ),
+                ))
+            })
     }
 
     /// Sends a message with a fresh random nonce.
@@ -243,8 +276,9 @@ async fn drive(
     let mut node = 0usize;
     loop {
         cfg.resume = mem.resume();
-        // A handshake into a dead path must not wait for the whole idle timeout twice.
-        let connected = tokio::time::timeout(cfg.idle_timeout, async {
+        // A handshake into a dead path (or a network that drops UDP) is given up on after
+        // the connect timeout, and the application told (`Update::Unreachable`).
+        let connected = tokio::time::timeout(cfg.connect_timeout.min(cfg.idle_timeout), async {
             let client = connect(&cfg).await?;
             let chat = client.open_lane(Lane::Chat).await?;
             Ok::<_, Error>((client, chat))
@@ -264,6 +298,13 @@ async fn drive(
                 }
                 let wait = backoff.delay(attempt, random_u64());
                 attempt = attempt.saturating_add(1);
+                let _ = up.send(Update::Unreachable {
+                    attempts: attempt,
+                    error: e.to_string(),
+                    retry_in: wait,
+                });
+                // Requests whose callers gave up (`request_within`) are not sent later.
+                mem.pending.retain(|(_, reply)| !reply.is_closed());
                 // Any node of the cluster can serve the session (caught up by seq there).
                 node = (node + 1) % nodes.len();
                 cfg.addr = nodes[node];
@@ -317,6 +358,7 @@ async fn run_connection(
     // a lost connection and never answered) goes out again first, in order, same bodies —
     // so a message's nonce is reused and the server answers with the original.
     let mut in_flight: HashMap<u32, (RequestBody, SendReply)> = HashMap::new();
+    mem.pending.retain(|(_, reply)| !reply.is_closed());
     let mut queue = std::mem::take(&mut mem.pending).into_iter();
     let mut result: Result<(), String> = Ok(());
     for (body, reply) in queue.by_ref() {

@@ -459,6 +459,29 @@ test('voice: fake microphones decoded on the other side, a native listener, leav
   await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
 });
 
+test('a server the page cannot reach is said within seconds, not "reconnecting…" forever', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // The page is served, but its QUIC port answers nothing (UDP port 9: no listener) — as on
+  // a network that drops the server's UDP.
+  await page.route('**/cert-hash', async (route) => {
+    const r = await route.fetch();
+    await route.fulfill({ response: r, json: { ...(await r.json()), port: 9 } });
+  });
+  await page.goto(`http://${httpAddr}/`);
+  await page.fill('#name', 'nobody');
+  const started = Date.now();
+  await page.click('#signin-dev');
+  await until('the badge says it', () => page.$eval('#conn', (c) => c.dataset.state === 'unreachable'), 12000);
+  const waited = Date.now() - started;
+  assert.ok(waited < 11000, `told after ${waited} ms`);
+  const banner = await page.textContent('#reconnect-banner');
+  assert.match(banner, /^Can't reach the server: .+\. Trying again in \d+ s\.$/, banner);
+  assert.equal(await page.isVisible('#reconnect-banner'), true);
+  await page.screenshot({ path: join(SHOTS, 'unreachable.png') });
+  await context.close();
+});
+
 test("voice over WebRTC: ada on an RTCPeerConnection, bob on datagrams, hear each other, rejoin 20 times", async () => {
   // Bob is still in the lounge (on datagrams); ada turns on "voice over WebRTC" and joins it.
   const channel = await (await ada.$('#channels .channel[data-kind="Voice"][data-name="lounge"]')).getAttribute('data-id');
