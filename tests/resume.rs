@@ -552,7 +552,7 @@ async fn a_webtransport_close_with_code_0_stays_resumable_and_a_finished_control
 #[tokio::test]
 async fn an_unreachable_server_is_reported_and_requests_have_deadlines() {
     let server = start(fast(config())).await;
-    let (_a, mut a_chat, ch) = setup(&server).await;
+    let (_a, a_chat, ch) = setup(&server).await;
     // A UDP socket that reads nothing and answers nothing.
     let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut cfg = client_config(&server, Transport::Quic, Some(token(2)));
