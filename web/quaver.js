@@ -590,7 +590,7 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
     timer = setTimeout(() => reject(new UnreachableError(`no answer within ${Math.round(timeoutMs / 1000)} s (a network that blocks UDP looks like this)`)), timeoutMs);
   });
   try {
-    await Promise.race([wt.ready.catch((e) => { throw new UnreachableError(`the connection failed (${e?.message || e})`); }), late]);
+    await Promise.race([wt.ready.catch((e) => { throw new UnreachableError(`the connection failed (${String(e?.message || e).replace(/\.$/, '')})`); }), late]);
   } catch (e) {
     try { wt.close(); } catch (_) { /* it never opened */ }
     throw e;
