@@ -91,6 +91,16 @@ impl U {
     }
 }
 
+/// A server whose guild-management limit leaves room for a test's many role changes.
+fn roomy() -> quaver::config::Config {
+    let mut cfg = config();
+    cfg.limits.manage = quaver::limits::Rate {
+        burst: 100.0,
+        per_sec: 100.0,
+    };
+    cfg
+}
+
 /// Owner creates a guild; the others join by invite. Returns (guild id, general channel id).
 async fn guild_with(owner: &mut U, others: &mut [&mut U]) -> (u64, u64) {
     shared_guild(
@@ -851,12 +861,7 @@ async fn role_hierarchy_stops_privilege_escalation() {
     const ADMINISTRATOR: u64 = 1 << 3;
     const KICK: u64 = 1 << 1;
     const MANAGE_ROLES: u64 = 1 << 28;
-    let mut cfg = config();
-    cfg.limits.manage = quaver::limits::Rate {
-        burst: 100.0,
-        per_sec: 100.0,
-    };
-    let server = start(cfg).await;
+    let server = start(roomy()).await;
     let mut owner = U::new(&server, 1, Transport::Quic).await;
     let mut mallory = U::new(&server, 2, Transport::Quic).await;
     let mut bob = U::new(&server, 3, Transport::Quic).await;
@@ -979,12 +984,7 @@ async fn roles_move_and_delete_and_members_time_out() {
     const VIEW: u64 = 1 << 10;
     const MANAGE_ROLES: u64 = 1 << 28;
     const MODERATE: u64 = 1 << 40;
-    let mut cfg = config();
-    cfg.limits.manage = quaver::limits::Rate {
-        burst: 100.0,
-        per_sec: 100.0,
-    };
-    let server = start(cfg).await;
+    let server = start(roomy()).await;
     let mut owner = U::new(&server, 1, Transport::Quic).await;
     let mut mallory = U::new(&server, 2, Transport::Quic).await;
     let mut bob = U::new(&server, 3, Transport::WebTransport).await;
