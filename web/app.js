@@ -289,7 +289,37 @@ function firstText(guild) {
   return [...(S.guilds.get(guild)?.channels.values() ?? [])].filter((c) => c.kind === 'Text').sort((a, b) => a.name.localeCompare(b.name))[0]?.id ?? null;
 }
 
+/** Guilds whose snapshot is being fetched (a guild just joined), with the events about them
+ * that arrived meanwhile: applied once the snapshot is in, in order — not dropped because the
+ * guild was not known yet (a channel created right after the join was lost that way). */
+const loadingGuilds = new Map();
+
+/** The guild an event changes the structure of, if any. */
+function structureGuild(b) {
+  switch (b.type) {
+    case 'ChannelUpdated': return b.channel.guild_id;
+    case 'RoleUpdated': return b.role.guild_id;
+    case 'RoleDeleted': case 'MemberUpdated': case 'MemberRemoved': return b.guild_id;
+    default: return null;
+  }
+}
+
+/** Fetches the guilds and adds `id`'s (and any other new one), then applies what waited. */
+function loadGuild(id) {
+  if (loadingGuilds.has(id)) return;
+  loadingGuilds.set(id, []);
+  fetchReply({ type: 'Guilds' }).then((r) => {
+    for (const x of r.guilds) if (!S.guilds.has(x.guild.id)) addGuild(x);
+    const waited = loadingGuilds.get(id) ?? [];
+    loadingGuilds.delete(id);
+    if (S.guilds.has(id)) for (const [lane, e] of waited) onEvent(lane, e);
+    render();
+  }, (e) => { loadingGuilds.delete(id); logged('loading a new guild')(e); });
+}
+
 function onEvent(lane, b) {
+  const waiting = loadingGuilds.get(structureGuild(b));
+  if (waiting) { waiting.push([lane, b]); return; }
   switch (b.type) {
     case 'MessageCreated': {
       const m = b.message;
@@ -340,7 +370,7 @@ function onEvent(lane, b) {
     case 'GuildUpdated': {
       const g = S.guilds.get(b.guild.id);
       if (g) g.guild = b.guild;
-      else fetchReply({ type: 'Guilds' }).then((r) => { for (const x of r.guilds) if (!S.guilds.has(x.guild.id)) addGuild(x); render(); }, logged('loading a new guild'));
+      else loadGuild(b.guild.id);
       break;
     }
     case 'GuildRemoved': {

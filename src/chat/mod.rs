@@ -121,6 +121,11 @@ pub struct Chat {
     bus: Arc<dyn Bus>,
     ids: Mutex<Snowflakes>,
     guilds: RwLock<HashMap<u64, Arc<GuildView>>>,
+    /// Per guild, how many times its cached state was dropped or changed in place: a view
+    /// read from the store is cached only if none happened while it was being read (else it
+    /// could be older than the change, and stay cached — a member just added not a member,
+    /// a permission just changed not changed — until the guild's next change).
+    guild_epochs: Mutex<HashMap<u64, u64>>,
     /// Which guild a channel belongs to (`None`: DM), learned on first use.
     channel_guild: RwLock<HashMap<u64, Option<u64>>>,
     /// DMs and group DMs seen so far.
@@ -144,6 +149,7 @@ impl Chat {
             bus,
             ids: Mutex::new(Snowflakes::new(node)),
             guilds: RwLock::new(HashMap::new()),
+            guild_epochs: Mutex::new(HashMap::new()),
             channel_guild: RwLock::new(HashMap::new()),
             private: RwLock::new(HashMap::new()),
             channel_locks: Mutex::new(HashMap::new()),
@@ -201,31 +207,62 @@ impl Chat {
     }
 
     async fn guild(&self, id: u64) -> Result<Arc<GuildView>, ErrorBody> {
-        if let Some(g) = self.guilds.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
-            return Ok(g.clone());
-        }
-        let state = self.store.guild_state(id).await.map_err(store_err)?;
-        let view = Arc::new(GuildView {
-            state,
-            viewers: Mutex::new(HashMap::new()),
-        });
-        {
-            let mut cg = self.channel_guild.write().unwrap_or_else(|p| p.into_inner());
-            for c in &view.state.channels {
-                cg.insert(c.id, Some(id));
+        // A read overtaken by a change is read again (a few times at most: then it is used
+        // for this request, uncached).
+        for attempt in 0..3 {
+            if let Some(g) = self.guilds.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                return Ok(g.clone());
+            }
+            let before = self.guild_epoch(id);
+            let state = self.store.guild_state(id).await.map_err(store_err)?;
+            let view = Arc::new(GuildView {
+                state,
+                viewers: Mutex::new(HashMap::new()),
+            });
+            {
+                let mut cg = self.channel_guild.write().unwrap_or_else(|p| p.into_inner());
+                for c in &view.state.channels {
+                    cg.insert(c.id, Some(id));
+                }
+            }
+            let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
+            // Under the cache's lock: a change takes that lock to bump the epoch.
+            if self.guild_epoch(id) == before {
+                guilds.insert(id, view.clone());
+                return Ok(view);
+            }
+            if attempt == 2 {
+                return Ok(view);
             }
         }
-        self.guilds
-            .write()
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    fn guild_epoch(&self, id: u64) -> u64 {
+        self.guild_epochs
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, view.clone());
-        Ok(view)
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A change of `guild`'s cached state (with the cache's write lock held).
+    fn bump_epoch(&self, guild: u64) {
+        *self
+            .guild_epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(guild)
+            .or_insert(0) += 1;
     }
 
     /// Adds a role-less member to the cached state of `guild`, if cached; returns the new
     /// member count (`None` when not cached).
     pub(crate) fn member_added(&self, guild: u64, user: u64) -> Option<usize> {
         let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
+        // A read of the guild in flight may predate the member: it must not be cached.
+        self.bump_epoch(guild);
         let g = guilds.get(&guild)?;
         if g.state.members.contains_key(&user) {
             return Some(g.state.members.len());
@@ -244,7 +281,9 @@ impl Chat {
     }
 
     pub(crate) fn invalidate(&self, guild: u64) {
-        self.guilds.write().unwrap_or_else(|p| p.into_inner()).remove(&guild);
+        let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
+        guilds.remove(&guild);
+        self.bump_epoch(guild);
     }
 
     /// Publishes that a guild changed (every node drops its cache) and drops ours now, so

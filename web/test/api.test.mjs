@@ -64,6 +64,30 @@ test("a backend's guild, bot message, edit and delete appear live on the page", 
   await until('the bot among the members', () => ada.$('#members .member:has-text("Deploy bot")'));
 });
 
+test('a channel made while the page is loading a guild it just joined is not lost', async () => {
+  // The page loads a new guild's snapshot when it hears of the guild; hold that answer, and
+  // create a channel once the snapshot was taken: its event arrives before the guild is known.
+  await ada.evaluate(() => {
+    const s = window.quaverApp.client.current();
+    const fetch = s.fetch.bind(s);
+    s.fetch = async (req) => {
+      const answer = await fetch(req);
+      if (req.type === 'Guilds') {
+        window.__guildsAnswered = (window.__guildsAnswered ?? 0) + 1;
+        await new Promise((r) => setTimeout(r, 1500));
+      }
+      return answer;
+    };
+  });
+  const adaId = await ada.evaluate(() => window.quaverApp.me.id);
+  const g = await ok(201, 'POST', '/guilds', { owner_id: adaId, name: 'Quick' });
+  await until('the page took the snapshot', () => ada.evaluate(() => window.__guildsAnswered > 0));
+  const late = await ok(201, 'POST', `/guilds/${g.id}/channels`, { kind: 'text', name: 'late' });
+  await until('the guild in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
+  await ada.click(`#guilds .guild[data-id="${g.id}"]`);
+  await until('the late channel listed', () => ada.$(`#channels .channel[data-id="${late.id}"]`), 5000);
+});
+
 test("a backend's avatar shows as a picture; a timeout closes the composer until lifted", async () => {
   // The picture's host, answered inside the browser (the test has no network).
   const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64" fill="#2a7"/></svg>';
