@@ -455,24 +455,16 @@ impl Chat {
                     .await
                     .map_err(store_err)?;
                 self.changed(guild_id);
-                let mut role = None;
+                // The role as it now stands (unmoved when it was there already).
+                let role = moved
+                    .iter()
+                    .chain(&g.state.roles)
+                    .find(|r| r.id == role_id)
+                    .cloned()
+                    .ok_or_else(not_found)?;
                 for r in moved {
-                    if r.id == role_id {
-                        role = Some(r.clone());
-                    }
                     self.publish_guild(guild_id, &EventBody::RoleUpdated { role: r });
                 }
-                // Unmoved (already there): answer with it as it stands.
-                let role = match role {
-                    Some(r) => r,
-                    None => g
-                        .state
-                        .roles
-                        .iter()
-                        .find(|r| r.id == role_id)
-                        .cloned()
-                        .ok_or_else(not_found)?,
-                };
                 Ok(ResponseBody::Role(role))
             }
             R::TimeoutMember {

@@ -209,7 +209,8 @@ impl Chat {
     async fn guild(&self, id: u64) -> Result<Arc<GuildView>, ErrorBody> {
         // A read overtaken by a change is read again (a few times at most: then it is used
         // for this request, uncached).
-        for attempt in 0..3 {
+        let mut attempts = 0;
+        loop {
             if let Some(g) = self.guilds.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
                 return Ok(g.clone());
             }
@@ -227,15 +228,15 @@ impl Chat {
             }
             let mut guilds = self.guilds.write().unwrap_or_else(|p| p.into_inner());
             // Under the cache's lock: a change takes that lock to bump the epoch.
-            if self.guild_epoch(id) == before {
+            let current = self.guild_epoch(id) == before;
+            if current {
                 guilds.insert(id, view.clone());
-                return Ok(view);
             }
-            if attempt == 2 {
+            attempts += 1;
+            if current || attempts == 3 {
                 return Ok(view);
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     fn guild_epoch(&self, id: u64) -> u64 {

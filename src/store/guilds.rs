@@ -599,7 +599,24 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            let state = self.guild_state(guild).await?;
+            // The roles of this page's members only (not the guild's whole state).
+            let mut roles: HashMap<u64, Vec<u64>> = HashMap::new();
+            if let Some(last) = rows.last() {
+                for r in sqlx::query(
+                    "SELECT user_id, role_id FROM member_roles WHERE guild_id = $1 AND user_id > $2 AND user_id <= $3",
+                )
+                .bind(i(guild))
+                .bind(i(after))
+                .bind(last.try_get::<i64, _>("user_id")?)
+                .fetch_all(&self.pool)
+                .await?
+                {
+                    roles
+                        .entry(u(r.try_get("user_id")?))
+                        .or_default()
+                        .push(u(r.try_get("role_id")?));
+                }
+            }
             let now = crate::ids::now_ms();
             rows.iter()
                 .map(|r| {
@@ -607,7 +624,7 @@ impl Store {
                     Ok(Member {
                         user_id,
                         name: r.try_get("name")?,
-                        roles: state.members.get(&user_id).cloned().unwrap_or_default(),
+                        roles: roles.remove(&user_id).unwrap_or_default(),
                         avatar_url: r.try_get("avatar_url")?,
                         timed_out_until_ms: live_until(u(r.try_get("until_ms")?), now),
                     })

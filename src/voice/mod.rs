@@ -169,7 +169,7 @@ impl VoicePort {
     }
 
     /// Tells the session on its voice lane (nothing if it is gone).
-    fn tell(&self, body: &EventBody) {
+    pub(crate) fn tell(&self, body: &EventBody) {
         if let Some(s) = self.session.upgrade() {
             s.push_event(Lane::Voice, Bytes::from(encode_payload(body)));
         }

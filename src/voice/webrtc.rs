@@ -27,13 +27,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_TALKSPURT_START, Uplink};
-use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, SessionId, VoiceDownlinkStats};
+use quaver_proto::{ErrorBody, ErrorCode, EventBody, SessionId, VoiceDownlinkStats};
 use quaver_rtc::{Frame, Output, Peer};
 use tokio::sync::mpsc;
 
@@ -275,8 +274,6 @@ struct Entry {
     port: Arc<VoicePort>,
     user: u64,
     session: SessionId,
-    /// Where `VoiceTrack` events go (weak: the peer ends with the session, not after it).
-    events: Weak<SessionHandle>,
     channel_id: u64,
     /// Its port's sink, where `VoiceStats` reads the downlink counters.
     sink: Arc<Sink>,
@@ -363,7 +360,7 @@ impl WebRtc {
             tx: self.tx.clone(),
             downlink: Mutex::new(quaver_rtc::Stats::default()),
         });
-        let port = VoicePort::new(sink.clone(), events.clone());
+        let port = VoicePort::new(sink.clone(), events);
         let entry = Entry {
             id,
             tracks: Tracks::new(peer.slots()),
@@ -371,7 +368,6 @@ impl WebRtc {
             port: port.clone(),
             user,
             session,
-            events,
             channel_id,
             sink,
             wait: Instant::now(),
@@ -460,13 +456,13 @@ impl Peers {
                     && let Ok((h, payload)) = Downlink::parse(&data)
                     && let Some((track, changed)) = e.tracks.assign(h.slot, now)
                 {
-                    if changed && let (Some(s), Some(mid)) = (e.events.upgrade(), e.peer.mid(track)) {
-                        let body = EventBody::VoiceTrack {
+                    // `VoiceTrack` goes to the peer's session through its port.
+                    if changed && let Some(mid) = e.peer.mid(track) {
+                        e.port.tell(&EventBody::VoiceTrack {
                             channel_id: e.channel_id,
                             mid,
                             slot: h.slot,
-                        };
-                        s.push_event(Lane::Voice, Bytes::from(encode_payload(&body)));
+                        });
                     }
                     let frame = Frame {
                         level: h.level.neg_dbov(),
