@@ -38,6 +38,12 @@ struct Pair {
     client_gone: bool,
     /// Datagrams the server sent to someone else; `None`: none may be.
     stranger_answered: Option<usize>,
+    /// How long a datagram takes to the client (zero: handed over at once). A link with no
+    /// delay at all gives no round-trip time: RTCP's 1/65536 s arithmetic then rounds it to
+    /// "the report came back before it left" about as often as not.
+    downlink_delay: Duration,
+    /// Datagrams on their way to the client: (due, data).
+    in_flight: std::collections::VecDeque<(Instant, Vec<u8>)>,
 }
 
 impl Pair {
@@ -68,6 +74,8 @@ impl Pair {
             to_server_log: Vec::new(),
             client_gone: false,
             stranger_answered: None,
+            downlink_delay: Duration::ZERO,
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -142,6 +150,11 @@ impl Pair {
                         continue;
                     }
                 }
+                self.in_flight.push_back((self.now + self.downlink_delay, d));
+            }
+            while self.in_flight.front().is_some_and(|(due, _)| *due <= self.now) {
+                let (_, d) = self.in_flight.pop_front().expect("front checked just above");
+                moved = true;
                 assert!(self.client.receive(self.now, self.server_addr, &d));
             }
             if !moved {
@@ -314,6 +327,8 @@ fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
 fn the_peers_receiver_reports_give_loss_and_jitter() {
     let mut p = Pair::new();
     p.connect();
+    // 5 ms to the peer, so there is a round trip to measure.
+    p.downlink_delay = Duration::from_millis(5);
     let frame = |i: u32| Frame {
         level: 30,
         voice: true,
@@ -347,7 +362,11 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
         s.downlink_lost,
         p.dropped
     );
-    assert!(s.rtt.is_some(), "{s:?}");
+    let rtt = s.rtt.expect("a round-trip time from the peer's reports");
+    assert!(
+        rtt >= Duration::from_millis(4) && rtt <= Duration::from_millis(7),
+        "5 ms there, nothing back: {rtt:?}"
+    );
 }
 
 /// A connected pair whose client has spoken `n` frames (its datagrams logged as seeds).
