@@ -161,6 +161,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
+    let signals = quaver::shutdown::OsSignals::listen();
     let server = quaver::Server::start(cfg).await?;
     let info = server.ctx.certs.info();
     tracing::info!(quic = %server.quic_addr, http = %server.http_addr, api = %server.api_addr, node = %server.ctx.cfg.node_name, loops = server.ctx.cfg.loops, "quaver listening (WebTransport at {} and raw QUIC quaver/1 on one UDP port)", quaver_proto::WEBTRANSPORT_PATH);
@@ -182,7 +183,7 @@ async fn serve(cfg: quaver::config::Config) -> anyhow::Result<()> {
         if server.api_https { "https" } else { "http" },
         server.api_addr
     );
-    quaver::shutdown::os_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: Goaway sent to every session, draining");
     server.shutdown().await;
     tracing::info!("stopped");

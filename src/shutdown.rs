@@ -36,25 +36,47 @@ impl Signal {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn os_signal() {
+/// SIGINT and SIGTERM, caught from the moment [`OsSignals::listen`] is called: one that
+/// comes while the server is still starting waits for it instead of killing the process
+/// (found by `tests/shutdown.rs`: a SIGTERM right after the listeners answered could beat
+/// the handler, and the process died of the signal).
+#[derive(Debug)]
+pub struct OsSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl OsSignals {
+    /// Installs the handlers now. Needs a tokio runtime.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot catch SIGTERM/SIGINT; only Ctrl-C stops the server cleanly");
+                    None
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            OsSignals { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            OsSignals {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the first SIGINT or SIGTERM since [`OsSignals::listen`].
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.streams {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod dispatch;
+pub mod machine;
 pub mod replay;
 pub mod session;
 pub mod timers;
