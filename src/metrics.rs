@@ -12,6 +12,7 @@ fn t(tr: Transport) -> usize {
     match tr {
         Transport::Quic => 0,
         Transport::WebTransport => 1,
+        Transport::WebSocket => 2,
     }
 }
 
@@ -51,11 +52,11 @@ impl Flow {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Open sessions per transport.
-    pub sessions: [AtomicI64; 2],
+    pub sessions: [AtomicI64; 3],
     /// Handshakes started per transport.
-    pub handshakes: [AtomicU64; 2],
+    pub handshakes: [AtomicU64; 3],
     /// Sessions that reached `Ready`, per transport.
-    pub ready: [AtomicU64; 2],
+    pub ready: [AtomicU64; 3],
     /// Handshake failures by reason (close-code index; last slot = transport-level failure).
     pub handshake_failures: [AtomicU64; 32],
     /// Sessions closed by the server, by close code index.
@@ -109,7 +110,7 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut o = String::with_capacity(4096);
-        let trs = [Transport::Quic, Transport::WebTransport];
+        let trs = [Transport::Quic, Transport::WebTransport, Transport::WebSocket];
         let _ = writeln!(o, "# HELP quaver_sessions Open sessions.\n# TYPE quaver_sessions gauge");
         for tr in trs {
             let _ = writeln!(

@@ -296,6 +296,11 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
             })?;
             (Session::WebTransport(conn), None)
         }
+        Transport::WebSocket => {
+            return Err(Error::Transport(
+                "the native client has no WebSocket framing yet (issue 27); use quic or webtransport".into(),
+            ));
+        }
     };
     let (mut ctl_tx, ctl_rx) = session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
     let mut control = FramedRead::new(ctl_rx, cfg.max_frame);

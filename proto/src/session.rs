@@ -22,6 +22,8 @@ pub enum Transport {
     Quic,
     /// WebTransport over HTTP/3.
     WebTransport,
+    /// The WebSocket framing over TCP (PROTOCOL.md §11), for networks without UDP.
+    WebSocket,
 }
 
 impl Transport {
@@ -30,6 +32,7 @@ impl Transport {
         match self {
             Transport::Quic => "quic",
             Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
         }
     }
 }

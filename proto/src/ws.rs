@@ -146,6 +146,32 @@ impl Frame {
     }
 }
 
+/// The WebSocket close code that carries Quaver close code `code` (PROTOCOL.md §11). A
+/// WebSocket close frame cannot carry 0, must never carry 1005 or 1006 (RFC 6455 §7.4.1),
+/// and a browser page may close only with 1000 or 3000–4999: so `normal` is 1000, the
+/// 1000–1999 codes move to 3000–3999 (`going_away` 3000, `slow_consumer` 3007, …), and the
+/// 4000–4999 codes are themselves. Anything else (there is nothing else) is 4000.
+pub fn ws_close_code(code: u32) -> u16 {
+    match code {
+        0 => 1000,
+        1000..=1999 => (code + 2000) as u16,
+        4000..=4999 => code as u16,
+        _ => 4000,
+    }
+}
+
+/// The Quaver close code a WebSocket close code carries ([`ws_close_code`]'s inverse). A
+/// code outside the mapping (1001 when a browser tab goes away, 1006 for a dropped
+/// connection, …) is `None`: the connection ended without a Quaver close.
+pub fn quaver_close_code(code: u16) -> Option<u32> {
+    match code {
+        1000 => Some(0),
+        3000..=3999 => Some(u32::from(code) - 2000),
+        4000..=4999 => Some(u32::from(code)),
+        _ => None,
+    }
+}
+
 /// Whether `id` is a client-initiated bidirectional stream id (QUIC's numbering).
 pub fn is_client_bidi(id: u64) -> bool {
     id.is_multiple_of(4)
@@ -297,6 +323,19 @@ mod tests {
             fin,
             bytes: Bytes::from_static(b),
         }
+    }
+
+    #[test]
+    fn close_codes_map_both_ways_into_what_a_websocket_may_carry() {
+        for code in [0u32, 1000, 1001, 1002, 1005, 1006, 1007, 1008, 4000, 4003, 4010, 4014] {
+            let ws = ws_close_code(code);
+            assert!(ws == 1000 || (3000..=4999).contains(&ws), "{code} → {ws}");
+            assert_eq!(quaver_close_code(ws), Some(code), "{code} → {ws} → back");
+        }
+        assert_eq!(ws_close_code(1007), 3007);
+        assert_eq!(ws_close_code(u32::MAX), 4000);
+        assert_eq!(quaver_close_code(1001), None, "a tab going away is no Quaver close");
+        assert_eq!(quaver_close_code(1006), None);
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Message {
                     out.push(match x.transport {
                         Transport::Quic => 0,
                         Transport::WebTransport => 1,
+                        Transport::WebSocket => 2,
                     });
                     out.push(match x.device {
                         DeviceKind::Desktop => 0,
@@ -482,6 +483,7 @@ impl Message {
                     let transport = match r.u8()? {
                         0 => Transport::Quic,
                         1 => Transport::WebTransport,
+                        2 => Transport::WebSocket,
                         _ => return Err(DecodeError("transport")),
                     };
                     let device = match r.u8()? {

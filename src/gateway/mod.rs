@@ -14,6 +14,7 @@ pub mod replay;
 pub mod session;
 pub mod timers;
 pub mod wire;
+pub mod ws;
 pub mod wt;
 
 use std::collections::HashMap;

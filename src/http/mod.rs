@@ -37,6 +37,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/cert-hash", get(cert_hash))
+        .route(crate::gateway::ws::WS_PATH, get(crate::gateway::ws::upgrade))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/dev/token", post(dev_token).get(dev_tokens_available))
         .with_state(ctx)
