@@ -100,11 +100,18 @@ function allChannels() {
 
 /** Connects to the QUIC port this page's server announces at /cert-hash (for tests and
  * scripts: a plain session, no reconnects). */
-window.quaverConnect = async (token) => {
+window.quaverConnect = async (token, options = {}) => {
   const info = await quaver.fetchCertHashes(location.origin);
   const url = `https://${location.hostname}:${info.port}${info.url_path}`;
-  return quaver.connect(url, { token, certHashes: info.dev ? info.hashes : [] });
+  return quaver.connect(url, { token, certHashes: info.dev ? info.hashes : [], wsUrl: wsUrlOf(info), ...options });
 };
+
+/** The WebSocket framing's address: this page's own host and port (the server's HTTP port,
+ * or the proxy in front of it), `wss:` when the page came over HTTPS. */
+function wsUrlOf(info) {
+  if (!info.ws_path) return null;
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${info.ws_path}`;
+}
 
 async function devToken(name) {
   const r = await fetch('/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) });
@@ -143,7 +150,10 @@ function setConn(state) {
   const c = $('conn');
   const was = c.dataset.state;
   c.dataset.state = state;
-  c.textContent = CONN_TEXT[state] ?? state;
+  // Which transport carries the session: said when it is the fallback over TCP.
+  const transport = (state === 'ready' || state === 'resumed') ? S.client?.session?.transport : null;
+  c.dataset.transport = transport ?? '';
+  c.textContent = (CONN_TEXT[state] ?? state) + (transport === 'websocket' ? ' · WebSocket' : '');
   c.setAttribute('aria-label', `Connection: ${c.textContent}. Details`);
   const lost = state === 'reconnecting' || state === 'unreachable' || (state === 'connecting' && ['ready', 'resumed'].includes(was));
   const banner = $('reconnect-banner');
@@ -172,7 +182,7 @@ async function signIn(token) {
   const saved = JSON.parse(sessionStorage.getItem('quaver.resume') ?? 'null');
   const client = new quaver.Resilient(async () => {
     const info = await quaver.fetchCertHashes(location.origin);
-    return { url: `https://${location.hostname}:${info.port}${info.url_path}`, certHashes: info.dev ? info.hashes : [], token: S.token };
+    return { url: `https://${location.hostname}:${info.port}${info.url_path}`, certHashes: info.dev ? info.hashes : [], wsUrl: wsUrlOf(info), token: S.token };
   });
   if (saved && saved.token === token) {
     // A reload: resume the session (or catch its channels up) from where the page was.

@@ -107,6 +107,148 @@ export function decodeWs(msg) {
   }
 }
 
+/** The WebSocket close code carrying Quaver close code `code` (PROTOCOL.md §11): 0 → 1000,
+ * 1000–1999 → 3000–3999, 4000–4999 as they are, anything else 4000. */
+export function wsCloseCode(code) {
+  if (code === 0) return 1000;
+  if (code >= 1000 && code <= 1999) return code + 2000;
+  if (code >= 4000 && code <= 4999) return code;
+  return 4000;
+}
+
+/** The Quaver close code a WebSocket close code carries, or null (1001, 1006, …: no
+ * Quaver close). */
+export function quaverCloseCode(ws) {
+  if (ws === 1000) return 0;
+  if (ws >= 3000 && ws <= 3999) return ws - 2000;
+  if (ws >= 4000 && ws <= 4999) return ws;
+  return null;
+}
+
+/** A voice datagram is dropped, not queued, while more than this waits in the socket. */
+const WS_DATAGRAM_BACKLOG = 16 * 1024;
+
+/**
+ * The WebSocket framing (PROTOCOL.md §11) shaped like the part of the browser's
+ * `WebTransport` a `Session` uses — `ready`, `closed`, `close()`,
+ * `createBidirectionalStream()`, `datagrams` — so that everything above is the same on
+ * either transport. A stream takes its id when it first sends (ids go out in increasing
+ * order, as the server requires, whatever order streams are created in).
+ */
+export class WebSocketTransport {
+  constructor(url) {
+    this.ws = new WebSocket(url, 'quaver');
+    this.ws.binaryType = 'arraybuffer';
+    this.nextId = 0;
+    this.streams = new Map();
+    this.ready = new Promise((resolve, reject) => {
+      this.ws.addEventListener('open', () => resolve(), { once: true });
+      this.ws.addEventListener('error', () => reject(new Error('the WebSocket connection failed')), { once: true });
+      this.ws.addEventListener('close', (e) => reject(new Error(`the WebSocket closed (${e.code})`)), { once: true });
+    });
+    this.ready.catch(() => {});
+    let dgController;
+    const dgReadable = new ReadableStream({ start: (c) => { dgController = c; } }, { highWaterMark: 64 });
+    this.closed = new Promise((resolve) => {
+      this.ws.addEventListener('close', (e) => {
+        const err = new ClosedError(quaverCloseCode(e.code) ?? e.code, e.reason);
+        for (const st of this.streams.values()) st.fail(err);
+        this.streams.clear();
+        try { dgController.close(); } catch (_) { /* already closed */ }
+        resolve({ closeCode: quaverCloseCode(e.code), reason: e.reason });
+      });
+    });
+    this.ws.addEventListener('message', (e) => {
+      if (!(e.data instanceof ArrayBuffer)) return this.#protocolError('a text message');
+      let f;
+      try { f = decodeWs(new Uint8Array(e.data)); } catch (err) { return this.#protocolError(err.message); }
+      if (f.type === 'Datagram') {
+        // A reader that falls behind loses datagrams (real-time), as with WebTransport.
+        if (dgController.desiredSize > 0) dgController.enqueue(f.bytes);
+        return;
+      }
+      const st = this.streams.get(f.stream);
+      if (!st) return; // a stream this side is done with
+      if (f.type === 'Data') st.data(f.bytes, f.fin);
+      else if (f.type === 'Reset') st.fail(new ClosedError(f.code, 'stream reset by the server'));
+      else if (f.type === 'Stop') st.stopped = true;
+    });
+    const send = (bytes) => this.#send(bytes);
+    this.datagrams = {
+      readable: dgReadable,
+      writable: new WritableStream({
+        write: (bytes) => {
+          if (this.ws.readyState !== WebSocket.OPEN) throw new Error('the WebSocket is closed');
+          if (this.ws.bufferedAmount > WS_DATAGRAM_BACKLOG) return; // late audio is worse than lost
+          send(encodeWs({ type: 'Datagram', bytes }));
+        },
+      }),
+    };
+  }
+
+  #send(bytes) {
+    if (this.ws.readyState !== WebSocket.OPEN) throw new Error('the WebSocket is closed');
+    this.ws.send(bytes);
+  }
+
+  #protocolError(why) {
+    console.warn(`quaver: WebSocket framing error (${why}); closing`);
+    try { this.ws.close(wsCloseCode(CloseCode.PROTOCOL_ERROR), 'protocol error'); } catch (_) { /* closing */ }
+  }
+
+  /** A client stream: `{ readable, writable }` as WebTransport's. */
+  async createBidirectionalStream() {
+    const self = this;
+    const st = { id: null, controller: null, stopped: false, ended: false };
+    const idOf = () => {
+      if (st.id === null) { st.id = self.nextId; self.nextId += 4; self.streams.set(st.id, st); }
+      return st.id;
+    };
+    st.data = (bytes, fin) => {
+      try {
+        if (bytes.length) st.controller.enqueue(bytes);
+        if (fin) { st.controller.close(); st.ended = true; }
+      } catch (_) { /* the reader cancelled: nothing to deliver to */ }
+      if (fin) self.#settle(st);
+    };
+    st.fail = (err) => { try { st.controller.error(err); } catch (_) { /* already errored */ } st.ended = true; };
+    const readable = new ReadableStream({
+      start(c) { st.controller = c; },
+      cancel(reason) {
+        if (st.id === null || st.ended) return;
+        try { self.#send(encodeWs({ type: 'Stop', stream: st.id, code: 0 })); } catch (_) { /* closed */ }
+        void reason;
+      },
+    });
+    const writable = new WritableStream({
+      write(bytes) {
+        if (st.stopped) throw new ClosedError(0, 'stream stopped by the server');
+        self.#send(encodeWs({ type: 'Data', stream: idOf(), fin: false, bytes }));
+      },
+      close() {
+        self.#send(encodeWs({ type: 'Data', stream: idOf(), fin: true, bytes: new Uint8Array(0) }));
+        st.finished = true;
+        self.#settle(st);
+      },
+      abort() {
+        if (st.id === null) return;
+        try { self.#send(encodeWs({ type: 'Reset', stream: st.id, code: 0 })); } catch (_) { /* closed */ }
+        st.finished = true;
+        self.#settle(st);
+      },
+    });
+    return { readable, writable };
+  }
+
+  /** Both directions over: the stream is forgotten (late frames for it are dropped). */
+  #settle(st) { if (st.finished && st.ended && st.id !== null) this.streams.delete(st.id); }
+
+  /** As WebTransport's `close({ closeCode, reason })`. */
+  close({ closeCode = 0, reason = '' } = {}) {
+    try { this.ws.close(wsCloseCode(closeCode), reason.slice(0, 120)); } catch (_) { /* already closing */ }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // bincode 2 "standard" encoding: little-endian; u16/u32/u64 as varints (< 251: one byte;
 // 251 + u16; 252 + u32; 253 + u64); u8 and bool one byte; lengths and enum tags as varints.
@@ -566,37 +708,104 @@ export async function fetchCertHashes(httpBase) {
   return r.json();
 }
 
-/**
- * Opens a session. `url` is `https://host:port/quaver`. Options: `token` (sent in `Hello`,
- * never in the URL: browsers log the URL of every failed WebTransport connection to the
- * console, where error-reporting tools collect it), `certHashes` (hex SHA-256 strings, for
- * dev certificates), `device` ('Web' by default), `resume` (`Hello.resume`, see `Resilient`).
- * Resolves to a Session after `Ready`; rejects with ClosedError if the server refuses.
- */
-export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null, timeoutMs = 10000 } = {}) {
-  if (typeof WebTransport === 'undefined') throw new UnreachableError('this browser has no WebTransport');
-  const u = new URL(url);
-  u.searchParams.delete('token');
-  const options = {};
-  if (certHashes && certHashes.length) {
-    options.serverCertificateHashes = certHashes.map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h) }));
-  }
-  const wt = new WebTransport(u.toString(), options);
-  // Its end is observed through the control stream; a lost connection is not an error here.
-  wt.closed.catch(() => {});
-  // A network that drops UDP never answers: give up after `timeoutMs`, saying so.
-  let timer;
-  const late = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new UnreachableError(`no answer within ${Math.round(timeoutMs / 1000)} s (a network that blocks UDP looks like this)`)), timeoutMs);
-  });
+/** How long a transport that fell back to WebSocket is tried first on this origin. */
+const REMEMBER_WS_MS = 10 * 60 * 1000;
+const rememberKey = (wsUrl) => `quaver.transport:${new URL(wsUrl).host}`;
+function rememberedWs(wsUrl) {
+  try { return Number(globalThis.localStorage?.getItem(rememberKey(wsUrl)) ?? 0) > Date.now(); } catch (_) { return false; }
+}
+function remember(wsUrl, kind) {
   try {
-    await Promise.race([wt.ready.catch((e) => { throw new UnreachableError(`the connection failed (${String(e?.message || e).replace(/\.$/, '')})`); }), late]);
-  } catch (e) {
-    try { wt.close(); } catch (_) { /* it never opened */ }
-    throw e;
-  } finally {
-    clearTimeout(timer);
+    if (kind === 'websocket') globalThis.localStorage?.setItem(rememberKey(wsUrl), String(Date.now() + REMEMBER_WS_MS));
+    else globalThis.localStorage?.removeItem(rememberKey(wsUrl));
+  } catch (_) { /* storage unavailable (private mode): nothing is remembered */ }
+}
+
+/**
+ * Opens the connection a session runs on: WebTransport to `url`, or the WebSocket framing
+ * at `wsUrl` — happy-eyeballs style when both may be tried (`transport: 'auto'`):
+ * WebTransport first, WebSocket as soon as WebTransport fails or after `fallbackMs`
+ * without an answer, the first one ready wins and the other is closed. A WebSocket win is
+ * remembered for this host for 10 minutes (tried first on the next page load); a
+ * WebTransport win forgets it. Resolves to `{ wt, kind }`.
+ */
+async function openTransport(url, { certHashes, timeoutMs, wsUrl, transport, fallbackMs }) {
+  const hasWt = typeof WebTransport !== 'undefined' && transport !== 'websocket';
+  const hasWs = !!wsUrl && typeof WebSocket !== 'undefined' && transport !== 'webtransport';
+  if (!hasWt && !hasWs) {
+    throw new UnreachableError(transport === 'websocket' ? 'no WebSocket address to try' : 'this browser has no WebTransport');
   }
+  const order = hasWt ? ['webtransport'] : [];
+  if (hasWs) { if (rememberedWs(wsUrl)) order.unshift('websocket'); else order.push('websocket'); }
+  const open = (kind) => {
+    if (kind === 'websocket') return new WebSocketTransport(wsUrl);
+    const u = new URL(url);
+    u.searchParams.delete('token');
+    const options = {};
+    if (certHashes && certHashes.length) {
+      options.serverCertificateHashes = certHashes.map((h) => ({ algorithm: 'sha-256', value: hexToBytes(h) }));
+    }
+    return new WebTransport(u.toString(), options);
+  };
+  const shut = (t) => { try { t.close(); } catch (_) { /* it never opened */ } };
+  return new Promise((resolve, reject) => {
+    const tried = [];
+    const errors = [];
+    let done = false;
+    let next = 0;
+    let stagger = null;
+    const end = (err, won) => {
+      done = true;
+      clearTimeout(overall); clearTimeout(stagger);
+      for (const a of tried) if (a.t && a !== won) shut(a.t);
+      if (err) reject(err); else resolve({ wt: won.t, kind: won.kind });
+    };
+    const overall = setTimeout(() => end(new UnreachableError(hasWs
+      ? `no answer within ${Math.round(timeoutMs / 1000)} s over WebTransport or WebSocket`
+      : `no answer within ${Math.round(timeoutMs / 1000)} s (a network that blocks UDP looks like this)`)), timeoutMs);
+    const launch = () => {
+      if (done || next >= order.length) return;
+      const kind = order[next++];
+      const a = { kind, t: null };
+      tried.push(a);
+      clearTimeout(stagger);
+      if (next < order.length) stagger = setTimeout(launch, fallbackMs);
+      let ready;
+      try {
+        a.t = open(kind);
+        // Its end is observed through the control stream; a lost connection is not an error here.
+        a.t.closed.catch(() => {});
+        ready = a.t.ready;
+      } catch (e) { ready = Promise.reject(e); }
+      ready.then(() => {
+        if (done) { shut(a.t); return; }
+        if (hasWt && hasWs) remember(wsUrl, kind);
+        end(null, a);
+      }, (e) => {
+        errors.push(`${kind}: ${String(e?.message || e).replace(/\.$/, '')}`);
+        if (done) return;
+        if (next < order.length) launch(); // failed fast: the next one at once
+        else if (errors.length === tried.length) end(new UnreachableError(`the connection failed (${errors.join('; ')})`));
+      });
+    };
+    launch();
+  });
+}
+
+/**
+ * Opens a session. `url` is `https://host:port/quaver` (WebTransport); `wsUrl`, when given,
+ * is the WebSocket framing's address (`ws://host:httpport/quaver/ws`, PROTOCOL.md §11), the
+ * fallback for networks that drop UDP and browsers without WebTransport (`transport`:
+ * 'auto' — the default —, 'webtransport' or 'websocket'; see `openTransport`). Options:
+ * `token` (sent in `Hello`, never in a URL: browsers log the URL of every failed connection
+ * to the console, where error-reporting tools collect it), `certHashes` (hex SHA-256
+ * strings, for dev certificates), `device` ('Web' by default), `resume` (`Hello.resume`,
+ * see `Resilient`; a session resumes on either transport). Resolves to a Session after
+ * `Ready` (its `transport` says which); rejects with ClosedError if the server refuses,
+ * UnreachableError if no transport answers within `timeoutMs`.
+ */
+export async function connect(url, { token, certHashes, device = 'Web', maxFrame = DEFAULT_MAX_FRAME, resume = null, timeoutMs = 10000, wsUrl = null, transport = 'auto', fallbackMs = 2000 } = {}) {
+  const { wt, kind } = await openTransport(url, { certHashes, timeoutMs, wsUrl, transport, fallbackMs });
   const control = await wt.createBidirectionalStream();
   const writer = control.writable.getWriter();
   const reader = new FramedStream(control.readable, maxFrame);
@@ -617,6 +826,7 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
   const session = new Session(wt, writer, reader, first, maxFrame);
   session.token = token;
   session.device = device;
+  session.transport = kind;
   return session;
 }
 
@@ -873,8 +1083,8 @@ export class ConnectionLostError extends Error {
  * to resend (a `SendMessage` with its original nonce, so it is stored once), and replaces a
  * connection that has gone quiet for three heartbeat intervals.
  *
- * `connectInfo()` resolves to `{ url, certHashes, token }` for each attempt (the token may be
- * fresh). Events (`addEventListener`): 'state' (detail: 'connecting' | 'ready' | 'resumed' |
+ * `connectInfo()` resolves to `{ url, certHashes, token, wsUrl? }` for each attempt (the
+ * token may be fresh; with `wsUrl` an attempt falls back to WebSocket, see `connect`). Events (`addEventListener`): 'state' (detail: 'connecting' | 'ready' | 'resumed' |
  * 'reconnecting' | 'closed'), 'ready' (detail: { ready, resumed }), 'event' (detail:
  * { lane, body }), 'fatal' (detail: the ClosedError that ended it: a terminal close code),
  * 'trouble' (detail: { attempts, error, retryInMs }: an attempt to connect failed — from the
@@ -953,7 +1163,7 @@ export class Resilient extends EventTarget {
       session_id: '00'.repeat(16), lanes: [],
       channels: [...this.channelSeq].map(([channel_id, seq]) => ({ channel_id, seq })),
     } : null);
-    const s = await connect(info.url, { token: info.token, certHashes: info.certHashes, device: this.device, resume });
+    const s = await connect(info.url, { token: info.token, certHashes: info.certHashes, wsUrl: info.wsUrl ?? null, device: this.device, resume });
     const resumed = s.ready.type === 'Resumed';
     if (!resumed) for (const l of LANES) this.laneSeq[l] = 0; // a new session numbers afresh
     this.sessionId = s.ready.session_id;

@@ -119,6 +119,8 @@ async fn cert_hash(State(ctx): State<Arc<Ctx>>) -> Response {
         "dev": current.dev,
         "url_path": quaver_proto::WEBTRANSPORT_PATH,
         "port": ctx.quic_port,
+        // The WebSocket framing on this port (PROTOCOL.md §11), for networks without UDP.
+        "ws_path": crate::gateway::ws::WS_PATH,
     });
     (
         [

@@ -462,11 +462,12 @@ test('voice: fake microphones decoded on the other side, a native listener, leav
 test('a server the page cannot reach is said within seconds, not "reconnecting…" forever', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
-  // The page is served, but its QUIC port answers nothing (UDP port 9: no listener) — as on
-  // a network that drops the server's UDP.
+  // The page is served, but neither transport gets through: its QUIC port answers nothing
+  // (UDP port 9: no listener) and its WebSocket address is refused — as on a network that
+  // drops the server's UDP, behind a proxy that refuses WebSockets.
   await page.route('**/cert-hash', async (route) => {
     const r = await route.fetch();
-    await route.fulfill({ response: r, json: { ...(await r.json()), port: 9 } });
+    await route.fulfill({ response: r, json: { ...(await r.json()), port: 9, ws_path: '/no-websocket-here' } });
   });
   await page.goto(`http://${httpAddr}/`);
   await page.fill('#name', 'nobody');
