@@ -483,3 +483,54 @@ async fn a_session_opened_over_websocket_resumes_over_quic_with_what_it_missed()
     }
     server.shutdown().await;
 }
+
+/// A native client over the WebSocket framing: named outright, or as the fallback when
+/// the QUIC address never answers (a UDP socket that reads and says nothing, as a network
+/// that drops UDP looks).
+#[tokio::test]
+async fn the_native_client_uses_websocket_outright_or_when_udp_never_answers() {
+    let server = start(config()).await;
+    let ws_url = format!("ws://{}/quaver/ws", server.http_addr);
+    // Outright.
+    let mut cfg = client_config(&server, Transport::WebSocket, Some(token(1)));
+    cfg.ws_url = Some(ws_url.clone());
+    let c = connect(&cfg).await.expect("connects over WebSocket");
+    assert_eq!(c.transport(), Transport::WebSocket);
+    let mut chat = c.open_lane(Lane::Chat).await.expect("lane");
+    let r = chat
+        .request(RequestBody::CreateGuild { name: "native".into() })
+        .await
+        .expect("answered");
+    assert!(matches!(r, Ok(ResponseBody::Guild(_))), "{r:?}");
+    let info = c.fetch(FetchRequest::ServerInfo).await.expect("fetched");
+    assert!(info.is_ok(), "{info:?}");
+    // The fallback: QUIC to a black hole, WebSocket after `fallback_after`.
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(2)));
+    cfg.addr = hole.local_addr().unwrap();
+    cfg.ws_url = Some(ws_url);
+    cfg.fallback_after = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let c = connect(&cfg).await.expect("connects by falling back");
+    let took = started.elapsed();
+    assert_eq!(c.transport(), Transport::WebSocket);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let mut buf = [0u8; 2048];
+    assert!(
+        hole.try_recv(&mut buf).is_ok(),
+        "QUIC was tried first (its Initial reached the black hole)"
+    );
+    let mut chat = c.open_lane(Lane::Chat).await.expect("lane");
+    let r = chat
+        .request(RequestBody::CreateGuild {
+            name: "fell back".into(),
+        })
+        .await
+        .expect("answered");
+    assert!(matches!(r, Ok(ResponseBody::Guild(_))), "{r:?}");
+    c.close();
+    server.shutdown().await;
+}

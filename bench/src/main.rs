@@ -60,6 +60,18 @@ struct Cli {
 enum Tr {
     Quic,
     Webtransport,
+    /// The WebSocket framing (PROTOCOL.md §11) on the server's HTTP port, over TCP.
+    Websocket,
+}
+
+impl From<Tr> for Transport {
+    fn from(t: Tr) -> Transport {
+        match t {
+            Tr::Quic => Transport::Quic,
+            Tr::Webtransport => Transport::WebTransport,
+            Tr::Websocket => Transport::WebSocket,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -548,10 +560,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Idle(a) => {
             let bin = a.server.target()?;
-            let transport = match a.transport {
-                Tr::Quic => Transport::Quic,
-                Tr::Webtransport => Transport::WebTransport,
-            };
+            let transport = Transport::from(a.transport);
             let r = idle::run(&bin, a.sessions, a.concurrency, transport).await?;
             let per = (r.loaded.saturating_sub(r.baseline)) as f64 / r.ready.max(1) as f64;
             println!(
@@ -621,10 +630,17 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("one of the two is set above"),
     };
-    let tr = match transport {
-        Tr::Quic => Transport::Quic,
-        Tr::Webtransport => Transport::WebTransport,
-    };
+    let tr = Transport::from(transport);
+    // The WebSocket framing is on the HTTP port, known for the in-process server.
+    // (Only for WebSocket runs: a QUIC run must not fall back when it is slow.)
+    let ws_url = local
+        .as_ref()
+        .filter(|_| tr == Transport::WebSocket)
+        .map(|s| format!("ws://{}/quaver/ws", s.http_addr));
+    anyhow::ensure!(
+        tr != Transport::WebSocket || ws_url.is_some(),
+        "--transport websocket needs the in-process server"
+    );
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let deadline = Instant::now() + Duration::from_secs(max_seconds);
     let started = Instant::now();
@@ -632,12 +648,14 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
     for i in 0..count {
         let gate = gate.clone();
         let verifier = verifier.clone();
+        let ws_url = ws_url.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
             if Instant::now() > deadline {
                 return None;
             }
             let mut cfg = Config::new(addr, tr, Trust::Hashes(vec![hash]));
+            cfg.ws_url = ws_url.clone();
             cfg.token = verifier.mint(i as u64 + 1, None, Duration::from_secs(600)).ok();
             let t0 = Instant::now();
             let c = connect(&cfg).await.ok()?;
@@ -698,10 +716,7 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<()> {
 
 async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
     let bin = a.server.target()?;
-    let transport = match a.transport {
-        Tr::Quic => Transport::Quic,
-        Tr::Webtransport => Transport::WebTransport,
-    };
+    let transport = Transport::from(a.transport);
     let steps: Vec<usize> = if a.ramp.is_empty() {
         vec![a.listeners]
     } else {
@@ -862,10 +877,7 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
 
 async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
     let bin = a.server.target()?;
-    let transport = match a.transport {
-        Tr::Quic => Transport::Quic,
-        Tr::Webtransport => Transport::WebTransport,
-    };
+    let transport = Transport::from(a.transport);
     let steps: Vec<f64> = if a.ramp.is_empty() {
         vec![a.rate]
     } else {
@@ -974,10 +986,7 @@ async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
 
 async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
     let bin = a.server.target()?;
-    let transport = match a.transport {
-        Tr::Quic => Transport::Quic,
-        Tr::Webtransport => Transport::WebTransport,
-    };
+    let transport = Transport::from(a.transport);
     let r = if which == "presence" {
         social::presence(&bin, a.members, a.count, transport, a.nodes).await?
     } else {

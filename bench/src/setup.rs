@@ -163,6 +163,10 @@ impl Setup {
         let n = self.nodes().count() as u64;
         let node = self.nodes().nth((user % n) as usize).unwrap_or(&self.server);
         let mut c = Config::new(node.quic, self.transport, Trust::Hashes(vec![node.hash]));
+        // Only for WebSocket runs: a QUIC run must not fall back when it is slow.
+        if self.transport == Transport::WebSocket {
+            c.ws_url = Some(format!("ws://{}/quaver/ws", node.http));
+        }
         c.token = self.verifier.mint(user, None, Duration::from_secs(3600)).ok();
         c.idle_timeout = Duration::from_secs(30);
         c

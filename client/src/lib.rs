@@ -84,6 +84,13 @@ pub struct Config {
     /// before it calls the server unreachable and tries again (a network that drops UDP
     /// never answers; waiting out the idle timeout would keep the user in silence).
     pub connect_timeout: Duration,
+    /// The WebSocket framing's address (`ws://host:httpport/quaver/ws`, PROTOCOL.md §11),
+    /// for networks that drop UDP. With [`Transport::WebSocket`] it is the only way; with
+    /// the others it is the fallback, started when the first does not answer within
+    /// [`Config::fallback_after`] (or fails sooner): the first to be ready wins.
+    pub ws_url: Option<String>,
+    /// How long QUIC or WebTransport gets before the WebSocket fallback starts beside it.
+    pub fallback_after: Duration,
 }
 
 impl Config {
@@ -106,6 +113,8 @@ impl Config {
             idle_timeout: Duration::from_secs(20),
             alternates: Vec::new(),
             connect_timeout: Duration::from_secs(10),
+            ws_url: None,
+            fallback_after: Duration::from_secs(2),
         }
     }
 }
@@ -235,12 +244,12 @@ fn read_err(session: &Session, e: ReadError) -> Error {
     }
 }
 
-/// Opens a session: connects, sends `Hello`, and waits for `Ready`.
-pub async fn connect(cfg: &Config) -> Result<Client, Error> {
+/// Opens the connection of `transport` (QUIC or WebTransport) to `cfg.addr`.
+async fn open_quic(cfg: &Config, transport: Transport) -> Result<(Session, Option<quinn::Endpoint>), Error> {
     let bind: SocketAddr = if cfg.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .expect("literal");
-    let (session, endpoint) = match cfg.transport {
+    Ok(match transport {
         Transport::Quic => {
             let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
             let crypto =
@@ -296,16 +305,66 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
             })?;
             (Session::WebTransport(conn), None)
         }
-        Transport::WebSocket => {
-            return Err(Error::Transport(
-                "the native client has no WebSocket framing yet (issue 27); use quic or webtransport".into(),
-            ));
-        }
+        Transport::WebSocket => return open_ws(cfg).await,
+    })
+}
+
+/// Opens the WebSocket framing's connection at `cfg.ws_url`.
+async fn open_ws(cfg: &Config) -> Result<(Session, Option<quinn::Endpoint>), Error> {
+    let url = cfg
+        .ws_url
+        .as_deref()
+        .ok_or_else(|| Error::Transport("Config::ws_url is needed for the WebSocket framing".into()))?;
+    let c = quaver_proto::session::ws::WsConnection::connect(url)
+        .await
+        .map_err(|e| Error::Transport(format!("WebSocket: {e}")))?;
+    Ok((Session::WebSocket(c), None))
+}
+
+/// The connection a session runs on: `cfg.transport`, or — with `cfg.ws_url` — whichever
+/// of it and the WebSocket framing is ready first, the WebSocket started after
+/// `cfg.fallback_after` or as soon as the first fails.
+async fn open_transport(cfg: &Config) -> Result<(Session, Option<quinn::Endpoint>), Error> {
+    if cfg.transport == Transport::WebSocket || cfg.ws_url.is_none() {
+        return open_quic(cfg, cfg.transport).await;
+    }
+    let primary = open_quic(cfg, cfg.transport);
+    tokio::pin!(primary);
+    let first_err = tokio::select! {
+        r = &mut primary => match r {
+            Ok(s) => return Ok(s),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(cfg.fallback_after) => None,
     };
+    let fallback = open_ws(cfg);
+    tokio::pin!(fallback);
+    let Some(first_err) = first_err else {
+        // Both at once: the first ready wins; both failing is the two errors.
+        return tokio::select! {
+            r = &mut primary => match r {
+                Ok(s) => Ok(s),
+                Err(a) => fallback.await.map_err(|b| Error::Transport(format!("{a}; {b}"))),
+            },
+            r = &mut fallback => match r {
+                Ok(s) => Ok(s),
+                Err(b) => primary.await.map_err(|a| Error::Transport(format!("{a}; {b}"))),
+            },
+        };
+    };
+    fallback
+        .await
+        .map_err(|b| Error::Transport(format!("{first_err}; {b}")))
+}
+
+/// Opens a session: connects (falling back to WebSocket when `Config::ws_url` says where),
+/// sends `Hello`, and waits for `Ready`.
+pub async fn connect(cfg: &Config) -> Result<Client, Error> {
+    let (session, endpoint) = open_transport(cfg).await?;
     let (mut ctl_tx, ctl_rx) = session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
     let mut control = FramedRead::new(ctl_rx, cfg.max_frame);
-    let token = match (cfg.transport, cfg.token_placement) {
-        (Transport::Quic, _) | (_, TokenPlacement::Hello) => cfg.token.clone(),
+    let token = match (session.transport(), cfg.token_placement) {
+        (Transport::Quic | Transport::WebSocket, _) | (_, TokenPlacement::Hello) => cfg.token.clone(),
         _ => None,
     };
     let hello = ClientControl::Hello(Hello {
@@ -400,6 +459,11 @@ impl Client {
     /// The underlying session (datagrams, close, stats).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The transport the session runs on (after a fallback: [`Transport::WebSocket`]).
+    pub fn transport(&self) -> Transport {
+        self.session.transport()
     }
 
     /// Sends a control frame.

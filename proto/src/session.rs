@@ -3,8 +3,9 @@
 //! is written against [`Session`], [`SendStream`] and [`RecvStream`]; the server serves both
 //! from its engine (sans-IO, with the shared pieces in [`h3`]).
 //!
-//! An enum rather than a trait object: there are exactly two transports, the calls are
-//! static, and the streams stay concrete types that implement tokio's I/O traits.
+//! An enum rather than a trait object: there are exactly three transports (the third, the
+//! WebSocket framing of PROTOCOL.md §11, in [`ws`]), the calls are static, and the streams
+//! stay concrete types that implement tokio's I/O traits.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub mod h3;
+pub mod ws;
 
 /// Which transport a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +57,8 @@ pub enum Session {
     Quic(quinn::Connection),
     /// WebTransport through `wtransport`.
     WebTransport(wtransport::Connection),
+    /// The WebSocket framing over TCP.
+    WebSocket(ws::WsConnection),
 }
 
 impl Session {
@@ -63,14 +67,16 @@ impl Session {
         match self {
             Session::Quic(_) => Transport::Quic,
             Session::WebTransport(_) => Transport::WebTransport,
+            Session::WebSocket(_) => Transport::WebSocket,
         }
     }
 
-    /// The underlying QUIC connection (both transports have one).
-    pub fn quic(&self) -> &quinn::Connection {
+    /// The underlying QUIC connection (none over WebSocket).
+    fn quic(&self) -> Option<&quinn::Connection> {
         match self {
-            Session::Quic(c) => c,
-            Session::WebTransport(c) => c.quic_connection(),
+            Session::Quic(c) => Some(c),
+            Session::WebTransport(c) => Some(c.quic_connection()),
+            Session::WebSocket(_) => None,
         }
     }
 
@@ -87,6 +93,7 @@ impl Session {
                 .await
                 .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                 .map_err(|e| SessionError::Closed(e.to_string())),
+            Session::WebSocket(_) => Err(SessionError::Closed("the server opens no streams".into())),
         }
     }
 
@@ -105,6 +112,10 @@ impl Session {
                     .map(|(s, r)| (SendStream::Wt(s), RecvStream::Wt(r)))
                     .map_err(|e| SessionError::Closed(e.to_string()))
             }
+            Session::WebSocket(c) => {
+                let (s, r) = c.open_bi();
+                Ok((SendStream::Ws(s), RecvStream::Ws(r)))
+            }
         }
     }
 
@@ -115,6 +126,7 @@ impl Session {
             Session::WebTransport(c) => c
                 .send_datagram(&data)
                 .map_err(|e| SessionError::Datagram(e.to_string())),
+            Session::WebSocket(c) => c.send_datagram(data).map_err(|e| SessionError::Datagram(e.to_string())),
         }
     }
 
@@ -127,6 +139,10 @@ impl Session {
                 .await
                 .map(|d| d.payload())
                 .map_err(|e| SessionError::Closed(e.to_string())),
+            Session::WebSocket(c) => c
+                .read_datagram()
+                .await
+                .ok_or_else(|| SessionError::Closed("the WebSocket closed".into())),
         }
     }
 
@@ -136,22 +152,40 @@ impl Session {
         match self {
             Session::Quic(c) => c.max_datagram_size().unwrap_or(0),
             Session::WebTransport(c) => c.max_datagram_size().unwrap_or(0),
+            Session::WebSocket(_) => ws::MAX_DATAGRAM,
         }
     }
 
     /// Closes the connection at once with an application close code.
     pub fn close(&self, code: u32, reason: &str) {
-        self.quic().close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        match self {
+            Session::WebSocket(c) => c.close(code, reason),
+            _ => {
+                if let Some(q) = self.quic() {
+                    q.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+                }
+            }
+        }
     }
 
     /// Resolves when the connection is closed for any reason.
     pub async fn closed(&self) {
-        self.quic().closed().await;
+        match self {
+            Session::WebSocket(c) => c.closed().await,
+            _ => {
+                if let Some(q) = self.quic() {
+                    q.closed().await;
+                }
+            }
+        }
     }
 
     /// If closed by the peer with an application code: `(code, reason)`.
     pub fn close_reason(&self) -> Option<(u32, String)> {
-        match self.quic().close_reason()? {
+        if let Session::WebSocket(c) = self {
+            return c.close_reason();
+        }
+        match self.quic()?.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(a) => Some((
                 u32::try_from(a.error_code.into_inner()).unwrap_or(u32::MAX),
                 String::from_utf8_lossy(&a.reason).into_owned(),
@@ -162,17 +196,23 @@ impl Session {
 
     /// The peer's current address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.quic().remote_address()
+        match self {
+            Session::WebSocket(c) => c.remote_address(),
+            _ => self
+                .quic()
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |q| q.remote_address()),
+        }
     }
 
-    /// Current smoothed round-trip time.
+    /// Current smoothed round-trip time (QUIC's estimate; zero over WebSocket, where TCP
+    /// keeps it to itself).
     pub fn rtt(&self) -> std::time::Duration {
-        self.quic().rtt()
+        self.quic().map_or(std::time::Duration::ZERO, |q| q.rtt())
     }
 
-    /// The QUIC connection's packet and frame counters.
+    /// The QUIC connection's packet and frame counters (all zero over WebSocket).
     pub fn stats(&self) -> quinn::ConnectionStats {
-        self.quic().stats()
+        self.quic().map(|q| q.stats()).unwrap_or_default()
     }
 }
 
@@ -183,36 +223,58 @@ pub enum SendStream {
     Quic(quinn::SendStream),
     /// WebTransport.
     Wt(wtransport::SendStream),
+    /// The WebSocket framing.
+    Ws(ws::WsSendStream),
 }
 
 impl SendStream {
     /// The QUIC stream underneath (WebTransport's stream header is already written).
-    pub fn quic_mut(&mut self) -> &mut quinn::SendStream {
+    fn quic_mut(&mut self) -> Option<&mut quinn::SendStream> {
         match self {
-            SendStream::Quic(s) => s,
-            SendStream::Wt(s) => s.quic_stream_mut(),
+            SendStream::Quic(s) => Some(s),
+            SendStream::Wt(s) => Some(s.quic_stream_mut()),
+            SendStream::Ws(_) => None,
         }
     }
 
     /// Ends the stream gracefully (data already written is still delivered).
     pub fn finish(&mut self) {
-        let _ = self.quic_mut().finish();
+        match self {
+            SendStream::Ws(s) => s.finish(),
+            _ => {
+                if let Some(q) = self.quic_mut() {
+                    let _ = q.finish();
+                }
+            }
+        }
     }
 
     /// Waits until the peer has received everything (after [`SendStream::finish`]) or
-    /// stopped the stream.
+    /// stopped the stream (over WebSocket: at once — TCP delivers in order).
     pub async fn flushed(&mut self) {
-        let _ = self.quic_mut().stopped().await;
+        if let Some(q) = self.quic_mut() {
+            let _ = q.stopped().await;
+        }
     }
 
     /// Abandons the stream with an error code.
     pub fn reset(&mut self, code: u32) {
-        let _ = self.quic_mut().reset(quinn::VarInt::from_u32(code));
+        match self {
+            SendStream::Ws(s) => s.reset(code),
+            _ => {
+                if let Some(q) = self.quic_mut() {
+                    let _ = q.reset(quinn::VarInt::from_u32(code));
+                }
+            }
+        }
     }
 
-    /// Sets the stream's send priority (higher goes first).
+    /// Sets the stream's send priority (higher goes first; over WebSocket there is one
+    /// queue, in order).
     pub fn set_priority(&mut self, p: i32) {
-        let _ = self.quic_mut().set_priority(p);
+        if let Some(q) = self.quic_mut() {
+            let _ = q.set_priority(p);
+        }
     }
 }
 
@@ -223,6 +285,8 @@ pub enum RecvStream {
     Quic(quinn::RecvStream),
     /// WebTransport.
     Wt(wtransport::RecvStream),
+    /// The WebSocket framing.
+    Ws(ws::WsRecvStream),
 }
 
 impl RecvStream {
@@ -231,6 +295,7 @@ impl RecvStream {
         let s = match self {
             RecvStream::Quic(s) => s,
             RecvStream::Wt(s) => s.quic_stream_mut(),
+            RecvStream::Ws(s) => return s.stop(code),
         };
         let _ = s.stop(quinn::VarInt::from_u32(code));
     }
@@ -241,6 +306,7 @@ impl AsyncRead for RecvStream {
         match self.get_mut() {
             RecvStream::Quic(s) => Pin::new(s).poll_read(cx, buf),
             RecvStream::Wt(s) => Pin::new(s).poll_read(cx, buf),
+            RecvStream::Ws(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -250,6 +316,7 @@ impl AsyncWrite for SendStream {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
             SendStream::Wt(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
+            SendStream::Ws(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
         }
     }
 
@@ -257,6 +324,7 @@ impl AsyncWrite for SendStream {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
             SendStream::Wt(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
+            SendStream::Ws(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
         }
     }
 
@@ -264,6 +332,7 @@ impl AsyncWrite for SendStream {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
             SendStream::Wt(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
+            SendStream::Ws(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
         }
     }
 }
