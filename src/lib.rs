@@ -474,9 +474,8 @@ impl Server {
         tasks.push(tokio::spawn(async move {
             // The HTTP port stays up through the drain (so /ready can say 503) and stops
             // with the process.
-            let serve = axum::serve(http, router);
             tokio::select! {
-                r = serve => if let Err(e) = r { tracing::error!(error = %e, "HTTP server failed") },
+                () = http::serve(http, router) => {},
                 _ = async { http_stop.wait().await; std::future::pending::<()>().await } => {}
             }
         }));

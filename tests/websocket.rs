@@ -534,3 +534,33 @@ async fn the_native_client_uses_websocket_outright_or_when_udp_never_answers() {
     c.close();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upgrade_trickled_slowly_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .expect("connects");
+    let started = std::time::Instant::now();
+    // A request head that never ends, a byte now and then (slowloris).
+    tcp.write_all(b"GET /quaver/ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if tcp.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), trickle).await;
+    let took = started.elapsed();
+    let limit = quaver::http::HEADER_READ_TIMEOUT;
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(5),
+        "cut off after {took:?} (the limit is {limit:?})"
+    );
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
+    server.shutdown().await;
+}

@@ -69,6 +69,14 @@ pub(crate) trait Outlet: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn send(&self, input: Input) -> bool;
 }
 
+/// A connection served by a task of its own (the WebSocket framing, tests): its inputs
+/// queue for that task.
+impl Outlet for tokio::sync::mpsc::UnboundedSender<Input> {
+    fn send(&self, input: Input) -> bool {
+        tokio::sync::mpsc::UnboundedSender::send(self, input).is_ok()
+    }
+}
+
 /// What the rest of the server tells a connection's machine.
 #[derive(Debug)]
 pub enum Input {
@@ -1233,15 +1241,6 @@ mod tests {
 
     const SECRET: &str = "machine-test-secret-0123456789abcdef";
 
-    #[derive(Debug, Clone)]
-    struct TestOutlet(mpsc::UnboundedSender<Input>);
-
-    impl Outlet for TestOutlet {
-        fn send(&self, input: Input) -> bool {
-            self.0.send(input).is_ok()
-        }
-    }
-
     /// A connection as a recording: the client's bytes wait per stream until read; what the
     /// machine writes is kept, up to each stream's flow-control credit.
     #[derive(Debug, Default)]
@@ -1322,7 +1321,7 @@ mod tests {
 
     struct Rig {
         server: crate::Server,
-        session: Session<TestOutlet>,
+        session: Session<mpsc::UnboundedSender<Input>>,
         port: FakePort,
         inputs: mpsc::UnboundedReceiver<Input>,
         now: Instant,
@@ -1349,7 +1348,7 @@ mod tests {
             let server = crate::Server::start(cfg).await.expect("the server starts");
             let (tx, inputs) = mpsc::unbounded_channel();
             let now = Instant::now();
-            let session = Session::new(server.ctx.clone(), TestOutlet(tx), Transport::Quic, false, now);
+            let session = Session::new(server.ctx.clone(), tx, Transport::Quic, false, now);
             Rig {
                 server,
                 session,

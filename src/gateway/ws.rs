@@ -36,7 +36,7 @@ use quaver_proto::ws::{Frame, Received, Streams, quaver_close_code, ws_close_cod
 use quinn_proto::{Dir, Side, StreamId};
 use tokio::sync::{Notify, mpsc};
 
-use super::machine::{self, Input, Outlet, Port, Session};
+use super::machine::{self, Input, Port, Session};
 use crate::Ctx;
 use crate::engine::Read;
 
@@ -83,16 +83,6 @@ pub async fn upgrade(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, ws: WebSoc
         .max_frame_size(hard)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| serve(ctx, socket))
-}
-
-/// The way back to a WebSocket connection's task.
-#[derive(Debug, Clone)]
-struct WsOutlet(mpsc::UnboundedSender<Input>);
-
-impl Outlet for WsOutlet {
-    fn send(&self, input: Input) -> bool {
-        self.0.send(input).is_ok()
-    }
 }
 
 /// What the client sent on a stream that the machine has not read.
@@ -284,13 +274,7 @@ async fn serve(ctx: Arc<Ctx>, socket: WebSocket) {
     };
     let (tx, mut inputs) = mpsc::unbounded_channel();
     let draining = ctx.shutdown.is_fired();
-    let mut session = Session::new(
-        ctx.clone(),
-        WsOutlet(tx),
-        Transport::WebSocket,
-        draining,
-        Instant::now(),
-    );
+    let mut session = Session::new(ctx.clone(), tx, Transport::WebSocket, draining, Instant::now());
     let mut port = WsPort {
         out,
         queued,
@@ -365,9 +349,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A WebSocket connection's session machine.
+type WsSession = Session<mpsc::UnboundedSender<Input>>;
+
 /// One binary message from the client.
-fn frame_in(session: &mut Session<WsOutlet>, port: &mut WsPort, now: Instant, msg: Bytes) {
-    let bad = |session: &mut Session<WsOutlet>, port: &mut WsPort, why: String| {
+fn frame_in(session: &mut WsSession, port: &mut WsPort, now: Instant, msg: Bytes) {
+    let bad = |session: &mut WsSession, port: &mut WsPort, why: String| {
         session.input(port, now, Input::CloseNow(CloseCode::PROTOCOL_ERROR, why));
     };
     if msg.len() > port.max_message {

@@ -27,6 +27,38 @@ const WEB: [(&str, &str, &str); 7] = [
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// How long a client has to send a request's head on the HTTP port (the web app,
+/// `/cert-hash`, the WebSocket framing's upgrade): one that trickles it byte by byte
+/// (slowloris) is cut off, as a QUIC handshake that does not finish is.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` over HTTP/1.1 with [`HEADER_READ_TIMEOUT`] and upgrades (the
+/// WebSocket framing). `axum::serve` sets no timer, so a request head could take forever.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, mostly: said, and tried again shortly.
+                tracing::warn!(error = %e, "HTTP port: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
 /// The router, a value tests can drive without a socket.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let mut r = Router::new();
