@@ -3,7 +3,8 @@
 // join by invite link, chat both ways in order, typing, presence as soon as they share a
 // guild and as it changes, voice over datagrams both ways (Opus decoded with energy), and
 // voice over WebRTC from Firefox to a node listening on every interface (Firefox offers no
-// loopback candidate: the node's answer names each of its addresses).
+// loopback candidate: the node's answer names each of its addresses); and a Firefox without
+// WebTransport falling back to the WebSocket framing by itself.
 //
 // Needs the built server (QUAVER_BIN), Chromium (CHROMIUM) and Firefox (FIREFOX, default
 // /usr/bin/firefox-esr).
@@ -47,8 +48,9 @@ after(async () => {
 });
 
 /** Firefox's page, with puppeteer's API under the names the tests use. */
-async function foxPage(name, code) {
+async function foxPage(name, code, before = null) {
   const page = await firefox.newPage();
+  if (before) await before(page);
   await page.setViewport({ width: 1280, height: 800 });
   page.problems = [];
   page.on('pageerror', (e) => { page.problems.push(String(e)); console.error(`[${name}] page error:`, e); });
@@ -135,4 +137,20 @@ test('voice over WebRTC from Firefox, to a node on every interface', async () =>
   }, 20000);
   assert.match(await fox.evaluate(() => document.getElementById('voice-where').textContent), /WebRTC/, 'no fallback was needed');
   await fox.click('#leave-voice');
+});
+
+test('a Firefox without WebTransport falls back to WebSocket and chats with Chromium', async () => {
+  const code = await inviteCode(ada);
+  const page = await foxPage('fox2', code, (p) => p.evaluateOnNewDocument(() => { delete window.WebTransport; }));
+  try {
+    assert.equal(await page.evaluate(() => document.getElementById('conn').dataset.transport), 'websocket');
+    await page.waitForSelector('#join-invite', { visible: true });
+    await page.click('#join-invite');
+    await page.waitForSelector('#channels .channel[data-name="general"].selected');
+    await foxSend(page, 'firefox over tcp');
+    await until('ada sees it', async () => (await shown(ada)).some((m) => m.text === 'firefox over tcp'));
+    assert.deepEqual(page.problems, [], 'no page errors in Firefox over WebSocket');
+  } finally {
+    await page.close();
+  }
 });
