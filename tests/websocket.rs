@@ -297,6 +297,43 @@ async fn a_message_from_a_quic_client_reaches_a_websocket_client_and_back() {
             break;
         }
     }
+    // And back, with the longest message there is (4,000 three-byte characters: a frame
+    // larger than the server's 8 KiB read buffer, read in several steps).
+    let long = "€".repeat(4000);
+    ws.data(
+        4,
+        frame(&Request {
+            id: 2,
+            body: RequestBody::SendMessage {
+                channel_id: channel,
+                nonce: 2,
+                content: long.clone(),
+                reply_to: None,
+            },
+        }),
+        false,
+    )
+    .await;
+    loop {
+        match ws.lane(4).await {
+            ServerLane::Ack { id: 2, .. } => break,
+            ServerLane::Error { id: 2, error } => panic!("{error:?}"),
+            _ => continue,
+        }
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), quic_chat.next())
+            .await
+            .expect("in time")
+            .expect("lane works")
+        {
+            ServerLane::Event {
+                body: EventBody::MessageCreated { message, .. },
+                ..
+            } if message.content == long => break,
+            _ => continue,
+        }
+    }
     server.shutdown().await;
 }
 

@@ -51,6 +51,11 @@ pub const DATAGRAM_BACKLOG: usize = 16 * 1024;
 /// The largest voice datagram either side sends on the framing (as on QUIC, so a frame
 /// from a WebSocket speaker reaches a QUIC listener unchanged).
 const MAX_DATAGRAM: usize = 1200;
+/// tungstenite's read buffer. Its default (128 KiB) is zero-filled on every read attempt,
+/// and the connection's task polls the socket on every wake-up (each delivery): that
+/// `memset` was half of the server's CPU at F0 over WebSocket (perf, bench/RESULTS.md).
+/// Clients send small frames; a large one is read in more steps.
+const READ_BUFFER: usize = 8 * 1024;
 /// Streams open at once, as QUIC's `max_concurrent_bidi_streams`.
 const MAX_STREAMS: usize = 32;
 
@@ -79,6 +84,7 @@ pub async fn upgrade(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, ws: WebSoc
     // the framing's own limit ([`max_message`]) is refused by [`frame_in`] with a code.
     let hard = 2 * max_message(&ctx);
     ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(hard)
         .max_frame_size(hard)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))

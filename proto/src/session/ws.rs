@@ -105,7 +105,13 @@ impl WsConnection {
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
         req.headers_mut()
             .insert("sec-websocket-protocol", http_value("quaver").ok_or("a header value")?);
-        let (socket, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read
+        // attempt; the server's frames are small, so a small one (see the server's
+        // gateway/ws.rs).
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
+            .await
+            .map_err(|e| e.to_string())?;
         let remote = match socket.get_ref() {
             tokio_tungstenite::MaybeTlsStream::Plain(s) => s.peer_addr().map_err(|e| e.to_string())?,
             _ => return Err("only ws:// is supported by this client".into()),
