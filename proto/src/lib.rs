@@ -10,8 +10,7 @@
 //! - [`error`]: request error codes carried in acks and fetch replies.
 //! - [`ws`]: the WebSocket framing — streams and datagrams multiplexed on one WebSocket.
 //! - `session` (feature `transport`): one `Session` type over raw QUIC and WebTransport,
-//!   shared by the server and the native client; `session::h3` is the WebTransport session
-//!   the server serves itself (after its own HTTP/3 handshake).
+//!   used by the native client (the server's HTTP/3 is its own, in `gateway::wt`).
 //!
 //! `PROTOCOL.md` beside this crate is the specification; `vectors/` holds golden encodings.
 

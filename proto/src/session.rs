@@ -1,7 +1,7 @@
 //! One session type over both transports, for the native client: a raw QUIC connection
 //! (ALPN `quaver/1`) or a WebTransport session (ALPN `h3`, through `wtransport`). The client
 //! is written against [`Session`], [`SendStream`] and [`RecvStream`]; the server serves both
-//! from its engine (sans-IO, with the shared pieces in [`h3`]).
+//! from its engine (sans-IO; its HTTP/3 is the server's own, `gateway::wt`).
 //!
 //! An enum rather than a trait object: there are exactly three transports (the third, the
 //! WebSocket framing of PROTOCOL.md §11, in [`ws`]), the calls are static, and the streams
@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub mod h3;
 pub mod ws;
 
 /// Which transport a session runs on.

@@ -362,7 +362,7 @@ impl Gateway {
             // connection error). The client allows at least three uni streams (RFC 9114
             // §6.2), so it opens at once.
             if let Some(s) = io.open(Dir::Uni) {
-                io.write(s, &crate::transport::webtransport::control_stream_bytes());
+                io.write(s, &wt::control_stream_bytes());
             }
             Box::new(H3::new())
         });
@@ -495,7 +495,7 @@ impl Here<'_, '_> {
     /// and the session's streams may come.
     fn h3_request(&mut self, id: StreamId, request: &wtransport_proto::session::SessionRequest) {
         use crate::transport::Verdict;
-        use crate::transport::webtransport::response_bytes;
+        use wt::response_bytes;
         use wtransport_proto::session::SessionResponse;
         let verdict = crate::transport::judge(&self.ctx.cfg.session.allowed_origins, request);
         let Some(h3) = self.c.h3.as_mut() else { return };

@@ -2,7 +2,7 @@
 //! over bytes (no I/O; [`super::wire`] reads the streams and acts on what this decides).
 //!
 //! PROTOCOL.md §1: the server opens its HTTP/3 control stream with SETTINGS
-//! ([`crate::transport::webtransport::control_stream_bytes`]); the client's first
+//! ([`control_stream_bytes`]); the client's first
 //! bidirectional stream carries the extended CONNECT ([`H3::connect_bytes`] → a request the
 //! gateway judges with [`crate::transport::judge`]); once answered `200`, client
 //! bidirectional streams start with the WebTransport stream signal and the session id
@@ -12,19 +12,21 @@
 //! streams are read and ignored (no dynamic table); never stopped, which Chromium treats as
 //! fatal.
 //!
-//! The byte-level parsers are shared with the rest of the crate: `transport::webtransport`
-//! (SETTINGS, the CONNECT, the response) and `quaver_proto::session::h3` (stream types, the
-//! CONNECT stream's capsules).
+//! HTTP/3 lives here and nowhere else in the project: this machine, and [`frames`] for the
+//! bytes (SETTINGS, the CONNECT and its answer, stream types, capsules). The native client
+//! speaks WebTransport through `wtransport`.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use quaver_proto::session::h3::{ConnectStream, STREAM_WEBTRANSPORT_UNI, WEBTRANSPORT_STREAM};
 use quaver_proto::varint;
 use quinn_proto::StreamId;
 use wtransport_proto::session::SessionRequest;
 
-use crate::transport::webtransport::parse_request;
+mod frames;
+
+use frames::{ConnectStream, STREAM_WEBTRANSPORT_UNI, WEBTRANSPORT_STREAM, parse_request};
+pub use frames::{control_stream_bytes, response_bytes};
 
 /// H3_STREAM_CREATION_ERROR: a stream we do not serve (WebTransport uni streams).
 pub const H3_STREAM_CREATION_ERROR: u32 = 0x103;

@@ -1,11 +1,10 @@
 //! The QUIC side of the server that is not the engine's loop: the server configuration
 //! (TLS 1.3 with the certificate store, the ALPNs, the limits), the rules of a WebTransport
-//! request ([`judge`]) with the HTTP/3 bytes it needs ([`webtransport`]), and the
+//! request ([`judge`]; the HTTP/3 that carries it is `gateway::wt`'s), and the
 //! certificates ([`tls`]). Admission control (the connection cap, stateless retry) is the
 //! engine's (`engine::Limits`).
 
 pub mod tls;
-pub mod webtransport;
 
 use std::sync::Arc;
 
