@@ -601,3 +601,78 @@ async fn an_upgrade_trickled_slowly_is_cut_off() {
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
     server.shutdown().await;
 }
+
+/// `wss://`: the native client through a TLS terminator in front of the HTTP port (how the
+/// framing is deployed, PROTOCOL.md §11), trusting the terminator's CA; a client that does
+/// not trust it is refused by TLS — never downgraded to plain `ws://`.
+#[tokio::test]
+async fn the_native_client_speaks_wss_through_a_tls_terminator() {
+    let server = start(config()).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let (backend, handshakes) = (
+        server.http_addr,
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = front.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut outer) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut inner = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut outer, &mut inner).await;
+            });
+        }
+    });
+    let ca = std::env::temp_dir().join(format!("quaver-wss-ca-{}-{front_port}.pem", std::process::id()));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let ws_url = format!("wss://localhost:{front_port}/quaver/ws");
+
+    let mut cfg = client_config(&server, Transport::WebSocket, Some(token(1)));
+    cfg.trust = quaver_client::Trust::CaFile(ca.clone());
+    cfg.ws_url = Some(ws_url.clone());
+    let c = connect(&cfg).await.expect("connects over wss://");
+    assert_eq!(c.transport(), Transport::WebSocket);
+    let mut chat = c.open_lane(Lane::Chat).await.expect("lane");
+    let r = chat
+        .request(RequestBody::CreateGuild {
+            name: "over tls".into(),
+        })
+        .await
+        .expect("answered");
+    assert!(matches!(r, Ok(ResponseBody::Guild(_))), "{r:?}");
+    assert_eq!(
+        handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "through the terminator"
+    );
+    c.close();
+
+    // Not trusted: a TLS error, and nothing reaches the server in the clear.
+    let mut cfg = client_config(&server, Transport::WebSocket, Some(token(2)));
+    cfg.trust = quaver_client::Trust::Hashes(vec![[7; 32]]);
+    cfg.ws_url = Some(ws_url);
+    let Err(err) = connect(&cfg).await else {
+        panic!("an untrusted certificate is refused")
+    };
+    assert!(err.to_string().contains("TLS"), "{err}");
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let _ = std::fs::remove_file(&ca);
+    server.shutdown().await;
+}

@@ -84,7 +84,8 @@ pub struct Config {
     /// before it calls the server unreachable and tries again (a network that drops UDP
     /// never answers; waiting out the idle timeout would keep the user in silence).
     pub connect_timeout: Duration,
-    /// The WebSocket framing's address (`ws://host:httpport/quaver/ws`, PROTOCOL.md §11),
+    /// The WebSocket framing's address (`ws://host:httpport/quaver/ws`, PROTOCOL.md §11, or
+    /// `wss://…` through a TLS terminator, trusted as [`Config::trust`] says),
     /// for networks that drop UDP. With [`Transport::WebSocket`] it is the only way; with
     /// the others it is the fallback, started when the first does not answer within
     /// [`Config::fallback_after`] (or fails sooner): the first to be ready wins.
@@ -315,7 +316,13 @@ async fn open_ws(cfg: &Config) -> Result<(Session, Option<quinn::Endpoint>), Err
         .ws_url
         .as_deref()
         .ok_or_else(|| Error::Transport("Config::ws_url is needed for the WebSocket framing".into()))?;
-    let c = quaver_proto::session::ws::WsConnection::connect(url)
+    // `wss://` (a TLS terminator in front of the HTTP port) is trusted as `cfg.trust` says,
+    // with the name in the URL.
+    let tls = match url.starts_with("wss:") {
+        true => Some(Arc::new(tls_config(&cfg.trust, b"http/1.1")?)),
+        false => None,
+    };
+    let c = quaver_proto::session::ws::WsConnection::connect(url, tls)
         .await
         .map_err(|e| Error::Transport(format!("WebSocket: {e}")))?;
     Ok((Session::WebSocket(c), None))

@@ -99,23 +99,61 @@ impl Shared {
 pub struct WsConnection(Arc<Shared>);
 
 impl WsConnection {
-    /// Connects to `url` (`ws://host:port/quaver/ws`) with the `quaver` subprotocol.
-    pub async fn connect(url: &str) -> Result<WsConnection, String> {
+    /// Connects to `url` with the `quaver` subprotocol: `ws://host:port/quaver/ws`, or
+    /// `wss://…` through `tls` (a TLS terminator in front of the HTTP port, PROTOCOL.md §11;
+    /// its ALPN should be `http/1.1`). A `wss://` URL without `tls` is an error, never a
+    /// silent downgrade.
+    pub async fn connect(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<WsConnection, String> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
         req.headers_mut()
             .insert("sec-websocket-protocol", http_value("quaver").ok_or("a header value")?);
+        let uri = req.uri();
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            other => return Err(format!("not a WebSocket URL (scheme {other:?})")),
+        };
+        let host = uri
+            .host()
+            .ok_or("the URL has no host")?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let remote = tcp.peer_addr().map_err(|e| e.to_string())?;
+        // Frames are small: no Nagle delay on them.
+        let _ = tcp.set_nodelay(true);
+        if !secure {
+            return Self::start(req, tcp, remote).await;
+        }
+        let tls = tls.ok_or("a wss:// URL needs a TLS configuration")?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        Self::start(req, stream, remote).await
+    }
+
+    /// The WebSocket handshake over `stream`, then the tasks that carry its frames.
+    async fn start<S>(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        stream: S,
+        remote: SocketAddr,
+    ) -> Result<WsConnection, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read
         // attempt; the server's frames are small, so a small one (see the server's
         // gateway/ws.rs).
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
+        let (socket, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
             .await
             .map_err(|e| e.to_string())?;
-        let remote = match socket.get_ref() {
-            tokio_tungstenite::MaybeTlsStream::Plain(s) => s.peer_addr().map_err(|e| e.to_string())?,
-            _ => return Err("only ws:// is supported by this client".into()),
-        };
         let (mut sink, mut source) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let shared = Arc::new(Shared {
