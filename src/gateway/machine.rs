@@ -84,8 +84,9 @@ pub enum Input {
     Opened(Result<Box<(Opened, Identity)>, (CloseCode, String)>),
     /// A frame for an open lane (an event from the fan-out).
     Lane(Lane, LaneOut),
-    /// The request being served on a lane has its reply; `flood` closes the session after.
-    Replied(Lane, ServerLane, bool),
+    /// The request being served on a lane has its reply, framed (encoded in the request's
+    /// own task, off the connection's loop); `flood` closes the session after.
+    Replied(Lane, Bytes, bool),
     /// A fetch reply, encoded; `flood` closes the session after.
     Fetched(StreamId, Vec<u8>, bool),
     /// Close the session (in-band `Closing` first).
@@ -1107,7 +1108,7 @@ impl<O: Outlet> Here<'_, O> {
                 Err(Refusal::Error(error)) => (ServerLane::Error { id: req.id, error }, false),
                 Err(Refusal::Flood(error)) => (ServerLane::Error { id: req.id, error }, true),
             };
-            tx.send(Input::Replied(lane, reply, flood));
+            tx.send(Input::Replied(lane, lane_frame(&reply), flood));
         });
     }
 
@@ -1120,10 +1121,8 @@ impl<O: Outlet> Here<'_, O> {
             return;
         };
         let mut buf = Vec::new();
-        match out {
-            LaneOut::Event(seq, body) => quaver_proto::codec::encode_event_frame(seq, &body, &mut buf),
-            LaneOut::Reply(msg) => quaver_proto::encode_frame(&msg, &mut buf),
-        }
+        let LaneOut::Event(seq, body) = out;
+        quaver_proto::codec::encode_event_frame(seq, &body, &mut buf);
         flow.add(buf.len());
         s.out.write(io, id, Bytes::from(buf));
         if s.out.pending.len() > LANE_QUEUE {
@@ -1132,7 +1131,7 @@ impl<O: Outlet> Here<'_, O> {
         }
     }
 
-    fn replied(&mut self, lane: Lane, reply: ServerLane, flood: bool) {
+    fn replied(&mut self, lane: Lane, f: Bytes, flood: bool) {
         let flow = &self.ctx.metrics.tx[lane.index()];
         let io = &mut *self.io;
         let Some((id, s)) = (match &self.c.stage {
@@ -1145,7 +1144,6 @@ impl<O: Outlet> Here<'_, O> {
             return;
         };
         s.busy = false;
-        let f = lane_frame(&reply);
         flow.add(f.len());
         s.out.write(io, id, f);
         let overflow = s.out.pending.len() > LANE_QUEUE;
@@ -1534,12 +1532,7 @@ mod tests {
         r.live().await;
         r.port.credit.insert(stream(1), 0);
         r.send(1, frame!(&StreamOpen::Lane(Lane::Chat)), false);
-        let err = || {
-            LaneOut::Reply(ServerLane::Error {
-                id: 0,
-                error: ErrorBody::new(ErrorCode::NOT_FOUND, "filler".to_string()),
-            })
-        };
+        let err = || LaneOut::Event(7, Bytes::from_static(b"filler"));
         for _ in 0..LANE_QUEUE {
             r.session.input(&mut r.port, r.now, Input::Lane(Lane::Chat, err()));
         }

@@ -24,18 +24,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quaver_proto::session::Transport;
-use quaver_proto::{CloseCode, DeviceKind, Lane, LaneSeq, ServerLane, SessionId, UserId};
+use quaver_proto::{CloseCode, DeviceKind, Lane, LaneSeq, SessionId, UserId};
 
 use self::replay::{Missing, ReplayBuffer, ReplayLimits};
 
 /// Frames a lane may hold unsent before the session counts as a slow consumer.
 pub const LANE_QUEUE: usize = 1024;
 
-/// What a lane sends.
+/// What a lane is sent from elsewhere in the server. (A reply to a request does not come
+/// this way: the machine's `Input::Replied` carries it framed, so this stays small — a
+/// lane's queue and a WebSocket session's inputs hold many of them.)
 #[derive(Debug)]
 pub enum LaneOut {
-    /// A reply to a request (ack or error).
-    Reply(ServerLane),
     /// An event with its lane seq, its body pre-encoded once for all receivers.
     Event(u64, Bytes),
 }
@@ -156,7 +156,12 @@ impl SessionHandle {
         *self.via.lock().unwrap_or_else(|p| p.into_inner()) = Some((transport, device, at_ms));
     }
 
-    /// The session as the server API lists it (once a connection opened it).
+    /// The transport of its latest connection (none before its first one opened).
+    pub fn transport(&self) -> Option<Transport> {
+        self.via.lock().unwrap_or_else(|p| p.into_inner()).map(|(t, _, _)| t)
+    }
+
+    /// What the server API lists of it (none before its first connection opened).
     pub fn summary(&self) -> Option<SessionSummary> {
         let via = *self.via.lock().unwrap_or_else(|p| p.into_inner());
         via.map(|(transport, device, connected_at_ms)| SessionSummary {
@@ -621,10 +626,8 @@ mod tests {
 
     fn drain_events(rx: &mut mpsc::Receiver<LaneOut>) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            if let LaneOut::Event(seq, _) = item {
-                out.push(seq);
-            }
+        while let Ok(LaneOut::Event(seq, _)) = rx.try_recv() {
+            out.push(seq);
         }
         out
     }

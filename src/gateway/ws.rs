@@ -54,8 +54,10 @@ const MAX_DATAGRAM: usize = 1200;
 /// tungstenite's read buffer. Its default (128 KiB) is zero-filled on every read attempt,
 /// and the connection's task polls the socket on every wake-up (each delivery): that
 /// `memset` was half of the server's CPU at F0 over WebSocket (perf, bench/RESULTS.md).
-/// Clients send small frames; a large one is read in more steps.
-const READ_BUFFER: usize = 8 * 1024;
+/// Clients send small frames (a large one is read in more steps), and the buffer is kept for
+/// the connection's life: 4 KiB, not 8, is 4 KiB less per idle session (C1 over WebSocket,
+/// bench/RESULTS.md).
+const READ_BUFFER: usize = 4 * 1024;
 /// Streams open at once, as QUIC's `max_concurrent_bidi_streams`.
 const MAX_STREAMS: usize = 32;
 
