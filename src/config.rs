@@ -64,6 +64,11 @@ pub struct Config {
     /// sent here from another node (voice). Default: the bound QUIC address — set it in a
     /// cluster whose nodes listen on `0.0.0.0`.
     pub public_addr: Option<String>,
+    /// The URL of this node's WebSocket framing (`ws://host:port/quaver/ws`, or `wss://…`
+    /// through a TLS terminator), announced to WebSocket sessions sent here from another
+    /// node (voice). Default: `ws://` + `public_addr`'s host (else the bound HTTP address's)
+    /// + the bound HTTP port + `/quaver/ws`.
+    pub public_ws_url: Option<String>,
     /// UDP address of the WebRTC port (voice participants over WebRTC, ICE-lite). Answers
     /// name it as their host candidate; bound to `0.0.0.0` (or `::`), they name loopback and
     /// the machine's routed address instead (or `webrtc_announce`). Default: none (WebRTC
@@ -307,6 +312,7 @@ impl Default for Config {
             redis: None,
             redis_prefix: String::new(),
             public_addr: None,
+            public_ws_url: None,
             webrtc_listen: None,
             webrtc_shared_port: false,
             webrtc_announce: Vec::new(),
@@ -402,6 +408,9 @@ pub struct ConfigArgs {
     /// host:port clients reach this node at (announced for voice in a cluster) [default: the QUIC address].
     #[arg(long, env = "QUAVER_PUBLIC_ADDR")]
     pub public_addr: Option<String>,
+    /// URL of this node's WebSocket framing, announced for voice in a cluster (wss://… behind TLS) [default: ws:// + the public host + the HTTP port].
+    #[arg(long, env = "QUAVER_PUBLIC_WS_URL")]
+    pub public_ws_url: Option<String>,
     /// UDP address for WebRTC voice participants (0.0.0.0: every interface) [default: none, WebRTC off].
     #[arg(long, env = "QUAVER_WEBRTC_LISTEN")]
     pub webrtc_listen: Option<SocketAddr>,
@@ -540,6 +549,7 @@ impl ConfigArgs {
         set_opt! {
             cert => tls.cert, key => tls.key, jwt_secret => auth.jwt_secret,
             database => database, node_id => node_id, redis => redis, public_addr => public_addr,
+            public_ws_url => public_ws_url,
             webrtc_listen => webrtc_listen,
             jwt_public_key => auth.public_key, jwt_algorithm => auth.algorithm,
             jwt_audience => auth.audience, jwt_issuer => auth.issuer,

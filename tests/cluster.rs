@@ -1154,6 +1154,108 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     s.drop_db().await;
 }
 
+/// A session on the WebSocket framing (its network drops UDP) is sent to the voice
+/// channel's node at that node's WebSocket URL — a QUIC session on the same node still gets
+/// `host:port` — and the native client follows it over WebSocket and hears a QUIC speaker
+/// there, and is heard by them.
+#[tokio::test]
+async fn a_websocket_session_follows_a_voice_channel_to_its_node_over_websocket() {
+    use quaver_client::voice::join_voice;
+    use quaver_proto::datagram::{AudioLevel, Uplink};
+    let Some(s) = services("voicews").await else { return };
+    let (a, b) = (node(&s).await, node(&s).await);
+    let (c1, mut l1) = user(&a, 1).await;
+    let mut cfg2 = client_config(&b, Transport::WebSocket, Some(token(2)));
+    cfg2.ws_url = Some(format!("ws://{}/quaver/ws", b.http_addr));
+    let c2 = connect(&cfg2).await.expect("connects over WebSocket");
+    let mut l2 = c2.open_lane(Lane::Chat).await.unwrap();
+    let (c3, mut l3) = user(&b, 3).await;
+    let (g, _) = shared_guild(&c1, &mut l1, vec![&mut l2, &mut l3]).await;
+    let vc = voice_channel(&mut l1, g, "talk").await;
+    let cfg1 = client_config(&a, Transport::Quic, Some(token(1)));
+    let mut v1 = c1.open_lane(Lane::Voice).await.unwrap();
+    let j1 = join_voice(&mut v1, &cfg1, vc, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    let ResponseBody::VoiceJoined { slot: slot1, .. } = j1.joined else {
+        panic!("{:?}", j1.joined)
+    };
+    let join = RequestBody::JoinVoice {
+        channel_id: vc,
+        self_mute: false,
+        self_deaf: false,
+    };
+    // What each session on node b is told: by its transport.
+    let mut v3 = c3.open_lane(Lane::Voice).await.unwrap();
+    let Ok(ResponseBody::VoiceServer { endpoint, .. }) = req(&mut v3, join.clone()).await else {
+        panic!("a QUIC session on node b is sent to node a")
+    };
+    assert_eq!(endpoint, a.quic_addr.to_string());
+    let mut v2 = c2.open_lane(Lane::Voice).await.unwrap();
+    let Ok(ResponseBody::VoiceServer { endpoint, .. }) = req(&mut v2, join).await else {
+        panic!("a WebSocket session on node b is sent to node a")
+    };
+    assert_eq!(endpoint, format!("ws://{}/quaver/ws", a.http_addr));
+    // The native client follows it over WebSocket.
+    let j2 = join_voice(&mut v2, &cfg2, vc, false, false)
+        .await
+        .unwrap()
+        .expect("joined");
+    let ResponseBody::VoiceJoined {
+        slot: slot2,
+        participants,
+        ..
+    } = &j2.joined
+    else {
+        panic!("{:?}", j2.joined)
+    };
+    assert_eq!(participants.len(), 2, "one room on node a: {participants:?}");
+    let there = j2.client(&c2);
+    assert!(j2.remote.is_some());
+    assert_eq!(there.transport(), Transport::WebSocket);
+    // Both ways: user 1 (QUIC, node a) and user 2 (WebSocket, at node a) hear each other.
+    async fn speak(c: &quaver_client::Client, payload: u8) {
+        for seq in 0..40u16 {
+            let h = Uplink {
+                flags: 0,
+                level: AudioLevel::new(20, true),
+                seq,
+                timestamp: u32::from(seq) * 960,
+            };
+            let _ = c.send_voice(&h, &[payload; 3]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    async fn hear(c: &quaver_client::Client, slot: u16, payload: u8) -> usize {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut heard = 0;
+        while let Ok(Ok((h, p))) = tokio::time::timeout_at(end, c.recv_voice()).await {
+            if h.slot == slot && p[..] == [payload; 3] {
+                heard += 1;
+                if heard >= 10 {
+                    break;
+                }
+            }
+        }
+        heard
+    }
+    let ((), (), heard_by_2, heard_by_1) = tokio::join!(
+        speak(&c1, 7),
+        speak(there, 9),
+        hear(there, slot1, 7),
+        hear(&c1, *slot2, 9)
+    );
+    assert!(
+        heard_by_2 >= 10,
+        "user 2 (WebSocket) heard {heard_by_2} of user 1's frames"
+    );
+    assert!(heard_by_1 >= 10, "user 1 heard {heard_by_1} of user 2's frames");
+    a.shutdown().await;
+    b.shutdown().await;
+    s.drop_db().await;
+}
+
 /// A WebRTC join sent to a node the voice channel does not live on is answered
 /// `VoiceServer`, like a datagram join; sent again on the channel's node it is answered with
 /// that node's WebRTC port, and the peer connected there hears the channel.

@@ -833,7 +833,8 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
 /**
  * Joins voice channel `channelId` from `session` (its voice lane `lane`), following the
  * cluster: when the channel lives on another node the server answers `VoiceServer`, and this
- * opens a session there (same token, that node's certificate hashes), opens its voice lane
+ * opens a session there (same token, that node's certificate hashes; over WebSocket when the
+ * answer is a WebSocket URL, as it is for a session on WebSocket), opens its voice lane
  * and joins on it. Resolves to `{ session, lane, joined, remote }`: voice datagrams and
  * voice requests (`LeaveVoice`, `SetVoiceState`, …) go on that `session`/`lane`; `remote`
  * says whether it is a new session (close it when leaving). Rejects with the ErrorBody.
@@ -848,8 +849,12 @@ export async function joinVoice(session, lane, channelId, { selfMute = false, se
   const expected = offer ? 'VoiceJoinedWebRtc' : 'VoiceJoined';
   const first = await lane.request(request);
   if (first.type !== 'VoiceServer') return { session, lane, joined: first, remote: false };
-  const there = await connect(`https://${first.endpoint}${WEBTRANSPORT_PATH}`, {
+  // A session on the WebSocket framing is sent to the node's WebSocket URL; the others to
+  // its `host:port`.
+  const viaWs = first.endpoint.includes('://');
+  const there = await connect(viaWs ? null : `https://${first.endpoint}${WEBTRANSPORT_PATH}`, {
     token: session.token, certHashes: first.cert_hashes.map(bytesToHex), device: session.device, maxFrame: session.maxFrame,
+    ...(viaWs ? { transport: 'websocket', wsUrl: first.endpoint } : {}),
   });
   try {
     const voiceLane = await there.openLane('Voice');

@@ -1,12 +1,13 @@
 //! Joining a voice channel wherever it lives. In a cluster a voice channel is served by one
 //! node at a time; a `JoinVoice` sent to another node is answered `VoiceServer` with that
-//! node's endpoint. [`join_voice`] follows it: it opens a session on that node with the same
-//! token (trusting the certificate hashes it names as well) and joins there, so the caller
+//! node's endpoint (its `host:port`, or for a session on the WebSocket framing its WebSocket
+//! URL). [`join_voice`] follows it: it opens a session on that node with the same token
+//! (trusting the certificate hashes it names as well) and joins there, so the caller
 //! gets one answer either way and sends and receives voice on [`VoiceJoin::client`].
 
 use quaver_proto::{ErrorBody, Lane, RequestBody, ResponseBody};
 
-use crate::{Client, Config, Error, LaneStream, Trust, connect};
+use crate::{Client, Config, Error, LaneStream, Transport, Trust, connect};
 
 /// A voice channel joined.
 pub struct VoiceJoin {
@@ -46,15 +47,22 @@ pub async fn join_voice(
         Ok(joined) => return Ok(Ok(VoiceJoin { remote: None, joined })),
         Err(e) => return Ok(Err(e)),
     };
-    let addr = tokio::net::lookup_host(endpoint.as_str())
-        .await
-        .map_err(|e| Error::Transport(format!("voice server {endpoint}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::Transport(format!("voice server {endpoint}: no address")))?;
     let mut there = cfg.clone();
-    there.addr = addr;
     there.resume = None;
     there.alternates = Vec::new();
+    if endpoint.contains("://") {
+        // A session on the WebSocket framing is sent to the node's WebSocket URL.
+        there.transport = Transport::WebSocket;
+        there.ws_url = Some(endpoint);
+    } else {
+        there.addr = tokio::net::lookup_host(endpoint.as_str())
+            .await
+            .map_err(|e| Error::Transport(format!("voice server {endpoint}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Transport(format!("voice server {endpoint}: no address")))?;
+        // Our node's WebSocket URL would lead back here, not to the channel's node.
+        there.ws_url = None;
+    }
     if let Trust::Hashes(h) = &mut there.trust {
         h.extend(
             cert_hashes

@@ -76,7 +76,19 @@ pub enum Holder {
         endpoint: String,
         /// Its development certificate hashes (empty with a real certificate).
         cert_hashes: Vec<Vec<u8>>,
+        /// Its WebSocket framing's URL (none in a lease written by a node before it was
+        /// announced).
+        ws_url: Option<String>,
     },
+}
+
+/// Where clients reach a node: what its leases announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// QUIC and WebTransport: `host:port`.
+    pub quic: String,
+    /// The WebSocket framing: `ws://…/quaver/ws` or `wss://…`.
+    pub ws_url: String,
 }
 
 /// A voice channel's states as its owner last wrote them.
@@ -109,7 +121,7 @@ pub struct VoiceLeases {
     cmds: Commands,
     /// `name \n`: the start of every lease value of this node.
     me: String,
-    endpoint: String,
+    at: Endpoints,
     /// This node's bus origin tag (written with the states).
     origin: u64,
     certs: Arc<CertStore>,
@@ -128,8 +140,10 @@ impl std::fmt::Debug for VoiceLeases {
     }
 }
 
-fn parse(v: &str) -> Option<(String, Vec<Vec<u8>>)> {
-    let mut parts = v.splitn(3, '\n');
+/// A lease value's endpoint, certificate hashes and WebSocket URL (a value written by an
+/// older node has no fourth line).
+fn parse(v: &str) -> Option<(String, Vec<Vec<u8>>, Option<String>)> {
+    let mut parts = v.splitn(4, '\n');
     let _node = parts.next()?;
     let endpoint = parts.next()?.to_string();
     let hashes = parts
@@ -139,24 +153,25 @@ fn parse(v: &str) -> Option<(String, Vec<Vec<u8>>)> {
         .filter(|h| !h.is_empty())
         .filter_map(|h| hex::decode(h).ok())
         .collect();
-    Some((endpoint, hashes))
+    let ws_url = parts.next().filter(|u| !u.is_empty()).map(str::to_string);
+    Some((endpoint, hashes, ws_url))
 }
 
-/// A lease value: `name \n endpoint \n hex,hex` (hashes of the development certificates
-/// still accepted, newest first).
-fn lease_value(me: &str, endpoint: &str, hashes: &[[u8; 32]]) -> String {
+/// A lease value: `name \n endpoint \n hex,hex \n ws_url` (the hashes of the development
+/// certificates still accepted, newest first).
+fn lease_value(me: &str, at: &Endpoints, hashes: &[[u8; 32]]) -> String {
     let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
-    format!("{me}{endpoint}\n{}", hashes.join(","))
+    format!("{me}{}\n{}\n{}", at.quic, hashes.join(","), at.ws_url)
 }
 
 impl VoiceLeases {
-    /// Leases for node `node` (bus origin tag `origin`), reachable at `endpoint` with the
+    /// Leases for node `node` (bus origin tag `origin`), reachable `at` with the
     /// development certificates of `certs`, if any.
-    pub fn new(cmds: Commands, node: &str, endpoint: &str, origin: u64, certs: Arc<CertStore>) -> Self {
+    pub fn new(cmds: Commands, node: &str, at: Endpoints, origin: u64, certs: Arc<CertStore>) -> Self {
         Self {
             cmds,
             me: format!("{node}\n"),
-            endpoint: endpoint.to_string(),
+            at,
             origin,
             certs,
             held: Mutex::new(HashSet::new()),
@@ -175,7 +190,7 @@ impl VoiceLeases {
 
     fn value(&self) -> String {
         let dev: Vec<[u8; 32]> = self.certs.all().iter().filter(|c| c.dev).map(|c| c.sha256).collect();
-        lease_value(&self.me, &self.endpoint, &dev)
+        lease_value(&self.me, &self.at, &dev)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
@@ -205,7 +220,11 @@ impl VoiceLeases {
             return Ok(Holder::Here);
         }
         match parse(&v) {
-            Some((endpoint, cert_hashes)) => Ok(Holder::Elsewhere { endpoint, cert_hashes }),
+            Some((endpoint, cert_hashes, ws_url)) => Ok(Holder::Elsewhere {
+                endpoint,
+                cert_hashes,
+                ws_url,
+            }),
             None => Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
                 "unreadable voice lease",
@@ -286,15 +305,30 @@ mod tests {
 
     #[test]
     fn lease_values_parse() {
+        // Written by a node from before the WebSocket URL was announced: three lines.
         assert_eq!(
             parse("n1\n10.0.0.1:4433\nabab,cdcd"),
-            Some(("10.0.0.1:4433".into(), vec![vec![0xab, 0xab], vec![0xcd, 0xcd]]))
+            Some(("10.0.0.1:4433".into(), vec![vec![0xab, 0xab], vec![0xcd, 0xcd]], None))
         );
-        assert_eq!(parse("n1\nh:1\n"), Some(("h:1".into(), vec![])));
+        assert_eq!(parse("n1\nh:1\n"), Some(("h:1".into(), vec![], None)));
+        assert_eq!(parse("n1\nh:1\n\n"), Some(("h:1".into(), vec![], None)));
         assert_eq!(parse("garbage"), None);
-        let v = lease_value("n1\n", "h:1", &[[0xab; 32]]);
+        let at = Endpoints {
+            quic: "h:1".into(),
+            ws_url: "wss://h/quaver/ws".into(),
+        };
+        let v = lease_value("n1\n", &at, &[[0xab; 32]]);
         assert!(v.starts_with("n1\n"));
-        assert_eq!(parse(&v), Some(("h:1".into(), vec![vec![0xab; 32]])));
+        assert_eq!(
+            parse(&v),
+            Some(("h:1".into(), vec![vec![0xab; 32]], Some("wss://h/quaver/ws".into())))
+        );
+        // No development certificate: an empty hash line, the URL after it.
+        let v = lease_value("n1\n", &at, &[]);
+        assert_eq!(
+            parse(&v),
+            Some(("h:1".into(), vec![], Some("wss://h/quaver/ws".into())))
+        );
     }
 
     #[test]

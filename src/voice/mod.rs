@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
 use quaver_proto::datagram::{Downlink, Uplink};
+use quaver_proto::session::Transport;
 use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -166,6 +167,11 @@ impl VoicePort {
             target: Mutex::new(None),
             session,
         })
+    }
+
+    /// The transport of the session's latest connection (none once it is gone).
+    fn transport(&self) -> Option<Transport> {
+        self.session.upgrade()?.transport()
     }
 
     /// Tells the session on its voice lane (nothing if it is gone).
@@ -372,7 +378,17 @@ impl Voice {
         if let Some(leases) = self.leases.get() {
             match leases.claim(channel_id).await {
                 Ok(lease::Holder::Here) => {}
-                Ok(lease::Holder::Elsewhere { endpoint, cert_hashes }) => {
+                Ok(lease::Holder::Elsewhere {
+                    endpoint,
+                    cert_hashes,
+                    ws_url,
+                }) => {
+                    // A session on the WebSocket framing (its network may drop UDP) is sent
+                    // to the node's WebSocket URL; QUIC and WebTransport to `host:port`.
+                    let endpoint = match ws_url {
+                        Some(url) if port.transport() == Some(Transport::WebSocket) => url,
+                        _ => endpoint,
+                    };
                     return Ok(ResponseBody::VoiceServer {
                         channel_id,
                         endpoint,

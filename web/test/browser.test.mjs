@@ -224,7 +224,9 @@ test('browser voice: leave and join 20 times on one connection, hearing the othe
   await page.close();
 });
 
-test('browser voice in a cluster: a join on the other node follows VoiceServer to the channel\'s node', async (t) => {
+// Two nodes, a voice channel homed on node a by user a, user b on node b joining it: b is
+// sent to node a (over WebSocket when b's session is on WebSocket) and both hear each other.
+async function clusterVoice(t, bOverWs) {
   const { REDIS_URL, DATABASE_URL } = process.env;
   if (!REDIS_URL || !DATABASE_URL?.startsWith('postgres')) {
     assert.ok(process.env.CI !== 'true', 'CI needs REDIS_URL and a PostgreSQL DATABASE_URL for the cluster browser test');
@@ -244,10 +246,12 @@ test('browser voice in a cluster: a join on the other node follows VoiceServer t
     await page.evaluate(VOICE_HELPERS);
     // Users unique to this run (the database is shared with other runs).
     const base = 7_000_000 + Math.floor(Math.random() * 1_000_000) * 2;
-    const r = await page.evaluate(async ([ta, tb, urlB, hashesB]) => {
+    const r = await page.evaluate(async ([ta, tb, urlB, hashesB, wsB]) => {
       const q = window.quaver;
       const a = await window.quaverConnect(ta);
-      const b = await q.connect(urlB, { token: tb, certHashes: hashesB });
+      const b = wsB
+        ? await q.connect(null, { token: tb, transport: 'websocket', wsUrl: wsB })
+        : await q.connect(urlB, { token: tb, certHashes: hashesB });
       const ca = await a.openLane('Chat'), cb = await b.openLane('Chat');
       const g = await ca.request({ type: 'CreateGuild', name: 'cluster voice' });
       const inv = await ca.request({ type: 'CreateInvite', guild_id: g.id, max_uses: 0, max_age_secs: 0 });
@@ -263,12 +267,16 @@ test('browser voice in a cluster: a join on the other node follows VoiceServer t
         remote: [ja.remote, jb.remote],
         participants: jb.joined.participants.length,
         slotA: ja.joined.slot, slotB: jb.joined.slot,
+        transports: [b.transport, jb.session.transport],
         heardByA: await heardByA, heardByB: await heardByB,
       };
       await jb.lane.request({ type: 'LeaveVoice' });
       jb.session.close(); a.close(); b.close();
       return out;
-    }, [token(base), token(base + 1), `https://127.0.0.1:${infoB.port}${infoB.url_path}`, infoB.dev ? infoB.hashes : []]);
+    }, [token(base), token(base + 1), `https://127.0.0.1:${infoB.port}${infoB.url_path}`, infoB.dev ? infoB.hashes : [],
+      bOverWs ? `ws://${httpB}${infoB.ws_path}` : null]);
+    const kind = bOverWs ? 'websocket' : 'webtransport';
+    assert.deepEqual(r.transports, [kind, kind], 'user b reaches the channel\'s node the way it reached its own');
     assert.notEqual(r.nodes[0], r.nodes[1], 'the two users are on different nodes');
     assert.equal(r.nodes[2], r.nodes[0], "user b's voice session is on the channel's node");
     assert.deepEqual(r.remote, [false, true]);
@@ -281,4 +289,8 @@ test('browser voice in a cluster: a join on the other node follows VoiceServer t
     nodeA.kill('SIGTERM');
     nodeB?.kill('SIGTERM');
   }
-});
+}
+
+test('browser voice in a cluster: a join on the other node follows VoiceServer to the channel\'s node', (t) => clusterVoice(t, false));
+
+test('browser voice in a cluster over WebSocket: VoiceServer names the node\'s WebSocket URL and the page follows it', (t) => clusterVoice(t, true));
