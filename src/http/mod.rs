@@ -45,6 +45,10 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
                 continue;
             }
         };
+        // The WebSocket framing writes small frames: with Nagle's algorithm each waits for
+        // the ACK of the one before (measured across a 50 ms RTT link with `quaver-bench
+        // netem`: +21 ms at the median, bench/RESULTS.md). Failing to set it is harmless.
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
