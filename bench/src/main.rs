@@ -29,6 +29,7 @@ mod api;
 mod chat;
 mod failover;
 mod idle;
+mod netem;
 mod resume;
 mod server;
 mod setup;
@@ -103,6 +104,50 @@ enum Scenario {
     /// W1/W2: webhook delivery of messages posted through the API (rate, latency, CPU), and
     /// what a `message.before_create` hook adds to a post.
     Webhooks(WebhooksArgs),
+    /// Real networks: runs another scenario with its clients and the server in network
+    /// namespaces of their own, across a user-space link that delays, drops, reorders, blacks
+    /// out or blocks UDP (root; e.g. `netem --delay-ms 25 --loss 0.03 -- chat --sessions 200
+    /// --senders 10 --rate 2`).
+    Netem(NetemArgs),
+}
+
+#[derive(clap::Args)]
+struct NetemArgs {
+    /// One-way delay, each direction (ms).
+    #[arg(long, default_value_t = 25.0)]
+    delay_ms: f64,
+    /// Extra one-way delay, uniform in [0, jitter) per frame (frames may be reordered), ms.
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Probability a frame is dropped, each direction.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Drop every UDP datagram (a network that blocks UDP).
+    #[arg(long)]
+    drop_udp: bool,
+    /// A blackout this many seconds after the scenario starts measuring…
+    #[arg(long, requires = "blackout_for")]
+    blackout_at: Option<f64>,
+    /// …lasting this many seconds.
+    #[arg(long, requires = "blackout_at")]
+    blackout_for: Option<f64>,
+    /// The whole run's limit, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Seed of the loss and jitter decisions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The server binary [default: quaver next to this binary].
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
+    /// Measure another system: this shell command is its server (in the server's namespace,
+    /// `$NETEM_SERVER_IP` set; ready when it prints "listening"), and the scenario is then a
+    /// shell command for its load generator.
+    #[arg(long)]
+    server_cmd: Option<String>,
+    /// The scenario to run across the link, with its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    scenario: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -447,6 +492,40 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Chat(args) => chat_cmd(args, false).await,
         Scenario::Api(args) => chat_cmd(args, true).await,
         Scenario::Webhooks(a) => webhooks_cmd(a).await,
+        Scenario::Netem(a) => {
+            anyhow::ensure!((0.0..=1.0).contains(&a.loss), "--loss is a probability");
+            let plan = netem::Plan {
+                server_bin: a.server_bin.unwrap_or_else(server::default_bin),
+                impairment: netem::Impairment {
+                    delay: Duration::from_secs_f64(a.delay_ms.max(0.0) / 1e3),
+                    jitter: Duration::from_secs_f64(a.jitter_ms.max(0.0) / 1e3),
+                    loss: a.loss,
+                    blackout: false,
+                    drop_udp: a.drop_udp,
+                },
+                blackout: a.blackout_at.zip(a.blackout_for).map(|(at, len)| {
+                    (
+                        Duration::from_secs_f64(at.max(0.0)),
+                        Duration::from_secs_f64(len.max(0.0)),
+                    )
+                }),
+                scenario: a.scenario,
+                timeout: Duration::from_secs_f64(a.timeout.max(1.0)),
+                seed: a.seed,
+                server_cmd: a.server_cmd,
+            };
+            // Interrupted, the run still removes its namespaces and links.
+            tokio::spawn(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                netem::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+                anyhow::Ok(())
+            });
+            tokio::task::spawn_blocking(move || netem::run(&plan)).await?
+        }
         Scenario::Resume(a) => {
             let bin = a.server.target()?;
             let r = resume::run(&bin, a.clients, a.kills, a.rate, a.seconds).await?;

@@ -674,8 +674,9 @@ impl Swarm {
         let epoch = Instant::now();
         let mut out = Vec::new();
         for n in 0..loops.max(1) {
-            // Every session of the loop shares this socket: the engine's buffers.
-            let socket = engine::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?.remove(0);
+            // Every session of the loop shares this socket: the engine's buffers. Unspecified,
+            // so a server beyond loopback (`netem`'s namespaces) is reachable too.
+            let socket = engine::bind(SocketAddr::from(([0, 0, 0, 0], 0)), 1)?.remove(0);
             socket.set_nonblocking(true)?;
             let app = Sessions {
                 progress: progress.clone(),

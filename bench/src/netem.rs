@@ -1,0 +1,699 @@
+//! Real networks on one machine (issue 29): the client and the server in network namespaces
+//! of their own, joined through a user-space bridge that delays, drops and reorders frames
+//! per direction, blacks the link out, or drops every UDP datagram (a network that blocks
+//! UDP). The kernel here has no `netem` qdisc (nor `prio`/`gact` to drop with), so the
+//! impairment is ours: two veth pairs whose root-namespace ends carry no address, read and
+//! written with `AF_PACKET` sockets (`pnet_datalink`), one reader and one writer thread per
+//! direction, frames released from a heap ordered by their due time.
+//!
+//! ```text
+//!  netns qnc<id>            root namespace (this process)          netns qns<id>
+//!  qc<id> 10.99.x.1 ── veth ── qbc<id> ⇄ bridge ⇄ qbs<id> ── veth ── qs<id> 10.99.x.2
+//! ```
+//!
+//! [`run`] builds that, starts `quaver serve` in the server's namespace, runs a scenario of
+//! this bench (`chat`, `voice`, …) in the client's namespace with `--target` pointing at it,
+//! applies a blackout at a set time after the scenario starts measuring, and removes
+//! everything afterwards (also when the run fails). Root only; every load is bounded by the
+//! scenario's own counts and by `--timeout`.
+//!
+//! Offloads are turned off on the namespaces' veth ends (`ethtool`): with them on, the
+//! kernel hands the bridge TCP and UDP super-frames larger than the MTU and frames with
+//! checksums left for hardware that does not exist on the other side.
+
+use std::collections::BinaryHeap;
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// What the link does to each frame, in each direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Impairment {
+    /// One-way delay.
+    pub(crate) delay: Duration,
+    /// Extra one-way delay, uniform in [0, jitter) per frame: frames may overtake each other.
+    pub(crate) jitter: Duration,
+    /// Probability a frame is dropped.
+    pub(crate) loss: f64,
+    /// Every frame is dropped.
+    pub(crate) blackout: bool,
+    /// Every UDP datagram (IPv4 or IPv6) is dropped; the rest passes.
+    pub(crate) drop_udp: bool,
+}
+
+/// What the link did, per direction.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// A frame waiting for its due time (ordered so the heap's top is the earliest).
+struct Due {
+    at: Instant,
+    seq: u64,
+    frame: Vec<u8>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// xorshift64*: loss and jitter decisions, seeded per run (no dependency for a coin).
+struct Coin(u64);
+
+impl Coin {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Whether an Ethernet frame carries UDP (IPv4 protocol 17, or IPv6 next header 17).
+fn is_udp(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(14 + 9) == Some(&17),
+        Some([0x86, 0xdd]) => frame.get(14 + 6) == Some(&17),
+        _ => false,
+    }
+}
+
+/// The bridge: runs until dropped.
+pub(crate) struct Bridge {
+    params: Arc<Mutex<Impairment>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Client → server, then server → client.
+    pub(crate) counts: [Arc<Counts>; 2],
+}
+
+impl Bridge {
+    /// Bridges interfaces `a` and `b` (of this namespace). `a_mac`/`b_mac` are the MAC
+    /// addresses of the hosts behind each: only their frames are taken from that side (the
+    /// packet sockets also see what the bridge itself writes).
+    pub(crate) fn start(a: &str, a_mac: [u8; 6], b: &str, b_mac: [u8; 6], seed: u64) -> anyhow::Result<Self> {
+        let params = Arc::new(Mutex::new(Impairment::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = [Arc::new(Counts::default()), Arc::new(Counts::default())];
+        let (a_tx, a_rx) = channel(a)?;
+        let (b_tx, b_rx) = channel(b)?;
+        let mut threads = Vec::new();
+        for (i, (rx, mac, tx)) in [(a_rx, a_mac, b_tx), (b_rx, b_mac, a_tx)].into_iter().enumerate() {
+            let queue = Arc::new((Mutex::new(BinaryHeap::<Due>::new()), Condvar::new()));
+            let (p, s, q, c) = (params.clone(), stop.clone(), queue.clone(), counts[i].clone());
+            let coin = Coin(seed.wrapping_mul(2 * i as u64 + 1) | 1);
+            threads.push(std::thread::spawn(move || read_side(rx, mac, p, s, q, c, coin)));
+            let (s, q) = (stop.clone(), queue);
+            threads.push(std::thread::spawn(move || write_side(tx, s, q)));
+        }
+        Ok(Self {
+            params,
+            stop,
+            threads,
+            counts,
+        })
+    }
+
+    /// Changes what the link does from now on (frames already queued keep their due time).
+    pub(crate) fn set(&self, f: impl FnOnce(&mut Impairment)) {
+        f(&mut self.params.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+type Tx = Box<dyn pnet_datalink::DataLinkSender>;
+type Rx = Box<dyn pnet_datalink::DataLinkReceiver>;
+
+fn channel(name: &str) -> anyhow::Result<(Tx, Rx)> {
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == name)
+        .with_context(|| format!("no interface {name}"))?;
+    let cfg = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(50)),
+        read_buffer_size: 65536,
+        write_buffer_size: 65536,
+        promiscuous: true,
+        ..Default::default()
+    };
+    match pnet_datalink::channel(&iface, cfg).with_context(|| format!("AF_PACKET on {name} (root only)"))? {
+        pnet_datalink::Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => bail!("{name}: not an Ethernet channel"),
+    }
+}
+
+type Queue = Arc<(Mutex<BinaryHeap<Due>>, Condvar)>;
+
+fn read_side(
+    mut rx: Rx,
+    mac: [u8; 6],
+    params: Arc<Mutex<Impairment>>,
+    stop: Arc<AtomicBool>,
+    queue: Queue,
+    counts: Arc<Counts>,
+    mut coin: Coin,
+) {
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match rx.next() {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                eprintln!("netem bridge: reading failed: {e}");
+                return;
+            }
+        };
+        // Only what the host on this side sent (not what the bridge wrote out here).
+        if frame.get(6..12) != Some(&mac[..]) {
+            continue;
+        }
+        let p = *params.lock().unwrap_or_else(|p| p.into_inner());
+        if p.blackout || (p.drop_udp && is_udp(frame)) || (p.loss > 0.0 && coin.unit() < p.loss) {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let jitter = p.jitter.mul_f64(coin.unit());
+        seq += 1;
+        let due = Due {
+            at: Instant::now() + p.delay + jitter,
+            seq,
+            frame: frame.to_vec(),
+        };
+        let (heap, wake) = &*queue;
+        heap.lock().unwrap_or_else(|p| p.into_inner()).push(due);
+        wake.notify_one();
+        counts.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn write_side(mut tx: Tx, stop: Arc<AtomicBool>, queue: Queue) {
+    let (heap, wake) = &*queue;
+    let mut q = heap.lock().unwrap_or_else(|p| p.into_inner());
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = match q.peek() {
+            Some(d) if d.at <= now => {
+                let d = q.pop().expect("peeked");
+                drop(q);
+                if let Some(Err(e)) = tx.send_to(&d.frame, None) {
+                    // A frame the other side's MTU refuses is a set-up error worth seeing.
+                    eprintln!("netem bridge: writing a {}-byte frame failed: {e}", d.frame.len());
+                }
+                q = heap.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            Some(d) => d.at - now,
+            None => Duration::from_millis(50),
+        };
+        q = wake.wait_timeout(q, wait).unwrap_or_else(|p| p.into_inner()).0;
+    }
+}
+
+/// Two namespaces and the veth pairs between them and this one.
+pub(crate) struct Topology {
+    pub(crate) client_ns: String,
+    pub(crate) server_ns: String,
+    /// The bridge's ends (root namespace): toward the client, toward the server.
+    pub(crate) ends: (String, String),
+    pub(crate) client_ip: std::net::Ipv4Addr,
+    pub(crate) server_ip: std::net::Ipv4Addr,
+    pub(crate) client_mac: [u8; 6],
+    pub(crate) server_mac: [u8; 6],
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {} (iproute2 and ethtool are needed)", args[0]))?;
+    if !out.status.success() {
+        bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl Topology {
+    /// Creates the namespaces and links of run `id` (unique among runs at once).
+    pub(crate) fn create(id: u32) -> anyhow::Result<Self> {
+        let x = (id % 250) as u8;
+        let t = Self {
+            client_ns: format!("qnc{id}"),
+            server_ns: format!("qns{id}"),
+            ends: (format!("qbc{id}"), format!("qbs{id}")),
+            client_ip: std::net::Ipv4Addr::new(10, 99, x, 1),
+            server_ip: std::net::Ipv4Addr::new(10, 99, x, 2),
+            client_mac: [0x02, 0x51, 0, 0, x, 1],
+            server_mac: [0x02, 0x51, 0, 0, x, 2],
+        };
+        // Whatever a killed earlier run with this id left.
+        t.remove();
+        let (cv, sv) = (format!("qc{id}"), format!("qs{id}"));
+        let (cm, sm) = (mac_text(t.client_mac), mac_text(t.server_mac));
+        let steps: Vec<Vec<String>> = vec![
+            vec!["ip", "netns", "add", &t.client_ns],
+            vec!["ip", "netns", "add", &t.server_ns],
+            vec![
+                "ip", "link", "add", &cv, "address", &cm, "type", "veth", "peer", "name", &t.ends.0,
+            ],
+            vec![
+                "ip", "link", "add", &sv, "address", &sm, "type", "veth", "peer", "name", &t.ends.1,
+            ],
+            vec!["ip", "link", "set", &cv, "netns", &t.client_ns],
+            vec!["ip", "link", "set", &sv, "netns", &t.server_ns],
+            vec![
+                "ip",
+                "-n",
+                &t.client_ns,
+                "addr",
+                "add",
+                &format!("{}/24", t.client_ip),
+                "dev",
+                &cv,
+            ],
+            vec![
+                "ip",
+                "-n",
+                &t.server_ns,
+                "addr",
+                "add",
+                &format!("{}/24", t.server_ip),
+                "dev",
+                &sv,
+            ],
+            vec!["ip", "-n", &t.client_ns, "link", "set", "lo", "up"],
+            vec!["ip", "-n", &t.server_ns, "link", "set", "lo", "up"],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                &t.client_ns,
+                "ethtool",
+                "-K",
+                &cv,
+                "tx",
+                "off",
+                "sg",
+                "off",
+                "tso",
+                "off",
+                "gso",
+                "off",
+                "gro",
+                "off",
+            ],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                &t.server_ns,
+                "ethtool",
+                "-K",
+                &sv,
+                "tx",
+                "off",
+                "sg",
+                "off",
+                "tso",
+                "off",
+                "gso",
+                "off",
+                "gro",
+                "off",
+            ],
+            vec![
+                "ethtool", "-K", &t.ends.0, "tx", "off", "sg", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+            vec![
+                "ethtool", "-K", &t.ends.1, "tx", "off", "sg", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+            vec!["ip", "-n", &t.client_ns, "link", "set", &cv, "up"],
+            vec!["ip", "-n", &t.server_ns, "link", "set", &sv, "up"],
+            vec!["ip", "link", "set", &t.ends.0, "up"],
+            vec!["ip", "link", "set", &t.ends.1, "up"],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(str::to_string).collect())
+        .collect();
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            if let Err(e) = sh(&args) {
+                t.remove();
+                return Err(e);
+            }
+        }
+        // The bridge's ends carry no address: the root namespace must not talk on them.
+        for end in [&t.ends.0, &t.ends.1] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{end}/disable_ipv6"), "1");
+        }
+        Ok(t)
+    }
+
+    /// Deletes what [`Topology::create`] made (deleting a namespace deletes its veth ends,
+    /// and with them their peers).
+    fn remove(&self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        for end in [&self.ends.0, &self.ends.1] {
+            let _ = Command::new("ip")
+                .args(["link", "del", end])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `quaver-bench netem` was asked.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) server_bin: std::path::PathBuf,
+    pub(crate) impairment: Impairment,
+    /// A blackout `(after, for)` counted from the scenario's start of measuring.
+    pub(crate) blackout: Option<(Duration, Duration)>,
+    /// The scenario and its arguments (`chat --sessions 200 …`); `--target` is added.
+    pub(crate) scenario: Vec<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) seed: u64,
+    /// Another system to measure instead of Quaver (the Socket.IO stand-in): this shell
+    /// command runs in the server's namespace, and `scenario` is then a shell command for the
+    /// client's, not one of this bench's scenarios. Both get `NETEM_SERVER_IP`. The server is
+    /// taken as ready when it prints a line with "listening".
+    pub(crate) server_cmd: Option<String>,
+}
+
+const SECRET: &str = "quaver-bench-netem-secret-0123456789abcdef";
+
+/// Set on SIGINT or SIGTERM: the run stops and removes what it made.
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Runs `plan.scenario` across the impaired link; its output is passed through, then the
+/// link's own counts are printed.
+pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("netem needs root (network namespaces, AF_PACKET)");
+    }
+    let id = std::process::id() % 100_000;
+    let topo = Topology::create(id)?;
+    let bridge = Bridge::start(&topo.ends.0, topo.client_mac, &topo.ends.1, topo.server_mac, plan.seed)?;
+    bridge.set(|p| *p = plan.impairment);
+    let dir = std::env::temp_dir().join(format!("quaver-netem-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let cfg = dir.join("bench.toml");
+    std::fs::write(&cfg, include_str!("../running-server.toml"))?;
+    let server_ip = topo.server_ip.to_string();
+    let mut server = match &plan.server_cmd {
+        None => Child(
+            Command::new("ip")
+                .args(["netns", "exec", &topo.server_ns])
+                .arg(&plan.server_bin)
+                .arg("serve")
+                .env_remove("DATABASE_URL")
+                .env_remove("REDIS_URL")
+                .env("JWT_SECRET", SECRET)
+                .env("QUAVER_CONFIG", &cfg)
+                .env("QUAVER_LISTEN", format!("{server_ip}:4433"))
+                .env("QUAVER_HTTP_LISTEN", format!("{server_ip}:8080"))
+                .env("QUAVER_API_LISTEN", "127.0.0.1:0")
+                .env("QUAVER_DATA_DIR", dir.join("data"))
+                .env("QUAVER_CERT_DIR", dir.join("certs"))
+                .env("QUAVER_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", plan.server_bin.display()))?,
+        ),
+        Some(cmd) => Child(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topo.server_ns,
+                    "sh",
+                    "-c",
+                    &format!("exec {cmd} 2>&1"),
+                ])
+                .env("NETEM_SERVER_IP", &server_ip)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting --server-cmd")?,
+        ),
+    };
+    // `ip netns exec` (and `exec` in the shell) exec the server: its pid is the server's.
+    let pid = server.0.id();
+    // Ready once it reports its listeners; its log is drained after (warnings and errors
+    // shown), so it never blocks on a full pipe.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let log: Box<dyn std::io::Read + Send> = match plan.server_cmd {
+        None => Box::new(server.0.stderr.take().context("the server's stderr")?),
+        Some(_) => Box::new(server.0.stdout.take().context("the server's output")?),
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if (line.contains("quic=") && line.contains("http=")) || line.contains("listening") {
+                let _ = ready_tx.send(());
+            }
+            if line.contains("WARN") || line.contains("ERROR") || line.contains("rror:") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        bail!("the server did not report its listeners within 30 s");
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.client_ns]);
+    match plan.server_cmd {
+        None => {
+            cmd.arg(std::env::current_exe().context("this binary")?)
+                .args(&plan.scenario)
+                .args(["--target", &format!("{server_ip}:4433")])
+                .args(["--target-http", &format!("{server_ip}:8080")])
+                .args(["--target-pid", &pid.to_string()])
+                .env("JWT_SECRET", SECRET);
+        }
+        Some(_) => {
+            cmd.args(["sh", "-c", &plan.scenario.join(" ")]);
+        }
+    }
+    let mut scenario = Child(
+        cmd.env("NETEM_SERVER_IP", &server_ip)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the scenario")?,
+    );
+    // The scenario says when it starts measuring ("measuring …", "speaking …"; the Socket.IO
+    // stand-in's load generator: "connect: …", before its 2 s warm-up): the blackout is timed
+    // from there. Its output is passed through.
+    let started = Arc::new(Mutex::new(None::<Instant>));
+    let mut relays = Vec::new();
+    let outputs: [(Box<dyn std::io::Read + Send>, bool); 2] = [
+        (
+            Box::new(scenario.0.stdout.take().context("the scenario's stdout")?),
+            true,
+        ),
+        (
+            Box::new(scenario.0.stderr.take().context("the scenario's stderr")?),
+            false,
+        ),
+    ];
+    for (out, is_stdout) in outputs {
+        let seen = started.clone();
+        relays.push(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.starts_with("measuring") || line.starts_with("speaking") || line.starts_with("connect:") {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(Instant::now);
+                }
+                if is_stdout {
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                } else {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + plan.timeout;
+    let mut dark = false;
+    let status = loop {
+        if let Some(s) = scenario.0.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("the scenario ran past --timeout ({:?})", plan.timeout);
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        if let (Some((after, length)), Some(t0)) = (plan.blackout, *started.lock().unwrap_or_else(|p| p.into_inner())) {
+            let t = t0.elapsed();
+            let now_dark = t >= after && t < after + length;
+            if now_dark != dark {
+                dark = now_dark;
+                bridge.set(|p| p.blackout = dark);
+                eprintln!(
+                    "netem: blackout {} at {:.2} s",
+                    if dark { "begins" } else { "ends" },
+                    t.as_secs_f64()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    for r in relays {
+        let _ = r.join();
+    }
+    if let Ok(Some(s)) = server.0.try_wait() {
+        bail!("the server exited during the run: {s}");
+    }
+    let [up, down] = &bridge.counts;
+    println!(
+        "{}",
+        serde_json::json!({
+            "netem": {
+                "delay_ms": plan.impairment.delay.as_secs_f64() * 1e3,
+                "jitter_ms": plan.impairment.jitter.as_secs_f64() * 1e3,
+                "loss": plan.impairment.loss,
+                "drop_udp": plan.impairment.drop_udp,
+                "blackout": plan.blackout.map(|(a, l)| [a.as_secs_f64(), l.as_secs_f64()]),
+                "frames_up": up.forwarded.load(Ordering::Relaxed), "dropped_up": up.dropped.load(Ordering::Relaxed),
+                "frames_down": down.forwarded.load(Ordering::Relaxed), "dropped_down": down.dropped.load(Ordering::Relaxed),
+            },
+            "scenario_exit": status.code(),
+        })
+    );
+    if !status.success() {
+        bail!("the scenario failed across the link ({status})");
+    }
+    Ok(())
+}
+
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_frames_are_told_apart() {
+        let mut v4 = vec![0u8; 14 + 20];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        v4[14 + 9] = 17;
+        assert!(is_udp(&v4));
+        v4[14 + 9] = 6;
+        assert!(!is_udp(&v4), "TCP");
+        let mut v6 = vec![0u8; 14 + 40];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[14 + 6] = 17;
+        assert!(is_udp(&v6));
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!is_udp(&arp));
+        assert!(!is_udp(&[0u8; 5]), "short frames are not UDP");
+    }
+
+    #[test]
+    fn the_heap_releases_earliest_first_and_ties_in_arrival_order() {
+        let t = Instant::now();
+        let mut h = BinaryHeap::new();
+        for (ms, seq) in [(30, 1), (10, 2), (10, 3), (20, 4)] {
+            h.push(Due {
+                at: t + Duration::from_millis(ms),
+                seq,
+                frame: vec![],
+            });
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| h.pop().map(|d| d.seq)).collect();
+        assert_eq!(order, vec![2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn the_coin_is_uniform_enough_for_a_loss_rate() {
+        let mut c = Coin(0x1234_5678_9abc_def1);
+        let n = 100_000;
+        let hits = (0..n).filter(|_| c.unit() < 0.03).count();
+        let rate = hits as f64 / n as f64;
+        assert!((0.027..0.033).contains(&rate), "{rate}");
+    }
+}
