@@ -266,6 +266,9 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The offloads turned off on every end (see the module's docs).
+const OFFLOADS: [&str; 5] = ["tx", "sg", "tso", "gso", "gro"];
+
 fn mac_text(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -287,7 +290,7 @@ impl Topology {
         t.remove();
         let (cv, sv) = (format!("qc{id}"), format!("qs{id}"));
         let (cm, sm) = (mac_text(t.client_mac), mac_text(t.server_mac));
-        let steps: Vec<Vec<String>> = vec![
+        let mut steps: Vec<Vec<String>> = vec![
             vec!["ip", "netns", "add", &t.client_ns],
             vec!["ip", "netns", "add", &t.server_ns],
             vec![
@@ -320,50 +323,6 @@ impl Topology {
             ],
             vec!["ip", "-n", &t.client_ns, "link", "set", "lo", "up"],
             vec!["ip", "-n", &t.server_ns, "link", "set", "lo", "up"],
-            vec![
-                "ip",
-                "netns",
-                "exec",
-                &t.client_ns,
-                "ethtool",
-                "-K",
-                &cv,
-                "tx",
-                "off",
-                "sg",
-                "off",
-                "tso",
-                "off",
-                "gso",
-                "off",
-                "gro",
-                "off",
-            ],
-            vec![
-                "ip",
-                "netns",
-                "exec",
-                &t.server_ns,
-                "ethtool",
-                "-K",
-                &sv,
-                "tx",
-                "off",
-                "sg",
-                "off",
-                "tso",
-                "off",
-                "gso",
-                "off",
-                "gro",
-                "off",
-            ],
-            vec![
-                "ethtool", "-K", &t.ends.0, "tx", "off", "sg", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-            vec![
-                "ethtool", "-K", &t.ends.1, "tx", "off", "sg", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
             vec!["ip", "-n", &t.client_ns, "link", "set", &cv, "up"],
             vec!["ip", "-n", &t.server_ns, "link", "set", &sv, "up"],
             vec!["ip", "link", "set", &t.ends.0, "up"],
@@ -372,6 +331,21 @@ impl Topology {
         .into_iter()
         .map(|v| v.into_iter().map(str::to_string).collect())
         .collect();
+        // Offloads off on all four ends, before they come up.
+        for (ns, dev) in [
+            (Some(&t.client_ns), &cv),
+            (Some(&t.server_ns), &sv),
+            (None, &t.ends.0),
+            (None, &t.ends.1),
+        ] {
+            let mut step: Vec<String> = match ns {
+                Some(ns) => ["ip", "netns", "exec", ns].map(String::from).to_vec(),
+                None => Vec::new(),
+            };
+            step.extend(["ethtool", "-K", dev].map(String::from));
+            step.extend(OFFLOADS.iter().flat_map(|o| [o.to_string(), "off".to_string()]));
+            steps.insert(steps.len() - 4, step);
+        }
         for step in steps {
             let args: Vec<&str> = step.iter().map(String::as_str).collect();
             if let Err(e) = sh(&args) {
