@@ -537,7 +537,7 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"scenario": "resume", "clients": a.clients, "kills": r.kills, "rate": a.rate, "seconds": a.seconds,
                     "sent": r.sent, "resumed": r.resumed, "fresh": r.fresh, "lost": r.lost, "duplicated": r.duplicated,
-                    "reordered": r.reordered, "settle_seconds": r.settle_seconds})
+                    "reordered": r.reordered, "settle_seconds": r.settle_seconds, "connected_at_s": r.connected_at})
             );
             anyhow::ensure!(
                 r.lost == 0 && r.duplicated == 0 && r.reordered == 0,

@@ -46,6 +46,8 @@ pub(crate) struct ResumeResult {
     pub(crate) reordered: u64,
     /// Seconds until the last client had everything, after the last send.
     pub(crate) settle_seconds: f64,
+    /// When each reconnect was ready (seconds since the stream started), every client's.
+    pub(crate) connected_at: Vec<f64>,
 }
 
 /// `clients` resilient receivers through a relay; `kills` connections killed evenly over
@@ -80,6 +82,9 @@ pub(crate) async fn run(
         );
     }
     let total = (rate * seconds).round() as u64;
+    // `quaver-bench netem` times a blackout from this line.
+    eprintln!("measuring (server pid {})", setup.server.pid);
+    let t0 = Instant::now();
     let (mut tx, _rx) = chat.split();
     let nonce_base = setup.nonce_base;
     let sender = tokio::spawn(async move {
@@ -111,19 +116,22 @@ pub(crate) async fn run(
     for mut r in rs {
         collectors.push(tokio::spawn(async move {
             let (mut seqs, mut resumed, mut fresh) = (Vec::new(), 0u64, 0u64);
+            let mut connected_at = Vec::new();
             let end = tokio::time::Instant::now() + Duration::from_secs_f64(seconds + 30.0);
             while (seqs.len() as u64) < total {
                 match tokio::time::timeout_at(end, r.next()).await {
                     Ok(Some(Update::Event(EventBody::MessageCreated { seq, message }))) if message.channel_id == ch => {
                         seqs.push(seq)
                     }
-                    Ok(Some(Update::Connected { resumed: true, .. })) => resumed += 1,
-                    Ok(Some(Update::Connected { resumed: false, .. })) => fresh += 1,
+                    Ok(Some(Update::Connected { resumed: exact, .. })) => {
+                        connected_at.push(t0.elapsed().as_secs_f64());
+                        if exact { resumed += 1 } else { fresh += 1 }
+                    }
                     Ok(Some(_)) => {}
                     _ => break,
                 }
             }
-            (seqs, resumed, fresh, Instant::now())
+            (seqs, resumed, fresh, Instant::now(), connected_at)
         }));
     }
     let sent = sender.await?;
@@ -131,8 +139,10 @@ pub(crate) async fn run(
     let _relay = killer.await?;
     let (mut lost, mut dup, mut reordered, mut resumed, mut fresh) = (0, 0, 0, 0, 0);
     let mut last_done = sent_done;
+    let mut connected_at = Vec::new();
     for c in collectors {
-        let (seqs, r, f, done) = c.await?;
+        let (seqs, r, f, done, at) = c.await?;
+        connected_at.extend(at);
         resumed += r;
         fresh += f;
         last_done = last_done.max(done);
@@ -160,5 +170,9 @@ pub(crate) async fn run(
         duplicated: dup,
         reordered,
         settle_seconds: (last_done - sent_done).as_secs_f64(),
+        connected_at: {
+            connected_at.sort_by(f64::total_cmp);
+            connected_at
+        },
     })
 }

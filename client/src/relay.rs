@@ -53,7 +53,13 @@ impl Relay {
                 let up = match upstreams.get(&from) {
                     Some(u) => u.clone(),
                     None => {
-                        let Ok(u) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+                        // Toward the server from whichever address reaches it (loopback
+                        // in tests, another network namespace in `quaver-bench netem`).
+                        let any = match server {
+                            SocketAddr::V4(_) => "0.0.0.0:0",
+                            SocketAddr::V6(_) => "[::]:0",
+                        };
+                        let Ok(u) = tokio::net::UdpSocket::bind(any).await else {
                             continue;
                         };
                         if u.connect(server).await.is_err() {
