@@ -424,20 +424,11 @@ impl Server {
         if let Some(c) = &commands {
             // Voice channels live on one node at a time; clients are sent to it.
             let endpoint = ctx.cfg.public_addr.clone().unwrap_or_else(|| quic_addr.to_string());
-            let ws_url = ctx.cfg.public_ws_url.clone().unwrap_or_else(|| {
-                // The public host, if one is set, with the HTTP port the framing is served on.
-                let host = ctx
-                    .cfg
-                    .public_addr
-                    .as_deref()
-                    .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
-                    .unwrap_or_else(|| http_addr.ip().to_string());
-                let host = match host.contains(':') && !host.starts_with('[') {
-                    true => format!("[{host}]"),
-                    false => host,
-                };
-                format!("ws://{host}:{}{}", http_addr.port(), gateway::ws::WS_PATH)
-            });
+            let ws_url = ctx
+                .cfg
+                .public_ws_url
+                .clone()
+                .unwrap_or_else(|| gateway::ws::default_url(ctx.cfg.public_addr.as_deref(), http_addr));
             ctx.voice.set_leases(Arc::new(voice::lease::VoiceLeases::new(
                 c.clone(),
                 &ctx.cfg.node_name,

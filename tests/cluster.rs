@@ -1031,6 +1031,36 @@ async fn two_nodes_on_a_redis_cluster_chat_and_share_presence() {
     drop(procs);
 }
 
+/// 40 voice frames of `[payload; 3]` from `c`, one every 20 ms.
+async fn speak(c: &quaver_client::Client, payload: u8) {
+    use quaver_proto::datagram::{AudioLevel, Uplink};
+    for seq in 0..40u16 {
+        let h = Uplink {
+            flags: 0,
+            level: AudioLevel::new(20, true),
+            seq,
+            timestamp: u32::from(seq) * 960,
+        };
+        let _ = c.send_voice(&h, &[payload; 3]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many of `slot`'s `[payload; 3]` frames `c` heard within 5 s (stops at 10).
+async fn hear(c: &quaver_client::Client, slot: u16, payload: u8) -> usize {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut heard = 0;
+    while let Ok(Ok((h, p))) = tokio::time::timeout_at(end, c.recv_voice()).await {
+        if h.slot == slot && p[..] == [payload; 3] {
+            heard += 1;
+            if heard >= 10 {
+                break;
+            }
+        }
+    }
+    heard
+}
+
 /// A voice channel lives on one node: a join from another node is sent there
 /// (`VoiceServer`), the native client follows it, and both participants hear each other in
 /// one SFU; once the channel empties its lease is released and the next join homes it
@@ -1038,7 +1068,6 @@ async fn two_nodes_on_a_redis_cluster_chat_and_share_presence() {
 #[tokio::test]
 async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     use quaver_client::voice::join_voice;
-    use quaver_proto::datagram::{AudioLevel, Uplink};
     let Some(s) = services("voice").await else { return };
     let (a, b) = (node(&s).await, node(&s).await);
     let (c1, mut l1) = user(&a, 1).await;
@@ -1102,32 +1131,7 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
     drop((fresh_voice, fresh));
     // User 1 speaks on node a; user 2 hears it through their session there.
     let listener = j2.client(&c2);
-    let speak = async {
-        for seq in 0..40u16 {
-            let h = Uplink {
-                flags: 0,
-                level: AudioLevel::new(20, true),
-                seq,
-                timestamp: u32::from(seq) * 960,
-            };
-            let _ = c1.send_voice(&h, &[7, 7, 7]);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let hear = async {
-        let end = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut heard = 0;
-        while let Ok(Ok((h, payload))) = tokio::time::timeout_at(end, listener.recv_voice()).await {
-            if h.slot == slot1 && payload[..] == [7, 7, 7] {
-                heard += 1;
-                if heard >= 10 {
-                    break;
-                }
-            }
-        }
-        heard
-    };
-    let ((), heard) = tokio::join!(speak, hear);
+    let ((), heard) = tokio::join!(speak(&c1, 7), hear(listener, slot1, 7));
     assert!(heard >= 10, "user 2 heard {heard} of user 1's frames");
     // Both leave: the lease is released, and a join on node b homes the channel there.
     req(&mut v1, RequestBody::LeaveVoice).await.unwrap();
@@ -1161,7 +1165,6 @@ async fn a_voice_channel_lives_on_one_node_and_joins_elsewhere_follow_it() {
 #[tokio::test]
 async fn a_websocket_session_follows_a_voice_channel_to_its_node_over_websocket() {
     use quaver_client::voice::join_voice;
-    use quaver_proto::datagram::{AudioLevel, Uplink};
     let Some(s) = services("voicews").await else { return };
     let (a, b) = (node(&s).await, node(&s).await);
     let (c1, mut l1) = user(&a, 1).await;
@@ -1215,31 +1218,6 @@ async fn a_websocket_session_follows_a_voice_channel_to_its_node_over_websocket(
     assert!(j2.remote.is_some());
     assert_eq!(there.transport(), Transport::WebSocket);
     // Both ways: user 1 (QUIC, node a) and user 2 (WebSocket, at node a) hear each other.
-    async fn speak(c: &quaver_client::Client, payload: u8) {
-        for seq in 0..40u16 {
-            let h = Uplink {
-                flags: 0,
-                level: AudioLevel::new(20, true),
-                seq,
-                timestamp: u32::from(seq) * 960,
-            };
-            let _ = c.send_voice(&h, &[payload; 3]);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    async fn hear(c: &quaver_client::Client, slot: u16, payload: u8) -> usize {
-        let end = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut heard = 0;
-        while let Ok(Ok((h, p))) = tokio::time::timeout_at(end, c.recv_voice()).await {
-            if h.slot == slot && p[..] == [payload; 3] {
-                heard += 1;
-                if heard >= 10 {
-                    break;
-                }
-            }
-        }
-        heard
-    }
     let ((), (), heard_by_2, heard_by_1) = tokio::join!(
         speak(&c1, 7),
         speak(there, 9),

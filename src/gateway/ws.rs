@@ -61,6 +61,20 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Streams open at once, as QUIC's `max_concurrent_bidi_streams`.
 const MAX_STREAMS: usize = 32;
 
+/// The framing's URL announced for this node when `--public-ws-url` is not set: `ws://`, the
+/// host of `public_addr` (`host:port`) if one is set, else the bound HTTP address's, the HTTP
+/// port, [`WS_PATH`].
+pub fn default_url(public_addr: Option<&str>, http_addr: std::net::SocketAddr) -> String {
+    let host = public_addr
+        .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .unwrap_or_else(|| http_addr.ip().to_string());
+    let host = match host.contains(':') && !host.starts_with('[') {
+        true => format!("[{host}]"),
+        false => host,
+    };
+    format!("ws://{host}:{}{WS_PATH}", http_addr.port())
+}
+
 /// The largest message of the framing: the largest Quaver frame with its length prefix, and
 /// the framing's header (PROTOCOL.md §11: 16 bytes over).
 fn max_message(ctx: &Ctx) -> usize {
@@ -409,5 +423,26 @@ fn frame_in(session: &mut WsSession, port: &mut WsPort, now: Instant, msg: Bytes
             }
         }
         Ok(Received::Stale) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_url_takes_the_public_host_and_the_http_port() {
+        let http: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(default_url(None, http), "ws://127.0.0.1:8080/quaver/ws");
+        assert_eq!(
+            default_url(Some("chat.example:4433"), http),
+            "ws://chat.example:8080/quaver/ws"
+        );
+        assert_eq!(
+            default_url(Some("[2001:db8::1]:4433"), http),
+            "ws://[2001:db8::1]:8080/quaver/ws"
+        );
+        let v6: std::net::SocketAddr = "[::1]:8080".parse().unwrap();
+        assert_eq!(default_url(None, v6), "ws://[::1]:8080/quaver/ws");
     }
 }

@@ -92,6 +92,22 @@ export async function createChannel(page, name, kind) {
   return (await page.waitForSelector(`#channels .channel[data-kind="${kind}"][data-name="${name}"]`)).getAttribute('data-id');
 }
 
+/** `a` creates voice channel `name`, both pages join it, and each decodes the other with
+ * energy (within 15 s); resolves to the channel's id, both still in it. */
+export async function voiceBothWays(a, b, name) {
+  const stats = (p) => p.evaluate(() => ({ ...window.quaverApp.voiceStats }));
+  const channel = await createChannel(a, name, 'Voice');
+  await until('the other page sees the voice channel', () => b.$(`#channels .channel[data-id="${channel}"]`));
+  await a.click(`#channels .channel[data-id="${channel}"]`);
+  await b.click(`#channels .channel[data-id="${channel}"]`);
+  await until('both are in the channel', async () => (await a.$$('#channels .voice-user')).length === 2);
+  await until('each decodes the other with energy', async () => {
+    const [x, y] = [await stats(a), await stats(b)];
+    return x.decodedFrames > 20 && y.decodedFrames > 20 && x.decodedEnergy > 0 && y.decodedEnergy > 0 && [x, y];
+  }, 15000);
+  return channel;
+}
+
 /** Opens settings, runs `f(page)` on them, closes them. */
 export async function inSettings(page, f) {
   await page.click('#settings-button');

@@ -9,7 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, until, person, shown, sendText, createGuild, inviteCode, joinByLink, createChannel } from './people.mjs';
+import { CHROMIUM_ARGS, until, person, shown, sendText, createGuild, inviteCode, joinByLink, voiceBothWays } from './people.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const IP = process.env.NETEM_SERVER_IP;
@@ -76,16 +76,7 @@ test('UDP dropped by the network: both pages connect over WebSocket within 3 s a
 });
 
 test('UDP dropped by the network: voice is heard both ways over the WebSocket', run, async () => {
-  const stats = (p) => p.evaluate(() => ({ ...window.quaverApp.voiceStats }));
-  const channel = await createChannel(ada, 'lounge', 'Voice');
-  await until('bob sees the voice channel', () => bob.$(`#channels .channel[data-id="${channel}"]`));
-  await ada.click(`#channels .channel[data-id="${channel}"]`);
-  await bob.click(`#channels .channel[data-id="${channel}"]`);
-  await until('both are in the channel', async () => (await ada.$$('#channels .voice-user')).length === 2);
-  await until('each decodes the other with energy', async () => {
-    const [x, y] = [await stats(ada), await stats(bob)];
-    return x.decodedFrames > 20 && y.decodedFrames > 20 && x.decodedEnergy > 0 && y.decodedEnergy > 0 && [x, y];
-  }, 15000);
+  await voiceBothWays(ada, bob, 'lounge');
   await ada.click('#leave-voice');
   await bob.click('#leave-voice');
 });

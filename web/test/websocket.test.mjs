@@ -12,13 +12,12 @@ import { mkdirSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { BIN, startServer } from './server.mjs';
-import { CHROMIUM_ARGS, until, person, shown, sendText, createGuild, inviteCode, joinByLink, createChannel } from './people.mjs';
+import { CHROMIUM_ARGS, until, person, shown, sendText, createGuild, inviteCode, joinByLink, voiceBothWays } from './people.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = new URL('../../target/screenshots/', import.meta.url).pathname;
 
 let server, browser, httpAddr, blackhole, silentPort, ada, bob;
-const stats = (p) => p.evaluate(() => ({ ...window.quaverApp.voiceStats }));
 
 /** The page is told its QUIC port is the silent one. */
 async function noUdp(page) {
@@ -93,15 +92,7 @@ test('chat, presence and typing between a WebSocket page and a WebTransport page
 });
 
 test('voice between a WebSocket page and a WebTransport page: each hears the other', async () => {
-  const channel = await createChannel(ada, 'lounge', 'Voice');
-  await until('bob sees the voice channel', () => bob.$(`#channels .channel[data-id="${channel}"]`));
-  await ada.click(`#channels .channel[data-id="${channel}"]`);
-  await bob.click(`#channels .channel[data-id="${channel}"]`);
-  await until('both are in the channel', async () => (await ada.$$('#channels .voice-user')).length === 2);
-  await until('each decodes the other with energy', async () => {
-    const [a, b] = [await stats(ada), await stats(bob)];
-    return a.decodedFrames > 20 && b.decodedFrames > 20 && a.decodedEnergy > 0 && b.decodedEnergy > 0 && [a, b];
-  }, 15000);
+  await voiceBothWays(ada, bob, 'lounge');
   await ada.screenshot({ path: join(SHOTS, 'websocket-voice.png') });
   await ada.click('#leave-voice');
   await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
