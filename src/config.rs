@@ -269,6 +269,13 @@ pub struct SessionConfig {
     /// Require a stateless retry (address validation) once this many handshakes are in
     /// progress. Default 64: validation costs a round trip, so only under load; 0 = always.
     pub retry_above_handshakes: usize,
+    /// The longest a client is asked to hold back an acknowledgement (the QUIC
+    /// ACK-frequency extension; quinn-based native clients honour it, browsers keep their
+    /// own 25 ms). A delivery lost at the end of a burst is only resent after a probe
+    /// timeout, which includes this delay, so it bounds how fast a lost chat message is
+    /// repaired. Default 25 ms; 1 ms–16 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub ack_delay: Duration,
     /// How long a session whose connection was lost can be resumed exactly (its events
     /// are buffered meanwhile). Default 2 min.
     #[serde(deserialize_with = "de_duration")]
@@ -365,6 +372,7 @@ impl Default for SessionConfig {
             max_frame_bytes: quaver_proto::DEFAULT_MAX_FRAME,
             max_connections: 20_000,
             retry_above_handshakes: 64,
+            ack_delay: Duration::from_millis(25),
             presence_grace: Duration::from_secs(5),
             resume_window: Duration::from_secs(120),
             replay_max_events: 2_000,
@@ -483,6 +491,9 @@ pub struct ConfigArgs {
     /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
     #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
+    /// Longest acknowledgement delay asked of clients [default: 25ms; bare numbers are ms].
+    #[arg(long, env = "QUAVER_ACK_DELAY", value_parser = parse_duration)]
+    pub ack_delay: Option<Duration>,
     /// Resume window after a lost connection [default: 2m].
     #[arg(long, env = "QUAVER_RESUME_WINDOW", value_parser = parse_duration)]
     pub resume_window: Option<Duration>,
@@ -534,7 +545,7 @@ impl ConfigArgs {
             ping_interval => session.ping_interval, ping_timeout => session.ping_timeout,
             hello_timeout => session.hello_timeout, max_frame_bytes => session.max_frame_bytes,
             max_connections => session.max_connections,
-            retry_above_handshakes => session.retry_above_handshakes,
+            retry_above_handshakes => session.retry_above_handshakes, ack_delay => session.ack_delay,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,
             resume_window => session.resume_window,
@@ -616,6 +627,11 @@ impl Config {
         anyhow::ensure!((1..=64).contains(&self.loops), "loops must be 1–64, not {}", self.loops);
         let s = &self.session;
         anyhow::ensure!(s.ping_interval > Duration::ZERO, "ping interval must be positive");
+        anyhow::ensure!(
+            (Duration::from_millis(1)..=Duration::from_millis(16_383)).contains(&s.ack_delay),
+            "ack delay must be 1 ms–16 s (a QUIC transport limit), not {:?}",
+            s.ack_delay
+        );
         anyhow::ensure!(
             s.ping_timeout > s.ping_interval,
             "ping timeout ({:?}) must exceed the ping interval ({:?}), or every idle session times out",
@@ -735,5 +751,12 @@ mod tests {
         let mut c = Config::default();
         c.tls.dev_validity = Duration::from_secs(15 * 86_400);
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.session.ack_delay = Duration::ZERO;
+        assert!(c.validate().is_err(), "an ack delay of 0 cannot be sent");
+        c.session.ack_delay = Duration::from_secs(17);
+        assert!(c.validate().is_err(), "past the transport parameter's 2^14 ms");
+        c.session.ack_delay = Duration::from_millis(5);
+        assert!(c.validate().is_ok());
     }
 }

@@ -415,6 +415,75 @@ async fn migration_keeps_the_session_and_loses_nothing() {
     server.shutdown().await;
 }
 
+/// A connect begun while the network is dark (every packet dropped) answers soon after it
+/// returns: fresh handshakes go out every `probe_every` while the server is silent, where a
+/// single attempt would wait for its next retransmission (1 s, 3 s, 7 s after its start).
+#[tokio::test]
+async fn a_connect_begun_during_an_outage_answers_soon_after_it() {
+    let server = start(config()).await;
+    let relay = quaver_client::relay::Relay::start(server.quic_addr).await;
+    relay.cut();
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(1)));
+    cfg.addr = relay.addr;
+    let connecting = tokio::spawn(async move { (connect(&cfg).await, Instant::now()) });
+    // Past the single attempt's second retransmission (3 s): its next is at 7 s.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    assert!(
+        !connecting.is_finished(),
+        "nothing can answer while the network is dark"
+    );
+    let back = Instant::now();
+    relay.restore();
+    let (client, ready_at) = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("connected")
+        .unwrap();
+    let client = client.expect("connected once the network is back");
+    let took = ready_at - back;
+    assert!(
+        took < Duration::from_millis(1500),
+        "Ready {took:?} after the network returned (probes every 500 ms)"
+    );
+    // One session, one Hello: the losing attempts never reached the server's sessions.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.ctx.sessions.of_user(1).len(), 1);
+    assert!(server.ctx.sessions.get(&client.ready.session_id).is_some());
+    server.shutdown().await;
+}
+
+/// `Resilient::network_changed` while waiting out a long backoff: the wait ends at once.
+#[tokio::test]
+async fn a_network_change_ends_the_wait_to_reconnect() {
+    let server = start(config()).await;
+    let relay = quaver_client::relay::Relay::start(server.quic_addr).await;
+    relay.cut();
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(1)));
+    cfg.addr = relay.addr;
+    cfg.connect_timeout = Duration::from_millis(600);
+    let slow = Backoff {
+        min: Duration::from_secs(30),
+        max: Duration::from_secs(30),
+    };
+    let mut r = Resilient::start(cfg, slow);
+    // Wait for a failure that schedules a retry far enough away to tell apart.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), r.next()).await {
+            Ok(Some(Update::Unreachable { retry_in, .. })) if retry_in > Duration::from_secs(5) => break,
+            Ok(Some(Update::Unreachable { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    relay.restore();
+    let told = Instant::now();
+    r.network_changed();
+    match tokio::time::timeout(Duration::from_secs(5), r.next()).await {
+        Ok(Some(Update::Connected { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(told.elapsed() < Duration::from_secs(3), "{:?}", told.elapsed());
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn resuming_another_users_session_is_refused() {
     let server = start(config()).await;

@@ -36,6 +36,8 @@ pub(crate) struct ChatRun {
     pub(crate) client_loops: usize,
     /// Senders post through the server API (HTTP, as bots) instead of their chat lanes.
     pub(crate) via_api: bool,
+    /// The `quaver-client` sessions' check of their route's local address (`None`: off).
+    pub(crate) network_check: Option<Duration>,
 }
 
 impl ChatRun {
@@ -99,7 +101,8 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         None
     };
     let cluster = r.on_cluster();
-    let setup = Setup::for_run(target, &toml, r.transport, r.nodes, r.on_cluster_services).await?;
+    let mut setup = Setup::for_run(target, &toml, r.transport, r.nodes, r.on_cluster_services).await?;
+    setup.network_check = r.network_check;
     let Owner {
         mut chat,
         general: ch,

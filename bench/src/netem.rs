@@ -43,6 +43,54 @@ pub(crate) struct Impairment {
     pub(crate) blackout: bool,
     /// Every UDP datagram (IPv4 or IPv6) is dropped; the rest passes.
     pub(crate) drop_udp: bool,
+    /// A NAT in front of the client rebound (IPv4 UDP only): the client's ports look
+    /// different to the server from now on ([`nat_out`]), and what the server sends to the
+    /// ports it knew is dropped ([`nat_in`]), as when a NAT's mapping expired and a new one
+    /// was made. The client itself sees nothing change.
+    pub(crate) nat_rebound: bool,
+}
+
+/// How far a rebound NAT moves a client's UDP port: from the ephemeral range
+/// (32768–60999) to below it, so a new port is never one the server knew.
+const NAT_SHIFT: u16 = 30_000;
+
+/// Where an IPv4 UDP frame's UDP header starts (`None`: not IPv4 UDP, or a fragment).
+fn ipv4_udp_header(frame: &[u8]) -> Option<usize> {
+    if frame.get(12..14) != Some(&[0x08, 0x00]) || frame.get(14 + 9) != Some(&17) {
+        return None;
+    }
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    let frag = u16::from_be_bytes([*frame.get(14 + 6)?, *frame.get(14 + 7)?]);
+    if ihl < 20 || frag & 0x1fff != 0 || frame.len() < 14 + ihl + 8 {
+        return None;
+    }
+    Some(14 + ihl)
+}
+
+/// Client → server through a rebound NAT: the source port moved by [`NAT_SHIFT`]. The UDP
+/// checksum is set to 0 ("none", allowed over IPv4) rather than recomputed.
+fn nat_out(frame: &mut [u8]) {
+    let Some(u) = ipv4_udp_header(frame) else { return };
+    let port = u16::from_be_bytes([frame[u], frame[u + 1]]);
+    if port >= 32_768 {
+        frame[u..u + 2].copy_from_slice(&(port - NAT_SHIFT).to_be_bytes());
+        frame[u + 6..u + 8].copy_from_slice(&[0, 0]);
+    }
+}
+
+/// Server → client through a rebound NAT: to a new port, translated back; to a port of the
+/// old mapping, `false` (dropped: the NAT no longer knows it).
+fn nat_in(frame: &mut [u8]) -> bool {
+    let Some(u) = ipv4_udp_header(frame) else { return true };
+    let port = u16::from_be_bytes([frame[u + 2], frame[u + 3]]);
+    if port >= 32_768 {
+        return false;
+    }
+    if let Some(back) = port.checked_add(NAT_SHIFT).filter(|p| *p >= 32_768) {
+        frame[u + 2..u + 4].copy_from_slice(&back.to_be_bytes());
+        frame[u + 6..u + 8].copy_from_slice(&[0, 0]);
+    }
+    true
 }
 
 /// What the link did, per direction.
@@ -121,7 +169,10 @@ impl Bridge {
             let queue = Arc::new((Mutex::new(BinaryHeap::<Due>::new()), Condvar::new()));
             let (p, s, q, c) = (params.clone(), stop.clone(), queue.clone(), counts[i].clone());
             let coin = Coin(seed.wrapping_mul(2 * i as u64 + 1) | 1);
-            threads.push(std::thread::spawn(move || read_side(rx, mac, p, s, q, c, coin)));
+            let toward_server = i == 0;
+            threads.push(std::thread::spawn(move || {
+                read_side(rx, mac, toward_server, p, s, q, c, coin)
+            }));
             let (s, q) = (stop.clone(), queue);
             threads.push(std::thread::spawn(move || write_side(tx, s, q)));
         }
@@ -151,16 +202,35 @@ impl Drop for Bridge {
 type Tx = Box<dyn pnet_datalink::DataLinkSender>;
 type Rx = Box<dyn pnet_datalink::DataLinkReceiver>;
 
+/// The kernel receive buffer of the bridge's packet sockets. With the default (208 KiB) a
+/// burst from 200 connections at once — the server answering 200 moved clients, say —
+/// overflowed it, and frames were lost that the link never decided to lose (seen as path
+/// challenges that never arrived). Capped by `net.core.rmem_max` (4 MiB here).
+const BRIDGE_RCVBUF: usize = 8 << 20;
+
 fn channel(name: &str) -> anyhow::Result<(Tx, Rx)> {
+    use std::os::fd::IntoRawFd as _;
     let iface = pnet_datalink::interfaces()
         .into_iter()
         .find(|i| i.name == name)
         .with_context(|| format!("no interface {name}"))?;
+    // ETH_P_ALL (0x0003), in network byte order as AF_PACKET wants it; pnet binds the
+    // socket to the interface and owns (and closes) it from here on.
+    let socket = socket2::Socket::new(
+        socket2::Domain::PACKET,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(i32::from(0x0003u16.to_be()))),
+    )
+    .with_context(|| format!("AF_PACKET on {name} (root only)"))?;
+    socket
+        .set_recv_buffer_size(BRIDGE_RCVBUF)
+        .context("the bridge's receive buffer")?;
     let cfg = pnet_datalink::Config {
         read_timeout: Some(Duration::from_millis(50)),
         read_buffer_size: 65536,
         write_buffer_size: 65536,
         promiscuous: true,
+        socket_fd: Some(socket.into_raw_fd()),
         ..Default::default()
     };
     match pnet_datalink::channel(&iface, cfg).with_context(|| format!("AF_PACKET on {name} (root only)"))? {
@@ -171,9 +241,11 @@ fn channel(name: &str) -> anyhow::Result<(Tx, Rx)> {
 
 type Queue = Arc<(Mutex<BinaryHeap<Due>>, Condvar)>;
 
+#[allow(clippy::too_many_arguments)]
 fn read_side(
     mut rx: Rx,
     mac: [u8; 6],
+    toward_server: bool,
     params: Arc<Mutex<Impairment>>,
     stop: Arc<AtomicBool>,
     queue: Queue,
@@ -206,12 +278,21 @@ fn read_side(
             counts.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let mut frame = frame.to_vec();
+        if p.nat_rebound {
+            if toward_server {
+                nat_out(&mut frame);
+            } else if !nat_in(&mut frame) {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
         let jitter = p.jitter.mul_f64(coin.unit());
         seq += 1;
         let due = Due {
             at: Instant::now() + p.delay + jitter,
             seq,
-            frame: frame.to_vec(),
+            frame,
         };
         let (heap, wake) = &*queue;
         heap.lock().unwrap_or_else(|p| p.into_inner()).push(due);
@@ -247,6 +328,9 @@ fn write_side(mut tx: Tx, stop: Arc<AtomicBool>, queue: Queue) {
 pub(crate) struct Topology {
     pub(crate) client_ns: String,
     pub(crate) server_ns: String,
+    /// The client's interface (in its namespace), and the server's (in its).
+    pub(crate) client_dev: String,
+    pub(crate) server_dev: String,
     /// The bridge's ends (root namespace): toward the client, toward the server.
     pub(crate) ends: (String, String),
     pub(crate) client_ip: std::net::Ipv4Addr,
@@ -280,6 +364,8 @@ impl Topology {
         let t = Self {
             client_ns: format!("qnc{id}"),
             server_ns: format!("qns{id}"),
+            client_dev: format!("qc{id}"),
+            server_dev: format!("qs{id}"),
             ends: (format!("qbc{id}"), format!("qbs{id}")),
             client_ip: std::net::Ipv4Addr::new(10, 99, x, 1),
             server_ip: std::net::Ipv4Addr::new(10, 99, x, 2),
@@ -288,7 +374,7 @@ impl Topology {
         };
         // Whatever a killed earlier run with this id left.
         t.remove();
-        let (cv, sv) = (format!("qc{id}"), format!("qs{id}"));
+        let (cv, sv) = (t.client_dev.clone(), t.server_dev.clone());
         let (cm, sm) = (mac_text(t.client_mac), mac_text(t.server_mac));
         let mut steps: Vec<Vec<String>> = vec![
             vec!["ip", "netns", "add", &t.client_ns],
@@ -360,6 +446,63 @@ impl Topology {
         Ok(t)
     }
 
+    /// The client moves to another address of its network (as on another Wi-Fi access
+    /// point or after a DHCP renewal): `.3` is added, the old address deleted (the new one
+    /// takes its place: `promote_secondaries`). Sockets bound to the unspecified address
+    /// send from `.3` from now on; what the server sends to the old address is lost.
+    ///
+    /// The server's neighbour entry for `.3` is made first, as a router in front of a real
+    /// server would already have its next hop resolved: here client and server share one
+    /// link, and the first packets of 200 moved connections waiting for an ARP answer
+    /// overflowed the kernel's queue of unresolved packets (`unres_qlen_bytes`), losing the
+    /// servers' path challenges — an artefact of the emulation, not of a real network.
+    pub(crate) fn readdress(&self) -> anyhow::Result<std::net::Ipv4Addr> {
+        let o = self.client_ip.octets();
+        let new = std::net::Ipv4Addr::new(o[0], o[1], o[2], 3);
+        let (ip, mac) = (new.to_string(), mac_text(self.client_mac));
+        sh(&[
+            "ip",
+            "-n",
+            &self.server_ns,
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &mac,
+            "dev",
+            &self.server_dev,
+            "nud",
+            "permanent",
+        ])?;
+        let promote = format!(
+            "echo 1 > /proc/sys/net/ipv4/conf/{}/promote_secondaries",
+            self.client_dev
+        );
+        sh(&["ip", "netns", "exec", &self.client_ns, "sh", "-c", &promote])?;
+        let (new_cidr, old_cidr) = (format!("{new}/24"), format!("{}/24", self.client_ip));
+        sh(&[
+            "ip",
+            "-n",
+            &self.client_ns,
+            "addr",
+            "add",
+            &new_cidr,
+            "dev",
+            &self.client_dev,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &self.client_ns,
+            "addr",
+            "del",
+            &old_cidr,
+            "dev",
+            &self.client_dev,
+        ])?;
+        Ok(new)
+    }
+
     /// Deletes what [`Topology::create`] made (deleting a namespace deletes its veth ends,
     /// and with them their peers).
     fn remove(&self) {
@@ -401,6 +544,12 @@ pub(crate) struct Plan {
     pub(crate) impairment: Impairment,
     /// A blackout `(after, for)` counted from the scenario's start of measuring.
     pub(crate) blackout: Option<(Duration, Duration)>,
+    /// The client's address changes this long after the start of measuring
+    /// ([`Topology::readdress`]).
+    pub(crate) readdress_at: Option<Duration>,
+    /// A NAT in front of the client rebinds this long after the start of measuring
+    /// ([`Impairment::nat_rebound`]).
+    pub(crate) nat_rebind_at: Option<Duration>,
     /// The scenario and its arguments (`chat --sessions 200 …`); `--target` is added.
     pub(crate) scenario: Vec<String>,
     pub(crate) timeout: Duration,
@@ -448,7 +597,10 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
                 .env("QUAVER_API_LISTEN", "127.0.0.1:0")
                 .env("QUAVER_DATA_DIR", dir.join("data"))
                 .env("QUAVER_CERT_DIR", dir.join("certs"))
-                .env("QUAVER_LOG", "info")
+                .env(
+                    "QUAVER_LOG",
+                    std::env::var("NETEM_SERVER_LOG_FILTER").unwrap_or_else(|_| "info".into()),
+                )
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -483,8 +635,19 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         None => Box::new(server.0.stderr.take().context("the server's stderr")?),
         Some(_) => Box::new(server.0.stdout.take().context("the server's output")?),
     };
+    // NETEM_SERVER_LOG=<file> keeps the server's whole log (with NETEM_SERVER_LOG_FILTER, a
+    // QUAVER_LOG filter such as `info,quinn_proto=trace`, to see what a connection did).
+    let mut keep = match std::env::var_os("NETEM_SERVER_LOG") {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(&path).context("NETEM_SERVER_LOG")?,
+        )),
+        None => None,
+    };
     std::thread::spawn(move || {
         for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if (line.contains("quic=") && line.contains("http=")) || line.contains("listening") {
                 let _ = ready_tx.send(());
             }
@@ -553,6 +716,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + plan.timeout;
     let mut dark = false;
+    let (mut readdressed, mut rebound) = (false, false);
     let status = loop {
         if let Some(s) = scenario.0.try_wait()? {
             break s;
@@ -563,8 +727,32 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         if INTERRUPTED.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
-        if let (Some((after, length)), Some(t0)) = (plan.blackout, *started.lock().unwrap_or_else(|p| p.into_inner())) {
-            let t = t0.elapsed();
+        let t0 = *started.lock().unwrap_or_else(|p| p.into_inner());
+        let t = t0.map(|t0| t0.elapsed());
+        if let (Some(at), Some(t)) = (plan.readdress_at, t)
+            && !readdressed
+            && t >= at
+        {
+            readdressed = true;
+            let new = topo.readdress()?;
+            eprintln!(
+                "netem: the client's address changed {} → {new} at {:.2} s",
+                topo.client_ip,
+                t.as_secs_f64()
+            );
+        }
+        if let (Some(at), Some(t)) = (plan.nat_rebind_at, t)
+            && !rebound
+            && t >= at
+        {
+            rebound = true;
+            bridge.set(|p| p.nat_rebound = true);
+            eprintln!(
+                "netem: the client's NAT rebound (new ports) at {:.2} s",
+                t.as_secs_f64()
+            );
+        }
+        if let (Some((after, length)), Some(t)) = (plan.blackout, t) {
             let now_dark = t >= after && t < after + length;
             if now_dark != dark {
                 dark = now_dark;
@@ -594,6 +782,8 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
                 "loss": plan.impairment.loss,
                 "drop_udp": plan.impairment.drop_udp,
                 "blackout": plan.blackout.map(|(a, l)| [a.as_secs_f64(), l.as_secs_f64()]),
+                "readdress_at": plan.readdress_at.map(|a| a.as_secs_f64()),
+                "nat_rebind_at": plan.nat_rebind_at.map(|a| a.as_secs_f64()),
                 "frames_up": up.forwarded.load(Ordering::Relaxed), "dropped_up": up.dropped.load(Ordering::Relaxed),
                 "frames_down": down.forwarded.load(Ordering::Relaxed), "dropped_down": down.dropped.load(Ordering::Relaxed),
             },
@@ -645,6 +835,42 @@ mod tests {
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert!(!is_udp(&arp));
         assert!(!is_udp(&[0u8; 5]), "short frames are not UDP");
+    }
+
+    /// An IPv4 UDP frame from `src` to `dst` port, with a non-zero checksum.
+    fn udp_v4(src: u16, dst: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 17;
+        f[34..36].copy_from_slice(&src.to_be_bytes());
+        f[36..38].copy_from_slice(&dst.to_be_bytes());
+        f[40..42].copy_from_slice(&[0xab, 0xcd]);
+        f
+    }
+
+    #[test]
+    fn a_rebound_nat_moves_the_clients_ports_and_forgets_the_old_ones() {
+        let mut out = udp_v4(45_000, 4433);
+        nat_out(&mut out);
+        assert_eq!(&out[34..38], &[(15_000u16 >> 8) as u8, 15_000u16 as u8, 0x11, 0x51]);
+        assert_eq!(&out[40..42], &[0, 0], "checksum: none");
+        // The server answers the new port: translated back.
+        let mut back = udp_v4(4433, 15_000);
+        assert!(nat_in(&mut back));
+        assert_eq!(u16::from_be_bytes([back[36], back[37]]), 45_000);
+        // To the port it knew before: the NAT has no mapping.
+        assert!(!nat_in(&mut udp_v4(4433, 45_000)));
+        // Not UDP, or a fragment: untouched and passed.
+        let mut tcp = udp_v4(45_000, 80);
+        tcp[14 + 9] = 6;
+        let before = tcp.clone();
+        nat_out(&mut tcp);
+        assert!(nat_in(&mut tcp));
+        assert_eq!(tcp, before);
+        let mut frag = udp_v4(4433, 45_000);
+        frag[14 + 7] = 1;
+        assert!(nat_in(&mut frag));
     }
 
     #[test]

@@ -12,16 +12,25 @@ use quaver_proto::*;
 use crate::setup::{Owner, Setup};
 
 /// A resilient receiver that notices a dead path within 2 s, connected (within 10 s).
-pub(crate) async fn receiver(mut cfg: quaver_client::Config) -> anyhow::Result<Resilient> {
-    cfg.idle_timeout = Duration::from_secs(2);
-    cfg.keep_alive = Duration::from_millis(200);
-    let mut r = Resilient::start(
-        cfg,
-        Backoff {
-            min: Duration::from_millis(20),
-            max: Duration::from_millis(300),
-        },
-    );
+pub(crate) async fn receiver(cfg: quaver_client::Config) -> anyhow::Result<Resilient> {
+    resilient(cfg, false).await
+}
+
+/// A resilient client, connected (within 10 s): with the client's defaults, or tuned to
+/// notice a dead path within 2 s and retry within 300 ms.
+async fn resilient(mut cfg: quaver_client::Config, defaults: bool) -> anyhow::Result<Resilient> {
+    let backoff = match defaults {
+        true => Backoff::default(),
+        false => {
+            cfg.idle_timeout = Duration::from_secs(2);
+            cfg.keep_alive = Duration::from_millis(200);
+            Backoff {
+                min: Duration::from_millis(20),
+                max: Duration::from_millis(300),
+            }
+        }
+    };
+    let mut r = Resilient::start(cfg, backoff);
     match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
         Ok(Some(Update::Connected { .. })) => Ok(r),
         _ => anyhow::bail!("did not connect"),
@@ -51,23 +60,28 @@ pub(crate) struct ResumeResult {
 }
 
 /// `clients` resilient receivers through a relay; `kills` connections killed evenly over
-/// `seconds` while one sender sends `rate` messages per second.
+/// `seconds` while one resilient sender sends `rate` messages per second (a send the
+/// network ate is sent again with its nonce, so every message is stored once). With
+/// `client_defaults`, every client runs on the client's default settings instead of R1's
+/// tuned ones (what a 30 s outage across `quaver-bench netem` is measured with).
 pub(crate) async fn run(
     target: &crate::server::Target,
     clients: usize,
     kills: usize,
     rate: f64,
     seconds: f64,
+    client_defaults: bool,
+    probe_every: Option<Duration>,
 ) -> anyhow::Result<ResumeResult> {
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n[session]\nping_interval = \"200ms\"\nping_timeout = \"5s\"\n";
     let setup = Setup::start(target, toml, Transport::Quic).await?;
     let Owner {
-        chat,
         general: ch,
         invite,
-        client: _owner,
+        client: owner,
         ..
     } = setup.owner().await?;
+    drop(owner);
     // Members join (directly), then reconnect through the relay as resilient clients.
     drop(setup.members(clients, 2000, &invite).await?);
     let relay = Relay::start(setup.server.quic).await;
@@ -75,21 +89,29 @@ pub(crate) async fn run(
     for i in 0..clients {
         let mut cfg = setup.config(2000 + i as u64);
         cfg.addr = relay.addr;
+        if let Some(p) = probe_every {
+            cfg.probe_every = p;
+        }
         rs.push(
-            receiver(cfg)
+            resilient(cfg, client_defaults)
                 .await
                 .map_err(|e| anyhow::anyhow!("resilient client {i}: {e}"))?,
         );
     }
+    // The guild's owner sends, on a resilient session of its own beside the receivers (not
+    // through the relay: its connection is not killed).
+    let sending = resilient(setup.config(1), client_defaults)
+        .await
+        .map_err(|e| anyhow::anyhow!("resilient sender: {e}"))?;
     let total = (rate * seconds).round() as u64;
     // `quaver-bench netem` times a blackout from this line.
     eprintln!("measuring (server pid {})", setup.server.pid);
     let t0 = Instant::now();
-    let (mut tx, _rx) = chat.split();
     let nonce_base = setup.nonce_base;
     let sender = tokio::spawn(async move {
         let every = Duration::from_secs_f64(1.0 / rate);
         let mut tick = tokio::time::interval(every);
+        let mut acks = Vec::with_capacity(total as usize);
         for n in 0..total {
             tick.tick().await;
             let body = RequestBody::SendMessage {
@@ -98,11 +120,16 @@ pub(crate) async fn run(
                 content: format!("m{n}"),
                 reply_to: None,
             };
-            if tx.send(body).await.is_err() {
-                return n;
-            }
+            // Not waited for one by one: the stream goes on while the network is dark.
+            let requester = sending.handle();
+            acks.push(tokio::spawn(async move { requester.request(body).await.is_ok() }));
         }
-        total
+        let mut acked = 0;
+        for a in acks {
+            acked += u64::from(a.await.unwrap_or(false));
+        }
+        drop(sending);
+        acked
     });
     let killer = tokio::spawn(async move {
         let every = Duration::from_secs_f64(seconds / kills.max(1) as f64);

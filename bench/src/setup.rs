@@ -20,6 +20,8 @@ pub(crate) struct Setup {
     pub(crate) others: Vec<ServerProc>,
     verifier: Arc<quaver::auth::Verifier>,
     transport: Transport,
+    /// The clients' [`Config::network_check_every`] (`None`: off).
+    pub(crate) network_check: Option<Duration>,
     /// First message nonce of this run: a running server (`--target`) remembers every
     /// (author, nonce) it has stored, so each run needs nonces of its own.
     pub(crate) nonce_base: u64,
@@ -131,6 +133,8 @@ impl Setup {
             others: Vec::new(),
             verifier,
             transport,
+            network_check: Config::new(([127, 0, 0, 1], 0).into(), Transport::Quic, Trust::Hashes(Vec::new()))
+                .network_check_every,
             nonce_base,
         })
     }
@@ -169,6 +173,7 @@ impl Setup {
         }
         c.token = self.verifier.mint(user, None, Duration::from_secs(3600)).ok();
         c.idle_timeout = Duration::from_secs(30);
+        c.network_check_every = self.network_check;
         c
     }
 

@@ -92,6 +92,20 @@ pub struct Config {
     pub ws_url: Option<String>,
     /// How long QUIC or WebTransport gets before the WebSocket fallback starts beside it.
     pub fallback_after: Duration,
+    /// Raw QUIC: while the server has not answered a handshake at all, a fresh attempt (a
+    /// new socket and a new Initial) starts beside the earlier ones this often, at most
+    /// three at a time, the first to finish winning. A handshake's own retransmissions back
+    /// off (1 s, 2 s, 4 s …), so an attempt begun during an outage would otherwise answer
+    /// seconds after the network returns; once the server has answered, no more attempts
+    /// start (a slow, loaded server is not sent more handshakes).
+    pub probe_every: Duration,
+    /// QUIC and WebTransport: how often the client checks which local address its route to
+    /// the server leaves from; when that changes (another Wi-Fi, a cable, a VPN), a
+    /// heartbeat goes out at once from the new address and the server moves the connection
+    /// there, so even a client that is only listening is found without waiting for its
+    /// next heartbeat. `None` turns the check off (an application that has the OS's
+    /// network-change signal calls [`Client::network_changed`] itself).
+    pub network_check_every: Option<Duration>,
 }
 
 impl Config {
@@ -116,6 +130,8 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             ws_url: None,
             fallback_after: Duration::from_secs(2),
+            probe_every: Duration::from_millis(500),
+            network_check_every: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -247,30 +263,10 @@ fn read_err(session: &Session, e: ReadError) -> Error {
 
 /// Opens the connection of `transport` (QUIC or WebTransport) to `cfg.addr`.
 async fn open_quic(cfg: &Config, transport: Transport) -> Result<(Session, Option<quinn::Endpoint>), Error> {
-    let bind: SocketAddr = if cfg.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("literal");
+    let bind = unspecified_for(cfg.addr);
     Ok(match transport {
         Transport::Quic => {
-            let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
-            let crypto =
-                quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
-            let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
-            let mut transport = quinn::TransportConfig::default();
-            transport.keep_alive_interval(Some(cfg.keep_alive));
-            transport.max_idle_timeout(Some(
-                cfg.idle_timeout
-                    .try_into()
-                    .map_err(|_| Error::Tls("idle timeout".into()))?,
-            ));
-            qc.transport_config(Arc::new(transport));
-            let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Transport(e.to_string()))?;
-            endpoint.set_default_client_config(qc);
-            let conn = endpoint
-                .connect(cfg.addr, &cfg.server_name)
-                .map_err(|e| Error::Transport(e.to_string()))?
-                .await
-                .map_err(|e| Error::Transport(e.to_string()))?;
+            let (conn, endpoint) = open_quic_staggered(cfg).await?;
             (Session::Quic(conn), Some(endpoint))
         }
         Transport::WebTransport => {
@@ -308,6 +304,171 @@ async fn open_quic(cfg: &Config, transport: Transport) -> Result<(Session, Optio
         }
         Transport::WebSocket => return open_ws(cfg).await,
     })
+}
+
+/// The raw-QUIC client configuration `cfg` asks for.
+fn quic_client_config(cfg: &Config) -> Result<quinn::ClientConfig, Error> {
+    let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(cfg.keep_alive));
+    transport.max_idle_timeout(Some(
+        cfg.idle_timeout
+            .try_into()
+            .map_err(|_| Error::Tls("idle timeout".into()))?,
+    ));
+    qc.transport_config(Arc::new(transport));
+    Ok(qc)
+}
+
+/// At most this many raw-QUIC handshakes of one connect are in flight ([`Config::probe_every`]).
+const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
+
+/// One raw-QUIC handshake on a socket of its own; `answered` is set as soon as the server's
+/// first handshake flight arrives.
+async fn quic_attempt(
+    qc: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: String,
+    answered: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(quinn::Connection, quinn::Endpoint), Error> {
+    let mut endpoint = quinn::Endpoint::client(unspecified_for(addr)).map_err(|e| Error::Transport(e.to_string()))?;
+    endpoint.set_default_client_config(qc);
+    let mut connecting = endpoint
+        .connect(addr, &server_name)
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    // Resolves when the server's handshake data is in (or the attempt failed: the error
+    // comes from awaiting the connection below).
+    if connecting.handshake_data().await.is_ok() {
+        answered.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let conn = connecting.await.map_err(|e| Error::Transport(e.to_string()))?;
+    Ok((conn, endpoint))
+}
+
+/// Raw QUIC to `cfg.addr`, with a fresh attempt every [`Config::probe_every`] while the
+/// server is silent (see there). The first attempt to finish wins and the others are
+/// dropped before anything is said on them, so only one `Hello` is ever sent; the first
+/// error ends the connect (a refusal, a certificate that is not trusted).
+async fn open_quic_staggered(cfg: &Config) -> Result<(quinn::Connection, quinn::Endpoint), Error> {
+    let qc = quic_client_config(cfg)?;
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut order = VecDeque::new();
+    loop {
+        if attempts.is_empty() || !answered.load(std::sync::atomic::Ordering::Relaxed) {
+            order.push_back(attempts.spawn(quic_attempt(
+                qc.clone(),
+                cfg.addr,
+                cfg.server_name.clone(),
+                answered.clone(),
+            )));
+            if order.len() > MAX_ATTEMPTS_IN_FLIGHT
+                && let Some(oldest) = order.pop_front()
+            {
+                oldest.abort();
+            }
+        }
+        let probe = tokio::time::sleep(cfg.probe_every.max(Duration::from_millis(10)));
+        tokio::pin!(probe);
+        loop {
+            tokio::select! {
+                done = attempts.join_next() => match done {
+                    Some(Ok(result)) => return result,
+                    // An attempt aborted as the oldest: the others go on.
+                    Some(Err(e)) if e.is_cancelled() => {}
+                    Some(Err(e)) => return Err(Error::Transport(format!("connect attempt failed: {e}"))),
+                    None => break,
+                },
+                () = &mut probe, if !answered.load(std::sync::atomic::Ordering::Relaxed) => break,
+            }
+        }
+    }
+}
+
+/// `0.0.0.0:0` or `[::]:0`, whichever reaches `peer`.
+fn unspecified_for(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::from(([0u8; 4], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    }
+}
+
+/// The local address the OS would send from to reach `server` now (`None`: no route).
+/// Asked of a fresh UDP socket each time: `connect` on a UDP socket only chooses a route
+/// and sends nothing.
+pub fn route_source(server: SocketAddr) -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind(unspecified_for(server)).ok()?;
+    socket.connect(server).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// Watches the route's source address ([`route_source`]): says when it moved to another
+/// address, the moment a session must follow.
+#[derive(Debug, Clone, Default)]
+pub struct RouteWatch {
+    last: Option<std::net::IpAddr>,
+}
+
+impl RouteWatch {
+    /// Starts from the address in use now.
+    pub fn new(now: Option<std::net::IpAddr>) -> Self {
+        Self { last: now }
+    }
+
+    /// Takes the address seen now; true when it is an address and not the last one seen
+    /// (a route that vanished is not a change to follow yet: there is nowhere to go; its
+    /// return, to the same or another address, is).
+    pub fn observe(&mut self, now: Option<std::net::IpAddr>) -> bool {
+        let changed = now.is_some() && now != self.last;
+        if now.is_some() || self.last.is_some() {
+            self.last = now;
+        }
+        changed
+    }
+}
+
+/// Sends one heartbeat (an automatic one: its ack is consumed silently): a packet that
+/// leaves from whatever address the route uses now.
+async fn probe(ctl: &tokio::sync::Mutex<SendStream>) -> Result<(), Error> {
+    let hb = ClientControl::Heartbeat(Heartbeat {
+        nonce: AUTO_HEARTBEAT | 0x7fff_ffff,
+        lanes: Vec::new(),
+    });
+    write_msg(&mut *ctl.lock().await, &hb)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Transport(e.to_string()))
+}
+
+/// Says "here I am" at once whenever the route to `server` changes its source address
+/// (checked every `every`); the [`Client`] aborts it when dropped.
+///
+/// The connection's socket is bound to the unspecified address, so the kernel already
+/// sends from the new address: one packet is all the server needs to move the connection
+/// there (QUIC migration), and a client that is only listening would otherwise send
+/// nothing until its next heartbeat. The probe goes out on the same socket, not a new one:
+/// a packet such as an ACK may already have left from the new address, and a second move
+/// to another port while the server is still validating the first made quinn give up on
+/// both and fall back to the dead address (measured: 19 of 200 sessions stalled ~4 s).
+async fn follow_network(ctl: Arc<tokio::sync::Mutex<SendStream>>, server: SocketAddr, every: Duration) {
+    let mut watch = RouteWatch::new(route_source(server));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = route_source(server);
+        if watch.observe(now) {
+            match probe(&ctl).await {
+                Ok(()) => tracing::info!(?now, "the route to the server changed: told the server"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the route to the server changed, and the session has ended");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Opens the WebSocket framing's connection at `cfg.ws_url`.
@@ -403,6 +564,12 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         Err(e) => return Err(read_err(&session, e)),
     };
     let ctl_tx = Arc::new(tokio::sync::Mutex::new(ctl_tx));
+    let network = match (session.transport(), cfg.network_check_every) {
+        (Transport::Quic | Transport::WebTransport, Some(every)) => {
+            Some(tokio::spawn(follow_network(ctl_tx.clone(), cfg.addr, every)))
+        }
+        _ => None,
+    };
     let heartbeats = tokio::spawn(heartbeat_loop(
         ctl_tx.clone(),
         Duration::from_millis(u64::from(ready.heartbeat_interval_ms.max(100))),
@@ -416,6 +583,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
         resumed,
         max_frame: cfg.max_frame,
         heartbeats,
+        network,
     })
 }
 
@@ -454,11 +622,16 @@ pub struct Client {
     max_frame: usize,
     /// Sends heartbeats every `ready.heartbeat_interval_ms`; stopped on drop.
     heartbeats: tokio::task::JoinHandle<()>,
+    /// Follows a change of the route's local address (raw QUIC); stopped on drop.
+    network: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.heartbeats.abort();
+        if let Some(n) = &self.network {
+            n.abort();
+        }
     }
 }
 
@@ -516,13 +689,25 @@ impl Client {
             .as_ref()
             .ok_or_else(|| Error::Transport("rebinding needs a raw QUIC session".into()))?;
         let old = endpoint.local_addr().map_err(|e| Error::Transport(e.to_string()))?;
-        let bind: SocketAddr = if old.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .expect("literal");
-        let socket = std::net::UdpSocket::bind(bind).map_err(|e| Error::Transport(e.to_string()))?;
+        let socket = std::net::UdpSocket::bind(unspecified_for(old)).map_err(|e| Error::Transport(e.to_string()))?;
         let addr = socket.local_addr().map_err(|e| Error::Transport(e.to_string()))?;
         endpoint.rebind(socket).map_err(|e| Error::Transport(e.to_string()))?;
         Ok(addr)
+    }
+
+    /// What an application calls on the OS's network-change signal: over QUIC or
+    /// WebTransport a heartbeat goes out at once, from whatever address the route uses now,
+    /// and the server moves the connection there (the check of
+    /// [`Config::network_check_every`] does the same by itself within its interval). A
+    /// WebSocket cannot move: `Err`, and the caller reconnects
+    /// ([`resilient::Resilient::network_changed`] does).
+    pub async fn network_changed(&self) -> Result<(), Error> {
+        if self.session.transport() == Transport::WebSocket {
+            return Err(Error::Transport(
+                "a WebSocket connection cannot move to another address".into(),
+            ));
+        }
+        probe(&self.ctl_tx).await
     }
 
     /// Stops the automatic heartbeats (tests of the server's heartbeat timeout).
@@ -761,5 +946,35 @@ impl LaneStream {
     /// The next frame from the server on this lane (events, and replies not yet claimed).
     pub async fn next(&mut self) -> Result<ServerLane, Error> {
         self.rx.next().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_moving_to_another_address_is_a_change_and_a_lost_route_is_not() {
+        let a: std::net::IpAddr = "10.0.0.1".parse().expect("literal");
+        let b: std::net::IpAddr = "10.0.0.2".parse().expect("literal");
+        let mut w = RouteWatch::new(Some(a));
+        assert!(!w.observe(Some(a)), "the same address");
+        assert!(w.observe(Some(b)), "another address");
+        assert!(!w.observe(Some(b)));
+        assert!(!w.observe(None), "no route: nowhere to move to");
+        assert!(w.observe(Some(a)), "a route again, to another address");
+        assert!(!w.observe(None));
+        assert!(
+            w.observe(Some(a)),
+            "the route back to the same address: the old path died meanwhile"
+        );
+        let mut cold = RouteWatch::new(None);
+        assert!(cold.observe(Some(a)), "a first route where there was none");
+    }
+
+    #[test]
+    fn the_route_to_loopback_leaves_from_loopback() {
+        let server: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+        assert_eq!(route_source(server), Some("127.0.0.1".parse().expect("literal")));
     }
 }

@@ -93,6 +93,11 @@ impl Relay {
         self.cut.store(true, Ordering::Relaxed);
     }
 
+    /// Lets packets through again after [`Relay::cut`] (the network is back).
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+
     /// Kills the connection of the client seen last: its packets are dropped from now on,
     /// both ways; a new connection (from a new address) passes.
     pub fn kill(&self) {

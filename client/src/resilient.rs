@@ -87,6 +87,7 @@ type SendReply = oneshot::Sender<Result<ResponseBody, ErrorBody>>;
 enum Cmd {
     Request(RequestBody, SendReply),
     Rebind(oneshot::Sender<Result<(), Error>>),
+    NetworkChanged,
     Kill,
 }
 
@@ -152,6 +153,17 @@ impl Resilient {
         let _ = self.cmds.send(Cmd::Rebind(tx));
         rx.await
             .unwrap_or_else(|_| Err(Error::Transport("client stopped".into())))
+    }
+
+    /// What an application calls on the OS's network-change signal (a new Wi-Fi, the
+    /// network back after an outage): a QUIC or WebTransport connection tells the server
+    /// its new address at once ([`Client::network_changed`]); a WebSocket, which cannot
+    /// move, is replaced and the session resumed; while waiting to reconnect, the wait is cut
+    /// short and the backoff starts again from its first step. Over QUIC and WebTransport
+    /// the client also notices a new local address by itself
+    /// ([`crate::Config::network_check_every`]).
+    pub fn network_changed(&self) {
+        let _ = self.cmds.send(Cmd::NetworkChanged);
     }
 
     /// Abandons the current connection (as on any failure) and reconnects.
@@ -308,15 +320,29 @@ async fn drive(
                 // Any node of the cluster can serve the session (caught up by seq there).
                 node = (node + 1) % nodes.len();
                 cfg.addr = nodes[node];
-                // Keep accepting requests while waiting; they go out once connected.
+                // Keep accepting requests while waiting; they go out once connected. A
+                // network change (told, or a new route to the server seen) ends the wait:
+                // the server may be reachable now, and the backoff starts over.
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
+                let mut route = crate::RouteWatch::new(crate::route_source(cfg.addr));
+                let checking = cfg.network_check_every.is_some();
+                let mut check = tokio::time::interval(cfg.network_check_every.unwrap_or(Duration::from_secs(3600)));
+                check.tick().await;
                 loop {
                     tokio::select! {
                         _ = &mut sleep => break,
+                        _ = check.tick(), if checking => if route.observe(crate::route_source(cfg.addr)) {
+                            attempt = 0;
+                            break;
+                        },
                         c = cmds.recv() => match c {
                             Some(Cmd::Request(b, r)) => mem.pending.push((b, r)),
                             Some(Cmd::Rebind(r)) => { let _ = r.send(Err(Error::Transport("not connected".into()))); }
+                            Some(Cmd::NetworkChanged) => {
+                                attempt = 0;
+                                break;
+                            }
                             Some(Cmd::Kill) => {}
                             None => return,
                         },
@@ -487,6 +513,11 @@ async fn serve(
                 },
                 Some(Cmd::Rebind(r)) => {
                     let _ = r.send(client.rebind().map(|_| ()));
+                }
+                Some(Cmd::NetworkChanged) => {
+                    if let Err(e) = client.network_changed().await {
+                        return Err(format!("the network changed and the connection cannot follow ({e}): reconnecting"));
+                    }
                 }
                 Some(Cmd::Kill) => return Err("killed".into()),
                 None => return Ok(()),

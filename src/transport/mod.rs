@@ -42,13 +42,13 @@ pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) 
     // hearing it late (4 KiB ≈ 30 Opus frames).
     transport.datagram_send_buffer_size(4 * 1024);
     // Ask peers that support the ACK-frequency extension (quinn-based native clients) to
-    // acknowledge every 8 ack-eliciting packets or after 25 ms instead of every second
-    // packet: at fan-out rates, processing the clients' ACKs was a quarter of the server's
-    // CPU per delivery (bench/RESULTS.md). Loss detection still sees an ACK within one
-    // max_ack_delay; peers without the extension (browsers) are unaffected.
+    // acknowledge every 8 ack-eliciting packets or after `ack_delay` instead of every
+    // second packet: at fan-out rates, processing the clients' ACKs was a quarter of the
+    // server's CPU per delivery (bench/RESULTS.md). Loss detection still sees an ACK within
+    // one max_ack_delay; peers without the extension (browsers) are unaffected.
     let mut ack = quinn_proto::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(8u32.into())
-        .max_ack_delay(Some(std::time::Duration::from_millis(25)));
+        .max_ack_delay(Some(s.ack_delay));
     transport.ack_frequency_config(Some(ack));
     server.transport_config(Arc::new(transport));
     // Migration stays on: a client moving networks keeps its session.
