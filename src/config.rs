@@ -273,7 +273,9 @@ pub struct SessionConfig {
     /// ACK-frequency extension; quinn-based native clients honour it, browsers keep their
     /// own 25 ms). A delivery lost at the end of a burst is only resent after a probe
     /// timeout, which includes this delay, so it bounds how fast a lost chat message is
-    /// repaired. Default 25 ms; 1 ms–16 s.
+    /// repaired. Default 5 ms (was 25 ms: at 3 % loss across a 50 ms RTT link the p90
+    /// fell from 82 to 63 ms, and no CPU cost showed at F0 or F1 rates — bench/RESULTS.md
+    /// "Tail loss"); 1 ms–16 s.
     #[serde(deserialize_with = "de_duration")]
     pub ack_delay: Duration,
     /// How long a session whose connection was lost can be resumed exactly (its events
@@ -372,7 +374,7 @@ impl Default for SessionConfig {
             max_frame_bytes: quaver_proto::DEFAULT_MAX_FRAME,
             max_connections: 20_000,
             retry_above_handshakes: 64,
-            ack_delay: Duration::from_millis(25),
+            ack_delay: Duration::from_millis(5),
             presence_grace: Duration::from_secs(5),
             resume_window: Duration::from_secs(120),
             replay_max_events: 2_000,
@@ -491,7 +493,7 @@ pub struct ConfigArgs {
     /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
     #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
-    /// Longest acknowledgement delay asked of clients [default: 25ms; bare numbers are ms].
+    /// Longest acknowledgement delay asked of clients [default: 5ms; bare numbers are ms].
     #[arg(long, env = "QUAVER_ACK_DELAY", value_parser = parse_duration)]
     pub ack_delay: Option<Duration>,
     /// Resume window after a lost connection [default: 2m].

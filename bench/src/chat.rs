@@ -38,6 +38,8 @@ pub(crate) struct ChatRun {
     pub(crate) via_api: bool,
     /// The `quaver-client` sessions' check of their route's local address (`None`: off).
     pub(crate) network_check: Option<Duration>,
+    /// The ACK delay the clients ask of the server (`None`: the server's own).
+    pub(crate) ack_delay: Option<Duration>,
 }
 
 impl ChatRun {
@@ -103,6 +105,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     let cluster = r.on_cluster();
     let mut setup = Setup::for_run(target, &toml, r.transport, r.nodes, r.on_cluster_services).await?;
     setup.network_check = r.network_check;
+    if r.ack_delay.is_some() {
+        setup.ack_delay = r.ack_delay;
+    }
     let Owner {
         mut chat,
         general: ch,

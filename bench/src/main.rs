@@ -360,6 +360,9 @@ struct ChatArgs {
     /// runs: a receiver that stalls after an address change; not a benchmark figure).
     #[arg(long)]
     max_latency_ms: Option<f64>,
+    /// The ACK delay the clients ask of the server (raw QUIC), ms [default: the client's, 5].
+    #[arg(long)]
+    client_ack_delay_ms: Option<f64>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -1031,6 +1034,9 @@ async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
                 client_loops: a.client_loops,
                 via_api,
                 network_check: (a.network_check_ms > 0).then(|| Duration::from_millis(a.network_check_ms)),
+                ack_delay: a
+                    .client_ack_delay_ms
+                    .map(|ms| Duration::from_secs_f64(ms.max(1.0) / 1e3)),
             };
             let r = chat::run(&bin, run).await?;
             if a.nodes > 1 || a.cluster_services {

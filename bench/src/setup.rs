@@ -22,6 +22,8 @@ pub(crate) struct Setup {
     transport: Transport,
     /// The clients' [`Config::network_check_every`] (`None`: off).
     pub(crate) network_check: Option<Duration>,
+    /// The clients' [`Config::ack_delay`].
+    pub(crate) ack_delay: Option<Duration>,
     /// First message nonce of this run: a running server (`--target`) remembers every
     /// (author, nonce) it has stored, so each run needs nonces of its own.
     pub(crate) nonce_base: u64,
@@ -135,6 +137,7 @@ impl Setup {
             transport,
             network_check: Config::new(([127, 0, 0, 1], 0).into(), Transport::Quic, Trust::Hashes(Vec::new()))
                 .network_check_every,
+            ack_delay: Config::new(([127, 0, 0, 1], 0).into(), Transport::Quic, Trust::Hashes(Vec::new())).ack_delay,
             nonce_base,
         })
     }
@@ -174,6 +177,7 @@ impl Setup {
         c.token = self.verifier.mint(user, None, Duration::from_secs(3600)).ok();
         c.idle_timeout = Duration::from_secs(30);
         c.network_check_every = self.network_check;
+        c.ack_delay = self.ack_delay;
         c
     }
 

@@ -839,6 +839,9 @@ pub(crate) fn client_config(cfg: &quaver_client::Config) -> anyhow::Result<quinn
     let mut t = quinn_proto::TransportConfig::default();
     t.max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
     t.keep_alive_interval(Some(cfg.keep_alive));
+    if let Some(delay) = cfg.ack_delay {
+        t.ack_frequency_config(Some(quaver_client::ack_frequency(delay)));
+    }
     c.transport_config(Arc::new(t));
     Ok(c)
 }
