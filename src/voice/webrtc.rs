@@ -53,6 +53,9 @@ pub struct WebRtcMetrics {
     pub downlink_packets: AtomicU64,
     /// Of those, lost as the peers' RTCP receiver reports say.
     pub downlink_lost: AtomicU64,
+    /// RTP packets refused before the WebRTC stack saw them (not a microphone's payload
+    /// type or announced SSRC: corrupted or spoofed copies).
+    pub uplink_refused: AtomicU64,
 }
 
 impl WebRtcMetrics {
@@ -63,11 +66,14 @@ impl WebRtcMetrics {
              # TYPE quaver_webrtc_uplink_packets_total counter\nquaver_webrtc_uplink_packets_total {}\n\
              # TYPE quaver_webrtc_downlink_packets_total counter\nquaver_webrtc_downlink_packets_total {}\n\
              # HELP quaver_webrtc_downlink_lost_total Packets to WebRTC peers lost on the way (their RTCP receiver reports).\n\
-             # TYPE quaver_webrtc_downlink_lost_total counter\nquaver_webrtc_downlink_lost_total {}\n",
+             # TYPE quaver_webrtc_downlink_lost_total counter\nquaver_webrtc_downlink_lost_total {}\n\
+             # HELP quaver_webrtc_uplink_refused_total RTP packets refused before the WebRTC stack saw them (not a microphone's payload type or announced SSRC).\n\
+             # TYPE quaver_webrtc_uplink_refused_total counter\nquaver_webrtc_uplink_refused_total {}\n",
             self.peers.load(Relaxed),
             self.uplink_packets.load(Relaxed),
             self.downlink_packets.load(Relaxed),
             self.downlink_lost.load(Relaxed),
+            self.uplink_refused.load(Relaxed),
         )
     }
 
@@ -79,6 +85,8 @@ impl WebRtcMetrics {
             .fetch_add(now.downlink_packets.saturating_sub(before.downlink_packets), Relaxed);
         self.downlink_lost
             .fetch_add(now.downlink_lost.saturating_sub(before.downlink_lost), Relaxed);
+        self.uplink_refused
+            .fetch_add(now.uplink_refused.saturating_sub(before.uplink_refused), Relaxed);
     }
 }
 
