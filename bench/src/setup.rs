@@ -130,14 +130,15 @@ impl Setup {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        // The clients' own defaults, until a run says otherwise.
+        let defaults = Config::new(server.quic, transport, Trust::Hashes(Vec::new()));
         Ok(Self {
             server,
             others: Vec::new(),
             verifier,
             transport,
-            network_check: Config::new(([127, 0, 0, 1], 0).into(), Transport::Quic, Trust::Hashes(Vec::new()))
-                .network_check_every,
-            ack_delay: Config::new(([127, 0, 0, 1], 0).into(), Transport::Quic, Trust::Hashes(Vec::new())).ack_delay,
+            network_check: defaults.network_check_every,
+            ack_delay: defaults.ack_delay,
             nonce_base,
         })
     }

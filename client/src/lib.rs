@@ -407,7 +407,7 @@ async fn open_quic_staggered(cfg: &Config) -> Result<(quinn::Connection, quinn::
 }
 
 /// `0.0.0.0:0` or `[::]:0`, whichever reaches `peer`.
-fn unspecified_for(peer: SocketAddr) -> SocketAddr {
+pub(crate) fn unspecified_for(peer: SocketAddr) -> SocketAddr {
     match peer {
         SocketAddr::V4(_) => SocketAddr::from(([0u8; 4], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
@@ -448,11 +448,11 @@ impl RouteWatch {
     }
 }
 
-/// Sends one heartbeat (an automatic one: its ack is consumed silently): a packet that
-/// leaves from whatever address the route uses now.
-async fn probe(ctl: &tokio::sync::Mutex<SendStream>) -> Result<(), Error> {
+/// Sends one automatic heartbeat (its ack is consumed silently): also the packet that tells
+/// the server a new address, from whatever address the route uses now.
+async fn auto_heartbeat(ctl: &tokio::sync::Mutex<SendStream>, n: u32) -> Result<(), Error> {
     let hb = ClientControl::Heartbeat(Heartbeat {
-        nonce: AUTO_HEARTBEAT | 0x7fff_ffff,
+        nonce: AUTO_HEARTBEAT | (n & !AUTO_HEARTBEAT),
         lanes: Vec::new(),
     });
     write_msg(&mut *ctl.lock().await, &hb)
@@ -479,7 +479,7 @@ async fn follow_network(ctl: Arc<tokio::sync::Mutex<SendStream>>, server: Socket
         tick.tick().await;
         let now = route_source(server);
         if watch.observe(now) {
-            match probe(&ctl).await {
+            match auto_heartbeat(&ctl, u32::MAX).await {
                 Ok(()) => tracing::info!(?now, "the route to the server changed: told the server"),
                 Err(e) => {
                     tracing::warn!(error = %e, "the route to the server changed, and the session has ended");
@@ -614,12 +614,8 @@ async fn heartbeat_loop(ctl: Arc<tokio::sync::Mutex<SendStream>>, every: Duratio
     let mut n: u32 = 0;
     loop {
         tokio::time::sleep(every).await;
-        n = n.wrapping_add(1) & !AUTO_HEARTBEAT;
-        let hb = ClientControl::Heartbeat(Heartbeat {
-            nonce: AUTO_HEARTBEAT | n,
-            lanes: Vec::new(),
-        });
-        if write_msg(&mut *ctl.lock().await, &hb).await.is_err() {
+        n = n.wrapping_add(1);
+        if auto_heartbeat(&ctl, n).await.is_err() {
             return;
         }
     }
@@ -726,7 +722,7 @@ impl Client {
                 "a WebSocket connection cannot move to another address".into(),
             ));
         }
-        probe(&self.ctl_tx).await
+        auto_heartbeat(&self.ctl_tx, u32::MAX).await
     }
 
     /// Stops the automatic heartbeats (tests of the server's heartbeat timeout).

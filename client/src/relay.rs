@@ -55,11 +55,7 @@ impl Relay {
                     None => {
                         // Toward the server from whichever address reaches it (loopback
                         // in tests, another network namespace in `quaver-bench netem`).
-                        let any = match server {
-                            SocketAddr::V4(_) => "0.0.0.0:0",
-                            SocketAddr::V6(_) => "[::]:0",
-                        };
-                        let Ok(u) = tokio::net::UdpSocket::bind(any).await else {
+                        let Ok(u) = tokio::net::UdpSocket::bind(crate::unspecified_for(server)).await else {
                             continue;
                         };
                         if u.connect(server).await.is_err() {
