@@ -46,8 +46,10 @@ test("a backend's guild, bot message, edit and delete appear live on the page", 
   const g = await ok(201, 'POST', '/guilds', { owner_id: adaId, name: 'Operations' });
   await ok(201, 'PUT', `/guilds/${g.id}/members/900`);
   // The guild appears in her rail without a reload.
-  const item = await until('the guild in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
-  await item.click();
+  // The rail may be redrawn between finding the item and clicking it (the membership event
+  // follows the guild's): click by selector, which finds the element again.
+  await until('the guild in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
+  await ada.click(`#guilds .guild[data-id="${g.id}"]`);
   await ada.waitForSelector('#channels .channel[data-name="general"]');
   await ada.click('#channels .channel[data-name="general"]');
   const details = await ok(200, 'GET', `/guilds/${g.id}`);
@@ -100,8 +102,8 @@ test("a backend's avatar shows as a picture; a timeout closes the composer until
   // A guild the bot owns, with her in it: the bot can time her out.
   const g = await ok(201, 'POST', '/guilds', { owner_id: '900', name: 'Bot hall' });
   await ok(201, 'PUT', `/guilds/${g.id}/members/${adaId}`);
-  const item = await until('the bot hall in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
-  await item.click();
+  await until('the bot hall in the rail', () => ada.$(`#guilds .guild[data-id="${g.id}"]`));
+  await ada.click(`#guilds .guild[data-id="${g.id}"]`);
   await ada.waitForSelector('#channels .channel[data-name="general"]');
   await ada.click('#channels .channel[data-name="general"]');
   await until('the bot with its picture', () => ada.$eval('#members .member:has-text("Deploy bot")', (m) => {
