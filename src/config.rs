@@ -278,6 +278,12 @@ pub struct SessionConfig {
     /// "Tail loss"); 1 ms–16 s.
     #[serde(deserialize_with = "de_duration")]
     pub ack_delay: Duration,
+    /// Full-size packets a connection's congestion window never falls below (CUBIC decides
+    /// above it; `transport::congestion`). Voice datagrams are congestion-controlled and a
+    /// voice flow is too small to win its window back after loss: without a floor,
+    /// listeners across a lossy, reordering link heard frames late (bench/RESULTS.md
+    /// "Voice redundancy"). Default 10, RFC 9002's initial window; 0 = quinn's own (2).
+    pub congestion_floor: u32,
     /// How long a session whose connection was lost can be resumed exactly (its events
     /// are buffered meanwhile). Default 2 min.
     #[serde(deserialize_with = "de_duration")]
@@ -375,6 +381,7 @@ impl Default for SessionConfig {
             max_connections: 20_000,
             retry_above_handshakes: 64,
             ack_delay: Duration::from_millis(5),
+            congestion_floor: 10,
             presence_grace: Duration::from_secs(5),
             resume_window: Duration::from_secs(120),
             replay_max_events: 2_000,
@@ -496,6 +503,9 @@ pub struct ConfigArgs {
     /// Longest acknowledgement delay asked of clients [default: 5ms; bare numbers are ms].
     #[arg(long, env = "QUAVER_ACK_DELAY", value_parser = parse_duration)]
     pub ack_delay: Option<Duration>,
+    /// Packets the congestion window never falls below; 0 = quinn's own [default: 10].
+    #[arg(long, env = "QUAVER_CONGESTION_FLOOR")]
+    pub congestion_floor: Option<u32>,
     /// Resume window after a lost connection [default: 2m].
     #[arg(long, env = "QUAVER_RESUME_WINDOW", value_parser = parse_duration)]
     pub resume_window: Option<Duration>,
@@ -548,6 +558,7 @@ impl ConfigArgs {
             hello_timeout => session.hello_timeout, max_frame_bytes => session.max_frame_bytes,
             max_connections => session.max_connections,
             retry_above_handshakes => session.retry_above_handshakes, ack_delay => session.ack_delay,
+            congestion_floor => session.congestion_floor,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,
             resume_window => session.resume_window,
@@ -633,6 +644,11 @@ impl Config {
             (Duration::from_millis(1)..=Duration::from_millis(16_383)).contains(&s.ack_delay),
             "ack delay must be 1 ms–16 s (a QUIC transport limit), not {:?}",
             s.ack_delay
+        );
+        anyhow::ensure!(
+            s.congestion_floor <= 64,
+            "congestion floor must be 0–64 packets, not {}",
+            s.congestion_floor
         );
         anyhow::ensure!(
             s.ping_timeout > s.ping_interval,
@@ -759,6 +775,10 @@ mod tests {
         c.session.ack_delay = Duration::from_secs(17);
         assert!(c.validate().is_err(), "past the transport parameter's 2^14 ms");
         c.session.ack_delay = Duration::from_millis(5);
+        assert!(c.validate().is_ok());
+        c.session.congestion_floor = 65;
+        assert!(c.validate().is_err(), "a floor past 64 packets is a fire hose");
+        c.session.congestion_floor = 0;
         assert!(c.validate().is_ok());
     }
 }

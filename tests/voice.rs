@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use quaver::voice::DropReason;
 use quaver_client::{Client, LaneStream, Transport, VoiceRx, connect};
-use quaver_proto::datagram::{AudioLevel, Uplink};
+use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_REDUNDANT, Redundant, Uplink};
 use quaver_proto::*;
 
 struct P {
@@ -486,6 +486,24 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_channel_keeps_working() {
     s.send_datagram(bytes::Bytes::from(vec![0x40, 0, 0, 0, 0, 0, 0, 0, 1]))
         .unwrap(); // unknown version
     s.send_datagram(bytes::Bytes::from(vec![0u8; 1100])).unwrap(); // oversized
+    // A redundancy block that claims 9 bytes of a payload of 2.
+    s.send_datagram(bytes::Bytes::from(vec![
+        FLAG_REDUNDANT,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        9,
+        1,
+        2,
+    ]))
+    .unwrap();
     outsider.client.send_voice(&frame(0, 10), &[3, 0, 0xAB]).unwrap(); // not in a voice channel
     let (heard, ()) = tokio::join!(receive(&b.client, Duration::from_millis(800)), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -497,17 +515,134 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_channel_keeps_working() {
         "the channel keeps working"
     );
     let m = &server.ctx.voice.metrics;
-    assert_eq!(m.dropped(DropReason::Malformed), 2);
+    assert_eq!(m.dropped(DropReason::Malformed), 3);
     assert_eq!(m.dropped(DropReason::Oversized), 1);
     assert_eq!(m.dropped(DropReason::Foreign), 1);
     let (_, text) = http_get(server.http_addr, "/metrics").await;
     assert!(
-        text.contains("quaver_voice_frames_dropped_total{reason=\"malformed\"} 2"),
+        text.contains("quaver_voice_frames_dropped_total{reason=\"malformed\"} 3"),
         "{text}"
     );
     let _ = req(&mut outsider.voice, RequestBody::Ping { data: vec![] })
         .await
         .unwrap();
+    server.shutdown().await;
+}
+
+/// Redundancy (PROTOCOL.md §8): a listener that asked with `SetVoiceOptions` gets each frame
+/// with the previous one in front and plays a lost frame from the next datagram; one that
+/// did not gets every frame stripped to its own payload, as before.
+#[tokio::test]
+async fn a_lost_frame_is_repaired_by_the_next_datagram_for_a_listener_that_asked() {
+    let server = start(config()).await;
+    let mut a = participant(&server, 1, Transport::Quic).await;
+    let mut b = participant(&server, 2, Transport::WebTransport).await;
+    let mut c = participant(&server, 3, Transport::Quic).await;
+    let mut d = participant(&server, 4, Transport::Quic).await;
+    let (_, vc) = voice_guild(&mut a, &mut [&mut b, &mut c, &mut d]).await;
+    for p in [&mut b, &mut d] {
+        let on = req(&mut p.voice, RequestBody::SetVoiceOptions { redundancy: true }).await;
+        assert_eq!(on, Ok(ResponseBody::Done));
+    }
+    for p in [&mut a, &mut b, &mut c, &mut d] {
+        join(p, vc).await;
+    }
+    // Frames 0..6 from a, the datagram of frame 2 lost on the way up.
+    let mut tx = quaver_client::redundancy::Sender::default();
+    let datagrams: Vec<Vec<u8>> = (0..6u16)
+        .map(|n| tx.datagram(&frame(n, 20), &[a.slot as u8, n as u8, 0xAB], 1016))
+        .collect();
+    let raw = async {
+        // d reads the datagrams themselves.
+        let mut got = Vec::new();
+        let end = tokio::time::Instant::now() + Duration::from_millis(800);
+        while let Ok(Ok(x)) = tokio::time::timeout_at(end, d.client.session().read_datagram()).await {
+            got.push(x);
+        }
+        got
+    };
+    let (rb, rc, rd, ()) = tokio::join!(
+        receive(&b.client, Duration::from_millis(800)),
+        receive(&c.client, Duration::from_millis(800)),
+        raw,
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for (n, x) in datagrams.iter().enumerate() {
+                if n != 2 {
+                    a.client.session().send_datagram(bytes::Bytes::from(x.clone())).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    );
+    assert_eq!(
+        rb.slots.get(&a.slot).map(|s| (s.0, s.1)),
+        Some((6, 0)),
+        "b plays all six"
+    );
+    assert_eq!(b.client.voice_repair().0, 1, "one of them from a copy");
+    assert_eq!(
+        rc.slots.get(&a.slot).map(|s| (s.0, s.1)),
+        Some((5, 1)),
+        "c misses the lost one"
+    );
+    assert_eq!(c.client.voice_repair(), (0, 0));
+    // What went to d: frame 3 carries frame 2; frame 0 had nothing before it.
+    let seen: Vec<(u16, Option<u16>, Vec<u8>)> = rd
+        .iter()
+        .map(|x| {
+            let (h, p) = Downlink::parse(x).unwrap();
+            let (prev, own) = Redundant::split(h.flags, p).unwrap();
+            (h.seq, prev.map(|p| p.timestamp_offset), own.to_vec())
+        })
+        .collect();
+    let expect: Vec<(u16, Option<u16>, Vec<u8>)> = [0u16, 1, 3, 4, 5]
+        .iter()
+        .map(|n| (*n, (*n > 0).then_some(960), vec![a.slot as u8, *n as u8, 0xAB]))
+        .collect();
+    assert_eq!(seen, expect);
+    let (h, p) = Downlink::parse(&rd[2]).unwrap();
+    assert_eq!(
+        Redundant::split(h.flags, p).unwrap().0.unwrap().payload,
+        &[a.slot as u8, 2, 0xAB]
+    );
+    // A speaker that sends no copies (as a WebRTC participant's frames come): the server
+    // puts the frame it forwarded just before in front, for the listeners that asked.
+    let raw = async {
+        let mut got = Vec::new();
+        let end = tokio::time::Instant::now() + Duration::from_millis(600);
+        while let Ok(Ok(x)) = tokio::time::timeout_at(end, d.client.session().read_datagram()).await {
+            got.push(x);
+        }
+        got
+    };
+    let (rd, ()) = tokio::join!(raw, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 0..3u16 {
+            let mut x = Vec::new();
+            frame(n, 20).write(&[c.slot as u8, n as u8, 0xAB], &mut x);
+            c.client.session().send_datagram(bytes::Bytes::from(x)).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let seen: Vec<(u16, Option<Vec<u8>>, Vec<u8>)> = rd
+        .iter()
+        .map(|x| {
+            let (h, p) = Downlink::parse(x).unwrap();
+            assert_eq!(h.slot, c.slot);
+            let (prev, own) = Redundant::split(h.flags, p).unwrap();
+            (h.seq, prev.map(|p| p.payload.to_vec()), own.to_vec())
+        })
+        .collect();
+    let s = c.slot as u8;
+    assert_eq!(
+        seen,
+        vec![
+            (0, None, vec![s, 0, 0xAB]),
+            (1, Some(vec![s, 0, 0xAB]), vec![s, 1, 0xAB]),
+            (2, Some(vec![s, 1, 0xAB]), vec![s, 2, 0xAB]),
+        ]
+    );
     server.shutdown().await;
 }
 

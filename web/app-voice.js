@@ -106,7 +106,7 @@ export class VoiceEngine {
     /** The current voice connection (null when not in voice). */
     this.current = null;
     /** Counters for the page and its tests (cumulative). */
-    this.stats = { sentFrames: 0, voicedFrames: 0, receivedFrames: 0, decodedFrames: 0, decodedEnergy: 0, speakingSeen: 0, joins: 0 };
+    this.stats = { sentFrames: 0, voicedFrames: 0, receivedFrames: 0, redundantReceived: 0, recoveredFrames: 0, decodedFrames: 0, decodedEnergy: 0, speakingSeen: 0, joins: 0 };
     this.generation = 0;
   }
 
@@ -340,7 +340,14 @@ export class VoiceEngine {
         const flags = voice && !v.talking ? quaver.FLAG_TALKSPURT_START : 0;
         v.talking = voice;
         if (buf.length > 1000) return; // never past the 1,024-byte voice frame bound
-        v.session.sendVoice({ flags, level, voice, seq: v.seq & 0xffff, timestamp: v.timestamp >>> 0 }, buf).catch((e) => {
+        // The frame just before goes again in front of this one (PROTOCOL.md §8), when both
+        // fit the bound: a listener who lost its datagram plays this copy.
+        const seq = v.seq & 0xffff;
+        const prev = v.lastSent;
+        const previous = prev && prev.seq === ((seq - 1) & 0xffff) && prev.payload.length + 4 + buf.length <= 1000
+          ? { timestamp_offset: (v.timestamp - prev.timestamp) & 0xffff, payload: prev.payload } : undefined;
+        v.lastSent = { seq, timestamp: v.timestamp, payload: buf };
+        v.session.sendVoice({ flags, level, voice, seq, timestamp: v.timestamp >>> 0, previous }, buf).catch((e) => {
           // The connection went: the reconnect rejoins; one line in the log, not a toast a frame.
           if (!v.sendFailed) console.warn('quaver: voice: sending', e);
           v.sendFailed = true;
@@ -411,13 +418,19 @@ export class VoiceEngine {
   #startPlayback(v) {
     v.frames = v.session.voice();
     (async () => {
-      for await (const f of v.frames) {
+      // A frame whose datagram was lost comes from the copy in the next one.
+      const repair = new quaver.VoiceRepair();
+      for await (const datagram of v.frames) {
         if (this.current !== v) break;
         this.stats.receivedFrames++;
-        if (f.payload.length === 0) continue;
-        const d = this.#decoder(v, f.slot);
-        if (d.state !== 'configured') continue;
-        d.decode(new EncodedAudioChunk({ type: 'key', timestamp: f.timestamp * 1e6 / 48000, data: f.payload }));
+        if (datagram.previous) this.stats.redundantReceived++;
+        for (const f of repair.take(datagram)) {
+          if (f.recovered) this.stats.recoveredFrames++;
+          if (f.payload.length === 0) continue;
+          const d = this.#decoder(v, f.slot);
+          if (d.state !== 'configured') continue;
+          d.decode(new EncodedAudioChunk({ type: 'key', timestamp: f.timestamp * 1e6 / 48000, data: f.payload }));
+        }
       }
     })().catch((e) => { if (this.current === v) this.problem(`Incoming voice stopped: ${errText(e)}.`); });
   }

@@ -514,6 +514,7 @@ const RequestBody = tagged([
   ['DeleteRole', [gid, ['role_id', T.id]]],
   ['MoveRole', [gid, ['role_id', T.id], ['position', T.u32]]],
   ['TimeoutMember', [gid, uid, ['duration_secs', T.u32], ['reason', T.string]]],
+  ['SetVoiceOptions', [['redundancy', T.bool]]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -649,36 +650,95 @@ export class FrameReader {
 
 export const FLAG_TALKSPURT_START = 0x01;
 export const FLAG_DTX = 0x02;
+/** The payload starts with the previous frame again: `previous` below (PROTOCOL.md §8). */
+export const FLAG_REDUNDANT = 0x04;
 
-/** Uplink datagram: {flags, level (0..127 = -dBov), voice, seq, timestamp} + payload. */
+/** Uplink datagram: {flags, level (0..127 = -dBov), voice, seq, timestamp, previous?} +
+ * payload. With `previous` ({timestamp_offset, payload}: the frame before, seq − 1) the
+ * datagram carries that frame again in front and FLAG_REDUNDANT is set. */
 export function encodeUplink(h, payload) {
-  const d = new Uint8Array(8 + payload.length);
+  const prev = h.previous;
+  const block = prev ? 4 + prev.payload.length : 0;
+  const d = new Uint8Array(8 + block + payload.length);
   const v = new DataView(d.buffer);
-  v.setUint8(0, h.flags & 0x3f);
+  v.setUint8(0, (h.flags & 0x3f & ~FLAG_REDUNDANT) | (prev ? FLAG_REDUNDANT : 0));
   v.setUint8(1, Math.min(127, h.level) | (h.voice ? 0x80 : 0));
   v.setUint16(2, h.seq);
   v.setUint32(4, h.timestamp);
-  d.set(payload, 8);
+  if (prev) {
+    v.setUint16(8, prev.timestamp_offset);
+    v.setUint16(10, prev.payload.length);
+    d.set(prev.payload, 12);
+  }
+  d.set(payload, 8 + block);
   return d;
 }
 
-/** Downlink datagram → {flags, level, voice, slot, seq, timestamp, payload}. */
+/** The frame's own payload and, with FLAG_REDUNDANT, the previous frame's copy. */
+function splitRedundant(flags, rest) {
+  if (!(flags & FLAG_REDUNDANT)) return { payload: rest };
+  if (rest.length < 4) throw new ProtocolError('redundancy block past the end of the datagram');
+  const v = new DataView(rest.buffer, rest.byteOffset, rest.byteLength);
+  const len = v.getUint16(2);
+  if (rest.length < 4 + len) throw new ProtocolError('redundancy block past the end of the datagram');
+  return { previous: { timestamp_offset: v.getUint16(0), payload: rest.subarray(4, 4 + len) }, payload: rest.subarray(4 + len) };
+}
+
+/** Downlink datagram → {flags, level, voice, slot, seq, timestamp, previous?, payload}. */
 export function decodeDownlink(d) {
   if (d.length < 10) throw new ProtocolError('datagram shorter than its header');
   if (d[0] & 0xc0) throw new ProtocolError('unknown datagram version');
   const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
   return {
     flags: d[0], level: d[1] & 0x7f, voice: (d[1] & 0x80) !== 0, slot: v.getUint16(2),
-    seq: v.getUint16(4), timestamp: v.getUint32(6), payload: d.subarray(10),
+    seq: v.getUint16(4), timestamp: v.getUint32(6), ...splitRedundant(d[0], d.subarray(10)),
   };
 }
 
-/** Uplink datagram → {flags, level, voice, seq, timestamp, payload} (used by tests and tools). */
+/** Uplink datagram → {flags, level, voice, seq, timestamp, previous?, payload} (used by tests and tools). */
 export function decodeUplink(d) {
   if (d.length < 8) throw new ProtocolError('datagram shorter than its header');
   if (d[0] & 0xc0) throw new ProtocolError('unknown datagram version');
   const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
-  return { flags: d[0], level: d[1] & 0x7f, voice: (d[1] & 0x80) !== 0, seq: v.getUint16(2), timestamp: v.getUint32(4), payload: d.subarray(8) };
+  return { flags: d[0], level: d[1] & 0x7f, voice: (d[1] & 0x80) !== 0, seq: v.getUint16(2), timestamp: v.getUint32(4), ...splitRedundant(d[0], d.subarray(8)) };
+}
+
+/**
+ * A listener's repair of one voice stream per speaker slot: given decoded downlink frames
+ * in arrival order, `take(f)` returns the frames to decode, in order — the previous frame's
+ * copy when it was never had (its datagram lost or still on the way), then the frame itself
+ * unless it was had already (a late original after its copy, a duplicate). Counts
+ * `recovered` and `duplicates`.
+ */
+export class VoiceRepair {
+  constructor() { this.speakers = new Map(); this.recovered = 0; this.duplicates = 0; }
+  /** Records `seq` for `slot`; false if had already or older than the last 64 frames. */
+  #take(slot, seq) {
+    let w = this.speakers.get(slot);
+    if (!w) { w = { highest: (seq - 1) & 0xffff, had: 0n }; this.speakers.set(slot, w); }
+    const ahead = (seq - w.highest) & 0xffff;
+    if (ahead !== 0 && ahead < 0x8000) {
+      w.had = ahead >= 64 ? 1n : ((w.had << BigInt(ahead)) | 1n) & 0xffffffffffffffffn;
+      w.highest = seq;
+      return true;
+    }
+    const behind = (w.highest - seq) & 0xffff;
+    const bit = 1n << BigInt(behind);
+    if (behind >= 64 || (w.had & bit)) return false;
+    w.had |= bit;
+    return true;
+  }
+  take(f) {
+    const out = [];
+    const flags = f.flags & ~FLAG_REDUNDANT;
+    if (f.previous && this.#take(f.slot, (f.seq - 1) & 0xffff)) {
+      out.push({ ...f, flags, seq: (f.seq - 1) & 0xffff, timestamp: (f.timestamp - f.previous.timestamp_offset) >>> 0, payload: f.previous.payload, previous: undefined, recovered: true });
+      this.recovered++;
+    }
+    if (this.#take(f.slot, f.seq)) out.push({ ...f, flags, previous: undefined, recovered: false });
+    else this.duplicates++;
+    return out;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -841,8 +901,17 @@ export async function connect(url, { token, certHashes, device = 'Web', maxFrame
  * With `offer` (an `RTCPeerConnection`'s SDP offer, ICE gathering complete) it joins as a
  * WebRTC participant (`JoinVoiceWebRtc`) and `joined` is `VoiceJoinedWebRtc`, its `answer`
  * for `setRemoteDescription`; audio then travels on the peer connection, not datagrams.
+ * Over datagrams it first asks for redundant ones (`SetVoiceOptions`, unless
+ * `redundancy: false`): each may carry the previous frame again, which `VoiceRepair` plays
+ * when the datagram that carried the original was lost.
  */
-export async function joinVoice(session, lane, channelId, { selfMute = false, selfDeaf = false, offer = null } = {}) {
+export async function joinVoice(session, lane, channelId, { selfMute = false, selfDeaf = false, offer = null, redundancy = true } = {}) {
+  const askRedundancy = async (l) => {
+    if (offer || !redundancy) return;
+    // A server without the request refuses it: voice then comes without copies.
+    await l.request({ type: 'SetVoiceOptions', redundancy: true }).catch((e) => console.warn('quaver: voice redundancy declined', e));
+  };
+  await askRedundancy(lane);
   const request = offer
     ? { type: 'JoinVoiceWebRtc', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf, offer }
     : { type: 'JoinVoice', channel_id: channelId, self_mute: selfMute, self_deaf: selfDeaf };
@@ -858,6 +927,7 @@ export async function joinVoice(session, lane, channelId, { selfMute = false, se
   });
   try {
     const voiceLane = await there.openLane('Voice');
+    await askRedundancy(voiceLane);
     const joined = await voiceLane.request(request);
     if (joined.type !== expected) throw new ProtocolError(`the voice node answered ${joined.type}`);
     return { session: there, lane: voiceLane, joined, remote: true };

@@ -402,6 +402,14 @@ struct VoiceArgs {
     /// Serve WebRTC on the QUIC port (RFC 9443 demultiplexing) instead of a port of its own.
     #[arg(long)]
     webrtc_shared_port: bool,
+    /// Speakers repeat the previous frame in each datagram and listeners ask for it
+    /// (PROTOCOL.md §8, FLAG_REDUNDANT). Client loops only.
+    #[arg(long)]
+    redundancy: bool,
+    /// The listeners' playout buffer (ms) for the "played" account: a frame plays if it or
+    /// its copy arrived by the listener's first latency plus this. Client loops only.
+    #[arg(long, default_value_t = 60)]
+    buffer_ms: u64,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -869,8 +877,25 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 client_loops: a.client_loops,
                 webrtc_listeners: a.webrtc_listeners,
                 webrtc_shared_port: a.webrtc_shared_port,
+                redundancy: a.redundancy,
+                buffer: Duration::from_millis(a.buffer_ms),
             };
             let r = voice::run(&bin, run).await?;
+            let playout = voice::playout_summary(&r.streams);
+            if let Some(p) = &playout {
+                println!(
+                    "played with a {} ms buffer: {:.3} % of {} frames ({:.3} % from copies, {:.3} % late, {:.3} % lost); per listener and speaker: worst {:.2} %, p1 {:.2} %, median {:.2} %",
+                    a.buffer_ms,
+                    p.played * 100.0,
+                    p.frames,
+                    p.recovered * 100.0,
+                    p.late * 100.0,
+                    p.lost * 100.0,
+                    p.worst * 100.0,
+                    p.p1 * 100.0,
+                    p.median * 100.0
+                );
+            }
             println!(
                 "{:>9} {:>8} {:>10} {:>9.3} {:>12.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>10.2} {:>13.0}",
                 listeners,
@@ -893,6 +918,11 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
                 "residence_us": {"p50_bucket": r.residence_p50_us, "p99_bucket": r.residence_p99_us},
                 "server_rss_bytes": r.server_rss, "udp_receive_drops": r.udp_drops,
+                "redundancy": a.redundancy, "buffer_ms": a.buffer_ms,
+                "playout": playout.map(|p| serde_json::json!({
+                    "frames": p.frames, "played": p.played, "recovered": p.recovered, "late": p.late, "lost": p.lost,
+                    "per_stream_worst": p.worst, "per_stream_p1": p.p1, "per_stream_median": p.median,
+                })),
             });
             if r.udp_drops > 0 {
                 eprintln!(

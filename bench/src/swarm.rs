@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use quaver::engine::{self, App, AppEvent, Conns, Io, Read};
 use quaver_proto::codec::{FrameReader, decode, encode_frame};
-use quaver_proto::datagram::{AudioLevel, DOWNLINK_HEADER, Downlink, UPLINK_HEADER, Uplink};
+use quaver_proto::datagram::{AudioLevel, Downlink, REDUNDANCY_HEADER, Redundant, UPLINK_HEADER, Uplink};
 use quaver_proto::{
     ClientControl, Compression, DeviceKind, EventBody, Heartbeat, Hello, Lane, PROTOCOL_VERSION, Request, RequestBody,
     ServerControl, ServerLane, StreamOpen,
@@ -87,6 +87,11 @@ pub(crate) struct Speaking {
     pub(crate) frames: u64,
     /// When the first frames leave.
     pub(crate) start: Instant,
+    /// Speakers send each frame with the previous one in front (`FLAG_REDUNDANT`; the
+    /// listeners asked for such datagrams when they joined).
+    pub(crate) redundancy: bool,
+    /// The listeners' playout buffer, for [`Playout`].
+    pub(crate) buffer: Duration,
 }
 
 /// The senders' schedule.
@@ -119,6 +124,60 @@ pub(crate) struct Report {
     pub(crate) datagrams: u64,
     /// ACK frames they sent.
     pub(crate) acks: u64,
+    /// Voice, per listener and speaker heard: what a playout buffer of
+    /// [`Speaking::buffer`] made of the speaker's frames.
+    pub(crate) streams: Vec<Playout>,
+}
+
+/// One listener's account of one speaker's frames against a fixed playout buffer: a frame
+/// plays if it (or its copy in the next datagram) arrived by the first frame's latency plus
+/// the buffer — a listener starts playing when its first frame has waited the buffer out.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Playout {
+    /// Arrived in time in its own datagram.
+    pub(crate) played: u64,
+    /// Its own datagram lost or late; its copy in the next one arrived in time.
+    pub(crate) recovered: u64,
+    /// Arrived, but after its playout time.
+    pub(crate) late: u64,
+    /// Never arrived.
+    pub(crate) lost: u64,
+}
+
+impl Playout {
+    /// Frames played (directly or from a copy) of all.
+    pub(crate) fn played_share(&self) -> f64 {
+        (self.played + self.recovered) as f64 / (self.played + self.recovered + self.late + self.lost).max(1) as f64
+    }
+}
+
+/// What a listener saw of one speaker: per frame seq, the latency of its own datagram and of
+/// the copy the next one carried (µs; `u32::MAX` = never), and the first arrival's latency.
+#[derive(Debug, Clone)]
+struct Heard {
+    first: u64,
+    direct: Vec<u32>,
+    copy: Vec<u32>,
+}
+
+impl Heard {
+    fn playout(&self, buffer: Duration) -> Playout {
+        let deadline = self.first + buffer.as_micros() as u64;
+        let mut p = Playout::default();
+        for (d, c) in self.direct.iter().zip(&self.copy) {
+            let (d, c) = (u64::from(*d), u64::from(*c));
+            if d <= deadline {
+                p.played += 1;
+            } else if c <= deadline {
+                p.recovered += 1;
+            } else if d != u64::from(u32::MAX) || c != u64::from(u32::MAX) {
+                p.late += 1;
+            } else {
+                p.lost += 1;
+            }
+        }
+        p
+    }
 }
 
 enum Cmd {
@@ -178,6 +237,10 @@ struct Session {
     warmed: bool,
     /// Channel seqs seen (bit `seq - 2`: seq 1 is the warm-up).
     seen: Vec<u64>,
+    /// Voice heard, per speaker slot.
+    heard: HashMap<u16, Heard>,
+    /// The last voice payload sent (a speaker repeats it in the next datagram).
+    last_frame: Vec<u8>,
 }
 
 impl Session {
@@ -216,6 +279,8 @@ struct Sessions {
     invite: String,
     /// The voice channel every session joins after the guild, if any.
     voice_channel: Option<u64>,
+    /// Sessions ask for redundant voice datagrams (`SetVoiceOptions`) before joining.
+    voice_redundancy: bool,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     sending: Option<Sending>,
     speaking: Option<Speaking>,
@@ -330,9 +395,16 @@ impl Sessions {
                         self_deaf: false,
                     },
                 };
+                let options = Request {
+                    id: JOIN_ID + 1,
+                    body: RequestBody::SetVoiceOptions {
+                        redundancy: self.voice_redundancy,
+                    },
+                };
                 let mut out = Out::default();
                 out.push(io, id, |b| {
                     encode_frame(&StreamOpen::Lane(Lane::Voice), b);
+                    encode_frame(&options, b);
                     encode_frame(&join, b);
                 });
                 s.voice = Some((id, FrameReader::new(MAX_FRAME), out));
@@ -471,8 +543,14 @@ impl Sessions {
                     seq: n as u16,
                     timestamp: (n as u32).wrapping_mul(960),
                 };
-                let mut d = Vec::with_capacity(UPLINK_HEADER + payload.len());
-                h.write(&payload, &mut d);
+                let previous = (plan.redundancy && n > 0).then_some(Redundant {
+                    timestamp_offset: 960,
+                    payload: &s.last_frame,
+                });
+                let mut d = Vec::with_capacity(UPLINK_HEADER + 2 * payload.len() + REDUNDANCY_HEADER);
+                h.write_with(previous, &payload, &mut d);
+                s.last_frame.clear();
+                s.last_frame.extend_from_slice(&payload);
                 if io.send_datagram(d.into()) {
                     self.progress.frames_sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -571,13 +649,38 @@ impl App for Sessions {
             }
             AppEvent::Datagrams => {
                 let at = io.now().saturating_duration_since(self.epoch).as_micros() as u64;
+                let frames = self.speaking.map_or(0, |p| p.frames) as usize;
                 while let Some(d) = io.recv_datagram() {
-                    if Downlink::parse(&d).is_ok() && d.len() >= DOWNLINK_HEADER + 8 {
-                        let mut t = [0u8; 8];
-                        t.copy_from_slice(&d[DOWNLINK_HEADER..DOWNLINK_HEADER + 8]);
-                        self.report.latency.push(at.saturating_sub(u64::from_le_bytes(t)));
-                        self.report.first += 1;
-                        self.progress.frames_received.fetch_add(1, Ordering::Relaxed);
+                    let Ok((h, rest)) = Downlink::parse(&d) else { continue };
+                    let Ok((previous, own)) = Redundant::split(h.flags, rest) else {
+                        continue;
+                    };
+                    // Each payload starts with its frame's send time.
+                    let latency = |p: &[u8]| {
+                        let t: [u8; 8] = p.get(..8)?.try_into().ok()?;
+                        Some(at.saturating_sub(u64::from_le_bytes(t)))
+                    };
+                    let Some(lat) = latency(own) else { continue };
+                    self.report.latency.push(lat);
+                    self.report.first += 1;
+                    self.progress.frames_received.fetch_add(1, Ordering::Relaxed);
+                    if frames == 0 || frames > 1 << 16 {
+                        continue;
+                    }
+                    let heard = self.sessions[i].heard.entry(h.slot).or_insert_with(|| Heard {
+                        first: lat,
+                        direct: vec![u32::MAX; frames],
+                        copy: vec![u32::MAX; frames],
+                    });
+                    let clamp = |l: u64| u32::try_from(l).unwrap_or(u32::MAX - 1);
+                    if let Some(x) = heard.direct.get_mut(usize::from(h.seq)) {
+                        *x = (*x).min(clamp(lat));
+                    }
+                    if let Some(p) = previous
+                        && let Some(l) = latency(p.payload)
+                        && let Some(x) = heard.copy.get_mut(usize::from(h.seq.wrapping_sub(1)))
+                    {
+                        *x = (*x).min(clamp(l));
                     }
                 }
             }
@@ -603,6 +706,8 @@ impl App for Sessions {
                         sent: 0,
                         warmed: false,
                         seen: Vec::new(),
+                        heard: HashMap::new(),
+                        last_frame: Vec::new(),
                     });
                 }
                 self.connect_more(conns);
@@ -626,6 +731,11 @@ impl App for Sessions {
             }
             Cmd::Report(to) => {
                 let mut r = std::mem::take(&mut self.report);
+                if let Some(plan) = self.speaking {
+                    for s in &self.sessions {
+                        r.streams.extend(s.heard.values().map(|h| h.playout(plan.buffer)));
+                    }
+                }
                 for s in &self.sessions {
                     if let Some(mut io) = s.ch.and_then(|ch| conns.io(ch)) {
                         let st = io.stats();
@@ -669,7 +779,7 @@ pub(crate) struct Swarm {
 impl Swarm {
     /// `loops` client loops, whose sessions will join the guild with `invite`, then the
     /// voice channel `voice` if there is one.
-    fn start(loops: usize, invite: &str, voice: Option<u64>) -> anyhow::Result<Self> {
+    fn start(loops: usize, invite: &str, voice: Option<(u64, bool)>) -> anyhow::Result<Self> {
         let progress = Arc::new(Progress::default());
         let epoch = Instant::now();
         let mut out = Vec::new();
@@ -686,7 +796,8 @@ impl Swarm {
                 queue: VecDeque::new(),
                 handshaking: 0,
                 invite: invite.to_string(),
-                voice_channel: voice,
+                voice_channel: voice.map(|(c, _)| c),
+                voice_redundancy: voice.is_some_and(|(_, r)| r),
                 timers: BinaryHeap::new(),
                 sending: None,
                 speaking: None,
@@ -727,15 +838,16 @@ impl Swarm {
     }
 
     /// `loops` client loops with sessions of users `first..first + n` of `setup`, each
-    /// joined to the guild by `invite` (and to the voice channel `voice`), once every one
-    /// has; the servers quiesced after the joins' traffic.
+    /// joined to the guild by `invite` (and to the voice channel of `voice`, asking for
+    /// redundant datagrams if its flag says so), once every one has; the servers quiesced
+    /// after the joins' traffic.
     pub(crate) async fn open(
         setup: &crate::setup::Setup,
         first: u64,
         n: usize,
         loops: usize,
         invite: &str,
-        voice: Option<u64>,
+        voice: Option<(u64, bool)>,
     ) -> anyhow::Result<Self> {
         use Ordering::Relaxed;
         let swarm = Swarm::start(loops, invite, voice)?;
@@ -818,6 +930,7 @@ impl Swarm {
             all.latency.extend(r.latency);
             all.datagrams += r.datagrams;
             all.acks += r.acks;
+            all.streams.extend(r.streams);
         }
         Ok(all)
     }

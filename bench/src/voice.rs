@@ -36,6 +36,11 @@ pub(crate) struct VoiceRun {
     pub(crate) webrtc_listeners: usize,
     /// WebRTC on the QUIC port (RFC 9443) rather than a port of its own.
     pub(crate) webrtc_shared_port: bool,
+    /// Speakers repeat the previous frame in each datagram and listeners ask for it
+    /// (`FLAG_REDUNDANT`; client loops only).
+    pub(crate) redundancy: bool,
+    /// The listeners' playout buffer, for what they could play (client loops only).
+    pub(crate) buffer: Duration,
 }
 
 /// What a run measured.
@@ -61,6 +66,8 @@ pub(crate) struct VoiceResult {
     pub residence_p50_us: f64,
     /// SFU residence p99 (bucket upper bound, µs).
     pub residence_p99_us: f64,
+    /// Per listener and speaker (client loops only): what a playout buffer made of it.
+    pub(crate) streams: Vec<crate::swarm::Playout>,
 }
 
 impl VoiceResult {
@@ -108,6 +115,9 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
     }
     if r.webrtc_listeners > 0 {
         bail!("WebRTC listeners need the engine's client loops (--client-loops ≥ 1, raw QUIC)");
+    }
+    if r.redundancy {
+        bail!("--redundancy needs the engine's client loops (--client-loops ≥ 1, raw QUIC)");
     }
     // Participants join the guild, then the voice channel.
     let total = r.listeners + r.speakers;
@@ -212,6 +222,7 @@ pub(crate) async fn run(target: &crate::server::Target, r: VoiceRun) -> anyhow::
         residence_p50_us: res50,
         residence_p99_us: res99,
         udp_drops,
+        streams: Vec::new(),
     })
 }
 
@@ -220,7 +231,15 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
     let total = r.listeners + r.speakers;
     let webrtc = r.webrtc_listeners.min(r.listeners);
     let on_datagrams = total - webrtc;
-    let swarm = crate::swarm::Swarm::open(&setup, 100, on_datagrams, r.client_loops, invite, Some(channel)).await?;
+    let swarm = crate::swarm::Swarm::open(
+        &setup,
+        100,
+        on_datagrams,
+        r.client_loops,
+        invite,
+        Some((channel, r.redundancy)),
+    )
+    .await?;
     let rtc = if webrtc > 0 {
         let first = 100 + on_datagrams as u64;
         Some(crate::webrtc::Listeners::join(&setup, first, webrtc, invite, channel, swarm.epoch).await?)
@@ -241,6 +260,8 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
         every: Duration::from_secs_f64(1.0 / r.fps as f64),
         frames,
         start: speech + Duration::from_millis(5),
+        redundancy: r.redundancy,
+        buffer: r.buffer,
     });
     let limit = speech + Duration::from_secs(r.seconds + 30);
     while p.frames_sent.load(Relaxed) < sent && Instant::now() < limit {
@@ -291,5 +312,51 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
         residence_p50_us: res50,
         residence_p99_us: res99,
         udp_drops,
+        streams: report.streams,
+    })
+}
+
+/// What the listeners' playout buffers made of a run, over every (listener, speaker) stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlayoutSummary {
+    /// Frames expected over all streams.
+    pub(crate) frames: u64,
+    /// Shares of them: played (directly or from a copy), from a copy, late, lost.
+    pub(crate) played: f64,
+    pub(crate) recovered: f64,
+    pub(crate) late: f64,
+    pub(crate) lost: f64,
+    /// The share played by the worst stream, the 1st percentile and the median stream.
+    pub(crate) worst: f64,
+    pub(crate) p1: f64,
+    pub(crate) median: f64,
+}
+
+/// The summary of `streams` (`None` without any: a run on `quaver-client` sessions).
+pub(crate) fn playout_summary(streams: &[crate::swarm::Playout]) -> Option<PlayoutSummary> {
+    if streams.is_empty() {
+        return None;
+    }
+    let sum = |f: fn(&crate::swarm::Playout) -> u64| streams.iter().map(f).sum::<u64>();
+    let (played, recovered, late, lost) = (
+        sum(|p| p.played),
+        sum(|p| p.recovered),
+        sum(|p| p.late),
+        sum(|p| p.lost),
+    );
+    let frames = played + recovered + late + lost;
+    let share = |n: u64| n as f64 / frames.max(1) as f64;
+    let mut per: Vec<f64> = streams.iter().map(|p| p.played_share()).collect();
+    per.sort_by(f64::total_cmp);
+    let at = |q: f64| per[((per.len() - 1) as f64 * q).round() as usize];
+    Some(PlayoutSummary {
+        frames,
+        played: share(played + recovered),
+        recovered: share(recovered),
+        late: share(late),
+        lost: share(lost),
+        worst: per[0],
+        p1: at(0.01),
+        median: at(0.5),
     })
 }

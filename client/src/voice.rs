@@ -26,8 +26,21 @@ impl VoiceJoin {
     }
 }
 
+/// Asks for datagrams with the previous frame in front (`SetVoiceOptions`) when
+/// `cfg.voice_redundancy` is on. A server that does not know the request answers an error:
+/// voice then comes without copies, which is no reason not to join.
+async fn ask_redundancy(voice: &mut LaneStream, cfg: &Config) -> Result<(), Error> {
+    if cfg.voice_redundancy
+        && let Err(e) = voice.request(RequestBody::SetVoiceOptions { redundancy: true }).await?
+    {
+        tracing::debug!(error = %e.message, "the server declined voice redundancy");
+    }
+    Ok(())
+}
+
 /// Joins `channel_id` on `voice` (the voice lane of `client`, connected with `cfg`),
-/// following a `VoiceServer` answer to the node the channel lives on.
+/// following a `VoiceServer` answer to the node the channel lives on; asks each node it
+/// joins on for redundant datagrams when `cfg.voice_redundancy` is on.
 pub async fn join_voice(
     voice: &mut LaneStream,
     cfg: &Config,
@@ -40,6 +53,7 @@ pub async fn join_voice(
         self_mute,
         self_deaf,
     };
+    ask_redundancy(voice, cfg).await?;
     let (endpoint, cert_hashes) = match voice.request(join.clone()).await? {
         Ok(ResponseBody::VoiceServer {
             endpoint, cert_hashes, ..
@@ -72,6 +86,7 @@ pub async fn join_voice(
     }
     let remote = connect(&there).await?;
     let mut lane = remote.open_lane(Lane::Voice).await?;
+    ask_redundancy(&mut lane, &there).await?;
     match lane.request(join).await? {
         Ok(ResponseBody::VoiceServer { .. }) => Err(Error::Transport(
             "the voice channel moved again while joining; retry".into(),

@@ -6,6 +6,10 @@
 //! `flags u8 | level u8 | seq u16 | timestamp u32 | payload…`
 //! Downlink (server → client), 10 bytes of header:
 //! `flags u8 | level u8 | slot u16 | seq u16 | timestamp u32 | payload…`
+//!
+//! With [`FLAG_REDUNDANT`] the payload starts with a copy of the speaker's previous frame
+//! (`seq − 1`): `timestamp_offset u16 | length u16 | previous payload | payload`, so one lost
+//! datagram is repaired by the next ([`Redundant`]).
 
 /// Version bits (the top two bits of `flags`); this is version 0.
 pub const VERSION_MASK: u8 = 0b1100_0000;
@@ -13,6 +17,10 @@ pub const VERSION_MASK: u8 = 0b1100_0000;
 pub const FLAG_TALKSPURT_START: u8 = 0b0000_0001;
 /// Discontinuous-transmission / comfort-noise frame: carries no speech.
 pub const FLAG_DTX: u8 = 0b0000_0010;
+/// The payload starts with a redundancy block: the previous frame again ([`Redundant`]).
+pub const FLAG_REDUNDANT: u8 = 0b0000_0100;
+/// Size of a redundancy block's own header (`timestamp_offset u16 | length u16`).
+pub const REDUNDANCY_HEADER: usize = 4;
 /// Uplink header size.
 pub const UPLINK_HEADER: usize = 8;
 /// Downlink header size.
@@ -49,6 +57,53 @@ pub enum DatagramError {
     /// Version bits other than 0.
     #[error("unknown datagram version")]
     Version,
+    /// A redundancy block longer than the payload it starts.
+    #[error("redundancy block past the end of the datagram")]
+    Redundancy,
+}
+
+/// The copy of a speaker's previous frame (`seq − 1`) a datagram with [`FLAG_REDUNDANT`]
+/// carries before its own payload, the way RFC 2198 carries redundant audio in RTP: a
+/// listener that lost the previous datagram plays this copy instead of concealing a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redundant<'a> {
+    /// How far the previous frame's media timestamp lies before this one's (48 kHz units:
+    /// 960 for back-to-back 20 ms frames).
+    pub timestamp_offset: u16,
+    /// The previous frame's payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Redundant<'a> {
+    /// Splits a payload into the previous frame's copy (when `flags` has
+    /// [`FLAG_REDUNDANT`]) and the frame's own payload.
+    pub fn split(flags: u8, payload: &'a [u8]) -> Result<(Option<Redundant<'a>>, &'a [u8]), DatagramError> {
+        if flags & FLAG_REDUNDANT == 0 {
+            return Ok((None, payload));
+        }
+        let [o0, o1, l0, l1, rest @ ..] = payload else {
+            return Err(DatagramError::Redundancy);
+        };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if rest.len() < len {
+            return Err(DatagramError::Redundancy);
+        }
+        let (previous, own) = rest.split_at(len);
+        let block = Redundant {
+            timestamp_offset: u16::from_be_bytes([*o0, *o1]),
+            payload: previous,
+        };
+        Ok((Some(block), own))
+    }
+
+    /// Appends the block (its header and the previous payload) to `out`; the frame's own
+    /// payload follows it. The header's flags must then carry [`FLAG_REDUNDANT`].
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let len = u16::try_from(self.payload.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&self.timestamp_offset.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.payload[..usize::from(len)]);
+    }
 }
 
 /// Header of an uplink (client → server) voice frame.
@@ -88,6 +143,23 @@ impl Uplink {
         out.push(self.level.0);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// Appends the header, a copy of the previous frame if there is one (setting or
+    /// clearing [`FLAG_REDUNDANT`] to match), and `payload` to `out`.
+    pub fn write_with(&self, previous: Option<Redundant<'_>>, payload: &[u8], out: &mut Vec<u8>) {
+        let h = Uplink {
+            flags: match previous {
+                Some(_) => self.flags | FLAG_REDUNDANT,
+                None => self.flags & !FLAG_REDUNDANT,
+            },
+            ..*self
+        };
+        h.write(&[], out);
+        if let Some(p) = previous {
+            p.write(out);
+        }
         out.extend_from_slice(payload);
     }
 }
@@ -183,6 +255,53 @@ mod tests {
         let bytes = down.to_bytes();
         assert_eq!(bytes, [0x01, 0x9e, 0x00, 0x07, 0x01, 0x02, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert_eq!(Downlink::parse(&bytes).unwrap().0, down);
+    }
+
+    #[test]
+    fn a_redundant_frame_carries_the_previous_one_first() {
+        let h = Uplink {
+            flags: FLAG_TALKSPURT_START,
+            level: AudioLevel::new(30, true),
+            seq: 9,
+            timestamp: 9 * 960,
+        };
+        let prev = Redundant {
+            timestamp_offset: 960,
+            payload: b"prev",
+        };
+        let mut out = Vec::new();
+        h.write_with(Some(prev), b"own", &mut out);
+        assert_eq!(
+            out,
+            [
+                0x05, 0x9e, 0x00, 0x09, 0x00, 0x00, 0x21, 0xc0, 0x03, 0xc0, 0x00, 0x04, b'p', b'r', b'e', b'v', b'o',
+                b'w', b'n'
+            ]
+        );
+        let (back, payload) = Uplink::parse(&out).unwrap();
+        assert_eq!(back.flags, FLAG_TALKSPURT_START | FLAG_REDUNDANT);
+        assert_eq!(Redundant::split(back.flags, payload), Ok((Some(prev), &b"own"[..])));
+        // Without the flag the payload is the frame's own, whatever it looks like.
+        assert_eq!(Redundant::split(0, payload), Ok((None, payload)));
+        // write_with(None) clears a stale flag.
+        let mut plain = Vec::new();
+        back.write_with(None, b"own", &mut plain);
+        assert_eq!(Uplink::parse(&plain).unwrap().0.flags, FLAG_TALKSPURT_START);
+        // A block that claims more than the datagram holds, or a header cut short.
+        for bad in [&[0u8, 0, 0, 5, 1, 2][..], &[0, 0, 0][..], &[][..]] {
+            assert_eq!(Redundant::split(FLAG_REDUNDANT, bad), Err(DatagramError::Redundancy));
+        }
+        // An empty copy is allowed (nothing to repair with, nothing wrong).
+        assert_eq!(
+            Redundant::split(FLAG_REDUNDANT, &[0, 0, 0, 0, 7]),
+            Ok((
+                Some(Redundant {
+                    timestamp_offset: 0,
+                    payload: &[]
+                }),
+                &[7u8][..]
+            ))
+        );
     }
 
     #[test]

@@ -632,6 +632,14 @@ pub enum RequestBody {
         /// Why (≤ 512 characters; for the audit trail and webhooks).
         reason: String,
     },
+    /// Voice lane: how this session wants its voice datagrams. `redundancy`: each datagram
+    /// may carry the speaker's previous frame again (`FLAG_REDUNDANT`, PROTOCOL.md §8), so
+    /// one lost datagram is repaired by the next; without it such frames arrive stripped to
+    /// their own payload. Holds for the session (every channel it joins) until changed.
+    SetVoiceOptions {
+        /// Accept datagrams with a redundancy block.
+        redundancy: bool,
+    },
 }
 
 impl RequestBody {
@@ -653,7 +661,8 @@ impl RequestBody {
             | RequestBody::ServerMute { .. }
             | RequestBody::ServerDeafen { .. }
             | RequestBody::MoveMember { .. }
-            | RequestBody::VoiceStats => Some(Lane::Voice),
+            | RequestBody::VoiceStats
+            | RequestBody::SetVoiceOptions { .. } => Some(Lane::Voice),
             _ => Some(Lane::Chat),
         }
     }

@@ -5,7 +5,7 @@
 //! hex and its framed hex. Run with `QUAVER_BLESS=1` to rewrite the file after a deliberate
 //! protocol change; otherwise the test fails on any difference.
 
-use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_DTX, FLAG_TALKSPURT_START, Uplink};
+use quaver_proto::datagram::{AudioLevel, Downlink, FLAG_DTX, FLAG_TALKSPURT_START, Redundant, Uplink};
 use quaver_proto::*;
 use serde_json::{Value, json};
 
@@ -509,6 +509,15 @@ fn vectors() -> Vec<Vector> {
             json!({"id": 4, "body": {"type": "JoinVoiceWebRtc", "channel_id": "4", "self_mute": false, "self_deaf": false, "offer": "v=0\r\n"}}),
         ),
         v(
+            "request_set_voice_options",
+            "Request",
+            Request {
+                id: 5,
+                body: RequestBody::SetVoiceOptions { redundancy: true },
+            },
+            json!({"id": 5, "body": {"type": "SetVoiceOptions", "redundancy": true}}),
+        ),
+        v(
             "ack_voice_joined_webrtc",
             "ServerLane",
             ServerLane::Ack {
@@ -717,6 +726,22 @@ fn datagrams() -> Vec<(&'static str, Vec<u8>, Value)> {
     };
     let mut down_bytes = down.to_bytes().to_vec();
     down_bytes.extend_from_slice(&[0xaa]);
+    // Frame 7 carrying frame 6 again (PROTOCOL.md §8, FLAG_REDUNDANT).
+    let red = Uplink {
+        flags: 0,
+        level: AudioLevel::new(20, true),
+        seq: 7,
+        timestamp: 7 * 960,
+    };
+    let previous = Redundant {
+        timestamp_offset: 960,
+        payload: &[0x66, 0x66],
+    };
+    let mut red_up = Vec::new();
+    red.write_with(Some(previous), &[0x77, 0x77, 0x77], &mut red_up);
+    let (red_h, red_p) = Uplink::parse(&red_up).unwrap();
+    let mut red_down = Downlink::from_uplink(&red_h, 2).to_bytes().to_vec();
+    red_down.extend_from_slice(red_p);
     vec![
         (
             "uplink_talkspurt",
@@ -727,6 +752,18 @@ fn datagrams() -> Vec<(&'static str, Vec<u8>, Value)> {
             "downlink_dtx",
             down_bytes,
             json!({"flags": 2, "level": 127, "voice": false, "slot": 3, "seq": 1, "timestamp": 4294967295u64, "payload": "aa"}),
+        ),
+        (
+            "uplink_redundant",
+            red_up,
+            json!({"flags": 4, "level": 20, "voice": true, "seq": 7, "timestamp": 6720,
+                   "previous": {"timestamp_offset": 960, "payload": "6666"}, "payload": "777777"}),
+        ),
+        (
+            "downlink_redundant",
+            red_down,
+            json!({"flags": 4, "level": 20, "voice": true, "slot": 2, "seq": 7, "timestamp": 6720,
+                   "previous": {"timestamp_offset": 960, "payload": "6666"}, "payload": "777777"}),
         ),
     ]
 }
@@ -846,14 +883,27 @@ fn golden_vectors_decode_to_their_values() {
         assert_eq!(ws::Frame::decode(bytes.clone().into()), Ok(frame), "{name}");
     }
     for (name, bytes, value) in datagrams() {
-        if name.starts_with("uplink") {
+        let (flags, p) = if name.starts_with("uplink") {
             let (h, p) = Uplink::parse(&bytes).unwrap();
             assert_eq!(u64::from(h.seq), value["seq"].as_u64().unwrap());
-            assert_eq!(hex::encode(p), value["payload"].as_str().unwrap());
+            (h.flags, p)
         } else {
             let (h, p) = Downlink::parse(&bytes).unwrap();
             assert_eq!(u64::from(h.slot), value["slot"].as_u64().unwrap());
-            assert_eq!(hex::encode(p), value["payload"].as_str().unwrap());
+            (h.flags, p)
+        };
+        // The JSON form's `payload` is the frame's own; a redundancy block is `previous`.
+        let (previous, own) = Redundant::split(flags, p).unwrap();
+        assert_eq!(hex::encode(own), value["payload"].as_str().unwrap(), "{name}");
+        match previous {
+            Some(r) => {
+                assert_eq!(hex::encode(r.payload), value["previous"]["payload"].as_str().unwrap());
+                assert_eq!(
+                    u64::from(r.timestamp_offset),
+                    value["previous"]["timestamp_offset"].as_u64().unwrap()
+                );
+            }
+            None => assert!(value.get("previous").is_none(), "{name}"),
         }
     }
 }

@@ -482,7 +482,8 @@ impl Chat {
             | R::ServerMute { .. }
             | R::ServerDeafen { .. }
             | R::MoveMember { .. }
-            | R::VoiceStats => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
+            | R::VoiceStats
+            | R::SetVoiceOptions { .. } => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
             m @ (R::SendMessage { .. }
             | R::EditMessage { .. }
             | R::DeleteMessage { .. }

@@ -70,7 +70,8 @@ pub async fn request(
         | RequestBody::ServerMute { .. }
         | RequestBody::ServerDeafen { .. }
         | RequestBody::MoveMember { .. }
-        | RequestBody::VoiceStats) => {
+        | RequestBody::VoiceStats
+        | RequestBody::SetVoiceOptions { .. }) => {
             ctx.limiter.check(user, Kind::Voice)?;
             Ok(voice_request(ctx, session, voice_port, voice).await?)
         }
@@ -235,6 +236,10 @@ async fn voice_request(
             channel_id,
         } => ctx.voice.move_member(user, guild_id, user_id, channel_id).await,
         RequestBody::VoiceStats => ctx.voice.stats(user).await,
+        RequestBody::SetVoiceOptions { redundancy } => {
+            voice_port.set_redundancy(redundancy);
+            Ok(ResponseBody::Done)
+        }
         _ => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a voice request")),
     }
 }

@@ -4,6 +4,7 @@
 //! certificates ([`tls`]). Admission control (the connection cap, stateless retry) is the
 //! engine's (`engine::Limits`).
 
+pub mod congestion;
 pub mod tls;
 
 use std::sync::Arc;
@@ -50,6 +51,13 @@ pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) 
     ack.ack_eliciting_threshold(8u32.into())
         .max_ack_delay(Some(s.ack_delay));
     transport.ack_frequency_config(Some(ack));
+    // CUBIC with a floor under the window (`congestion.rs`): small real-time flows keep
+    // their pace through loss and reordering.
+    if s.congestion_floor > 0 {
+        transport.congestion_controller_factory(Arc::new(congestion::FloorFactory {
+            packets: s.congestion_floor,
+        }));
+    }
     server.transport_config(Arc::new(transport));
     // Migration stays on: a client moving networks keeps its session.
     server.migration(true);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
-use quaver_proto::datagram::{Downlink, Uplink};
+use quaver_proto::datagram::{Downlink, FLAG_REDUNDANT, REDUNDANCY_HEADER, Redundant, UPLINK_HEADER, Uplink};
 use quaver_proto::session::Transport;
 use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
 use tokio::sync::{mpsc, oneshot};
@@ -157,6 +157,9 @@ pub struct VoicePort {
     /// The session whose voice this is (weak: the port does not keep it alive), for the
     /// events meant for it alone (`VoiceMoved`).
     session: std::sync::Weak<crate::gateway::SessionHandle>,
+    /// The session accepts datagrams that carry the previous frame again
+    /// (`SetVoiceOptions`); frames with a redundancy block reach it stripped otherwise.
+    redundancy: std::sync::atomic::AtomicBool,
 }
 
 impl VoicePort {
@@ -166,7 +169,17 @@ impl VoicePort {
             sink,
             target: Mutex::new(None),
             session,
+            redundancy: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether datagrams with a redundancy block may reach this session as they are.
+    pub fn set_redundancy(&self, on: bool) {
+        self.redundancy.store(on, Relaxed);
+    }
+
+    fn redundancy(&self) -> bool {
+        self.redundancy.load(Relaxed)
     }
 
     /// The transport of the session's latest connection (none once it is gone).
@@ -309,7 +322,8 @@ impl Voice {
             self.metrics.count_drop(DropReason::Oversized);
             return;
         }
-        if Uplink::parse(&d).is_err() {
+        // A redundancy block past the datagram's end is as malformed as a short header.
+        if !Uplink::parse(&d).is_ok_and(|(h, p)| Redundant::split(h.flags, p).is_ok()) {
             self.metrics.count_drop(DropReason::Malformed);
             return;
         }
@@ -709,6 +723,9 @@ fn state_of(guild_id: u64, channel_id: u64, slot: u16, p: &sfu::Participant) -> 
 async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: mpsc::Receiver<ChannelCmd>) {
     let mut ch = Channel::new(voice.cfg, Instant::now());
     let mut ports: HashMap<u16, Arc<VoicePort>> = HashMap::new();
+    // Per speaker slot, the last frame forwarded (seq, timestamp, own payload): the copy
+    // for the next one when its speaker sent none.
+    let mut last: HashMap<u16, (u16, u32, Bytes)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let bus = voice.bus.clone();
@@ -750,25 +767,59 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                 };
                 match ch.on_frame(slot, &h, Instant::now()) {
                     Ok(f) => {
-                        // One buffer per frame and wire prefix (raw QUIC: none; WebTransport:
-                        // the session's quarter stream id, nearly always 0), shared by every
-                        // listener with that prefix: no copy per listener.
-                        let header = Downlink::from_uplink(&h, f.slot).to_bytes();
-                        let mut shared: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(2);
+                        // One buffer per frame, wire prefix (raw QUIC: none; WebTransport:
+                        // the session's quarter stream id, nearly always 0) and form (with
+                        // the previous frame in front for a listener that asked for it,
+                        // without for the others), shared by every listener alike: no copy
+                        // per listener.
+                        let down = Downlink::from_uplink(&h, f.slot);
+                        let Ok((previous, own)) = Redundant::split(h.flags, payload) else {
+                            metrics.count_drop(DropReason::Malformed);
+                            continue;
+                        };
+                        let own = data.slice_ref(own);
+                        // The copy: the speaker's own, or else the frame this task forwarded
+                        // just before (a WebRTC speaker's, or one that sends no copies).
+                        let kept = last.get(&f.slot).filter(|(seq, ts, p)| {
+                            *seq == h.seq.wrapping_sub(1)
+                                && h.timestamp.wrapping_sub(*ts) <= u32::from(u16::MAX)
+                                && p.len() + REDUNDANCY_HEADER + own.len() <= MAX_UPLINK - UPLINK_HEADER
+                        });
+                        let block = previous.or(kept.map(|(_, ts, p)| Redundant {
+                            timestamp_offset: h.timestamp.wrapping_sub(*ts) as u16,
+                            payload: p,
+                        }));
+                        let mut shared: Vec<(Vec<u8>, bool, Bytes)> = Vec::with_capacity(2);
                         // Listeners on the engine: one wake-up of the loop for all of them.
                         let _batch = crate::engine::Batch::begin();
                         for l in f.listeners {
                             let Some(port) = ports.get(&l) else { continue };
                             let prefix = port.sink.prefix();
-                            let out = match shared.iter().find(|(p, _)| p.as_slice() == prefix) {
-                                Some((_, b)) => b.clone(),
+                            let copy = block.filter(|_| port.redundancy());
+                            let out = match shared
+                                .iter()
+                                .find(|(p, c, _)| p.as_slice() == prefix && *c == copy.is_some())
+                            {
+                                Some((_, _, b)) => b.clone(),
                                 None => {
-                                    let mut buf = Vec::with_capacity(prefix.len() + header.len() + payload.len());
+                                    let header = Downlink {
+                                        flags: match copy {
+                                            Some(_) => down.flags | FLAG_REDUNDANT,
+                                            None => down.flags & !FLAG_REDUNDANT,
+                                        },
+                                        ..down
+                                    }
+                                    .to_bytes();
+                                    let extra = copy.map_or(0, |c| REDUNDANCY_HEADER + c.payload.len());
+                                    let mut buf = Vec::with_capacity(prefix.len() + header.len() + extra + own.len());
                                     buf.extend_from_slice(prefix);
                                     buf.extend_from_slice(&header);
-                                    buf.extend_from_slice(payload);
+                                    if let Some(c) = copy {
+                                        c.write(&mut buf);
+                                    }
+                                    buf.extend_from_slice(&own);
                                     let b = Bytes::from(buf);
-                                    shared.push((prefix.to_vec(), b.clone()));
+                                    shared.push((prefix.to_vec(), copy.is_some(), b.clone()));
                                     b
                                 }
                             };
@@ -777,6 +828,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                                 false => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
                             };
                         }
+                        last.insert(f.slot, (h.seq, h.timestamp, own));
                         metrics.residence(at.elapsed());
                     }
                     Err(d) => metrics.count_drop(match d {
@@ -815,6 +867,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                 let left = match ch.slot_of(user) {
                     Some(slot) => {
                         ports.remove(&slot);
+                        last.remove(&slot);
                         if let Some(p) = ch.leave(slot) {
                             metrics.lost.fetch_add(p.stats.lost, Relaxed);
                         }

@@ -417,10 +417,12 @@ test('voice: fake microphones decoded on the other side, a native listener, leav
   await bob.click(`#channels .channel[data-id="${channel}"]`);
   await until('both are in the channel', async () => (await ada.$$('#channels .voice-user')).length === 2);
   const listening = cli(['listen', '--channel', channel, '--seconds', '4']);
-  await until('each decodes the other with energy', async () => {
+  const [heardByAda, heardByBob] = await until('each decodes the other with energy', async () => {
     const [a, b] = [await stats(ada), await stats(bob)];
     return a.decodedFrames > 20 && b.decodedFrames > 20 && a.decodedEnergy > 0 && b.decodedEnergy > 0 && [a, b];
   }, 15000);
+  // Each page sends the frame before again in every datagram, and asked for such datagrams.
+  for (const s of [heardByAda, heardByBob]) assert.ok(s.redundantReceived > 10, `redundant datagrams arrive: ${JSON.stringify(s)}`);
   await until('a speaking indicator', async () => (await bob.evaluate(() => window.quaverApp.voiceStats.speakingSeen)) > 0);
   await ada.screenshot({ path: join(SHOTS, 'voice.png') });
   await accessible(ada, 'voice (light)');

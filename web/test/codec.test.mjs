@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   ProtocolError, decode, encode, encodeFrame, FrameReader, varintEncode, varintDecode,
-  encodeUplink, decodeUplink, decodeDownlink, hexToBytes, encodeWs, decodeWs,
+  encodeUplink, decodeUplink, decodeDownlink, hexToBytes, encodeWs, decodeWs, VoiceRepair,
 } from '../quaver.js';
 
 const vectors = JSON.parse(readFileSync(new URL('../../proto/vectors/messages.json', import.meta.url)));
@@ -48,11 +48,35 @@ test('datagram vectors', () => {
   for (const d of vectors.datagrams) {
     const bytes = hexToBytes(d.hex);
     const got = d.name.startsWith('uplink') ? decodeUplink(bytes) : decodeDownlink(bytes);
-    const { payload, ...header } = got;
-    assert.deepEqual({ ...header, payload: hex(payload) }, d.value, d.name);
-    if (d.name.startsWith('uplink')) assert.equal(hex(encodeUplink(header, payload)), d.hex);
+    const { payload, previous, ...header } = got;
+    const shown = previous ? { previous: { ...previous, payload: hex(previous.payload) } } : {};
+    assert.deepEqual({ ...header, ...shown, payload: hex(payload) }, d.value, d.name);
+    if (d.name.startsWith('uplink')) assert.equal(hex(encodeUplink({ ...header, previous }, payload)), d.hex);
   }
   assert.throws(() => decodeDownlink(new Uint8Array(9)), ProtocolError);
+});
+
+test('a lost voice datagram is played from the copy in the next one; late and duplicate frames are not', () => {
+  // What the SFU makes of speaker 3's frames: the downlink header, then the uplink payload.
+  const frame = (seq, withPrevious = true) => {
+    const up = encodeUplink({ flags: 0, level: 20, voice: true, seq, timestamp: seq * 960,
+      previous: withPrevious && seq > 0 ? { timestamp_offset: 960, payload: Uint8Array.of(seq - 1) } : undefined }, Uint8Array.of(seq));
+    const down = new Uint8Array(up.length + 2);
+    down.set(up.subarray(0, 2)); down.set([0, 3], 2); down.set(up.subarray(2), 4);
+    return decodeDownlink(down);
+  };
+  const r = new VoiceRepair();
+  const got = [0, 1, 3, 4, 2, 4].flatMap((n) => r.take(frame(n)));
+  assert.deepEqual(got.map((f) => [f.seq, f.recovered, f.payload[0], f.timestamp, f.flags]),
+    [[0, false, 0, 0, 0], [1, false, 1, 960, 0], [2, true, 2, 1920, 0], [3, false, 3, 2880, 0], [4, false, 4, 3840, 0]]);
+  assert.equal(r.recovered, 1);
+  assert.equal(r.duplicates, 2);
+  // Without copies a loss stays a gap; seq wraps.
+  const plain = new VoiceRepair();
+  assert.deepEqual([65534, 0, 1].flatMap((n) => plain.take(frame(n, false))).map((f) => f.seq), [65534, 0, 1]);
+  // A late frame never had is still given (the playback buffer places it); a repeat is not.
+  assert.deepEqual(plain.take(frame(65535, false)).map((f) => f.seq), [65535]);
+  assert.deepEqual(plain.take(frame(0, false)), []);
 });
 
 test('varints round-trip at every boundary', () => {
