@@ -22,6 +22,8 @@
 //! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
 //!   every client must end with every message exactly once, in order.
 //! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
+//! - `soak`: chat with churn, presence, typing and voice at once for minutes (across
+//!   `netem` with loss): memory sampled, every message accounted for.
 //! - `transport`: QUIC fan-out alone (no sessions) — quinn's high-level API against the
 //!   engine over quinn-proto: server CPU per delivered record, latency.
 
@@ -33,6 +35,7 @@ mod netem;
 mod resume;
 mod server;
 mod setup;
+mod soak;
 mod social;
 mod swarm;
 mod transport;
@@ -94,6 +97,9 @@ enum Scenario {
     Typing(SocialArgs),
     /// R1: forced disconnects during a message stream, clients resuming.
     Resume(ResumeArgs),
+    /// Soak: chat with churn, presence, typing and voice at once, for minutes; memory
+    /// sampled, every message accounted for.
+    Soak(SoakArgs),
     /// H4: fetch replies never read; server memory while they wait.
     Unread(UnreadArgs),
     /// R2: a two-node cluster streaming while Redis, or one node, is SIGKILLed (needs
@@ -279,6 +285,39 @@ struct ResumeArgs {
     /// 0 = one handshake at a time, as the client did before [default: the client's].
     #[arg(long)]
     probe_every_ms: Option<u64>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// Minutes to run.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Resilient chat members (their connections are killed now and then).
+    #[arg(long, default_value_t = 200)]
+    members: usize,
+    /// Of them, how many send.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Seconds between two killed member connections.
+    #[arg(long, default_value_t = 5.0)]
+    churn_every_s: f64,
+    /// Sessions that type (every 4 s) and change presence (every 30 s).
+    #[arg(long, default_value_t = 50)]
+    social: usize,
+    /// Voice participants.
+    #[arg(long, default_value_t = 20)]
+    voice: usize,
+    /// Of them, speakers (50 frames/s each).
+    #[arg(long, default_value_t = 2)]
+    speakers: usize,
+    /// Seconds between two samples of the server's memory.
+    #[arg(long, default_value_t = 30.0)]
+    sample_every_s: f64,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -592,6 +631,71 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(
                 r.lost == 0 && r.duplicated == 0 && r.reordered == 0,
                 "lost, duplicated or reordered messages"
+            );
+            Ok(())
+        }
+        Scenario::Soak(a) => {
+            let bin = a.server.target()?;
+            let run = soak::SoakRun {
+                duration: Duration::from_secs_f64(a.minutes * 60.0),
+                members: a.members,
+                senders: a.senders.min(a.members),
+                rate: a.rate,
+                churn_every: Duration::from_secs_f64(a.churn_every_s.max(0.1)),
+                social: a.social,
+                voice: a.voice,
+                speakers: a.speakers.min(a.voice),
+                sample_every: Duration::from_secs_f64(a.sample_every_s.max(1.0)),
+            };
+            let r = soak::run(&bin, run).await?;
+            let mib = |b: u64| b as f64 / 1_048_576.0;
+            // After warm-up: from the first sample a fifth of the way in.
+            let warm = r
+                .rss
+                .iter()
+                .find(|(t, _)| *t >= run.duration.as_secs_f64() / 5.0)
+                .copied()
+                .unwrap_or((0.0, 0));
+            let end = r.rss.last().copied().unwrap_or((0.0, 0));
+            let peak = r.rss.iter().map(|(_, b)| *b).max().unwrap_or(0);
+            println!(
+                "soak {:.1} min: chat {} sent ({} failed), lost {} duplicated {} out of order {}; {} kills, resumed {} / fresh {}; \
+                 typing+presence {} acks, {} errors, {} events; voice {} frames sent, heard {:.3} % of {} ({} from copies); \
+                 server RSS {:.1} MiB after warm-up ({:.0} s), {:.1} MiB at the end, peak {:.1} MiB",
+                a.minutes,
+                r.sent,
+                r.send_errors,
+                r.lost,
+                r.duplicated,
+                r.reordered,
+                r.kills,
+                r.resumed,
+                r.fresh,
+                r.social_acks,
+                r.social_errors,
+                r.social_events,
+                r.frames_sent,
+                r.frames_heard as f64 * 100.0 / r.frames_expected.max(1) as f64,
+                r.frames_expected,
+                r.frames_repaired,
+                mib(warm.1),
+                warm.0,
+                mib(end.1),
+                mib(peak)
+            );
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "soak", "minutes": a.minutes, "members": a.members, "senders": a.senders, "rate": a.rate,
+                    "churn_every_s": a.churn_every_s, "social": a.social, "voice": a.voice, "speakers": a.speakers,
+                    "sent": r.sent, "send_errors": r.send_errors, "lost": r.lost, "duplicated": r.duplicated, "reordered": r.reordered,
+                    "kills": r.kills, "resumed": r.resumed, "fresh": r.fresh,
+                    "social_acks": r.social_acks, "social_errors": r.social_errors, "social_events": r.social_events,
+                    "frames_sent": r.frames_sent, "frames_heard": r.frames_heard, "frames_expected": r.frames_expected,
+                    "frames_repaired": r.frames_repaired, "rss_samples": r.rss})
+            );
+            anyhow::ensure!(
+                r.lost == 0 && r.duplicated == 0 && r.reordered == 0 && r.send_errors == 0,
+                "lost, duplicated, reordered or failed messages"
             );
             Ok(())
         }

@@ -212,6 +212,11 @@ impl Requester {
             })
     }
 
+    /// Abandons the current connection and reconnects ([`Resilient::kill_connection`]).
+    pub fn kill_connection(&self) {
+        let _ = self.cmds.send(Cmd::Kill);
+    }
+
     /// Sends a message with a fresh random nonce.
     pub async fn send_message(&self, channel_id: u64, content: &str) -> Result<ResponseBody, ErrorBody> {
         self.request(RequestBody::SendMessage {
