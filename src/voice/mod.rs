@@ -725,7 +725,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
     let mut ports: HashMap<u16, Arc<VoicePort>> = HashMap::new();
     // Per speaker slot, the last frame forwarded (seq, timestamp, own payload): the copy
     // for the next one when its speaker sent none.
-    let mut last: HashMap<u16, (u16, u32, Bytes)> = HashMap::new();
+    let mut last: HashMap<u16, (u16, u32, Vec<u8>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let bus = voice.bus.clone();
@@ -777,7 +777,6 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                             metrics.count_drop(DropReason::Malformed);
                             continue;
                         };
-                        let own = data.slice_ref(own);
                         // The copy: the speaker's own, or else the frame this task forwarded
                         // just before (a WebRTC speaker's, or one that sends no copies).
                         let kept = last.get(&f.slot).filter(|(seq, ts, p)| {
@@ -817,7 +816,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                                     if let Some(c) = copy {
                                         c.write(&mut buf);
                                     }
-                                    buf.extend_from_slice(&own);
+                                    buf.extend_from_slice(own);
                                     let b = Bytes::from(buf);
                                     shared.push((prefix.to_vec(), copy.is_some(), b.clone()));
                                     b
@@ -828,7 +827,13 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                                 false => metrics.dropped[DropReason::Congested as usize].fetch_add(1, Relaxed),
                             };
                         }
-                        last.insert(f.slot, (h.seq, h.timestamp, own));
+                        // Copied into the slot's own buffer, not kept as a slice of the
+                        // datagram: that would pin the receive buffer it came in.
+                        let kept = last.entry(f.slot).or_default();
+                        kept.0 = h.seq;
+                        kept.1 = h.timestamp;
+                        kept.2.clear();
+                        kept.2.extend_from_slice(own);
                         metrics.residence(at.elapsed());
                     }
                     Err(d) => metrics.count_drop(match d {
