@@ -117,9 +117,9 @@ pub struct Config {
     /// Voice: each frame [`Client::send_voice`] sends carries the previous one again
     /// (`FLAG_REDUNDANT`, PROTOCOL.md §8), and [`voice::join_voice`] asks the server for
     /// such datagrams (`SetVoiceOptions`), so one lost datagram costs no audio: at 3 % loss
-    /// each way the frames a listener could not play fell from ≈ 6 % to ≈ 0.1 %
-    /// (bench/RESULTS.md "Voice redundancy"). The price is a second copy of each frame
-    /// on the wire (Opus frames are 60–120 bytes). Default on.
+    /// each way and 20 ms jitter the frames a listener could not play fell from 5–6 % to
+    /// 0.3–0.5 % (bench/RESULTS.md "Voice redundancy"). The price is a second copy of each
+    /// frame on the wire (Opus frames are 60–120 bytes). Default on.
     pub voice_redundancy: bool,
 }
 
