@@ -274,7 +274,19 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
     let mut report = swarm.report().await?;
     if let Some(rtc) = rtc {
         let got = rtc.received.load(Relaxed);
-        let all = rtc.stop().await;
+        let (all, streams) = rtc.stop(frames, r.buffer).await;
+        if let Some(p) = playout_summary(&streams) {
+            eprintln!(
+                "WebRTC listeners played with a {} ms buffer: {:.3} % ({:.3} % late, {:.3} % lost); per listener and speaker: worst {:.2} %, p1 {:.2} %, median {:.2} %",
+                r.buffer.as_millis(),
+                p.played * 100.0,
+                p.late * 100.0,
+                p.lost * 100.0,
+                p.worst * 100.0,
+                p.p1 * 100.0,
+                p.median * 100.0
+            );
+        }
         let lat = percentiles(all.clone());
         let datagrams = percentiles(report.latency.clone());
         eprintln!(

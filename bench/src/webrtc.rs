@@ -15,9 +15,13 @@ use quaver_rtc::{Client as Rtc, ClientOutput};
 
 use crate::setup::{Setup, req};
 
+/// What one peer heard: every frame's latency (µs), and per track (a speaker keeps its
+/// track while forwarded) the latency of each distinct RTP packet, in arrival order.
+type Heard = (Vec<u64>, std::collections::HashMap<String, Vec<u64>>);
+
 /// The listeners of a run.
 pub(crate) struct Listeners {
-    tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<Heard>>,
     stop: tokio::sync::watch::Sender<bool>,
     /// Frames received over all listeners.
     pub(crate) received: Arc<AtomicU64>,
@@ -48,8 +52,11 @@ impl Listeners {
             let mut chat = client.open_lane(Lane::Chat).await?;
             req(&mut chat, RequestBody::JoinGuild { code: invite.into() }).await?;
             let mut voice = client.open_lane(Lane::Voice).await?;
-            // The server's buffers (a starved listener task drops nothing while it waits).
-            let socket = quaver::engine::bind("127.0.0.1:0".parse()?, 1)?
+            // The server's buffers (a starved listener task drops nothing while it waits), on
+            // the address the route to the server leaves from (loopback here; the client's
+            // namespace address across `netem`): it is the offer's host candidate.
+            let ip = quaver_client::route_source(cfg.addr).context("no route to the server")?;
+            let socket = quaver::engine::bind(std::net::SocketAddr::new(ip, 0), 1)?
                 .pop()
                 .context("a socket")?;
             socket.set_nonblocking(true)?;
@@ -88,14 +95,28 @@ impl Listeners {
         })
     }
 
-    /// Stops the peers; every frame's latency, µs.
-    pub(crate) async fn stop(self) -> Vec<u64> {
+    /// Stops the peers; every frame's latency (µs), and per listener and track what a
+    /// playout buffer of `buffer` made of the `frames` each speaker sent (a frame plays if
+    /// it arrived by the track's first latency plus the buffer; no copies on this path).
+    pub(crate) async fn stop(self, frames: u64, buffer: Duration) -> (Vec<u64>, Vec<crate::swarm::Playout>) {
         let _ = self.stop.send(true);
-        let mut all = Vec::new();
+        let (mut all, mut streams) = (Vec::new(), Vec::new());
         for t in self.tasks {
-            all.extend(t.await.unwrap_or_default());
+            let (latency, tracks) = t.await.unwrap_or_default();
+            all.extend(latency);
+            for lat in tracks.values() {
+                let deadline = lat.first().copied().unwrap_or(0) + buffer.as_micros() as u64;
+                let played = lat.iter().filter(|l| **l <= deadline).count() as u64;
+                let late = lat.len() as u64 - played;
+                streams.push(crate::swarm::Playout {
+                    played,
+                    recovered: 0,
+                    late,
+                    lost: frames.saturating_sub(played + late),
+                });
+            }
         }
-        all
+        (all, streams)
     }
 }
 
@@ -106,8 +127,9 @@ async fn peer(
     received: Arc<AtomicU64>,
     connected: Arc<AtomicUsize>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<u64> {
+) -> Heard {
     let mut latency = Vec::with_capacity(2048);
+    let mut tracks: std::collections::HashMap<String, (std::collections::HashSet<u16>, Vec<u64>)> = Default::default();
     let mut buf = vec![0u8; 2048];
     loop {
         let wait = loop {
@@ -119,15 +141,20 @@ async fn peer(
                 ClientOutput::Connected => {
                     connected.fetch_add(1, Relaxed);
                 }
-                ClientOutput::Heard { frame, .. } => {
+                ClientOutput::Heard { frame, mid } => {
                     // The speakers' send time, µs since `epoch`, leads the payload.
                     if let Some(t) = frame.payload.first_chunk::<8>() {
                         let at = epoch.elapsed().as_micros() as u64;
-                        latency.push(at.saturating_sub(u64::from_le_bytes(*t)));
+                        let l = at.saturating_sub(u64::from_le_bytes(*t));
+                        latency.push(l);
                         received.fetch_add(1, Relaxed);
+                        let (seen, lat) = tracks.entry(mid).or_default();
+                        if seen.insert(frame.seq) {
+                            lat.push(l);
+                        }
                     }
                 }
-                ClientOutput::Closed => return latency,
+                ClientOutput::Closed => return (latency, tracks.into_iter().map(|(m, (_, l))| (m, l)).collect()),
             }
         };
         let alive = tokio::select! {
@@ -139,7 +166,7 @@ async fn peer(
             _ = stop.changed() => false,
         };
         if !alive {
-            return latency;
+            return (latency, tracks.into_iter().map(|(m, (_, l))| (m, l)).collect());
         }
     }
 }
