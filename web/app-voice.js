@@ -21,36 +21,32 @@ class Capture extends AudioWorkletProcessor {
   process(inputs) { const c = inputs[0][0]; if (c) this.port.postMessage(c.slice(0)); return true; }
 }
 registerProcessor('quaver-capture', Capture);
+${quaver.Playout.toString()}
 class Playback extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.slots = new Map(); // slot → { queue: Float32Array[], offset, started, queued }
+    this.slots = new Map(); // slot → Playout (adaptive jitter buffer, quaver.js)
     this.port.onmessage = (e) => {
-      const { slot, samples } = e.data;
+      const { slot, samples, timestamp } = e.data;
       let s = this.slots.get(slot);
-      if (!s) { s = { queue: [], offset: 0, started: false, queued: 0 }; this.slots.set(slot, s); }
-      s.queue.push(samples); s.queued += samples.length;
-      // Jitter buffer: start once 60 ms are queued; drop the oldest past 300 ms.
-      if (s.queued >= 2880) s.started = true;
-      while (s.queued > 14400) { s.queued -= s.queue[0].length - s.offset; s.queue.shift(); s.offset = 0; }
+      if (!s) { s = new Playout(sampleRate); this.slots.set(slot, s); }
+      s.push(samples, currentFrame, timestamp);
     };
   }
   process(_, outputs) {
     const out = outputs[0][0];
     out.fill(0);
-    for (const s of this.slots.values()) {
-      if (!s.started) continue;
-      let i = 0;
-      while (i < out.length && s.queue.length) {
-        const head = s.queue[0];
-        const n = Math.min(out.length - i, head.length - s.offset);
-        for (let k = 0; k < n; k++) out[i + k] += head[s.offset + k];
-        i += n; s.offset += n; s.queued -= n;
-        if (s.offset >= head.length) { s.queue.shift(); s.offset = 0; }
-      }
-      if (!s.queue.length) s.started = false; // underrun: buffer again
-    }
+    for (const s of this.slots.values()) s.pull(out, currentFrame);
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
+    // Twice a second, what each speaker's buffer did (the page's voice stats).
+    if (currentFrame - (this.reported ?? 0) >= sampleRate / 2) {
+      this.reported = currentFrame;
+      const report = {};
+      for (const [slot, s] of this.slots) {
+        report[slot] = { played: s.played, concealed: s.concealed, late: s.late, delayMs: s.delay === null ? null : Math.round(s.delay - Math.min(...s.delays)) * 1000 / sampleRate };
+      }
+      this.port.postMessage(report);
+    }
     return true;
   }
 }
@@ -106,7 +102,7 @@ export class VoiceEngine {
     /** The current voice connection (null when not in voice). */
     this.current = null;
     /** Counters for the page and its tests (cumulative). */
-    this.stats = { sentFrames: 0, voicedFrames: 0, receivedFrames: 0, redundantReceived: 0, recoveredFrames: 0, decodedFrames: 0, decodedEnergy: 0, speakingSeen: 0, joins: 0 };
+    this.stats = { sentFrames: 0, voicedFrames: 0, receivedFrames: 0, redundantReceived: 0, recoveredFrames: 0, playedFrames: 0, playout: {}, decodedFrames: 0, decodedEnergy: 0, speakingSeen: 0, joins: 0 };
     this.generation = 0;
   }
 
@@ -291,6 +287,12 @@ export class VoiceEngine {
     v.playback = new AudioWorkletNode(ctx, 'quaver-playback', { outputChannelCount: [1] });
     v.gain = ctx.createGain();
     v.playback.connect(v.gain).connect(ctx.destination);
+    // Per speaker slot: frames played, concealed (lost), too late; the buffer's depth.
+    v.playback.port.onmessage = (e) => {
+      if (this.current !== v) return;
+      this.stats.playout = e.data;
+      this.stats.playedFrames = Object.values(e.data).reduce((n, s) => n + s.played, 0);
+    };
     this.#startPlayback(v);
     this.#watchAudio(v);
     try {
@@ -394,13 +396,15 @@ export class VoiceEngine {
       output: (data) => {
         const samples = new Float32Array(data.numberOfFrames);
         data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
+        // The media time in samples (AudioData's timestamp is in µs).
+        const timestamp = Math.round(data.timestamp * 48000 / 1e6);
         data.close();
         let sum = 0;
         for (const x of samples) sum += x * x;
         this.stats.decodedFrames++;
         this.stats.decodedEnergy += sum;
         if (!v.deafened && !this.app.mutedForMe.has(this.app.userInSlot(v.channel, slot))) {
-          v.playback.port.postMessage({ slot, samples }, [samples.buffer]);
+          v.playback.port.postMessage({ slot, samples, timestamp }, [samples.buffer]);
         }
       },
       error: (e) => {

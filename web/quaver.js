@@ -741,6 +741,87 @@ export class VoiceRepair {
   }
 }
 
+/**
+ * A playout (jitter) buffer for one speaker's decoded audio — what the web app's playback
+ * worklet runs per speaker (its source is embedded there with `toString()`, so it uses
+ * nothing outside the class). Frames are placed by their media timestamp, not appended: a
+ * frame plays at `timestamp + delay`, a missing one (lost, and not repaired from a copy) is
+ * 20 ms of silence in its place, and one that comes after its time is dropped — so a loss
+ * never shifts what follows, and the buffer never has to run dry and fill again.
+ *
+ * `delay` adapts to the jitter it measures: each frame arrives `now − timestamp` after its
+ * media time; the playout delay aims at the lowest of those over the last 100 frames plus
+ * their spread (95th percentile above the lowest) plus one frame, the spread part within
+ * 40–200 ms. It rises at once when frames come late (silence while it waits), and falls
+ * 1 ms per 100 ms of playback (skipping that much) once it is 5 ms above what the jitter
+ * calls for. All times are in samples of `rate`.
+ */
+export class Playout {
+  constructor(rate = 48000) {
+    this.rate = rate;
+    this.frame = rate / 50;
+    this.min = rate * 0.04; this.max = rate * 0.2;
+    this.frames = []; // [timestamp, samples], sorted by timestamp
+    this.delays = [];
+    this.delay = null; // media time + delay = local time it plays; null before the first frame
+    this.played = 0; this.concealed = 0; this.late = 0; // in frames
+    this.at = null; // the media time of the next sample out
+    this.lastEnd = undefined; // the media time the last frame played out ended
+  }
+  /** The delay the measured arrivals call for. */
+  wanted() {
+    const sorted = [...this.delays].sort((a, b) => a - b);
+    const spread = sorted[Math.floor((sorted.length - 1) * 0.95)] - sorted[0];
+    return sorted[0] + Math.min(this.max, Math.max(this.min, spread + this.frame));
+  }
+  /** Adds a decoded frame that arrived at local sample time `now`, media time `timestamp`. */
+  push(samples, now, timestamp) {
+    const d = now - timestamp;
+    const last = this.delays[this.delays.length - 1];
+    if (last !== undefined && Math.abs(d - last) > this.rate) {
+      // Another talkspurt clock or speaker: start afresh.
+      this.frames = []; this.delays = []; this.delay = null; this.at = null; this.lastEnd = undefined;
+    }
+    this.delays.push(d);
+    if (this.delays.length > 100) this.delays.shift();
+    const wanted = this.want = this.wanted();
+    // Late frames raise the delay at once (what plays next waits); an easing is slow (pull).
+    if (this.delay === null || wanted > this.delay) this.delay = wanted;
+    if (this.at !== null && timestamp + samples.length <= this.at) { this.late++; return; }
+    let i = this.frames.length;
+    while (i > 0 && this.frames[i - 1][0] > timestamp) i--;
+    if (i > 0 && this.frames[i - 1][0] === timestamp) return; // had already
+    this.frames.splice(i, 0, [timestamp, samples]);
+  }
+  /** Mixes what plays at local sample time `now` .. `now + out.length` into `out`. */
+  pull(out, now) {
+    if (this.delay === null) return;
+    const wanted = this.want;
+    // (5 ms of slack first, so a window that merely slides does not keep nudging it.)
+    if (wanted < this.delay - this.rate / 200) this.delay = Math.max(wanted, this.delay - out.length / 100);
+    const end = Math.round(now - this.delay) + out.length;
+    // What has played stays played: a delay that rose leaves silence before `at`; one that
+    // fell skips what lies before the window.
+    const from = this.at === null ? end - out.length : Math.max(this.at, end - out.length);
+    const base = end - out.length;
+    for (const [ts, samples] of this.frames) {
+      if (ts >= end) break;
+      const a = Math.max(ts, from), b = Math.min(ts + samples.length, end);
+      for (let t = a; t < b; t++) out[t - base] += samples[t - ts];
+    }
+    // Frames played out go. A hole of under 200 ms between two of them was a loss,
+    // concealed by silence in its place; a longer one, a pause.
+    while (this.frames.length && this.frames[0][0] + this.frames[0][1].length <= end) {
+      const [ts, x] = this.frames.shift();
+      const hole = this.lastEnd === undefined ? 0 : ts - this.lastEnd;
+      if (hole > 0 && hole < this.rate / 5) this.concealed += Math.round(hole / this.frame);
+      this.lastEnd = ts + x.length;
+      this.played++;
+    }
+    this.at = Math.max(this.at ?? end, end);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // The WebTransport session
 

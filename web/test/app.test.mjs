@@ -423,6 +423,8 @@ test('voice: fake microphones decoded on the other side, a native listener, leav
   }, 15000);
   // Each page sends the frame before again in every datagram, and asked for such datagrams.
   for (const s of [heardByAda, heardByBob]) assert.ok(s.redundantReceived > 10, `redundant datagrams arrive: ${JSON.stringify(s)}`);
+  // And the playback worklet's jitter buffer plays them out (quaver.js Playout).
+  await until('frames played out on both pages', async () => (await stats(ada)).playedFrames > 20 && (await stats(bob)).playedFrames > 20, 10000);
   await until('a speaking indicator', async () => (await bob.evaluate(() => window.quaverApp.voiceStats.speakingSeen)) > 0);
   await ada.screenshot({ path: join(SHOTS, 'voice.png') });
   await accessible(ada, 'voice (light)');
