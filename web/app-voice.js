@@ -374,6 +374,10 @@ export class VoiceEngine {
           if (!v.muted && v.encoder.state === 'configured') {
             v.pendingLevels.push(levelOf(acc));
             v.encoder.encode(new AudioData({ format: 'f32-planar', sampleRate: v.ctx.sampleRate, numberOfFrames: frame, numberOfChannels: 1, timestamp: ts, data: acc.slice(0) }));
+          } else {
+            // The media clock runs on while muted (as RTP's does), so a listener's jitter
+            // buffer sees the pause for what it is, not as frames arriving late.
+            v.timestamp += 960;
           }
           ts += 20000; filled = 0;
         }

@@ -778,8 +778,9 @@ export class Playout {
   push(samples, now, timestamp) {
     const d = now - timestamp;
     const last = this.delays[this.delays.length - 1];
-    if (last !== undefined && Math.abs(d - last) > this.rate) {
-      // Another talkspurt clock or speaker: start afresh.
+    if (last !== undefined && Math.abs(d - last) > this.max) {
+      // A jump past what any depth would cover — another media clock (a speaker who
+      // joined again, a sender whose clock stopped while muted): start afresh.
       this.frames = []; this.delays = []; this.delay = null; this.at = null; this.lastEnd = undefined;
     }
     this.delays.push(d);

@@ -88,10 +88,12 @@ test('jitter that grows mid-stream raises the delay; when it eases the delay com
   assert.ok(meanDelayMs > 95, `it did rise: mean ${meanDelayMs} ms`);
 });
 
-test('a new media clock (another talkspurt clock or speaker) starts afresh', () => {
+test('a jump of the media clock past the deepest buffer starts afresh; a smaller one is jitter', () => {
   const p = new Playout(48000);
   p.push(new Float32Array(FRAME).fill(1), 10_000, 0);
-  p.push(new Float32Array(FRAME).fill(2), 10_960, 9_000_000);
-  assert.equal(p.frames.length, 1);
+  p.push(new Float32Array(FRAME).fill(2), 10_960, 960 - 48000 * 0.15);
+  assert.equal(p.frames.length, 2, '150 ms: kept');
+  p.push(new Float32Array(FRAME).fill(3), 11_920, 9_000_000);
+  assert.equal(p.frames.length, 1, 'far off: only the new frame');
   assert.equal(p.delays.length, 1);
 });
