@@ -441,6 +441,10 @@ struct VoiceArgs {
     /// Serve WebRTC on the QUIC port (RFC 9443 demultiplexing) instead of a port of its own.
     #[arg(long)]
     webrtc_shared_port: bool,
+    /// The WebRTC listeners offer no RED (browsers offer it; the server then sends each
+    /// packet with the previous frame in it).
+    #[arg(long)]
+    webrtc_no_red: bool,
     /// Speakers repeat the previous frame in each datagram and listeners ask for it
     /// (PROTOCOL.md §8, FLAG_REDUNDANT). Client loops only.
     #[arg(long)]
@@ -981,6 +985,7 @@ async fn voice_cmd(a: VoiceArgs) -> anyhow::Result<()> {
                 client_loops: a.client_loops,
                 webrtc_listeners: a.webrtc_listeners,
                 webrtc_shared_port: a.webrtc_shared_port,
+                webrtc_red: !a.webrtc_no_red,
                 redundancy: a.redundancy,
                 buffer: Duration::from_millis(a.buffer_ms),
             };

@@ -36,6 +36,8 @@ pub(crate) struct VoiceRun {
     pub(crate) webrtc_listeners: usize,
     /// WebRTC on the QUIC port (RFC 9443) rather than a port of its own.
     pub(crate) webrtc_shared_port: bool,
+    /// The WebRTC listeners offer RED (as browsers do).
+    pub(crate) webrtc_red: bool,
     /// Speakers repeat the previous frame in each datagram and listeners ask for it
     /// (`FLAG_REDUNDANT`; client loops only).
     pub(crate) redundancy: bool,
@@ -242,7 +244,7 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
     .await?;
     let rtc = if webrtc > 0 {
         let first = 100 + on_datagrams as u64;
-        Some(crate::webrtc::Listeners::join(&setup, first, webrtc, invite, channel, swarm.epoch).await?)
+        Some(crate::webrtc::Listeners::join(&setup, first, webrtc, invite, channel, swarm.epoch, r.webrtc_red).await?)
     } else {
         None
     };

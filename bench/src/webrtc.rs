@@ -40,6 +40,7 @@ impl Listeners {
         invite: &str,
         channel: u64,
         epoch: Instant,
+        red: bool,
     ) -> anyhow::Result<Self> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let received = Arc::new(AtomicU64::new(0));
@@ -62,7 +63,7 @@ impl Listeners {
             socket.set_nonblocking(true)?;
             let socket = tokio::net::UdpSocket::from_std(socket)?;
             let local = socket.local_addr()?;
-            let (mut rtc, offer) = Rtc::offer(local, 3, Instant::now()).context("an offer")?;
+            let (mut rtc, offer) = Rtc::offer_with(local, 3, Instant::now(), red).context("an offer")?;
             let body = RequestBody::JoinVoiceWebRtc {
                 channel_id: channel,
                 self_mute: false,

@@ -57,7 +57,12 @@ impl Client {
     /// A client at `local` (its one host candidate) and its SDP offer: a microphone and
     /// `tracks` receiving tracks.
     pub fn offer(local: SocketAddr, tracks: usize, now: Instant) -> Result<(Client, String), Error> {
-        let mut rtc = Rtc::builder().build(now);
+        Self::offer_with(local, tracks, now, true)
+    }
+
+    /// [`Client::offer`], offering RFC 2198 RED for Opus (as browsers do) or not.
+    pub fn offer_with(local: SocketAddr, tracks: usize, now: Instant, red: bool) -> Result<(Client, String), Error> {
+        let mut rtc = Rtc::builder().enable_opus(true, red).build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
         let mut change = rtc.sdp_api();
         let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);

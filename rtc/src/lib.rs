@@ -149,6 +149,8 @@ pub struct Peer {
     uplink: Mid,
     slots: Vec<Slot>,
     pt: Pt,
+    /// The RED payload type wrapping the microphone's Opus, when the offer negotiated it.
+    red: Option<Pt>,
     /// The SSRCs the offer announced for the microphone's section (`a=ssrc:`); empty when
     /// it named none (then any SSRC is let through).
     uplink_ssrcs: Vec<u32>,
@@ -188,9 +190,14 @@ impl Peer {
             .ok_or_else(|| Error::Rtc("no address to announce".into()))?;
         let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| Error::Sdp(e.to_string()))?;
+        // Opus with RFC 2198 RED where the offer has it (browsers offer `red/48000/2`): each
+        // packet to the peer then carries the previous frame again, and str0m recovers a
+        // lost packet of the peer's from the next one's copy — the WebRTC side of
+        // PROTOCOL.md §8's redundancy.
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_stats_interval(Some(STATS_INTERVAL))
+            .enable_opus(true, true)
             .build(now);
         for addr in candidates {
             let candidate = Candidate::host(*addr, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
@@ -238,6 +245,9 @@ impl Peer {
             None => return Err(Error::NoUplink),
         };
         let pt = pt.ok_or(Error::NoOpus)?;
+        // (str0m answers RED where offered but does not list it among the section's remote
+        // payload types: the offer says which number the peer's RED packets carry.)
+        let red = offered_red(offer_text, &uplink).map(Pt::from);
         let uplink_ssrcs = offered_ssrcs(offer_text, &uplink);
         Ok((
             Peer {
@@ -246,6 +256,7 @@ impl Peer {
                 uplink,
                 slots,
                 pt,
+                red,
                 uplink_ssrcs,
                 connected: false,
                 start_by: Some(now + START_TIMEOUT),
@@ -316,7 +327,8 @@ impl Peer {
     /// [`Peer::receive`] for a datagram that arrived at local address `to` (one of the
     /// candidates announced).
     ///
-    /// An RTP packet that cannot be the microphone's — another payload type than its Opus,
+    /// An RTP packet that cannot be the microphone's — another payload type than its Opus
+    /// (or the RED wrapping it),
     /// or an SSRC its offer did not announce — is refused here, before str0m sees it: str0m
     /// 0.25 maps and sequences an RTP packet before SRTP authenticates it, so a corrupted or
     /// spoofed copy of the peer's own packet with a flipped SSRC or payload type could leave
@@ -324,7 +336,8 @@ impl Peer {
     /// before this check). Counted in [`Stats::uplink_refused`].
     pub fn receive_at(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         if let Some((pt, ssrc)) = rtp_header(data)
-            && (pt != *self.pt || (!self.uplink_ssrcs.is_empty() && !self.uplink_ssrcs.contains(&ssrc)))
+            && ((pt != *self.pt && Some(pt) != self.red.map(|r| *r))
+                || (!self.uplink_ssrcs.is_empty() && !self.uplink_ssrcs.contains(&ssrc)))
         {
             self.stats.uplink_refused += 1;
             return;
@@ -446,25 +459,49 @@ fn rtp_header(data: &[u8]) -> Option<(u8, u32)> {
 
 /// The SSRCs `sdp` announces (`a=ssrc:<n> …`) in the media section with `mid`.
 fn offered_ssrcs(sdp: &str, mid: &Mid) -> Vec<u32> {
-    let (mut in_mid, mut ssrcs, mut found) = (false, Vec::new(), Vec::new());
-    for line in sdp.lines().map(str::trim_end) {
-        if line.starts_with("m=") {
-            if in_mid {
-                found.append(&mut ssrcs);
-            }
-            ssrcs.clear();
-            in_mid = false;
-        } else if let Some(m) = line.strip_prefix("a=mid:") {
-            in_mid = m == &**mid;
-        } else if let Some(rest) = line.strip_prefix("a=ssrc:")
+    let mut ssrcs = Vec::new();
+    for line in section(sdp, mid) {
+        if let Some(rest) = line.strip_prefix("a=ssrc:")
             && let Some(Ok(n)) = rest.split(' ').next().map(str::parse::<u32>)
             && !ssrcs.contains(&n)
         {
             ssrcs.push(n);
         }
     }
+    ssrcs
+}
+
+/// The payload type the offer gives RFC 2198 RED (`a=rtpmap:<pt> red/48000/2`) in the
+/// section `mid`, if any: what the peer's RED packets carry.
+fn offered_red(sdp: &str, mid: &Mid) -> Option<u8> {
+    section(sdp, mid).into_iter().find_map(|line| {
+        let (pt, codec) = line.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        codec
+            .to_ascii_lowercase()
+            .starts_with("red/48000")
+            .then(|| pt.parse().ok())?
+    })
+}
+
+/// The lines of the media section whose `a=mid` is `mid` (every such section's, should the
+/// SDP name it twice).
+fn section<'a>(sdp: &'a str, mid: &Mid) -> Vec<&'a str> {
+    let (mut current, mut found) = (Vec::new(), Vec::new());
+    let mut in_mid = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if in_mid {
+                found.append(&mut current);
+            }
+            current.clear();
+            in_mid = false;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            in_mid = m == &**mid;
+        }
+        current.push(line);
+    }
     if in_mid {
-        found.append(&mut ssrcs);
+        found.append(&mut current);
     }
     found
 }
@@ -551,5 +588,14 @@ mod tests {
             "none announced: any let through"
         );
         assert!(offered_ssrcs(sdp, &Mid::from("9")).is_empty());
+    }
+
+    #[test]
+    fn the_offered_red_is_that_of_the_section_asked_for() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n\
+                   a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+                   a=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(offered_red(sdp, &Mid::from("0")), Some(63));
+        assert_eq!(offered_red(sdp, &Mid::from("1")), None);
     }
 }

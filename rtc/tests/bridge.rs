@@ -32,6 +32,9 @@ struct Pair {
     drop_every: usize,
     sent_to_client: usize,
     dropped: usize,
+    /// Once connected, drop every n-th datagram to the bridge (0: none).
+    drop_uplink_every: usize,
+    sent_to_server: usize,
     /// Every datagram the client sent (seeds for the garbage test).
     to_server_log: Vec<Vec<u8>>,
     /// The client has gone silent: nothing it sends arrives.
@@ -47,12 +50,18 @@ struct Pair {
 }
 
 impl Pair {
-    /// A client offering a microphone and two receiving tracks, answered by the bridge.
+    /// A client offering a microphone and two receiving tracks (and RED, as browsers do),
+    /// answered by the bridge.
     fn new() -> Pair {
+        Self::offering_red(true)
+    }
+
+    /// The same, offering RED or not.
+    fn offering_red(red: bool) -> Pair {
         let now = Instant::now();
         let client_addr: SocketAddr = "10.0.0.2:50000".parse().unwrap();
         let server_addr: SocketAddr = "10.0.0.1:3478".parse().unwrap();
-        let (mut client, offer) = Client::offer(client_addr, 2, now).unwrap();
+        let (mut client, offer) = Client::offer_with(client_addr, 2, now, red).unwrap();
         let (server, answer) = Peer::answer(&offer, server_addr, now).unwrap();
         client.accept(&answer).unwrap();
         Pair {
@@ -69,6 +78,8 @@ impl Pair {
             connected: false,
             closed: false,
             drop_every: 0,
+            drop_uplink_every: 0,
+            sent_to_server: 0,
             sent_to_client: 0,
             dropped: 0,
             to_server_log: Vec::new(),
@@ -107,6 +118,13 @@ impl Pair {
             }
             for d in to_server {
                 moved = true;
+                if self.connected && self.drop_uplink_every > 0 {
+                    self.sent_to_server += 1;
+                    if self.sent_to_server.is_multiple_of(self.drop_uplink_every) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                }
                 if self.to_server_log.len() < 1000 {
                     self.to_server_log.push(d.clone());
                 }
@@ -325,7 +343,8 @@ fn the_sfus_frames_go_out_on_their_slots_with_continuous_timestamps() {
 
 #[test]
 fn the_peers_receiver_reports_give_loss_and_jitter() {
-    let mut p = Pair::new();
+    // Without RED: with it, the losses below would be repaired (the next test).
+    let mut p = Pair::offering_red(false);
     p.connect();
     // 5 ms to the peer, so there is a round trip to measure.
     p.downlink_delay = Duration::from_millis(5);
@@ -366,6 +385,49 @@ fn the_peers_receiver_reports_give_loss_and_jitter() {
     assert!(
         rtt >= Duration::from_millis(4) && rtt <= Duration::from_millis(7),
         "5 ms there, nothing back: {rtt:?}"
+    );
+}
+
+/// RED both ways (PROTOCOL.md §8's redundancy on the WebRTC leg): every 10th datagram lost
+/// toward the peer and every 7th toward the bridge, and each frame still comes out once —
+/// from the copy the next packet carries.
+#[test]
+fn with_red_a_lost_packet_is_recovered_from_the_next_both_ways() {
+    let mut p = Pair::new();
+    p.connect();
+    p.drop_every = 10;
+    p.drop_uplink_every = 7;
+    let frame = |i: u32| Frame {
+        level: 30,
+        voice: true,
+        seq: i as u16,
+        timestamp: i * SAMPLES_PER_FRAME,
+        talkspurt: i == 0,
+        payload: vec![i as u8; 40],
+    };
+    for i in 0..200u32 {
+        assert!(p.server.send(0, 1, frame(i), p.now));
+        assert!(p.client.speak(&frame(i), p.now));
+        p.advance(Duration::from_millis(20));
+    }
+    p.advance(Duration::from_millis(200));
+    assert!(p.dropped >= 40, "datagrams dropped: {}", p.dropped);
+    let down: Vec<u8> = p.downlink.iter().map(|(_, f)| f.payload[0]).collect();
+    let up: Vec<u8> = p.uplink.iter().map(|f| f.payload[0]).collect();
+    // Every frame once (the last one has no packet after it to carry a copy of it).
+    for (what, mut got) in [("to the peer", down), ("to the bridge", up)] {
+        got.sort_unstable();
+        got.dedup();
+        assert!(got.len() >= 199, "{what}: {} distinct frames of 200", got.len());
+    }
+    assert_eq!(
+        p.uplink.len(),
+        p.uplink
+            .iter()
+            .map(|f| f.seq)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "none twice"
     );
 }
 
