@@ -547,7 +547,8 @@ async fn a_lost_frame_is_repaired_by_the_next_datagram_for_a_listener_that_asked
     for p in [&mut a, &mut b, &mut c, &mut d] {
         join(p, vc).await;
     }
-    // Frames 0..6 from a, the datagram of frame 2 lost on the way up.
+    // Frames 0..6 from a, the datagram of frame 2 late on the way up: it arrives after
+    // frame 3, whose copy of it the server has already sent on.
     let mut tx = quaver_client::redundancy::Sender::default();
     let datagrams: Vec<Vec<u8>> = (0..6u16)
         .map(|n| tx.datagram(&frame(n, 20), &[a.slot as u8, n as u8, 0xAB], 1016))
@@ -567,10 +568,9 @@ async fn a_lost_frame_is_repaired_by_the_next_datagram_for_a_listener_that_asked
         raw,
         async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            for (n, x) in datagrams.iter().enumerate() {
-                if n != 2 {
-                    a.client.session().send_datagram(bytes::Bytes::from(x.clone())).unwrap();
-                }
+            for n in [0, 1, 3, 2, 4, 5] {
+                let x = &datagrams[n];
+                a.client.session().send_datagram(bytes::Bytes::from(x.clone())).unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -581,12 +581,24 @@ async fn a_lost_frame_is_repaired_by_the_next_datagram_for_a_listener_that_asked
         "b plays all six"
     );
     assert_eq!(b.client.voice_repair().0, 1, "one of them from a copy");
+    // c takes no copies: the server sent frame 2 on from frame 3's copy, as a frame of its
+    // own, and dropped the late original; b repaired it itself and got nothing twice.
     assert_eq!(
         rc.slots.get(&a.slot).map(|s| (s.0, s.1)),
-        Some((5, 1)),
-        "c misses the lost one"
+        Some((6, 0)),
+        "c gets it from the server"
     );
     assert_eq!(c.client.voice_repair(), (0, 0));
+    assert_eq!(b.client.voice_repair(), (1, 0));
+    assert_eq!(
+        server
+            .ctx
+            .voice
+            .metrics
+            .repaired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // What went to d: frame 3 carries frame 2; frame 0 had nothing before it.
     let seen: Vec<(u16, Option<u16>, Vec<u8>)> = rd
         .iter()

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quaver_proto::codec::encode_payload;
-use quaver_proto::datagram::{Downlink, FLAG_REDUNDANT, REDUNDANCY_HEADER, Redundant, UPLINK_HEADER, Uplink};
+use quaver_proto::datagram::{
+    Downlink, FLAG_REDUNDANT, FLAG_TALKSPURT_START, REDUNDANCY_HEADER, Redundant, UPLINK_HEADER, Uplink,
+};
 use quaver_proto::session::Transport;
 use quaver_proto::{ErrorBody, ErrorCode, EventBody, Lane, ResponseBody, SessionId, VoiceParticipantStats, VoiceState};
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +73,9 @@ pub struct VoiceMetrics {
     pub received: AtomicU64,
     /// Downlink frames sent.
     pub forwarded: AtomicU64,
+    /// Frames lost on the way up, sent on from the copy the next datagram carried (to
+    /// listeners that take no copies themselves).
+    pub repaired: AtomicU64,
     /// Frames dropped, by [`DropReason`].
     pub dropped: [AtomicU64; 7],
     /// Frames lost in transit (seq gaps), summed over participants that left.
@@ -109,6 +114,8 @@ impl VoiceMetrics {
         o += &format!("quaver_voice_frames_received_total {}\n", self.received.load(Relaxed));
         o += "# HELP quaver_voice_frames_forwarded_total Downlink voice frames sent.\n# TYPE quaver_voice_frames_forwarded_total counter\n";
         o += &format!("quaver_voice_frames_forwarded_total {}\n", self.forwarded.load(Relaxed));
+        o += "# HELP quaver_voice_frames_repaired_total Frames lost on the way up and sent on from the next datagram's copy.\n# TYPE quaver_voice_frames_repaired_total counter\n";
+        o += &format!("quaver_voice_frames_repaired_total {}\n", self.repaired.load(Relaxed));
         o += "# HELP quaver_voice_frames_dropped_total Voice frames dropped, by reason.\n# TYPE quaver_voice_frames_dropped_total counter\n";
         for (i, n) in DROP_NAMES.iter().enumerate() {
             o += &format!(
@@ -724,8 +731,9 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
     let mut ch = Channel::new(voice.cfg, Instant::now());
     let mut ports: HashMap<u16, Arc<VoicePort>> = HashMap::new();
     // Per speaker slot, the last frame forwarded (seq, timestamp, own payload): the copy
-    // for the next one when its speaker sent none.
-    let mut last: HashMap<u16, (u16, u32, Vec<u8>)> = HashMap::new();
+    // for the next one when its speaker sent none;
+    // and the seq of a frame forwarded from a copy (its late original is not sent again).
+    let mut last: HashMap<u16, (u16, u32, Vec<u8>, Option<u16>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let bus = voice.bus.clone();
@@ -779,22 +787,57 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         };
                         // The copy: the speaker's own, or else the frame this task forwarded
                         // just before (a WebRTC speaker's, or one that sends no copies).
-                        let kept = last.get(&f.slot).filter(|(seq, ts, p)| {
+                        let before = last.get(&f.slot);
+                        // Already forwarded from the copy the next frame carried: a late
+                        // original, nobody needs it again.
+                        if before.is_some_and(|k| k.3 == Some(h.seq)) {
+                            continue;
+                        }
+                        // The speaker's copy of a frame this task never got (its datagram
+                        // lost on the way up): a listener that takes no copies gets it as a
+                        // frame of its own, before this one — the uplink repaired here.
+                        let lost_up = previous.filter(|_| before.is_none_or(|k| k.0 != h.seq.wrapping_sub(1)));
+                        let kept = before.filter(|(seq, ts, p, _)| {
                             *seq == h.seq.wrapping_sub(1)
                                 && h.timestamp.wrapping_sub(*ts) <= u32::from(u16::MAX)
                                 && p.len() + REDUNDANCY_HEADER + own.len() <= MAX_UPLINK - UPLINK_HEADER
                         });
-                        let block = previous.or(kept.map(|(_, ts, p)| Redundant {
+                        let block = previous.or(kept.map(|(_, ts, p, _)| Redundant {
                             timestamp_offset: h.timestamp.wrapping_sub(*ts) as u16,
                             payload: p,
                         }));
                         let mut shared: Vec<(Vec<u8>, bool, Bytes)> = Vec::with_capacity(2);
+                        let mut repaired: Vec<(Vec<u8>, Bytes)> = Vec::new();
                         // Listeners on the engine: one wake-up of the loop for all of them.
                         let _batch = crate::engine::Batch::begin();
                         for l in f.listeners {
                             let Some(port) = ports.get(&l) else { continue };
                             let prefix = port.sink.prefix();
                             let copy = block.filter(|_| port.redundancy());
+                            if let Some(r) = lost_up.filter(|_| copy.is_none()) {
+                                let out = match repaired.iter().find(|(p, _)| p.as_slice() == prefix) {
+                                    Some((_, b)) => b.clone(),
+                                    None => {
+                                        let header = Downlink {
+                                            flags: down.flags & !(FLAG_REDUNDANT | FLAG_TALKSPURT_START),
+                                            seq: h.seq.wrapping_sub(1),
+                                            timestamp: h.timestamp.wrapping_sub(u32::from(r.timestamp_offset)),
+                                            ..down
+                                        }
+                                        .to_bytes();
+                                        let mut buf = Vec::with_capacity(prefix.len() + header.len() + r.payload.len());
+                                        buf.extend_from_slice(prefix);
+                                        buf.extend_from_slice(&header);
+                                        buf.extend_from_slice(r.payload);
+                                        let b = Bytes::from(buf);
+                                        repaired.push((prefix.to_vec(), b.clone()));
+                                        b
+                                    }
+                                };
+                                if port.sink.send(out) {
+                                    metrics.repaired.fetch_add(1, Relaxed);
+                                }
+                            }
                             let out = match shared
                                 .iter()
                                 .find(|(p, c, _)| p.as_slice() == prefix && *c == copy.is_some())
@@ -834,6 +877,7 @@ async fn run_channel(voice: Arc<Voice>, guild_id: u64, channel_id: u64, mut rx: 
                         kept.1 = h.timestamp;
                         kept.2.clear();
                         kept.2.extend_from_slice(own);
+                        kept.3 = lost_up.map(|_| h.seq.wrapping_sub(1));
                         metrics.residence(at.elapsed());
                     }
                     Err(d) => metrics.count_drop(match d {
