@@ -803,8 +803,8 @@ export class Playout {
     const end = Math.round(now - this.delay) + out.length;
     // What has played stays played: a delay that rose leaves silence before `at`; one that
     // fell skips what lies before the window.
-    const from = this.at === null ? end - out.length : Math.max(this.at, end - out.length);
     const base = end - out.length;
+    const from = this.at === null ? base : Math.max(this.at, base);
     for (const [ts, samples] of this.frames) {
       if (ts >= end) break;
       const a = Math.max(ts, from), b = Math.min(ts + samples.length, end);

@@ -168,7 +168,7 @@ impl Resilient {
 
     /// Abandons the current connection (as on any failure) and reconnects.
     pub fn kill_connection(&self) {
-        let _ = self.cmds.send(Cmd::Kill);
+        self.handle().kill_connection();
     }
 }
 
