@@ -712,7 +712,7 @@ export function decodeUplink(d) {
  */
 export class VoiceRepair {
   constructor() { this.speakers = new Map(); this.recovered = 0; this.duplicates = 0; }
-  /** Records `seq` for `slot`; false if had already or older than the last 64 frames. */
+  /** Records `seq` for `slot`; false if had already (one 64 or more behind starts afresh). */
   #take(slot, seq) {
     let w = this.speakers.get(slot);
     if (!w) { w = { highest: (seq - 1) & 0xffff, had: 0n }; this.speakers.set(slot, w); }
@@ -724,7 +724,9 @@ export class VoiceRepair {
     }
     const behind = (w.highest - seq) & 0xffff;
     const bit = 1n << BigInt(behind);
-    if (behind >= 64 || (w.had & bit)) return false;
+    // Far from anything recent: the stream started again (a rejoin) — take it as new.
+    if (behind >= 64) { w.highest = seq; w.had = 1n; return true; }
+    if (w.had & bit) return false;
     w.had |= bit;
     return true;
   }

@@ -60,8 +60,8 @@ struct Window {
 }
 
 impl Window {
-    /// Records `seq`; false if it was had already or lies before the window (too late to
-    /// be of use: the frames around it were played long ago).
+    /// Records `seq`; false if it was had already. A seq far from the window (64 or more
+    /// behind) starts it afresh: the speaker's stream began again.
     fn take(&mut self, seq: u16) -> bool {
         let ahead = seq.wrapping_sub(self.highest);
         if ahead != 0 && ahead < 0x8000 {
@@ -72,7 +72,13 @@ impl Window {
             return true;
         }
         let behind = self.highest.wrapping_sub(seq);
-        if behind >= 64 || self.had & (1 << behind) != 0 {
+        if behind >= 64 {
+            // Far from anything recent: the speaker's stream started again (a rejoin, a new
+            // RTP stream) — a packet this late would be dropped by the playout buffer anyway.
+            *self = Window { highest: seq, had: 1 };
+            return true;
+        }
+        if self.had & (1 << behind) != 0 {
             return false;
         }
         self.had |= 1 << behind;
@@ -216,9 +222,9 @@ mod tests {
             .collect();
         assert_eq!(seqs(&got), [(10, false), (11, true), (12, false), (13, false)]);
         assert_eq!(r.duplicates, 2);
-        // Far older than the window: dropped too.
+        // Far from the window: the stream started again (a rejoin), taken as new.
         let old = down(&Sender::default().datagram(&up(13u16.wrapping_sub(100)), &[1], 1000));
-        assert!(r.receive(&old).is_empty());
+        assert_eq!(r.receive(&old).len(), 1);
     }
 
     #[test]
