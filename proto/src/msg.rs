@@ -82,6 +82,14 @@ impl Lane {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether the lane carries state rather than history: presence and voice states come
+    /// anew in `Resumed`, a typing indicator expires on its own. A resume never waits on
+    /// such a lane's replay (PROTOCOL.md §5b): where the buffer no longer reaches its
+    /// position, it goes on from the oldest event still buffered.
+    pub fn carries_state(self) -> bool {
+        matches!(self, Lane::Presence | Lane::Typing | Lane::Voice)
+    }
 }
 
 /// The last event sequence number seen (client) or sent (server) on one lane.

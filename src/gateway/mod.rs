@@ -701,22 +701,51 @@ mod tests {
         let h = handle(3);
         let (g1, _cmd, _) = conn(&h, [0; 5]);
         for n in 1..=6 {
-            h.push_event(Lane::Presence, event(n));
+            h.push_event(Lane::Chat, event(n));
         }
         h.detach(g1, Instant::now() + Duration::from_secs(120));
         let mut from = [0; 5];
-        from[Lane::Presence.index()] = 1;
+        from[Lane::Chat.index()] = 1;
         assert!(h.can_replay(&from).is_err(), "2 and 3 are gone");
-        from[Lane::Presence.index()] = 3;
+        from[Lane::Chat.index()] = 3;
         assert!(h.can_replay(&from).is_ok());
         // Accepted at 3, but more events push 4 out before the lane reopens: refused then.
         let (g2, _cmd2, _) = conn(&h, from);
-        h.push_event(Lane::Presence, event(7));
+        h.push_event(Lane::Chat, event(7));
         let (tx, _rx) = mpsc::channel(16);
-        assert!(matches!(
-            h.attach_lane(g2, Lane::Presence, tx),
-            Err(AttachError::Lost(_))
-        ));
+        assert!(matches!(h.attach_lane(g2, Lane::Chat, tx), Err(AttachError::Lost(_))));
+    }
+
+    #[test]
+    fn lanes_the_client_never_reads_do_not_cost_it_an_exact_resume() {
+        // A chat-only client (the soak's): the typing and presence lanes are never opened,
+        // and their events outnumber the buffer while the client is away.
+        let h = handle(10);
+        let (g1, _cmd, _) = conn(&h, [0; 5]);
+        let (tx, _rx) = mpsc::channel(64);
+        h.attach_lane(g1, Lane::Chat, tx).unwrap();
+        for n in 1..=3 {
+            h.push_event(Lane::Chat, event(n));
+        }
+        h.detach(g1, Instant::now() + Duration::from_secs(120));
+        for n in 4..=6 {
+            h.push_event(Lane::Chat, event(n));
+            for _ in 0..10 {
+                h.push_event(Lane::Typing, event(n));
+                h.push_event(Lane::Presence, event(n));
+            }
+        }
+        let mut from = [0; 5];
+        from[Lane::Chat.index()] = 3;
+        assert!(h.can_replay(&from).is_ok(), "typing and presence must not refuse it");
+        let (g2, _cmd2, _) = conn(&h, from);
+        let (tx, _rx) = mpsc::channel(64);
+        assert_eq!(seqs(&h.attach_lane(g2, Lane::Chat, tx).unwrap()), vec![4, 5, 6]);
+        // Opening typing later gives what is left of it, newest last, no refusal.
+        let (tx, _rx) = mpsc::channel(64);
+        let typing = seqs(&h.attach_lane(g2, Lane::Typing, tx).unwrap());
+        assert_eq!(typing.last(), Some(&30));
+        assert!(typing.len() < 30);
     }
 
     #[test]
