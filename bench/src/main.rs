@@ -21,6 +21,8 @@
 //! - `typing`: T1 — typing starts seen by every member, and the server's own stop ≈ 10 s later.
 //! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
 //!   every client must end with every message exactly once, in order.
+//! - `lanes`: typing latency while large History fetches stream down the same connection
+//!   (across `netem --rate-mbit`: the point of lanes over one TCP stream).
 //! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
 //! - `soak`: chat with churn, presence, typing and voice at once for minutes (across
 //!   `netem` with loss): memory sampled, every message accounted for.
@@ -31,6 +33,7 @@ mod api;
 mod chat;
 mod failover;
 mod idle;
+mod lanes;
 mod netem;
 mod resume;
 mod server;
@@ -102,6 +105,9 @@ enum Scenario {
     Soak(SoakArgs),
     /// H4: fetch replies never read; server memory while they wait.
     Unread(UnreadArgs),
+    /// Typing latency while large History fetches stream down the same connection, before
+    /// and while (run it across `netem --rate-mbit`).
+    Lanes(LanesArgs),
     /// R2: a two-node cluster streaming while Redis, or one node, is SIGKILLed (needs
     /// redis-server on the PATH and DATABASE_URL=postgres://…).
     Failover(FailoverArgs),
@@ -131,6 +137,12 @@ struct NetemArgs {
     /// Drop every UDP datagram (a network that blocks UDP).
     #[arg(long)]
     drop_udp: bool,
+    /// The link's rate each way, Mbit/s (0: unlimited): a bottleneck with a queue.
+    #[arg(long, default_value_t = 0.0)]
+    rate_mbit: f64,
+    /// The bottleneck's queue, as the longest a frame may wait in it (ms); beyond, dropped.
+    #[arg(long, default_value_t = 100.0)]
+    queue_ms: f64,
     /// A blackout this many seconds after the scenario starts measuring…
     #[arg(long, requires = "blackout_for")]
     blackout_at: Option<f64>,
@@ -244,6 +256,27 @@ struct FailoverArgs {
     /// Seconds of streaming (the fault a third of the way in).
     #[arg(long, default_value_t = 12.0)]
     seconds: f64,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+struct LanesArgs {
+    /// Sessions that fetch a full History page (1.2 MB) back to back and time typing.
+    #[arg(long, default_value_t = 4)]
+    receivers: usize,
+    /// Sessions that start and stop typing, 4 events a second each.
+    #[arg(long, default_value_t = 5)]
+    typers: usize,
+    /// Seconds of typing before the fetches begin.
+    #[arg(long, default_value_t = 5.0)]
+    quiet_seconds: f64,
+    /// Seconds of typing while they stream.
+    #[arg(long, default_value_t = 15.0)]
+    busy_seconds: f64,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -581,6 +614,8 @@ async fn main() -> anyhow::Result<()> {
                     blackout: false,
                     drop_udp: a.drop_udp,
                     nat_rebound: false,
+                    rate_bps: a.rate_mbit.max(0.0) * 1e6,
+                    queue: Duration::from_secs_f64(a.queue_ms.max(0.0) / 1e3),
                 },
                 readdress_at: a.readdress_at.map(|s| Duration::from_secs_f64(s.max(0.0))),
                 nat_rebind_at: a.nat_rebind_at.map(|s| Duration::from_secs_f64(s.max(0.0))),
@@ -773,6 +808,45 @@ async fn main() -> anyhow::Result<()> {
                 r.lost == 0 && r.duplicated == 0 && r.reordered == 0,
                 "lost, duplicated or reordered messages"
             );
+            Ok(())
+        }
+        Scenario::Lanes(a) => {
+            let bin = a.server.target()?;
+            let transport = Transport::from(a.transport);
+            let r = lanes::run(
+                &bin,
+                transport,
+                a.receivers,
+                a.typers,
+                Duration::from_secs_f64(a.quiet_seconds.max(0.0)),
+                Duration::from_secs_f64(a.busy_seconds.max(0.0)),
+            )
+            .await?;
+            let seen = r.quiet.len() + r.busy.len();
+            let (q, b, f) = (percentiles(r.quiet), percentiles(r.busy), percentiles(r.fetches));
+            println!(
+                "lanes ({}): {seen}/{} typing events seen; typing ms quiet p50 {:.1} p99 {:.1} max {:.1} | while fetching p50 {:.1} p99 {:.1} max {:.1}; {} fetches of {:.2} MB, ms p50 {:.0} p99 {:.0}",
+                transport.name(),
+                r.expected,
+                q.p50 / 1e3,
+                q.p99 / 1e3,
+                q.max / 1e3,
+                b.p50 / 1e3,
+                b.p99 / 1e3,
+                b.max / 1e3,
+                r.fetch_count,
+                r.page_bytes as f64 / 1e6,
+                f.p50 / 1e3,
+                f.p99 / 1e3
+            );
+            let j = |p: &Percentiles| serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "max": p.max});
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "lanes", "transport": transport.name(), "receivers": a.receivers, "typers": a.typers,
+                    "expected": r.expected, "seen": seen, "typing_quiet_us": j(&q), "typing_fetching_us": j(&b),
+                    "fetches": r.fetch_count, "page_bytes": r.page_bytes, "fetch_us": j(&f)})
+            );
+            anyhow::ensure!(seen == r.expected, "typing events lost: {seen} of {}", r.expected);
             Ok(())
         }
         Scenario::Unread(a) => {

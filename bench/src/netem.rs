@@ -48,6 +48,12 @@ pub(crate) struct Impairment {
     /// ports it knew is dropped ([`nat_in`]), as when a NAT's mapping expired and a new one
     /// was made. The client itself sees nothing change.
     pub(crate) nat_rebound: bool,
+    /// The link's rate, bits per second (0: unlimited). Frames leave one after another at
+    /// this rate, then take the delay: a bottleneck with a queue in front of it.
+    pub(crate) rate_bps: f64,
+    /// The most a frame may wait in the bottleneck's queue; one that would wait longer is
+    /// dropped (a drop-tail queue of `rate × queue` bytes).
+    pub(crate) queue: Duration,
 }
 
 /// How far a rebound NAT moves a client's UDP port: from the ephemeral range
@@ -98,6 +104,30 @@ fn nat_in(frame: &mut [u8]) -> bool {
 pub(crate) struct Counts {
     pub(crate) forwarded: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Dropped because the bottleneck's queue was full (counted in `dropped` too).
+    pub(crate) overflowed: AtomicU64,
+}
+
+/// The bottleneck of a rate-limited link, per direction: when it is next free.
+#[derive(Debug)]
+struct Bottleneck {
+    free_at: Instant,
+}
+
+impl Bottleneck {
+    /// When a frame of `len` bytes arriving at `now` has gone through (before the delay), or
+    /// `None` if it would wait longer than `queue` (dropped).
+    fn admit(&mut self, now: Instant, len: usize, rate_bps: f64, queue: Duration) -> Option<Instant> {
+        if rate_bps <= 0.0 {
+            return Some(now);
+        }
+        let start = self.free_at.max(now);
+        if start - now > queue {
+            return None;
+        }
+        self.free_at = start + Duration::from_secs_f64(len as f64 * 8.0 / rate_bps);
+        Some(self.free_at)
+    }
 }
 
 /// A frame waiting for its due time (ordered so the heap's top is the earliest).
@@ -253,6 +283,9 @@ fn read_side(
     mut coin: Coin,
 ) {
     let mut seq = 0;
+    let mut bottleneck = Bottleneck {
+        free_at: Instant::now(),
+    };
     while !stop.load(Ordering::Relaxed) {
         let frame = match rx.next() {
             Ok(f) => f,
@@ -287,10 +320,15 @@ fn read_side(
                 continue;
             }
         }
+        let Some(through) = bottleneck.admit(Instant::now(), frame.len(), p.rate_bps, p.queue) else {
+            counts.overflowed.fetch_add(1, Ordering::Relaxed);
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let jitter = p.jitter.mul_f64(coin.unit());
         seq += 1;
         let due = Due {
-            at: Instant::now() + p.delay + jitter,
+            at: through + p.delay + jitter,
             seq,
             frame,
         };
@@ -780,6 +818,9 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
                 "delay_ms": plan.impairment.delay.as_secs_f64() * 1e3,
                 "jitter_ms": plan.impairment.jitter.as_secs_f64() * 1e3,
                 "loss": plan.impairment.loss,
+                "rate_mbit": plan.impairment.rate_bps / 1e6,
+                "queue_ms": plan.impairment.queue.as_secs_f64() * 1e3,
+                "overflowed_up": up.overflowed.load(Ordering::Relaxed), "overflowed_down": down.overflowed.load(Ordering::Relaxed),
                 "drop_udp": plan.impairment.drop_udp,
                 "blackout": plan.blackout.map(|(a, l)| [a.as_secs_f64(), l.as_secs_f64()]),
                 "readdress_at": plan.readdress_at.map(|a| a.as_secs_f64()),
@@ -886,6 +927,22 @@ mod tests {
         }
         let order: Vec<u64> = std::iter::from_fn(|| h.pop().map(|d| d.seq)).collect();
         assert_eq!(order, vec![2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn the_bottleneck_spaces_frames_at_its_rate_and_drops_past_its_queue() {
+        let t = Instant::now();
+        let mut b = Bottleneck { free_at: t };
+        let ms = Duration::from_millis;
+        // 8 Mbit/s: a 1,000-byte frame takes 1 ms.
+        assert_eq!(b.admit(t, 1000, 8e6, ms(3)), Some(t + ms(1)));
+        assert_eq!(b.admit(t, 1000, 8e6, ms(3)), Some(t + ms(2)));
+        assert_eq!(b.admit(t, 1000, 8e6, ms(3)), Some(t + ms(3)));
+        assert_eq!(b.admit(t, 1000, 8e6, ms(3)), Some(t + ms(4)), "waits 3 ms: still in");
+        assert_eq!(b.admit(t, 1000, 8e6, ms(3)), None, "would wait 4 ms: dropped");
+        // Once drained, a frame goes straight through; unlimited never waits.
+        assert_eq!(b.admit(t + ms(10), 1000, 8e6, ms(3)), Some(t + ms(11)));
+        assert_eq!(b.admit(t + ms(10), 1000, 0.0, ms(3)), Some(t + ms(10)));
     }
 
     #[test]
