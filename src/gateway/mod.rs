@@ -31,6 +31,11 @@ use self::replay::{Missing, ReplayBuffer, ReplayLimits};
 /// Frames a lane may hold unsent before the session counts as a slow consumer.
 pub const LANE_QUEUE: usize = 1024;
 
+/// Events kept for a state lane ([`Lane::carries_state`]) no connection of the session has
+/// opened yet. A chat-only client in a busy guild would otherwise hold its buffer's whole
+/// allowance (2,000 events) of typing and presence it never reads.
+pub const UNOPENED_STATE_TAIL: usize = 64;
+
 /// What a lane is sent from elsewhere in the server. (A reply to a request does not come
 /// this way: the machine's `Input::Replied` carries it framed, so this stays small — a
 /// lane's queue and a WebSocket session's inputs hold many of them.)
@@ -81,6 +86,8 @@ struct Inner {
     next_generation: u64,
     /// Last event seq assigned per lane.
     sent: [u64; 5],
+    /// Per lane: whether any connection of the session has opened it.
+    opened: [bool; 5],
     replay: ReplayBuffer,
     /// While detached: when the session is forgotten.
     detached_until: Option<Instant>,
@@ -141,6 +148,7 @@ impl SessionHandle {
                 attachment: None,
                 next_generation: 1,
                 sent: [0; 5],
+                opened: [false; 5],
                 replay: ReplayBuffer::new(limits),
                 detached_until: None,
             }),
@@ -274,6 +282,7 @@ impl SessionHandle {
         if let Some(a) = g.attachment.as_mut() {
             a.lanes[lane.index()] = Some(Box::new(tx));
         }
+        g.opened[lane.index()] = true;
         Ok(backlog)
     }
 
@@ -285,6 +294,12 @@ impl SessionHandle {
         let seq = g.sent[lane.index()] + 1;
         g.sent[lane.index()] = seq;
         g.replay.push(lane, seq, body.clone(), Instant::now());
+        if lane.carries_state() && !g.opened[lane.index()] {
+            // A state lane no connection of this session has opened: what it needs when it
+            // opens is the last few events (before the client's first open, the moment
+            // between `Ready` and the lane's stream), not a history it never asked for.
+            g.replay.keep_last(lane, UNOPENED_STATE_TAIL);
+        }
         let Some(a) = g.attachment.as_ref() else { return };
         let Some(tx) = a.lanes[lane.index()].as_ref() else {
             return;
@@ -334,9 +349,15 @@ impl SessionHandle {
             .collect()
     }
 
+    /// What the client said it processed (a heartbeat): remembered, and released from the
+    /// replay buffer — a resume starts after what the client processed.
     fn record_acks(&self, lanes: &[LaneSeq]) {
+        let mut g = self.lock();
         for l in lanes {
-            self.acked[l.lane.index()].fetch_max(l.seq, Ordering::Relaxed);
+            // Never past what was sent (a client claiming more is not trusted with it).
+            let seq = l.seq.min(g.sent[l.lane.index()]);
+            self.acked[l.lane.index()].fetch_max(seq, Ordering::Relaxed);
+            g.replay.release(l.lane, seq);
         }
     }
 }
@@ -746,6 +767,51 @@ mod tests {
         let typing = seqs(&h.attach_lane(g2, Lane::Typing, tx).unwrap());
         assert_eq!(typing.last(), Some(&30));
         assert!(typing.len() < 30);
+    }
+
+    #[test]
+    fn unopened_state_lanes_keep_a_short_tail_and_acknowledged_events_are_released() {
+        let h = handle(2_000);
+        let (g, _cmd, _) = conn(&h, [0; 5]);
+        for n in 0..200u8 {
+            h.push_event(Lane::Typing, event(n));
+        }
+        // Never opened: only the tail is kept, and opening gives it.
+        assert_eq!(h.lock().replay.len(), UNOPENED_STATE_TAIL);
+        let (tx, _rx) = mpsc::channel(256);
+        let typing = seqs(&h.attach_lane(g, Lane::Typing, tx).unwrap());
+        assert_eq!(typing.len(), UNOPENED_STATE_TAIL);
+        assert_eq!(typing.last(), Some(&200));
+        // Opened: kept in full until the client acknowledges them.
+        let (tx, _rx) = mpsc::channel(256);
+        h.attach_lane(g, Lane::Chat, tx).unwrap();
+        for n in 0..100u8 {
+            h.push_event(Lane::Typing, event(n));
+            h.push_event(Lane::Chat, event(n));
+        }
+        assert_eq!(h.lock().replay.len(), UNOPENED_STATE_TAIL + 200);
+        h.record_acks(&[
+            LaneSeq {
+                lane: Lane::Chat,
+                seq: 60,
+            },
+            LaneSeq {
+                lane: Lane::Typing,
+                seq: 999,
+            },
+        ]);
+        assert_eq!(h.lock().replay.len(), 40, "chat 61..=100 left");
+        // A claim beyond what was sent counts as what was sent.
+        assert!(h.acked_seqs().contains(&LaneSeq {
+            lane: Lane::Typing,
+            seq: 300
+        }));
+        let mut from = [0; 5];
+        from[Lane::Chat.index()] = 60;
+        from[Lane::Typing.index()] = 300;
+        assert!(h.can_replay(&from).is_ok());
+        from[Lane::Chat.index()] = 59;
+        assert!(h.can_replay(&from).is_err(), "60 was released");
     }
 
     #[test]

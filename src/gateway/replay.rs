@@ -120,6 +120,21 @@ impl ReplayBuffer {
         }
     }
 
+    /// Releases the events of `lane` up to `seq`: the client processed them (it said so in
+    /// a heartbeat), and a resume starts after what it processed.
+    pub fn release(&mut self, lane: Lane, seq: u64) {
+        while self.lanes[lane.index()].front().is_some_and(|e| e.seq <= seq) {
+            self.drop_front(lane);
+        }
+    }
+
+    /// Keeps only the newest `n` events of `lane`.
+    pub fn keep_last(&mut self, lane: Lane, n: usize) {
+        while self.lanes[lane.index()].len() > n {
+            self.drop_front(lane);
+        }
+    }
+
     /// Drops events older than the window.
     pub fn expire(&mut self, now: Instant) {
         for lane in Lane::ALL {
@@ -245,6 +260,30 @@ mod tests {
             })
         );
         assert_eq!(r.since(Lane::Chat, 2, 6).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn released_and_trimmed_events_are_gone_and_known_to_be() {
+        let t0 = Instant::now();
+        let mut r = ReplayBuffer::new(ReplayLimits::default());
+        for seq in 1..=5 {
+            r.push(Lane::Chat, seq, b(10), t0);
+            r.push(Lane::Typing, seq, b(10), t0);
+        }
+        r.release(Lane::Chat, 3);
+        assert_eq!(r.len(), 7);
+        let got: Vec<u64> = r.since(Lane::Chat, 3, 5).unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(got, vec![4, 5]);
+        // A resume from before what was acknowledged is refused, not served with a hole.
+        assert!(r.since(Lane::Chat, 2, 5).is_err());
+        // Releasing again, or past what is there, is harmless.
+        r.release(Lane::Chat, 3);
+        r.release(Lane::Chat, 9);
+        assert!(r.since(Lane::Chat, 5, 5).unwrap().is_empty());
+        r.keep_last(Lane::Typing, 2);
+        let got: Vec<u64> = r.since(Lane::Typing, 0, 5).unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(got, vec![4, 5]);
+        assert_eq!(r.len(), 2);
     }
 
     #[test]
