@@ -63,7 +63,8 @@ impl Listeners {
             socket.set_nonblocking(true)?;
             let socket = tokio::net::UdpSocket::from_std(socket)?;
             let local = socket.local_addr()?;
-            let (mut rtc, offer) = Rtc::offer_with(local, 3, Instant::now(), red).context("an offer")?;
+            let (mut rtc, offer) = Rtc::offer_opts(local, 3, Instant::now(), quaver_rtc::Options { red, hold_back: 0 })
+                .context("an offer")?;
             let body = RequestBody::JoinVoiceWebRtc {
                 channel_id: channel,
                 self_mute: false,
@@ -147,10 +148,12 @@ async fn peer(
                     if let Some(t) = frame.payload.first_chunk::<8>() {
                         let at = epoch.elapsed().as_micros() as u64;
                         let l = at.saturating_sub(u64::from_le_bytes(*t));
-                        latency.push(l);
-                        received.fetch_add(1, Relaxed);
+                        // Each packet once (the listener takes them as they come, so a
+                        // copy recovered from RED may follow its original).
                         let (seen, lat) = tracks.entry(mid).or_default();
                         if seen.insert(frame.seq) {
+                            latency.push(l);
+                            received.fetch_add(1, Relaxed);
                             lat.push(l);
                         }
                     }

@@ -39,6 +39,27 @@ pub enum ClientOutput {
     Wait(Instant),
 }
 
+/// How a [`Client`] offers and receives.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Offer RFC 2198 RED for Opus (browsers do). Default true.
+    pub red: bool,
+    /// Packets a receiving track holds back behind a gap before it gives up on the missing
+    /// one (str0m's audio reordering size; default 15, str0m's own). 0 gives every packet
+    /// as it comes, in or out of order — what a browser's jitter buffer is handed: a load
+    /// generator that times arrivals wants that, not frames held behind a gap it cannot fill.
+    pub hold_back: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            red: true,
+            hold_back: 15,
+        }
+    }
+}
+
 /// A browser-like WebRTC client.
 pub struct Client {
     rtc: Rtc,
@@ -62,7 +83,28 @@ impl Client {
 
     /// [`Client::offer`], offering RFC 2198 RED for Opus (as browsers do) or not.
     pub fn offer_with(local: SocketAddr, tracks: usize, now: Instant, red: bool) -> Result<(Client, String), Error> {
-        let mut rtc = Rtc::builder().enable_opus(true, red).build(now);
+        Self::offer_opts(
+            local,
+            tracks,
+            now,
+            Options {
+                red,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// [`Client::offer`] with every option.
+    pub fn offer_opts(
+        local: SocketAddr,
+        tracks: usize,
+        now: Instant,
+        opts: Options,
+    ) -> Result<(Client, String), Error> {
+        let mut rtc = Rtc::builder()
+            .enable_opus(true, opts.red)
+            .set_reordering_size_audio(opts.hold_back)
+            .build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
         let mut change = rtc.sdp_api();
         let mic = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);

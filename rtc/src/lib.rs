@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 mod client;
-pub use client::{Client, ClientOutput};
+pub use client::{Client, ClientOutput, Options};
 
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
