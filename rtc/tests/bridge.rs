@@ -24,6 +24,10 @@ struct Pair {
     server_wait: Instant,
     /// Frames the bridge took from the microphone.
     uplink: Vec<Frame>,
+    /// When each of them came out (same order).
+    uplink_at: Vec<Instant>,
+    /// Once connected, drop the next this many RTP packets to the bridge.
+    drop_uplink_rtp: usize,
     /// Media the client received: (track mid, frame).
     downlink: Vec<(String, Frame)>,
     connected: bool,
@@ -74,6 +78,8 @@ impl Pair {
             server_addr,
             server_wait: now,
             uplink: Vec::new(),
+            uplink_at: Vec::new(),
+            drop_uplink_rtp: 0,
             downlink: Vec::new(),
             connected: false,
             closed: false,
@@ -118,6 +124,13 @@ impl Pair {
             }
             for d in to_server {
                 moved = true;
+                // RTP (version 2), not RTCP (packet types 200–206).
+                let rtp = d.len() > 1 && d[0] & 0xC0 == 0x80 && !(200..=206).contains(&d[1]);
+                if self.connected && rtp && self.drop_uplink_rtp > 0 {
+                    self.drop_uplink_rtp -= 1;
+                    self.dropped += 1;
+                    continue;
+                }
                 if self.connected && self.drop_uplink_every > 0 {
                     self.sent_to_server += 1;
                     if self.sent_to_server.is_multiple_of(self.drop_uplink_every) {
@@ -151,7 +164,10 @@ impl Pair {
                             *self.stranger_answered.as_mut().unwrap() += 1;
                         }
                     }
-                    Output::Frame(f) => self.uplink.push(f),
+                    Output::Frame(f) => {
+                        self.uplink.push(f);
+                        self.uplink_at.push(self.now);
+                    }
                     Output::Connected => self.connected = true,
                     Output::Closed => {
                         self.closed = true;
@@ -428,6 +444,39 @@ fn with_red_a_lost_packet_is_recovered_from_the_next_both_ways() {
             .collect::<std::collections::HashSet<_>>()
             .len(),
         "none twice"
+    );
+}
+
+#[test]
+fn a_gap_red_cannot_fill_holds_the_microphone_back_briefly() {
+    // Two packets in a row lost on the way up: RED gives the second back from the third's
+    // copy, the first is gone. What follows must not wait long behind it: str0m's default
+    // (15 packets) held it 300 ms — every listener would hear that speaker late.
+    let mut p = Pair::new();
+    p.connect();
+    let mut spoken_at = Vec::new();
+    for i in 0..60u32 {
+        if i == 20 {
+            p.drop_uplink_rtp = 2;
+        }
+        spoken_at.push(p.now);
+        speak(&mut p, i);
+    }
+    p.advance(Duration::from_millis(500));
+    let got: Vec<u8> = p.uplink.iter().map(|f| f.payload[0]).collect();
+    assert!(!got.contains(&20), "frame 20 cannot be recovered");
+    assert!(got.contains(&21), "frame 21 comes back from 22's copy");
+    let worst = p
+        .uplink
+        .iter()
+        .zip(&p.uplink_at)
+        .filter(|(f, _)| f.payload[0] > 20)
+        .map(|(f, at)| *at - spoken_at[usize::from(f.payload[0])])
+        .max()
+        .expect("frames after the gap");
+    assert!(
+        worst <= Duration::from_millis(80),
+        "a frame after the gap came out {worst:?} after it was spoken"
     );
 }
 
