@@ -32,6 +32,7 @@
 mod api;
 mod chat;
 mod failover;
+mod floor;
 mod idle;
 mod lanes;
 mod netem;
@@ -209,7 +210,7 @@ struct WebhooksArgs {
 #[derive(clap::Args)]
 struct TransportArgs {
     /// Which servers to measure (each run starts a fresh server process).
-    #[arg(long, value_enum, num_args = 1.., default_values_t = [transport::Kind::Quinn, transport::Kind::Engine])]
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [transport::Kind::Quinn, transport::Kind::Engine, transport::Kind::Floor])]
     server: Vec<transport::Kind>,
     /// Internal: be the server process of this kind.
     #[arg(long, value_enum, hide = true)]

@@ -5,7 +5,9 @@
 //! did before the engine — or with the engine (`quaver::engine`: one loop, no task per connection). The
 //! figure is server CPU per delivered record, read from /proc; the clients measure latency.
 //!
-//! The server is this binary again (`transport --serve …`), so its CPU is its own.
+//! The server is this binary again (`transport --serve …`), so its CPU is its own. A third
+//! server, `floor`, is the same fan-out on a bare loop over quinn-proto (`floor.rs`): the
+//! floor under the engine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,8 @@ pub(crate) enum Kind {
     Quinn,
     /// The engine over quinn-proto, one loop.
     Engine,
+    /// The floor: a bare loop over quinn-proto and quinn-udp on one thread (`floor.rs`).
+    Floor,
 }
 
 /// What a run measured.
@@ -58,7 +62,8 @@ fn tls() -> anyhow::Result<(rustls::ServerConfig, Vec<u8>)> {
     Ok((server, der))
 }
 
-fn record(seq: u32, bytes: usize) -> Bytes {
+/// A record: its send time (ns since the epoch) and seq, padded to `bytes`.
+pub(crate) fn record(seq: u32, bytes: usize) -> Bytes {
     let mut r = vec![0u8; bytes.max(12)];
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -156,25 +161,36 @@ pub(crate) async fn serve(kind: Kind, p: Params) -> anyhow::Result<()> {
             let mut loops = Vec::new();
             for s in quaver::engine::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), shards.max(1))? {
                 s.set_nonblocking(true)?;
-                let socket = tokio::net::UdpSocket::from_std(s)?;
-                port = socket.local_addr()?.port();
+                port = s.local_addr()?.port();
                 let app = Fanout {
                     acks: acks.clone(),
                     streams: Vec::new(),
                     registered: registered.clone(),
                     short_writes: short.clone(),
                 };
-                let mut engine = Engine::new(socket, config.clone(), app)?;
-                senders.push(engine.sender());
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 stops.push(stop);
-                loops.push(tokio::spawn(async move {
-                    engine
-                        .run(async {
-                            let _ = stopped.await;
-                        })
-                        .await
+                let (sender_tx, sender_rx) = std::sync::mpsc::channel();
+                let config = config.clone();
+                // As the server runs its loops (gateway/wire.rs): each on a thread of its own
+                // with a current-thread runtime. (Run as a task of this multi-thread runtime,
+                // the loop was woken across threads for every batch of ACKs: 50,000 context
+                // switches in 7 s against the floor's 5,800, a third more CPU per record.)
+                loops.push(std::thread::spawn(move || -> anyhow::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(async move {
+                        let socket = tokio::net::UdpSocket::from_std(s)?;
+                        let mut engine = Engine::new(socket, config, app)?;
+                        let _ = sender_tx.send(engine.sender());
+                        let _ = engine
+                            .run(async {
+                                let _ = stopped.await;
+                            })
+                            .await;
+                        anyhow::Ok(())
+                    })
                 }));
+                senders.push(sender_rx.recv().context("the engine's loop did not start")?);
             }
             println!("addr=127.0.0.1:{port}");
             wait_registered(&registered, connections).await?;
@@ -205,8 +221,11 @@ pub(crate) async fn serve(kind: Kind, p: Params) -> anyhow::Result<()> {
                 let _ = stop.send(());
             }
             for l in loops {
-                let _ = l.await;
+                let _ = l.join();
             }
+        }
+        Kind::Floor => {
+            tokio::task::spawn_blocking(move || crate::floor::run(server_tls, p)).await??;
         }
         Kind::Quinn => {
             let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?;
@@ -281,6 +300,7 @@ pub(crate) async fn run(kind: Kind, p: Params) -> anyhow::Result<Report> {
     let kind_arg = match kind {
         Kind::Quinn => "quinn",
         Kind::Engine => "engine",
+        Kind::Floor => "floor",
     };
     let mut child = tokio::process::Command::new(exe)
         .args(["transport", "--serve", kind_arg, "--shards", &shards.to_string()])
