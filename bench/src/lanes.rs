@@ -127,6 +127,14 @@ pub(crate) async fn run(
                 let _keep = (client.clone(), chat);
                 tokio::time::sleep(offset).await;
                 let mut k = 0u64;
+                // When each typing event left, in order (the receivers time against it).
+                let stamp = || {
+                    sent.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(me)
+                        .or_default()
+                        .push(t0.elapsed().as_micros() as u64)
+                };
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 while t0.elapsed() < end {
                     tick.tick().await;
@@ -135,21 +143,13 @@ pub(crate) async fn run(
                     } else {
                         RequestBody::TypingStop { channel_id }
                     };
-                    sent.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(me)
-                        .or_default()
-                        .push(t0.elapsed().as_micros() as u64);
+                    stamp();
                     tx.send(body).await?;
                     k += 1;
                 }
                 // The last stop, so nothing is left typing.
                 if k % 2 == 1 {
-                    sent.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(me)
-                        .or_default()
-                        .push(t0.elapsed().as_micros() as u64);
+                    stamp();
                     tx.send(RequestBody::TypingStop { channel_id }).await?;
                 }
                 // Keep the session until the receivers are done.
