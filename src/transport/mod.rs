@@ -14,6 +14,9 @@ use quinn_proto::ServerConfig;
 
 use crate::config::Config;
 
+/// Bidirectional streams a QUIC client may have open at once (PROTOCOL.md §4).
+pub const MAX_BIDI_STREAMS: u32 = 16;
+
 /// The engine's QUIC server configuration: TLS 1.3 with the certificate store, the given
 /// ALPNs, the limits below.
 pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) -> anyhow::Result<ServerConfig> {
@@ -34,10 +37,14 @@ pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) 
     // Unacknowledged stream data held per connection (quinn's default is 10 MB): replies a
     // client does not take stay within this, whatever window the client advertises.
     transport.send_window(2 * 1024 * 1024);
-    // Control + 5 lanes + a few concurrent fetches; more is a misbehaving client.
-    transport.max_concurrent_bidi_streams(32u32.into());
-    // HTTP/3 needs the client's control and QPACK streams; raw QUIC uses none.
-    transport.max_concurrent_uni_streams(8u32.into());
+    // Control + 5 lanes + the CONNECT stream (WebTransport) + fetches: 16 leaves nine for
+    // fetches, more than the four served at once (`FETCH_CONCURRENCY`); a client opening
+    // more waits for credit. quinn-proto makes the state of every stream a peer may open
+    // up front, in maps sized to the limits: 32 + 8 cost an idle session ≈ 1.4 KiB more
+    // than 16 + 4 (bench/RESULTS.md, C1).
+    transport.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
+    // HTTP/3 needs the client's control and QPACK streams (three); raw QUIC uses none.
+    transport.max_concurrent_uni_streams(4u32.into());
     // Voice: a listener's outgoing datagram queue stays short — quinn drops the oldest
     // datagrams beyond this, so a congested listener loses stale audio instead of
     // hearing it late (4 KiB ≈ 30 Opus frames).
