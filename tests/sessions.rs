@@ -787,3 +787,35 @@ async fn a_connection_the_server_closed_stops_counting_once_drained() {
     assert_eq!(p.clients[q].closed_with(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
     assert_eq!(p.real.ctx.session_tasks(), base);
 }
+
+/// The engine keeps one timer-heap entry per connection and lets a timer that moves later
+/// (every packet received pushes the idle timer on) wait for that entry to come up and be
+/// queued again (`engine::Core::drive`). A peer that answers for half a minute and then
+/// falls silent is still dropped exactly at the idle timeout counted from its last packet:
+/// not earlier (a stale entry firing), not later or never (a moved timer lost).
+#[tokio::test]
+async fn a_silent_peer_is_dropped_at_the_idle_timeout_after_its_timer_moved_many_times() {
+    let mut cfg = config();
+    // No Hello is sent: only QUIC's own timers are at work.
+    cfg.session.hello_timeout = Duration::from_secs(3600);
+    cfg.session.ping_interval = Duration::from_secs(2);
+    cfg.session.ping_timeout = Duration::from_secs(10);
+    let mut p = Pair::new(cfg).await;
+    // The server's keep-alives every 2 s are answered: its idle timer moves on each time.
+    p.advance(Duration::from_secs(30), Duration::from_millis(500));
+    assert_eq!(p.server.connections(), 1, "a peer that answers stays");
+    // The peer falls silent (nothing of it reaches the server any more).
+    let silent = p.clients.remove(0);
+    let (quiet_since, step) = (p.now, Duration::from_millis(100));
+    while p.server.connections() == 1 && p.now - quiet_since < Duration::from_secs(30) {
+        p.advance(step, step);
+    }
+    // QUIC's idle timer restarts at the last packet received and at the first ack-eliciting
+    // one sent after it (a keep-alive, within `ping_interval`).
+    let gone_after = p.now - quiet_since;
+    assert!(
+        gone_after >= Duration::from_secs(10) && gone_after <= Duration::from_secs(12) + step,
+        "dropped {gone_after:?} after the peer fell silent (idle timeout 10 s, keep-alive 2 s)"
+    );
+    drop(silent);
+}

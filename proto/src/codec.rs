@@ -62,10 +62,16 @@ pub fn encode_payload<T: bincode::Encode>(msg: &T) -> Vec<u8> {
 /// [`encode_payload`]: fan-out encodes an event once and only the seq differs per receiver.
 pub fn encode_event_frame(seq: u64, body: &[u8], out: &mut Vec<u8>) {
     // Variant index of `ServerLane::Event`, then the seq, then the body's own encoding:
-    // exactly what encoding the whole enum would produce (a test below checks it).
-    let head = encode_payload(&(2u32, seq));
-    varint::write((head.len() + body.len()) as u64, out);
-    out.extend_from_slice(&head);
+    // exactly what encoding the whole enum would produce (a test below checks it). The
+    // head is encoded on the stack and `out` grows once, to the frame's exact size: this
+    // runs once per delivery.
+    let mut head = [0u8; 16];
+    let n = bincode::encode_into_slice((2u32, seq), &mut head, WIRE)
+        .expect("a u32 and a u64 in varint encoding take at most 10 bytes");
+    let len = n + body.len();
+    out.reserve_exact(varint::len(len as u64) + len);
+    varint::write(len as u64, out);
+    out.extend_from_slice(&head[..n]);
     out.extend_from_slice(body);
 }
 

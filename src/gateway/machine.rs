@@ -48,8 +48,10 @@ use crate::{Ctx, SessionTask};
 pub(crate) trait Port {
     /// What the client sent on `stream` since the last read (and whether it ended).
     fn read(&mut self, stream: StreamId) -> Read;
-    /// Writes what flow control takes of `data` (`None`: the stream cannot be written).
-    fn try_write(&mut self, stream: StreamId, data: &[u8]) -> Option<usize>;
+    /// Writes what flow control takes of `data` — taking it over, not copying it, where the
+    /// transport can — and leaves the rest in `data`; returns how much was taken (`None`:
+    /// the stream cannot be written).
+    fn try_write(&mut self, stream: StreamId, data: &mut Bytes) -> Option<usize>;
     /// Ends our direction of `stream` after what was written.
     fn finish(&mut self, stream: StreamId);
     /// Abandons our direction of `stream`.
@@ -367,9 +369,10 @@ impl Outbox {
             self.pending.push_back(data);
             return;
         }
-        match io.try_write(stream, &data) {
-            Some(n) if n == data.len() => {}
-            Some(n) => self.pending.push_back(data.slice(n..)),
+        let mut data = data;
+        match io.try_write(stream, &mut data) {
+            Some(_) if data.is_empty() => {}
+            Some(_) => self.pending.push_back(data),
             None => self.dead = true,
         }
     }
@@ -382,13 +385,10 @@ impl Outbox {
                 break;
             }
             match io.try_write(stream, front) {
-                Some(n) if n == front.len() => {
+                Some(_) if front.is_empty() => {
                     self.pending.pop_front();
                 }
-                Some(n) => {
-                    *front = front.slice(n..);
-                    return;
-                }
+                Some(_) => return,
                 None => self.dead = true,
             }
         }
@@ -1120,8 +1120,9 @@ impl<O: Outlet> Here<'_, O> {
         let Some(Stream::Lane(s)) = self.c.streams.get_mut(&id) else {
             return;
         };
-        let mut buf = Vec::new();
         let LaneOut::Event(seq, body) = out;
+        // One allocation per delivery, of the frame's exact size; the stream takes it over.
+        let mut buf = Vec::new();
         quaver_proto::codec::encode_event_frame(seq, &body, &mut buf);
         flow.add(buf.len());
         s.out.write(io, id, Bytes::from(buf));
@@ -1261,7 +1262,7 @@ mod tests {
                 None => Read::Data(Vec::new()),
             }
         }
-        fn try_write(&mut self, stream: StreamId, data: &[u8]) -> Option<usize> {
+        fn try_write(&mut self, stream: StreamId, data: &mut Bytes) -> Option<usize> {
             if self.resets.iter().any(|(s, _)| *s == stream) {
                 return None;
             }
@@ -1269,7 +1270,10 @@ mod tests {
             if let Some(c) = self.credit.get_mut(&stream) {
                 *c -= n;
             }
-            self.written.entry(stream).or_default().extend_from_slice(&data[..n]);
+            self.written
+                .entry(stream)
+                .or_default()
+                .extend_from_slice(&data.split_to(n));
             Some(n)
         }
         fn finish(&mut self, stream: StreamId) {

@@ -71,8 +71,8 @@ impl Port for Io<'_> {
     fn read(&mut self, stream: StreamId) -> Read {
         Io::read(self, stream)
     }
-    fn try_write(&mut self, stream: StreamId, data: &[u8]) -> Option<usize> {
-        Io::try_write(self, stream, data)
+    fn try_write(&mut self, stream: StreamId, data: &mut Bytes) -> Option<usize> {
+        Io::try_write_bytes(self, stream, data)
     }
     fn finish(&mut self, stream: StreamId) {
         Io::finish(self, stream)

@@ -184,7 +184,7 @@ impl Port for WsPort {
         }
     }
 
-    fn try_write(&mut self, stream: StreamId, data: &[u8]) -> Option<usize> {
+    fn try_write(&mut self, stream: StreamId, data: &mut Bytes) -> Option<usize> {
         if self.closed || self.done.contains(&stream) {
             return None;
         }
@@ -194,10 +194,10 @@ impl Port for WsPort {
             self.send(&Frame::Data {
                 stream: u64::from(stream),
                 fin: false,
-                bytes: Bytes::copy_from_slice(&data[..n]),
+                bytes: data.split_to(n),
             });
         }
-        if n < data.len() {
+        if !data.is_empty() {
             self.blocked.insert(stream);
         }
         Some(n)

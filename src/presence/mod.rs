@@ -408,6 +408,36 @@ mod tests {
         assert_eq!(p.connect(7, sid(3), DeviceKind::Mobile, None, t0), None);
     }
 
+    /// The presence task keeps its deadline across heartbeats (`task.rs`): right only if a
+    /// heartbeat can never make the next deadline earlier.
+    #[test]
+    fn a_heartbeat_never_brings_the_next_deadline_earlier() {
+        let t0 = Instant::now();
+        let mut p = PresenceState::new(5 * S, 60 * S);
+        p.connect(7, sid(1), DeviceKind::Desktop, None, t0);
+        p.connect(8, sid(2), DeviceKind::Web, None, t0 + S);
+        p.connect(9, sid(3), DeviceKind::Web, None, t0 + 2 * S);
+        p.disconnect(9, sid(3), t0 + 3 * S);
+        let mut before = p.next_deadline().expect("sessions and a grace are pending");
+        assert_eq!(before, t0 + 8 * S, "user 9's grace ends first");
+        for (i, (user, session)) in [(7, 1), (8, 2), (7, 1), (9, 3)].into_iter().enumerate() {
+            p.seen(user, sid(session), t0 + (4 + i as u32) * S);
+            let after = p.next_deadline().expect("still pending");
+            assert!(
+                after >= before,
+                "heartbeat {i} moved the deadline from {before:?} to {after:?}"
+            );
+            before = after;
+        }
+        // A sweep when it comes still finds what is due.
+        let swept = p.poll(t0 + 9 * S);
+        assert!(
+            swept
+                .iter()
+                .any(|x| x.user_id == 9 && x.status == PresenceStatus::Offline)
+        );
+    }
+
     #[test]
     fn reconnect_within_grace_does_not_flap() {
         let t0 = Instant::now();

@@ -248,13 +248,20 @@ async fn run(
     // snapshot (numbered with the counter's value when it was read) is told from a later
     // change in the fan-out, as the registry's versions are in a cluster.
     let mut version: u64 = 0;
+    // The next grace end or sweep: a scan of every user, so it is not redone for a
+    // heartbeat (`Seen`), by far the most frequent command (1,000 sessions beating every few
+    // seconds made the scan 2 % of the server's CPU at F0). A heartbeat only moves a
+    // deadline later, so the one kept stays a lower bound: at worst the task wakes early,
+    // finds nothing due, and scans then.
+    let mut deadline = state.next_deadline();
     loop {
-        let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
+        let wake = deadline.map(tokio::time::Instant::from_std);
         let cmd = tokio::select! {
             c = rx.recv() => match c { Some(c) => Some(c), None => return },
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => None,
+            _ = async { match wake { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => None,
         };
         let now = Instant::now();
+        let heartbeat = matches!(cmd, Some(Cmd::Seen(..)));
         let out = match cmd {
             None => state.poll(now),
             Some(Cmd::Connect(u, s, d, c)) => state.connect(u, s, d, c, now).into_iter().collect(),
@@ -287,6 +294,9 @@ async fn run(
                 Vec::new()
             }
         };
+        if !heartbeat {
+            deadline = state.next_deadline();
+        }
         let dirty = state.take_dirty();
         let Some(r) = registry.as_ref().filter(|r| r.is_up()) else {
             // One node, or the registry is unreachable: what this node sees is published.
