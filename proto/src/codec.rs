@@ -61,18 +61,31 @@ pub fn encode_payload<T: bincode::Encode>(msg: &T) -> Vec<u8> {
 /// Appends a `ServerLane::Event { seq, body }` frame whose body was encoded once with
 /// [`encode_payload`]: fan-out encodes an event once and only the seq differs per receiver.
 pub fn encode_event_frame(seq: u64, body: &[u8], out: &mut Vec<u8>) {
-    // Variant index of `ServerLane::Event`, then the seq, then the body's own encoding:
-    // exactly what encoding the whole enum would produce (a test below checks it). The
-    // head is encoded on the stack and `out` grows once, to the frame's exact size: this
-    // runs once per delivery.
-    let mut head = [0u8; 16];
-    let n = bincode::encode_into_slice((2u32, seq), &mut head, WIRE)
-        .expect("a u32 and a u64 in varint encoding take at most 10 bytes");
-    let len = n + body.len();
-    out.reserve_exact(varint::len(len as u64) + len);
-    varint::write(len as u64, out);
+    let mut head = [0u8; EVENT_HEAD_MAX];
+    let n = encode_event_head(seq, body.len(), &mut head);
+    out.reserve_exact(n + body.len());
     out.extend_from_slice(&head[..n]);
     out.extend_from_slice(body);
+}
+
+/// The longest head [`encode_event_head`] writes: an 8-byte length, the variant and a u64
+/// seq in varint encoding (1 + 9 bytes).
+pub const EVENT_HEAD_MAX: usize = 18;
+
+/// Writes what precedes an event's `body_len`-byte body in its `ServerLane::Event` frame —
+/// the frame's length, then the variant index of `ServerLane::Event` and the seq — into
+/// `out`; returns how many bytes. The body follows as it was encoded once for every
+/// receiver, so a delivery can be written as these few bytes and the shared body, without
+/// building the frame. Exactly what encoding the whole enum would produce (a test below
+/// checks it).
+pub fn encode_event_head(seq: u64, body_len: usize, out: &mut [u8; EVENT_HEAD_MAX]) -> usize {
+    let mut tail = [0u8; 10];
+    let n = bincode::encode_into_slice((2u32, seq), &mut tail, WIRE)
+        .expect("a u32 and a u64 in varint encoding take at most 10 bytes");
+    let (len, l) = varint::encode((n + body_len) as u64);
+    out[..l].copy_from_slice(&len[..l]);
+    out[l..l + n].copy_from_slice(&tail[..n]);
+    l + n
 }
 
 /// Replies at least this large are compressed when the session negotiated zstd.
@@ -310,19 +323,26 @@ mod tests {
     #[test]
     fn event_frames_from_preencoded_bodies_match_whole_encoding() {
         use crate::msg::{EventBody, ServerLane};
-        for seq in [1u64, 250, 70_000, u64::MAX] {
-            let body = EventBody::Notice { text: "hi".into() };
-            let mut whole = Vec::new();
-            encode_frame(
-                &ServerLane::Event {
-                    seq,
-                    body: body.clone(),
-                },
-                &mut whole,
-            );
-            let mut fast = Vec::new();
-            encode_event_frame(seq, &encode_payload(&body), &mut fast);
-            assert_eq!(whole, fast);
+        // Frame lengths across the varint's 1-, 2- and 4-byte forms.
+        for text in ["hi".to_string(), "x".repeat(100), "y".repeat(20_000)] {
+            for seq in [1u64, 250, 70_000, u64::MAX] {
+                let body = EventBody::Notice { text: text.clone() };
+                let mut whole = Vec::new();
+                encode_frame(
+                    &ServerLane::Event {
+                        seq,
+                        body: body.clone(),
+                    },
+                    &mut whole,
+                );
+                let encoded = encode_payload(&body);
+                let mut fast = Vec::new();
+                encode_event_frame(seq, &encoded, &mut fast);
+                assert_eq!(whole, fast);
+                let mut head = [0u8; EVENT_HEAD_MAX];
+                let n = encode_event_head(seq, encoded.len(), &mut head);
+                assert_eq!([&head[..n], &encoded[..]].concat(), whole, "head + body, seq {seq}");
+            }
         }
     }
 

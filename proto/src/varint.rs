@@ -20,13 +20,22 @@ pub fn len(v: u64) -> usize {
 /// Appends `v` to `out`. Values above [`MAX`] are a caller bug; they are clamped to `MAX`
 /// rather than producing bytes that would decode to something else.
 pub fn write(v: u64, out: &mut Vec<u8>) {
+    let (bytes, n) = encode(v);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// `v`'s encoding: the first `n` bytes of the array (clamped to [`MAX`] as in [`write`]).
+pub fn encode(v: u64) -> ([u8; 8], usize) {
     let v = v.min(MAX);
-    match len(v) {
-        1 => out.push(v as u8),
-        2 => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
-        4 => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
-        _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
+    let mut b = [0u8; 8];
+    let n = len(v);
+    match n {
+        1 => b[0] = v as u8,
+        2 => b[..2].copy_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
+        4 => b[..4].copy_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
+        _ => b.copy_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
     }
+    (b, n)
 }
 
 /// Length of the varint that starts with byte `first` (1, 2, 4 or 8).
