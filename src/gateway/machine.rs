@@ -422,27 +422,16 @@ impl Outbox {
     }
 }
 
-/// Event heads are cut from one block per thread (a connection's loop is one thread), so a
-/// delivery allocates nothing: a block of [`HEAD_BLOCK`] bytes serves a few hundred heads and
-/// is freed when the last of them has been acknowledged.
-const HEAD_BLOCK: usize = 4096;
-
-thread_local! {
-    static HEADS: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
-}
-
-/// The head of a `ServerLane::Event` frame for a body of `body_len` bytes with `seq`.
+/// The head of a `ServerLane::Event` frame for a body of `body_len` bytes with `seq`: a few
+/// bytes of their own. (Cutting heads from one shared block per thread would save this
+/// allocation, but a head then keeps its whole block alive until the client acknowledges
+/// it: a client that never acknowledges could hold a block per event it was sent — some
+/// 4 KiB each within the 2 MB of unacknowledged data a connection may have — where it now
+/// holds the head and the body it shares.)
 fn event_head(seq: u64, body_len: usize) -> Bytes {
     let mut head = [0u8; quaver_proto::codec::EVENT_HEAD_MAX];
     let n = quaver_proto::codec::encode_event_head(seq, body_len, &mut head);
-    HEADS.with(|arena| {
-        let mut arena = arena.borrow_mut();
-        if arena.capacity() < n {
-            arena.reserve(HEAD_BLOCK);
-        }
-        arena.extend_from_slice(&head[..n]);
-        arena.split().freeze()
-    })
+    Bytes::copy_from_slice(&head[..n])
 }
 
 fn control_frame(msg: &ServerControl) -> Bytes {
@@ -1163,8 +1152,8 @@ impl<O: Outlet> Here<'_, O> {
             return;
         };
         let LaneOut::Event(seq, body) = out;
-        // No allocation per delivery: the head comes from the thread's arena, the body is
-        // the event's, encoded once for all its receivers.
+        // The body is the event's, encoded once for all its receivers and shared, not copied;
+        // only the head is this delivery's.
         let head = event_head(seq, body.len());
         flow.add(head.len() + body.len());
         s.out.write_frame(io, id, head, body);
