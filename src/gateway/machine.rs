@@ -384,15 +384,18 @@ impl Outbox {
         if self.dead {
             return;
         }
+        let mut head = head;
         if self.pending.is_empty() {
-            let mut head = head;
             match io.try_write(stream, &mut head) {
                 Some(_) if head.is_empty() => return self.write(io, stream, body),
-                Some(_) => self.pending.push_back([&head[..], &body[..]].concat().into()),
-                None => self.dead = true,
+                Some(_) => {}
+                None => {
+                    self.dead = true;
+                    return;
+                }
             }
-            return;
         }
+        // What is left of the head, then the body: one entry.
         self.pending.push_back([&head[..], &body[..]].concat().into());
     }
 
