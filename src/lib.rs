@@ -152,6 +152,21 @@ impl Ctx {
     }
 }
 
+/// How often the coalesced `ChannelActivity` reports that are due are sent (a report
+/// leaves at most this late after its time, `gateway::view::ACTIVITY_EVERY` after the last).
+const ACTIVITY_TICK: Duration = Duration::from_millis(250);
+
+/// Sends the `ChannelActivity` reports whose time has come (passive sessions).
+async fn activity_reports(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(ACTIVITY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _batch = crate::engine::Batch::begin();
+        ctx.sessions.report_due(std::time::Instant::now());
+    }
+}
+
 /// How often a node reads the revocations from the database (they reach it on the bus at
 /// once; this is for those the bus lost).
 const REVOCATIONS_EVERY: Duration = Duration::from_secs(30);
@@ -418,6 +433,7 @@ impl Server {
                 bus_rx,
             )),
             tokio::spawn(housekeeping(ctx.clone())),
+            tokio::spawn(activity_reports(ctx.clone())),
             tokio::spawn(webhooks.clone().run(signal.clone())),
         ]);
         tasks.extend(liveness);

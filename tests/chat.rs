@@ -1253,3 +1253,161 @@ async fn an_invite_shows_its_guild_before_joining() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_that_views_one_channel_gets_its_messages_and_coalesced_activity_for_the_rest() {
+    let server = start(config()).await;
+    let mut a = U::new(&server, 1, Transport::Quic).await;
+    let mut passive = U::new(&server, 2, Transport::Quic).await;
+    let mut everything = U::new(&server, 2, Transport::WebTransport).await;
+    let (gid, general) = guild_with(&mut a, &mut [&mut passive]).await;
+    let Ok(ResponseBody::Channel(busy)) = a
+        .req(RequestBody::CreateChannel {
+            guild_id: gid,
+            kind: ChannelKind::Text,
+            name: "busy".into(),
+            topic: String::new(),
+            user_limit: 0,
+        })
+        .await
+    else {
+        panic!("channel created")
+    };
+    let busy = busy.id;
+    // Too many channels in a view is refused; the session keeps what it had.
+    let err = passive
+        .req(RequestBody::ViewChannels {
+            channel_ids: Some((1..=101).collect()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::TOO_LARGE);
+    assert_eq!(
+        passive
+            .req(RequestBody::ViewChannels {
+                channel_ids: Some(vec![general]),
+            })
+            .await,
+        Ok(ResponseBody::Done)
+    );
+    let mut typing = passive.client.open_lane(Lane::Typing).await.unwrap();
+    let mut a_typing = a.client.open_lane(Lane::Typing).await.unwrap();
+
+    // Five messages in the channel it does not view: no MessageCreated, and the activity
+    // coalesced — the first report at once, the rest in one more report.
+    for n in 0..5 {
+        a.send(busy, 100 + n, &format!("busy {n}")).await;
+    }
+    let mut reports = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        match tokio::time::timeout_at(end, passive.chat.next()).await {
+            Err(_) => break,
+            Ok(Ok(ServerLane::Event { body, .. })) => match body {
+                EventBody::ChannelActivity { channels } => reports.push(channels),
+                EventBody::MessageCreated { message, .. } => {
+                    panic!("a message of a channel not viewed: {message:?}")
+                }
+                _ => {}
+            },
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&reports.len()),
+        "one or two reports for five messages, got {reports:?}"
+    );
+    assert_eq!(
+        reports.last().unwrap(),
+        &vec![ChannelSeq {
+            channel_id: busy,
+            seq: 5
+        }],
+        "the last report has the channel's newest seq"
+    );
+    // The session without a view got every message.
+    for n in 1..=5 {
+        let EventBody::MessageCreated { seq, message } = everything.event_where(is_msg).await else {
+            unreachable!()
+        };
+        assert_eq!((seq, message.channel_id), (n, busy));
+    }
+    // Typing in a channel not viewed does not reach it either.
+    a_typing
+        .request(RequestBody::TypingStart { channel_id: busy })
+        .await
+        .unwrap()
+        .unwrap();
+    a_typing
+        .request(RequestBody::TypingStart { channel_id: general })
+        .await
+        .unwrap()
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), typing.next())
+        .await
+        .expect("typing in time")
+        .unwrap();
+    let ServerLane::Event {
+        body: EventBody::TypingStarted { channel_id, .. },
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(channel_id, general, "only the viewed channel's typing");
+
+    // The viewed channel's messages come as they happen.
+    a.send(general, 200, "in view").await;
+    let EventBody::MessageCreated { message, .. } = passive.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!(message.channel_id, general);
+
+    // Opening the busy channel: its events come whole from the answer on, and its history
+    // has what was held back.
+    passive
+        .req(RequestBody::ViewChannels {
+            channel_ids: Some(vec![busy]),
+        })
+        .await
+        .unwrap();
+    a.send(busy, 300, "now seen").await;
+    let EventBody::MessageCreated { seq, message } = passive.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!((seq, message.channel_id), (6, busy));
+    let Ok(FetchResponse::History { messages, .. }) = passive
+        .fetch(FetchRequest::History {
+            channel_id: busy,
+            anchor: HistoryAnchor::Latest,
+            limit: 50,
+        })
+        .await
+    else {
+        panic!("history")
+    };
+    assert_eq!(
+        messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+
+    // A DM is never held back, and `None` takes every channel again.
+    let Ok(ResponseBody::Channel(dm)) = a.req(RequestBody::OpenDm { user_id: 2 }).await else {
+        panic!("dm")
+    };
+    a.send(dm.id, 400, "direct").await;
+    let EventBody::MessageCreated { message, .. } = passive.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!(message.channel_id, dm.id);
+    passive
+        .req(RequestBody::ViewChannels { channel_ids: None })
+        .await
+        .unwrap();
+    a.send(general, 500, "all again").await;
+    let EventBody::MessageCreated { message, .. } = passive.event_where(is_msg).await else {
+        unreachable!()
+    };
+    assert_eq!(message.channel_id, general);
+    server.shutdown().await;
+}

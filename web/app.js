@@ -455,10 +455,34 @@ function onEvent(lane, b) {
     case 'RelationshipRemoved':
       S.relationships.delete(b.user_id);
       break;
-    case 'NotificationCreated':
-      S.notifications.unshift(b.notification);
-      if (!b.notification.read) S.notifUnread++;
-      notify(b.notification);
+    case 'NotificationCreated': {
+      const n = b.notification;
+      S.notifications.unshift(n);
+      if (!n.read) S.notifUnread++;
+      // A mention in a guild channel this page does not view: its message was not sent
+      // here (only the channel's activity), so the notification is what counts it.
+      if (n.kind === 'Mention' && n.channel_id && guildOfChannel(n.channel_id) && !viewed(n.channel_id)) {
+        const rs = S.readStates.get(n.channel_id) ?? { channel_id: n.channel_id, last_read_seq: 0, mention_count: 0 };
+        S.readStates.set(n.channel_id, { ...rs, mention_count: rs.mention_count + 1 });
+      }
+      notify(n);
+      break;
+    }
+    case 'ChannelActivity':
+      // Guild channels this page does not view had messages (PROTOCOL.md "Viewing channels").
+      for (const { channel_id: id, seq } of b.channels) {
+        const c = S.findChannel(id);
+        if (!c) continue;
+        c.last_seq = Math.max(c.last_seq, seq);
+        const m = S.messages.get(id);
+        if (m && m.byId.size) {
+          // What this page holds of it is no longer the latest: fetched anew when opened
+          // (kept pages would leave a hole before the new ones).
+          if (id === S.channel) openChannel(id, { refetch: true, keepDivider: true });
+          else { m.byId.clear(); m.loaded = false; m.moreBefore = true; }
+        }
+        if (id !== S.channel && seq > (S.readStates.get(id)?.last_read_seq ?? 0)) S.unread.add(id);
+      }
       break;
     case 'NotificationsRead':
       for (const n of S.notifications) if (b.all || b.ids.includes(n.id)) n.read = true;
@@ -574,8 +598,24 @@ function openGuild(id) {
 
 function openHome() {
   S.view = 'home'; S.channel = null; S.replyTo = null; S.editing = null;
+  declareView().catch(logged('saying which channel is open'));
   closeDrawers();
   render();
+}
+
+/** Whether the server sends this page `id`'s messages as they happen. */
+function viewed(id) {
+  return S.client.viewing === null || S.client.viewing.includes(id);
+}
+
+/** Tells the server which guild channel this page shows (PROTOCOL.md "Viewing channels"):
+ * only its messages and typing come as they happen; the other guild channels' activity comes
+ * coalesced (unread marks), mentions as notifications, DMs whole. Resolves once it applies. */
+function declareView() {
+  const want = S.channel && guildOfChannel(S.channel) ? [S.channel] : [];
+  const has = S.client.viewing;
+  if (has && has.length === want.length && has.every((x, i) => x === want[i])) return Promise.resolve();
+  return S.client.view(want);
 }
 
 async function openChannel(id, { refetch = false, keepDivider = false } = {}) {
@@ -587,6 +627,7 @@ async function openChannel(id, { refetch = false, keepDivider = false } = {}) {
     const rs = S.readStates.get(id);
     if (S.unread.has(id) && rs) S.newSince.set(id, rs.last_read_seq); else S.newSince.delete(id);
   }
+  const wasViewed = viewed(id);
   S.channel = id;
   S.scrollToEnd = true;
   closeDrawers();
@@ -594,6 +635,13 @@ async function openChannel(id, { refetch = false, keepDivider = false } = {}) {
   render();
   // Reading a conversation reads its notifications.
   readNotifications(S.notifications.filter((n) => n.channel_id === id && !n.read));
+  // Its messages come live from the view's answer on; the history fetched after it covers
+  // what came before (merged by id with what arrives meanwhile).
+  try { await declareView(); } catch (e) { logged('saying which channel is open')(e); }
+  if (!wasViewed && m.byId.size && (S.findChannel(id)?.last_seq ?? 0) > Math.max(...[...m.byId.values()].map((x) => x.seq))) {
+    m.byId.clear(); m.loaded = false; m.moreBefore = true;
+  }
+  if (S.channel !== id) return; // another channel was opened meanwhile
   if (!m.loaded || refetch) {
     try {
       const r = await fetchReply({ type: 'History', channel_id: id, anchor: { type: 'Latest' }, limit: 50 });

@@ -515,6 +515,7 @@ const RequestBody = tagged([
   ['MoveRole', [gid, ['role_id', T.id], ['position', T.u32]]],
   ['TimeoutMember', [gid, uid, ['duration_secs', T.u32], ['reason', T.string]]],
   ['SetVoiceOptions', [['redundancy', T.bool]]],
+  ['ViewChannels', [['channel_ids', opt(vec(T.id))]]],
 ]);
 const ResponseBody = tagged([
   ['Pong', [['data', T.bytes]]],
@@ -566,6 +567,7 @@ const EventBody = tagged([
   ['AppEvent', [['name', T.string], ['data', T.string], ['channel_id', opt(T.id)], ['guild_id', opt(T.id)]]],
   ['RoleDeleted', [gid, ['role_id', T.id]]],
   ['VoiceMoved', [gid, cid]],
+  ['ChannelActivity', [['channels', vec(struct([['channel_id', T.id], ['seq', T.u64]]))]]],
 ]);
 
 /** Every top-level message type, by the name used in PROTOCOL.md and the vectors. */
@@ -1220,7 +1222,7 @@ export function newNonce() {
 
 // Requests that may be sent again after the connection died with them in flight: the server
 // stores a resent SendMessage once (its nonce), and the others state a wanted end state.
-const RESENDABLE = new Set(['SendMessage', 'EditMessage', 'AddReaction', 'RemoveReaction', 'MarkRead',
+const RESENDABLE = new Set(['SendMessage', 'EditMessage', 'AddReaction', 'RemoveReaction', 'MarkRead', 'ViewChannels',
   'SetPresence', 'TypingStop', 'WatchTyping', 'AckNotifications', 'MarkNotificationsRead', 'SetVoiceState', 'Ping']);
 
 /** The connection is gone and this request was not safe to send again. */
@@ -1258,6 +1260,9 @@ export class Resilient extends EventTarget {
     this.sessionId = null;
     this.laneSeq = Object.fromEntries(LANES.map((l) => [l, 0]));
     this.channelSeq = new Map();
+    // The guild channels this session views (`ViewChannels`): null = all (the default).
+    this.viewing = null;
+    this.guildChannels = new Set();
     this.pending = []; // { lane, body, resolve, reject, sent }
     this.stopped = false;
     this.run = this.#loop();
@@ -1267,6 +1272,18 @@ export class Resilient extends EventTarget {
 
   /** The position of channel `id` (its last processed seq): catch-up starts after it. */
   follow(id, seq) { if (!this.channelSeq.has(id) || this.channelSeq.get(id) < seq) this.channelSeq.set(id, seq); }
+
+  /**
+   * Says which guild channels this session looks at (PROTOCOL.md "Viewing channels"): only
+   * their messages and typing come as they happen; the others' activity comes coalesced as
+   * `ChannelActivity` (their newest seqs), mentions as notifications, DMs whole. `null`: every
+   * channel. Kept across reconnects (sent again to a new session). Resolves once the server
+   * applied it: fetch the history of a channel newly viewed after that.
+   */
+  view(channelIds) {
+    this.viewing = channelIds === null ? null : [...new Set(channelIds)];
+    return this.request('Chat', { type: 'ViewChannels', channel_ids: this.viewing });
+  }
 
   /** Sends `body` on `lane`; resolves with the ack body, rejects with the ErrorBody (or a
    * ConnectionLostError). Waits for a connection when there is none. */
@@ -1308,7 +1325,20 @@ export class Resilient extends EventTarget {
       this.channelSeq.set(ch, seq);
     }
     if (m.body.type === 'Gap') this.follow(m.body.channel_id, m.body.resumes_at - 1);
+    // What a channel not viewed had is not delivered: its position moves on, so a catch-up
+    // does not bring it (opening the channel fetches its history).
+    if (m.body.type === 'ChannelActivity') for (const c of m.body.channels) this.follow(c.channel_id, c.seq);
+    if (m.body.type === 'ChannelUpdated' && m.body.channel.guild_id) this.guildChannels.add(m.body.channel.id);
     this.dispatchEvent(new CustomEvent('event', { detail: { lane, body: m.body } }));
+  }
+
+  /** The channel positions to resume from: with a view, only the channels viewed and DMs
+   * (a catch-up of the others would deliver what the view chose not to receive). */
+  #resumeChannels() {
+    const viewed = this.viewing && new Set(this.viewing);
+    return [...this.channelSeq]
+      .filter(([ch]) => !viewed || viewed.has(ch) || !this.guildChannels.has(ch))
+      .map(([channel_id, seq]) => ({ channel_id, seq }));
   }
 
   async #connectOnce() {
@@ -1316,11 +1346,11 @@ export class Resilient extends EventTarget {
     const resume = this.sessionId ? {
       session_id: this.sessionId,
       lanes: LANES.map((lane) => ({ lane, seq: this.laneSeq[lane] })),
-      channels: [...this.channelSeq].map(([channel_id, seq]) => ({ channel_id, seq })),
+      channels: this.#resumeChannels(),
     } : (this.channelSeq.size ? {
       // No session to resume: catch the channels up from the event log.
       session_id: '00'.repeat(16), lanes: [],
-      channels: [...this.channelSeq].map(([channel_id, seq]) => ({ channel_id, seq })),
+      channels: this.#resumeChannels(),
     } : null);
     const s = await connect(info.url, { token: info.token, certHashes: info.certHashes, wsUrl: info.wsUrl ?? null, device: this.device, resume });
     const resumed = s.ready.type === 'Resumed';
@@ -1337,6 +1367,13 @@ export class Resilient extends EventTarget {
     // followed ones keep their position, so what is caught up after it is delivered.
     const channels = s.ready.guilds.flatMap((g) => g.channels).concat(s.ready.private_channels);
     for (const c of channels) if (c.kind !== 'Voice' && !this.channelSeq.has(c.id)) this.channelSeq.set(c.id, c.last_seq);
+    this.guildChannels = new Set(s.ready.guilds.flatMap((g) => g.channels.map((c) => c.id)));
+    // Guild channels outside the view were not caught up: they stand where the snapshot
+    // says (their history is fetched when they are opened).
+    if (this.viewing) {
+      const viewed = new Set(this.viewing);
+      for (const c of channels) if (this.guildChannels.has(c.id) && !viewed.has(c.id)) this.follow(c.id, c.last_seq);
+    }
     // The snapshot first, then the lanes' events (which are newer than it).
     this.dispatchEvent(new CustomEvent('ready', { detail: { ready: s.ready, resumed } }));
     for (const lane of LANES) {
@@ -1346,6 +1383,12 @@ export class Resilient extends EventTarget {
       this.lanes[lane] = l;
     }
     s.heartbeatLanes = () => LANES.map((lane) => ({ lane, seq: this.laneSeq[lane] }));
+    // A new session takes every channel until told otherwise: say the view again, first
+    // (an exact resume kept it).
+    if (!resumed && this.viewing && !this.pending.some((p) => !p.sent && p.body.type === 'ViewChannels')) {
+      this.lanes.Chat.request({ type: 'ViewChannels', channel_ids: this.viewing })
+        .catch((e) => console.warn('quaver: the channel view was not taken again', e));
+    }
     return { s, resumed };
   }
 

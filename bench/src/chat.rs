@@ -40,6 +40,22 @@ pub(crate) struct ChatRun {
     pub(crate) network_check: Option<Duration>,
     /// The ACK delay the clients ask of the server (`None`: the server's own).
     pub(crate) ack_delay: Option<Duration>,
+    /// Passive sessions: this share of the sessions (the senders among them) view the
+    /// channel, the others say they view none and get its activity coalesced (`None`:
+    /// nobody says anything — everyone gets everything).
+    pub(crate) viewing: Option<f64>,
+}
+
+impl ChatRun {
+    /// Sessions that get the channel's messages.
+    pub(crate) fn viewers(&self) -> usize {
+        match self.viewing {
+            None => self.sessions,
+            Some(share) => {
+                ((self.sessions as f64 * share).ceil() as usize).clamp(self.senders.min(self.sessions), self.sessions)
+            }
+        }
+    }
 }
 
 impl ChatRun {
@@ -74,6 +90,10 @@ pub(crate) struct ChatResult {
     pub(crate) udp_drops: u64,
     /// API runs: how long each post took to be answered (µs).
     pub(crate) api_call: Option<Percentiles>,
+    /// `ChannelActivity` events the sessions received (passive runs).
+    pub(crate) activity: u64,
+    /// The server's resident memory at the end of the run (one node; 0 in clusters).
+    pub(crate) server_rss: u64,
 }
 
 impl ChatResult {
@@ -123,6 +143,10 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
     if r.client_loops > 0 && r.transport == Transport::Quic {
         return on_swarm(setup, chat, ch, &invite, r, None).await;
     }
+    anyhow::ensure!(
+        r.viewing.is_none(),
+        "passive runs (--viewing) need raw QUIC receivers on client loops"
+    );
     let sessions = setup.members(r.sessions, 1000, &invite).await?;
     // Warm-up barrier: one message everyone must receive before the clock starts, so the
     // measurement is not skewed by the set-up's own traffic still in flight.
@@ -263,6 +287,8 @@ pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::R
         latency: percentiles(lat),
         udp_drops: m.udp_drops,
         api_call: None,
+        activity: 0,
+        server_rss: 0,
     })
 }
 
@@ -356,7 +382,9 @@ async fn on_swarm(
     use std::sync::atomic::Ordering::Relaxed;
 
     use crate::swarm::{Sending, Swarm};
-    let swarm = Swarm::open(&setup, 1000, r.sessions, r.client_loops, invite, None).await?;
+    let viewers = r.viewers();
+    let viewing = r.viewing.map(|_| crate::swarm::Viewing { channel: ch, viewers });
+    let swarm = Swarm::open(&setup, 1000, r.sessions, r.client_loops, invite, None, viewing).await?;
     let p = swarm.progress.clone();
     if chat.request(warm_up(ch, setup.nonce_base)).await?.is_err() {
         swarm.stop();
@@ -418,7 +446,7 @@ async fn on_swarm(
             sending = Some(start.elapsed().as_secs_f64());
         }
         let answered = acked + refused;
-        let all_in = p.delivered.load(Relaxed) >= acked * r.sessions as u64;
+        let all_in = p.delivered.load(Relaxed) >= acked * viewers as u64;
         if (sending.is_some() && answered >= sent && all_in) || Instant::now() > limit {
             break;
         }
@@ -426,6 +454,13 @@ async fn on_swarm(
     }
     let report = swarm.report().await?;
     let m = meter.stop(&setup);
+    let server_rss = if r.nodes == 1 { setup.server.rss_bytes() } else { 0 };
+    if r.viewing.is_some() {
+        eprintln!(
+            "{viewers} of {} sessions view the channel; the others received {} ChannelActivity events",
+            r.sessions, report.activity
+        );
+    }
     eprintln!(
         "clients received {} UDP datagrams and sent {} ACK frames for {} deliveries; load generator CPU {:.2} µs per delivery ({} client loops); {} sessions lost, {} sends refused",
         report.datagrams,
@@ -452,7 +487,7 @@ async fn on_swarm(
     setup.stop().await;
     Ok(ChatResult {
         sent,
-        expected: sent * r.sessions as u64,
+        expected: sent * viewers as u64,
         delivered: report.first,
         duplicates: report.duplicates,
         per_sec: report.first as f64 / sending.unwrap_or(r.seconds).max(1e-9),
@@ -462,5 +497,7 @@ async fn on_swarm(
         latency: percentiles(report.latency),
         udp_drops: m.udp_drops,
         api_call,
+        activity: report.activity,
+        server_rss,
     })
 }

@@ -436,6 +436,11 @@ struct ChatArgs {
     /// The ACK delay the clients ask of the server (raw QUIC), ms [default: the client's, 5].
     #[arg(long)]
     client_ack_delay_ms: Option<f64>,
+    /// Passive sessions (`ViewChannels`): this share of the sessions (0–1; the senders among
+    /// them) view the channel, the others declare a view without it and get its activity
+    /// coalesced. Without it nobody declares a view: everyone gets every message.
+    #[arg(long)]
+    viewing: Option<f64>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -1251,6 +1256,7 @@ async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
                 ack_delay: a
                     .client_ack_delay_ms
                     .map(|ms| Duration::from_secs_f64(ms.max(1.0) / 1e3)),
+                viewing: a.viewing.map(|v| v.clamp(0.0, 1.0)),
             };
             let r = chat::run(&bin, run).await?;
             if a.nodes > 1 || a.cluster_services {
@@ -1292,6 +1298,7 @@ async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
                 "nodes": a.nodes, "node_cpu_seconds": r.node_cpu_seconds, "redis_cpu_seconds": r.redis_cpu_seconds,
                 "udp_receive_drops": r.udp_drops,
                 "latency_us": {"p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99, "p99.9": r.latency.p999, "max": r.latency.max},
+                "viewing": a.viewing, "activity_events": r.activity, "server_rss_bytes": r.server_rss,
             });
             println!("{json}");
             if r.udp_drops > 0 {

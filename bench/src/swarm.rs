@@ -35,6 +35,8 @@ use quinn_proto::{ConnectionHandle, Dir, StreamId};
 const HANDSHAKES: usize = 32;
 /// Request id of the `JoinGuild` on each chat lane; sends count up from the next.
 const JOIN_ID: u32 = 1;
+/// Request id of the `ViewChannels` a session sends after joining, when the run has a view.
+const VIEW_ID: u32 = u32::MAX;
 /// Largest frame taken from the server (a `Ready` can be large).
 const MAX_FRAME: usize = 16 << 20;
 
@@ -49,6 +51,19 @@ pub(crate) struct Member {
     pub(crate) config: quinn_proto::ClientConfig,
     /// Its place among all the run's sessions (the first `senders` send).
     pub(crate) index: usize,
+    /// The channels it says it views after joining (`ViewChannels`); `None`: it says
+    /// nothing and gets every channel.
+    pub(crate) view: Option<Vec<u64>>,
+}
+
+/// Which sessions of a run view the busy channel (passive sessions, issue 28 item 4): the
+/// first `viewers` say they view `channel`, the others that they view no channel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Viewing {
+    /// The busy channel.
+    pub(crate) channel: u64,
+    /// How many sessions view it (the first, by index).
+    pub(crate) viewers: usize,
 }
 
 /// What every loop's sessions have reached, read by the bench while it waits.
@@ -58,8 +73,11 @@ pub(crate) struct Progress {
     pub(crate) joined: AtomicUsize,
     /// Sessions that ended before that (refused, lost, closed).
     pub(crate) failed: AtomicUsize,
-    /// Sessions that received the warm-up message (channel seq 1).
+    /// Sessions that received the warm-up message (channel seq 1), or word of it in a
+    /// `ChannelActivity` (a session that does not view the channel).
     pub(crate) warmed: AtomicUsize,
+    /// `ChannelActivity` events received after the warm-up, over all sessions.
+    pub(crate) activity: AtomicU64,
     /// First copies received after the warm-up, over all sessions.
     pub(crate) delivered: AtomicU64,
     /// Messages sent.
@@ -124,6 +142,8 @@ pub(crate) struct Report {
     pub(crate) datagrams: u64,
     /// ACK frames they sent.
     pub(crate) acks: u64,
+    /// `ChannelActivity` events received after the warm-up.
+    pub(crate) activity: u64,
     /// Voice, per listener and speaker heard: what a playout buffer of
     /// [`Speaking::buffer`] made of the speaker's frames.
     pub(crate) streams: Vec<Playout>,
@@ -377,6 +397,22 @@ impl Sessions {
         let now = io.now();
         let s = &mut self.sessions[i];
         match msg {
+            ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining && s.member.view.is_some() => {
+                // Joined when the view is in place (before the warm-up is sent).
+                let view = Request {
+                    id: VIEW_ID,
+                    body: RequestBody::ViewChannels {
+                        channel_ids: s.member.view.clone(),
+                    },
+                };
+                if let Some((id, _, out)) = &mut s.lane {
+                    out.push(io, *id, |b| encode_frame(&view, b));
+                }
+            }
+            ServerLane::Ack { id: VIEW_ID, .. } if s.phase == Phase::Joining => {
+                s.phase = Phase::Joined;
+                self.progress.joined.fetch_add(1, Ordering::Relaxed);
+            }
             ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
                 let Some(channel_id) = self.voice_channel else {
                     s.phase = Phase::Joined;
@@ -410,7 +446,9 @@ impl Sessions {
                 s.voice = Some((id, FrameReader::new(MAX_FRAME), out));
                 s.phase = Phase::JoiningVoice;
             }
-            ServerLane::Error { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
+            ServerLane::Error {
+                id: JOIN_ID | VIEW_ID, ..
+            } if s.phase == Phase::Joining => {
                 s.phase = Phase::Done;
                 self.progress.failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -447,6 +485,20 @@ impl Sessions {
                 } else {
                     self.report.duplicates += 1;
                 }
+            }
+            ServerLane::Event {
+                body: EventBody::ChannelActivity { channels },
+                ..
+            } => {
+                if !s.warmed {
+                    if channels.iter().any(|c| c.seq >= 1) {
+                        s.warmed = true;
+                        self.progress.warmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                self.report.activity += 1;
+                self.progress.activity.fetch_add(1, Ordering::Relaxed);
             }
             ServerLane::Event { .. } => {}
         }
@@ -848,6 +900,7 @@ impl Swarm {
         loops: usize,
         invite: &str,
         voice: Option<(u64, bool)>,
+        viewing: Option<Viewing>,
     ) -> anyhow::Result<Self> {
         use Ordering::Relaxed;
         let swarm = Swarm::start(loops, invite, voice)?;
@@ -868,6 +921,7 @@ impl Swarm {
                 addr: cfg.addr,
                 config,
                 index,
+                view: viewing.map(|v| if index < v.viewers { vec![v.channel] } else { Vec::new() }),
             });
         }
         swarm.join(members);
@@ -930,6 +984,7 @@ impl Swarm {
             all.latency.extend(r.latency);
             all.datagrams += r.datagrams;
             all.acks += r.acks;
+            all.activity += r.activity;
             all.streams.extend(r.streams);
         }
         Ok(all)

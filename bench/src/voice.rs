@@ -240,6 +240,7 @@ async fn on_swarm(setup: Setup, channel: u64, invite: &str, r: VoiceRun) -> anyh
         r.client_loops,
         invite,
         Some((channel, r.redundancy)),
+        None,
     )
     .await?;
     let rtc = if webrtc > 0 {

@@ -648,6 +648,17 @@ pub enum RequestBody {
         /// Accept datagrams with a redundancy block.
         redundancy: bool,
     },
+    /// Chat lane: which guild channels this session is looking at. `Some(ids)`: only those
+    /// channels' events (messages, edits, deletions, reactions; typing on the typing lane)
+    /// come as they happen; for the session's other guild channels it gets a coalesced
+    /// [`EventBody::ChannelActivity`] at most every couple of seconds, and mentions as
+    /// notifications at once. DMs and group DMs always come whole. `None` (the default of
+    /// every new session): every channel. At most 100 ids. Holds for the session (an exact
+    /// resume keeps it; a new session starts from `None`). Since protocol 2.
+    ViewChannels {
+        /// The channels viewed, or `None` for all.
+        channel_ids: Option<Vec<u64>>,
+    },
 }
 
 impl RequestBody {
@@ -1365,6 +1376,15 @@ pub enum EventBody {
         guild_id: u64,
         /// The channel to join.
         channel_id: u64,
+    },
+    /// Chat lane, to a session that declared the channels it views
+    /// ([`RequestBody::ViewChannels`]): guild channels it does not view had events it was
+    /// not sent; each entry is a channel and its newest seq so far (mark it unread when that
+    /// is past your read position; open it to fetch its history). Coalesced: at most one
+    /// every couple of seconds per session. Since protocol 2.
+    ChannelActivity {
+        /// The channels, each with its newest seq.
+        channels: Vec<ChannelSeq>,
     },
 }
 

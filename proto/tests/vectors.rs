@@ -518,6 +518,31 @@ fn vectors() -> Vec<Vector> {
             json!({"id": 5, "body": {"type": "SetVoiceOptions", "redundancy": true}}),
         ),
         v(
+            "request_view_channels",
+            "Request",
+            Request {
+                id: 6,
+                body: RequestBody::ViewChannels {
+                    channel_ids: Some(vec![8, 300]),
+                },
+            },
+            json!({"id": 6, "body": {"type": "ViewChannels", "channel_ids": ["8", "300"]}}),
+        ),
+        v(
+            "event_channel_activity",
+            "ServerLane",
+            ServerLane::Event {
+                seq: 5,
+                body: EventBody::ChannelActivity {
+                    channels: vec![ChannelSeq {
+                        channel_id: 9,
+                        seq: 1000,
+                    }],
+                },
+            },
+            json!({"type": "Event", "seq": 5, "body": {"type": "ChannelActivity", "channels": [{"channel_id": "9", "seq": 1000}]}}),
+        ),
+        v(
             "ack_voice_joined_webrtc",
             "ServerLane",
             ServerLane::Ack {

@@ -483,7 +483,10 @@ impl Chat {
             | R::ServerDeafen { .. }
             | R::MoveMember { .. }
             | R::VoiceStats
-            | R::SetVoiceOptions { .. } => Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a chat request").into()),
+            | R::SetVoiceOptions { .. }
+            | R::ViewChannels { .. } => {
+                Err(ErrorBody::new(ErrorCode::WRONG_LANE, "not a request chat handles (the session's own)").into())
+            }
             m @ (R::SendMessage { .. }
             | R::EditMessage { .. }
             | R::DeleteMessage { .. }

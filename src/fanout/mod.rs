@@ -88,6 +88,9 @@ pub struct FanoutCounters {
     pub gaps: AtomicU64,
     /// Newest-wins envelopes older than one already delivered (dropped).
     pub stale: AtomicU64,
+    /// Sessions not sent a channel's message or typing event because they do not view the
+    /// channel (`ViewChannels`): told in a coalesced `ChannelActivity` instead.
+    pub passive: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -308,7 +311,7 @@ impl Fanout {
             let st = self.state();
             (st.index.topic_count(), st.order.held(), st.order.len())
         };
-        let rows: [(&str, &str, &str, f64); 20] = [
+        let rows: [(&str, &str, &str, f64); 21] = [
             (
                 "quaver_bus_up",
                 "gauge",
@@ -416,6 +419,12 @@ impl Fanout {
                 "counter",
                 "Presence updates older than one already delivered (dropped).",
                 self.counters.stale.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_passive_total",
+                "counter",
+                "Channel messages and typing not sent to a session that does not view the channel (reported in ChannelActivity).",
+                self.counters.passive.load(Relaxed) as f64,
             ),
             (
                 "quaver_fanout_held",
@@ -1041,18 +1050,37 @@ impl Fanout {
                 viewers.iter().copied().filter(|u| ix.follows(topic, *u)).collect()
             }
         };
-        let mut n = 0;
+        // A guild channel's messages and typing reach only the sessions that view it (or
+        // declared no view); the others are told of its messages in a coalesced
+        // `ChannelActivity` (`gateway::view`). Its other events (voice states, application
+        // events, a `Gap`) go to every viewer.
+        let passive = match (channel, e.lane) {
+            (Some(c), Lane::Chat) => e.order.map(|(_, seq)| (c, Some(seq))),
+            (Some(c), Lane::Typing) => Some((c, None)),
+            _ => None,
+        };
+        let (mut n, mut held) = (0, 0);
+        let now = Instant::now();
         // Sessions on the engine: one wake-up of the loop for all of them.
         let _batch = crate::engine::Batch::begin();
         for u in users {
             if Some(u) == except {
                 continue;
             }
-            sessions.push_to_user(u, e.lane, &e.event);
+            match passive {
+                None => sessions.push_to_user(u, e.lane, &e.event),
+                Some((c, seq)) => {
+                    let (_, h) = sessions.push_channel_to_user(u, e.lane, c, seq, &e.event, now);
+                    held += h;
+                }
+            }
             n += 1;
         }
         self.counters.envelopes.fetch_add(1, Relaxed);
         self.counters.deliveries.fetch_add(n, Relaxed);
+        if held > 0 {
+            self.counters.passive.fetch_add(held, Relaxed);
+        }
     }
 }
 

@@ -75,6 +75,21 @@ pub async fn request(
             ctx.limiter.check(user, Kind::Voice)?;
             Ok(voice_request(ctx, session, voice_port, voice).await?)
         }
+        RequestBody::ViewChannels { channel_ids } => {
+            if let Some(ids) = &channel_ids
+                && ids.len() > super::view::MAX_VIEWED
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::TOO_LARGE,
+                    format!("at most {} channels in a view", super::view::MAX_VIEWED),
+                )
+                .into());
+            }
+            // Channels the user cannot see are harmless here: a view only narrows what the
+            // session is sent.
+            session.set_view(channel_ids);
+            Ok(ResponseBody::Done)
+        }
         RequestBody::TypingStart { channel_id } => {
             ctx.limiter.check(user, Kind::Typing)?;
             let guild = ctx.chat.check(user, channel_id, Perms::SEND_MESSAGES).await?;

@@ -13,6 +13,7 @@ pub mod machine;
 pub mod replay;
 pub mod session;
 pub mod timers;
+pub mod view;
 pub mod wire;
 pub mod ws;
 pub mod wt;
@@ -91,6 +92,8 @@ struct Inner {
     replay: ReplayBuffer,
     /// While detached: when the session is forgotten.
     detached_until: Option<Instant>,
+    /// The channels it views (`ViewChannels`) and the activity held back elsewhere.
+    view: view::View,
 }
 
 /// A session: its identity, event numbering and replay buffer, and the connection it is
@@ -151,6 +154,7 @@ impl SessionHandle {
                 opened: [false; 5],
                 replay: ReplayBuffer::new(limits),
                 detached_until: None,
+                view: view::View::default(),
             }),
             acked: Default::default(),
             chosen: Mutex::new(None),
@@ -290,7 +294,59 @@ impl SessionHandle {
     /// kept for replay, and written now if the lane is open. A full writer queue closes the
     /// session as a slow consumer (it can resume and get the rest from the buffer).
     pub fn push_event(&self, lane: Lane, body: Bytes) {
+        Self::push_locked(&mut self.lock(), lane, body);
+    }
+
+    /// Queues an event about guild channel `channel` (`seq`: a chat-lane channel event's
+    /// seq; typing has none): as [`push_event`](Self::push_event) if the session views the
+    /// channel; else a chat event is held back for a coalesced `ChannelActivity` and anything
+    /// else is dropped. Returns whether it was queued, and when to call
+    /// [`report_activity`](Self::report_activity) if a report must wait.
+    pub fn push_channel_event(
+        &self,
+        lane: Lane,
+        channel: u64,
+        seq: Option<u64>,
+        body: &Bytes,
+        now: Instant,
+    ) -> (bool, Option<Instant>) {
         let mut g = self.lock();
+        if g.view.views(channel) {
+            Self::push_locked(&mut g, lane, body.clone());
+            return (true, None);
+        }
+        let Some(seq) = seq.filter(|_| lane == Lane::Chat) else {
+            return (false, None);
+        };
+        match g.view.hold(channel, seq, now) {
+            view::Report::Now => {
+                Self::report_locked(&mut g, now);
+                (false, None)
+            }
+            view::Report::At(at) => (false, Some(at)),
+            view::Report::Scheduled => (false, None),
+        }
+    }
+
+    /// Sends the `ChannelActivity` held back, if any (its time has come).
+    pub fn report_activity(&self, now: Instant) {
+        Self::report_locked(&mut self.lock(), now);
+    }
+
+    fn report_locked(g: &mut Inner, now: Instant) {
+        let channels = g.view.take_report(now);
+        if !channels.is_empty() {
+            let body = quaver_proto::codec::encode_payload(&quaver_proto::EventBody::ChannelActivity { channels });
+            Self::push_locked(g, Lane::Chat, body.into());
+        }
+    }
+
+    /// Sets the guild channels the session views (`None`: all).
+    pub fn set_view(&self, channels: Option<Vec<u64>>) {
+        self.lock().view.set(channels);
+    }
+
+    fn push_locked(g: &mut Inner, lane: Lane, body: Bytes) {
         let seq = g.sent[lane.index()] + 1;
         g.sent[lane.index()] = seq;
         g.replay.push(lane, seq, body.clone(), Instant::now());
@@ -427,6 +483,8 @@ pub enum VoiceAction {
 #[derive(Debug, Default)]
 pub struct Sessions {
     inner: Mutex<SessionMaps>,
+    /// `ChannelActivity` reports that wait for their time: (when, session).
+    reports: Mutex<Vec<(Instant, std::sync::Weak<SessionHandle>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -478,6 +536,66 @@ impl Sessions {
                 h.push_event(lane, event.clone());
             }
         }
+    }
+
+    /// Queues an event about guild channel `channel` for every session of `user`
+    /// ([`SessionHandle::push_channel_event`]: held back from sessions that do not view the
+    /// channel). Returns how many sessions got it and how many did not.
+    pub fn push_channel_to_user(
+        &self,
+        user: UserId,
+        lane: Lane,
+        channel: u64,
+        seq: Option<u64>,
+        event: &Bytes,
+        now: Instant,
+    ) -> (u64, u64) {
+        let (mut sent, mut held) = (0, 0);
+        let mut later = Vec::new();
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
+                if queued {
+                    sent += 1;
+                } else {
+                    held += 1;
+                }
+                if let Some(at) = report_at {
+                    later.push((at, Arc::downgrade(h)));
+                }
+            }
+        }
+        if !later.is_empty() {
+            self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
+        }
+        (sent, held)
+    }
+
+    /// Sends the `ChannelActivity` reports whose time has come; returns how many sessions
+    /// were due.
+    pub fn report_due(&self, now: Instant) -> usize {
+        let due: Vec<std::sync::Weak<SessionHandle>> = {
+            let mut r = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_empty() {
+                return 0;
+            }
+            let mut due = Vec::new();
+            r.retain(|(at, h)| {
+                if *at <= now {
+                    due.push(h.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due
+        };
+        for h in &due {
+            if let Some(h) = h.upgrade() {
+                h.report_activity(now);
+            }
+        }
+        due.len()
     }
 
     /// Forgets detached sessions whose resume window has passed; returns their users (one

@@ -269,9 +269,26 @@ test('unread badges and a new-messages line, friends found by name, a DM, quiet 
   await sendText(ada, 'over here @bob');
   await until('bob sees random unread with one mention', () => bob.$('#channels .channel.unread[data-name="random"] .mentions:has-text("1")'));
   assert.match(await bob.textContent('#channels .channel[data-name="random"] .visually-hidden'), /1 mention/, 'said to screen readers too');
+  // Bob's page views general only (PROTOCOL.md "Viewing channels"): random's messages were
+  // not sent to it — its activity and the mention's notification were.
+  const passiveState = () => bob.evaluate(() => {
+    const S = window.quaverApp;
+    const random = [...S.guilds.values()].flatMap((g) => [...g.channels.values()]).find((c) => c.name === 'random');
+    return { viewing: S.client.viewing, random: random.id, general: S.channel, held: S.messages.get(random.id)?.byId.size ?? 0, last: random.last_seq };
+  });
+  // The first report comes at once, the next within the 2 s coalescing interval.
+  await until("random's activity says where it stands", async () => (await passiveState()).last === 2);
+  const passive = await passiveState();
+  assert.deepEqual(passive.viewing, [passive.general], 'the page says it views the channel it shows');
+  assert.equal(passive.held, 0, "random's messages did not come to a page that does not view it");
   await bob.click('#channels .channel[data-name="random"]');
   await until('reading clears it', async () => !(await bob.$('#channels .channel.unread[data-name="random"]')));
   await bob.waitForSelector('#messages .new-divider');
+  await until('opening it fetched what was held back', async () => {
+    const texts = (await shown(bob)).map((m) => m.text);
+    return texts.includes('first in random') && texts.some((t) => t.startsWith('over here'));
+  });
+  assert.deepEqual(await bob.evaluate(() => window.quaverApp.client.viewing), [passive.random], 'and now views it');
   // No toast for the conversation in view: ada replies to bob while he reads random.
   const toastsBefore = await bob.$$eval('#toasts .toast', (t) => t.length);
   await sendText(ada, 'still here @bob');

@@ -1,0 +1,171 @@
+//! Passive sessions: which guild channels a session looks at (`ViewChannels`), and what it is
+//! told about the others.
+//!
+//! A session that declares the channels it views gets those channels' events as they happen
+//! and, for its other guild channels, a coalesced `ChannelActivity` (each such channel and its
+//! newest seq) — the first at once, then at most one per [`ACTIVITY_EVERY`]. A client in a
+//! 10,000-member guild thus receives the one busy channel it has open, not every channel's
+//! every message: deliveries are what cost a server per user (a packet and an ACK each), and
+//! most members of a large guild are not looking at the channel that is talking. Mentions
+//! still come at once, as notifications (notifications lane), and DMs are never held back
+//! (their envelopes carry no channel audience). Nothing is lost: every event is stored and
+//! sequenced as before, and opening a channel fetches its history.
+//!
+//! This is state, not I/O: [`View`] decides, the session handle applies it under its lock.
+
+use std::time::{Duration, Instant};
+
+use quaver_proto::ChannelSeq;
+
+/// Most channels one `ViewChannels` may name (a client shows a handful at once).
+pub const MAX_VIEWED: usize = 100;
+
+/// Least time between two `ChannelActivity` events to one session.
+pub const ACTIVITY_EVERY: Duration = Duration::from_secs(2);
+
+/// What to do about an activity report after an event was held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Send one now ([`View::take_report`]).
+    Now,
+    /// Send one at this time (the caller schedules it; [`View::take_report`] then).
+    At(Instant),
+    /// One is already scheduled.
+    Scheduled,
+}
+
+/// A session's view: the channels it takes live, and the activity held back elsewhere.
+#[derive(Debug, Default)]
+pub struct View {
+    /// `None`: every channel (the default). Otherwise sorted, without repeats.
+    only: Option<Vec<u64>>,
+    /// Channels with events held back since the last report: (channel, newest seq), sorted
+    /// by channel.
+    held: Vec<(u64, u64)>,
+    /// When the last report was taken.
+    last_report: Option<Instant>,
+    /// A report is due at a time the caller was told ([`Report::At`]).
+    scheduled: bool,
+}
+
+impl View {
+    /// Sets the channels viewed (`None`: all). A channel now viewed is no longer reported:
+    /// its events come whole from here on (the client fetches what came before).
+    pub fn set(&mut self, only: Option<Vec<u64>>) {
+        self.only = only.map(|mut ids| {
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        });
+        // With `None`, what was held back is still reported (it was not sent), at the
+        // report already scheduled.
+        if let Some(ids) = &self.only {
+            self.held.retain(|(c, _)| ids.binary_search(c).is_err());
+        }
+    }
+
+    /// Whether `channel`'s events go to the session as they happen.
+    pub fn views(&self, channel: u64) -> bool {
+        self.only.as_ref().is_none_or(|ids| ids.binary_search(&channel).is_ok())
+    }
+
+    /// Whether the session declared a view (is passive for the channels outside it).
+    pub fn is_declared(&self) -> bool {
+        self.only.is_some()
+    }
+
+    /// Remembers that `channel` had event `seq`, not sent; says when to report.
+    pub fn hold(&mut self, channel: u64, seq: u64, now: Instant) -> Report {
+        match self.held.binary_search_by_key(&channel, |(c, _)| *c) {
+            Ok(i) => self.held[i].1 = self.held[i].1.max(seq),
+            Err(i) => self.held.insert(i, (channel, seq)),
+        }
+        if self.scheduled {
+            return Report::Scheduled;
+        }
+        match self.last_report {
+            Some(last) if now < last + ACTIVITY_EVERY => {
+                self.scheduled = true;
+                Report::At(last + ACTIVITY_EVERY)
+            }
+            _ => Report::Now,
+        }
+    }
+
+    /// The activity to report now (empty: nothing to say), taken: the next report comes
+    /// no sooner than [`ACTIVITY_EVERY`] after this one.
+    pub fn take_report(&mut self, now: Instant) -> Vec<ChannelSeq> {
+        self.scheduled = false;
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        self.last_report = Some(now);
+        self.held
+            .drain(..)
+            .map(|(channel_id, seq)| ChannelSeq { channel_id, seq })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chans(r: &[ChannelSeq]) -> Vec<(u64, u64)> {
+        r.iter().map(|c| (c.channel_id, c.seq)).collect()
+    }
+
+    #[test]
+    fn a_session_that_declares_nothing_views_every_channel() {
+        let v = View::default();
+        assert!(v.views(1) && v.views(u64::MAX));
+        assert!(!v.is_declared());
+    }
+
+    #[test]
+    fn a_declared_view_takes_only_its_channels_and_none_means_all_again() {
+        let mut v = View::default();
+        v.set(Some(vec![9, 3, 9]));
+        assert!(v.views(3) && v.views(9) && !v.views(4));
+        v.set(Some(Vec::new()));
+        assert!(!v.views(3), "an empty view takes no guild channel live");
+        v.set(None);
+        assert!(v.views(4));
+    }
+
+    #[test]
+    fn the_first_report_goes_at_once_and_later_ones_coalesce_to_one_per_interval() {
+        let t0 = Instant::now();
+        let mut v = View::default();
+        v.set(Some(vec![1]));
+        assert_eq!(v.hold(2, 10, t0), Report::Now);
+        assert_eq!(chans(&v.take_report(t0)), [(2, 10)]);
+        // Within the interval: one report, scheduled for its end, carrying the newest seqs.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(v.hold(2, 11, t1), Report::At(t0 + ACTIVITY_EVERY));
+        assert_eq!(v.hold(5, 3, t1), Report::Scheduled);
+        assert_eq!(v.hold(2, 12, t1), Report::Scheduled);
+        let t2 = t0 + ACTIVITY_EVERY;
+        assert_eq!(chans(&v.take_report(t2)), [(2, 12), (5, 3)]);
+        // Quiet for longer than the interval: the next is at once again.
+        let t3 = t2 + ACTIVITY_EVERY * 3;
+        assert_eq!(v.hold(2, 13, t3), Report::Now);
+    }
+
+    #[test]
+    fn a_channel_opened_is_not_reported_any_more() {
+        let t0 = Instant::now();
+        let mut v = View::default();
+        v.set(Some(Vec::new()));
+        assert_eq!(v.hold(2, 1, t0), Report::Now);
+        v.take_report(t0);
+        assert_eq!(v.hold(2, 2, t0), Report::At(t0 + ACTIVITY_EVERY));
+        v.set(Some(vec![2]));
+        assert!(
+            v.take_report(t0 + ACTIVITY_EVERY).is_empty(),
+            "its events now come whole"
+        );
+        // An empty report does not count as one: the next hold reports at once.
+        assert_eq!(v.hold(3, 1, t0 + ACTIVITY_EVERY), Report::Now);
+    }
+}
