@@ -680,3 +680,106 @@ async fn an_unreachable_server_is_reported_and_requests_have_deadlines() {
     assert!(texts.contains(&"after") && !texts.contains(&"given up"), "{texts:?}");
     drop(a_chat);
 }
+
+/// A session's channel view (`ViewChannels`) is session state: an exact resume keeps it; a
+/// new session of the same user starts with every channel again.
+#[tokio::test]
+async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_everything() {
+    let server = start(fast(config())).await;
+    let a = connect(&client_config(&server, Transport::Quic, Some(token(1))))
+        .await
+        .unwrap();
+    let mut a_chat = a.open_lane(Lane::Chat).await.unwrap();
+    let b = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let mut b_chat = b.open_lane(Lane::Chat).await.unwrap();
+    let (gid, general) = shared_guild(&a, &mut a_chat, vec![&mut b_chat]).await;
+    let ResponseBody::Channel(busy) = req(
+        &mut a_chat,
+        RequestBody::CreateChannel {
+            guild_id: gid,
+            kind: ChannelKind::Text,
+            name: "busy".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("channel")
+    };
+    let view = RequestBody::ViewChannels {
+        channel_ids: Some(vec![general]),
+    };
+    assert_eq!(req(&mut b_chat, view).await, ResponseBody::Done);
+    // The connection is lost (not ended): the session waits for a resume.
+    b.session().close(CloseCode::GOING_AWAY.0, "lost");
+    assert!(eventually(Duration::from_secs(3), || server.ctx.metrics.open_sessions() == 1).await);
+    let mut cfg = client_config(&server, Transport::Quic, Some(token(2)));
+    cfg.resume = Some(ResumeRequest {
+        session_id: b.ready.session_id,
+        lanes: vec![],
+        channels: vec![],
+    });
+    let again = connect(&cfg).await.unwrap();
+    assert!(again.resumed, "an exact resume");
+    let mut again_chat = again.open_lane(Lane::Chat).await.unwrap();
+    let send = |nonce: u64| RequestBody::SendMessage {
+        channel_id: busy.id,
+        nonce,
+        content: "busy".into(),
+        reply_to: None,
+    };
+    req(&mut a_chat, send(1)).await;
+    // The resumed session still views only general: the busy channel's message comes as
+    // activity (the replayed events before it are the set-up's).
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), again_chat.next())
+            .await
+            .expect("an event in time")
+            .unwrap();
+        match e {
+            ServerLane::Event {
+                body: EventBody::ChannelActivity { channels },
+                ..
+            } => {
+                assert_eq!(
+                    channels,
+                    vec![ChannelSeq {
+                        channel_id: busy.id,
+                        seq: 1
+                    }]
+                );
+                break;
+            }
+            ServerLane::Event {
+                body: EventBody::MessageCreated { message, .. },
+                ..
+            } => assert_ne!(message.channel_id, busy.id, "a message of a channel not viewed"),
+            _ => {}
+        }
+    }
+    // A new session of the same user: every channel, until it says otherwise.
+    let fresh = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .unwrap();
+    let mut fresh_chat = fresh.open_lane(Lane::Chat).await.unwrap();
+    req(&mut fresh_chat, RequestBody::Ping { data: vec![] }).await;
+    req(&mut a_chat, send(2)).await;
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), fresh_chat.next())
+            .await
+            .expect("the message in time")
+            .unwrap();
+        if let ServerLane::Event {
+            body: EventBody::MessageCreated { message, .. },
+            ..
+        } = e
+        {
+            assert_eq!(message.channel_id, busy.id);
+            break;
+        }
+    }
+    server.shutdown().await;
+}

@@ -23,6 +23,11 @@ pub const MAX_VIEWED: usize = 100;
 /// Least time between two `ChannelActivity` events to one session.
 pub const ACTIVITY_EVERY: Duration = Duration::from_secs(2);
 
+/// Most a session's later reports are spread past [`ACTIVITY_EVERY`] (per session, fixed):
+/// a message seen by thousands of passive sessions at once reports to all of them at once,
+/// and without a spread their next reports would all fall due in the same instant again.
+pub const ACTIVITY_SPREAD: Duration = Duration::from_millis(500);
+
 /// What to do about an activity report after an event was held back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {
@@ -46,9 +51,20 @@ pub struct View {
     last_report: Option<Instant>,
     /// A report is due at a time the caller was told ([`Report::At`]).
     scheduled: bool,
+    /// This session's share of [`ACTIVITY_SPREAD`].
+    spread: Duration,
 }
 
 impl View {
+    /// A view of every channel; its later reports come `spread` (capped at
+    /// [`ACTIVITY_SPREAD`]) after the interval.
+    pub fn new(spread: Duration) -> Self {
+        Self {
+            spread: spread.min(ACTIVITY_SPREAD),
+            ..Self::default()
+        }
+    }
+
     /// Sets the channels viewed (`None`: all). A channel now viewed is no longer reported:
     /// its events come whole from here on (the client fetches what came before).
     pub fn set(&mut self, only: Option<Vec<u64>>) {
@@ -86,7 +102,7 @@ impl View {
         match self.last_report {
             Some(last) if now < last + ACTIVITY_EVERY => {
                 self.scheduled = true;
-                Report::At(last + ACTIVITY_EVERY)
+                Report::At(last + ACTIVITY_EVERY + self.spread)
             }
             _ => Report::Now,
         }
@@ -150,6 +166,20 @@ mod tests {
         // Quiet for longer than the interval: the next is at once again.
         let t3 = t2 + ACTIVITY_EVERY * 3;
         assert_eq!(v.hold(2, 13, t3), Report::Now);
+    }
+
+    #[test]
+    fn later_reports_are_spread_per_session() {
+        let t0 = Instant::now();
+        let mut v = View::new(Duration::from_millis(300));
+        v.set(Some(Vec::new()));
+        assert_eq!(v.hold(2, 1, t0), Report::Now, "the first is not delayed");
+        v.take_report(t0);
+        assert_eq!(
+            v.hold(2, 2, t0),
+            Report::At(t0 + ACTIVITY_EVERY + Duration::from_millis(300))
+        );
+        assert_eq!(View::new(Duration::from_secs(9)).spread, ACTIVITY_SPREAD, "capped");
     }
 
     #[test]
