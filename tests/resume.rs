@@ -783,3 +783,86 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
     }
     server.shutdown().await;
 }
+
+/// The native client's view (`Resilient::view`) is said again to a new session: after the
+/// window passed and the server forgot the session, a channel outside the view still
+/// arrives as activity, not as messages.
+#[tokio::test]
+async fn the_native_client_says_its_view_again_to_a_new_session() {
+    let mut cfg = fast(config());
+    cfg.session.ping_timeout = Duration::from_millis(600);
+    cfg.session.resume_window = Duration::from_millis(300);
+    let server = start(cfg).await;
+    let (a, mut a_chat, ch) = setup(&server).await;
+    let Ok(Ok(FetchResponse::Guilds { guilds })) = a.fetch(FetchRequest::Guilds).await else {
+        panic!("guilds")
+    };
+    let ResponseBody::Channel(busy) = req(
+        &mut a_chat,
+        RequestBody::CreateChannel {
+            guild_id: guilds[0].guild.id,
+            kind: ChannelKind::Text,
+            name: "busy".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("channel")
+    };
+    let relay = Relay::start(server.quic_addr).await;
+    let mut r = resilient_via(&server, &relay, 2);
+    assert!(matches!(r.next().await, Some(Update::Connected { resumed: false, .. })));
+    assert_eq!(r.view(Some(vec![ch])).await, Ok(ResponseBody::Done));
+    // Cut until the server has forgotten the session: the next one is new.
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(server.ctx.sessions.of_user(2).is_empty(), "forgotten after the window");
+    relay.restore();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.next())
+            .await
+            .expect("reconnected in time")
+        {
+            Some(Update::Connected { resumed, .. }) => {
+                assert!(!resumed, "a new session");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the client stopped"),
+        }
+    }
+    // Requests on the lane are answered in order: once this is, the view said first applies.
+    r.request(RequestBody::Ping { data: vec![] }).await.unwrap();
+    let send = |channel_id: u64, nonce: u64| RequestBody::SendMessage {
+        channel_id,
+        nonce,
+        content: "after".into(),
+        reply_to: None,
+    };
+    req(&mut a_chat, send(busy.id, 1)).await;
+    req(&mut a_chat, send(ch, 100)).await;
+    let mut activity = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.next())
+            .await
+            .expect("events in time")
+        {
+            Some(Update::Event(EventBody::ChannelActivity { channels })) => {
+                assert!(channels.iter().any(|c| c.channel_id == busy.id));
+                activity = true;
+            }
+            Some(Update::Event(EventBody::MessageCreated { message, .. })) => {
+                assert_ne!(message.channel_id, busy.id, "the view was said again");
+                if message.channel_id == ch && message.content == "after" {
+                    break;
+                }
+            }
+            Some(_) => {}
+            None => panic!("the client stopped"),
+        }
+    }
+    assert!(activity, "the busy channel's message came as activity first");
+    server.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //!
 //! One driver task owns the connection; the handle talks to it over channels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use quaver_proto::*;
@@ -137,6 +137,14 @@ impl Resilient {
         self.handle().send_message(channel_id, content).await
     }
 
+    /// Says which guild channels the application shows (PROTOCOL.md "Viewing channels"):
+    /// only their messages and typing come as they happen, the others' as
+    /// `EventBody::ChannelActivity`; `None`: every channel (the default). Said again to every
+    /// new session. After the answer, fetch the history of a channel newly viewed.
+    pub async fn view(&self, channel_ids: Option<Vec<u64>>) -> Result<ResponseBody, ErrorBody> {
+        self.request(RequestBody::ViewChannels { channel_ids }).await
+    }
+
     /// [`Requester::request_within`]: a request with a deadline.
     pub async fn request_within(&self, body: RequestBody, limit: Duration) -> Result<ResponseBody, ErrorBody> {
         self.handle().request_within(body, limit).await
@@ -239,6 +247,11 @@ struct Memory {
     channels: HashMap<u64, u64>,
     /// Requests not yet answered, in the order they were made, with their reply channels.
     pending: Vec<(RequestBody, SendReply)>,
+    /// The guild channels the session views (`ViewChannels`; `None`: all), said again to
+    /// every new session.
+    view: Option<Vec<u64>>,
+    /// Guild channels known (the others followed are DMs), for the resume's channel list.
+    guild_channels: HashSet<u64>,
 }
 
 impl Memory {
@@ -257,12 +270,44 @@ impl Memory {
             channels: self
                 .channels
                 .iter()
+                // With a view, only the channels viewed and DMs: a catch-up of the others
+                // would bring what the view chose not to receive.
+                .filter(|(c, _)| {
+                    self.view
+                        .as_ref()
+                        .is_none_or(|v| v.contains(c) || !self.guild_channels.contains(c))
+                })
                 .map(|(c, s)| ChannelSeq {
                     channel_id: *c,
                     seq: *s,
                 })
                 .collect(),
         })
+    }
+
+    /// Remembers what a request the application makes changes for later sessions.
+    fn note(&mut self, body: &RequestBody) {
+        if let RequestBody::ViewChannels { channel_ids } = body {
+            self.view = channel_ids.clone();
+        }
+    }
+
+    /// Follows what an event says of channel positions and kinds.
+    fn see(&mut self, body: &EventBody) {
+        match body {
+            EventBody::ChannelActivity { channels } => {
+                // Activity of a channel not viewed was not delivered: its position moves on
+                // (opening it fetches its history).
+                for c in channels {
+                    let last = self.channels.entry(c.channel_id).or_insert(0);
+                    *last = (*last).max(c.seq);
+                }
+            }
+            EventBody::ChannelUpdated { channel } if channel.guild_id.is_some() => {
+                self.guild_channels.insert(channel.id);
+            }
+            _ => {}
+        }
     }
 
     /// Learns channel positions from a snapshot (only moving forward where unknown).
@@ -275,6 +320,11 @@ impl Memory {
         {
             self.channels.entry(c.id).or_insert(c.last_seq);
         }
+        self.guild_channels = ready
+            .guilds
+            .iter()
+            .flat_map(|g| g.channels.iter().map(|c| c.id))
+            .collect();
     }
 }
 
@@ -342,7 +392,10 @@ async fn drive(
                             break;
                         },
                         c = cmds.recv() => match c {
-                            Some(Cmd::Request(b, r)) => mem.pending.push((b, r)),
+                            Some(Cmd::Request(b, r)) => {
+                                mem.note(&b);
+                                mem.pending.push((b, r));
+                            }
                             Some(Cmd::Rebind(r)) => { let _ = r.send(Err(Error::Transport("not connected".into()))); }
                             Some(Cmd::NetworkChanged) => {
                                 attempt = 0;
@@ -390,6 +443,22 @@ async fn run_connection(
     // so a message's nonce is reused and the server answers with the original.
     let mut in_flight: HashMap<u32, (RequestBody, SendReply)> = HashMap::new();
     mem.pending.retain(|(_, reply)| !reply.is_closed());
+    // A new session takes every channel until told otherwise: the view goes first (its
+    // answer is nobody's; an exact resume kept it, and a view waiting in `pending` says it).
+    if !client.resumed
+        && mem.view.is_some()
+        && !mem
+            .pending
+            .iter()
+            .any(|(b, _)| matches!(b, RequestBody::ViewChannels { .. }))
+        && let Err(e) = chat
+            .send(RequestBody::ViewChannels {
+                channel_ids: mem.view.clone(),
+            })
+            .await
+    {
+        return Err(e.to_string());
+    }
     let mut queue = std::mem::take(&mut mem.pending).into_iter();
     let mut result: Result<(), String> = Ok(());
     for (body, reply) in queue.by_ref() {
@@ -455,6 +524,7 @@ async fn serve(
                         }
                         *last = cseq;
                     }
+                    mem.see(&body);
                     if let EventBody::Gap { channel_id, resumes_at, .. } = &body {
                         // Events before `resumes_at` are gone; the position moves past the hole.
                         let last = mem.channels.entry(*channel_id).or_insert(0);
@@ -507,15 +577,18 @@ async fn serve(
                 }
             }
             c = cmds.recv() => match c {
-                Some(Cmd::Request(body, reply)) => match chat.send(body.clone()).await {
-                    Ok(id) => {
-                        in_flight.insert(id, (body, reply));
+                Some(Cmd::Request(body, reply)) => {
+                    mem.note(&body);
+                    match chat.send(body.clone()).await {
+                        Ok(id) => {
+                            in_flight.insert(id, (body, reply));
+                        }
+                        Err(e) => {
+                            mem.pending.push((body, reply));
+                            return Err(e.to_string());
+                        }
                     }
-                    Err(e) => {
-                        mem.pending.push((body, reply));
-                        return Err(e.to_string());
-                    }
-                },
+                }
                 Some(Cmd::Rebind(r)) => {
                     let _ = r.send(client.rebind().map(|_| ()));
                 }
@@ -552,5 +625,40 @@ mod tests {
             }
         }
         assert_eq!(b.delay(0, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn with_a_view_a_resume_lists_the_channels_viewed_and_dms_and_activity_moves_positions() {
+        let mut m = Memory {
+            session_id: Some(SessionId([1; 16])),
+            ..Memory::default()
+        };
+        m.channels.extend([(10, 5), (11, 7), (99, 2)]);
+        m.guild_channels.extend([10, 11]);
+        let listed = |m: &Memory| {
+            let mut c: Vec<(u64, u64)> = m
+                .resume()
+                .expect("a session to resume")
+                .channels
+                .iter()
+                .map(|c| (c.channel_id, c.seq))
+                .collect();
+            c.sort_unstable();
+            c
+        };
+        assert_eq!(listed(&m), [(10, 5), (11, 7), (99, 2)], "no view: every channel");
+        m.note(&RequestBody::ViewChannels {
+            channel_ids: Some(vec![10]),
+        });
+        assert_eq!(listed(&m), [(10, 5), (99, 2)], "the channel viewed and the DM");
+        m.see(&EventBody::ChannelActivity {
+            channels: vec![ChannelSeq {
+                channel_id: 11,
+                seq: 40,
+            }],
+        });
+        assert_eq!(m.channels[&11], 40);
+        m.note(&RequestBody::ViewChannels { channel_ids: None });
+        assert_eq!(listed(&m), [(10, 5), (11, 40), (99, 2)]);
     }
 }
