@@ -452,6 +452,68 @@ async fn typing_notifications_and_read_states_cross_nodes() {
     b.shutdown().await;
 }
 
+/// A session's channel view across nodes: a message posted on node a in a channel that a
+/// session on node b does not view reaches it as `ChannelActivity`, not as the message; the
+/// viewed channel's messages come whole.
+#[tokio::test]
+async fn a_channel_view_holds_back_what_another_node_publishes() {
+    let hub = quaver::cluster::pubsub::MemoryHub::new();
+    let (a, b) = hub_nodes(&hub).await;
+    let (c1, mut l1) = user(&a, 1).await;
+    let (_c2, mut l2) = user(&b, 2).await;
+    let (guild, general) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
+    let Ok(ResponseBody::Channel(busy)) = req(
+        &mut l1,
+        RequestBody::CreateChannel {
+            guild_id: guild,
+            kind: ChannelKind::Text,
+            name: "busy".into(),
+            topic: String::new(),
+            user_limit: 0,
+        },
+    )
+    .await
+    else {
+        panic!("channel")
+    };
+    let view = RequestBody::ViewChannels {
+        channel_ids: Some(vec![general]),
+    };
+    assert_eq!(req(&mut l2, view).await, Ok(ResponseBody::Done));
+    req(&mut l1, send(busy.id, 1, "elsewhere")).await.unwrap();
+    req(&mut l1, send(general, 2, "here")).await.unwrap();
+    let (mut activity, mut here) = (None, false);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while activity.is_none() || !here {
+        let Ok(Ok(frame)) = tokio::time::timeout_at(end, l2.next()).await else {
+            panic!("activity {activity:?} and the viewed message ({here}) in time")
+        };
+        match frame {
+            ServerLane::Event {
+                body: EventBody::ChannelActivity { channels },
+                ..
+            } => activity = Some(channels),
+            ServerLane::Event {
+                body: EventBody::MessageCreated { message, .. },
+                ..
+            } => {
+                assert_eq!(message.channel_id, general, "only the viewed channel's messages");
+                here = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        activity,
+        Some(vec![ChannelSeq {
+            channel_id: busy.id,
+            seq: 1
+        }])
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Permissions across nodes: an overwrite set on node a that hides a channel from a
 /// member stops its events reaching that member's session on node b (node b's cached
 /// permission state is dropped by the guild change), and lifting it brings them back.
