@@ -110,7 +110,10 @@ impl ChatResult {
 /// Runs one chat fan-out load against a freshly started server.
 pub(crate) async fn run(target: &crate::server::Target, r: ChatRun) -> anyhow::Result<ChatResult> {
     // The benchmark's senders exceed the default per-user send rate on purpose.
-    let mut toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n".to_string();
+    // A Hello may wait behind that set-up's presence fan-out (10,000 joins keep the two
+    // cores busy for minutes): longer than the default 5 s.
+    let mut toml =
+        "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\n[session]\nhello_timeout = \"60s\"\n".to_string();
     let api_key = if r.via_api {
         anyhow::ensure!(
             r.client_loops > 0 && r.transport == Transport::Quic && matches!(target, crate::server::Target::Spawn(_)),

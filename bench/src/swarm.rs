@@ -938,8 +938,12 @@ impl Swarm {
             swarm.stop();
             anyhow::bail!("{} of {n} sessions failed to join", p.failed.load(Relaxed));
         }
+        // Joining a guild of thousands costs the server minutes of presence fan-out (each
+        // member coming online is sent to every member online, each joiner gets a snapshot of
+        // them all): the measurement starts when that is done.
+        let quiet = Duration::from_secs(60).max(Duration::from_millis(30) * n as u32);
         for s in setup.nodes() {
-            s.quiesce(Duration::from_secs(60)).await;
+            s.quiesce(quiet).await;
         }
         Ok(swarm)
     }

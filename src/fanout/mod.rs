@@ -1069,10 +1069,7 @@ impl Fanout {
             }
             match passive {
                 None => sessions.push_to_user(u, e.lane, &e.event),
-                Some((c, seq)) => {
-                    let (_, h) = sessions.push_channel_to_user(u, e.lane, c, seq, &e.event, now);
-                    held += h;
-                }
+                Some((c, seq)) => held += sessions.push_channel_to_user(u, e.lane, c, seq, &e.event, now),
             }
             n += 1;
         }

@@ -541,7 +541,7 @@ impl Sessions {
 
     /// Queues an event about guild channel `channel` for every session of `user`
     /// ([`SessionHandle::push_channel_event`]: held back from sessions that do not view the
-    /// channel). Returns how many sessions got it and how many did not.
+    /// channel). Returns how many sessions did not get it.
     pub fn push_channel_to_user(
         &self,
         user: UserId,
@@ -550,17 +550,13 @@ impl Sessions {
         seq: Option<u64>,
         event: &Bytes,
         now: Instant,
-    ) -> (u64, u64) {
-        let (mut sent, mut held) = (0, 0);
+    ) -> u64 {
+        let mut held = 0;
         let mut later = Vec::new();
         if let Some(list) = self.lock().by_user.get(&user) {
             for h in list {
                 let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
-                if queued {
-                    sent += 1;
-                } else {
-                    held += 1;
-                }
+                held += u64::from(!queued);
                 if let Some(at) = report_at {
                     later.push((at, Arc::downgrade(h)));
                 }
@@ -569,7 +565,7 @@ impl Sessions {
         if !later.is_empty() {
             self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
         }
-        (sent, held)
+        held
     }
 
     /// Sends the `ChannelActivity` reports whose time has come; returns how many sessions
