@@ -1261,19 +1261,7 @@ async fn a_session_that_views_one_channel_gets_its_messages_and_coalesced_activi
     let mut passive = U::new(&server, 2, Transport::Quic).await;
     let mut everything = U::new(&server, 2, Transport::WebTransport).await;
     let (gid, general) = guild_with(&mut a, &mut [&mut passive]).await;
-    let Ok(ResponseBody::Channel(busy)) = a
-        .req(RequestBody::CreateChannel {
-            guild_id: gid,
-            kind: ChannelKind::Text,
-            name: "busy".into(),
-            topic: String::new(),
-            user_limit: 0,
-        })
-        .await
-    else {
-        panic!("channel created")
-    };
-    let busy = busy.id;
+    let busy = text_channel(&mut a.chat, gid, "busy").await;
     // Too many channels in a view is refused; the session keeps what it had.
     let err = passive
         .req(RequestBody::ViewChannels {

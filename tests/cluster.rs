@@ -462,25 +462,12 @@ async fn a_channel_view_holds_back_what_another_node_publishes() {
     let (c1, mut l1) = user(&a, 1).await;
     let (_c2, mut l2) = user(&b, 2).await;
     let (guild, general) = shared_guild(&c1, &mut l1, vec![&mut l2]).await;
-    let Ok(ResponseBody::Channel(busy)) = req(
-        &mut l1,
-        RequestBody::CreateChannel {
-            guild_id: guild,
-            kind: ChannelKind::Text,
-            name: "busy".into(),
-            topic: String::new(),
-            user_limit: 0,
-        },
-    )
-    .await
-    else {
-        panic!("channel")
-    };
+    let busy = text_channel(&mut l1, guild, "busy").await;
     let view = RequestBody::ViewChannels {
         channel_ids: Some(vec![general]),
     };
     assert_eq!(req(&mut l2, view).await, Ok(ResponseBody::Done));
-    req(&mut l1, send(busy.id, 1, "elsewhere")).await.unwrap();
+    req(&mut l1, send(busy, 1, "elsewhere")).await.unwrap();
     req(&mut l1, send(general, 2, "here")).await.unwrap();
     let (mut activity, mut here) = (None, false);
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -506,7 +493,7 @@ async fn a_channel_view_holds_back_what_another_node_publishes() {
     assert_eq!(
         activity,
         Some(vec![ChannelSeq {
-            channel_id: busy.id,
+            channel_id: busy,
             seq: 1
         }])
     );

@@ -695,20 +695,7 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
         .unwrap();
     let mut b_chat = b.open_lane(Lane::Chat).await.unwrap();
     let (gid, general) = shared_guild(&a, &mut a_chat, vec![&mut b_chat]).await;
-    let ResponseBody::Channel(busy) = req(
-        &mut a_chat,
-        RequestBody::CreateChannel {
-            guild_id: gid,
-            kind: ChannelKind::Text,
-            name: "busy".into(),
-            topic: String::new(),
-            user_limit: 0,
-        },
-    )
-    .await
-    else {
-        panic!("channel")
-    };
+    let busy = text_channel(&mut a_chat, gid, "busy").await;
     let view = RequestBody::ViewChannels {
         channel_ids: Some(vec![general]),
     };
@@ -726,7 +713,7 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
     assert!(again.resumed, "an exact resume");
     let mut again_chat = again.open_lane(Lane::Chat).await.unwrap();
     let send = |nonce: u64| RequestBody::SendMessage {
-        channel_id: busy.id,
+        channel_id: busy,
         nonce,
         content: "busy".into(),
         reply_to: None,
@@ -747,7 +734,7 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
                 assert_eq!(
                     channels,
                     vec![ChannelSeq {
-                        channel_id: busy.id,
+                        channel_id: busy,
                         seq: 1
                     }]
                 );
@@ -756,7 +743,7 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
             ServerLane::Event {
                 body: EventBody::MessageCreated { message, .. },
                 ..
-            } => assert_ne!(message.channel_id, busy.id, "a message of a channel not viewed"),
+            } => assert_ne!(message.channel_id, busy, "a message of a channel not viewed"),
             _ => {}
         }
     }
@@ -777,7 +764,7 @@ async fn a_channel_view_holds_through_an_exact_resume_and_a_new_session_gets_eve
             ..
         } = e
         {
-            assert_eq!(message.channel_id, busy.id);
+            assert_eq!(message.channel_id, busy);
             break;
         }
     }
@@ -797,20 +784,7 @@ async fn the_native_client_says_its_view_again_to_a_new_session() {
     let Ok(Ok(FetchResponse::Guilds { guilds })) = a.fetch(FetchRequest::Guilds).await else {
         panic!("guilds")
     };
-    let ResponseBody::Channel(busy) = req(
-        &mut a_chat,
-        RequestBody::CreateChannel {
-            guild_id: guilds[0].guild.id,
-            kind: ChannelKind::Text,
-            name: "busy".into(),
-            topic: String::new(),
-            user_limit: 0,
-        },
-    )
-    .await
-    else {
-        panic!("channel")
-    };
+    let busy = text_channel(&mut a_chat, guilds[0].guild.id, "busy").await;
     let relay = Relay::start(server.quic_addr).await;
     let mut r = resilient_via(&server, &relay, 2);
     assert!(matches!(r.next().await, Some(Update::Connected { resumed: false, .. })));
@@ -841,7 +815,7 @@ async fn the_native_client_says_its_view_again_to_a_new_session() {
         content: "after".into(),
         reply_to: None,
     };
-    req(&mut a_chat, send(busy.id, 1)).await;
+    req(&mut a_chat, send(busy, 1)).await;
     req(&mut a_chat, send(ch, 100)).await;
     let mut activity = false;
     loop {
@@ -850,11 +824,11 @@ async fn the_native_client_says_its_view_again_to_a_new_session() {
             .expect("events in time")
         {
             Some(Update::Event(EventBody::ChannelActivity { channels })) => {
-                assert!(channels.iter().any(|c| c.channel_id == busy.id));
+                assert!(channels.iter().any(|c| c.channel_id == busy));
                 activity = true;
             }
             Some(Update::Event(EventBody::MessageCreated { message, .. })) => {
-                assert_ne!(message.channel_id, busy.id, "the view was said again");
+                assert_ne!(message.channel_id, busy, "the view was said again");
                 if message.channel_id == ch && message.content == "after" {
                     break;
                 }

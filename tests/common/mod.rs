@@ -218,3 +218,20 @@ pub async fn close_code_within(conn: &quinn::Connection, limit: Duration) -> Opt
         _ => None,
     }
 }
+
+/// A text channel `name` created in `guild_id` through `chat` (its owner's or a manager's
+/// chat lane): its id.
+pub async fn text_channel(chat: &mut quaver_client::LaneStream, guild_id: u64, name: &str) -> u64 {
+    use quaver_proto::{ChannelKind, RequestBody, ResponseBody};
+    let body = RequestBody::CreateChannel {
+        guild_id,
+        kind: ChannelKind::Text,
+        name: name.into(),
+        topic: String::new(),
+        user_limit: 0,
+    };
+    let ResponseBody::Channel(c) = ok(chat, body).await else {
+        panic!("channel {name}")
+    };
+    c.id
+}
