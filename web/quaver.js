@@ -1368,9 +1368,10 @@ export class Resilient extends EventTarget {
     const channels = s.ready.guilds.flatMap((g) => g.channels).concat(s.ready.private_channels);
     for (const c of channels) if (c.kind !== 'Voice' && !this.channelSeq.has(c.id)) this.channelSeq.set(c.id, c.last_seq);
     this.guildChannels = new Set(s.ready.guilds.flatMap((g) => g.channels.map((c) => c.id)));
-    // Guild channels outside the view were not caught up: they stand where the snapshot
-    // says (their history is fetched when they are opened).
-    if (this.viewing) {
+    // In a new session, guild channels outside the view were not caught up: they stand
+    // where the snapshot says (their history is fetched when they are opened). An exact
+    // resume replays what was sent, in order: nothing to move.
+    if (this.viewing && !resumed) {
       const viewed = new Set(this.viewing);
       for (const c of channels) if (this.guildChannels.has(c.id) && !viewed.has(c.id)) this.follow(c.id, c.last_seq);
     }
