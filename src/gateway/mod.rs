@@ -92,8 +92,9 @@ struct Inner {
     replay: ReplayBuffer,
     /// While detached: when the session is forgotten.
     detached_until: Option<Instant>,
-    /// The channels it views (`ViewChannels`) and the activity held back elsewhere.
-    view: view::View,
+    /// The channels it views (`ViewChannels`) and the activity held back elsewhere; `None`
+    /// until it first says (every channel): an idle session that never does pays 8 bytes.
+    view: Option<Box<view::View>>,
 }
 
 /// A session: its identity, event numbering and replay buffer, and the connection it is
@@ -154,8 +155,7 @@ impl SessionHandle {
                 opened: [false; 5],
                 replay: ReplayBuffer::new(limits),
                 detached_until: None,
-                // Its reports' share of the spread: from its id, which is random.
-                view: view::View::new(std::time::Duration::from_millis(u64::from(id.0[0]) * 2)),
+                view: None,
             }),
             acked: Default::default(),
             chosen: Mutex::new(None),
@@ -312,14 +312,14 @@ impl SessionHandle {
         now: Instant,
     ) -> (bool, Option<Instant>) {
         let mut g = self.lock();
-        if g.view.views(channel) {
+        let Some(v) = g.view.as_mut().filter(|v| !v.views(channel)) else {
             Self::push_locked(&mut g, lane, body.clone());
             return (true, None);
-        }
+        };
         let Some(seq) = seq.filter(|_| lane == Lane::Chat) else {
             return (false, None);
         };
-        match g.view.hold(channel, seq, now) {
+        match v.hold(channel, seq, now) {
             view::Report::Now => {
                 Self::report_locked(&mut g, now);
                 (false, None)
@@ -335,7 +335,8 @@ impl SessionHandle {
     }
 
     fn report_locked(g: &mut Inner, now: Instant) {
-        let channels = g.view.take_report(now);
+        let Some(v) = g.view.as_mut() else { return };
+        let channels = v.take_report(now);
         if !channels.is_empty() {
             let body = quaver_proto::codec::encode_payload(&quaver_proto::EventBody::ChannelActivity { channels });
             Self::push_locked(g, Lane::Chat, body.into());
@@ -344,7 +345,19 @@ impl SessionHandle {
 
     /// Sets the guild channels the session views (`None`: all).
     pub fn set_view(&self, channels: Option<Vec<u64>>) {
-        self.lock().view.set(channels);
+        let mut g = self.lock();
+        match (&mut g.view, channels) {
+            // Never said, and still every channel: nothing to keep.
+            (None, None) => {}
+            (Some(v), channels) => v.set(channels),
+            (None, channels) => {
+                // Its later reports' share of the spread: from its id, which is random.
+                let spread = std::time::Duration::from_millis(u64::from(self.id.0[0]) * 2);
+                let mut v = view::View::new(spread);
+                v.set(channels);
+                g.view = Some(Box::new(v));
+            }
+        }
     }
 
     fn push_locked(g: &mut Inner, lane: Lane, body: Bytes) {
