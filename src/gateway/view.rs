@@ -85,11 +85,6 @@ impl View {
         self.only.as_ref().is_none_or(|ids| ids.binary_search(&channel).is_ok())
     }
 
-    /// Whether the session declared a view (is passive for the channels outside it).
-    pub fn is_declared(&self) -> bool {
-        self.only.is_some()
-    }
-
     /// Remembers that `channel` had event `seq`, not sent; says when to report.
     pub fn hold(&mut self, channel: u64, seq: u64, now: Instant) -> Report {
         match self.held.binary_search_by_key(&channel, |(c, _)| *c) {
@@ -135,7 +130,6 @@ mod tests {
     fn a_session_that_declares_nothing_views_every_channel() {
         let v = View::default();
         assert!(v.views(1) && v.views(u64::MAX));
-        assert!(!v.is_declared());
     }
 
     #[test]
