@@ -1197,7 +1197,16 @@ export class LaneStream {
     if (this.ended) throw new ProtocolError('lane closed');
     const id = this.nextId++;
     const p = new Promise((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    await this.writer.write(encodeFrame('Request', { id, body }));
+    // Observed here so that a write that fails (the connection went first) does not leave
+    // it to be rejected with no one listening when the lane ends: the caller gets the write's
+    // error instead.
+    p.catch(() => {});
+    try {
+      await this.writer.write(encodeFrame('Request', { id, body }));
+    } catch (e) {
+      this.waiting.delete(id);
+      throw e;
+    }
     return p;
   }
 }

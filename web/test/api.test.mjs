@@ -31,12 +31,15 @@ before(async () => {
 });
 
 after(async () => {
-  if (ada) {
+  // The browser and the server go whatever the checks say (a failed check must not leave
+  // them holding the test process open).
+  try {
     // Only the sign-out the test caused may be said on the console.
-    assert.deepEqual(ada.problems.filter((p) => !/ClosedError|4019|4031/.test(p)), [], 'no page errors and no console errors');
+    if (ada) assert.deepEqual(ada.problems.filter((p) => !/ClosedError|4019|4031/.test(p)), [], 'no page errors and no console errors');
+  } finally {
+    await browser?.close();
+    server?.child.kill('SIGTERM');
   }
-  await browser?.close();
-  server?.child.kill('SIGTERM');
 });
 
 test("a backend's guild, bot message, edit and delete appear live on the page", async () => {

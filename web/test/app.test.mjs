@@ -48,9 +48,12 @@ after(async () => {
   // What the server warned about, for a failure's post-mortem.
   const warnings = (server?.log() ?? '').split('\n').filter((l) => / (WARN|ERROR) /.test(l) && !/development secret/.test(l));
   if (warnings.length) console.error(`server warnings:\n${warnings.slice(-30).join('\n')}`);
-  for (const p of [ada, bob]) if (p) assert.deepEqual(p.problems, [], 'no page errors and no console errors');
-  await browser?.close();
-  server?.child.kill('SIGTERM');
+  try {
+    for (const p of [ada, bob]) if (p) assert.deepEqual(p.problems, [], 'no page errors and no console errors');
+  } finally {
+    await browser?.close();
+    server?.child.kill('SIGTERM');
+  }
 });
 
 test('the dev token endpoint says what it is and refuses bad names', async () => {

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import {
   ProtocolError, decode, encode, encodeFrame, FrameReader, varintEncode, varintDecode,
   encodeUplink, decodeUplink, decodeDownlink, hexToBytes, encodeWs, decodeWs, VoiceRepair,
+  LaneStream,
 } from '../quaver.js';
 
 const vectors = JSON.parse(readFileSync(new URL('../../proto/vectors/messages.json', import.meta.url)));
@@ -125,4 +126,26 @@ test('random and mutated input only ever raises ProtocolError', () => {
     try { decodeWs(p); accepted++; } catch (e) { assert.ok(e instanceof ProtocolError, `WebSocket: ${e}`); }
   }
   assert.ok(accepted > 0);
+});
+
+test('a request whose write fails as its lane ends rejects once, with the write error, and leaves nothing unobserved', async () => {
+  // The connection went (a revocation, say) while a request was being written: the write
+  // fails, and the lane's reader ends. Only the caller hears of it — a rejection no one
+  // listens to would be an uncaught error on the page (and Node fails the test run on one).
+  const unhandled = [];
+  const onUnhandled = (e) => unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    let endReader;
+    const reader = { next: () => new Promise((resolve) => { endReader = () => resolve(null); }) };
+    const writer = { write: () => new Promise((_, reject) => setTimeout(() => { endReader(); reject(new Error('connection closed')); }, 5)) };
+    const lane = new LaneStream('Chat', writer, reader);
+    await assert.rejects(lane.request({ type: 'MarkRead', channel_id: 1, seq: 1 }), /connection closed/);
+    await lane.done;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(unhandled, []);
+    await assert.rejects(lane.request({ type: 'MarkRead', channel_id: 1, seq: 1 }), ProtocolError);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
 });

@@ -47,10 +47,13 @@ before(async () => {
 });
 
 after(async () => {
-  for (const p of [ada, bob]) if (p) assert.deepEqual(p.problems, [], 'no page errors and no console errors');
-  backend?.kill('SIGTERM');
-  await browser?.close();
-  server?.child.kill('SIGTERM');
+  try {
+    for (const p of [ada, bob]) if (p) assert.deepEqual(p.problems, [], 'no page errors and no console errors');
+  } finally {
+    backend?.kill('SIGTERM');
+    await browser?.close();
+    server?.child.kill('SIGTERM');
+  }
 });
 
 test('an example backend adds, announces, moves and bans — each seen live in the browser', async () => {

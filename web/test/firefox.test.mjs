@@ -40,11 +40,14 @@ before(async () => {
 });
 
 after(async () => {
-  if (fox) assert.deepEqual(fox.problems, [], 'no page errors in Firefox');
-  if (ada) assert.deepEqual(ada.problems, [], 'no page errors in Chromium');
-  await firefox?.close();
-  await chrome?.close();
-  server?.child.kill('SIGTERM');
+  try {
+    if (fox) assert.deepEqual(fox.problems, [], 'no page errors in Firefox');
+    if (ada) assert.deepEqual(ada.problems, [], 'no page errors in Chromium');
+  } finally {
+    await firefox?.close();
+    await chrome?.close();
+    server?.child.kill('SIGTERM');
+  }
 });
 
 /** Firefox's page, with puppeteer's API under the names the tests use. */

@@ -34,8 +34,11 @@ after(async () => {
   // Chromium itself logs the WebTransport attempt that got no answer; anything else is a
   // problem.
   const ours = (p) => p.problems.filter((x) => !/Failed to establish a connection to https:\/\/[\d.]+:\d+\/quaver: net::ERR_/.test(x));
-  for (const p of [ada, bob]) if (p) assert.deepEqual(ours(p), [], 'no page errors and no console errors');
-  await browser?.close();
+  try {
+    for (const p of [ada, bob]) if (p) assert.deepEqual(ours(p), [], 'no page errors and no console errors');
+  } finally {
+    await browser?.close();
+  }
 });
 
 test('UDP dropped by the network: both pages connect over WebSocket within 3 s and chat', run, async () => {

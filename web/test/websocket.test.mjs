@@ -46,10 +46,13 @@ after(async () => {
   // Chromium itself logs the WebTransport attempt that got no answer (a console error no
   // page code can prevent); anything else is a problem.
   const ours = (p) => p.problems.filter((x) => !/Failed to establish a connection to https:\/\/127\.0\.0\.1:\d+\/quaver: net::ERR_QUIC/.test(x));
-  for (const p of [ada, bob]) if (p) assert.deepEqual(ours(p), [], 'no page errors and no console errors');
-  await browser?.close();
-  blackhole?.close();
-  server?.child.kill('SIGTERM');
+  try {
+    for (const p of [ada, bob]) if (p) assert.deepEqual(ours(p), [], 'no page errors and no console errors');
+  } finally {
+    await browser?.close();
+    blackhole?.close();
+    server?.child.kill('SIGTERM');
+  }
 });
 
 test('with UDP dropped the page connects over WebSocket within 3 s and says so', async () => {
