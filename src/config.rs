@@ -300,6 +300,11 @@ pub struct SessionConfig {
     /// reconnect does not flap offline → online. Default 5 s.
     #[serde(deserialize_with = "de_duration")]
     pub presence_grace: Duration,
+    /// A guild with more members than this is large: a session that declared a view
+    /// (`ViewChannels`) is told its members' presence only while it looks at one of its
+    /// channels (PROTOCOL.md, "Presence in large guilds"). Without it, 10,000 members
+    /// connecting cost 10,000² presence deliveries. Default 1,000; 0 makes every guild large.
+    pub large_guild_members: u32,
     /// How long a graceful shutdown waits for sessions to leave after `Goaway`. Default 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
@@ -383,6 +388,7 @@ impl Default for SessionConfig {
             ack_delay: Duration::from_millis(5),
             congestion_floor: 10,
             presence_grace: Duration::from_secs(5),
+            large_guild_members: 1000,
             resume_window: Duration::from_secs(120),
             replay_max_events: 2_000,
             replay_max_bytes: 2 * 1024 * 1024,
@@ -515,6 +521,9 @@ pub struct ConfigArgs {
     /// Presence reconnect grace [default: 5s].
     #[arg(long, env = "QUAVER_PRESENCE_GRACE", value_parser = parse_duration)]
     pub presence_grace: Option<Duration>,
+    /// Members above which a guild's presence reaches only sessions looking at it [default: 1000].
+    #[arg(long, env = "QUAVER_LARGE_GUILD_MEMBERS")]
+    pub large_guild_members: Option<u32>,
     /// Drain deadline on shutdown [default: 10s].
     #[arg(long, env = "QUAVER_DRAIN_TIMEOUT", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -561,6 +570,7 @@ impl ConfigArgs {
             congestion_floor => session.congestion_floor,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,
+            large_guild_members => session.large_guild_members,
             resume_window => session.resume_window,
             event_log_retention => session.event_log_retention,
             store_timeout => store.timeout, sqlite_synchronous => store.sqlite_synchronous,

@@ -351,6 +351,7 @@ impl Server {
             Some(chat.store().clone()),
         );
         chat.set_presence(presence.clone());
+        chat.set_large_guild_members(cfg.session.large_guild_members);
         chat.set_hooks(hooks.clone());
         let typing = typing::task::TypingHandle::spawn(bus.clone());
         let voice = Arc::new(voice::Voice::new(chat.clone(), bus.clone(), cfg.voice_sfu()));

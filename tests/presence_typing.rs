@@ -641,3 +641,156 @@ async fn a_resumed_session_keeps_its_status() {
         (PresenceStatus::Dnd, Some("deep work"))
     );
 }
+
+/// A large guild (more members than `large_guild_members`): a session that declared a view
+/// is told its members' presence only while it looks at one of its channels, and when it
+/// looks again it is sent the members whole — the offline ones too, so nothing it held from
+/// before stays. A session that declares nothing is told everything; a DM partner met in the
+/// guild stays current without looking; a new session's `Ready` leaves the guild's members
+/// out, and one that declares no view is sent them a moment later; a new member sees the
+/// members and is seen.
+#[tokio::test]
+async fn a_large_guilds_presence_reaches_the_sessions_that_look_at_it() {
+    let mut cfg = config();
+    cfg.session.large_guild_members = 2;
+    cfg.session.presence_grace = Duration::from_millis(200);
+    let server = start(cfg).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    let mut b = session(&server, 2, DeviceKind::Web).await;
+    let mut c = session(&server, 3, DeviceKind::Desktop).await;
+    let mut d = session(&server, 4, DeviceKind::Desktop).await;
+    let mut e = session(&server, 5, DeviceKind::Mobile).await;
+    let mut b_sees = Seen::of(&b.client.ready);
+    let (gid, general) = shared_guild(
+        &a.client,
+        &mut a.chat,
+        vec![&mut b.chat, &mut c.chat, &mut d.chat, &mut e.chat],
+    )
+    .await;
+    let Ok(ResponseBody::Channel(_)) = req(&mut b.chat, RequestBody::OpenDm { user_id: 5 }).await else {
+        panic!("dm")
+    };
+    // Before anyone declares a view, everyone is told everything.
+    assert!(
+        b_sees
+            .until(&mut b.presence, 3, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    // b looks at nothing of the guild; a at its general channel (d declares nothing).
+    let look = |ids: Vec<u64>| RequestBody::ViewChannels { channel_ids: Some(ids) };
+    assert_eq!(req(&mut b.chat, look(vec![])).await, Ok(ResponseBody::Done));
+    assert_eq!(req(&mut a.chat, look(vec![general])).await, Ok(ResponseBody::Done));
+    let mut a_sees = Seen::default();
+    let mut d_sees = Seen::default();
+    let set = |status| RequestBody::SetPresence {
+        status,
+        custom_status: None,
+        activity: None,
+    };
+    req(&mut c.presence, set(PresenceStatus::Dnd)).await.unwrap();
+    req(&mut e.presence, set(PresenceStatus::Idle)).await.unwrap();
+    assert!(
+        a_sees.until(&mut a.presence, 3, PresenceStatus::Dnd, PROPAGATION).await,
+        "a looks at the guild"
+    );
+    assert!(
+        d_sees.until(&mut d.presence, 3, PresenceStatus::Dnd, PROPAGATION).await,
+        "d declared no view"
+    );
+    // b hears of its DM partner, and — the same lane, in order — nothing of c before it.
+    assert!(
+        b_sees
+            .until(&mut b.presence, 5, PresenceStatus::Idle, PROPAGATION)
+            .await,
+        "a DM partner stays current"
+    );
+    assert_eq!(
+        b_sees.status(3),
+        PresenceStatus::Online,
+        "b does not look at the guild: c's change is not sent"
+    );
+    assert!(
+        server
+            .ctx
+            .fanout
+            .counters
+            .presence_gated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // c leaves; b, looking away, holds c as online. Looking again, b is told the members
+    // whole: c offline, a online.
+    c.client.close();
+    drop(c);
+    assert!(
+        a_sees
+            .until(&mut a.presence, 3, PresenceStatus::Offline, Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(req(&mut b.chat, look(vec![general])).await, Ok(ResponseBody::Done));
+    assert!(
+        b_sees
+            .until(&mut b.presence, 3, PresenceStatus::Offline, PROPAGATION)
+            .await,
+        "the stale status is corrected"
+    );
+    assert!(
+        b_sees
+            .until(&mut b.presence, 1, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    // A new session of b: Ready carries its DM partner, not the guild's other members; it
+    // declares no view, and is sent them a moment later.
+    let mut b2 = session(&server, 2, DeviceKind::Desktop).await;
+    let ready: Vec<u64> = b2.client.ready.presences.iter().map(|p| p.user_id).collect();
+    assert!(
+        ready.contains(&5) && !ready.contains(&1) && !ready.contains(&4),
+        "{ready:?}"
+    );
+    let mut b2_sees = Seen::of(&b2.client.ready);
+    assert!(
+        b2_sees
+            .until(
+                &mut b2.presence,
+                1,
+                PresenceStatus::Online,
+                quaver::gateway::session::KEEP_AFTER + PROPAGATION
+            )
+            .await
+    );
+    assert_eq!(b2_sees.status(4), PresenceStatus::Online);
+    // A new member: sees the members (declaring no view), and is seen by those looking.
+    let mut f = session(&server, 6, DeviceKind::Desktop).await;
+    let Ok(ResponseBody::Invite(inv)) = req(
+        &mut a.chat,
+        RequestBody::CreateInvite {
+            guild_id: gid,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("invite")
+    };
+    req(&mut f.chat, RequestBody::JoinGuild { code: inv.code })
+        .await
+        .unwrap();
+    let mut f_sees = Seen::default();
+    assert!(
+        f_sees
+            .until(&mut f.presence, 4, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    assert!(
+        a_sees
+            .until(&mut a.presence, 6, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    assert!(
+        b_sees
+            .until(&mut b.presence, 6, PresenceStatus::Online, PROPAGATION)
+            .await
+    );
+    server.shutdown().await;
+}

@@ -1287,7 +1287,10 @@ export class Resilient extends EventTarget {
    * their messages and typing come as they happen; the others' activity comes coalesced as
    * `ChannelActivity` (their newest seqs), mentions as notifications, DMs whole. `null`: every
    * channel. Kept across reconnects (sent again to a new session). Resolves once the server
-   * applied it: fetch the history of a channel newly viewed after that.
+   * applied it: fetch the history of a channel newly viewed after that. In a large guild it
+   * decides presence too (PROTOCOL.md "Presence in large guilds"): its members' statuses are
+   * kept current only while one of its channels is viewed, and come whole (a
+   * `PresenceSnapshot`) when one is again.
    */
   view(channelIds) {
     this.viewing = channelIds === null ? null : [...new Set(channelIds)];

@@ -187,6 +187,11 @@ impl ServerProc {
         rss_bytes(self.pid)
     }
 
+    /// The most resident memory it has had, in bytes.
+    pub(crate) fn peak_rss_bytes(&self) -> u64 {
+        status_kib(self.pid, "VmHWM:") * 1024
+    }
+
     /// The Prometheus text at /metrics.
     pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
         http_get(self.http, "/metrics").await
@@ -265,15 +270,19 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident memory of a process from /proc, bytes.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// A KiB figure of /proc/<pid>/status (0 when unknown).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 

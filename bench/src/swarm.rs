@@ -35,7 +35,7 @@ use quinn_proto::{ConnectionHandle, Dir, StreamId};
 const HANDSHAKES: usize = 32;
 /// Request id of the `JoinGuild` on each chat lane; sends count up from the next.
 const JOIN_ID: u32 = 1;
-/// Request id of the `ViewChannels` a session sends after joining, when the run has a view.
+/// Request id of the `ViewChannels` a session sends before joining, when the run has a view.
 const VIEW_ID: u32 = u32::MAX;
 /// Largest frame taken from the server (a `Ready` can be large).
 const MAX_FRAME: usize = 16 << 20;
@@ -51,8 +51,8 @@ pub(crate) struct Member {
     pub(crate) config: quinn_proto::ClientConfig,
     /// Its place among all the run's sessions (the first `senders` send).
     pub(crate) index: usize,
-    /// The channels it says it views after joining (`ViewChannels`); `None`: it says
-    /// nothing and gets every channel.
+    /// The channels it says it views right after `Ready`, before joining (`ViewChannels`);
+    /// `None`: it says nothing and gets every channel.
     pub(crate) view: Option<Vec<u64>>,
 }
 
@@ -364,8 +364,17 @@ impl Sessions {
                         code: self.invite.clone(),
                     },
                 };
+                // The view first, as a client declares it right after `Ready`: the lane
+                // serves requests in order, so it is in place when the join is.
+                let view = s.member.view.clone().map(|ids| Request {
+                    id: VIEW_ID,
+                    body: RequestBody::ViewChannels { channel_ids: Some(ids) },
+                });
                 out.push(io, id, |b| {
                     encode_frame(&StreamOpen::Lane(Lane::Chat), b);
+                    if let Some(view) = &view {
+                        encode_frame(view, b);
+                    }
                     encode_frame(&join, b);
                 });
                 s.lane = Some((id, FrameReader::new(MAX_FRAME), out));
@@ -397,22 +406,8 @@ impl Sessions {
         let now = io.now();
         let s = &mut self.sessions[i];
         match msg {
-            ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining && s.member.view.is_some() => {
-                // Joined when the view is in place (before the warm-up is sent).
-                let view = Request {
-                    id: VIEW_ID,
-                    body: RequestBody::ViewChannels {
-                        channel_ids: s.member.view.clone(),
-                    },
-                };
-                if let Some((id, _, out)) = &mut s.lane {
-                    out.push(io, *id, |b| encode_frame(&view, b));
-                }
-            }
-            ServerLane::Ack { id: VIEW_ID, .. } if s.phase == Phase::Joining => {
-                s.phase = Phase::Joined;
-                self.progress.joined.fetch_add(1, Ordering::Relaxed);
-            }
+            // The view's answer: the join's follows.
+            ServerLane::Ack { id: VIEW_ID, .. } if s.phase == Phase::Joining => {}
             ServerLane::Ack { id: JOIN_ID, .. } if s.phase == Phase::Joining => {
                 let Some(channel_id) = self.voice_channel else {
                     s.phase = Phase::Joined;
@@ -903,6 +898,7 @@ impl Swarm {
         viewing: Option<Viewing>,
     ) -> anyhow::Result<Self> {
         use Ordering::Relaxed;
+        let started = Instant::now();
         let swarm = Swarm::start(loops, invite, voice)?;
         let mut configs: HashMap<SocketAddr, quinn_proto::ClientConfig> = HashMap::new();
         let mut members = Vec::with_capacity(n);
@@ -944,6 +940,16 @@ impl Swarm {
         let quiet = Duration::from_secs(60).max(Duration::from_millis(30) * n as u32);
         for s in setup.nodes() {
             s.quiesce(quiet).await;
+        }
+        // What the set-up cost (presence in a large guild is most of it).
+        for s in setup.nodes() {
+            eprintln!(
+                "set-up: {n} sessions joined and quiet after {:.1} s; server CPU {:.2} s, RSS {:.0} MiB (peak {:.0} MiB)",
+                started.elapsed().as_secs_f64(),
+                s.cpu_seconds(),
+                s.rss_bytes() as f64 / (1 << 20) as f64,
+                s.peak_rss_bytes() as f64 / (1 << 20) as f64,
+            );
         }
         Ok(swarm)
     }

@@ -140,7 +140,9 @@ impl Resilient {
     /// Says which guild channels the application shows (PROTOCOL.md "Viewing channels"):
     /// only their messages and typing come as they happen, the others' as
     /// `EventBody::ChannelActivity`; `None`: every channel (the default). Said again to every
-    /// new session. After the answer, fetch the history of a channel newly viewed.
+    /// new session. After the answer, fetch the history of a channel newly viewed. In a
+    /// large guild the view also limits presence to the guilds viewed (PROTOCOL.md
+    /// "Presence in large guilds").
     pub async fn view(&self, channel_ids: Option<Vec<u64>>) -> Result<ResponseBody, ErrorBody> {
         self.request(RequestBody::ViewChannels { channel_ids }).await
     }

@@ -51,11 +51,21 @@ impl Chat {
     /// node (PROTOCOL.md: a snapshot wherever an audience changes).
     async fn joined_audience(&self, guild: u64, user: u64) -> Result<(), ErrorBody> {
         let g = self.guild(guild).await?;
-        let members: Vec<u64> = g.state.members.keys().copied().filter(|u| *u != user).collect();
-        self.bus.publish(BusEvent::ShowPresences {
-            to: Viewers::User(user),
-            users: members,
-        });
+        if self.large(&g) {
+            // A large guild's members: to the joiner's sessions that look at it (those with
+            // no view; the others when their view takes it in).
+            self.bus.publish(BusEvent::ShowGuildMembers {
+                user_id: user,
+                guild_id: guild,
+                again: false,
+            });
+        } else {
+            let members: Vec<u64> = g.state.members.keys().copied().filter(|u| *u != user).collect();
+            self.bus.publish(BusEvent::ShowPresences {
+                to: Viewers::User(user),
+                users: members,
+            });
+        }
         self.bus.publish(BusEvent::ShowPresences {
             to: Viewers::GuildExcept(guild, user),
             users: vec![user],

@@ -138,6 +138,9 @@ pub struct Chat {
     presence: std::sync::OnceLock<crate::presence::task::PresenceHandle>,
     /// The application's hooks (`message.before_create`), set once at start.
     hooks: std::sync::OnceLock<Arc<crate::webhooks::hooks::Hooks>>,
+    /// Members above which a guild is large (its presence reaches only the sessions that
+    /// look at it: [`Chat::is_large`]).
+    large_guild: std::sync::atomic::AtomicU32,
 }
 
 impl Chat {
@@ -156,7 +159,50 @@ impl Chat {
             limiter,
             presence: std::sync::OnceLock::new(),
             hooks: std::sync::OnceLock::new(),
+            large_guild: std::sync::atomic::AtomicU32::new(1000),
         }
+    }
+
+    /// Sets how many members make a guild large (`session.large_guild_members`).
+    pub fn set_large_guild_members(&self, n: u32) {
+        self.large_guild.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn large(&self, g: &GuildView) -> bool {
+        self.is_large_count(g.state.members.len().try_into().unwrap_or(u32::MAX))
+    }
+
+    /// Whether a guild of `members` members is large.
+    pub fn is_large_count(&self, members: u32) -> bool {
+        members > self.large_guild.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `guild` is large: its members' presence goes only to the sessions that look
+    /// at one of its channels (or declared no view). A guild that cannot be read is not
+    /// (its presence then goes to every member's sessions, as before the rule).
+    pub async fn is_large(&self, guild: u64) -> bool {
+        match self.guild(guild).await {
+            Ok(g) => self.large(&g),
+            Err(_) => false,
+        }
+    }
+
+    /// The large guilds `user` is in, sorted.
+    pub async fn large_guilds_of(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
+        let mut out = Vec::new();
+        for gid in self.store.guild_ids_of(user).await.map_err(store_err)? {
+            if self.large(&*self.guild(gid).await?) {
+                out.push(gid);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The members of `guild` but `except`.
+    pub async fn member_ids(&self, guild: u64, except: u64) -> Result<Vec<u64>, ErrorBody> {
+        let g = self.guild(guild).await?;
+        Ok(g.state.members.keys().copied().filter(|u| *u != except).collect())
     }
 
     /// The application's hooks, asked before a message is stored.
@@ -655,33 +701,67 @@ impl Chat {
         })
     }
 
-    /// Everyone who can see `user`'s presence (and whom `user` can see): members of the
-    /// guilds they share. Excludes `user`.
-    pub async fn observers(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
+    /// Whose presence `Ready` carries for `user`: the members of the guilds they share that
+    /// are not large, friends, DM partners met in a large guild, and the members of the
+    /// large guilds in `large` (those the session is kept current on: an exact resume).
+    /// Excludes `user`. The other members of large guilds come when the session looks at
+    /// them ([`crate::gateway::view`]).
+    pub async fn observers(&self, user: u64, large: &[u64]) -> Result<Vec<u64>, ErrorBody> {
         let mut out = Vec::new();
-        for gid in self.store.guild_ids_of(user).await.map_err(store_err)? {
-            let g = self.guild(gid).await?;
+        let gids = self.store.guild_ids_of(user).await.map_err(store_err)?;
+        for gid in &gids {
+            let g = self.guild(*gid).await?;
+            if self.large(&g) && large.binary_search(gid).is_err() {
+                continue;
+            }
             out.extend(g.state.members.keys().copied().filter(|u| *u != user));
         }
         out.extend(self.friends(user).await?);
+        out.extend(self.dm_partners_in_large_guilds(user, &gids).await?);
         out.sort_unstable();
         out.dedup();
         Ok(out)
     }
 
-    /// The topics a presence change of `user` goes to: each guild they are in, and each
-    /// friend's own topic.
-    pub async fn observer_topics(&self, user: u64) -> Result<Vec<crate::cluster::pubsub::Topic>, ErrorBody> {
-        use crate::cluster::pubsub::Topic;
-        let mut out: Vec<Topic> = self
+    /// The people `user` has a DM or group DM with who are in one of `user`'s large guilds
+    /// (their presence reaches each other on their own topics: through the guild alone, a
+    /// partner not looking at it would not be kept current).
+    async fn dm_partners_in_large_guilds(&self, user: u64, gids: &[u64]) -> Result<Vec<u64>, ErrorBody> {
+        let mut large = Vec::new();
+        for gid in gids {
+            let g = self.guild(*gid).await?;
+            if self.large(&g) {
+                large.push(g);
+            }
+        }
+        if large.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<u64> = self
             .store
-            .guild_ids_of(user)
+            .private_channels(user)
             .await
             .map_err(store_err)?
             .into_iter()
-            .map(Topic::guild)
+            .flat_map(|c| c.recipients)
+            .filter(|u| *u != user && large.iter().any(|g| g.state.members.contains_key(u)))
             .collect();
-        out.extend(self.friends(user).await?.into_iter().map(Topic::user));
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The topics a presence change of `user` goes to: each guild they are in, each
+    /// friend's own topic, and the own topic of each DM partner met in a large guild.
+    pub async fn observer_topics(&self, user: u64) -> Result<Vec<crate::cluster::pubsub::Topic>, ErrorBody> {
+        use crate::cluster::pubsub::Topic;
+        let gids = self.store.guild_ids_of(user).await.map_err(store_err)?;
+        let mut out: Vec<Topic> = gids.iter().copied().map(Topic::guild).collect();
+        let mut people = self.friends(user).await?;
+        people.extend(self.dm_partners_in_large_guilds(user, &gids).await?);
+        people.sort_unstable();
+        people.dedup();
+        out.extend(people.into_iter().map(Topic::user));
         Ok(out)
     }
 

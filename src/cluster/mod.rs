@@ -127,6 +127,17 @@ pub enum BusEvent {
         /// Whose presence.
         users: Vec<u64>,
     },
+    /// `user_id`'s sessions that look at large guild `guild_id` are told its members'
+    /// presence (`PresenceSnapshot`; with `again`, the offline ones too): a session's view
+    /// brought the guild in (`gateway::view`).
+    ShowGuildMembers {
+        /// Whose sessions.
+        user_id: u64,
+        /// The large guild.
+        guild_id: u64,
+        /// Its offline members too (the sessions may hold older statuses of them).
+        again: bool,
+    },
     /// `user_id` can now see voice channels `channels` (their guild joined, or view granted)
     /// and is told who is in them (`VoiceStatesSnapshot`).
     ShowVoiceStates {

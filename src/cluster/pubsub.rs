@@ -68,6 +68,10 @@ impl Topic {
     pub fn channel_id(&self) -> Option<u64> {
         self.0.strip_prefix("q:c:")?.parse().ok()
     }
+    /// The user of a user topic.
+    pub fn user_id(&self) -> Option<u64> {
+        self.0.strip_prefix("q:u:")?.parse().ok()
+    }
 }
 
 impl fmt::Debug for Topic {

@@ -18,7 +18,9 @@
 //!                      seq u64) (where the topic's channels stood when the user joined)
 //! kind 5 voice joined: user u64 | channel u64
 //! kind 6 show:         len u16 | topic name | except u8 (0 none, 1: user u64) |
-//!                      what u8 (0 presences of users, 1 voice states of channels) |
+//!                      what u8 (0 presences of users, 1 voice states of channels,
+//!                      2 presences of a large guild's members to those looking at it,
+//!                      3 the same with the offline ones: n = 1, the guild) |
 //!                      n u32 × id u64
 //! kind 7 revoke:       user u64 (0: any) | before ms u64 | len u16 | jti (UTF-8)
 //! kind 8 disconnect:   user u64 | reconnect u8 (0, 1) | len u16 | reason (UTF-8) |
@@ -84,6 +86,14 @@ pub enum Show {
     Presences(Vec<u64>),
     /// Everyone in these voice channels.
     VoiceStates(Vec<u64>),
+    /// The presence of a large guild's members, to the sessions of the topic's user that
+    /// look at the guild (`gateway::view`); with `again`, the offline members too.
+    GuildMembers {
+        /// The guild.
+        guild: u64,
+        /// The sessions were kept current on it before (what they hold may be stale).
+        again: bool,
+    },
 }
 
 /// A message on a topic.
@@ -242,9 +252,14 @@ impl Message {
                         out.extend_from_slice(&u.to_be_bytes());
                     }
                 }
+                let one;
                 let (kind, ids) = match what {
-                    Show::Presences(ids) => (0, ids),
-                    Show::VoiceStates(ids) => (1, ids),
+                    Show::Presences(ids) => (0, &ids[..]),
+                    Show::VoiceStates(ids) => (1, &ids[..]),
+                    Show::GuildMembers { guild, again } => {
+                        one = [*guild];
+                        (if *again { 3 } else { 2 }, &one[..])
+                    }
                 };
                 out.push(kind);
                 let n = ids.len().min(u32::MAX as usize);
@@ -425,9 +440,13 @@ impl Message {
                 for _ in 0..n {
                     ids.push(r.u64()?);
                 }
-                let what = match kind {
-                    0 => Show::Presences(ids),
-                    1 => Show::VoiceStates(ids),
+                let what = match (kind, &ids[..]) {
+                    (0, _) => Show::Presences(ids),
+                    (1, _) => Show::VoiceStates(ids),
+                    (2 | 3, [guild]) => Show::GuildMembers {
+                        guild: *guild,
+                        again: kind == 3,
+                    },
                     _ => return Err(DecodeError("show")),
                 };
                 Message::Show { topic, except, what }
@@ -629,6 +648,19 @@ mod tests {
                 topic: Topic::guild(6),
                 except: Some(3),
                 what: Show::VoiceStates(vec![]),
+            },
+            Message::Show {
+                topic: Topic::user(6),
+                except: None,
+                what: Show::GuildMembers { guild: 7, again: false },
+            },
+            Message::Show {
+                topic: Topic::user(u64::MAX),
+                except: None,
+                what: Show::GuildMembers {
+                    guild: u64::MAX,
+                    again: true,
+                },
             },
             Message::Order(Order::Revoke(crate::store::Revocation {
                 user_id: 9,

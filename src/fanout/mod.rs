@@ -91,6 +91,9 @@ pub struct FanoutCounters {
     /// Sessions not sent a channel's message or typing event because they do not view the
     /// channel (`ViewChannels`): told in a coalesced `ChannelActivity` instead.
     pub passive: AtomicU64,
+    /// Users not sent a presence change they could see because it reached them only
+    /// through large guilds none of their sessions looks at (`gateway::view`).
+    pub presence_gated: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -107,27 +110,42 @@ struct State {
 /// could then be delivered once — presence is state, the next change corrects it).
 const LATEST_KEYS: usize = 100_000;
 
-/// The newest version delivered per key.
+/// The newest version delivered per key, and when (a count of deliveries on this node).
 #[derive(Debug, Default)]
-struct Latest(std::collections::HashMap<u64, u64>);
+struct Latest {
+    versions: std::collections::HashMap<u64, (u64, u64)>,
+    /// Newest-wins envelopes delivered so far.
+    delivered: u64,
+}
 
 impl Latest {
     /// Whether nothing newer than `version` was delivered for `key` (a snapshot read at
     /// `version` is still current).
     fn not_newer_than(&self, key: u64, version: u64) -> bool {
-        self.0.get(&key).is_none_or(|v| *v <= version)
+        self.versions.get(&key).is_none_or(|(v, _)| *v <= version)
     }
 
     /// True (and remembered) when `version` is newer than any delivered for `key`.
     fn newer(&mut self, key: u64, version: u64) -> bool {
-        if self.0.get(&key).is_some_and(|v| *v >= version) {
+        if self.versions.get(&key).is_some_and(|(v, _)| *v >= version) {
             return false;
         }
-        if self.0.len() >= LATEST_KEYS {
-            self.0.clear();
+        if self.versions.len() >= LATEST_KEYS {
+            self.versions.clear();
         }
-        self.0.insert(key, version);
+        self.delivered += 1;
+        self.versions.insert(key, (version, self.delivered));
         true
+    }
+
+    /// Where delivery stands now, for [`Latest::delivered_since`].
+    fn mark(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Whether a change of `key` was delivered after `mark` ([`Latest::mark`]).
+    fn delivered_since(&self, key: u64, mark: u64) -> bool {
+        self.versions.get(&key).is_some_and(|(_, at)| *at > mark)
     }
 }
 
@@ -311,7 +329,7 @@ impl Fanout {
             let st = self.state();
             (st.index.topic_count(), st.order.held(), st.order.len())
         };
-        let rows: [(&str, &str, &str, f64); 21] = [
+        let rows: [(&str, &str, &str, f64); 22] = [
             (
                 "quaver_bus_up",
                 "gauge",
@@ -425,6 +443,12 @@ impl Fanout {
                 "counter",
                 "Channel messages and typing not sent to a session that does not view the channel (reported in ChannelActivity).",
                 self.counters.passive.load(Relaxed) as f64,
+            ),
+            (
+                "quaver_fanout_presence_gated_total",
+                "counter",
+                "Presence changes not sent to a user: they reached them only through large guilds none of their sessions looks at.",
+                self.counters.presence_gated.load(Relaxed) as f64,
             ),
             (
                 "quaver_fanout_held",
@@ -790,6 +814,15 @@ impl Fanout {
         }
         match what {
             Show::Presences(users) => reads.presences(topic, except, users),
+            Show::GuildMembers { guild, again } => {
+                if let Some(user) = topic.user_id() {
+                    // Changes delivered from now on reach the sessions that look at the guild
+                    // (their view took it in before this was sent): an entry read before
+                    // such a change is older than what they have.
+                    let mark = self.state().latest.mark();
+                    reads.guild_members(user, guild, again, mark);
+                }
+            }
             Show::VoiceStates(channels) => {
                 // This node's own channels are read now, in line with the voice events it
                 // publishes (each state is written before its event goes out): no later
@@ -830,6 +863,38 @@ impl Fanout {
             };
             let e = self.shown(topic.clone(), Lane::Presence, except, &body);
             self.deliver(chat, sessions, e).await;
+        }
+    }
+
+    /// Delivers a large guild's members' presence to `user`'s sessions here that look at it,
+    /// but not the entries of users whose change was delivered after `mark` (those sessions
+    /// got that change, which may be newer than the read), in events of at most
+    /// [`SNAPSHOT_CHUNK`].
+    fn deliver_guild_members(
+        &self,
+        sessions: &Sessions,
+        user: u64,
+        guild: u64,
+        mark: u64,
+        presences: Vec<(quaver_proto::Presence, Option<u64>)>,
+    ) {
+        let current: Vec<quaver_proto::Presence> = {
+            let st = self.state();
+            presences
+                .into_iter()
+                .filter(|(p, _)| !st.latest.delivered_since(p.user_id, mark))
+                .map(|(p, _)| p)
+                .collect()
+        };
+        let _batch = crate::engine::Batch::begin();
+        for chunk in current.chunks(SNAPSHOT_CHUNK) {
+            let body = quaver_proto::EventBody::PresenceSnapshot {
+                presences: chunk.to_vec(),
+            };
+            let event = Bytes::from(quaver_proto::codec::encode_payload(&body));
+            let n = sessions.push_presence_to_viewers(user, &[guild], &event);
+            self.counters.envelopes.fetch_add(1, Relaxed);
+            self.counters.deliveries.fetch_add(n, Relaxed);
         }
     }
 
@@ -909,6 +974,9 @@ impl Fanout {
             }
             ReadDone::Presences(topic, except, read) => {
                 self.deliver_presences(chat, sessions, topic, except, read).await;
+            }
+            ReadDone::GuildMembers(user, guild, mark, read) => {
+                self.deliver_guild_members(sessions, user, guild, mark, read);
             }
             ReadDone::VoiceStates(topic, except, channels, states) => {
                 self.deliver_voice_states(chat, sessions, topic, except, channels, states)
@@ -1015,6 +1083,55 @@ impl Fanout {
         }
     }
 
+    /// Delivers a presence event that reached some of its audience through large guilds
+    /// (`large`): a user who follows one of its other topics (a small guild, their own — a
+    /// friend's or DM partner's) gets it in every session; one reached only through large
+    /// guilds, in the sessions that look at one of them.
+    fn deliver_presence_gated(&self, sessions: &Sessions, e: &Envelope, except: Option<u64>, large: &[u64]) {
+        let (open, gated) = {
+            let st = self.state();
+            let ix = &st.index;
+            let mut open: Vec<u64> = Vec::new();
+            let mut gated: Vec<(u64, u64)> = Vec::new();
+            for t in &e.topics {
+                match t.guild_id().filter(|g| large.contains(g)) {
+                    Some(g) => gated.extend(ix.followers(t).map(|u| (u, g))),
+                    None => open.extend(ix.followers(t)),
+                }
+            }
+            open.sort_unstable();
+            open.dedup();
+            gated.sort_unstable();
+            gated.retain(|(u, _)| open.binary_search(u).is_err() && Some(*u) != except);
+            (open, gated)
+        };
+        let (mut n, mut skipped) = (0, 0);
+        let _batch = crate::engine::Batch::begin();
+        for u in open {
+            if Some(u) != except {
+                sessions.push_to_user(u, e.lane, &e.event);
+                n += 1;
+            }
+        }
+        let mut guilds = Vec::new();
+        let mut i = 0;
+        while i < gated.len() {
+            let u = gated[i].0;
+            guilds.clear();
+            while i < gated.len() && gated[i].0 == u {
+                guilds.push(gated[i].1);
+                i += 1;
+            }
+            match sessions.push_presence_to_viewers(u, &guilds, &e.event) {
+                0 => skipped += 1,
+                _ => n += 1,
+            }
+        }
+        self.counters.envelopes.fetch_add(1, Relaxed);
+        self.counters.deliveries.fetch_add(n, Relaxed);
+        self.counters.presence_gated.fetch_add(skipped, Relaxed);
+    }
+
     async fn deliver(&self, chat: &Chat, sessions: &Sessions, e: Envelope) {
         let (channel, except) = match e.audience {
             Audience::All => (None, None),
@@ -1022,6 +1139,21 @@ impl Fanout {
             Audience::Viewers(c) => (Some(c), None),
             Audience::ViewersExcept(c, u) => (Some(c), Some(u)),
         };
+        // Presence through a large guild reaches only the sessions that look at it
+        // (`gateway::view`).
+        let mut large = Vec::new();
+        if e.lane == Lane::Presence && channel.is_none() {
+            for t in &e.topics {
+                if let Some(g) = t.guild_id()
+                    && chat.is_large(g).await
+                {
+                    large.push(g);
+                }
+            }
+        }
+        if !large.is_empty() {
+            return self.deliver_presence_gated(sessions, &e, except, &large);
+        }
         let users: Vec<u64> = match channel {
             None => {
                 let st = self.state();
@@ -1093,6 +1225,9 @@ enum ReadDone {
     Seqs(Topic, Option<Vec<(u64, u64)>>),
     /// Presences for a [`Message::Show`]: its topic, its exception, what was read.
     Presences(Topic, Option<u64>, Vec<(quaver_proto::Presence, Option<u64>)>),
+    /// A large guild's members' presence for a user's sessions that look at it: (user,
+    /// guild, delivery mark when asked, what was read).
+    GuildMembers(u64, u64, u64, Vec<(quaver_proto::Presence, Option<u64>)>),
     /// Voice states for a [`Message::Show`]: its topic, its exception, its channels, the
     /// states of them all.
     VoiceStates(Topic, Option<u64>, Vec<u64>, Vec<quaver_proto::VoiceState>),
@@ -1134,6 +1269,27 @@ impl Reads {
         tokio::spawn(async move {
             let read = presence.snapshot_versioned(users).await;
             let _ = done.send(ReadDone::Presences(topic, except, read));
+        });
+    }
+
+    /// Reads the presence of large guild `guild`'s members (offline ones too with `again`)
+    /// for `user`'s sessions that look at it.
+    fn guild_members(&self, user: u64, guild: u64, again: bool, mark: u64) {
+        let (chat, presence, done) = (self.chat.clone(), self.presence.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let members = match chat.member_ids(guild, user).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(guild, user, error = %e.message, "a large guild's members could not be read: its presence snapshot is not sent");
+                    return;
+                }
+            };
+            let read = if again {
+                presence.snapshot_all(members).await
+            } else {
+                presence.snapshot_versioned(members).await
+            };
+            let _ = done.send(ReadDone::GuildMembers(user, guild, mark, read));
         });
     }
 
@@ -1308,6 +1464,23 @@ impl Fanout {
                 };
                 let what = Show::Presences(users);
                 self.control(topic.clone(), Message::Show { topic, except, what });
+                return None;
+            }
+            BusEvent::ShowGuildMembers {
+                user_id,
+                guild_id,
+                again,
+            } => {
+                let topic = Topic::user(user_id);
+                let what = Show::GuildMembers { guild: guild_id, again };
+                self.control(
+                    topic.clone(),
+                    Message::Show {
+                        topic,
+                        except: None,
+                        what,
+                    },
+                );
                 return None;
             }
             BusEvent::ShowVoiceStates { user_id, channels } => {

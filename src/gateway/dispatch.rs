@@ -86,8 +86,22 @@ pub async fn request(
                 .into());
             }
             // Channels the user cannot see are harmless here: a view only narrows what the
-            // session is sent.
-            session.set_view(channel_ids);
+            // session is sent. Their guilds decide whose presence it is told in large ones.
+            let guilds = match &channel_ids {
+                Some(ids) => {
+                    let mut guilds = Vec::new();
+                    for c in ids {
+                        if let Ok(Some(g)) = ctx.chat.channel_guild_of(*c).await {
+                            guilds.push(g);
+                        }
+                    }
+                    Some(guilds)
+                }
+                None => None,
+            };
+            let large = ctx.chat.large_guilds_of(user).await?;
+            let keep = session.set_view(channel_ids, guilds, &large);
+            super::session::show_kept(ctx.fanout.as_ref(), user, keep);
             Ok(ResponseBody::Done)
         }
         RequestBody::TypingStart { channel_id } => {

@@ -343,21 +343,50 @@ impl SessionHandle {
         }
     }
 
-    /// Sets the guild channels the session views (`None`: all).
-    pub fn set_view(&self, channels: Option<Vec<u64>>) {
+    /// Sets the guild channels the session views (`None`: all) and their guilds; of
+    /// `large` (the user's large guilds, sorted), returns those it is now to be sent the
+    /// members' presence of ([`view::View::newly_kept`]).
+    pub fn set_view(&self, channels: Option<Vec<u64>>, guilds: Option<Vec<u64>>, large: &[u64]) -> Vec<view::Keep> {
         let mut g = self.lock();
-        match (&mut g.view, channels) {
-            // Never said, and still every channel: nothing to keep.
-            (None, None) => {}
-            (Some(v), channels) => v.set(channels),
-            (None, channels) => {
-                // Its later reports' share of the spread: from its id, which is random.
-                let spread = std::time::Duration::from_millis(u64::from(self.id.0[0]) * 2);
-                let mut v = view::View::new(spread);
-                v.set(channels);
-                g.view = Some(Box::new(v));
-            }
+        if g.view.is_none() && channels.is_none() && large.is_empty() {
+            // Never said, still every channel, and no large guild: nothing to keep.
+            return Vec::new();
         }
+        let v = self.view_mut(&mut g);
+        v.set_with_guilds(channels, guilds);
+        v.newly_kept(large)
+    }
+
+    /// Of `large` (the user's large guilds, sorted), those the session views and was not
+    /// yet sent the members' presence of: it is now to be (a new session that declared no
+    /// view soon after `Ready`, [`view::View::newly_kept`]).
+    pub fn keep_viewed(&self, large: &[u64]) -> Vec<view::Keep> {
+        if large.is_empty() {
+            return Vec::new();
+        }
+        let mut g = self.lock();
+        self.view_mut(&mut g).newly_kept(large)
+    }
+
+    /// The large guilds whose members' presence the session is kept current on.
+    pub fn kept_guilds(&self) -> Vec<u64> {
+        self.lock().view.as_ref().map(|v| v.kept().to_vec()).unwrap_or_default()
+    }
+
+    /// Whether the session looks at a channel of one of `guilds` (or at every channel).
+    pub fn views_any_guild(&self, guilds: &[u64]) -> bool {
+        self.lock()
+            .view
+            .as_ref()
+            .is_none_or(|v| guilds.iter().any(|g| v.views_guild(*g)))
+    }
+
+    fn view_mut<'a>(&self, g: &'a mut Inner) -> &'a mut view::View {
+        g.view.get_or_insert_with(|| {
+            // Its later reports' share of the spread: from its id, which is random.
+            let spread = std::time::Duration::from_millis(u64::from(self.id.0[0]) * 2);
+            Box::new(view::View::new(spread))
+        })
     }
 
     fn push_locked(g: &mut Inner, lane: Lane, body: Bytes) {
@@ -579,6 +608,21 @@ impl Sessions {
             self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
         }
         held
+    }
+
+    /// Queues a presence event for each session of `user` that looks at one of `guilds` —
+    /// the large guilds it reached the user through ([`view`]). Returns how many got it.
+    pub fn push_presence_to_viewers(&self, user: UserId, guilds: &[u64], event: &Bytes) -> u64 {
+        let mut n = 0;
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                if h.views_any_guild(guilds) {
+                    h.push_event(Lane::Presence, event.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Sends the `ChannelActivity` reports whose time has come; returns how many sessions

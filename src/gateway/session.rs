@@ -48,25 +48,20 @@ pub(crate) async fn open(
     link: Arc<dyn super::Link>,
     max_datagram_bytes: usize,
 ) -> Result<Opened, (CloseCode, String)> {
-    let snapshot = async {
-        let s = ctx.chat.ready(identity.user_id, &identity.name).await?;
-        let presences = ctx.presence.snapshot(ctx.chat.observers(identity.user_id).await?).await;
-        Ok::<_, ErrorBody>((s, presences))
+    let failed = |e: ErrorBody| {
+        tracing::error!(error = %e.message, "building Ready failed");
+        let reason = if e.code == ErrorCode::UNAVAILABLE {
+            "storage unavailable; retry"
+        } else {
+            "server failure; retry"
+        };
+        (CloseCode::INTERNAL_ERROR, reason.to_string())
     };
     // Boxed, like the catch-up below: the store queries' state would otherwise stay in the
     // caller's future for the whole session.
-    let (mut parts, presences) = match Box::pin(snapshot).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e.message, "building Ready failed");
-            let reason = if e.code == ErrorCode::UNAVAILABLE {
-                "storage unavailable; retry"
-            } else {
-                "server failure; retry"
-            };
-            return Err((CloseCode::INTERNAL_ERROR, reason.into()));
-        }
-    };
+    let mut parts = Box::pin(ctx.chat.ready(identity.user_id, &identity.name))
+        .await
+        .map_err(failed)?;
     let zstd = hello.compression == Compression::Zstd;
     // Resume: the same user's session, still in its window, whose buffer covers every lane.
     let resumed: Option<(Arc<SessionHandle>, [u64; 5])> = match &hello.resume {
@@ -99,6 +94,17 @@ pub(crate) async fn open(
             ctx.replay_limits(),
         ))
     });
+    // Presence: of the large guilds' members only those of the guilds an exactly resumed
+    // session is kept current on; a new one is told the others when it looks at them
+    // (`gateway::view`), or soon if it declares no view.
+    let kept = handle.kept_guilds();
+    let observers = Box::pin(ctx.chat.observers(identity.user_id, &kept))
+        .await
+        .map_err(failed)?;
+    let presences = ctx.presence.snapshot(observers).await;
+    if !is_resume && parts.guilds.iter().any(|g| ctx.chat.is_large_count(g.member_count)) {
+        keep_later(ctx, &handle);
+    }
     let generation = handle.attach_link(link, resume_from);
     let voice_states = ctx.voice.visible_states(&parts.guilds).await;
     if !is_resume {
@@ -161,6 +167,39 @@ pub(crate) async fn open(
 /// The application's `connect` hook, when one is configured: `Ok(Some(name))` to use that
 /// display name, `Ok(None)` to go ahead as is, `Err` (4032 `refused`, the hook's reason) to
 /// refuse. Asked for every `Hello`, a resume too.
+/// How long a new session in a large guild has to declare a view before it is sent the
+/// presence of every large guild's members (it declared none: it looks at every channel).
+/// A client that declares one does so right after `Ready`, and is told only what it views.
+pub const KEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After [`KEEP_AFTER`], sends a session that still views every channel its large guilds'
+/// members' presence.
+fn keep_later(ctx: &Ctx, handle: &Arc<SessionHandle>) {
+    let (chat, fanout, handle) = (ctx.chat.clone(), ctx.fanout.clone(), Arc::downgrade(handle));
+    tokio::spawn(async move {
+        tokio::time::sleep(KEEP_AFTER).await;
+        let Some(h) = handle.upgrade() else { return };
+        match chat.large_guilds_of(h.user).await {
+            Ok(large) => show_kept(fanout.as_ref(), h.user, h.keep_viewed(&large)),
+            Err(e) => {
+                tracing::warn!(user = h.user, error = %e.message, "a session's large guilds could not be read: their members' presence is not sent to it")
+            }
+        }
+    });
+}
+
+/// Asks for the presence of the members of each large guild in `keep` to go to `user`'s
+/// sessions that look at it.
+pub(crate) fn show_kept(bus: &dyn crate::cluster::Bus, user: u64, keep: Vec<super::view::Keep>) {
+    for k in keep {
+        bus.publish(crate::cluster::BusEvent::ShowGuildMembers {
+            user_id: user,
+            guild_id: k.guild,
+            again: k.again,
+        });
+    }
+}
+
 pub(crate) async fn connect_hook(
     ctx: &Ctx,
     identity: &Identity,

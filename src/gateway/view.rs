@@ -11,6 +11,15 @@
 //! (their envelopes carry no channel audience). Nothing is lost: every event is stored and
 //! sequenced as before, and opening a channel fetches its history.
 //!
+//! The view also decides whose presence the session is told in a *large* guild (more
+//! members than `session.large_guild_members`): only while the session looks at one of its
+//! channels (or declared no view). Presence is the other quadratic of a large guild: every
+//! member's every change to every member's every session — 10,000 members connecting were
+//! 10⁸ deliveries. A session is *kept* current on a large guild from the moment its view
+//! brings it in; it is then sent a snapshot of the guild's members
+//! ([`View::newly_kept`]: with the offline ones too once it has ever looked away, since
+//! what it holds of them may then be stale).
+//!
 //! This is state, not I/O: [`View`] decides, the session handle applies it under its lock.
 
 use std::time::{Duration, Instant};
@@ -53,6 +62,24 @@ pub struct View {
     scheduled: bool,
     /// This session's share of [`ACTIVITY_SPREAD`].
     spread: Duration,
+    /// The guilds of the channels in `only` (`None` with it), sorted.
+    guilds: Option<Vec<u64>>,
+    /// Large guilds the session is kept current on (it was sent their members' presence,
+    /// and their changes reach it), sorted.
+    kept: Vec<u64>,
+    /// Whether it ever declared a view narrower than every channel: until then it was
+    /// sent every change of every large guild, so nothing it holds of them is stale.
+    narrowed: bool,
+}
+
+/// A large guild newly brought into a session's view: send it the members' presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// The guild.
+    pub guild: u64,
+    /// Whether the session may hold stale statuses of its members (it has looked away from
+    /// large guilds before): the offline members are said too.
+    pub again: bool,
 }
 
 impl View {
@@ -63,6 +90,44 @@ impl View {
             spread: spread.min(ACTIVITY_SPREAD),
             ..Self::default()
         }
+    }
+
+    /// Sets the channels viewed and their guilds (`None`: all; channels of no guild, or
+    /// unknown, in `guilds` are left out by the caller). See [`View::set`].
+    pub fn set_with_guilds(&mut self, only: Option<Vec<u64>>, guilds: Option<Vec<u64>>) {
+        self.set(only);
+        self.guilds = self.only.as_ref().and(guilds).map(|mut g| {
+            g.sort_unstable();
+            g.dedup();
+            g
+        });
+    }
+
+    /// Whether the session looks at a channel of `guild` (or at every channel).
+    pub fn views_guild(&self, guild: u64) -> bool {
+        self.guilds.as_ref().is_none_or(|g| g.binary_search(&guild).is_ok())
+    }
+
+    /// Of `large` (the user's large guilds, sorted), those the view now brings in and the
+    /// session was not kept current on: it is from now on (and no longer on those it left).
+    pub fn newly_kept(&mut self, large: &[u64]) -> Vec<Keep> {
+        let now: Vec<u64> = large.iter().copied().filter(|g| self.views_guild(*g)).collect();
+        let new: Vec<Keep> = now
+            .iter()
+            .filter(|g| self.kept.binary_search(g).is_err())
+            .map(|g| Keep {
+                guild: *g,
+                again: self.narrowed,
+            })
+            .collect();
+        self.kept = now;
+        self.narrowed |= self.guilds.is_some();
+        new
+    }
+
+    /// The large guilds the session is kept current on.
+    pub fn kept(&self) -> &[u64] {
+        &self.kept
     }
 
     /// Sets the channels viewed (`None`: all). A channel now viewed is no longer reported:
@@ -174,6 +239,42 @@ mod tests {
             Report::At(t0 + ACTIVITY_EVERY + Duration::from_millis(300))
         );
         assert_eq!(View::new(Duration::from_secs(9)).spread, ACTIVITY_SPREAD, "capped");
+    }
+
+    #[test]
+    fn a_large_guild_is_kept_current_while_viewed_and_said_whole_once_it_was_looked_away_from() {
+        let keep = |g, again| Keep { guild: g, again };
+        // Every channel (no view yet): every large guild, once; nothing it holds is stale.
+        let mut v = View::default();
+        assert_eq!(v.newly_kept(&[10, 20]), [keep(10, false), keep(20, false)]);
+        assert!(v.newly_kept(&[10, 20]).is_empty(), "already kept");
+        assert!(v.views_guild(10) && v.views_guild(99));
+        // A channel of guild 10: 20 is left (its changes stop), nothing new to send.
+        v.set_with_guilds(Some(vec![1]), Some(vec![10]));
+        assert!(v.views_guild(10) && !v.views_guild(20));
+        assert!(v.newly_kept(&[10, 20]).is_empty());
+        assert_eq!(v.kept(), [10]);
+        // Another channel of 10: still nothing new.
+        v.set_with_guilds(Some(vec![2]), Some(vec![10]));
+        assert!(v.newly_kept(&[10, 20]).is_empty());
+        // Back to 20: its members again, offline ones too (what it holds may be stale).
+        v.set_with_guilds(Some(vec![3]), Some(vec![20]));
+        assert_eq!(v.newly_kept(&[10, 20]), [keep(20, true)]);
+        // A guild that grew large meanwhile: it may have been looked away from too.
+        v.set_with_guilds(Some(vec![3, 4]), Some(vec![20, 30]));
+        assert_eq!(v.newly_kept(&[10, 20, 30]), [keep(30, true)]);
+        // No view again: everything.
+        v.set_with_guilds(None, Some(vec![20]));
+        assert!(v.views_guild(10), "no view: guilds ignored");
+        assert_eq!(v.newly_kept(&[10, 20, 30]), [keep(10, true)]);
+
+        // A new session's first view: it was sent every change until now, so the guild it
+        // takes in needs only who is not offline.
+        let mut fresh = View::default();
+        fresh.set_with_guilds(Some(vec![1]), Some(vec![10]));
+        assert_eq!(fresh.newly_kept(&[10, 20]), [keep(10, false)]);
+        fresh.set_with_guilds(Some(vec![5]), Some(vec![20]));
+        assert_eq!(fresh.newly_kept(&[10, 20]), [keep(20, true)]);
     }
 
     #[test]

@@ -21,9 +21,10 @@ enum Cmd {
     Disconnect(u64, SessionId),
     Seen(u64, SessionId),
     Set(u64, SessionId, PresenceStatus, Option<String>, Option<String>),
-    /// The non-offline presences among the users, each with the version its last change was
-    /// published with here (`None` while a cluster's registry is away).
-    Snapshot(Vec<u64>, oneshot::Sender<Vec<(Presence, Option<u64>)>>),
+    /// The non-offline presences among the users (with `true`, the offline ones too), each
+    /// with the version its last change was published with here (`None` while a cluster's
+    /// registry is away).
+    Snapshot(Vec<u64>, bool, oneshot::Sender<Vec<(Presence, Option<u64>)>>),
     /// Which of the users have a session here (or are in their reconnect grace).
     Live(Vec<u64>, oneshot::Sender<Vec<u64>>),
     /// The registry is reachable again: write every part again.
@@ -131,14 +132,25 @@ impl PresenceHandle {
     /// fan-out tells a newer change from an older snapshot by it). `None` while a cluster's
     /// registry is away (this node's view, unversioned).
     pub async fn snapshot_versioned(&self, users: Vec<u64>) -> Vec<(Presence, Option<u64>)> {
+        self.read(users, false).await
+    }
+
+    /// Every one of `users`, offline ones too (for a session that may hold an older status
+    /// of them: a large guild it looks at again), each with its version as in
+    /// [`snapshot_versioned`](Self::snapshot_versioned).
+    pub async fn snapshot_all(&self, users: Vec<u64>) -> Vec<(Presence, Option<u64>)> {
+        self.read(users, true).await
+    }
+
+    async fn read(&self, users: Vec<u64>, offline: bool) -> Vec<(Presence, Option<u64>)> {
         if let Some(r) = self.registry.as_ref().filter(|r| r.is_up()) {
-            match r.read_versioned(&users).await {
+            match r.read_versioned(&users, offline).await {
                 Ok(v) => return v.into_iter().map(|(p, n)| (p, Some(n))).collect(),
                 Err(e) => tracing::warn!(error = %e, "presence registry unreachable: this node's view only"),
             }
         }
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Snapshot(users, tx)).is_err() {
+        if self.tx.send(Cmd::Snapshot(users, offline, tx)).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -271,12 +283,12 @@ async fn run(
                 Vec::new()
             }
             Some(Cmd::Set(u, s, st, c, a)) => state.set(u, s, st, c, a).into_iter().collect(),
-            Some(Cmd::Snapshot(users, reply)) => {
+            Some(Cmd::Snapshot(users, offline, reply)) => {
                 let at = registry.is_none().then_some(version);
                 let v = users
                     .into_iter()
                     .map(|u| state.visible(u))
-                    .filter(|p| p.status != PresenceStatus::Offline)
+                    .filter(|p| offline || p.status != PresenceStatus::Offline)
                     .map(|p| (p, at))
                     .collect();
                 let _ = reply.send(v);

@@ -195,12 +195,17 @@ impl RedisRegistry {
 
     /// What others see of each of `users` (offline ones left out).
     pub async fn read(&self, users: &[u64]) -> redis::RedisResult<Vec<Presence>> {
-        Ok(self.read_versioned(users).await?.into_iter().map(|(p, _)| p).collect())
+        Ok(self
+            .read_versioned(users, false)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
-    /// The same, each with the user's version (the one its last change was published with;
-    /// 0 for a user never written).
-    pub async fn read_versioned(&self, users: &[u64]) -> redis::RedisResult<Vec<(Presence, u64)>> {
+    /// The same (with `offline`, offline ones kept), each with the user's version (the one
+    /// its last change was published with; 0 for a user never written).
+    pub async fn read_versioned(&self, users: &[u64], offline: bool) -> redis::RedisResult<Vec<(Presence, u64)>> {
         let reads = users.iter().map(|u| async move {
             let v: Value = self.cmds.query(redis::cmd("HGETALL").arg(self.user_key(*u))).await?;
             Ok::<_, redis::RedisError>((merge(*u, &parts_of(&v)), version_of(&v)))
@@ -209,7 +214,7 @@ impl RedisRegistry {
         let r: redis::RedisResult<Vec<(Presence, u64)>> = all.into_iter().collect();
         self.result(r.map(|v| {
             v.into_iter()
-                .filter(|(p, _)| p.status != quaver_proto::PresenceStatus::Offline)
+                .filter(|(p, _)| offline || p.status != quaver_proto::PresenceStatus::Offline)
                 .collect()
         }))
     }
