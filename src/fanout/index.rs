@@ -112,6 +112,11 @@ impl TopicIndex {
         self.topics.get(topic).into_iter().flatten().copied()
     }
 
+    /// How many local users follow `topic`.
+    pub fn follower_count(&self, topic: &Topic) -> usize {
+        self.topics.get(topic).map_or(0, |f| f.len())
+    }
+
     /// Whether local user `user` follows `topic`.
     pub fn follows(&self, topic: &Topic, user: u64) -> bool {
         self.topics.get(topic).is_some_and(|f| f.contains(&user))

@@ -543,6 +543,19 @@ impl Fanout {
         let _ = self.local.send(m);
     }
 
+    /// Asks the node of `user`'s sessions to read and tell them `what`.
+    fn show_to_user(&self, user: u64, what: Show) {
+        let topic = Topic::user(user);
+        self.control(
+            topic.clone(),
+            Message::Show {
+                topic,
+                except: None,
+                what,
+            },
+        );
+    }
+
     fn control(&self, topic: Topic, m: Message) {
         self.pubsub.publish(&topic, m.encode(self.origin));
         let _ = self.local.send(m);
@@ -815,7 +828,11 @@ impl Fanout {
         match what {
             Show::Presences(users) => reads.presences(topic, except, users),
             Show::GuildMembers { guild, again } => {
-                if let Some(user) = topic.user_id() {
+                // Read only for sessions here that look at the guild (a member who declared a
+                // view without it is told when the view takes it in).
+                if let Some(user) = topic.user_id()
+                    && sessions.of_user(user).iter().any(|h| h.views_any_guild(&[guild]))
+                {
                     // Changes delivered from now on reach the sessions that look at the guild
                     // (their view took it in before this was sent): an entry read before
                     // such a change is older than what they have.
@@ -1088,24 +1105,40 @@ impl Fanout {
     /// friend's or DM partner's) gets it in every session; one reached only through large
     /// guilds, in the sessions that look at one of them.
     fn deliver_presence_gated(&self, sessions: &Sessions, e: &Envelope, except: Option<u64>, large: &[u64]) {
-        let (open, gated) = {
+        let (open, gated, reach) = {
             let st = self.state();
             let ix = &st.index;
             let mut open: Vec<u64> = Vec::new();
-            let mut gated: Vec<(u64, u64)> = Vec::new();
-            for t in &e.topics {
-                match t.guild_id().filter(|g| large.contains(g)) {
-                    Some(g) => gated.extend(ix.followers(t).map(|u| (u, g))),
-                    None => open.extend(ix.followers(t)),
-                }
+            for t in e
+                .topics
+                .iter()
+                .filter(|t| t.guild_id().is_none_or(|g| !large.contains(&g)))
+            {
+                open.extend(ix.followers(t));
             }
             open.sort_unstable();
             open.dedup();
+            // Through a large guild: only its followers here that look at it (an index of
+            // the views: not a look at each follower's sessions).
+            let mut gated: Vec<(u64, u64)> = Vec::new();
+            let mut reach = 0;
+            for g in large {
+                let topic = Topic::guild(*g);
+                // Its followers but those reached otherwise (counted for the metric).
+                reach += ix.follower_count(&topic)
+                    - open.iter().filter(|u| ix.follows(&topic, **u)).count()
+                    - except.map_or(0, |u| {
+                        usize::from(open.binary_search(&u).is_err() && ix.follows(&topic, u))
+                    });
+                let looking = sessions.looking_at(*g, |u| {
+                    Some(u) != except && open.binary_search(&u).is_err() && ix.follows(&topic, u)
+                });
+                gated.extend(looking.into_iter().map(|u| (u, *g)));
+            }
             gated.sort_unstable();
-            gated.retain(|(u, _)| open.binary_search(u).is_err() && Some(*u) != except);
-            (open, gated)
+            (open, gated, reach)
         };
-        let (mut n, mut skipped) = (0, 0);
+        let (mut n, mut gated_n) = (0, 0);
         let _batch = crate::engine::Batch::begin();
         for u in open {
             if Some(u) != except {
@@ -1122,14 +1155,15 @@ impl Fanout {
                 guilds.push(gated[i].1);
                 i += 1;
             }
-            match sessions.push_presence_to_viewers(u, &guilds, &e.event) {
-                0 => skipped += 1,
-                _ => n += 1,
+            if sessions.push_presence_to_viewers(u, &guilds, &e.event) > 0 {
+                gated_n += 1;
             }
         }
         self.counters.envelopes.fetch_add(1, Relaxed);
-        self.counters.deliveries.fetch_add(n, Relaxed);
-        self.counters.presence_gated.fetch_add(skipped, Relaxed);
+        self.counters.deliveries.fetch_add(n + gated_n, Relaxed);
+        // A user following two of the large guilds counts twice in `reach` (rare).
+        let skipped = reach.saturating_sub(gated_n as usize);
+        self.counters.presence_gated.fetch_add(skipped as u64, Relaxed);
     }
 
     async fn deliver(&self, chat: &Chat, sessions: &Sessions, e: Envelope) {
@@ -1471,29 +1505,11 @@ impl Fanout {
                 guild_id,
                 again,
             } => {
-                let topic = Topic::user(user_id);
-                let what = Show::GuildMembers { guild: guild_id, again };
-                self.control(
-                    topic.clone(),
-                    Message::Show {
-                        topic,
-                        except: None,
-                        what,
-                    },
-                );
+                self.show_to_user(user_id, Show::GuildMembers { guild: guild_id, again });
                 return None;
             }
             BusEvent::ShowVoiceStates { user_id, channels } => {
-                let topic = Topic::user(user_id);
-                let what = Show::VoiceStates(channels);
-                self.control(
-                    topic.clone(),
-                    Message::Show {
-                        topic,
-                        except: None,
-                        what,
-                    },
-                );
+                self.show_to_user(user_id, Show::VoiceStates(channels));
                 return None;
             }
             BusEvent::Order(order) => {

@@ -100,7 +100,7 @@ pub async fn request(
                 None => None,
             };
             let large = ctx.chat.large_guilds_of(user).await?;
-            let keep = session.set_view(channel_ids, guilds, &large);
+            let keep = ctx.sessions.set_view(session, channel_ids, guilds, &large);
             super::session::show_kept(ctx.fanout.as_ref(), user, keep);
             Ok(ResponseBody::Done)
         }

@@ -346,7 +346,7 @@ impl SessionHandle {
     /// Sets the guild channels the session views (`None`: all) and their guilds; of
     /// `large` (the user's large guilds, sorted), returns those it is now to be sent the
     /// members' presence of ([`view::View::newly_kept`]).
-    pub fn set_view(&self, channels: Option<Vec<u64>>, guilds: Option<Vec<u64>>, large: &[u64]) -> Vec<view::Keep> {
+    fn set_view(&self, channels: Option<Vec<u64>>, guilds: Option<Vec<u64>>, large: &[u64]) -> Vec<view::Keep> {
         let mut g = self.lock();
         if g.view.is_none() && channels.is_none() && large.is_empty() {
             // Never said, still every channel, and no large guild: nothing to keep.
@@ -371,6 +371,11 @@ impl SessionHandle {
     /// The large guilds whose members' presence the session is kept current on.
     pub fn kept_guilds(&self) -> Vec<u64> {
         self.lock().view.as_ref().map(|v| v.kept().to_vec()).unwrap_or_default()
+    }
+
+    /// The guilds whose channels the session looks at (`None`: every channel).
+    fn view_guilds(&self) -> Option<Vec<u64>> {
+        self.lock().view.as_ref().and_then(|v| v.guilds().map(<[u64]>::to_vec))
     }
 
     /// Whether the session looks at a channel of one of `guilds` (or at every channel).
@@ -534,6 +539,40 @@ pub struct Sessions {
 struct SessionMaps {
     by_id: HashMap<SessionId, Arc<SessionHandle>>,
     by_user: HashMap<UserId, Vec<Arc<SessionHandle>>>,
+    /// Per guild, the users with sessions whose view holds one of its channels, and how
+    /// many such sessions: a large guild's presence goes to these (and to `unnarrowed`)
+    /// without a look at every member's sessions.
+    looking: HashMap<u64, HashMap<UserId, u32>>,
+    /// Users with sessions that declared no view (they look at everything), and how many.
+    unnarrowed: HashMap<UserId, u32>,
+}
+
+impl SessionMaps {
+    /// Counts a session of `user` viewing `guilds` (`None`: everything) in or out.
+    fn note(&mut self, user: UserId, guilds: Option<&[u64]>, add: bool) {
+        fn bump(m: &mut HashMap<UserId, u32>, user: UserId, add: bool) {
+            if add {
+                *m.entry(user).or_default() += 1;
+            } else if let Some(n) = m.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&user);
+                }
+            }
+        }
+        match guilds {
+            None => bump(&mut self.unnarrowed, user, add),
+            Some(gs) => {
+                for g in gs {
+                    let m = self.looking.entry(*g).or_default();
+                    bump(m, user, add);
+                    if m.is_empty() {
+                        self.looking.remove(g);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Sessions {
@@ -544,6 +583,7 @@ impl Sessions {
 
     pub(crate) fn insert(&self, h: Arc<SessionHandle>) {
         let mut m = self.lock();
+        m.note(h.user, h.view_guilds().as_deref(), true);
         m.by_user.entry(h.user).or_default().push(h.clone());
         m.by_id.insert(h.id, h);
     }
@@ -552,6 +592,7 @@ impl Sessions {
     fn remove(&self, id: &SessionId) -> bool {
         let mut m = self.lock();
         let Some(h) = m.by_id.remove(id) else { return false };
+        m.note(h.user, h.view_guilds().as_deref(), false);
         if let Some(list) = m.by_user.get_mut(&h.user) {
             list.retain(|x| x.id != *id);
             if list.is_empty() {
@@ -608,6 +649,45 @@ impl Sessions {
             self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
         }
         held
+    }
+
+    /// Sets the guild channels `handle` views and their guilds
+    /// ([`SessionHandle::set_view`]); returns the large guilds it is now to be sent the
+    /// members' presence of.
+    pub fn set_view(
+        &self,
+        handle: &SessionHandle,
+        channels: Option<Vec<u64>>,
+        guilds: Option<Vec<u64>>,
+        large: &[u64],
+    ) -> Vec<view::Keep> {
+        let mut m = self.lock();
+        let before = handle.view_guilds();
+        let keep = handle.set_view(channels, guilds, large);
+        let after = handle.view_guilds();
+        if before != after && m.by_id.contains_key(&handle.id) {
+            m.note(handle.user, before.as_deref(), false);
+            m.note(handle.user, after.as_deref(), true);
+        }
+        keep
+    }
+
+    /// Of the users for whom `wanted` holds, those with a session here that looks at guild
+    /// `guild` (or at everything), sorted.
+    pub fn looking_at(&self, guild: u64, wanted: impl Fn(UserId) -> bool) -> Vec<UserId> {
+        let m = self.lock();
+        let mut out: Vec<UserId> = m
+            .looking
+            .get(&guild)
+            .into_iter()
+            .flat_map(|l| l.keys())
+            .chain(m.unnarrowed.keys())
+            .copied()
+            .filter(|u| wanted(*u))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Queues a presence event for each session of `user` that looks at one of `guilds` —
@@ -1026,5 +1106,48 @@ mod tests {
         assert!(h.expired(t + Duration::from_secs(120)));
         let (_g2, _cmd2, _) = conn(&h, [0; 5]);
         assert!(!h.expired(t + Duration::from_secs(500)), "resumed: no longer expiring");
+    }
+
+    #[test]
+    fn the_views_index_follows_each_sessions_view_and_its_end() {
+        let sessions = Sessions::default();
+        let limits = ReplayLimits {
+            max_events: 10,
+            max_bytes: 1 << 20,
+            window: Duration::from_secs(120),
+        };
+        let a = Arc::new(SessionHandle::new(SessionId([1; 16]), 1, limits));
+        let b = Arc::new(SessionHandle::new(SessionId([2; 16]), 2, limits));
+        let b2 = Arc::new(SessionHandle::new(SessionId([3; 16]), 2, limits));
+        for h in [&a, &b, &b2] {
+            sessions.insert(h.clone());
+        }
+        let all = |_| true;
+        // No view declared: every session looks at everything.
+        assert_eq!(sessions.looking_at(10, all), [1, 2]);
+        sessions.set_view(&a, Some(vec![100]), Some(vec![10]), &[10, 20]);
+        sessions.set_view(&b, Some(vec![]), Some(vec![]), &[10, 20]);
+        assert_eq!(
+            sessions.looking_at(10, all),
+            [1, 2],
+            "b's other session declared nothing"
+        );
+        assert_eq!(sessions.looking_at(20, all), [2]);
+        sessions.set_view(&b2, Some(vec![200]), Some(vec![20]), &[10, 20]);
+        assert_eq!(sessions.looking_at(10, all), [1]);
+        assert_eq!(sessions.looking_at(20, all), [2]);
+        assert_eq!(
+            sessions.looking_at(20, |u| u != 2),
+            Vec::<u64>::new(),
+            "filtered by the caller"
+        );
+        // A session that ends leaves the index.
+        assert!(sessions.remove(&b2.id));
+        assert!(sessions.looking_at(20, all).is_empty());
+        sessions.set_view(&a, None, None, &[10, 20]);
+        assert_eq!(sessions.looking_at(30, all), [1], "no view again: everything");
+        assert!(sessions.remove(&a.id) && sessions.remove(&b.id));
+        let m = sessions.lock();
+        assert!(m.looking.is_empty() && m.unnarrowed.is_empty(), "nothing left behind");
     }
 }

@@ -103,6 +103,11 @@ impl View {
         });
     }
 
+    /// The guilds of the channels viewed (`None`: every channel).
+    pub fn guilds(&self) -> Option<&[u64]> {
+        self.guilds.as_deref()
+    }
+
     /// Whether the session looks at a channel of `guild` (or at every channel).
     pub fn views_guild(&self, guild: u64) -> bool {
         self.guilds.as_ref().is_none_or(|g| g.binary_search(&guild).is_ok())
