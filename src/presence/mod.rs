@@ -293,6 +293,12 @@ impl PresenceState {
         self.publish_if_changed(user)
     }
 
+    /// The soonest deadline a command at `now` can add ([`PresenceState::next_deadline`]
+    /// moves no earlier than this): a new session's sweep, or a grace that starts.
+    pub fn soonest_new_deadline(&self, now: Instant) -> Instant {
+        now + self.grace.min(self.timeout)
+    }
+
     /// The next grace end or sweep time.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.users
