@@ -164,9 +164,6 @@ pub(crate) async fn open(
     })
 }
 
-/// The application's `connect` hook, when one is configured: `Ok(Some(name))` to use that
-/// display name, `Ok(None)` to go ahead as is, `Err` (4032 `refused`, the hook's reason) to
-/// refuse. Asked for every `Hello`, a resume too.
 /// How long a new session in a large guild has to declare a view before it is sent the
 /// presence of every large guild's members (it declared none: it looks at every channel).
 /// A client that declares one does so right after `Ready`, and is told only what it views.
@@ -200,6 +197,9 @@ pub(crate) fn show_kept(bus: &dyn crate::cluster::Bus, user: u64, keep: Vec<supe
     }
 }
 
+/// The application's `connect` hook, when one is configured: `Ok(Some(name))` to use that
+/// display name, `Ok(None)` to go ahead as is, `Err` (4032 `refused`, the hook's reason) to
+/// refuse. Asked for every `Hello`, a resume too.
 pub(crate) async fn connect_hook(
     ctx: &Ctx,
     identity: &Identity,
