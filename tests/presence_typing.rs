@@ -65,23 +65,6 @@ async fn presence_of(l: &mut LaneStream, user: u64) -> Presence {
     }
 }
 
-/// `joiner` joins guild `gid` by an invite `owner` makes.
-async fn join(owner: &mut LaneStream, gid: u64, joiner: &mut LaneStream) {
-    let Ok(ResponseBody::Invite(inv)) = req(
-        owner,
-        RequestBody::CreateInvite {
-            guild_id: gid,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
-    )
-    .await
-    else {
-        panic!("invite")
-    };
-    req(joiner, RequestBody::JoinGuild { code: inv.code }).await.unwrap();
-}
-
 /// Guild owned by `owner` with `others` joined; returns its general channel.
 async fn guild(owner: &mut P, others: &mut [&mut P]) -> u64 {
     shared_guild(
@@ -491,7 +474,7 @@ async fn a_new_guild_member_and_the_members_see_each_other_online_at_once() {
     assert_eq!(b_sees.status(1), PresenceStatus::Offline, "strangers see nothing");
     // b joins by invite: b sees both members at once, and they see b — without anyone
     // reconnecting or changing status.
-    join(&mut a.chat, gid, &mut b.chat).await;
+    join_guild(&mut a.chat, gid, &mut b.chat).await;
     assert!(
         b_sees
             .until(&mut b.presence, 1, PresenceStatus::Online, PROPAGATION)
@@ -764,7 +747,7 @@ async fn a_large_guilds_presence_reaches_the_sessions_that_look_at_it() {
     assert_eq!(b2_sees.status(4), PresenceStatus::Online);
     // A new member: sees the members (declaring no view), and is seen by those looking.
     let mut f = session(&server, 6, DeviceKind::Desktop).await;
-    join(&mut a.chat, gid, &mut f.chat).await;
+    join_guild(&mut a.chat, gid, &mut f.chat).await;
     let mut f_sees = Seen::default();
     assert!(
         f_sees

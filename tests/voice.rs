@@ -757,21 +757,7 @@ async fn who_newly_sees_a_voice_channel_is_told_who_is_in_it() {
     join(&mut b, vc).await;
     join(&mut a, hidden.id).await;
     // c joins the guild: told who is in the channel it can see, not in the hidden one.
-    let Ok(ResponseBody::Invite(inv)) = req(
-        &mut a.chat,
-        RequestBody::CreateInvite {
-            guild_id: gid,
-            max_uses: 0,
-            max_age_secs: 0,
-        },
-    )
-    .await
-    else {
-        panic!()
-    };
-    req(&mut c.chat, RequestBody::JoinGuild { code: inv.code })
-        .await
-        .unwrap();
+    join_guild(&mut a.chat, gid, &mut c.chat).await;
     let got = states_snapshot(&mut c.voice, Duration::from_secs(3)).await;
     assert_eq!(got, Some((vec![vc], vec![(2, vc)])), "the new member's view of voice");
     // b is given view of the hidden channel: told a is in it.

@@ -165,6 +165,25 @@ async fn ok(l: &mut quaver_client::LaneStream, body: quaver_proto::RequestBody) 
         .expect("request accepted")
 }
 
+/// `joiner` joins guild `guild_id` by an invite the owner (`owner_chat`) makes.
+pub async fn join_guild(
+    owner_chat: &mut quaver_client::LaneStream,
+    guild_id: u64,
+    joiner_chat: &mut quaver_client::LaneStream,
+) {
+    use quaver_proto::{RequestBody, ResponseBody};
+    let invite = RequestBody::CreateInvite {
+        guild_id,
+        max_uses: 0,
+        max_age_secs: 0,
+    };
+    let ResponseBody::Invite(inv) = ok(owner_chat, invite).await else {
+        panic!("invite")
+    };
+    let r = ok(joiner_chat, RequestBody::JoinGuild { code: inv.code }).await;
+    assert!(matches!(r, ResponseBody::Guild(_)), "{r:?}");
+}
+
 /// A guild created by the owner of `owner_chat`, joined by invite by each of `others`
 /// (their chat lanes): `(guild id, general channel id)`.
 pub async fn shared_guild(
