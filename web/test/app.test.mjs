@@ -504,6 +504,9 @@ test('a server the page cannot reach is said within seconds, not "reconnectingâ€
   assert.match(banner, /^Can't reach the server: .+\. Trying again in \d+ s\.$/, banner);
   assert.equal(await page.isVisible('#reconnect-banner'), true);
   await page.screenshot({ path: join(SHOTS, 'unreachable.png') });
+  // The page keeps retrying: a retry's handler still running when the context closes would
+  // fail (its response disposed) with nobody to tell. Let running ones finish first.
+  await page.unrouteAll({ behavior: 'wait' });
   await context.close();
 });
 

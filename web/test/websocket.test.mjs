@@ -49,6 +49,8 @@ after(async () => {
   try {
     for (const p of [ada, bob]) if (p) assert.deepEqual(ours(p), [], 'no page errors and no console errors');
   } finally {
+    // Their `/cert-hash` handlers must not fail into the void as the browser goes.
+    await Promise.all([ada, bob].map((p) => p?.unrouteAll({ behavior: 'ignoreErrors' })));
     await browser?.close();
     blackhole?.close();
     server?.child.kill('SIGTERM');
