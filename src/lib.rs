@@ -69,6 +69,8 @@ pub struct Ctx {
     pub verifier: auth::Verifier,
     /// The TLS certificate in service.
     pub certs: Arc<transport::tls::CertStore>,
+    /// The TLS ticket and stateless-reset keys, shared by the nodes through the store.
+    pub keys: transport::keys::Keys,
     /// Counters.
     pub metrics: metrics::Metrics,
     /// Fires when shutdown starts.
@@ -271,6 +273,9 @@ impl Server {
         let store = store::Store::open_with(&cfg.database_url(), &cfg.store)
             .await
             .map_err(|e| anyhow::anyhow!("opening database: {e}"))?;
+        let keys = transport::keys::Keys::load(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the TLS ticket and stateless-reset keys: {e}"))?;
         let cluster::Connected {
             pubsub,
             rx: bus_rx,
@@ -399,6 +404,7 @@ impl Server {
             cfg,
             verifier,
             certs: certs.clone(),
+            keys,
             metrics: metrics::Metrics::default(),
             shutdown: signal.clone(),
             handshakes_in_flight: AtomicUsize::new(0),
@@ -417,11 +423,20 @@ impl Server {
             idle: Notify::new(),
             quic_port: quic_addr.port(),
         });
-        let mut tasks = vec![tokio::spawn(certs.clone().renew_loop(signal.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(certs.clone().renew_loop(signal.clone())),
+            tokio::spawn(
+                ctx.keys
+                    .tickets
+                    .clone()
+                    .refresh_loop(ctx.chat.store().clone(), signal.clone()),
+            ),
+        ];
         let server = Arc::new(transport::server_config(
             &ctx.cfg,
             certs.clone(),
             &[quaver_proto::ALPN_H3, quaver_proto::ALPN_QUAVER],
+            ctx.keys.tickets.clone(),
         )?);
         let engine = gateway::wire::spawn(ctx.clone(), sockets, server, webrtc_inlet)?;
         tasks.extend([

@@ -161,7 +161,13 @@ impl Pair {
     async fn new(cfg: quaver::config::Config) -> Pair {
         let real = start(cfg).await;
         let ctx = real.ctx.clone();
-        let config = quaver::transport::server_config(&ctx.cfg, ctx.certs.clone(), &[ALPN_H3, ALPN_QUAVER]).unwrap();
+        let config = quaver::transport::server_config(
+            &ctx.cfg,
+            ctx.certs.clone(),
+            &[ALPN_H3, ALPN_QUAVER],
+            ctx.keys.tickets.clone(),
+        )
+        .unwrap();
         let (tx, commands) = mailbox::channel();
         let mut core = Core::new(Arc::new(config), Gateway::new(ctx, tx.clone()));
         core.set_limits(quaver::engine::Limits {

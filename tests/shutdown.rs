@@ -2,6 +2,10 @@
 //! its drain timeout — after clients that closed cleanly, after clients that vanished
 //! (their sessions left resumable), and with nobody ever connected. Rolling deploys of a
 //! cluster depend on it; sessions left resumable resume on another node or catch up by seq.
+//!
+//! And a node SIGKILLed and started again: its clients learn at their next packet (a
+//! stateless reset under the key kept in the store), and reconnect resuming TLS with the
+//! tickets the first process gave them.
 
 mod common;
 
@@ -25,14 +29,26 @@ struct Node {
 }
 
 async fn node(ping_timeout_ms: u64) -> Node {
-    let dir = tempdir("shutdown");
+    node_at(tempdir("shutdown"), ping_timeout_ms, None).await
+}
+
+/// A server process with its data and certificates in `dir`, on these QUIC and HTTP
+/// addresses (any free ones when `None`).
+async fn node_at(
+    dir: std::path::PathBuf,
+    ping_timeout_ms: u64,
+    at: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+) -> Node {
+    let (quic, http) = at.map_or(("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()), |(q, h)| {
+        (q.to_string(), h.to_string())
+    });
     let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
         .arg("serve")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("JWT_SECRET", SECRET)
-        .env("QUAVER_LISTEN", "127.0.0.1:0")
-        .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_LISTEN", quic)
+        .env("QUAVER_HTTP_LISTEN", http)
         .env("QUAVER_API_LISTEN", "127.0.0.1:0")
         .env("QUAVER_DATA_DIR", dir.join("data"))
         .env("QUAVER_CERT_DIR", dir.join("certs"))
@@ -75,9 +91,14 @@ impl Node {
     }
 
     async fn sessions(&self) -> u64 {
+        self.metric("quaver_sessions{").await
+    }
+
+    /// The sum of the metric lines that start with `prefix`.
+    async fn metric(&self, prefix: &str) -> u64 {
         let (_, m) = http_get(self.http, "/metrics").await;
         m.lines()
-            .filter(|l| l.starts_with("quaver_sessions{"))
+            .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     }
@@ -176,4 +197,47 @@ async fn sigterm_with_clients_that_leave_on_goaway_exits_when_they_do() {
     }
     let took = waiter.await.expect("terminate");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test]
+async fn after_a_sigkill_and_restart_clients_are_reset_at_once_and_resume_tls() {
+    const ACCEPTED: &str = "quaver_tls_tickets_accepted_total ";
+    let dir = tempdir("restart");
+    let mut n = node_at(dir.clone(), 20_000, None).await;
+    let cfg = n.client(Transport::Quic, 1, None);
+    // The first connection is a full handshake; the second resumes with its ticket.
+    let c = connect(&cfg).await.expect("connects");
+    assert_eq!(n.metric(ACCEPTED).await, 0);
+    c.close();
+    let c = connect(&cfg).await.expect("connects again");
+    assert_eq!(n.metric(ACCEPTED).await, 1, "the second handshake resumed TLS");
+    let mut chat = c.open_lane(quaver_proto::Lane::Chat).await.expect("chat lane");
+
+    // SIGKILL: nobody closes anything. The same ports, data and certificates again.
+    n.child.kill().await.expect("SIGKILL");
+    let (quic, http) = (n.quic, n.http);
+    let n = node_at(dir, 20_000, Some((quic, http))).await;
+    // The client's next packet draws a stateless reset it recognises: the connection ends
+    // now, not at its 20 s idle timeout.
+    let t0 = Instant::now();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(5),
+        chat.request(quaver_proto::RequestBody::CreateGuild { name: "g".into() }),
+    )
+    .await
+    .expect("the request ends within 5 s");
+    assert!(sent.is_err(), "the old connection cannot be answered: {sent:?}");
+    tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .expect("the connection is closed");
+    eprintln!("old connection ended {:?} after the restart", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    // And the ticket the first process gave opens on the second.
+    let c = connect(&cfg).await.expect("connects after the restart");
+    assert_eq!(n.metric(ACCEPTED).await, 1, "resumed TLS across the restart");
+    // A client with no ticket is a full handshake, as before.
+    let other = connect(&n.client(Transport::Quic, 2, None)).await.expect("connects");
+    assert_eq!(n.metric(ACCEPTED).await, 1);
+    drop((c, other));
+    n.terminate().await;
 }

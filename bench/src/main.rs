@@ -21,6 +21,9 @@
 //! - `typing`: T1 — typing starts seen by every member, and the server's own stop ≈ 10 s later.
 //! - `resume`: R1 — resilient clients killed (through a relay) during a message stream;
 //!   every client must end with every message exactly once, in order.
+//! - `storm`: R3 — a reconnect storm: N resilient members, their node restarted (SIGKILL
+//!   or SIGTERM); how soon after the new process answers every client is back, at what
+//!   server CPU, and every message exactly once, in order.
 //! - `lanes`: typing latency while large History fetches stream down the same connection
 //!   (across `netem --rate-mbit`: the point of lanes over one TCP stream).
 //! - `unread`: H4 — fetch replies a client never reads; server memory stays bounded.
@@ -41,6 +44,7 @@ mod server;
 mod setup;
 mod soak;
 mod social;
+mod storm;
 mod swarm;
 mod transport;
 mod unread;
@@ -101,6 +105,8 @@ enum Scenario {
     Typing(SocialArgs),
     /// R1: forced disconnects during a message stream, clients resuming.
     Resume(ResumeArgs),
+    /// R3: a reconnect storm — N resilient members, their node restarted.
+    Storm(StormArgs),
     /// Soak: chat with churn, presence, typing and voice at once, for minutes; memory
     /// sampled, every message accounted for.
     Soak(SoakArgs),
@@ -321,6 +327,36 @@ struct ResumeArgs {
     probe_every_ms: Option<u64>,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+struct StormArgs {
+    /// Resilient members (client defaults: backoff 100 ms doubling to 30 s, full jitter).
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Members per guild (each guild's channel gets every message).
+    #[arg(long, default_value_t = 100)]
+    guild_size: usize,
+    /// How the node is stopped before it starts again.
+    #[arg(long, value_enum, default_value_t = StopHow::Kill)]
+    stop: StopHow,
+    /// Messages sent into each guild's channel (2/s) before the restart, and from the
+    /// restart on.
+    #[arg(long, default_value_t = 10)]
+    messages: u64,
+    /// Runs.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StopHow {
+    /// SIGKILL (a crash).
+    Kill,
+    /// SIGTERM (a deploy: the server drains with `Goaway`).
+    Term,
 }
 
 #[derive(clap::Args)]
@@ -783,6 +819,58 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
+        Scenario::Storm(a) => {
+            let bin = a.server.target()?;
+            anyhow::ensure!(
+                matches!(bin, server::Target::Spawn(_)),
+                "storm restarts the server: it cannot run against --target"
+            );
+            let how = match a.stop {
+                StopHow::Kill => server::Stop::Kill,
+                StopHow::Term => server::Stop::Term,
+            };
+            let mut clean = true;
+            for run in 0..a.runs {
+                let r = storm::run(&bin, a.clients, a.guild_size, how, a.messages, a.messages).await?;
+                let q = |f: f64| {
+                    r.reconnected_at
+                        .get(((r.reconnected_at.len() as f64 - 1.0) * f).round() as usize)
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                };
+                println!(
+                    "storm run {run}: {} clients, {how:?}; down {:.2} s; back after the new process answered: p50 {:.2} s, p99 {:.2} s, all {:.2} s ({} never); server CPU {:.1} s ({:.2} ms per client); failed attempts {}; resumed {} / fresh {}; {} messages: lost {} duplicated {} out of order {}",
+                    a.clients,
+                    r.down_seconds,
+                    q(0.5),
+                    q(0.99),
+                    q(1.0),
+                    r.never,
+                    r.storm_cpu,
+                    r.storm_cpu * 1e3 / a.clients as f64,
+                    r.failed_attempts,
+                    r.resumed,
+                    r.fresh,
+                    r.sent,
+                    r.lost,
+                    r.duplicated,
+                    r.reordered
+                );
+                println!(
+                    "{}",
+                    serde_json::json!({"scenario": "storm", "run": run, "clients": a.clients, "stop": format!("{how:?}"),
+                        "down_s": r.down_seconds, "p50_s": q(0.5), "p99_s": q(0.99), "all_s": q(1.0), "never": r.never,
+                        "server_cpu_s": r.storm_cpu, "failed_attempts": r.failed_attempts, "resumed": r.resumed, "fresh": r.fresh,
+                        "sent": r.sent, "lost": r.lost, "duplicated": r.duplicated, "reordered": r.reordered})
+                );
+                clean &= r.never == 0 && r.lost == 0 && r.duplicated == 0 && r.reordered == 0;
+            }
+            anyhow::ensure!(
+                clean,
+                "a client never came back, or messages were lost, repeated or reordered"
+            );
+            Ok(())
+        }
         Scenario::Failover(a) => {
             let server::Target::Spawn(bin) = a.server.target()? else {
                 anyhow::bail!("failover starts its own nodes (no --target)");

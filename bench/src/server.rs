@@ -42,6 +42,25 @@ pub(crate) struct ServerProc {
     pub(crate) pid: u32,
     child: Option<tokio::process::Child>,
     _dir: Option<TempDir>,
+    /// How it was started, to start it again on the same addresses and data.
+    spawned: Option<Spawned>,
+}
+
+/// What [`ServerProc::restart`] needs to start the same server again.
+struct Spawned {
+    bin: PathBuf,
+    secret: String,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// How [`ServerProc::restart`] stops the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGKILL: a crash; clients learn of it only from their connections.
+    Kill,
+    /// SIGTERM: a deploy; the server drains (`Goaway`) and exits.
+    Term,
 }
 
 struct TempDir(PathBuf);
@@ -73,6 +92,7 @@ impl ServerProc {
                 pid: pid.unwrap_or(0),
                 child: None,
                 _dir: None,
+                spawned: None,
             }),
         }
     }
@@ -93,68 +113,53 @@ impl ServerProc {
     ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("quaver-bench-srv-{}-{}", std::process::id(), rand_u32()));
         std::fs::create_dir_all(&dir)?;
-        let cfg = dir.join("bench.toml");
-        std::fs::write(&cfg, toml)?;
-        let mut child = tokio::process::Command::new(bin)
-            .arg("serve")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env("JWT_SECRET", secret)
-            .env("QUAVER_CONFIG", &cfg)
-            .env("QUAVER_LISTEN", "127.0.0.1:0")
-            .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
-            .env("QUAVER_API_LISTEN", "127.0.0.1:0")
-            .env("QUAVER_DATA_DIR", dir.join("data"))
-            .env("QUAVER_CERT_DIR", dir.join("certs"))
-            .env("QUAVER_LOG", "info")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (build it: cargo build --release)", bin.display()))?;
-        let pid = child.id().context("server pid")?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-        let (mut quic, mut http, mut api) = (None, None, None);
-        let found = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let clean: String = strip_ansi(&line);
-                for part in clean.split_whitespace() {
-                    if let Some(v) = part.strip_prefix("quic=") {
-                        quic = v.parse().ok();
-                    }
-                    if let Some(v) = part.strip_prefix("http=") {
-                        http = v.parse().ok();
-                    }
-                    if let Some(v) = part.strip_prefix("api=") {
-                        api = v.parse().ok();
-                    }
-                }
-                if quic.is_some() && http.is_some() {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        if !found {
-            bail!("the server did not report its addresses");
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (quic, http) = (quic.expect("found"), http.expect("found"));
+        std::fs::write(dir.join("bench.toml"), toml)?;
+        let spawned = Spawned {
+            bin: bin.to_path_buf(),
+            secret: secret.to_string(),
+            dir: dir.clone(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        };
+        let any = "127.0.0.1:0".parse().expect("a literal address");
+        let (child, found) = spawned.spawn(any, any, Some(any)).await?;
         Ok(Self {
-            quic,
-            http,
-            api,
-            hash: cert_hash(http).await?,
-            pid,
+            quic: found.quic,
+            http: found.http,
+            api: found.api,
+            hash: cert_hash(found.http).await?,
+            pid: found.pid,
             child: Some(child),
             _dir: Some(TempDir(dir)),
+            spawned: Some(spawned),
         })
+    }
+
+    /// Stops the server (as `how` says; waits for it to exit) and starts it again on the
+    /// same addresses, data and certificates. Returns when the new process answers, with
+    /// the moment it was stopped.
+    pub(crate) async fn restart(&mut self, how: Stop) -> anyhow::Result<std::time::Instant> {
+        let spawned = self
+            .spawned
+            .as_ref()
+            .context("only a server the run started can be restarted")?;
+        let mut child = self.child.take().context("the server is not running")?;
+        let stopped = std::time::Instant::now();
+        match how {
+            Stop::Kill => child.kill().await?,
+            Stop::Term => {
+                let status = std::process::Command::new("kill")
+                    .args(["-TERM", &self.pid.to_string()])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
+                tokio::time::timeout(Duration::from_secs(60), child.wait())
+                    .await
+                    .context("the server did not exit within 60 s of SIGTERM")??;
+            }
+        }
+        let (child, found) = spawned.spawn(self.quic, self.http, self.api).await?;
+        self.pid = found.pid;
+        self.child = Some(child);
+        Ok(stopped)
     }
 
     /// CPU seconds (user + system) the server has used.
@@ -202,6 +207,81 @@ impl ServerProc {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill().await;
         }
+    }
+}
+
+/// The addresses a started server reported.
+struct Found {
+    quic: SocketAddr,
+    http: SocketAddr,
+    api: Option<SocketAddr>,
+    pid: u32,
+}
+
+impl Spawned {
+    /// Starts the server on these addresses (port 0: any) and waits until it reports them.
+    async fn spawn(
+        &self,
+        quic: SocketAddr,
+        http: SocketAddr,
+        api: Option<SocketAddr>,
+    ) -> anyhow::Result<(tokio::process::Child, Found)> {
+        let dir = &self.dir;
+        let mut child = tokio::process::Command::new(&self.bin)
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("JWT_SECRET", &self.secret)
+            .env("QUAVER_CONFIG", dir.join("bench.toml"))
+            .env("QUAVER_LISTEN", quic.to_string())
+            .env("QUAVER_HTTP_LISTEN", http.to_string())
+            .env(
+                "QUAVER_API_LISTEN",
+                api.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into()),
+            )
+            .env("QUAVER_DATA_DIR", dir.join("data"))
+            .env("QUAVER_CERT_DIR", dir.join("certs"))
+            .env("QUAVER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it: cargo build --release)", self.bin.display()))?;
+        let pid = child.id().context("server pid")?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let (mut quic, mut http, mut api) = (None, None, None);
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let clean: String = strip_ansi(&line);
+                for part in clean.split_whitespace() {
+                    if let Some(v) = part.strip_prefix("quic=") {
+                        quic = v.parse().ok();
+                    }
+                    if let Some(v) = part.strip_prefix("http=") {
+                        http = v.parse().ok();
+                    }
+                    if let Some(v) = part.strip_prefix("api=") {
+                        api = v.parse().ok();
+                    }
+                }
+                if quic.is_some() && http.is_some() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !found {
+            bail!("the server did not report its addresses");
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (quic, http) = (quic.expect("found"), http.expect("found"));
+        Ok((child, Found { quic, http, api, pid }))
     }
 }
 

@@ -51,6 +51,30 @@ pub(crate) async fn req(l: &mut LaneStream, body: RequestBody) -> anyhow::Result
     }
 }
 
+/// A new guild of `client`'s user: its id, its first channel and an invite code.
+pub(crate) async fn guild(client: &Client, chat: &mut LaneStream, name: &str) -> anyhow::Result<(u64, u64, String)> {
+    let ResponseBody::Guild(g) = req(chat, RequestBody::CreateGuild { name: name.into() }).await? else {
+        bail!("guild")
+    };
+    let ResponseBody::Invite(inv) = req(
+        chat,
+        RequestBody::CreateInvite {
+            guild_id: g.id,
+            max_uses: 0,
+            max_age_secs: 0,
+        },
+    )
+    .await?
+    else {
+        bail!("invite")
+    };
+    let Ok(FetchResponse::Channels { channels }) = client.fetch(FetchRequest::Channels { guild_id: g.id }).await?
+    else {
+        bail!("channels")
+    };
+    Ok((g.id, channels[0].id, inv.code))
+}
+
 impl Setup {
     /// Starts the server of `target` with extra TOML configuration (or opens the running
     /// one, whose own configuration applies).
@@ -186,31 +210,13 @@ impl Setup {
     pub(crate) async fn owner(&self) -> anyhow::Result<Owner> {
         let client = connect(&self.config(1)).await?;
         let mut chat = client.open_lane(Lane::Chat).await?;
-        let ResponseBody::Guild(g) = req(&mut chat, RequestBody::CreateGuild { name: "bench".into() }).await? else {
-            bail!("guild")
-        };
-        let ResponseBody::Invite(inv) = req(
-            &mut chat,
-            RequestBody::CreateInvite {
-                guild_id: g.id,
-                max_uses: 0,
-                max_age_secs: 0,
-            },
-        )
-        .await?
-        else {
-            bail!("invite")
-        };
-        let Ok(FetchResponse::Channels { channels }) = client.fetch(FetchRequest::Channels { guild_id: g.id }).await?
-        else {
-            bail!("channels")
-        };
+        let (guild_id, general, invite) = guild(&client, &mut chat, "bench").await?;
         Ok(Owner {
             client,
             chat,
-            guild_id: g.id,
-            general: channels[0].id,
-            invite: inv.code,
+            guild_id,
+            general,
+            invite,
         })
     }
 

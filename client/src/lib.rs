@@ -37,7 +37,7 @@ pub enum TokenPlacement {
 }
 
 /// How the server's certificate is trusted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// Accept exactly these SHA-256 certificate hashes (dev certificates; `/cert-hash`).
     Hashes(Vec<[u8; 32]>),
@@ -121,7 +121,37 @@ pub struct Config {
     /// 0.3–0.5 % (bench/RESULTS.md "Voice redundancy"). The price is a second copy of each
     /// frame on the wire (Opus frames are 60–120 bytes). Default on.
     pub voice_redundancy: bool,
+    /// TLS session tickets from earlier connections, shared by every clone of this
+    /// `Config` (so [`resilient::Resilient`]'s reconnects resume TLS: no certificate sent
+    /// or checked, less server CPU — the server's tickets survive its restarts and are
+    /// valid on every node of a cluster). A new `Config` starts with an empty store of
+    /// its own.
+    pub tls_sessions: Arc<TlsSessions>,
 }
+
+/// What a client keeps across its connections to resume TLS: the tickets, and the rustls
+/// configurations they were made under — rustls resumes a ticket only with the very
+/// certificate verifier (the same `Arc`) that accepted the server the first time, so a
+/// configuration built afresh for each connection would never resume.
+#[derive(Debug)]
+pub struct TlsSessions {
+    tickets: Arc<rustls::client::ClientSessionMemoryCache>,
+    configs: std::sync::Mutex<Vec<(Vec<u8>, Trust, rustls::ClientConfig)>>,
+}
+
+impl Default for TlsSessions {
+    fn default() -> Self {
+        Self {
+            tickets: Arc::new(rustls::client::ClientSessionMemoryCache::new(TLS_TICKETS_KEPT)),
+            configs: Default::default(),
+        }
+    }
+}
+
+/// Size of a [`TlsSessions`] ticket store: rustls keeps up to 8 tickets per server name
+/// (enough for the raw-QUIC client's parallel attempts, each of which takes one), for this
+/// many names divided by 8 (4).
+const TLS_TICKETS_KEPT: usize = 32;
 
 impl Config {
     /// Defaults for a server at `addr` trusted by certificate hash.
@@ -149,7 +179,22 @@ impl Config {
             network_check_every: Some(Duration::from_millis(200)),
             ack_delay: Some(Duration::from_millis(5)),
             voice_redundancy: true,
+            tls_sessions: Arc::default(),
         }
+    }
+
+    /// rustls client configuration for this server and `alpn`, resuming from and storing
+    /// into [`Config::tls_sessions`]: built once per ALPN and trust, then cloned (a clone
+    /// shares the verifier the tickets are bound to).
+    fn tls(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, Error> {
+        let mut configs = self.tls_sessions.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = configs.iter().find(|(a, t, _)| a == alpn && *t == self.trust) {
+            return Ok(c.clone());
+        }
+        let mut tls = tls_config(&self.trust, alpn)?;
+        tls.resumption = rustls::client::Resumption::store(self.tls_sessions.tickets.clone());
+        configs.push((alpn.to_vec(), self.trust.clone(), tls.clone()));
+        Ok(tls)
     }
 }
 
@@ -287,7 +332,7 @@ async fn open_quic(cfg: &Config, transport: Transport) -> Result<(Session, Optio
             (Session::Quic(conn), Some(endpoint))
         }
         Transport::WebTransport => {
-            let tls = tls_config(&cfg.trust, ALPN_H3)?;
+            let tls = cfg.tls(ALPN_H3)?;
             let wcfg = wtransport::ClientConfig::builder()
                 .with_bind_address(bind)
                 .with_custom_tls(tls)
@@ -325,7 +370,7 @@ async fn open_quic(cfg: &Config, transport: Transport) -> Result<(Session, Optio
 
 /// The raw-QUIC client configuration `cfg` asks for.
 fn quic_client_config(cfg: &Config) -> Result<quinn::ClientConfig, Error> {
-    let tls = tls_config(&cfg.trust, ALPN_QUAVER)?;
+    let tls = cfg.tls(ALPN_QUAVER)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -508,7 +553,7 @@ async fn open_ws(cfg: &Config) -> Result<(Session, Option<quinn::Endpoint>), Err
     // `wss://` (a TLS terminator in front of the HTTP port) is trusted as `cfg.trust` says,
     // with the name in the URL.
     let tls = match url.starts_with("wss:") {
-        true => Some(Arc::new(tls_config(&cfg.trust, b"http/1.1")?)),
+        true => Some(Arc::new(cfg.tls(b"http/1.1")?)),
         false => None,
     };
     let c = quaver_proto::session::ws::WsConnection::connect(url, tls)

@@ -450,6 +450,29 @@ impl<A: App> Core<A> {
         Self::with_endpoint(config, server, app)
     }
 
+    /// A server core whose endpoint answers stateless resets with `reset_key` (the same
+    /// across restarts and on every node: `transport::keys`), loop `shards` of several
+    /// when given.
+    pub fn with_reset_key(
+        reset_key: Arc<dyn quinn_proto::crypto::HmacKey>,
+        shards: Option<Shards>,
+        server: Arc<ServerConfig>,
+        app: A,
+    ) -> Self {
+        let mut config = EndpointConfig::new(reset_key);
+        // quinn sends at most one stateless reset per 20 ms by default: after a restart
+        // 10,000 clients' next packets would be answered 50 a second, and the rest wait
+        // for their next heartbeat (measured: 200 clients took up to 14 s instead of one
+        // 10 s heartbeat). A reset is always smaller than the packet that incited it (no
+        // amplification, no reset loop: RFC 9000 §10.3.3), so the limit only bounds cost:
+        // 10,000 a second per loop, a few µs each.
+        config.min_reset_interval(Duration::from_micros(100));
+        if let Some(shards) = shards {
+            config.cid_generator(move || Box::new(shards));
+        }
+        Self::with_endpoint(config, server, app)
+    }
+
     /// A client core: it accepts nothing and connects out with [`Conns::connect`] (the load
     /// generator's sessions, bench/src/swarm.rs).
     pub fn client(app: A) -> Self {
@@ -961,7 +984,9 @@ impl<A: App> Engine<A> {
         Self::build(socket, Core::client(app), None)
     }
 
-    fn build(socket: UdpSocket, core: Core<A>, sharding: Option<Sharding>) -> std::io::Result<Self> {
+    /// An engine turning `core` on `socket`, one loop of several when `sharding` is given
+    /// (its core made with the same [`Shards`]).
+    pub fn build(socket: UdpSocket, core: Core<A>, sharding: Option<Sharding>) -> std::io::Result<Self> {
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         let stride = state.gro_segments() * 1500;
         let (command_tx, commands) = mailbox::channel();

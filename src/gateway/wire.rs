@@ -233,10 +233,13 @@ async fn serve(
 ) -> std::io::Result<()> {
     let (placeholder, _) = engine::mailbox::channel();
     let gateway = Gateway::new(ctx.clone(), placeholder);
-    let mut engine = match sharding {
-        Some(s) => engine::Engine::sharded(socket, server, gateway, s)?,
-        None => engine::Engine::new(socket, server, gateway)?,
-    };
+    let core = engine::Core::with_reset_key(
+        ctx.keys.reset.clone(),
+        sharding.as_ref().map(|s| s.shards),
+        server,
+        gateway,
+    );
+    let mut engine = engine::Engine::build(socket, core, sharding)?;
     engine.spawn_app_tasks_on(tasks);
     if let Some(inlet) = webrtc {
         // WebRTC on this port (RFC 9443): what is not QUIC goes to the WebRTC task; a full

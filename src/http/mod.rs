@@ -138,6 +138,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         body.push_str(&w.metrics.render());
     }
     body.push_str(&ctx.fanout.render_metrics());
+    body.push_str(&ctx.keys.tickets.render());
     body.push_str(&ctx.webhooks.metrics.render());
     body.push_str(&ctx.hooks.render());
     body.push_str(&ctx.hook_writer.render());

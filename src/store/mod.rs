@@ -15,7 +15,8 @@
 //! holds its queries — `guilds` (users, guilds, members, invites, roles), `channels`
 //! (channels, overwrites, DMs), `messages` (messages, reactions, history, the event log,
 //! read states), `social` (relationships, mutes, notifications), `hooks` (the webhook
-//! event log, endpoints, deliveries, leases) — and `tx` the write transaction every
+//! event log, endpoints, deliveries, leases), `keys` (the secrets nodes share: TLS ticket
+//! and stateless-reset keys) — and `tx` the write transaction every
 //! multi-statement change runs in.
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ mod api;
 mod channels;
 mod guilds;
 mod hooks;
+mod keys;
 mod messages;
 mod social;
 mod tx;

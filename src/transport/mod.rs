@@ -5,6 +5,7 @@
 //! engine's (`engine::Limits`).
 
 pub mod congestion;
+pub mod keys;
 pub mod tls;
 
 use std::sync::Arc;
@@ -18,16 +19,25 @@ use crate::config::Config;
 pub const MAX_BIDI_STREAMS: u32 = 16;
 
 /// The engine's QUIC server configuration: TLS 1.3 with the certificate store, the given
-/// ALPNs, the limits below.
-pub fn server_config(cfg: &Config, certs: Arc<tls::CertStore>, alpns: &[&[u8]]) -> anyhow::Result<ServerConfig> {
+/// ALPNs, session tickets sealed by `tickets` ([`keys::TicketKeys`]), the limits below.
+pub fn server_config(
+    cfg: &Config,
+    certs: Arc<tls::CertStore>,
+    alpns: &[&[u8]],
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+) -> anyhow::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    // No 0-RTT: a replayed Hello must not open a session.
+    // No 0-RTT: a replayed Hello must not open a session (`keys`' docs).
     tls.max_early_data_size = 0;
+    // Stateless tickets under keys every node shares and keeps across restarts, so a
+    // reconnecting client resumes TLS wherever it lands (`keys`). Two per handshake (the
+    // default): the native client may try a second handshake beside a slow first.
+    tls.ticketer = tickets;
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn_proto::TransportConfig::default();
