@@ -824,3 +824,41 @@ async fn a_flood_close_delivers_queued_replies_then_closing() {
     assert_eq!(code, CloseCode::RATE_LIMITED);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_resilient_client_told_goaway_waits_the_delay_before_it_comes_back() {
+    use quaver_client::resilient::{Backoff, Resilient, Update};
+    let mut cfg = config();
+    cfg.session.reconnect_after = Duration::from_millis(1500);
+    let server = start(cfg).await;
+    let mut c = client_config(&server, Transport::Quic, Some(token(1)));
+    // A failed attempt is reported quickly, so the first attempt's start can be seen.
+    c.connect_timeout = Duration::from_millis(300);
+    c.network_check_every = None;
+    let mut r = Resilient::start(c, Backoff::default());
+    let next = async |r: &mut Resilient| {
+        tokio::time::timeout(Duration::from_secs(10), r.next())
+            .await
+            .expect("an update within 10 s")
+            .expect("the client runs")
+    };
+    assert!(matches!(next(&mut r).await, Update::Connected { .. }));
+    server.begin_shutdown();
+    assert!(matches!(next(&mut r).await, Update::Disconnected { .. }));
+    let left = std::time::Instant::now();
+    // The node is gone once its client left; the next attempt fails — but only after the
+    // Goaway's 1.5 s (plus jitter), not at once.
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown completes");
+    match next(&mut r).await {
+        Update::Unreachable { .. } => {}
+        other => panic!("expected a failed attempt, got {other:?}"),
+    }
+    let waited = left.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "came back after {waited:?}");
+    assert!(
+        waited < Duration::from_millis(3000 + 300 + 1000),
+        "came back after {waited:?}"
+    );
+}

@@ -1427,13 +1427,23 @@ export class Resilient extends EventTarget {
       this.#setState(resumed ? 'resumed' : 'ready');
       this.#flush();
       // Until it dies: closed by the server, or quiet for three heartbeat intervals.
+      // A draining node's `Goaway` says when to come back: leave now, and return after
+      // that delay plus up to as long again (jitter), so its clients do not all hit a node
+      // that is restarting at the same moment (PROTOCOL.md §5).
       const quiet = 3 * s.ready.heartbeat_interval_ms;
+      let comeBackMs = 0;
       const info = await new Promise((resolve) => {
         const timer = setInterval(() => { if (Date.now() - s.lastHeard > quiet) { clearInterval(timer); resolve(null); } }, 500);
         s.closed.then((ci) => { clearInterval(timer); resolve(ci); });
+        s.addEventListener('goaway', (e) => { comeBackMs = e.detail.reconnect_after_ms; clearInterval(timer); resolve(null); });
       });
       try { s.wt.close({ closeCode: 1000, reason: 'replacing' }); } catch (_) { /* already closed: nothing to replace */ }
       if (this.stopped) break;
+      if (comeBackMs > 0) {
+        this.#setState('reconnecting');
+        await new Promise((r) => setTimeout(r, comeBackMs * (1 + Math.random())));
+        if (this.stopped) break;
+      }
       if (info && info.code >= 4000) { this.#fail(new ClosedError(info.code, info.reason)); return; }
       // Another connection resumed this session (a duplicated tab carries its id along):
       // take a session of our own instead of taking it back, or the two would trade it

@@ -127,6 +127,12 @@ pub struct Config {
     /// valid on every node of a cluster). A new `Config` starts with an empty store of
     /// its own.
     pub tls_sessions: Arc<TlsSessions>,
+    /// Raw QUIC: make every connection through this endpoint instead of a fresh socket per
+    /// attempt. For a process that runs many clients (a load generator): a quinn endpoint
+    /// keeps receive buffers of a few MB, so 10,000 of them do not fit in 24 GB, nor their
+    /// sockets in 20,000 descriptors. `Client::network_changed` rebinds the endpoint, for
+    /// every client on it. `None` (the default): a socket per connection.
+    pub quic_endpoint: Option<quinn::Endpoint>,
 }
 
 /// What a client keeps across its connections to resume TLS: the tickets, and the rustls
@@ -180,6 +186,7 @@ impl Config {
             ack_delay: Some(Duration::from_millis(5)),
             voice_redundancy: true,
             tls_sessions: Arc::default(),
+            quic_endpoint: None,
         }
     }
 
@@ -398,18 +405,21 @@ pub fn ack_frequency(delay: Duration) -> quinn::AckFrequencyConfig {
 /// At most this many raw-QUIC handshakes of one connect are in flight ([`Config::probe_every`]).
 const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
 
-/// One raw-QUIC handshake on a socket of its own; `answered` is set as soon as the server's
-/// first handshake flight arrives.
+/// One raw-QUIC handshake on a socket of its own (or on `shared`: [`Config::quic_endpoint`]);
+/// `answered` is set as soon as the server's first handshake flight arrives.
 async fn quic_attempt(
     qc: quinn::ClientConfig,
     addr: SocketAddr,
     server_name: String,
     answered: Arc<std::sync::atomic::AtomicBool>,
+    shared: Option<quinn::Endpoint>,
 ) -> Result<(quinn::Connection, quinn::Endpoint), Error> {
-    let mut endpoint = quinn::Endpoint::client(unspecified_for(addr)).map_err(|e| Error::Transport(e.to_string()))?;
-    endpoint.set_default_client_config(qc);
+    let endpoint = match shared {
+        Some(e) => e,
+        None => quinn::Endpoint::client(unspecified_for(addr)).map_err(|e| Error::Transport(e.to_string()))?,
+    };
     let mut connecting = endpoint
-        .connect(addr, &server_name)
+        .connect_with(qc, addr, &server_name)
         .map_err(|e| Error::Transport(e.to_string()))?;
     // Resolves when the server's handshake data is in (or the attempt failed: the error
     // comes from awaiting the connection below).
@@ -436,6 +446,7 @@ async fn open_quic_staggered(cfg: &Config) -> Result<(quinn::Connection, quinn::
                 cfg.addr,
                 cfg.server_name.clone(),
                 answered.clone(),
+                cfg.quic_endpoint.clone(),
             )));
             if order.len() > MAX_ATTEMPTS_IN_FLIGHT
                 && let Some(oldest) = order.pop_front()

@@ -254,6 +254,8 @@ struct Memory {
     view: Option<Vec<u64>>,
     /// Guild channels known (the others followed are DMs), for the resume's channel list.
     guild_channels: HashSet<u64>,
+    /// The delay a draining node's `Goaway` asked for before reconnecting.
+    goaway_after: Option<Duration>,
 }
 
 impl Memory {
@@ -377,36 +379,10 @@ async fn drive(
                 // Any node of the cluster can serve the session (caught up by seq there).
                 node = (node + 1) % nodes.len();
                 cfg.addr = nodes[node];
-                // Keep accepting requests while waiting; they go out once connected. A
-                // network change (told, or a new route to the server seen) ends the wait:
-                // the server may be reachable now, and the backoff starts over.
-                let sleep = tokio::time::sleep(wait);
-                tokio::pin!(sleep);
-                let mut route = crate::RouteWatch::new(crate::route_source(cfg.addr));
-                let checking = cfg.network_check_every.is_some();
-                let mut check = tokio::time::interval(cfg.network_check_every.unwrap_or(Duration::from_secs(3600)));
-                check.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        _ = check.tick(), if checking => if route.observe(crate::route_source(cfg.addr)) {
-                            attempt = 0;
-                            break;
-                        },
-                        c = cmds.recv() => match c {
-                            Some(Cmd::Request(b, r)) => {
-                                mem.note(&b);
-                                mem.pending.push((b, r));
-                            }
-                            Some(Cmd::Rebind(r)) => { let _ = r.send(Err(Error::Transport("not connected".into()))); }
-                            Some(Cmd::NetworkChanged) => {
-                                attempt = 0;
-                                break;
-                            }
-                            Some(Cmd::Kill) => {}
-                            None => return,
-                        },
-                    }
+                match wait_out(wait, &cfg, &mut cmds, &mut mem).await {
+                    Waited::Elapsed => {}
+                    Waited::NetworkChanged => attempt = 0,
+                    Waited::Dropped => return,
                 }
                 continue;
             }
@@ -428,6 +404,56 @@ async fn drive(
             Err(reason) => {
                 let _ = up.send(Update::Disconnected { reason });
             }
+        }
+        // A draining node said when to come back (`Goaway.reconnect_after_ms`): its
+        // clients return spread over [d, 2d] instead of all at once into a node that is
+        // restarting (PROTOCOL.md §5, `Goaway`). Requests are still taken while waiting.
+        if let Some(d) = mem.goaway_after.take()
+            && !d.is_zero()
+        {
+            let jitter = Duration::from_nanos(random_u64() % (d.as_nanos().min(u128::from(u64::MAX)) as u64).max(1));
+            if let Waited::Dropped = wait_out(d + jitter, &cfg, &mut cmds, &mut mem).await {
+                return;
+            }
+        }
+    }
+}
+
+/// How a wait between connections ended.
+enum Waited {
+    /// Its time passed.
+    Elapsed,
+    /// The network changed (told, or a new route seen): the server may be reachable now.
+    NetworkChanged,
+    /// The handle was dropped.
+    Dropped,
+}
+
+/// Waits `wait` before the next connection attempt, accepting requests meanwhile (they go
+/// out once connected); a network change ends the wait early.
+async fn wait_out(wait: Duration, cfg: &Config, cmds: &mut mpsc::UnboundedReceiver<Cmd>, mem: &mut Memory) -> Waited {
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    let mut route = crate::RouteWatch::new(crate::route_source(cfg.addr));
+    let checking = cfg.network_check_every.is_some();
+    let mut check = tokio::time::interval(cfg.network_check_every.unwrap_or(Duration::from_secs(3600)));
+    check.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return Waited::Elapsed,
+            _ = check.tick(), if checking => if route.observe(crate::route_source(cfg.addr)) {
+                return Waited::NetworkChanged;
+            },
+            c = cmds.recv() => match c {
+                Some(Cmd::Request(b, r)) => {
+                    mem.note(&b);
+                    mem.pending.push((b, r));
+                }
+                Some(Cmd::Rebind(r)) => { let _ = r.send(Err(Error::Transport("not connected".into()))); }
+                Some(Cmd::NetworkChanged) => return Waited::NetworkChanged,
+                Some(Cmd::Kill) => {}
+                None => return Waited::Dropped,
+            },
         }
     }
 }
@@ -562,7 +588,10 @@ async fn serve(
                 Err(e) => return Err(e.to_string()),
             },
             ctl = client.next_control() => match ctl {
-                Ok(ServerControl::Goaway(g)) => return Err(format!("goaway: {}", g.reason)),
+                Ok(ServerControl::Goaway(g)) => {
+                    mem.goaway_after = Some(Duration::from_millis(u64::from(g.reconnect_after_ms)));
+                    return Err(format!("goaway: {}", g.reason));
+                }
                 // The server is closing this connection (and waits for us to go first).
                 Ok(ServerControl::Closing(c)) => return Err(format!("closed by server: {} {}", c.code, c.reason)),
                 Ok(_) => last_heard = Instant::now(),
