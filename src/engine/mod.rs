@@ -437,6 +437,14 @@ pub struct Core<A: App> {
     pub stats: Stats,
 }
 
+/// `config` with connection IDs that name loop `shards` of several, when given ([`Shards`]).
+fn with_shards(mut config: EndpointConfig, shards: Option<Shards>) -> EndpointConfig {
+    if let Some(shards) = shards {
+        config.cid_generator(move || Box::new(shards));
+    }
+    config
+}
+
 impl<A: App> Core<A> {
     /// A server core for `server`, hosting `app`.
     pub fn new(server: Arc<ServerConfig>, app: A) -> Self {
@@ -445,9 +453,7 @@ impl<A: App> Core<A> {
 
     /// Loop `shard` of `shards` on one port: its connection IDs name it ([`Shards`]).
     pub fn sharded(shards: Shards, server: Arc<ServerConfig>, app: A) -> Self {
-        let mut config = EndpointConfig::default();
-        config.cid_generator(move || Box::new(shards));
-        Self::with_endpoint(config, server, app)
+        Self::with_endpoint(with_shards(EndpointConfig::default(), Some(shards)), server, app)
     }
 
     /// A server core whose endpoint answers stateless resets with `reset_key` (the same
@@ -467,10 +473,7 @@ impl<A: App> Core<A> {
         // amplification, no reset loop: RFC 9000 §10.3.3), so the limit only bounds cost:
         // 10,000 a second per loop, a few µs each.
         config.min_reset_interval(Duration::from_micros(100));
-        if let Some(shards) = shards {
-            config.cid_generator(move || Box::new(shards));
-        }
-        Self::with_endpoint(config, server, app)
+        Self::with_endpoint(with_shards(config, shards), server, app)
     }
 
     /// A client core: it accepts nothing and connects out with [`Conns::connect`] (the load
