@@ -297,6 +297,10 @@ impl Chat {
         {
             cands.push((orig.author_id, NotificationKind::Reply));
         }
+        if cands.is_empty() {
+            // Most messages mention, answer and address nobody: no block or mute lookups.
+            return Ok(());
+        }
         let facts = self.facts(m.author_id, access.guild_id(), m.channel_id).await?;
         let items = notify::recipients(m.author_id, cands, |u| viewers.contains(&u), &facts)
             .into_iter()

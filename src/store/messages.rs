@@ -21,6 +21,22 @@ fn mentions_parse(s: &str) -> Mentions {
     Mentions { users, roles, everyone }
 }
 
+/// The message `author` sent with `nonce`, read through `ex` (the pool, or an open
+/// transaction's connection).
+async fn by_nonce<'e, E>(ex: E, author: u64, nonce: u64) -> Result<Option<Message>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let q = format!("SELECT {MSG_COLS} FROM messages WHERE author_id = $1 AND nonce = $2");
+    sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(i(author))
+        .bind(i(nonce))
+        .fetch_optional(ex)
+        .await?
+        .map(|r| message_of(&r))
+        .transpose()
+}
+
 fn message_of(r: &AnyRow) -> Result<Message> {
     Ok(Message {
         id: u(r.try_get("id")?),
@@ -80,27 +96,20 @@ impl Store {
 
     /// The message an author sent with `nonce`, if any.
     pub async fn message_by_nonce(&self, author: u64, nonce: u64) -> Result<Option<Message>> {
-        self.deadline(async move {
-            let q = format!("SELECT {MSG_COLS} FROM messages WHERE author_id = $1 AND nonce = $2");
-            sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(i(author))
-                .bind(i(nonce))
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| message_of(&r))
-                .transpose()
-        })
-        .await
+        self.deadline(by_nonce(&self.pool, author, nonce)).await
     }
 
     /// Stores a message, its seq and its event in one transaction. If the author already
     /// sent this nonce, returns that message and `None` (nothing new was stored).
     pub async fn send_message(&self, m: NewMessage) -> Result<(Message, Option<Stored>)> {
         self.deadline(async move {
-            if let Some(existing) = self.message_by_nonce(m.author_id, m.nonce).await? {
+            // Asked inside the transaction: one connection for the whole send (each store
+            // call that takes a pooled connection costs a round trip to give it back).
+            let mut tx = self.begin().await?;
+            if let Some(existing) = by_nonce(&mut **tx.conn(), m.author_id, m.nonce).await? {
+                tx.rollback().await?;
                 return Ok((existing, None));
             }
-            let mut tx = self.begin().await?;
             // Reply target must be in the same channel. (Read before the seq UPDATE is fine:
             // messages are never moved between channels.)
             if let Some(target) = m.reply_to {
