@@ -706,18 +706,32 @@ impl Chat {
     /// large guilds in `large` (those the session is kept current on: an exact resume).
     /// Excludes `user`. The other members of large guilds come when the session looks at
     /// them ([`crate::gateway::view`]).
-    pub async fn observers(&self, user: u64, large: &[u64]) -> Result<Vec<u64>, ErrorBody> {
+    ///
+    /// Taken from the user's `Ready` (`parts`: their guilds, relationships and DMs as just
+    /// read), so a connecting session reads none of them twice.
+    pub async fn observers(&self, user: u64, large: &[u64], parts: &ReadyParts) -> Result<Vec<u64>, ErrorBody> {
         let mut out = Vec::new();
-        let gids = self.store.guild_ids_of(user).await.map_err(store_err)?;
-        for gid in &gids {
-            let g = self.guild(*gid).await?;
-            if self.large(&g) && large.binary_search(gid).is_err() {
-                continue;
+        let mut large_views = Vec::new();
+        for snapshot in &parts.guilds {
+            let gid = snapshot.guild.id;
+            let g = self.guild(gid).await?;
+            if self.large(&g) {
+                let kept = large.binary_search(&gid).is_ok();
+                large_views.push(g.clone());
+                if !kept {
+                    continue;
+                }
             }
             out.extend(g.state.members.keys().copied().filter(|u| *u != user));
         }
-        out.extend(self.friends(user).await?);
-        out.extend(self.dm_partners_in_large_guilds(user, &gids).await?);
+        out.extend(
+            parts
+                .relationships
+                .iter()
+                .filter(|r| r.kind == quaver_proto::RelationshipKind::Friend)
+                .map(|r| r.user_id),
+        );
+        out.extend(partners_in(user, &large_views, &parts.private_channels));
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -737,18 +751,8 @@ impl Chat {
         if large.is_empty() {
             return Ok(Vec::new());
         }
-        let mut out: Vec<u64> = self
-            .store
-            .private_channels(user)
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .flat_map(|c| c.recipients)
-            .filter(|u| *u != user && large.iter().any(|g| g.state.members.contains_key(u)))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        let channels = self.store.private_channels(user).await.map_err(store_err)?;
+        Ok(partners_in(user, &large, &channels))
     }
 
     /// The topics a presence change of `user` goes to: each guild they are in, each
@@ -846,6 +850,22 @@ fn invite_code() -> String {
     b.iter()
         .map(|x| ALPHABET[(*x as usize) % ALPHABET.len()] as char)
         .collect()
+}
+
+/// Of the recipients of `user`'s DMs `channels`, those in one of the guilds `large`
+/// (sorted, once each).
+fn partners_in(user: u64, large: &[Arc<GuildView>], channels: &[Channel]) -> Vec<u64> {
+    if large.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<u64> = channels
+        .iter()
+        .flat_map(|c| c.recipients.iter().copied())
+        .filter(|u| *u != user && large.iter().any(|g| g.state.members.contains_key(u)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

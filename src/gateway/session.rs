@@ -98,7 +98,7 @@ pub(crate) async fn open(
     // session is kept current on; a new one is told the others when it looks at them
     // (`gateway::view`), or soon if it declares no view.
     let kept = handle.kept_guilds();
-    let observers = Box::pin(ctx.chat.observers(identity.user_id, &kept))
+    let observers = Box::pin(ctx.chat.observers(identity.user_id, &kept, &parts))
         .await
         .map_err(failed)?;
     let presences = ctx.presence.snapshot(observers).await;

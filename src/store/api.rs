@@ -98,7 +98,7 @@ impl Store {
                 .bind(key)
                 .bind(i64::from(status))
                 .bind(response)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(())
         })
@@ -111,7 +111,7 @@ impl Store {
             sqlx::query("DELETE FROM api_idempotency WHERE key_id = $1 AND idem_key = $2")
                 .bind(key_id)
                 .bind(key)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(())
         })
@@ -123,7 +123,7 @@ impl Store {
         self.deadline(async move {
             Ok(sqlx::query("DELETE FROM api_idempotency WHERE created_at < $1")
                 .bind(i(before_ms))
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?
                 .rows_affected())
         })
@@ -142,7 +142,7 @@ impl Store {
             .bind(i(r.before_ms))
             .bind(&r.jti)
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             Ok(())
         })
@@ -153,7 +153,7 @@ impl Store {
     pub async fn revocations(&self) -> Result<Vec<Revocation>> {
         self.deadline(async move {
             sqlx::query("SELECT user_id, before_ms, jti FROM token_revocations")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| {

@@ -98,7 +98,7 @@ impl Store {
             let r =
                 sqlx::query("SELECT id, guild_id, kind, name, topic, last_seq, user_limit FROM channels WHERE id = $1")
                     .bind(i(id))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.conn().await?)
                     .await?
                     .ok_or(StoreError::NotFound)?;
             let mut c = channel_of(&r)?;
@@ -107,7 +107,7 @@ impl Store {
                 c.recipients =
                     sqlx::query("SELECT user_id FROM channel_recipients WHERE channel_id = $1 ORDER BY user_id")
                         .bind(i(id))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *self.conn().await?)
                         .await?
                         .iter()
                         .map(|r| Ok(u(r.try_get("user_id")?)))
@@ -123,7 +123,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("SELECT id, last_seq FROM channels WHERE guild_id = $1")
                 .bind(i(guild))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| Ok((u(r.try_get("id")?), u(r.try_get("last_seq")?))))
@@ -139,7 +139,7 @@ impl Store {
                 "SELECT id, guild_id, kind, name, topic, last_seq, user_limit FROM channels WHERE guild_id = $1 ORDER BY position, id",
             )
             .bind(i(guild))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
             let mut out: Vec<Channel> = rows.iter().map(channel_of).collect::<Result<_>>()?;
             let ows = sqlx::query(
@@ -147,7 +147,7 @@ impl Store {
                  JOIN channels c ON c.id = o.channel_id WHERE c.guild_id = $1",
             )
             .bind(i(guild))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
             for r in ows {
                 let cid = u(r.try_get("channel_id")?);
@@ -163,7 +163,7 @@ impl Store {
     async fn overwrites(&self, channel: u64) -> Result<Vec<Overwrite>> {
         sqlx::query("SELECT target_kind, target_id, allow_bits, deny_bits FROM overwrites WHERE channel_id = $1 ORDER BY target_kind, target_id")
             .bind(i(channel))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(overwrite_of)
@@ -273,12 +273,13 @@ impl Store {
     pub async fn open_dm(&self, new_id: u64, a: u64, b: u64, now_ms: u64) -> Result<Channel> {
         self.deadline(async move {
             let (lo, hi) = (a.min(b), a.max(b));
-            if let Some(r) = sqlx::query("SELECT channel_id FROM dm_pairs WHERE user_low = $1 AND user_high = $2")
+            // Read into a local: the connection goes back before the channel is read.
+            let pair = sqlx::query("SELECT channel_id FROM dm_pairs WHERE user_low = $1 AND user_high = $2")
                 .bind(i(lo))
                 .bind(i(hi))
-                .fetch_optional(&self.pool)
-                .await?
-            {
+                .fetch_optional(&mut *self.conn().await?)
+                .await?;
+            if let Some(r) = pair {
                 return self.channel(u(r.try_get("channel_id")?)).await;
             }
             let mut tx = self.begin().await?;
@@ -358,7 +359,7 @@ impl Store {
             let ids: Vec<u64> =
                 sqlx::query("SELECT channel_id FROM channel_recipients WHERE user_id = $1 ORDER BY channel_id")
                     .bind(i(user))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn().await?)
                     .await?
                     .iter()
                     .map(|r| Ok(u(r.try_get("channel_id")?)))

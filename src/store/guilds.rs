@@ -25,17 +25,19 @@ fn role_of(r: &AnyRow) -> Result<Role> {
 impl Store {
     // ----- users ---------------------------------------------------------------------
 
-    /// Creates or renames a user from token claims (a deleted user is created again).
+    /// Creates or renames a user from token claims (a deleted user is created again). A
+    /// user whose name is unchanged — every connection but the first — writes nothing.
     pub async fn upsert_user(&self, id: u64, name: &str, now_ms: u64) -> Result<()> {
         self.deadline(async move {
             sqlx::query(
                 "INSERT INTO users (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at, deleted_at = NULL",
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at, deleted_at = NULL \
+                 WHERE users.name <> excluded.name OR users.deleted_at IS NOT NULL",
             )
             .bind(i(id))
             .bind(name)
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             Ok(())
         })
@@ -50,7 +52,7 @@ impl Store {
                     .bind(i(id))
                     .bind(url)
                     .bind(i(now_ms))
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?
                     .rows_affected();
             Ok(n > 0)
@@ -63,7 +65,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("SELECT name, avatar_url FROM users WHERE id = $1 AND deleted_at IS NULL")
                 .bind(i(id))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .map(|r| Ok((r.try_get("name")?, r.try_get("avatar_url")?)))
                 .transpose()
@@ -79,7 +81,7 @@ impl Store {
                 .bind(i(id))
                 .bind(name)
                 .bind(i(now_ms))
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(())
         })
@@ -101,7 +103,7 @@ impl Store {
         self.deadline(async move {
             Ok(sqlx::query(q)
                 .bind(i(id))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .map(|r| r.try_get::<String, _>("name"))
                 .transpose()?)
@@ -175,7 +177,7 @@ impl Store {
         self.deadline(async move {
             let r = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = $1")
                 .bind(i(id))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .ok_or(StoreError::NotFound)?;
             Ok(Guild {
@@ -258,7 +260,7 @@ impl Store {
         self.deadline(async move {
             let rows = sqlx::query("SELECT guild_id FROM members WHERE user_id = $1 ORDER BY guild_id")
                 .bind(i(user))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
             rows.iter().map(|r| Ok(u(r.try_get("guild_id")?))).collect()
         })
@@ -273,7 +275,7 @@ impl Store {
                 "SELECT id, guild_id, name, permissions, position FROM roles WHERE guild_id = $1 ORDER BY position, id",
             )
             .bind(i(id))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(role_of)
@@ -281,14 +283,14 @@ impl Store {
             let mut members: HashMap<u64, Vec<u64>> = HashMap::new();
             for r in sqlx::query("SELECT user_id FROM members WHERE guild_id = $1")
                 .bind(i(id))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
             {
                 members.insert(u(r.try_get("user_id")?), Vec::new());
             }
             for r in sqlx::query("SELECT user_id, role_id FROM member_roles WHERE guild_id = $1")
                 .bind(i(id))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
             {
                 if let Some(v) = members.get_mut(&u(r.try_get("user_id")?)) {
@@ -301,7 +303,7 @@ impl Store {
             for r in sqlx::query("SELECT user_id, until_ms FROM member_timeouts WHERE guild_id = $1 AND until_ms > $2")
                 .bind(i(id))
                 .bind(i(now))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
             {
                 timeouts.insert(u(r.try_get("user_id")?), u(r.try_get("until_ms")?));
@@ -339,7 +341,7 @@ impl Store {
             .bind(i64::from(max_uses))
             .bind(expires_at.map(i))
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             Ok(Invite {
                 code: code.to_string(),
@@ -361,7 +363,7 @@ impl Store {
             )
             .bind(code)
             .bind(i(now_ms))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
             let Some(row) = row else { return Ok(None) };
             let max_uses: i64 = row.try_get("max_uses")?;
@@ -597,7 +599,7 @@ impl Store {
             .bind(i(guild))
             .bind(i(after))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
             // The roles of this page's members only (not the guild's whole state).
             let mut roles: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -608,7 +610,7 @@ impl Store {
                 .bind(i(guild))
                 .bind(i(after))
                 .bind(last.try_get::<i64, _>("user_id")?)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 {
                     roles
@@ -639,7 +641,7 @@ impl Store {
         self.deadline(async move {
             let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM members WHERE guild_id = $1")
                 .bind(i(guild))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?
                 .try_get("n")?;
             Ok(n as u32)
@@ -711,7 +713,7 @@ impl Store {
                 .bind(i(guild))
                 .bind(i(user))
                 .bind(i(role))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .is_some();
             if !ok {

@@ -379,7 +379,7 @@ impl Store {
         self.deadline(async move {
             let q = format!("SELECT {EP_COLS} FROM hook_endpoints ORDER BY id");
             sqlx::query(sqlx::AssertSqlSafe(q))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(endpoint_of)
@@ -394,7 +394,7 @@ impl Store {
             let q = format!("SELECT {EP_COLS} FROM hook_endpoints WHERE id = $1");
             sqlx::query(sqlx::AssertSqlSafe(q))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .map(|r| endpoint_of(&r))
                 .transpose()?
@@ -424,7 +424,7 @@ impl Store {
             .bind(e.disabled.as_ref().map(|d| d.1.clone()))
             .bind(i(e.created_at_ms))
             .bind(i(e.updated_at_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             Ok(())
         })
@@ -441,7 +441,7 @@ impl Store {
             .bind(reason.map(|_| i(now_ms)))
             .bind(reason)
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected()
                 > 0)
@@ -486,7 +486,7 @@ impl Store {
             .bind(node)
             .bind(i(now_ms))
             .bind(i(until_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected()
                 > 0)
@@ -499,7 +499,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("DELETE FROM hook_leases WHERE node = $1")
                 .bind(node)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(())
         })
@@ -528,7 +528,7 @@ impl Store {
                 .bind(endpoint)
                 .bind(i(now_ms))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| {
@@ -587,7 +587,7 @@ impl Store {
             .bind(i(after))
             .bind(state.unwrap_or(-1))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(|r| {
@@ -658,7 +658,7 @@ impl Store {
             .bind(i(after))
             .bind(i(upto_ms.min(i64::MAX as u64)))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(logged_of)
@@ -672,7 +672,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("SELECT id, type, okey, kseq, data, created_at FROM hook_events WHERE id = $1")
                 .bind(i(id))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .map(|r| logged_of(&r))
                 .transpose()?
@@ -687,14 +687,14 @@ impl Store {
         self.deadline(async move {
             sqlx::query("DELETE FROM hook_deliveries WHERE state <> 0 AND created_at < $1")
                 .bind(i(before_ms))
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(sqlx::query(
                 "DELETE FROM hook_events WHERE created_at < $1 AND NOT EXISTS \
                  (SELECT 1 FROM hook_deliveries d WHERE d.event_id = hook_events.id AND d.state = 0)",
             )
             .bind(i(before_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected())
         })

@@ -18,12 +18,12 @@ impl Store {
             .bind(i(period))
             .bind(fresh.to_vec())
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
             let row = sqlx::query("SELECT secret FROM server_keys WHERE kind = $1 AND period = $2")
                 .bind(kind)
                 .bind(i(period))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
             Ok(row.try_get::<Vec<u8>, _>("secret")?)
         })
@@ -36,7 +36,7 @@ impl Store {
             sqlx::query("SELECT period, secret FROM server_keys WHERE kind = $1 AND period >= $2 ORDER BY period")
                 .bind(kind)
                 .bind(i(from))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| Ok((u(r.try_get("period")?), r.try_get::<Vec<u8>, _>("secret")?)))
@@ -51,7 +51,7 @@ impl Store {
             Ok(sqlx::query("DELETE FROM server_keys WHERE kind = $1 AND period < $2")
                 .bind(kind)
                 .bind(i(before))
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?
                 .rows_affected())
         })

@@ -96,7 +96,8 @@ impl Store {
 
     /// The message an author sent with `nonce`, if any.
     pub async fn message_by_nonce(&self, author: u64, nonce: u64) -> Result<Option<Message>> {
-        self.deadline(by_nonce(&self.pool, author, nonce)).await
+        self.deadline(async move { by_nonce(&mut *self.conn().await?, author, nonce).await })
+            .await
     }
 
     /// Stores a message, its seq and its event in one transaction. If the author already
@@ -106,7 +107,7 @@ impl Store {
             // Asked inside the transaction: one connection for the whole send (each store
             // call that takes a pooled connection costs a round trip to give it back).
             let mut tx = self.begin().await?;
-            if let Some(existing) = by_nonce(&mut **tx.conn(), m.author_id, m.nonce).await? {
+            if let Some(existing) = by_nonce(tx.conn(), m.author_id, m.nonce).await? {
                 tx.rollback().await?;
                 return Ok((existing, None));
             }
@@ -202,7 +203,7 @@ impl Store {
             let r = sqlx::query(sqlx::AssertSqlSafe(q))
                 .bind(i(id))
                 .bind(i(channel))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?
                 .ok_or(StoreError::NotFound)?;
             message_of(&r)
@@ -414,13 +415,17 @@ impl Store {
             match anchor {
                 A::Latest => {
                     before = take_older(
-                        older(i64::MAX, limit).fetch_all(&self.pool).await?,
+                        older(i64::MAX, limit).fetch_all(&mut *self.conn().await?).await?,
                         limit,
                         &mut more_before,
                     )?
                 }
                 A::Before(s) => {
-                    before = take_older(older(i(s), limit).fetch_all(&self.pool).await?, limit, &mut more_before)?
+                    before = take_older(
+                        older(i(s), limit).fetch_all(&mut *self.conn().await?).await?,
+                        limit,
+                        &mut more_before,
+                    )?
                 }
                 A::After(s) | A::Around(s) => {
                     let (from, n_after) = match anchor {
@@ -430,14 +435,18 @@ impl Store {
                     if let A::Around(_) = anchor {
                         let n = limit / 2;
                         if n > 0 {
-                            before = take_older(older(from, n).fetch_all(&self.pool).await?, n, &mut more_before)?;
+                            before = take_older(
+                                older(from, n).fetch_all(&mut *self.conn().await?).await?,
+                                n,
+                                &mut more_before,
+                            )?;
                         } else {
-                            more_before = !older(from, 0).fetch_all(&self.pool).await?.is_empty();
+                            more_before = !older(from, 0).fetch_all(&mut *self.conn().await?).await?.is_empty();
                         }
                     } else {
-                        more_before = !older(from, 0).fetch_all(&self.pool).await?.is_empty();
+                        more_before = !older(from, 0).fetch_all(&mut *self.conn().await?).await?.is_empty();
                     }
-                    let rows = newer(from, n_after).fetch_all(&self.pool).await?;
+                    let rows = newer(from, n_after).fetch_all(&mut *self.conn().await?).await?;
                     more_after = rows.len() as i64 > n_after;
                     after = rows
                         .iter()
@@ -447,7 +456,7 @@ impl Store {
                 }
             }
             if let A::Before(s) = anchor {
-                more_after = !newer(i(s), 0).fetch_all(&self.pool).await?.is_empty();
+                more_after = !newer(i(s), 0).fetch_all(&mut *self.conn().await?).await?.is_empty();
             }
             before.append(&mut after);
             self.attach_reactions(channel, &mut before).await?;
@@ -467,7 +476,7 @@ impl Store {
         .bind(i(channel))
         .bind(i(first.seq))
         .bind(i(last.seq))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         for r in rows {
             let id = u(r.try_get("message_id")?);
@@ -496,7 +505,7 @@ impl Store {
                     )
                     .bind(i(before_ms))
                     .bind(BATCH)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?
                     .rows_affected())
                 })
@@ -526,7 +535,7 @@ impl Store {
             .bind(i(after))
             .bind(i64::from(limit))
             .bind(i(since_ms))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(|r| Ok((u(r.try_get("seq")?), r.try_get("body")?)))
@@ -551,7 +560,7 @@ impl Store {
             .bind(i(user))
             .bind(i(channel))
             .bind(i(seq))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?;
             Ok(ReadState {
                 channel_id: channel,
@@ -569,7 +578,7 @@ impl Store {
                 "SELECT channel_id, last_read_seq, mention_count FROM read_states WHERE user_id = $1 ORDER BY channel_id",
             )
             .bind(i(user))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(|r| {

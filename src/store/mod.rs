@@ -36,6 +36,7 @@ mod channels;
 mod guilds;
 mod hooks;
 mod keys;
+mod lend;
 mod messages;
 mod social;
 mod tx;
@@ -140,6 +141,8 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite: connections kept out of the pool between calls ([`lend`]).
+    lender: Option<std::sync::Arc<lend::Lender>>,
     backend: Backend,
     timeout: Duration,
     /// Unix ms of the last call that missed its deadline (0: none), for readiness.
@@ -265,9 +268,10 @@ impl Store {
         let opts = AnyConnectOptions::from_str(url)?;
         let synchronous = opt.sqlite_synchronous;
         let timeout_ms = opt.timeout.as_millis().max(1) as u64;
+        let connections = if backend == Backend::Sqlite { 4 } else { 16 };
         let pool = AnyPoolOptions::new()
             // SQLite has one writer at a time; a few connections serve concurrent reads.
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(connections)
             // sqlx pings a connection before lending it (one round trip to SQLite's worker
             // thread: two thread wake-ups, ~30 µs of CPU on this machine, for every store
             // call). A SQLite connection is a file handle in this process — nothing can sever
@@ -311,6 +315,7 @@ impl Store {
             .await?;
         let store = Store {
             pool,
+            lender: (backend == Backend::Sqlite).then(|| std::sync::Arc::new(lend::Lender::new(connections))),
             backend,
             timeout: opt.timeout,
             last_timeout_ms: Default::default(),
@@ -323,8 +328,16 @@ impl Store {
     /// Applies pending migrations of this backend.
     pub async fn migrate(&self) -> Result<()> {
         match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
+            Backend::Sqlite => {
+                sqlx::migrate!("migrations/sqlite")
+                    .run(&mut *self.conn().await?)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&mut *self.conn().await?)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -335,7 +348,7 @@ impl Store {
     /// timeout cannot help it, the snapshot is simply stale.
     async fn begin(&self) -> Result<Tx> {
         use sqlx::Executor;
-        let conn = self.pool.acquire().await?;
+        let conn = self.conn().await?;
         // Owned by the `Tx` before BEGIN runs: if BEGIN fails or is cancelled, its drop
         // rolls back whatever state the connection is in.
         let mut tx = Tx {
@@ -350,6 +363,14 @@ impl Store {
         Ok(tx)
     }
 
+    /// A connection for one call: a kept one (SQLite), or one from the pool.
+    async fn conn(&self) -> Result<lend::Conn> {
+        match &self.lender {
+            Some(l) => Ok(l.lend(&self.pool).await?),
+            None => Ok(lend::Conn::pooled(self.pool.acquire().await?)),
+        }
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -362,15 +383,20 @@ impl Store {
 
     /// Closes every connection (waits for checked-out ones to come back).
     pub async fn close(&self) {
+        if let Some(l) = &self.lender {
+            l.close();
+        }
         self.pool.close().await;
     }
 
     /// Whether the database answers within `limit`.
     pub async fn ping(&self, limit: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&self.pool)).await,
-            Ok(Ok(_))
-        )
+        let call = async {
+            let mut c = self.conn().await?;
+            sqlx::query("SELECT 1").execute(&mut *c).await?;
+            Ok::<_, StoreError>(())
+        };
+        matches!(tokio::time::timeout(limit, call).await, Ok(Ok(())))
     }
 
     /// Unix ms of the last store call that missed its deadline, if any.
@@ -385,7 +411,11 @@ impl Store {
     /// an open [`Tx`] rolls back in the background, and a connection is never reused
     /// inside a transaction.
     async fn deadline<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let r = tokio::time::timeout(self.timeout, call).await;
+        if let (Ok(Err(StoreError::Db(e))), Some(l)) = (&r, &self.lender) {
+            l.failed(e);
+        }
+        match r {
             Ok(Err(StoreError::Db(e))) if is_lock_wait(&e) => {
                 self.timed_out();
                 Err(StoreError::Timeout(self.timeout))
@@ -411,7 +441,7 @@ impl Store {
             for table in ["messages", "guilds", "channels", "roles", "notifications"] {
                 let q = format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
                 let m: i64 = sqlx::query(sqlx::AssertSqlSafe(q))
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.conn().await?)
                     .await?
                     .try_get("m")?;
                 max = max.max(u(m));
@@ -419,5 +449,72 @@ impl Store {
             Ok(max)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SQLite store in a directory of its own (removed at the end).
+    async fn sqlite() -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("quaver-lend-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let url = format!("sqlite://{}/q.db?mode=rwc", dir.display());
+        let store = Store::open(&url).await.expect("the store opens");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn sqlite_connections_are_kept_between_calls_and_dropped_after_a_dead_one() {
+        let (dir, store) = sqlite().await;
+        let lender = store.lender.clone().expect("SQLite keeps its connections");
+        // One call after another needs one connection, kept between them.
+        for n in 0..50u64 {
+            store.upsert_user(n + 1, "someone", n).await.expect("a write");
+            assert_eq!(store.guild_ids_of(n + 1).await.expect("a read"), Vec::<u64>::new());
+        }
+        assert_eq!(lender.kept(), 1);
+        // Calls at once take more (those beyond the pool's size wait for one to come
+        // back), and all come back.
+        let calls: Vec<_> = (0..16u64).map(|n| store.guild_ids_of(n)).collect();
+        for r in futures_util::future::join_all(calls).await {
+            r.expect("a read");
+        }
+        let at_once = lender.kept();
+        assert!((1..=4).contains(&at_once), "{at_once} kept");
+        // A transaction abandoned by an error leaves no transaction on the kept connection:
+        // a reply to a message that does not exist fails inside the send's transaction.
+        let bad = store
+            .send_message(NewMessage {
+                id: 10,
+                channel_id: 999,
+                author_id: 1,
+                nonce: 1,
+                content: "x".into(),
+                reply_to: Some(12345),
+                mentions: Mentions::default(),
+                now_ms: 1,
+            })
+            .await;
+        assert!(bad.is_err());
+        store
+            .upsert_user(7, "after", 9)
+            .await
+            .expect("a write after the failed transaction");
+        // A failure that may mean a dead connection: nothing lent before it is kept.
+        lender.failed(&sqlx::Error::WorkerCrashed);
+        assert_eq!(lender.kept(), 0);
+        store
+            .upsert_user(8, "again", 10)
+            .await
+            .expect("a write on a new connection");
+        assert_eq!(lender.kept(), 1);
+        // A database's own answer (a constraint, say) is not such a failure.
+        lender.failed(&sqlx::Error::RowNotFound);
+        assert_eq!(lender.kept(), 1);
+        store.close().await;
+        assert_eq!(lender.kept(), 0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

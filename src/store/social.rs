@@ -69,7 +69,7 @@ impl Store {
                 sqlx::query("SELECT kind FROM relationships WHERE user_id = $1 AND other_id = $2")
                     .bind(i(user))
                     .bind(i(other))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.conn().await?)
                     .await?
                     .map(|r| r.try_get::<i64, _>("kind"))
                     .transpose()?
@@ -124,7 +124,7 @@ impl Store {
         self.deadline(async move {
             let rows = sqlx::query("SELECT other_id, kind FROM relationships WHERE user_id = $1 ORDER BY other_id")
                 .bind(i(user))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
             let mut out = Vec::new();
             for r in rows {
@@ -145,7 +145,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("SELECT user_id FROM relationships WHERE other_id = $1 AND kind = 4")
                 .bind(i(actor))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| Ok(u(r.try_get("user_id")?)))
@@ -172,7 +172,7 @@ impl Store {
                 .bind(i(user))
                 .bind(kind)
                 .bind(i(id))
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
             Ok(())
         })
@@ -184,7 +184,7 @@ impl Store {
         self.deadline(async move {
             sqlx::query("SELECT target_kind, target_id FROM mutes WHERE user_id = $1 ORDER BY target_kind, target_id")
                 .bind(i(user))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(|r| {
@@ -208,7 +208,7 @@ impl Store {
             )
             .bind(i(channel))
             .bind(guild.map(i).unwrap_or(-1))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?
             .iter()
             .map(|r| Ok(u(r.try_get("user_id")?)))
@@ -269,7 +269,7 @@ impl Store {
                 .bind(i(user))
                 .bind(if before == 0 { i64::MAX } else { i(before) })
                 .bind(i64::from(limit.clamp(1, 100)))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
                 .iter()
                 .map(notification_of)
@@ -283,7 +283,7 @@ impl Store {
         self.deadline(async move {
             let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notifications WHERE user_id = $1 AND read_at IS NULL")
                 .bind(i(user))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?
                 .try_get("n")?;
             Ok(n as u32)
@@ -300,7 +300,7 @@ impl Store {
             .bind(i(user))
             .bind(i(up_to))
             .bind(i(now_ms))
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected())
         })
@@ -313,7 +313,7 @@ impl Store {
             let n: i64 =
                 sqlx::query("SELECT COUNT(*) AS n FROM notifications WHERE user_id = $1 AND delivered_at IS NOT NULL")
                     .bind(i(user))
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.conn().await?)
                     .await?
                     .try_get("n")?;
             Ok(n as u32)
@@ -328,7 +328,7 @@ impl Store {
                 sqlx::query("UPDATE notifications SET read_at = $2 WHERE user_id = $1 AND read_at IS NULL")
                     .bind(i(user))
                     .bind(i(now_ms))
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 return Ok(());
             }
@@ -355,7 +355,7 @@ impl Store {
                 for r in sqlx::query("SELECT user_id FROM member_roles WHERE guild_id = $1 AND role_id = $2")
                     .bind(i(guild))
                     .bind(i(*role))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn().await?)
                     .await?
                 {
                     out.push(u(r.try_get("user_id")?));

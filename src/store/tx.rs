@@ -22,13 +22,13 @@ const ROLLBACK_DEADLINE: Duration = Duration::from_secs(5);
 /// unknown state.
 pub(super) struct Tx {
     /// `None` only after the transaction ended.
-    pub(super) conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    pub(super) conn: Option<super::lend::Conn>,
     /// Woken once the transaction committed (it wrote webhook deliveries).
     pub(super) wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Tx {
-    pub(super) fn conn(&mut self) -> &mut sqlx::pool::PoolConnection<sqlx::Any> {
+    pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
         // Invariant: `conn` is taken only by `commit`/`rollback`, which consume `self`.
         self.conn.as_mut().expect("transaction still open")
     }
@@ -77,29 +77,29 @@ impl std::ops::DerefMut for Tx {
 impl Drop for Tx {
     fn drop(&mut self) {
         // Abandoned by an error path or a deadline: roll back off the caller's path.
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(end_abandoned(conn));
             }
-            Err(_) => conn.close_on_drop(),
+            Err(_) => conn.close(),
         }
     }
 }
 
 /// Rolls back a transaction whose outcome is unknown; a connection that cannot confirm it
 /// is out of the transaction is closed (the database rolls back a closed connection's work).
-async fn end_abandoned(mut conn: sqlx::pool::PoolConnection<sqlx::Any>) {
+async fn end_abandoned(mut conn: super::lend::Conn) {
     use sqlx::Executor;
     match tokio::time::timeout(ROLLBACK_DEADLINE, conn.execute("ROLLBACK")).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "ROLLBACK failed; closing the connection");
-            conn.close_on_drop();
+            conn.close();
         }
         Err(_) => {
             tracing::warn!("ROLLBACK did not finish in time; closing the connection");
-            conn.close_on_drop();
+            conn.close();
         }
     }
 }
