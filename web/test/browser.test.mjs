@@ -9,7 +9,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { BIN, startServer } from './server.mjs';
 import { PROTOCOL_VERSION } from '../quaver.js';
@@ -89,6 +91,51 @@ test('an idle browser session stays up (past every server-side stream deadline)'
   }, token(4343));
   assert.deepEqual(r, { closedAfter: null, pong: true });
   await page.close();
+});
+
+test('a draining node\'s Goaway: quaver.js Resilient leaves at once and comes back only after reconnect_after_ms', async () => {
+  // A node of its own (this test stops it), telling its clients to come back after 2 s.
+  const dir = mkdtempSync(join(tmpdir(), 'quaver-goaway-'));
+  const config = join(dir, 'quaver.toml');
+  writeFileSync(config, '[session]\nreconnect_after = "2s"\n');
+  const node = await startServer({ JWT_SECRET: SECRET, QUAVER_CONFIG: config });
+  const page = await browser.newPage();
+  try {
+    await page.goto(`http://${node.http}/`);
+    await page.evaluate(async (tok) => {
+      const info = await window.quaver.fetchCertHashes(location.origin);
+      const at = { attempts: [], states: [] };
+      window.goaway = at;
+      const r = new window.quaver.Resilient(async () => {
+        at.attempts.push(Date.now());
+        return { url: `https://${location.hostname}:${info.port}${info.url_path}`, certHashes: info.dev ? info.hashes : [], token: tok };
+      }, { backoffMs: 100, maxBackoffMs: 200 });
+      r.addEventListener('state', (e) => at.states.push([e.detail, Date.now()]));
+      r.addEventListener('trouble', (e) => at.states.push(['trouble', Date.now(), String(e.detail.error), e.detail.retryInMs]));
+      window.goawayClient = r;
+      await new Promise((res, rej) => {
+        const t = setTimeout(() => rej(new Error('no Ready')), 10000);
+        r.addEventListener('state', (e) => { if (e.detail === 'ready') { clearTimeout(t); res(); } });
+      });
+    }, token(4444));
+    const stoppedAt = await page.evaluate(() => Date.now());
+    node.child.kill('SIGTERM');
+    // The node drains and exits; the client has left and waits (its later attempts fail:
+    // nothing listens any more, and its backoff is short on purpose).
+    await new Promise((res) => setTimeout(res, 6000));
+    const at = await page.evaluate(() => { window.goawayClient.close(); return window.goaway; });
+    const left = at.states.find(([s, t]) => s === 'reconnecting' && t >= stoppedAt);
+    assert.ok(left, `left after the Goaway: ${JSON.stringify(at.states)}`);
+    assert.ok(left[1] - stoppedAt < 1500, `left at once, not at a heartbeat timeout: ${left[1] - stoppedAt} ms`);
+    const again = at.attempts.filter((t) => t >= stoppedAt);
+    assert.ok(again.length >= 1, `came back within 6 s of a 2 s delay: ${JSON.stringify(at.attempts)}`);
+    // Within [d, 2d] of leaving (the jitter spreads a node's clients over that window).
+    const waited = again[0] - left[1];
+    assert.ok(waited >= 2000 && waited <= 5000, `waited ${waited} ms after leaving before connecting again: ${JSON.stringify(at.states)}`);
+  } finally {
+    await page.close();
+    node.child.kill('SIGKILL');
+  }
 });
 
 test('the token is never in a URL: failed connections log nothing a reporter could collect', async () => {
