@@ -13,10 +13,11 @@ export const nameOf = (id) => S.names.get(id) ?? `user ${String(id).slice(-4)}`;
 /** A user's avatar: their picture when their backend set one, else their initials. */
 const face = (id, name, opts = {}) => avatar(id, name, { ...opts, url: S.avatars.get(id) ?? '' });
 
-/** A user's presence; yours is what you set (the server does not echo it to you). */
+/** A user's presence; yours is what you set (the server does not echo it to you) — and
+ * offline while this page is not connected, whatever was last heard about you. */
 export function presenceOf(user) {
-  if (user === S.me?.id && S.client?.current()) {
-    const status = S.myStatus.status === 'Invisible' ? 'Offline' : S.myStatus.status;
+  if (user === S.me?.id) {
+    const status = !S.client?.current() ? 'Offline' : S.myStatus.status === 'Invisible' ? 'Offline' : S.myStatus.status;
     return { user_id: user, status, client_status: { desktop: 'Offline', mobile: 'Offline', web: status }, custom_status: S.myStatus.custom || null, activity: null };
   }
   return S.presences.get(user);

@@ -503,6 +503,8 @@ test('a server the page cannot reach is said within seconds, not "reconnectingâ€
   const banner = await page.textContent('#reconnect-banner');
   assert.match(banner, /^Can't reach the server: .+\. Trying again in \d+ s\.$/, banner);
   assert.equal(await page.isVisible('#reconnect-banner'), true);
+  // The user panel does not claim you are online while nothing is connected.
+  assert.equal((await page.textContent('#status-button')).trim(), 'Offline');
   await page.screenshot({ path: join(SHOTS, 'unreachable.png') });
   // The page keeps retrying: a retry's handler still running when the context closes would
   // fail (its response disposed) with nobody to tell. Let running ones finish first.
