@@ -724,13 +724,7 @@ impl Chat {
             }
             out.extend(g.state.members.keys().copied().filter(|u| *u != user));
         }
-        out.extend(
-            parts
-                .relationships
-                .iter()
-                .filter(|r| r.kind == quaver_proto::RelationshipKind::Friend)
-                .map(|r| r.user_id),
-        );
+        out.extend(social::friends_among(&parts.relationships));
         out.extend(partners_in(user, &large_views, &parts.private_channels));
         out.sort_unstable();
         out.dedup();

@@ -394,14 +394,11 @@ impl Chat {
 
     /// Friends of `user`.
     pub(crate) async fn friends(&self, user: u64) -> Result<Vec<u64>, ErrorBody> {
-        Ok(self
-            .store
-            .relationships(user)
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|r| r.kind == Friend)
-            .map(|r| r.user_id)
-            .collect())
+        Ok(friends_among(&self.store.relationships(user).await.map_err(store_err)?).collect())
     }
+}
+
+/// The friends among a user's `relationships`.
+pub(crate) fn friends_among(relationships: &[quaver_proto::Relationship]) -> impl Iterator<Item = u64> + '_ {
+    relationships.iter().filter(|r| r.kind == Friend).map(|r| r.user_id)
 }
