@@ -1982,6 +1982,9 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
     )
     .await;
     assert_eq!(made.status, 201, "{made:?}");
+    // The registry's versions are at least its clock in µs (they keep increasing after a
+    // user's key expired or Redis restarted empty).
+    let started_us = quaver::ids::now_ms() * 1000;
     let (mut child, mut pcfg, _, _) = node_process_with(&s, None).await;
     pcfg.token = Some(token(3));
     let p3 = connect(&pcfg).await.unwrap();
@@ -1998,7 +2001,7 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
             .map(|e| {
                 (
                     e["type"].as_str().unwrap().to_string(),
-                    e["key_seq"].as_u64().unwrap(),
+                    e["data"]["version"].as_u64().unwrap(),
                     e["data"]["reason"].as_str().map(str::to_string),
                 )
             })
@@ -2037,6 +2040,10 @@ async fn a_killed_nodes_users_go_offline_in_webhooks_and_only_they() {
         [("user.online", None), ("user.offline", Some("node_lost"))]
     );
     assert!(three[1].1 > three[0].1, "the offline's version is above the online's");
+    assert!(
+        three[0].1 >= started_us,
+        "a version from the registry's clock: {three:?}"
+    );
     let four = of("4");
     assert_eq!(
         four.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(),

@@ -426,6 +426,71 @@ async fn a_minute_down_after_errors_and_timeouts_loses_and_reorders_nothing() {
     }
 }
 
+/// An endpoint that answers as an overloaded receiver does (503) gets fewer requests at
+/// once: its window of `concurrency` is halved, then grows back as it answers.
+#[tokio::test]
+async fn an_overloaded_receiver_gets_fewer_requests_at_once() {
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    // The first 8 requests are refused after 800 ms (so they are in flight together even
+    // on a busy machine), the rest answered after 150 ms.
+    r.plan(std::iter::repeat_n(Reply::After(503, Duration::from_millis(800)), 8));
+    r.plan(std::iter::repeat_n(Reply::After(200, Duration::from_millis(150)), 40));
+    let mut c = config();
+    quick(&mut c);
+    c.webhooks.timeout = Duration::from_secs(2);
+    c.webhooks.concurrency = 8;
+    c.webhooks.endpoints = vec![endpoint("app", r.url(), &["message.created"])];
+    let (s, b) = server(c).await;
+    let (gid, first) = guild(&b).await;
+    // 16 keys: a message in each of 16 channels.
+    let mut channels = vec![first];
+    for k in 1..16 {
+        let ch = b
+            .ok(
+                201,
+                "POST",
+                &format!("/api/v1/guilds/{gid}/channels"),
+                Some(json!({"name": format!("c{k}"), "kind": "text"})),
+            )
+            .await;
+        channels.push(ch.s("id"));
+    }
+    for ch in &channels {
+        b.ok(
+            201,
+            "POST",
+            &format!("/api/v1/channels/{ch}/messages"),
+            Some(json!({"author_id": "1", "content": "hi"})),
+        )
+        .await;
+    }
+    let want: HashSet<String> = log(&b)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "message.created")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(want.len(), 16);
+    let got = delivered(&r, &want, Duration::from_secs(20)).await;
+    let in_flight: Vec<(u16, usize)> = got.iter().map(|g| (g.answered, g.in_flight)).collect();
+    // The first eight went out together and were refused.
+    assert!(in_flight[..8].iter().all(|(a, _)| *a == 503), "{in_flight:?}");
+    assert!(
+        in_flight[..8].iter().map(|(_, n)| *n).max() >= Some(6),
+        "the configured concurrency was used: {in_flight:?}"
+    );
+    // After them, half as many at once (4), growing by one per window of answers.
+    assert!(
+        in_flight[8..16].iter().all(|(_, n)| *n <= 5),
+        "fewer at once after the 503s: {in_flight:?}"
+    );
+    // Each delivered once.
+    let ok: Vec<&String> = got.iter().filter(|g| g.answered == 200).map(|g| &g.id).collect();
+    assert_eq!(ok.len(), 16, "{in_flight:?}");
+    let (_, metrics) = http_get(s.http_addr, "/metrics").await;
+    assert!(metrics.contains("quaver_webhook_window_halved_total 1\n"), "{metrics}");
+}
+
 #[tokio::test]
 async fn a_410_disables_the_endpoint_and_an_event_says_so() {
     let gone = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
@@ -713,9 +778,17 @@ async fn presence_crossings_and_notifications_for_offline_users() {
     let of_user = |v: &[Value], u: &str| {
         v.iter()
             .filter(|e| e["data"]["user_id"] == u && e["type"].as_str().unwrap().starts_with("user."))
-            .map(|e| (e["type"].as_str().unwrap().to_string(), e["key_seq"].as_u64().unwrap()))
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["data"]["version"].as_u64().unwrap(),
+                )
+            })
             .collect::<Vec<_>>()
     };
+    // Presence versions are at least the clock in µs, so they go on increasing after a
+    // restart (a counter from 1 would start again below what a receiver applied).
+    let started_us = quaver::ids::now_ms() * 1000;
     // Two devices: one user.online.
     let d1 = connect(&client_config(&s, Transport::Quic, Some(token(1))))
         .await
@@ -736,6 +809,10 @@ async fn presence_crossings_and_notifications_for_offline_users() {
     let seen = of_user(&events(&r), "1");
     assert_eq!(seen.len(), 1, "no flap within the grace: {seen:?}");
     assert_eq!(seen[0].0, "user.online");
+    assert!(
+        seen[0].1 >= started_us,
+        "a version from the clock: {seen:?} against {started_us}"
+    );
     let online = events(&r).into_iter().find(|e| e["type"] == "user.online").unwrap();
     assert_eq!(online["data"]["status"], "online");
     assert_eq!(online["key"], "user:1");
@@ -877,6 +954,7 @@ impl HookBackend {
                         signature: h("webhook-signature"),
                         body: body.clone(),
                         answered: 200,
+                        in_flight: 0,
                     };
                     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                     g.lock().unwrap().push((v.clone(), signed_by(&r, SECRET)));

@@ -205,6 +205,10 @@ struct WebhooksArgs {
     /// takes them: how fast a backlog drains (`drain/s`).
     #[arg(long, conflicts_with = "hook")]
     backlog: bool,
+    /// The server's `[webhooks] concurrency` (attempts in flight per endpoint) [default:
+    /// the server's default].
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Runs (interleaved for W2).
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -1251,6 +1255,7 @@ async fn webhooks_cmd(a: WebhooksArgs) -> anyhow::Result<()> {
                 hook,
                 webhook,
                 backlog: a.backlog,
+                concurrency: a.concurrency,
             };
             let r = webhooks::run(&bin, &p).await?;
             let case = match (webhook, hook) {

@@ -132,6 +132,8 @@ pub(crate) struct Params {
     /// The receiver refuses (503) while the events are posted, then accepts: how fast a
     /// backlog drains.
     pub(crate) backlog: bool,
+    /// The server's `[webhooks] concurrency`, if not its default.
+    pub(crate) concurrency: Option<usize>,
 }
 
 /// One run against a fresh server.
@@ -146,6 +148,9 @@ pub(crate) async fn run(bin: &std::path::Path, p: &Params) -> anyhow::Result<Run
     // The senders' rate is the scenario's, not a user's.
     toml.push_str("\n[limits]\nsend = { burst = 1000000.0, per_sec = 1000000.0 }\n");
     toml.push_str("\n[webhooks]\nlog = true\nretry_min = \"100ms\"\nretry_max = \"200ms\"\n");
+    if let Some(n) = p.concurrency {
+        toml.push_str(&format!("concurrency = {n}\n"));
+    }
     let secret = quaver::webhooks::new_secret();
     if p.webhook {
         toml.push_str(&format!(

@@ -167,11 +167,17 @@ fn publish(bus: &dyn Bus, p: Presence, version: Option<u64>) {
     });
 }
 
+/// The version after `last`: one more, or the clock in µs (`now_ms` · 1000) if that is
+/// greater, so versions keep increasing across restarts (as the registry's do in a cluster).
+fn next_version(last: u64, now_ms: u64) -> u64 {
+    (last + 1).max(now_ms.saturating_mul(1000))
+}
+
 /// Records `user.online` / `user.offline` when `p` crosses between them (a failure is
 /// logged: the presence change itself still goes out).
-async fn record(store: Option<&Store>, p: &Presence, was_online: bool, why: OfflineWhy) {
+async fn record(store: Option<&Store>, p: &Presence, version: u64, was_online: bool, why: OfflineWhy) {
     let Some(store) = store else { return };
-    let Some(ev) = user_presence(p, was_online, why) else {
+    let Some(ev) = user_presence(p, version, was_online, why) else {
         return;
     };
     if let Err(e) = store.hook_record_now(ev, None, crate::ids::now_ms()).await {
@@ -229,7 +235,14 @@ async fn liveness(r: Arc<RedisRegistry>, bus: Arc<dyn Bus>, tx: mpsc::UnboundedS
                         record_node_lost(store.as_ref(), &node, &users).await;
                     }
                     for c in changes {
-                        record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::NodeLost).await;
+                        record(
+                            store.as_ref(),
+                            &c.presence,
+                            c.version,
+                            c.was_online,
+                            OfflineWhy::NodeLost,
+                        )
+                        .await;
                         publish(bus.as_ref(), c.presence, Some(c.version));
                     }
                 }
@@ -258,7 +271,9 @@ async fn run(
     // One node (no registry): every change is published with the next number of one
     // node-wide counter — increasing for every user, which is all a version must be — so a
     // snapshot (numbered with the counter's value when it was read) is told from a later
-    // change in the fan-out, as the registry's versions are in a cluster.
+    // change in the fan-out, as the registry's versions are in a cluster. Like those, it
+    // is one more than before or the clock in µs, whichever is greater: `user.online` /
+    // `user.offline` carry it, and a webhook receiver compares it across restarts.
     let mut version: u64 = 0;
     // The next grace end or sweep: a scan of every user, so it is done only when the task
     // wakes for it (and on a resync). A command moves deadlines later or adds one no sooner
@@ -321,7 +336,11 @@ async fn run(
                 unsure.extend(dirty);
             }
             for p in out {
-                if registry.is_none() {
+                let v = registry.is_none().then(|| {
+                    version = next_version(version, crate::ids::now_ms());
+                    version
+                });
+                if let Some(v) = v {
                     // (With the registry away this node cannot tell whether the user is
                     // online elsewhere: no presence webhook events until it is back.)
                     let was = if p.status == PresenceStatus::Offline {
@@ -329,12 +348,8 @@ async fn run(
                     } else {
                         !online.insert(p.user_id)
                     };
-                    record(store.as_ref(), &p, was, OfflineWhy::Disconnected).await;
+                    record(store.as_ref(), &p, v, was, OfflineWhy::Disconnected).await;
                 }
-                let v = registry.is_none().then(|| {
-                    version += 1;
-                    version
-                });
                 publish(bus.as_ref(), p, v);
             }
             continue;
@@ -353,12 +368,19 @@ async fn run(
                     }
                     let was_unsure = unsure.remove(&u);
                     if c.changed {
-                        record(store.as_ref(), &c.presence, c.was_online, OfflineWhy::Disconnected).await;
+                        record(
+                            store.as_ref(),
+                            &c.presence,
+                            c.version,
+                            c.was_online,
+                            OfflineWhy::Disconnected,
+                        )
+                        .await;
                         publish(bus.as_ref(), c.presence, Some(c.version));
                     } else if was_unsure && c.presence.status == PresenceStatus::Offline {
                         // Went offline while the registry was away, and it kept nothing to
                         // compare with: say so (at worst a second user.offline).
-                        record(store.as_ref(), &c.presence, true, OfflineWhy::Disconnected).await;
+                        record(store.as_ref(), &c.presence, c.version, true, OfflineWhy::Disconnected).await;
                     }
                 }
                 Err(e) => {
@@ -369,5 +391,25 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_version;
+
+    #[test]
+    fn versions_increase_and_start_from_the_clock() {
+        // From the clock after a restart (the counter was 0), then one more within a ms.
+        assert_eq!(next_version(0, 1_700_000_000_000), 1_700_000_000_000_000);
+        assert_eq!(
+            next_version(1_700_000_000_000_000, 1_700_000_000_000),
+            1_700_000_000_000_001
+        );
+        // A clock set back does not take the version back.
+        assert_eq!(
+            next_version(1_700_000_000_000_005, 1_600_000_000_000),
+            1_700_000_000_000_006
+        );
     }
 }

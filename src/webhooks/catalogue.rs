@@ -432,13 +432,18 @@ pub enum OfflineWhy {
 
 /// `user.online` / `user.offline`: a user's aggregate status crossed between offline and
 /// anything else, merged over every device and node, after the reconnect grace (a reconnect
-/// within it sends nothing). Ordered by `user:<id>`: the envelope's `key_seq` is the
-/// user's presence version — apply an event only if its `key_seq` is above the last you
-/// applied for that user.
+/// within it sends nothing). Ordered by `user:<id>` with the user's other events; `version`
+/// is the user's presence version — apply an event only if its `version` is above the last
+/// you applied for that user. (Two nodes that change one user's presence within the same
+/// few ms may record their events in the other order than the registry decided them; the
+/// version is the registry's order.)
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WebhookUserPresence {
     /// The user.
     pub user_id: Id,
+    /// The user's presence version: greater for every later change, across every node and
+    /// restart (one more than the last, or the clock in µs when that is greater).
+    pub version: u64,
     /// What others see now (`offline` for `user.offline`).
     pub status: UserStatus,
     /// Per platform.
@@ -453,7 +458,7 @@ pub struct WebhookUserPresence {
 
 /// The presence event of a change to what others see of a user, when it crosses between
 /// offline and online.
-pub fn user_presence(p: &quaver_proto::Presence, was_online: bool, why: OfflineWhy) -> Option<HookEvent> {
+pub fn user_presence(p: &quaver_proto::Presence, version: u64, was_online: bool, why: OfflineWhy) -> Option<HookEvent> {
     let online = p.status != quaver_proto::PresenceStatus::Offline;
     if online == was_online {
         return None;
@@ -465,6 +470,7 @@ pub fn user_presence(p: &quaver_proto::Presence, was_online: bool, why: OfflineW
         kseq: None,
         data: json(&WebhookUserPresence {
             user_id: Id(p.user_id),
+            version,
             status: p.status.into(),
             desktop: p.client_status.desktop.into(),
             mobile: p.client_status.mobile.into(),

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -21,6 +21,9 @@ const RELOAD_MS: u64 = 2_000;
 const POLL: Duration = Duration::from_millis(200);
 /// How long a wake-up waits for others before looking at the due list.
 const COALESCE: Duration = Duration::from_millis(2);
+/// An endpoint's window is halved at most this often (the attempts that fail together
+/// are one signal, not many).
+const HALVE_EVERY: Duration = Duration::from_millis(500);
 
 /// Delivery counters, for `/metrics`.
 #[derive(Debug, Default)]
@@ -39,6 +42,9 @@ pub struct Metrics {
     pub delivered_first: AtomicU64,
     /// Partitions this node holds now.
     pub leases: AtomicU64,
+    /// Times an endpoint's window (attempts in flight) was halved because it answered as
+    /// an overloaded receiver does.
+    pub window_halved: AtomicU64,
 }
 
 impl Metrics {
@@ -88,6 +94,12 @@ impl Metrics {
                 "gauge",
                 &self.leases,
             ),
+            (
+                "quaver_webhook_window_halved_total",
+                "Times an endpoint's attempts in flight were halved (429, 502-504, timeout, connection error).",
+                "counter",
+                &self.window_halved,
+            ),
         ] {
             o.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
@@ -108,10 +120,83 @@ impl Metrics {
 #[derive(Debug, Default)]
 struct Running {
     keys: HashSet<String>,
+    /// How many may be in flight now.
+    window: Window,
     /// Generation of the latest due-list query.
     generation: u64,
     /// Event → the generation in which its attempt ended.
     finished: HashMap<u64, u64>,
+}
+
+/// How many attempts an endpoint may have in flight: `concurrency` while it answers;
+/// halved (down to one) when it answers as an overloaded receiver does — 429, 502, 503,
+/// 504, no answer in time, a refused or broken connection — at most once per
+/// [`HALVE_EVERY`]; grown back by one for each window's worth of 2xx answers. (TCP's rule:
+/// additive increase, multiplicative decrease.) A receiver that falls behind thus gets
+/// fewer requests at once instead of the same number failing, and one that keeps up gets
+/// `concurrency`.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Window {
+    /// The current limit (0 until the first use sets it to the configured one).
+    limit: f64,
+    /// When it was last halved.
+    halved_at: Option<Instant>,
+}
+
+/// What an attempt's answer says about the receiver's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// 2xx.
+    Answered,
+    /// 429, 502–504, a timeout or a connection error.
+    Overloaded,
+    /// Anything else (a 4xx or 500: about this event, not the receiver's load).
+    Neither,
+}
+
+impl Load {
+    fn of_status(status: u16) -> Load {
+        match status {
+            200..=299 => Load::Answered,
+            429 | 502 | 503 | 504 => Load::Overloaded,
+            _ => Load::Neither,
+        }
+    }
+}
+
+impl Window {
+    /// Attempts that may start with `busy` in flight, `max` the configured concurrency.
+    fn room(&mut self, busy: usize, max: usize) -> usize {
+        let max = max.max(1) as f64;
+        if self.limit == 0.0 || self.limit > max {
+            self.limit = max;
+        }
+        (self.limit as usize).max(1).saturating_sub(busy)
+    }
+
+    /// An answer came; returns whether the window was halved by it.
+    fn on(&mut self, load: Load, max: usize, now: Instant) -> bool {
+        let max = max.max(1) as f64;
+        if self.limit == 0.0 {
+            self.limit = max;
+        }
+        match load {
+            Load::Answered => {
+                self.limit = (self.limit + 1.0 / self.limit).min(max);
+                false
+            }
+            Load::Overloaded => {
+                if self.halved_at.is_some_and(|t| now.duration_since(t) < HALVE_EVERY) {
+                    return false;
+                }
+                self.halved_at = Some(now);
+                let before = self.limit;
+                self.limit = (self.limit / 2.0).max(1.0);
+                self.limit < before
+            }
+            Load::Neither => false,
+        }
+    }
 }
 
 /// An attempt's result, written with the others that finished at the same time (one
@@ -126,6 +211,8 @@ struct Outcome {
     next_at_ms: u64,
     status: Option<u16>,
     error: Option<String>,
+    /// What the answer says about the receiver's load.
+    load: Load,
 }
 
 /// The delivery task's state.
@@ -376,28 +463,38 @@ impl Deliverer {
             tracing::warn!(error = %err, attempts = rows.len(), "recording webhook attempts failed");
         }
         let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Instant::now();
         for o in finished {
             if let Some(run) = all.get_mut(&o.endpoint) {
                 run.keys.remove(&o.okey);
                 let g = run.generation;
                 run.finished.insert(o.event, g);
+                if run.window.on(o.load, self.cfg.concurrency, at) {
+                    self.metrics.window_halved.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        endpoint = %o.endpoint,
+                        in_flight = run.window.limit as usize,
+                        status = ?o.status,
+                        "webhook endpoint answers as if overloaded: fewer attempts at once"
+                    );
+                }
             }
         }
     }
 
     /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
-    /// concurrency and never two of one key.
+    /// window and never two of one key.
     async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
-        let (busy, generation) = {
+        let (busy, room, generation) = {
             let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             let run = all.entry(e.id.clone()).or_default();
             run.generation += 1;
             let g = run.generation;
             // Outcomes older than the previous listing are visible to this one.
             run.finished.retain(|_, at| *at + 1 >= g);
-            (run.keys.len(), g)
+            let busy = run.keys.len();
+            (busy, run.window.room(busy, self.cfg.concurrency), g)
         };
-        let room = self.cfg.concurrency.max(1).saturating_sub(busy);
         if room == 0 || parts.is_empty() {
             return;
         }
@@ -445,6 +542,8 @@ impl Deliverer {
             state,
             attempts: d.attempts + 1,
             next_at_ms,
+            // No status: no answer in time, or the connection failed.
+            load: status.map_or(Load::Overloaded, Load::of_status),
             status,
             error,
         };
@@ -555,4 +654,58 @@ fn rand_unit() -> f64 {
         return 0.5;
     }
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HALVE_EVERY, Load, Window};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_window_halves_on_overload_at_most_so_often_and_grows_back_on_answers() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        assert_eq!(w.room(0, 64), 64, "the configured concurrency at first");
+        assert_eq!(w.room(60, 64), 4);
+        // A burst of failures together halves it once.
+        assert!(w.on(Load::Overloaded, 64, t0));
+        for _ in 0..20 {
+            assert!(!w.on(Load::Overloaded, 64, t0 + Duration::from_millis(10)));
+        }
+        assert_eq!(w.room(0, 64), 32);
+        // Other answers about one event (a 400, a 500) say nothing of load.
+        assert_eq!(Load::of_status(500), Load::Neither);
+        assert_eq!(Load::of_status(404), Load::Neither);
+        assert!(!w.on(Load::Neither, 64, t0 + HALVE_EVERY * 2));
+        assert_eq!(w.room(0, 64), 32);
+        // Later signals halve it again, down to one and no further.
+        let mut t = t0;
+        for _ in 0..10 {
+            t += HALVE_EVERY;
+            w.on(Load::Overloaded, 64, t);
+        }
+        assert_eq!(w.room(0, 64), 1);
+        assert_eq!(w.room(1, 64), 0);
+        assert!(!w.on(Load::Overloaded, 64, t + HALVE_EVERY), "one is the floor");
+        // A window's worth of answers adds one: from 1, 63 windows back to 64 (about
+        // 2,000 answers), never above it.
+        let mut answers = 0;
+        while w.room(0, 64) < 64 {
+            w.on(Load::Answered, 64, t);
+            answers += 1;
+            assert!(answers < 3_000, "grows back");
+        }
+        assert!((1_900..2_100).contains(&answers), "{answers}");
+        for _ in 0..100 {
+            w.on(Load::Answered, 64, t);
+        }
+        assert_eq!(w.room(0, 64), 64);
+        // 429, 502, 503, 504 are overload; 2xx an answer.
+        for s in [429, 502, 503, 504] {
+            assert_eq!(Load::of_status(s), Load::Overloaded);
+        }
+        assert_eq!(Load::of_status(204), Load::Answered);
+        // A smaller configured concurrency (changed config) caps it at once.
+        assert_eq!(w.room(0, 8), 8);
+    }
 }

@@ -10,7 +10,8 @@
 //! - **At least once, in order per key.** A key's next event waits until the one before it
 //!   was answered with 2xx (or given up after the retry period), so a receiver sees each
 //!   key's events in `key_seq` order; different keys go out in parallel, up to
-//!   `concurrency` at once per endpoint. Retries back off exponentially with jitter
+//!   `concurrency` at once per endpoint — fewer while it answers as an overloaded receiver
+//!   does (a window halved on 429, 502–504 or a timeout, grown back on 2xx). Retries back off exponentially with jitter
 //!   (honouring `Retry-After`) for `retry_for` (3 days by default). A receiver deduplicates
 //!   on `webhook-id`.
 //! - **Signed** the Standard Webhooks way (`webhook-id`, `webhook-timestamp`,
@@ -57,7 +58,9 @@ pub struct WebhooksConfig {
     /// Each attempt's deadline (connect, send, answer). Default 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
-    /// Deliveries in flight at once per endpoint (each to a different key). Default 16.
+    /// The most deliveries in flight at once per endpoint (each to a different key).
+    /// Default 64. An endpoint answering 429, 502–504 or not in time gets fewer at once
+    /// (halved, then grown back by one per window of 2xx answers).
     pub concurrency: usize,
     /// How long a node's lease on an endpoint partition lasts without renewal (renewed at
     /// a third of it): how soon another node takes over a dead node's deliveries.
@@ -85,7 +88,7 @@ impl Default for WebhooksConfig {
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
-            concurrency: 16,
+            concurrency: 64,
             lease: Duration::from_secs(15),
             rotation_overlap: Duration::from_secs(86_400),
             ca_file: None,

@@ -20,6 +20,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// 200 after this long (longer than the server's timeout: a timeout).
     Slow(Duration),
+    /// This status after this long (shorter than the server's timeout: an answer).
+    After(u16, Duration),
 }
 
 /// One request received.
@@ -35,6 +37,8 @@ pub struct Received {
     pub body: String,
     /// What it was answered (200 unless told otherwise).
     pub answered: u16,
+    /// Requests being answered when it came, itself included.
+    pub in_flight: usize,
 }
 
 impl Received {
@@ -48,6 +52,16 @@ impl Received {
 struct State {
     plan: Mutex<VecDeque<Reply>>,
     got: Mutex<Vec<Received>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as being answered while it lives.
+struct Answering<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The receiver.
@@ -102,10 +116,12 @@ impl Receiver {
 async fn answer(st: &State, headers: &HeaderMap, body: String) -> axum::response::Response {
     use axum::response::IntoResponse;
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let in_flight = st.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let _answering = Answering(&st.in_flight);
     let reply = st.plan.lock().unwrap().pop_front();
     let (status, retry_after) = match reply {
         None | Some(Reply::Slow(_)) => (200, None),
-        Some(Reply::Status(s)) => (s, None),
+        Some(Reply::Status(s) | Reply::After(s, _)) => (s, None),
         Some(Reply::RetryAfter(s, secs)) => (s, Some(secs)),
     };
     // Recorded on arrival (the order requests came in); a slow answer as not answered: the
@@ -120,8 +136,9 @@ async fn answer(st: &State, headers: &HeaderMap, body: String) -> axum::response
         } else {
             status
         },
+        in_flight,
     });
-    if let Some(Reply::Slow(d)) = reply {
+    if let Some(Reply::Slow(d) | Reply::After(_, d)) = reply {
         tokio::time::sleep(d).await;
     }
     let mut r = axum::http::StatusCode::from_u16(status).unwrap().into_response();

@@ -2,7 +2,9 @@
 //! needs no hash tags):
 //!
 //! - `q:pr:<user>` — hash: node name → that node's [`Part`], plus `#v`, the user's version
-//!   (incremented by every write; the key expires a day after its last part is gone);
+//!   (every write sets it to one more than before or to Redis's clock in µs, whichever is
+//!   greater, so it keeps increasing after the key expired — a day after its last part is
+//!   gone — or Redis restarted empty: webhook receivers compare versions across both);
 //! - `q:pn:<node>` — set: users the node has a part for (what to remove when it dies);
 //! - `q:alive:<node>` — the node's liveness key, renewed every second, expiring after 5 s;
 //! - `q:nodes` — set of node names.
@@ -37,7 +39,9 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-local v = redis.call('HINCRBY', KEYS[1], '#v', 1)
+local t = redis.call('TIME')
+local v = math.max((tonumber(redis.call('HGET', KEYS[1], '#v')) or 0) + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('HSET', KEYS[1], '#v', string.format('%d', v))
 if redis.call('HLEN', KEYS[1]) == 1 then
   redis.call('PEXPIRE', KEYS[1], 86400000)
 else
