@@ -176,6 +176,23 @@ const REVOCATIONS_EVERY: Duration = Duration::from_secs(30);
 /// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
 /// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
 /// forever); prune the event log.
+/// Tells every node each time webhook deliveries were committed here, at most once per
+/// 2 ms (a burst of commits is one message on the bus).
+async fn tell_hooks_written(
+    fanout: Arc<fanout::Fanout>,
+    committed: Arc<tokio::sync::Notify>,
+    mut stop: shutdown::Signal,
+) {
+    loop {
+        tokio::select! {
+            () = committed.notified() => {}
+            () = stop.wait() => return,
+        }
+        fanout.hooks_written();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 async fn housekeeping(ctx: Arc<Ctx>) {
     let every = (ctx.cfg.session.resume_window / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
@@ -453,6 +470,15 @@ impl Server {
             tokio::spawn(webhooks.clone().run(signal.clone())),
         ]);
         tasks.extend(liveness);
+        if commands.is_some() {
+            // Deliveries committed here may be in partitions another node leases: the
+            // cluster is told, so their holder looks at once (not at its next poll).
+            tasks.push(tokio::spawn(tell_hooks_written(
+                fanout.clone(),
+                chat.store().hooks().committed.clone(),
+                signal.clone(),
+            )));
+        }
         if let Some(c) = &commands {
             // Voice channels live on one node at a time; clients are sent to it.
             let endpoint = ctx.cfg.public_addr.clone().unwrap_or_else(|| quic_addr.to_string());

@@ -1957,6 +1957,99 @@ async fn a_killed_nodes_webhook_backlog_is_delivered_by_another_node() {
     s.drop_db().await;
 }
 
+/// A change committed on a node that leases none of the endpoint's partitions is delivered
+/// by the node that does within milliseconds: the cluster is told (`HooksWritten` on the
+/// bus), not left to the holder's next poll (200 ms).
+#[tokio::test]
+async fn a_change_on_another_node_is_delivered_at_once_by_the_lease_holder() {
+    use common::api::{call, with_keys};
+    use common::hooks::Receiver;
+    use serde_json::json;
+    let Some(s) = services("hookwake").await else {
+        return;
+    };
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut ca = node_config(&s);
+    let (key, _) = with_keys(&mut ca);
+    let keys = ca.api.keys.clone();
+    let a = start(ca).await;
+    let made = call(
+        a.api_addr,
+        Some(&key),
+        "POST",
+        "/api/v1/webhooks",
+        Some(json!({"id": "app", "url": r.url(), "events": ["message.created"]})),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    // Node a takes every partition before node b starts.
+    let mut held = false;
+    for _ in 0..100 {
+        let (_, metrics) = http_get(a.http_addr, "/metrics").await;
+        if metrics.contains("quaver_webhook_leases 8") {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "node a holds the endpoint's partitions");
+    let mut cb = node_config(&s);
+    cb.api.keys = keys;
+    let b = start(cb).await;
+    let api = |method: &'static str, path: String, body: Option<serde_json::Value>| {
+        let (addr, key) = (b.api_addr, key.clone());
+        async move { call(addr, Some(&key), method, &path, body, &[]).await }
+    };
+    let g = api(
+        "POST",
+        "/api/v1/guilds".into(),
+        Some(json!({"owner_id": "1", "name": "Ops"})),
+    )
+    .await;
+    assert_eq!(g.status, 201, "{g:?}");
+    let details = api("GET", format!("/api/v1/guilds/{}", g.s("id")), None).await;
+    let channel = details.body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "text")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, metrics) = http_get(b.http_addr, "/metrics").await;
+    assert!(metrics.contains("quaver_webhook_leases 0"), "node b holds none");
+    // Posted on b one at a time: each delivered (by a) before the next.
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let before = r.got().len();
+        let t = std::time::Instant::now();
+        let m = api(
+            "POST",
+            format!("/api/v1/channels/{channel}/messages"),
+            Some(json!({"author_id": "1", "content": format!("m{i}")})),
+        )
+        .await;
+        assert_eq!(m.status, 201, "{m:?}");
+        while r.got().len() == before {
+            assert!(t.elapsed() < Duration::from_secs(5), "delivered");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        took.push(t.elapsed());
+        // Apart by more than the coalescing, less than a poll.
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    took.sort();
+    // Polling every 200 ms would put the median near 100 ms.
+    assert!(
+        took[5] < Duration::from_millis(60),
+        "post on b → delivery by a: {took:?}"
+    );
+    drop((a, b));
+    s.drop_db().await;
+}
+
 /// Presence webhooks on a cluster: a user only on a node that is SIGKILLed gets
 /// `user.offline` (reason `node_lost`) within the liveness bound, after their
 /// `user.online`; a user also connected to the surviving node gets nothing.

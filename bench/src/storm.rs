@@ -102,6 +102,8 @@ pub(crate) async fn run(
     }
     let mut collectors = Vec::with_capacity(clients);
     let mut progress = Vec::with_capacity(clients);
+    // Why attempts failed (digits blanked, so one kind is one line), printed at the end.
+    let why: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let total = before + after;
     for i in 0..clients {
         let mut cfg = setup.config(2000 + i as u64);
@@ -113,6 +115,7 @@ pub(crate) async fn run(
         let p = Arc::new(Progress::default());
         progress.push(p.clone());
         let permit = gate.clone().acquire_owned().await?;
+        let why = why.clone();
         collectors.push(tokio::spawn(async move {
             let mut permit = Some(permit);
             let mut r = Resilient::start(cfg, Backoff::default());
@@ -129,8 +132,13 @@ pub(crate) async fn run(
                         }
                         p.connected_ns.store(ns().max(1), Ordering::Release);
                     }
-                    Ok(Some(Update::Unreachable { .. })) => {
+                    Ok(Some(Update::Unreachable { error, .. })) => {
                         p.failed.fetch_add(1, Ordering::Relaxed);
+                        let kind: String = error
+                            .chars()
+                            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                            .collect();
+                        *why.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
                     }
                     Ok(Some(_)) => {}
                     _ => break,
@@ -234,6 +242,9 @@ pub(crate) async fn run(
     }
     drop(sending);
     setup.stop().await;
+    for (kind, n) in why.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        eprintln!("failed attempts: {n} × {kind}");
+    }
     Ok(StormResult {
         sent,
         down_seconds: (up - stopped).as_secs_f64(),

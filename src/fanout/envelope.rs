@@ -148,6 +148,10 @@ pub enum Message {
     },
     /// The backend's order about sessions, for every node (on [`Topic::cluster`]).
     Order(crate::gateway::Order),
+    /// Webhook deliveries were committed on the sending node (on [`Topic::cluster`]):
+    /// every node's delivery task looks at its due list now instead of at its next poll
+    /// (the partitions it leases may hold them).
+    HooksWritten,
     /// A node's answer to `Order::ListSessions` (on [`Topic::cluster`]).
     SessionsOf {
         /// The question's number.
@@ -313,6 +317,7 @@ impl Message {
                 out.extend_from_slice(&request.to_be_bytes());
                 out.extend_from_slice(&user_id.to_be_bytes());
             }
+            Message::HooksWritten => out.push(12),
             Message::SessionsOf {
                 request,
                 node,
@@ -525,6 +530,7 @@ impl Message {
                     sessions,
                 }
             }
+            12 => Message::HooksWritten,
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -733,6 +739,7 @@ mod tests {
                 node: String::new(),
                 sessions: vec![],
             },
+            Message::HooksWritten,
         ]
     }
 

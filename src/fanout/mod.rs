@@ -766,6 +766,7 @@ impl Fanout {
                     let _ = tx.send((node, sessions));
                 }
             }
+            Message::HooksWritten => chat.store().hooks().written.notify_one(),
             Message::Order(order) => self.carry_out(sessions, &order),
         }
     }
@@ -779,6 +780,12 @@ impl Fanout {
         let order = crate::gateway::Order::ListSessions { request, user_id: user };
         self.control(Topic::cluster(), Message::Order(order));
         (request, rx)
+    }
+
+    /// Tells every node that webhook deliveries were committed here
+    /// ([`Message::HooksWritten`]).
+    pub fn hooks_written(&self) {
+        self.control(Topic::cluster(), Message::HooksWritten);
     }
 
     /// How many nodes the bus joins, when it knows ([`PubSub::nodes`]).

@@ -58,6 +58,23 @@ pub struct HookSink {
     endpoints: RwLock<Arc<Vec<EndpointFilter>>>,
     /// Woken after a commit that wrote deliveries (the delivery task waits on it).
     pub written: Arc<tokio::sync::Notify>,
+    /// Woken after the same commits, for the other nodes of a cluster (the task that tells
+    /// them waits on it: a `Notify` wakes one waiter, so each has its own).
+    pub committed: Arc<tokio::sync::Notify>,
+}
+
+/// What a transaction that wrote deliveries wakes once it committed.
+#[derive(Debug)]
+pub(super) struct Wake {
+    here: Arc<tokio::sync::Notify>,
+    cluster: Arc<tokio::sync::Notify>,
+}
+
+impl Wake {
+    pub(super) fn fire(self) {
+        self.here.notify_one();
+        self.cluster.notify_one();
+    }
 }
 
 impl HookSink {
@@ -69,6 +86,13 @@ impl HookSink {
     /// The enabled endpoints' filters.
     pub fn set_endpoints(&self, filters: Vec<EndpointFilter>) {
         *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(filters);
+    }
+
+    pub(super) fn wake(&self) -> Wake {
+        Wake {
+            here: self.written.clone(),
+            cluster: self.committed.clone(),
+        }
     }
 
     fn endpoints(&self) -> Arc<Vec<EndpointFilter>> {
@@ -265,7 +289,7 @@ impl Store {
             any = true;
         }
         if any {
-            tx.wake = Some(self.hooks.written.clone());
+            tx.wake = Some(self.hooks.wake());
         }
         Ok(())
     }
@@ -342,7 +366,7 @@ impl Store {
                     let (id, kseq) = Self::insert_event(&mut tx, &ev, now_ms).await?;
                     let part = i64::from(partition(&ev.okey));
                     Self::insert_delivery(&mut tx, endpoint, id, &ev.okey, kseq, part, now_ms).await?;
-                    tx.wake = Some(self.hooks.written.clone());
+                    tx.wake = Some(self.hooks.wake());
                     Some(u(id))
                 }
             };
@@ -640,7 +664,7 @@ impl Store {
                 Self::insert_delivery(&mut tx, endpoint, id, &okey, kseq, part, now_ms).await?;
             }
             if !rows.is_empty() {
-                tx.wake = Some(self.hooks.written.clone());
+                tx.wake = Some(self.hooks.wake());
             }
             tx.commit().await?;
             Ok(rows.len() as u64)

@@ -24,7 +24,7 @@ pub(super) struct Tx {
     /// `None` only after the transaction ended.
     pub(super) conn: Option<super::lend::Conn>,
     /// Woken once the transaction committed (it wrote webhook deliveries).
-    pub(super) wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    pub(super) wake: Option<super::hooks::Wake>,
 }
 
 impl Tx {
@@ -40,7 +40,7 @@ impl Tx {
         match conn.execute("COMMIT").await {
             Ok(_) => {
                 if let Some(w) = self.wake.take() {
-                    w.notify_one();
+                    w.fire();
                 }
                 Ok(())
             }
