@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::api::{Answer, call, with_keys};
+use common::api::{Answer, call, text_channel_of, with_keys};
 use common::*;
 use quaver_client::{Client, LaneStream, Transport, connect};
 use quaver_proto::{CloseCode, EventBody, Lane, ServerLane};
@@ -97,15 +97,7 @@ async fn guild_with_bot(b: &Backend) -> (String, String) {
     b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/900"), None)
         .await;
     let details = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await;
-    let channel = details.body["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .expect("a text channel")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let channel = text_channel_of(&details.body);
     (gid, channel)
 }
 
@@ -1037,15 +1029,7 @@ async fn a_backend_moderates_voice() {
         .await;
     assert_eq!(p.body["participants"].as_array().unwrap().len(), 1, "{p:?}");
     // A text channel is not a voice channel to move to; nothing to change is refused.
-    let text = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await.body["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let text = text_channel_of(&b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await.body);
     let a = b
         .call(
             "PATCH",

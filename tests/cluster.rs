@@ -1836,16 +1836,10 @@ async fn a_killed_nodes_webhook_backlog_is_delivered_by_another_node() {
     .await;
     assert_eq!(made.status, 201, "{made:?}");
     // Node a takes every partition of the new endpoint before node b starts.
-    let mut held = false;
-    for _ in 0..100 {
-        let (_, metrics) = http_get(a_http, "/metrics").await;
-        if metrics.contains("quaver_webhook_leases 8") {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(held, "node a holds the endpoint's partitions");
+    assert!(
+        holds_every_partition(a_http).await,
+        "node a holds the endpoint's partitions"
+    );
     let mut cb = node_config(&s);
     cb.api.keys = vec![quaver::config::ApiKeyConfig {
         id: "backend".into(),
@@ -1957,12 +1951,25 @@ async fn a_killed_nodes_webhook_backlog_is_delivered_by_another_node() {
     s.drop_db().await;
 }
 
+/// Whether the node serving `/metrics` at `http` comes to hold all 8 partitions of the one
+/// webhook endpoint (within 5 s).
+async fn holds_every_partition(http: std::net::SocketAddr) -> bool {
+    for _ in 0..100 {
+        let (_, metrics) = http_get(http, "/metrics").await;
+        if metrics.contains("quaver_webhook_leases 8") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// A change committed on a node that leases none of the endpoint's partitions is delivered
 /// by the node that does within milliseconds: the cluster is told (`HooksWritten` on the
 /// bus), not left to the holder's next poll (200 ms).
 #[tokio::test]
 async fn a_change_on_another_node_is_delivered_at_once_by_the_lease_holder() {
-    use common::api::{call, with_keys};
+    use common::api::{call, text_channel_of, with_keys};
     use common::hooks::Receiver;
     use serde_json::json;
     let Some(s) = services("hookwake").await else {
@@ -1984,16 +1991,10 @@ async fn a_change_on_another_node_is_delivered_at_once_by_the_lease_holder() {
     .await;
     assert_eq!(made.status, 201, "{made:?}");
     // Node a takes every partition before node b starts.
-    let mut held = false;
-    for _ in 0..100 {
-        let (_, metrics) = http_get(a.http_addr, "/metrics").await;
-        if metrics.contains("quaver_webhook_leases 8") {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(held, "node a holds the endpoint's partitions");
+    assert!(
+        holds_every_partition(a.http_addr).await,
+        "node a holds the endpoint's partitions"
+    );
     let mut cb = node_config(&s);
     cb.api.keys = keys;
     let b = start(cb).await;
@@ -2009,15 +2010,7 @@ async fn a_change_on_another_node_is_delivered_at_once_by_the_lease_holder() {
     .await;
     assert_eq!(g.status, 201, "{g:?}");
     let details = api("GET", format!("/api/v1/guilds/{}", g.s("id")), None).await;
-    let channel = details.body["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let channel = text_channel_of(&details.body);
     let (_, metrics) = http_get(b.http_addr, "/metrics").await;
     assert!(metrics.contains("quaver_webhook_leases 0"), "node b holds none");
     // Posted on b one at a time: each delivered (by a) before the next.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::api::{Answer, call, with_keys};
+use common::api::{Answer, call, text_channel_of, with_keys};
 use common::hooks::{Received, Receiver, Reply, check_signed_and_ordered, signed_by};
 use common::*;
 use quaver::config::Config;
@@ -82,15 +82,7 @@ async fn guild(b: &Backend) -> (String, String) {
             .await;
     }
     let details = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await;
-    let channel = details.body["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .expect("a text channel")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let channel = text_channel_of(&details.body);
     (gid, channel)
 }
 
@@ -109,6 +101,16 @@ async fn log(b: &Backend) -> Vec<Value> {
         after = page.body["next_after"].as_u64().unwrap();
         all.extend(events);
     }
+}
+
+/// The ids of the logged events of type `kind`.
+async fn logged_ids(b: &Backend, kind: &str) -> HashSet<String> {
+    log(b)
+        .await
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Waits until the receiver answered 2xx to every id in `want`.
@@ -304,12 +306,7 @@ async fn a_receiver_that_is_down_gets_everything_when_it_returns_even_after_a_re
         .await;
     }
     let r = Receiver::start(addr).await;
-    let want: HashSet<String> = log(&b)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "message.created")
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let want = logged_ids(&b, "message.created").await;
     assert_eq!(want.len(), 12);
     let got = delivered(&r, &want, Duration::from_secs(10)).await;
     check_signed_and_ordered(&got, SECRET);
@@ -380,12 +377,7 @@ async fn a_minute_down_after_errors_and_timeouts_loses_and_reorders_nothing() {
     }
     let r = Receiver::start(addr).await;
     let back = tokio::time::Instant::now();
-    let want: HashSet<String> = log(&b)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "message.created")
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let want = logged_ids(&b, "message.created").await;
     assert_eq!(want.len(), 2 * i, "every message is an event");
     let delivered_before: HashSet<String> = before
         .iter()
@@ -464,12 +456,7 @@ async fn an_overloaded_receiver_gets_fewer_requests_at_once() {
         )
         .await;
     }
-    let want: HashSet<String> = log(&b)
-        .await
-        .iter()
-        .filter(|e| e["type"] == "message.created")
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let want = logged_ids(&b, "message.created").await;
     assert_eq!(want.len(), 16);
     let got = delivered(&r, &want, Duration::from_secs(20)).await;
     let in_flight: Vec<(u16, usize)> = got.iter().map(|g| (g.answered, g.in_flight)).collect();
@@ -844,15 +831,7 @@ async fn presence_crossings_and_notifications_for_offline_users() {
         .s("id");
     b.ok(201, "PUT", &format!("/api/v1/guilds/{gid}/members/2"), None).await;
     let details = b.ok(200, "GET", &format!("/api/v1/guilds/{gid}"), None).await;
-    let channel = details.body["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let channel = text_channel_of(&details.body);
     assert!(eventually(Duration::from_secs(5), || of_user(&events(&r), "1").len() == 3).await);
     let m = b
         .ok(

@@ -98,6 +98,19 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// The id of the first text channel in a guild's details (`GET /api/v1/guilds/{id}`).
+pub fn text_channel_of(details: &serde_json::Value) -> String {
+    details["channels"]
+        .as_array()
+        .expect("the guild's channels")
+        .iter()
+        .find(|c| c["kind"] == "text")
+        .expect("a text channel")["id"]
+        .as_str()
+        .expect("a channel id")
+        .to_string()
+}
+
 /// Adds an all-scopes key and a read-only key to `c`.
 pub fn with_keys(c: &mut Config) -> (String, String) {
     let (admin, admin_hash) = quaver::api::auth::mint("backend").unwrap();
