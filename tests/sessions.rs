@@ -459,9 +459,10 @@ fn interval(r: &Ready) -> Duration {
 #[tokio::test]
 async fn a_session_without_heartbeats_is_closed_exactly_at_its_timeout() {
     let mut p = Pair::new(config()).await;
-    p.ready(0, token(1)).await;
-    let timeout = p.real.ctx.cfg.session.ping_timeout;
-    // Just before the deadline (the Hello counts as the last frame seen): still open.
+    let every = interval(&p.ready(0, token(1)).await);
+    // A client silent since `Ready` has one interval more (time for `Ready` to arrive).
+    let timeout = p.real.ctx.cfg.session.ping_timeout + every;
+    // Just before the deadline (counted from `Ready`): still open.
     p.advance(timeout - Duration::from_millis(200), Duration::from_millis(500));
     assert_eq!(p.clients[0].lost, None, "open before the heartbeat timeout");
     assert_eq!(p.clients[0].closing(), None);
@@ -723,8 +724,8 @@ async fn a_webtransport_session_runs_on_the_same_loop() {
             body: ResponseBody::Pong { .. }
         }]
     ));
-    // Its heartbeat timeout is a raw QUIC session's.
-    let timeout = p.real.ctx.cfg.session.ping_timeout;
+    // Its heartbeat timeout is a raw QUIC session's (silent since `Ready`: one interval more).
+    let timeout = p.real.ctx.cfg.session.ping_timeout + p.real.ctx.cfg.session.ping_interval;
     p.advance(timeout + Duration::from_secs(2), Duration::from_millis(500));
     assert_eq!(p.clients[w].closing(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
     assert_eq!(p.clients[w].closed_with(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
@@ -788,7 +789,7 @@ async fn a_connection_the_server_closed_stops_counting_once_drained() {
     let q = p.connect();
     p.ready(q, token(13)).await;
     assert_eq!(p.real.ctx.session_tasks(), base + 1);
-    let timeout = p.real.ctx.cfg.session.ping_timeout;
+    let timeout = p.real.ctx.cfg.session.ping_timeout + p.real.ctx.cfg.session.ping_interval;
     p.advance(timeout + Duration::from_secs(8), Duration::from_millis(250));
     assert_eq!(p.clients[q].closed_with(), Some(CloseCode::HEARTBEAT_TIMEOUT.0));
     assert_eq!(p.real.ctx.session_tasks(), base);

@@ -88,6 +88,8 @@ pub trait LaneSeqs {
 pub struct ControlConfig {
     /// Close after this long without a control frame.
     pub heartbeat_timeout: Duration,
+    /// The heartbeat interval the client is told in `Ready`.
+    pub heartbeat_interval: Duration,
     /// Remind the client this long before its token expires.
     pub refresh_warning: Duration,
     /// Clock skew tolerated on token expiry.
@@ -133,6 +135,7 @@ impl Control {
             timers: Timers::new(
                 now,
                 cfg.heartbeat_timeout,
+                cfg.heartbeat_interval,
                 deadline_of(identity.expires_at, cfg.leeway, now, wall),
                 cfg.refresh_warning,
             ),
@@ -247,6 +250,7 @@ mod tests {
     fn cfg() -> ControlConfig {
         ControlConfig {
             heartbeat_timeout: 20 * S,
+            heartbeat_interval: 10 * S,
             refresh_warning: 60 * S,
             leeway: 5 * S,
             drain_timeout: 30 * S,

@@ -823,6 +823,7 @@ impl<O: Outlet> Here<'_, O> {
         let machine = Control::new(
             ControlConfig {
                 heartbeat_timeout: sc.ping_timeout,
+                heartbeat_interval: sc.ping_interval,
                 refresh_warning: ctx.cfg.auth.refresh_warning,
                 leeway: ctx.cfg.auth.leeway,
                 drain_timeout: sc.drain_timeout,

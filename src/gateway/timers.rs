@@ -20,6 +20,12 @@ pub enum TimerAction {
 pub struct Timers {
     /// Close if nothing arrives on the control stream for this long.
     heartbeat_timeout: Duration,
+    /// Added to the first deadline only: a client sends its first heartbeat one interval
+    /// after `Ready` *arrives*, and a large `Ready` over a slow link (or out of a node that
+    /// thousands of clients reconnect to at once) can take seconds to arrive. Without it,
+    /// a `Ready` that took longer than timeout − interval (10 s by default) to arrive
+    /// doomed its session. Zero once the client has been heard.
+    first_grace: Duration,
     /// Last control frame received.
     last_heard: Instant,
     /// Close at this instant unless a refresh arrives (token expiry + leeway).
@@ -33,10 +39,18 @@ pub struct Timers {
 }
 
 impl Timers {
-    /// Timers for a session that just became ready at `now`.
-    pub fn new(now: Instant, heartbeat_timeout: Duration, token_deadline: Instant, refresh_warning: Duration) -> Self {
+    /// Timers for a session that just became ready at `now`, whose client heartbeats every
+    /// `interval`.
+    pub fn new(
+        now: Instant,
+        heartbeat_timeout: Duration,
+        interval: Duration,
+        token_deadline: Instant,
+        refresh_warning: Duration,
+    ) -> Self {
         Self {
             heartbeat_timeout,
+            first_grace: interval,
             last_heard: now,
             token_deadline,
             refresh_warning,
@@ -48,6 +62,11 @@ impl Timers {
     /// A control frame arrived.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
+        self.first_grace = Duration::ZERO;
+    }
+
+    fn silence_deadline(&self) -> Instant {
+        self.last_heard + self.heartbeat_timeout + self.first_grace
     }
 
     /// A refreshed token moved the expiry.
@@ -69,7 +88,7 @@ impl Timers {
 
     /// The earliest instant at which [`Timers::poll`] has something to do.
     pub fn next_deadline(&self) -> Instant {
-        let mut d = (self.last_heard + self.heartbeat_timeout).min(self.token_deadline);
+        let mut d = self.silence_deadline().min(self.token_deadline);
         if !self.warned {
             d = d.min(self.warn_at());
         }
@@ -84,7 +103,7 @@ impl Timers {
         if self.drain_deadline.is_some_and(|d| now >= d) {
             return Some(TimerAction::Close(CloseCode::GOING_AWAY));
         }
-        if now >= self.last_heard + self.heartbeat_timeout {
+        if now >= self.silence_deadline() {
             return Some(TimerAction::Close(CloseCode::HEARTBEAT_TIMEOUT));
         }
         if now >= self.token_deadline {
@@ -107,7 +126,7 @@ mod tests {
     #[test]
     fn heartbeats_keep_the_session_alive_and_silence_closes_it() {
         let t0 = Instant::now();
-        let mut t = Timers::new(t0, 20 * S, t0 + 3600 * S, 60 * S);
+        let mut t = Timers::new(t0, 20 * S, 10 * S, t0 + 3600 * S, 60 * S);
         for i in 1..=10 {
             let now = t0 + i * 10 * S;
             assert_eq!(t.poll(now), None);
@@ -122,9 +141,32 @@ mod tests {
     }
 
     #[test]
+    fn the_first_heartbeat_has_an_interval_more_for_ready_to_arrive() {
+        let t0 = Instant::now();
+        // Timeout 20 s, interval 10 s: a client silent since Ready is closed at 30 s (its
+        // Ready may have taken up to 20 s to arrive), and after its first heartbeat at the
+        // usual 20 s.
+        let mut t = Timers::new(t0, 20 * S, 10 * S, t0 + 3600 * S, 60 * S);
+        assert_eq!(t.next_deadline(), t0 + 30 * S);
+        assert_eq!(t.poll(t0 + 29 * S), None);
+        t.heard(t0 + 29 * S);
+        assert_eq!(t.next_deadline(), t0 + 49 * S);
+        assert_eq!(t.poll(t0 + 48 * S), None);
+        assert_eq!(
+            t.poll(t0 + 49 * S),
+            Some(TimerAction::Close(CloseCode::HEARTBEAT_TIMEOUT))
+        );
+        let mut silent = Timers::new(t0, 20 * S, 10 * S, t0 + 3600 * S, 60 * S);
+        assert_eq!(
+            silent.poll(t0 + 30 * S),
+            Some(TimerAction::Close(CloseCode::HEARTBEAT_TIMEOUT))
+        );
+    }
+
+    #[test]
     fn token_reminder_once_then_close_unless_refreshed() {
         let t0 = Instant::now();
-        let mut t = Timers::new(t0, 1000 * S, t0 + 100 * S, 60 * S);
+        let mut t = Timers::new(t0, 1000 * S, 10 * S, t0 + 100 * S, 60 * S);
         assert_eq!(t.next_deadline(), t0 + 40 * S);
         assert_eq!(t.poll(t0 + 40 * S), Some(TimerAction::SendRefreshNeeded));
         assert_eq!(t.poll(t0 + 41 * S), None, "reminder is sent once");
@@ -142,14 +184,14 @@ mod tests {
     #[test]
     fn short_lived_token_is_reminded_immediately() {
         let t0 = Instant::now();
-        let mut t = Timers::new(t0, 1000 * S, t0 + 10 * S, 60 * S);
+        let mut t = Timers::new(t0, 1000 * S, 10 * S, t0 + 10 * S, 60 * S);
         assert_eq!(t.poll(t0), Some(TimerAction::SendRefreshNeeded));
     }
 
     #[test]
     fn drain_deadline_wins() {
         let t0 = Instant::now();
-        let mut t = Timers::new(t0, 20 * S, t0 + 3600 * S, 60 * S);
+        let mut t = Timers::new(t0, 20 * S, 10 * S, t0 + 3600 * S, 60 * S);
         t.drain(t0 + 5 * S);
         t.drain(t0 + 9 * S);
         assert_eq!(t.next_deadline(), t0 + 5 * S);
