@@ -176,19 +176,21 @@ const REVOCATIONS_EVERY: Duration = Duration::from_secs(30);
 /// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
 /// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
 /// forever); prune the event log.
-/// Tells every node each time webhook deliveries were committed here, at most once per
-/// 2 ms (a burst of commits is one message on the bus).
+/// Tells every node each time webhook deliveries were committed here (at most once per
+/// 2 ms: a burst of commits is one message on the bus), and when webhook endpoints changed
+/// through this node.
 async fn tell_hooks_written(
     fanout: Arc<fanout::Fanout>,
     committed: Arc<tokio::sync::Notify>,
+    endpoints: Arc<tokio::sync::Notify>,
     mut stop: shutdown::Signal,
 ) {
     loop {
         tokio::select! {
-            () = committed.notified() => {}
+            () = committed.notified() => fanout.hooks_written(),
+            () = endpoints.notified() => fanout.endpoints_changed(),
             () = stop.wait() => return,
         }
-        fanout.hooks_written();
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
@@ -476,6 +478,7 @@ impl Server {
             tasks.push(tokio::spawn(tell_hooks_written(
                 fanout.clone(),
                 chat.store().hooks().committed.clone(),
+                chat.store().hooks().endpoints_changed_here.clone(),
                 signal.clone(),
             )));
         }

@@ -2043,6 +2043,74 @@ async fn a_change_on_another_node_is_delivered_at_once_by_the_lease_holder() {
     s.drop_db().await;
 }
 
+/// An endpoint made through one node records events on the others at once: they are told
+/// on the bus (`EndpointsChanged`), not left to reread the endpoints at their next poll
+/// (2 s) — a change committed there meanwhile would not be recorded for the endpoint.
+#[tokio::test]
+async fn an_endpoint_made_on_one_node_records_changes_on_another_at_once() {
+    use common::api::{call, text_channel_of, with_keys};
+    use common::hooks::Receiver;
+    use serde_json::json;
+    let Some(s) = services("hookendpoints").await else {
+        return;
+    };
+    let r = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut ca = node_config(&s);
+    let (key, _) = with_keys(&mut ca);
+    let keys = ca.api.keys.clone();
+    let a = start(ca).await;
+    let mut cb = node_config(&s);
+    cb.api.keys = keys;
+    let b = start(cb).await;
+    let on = |node: std::net::SocketAddr, method: &'static str, path: String, body: Option<serde_json::Value>| {
+        let key = key.clone();
+        async move { call(node, Some(&key), method, &path, body, &[]).await }
+    };
+    let g = on(
+        a.api_addr,
+        "POST",
+        "/api/v1/guilds".into(),
+        Some(json!({"owner_id": "1", "name": "Ops"})),
+    )
+    .await;
+    assert_eq!(g.status, 201, "{g:?}");
+    let channel = text_channel_of(
+        &on(a.api_addr, "GET", format!("/api/v1/guilds/{}", g.s("id")), None)
+            .await
+            .body,
+    );
+    // Both nodes have read the (empty) endpoint list since they started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let made = on(
+        b.api_addr,
+        "POST",
+        "/api/v1/webhooks".into(),
+        Some(json!({"id": "app", "url": r.url(), "events": ["message.created"]})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    // Well within node a's poll of the endpoints (every 2 s).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = on(
+        a.api_addr,
+        "POST",
+        format!("/api/v1/channels/{channel}/messages"),
+        Some(json!({"author_id": "1", "content": "the first after the endpoint"})),
+    )
+    .await;
+    assert_eq!(m.status, 201, "{m:?}");
+    let delivered = async {
+        while !r.got().iter().any(|g| g.body.contains("the first after the endpoint")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), delivered)
+        .await
+        .expect("the message posted on node a was recorded for the endpoint made on node b");
+    drop((a, b));
+    s.drop_db().await;
+}
+
 /// Presence webhooks on a cluster: a user only on a node that is SIGKILLed gets
 /// `user.offline` (reason `node_lost`) within the liveness bound, after their
 /// `user.online`; a user also connected to the surviving node gets nothing.

@@ -152,6 +152,9 @@ pub enum Message {
     /// every node's delivery task looks at its due list now instead of at its next poll
     /// (the partitions it leases may hold them).
     HooksWritten,
+    /// Webhook endpoints were made, changed or removed through the sending node (on
+    /// [`Topic::cluster`]): every node rereads them (and the filters its writes record by).
+    EndpointsChanged,
     /// A node's answer to `Order::ListSessions` (on [`Topic::cluster`]).
     SessionsOf {
         /// The question's number.
@@ -318,6 +321,7 @@ impl Message {
                 out.extend_from_slice(&user_id.to_be_bytes());
             }
             Message::HooksWritten => out.push(12),
+            Message::EndpointsChanged => out.push(13),
             Message::SessionsOf {
                 request,
                 node,
@@ -531,6 +535,7 @@ impl Message {
                 }
             }
             12 => Message::HooksWritten,
+            13 => Message::EndpointsChanged,
             _ => return Err(DecodeError("kind")),
         };
         if !matches!(m, Message::Event(_)) && r.at != b.len() {
@@ -740,6 +745,7 @@ mod tests {
                 sessions: vec![],
             },
             Message::HooksWritten,
+            Message::EndpointsChanged,
         ]
     }
 

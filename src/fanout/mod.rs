@@ -767,6 +767,7 @@ impl Fanout {
                 }
             }
             Message::HooksWritten => chat.store().hooks().written.notify_one(),
+            Message::EndpointsChanged => chat.store().hooks().endpoints_changed(false),
             Message::Order(order) => self.carry_out(sessions, &order),
         }
     }
@@ -786,6 +787,12 @@ impl Fanout {
     /// ([`Message::HooksWritten`]).
     pub fn hooks_written(&self) {
         self.control(Topic::cluster(), Message::HooksWritten);
+    }
+
+    /// Tells every node that webhook endpoints changed through this one
+    /// ([`Message::EndpointsChanged`]).
+    pub fn endpoints_changed(&self) {
+        self.control(Topic::cluster(), Message::EndpointsChanged);
     }
 
     /// How many nodes the bus joins, when it knows ([`PubSub::nodes`]).

@@ -61,6 +61,10 @@ pub struct HookSink {
     /// Woken after the same commits, for the other nodes of a cluster (the task that tells
     /// them waits on it: a `Notify` wakes one waiter, so each has its own).
     pub committed: Arc<tokio::sync::Notify>,
+    /// Endpoints changed (here or on another node): the delivery task rereads them.
+    endpoints_stale: AtomicBool,
+    /// Woken when endpoints changed through this node, for the other nodes of a cluster.
+    pub endpoints_changed_here: Arc<tokio::sync::Notify>,
 }
 
 /// What a transaction that wrote deliveries wakes once it committed.
@@ -86,6 +90,22 @@ impl HookSink {
     /// The enabled endpoints' filters.
     pub fn set_endpoints(&self, filters: Vec<EndpointFilter>) {
         *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(filters);
+    }
+
+    /// Endpoints changed — through this node (`here`: the cluster is told too) or, as the
+    /// bus says, another: the delivery task rereads them at once, and with them the filters
+    /// every write records by.
+    pub fn endpoints_changed(&self, here: bool) {
+        self.endpoints_stale.store(true, Ordering::Relaxed);
+        self.written.notify_one();
+        if here {
+            self.endpoints_changed_here.notify_one();
+        }
+    }
+
+    /// Whether endpoints changed since the last call.
+    pub fn take_endpoints_changed(&self) -> bool {
+        self.endpoints_stale.swap(false, Ordering::Relaxed)
     }
 
     pub(super) fn wake(&self) -> Wake {

@@ -225,8 +225,6 @@ pub struct Deliverer {
     inflight: Mutex<HashMap<String, Running>>,
     /// Counters.
     pub metrics: Metrics,
-    /// Set when endpoints changed through this node's API: reread them at once.
-    changed: std::sync::atomic::AtomicBool,
     /// Finished attempts, to the run loop.
     done_tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
     done_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>>>,
@@ -302,7 +300,6 @@ impl Deliverer {
             client,
             inflight: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            changed: Default::default(),
             done_tx,
             done_rx: Mutex::new(Some(done_rx)),
         });
@@ -312,10 +309,10 @@ impl Deliverer {
         Ok(d)
     }
 
-    /// Endpoints changed (through this node's API): reread them now.
+    /// Endpoints changed (through this node's API, or a 410 here): reread them now, and
+    /// tell the other nodes of a cluster.
     pub fn endpoints_changed(&self) {
-        self.changed.store(true, Relaxed);
-        self.store.hooks().written.notify_one();
+        self.store.hooks().endpoints_changed(true);
     }
 
     /// Endpoints changed through this node's API: what is recorded follows before this
@@ -373,7 +370,7 @@ impl Deliverer {
             }
             self.settle(finished).await;
             let now = now_ms();
-            if self.changed.swap(false, Relaxed) || now.saturating_sub(last_reload) >= RELOAD_MS {
+            if self.store.hooks().take_endpoints_changed() || now.saturating_sub(last_reload) >= RELOAD_MS {
                 match self.reload().await {
                     Ok(e) => {
                         // A new endpoint's partitions are claimed at once.

@@ -8,7 +8,8 @@
 //!   [`crate::store::PARTITIONS`] partitions, each leased (in the database) to one node at a
 //!   time; a dead node's leases run out and another takes its backlog. A node that
 //!   commits deliveries tells the cluster (`HooksWritten` on the bus), so the holder of
-//!   their partition looks at once rather than at its next poll.
+//!   their partition looks at once rather than at its next poll; endpoint changes are told
+//!   the same way (`EndpointsChanged`), so every node records for a new endpoint at once.
 //! - **At least once, in order per key.** A key's next event waits until the one before it
 //!   was answered with 2xx (or given up after the retry period), so a receiver sees each
 //!   key's events in `key_seq` order; different keys go out in parallel, up to
