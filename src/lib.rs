@@ -173,9 +173,6 @@ async fn activity_reports(ctx: Arc<Ctx>) {
 /// once; this is for those the bus lost).
 const REVOCATIONS_EVERY: Duration = Duration::from_secs(30);
 
-/// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
-/// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
-/// forever); prune the event log.
 /// Tells every node each time webhook deliveries were committed here (at most once per
 /// 2 ms: a burst of commits is one message on the bus), and when webhook endpoints changed
 /// through this node.
@@ -191,10 +188,13 @@ async fn tell_hooks_written(
             () = endpoints.notified() => fanout.endpoints_changed(),
             () = stop.wait() => return,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
+/// Periodic upkeep: forget sessions whose resume window passed, rate-limit state that says
+/// nothing any more and idle channel locks (so per-user and per-channel memory does not grow
+/// forever); prune the event log.
 async fn housekeeping(ctx: Arc<Ctx>) {
     let every = (ctx.cfg.session.resume_window / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
