@@ -51,6 +51,8 @@ struct Progress {
     connected_ns: AtomicU64,
     /// Failed attempts (`Unreachable`).
     failed: AtomicU64,
+    /// The encoded size of the last `Ready` (what a set-up sends before the client is back).
+    ready_bytes: AtomicU64,
 }
 
 /// Runs the storm (the target must be a server this run starts: it is restarted).
@@ -126,7 +128,9 @@ pub(crate) async fn run(
                     Ok(Some(Update::Event(EventBody::MessageCreated { seq, message }))) if message.channel_id == ch => {
                         seqs.push(seq)
                     }
-                    Ok(Some(Update::Connected { resumed: exact, .. })) => {
+                    Ok(Some(Update::Connected { resumed: exact, ready })) => {
+                        let bytes = quaver_proto::codec::encode_payload(&*ready).len();
+                        p.ready_bytes.store(bytes as u64, Ordering::Relaxed);
                         if permit.take().is_none() {
                             if exact { resumed += 1 } else { fresh += 1 }
                         }
@@ -244,6 +248,15 @@ pub(crate) async fn run(
     setup.stop().await;
     for (kind, n) in why.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         eprintln!("failed attempts: {n} × {kind}");
+    }
+    let mut ready: Vec<u64> = progress.iter().map(|p| p.ready_bytes.load(Ordering::Relaxed)).collect();
+    ready.sort_unstable();
+    if let (Some(min), Some(max)) = (ready.first(), ready.last()) {
+        eprintln!(
+            "Ready sizes: min {min} B, median {} B, max {max} B, {} B in all",
+            ready[ready.len() / 2],
+            ready.iter().sum::<u64>()
+        );
     }
     Ok(StormResult {
         sent,
