@@ -17,7 +17,7 @@ const face = (id, name, opts = {}) => avatar(id, name, { ...opts, url: S.avatars
  * offline while this page is not connected, whatever was last heard about you. */
 export function presenceOf(user) {
   if (user === S.me?.id) {
-    const status = !S.client?.current() ? 'Offline' : S.myStatus.status === 'Invisible' ? 'Offline' : S.myStatus.status;
+    const status = !S.client?.current() || S.myStatus.status === 'Invisible' ? 'Offline' : S.myStatus.status;
     return { user_id: user, status, client_status: { desktop: 'Offline', mobile: 'Offline', web: status }, custom_status: S.myStatus.custom || null, activity: null };
   }
   return S.presences.get(user);

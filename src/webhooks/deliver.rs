@@ -117,7 +117,7 @@ impl Metrics {
 /// and a listing from that generation or earlier is not trusted for it (otherwise a
 /// delivered event would go out twice — harmless to a deduplicating receiver, but a
 /// waste, and out of key order).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Running {
     keys: HashSet<String>,
     /// How many may be in flight now.
@@ -135,12 +135,25 @@ struct Running {
 /// additive increase, multiplicative decrease.) A receiver that falls behind thus gets
 /// fewer requests at once instead of the same number failing, and one that keeps up gets
 /// `concurrency`.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Window {
-    /// The current limit (0 until the first use sets it to the configured one).
+    /// The current limit, 1 to `max`.
     limit: f64,
+    /// The configured concurrency.
+    max: f64,
     /// When it was last halved.
     halved_at: Option<Instant>,
+}
+
+impl Running {
+    fn new(concurrency: usize) -> Self {
+        Running {
+            keys: HashSet::new(),
+            window: Window::new(concurrency),
+            generation: 0,
+            finished: HashMap::new(),
+        }
+    }
 }
 
 /// What an attempt's answer says about the receiver's load.
@@ -165,24 +178,26 @@ impl Load {
 }
 
 impl Window {
-    /// Attempts that may start with `busy` in flight, `max` the configured concurrency.
-    fn room(&mut self, busy: usize, max: usize) -> usize {
-        let max = max.max(1) as f64;
-        if self.limit == 0.0 || self.limit > max {
-            self.limit = max;
+    /// The window of an endpoint allowed `concurrency` attempts at once.
+    fn new(concurrency: usize) -> Self {
+        let max = concurrency.max(1) as f64;
+        Window {
+            limit: max,
+            max,
+            halved_at: None,
         }
-        (self.limit as usize).max(1).saturating_sub(busy)
+    }
+
+    /// Attempts that may start with `busy` in flight.
+    fn room(&self, busy: usize) -> usize {
+        (self.limit as usize).saturating_sub(busy)
     }
 
     /// An answer came; returns whether the window was halved by it.
-    fn on(&mut self, load: Load, max: usize, now: Instant) -> bool {
-        let max = max.max(1) as f64;
-        if self.limit == 0.0 {
-            self.limit = max;
-        }
+    fn on(&mut self, load: Load, now: Instant) -> bool {
         match load {
             Load::Answered => {
-                self.limit = (self.limit + 1.0 / self.limit).min(max);
+                self.limit = (self.limit + 1.0 / self.limit).min(self.max);
                 false
             }
             Load::Overloaded => {
@@ -466,7 +481,7 @@ impl Deliverer {
                 run.keys.remove(&o.okey);
                 let g = run.generation;
                 run.finished.insert(o.event, g);
-                if run.window.on(o.load, self.cfg.concurrency, at) {
+                if run.window.on(o.load, at) {
                     self.metrics.window_halved.fetch_add(1, Relaxed);
                     tracing::info!(
                         endpoint = %o.endpoint,
@@ -484,13 +499,15 @@ impl Deliverer {
     async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
         let (busy, room, generation) = {
             let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            let run = all.entry(e.id.clone()).or_default();
+            let run = all
+                .entry(e.id.clone())
+                .or_insert_with(|| Running::new(self.cfg.concurrency));
             run.generation += 1;
             let g = run.generation;
             // Outcomes older than the previous listing are visible to this one.
             run.finished.retain(|_, at| *at + 1 >= g);
             let busy = run.keys.len();
-            (busy, run.window.room(busy, self.cfg.concurrency), g)
+            (busy, run.window.room(busy), g)
         };
         if room == 0 || parts.is_empty() {
             return;
@@ -509,7 +526,9 @@ impl Deliverer {
             }
             {
                 let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                let run = all.entry(e.id.clone()).or_default();
+                let run = all
+                    .entry(e.id.clone())
+                    .or_insert_with(|| Running::new(self.cfg.concurrency));
                 // Its attempt ended after this listing was asked for: the listing is stale.
                 if run.finished.get(&d.event.id).is_some_and(|at| *at >= generation) {
                     continue;
@@ -661,48 +680,48 @@ mod tests {
     #[test]
     fn a_window_halves_on_overload_at_most_so_often_and_grows_back_on_answers() {
         let t0 = Instant::now();
-        let mut w = Window::default();
-        assert_eq!(w.room(0, 64), 64, "the configured concurrency at first");
-        assert_eq!(w.room(60, 64), 4);
+        let mut w = Window::new(64);
+        assert_eq!(w.room(0), 64, "the configured concurrency at first");
+        assert_eq!(w.room(60), 4);
         // A burst of failures together halves it once.
-        assert!(w.on(Load::Overloaded, 64, t0));
+        assert!(w.on(Load::Overloaded, t0));
         for _ in 0..20 {
-            assert!(!w.on(Load::Overloaded, 64, t0 + Duration::from_millis(10)));
+            assert!(!w.on(Load::Overloaded, t0 + Duration::from_millis(10)));
         }
-        assert_eq!(w.room(0, 64), 32);
+        assert_eq!(w.room(0), 32);
         // Other answers about one event (a 400, a 500) say nothing of load.
         assert_eq!(Load::of_status(500), Load::Neither);
         assert_eq!(Load::of_status(404), Load::Neither);
-        assert!(!w.on(Load::Neither, 64, t0 + HALVE_EVERY * 2));
-        assert_eq!(w.room(0, 64), 32);
+        assert!(!w.on(Load::Neither, t0 + HALVE_EVERY * 2));
+        assert_eq!(w.room(0), 32);
         // Later signals halve it again, down to one and no further.
         let mut t = t0;
         for _ in 0..10 {
             t += HALVE_EVERY;
-            w.on(Load::Overloaded, 64, t);
+            w.on(Load::Overloaded, t);
         }
-        assert_eq!(w.room(0, 64), 1);
-        assert_eq!(w.room(1, 64), 0);
-        assert!(!w.on(Load::Overloaded, 64, t + HALVE_EVERY), "one is the floor");
+        assert_eq!(w.room(0), 1);
+        assert_eq!(w.room(1), 0);
+        assert!(!w.on(Load::Overloaded, t + HALVE_EVERY), "one is the floor");
         // A window's worth of answers adds one: from 1, 63 windows back to 64 (about
         // 2,000 answers), never above it.
         let mut answers = 0;
-        while w.room(0, 64) < 64 {
-            w.on(Load::Answered, 64, t);
+        while w.room(0) < 64 {
+            w.on(Load::Answered, t);
             answers += 1;
             assert!(answers < 3_000, "grows back");
         }
         assert!((1_900..2_100).contains(&answers), "{answers}");
         for _ in 0..100 {
-            w.on(Load::Answered, 64, t);
+            w.on(Load::Answered, t);
         }
-        assert_eq!(w.room(0, 64), 64);
+        assert_eq!(w.room(0), 64);
         // 429, 502, 503, 504 are overload; 2xx an answer.
         for s in [429, 502, 503, 504] {
             assert_eq!(Load::of_status(s), Load::Overloaded);
         }
         assert_eq!(Load::of_status(204), Load::Answered);
-        // A smaller configured concurrency (changed config) caps it at once.
-        assert_eq!(w.room(0, 8), 8);
+        // Another configured concurrency is another cap.
+        assert_eq!(Window::new(8).room(0), 8);
     }
 }
