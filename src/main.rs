@@ -83,7 +83,16 @@ fn init_logging() {
 fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
+    // No command is `serve` with its settings from the environment, exactly as `quaver serve`
+    // reads them (a `ConfigArgs::default()` here would silently ignore QUAVER_API_KEYS,
+    // JWT_SECRET, …). A bare `quaver` takes no arguments, so nothing on the command line is lost.
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::parse_from(["quaver", "serve"])
+            .command
+            .expect("invariant: `serve` parses to a command"),
+    };
+    match command {
         Command::Token {
             user,
             name,

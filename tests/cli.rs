@@ -296,3 +296,47 @@ async fn no_token_reaches_the_log_at_any_level() {
         assert!(!log.contains(payload), "a token payload reached the log");
     }
 }
+
+/// A bare `quaver` (no command) is `quaver serve`, settings from the environment included:
+/// it once ran on built-in defaults and ignored them (JWT_SECRET, QUAVER_API_KEYS, …).
+#[tokio::test]
+async fn a_bare_quaver_reads_its_settings_from_the_environment() {
+    let dir = tempdir("bare");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .env("QUAVER_LOG", "info")
+        .env("JWT_SECRET", SECRET)
+        .env("QUAVER_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_API_LISTEN", "127.0.0.1:0")
+        .env("QUAVER_DATA_DIR", dir.join("data"))
+        .env("QUAVER_CERT_DIR", dir.join("certs"))
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server process starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let (quic, http, _) = await_addresses(&mut lines).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(quic.ip().is_loopback(), "QUAVER_LISTEN was read: {quic}");
+    assert!(dir.join("data").exists(), "QUAVER_DATA_DIR was read");
+    let (_, body) = http_get(http, "/cert-hash").await;
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    // A token signed with JWT_SECRET is accepted only if the server read it (its own dev
+    // secret would refuse it).
+    let mut cfg = quaver_client::Config::new(quic, Transport::Quic, quaver_client::Trust::Hashes(vec![hash]));
+    cfg.token = Some(token(5));
+    let c = connect(&cfg).await.expect("JWT_SECRET was read: the token is accepted");
+    let mut lane = c.open_lane(Lane::Chat).await.unwrap();
+    lane.request(RequestBody::Ping { data: vec![1] })
+        .await
+        .unwrap()
+        .unwrap();
+    c.close();
+    child.kill().await.unwrap();
+}
