@@ -53,7 +53,7 @@ impl Flow {
 pub struct Metrics {
     /// Open sessions per transport.
     pub sessions: [AtomicI64; 3],
-    /// Handshakes started per transport.
+    /// Handshakes completed per transport (a WebSocket: its upgrade).
     pub handshakes: [AtomicU64; 3],
     /// Sessions that reached `Ready`, per transport.
     pub ready: [AtomicU64; 3],
@@ -63,6 +63,9 @@ pub struct Metrics {
     pub closes: [AtomicU64; 32],
     /// Connections refused with a stateless retry (address validation).
     pub retries: AtomicU64,
+    /// QUIC handshakes taken on (an Initial accepted), whether or not they complete: more
+    /// than the connections made when clients give up on attempts and make new ones.
+    pub handshakes_begun: AtomicU64,
     /// Fetch replies reset because the client did not read them in time.
     pub fetch_timeouts: AtomicU64,
     /// Frames/bytes received per stream kind.
@@ -122,7 +125,7 @@ impl Metrics {
         }
         let _ = writeln!(
             o,
-            "# HELP quaver_handshakes_total Handshakes started.\n# TYPE quaver_handshakes_total counter"
+            "# HELP quaver_handshakes_total Handshakes completed (QUIC, WebTransport) and WebSocket upgrades.\n# TYPE quaver_handshakes_total counter"
         );
         for tr in trs {
             let _ = writeln!(
@@ -169,6 +172,15 @@ impl Metrics {
                 let _ = writeln!(o, "quaver_session_closes_total{{code=\"{}\"}} {n}", c.name());
             }
         }
+        let _ = writeln!(
+            o,
+            "# HELP quaver_quic_handshakes_begun_total QUIC handshakes taken on (Initials accepted), completed or not.\n# TYPE quaver_quic_handshakes_begun_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "quaver_quic_handshakes_begun_total {}",
+            self.handshakes_begun.load(Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP quaver_address_validation_retries_total Stateless retries sent.\n# TYPE quaver_address_validation_retries_total counter"

@@ -480,6 +480,7 @@ async fn http_side_port_endpoints() {
     assert_eq!(s, 200);
     assert!(m.contains("quaver_sessions{transport=\"quic\"} 1"), "{m}");
     assert!(m.contains("quaver_handshakes_total{transport=\"quic\"} 1"), "{m}");
+    assert!(m.contains("quaver_quic_handshakes_begun_total 1\n"), "{m}");
     assert!(m.contains("quaver_frames_in_total{stream=\"control\"} 1"), "{m}");
     let (s, b) = http_get(server.http_addr, "/cert-hash").await;
     assert_eq!(s, 200);

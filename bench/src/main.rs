@@ -843,7 +843,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or(f64::NAN)
                 };
                 println!(
-                    "storm run {run}: {} clients, {how:?}; down {:.2} s; back after the new process answered: p50 {:.2} s, p99 {:.2} s, all {:.2} s ({} never); server CPU {:.1} s ({:.2} ms per client); failed attempts {}; resumed {} / fresh {}; {} messages: lost {} duplicated {} out of order {}",
+                    "storm run {run}: {} clients, {how:?}; down {:.2} s; back after the new process answered: p50 {:.2} s, p99 {:.2} s, all {:.2} s ({} never); server CPU {:.1} s ({:.2} ms per client), load generator CPU {:.1} s; handshakes {} ({} retried for address validation); failed attempts {}; resumed {} / fresh {}; {} messages: lost {} duplicated {} out of order {}",
                     a.clients,
                     r.down_seconds,
                     q(0.5),
@@ -852,6 +852,9 @@ async fn main() -> anyhow::Result<()> {
                     r.never,
                     r.storm_cpu,
                     r.storm_cpu * 1e3 / a.clients as f64,
+                    r.bench_cpu,
+                    r.handshakes,
+                    r.validation_retries,
                     r.failed_attempts,
                     r.resumed,
                     r.fresh,
@@ -864,7 +867,7 @@ async fn main() -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"scenario": "storm", "run": run, "clients": a.clients, "stop": format!("{how:?}"),
                         "down_s": r.down_seconds, "p50_s": q(0.5), "p99_s": q(0.99), "all_s": q(1.0), "never": r.never,
-                        "server_cpu_s": r.storm_cpu, "failed_attempts": r.failed_attempts, "resumed": r.resumed, "fresh": r.fresh,
+                        "server_cpu_s": r.storm_cpu, "bench_cpu_s": r.bench_cpu, "handshakes": r.handshakes, "validation_retries": r.validation_retries, "failed_attempts": r.failed_attempts, "resumed": r.resumed, "fresh": r.fresh,
                         "sent": r.sent, "lost": r.lost, "duplicated": r.duplicated, "reordered": r.reordered})
                 );
                 clean &= r.never == 0 && r.lost == 0 && r.duplicated == 0 && r.reordered == 0;

@@ -36,6 +36,14 @@ pub(crate) struct StormResult {
     pub(crate) failed_attempts: u64,
     /// Server CPU seconds from the new process's start until every client was back.
     pub(crate) storm_cpu: f64,
+    /// The load generator's own CPU seconds over the same window (it shares the machine:
+    /// a storm's client handshakes cost about what the server's do).
+    pub(crate) bench_cpu: f64,
+    /// QUIC handshakes the new process took on over the window (more than the clients: an
+    /// attempt given up and made again, or the client's parallel probes), and of those
+    /// refused with an address-validation retry.
+    pub(crate) handshakes: u64,
+    pub(crate) validation_retries: u64,
     /// Missing, repeated and out-of-order messages over all clients.
     pub(crate) lost: u64,
     /// Repeated messages.
@@ -207,6 +215,7 @@ pub(crate) async fn run(
     let up = Instant::now();
     let up_ns = ns();
     let cpu0 = setup.server.cpu_seconds();
+    let bench_cpu0 = crate::server::cpu_seconds(std::process::id());
     for n in before..total {
         acks.push(send(n));
         tokio::time::sleep(every).await;
@@ -217,6 +226,27 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let storm_cpu = setup.server.cpu_seconds() - cpu0;
+    let bench_cpu = crate::server::cpu_seconds(std::process::id()) - bench_cpu0;
+    // The new process's counters cover exactly the storm.
+    let metrics = setup.server.metrics().await.unwrap_or_else(|e| {
+        eprintln!("could not read the server's /metrics: {e}");
+        String::new()
+    });
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let handshakes = counter("quaver_quic_handshakes_begun_total");
+    let validation_retries = counter("quaver_address_validation_retries_total");
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("quaver_handshake_failures_total") && !l.ends_with(" 0"))
+    {
+        eprintln!("server: {l}");
+    }
     let mut reconnected_at: Vec<f64> = progress
         .iter()
         .map(|p| p.connected_ns.load(Ordering::Acquire))
@@ -267,6 +297,9 @@ pub(crate) async fn run(
         fresh,
         failed_attempts,
         storm_cpu,
+        bench_cpu,
+        handshakes,
+        validation_retries,
         lost,
         duplicated,
         reordered,

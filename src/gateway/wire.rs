@@ -322,6 +322,11 @@ impl engine::App for Gateway {
         let gauge = &self.ctx.handshakes_in_flight;
         if in_flight > self.handshakes {
             gauge.fetch_add(in_flight - self.handshakes, Relaxed);
+            // The engine reports each accepted Initial at once: a rise is handshakes begun.
+            self.ctx
+                .metrics
+                .handshakes_begun
+                .fetch_add((in_flight - self.handshakes) as u64, Relaxed);
         } else {
             gauge.fetch_sub(self.handshakes - in_flight, Relaxed);
         }
