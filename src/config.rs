@@ -269,6 +269,14 @@ pub struct SessionConfig {
     /// Require a stateless retry (address validation) once this many handshakes are in
     /// progress. Default 64: validation costs a round trip, so only under load; 0 = always.
     pub retry_above_handshakes: usize,
+    /// Most QUIC and WebTransport connections between their first packet and `Ready`
+    /// (handshake, `Hello`, the session's set-up) the node takes on at once; a new one past
+    /// it is refused at the door (QUIC `CONNECTION_REFUSED`, before any handshake work) and
+    /// its client comes back after a spread-out wait (PROTOCOL.md §1, "Refused at the door"). In a reconnect storm
+    /// this keeps what the node has taken on finishable before its clients give up — work
+    /// taken on beyond that is finished for nobody, and the client's next attempt is more
+    /// of it (bench/RESULTS.md "Shedding at the door"). Default 1,024; 0 = no limit.
+    pub max_handshakes: usize,
     /// The longest a client is asked to hold back an acknowledgement (the QUIC
     /// ACK-frequency extension; quinn-based native clients honour it, browsers keep their
     /// own 25 ms). A delivery lost at the end of a burst is only resent after a probe
@@ -385,6 +393,7 @@ impl Default for SessionConfig {
             max_frame_bytes: quaver_proto::DEFAULT_MAX_FRAME,
             max_connections: 20_000,
             retry_above_handshakes: 64,
+            max_handshakes: 1024,
             ack_delay: Duration::from_millis(5),
             congestion_floor: 10,
             presence_grace: Duration::from_secs(5),
@@ -506,6 +515,9 @@ pub struct ConfigArgs {
     /// Require address validation above this many handshakes in flight; 0 = always [default: 64].
     #[arg(long, env = "QUAVER_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
+    /// Most connections between first packet and `Ready` at once; more are refused at the door; 0 = no limit [default: 1024].
+    #[arg(long, env = "QUAVER_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
     /// Longest acknowledgement delay asked of clients [default: 5ms; bare numbers are ms].
     #[arg(long, env = "QUAVER_ACK_DELAY", value_parser = parse_duration)]
     pub ack_delay: Option<Duration>,
@@ -567,6 +579,7 @@ impl ConfigArgs {
             hello_timeout => session.hello_timeout, max_frame_bytes => session.max_frame_bytes,
             max_connections => session.max_connections,
             retry_above_handshakes => session.retry_above_handshakes, ack_delay => session.ack_delay,
+            max_handshakes => session.max_handshakes,
             congestion_floor => session.congestion_floor,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,

@@ -66,6 +66,9 @@ pub struct Metrics {
     /// QUIC handshakes taken on (an Initial accepted), whether or not they complete: more
     /// than the connections made when clients give up on attempts and make new ones.
     pub handshakes_begun: AtomicU64,
+    /// Connections refused at the door while the node set up its most at once
+    /// (`max_handshakes`).
+    pub shed: AtomicU64,
     /// Fetch replies reset because the client did not read them in time.
     pub fetch_timeouts: AtomicU64,
     /// Frames/bytes received per stream kind.
@@ -180,6 +183,11 @@ impl Metrics {
             o,
             "quaver_quic_handshakes_begun_total {}",
             self.handshakes_begun.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP quaver_handshakes_shed_total Connections refused at the door: the node was setting up its most at once.\n# TYPE quaver_handshakes_shed_total counter\nquaver_handshakes_shed_total {}",
+            self.shed.load(Relaxed)
         );
         let _ = writeln!(
             o,

@@ -273,6 +273,7 @@ async fn admission_caps_connections_and_retries_under_handshake_load() {
         quaver::engine::Limits {
             max_connections: 2,
             retry_above_handshakes: 1000,
+            ..Default::default()
         },
     )
     .await;
@@ -297,6 +298,7 @@ async fn admission_caps_connections_and_retries_under_handshake_load() {
         quaver::engine::Limits {
             max_connections: 100,
             retry_above_handshakes: 0,
+            ..Default::default()
         },
     )
     .await;

@@ -634,6 +634,56 @@ async fn connection_cap_answers_overloaded() {
     server.shutdown().await;
 }
 
+/// With `max_handshakes` connections on their way to `Ready` (here: two that never say
+/// `Hello`), the next is refused at the door — QUIC `CONNECTION_REFUSED` at once, no
+/// handshake — which the native client reads as `overloaded`; once one of them is gone a
+/// client gets in, and sessions that are live do not count.
+#[tokio::test]
+async fn connections_past_the_set_up_limit_are_refused_at_the_door() {
+    let mut cfg = config();
+    cfg.loops = 1;
+    cfg.session.max_handshakes = 2;
+    let server = start(cfg).await;
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = || {
+        let tls =
+            quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![server.cert_hash()]), ALPN_QUAVER).unwrap();
+        let qc = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        ep.connect_with(qc, server.quic_addr, "localhost").unwrap()
+    };
+    let a = silent().await.expect("first connection taken on");
+    let _b = silent().await.expect("second connection taken on");
+    let started = std::time::Instant::now();
+    match connect(&client_config(&server, Transport::Quic, Some(token(1)))).await {
+        Err(Error::Closed { code, .. }) => assert_eq!(code, CloseCode::OVERLOADED),
+        Err(e) => panic!("expected overloaded, got {e}"),
+        Ok(_) => panic!("expected overloaded, got a session"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not timed out"
+    );
+    assert!(
+        http_get(server.http_addr, "/metrics")
+            .await
+            .1
+            .contains("quaver_handshakes_shed_total 1\n")
+    );
+    // One of the silent ones goes: there is room again, and a live session does not count.
+    a.close(0u32.into(), b"bye");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let live = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .expect("room once one connection is gone");
+    let again = connect(&client_config(&server, Transport::Quic, Some(token(3))))
+        .await
+        .expect("a live session is not being set up");
+    drop((live, again));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn stateless_retry_validates_addresses_under_load() {
     let mut cfg = config();

@@ -173,6 +173,7 @@ impl Pair {
         core.set_limits(quaver::engine::Limits {
             max_connections: 16,
             retry_above_handshakes: 16,
+            ..Default::default()
         });
         let config_for = |alpn: &[u8]| {
             let tls = quaver_client::tls_config(&quaver_client::Trust::Hashes(vec![real.cert_hash()]), alpn).unwrap();

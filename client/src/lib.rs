@@ -94,11 +94,15 @@ pub struct Config {
     /// How long QUIC or WebTransport gets before the WebSocket fallback starts beside it.
     pub fallback_after: Duration,
     /// Raw QUIC: while the server has not answered a handshake at all, a fresh attempt (a
-    /// new socket and a new Initial) starts beside the earlier ones this often, at most
-    /// three at a time, the first to finish winning. A handshake's own retransmissions back
-    /// off (1 s, 2 s, 4 s …), so an attempt begun during an outage would otherwise answer
-    /// seconds after the network returns; once the server has answered, no more attempts
-    /// start (a slow, loaded server is not sent more handshakes).
+    /// new socket and a new Initial) starts beside the first after this long, and a third
+    /// after twice as long again (at 0.5 s and 1.5 s by default), the first to finish
+    /// winning. A handshake's own retransmissions back off (1 s, 2 s, 4 s …), so an attempt
+    /// begun during an outage would otherwise answer seconds after the network returns.
+    /// Never more than three per connect, and none once the server has answered: a server
+    /// that is slow because it is loaded — a restarted node under its reconnect storm —
+    /// would take each on as a handshake of its own. (An attempt every 0.5 s, the oldest
+    /// of three dropped, made a 6,000-client storm take on 40,000 handshakes:
+    /// bench/RESULTS.md "Shedding at the door".)
     pub probe_every: Duration,
     /// QUIC and WebTransport: how often the client checks which local address its route to
     /// the server leaves from; when that changes (another Wi-Fi, a cable, a VPN), a
@@ -402,8 +406,8 @@ pub fn ack_frequency(delay: Duration) -> quinn::AckFrequencyConfig {
     ack
 }
 
-/// At most this many raw-QUIC handshakes of one connect are in flight ([`Config::probe_every`]).
-const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
+/// At most this many raw-QUIC handshakes per connect ([`Config::probe_every`]).
+const MAX_ATTEMPTS: usize = 3;
 
 /// One raw-QUIC handshake on a socket of its own (or on `shared`: [`Config::quic_endpoint`]);
 /// `answered` is set as soon as the server's first handshake flight arrives.
@@ -426,49 +430,65 @@ async fn quic_attempt(
     if connecting.handshake_data().await.is_ok() {
         answered.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let conn = connecting.await.map_err(|e| Error::Transport(e.to_string()))?;
+    let conn = connecting.await.map_err(handshake_error)?;
     Ok((conn, endpoint))
 }
 
-/// Raw QUIC to `cfg.addr`, with a fresh attempt every [`Config::probe_every`] while the
-/// server is silent (see there). The first attempt to finish wins and the others are
-/// dropped before anything is said on them, so only one `Hello` is ever sent; the first
-/// error ends the connect (a refusal, a certificate that is not trusted).
+/// A raw-QUIC handshake's failure. A QUIC `CONNECTION_REFUSED` is the node shedding load
+/// at the door (PROTOCOL.md §1: too many connections being set up, or full): it reads as
+/// `overloaded`, which [`resilient::Resilient`] waits out longer than a network failure.
+fn handshake_error(e: quinn::ConnectionError) -> Error {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Error::Closed {
+                code: CloseCode::OVERLOADED,
+                reason: "refused at the handshake: the server is busy".into(),
+            }
+        }
+        e => Error::Transport(e.to_string()),
+    }
+}
+
+/// Raw QUIC to `cfg.addr`, with a fresh attempt after [`Config::probe_every`], then twice
+/// that, while the server is silent (see there). The first attempt to finish wins and the
+/// others are dropped before anything is said on them, so only one `Hello` is ever sent;
+/// the first error ends the connect (a refusal, a certificate that is not trusted).
 async fn open_quic_staggered(cfg: &Config) -> Result<(quinn::Connection, quinn::Endpoint), Error> {
+    type Joined = Option<Result<Result<(quinn::Connection, quinn::Endpoint), Error>, tokio::task::JoinError>>;
+    fn outcome(done: Joined) -> Result<(quinn::Connection, quinn::Endpoint), Error> {
+        match done {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(Error::Transport(format!("connect attempt failed: {e}"))),
+            None => Err(Error::Transport("no connect attempt".into())),
+        }
+    }
     let qc = quic_client_config(cfg)?;
     let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut attempts = tokio::task::JoinSet::new();
-    let mut order = VecDeque::new();
+    let mut gap = cfg.probe_every.max(Duration::from_millis(10));
     loop {
-        if attempts.is_empty() || !answered.load(std::sync::atomic::Ordering::Relaxed) {
-            order.push_back(attempts.spawn(quic_attempt(
-                qc.clone(),
-                cfg.addr,
-                cfg.server_name.clone(),
-                answered.clone(),
-                cfg.quic_endpoint.clone(),
-            )));
-            if order.len() > MAX_ATTEMPTS_IN_FLIGHT
-                && let Some(oldest) = order.pop_front()
-            {
-                oldest.abort();
-            }
+        attempts.spawn(quic_attempt(
+            qc.clone(),
+            cfg.addr,
+            cfg.server_name.clone(),
+            answered.clone(),
+            cfg.quic_endpoint.clone(),
+        ));
+        if attempts.len() >= MAX_ATTEMPTS {
+            break;
         }
-        let probe = tokio::time::sleep(cfg.probe_every.max(Duration::from_millis(10)));
-        tokio::pin!(probe);
-        loop {
-            tokio::select! {
-                done = attempts.join_next() => match done {
-                    Some(Ok(result)) => return result,
-                    // An attempt aborted as the oldest: the others go on.
-                    Some(Err(e)) if e.is_cancelled() => {}
-                    Some(Err(e)) => return Err(Error::Transport(format!("connect attempt failed: {e}"))),
-                    None => break,
-                },
-                () = &mut probe, if !answered.load(std::sync::atomic::Ordering::Relaxed) => break,
-            }
+        tokio::select! {
+            done = attempts.join_next() => return outcome(done),
+            () = tokio::time::sleep(gap) => {}
+        }
+        gap = gap.saturating_mul(2);
+        if answered.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
         }
     }
+    outcome(attempts.join_next().await)
 }
 
 /// `0.0.0.0:0` or `[::]:0`, whichever reaches `peer`.

@@ -74,7 +74,26 @@ impl Backoff {
         let ms = cap.as_millis() as u64;
         Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
     }
+
+    /// The delay before attempt `n` after the server said it is overloaded (refused at the
+    /// door, or `overloaded` in band): uniform in [cap/2, cap] with cap = max(min, 1 s)·2ⁿ
+    /// capped at `max`. Coming straight back would meet the same queue: the floor gives the
+    /// node a second, and the lower half-bound spreads a crowd of refused clients over the
+    /// window instead of bunching them at its start (PROTOCOL.md §1, "Refused at the door").
+    pub fn overloaded_delay(&self, attempt: u32, random: u64) -> Duration {
+        let cap = self
+            .min
+            .max(OVERLOADED_MIN)
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max.max(OVERLOADED_MIN));
+        let ms = cap.as_millis() as u64;
+        let half = ms / 2;
+        Duration::from_millis(half + random % (ms - half + 1))
+    }
 }
+
+/// The shortest window a client waits in after an `overloaded` refusal.
+pub const OVERLOADED_MIN: Duration = Duration::from_secs(1);
 
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -367,7 +386,11 @@ async fn drive(
                     });
                     return;
                 }
-                let wait = backoff.delay(attempt, random_u64());
+                let wait = if e.close_code() == Some(CloseCode::OVERLOADED) {
+                    backoff.overloaded_delay(attempt, random_u64())
+                } else {
+                    backoff.delay(attempt, random_u64())
+                };
                 attempt = attempt.saturating_add(1);
                 let _ = up.send(Update::Unreachable {
                     attempts: attempt,
@@ -638,6 +661,29 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overloaded_refusal_waits_a_second_or_more_spread_over_the_upper_half() {
+        let b = Backoff::default();
+        for (attempt, lo, hi) in [(0, 500, 1000), (1, 1000, 2000), (3, 4000, 8000), (10, 15_000, 30_000)] {
+            let (mut min, mut max) = (u64::MAX, 0);
+            for r in [0, 1, 499, 500, 12345, 987_654_321, u64::MAX] {
+                let ms = b.overloaded_delay(attempt, r).as_millis() as u64;
+                assert!(
+                    (lo..=hi).contains(&ms),
+                    "attempt {attempt}: {ms} ms not in [{lo}, {hi}]"
+                );
+                (min, max) = (min.min(ms), max.max(ms));
+            }
+            assert!(min < max, "attempt {attempt}: spread, not one instant");
+        }
+        // A backoff whose own floor is above a second keeps it.
+        let slow = Backoff {
+            min: Duration::from_secs(3),
+            max: Duration::from_secs(60),
+        };
+        assert!(slow.overloaded_delay(0, 0) >= Duration::from_millis(1500));
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {

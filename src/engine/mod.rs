@@ -79,6 +79,12 @@ pub trait App {
     fn on_handshakes(&mut self, in_flight: usize) {
         let _ = in_flight;
     }
+    /// Connections past their handshake that the application is still setting up (a
+    /// session between the handshake and `Ready`): counted with the handshakes in flight
+    /// against [`Limits::shed_above`].
+    fn setting_up(&self) -> usize {
+        0
+    }
     /// When the application next wants [`App::on_timeout`] (its own timers: heartbeats,
     /// deadlines), if ever.
     fn next_timeout(&self) -> Option<Instant> {
@@ -95,6 +101,9 @@ pub trait App {
 pub enum Admission {
     /// Refused: the loop holds its most connections.
     Refused,
+    /// Refused at the door: the loop is still setting up as many connections as it takes
+    /// on at once ([`Limits::shed_above`]).
+    Shed,
     /// Sent a stateless retry: many handshakes are in flight.
     Retried,
 }
@@ -302,6 +311,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// With this many handshakes in flight, a client must first prove its address.
     pub retry_above_handshakes: usize,
+    /// With this many connections between their first packet and the end of their set-up
+    /// (handshakes in flight + [`App::setting_up`]), a new one is refused at once
+    /// (`CONNECTION_REFUSED`, before any handshake work). In a reconnect storm this keeps
+    /// what is taken on finishable within the clients' patience: work accepted beyond it
+    /// would finish after the client gave up, and its next attempt would be more work.
+    pub shed_above: usize,
 }
 
 impl Default for Limits {
@@ -309,6 +324,7 @@ impl Default for Limits {
         Self {
             max_connections: 100_000,
             retry_above_handshakes: 256,
+            shed_above: usize::MAX,
         }
     }
 }
@@ -328,6 +344,8 @@ pub struct Stats {
     pub would_block: u64,
     /// Connection attempts refused by the cap.
     pub refused: u64,
+    /// Connection attempts refused while the loop was setting up its most at once.
+    pub shed: u64,
     /// Connection attempts sent a stateless retry.
     pub retried: u64,
     /// Datagrams handed to another loop of the port (their client's address changed).
@@ -563,6 +581,14 @@ impl<A: App> Core<A> {
             Some(DatagramEvent::NewConnection(incoming)) if self.conns.len() >= self.limits.max_connections => {
                 self.stats.refused += 1;
                 self.app.on_admission(Admission::Refused);
+                let t = self.endpoint.refuse(incoming, &mut out);
+                wire.send(&t, &out[..t.size]);
+            }
+            Some(DatagramEvent::NewConnection(incoming))
+                if self.handshakes.saturating_add(self.app.setting_up()) >= self.limits.shed_above =>
+            {
+                self.stats.shed += 1;
+                self.app.on_admission(Admission::Shed);
                 let t = self.endpoint.refuse(incoming, &mut out);
                 wire.send(&t, &out[..t.size]);
             }

@@ -209,6 +209,12 @@ impl<O: Outlet> Session<O> {
         matches!(self.c.stage, Stage::Live(_))
     }
 
+    /// Whether the connection is still on its way to `Ready` (waiting for its `Hello`, or
+    /// its session being built), neither serving nor closing.
+    pub(crate) fn setting_up(&self) -> bool {
+        matches!(self.c.stage, Stage::Hello | Stage::Opening(_)) && self.c.close.is_none()
+    }
+
     /// Refuses the connection before any session (the framing's own refusal: an Origin not
     /// allowed, a request off our path): counted, told in band if its control stream comes,
     /// closed at the end of the grace.

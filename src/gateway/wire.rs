@@ -101,6 +101,8 @@ struct Conn {
     h3: Option<Box<H3>>,
     /// The earliest instant queued in the timer heap for this connection.
     armed: Option<Instant>,
+    /// Counted in [`Gateway::setting_up`].
+    setting_up: bool,
 }
 
 /// The gateway on the engine.
@@ -113,6 +115,9 @@ pub struct Gateway {
     draining: bool,
     /// Handshakes in flight on this loop, as last added to the node's gauge.
     handshakes: usize,
+    /// Connections of this loop past their handshake and not yet `Ready` (each `Conn`'s
+    /// `setting_up`, summed), for the engine's shedding.
+    setting_up: usize,
 }
 
 impl Gateway {
@@ -126,6 +131,7 @@ impl Gateway {
             next_id: 1,
             draining: false,
             handshakes: 0,
+            setting_up: 0,
         }
     }
 
@@ -231,6 +237,7 @@ async fn serve(
     webrtc: Option<crate::voice::webrtc::Inlet>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let loops = sharding.as_ref().map_or(1, |s| usize::from(s.shards.count));
     let (placeholder, _) = engine::mailbox::channel();
     let gateway = Gateway::new(ctx.clone(), placeholder);
     let core = engine::Core::with_reset_key(
@@ -254,6 +261,11 @@ async fn serve(
         // outright only well past it.
         max_connections: ctx.cfg.session.max_connections.saturating_mul(2).max(16),
         retry_above_handshakes: ctx.cfg.session.retry_above_handshakes,
+        // The node's limit shared among its loops (each sees only its own connections).
+        shed_above: match ctx.cfg.session.max_handshakes {
+            0 => usize::MAX,
+            n => n.div_ceil(loops.max(1)),
+        },
     });
     let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
@@ -313,7 +325,14 @@ impl engine::App for Gateway {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             engine::Admission::Refused => self.ctx.metrics.handshake_failed(CloseCode::OVERLOADED),
+            engine::Admission::Shed => {
+                self.ctx.metrics.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
+    }
+
+    fn setting_up(&self) -> usize {
+        self.setting_up
     }
 
     fn on_handshakes(&mut self, in_flight: usize) {
@@ -381,6 +400,8 @@ impl Gateway {
             conn: ConnRef { ch, id },
         };
         let session = Session::new(ctx.clone(), outlet, transport, self.draining, io.now());
+        let setting_up = session.setting_up();
+        self.setting_up += usize::from(setting_up);
         self.conns.insert(
             ch,
             Box::new(Conn {
@@ -388,6 +409,7 @@ impl Gateway {
                 session,
                 h3,
                 armed: None,
+                setting_up,
             }),
         );
         self.arm(ch);
@@ -395,6 +417,7 @@ impl Gateway {
 
     fn lost(&mut self, ch: ConnectionHandle, e: ConnectionError) {
         let Some(mut c) = self.conns.remove(&ch) else { return };
+        self.setting_up -= usize::from(c.setting_up);
         let peer = match &e {
             ConnectionError::ApplicationClosed(a) => Some(u32::try_from(a.error_code.into_inner()).unwrap_or(u32::MAX)),
             _ => None,
@@ -404,8 +427,15 @@ impl Gateway {
 
     /// Puts connection `ch`'s next deadline in the heap if it is earlier than what is
     /// there (a later one is found when the earlier entry fires).
+    /// Also settles the connection's share of [`Gateway::setting_up`]: every call into a
+    /// session is followed by this, so a session that became live (or began closing) stops
+    /// counting at once.
     fn arm(&mut self, ch: ConnectionHandle) {
         let Some(c) = self.conns.get_mut(&ch) else { return };
+        if c.setting_up && !c.session.setting_up() {
+            c.setting_up = false;
+            self.setting_up -= 1;
+        }
         if let Some(t) = c.session.next_deadline()
             && c.armed.is_none_or(|a| t < a)
         {
