@@ -220,14 +220,13 @@ async fn the_whole_loop_from_two_terminals() {
     server.shutdown().await;
 }
 
-/// With every log level on (`QUAVER_LOG=trace`), no token — from `?token=`, an
-/// `Authorization` header or `Hello` — appears in the server's log.
-#[tokio::test]
-async fn no_token_reaches_the_log_at_any_level() {
-    let dir = tempdir("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
-        .arg("serve")
-        .env("QUAVER_LOG", "trace")
+/// The server binary with `args`, its settings in the environment (loopback ports chosen
+/// by the OS, state under `dir`, the tests' JWT secret, `QUAVER_LOG=log`), and the CI's
+/// DATABASE_URL / REDIS_URL left out; stderr piped for its addresses.
+fn server_process(dir: &std::path::Path, args: &[&str], log: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quaver"));
+    c.args(args)
+        .env("QUAVER_LOG", log)
         .env("JWT_SECRET", SECRET)
         .env("QUAVER_LISTEN", "127.0.0.1:0")
         .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
@@ -240,9 +239,26 @@ async fn no_token_reaches_the_log_at_any_level() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    c
+}
+
+/// The certificate hash a server at `http` publishes (`GET /cert-hash`).
+async fn cert_hash(http: std::net::SocketAddr) -> [u8; 32] {
+    let (_, body) = http_get(http, "/cert-hash").await;
+    let info: serde_json::Value = serde_json::from_str(&body).expect("cert-hash is JSON");
+    hex::decode(info["hash"].as_str().expect("a hash"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes")
+}
+
+/// With every log level on (`QUAVER_LOG=trace`), no token — from `?token=`, an
+/// `Authorization` header or `Hello` — appears in the server's log.
+#[tokio::test]
+async fn no_token_reaches_the_log_at_any_level() {
+    let dir = tempdir("log");
+    let mut child = server_process(&dir, &["serve"], "trace").spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (quic, http, mut log) = await_addresses(&mut lines).await;
     let reader = tokio::spawn(async move {
@@ -253,9 +269,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         }
         rest
     });
-    let (_, body) = http_get(http, "/cert-hash").await;
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let hash = cert_hash(http).await;
     let mut tokens = Vec::new();
     for (transport, placement) in [
         (Transport::WebTransport, quaver_client::TokenPlacement::Query),
@@ -302,21 +316,8 @@ async fn no_token_reaches_the_log_at_any_level() {
 #[tokio::test]
 async fn a_bare_quaver_reads_its_settings_from_the_environment() {
     let dir = tempdir("bare");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
-        .env("QUAVER_LOG", "info")
-        .env("JWT_SECRET", SECRET)
-        .env("QUAVER_LISTEN", "127.0.0.1:0")
-        .env("QUAVER_HTTP_LISTEN", "127.0.0.1:0")
-        .env("QUAVER_API_LISTEN", "127.0.0.1:0")
-        .env("QUAVER_DATA_DIR", dir.join("data"))
-        .env("QUAVER_CERT_DIR", dir.join("certs"))
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    // No command: every setting below reaches it through the environment alone.
+    let mut child = server_process(&dir, &[], "info")
         .spawn()
         .expect("server process starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
@@ -324,9 +325,7 @@ async fn a_bare_quaver_reads_its_settings_from_the_environment() {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     assert!(quic.ip().is_loopback(), "QUAVER_LISTEN was read: {quic}");
     assert!(dir.join("data").exists(), "QUAVER_DATA_DIR was read");
-    let (_, body) = http_get(http, "/cert-hash").await;
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let hash: [u8; 32] = hex::decode(info["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let hash = cert_hash(http).await;
     // A token signed with JWT_SECRET is accepted only if the server read it (its own dev
     // secret would refuse it).
     let mut cfg = quaver_client::Config::new(quic, Transport::Quic, quaver_client::Trust::Hashes(vec![hash]));
