@@ -272,10 +272,13 @@ pub struct SessionConfig {
     /// Most QUIC and WebTransport connections between their first packet and `Ready`
     /// (handshake, `Hello`, the session's set-up) the node takes on at once; a new one past
     /// it is refused at the door (QUIC `CONNECTION_REFUSED`, before any handshake work) and
-    /// its client comes back after a spread-out wait (PROTOCOL.md §1, "Refused at the door"). In a reconnect storm
-    /// this keeps what the node has taken on finishable before its clients give up — work
-    /// taken on beyond that is finished for nobody, and the client's next attempt is more
-    /// of it (bench/RESULTS.md "Shedding at the door"). Default 1,024; 0 = no limit.
+    /// its client comes back after a spread-out wait (PROTOCOL.md §1, "Refused at the
+    /// door"). In a reconnect storm this keeps what the node has taken on finishable before
+    /// its clients give up — work taken on beyond that is finished for nobody, and the
+    /// client's next attempt is more of it (bench/RESULTS.md "Shedding at the door").
+    /// Address validation (`retry_above_handshakes`) comes after it, and keeps spoofed
+    /// Initials from filling these places. Default 1,024; 0 = no limit. The WebSocket
+    /// framing (TCP) is not counted.
     pub max_handshakes: usize,
     /// The longest a client is asked to hold back an acknowledgement (the QUIC
     /// ACK-frequency extension; quinn-based native clients honour it, browsers keep their

@@ -1260,6 +1260,19 @@ export class ConnectionLostError extends Error {
  * 'trouble' (detail: { attempts, error, retryInMs }: an attempt to connect failed — from the
  * first, so a person can be told within seconds, not after minutes of "reconnecting").
  */
+/**
+ * How long `Resilient` waits before its next attempt after `attempt` (0-based) failed ones:
+ * uniform in [0, min(max, backoff·2ⁿ)] ("full jitter"); after an `overloaded` refusal, uniform
+ * in [w/2, w] with w = max(backoff, 1 s)·2ⁿ capped at max(max, 1 s) — the node is busy with a
+ * crowd that arrived together, and coming straight back would meet the same queue
+ * (PROTOCOL.md §1, "Refused at the door"; the native client's `Backoff::overloaded_delay`).
+ */
+export function retryDelayMs(attempt, overloaded, { backoffMs, maxBackoffMs }, random = Math.random()) {
+  if (!overloaded) return random * Math.min(maxBackoffMs, backoffMs * 2 ** attempt);
+  const w = Math.min(Math.max(maxBackoffMs, 1000), Math.max(backoffMs, 1000) * 2 ** Math.min(attempt, 16));
+  return w / 2 + random * (w / 2);
+}
+
 export class Resilient extends EventTarget {
   constructor(connectInfo, { device = 'Web', backoffMs = 250, maxBackoffMs = 8000 } = {}) {
     super();
@@ -1417,7 +1430,7 @@ export class Resilient extends EventTarget {
           this.#fail(e); return;
         }
         if (e instanceof ClosedError && e.code === CloseCode.RESUME_REFUSED) this.sessionId = null;
-        const delay = Math.random() * Math.min(this.maxBackoffMs, this.backoffMs * 2 ** attempt);
+        const delay = retryDelayMs(attempt, e instanceof ClosedError && e.code === CloseCode.OVERLOADED, this);
         attempt++;
         this.dispatchEvent(new CustomEvent('trouble', { detail: { attempts: attempt, error: e, retryInMs: Math.round(delay) } }));
         await new Promise((r) => setTimeout(r, delay));
