@@ -284,11 +284,7 @@ async fn no_token_reaches_the_log_at_any_level() {
         let c = connect(&cfg)
             .await
             .unwrap_or_else(|e| panic!("{transport:?} {placement:?}: {e}"));
-        let mut lane = c.open_lane(Lane::Chat).await.unwrap();
-        lane.request(RequestBody::Ping { data: vec![1] })
-            .await
-            .unwrap()
-            .unwrap();
+        ping(&c, Lane::Chat).await;
         c.close();
         tokens.push(t);
     }
@@ -331,11 +327,7 @@ async fn a_bare_quaver_reads_its_settings_from_the_environment() {
     let mut cfg = quaver_client::Config::new(quic, Transport::Quic, quaver_client::Trust::Hashes(vec![hash]));
     cfg.token = Some(token(5));
     let c = connect(&cfg).await.expect("JWT_SECRET was read: the token is accepted");
-    let mut lane = c.open_lane(Lane::Chat).await.unwrap();
-    lane.request(RequestBody::Ping { data: vec![1] })
-        .await
-        .unwrap()
-        .unwrap();
+    ping(&c, Lane::Chat).await;
     c.close();
     child.kill().await.unwrap();
 }

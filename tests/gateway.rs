@@ -9,12 +9,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use quaver_client::{Error, TokenPlacement, Transport, connect};
 use quaver_proto::*;
 
-async fn ping(c: &quaver_client::Client, lane: Lane) {
-    let mut l = c.open_lane(lane).await.unwrap();
-    let r = l.request(RequestBody::Ping { data: vec![1, 2, 3] }).await.unwrap();
-    assert_eq!(r, Ok(ResponseBody::Pong { data: vec![1, 2, 3] }));
-}
-
 #[tokio::test]
 async fn raw_quic_and_webtransport_share_one_port_with_all_three_token_sources() {
     let server = start(config()).await;

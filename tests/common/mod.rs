@@ -56,6 +56,16 @@ pub fn config() -> Config {
     c
 }
 
+/// A `Ping` answered with its `Pong` on a fresh `lane` of `c`.
+pub async fn ping(c: &quaver_client::Client, lane: quaver_proto::Lane) {
+    let mut l = c.open_lane(lane).await.expect("lane opens");
+    let r = l
+        .request(quaver_proto::RequestBody::Ping { data: vec![1, 2, 3] })
+        .await
+        .expect("request answered");
+    assert_eq!(r, Ok(quaver_proto::ResponseBody::Pong { data: vec![1, 2, 3] }));
+}
+
 pub async fn start(c: Config) -> Server {
     Server::start(c).await.expect("server starts")
 }
