@@ -496,12 +496,16 @@ impl Deliverer {
 
     /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
     /// window and never two of one key.
+    /// What is in flight to endpoint `id` (made with the configured concurrency on first use).
+    fn running<'a>(&self, all: &'a mut HashMap<String, Running>, id: &str) -> &'a mut Running {
+        all.entry(id.to_string())
+            .or_insert_with(|| Running::new(self.cfg.concurrency))
+    }
+
     async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
         let (busy, room, generation) = {
             let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            let run = all
-                .entry(e.id.clone())
-                .or_insert_with(|| Running::new(self.cfg.concurrency));
+            let run = self.running(&mut all, &e.id);
             run.generation += 1;
             let g = run.generation;
             // Outcomes older than the previous listing are visible to this one.
@@ -526,9 +530,7 @@ impl Deliverer {
             }
             {
                 let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                let run = all
-                    .entry(e.id.clone())
-                    .or_insert_with(|| Running::new(self.cfg.concurrency));
+                let run = self.running(&mut all, &e.id);
                 // Its attempt ended after this listing was asked for: the listing is stale.
                 if run.finished.get(&d.event.id).is_some_and(|at| *at >= generation) {
                     continue;
