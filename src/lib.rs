@@ -13,7 +13,8 @@
 //!   or on Redis.
 //! - [`engine`]: the QUIC event loop over quinn-proto that serves the sessions (`gateway::wire`).
 //! - [`fanout`]: events → topics and audiences, and delivery to local sessions (a sans-IO
-//!   topic index of which local users need which topics).
+//!   topic index of which local users need which topics). Below the gateway and chat: it
+//!   reaches them through its interfaces (`fanout::sides`: `Deliver`, `Audience`, `Node`).
 //! - [`limits`]: token-bucket rate limits and flood detection.
 //! - [`notify`]: who is notified of what (a pure decision; chat gathers the facts).
 //! - [`presence`]: multi-device presence with reconnect grace (sans-IO + its task).
@@ -157,6 +158,65 @@ impl Ctx {
 /// How often the coalesced `ChannelActivity` reports that are due are sent (a report
 /// leaves at most this late after its time, `gateway::view::ACTIVITY_EVERY` after the last).
 const ACTIVITY_TICK: Duration = Duration::from_millis(250);
+
+/// The parts of this node the bus speaks to besides deliveries ([`fanout::Node`]).
+struct NodeParts {
+    chat: Arc<chat::Chat>,
+    voice: Arc<voice::Voice>,
+    typing: typing::task::TypingHandle,
+    presence: presence::task::PresenceHandle,
+}
+
+impl fanout::Node for NodeParts {
+    fn voice_elsewhere(&self, origin: u64, event: &bytes::Bytes) {
+        self.voice.remote_event(origin, event);
+    }
+
+    fn typing_elsewhere(&self, event: &bytes::Bytes) {
+        match quaver_proto::codec::decode::<quaver_proto::EventBody>(event) {
+            Ok(body) => self.typing.remote(body),
+            Err(e) => tracing::warn!(error = %e, "another node's typing event could not be read"),
+        }
+    }
+
+    async fn joined_voice_elsewhere(&self, user: u64, channel: u64) {
+        self.voice.left_elsewhere(user, channel).await;
+    }
+
+    async fn voice_order(&self, guild_id: u64, user_id: u64, action: gateway::VoiceAction) {
+        match self.voice.carry_out(guild_id, user_id, action).await {
+            Ok(true) => tracing::info!(guild_id, user_id, ?action, "the backend's voice order carried out here"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(guild_id, user_id, ?action, error = %e.message, "the backend's voice order failed here")
+            }
+        }
+    }
+
+    async fn presences(&self, users: Vec<u64>, offline: bool) -> Vec<(quaver_proto::Presence, Option<u64>)> {
+        if offline {
+            self.presence.snapshot_all(users).await
+        } else {
+            self.presence.snapshot_versioned(users).await
+        }
+    }
+
+    fn voice_states_here(&self, channels: &[u64]) -> (Vec<quaver_proto::VoiceState>, Vec<u64>) {
+        self.voice.states_here(channels)
+    }
+
+    async fn voice_states_elsewhere(&self, channels: &[u64]) -> Vec<quaver_proto::VoiceState> {
+        self.voice.states_elsewhere(channels).await
+    }
+
+    fn hooks_written(&self) {
+        self.chat.store().hooks().written.notify_one();
+    }
+
+    fn endpoints_changed(&self) {
+        self.chat.store().hooks().endpoints_changed(false);
+    }
+}
 
 /// Sends the `ChannelActivity` reports whose time has come (passive sessions).
 async fn activity_reports(ctx: Arc<Ctx>) {
@@ -462,9 +522,12 @@ impl Server {
             tokio::spawn(fanout.clone().run(
                 chat.clone(),
                 sessions.clone(),
-                ctx.typing.clone(),
-                ctx.voice.clone(),
-                ctx.presence.clone(),
+                Arc::new(NodeParts {
+                    chat: chat.clone(),
+                    voice: ctx.voice.clone(),
+                    typing: ctx.typing.clone(),
+                    presence: ctx.presence.clone(),
+                }),
                 bus_rx,
             )),
             tokio::spawn(housekeeping(ctx.clone())),

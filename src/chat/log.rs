@@ -3,32 +3,7 @@
 //! log no longer reaches.
 
 use super::*;
-
-/// The `Gap` event: events of `channel` after `after_seq` and before `resumes_at` are gone.
-pub(crate) fn gap(channel: u64, after_seq: u64, resumes_at: u64) -> Bytes {
-    ev(&EventBody::Gap {
-        channel_id: channel,
-        after_seq,
-        resumes_at,
-    })
-}
-
-/// A resuming session's catch-up for one channel ([`Chat::catch_up`]).
-#[derive(Debug)]
-pub struct Caught {
-    /// The channel.
-    pub channel: u64,
-    /// Its guild (`None` for DMs).
-    pub guild: Option<u64>,
-    /// The client's position.
-    pub from: u64,
-    /// The seq the items reach.
-    pub reached: u64,
-    /// The retention cut-off the items were read with.
-    pub since_ms: u64,
-    /// (ordering key, event) in order; a `Gap` where the log does not reach.
-    pub items: Vec<(u64, Bytes)>,
-}
+use crate::fanout::{Caught, gap};
 
 impl Chat {
     /// What a client resuming with channel positions missed: per channel it can still

@@ -17,8 +17,6 @@ mod messages;
 mod view;
 
 pub use guilds::MAX_TIMEOUT_SECS;
-pub use log::Caught;
-pub(crate) use log::gap;
 use view::{Access, GuildView, Private};
 pub mod social;
 pub mod validate;
@@ -860,6 +858,55 @@ fn partners_in(user: u64, large: &[Arc<GuildView>], channels: &[Channel]) -> Vec
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// Chat answers the fan-out's questions about audiences and the event log.
+impl crate::fanout::Audience for Chat {
+    async fn is_large(&self, guild: u64) -> bool {
+        Chat::is_large(self, guild).await
+    }
+
+    async fn channel_viewers(&self, guild: Option<u64>, channel: u64) -> Option<Arc<Vec<u64>>> {
+        Chat::channel_viewers(self, guild, channel).await
+    }
+
+    async fn observer_topics(&self, user: u64) -> anyhow::Result<Vec<crate::cluster::pubsub::Topic>> {
+        Chat::observer_topics(self, user)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
+    async fn member_ids(&self, guild: u64, except: u64) -> anyhow::Result<Vec<u64>> {
+        Chat::member_ids(self, guild, except)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
+    async fn channel_log(&self, channel: u64, after: u64, limit: u32) -> anyhow::Result<Vec<(u64, Bytes)>> {
+        Ok(Chat::channel_log(self, channel, after, limit).await?)
+    }
+
+    async fn log_since(
+        &self,
+        channel: u64,
+        from: u64,
+        until: Option<u64>,
+        since_ms: u64,
+    ) -> anyhow::Result<(Vec<(u64, Bytes)>, u64)> {
+        Ok(Chat::log_since(self, channel, from, until, since_ms).await?)
+    }
+
+    async fn current_seqs(&self, guild: Option<u64>, channel: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+        Ok(Chat::current_seqs(self, guild, channel).await?)
+    }
+
+    fn guild_changed(&self, guild: u64) {
+        self.invalidate(guild);
+    }
+
+    fn member_added(&self, guild: u64, user: u64) {
+        Chat::member_added(self, guild, user);
+    }
 }
 
 #[cfg(test)]

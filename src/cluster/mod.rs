@@ -5,6 +5,7 @@
 //! Redis Cluster), held to one conformance suite (`tests/pubsub.rs`).
 
 pub mod identity;
+pub mod order;
 pub mod pubsub;
 pub mod redis;
 
@@ -147,7 +148,7 @@ pub enum BusEvent {
         channels: Vec<u64>,
     },
     /// The backend's order about sessions (server API): carried out on every node.
-    Order(crate::gateway::Order),
+    Order(order::Order),
     /// An application event (server API) on the notifications lane: to the viewers of
     /// `channel_id` (a guild channel, or a DM's members), or to every member of `guild_id`.
     App {

@@ -40,13 +40,13 @@ use crate::cluster::pubsub::Topic;
 use quaver_proto::DeviceKind;
 use quaver_proto::session::Transport;
 
-use crate::gateway::{Order, SessionSummary, VoiceAction};
+use crate::cluster::order::{Order, SessionSummary, VoiceAction};
 
 const VERSION: u8 = 1;
 
 /// Who, among the local followers of the envelope's topics, gets the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience {
+pub enum Reach {
     /// All of them.
     All,
     /// All but this user (their own typing, their own presence).
@@ -68,7 +68,7 @@ pub struct Envelope {
     /// The lane it is delivered on.
     pub lane: Lane,
     /// Who gets it.
-    pub audience: Audience,
+    pub audience: Reach,
     /// A channel event's (channel, seq): delivered in seq order, without holes
     /// ([`super::order`]).
     pub order: Option<(u64, u64)>,
@@ -147,7 +147,7 @@ pub enum Message {
         positions: Vec<(u64, u64)>,
     },
     /// The backend's order about sessions, for every node (on [`Topic::cluster`]).
-    Order(crate::gateway::Order),
+    Order(Order),
     /// Webhook deliveries were committed on the sending node (on [`Topic::cluster`]):
     /// every node's delivery task looks at its due list now instead of at its next poll
     /// (the partitions it leases may hold them).
@@ -208,16 +208,16 @@ impl Message {
                 }
                 out.push(lane_code(e.lane));
                 match e.audience {
-                    Audience::All => out.push(0),
-                    Audience::AllExcept(u) => {
+                    Reach::All => out.push(0),
+                    Reach::AllExcept(u) => {
                         out.push(1);
                         out.extend_from_slice(&u.to_be_bytes());
                     }
-                    Audience::Viewers(c) => {
+                    Reach::Viewers(c) => {
                         out.push(2);
                         out.extend_from_slice(&c.to_be_bytes());
                     }
-                    Audience::ViewersExcept(c, u) => {
+                    Reach::ViewersExcept(c, u) => {
                         out.push(3);
                         out.extend_from_slice(&c.to_be_bytes());
                         out.extend_from_slice(&u.to_be_bytes());
@@ -388,10 +388,10 @@ impl Message {
                 }
                 let lane = *Lane::ALL.get(r.u8()? as usize).ok_or(DecodeError("lane"))?;
                 let audience = match r.u8()? {
-                    0 => Audience::All,
-                    1 => Audience::AllExcept(r.u64()?),
-                    2 => Audience::Viewers(r.u64()?),
-                    3 => Audience::ViewersExcept(r.u64()?, r.u64()?),
+                    0 => Reach::All,
+                    1 => Reach::AllExcept(r.u64()?),
+                    2 => Reach::Viewers(r.u64()?),
+                    3 => Reach::ViewersExcept(r.u64()?, r.u64()?),
                     _ => return Err(DecodeError("audience")),
                 };
                 let order = r.pair()?;
@@ -606,7 +606,7 @@ mod tests {
                 id: (7, u64::MAX),
                 topics: vec![Topic::guild(1), Topic::user(i64::MAX as u64)],
                 lane: Lane::Presence,
-                audience: Audience::AllExcept(3),
+                audience: Reach::AllExcept(3),
                 order: None,
                 latest: Some((3, 17)),
                 event: Bytes::from_static(b"\x0e\x01\x02"),
@@ -615,7 +615,7 @@ mod tests {
                 id: (1, 2),
                 topics: vec![Topic::channel(9)],
                 lane: Lane::Typing,
-                audience: Audience::ViewersExcept(9, 4),
+                audience: Reach::ViewersExcept(9, 4),
                 order: None,
                 latest: None,
                 event: Bytes::new(),
@@ -624,7 +624,7 @@ mod tests {
                 id: (1, 3),
                 topics: vec![Topic::guild(2)],
                 lane: Lane::Chat,
-                audience: Audience::Viewers(9),
+                audience: Reach::Viewers(9),
                 order: Some((9, u64::MAX)),
                 latest: None,
                 event: Bytes::from_static(b"\x01"),

@@ -1,6 +1,9 @@
 //! Fan-out: how an event reaches the local sessions that need it — its own part, between
 //! the publishers (chat, presence, typing, voice, notifications: they publish a
-//! [`BusEvent`] through the [`Bus`] trait) and the sessions.
+//! [`BusEvent`] through the [`Bus`] trait) and the sessions. It stands below the gateway
+//! and chat and imports neither: it reaches the sessions through [`Deliver`], audiences
+//! and the event log through [`Audience`], and the rest of the node through [`Node`]
+//! ([`sides`]); `lib.rs` hands it the three.
 //!
 //! Every event goes to topics ([`Topic`]: per guild, DM channel and user) on the cluster bus
 //! ([`PubSub`]: in-process on one node, Redis for many), wrapped in an [`envelope`] that says
@@ -34,6 +37,7 @@
 pub mod envelope;
 pub mod index;
 pub mod order;
+pub mod sides;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -44,13 +48,40 @@ use bytes::Bytes;
 use quaver_proto::{Channel, GuildSnapshot, Lane};
 use tokio::sync::{mpsc, oneshot};
 
-use self::envelope::{Audience, Envelope, Message, Show};
+use self::envelope::{Envelope, Message, Reach, Show};
 use self::index::{Change, TopicIndex};
 use self::order::{Arrival, CatchUp, Out, Sequencer};
-use crate::chat::{Caught, Chat};
+pub use self::sides::{Audience, Deliver, Node, Opening};
+use crate::cluster::order::{Order, SessionSummary};
 use crate::cluster::pubsub::{Health, PubSub, Received, Topic};
 use crate::cluster::{Bus, BusEvent, Viewers};
-use crate::gateway::{SessionHandle, Sessions};
+
+/// The `Gap` event: events of `channel` after `after_seq` and before `resumes_at` are gone.
+pub fn gap(channel: u64, after_seq: u64, resumes_at: u64) -> Bytes {
+    Bytes::from(quaver_proto::codec::encode_payload(&quaver_proto::EventBody::Gap {
+        channel_id: channel,
+        after_seq,
+        resumes_at,
+    }))
+}
+
+/// A resuming session's catch-up for one channel (chat's `catch_up`), handed to
+/// [`Fanout::open`].
+#[derive(Debug)]
+pub struct Caught {
+    /// The channel.
+    pub channel: u64,
+    /// Its guild (`None` for DMs).
+    pub guild: Option<u64>,
+    /// The client's position.
+    pub from: u64,
+    /// The seq the items reach.
+    pub reached: u64,
+    /// The retention cut-off the items were read with.
+    pub since_ms: u64,
+    /// (ordering key, event) in order; a `Gap` where the log does not reach.
+    pub items: Vec<(u64, Bytes)>,
+}
 
 /// Envelopes remembered to deliver a multi-topic envelope once (presence goes to every
 /// shared guild and every friend; a node may follow several of those topics).
@@ -152,7 +183,7 @@ impl Latest {
 /// A session opening here, handled in the delivery loop so nothing is delivered between
 /// the positions it is given and its first live event.
 struct Open {
-    handle: Arc<SessionHandle>,
+    session: Box<dyn Opening>,
     topics: Vec<Topic>,
     /// (guild, channel, snapshot's last seq).
     channels: Vec<(Option<u64>, u64, u64)>,
@@ -163,7 +194,7 @@ struct Open {
 impl std::fmt::Debug for Open {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Open")
-            .field("user", &self.handle.user)
+            .field("user", &self.session.user())
             .finish_non_exhaustive()
     }
 }
@@ -207,7 +238,7 @@ fn random_u64() -> u64 {
 }
 
 /// A node's answer to a question about a user's sessions: its name and those it holds.
-pub type NodeSessions = (String, Vec<crate::gateway::SessionSummary>);
+pub type NodeSessions = (String, Vec<SessionSummary>);
 
 fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     m.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -265,14 +296,15 @@ impl Fanout {
         }
     }
 
-    /// A session of `user` now lives on this node (its events are needed, attached or
-    /// not): on their first, they follow their guilds and private channels. Sets each
+    /// A session now lives on this node (its events are needed, attached or not): on
+    /// their user's first, they follow their guilds and private channels. Sets each
     /// snapshot channel's `last_seq` to where this node's delivery stands (every later
-    /// event reaches the session live), and hands the session its catch-up (`caught`, from
-    /// [`Chat::catch_up`]) in order before any live event of those channels.
+    /// event reaches the session live: it is attached, [`Opening::attach`], in line with
+    /// delivery), and hands the session its catch-up (`caught`, from chat's `catch_up`) in
+    /// order before any live event of those channels.
     pub async fn open(
         &self,
-        handle: Arc<SessionHandle>,
+        session: Box<dyn Opening>,
         guilds: &mut [GuildSnapshot],
         private_channels: &mut [Channel],
         caught: Vec<Caught>,
@@ -289,7 +321,7 @@ impl Fanout {
             .collect();
         let (reply, positions) = oneshot::channel();
         let open = Open {
-            handle,
+            session,
             topics,
             channels,
             caught,
@@ -504,7 +536,7 @@ impl Fanout {
         &self,
         topics: Vec<Topic>,
         lane: Lane,
-        audience: Audience,
+        audience: Reach,
         order: Option<(u64, u64)>,
         event: Bytes,
     ) -> Envelope {
@@ -523,8 +555,8 @@ impl Fanout {
     /// a DM's to the channel topic.
     fn channel_envelope(&self, guild: Option<u64>, channel: u64, order: Option<u64>, event: Bytes) -> Envelope {
         let (topic, audience) = match guild {
-            Some(g) => (Topic::guild(g), Audience::Viewers(channel)),
-            None => (Topic::channel(channel), Audience::All),
+            Some(g) => (Topic::guild(g), Reach::Viewers(channel)),
+            None => (Topic::channel(channel), Reach::All),
         };
         self.envelope(vec![topic], Lane::Chat, audience, order.map(|s| (channel, s)), event)
     }
@@ -565,13 +597,11 @@ impl Fanout {
     /// seq order (held briefly, else caught up from the store), sessions opening here in
     /// line with that delivery. Also publishes presence changes (their audience's topics
     /// need a store read).
-    pub async fn run(
+    pub async fn run<A: Audience, N: Node>(
         self: Arc<Self>,
-        chat: Arc<Chat>,
-        sessions: Arc<Sessions>,
-        typing: crate::typing::task::TypingHandle,
-        voice: Arc<crate::voice::Voice>,
-        presence: crate::presence::task::PresenceHandle,
+        chat: Arc<A>,
+        sessions: Arc<dyn Deliver>,
+        node: Arc<N>,
         mut rx: mpsc::UnboundedReceiver<Received>,
     ) {
         if let Some(prx) = take(&self.presence_rx) {
@@ -582,12 +612,12 @@ impl Fanout {
         };
         let mut seen = Recent::default();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let reads = Reads {
+        let cx = Parts {
+            chat,
+            sessions,
+            node,
             done: done_tx,
             gate: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
-            chat: chat.clone(),
-            voice: voice.clone(),
-            presence,
         };
         let mut health = self.pubsub.health();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -602,17 +632,17 @@ impl Fanout {
             };
             tokio::select! {
                 biased;
-                Some(open) = opens.recv() => self.on_open(&chat, &sessions, open).await,
-                Some(m) = local.recv() => self.on_message(&chat, &sessions, &reads, &mut seen, m).await,
+                Some(open) = opens.recv() => self.on_open(&cx, open).await,
+                Some(m) = local.recv() => self.on_message(&cx, &mut seen, m).await,
                 r = rx.recv() => match r {
-                    Some(r) => self.on_received(&chat, &sessions, &reads, &typing, &voice, &mut seen, r).await,
+                    Some(r) => self.on_received(&cx, &mut seen, r).await,
                     None => break,
                 },
-                Some(d) = done_rx.recv() => self.on_read(&chat, &sessions, &reads, d).await,
+                Some(d) = done_rx.recv() => self.on_read(&cx, d).await,
                 _ = hold => {
                     let due = self.state().order.due(Instant::now());
                     for c in due {
-                        reads.catch_up(c);
+                        cx.catch_up(c);
                     }
                 }
                 _ = tick.tick() => {
@@ -622,23 +652,13 @@ impl Fanout {
                         self.verify_all();
                     }
                     health = now;
-                    self.verify_due(&reads);
+                    self.verify_due(&cx);
                 }
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn on_received(
-        &self,
-        chat: &Chat,
-        sessions: &Sessions,
-        reads: &Reads,
-        typing: &crate::typing::task::TypingHandle,
-        voice: &crate::voice::Voice,
-        seen: &mut Recent,
-        r: Received,
-    ) {
+    async fn on_received<A: Audience, N: Node>(&self, cx: &Parts<A, N>, seen: &mut Recent, r: Received) {
         if r.is_confirmation() {
             // Subscribed: everything published on it from now on arrives; what came before
             // is read from the store (an event published while the subscription was on its
@@ -646,7 +666,7 @@ impl Fanout {
             let wanted = (r.topic.guild_id().is_some() || r.topic.channel_id().is_some())
                 && self.state().index.subscribed(&r.topic);
             if wanted {
-                reads.seqs(r.topic);
+                cx.seqs(r.topic);
             }
             return;
         }
@@ -658,20 +678,19 @@ impl Fanout {
                     && e.lane == Lane::Voice
                 {
                     // Another node's voice participants: remembered to notice its death.
-                    voice.remote_event(origin, &e.event);
+                    cx.node.voice_elsewhere(origin, &e.event);
                 }
                 if let Message::Event(e) = &m
                     && e.lane == Lane::Typing
-                    && let Ok(body) = quaver_proto::codec::decode::<quaver_proto::EventBody>(&e.event)
                 {
                     // Another node's typer: known here for `WatchTyping`.
-                    typing.remote(body);
+                    cx.node.typing_elsewhere(&e.event);
                 }
                 if let Message::VoiceJoined { user_id, channel_id } = &m {
                     // One voice channel per user, cluster-wide: they joined one elsewhere.
-                    voice.left_elsewhere(*user_id, *channel_id).await;
+                    cx.node.joined_voice_elsewhere(*user_id, *channel_id).await;
                 }
-                self.on_message(chat, sessions, reads, seen, m).await
+                self.on_message(cx, seen, m).await
             }
             Err(e) => {
                 self.counters.unreadable.fetch_add(1, Relaxed);
@@ -680,7 +699,7 @@ impl Fanout {
         }
     }
 
-    async fn on_message(&self, chat: &Chat, sessions: &Sessions, reads: &Reads, seen: &mut Recent, m: Message) {
+    async fn on_message<A: Audience, N: Node>(&self, cx: &Parts<A, N>, seen: &mut Recent, m: Message) {
         match m {
             Message::Event(e) => {
                 if e.topics.len() > 1 && !seen.first(e.id) {
@@ -694,7 +713,7 @@ impl Fanout {
                     return;
                 }
                 let Some((channel, seq)) = e.order else {
-                    return self.deliver(chat, sessions, e).await;
+                    return self.deliver(cx, e).await;
                 };
                 let guild = e.topics.iter().find_map(|t| t.guild_id());
                 let arrival = self.state().order.arrive(channel, guild, seq, e, Instant::now());
@@ -706,13 +725,13 @@ impl Fanout {
                         if outs.is_empty() {
                             self.counters.reordered.fetch_add(1, Relaxed);
                         }
-                        self.deliver_all(chat, sessions, outs).await;
+                        self.deliver_all(cx, outs).await;
                     }
                 }
             }
-            Message::GuildChanged { guild_id } => chat.invalidate(guild_id),
+            Message::GuildChanged { guild_id } => cx.chat.guild_changed(guild_id),
             Message::MemberAdded { guild_id, user_id } => {
-                chat.member_added(guild_id, user_id);
+                cx.chat.member_added(guild_id, user_id);
             }
             // Handled on arrival from the bus (it is never delivered locally).
             Message::VoiceJoined { .. } => {}
@@ -722,32 +741,22 @@ impl Fanout {
                 follow,
                 positions,
             } => self.follow_here(user_id, topic, follow, &positions),
-            Message::Show { topic, except, what } => self.show(chat, sessions, reads, topic, except, what).await,
-            Message::Order(crate::gateway::Order::Voice {
+            Message::Show { topic, except, what } => self.show(cx, topic, except, what).await,
+            Message::Order(Order::Voice {
                 guild_id,
                 user_id,
                 action,
             }) => {
                 // Beside the loop: it waits on the voice channel's task.
-                let voice = reads.voice.clone();
-                tokio::spawn(async move {
-                    match voice.carry_out(guild_id, user_id, action).await {
-                        Ok(true) => {
-                            tracing::info!(guild_id, user_id, ?action, "the backend's voice order carried out here")
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(guild_id, user_id, ?action, error = %e.message, "the backend's voice order failed here")
-                        }
-                    }
-                });
+                let node = cx.node.clone();
+                tokio::spawn(async move { node.voice_order(guild_id, user_id, action).await });
             }
-            Message::Order(crate::gateway::Order::ListSessions { request, user_id }) => {
+            Message::Order(Order::ListSessions { request, user_id }) => {
                 // Every node answers, with none too: the asker knows when all have.
                 let m = Message::SessionsOf {
                     request,
                     node: self.node.clone(),
-                    sessions: sessions.summaries(user_id),
+                    sessions: cx.sessions.summaries(user_id),
                 };
                 self.control(Topic::cluster(), m);
             }
@@ -766,9 +775,9 @@ impl Fanout {
                     let _ = tx.send((node, sessions));
                 }
             }
-            Message::HooksWritten => chat.store().hooks().written.notify_one(),
-            Message::EndpointsChanged => chat.store().hooks().endpoints_changed(false),
-            Message::Order(order) => self.carry_out(sessions, &order),
+            Message::HooksWritten => cx.node.hooks_written(),
+            Message::EndpointsChanged => cx.node.endpoints_changed(),
+            Message::Order(order) => self.carry_out(cx.sessions.as_ref(), &order),
         }
     }
 
@@ -778,7 +787,7 @@ impl Fanout {
         let request = self.next_id.fetch_add(1, Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.asks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
-        let order = crate::gateway::Order::ListSessions { request, user_id: user };
+        let order = Order::ListSessions { request, user_id: user };
         self.control(Topic::cluster(), Message::Order(order));
         (request, rx)
     }
@@ -807,11 +816,11 @@ impl Fanout {
 
     /// The backend's order, on this node: a revocation is refused at `Hello` from now on;
     /// the sessions it covers end.
-    fn carry_out(&self, sessions: &Sessions, order: &crate::gateway::Order) {
-        if let crate::gateway::Order::Revoke(r) = order {
+    fn carry_out(&self, sessions: &dyn Deliver, order: &Order) {
+        if let Order::Revoke(r) = order {
             self.revocations.add(r);
         }
-        let (forgotten, covered) = sessions.apply(order, &self.revocations);
+        let (forgotten, covered) = sessions.carry_out(order, &self.revocations);
         for user in forgotten {
             self.close(user);
         }
@@ -823,15 +832,7 @@ impl Fanout {
     /// An audience changed: read what `topic`'s local followers (but `except`) may now see
     /// and tell them. Only where someone follows the topic here; the reads run beside the
     /// loop and come back through it ([`ReadDone::Shown`]).
-    async fn show(
-        &self,
-        chat: &Chat,
-        sessions: &Sessions,
-        reads: &Reads,
-        topic: Topic,
-        except: Option<u64>,
-        what: Show,
-    ) {
+    async fn show<A: Audience, N: Node>(&self, cx: &Parts<A, N>, topic: Topic, except: Option<u64>, what: Show) {
         let here = {
             let st = self.state();
             st.index.followers(&topic).any(|u| Some(u) != except)
@@ -840,30 +841,29 @@ impl Fanout {
             return;
         }
         match what {
-            Show::Presences(users) => reads.presences(topic, except, users),
+            Show::Presences(users) => cx.presences(topic, except, users),
             Show::GuildMembers { guild, again } => {
                 // Read only for sessions here that look at the guild (a member who declared a
                 // view without it is told when the view takes it in).
                 if let Some(user) = topic.user_id()
-                    && sessions.of_user(user).iter().any(|h| h.views_any_guild(&[guild]))
+                    && cx.sessions.looks_at(user, guild)
                 {
                     // Changes delivered from now on reach the sessions that look at the guild
                     // (their view took it in before this was sent): an entry read before
                     // such a change is older than what they have.
                     let mark = self.state().latest.mark();
-                    reads.guild_members(user, guild, again, mark);
+                    cx.guild_members(user, guild, again, mark);
                 }
             }
             Show::VoiceStates(channels) => {
                 // This node's own channels are read now, in line with the voice events it
                 // publishes (each state is written before its event goes out): no later
                 // event can be overtaken by this snapshot. Other nodes' from Redis.
-                let (states, elsewhere) = reads.voice.states_here(&channels);
+                let (states, elsewhere) = cx.node.voice_states_here(&channels);
                 if elsewhere.is_empty() {
-                    self.deliver_voice_states(chat, sessions, topic, except, channels, states)
-                        .await;
+                    self.deliver_voice_states(cx, topic, except, channels, states).await;
                 } else {
-                    reads.voice_states(topic, except, channels, states, elsewhere);
+                    cx.voice_states(topic, except, channels, states, elsewhere);
                 }
             }
         }
@@ -872,10 +872,9 @@ impl Fanout {
     /// Delivers presences read for a [`Message::Show`]: each one unless a newer change of
     /// that user was delivered here meanwhile (then its followers have that already), in
     /// events of at most [`SNAPSHOT_CHUNK`].
-    async fn deliver_presences(
+    async fn deliver_presences<A: Audience, N: Node>(
         &self,
-        chat: &Chat,
-        sessions: &Sessions,
+        cx: &Parts<A, N>,
         topic: Topic,
         except: Option<u64>,
         presences: Vec<(quaver_proto::Presence, Option<u64>)>,
@@ -893,7 +892,7 @@ impl Fanout {
                 presences: chunk.to_vec(),
             };
             let e = self.shown(topic.clone(), Lane::Presence, except, &body);
-            self.deliver(chat, sessions, e).await;
+            self.deliver(cx, e).await;
         }
     }
 
@@ -903,7 +902,7 @@ impl Fanout {
     /// [`SNAPSHOT_CHUNK`].
     fn deliver_guild_members(
         &self,
-        sessions: &Sessions,
+        sessions: &dyn Deliver,
         user: u64,
         guild: u64,
         mark: u64,
@@ -917,23 +916,21 @@ impl Fanout {
                 .map(|(p, _)| p)
                 .collect()
         };
-        let _batch = crate::engine::Batch::begin();
         for chunk in current.chunks(SNAPSHOT_CHUNK) {
             let body = quaver_proto::EventBody::PresenceSnapshot {
                 presences: chunk.to_vec(),
             };
             let event = Bytes::from(quaver_proto::codec::encode_payload(&body));
-            let n = sessions.push_presence_to_viewers(user, &[guild], &event);
+            let n = sessions.to_lookers(&[(user, guild)], &event);
             self.counters.envelopes.fetch_add(1, Relaxed);
             self.counters.deliveries.fetch_add(n, Relaxed);
         }
     }
 
     /// Delivers the voice states read for a [`Message::Show`].
-    async fn deliver_voice_states(
+    async fn deliver_voice_states<A: Audience, N: Node>(
         &self,
-        chat: &Chat,
-        sessions: &Sessions,
+        cx: &Parts<A, N>,
         topic: Topic,
         except: Option<u64>,
         channel_ids: Vec<u64>,
@@ -942,17 +939,17 @@ impl Fanout {
         states.sort_by_key(|s| (s.channel_id, s.slot));
         let body = quaver_proto::EventBody::VoiceStatesSnapshot { channel_ids, states };
         let e = self.shown(topic, Lane::Voice, except, &body);
-        self.deliver(chat, sessions, e).await;
+        self.deliver(cx, e).await;
     }
 
     /// The envelope of a snapshot for `topic`'s local followers but `except`.
     fn shown(&self, topic: Topic, lane: Lane, except: Option<u64>, body: &quaver_proto::EventBody) -> Envelope {
-        let audience = except.map_or(Audience::All, Audience::AllExcept);
+        let audience = except.map_or(Reach::All, Reach::AllExcept);
         let event = Bytes::from(quaver_proto::codec::encode_payload(body));
         self.envelope(vec![topic], lane, audience, None, event)
     }
 
-    async fn deliver_all(&self, chat: &Chat, sessions: &Sessions, outs: Vec<Out<Envelope>>) {
+    async fn deliver_all<A: Audience, N: Node>(&self, cx: &Parts<A, N>, outs: Vec<Out<Envelope>>) {
         for o in outs {
             let e = match o {
                 Out::Item(e) => e,
@@ -969,15 +966,15 @@ impl Fanout {
                         resumes_at,
                         "channel events lost on the bus are no longer in the log: Gap"
                     );
-                    self.channel_envelope(guild, channel, None, crate::chat::gap(channel, after, resumes_at))
+                    self.channel_envelope(guild, channel, None, gap(channel, after, resumes_at))
                 }
             };
-            self.deliver(chat, sessions, e).await;
+            self.deliver(cx, e).await;
         }
     }
 
     /// A store read came back: deliver what it unblocks, or check what it found.
-    async fn on_read(&self, chat: &Chat, sessions: &Sessions, reads: &Reads, d: ReadDone) {
+    async fn on_read<A: Audience, N: Node>(&self, cx: &Parts<A, N>, d: ReadDone) {
         match d {
             ReadDone::Log(c, read) => {
                 let read = read.map(|(events, complete)| {
@@ -990,13 +987,13 @@ impl Fanout {
                 let outs = self.state().order.fill(c.channel, read, Instant::now());
                 let n = outs.iter().filter(|o| matches!(o, Out::Item(_))).count();
                 self.counters.caught_up.fetch_add(n as u64, Relaxed);
-                self.deliver_all(chat, sessions, outs).await;
+                self.deliver_all(cx, outs).await;
             }
             ReadDone::Seqs(_, Some(seqs)) => {
                 for (ch, seq) in seqs {
                     let c = self.state().order.check(ch, seq);
                     if let Some(c) = c {
-                        reads.catch_up(c);
+                        cx.catch_up(c);
                     }
                 }
             }
@@ -1004,14 +1001,13 @@ impl Fanout {
                 self.state().verify.push_back((Instant::now() + VERIFY_AFTER, t));
             }
             ReadDone::Presences(topic, except, read) => {
-                self.deliver_presences(chat, sessions, topic, except, read).await;
+                self.deliver_presences(cx, topic, except, read).await;
             }
             ReadDone::GuildMembers(user, guild, mark, read) => {
-                self.deliver_guild_members(sessions, user, guild, mark, read);
+                self.deliver_guild_members(cx.sessions.as_ref(), user, guild, mark, read);
             }
             ReadDone::VoiceStates(topic, except, channels, states) => {
-                self.deliver_voice_states(chat, sessions, topic, except, channels, states)
-                    .await;
+                self.deliver_voice_states(cx, topic, except, channels, states).await;
             }
         }
     }
@@ -1031,7 +1027,7 @@ impl Fanout {
 
     /// New subscriptions whose time came: their channels' positions are read (and those
     /// behind the store caught up when the read is back).
-    fn verify_due(&self, reads: &Reads) {
+    fn verify_due<A: Audience, N: Node>(&self, cx: &Parts<A, N>) {
         let now = Instant::now();
         let mut due = Vec::new();
         {
@@ -1047,13 +1043,13 @@ impl Fanout {
         due.sort_unstable();
         due.dedup();
         for t in due {
-            reads.seqs(t);
+            cx.seqs(t);
         }
     }
 
-    async fn on_open(&self, chat: &Chat, sessions: &Sessions, open: Open) {
+    async fn on_open<A: Audience, N: Node>(&self, cx: &Parts<A, N>, open: Open) {
         let Open {
-            handle,
+            session,
             topics,
             channels,
             caught,
@@ -1066,14 +1062,14 @@ impl Fanout {
                 .iter()
                 .map(|(g, c, last)| st.order.position(*c, *g, *last))
                 .collect();
-            let change = st.index.open(handle.user, topics);
+            let change = st.index.open(session.user(), topics);
             self.apply(&mut st, change);
-            sessions.insert(handle.clone());
+            session.attach();
             for c in caught {
                 let p = st.order.position(c.channel, c.guild, c.reached);
                 for (key, body) in c.items {
                     if key <= p {
-                        handle.push_event(Lane::Chat, body);
+                        session.push(Lane::Chat, body);
                     }
                 }
                 if c.reached.max(c.from) < p {
@@ -1085,13 +1081,16 @@ impl Fanout {
         // Delivered here after the catch-up was read: read the rest (nothing is delivered
         // meanwhile — this is the delivery loop).
         for (channel, from, until, since_ms) in rereads {
-            match chat.log_since(channel, from, Some(until), since_ms).await {
+            match cx.chat.log_since(channel, from, Some(until), since_ms).await {
                 Ok((items, _)) => {
                     for (_, body) in items {
-                        handle.push_event(Lane::Chat, body);
+                        session.push(Lane::Chat, body);
                     }
                 }
-                Err(_) => handle.push_event(Lane::Chat, crate::chat::gap(channel, from, until + 1)),
+                Err(e) => {
+                    tracing::warn!(channel, from, until, error = %e, "a session's catch-up could not be read to its end: Gap");
+                    session.push(Lane::Chat, gap(channel, from, until + 1));
+                }
             }
         }
         let _ = reply.send(positions);
@@ -1099,16 +1098,20 @@ impl Fanout {
 
     /// A presence change goes to every guild the user is in and to each friend's own
     /// topic (one envelope, delivered once per node), in the order they happened.
-    async fn publish_presence(self: Arc<Self>, chat: Arc<Chat>, mut rx: mpsc::UnboundedReceiver<PresenceChange>) {
+    async fn publish_presence<A: Audience>(
+        self: Arc<Self>,
+        chat: Arc<A>,
+        mut rx: mpsc::UnboundedReceiver<PresenceChange>,
+    ) {
         while let Some((user, version, event)) = rx.recv().await {
             let topics = match chat.observer_topics(user).await {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(error = %e.message, "presence change not published: its audience could not be read");
+                    tracing::warn!(error = %e, "presence change not published: its audience could not be read");
                     continue;
                 }
             };
-            let mut e = self.envelope(topics, Lane::Presence, Audience::AllExcept(user), None, event);
+            let mut e = self.envelope(topics, Lane::Presence, Reach::AllExcept(user), None, event);
             e.latest = version.map(|v| (user, v));
             self.send(e);
         }
@@ -1118,7 +1121,7 @@ impl Fanout {
     /// (`large`): a user who follows one of its other topics (a small guild, their own — a
     /// friend's or DM partner's) gets it in every session; one reached only through large
     /// guilds, in the sessions that look at one of them.
-    fn deliver_presence_gated(&self, sessions: &Sessions, e: &Envelope, except: Option<u64>, large: &[u64]) {
+    fn deliver_presence_gated(&self, sessions: &dyn Deliver, e: &Envelope, except: Option<u64>, large: &[u64]) {
         let (open, gated, reach) = {
             let st = self.state();
             let ix = &st.index;
@@ -1144,7 +1147,7 @@ impl Fanout {
                     - except.map_or(0, |u| {
                         usize::from(open.binary_search(&u).is_err() && ix.follows(&topic, u))
                     });
-                let looking = sessions.looking_at(*g, |u| {
+                let looking = sessions.looking_at(*g, &mut |u| {
                     Some(u) != except && open.binary_search(&u).is_err() && ix.follows(&topic, u)
                 });
                 gated.extend(looking.into_iter().map(|u| (u, *g)));
@@ -1152,27 +1155,10 @@ impl Fanout {
             gated.sort_unstable();
             (open, gated, reach)
         };
-        let (mut n, mut gated_n) = (0, 0);
-        let _batch = crate::engine::Batch::begin();
-        for u in open {
-            if Some(u) != except {
-                sessions.push_to_user(u, e.lane, &e.event);
-                n += 1;
-            }
-        }
-        let mut guilds = Vec::new();
-        let mut i = 0;
-        while i < gated.len() {
-            let u = gated[i].0;
-            guilds.clear();
-            while i < gated.len() && gated[i].0 == u {
-                guilds.push(gated[i].1);
-                i += 1;
-            }
-            if sessions.push_presence_to_viewers(u, &guilds, &e.event) > 0 {
-                gated_n += 1;
-            }
-        }
+        let mut open = open;
+        open.retain(|u| Some(*u) != except);
+        sessions.to_users(&open, e.lane, &e.event);
+        let (n, gated_n) = (open.len() as u64, sessions.to_lookers(&gated, &e.event));
         self.counters.envelopes.fetch_add(1, Relaxed);
         self.counters.deliveries.fetch_add(n + gated_n, Relaxed);
         // A user following two of the large guilds counts twice in `reach` (rare).
@@ -1180,12 +1166,12 @@ impl Fanout {
         self.counters.presence_gated.fetch_add(skipped as u64, Relaxed);
     }
 
-    async fn deliver(&self, chat: &Chat, sessions: &Sessions, e: Envelope) {
+    async fn deliver<A: Audience, N: Node>(&self, cx: &Parts<A, N>, e: Envelope) {
         let (channel, except) = match e.audience {
-            Audience::All => (None, None),
-            Audience::AllExcept(u) => (None, Some(u)),
-            Audience::Viewers(c) => (Some(c), None),
-            Audience::ViewersExcept(c, u) => (Some(c), Some(u)),
+            Reach::All => (None, None),
+            Reach::AllExcept(u) => (None, Some(u)),
+            Reach::Viewers(c) => (Some(c), None),
+            Reach::ViewersExcept(c, u) => (Some(c), Some(u)),
         };
         // Presence through a large guild reaches only the sessions that look at it
         // (`gateway::view`).
@@ -1193,16 +1179,16 @@ impl Fanout {
         if e.lane == Lane::Presence && channel.is_none() {
             for t in &e.topics {
                 if let Some(g) = t.guild_id()
-                    && chat.is_large(g).await
+                    && cx.chat.is_large(g).await
                 {
                     large.push(g);
                 }
             }
         }
         if !large.is_empty() {
-            return self.deliver_presence_gated(sessions, &e, except, &large);
+            return self.deliver_presence_gated(cx.sessions.as_ref(), &e, except, &large);
         }
-        let users: Vec<u64> = match channel {
+        let mut users: Vec<u64> = match channel {
             None => {
                 let st = self.state();
                 let ix = &st.index;
@@ -1222,7 +1208,7 @@ impl Fanout {
                 let Some(topic) = e.topics.iter().find(|t| t.guild_id().is_some()) else {
                     return;
                 };
-                let Some(viewers) = chat.channel_viewers(topic.guild_id(), c).await else {
+                let Some(viewers) = cx.chat.channel_viewers(topic.guild_id(), c).await else {
                     return;
                 };
                 let st = self.state();
@@ -1239,20 +1225,18 @@ impl Fanout {
             (Some(c), Lane::Typing) => Some((c, None)),
             _ => None,
         };
-        let (mut n, mut held) = (0, 0);
-        let now = Instant::now();
-        // Sessions on the engine: one wake-up of the loop for all of them.
-        let _batch = crate::engine::Batch::begin();
-        for u in users {
-            if Some(u) == except {
-                continue;
-            }
-            match passive {
-                None => sessions.push_to_user(u, e.lane, &e.event),
-                Some((c, seq)) => held += sessions.push_channel_to_user(u, e.lane, c, seq, &e.event, now),
-            }
-            n += 1;
+        if let Some(u) = except {
+            users.retain(|v| *v != u);
         }
+        // One call for every receiver: one wake-up of the engine's loop for them all.
+        let held = match passive {
+            None => {
+                cx.sessions.to_users(&users, e.lane, &e.event);
+                0
+            }
+            Some((c, seq)) => cx.sessions.to_channel(&users, e.lane, c, seq, &e.event, Instant::now()),
+        };
+        let n = users.len() as u64;
         self.counters.envelopes.fetch_add(1, Relaxed);
         self.counters.deliveries.fetch_add(n, Relaxed);
         if held > 0 {
@@ -1281,17 +1265,19 @@ enum ReadDone {
     VoiceStates(Topic, Option<u64>, Vec<u64>, Vec<quaver_proto::VoiceState>),
 }
 
-/// Runs the delivery loop's store reads beside it, so a slow or failing database delays
-/// only the channels being caught up, never the loop (every other delivery goes on).
-struct Reads {
+/// What the delivery loop reaches: the sessions, the audiences, the rest of the node
+/// ([`sides`]). Its store reads run beside it, so a slow or failing database delays only
+/// the channels being caught up, never the loop (every other delivery goes on); what they
+/// read comes back to the loop as a [`ReadDone`].
+struct Parts<A, N> {
+    chat: Arc<A>,
+    sessions: Arc<dyn Deliver>,
+    node: Arc<N>,
     done: mpsc::UnboundedSender<ReadDone>,
     gate: Arc<tokio::sync::Semaphore>,
-    chat: Arc<Chat>,
-    voice: Arc<crate::voice::Voice>,
-    presence: crate::presence::task::PresenceHandle,
 }
 
-impl Reads {
+impl<A: Audience, N: Node> Parts<A, N> {
     /// Reads `c`'s channel log after its position.
     fn catch_up(&self, c: CatchUp) {
         let (chat, done, gate) = (self.chat.clone(), self.done.clone(), self.gate.clone());
@@ -1313,9 +1299,9 @@ impl Reads {
 
     /// Reads the presence of `users` for a [`Message::Show`] on `topic`.
     fn presences(&self, topic: Topic, except: Option<u64>, users: Vec<u64>) {
-        let (presence, done) = (self.presence.clone(), self.done.clone());
+        let (node, done) = (self.node.clone(), self.done.clone());
         tokio::spawn(async move {
-            let read = presence.snapshot_versioned(users).await;
+            let read = node.presences(users, false).await;
             let _ = done.send(ReadDone::Presences(topic, except, read));
         });
     }
@@ -1323,20 +1309,16 @@ impl Reads {
     /// Reads the presence of large guild `guild`'s members (offline ones too with `again`)
     /// for `user`'s sessions that look at it.
     fn guild_members(&self, user: u64, guild: u64, again: bool, mark: u64) {
-        let (chat, presence, done) = (self.chat.clone(), self.presence.clone(), self.done.clone());
+        let (chat, node, done) = (self.chat.clone(), self.node.clone(), self.done.clone());
         tokio::spawn(async move {
             let members = match chat.member_ids(guild, user).await {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(guild, user, error = %e.message, "a large guild's members could not be read: its presence snapshot is not sent");
+                    tracing::warn!(guild, user, error = %e, "a large guild's members could not be read: its presence snapshot is not sent");
                     return;
                 }
             };
-            let read = if again {
-                presence.snapshot_all(members).await
-            } else {
-                presence.snapshot_versioned(members).await
-            };
+            let read = node.presences(members, again).await;
             let _ = done.send(ReadDone::GuildMembers(user, guild, mark, read));
         });
     }
@@ -1351,10 +1333,10 @@ impl Reads {
         here: Vec<quaver_proto::VoiceState>,
         elsewhere: Vec<u64>,
     ) {
-        let (voice, done) = (self.voice.clone(), self.done.clone());
+        let (node, done) = (self.node.clone(), self.done.clone());
         tokio::spawn(async move {
             let mut states = here;
-            states.extend(voice.states_elsewhere(&elsewhere).await);
+            states.extend(node.voice_states_elsewhere(&elsewhere).await);
             let _ = done.send(ReadDone::VoiceStates(topic, except, channels, states));
         });
     }
@@ -1429,10 +1411,10 @@ impl Fanout {
                 event,
             } => self.channel_envelope(guild_id, channel_id, Some(seq), event),
             BusEvent::Guild { guild_id, event } => {
-                self.envelope(vec![Topic::guild(guild_id)], Lane::Chat, Audience::All, None, event)
+                self.envelope(vec![Topic::guild(guild_id)], Lane::Chat, Reach::All, None, event)
             }
             BusEvent::User { user_id, lane, event } => {
-                self.envelope(vec![Topic::user(user_id)], lane, Audience::All, None, event)
+                self.envelope(vec![Topic::user(user_id)], lane, Reach::All, None, event)
             }
             BusEvent::App {
                 guild_id,
@@ -1440,9 +1422,9 @@ impl Fanout {
                 event,
             } => {
                 let (topic, audience) = match (guild_id, channel_id) {
-                    (Some(g), Some(c)) => (Topic::guild(g), Audience::Viewers(c)),
-                    (Some(g), None) => (Topic::guild(g), Audience::All),
-                    (None, Some(c)) => (Topic::channel(c), Audience::All),
+                    (Some(g), Some(c)) => (Topic::guild(g), Reach::Viewers(c)),
+                    (Some(g), None) => (Topic::guild(g), Reach::All),
+                    (None, Some(c)) => (Topic::channel(c), Reach::All),
                     (None, None) => return None,
                 };
                 self.envelope(vec![topic], Lane::Notifications, audience, None, event)
@@ -1454,8 +1436,8 @@ impl Fanout {
                 event,
             } => {
                 let (topic, audience) = match guild_id {
-                    Some(g) => (Topic::guild(g), Audience::ViewersExcept(channel_id, user_id)),
-                    None => (Topic::channel(channel_id), Audience::AllExcept(user_id)),
+                    Some(g) => (Topic::guild(g), Reach::ViewersExcept(channel_id, user_id)),
+                    None => (Topic::channel(channel_id), Reach::AllExcept(user_id)),
                 };
                 self.envelope(vec![topic], Lane::Typing, audience, None, event)
             }
@@ -1466,7 +1448,7 @@ impl Fanout {
             } => self.envelope(
                 vec![Topic::guild(guild_id)],
                 Lane::Voice,
-                Audience::Viewers(channel_id),
+                Reach::Viewers(channel_id),
                 None,
                 event,
             ),
@@ -1575,5 +1557,209 @@ mod tests {
         }
         assert!(r.first((1, 1)), "forgotten after DEDUPE others: memory stays bounded");
         assert!(r.ids.len() <= DEDUPE);
+    }
+
+    /// What the fake sessions were asked: (call, users, seq).
+    type Calls = Arc<Mutex<Vec<(&'static str, Vec<u64>, Option<u64>)>>>;
+
+    /// The sessions side, recorded.
+    #[derive(Debug, Default)]
+    struct Recorded(Calls);
+
+    impl Deliver for Recorded {
+        fn to_users(&self, users: &[u64], _: Lane, _: &Bytes) {
+            let mut users = users.to_vec();
+            users.sort_unstable();
+            self.0.lock().unwrap().push(("users", users, None));
+        }
+        fn to_channel(&self, users: &[u64], _: Lane, _: u64, seq: Option<u64>, _: &Bytes, _: Instant) -> u64 {
+            self.0.lock().unwrap().push(("channel", users.to_vec(), seq));
+            0
+        }
+        fn to_lookers(&self, looking: &[(u64, u64)], _: &Bytes) -> u64 {
+            looking.len() as u64
+        }
+        fn looking_at(&self, _: u64, _: &mut dyn FnMut(u64) -> bool) -> Vec<u64> {
+            Vec::new()
+        }
+        fn looks_at(&self, _: u64, _: u64) -> bool {
+            true
+        }
+        fn carry_out(&self, _: &Order, _: &crate::auth::Revocations) -> (Vec<u64>, usize) {
+            (Vec::new(), 0)
+        }
+        fn summaries(&self, _: u64) -> Vec<SessionSummary> {
+            Vec::new()
+        }
+    }
+
+    /// The audience side: one guild channel (10, 20) that users 1, 2 and 3 may view.
+    struct Viewers123;
+
+    impl Audience for Viewers123 {
+        async fn is_large(&self, _: u64) -> bool {
+            false
+        }
+        async fn channel_viewers(&self, guild: Option<u64>, channel: u64) -> Option<Arc<Vec<u64>>> {
+            (guild == Some(10) && channel == 20).then(|| Arc::new(vec![1, 2, 3]))
+        }
+        async fn observer_topics(&self, _: u64) -> anyhow::Result<Vec<Topic>> {
+            Ok(Vec::new())
+        }
+        async fn member_ids(&self, _: u64, _: u64) -> anyhow::Result<Vec<u64>> {
+            Ok(Vec::new())
+        }
+        async fn channel_log(&self, _: u64, _: u64, _: u32) -> anyhow::Result<Vec<(u64, Bytes)>> {
+            Ok(Vec::new())
+        }
+        async fn log_since(&self, _: u64, _: u64, _: Option<u64>, _: u64) -> anyhow::Result<(Vec<(u64, Bytes)>, u64)> {
+            Ok((Vec::new(), 0))
+        }
+        async fn current_seqs(&self, _: Option<u64>, _: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+            Ok(Vec::new())
+        }
+        fn guild_changed(&self, _: u64) {}
+        fn member_added(&self, _: u64, _: u64) {}
+    }
+
+    /// The rest of the node: nothing to say.
+    struct Quiet;
+
+    impl Node for Quiet {
+        fn voice_elsewhere(&self, _: u64, _: &Bytes) {}
+        fn typing_elsewhere(&self, _: &Bytes) {}
+        async fn joined_voice_elsewhere(&self, _: u64, _: u64) {}
+        async fn voice_order(&self, _: u64, _: u64, _: crate::cluster::order::VoiceAction) {}
+        async fn presences(&self, _: Vec<u64>, _: bool) -> Vec<(quaver_proto::Presence, Option<u64>)> {
+            Vec::new()
+        }
+        fn voice_states_here(&self, channels: &[u64]) -> (Vec<quaver_proto::VoiceState>, Vec<u64>) {
+            (Vec::new(), channels.to_vec())
+        }
+        async fn voice_states_elsewhere(&self, _: &[u64]) -> Vec<quaver_proto::VoiceState> {
+            Vec::new()
+        }
+        fn hooks_written(&self) {}
+        fn endpoints_changed(&self) {}
+    }
+
+    /// A session opening: (user, attached yet, what it was handed directly).
+    struct Joiner(u64, Calls);
+
+    impl Opening for Joiner {
+        fn user(&self) -> u64 {
+            self.0
+        }
+        fn attach(&self) {
+            self.1.lock().unwrap().push(("attach", vec![self.0], None));
+        }
+        fn push(&self, _: Lane, event: Bytes) {
+            let seq = event.first().map(|b| u64::from(*b));
+            self.1.lock().unwrap().push(("push", vec![self.0], seq));
+        }
+    }
+
+    fn guild_10(last_seq: u64) -> GuildSnapshot {
+        GuildSnapshot {
+            guild: quaver_proto::Guild {
+                id: 10,
+                name: "g".into(),
+                owner_id: 1,
+            },
+            roles: Vec::new(),
+            channels: vec![Channel {
+                id: 20,
+                guild_id: Some(10),
+                kind: quaver_proto::ChannelKind::Text,
+                name: "c".into(),
+                topic: String::new(),
+                last_seq,
+                overwrites: Vec::new(),
+                recipients: Vec::new(),
+                user_limit: 0,
+            }],
+            member_count: 4,
+            members: Vec::new(),
+        }
+    }
+
+    async fn until_calls(calls: &Calls, n: usize) -> Vec<(&'static str, Vec<u64>, Option<u64>)> {
+        for _ in 0..200 {
+            if calls.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        calls.lock().unwrap().clone()
+    }
+
+    /// The fan-out needs no gateway, chat or voice: through its three sides, a session opens
+    /// with its catch-up handed over before any live event, a channel's event goes to its
+    /// viewers here in one call (not to a follower who may not view it, nor to a viewer with
+    /// no session here), and a guild's event to every follower in one call.
+    #[tokio::test]
+    async fn events_reach_the_sessions_through_the_three_sides() {
+        let hub = crate::cluster::pubsub::MemoryHub::new();
+        let (p, rx) = hub.node();
+        let fanout = Fanout::new(Arc::new(p), Arc::default(), "test");
+        let calls = Calls::default();
+        let sessions: Arc<dyn Deliver> = Arc::new(Recorded(calls.clone()));
+        tokio::spawn(fanout.clone().run(Arc::new(Viewers123), sessions, Arc::new(Quiet), rx));
+
+        // User 1 resumes from seq 0 of a channel at 2: seqs 1 and 2 come from its catch-up
+        // (3, read a moment later, is past where delivery stands: it comes live).
+        let caught = vec![Caught {
+            channel: 20,
+            guild: Some(10),
+            from: 0,
+            reached: 3,
+            since_ms: 0,
+            items: [1u8, 2, 3]
+                .iter()
+                .map(|s| (u64::from(*s), Bytes::from(vec![*s])))
+                .collect(),
+        }];
+        let mut guilds = [guild_10(2)];
+        fanout
+            .open(Box::new(Joiner(1, calls.clone())), &mut guilds, &mut [], caught)
+            .await;
+        assert_eq!(guilds[0].channels[0].last_seq, 2, "Ready says where delivery stands");
+        for user in [2, 4] {
+            fanout
+                .open(
+                    Box::new(Joiner(user, calls.clone())),
+                    &mut [guild_10(2)],
+                    &mut [],
+                    Vec::new(),
+                )
+                .await;
+        }
+        assert_eq!(
+            calls.lock().unwrap().clone(),
+            [
+                ("attach", vec![1], None),
+                ("push", vec![1], Some(1)),
+                ("push", vec![1], Some(2)),
+                ("attach", vec![2], None),
+                ("attach", vec![4], None),
+            ]
+        );
+
+        let bus: &dyn Bus = fanout.as_ref();
+        let event = Bytes::from_static(&[3]);
+        bus.publish(BusEvent::Channel {
+            guild_id: Some(10),
+            channel_id: 20,
+            seq: 3,
+            event: event.clone(),
+        });
+        bus.publish(BusEvent::Guild { guild_id: 10, event });
+        let seen = until_calls(&calls, 7).await;
+        assert_eq!(
+            seen[5..],
+            [("channel", vec![1, 2], Some(3)), ("users", vec![1, 2, 4], None)],
+            "user 4 follows the guild but may not view the channel; user 3 has no session here"
+        );
+        assert_eq!(fanout.counters.deliveries.load(Relaxed), 5);
     }
 }

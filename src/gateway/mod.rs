@@ -28,6 +28,7 @@ use quaver_proto::session::Transport;
 use quaver_proto::{CloseCode, DeviceKind, Lane, LaneSeq, SessionId, UserId};
 
 use self::replay::{Missing, ReplayBuffer, ReplayLimits};
+pub use crate::cluster::order::{Order, SessionSummary, VoiceAction};
 
 /// Frames a lane may hold unsent before the session counts as a slow consumer.
 pub const LANE_QUEUE: usize = 1024;
@@ -115,21 +116,6 @@ pub struct SessionHandle {
     token: Mutex<(Option<u64>, Option<String>)>,
     /// How its latest connection came (transport, device) and when (Unix ms).
     via: Mutex<Option<(Transport, DeviceKind, u64)>>,
-}
-
-/// A session as the server API lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionSummary {
-    /// Its id.
-    pub id: SessionId,
-    /// Its latest connection's transport.
-    pub transport: Transport,
-    /// The device it said it is.
-    pub device: DeviceKind,
-    /// When its latest connection opened (Unix ms).
-    pub connected_at_ms: u64,
-    /// Whether a connection is attached now (else it waits for a resume).
-    pub attached: bool,
 }
 
 /// Why a lane could not be attached.
@@ -475,58 +461,6 @@ impl control::LaneSeqs for SessionHandle {
     }
 }
 
-/// An order of the application's backend (server API) about sessions, carried to every
-/// node ([`crate::cluster::BusEvent::Order`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Order {
-    /// Tokens revoked: refused from now on, and the sessions they authenticated end
-    /// (`TOKEN_REVOKED`).
-    Revoke(crate::store::Revocation),
-    /// Every session of `user_id` ends: `DISCONNECTED` (the client may reconnect at once) or,
-    /// with `reconnect` false, `REMOVED` (it must not until the person acts).
-    Disconnect {
-        /// The user.
-        user_id: UserId,
-        /// Only this one of their sessions (else every one).
-        session: Option<SessionId>,
-        /// Whether the client may reconnect.
-        reconnect: bool,
-        /// Said in `Closing` (at most 120 bytes).
-        reason: String,
-    },
-    /// Which sessions `user_id` has: every node that holds some answers with
-    /// `SessionsOf { request }` (the server API collects them).
-    ListSessions {
-        /// The asking node's number for the question.
-        request: u64,
-        /// The user.
-        user_id: UserId,
-    },
-    /// `user_id`'s voice in `guild_id`: carried out, with the guild's authority, by the node
-    /// whose voice channel they are in.
-    Voice {
-        /// The guild.
-        guild_id: u64,
-        /// The member.
-        user_id: UserId,
-        /// What to do.
-        action: VoiceAction,
-    },
-}
-
-/// What the backend does to a member's voice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VoiceAction {
-    /// Server-mute (true) or unmute.
-    Mute(bool),
-    /// Server-deafen (true) or undeafen.
-    Deafen(bool),
-    /// Move to this voice channel of the guild.
-    Move(u64),
-    /// Out of voice.
-    Disconnect,
-}
-
 /// Live sessions by id and by user.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -612,45 +546,6 @@ impl Sessions {
         self.lock().by_user.get(&user).cloned().unwrap_or_default()
     }
 
-    /// Queues an encoded event on `lane` of every session of `user` on this node.
-    pub fn push_to_user(&self, user: UserId, lane: Lane, event: &Bytes) {
-        // Under the map lock (no list copy per delivery): `push_event` never waits.
-        if let Some(list) = self.lock().by_user.get(&user) {
-            for h in list {
-                h.push_event(lane, event.clone());
-            }
-        }
-    }
-
-    /// Queues an event about guild channel `channel` for every session of `user`
-    /// ([`SessionHandle::push_channel_event`]: held back from sessions that do not view the
-    /// channel). Returns how many sessions did not get it.
-    pub fn push_channel_to_user(
-        &self,
-        user: UserId,
-        lane: Lane,
-        channel: u64,
-        seq: Option<u64>,
-        event: &Bytes,
-        now: Instant,
-    ) -> u64 {
-        let mut held = 0;
-        let mut later = Vec::new();
-        if let Some(list) = self.lock().by_user.get(&user) {
-            for h in list {
-                let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
-                held += u64::from(!queued);
-                if let Some(at) = report_at {
-                    later.push((at, Arc::downgrade(h)));
-                }
-            }
-        }
-        if !later.is_empty() {
-            self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
-        }
-        held
-    }
-
     /// Sets the guild channels `handle` views and their guilds
     /// ([`SessionHandle::set_view`]); returns the large guilds it is now to be sent the
     /// members' presence of.
@@ -674,7 +569,7 @@ impl Sessions {
 
     /// Of the users for whom `wanted` holds, those with a session here that looks at guild
     /// `guild` (or at everything), sorted.
-    pub fn looking_at(&self, guild: u64, wanted: impl Fn(UserId) -> bool) -> Vec<UserId> {
+    pub fn looking_at(&self, guild: u64, mut wanted: impl FnMut(UserId) -> bool) -> Vec<UserId> {
         let m = self.lock();
         let mut out: Vec<UserId> = m
             .looking
@@ -688,21 +583,6 @@ impl Sessions {
         out.sort_unstable();
         out.dedup();
         out
-    }
-
-    /// Queues a presence event for each session of `user` that looks at one of `guilds` —
-    /// the large guilds it reached the user through ([`view`]). Returns how many got it.
-    pub fn push_presence_to_viewers(&self, user: UserId, guilds: &[u64], event: &Bytes) -> u64 {
-        let mut n = 0;
-        if let Some(list) = self.lock().by_user.get(&user) {
-            for h in list {
-                if h.views_any_guild(guilds) {
-                    h.push_event(Lane::Presence, event.clone());
-                    n += 1;
-                }
-            }
-        }
-        n
     }
 
     /// Sends the `ChannelActivity` reports whose time has come; returns how many sessions
@@ -815,6 +695,145 @@ impl Sessions {
 
 /// The session state without any connection: attachments and their generations, resume
 /// and its races, lane rules, replay, slow consumers — in memory, deterministic.
+/// How one event reaches many users' sessions here ([`crate::fanout::Deliver`]): per user
+/// under the map lock (never held across users: the engine's loop takes it too), and one
+/// wake-up of the engine's loop for them all (an [`crate::engine::Batch`]).
+impl Sessions {
+    /// Queues an encoded event on `lane` of every session of `user` on this node.
+    fn push_to_user(&self, user: UserId, lane: Lane, event: &Bytes) {
+        // Under the map lock (no list copy per delivery): `push_event` never waits.
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                h.push_event(lane, event.clone());
+            }
+        }
+    }
+
+    /// Queues an event about guild channel `channel` for every session of `user`
+    /// ([`SessionHandle::push_channel_event`]: held back from sessions that do not view the
+    /// channel). Returns how many sessions did not get it.
+    fn push_channel_to_user(
+        &self,
+        user: UserId,
+        lane: Lane,
+        channel: u64,
+        seq: Option<u64>,
+        event: &Bytes,
+        now: Instant,
+    ) -> u64 {
+        let mut held = 0;
+        let mut later = Vec::new();
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
+                held += u64::from(!queued);
+                if let Some(at) = report_at {
+                    later.push((at, Arc::downgrade(h)));
+                }
+            }
+        }
+        if !later.is_empty() {
+            self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
+        }
+        held
+    }
+
+    /// Queues a presence event for each session of `user` that looks at one of `guilds` —
+    /// the large guilds it reached the user through ([`view`]). Returns how many got it.
+    fn push_presence_to_viewers(&self, user: UserId, guilds: &[u64], event: &Bytes) -> u64 {
+        let mut n = 0;
+        if let Some(list) = self.lock().by_user.get(&user) {
+            for h in list {
+                if h.views_any_guild(guilds) {
+                    h.push_event(Lane::Presence, event.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+impl crate::fanout::Deliver for Sessions {
+    fn to_users(&self, users: &[u64], lane: Lane, event: &Bytes) {
+        let _batch = crate::engine::Batch::begin();
+        for u in users {
+            self.push_to_user(*u, lane, event);
+        }
+    }
+
+    fn to_channel(
+        &self,
+        users: &[u64],
+        lane: Lane,
+        channel: u64,
+        seq: Option<u64>,
+        event: &Bytes,
+        now: Instant,
+    ) -> u64 {
+        let _batch = crate::engine::Batch::begin();
+        users
+            .iter()
+            .map(|u| self.push_channel_to_user(*u, lane, channel, seq, event, now))
+            .sum()
+    }
+
+    fn to_lookers(&self, looking: &[(u64, u64)], event: &Bytes) -> u64 {
+        let _batch = crate::engine::Batch::begin();
+        let mut reached = 0;
+        let mut guilds = Vec::new();
+        for run in looking.chunk_by(|a, b| a.0 == b.0) {
+            guilds.clear();
+            guilds.extend(run.iter().map(|(_, g)| *g));
+            if self.push_presence_to_viewers(run[0].0, &guilds, event) > 0 {
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    fn looking_at(&self, guild: u64, wanted: &mut dyn FnMut(u64) -> bool) -> Vec<u64> {
+        Sessions::looking_at(self, guild, wanted)
+    }
+
+    fn looks_at(&self, user: u64, guild: u64) -> bool {
+        self.lock()
+            .by_user
+            .get(&user)
+            .is_some_and(|list| list.iter().any(|h| h.views_any_guild(&[guild])))
+    }
+
+    fn carry_out(&self, order: &Order, revocations: &crate::auth::Revocations) -> (Vec<u64>, usize) {
+        self.apply(order, revocations)
+    }
+
+    fn summaries(&self, user: u64) -> Vec<SessionSummary> {
+        Sessions::summaries(self, user)
+    }
+}
+
+/// A session opening here, as the fan-out attaches it ([`crate::fanout::Fanout::open`]).
+pub struct Joining {
+    /// The session.
+    pub handle: Arc<SessionHandle>,
+    /// Where it is attached.
+    pub sessions: Arc<Sessions>,
+}
+
+impl crate::fanout::Opening for Joining {
+    fn user(&self) -> u64 {
+        self.handle.user
+    }
+
+    fn attach(&self) {
+        self.sessions.insert(self.handle.clone());
+    }
+
+    fn push(&self, lane: Lane, event: Bytes) {
+        self.handle.push_event(lane, event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

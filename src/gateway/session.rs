@@ -122,7 +122,15 @@ pub(crate) async fn open(
             _ => Vec::new(),
         };
         ctx.fanout
-            .open(handle.clone(), &mut parts.guilds, &mut parts.private_channels, caught)
+            .open(
+                Box::new(super::Joining {
+                    handle: handle.clone(),
+                    sessions: ctx.sessions.clone(),
+                }),
+                &mut parts.guilds,
+                &mut parts.private_channels,
+                caught,
+            )
             .await;
     }
     let sc = &ctx.cfg.session;
