@@ -709,35 +709,6 @@ impl Sessions {
         }
     }
 
-    /// Queues an event about guild channel `channel` for every session of `user`
-    /// ([`SessionHandle::push_channel_event`]: held back from sessions that do not view the
-    /// channel). Returns how many sessions did not get it.
-    fn push_channel_to_user(
-        &self,
-        user: UserId,
-        lane: Lane,
-        channel: u64,
-        seq: Option<u64>,
-        event: &Bytes,
-        now: Instant,
-    ) -> u64 {
-        let mut held = 0;
-        let mut later = Vec::new();
-        if let Some(list) = self.lock().by_user.get(&user) {
-            for h in list {
-                let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
-                held += u64::from(!queued);
-                if let Some(at) = report_at {
-                    later.push((at, Arc::downgrade(h)));
-                }
-            }
-        }
-        if !later.is_empty() {
-            self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
-        }
-        held
-    }
-
     /// Queues a presence event for each session of `user` that looks at one of `guilds` —
     /// the large guilds it reached the user through ([`view`]). Returns how many got it.
     fn push_presence_to_viewers(&self, user: UserId, guilds: &[u64], event: &Bytes) -> u64 {
@@ -771,11 +742,25 @@ impl crate::fanout::Deliver for Sessions {
         event: &Bytes,
         now: Instant,
     ) -> u64 {
+        // Each session decides ([`SessionHandle::push_channel_event`]): queued if it views
+        // the channel, else held back for its coalesced report, due when it says.
         let _batch = crate::engine::Batch::begin();
-        users
-            .iter()
-            .map(|u| self.push_channel_to_user(*u, lane, channel, seq, event, now))
-            .sum()
+        let (mut held, mut later) = (0, Vec::new());
+        for u in users {
+            if let Some(list) = self.lock().by_user.get(u) {
+                for h in list {
+                    let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
+                    held += u64::from(!queued);
+                    if let Some(at) = report_at {
+                        later.push((at, Arc::downgrade(h)));
+                    }
+                }
+            }
+        }
+        if !later.is_empty() {
+            self.reports.lock().unwrap_or_else(|p| p.into_inner()).extend(later);
+        }
+        held
     }
 
     fn to_lookers(&self, looking: &[(u64, u64)], event: &Bytes) -> u64 {
