@@ -114,19 +114,28 @@ function wsUrlOf(info) {
 }
 
 async function devToken(name) {
-  const r = await fetch('/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) });
+  // A request that gets no answer is said (as "timed out"), not waited on forever.
+  const r = await fetch('/dev/token', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }), signal: AbortSignal.timeout(10000),
+  });
   // An error answer without a JSON body is said by its status instead.
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.error ?? `the server answered ${r.status}`);
   return body.token;
 }
 
-/** Whether the server mints development names (`GET /dev/token` says). */
+/** Whether the server mints development names (`GET /dev/token` says). A check that gets
+ * no answer within 3 s is dropped and asked again, three times in all: one stalled request
+ * must not leave the page offering the wrong way in (seen in the UDP-blocked browser test,
+ * where the page sat on the access-key form). */
 async function devMode() {
-  try {
-    const r = await fetch('/dev/token');
-    return r.ok && (await r.json()).available === true;
-  } catch (e) { console.warn('quaver: checking for development sign-in', e); return false; }
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    try {
+      const r = await fetch('/dev/token', { signal: AbortSignal.timeout(3000) });
+      return r.ok && (await r.json()).available === true;
+    } catch (e) { console.warn(`quaver: checking for development sign-in (attempt ${attempt} of 3)`, e); }
+  }
+  return false;
 }
 
 async function showSignin(error = '') {

@@ -483,6 +483,27 @@ test('voice: fake microphones decoded on the other side, a native listener, leav
   await until('ada left', async () => (await bob.$$('#channels .voice-user')).length === 1);
 });
 
+test('a sign-in check that gets no answer is asked again: the page still offers names', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const warned = [];
+  page.on('console', (m) => { if (m.type() === 'warning') warned.push(m.text()); });
+  // The first `GET /dev/token` is never answered (as on a connection that stalls).
+  let asked = 0;
+  await page.route('**/dev/token', async (route) => {
+    if (route.request().method() === 'GET' && ++asked === 1) return; // held: no answer
+    await route.continue();
+  });
+  await page.goto(`http://${httpAddr}/`);
+  await page.waitForSelector('#name', { state: 'visible', timeout: 8000 });
+  assert.equal(asked, 2, 'asked again once');
+  assert.equal(await page.isVisible('#signin-key-box'), false, 'not the access-key form');
+  assert.ok(warned.some((w) => /checking for development sign-in \(attempt 1 of 3\)/.test(w)), JSON.stringify(warned));
+  await signIn(page, 'patient');
+  await page.unrouteAll({ behavior: 'ignoreErrors' });
+  await context.close();
+});
+
 test('a server the page cannot reach is said within seconds, not "reconnecting…" forever', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
