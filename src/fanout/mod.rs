@@ -1122,7 +1122,7 @@ impl Fanout {
     /// friend's or DM partner's) gets it in every session; one reached only through large
     /// guilds, in the sessions that look at one of them.
     fn deliver_presence_gated(&self, sessions: &dyn Deliver, e: &Envelope, except: Option<u64>, large: &[u64]) {
-        let (open, gated, reach) = {
+        let (mut open, gated, reach) = {
             let st = self.state();
             let ix = &st.index;
             let mut open: Vec<u64> = Vec::new();
@@ -1155,7 +1155,6 @@ impl Fanout {
             gated.sort_unstable();
             (open, gated, reach)
         };
-        let mut open = open;
         open.retain(|u| Some(*u) != except);
         sessions.to_users(&open, e.lane, &e.event);
         let (n, gated_n) = (open.len() as u64, sessions.to_lookers(&gated, &e.event));

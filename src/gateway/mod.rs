@@ -693,8 +693,6 @@ impl Sessions {
     }
 }
 
-/// The session state without any connection: attachments and their generations, resume
-/// and its races, lane rules, replay, slow consumers — in memory, deterministic.
 /// How one event reaches many users' sessions here ([`crate::fanout::Deliver`]): per user
 /// under the map lock (never held across users: the engine's loop takes it too), and one
 /// wake-up of the engine's loop for them all (an [`crate::engine::Batch`]).
@@ -819,6 +817,8 @@ impl crate::fanout::Opening for Joining {
     }
 }
 
+/// The session state without any connection: attachments and their generations, resume
+/// and its races, lane rules, replay, slow consumers — in memory, deterministic.
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -494,14 +494,14 @@ impl Deliverer {
         }
     }
 
-    /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
-    /// window and never two of one key.
     /// What is in flight to endpoint `id` (made with the configured concurrency on first use).
     fn running<'a>(&self, all: &'a mut HashMap<String, Running>, id: &str) -> &'a mut Running {
         all.entry(id.to_string())
             .or_insert_with(|| Running::new(self.cfg.concurrency))
     }
 
+    /// Starts an attempt for each due delivery of `e` in `parts`, within the endpoint's
+    /// window and never two of one key.
     async fn dispatch(self: &Arc<Self>, e: &Endpoint, parts: &[u32], now: u64) {
         let (busy, room, generation) = {
             let mut all = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
