@@ -286,16 +286,17 @@ impl SessionHandle {
 
     /// Queues an event about guild channel `channel` (`seq`: a chat-lane channel event's
     /// seq; typing has none): as [`push_event`](Self::push_event) if the session views the
-    /// channel; else a chat event is held back for a coalesced `ChannelActivity` and anything
-    /// else is dropped. Returns whether it was queued, and when to call
-    /// [`report_activity`](Self::report_activity) if a report must wait.
-    pub fn push_channel_event(
+    /// channel; else a chat event is held back for a coalesced `ChannelActivity` (noted in
+    /// the node's `holds`) and anything else is dropped. Returns whether it was queued, and
+    /// when to call [`report_activity`](Self::report_activity) if a report must wait.
+    fn take_channel_event(
         &self,
         lane: Lane,
         channel: u64,
         seq: Option<u64>,
         body: &Bytes,
         now: Instant,
+        holds: &mut view::Holds,
     ) -> (bool, Option<Instant>) {
         let mut g = self.lock();
         let Some(v) = g.view.as_mut().filter(|v| !v.views(channel)) else {
@@ -305,9 +306,15 @@ impl SessionHandle {
         let Some(seq) = seq.filter(|_| lane == Lane::Chat) else {
             return (false, None);
         };
-        match v.hold(channel, seq, now) {
+        let held = v.hold(channel, seq, now);
+        if held.new {
+            holds.add(channel, self.user, seq);
+        } else {
+            holds.saw(channel, seq);
+        }
+        match held.report {
             view::Report::Now => {
-                Self::report_locked(&mut g, now);
+                self.report_locked(&mut g, holds, now);
                 (false, None)
             }
             view::Report::At(at) => (false, Some(at)),
@@ -316,30 +323,54 @@ impl SessionHandle {
     }
 
     /// Sends the `ChannelActivity` held back, if any (its time has come).
-    pub fn report_activity(&self, now: Instant) {
-        Self::report_locked(&mut self.lock(), now);
+    fn report_activity(&self, holds: &mut view::Holds, now: Instant) {
+        self.report_locked(&mut self.lock(), holds, now);
     }
 
-    fn report_locked(g: &mut Inner, now: Instant) {
+    /// Takes the session's report: each channel with the newest seq held back on this node
+    /// (the session was passed over for the events after the one it first held).
+    fn report_locked(&self, g: &mut Inner, holds: &mut view::Holds, now: Instant) {
         let Some(v) = g.view.as_mut() else { return };
-        let channels = v.take_report(now);
-        if !channels.is_empty() {
-            let body = quaver_proto::codec::encode_payload(&quaver_proto::EventBody::ChannelActivity { channels });
-            Self::push_locked(g, Lane::Chat, body.into());
+        let mut channels = v.take_report(now);
+        if channels.is_empty() {
+            return;
+        }
+        for c in &mut channels {
+            c.seq = c.seq.max(holds.newest(c.channel_id).unwrap_or(0));
+            holds.release(c.channel_id, self.user);
+        }
+        let body = quaver_proto::codec::encode_payload(&quaver_proto::EventBody::ChannelActivity { channels });
+        Self::push_locked(g, Lane::Chat, body.into());
+    }
+
+    /// Forgets the activity held back (the session ends), and its share of `holds`.
+    fn forget_held(&self, holds: &mut view::Holds) {
+        if let Some(v) = self.lock().view.as_mut() {
+            for c in v.forget_held() {
+                holds.release(c, self.user);
+            }
         }
     }
 
     /// Sets the guild channels the session views (`None`: all) and their guilds; of
     /// `large` (the user's large guilds, sorted), returns those it is now to be sent the
     /// members' presence of ([`view::View::newly_kept`]).
-    fn set_view(&self, channels: Option<Vec<u64>>, guilds: Option<Vec<u64>>, large: &[u64]) -> Vec<view::Keep> {
+    fn set_view(
+        &self,
+        channels: Option<Vec<u64>>,
+        guilds: Option<Vec<u64>>,
+        large: &[u64],
+        holds: &mut view::Holds,
+    ) -> Vec<view::Keep> {
         let mut g = self.lock();
         if g.view.is_none() && channels.is_none() && large.is_empty() {
             // Never said, still every channel, and no large guild: nothing to keep.
             return Vec::new();
         }
         let v = self.view_mut(&mut g);
-        v.set_with_guilds(channels, guilds);
+        for c in v.set_with_guilds(channels, guilds) {
+            holds.release(c, self.user);
+        }
         v.newly_kept(large)
     }
 
@@ -359,9 +390,11 @@ impl SessionHandle {
         self.lock().view.as_ref().map(|v| v.kept().to_vec()).unwrap_or_default()
     }
 
-    /// The guilds whose channels the session looks at (`None`: every channel).
-    fn view_guilds(&self) -> Option<Vec<u64>> {
-        self.lock().view.as_ref().and_then(|v| v.guilds().map(<[u64]>::to_vec))
+    /// The guilds and the channels the session looks at (`None`: every channel).
+    fn view_index(&self) -> Option<(Vec<u64>, Vec<u64>)> {
+        let g = self.lock();
+        let v = g.view.as_ref()?;
+        Some((v.guilds()?.to_vec(), v.channels()?.to_vec()))
     }
 
     /// Whether the session looks at a channel of one of `guilds` (or at every channel).
@@ -479,11 +512,21 @@ struct SessionMaps {
     looking: HashMap<u64, HashMap<UserId, u32>>,
     /// Users with sessions that declared no view (they look at everything), and how many.
     unnarrowed: HashMap<UserId, u32>,
+    /// Per channel, the users with sessions whose view names it, and how many such
+    /// sessions: with `unnarrowed`, whether any session of a user takes it live.
+    viewing: HashMap<u64, HashMap<UserId, u32>>,
+    /// The activity held back from passive sessions, per channel ([`view::Holds`]).
+    holds: view::Holds,
 }
 
+/// Users a channel event goes through per hold of the registry's lock (not held across all
+/// of a large guild: the engine's loop takes it too).
+const USERS_PER_LOCK: usize = 64;
+
 impl SessionMaps {
-    /// Counts a session of `user` viewing `guilds` (`None`: everything) in or out.
-    fn note(&mut self, user: UserId, guilds: Option<&[u64]>, add: bool) {
+    /// Counts a session of `user` viewing `view` (guilds, channels; `None`: everything) in
+    /// or out.
+    fn note(&mut self, user: UserId, view: Option<&(Vec<u64>, Vec<u64>)>, add: bool) {
         fn bump(m: &mut HashMap<UserId, u32>, user: UserId, add: bool) {
             if add {
                 *m.entry(user).or_default() += 1;
@@ -494,16 +537,20 @@ impl SessionMaps {
                 }
             }
         }
-        match guilds {
-            None => bump(&mut self.unnarrowed, user, add),
-            Some(gs) => {
-                for g in gs {
-                    let m = self.looking.entry(*g).or_default();
-                    bump(m, user, add);
-                    if m.is_empty() {
-                        self.looking.remove(g);
-                    }
+        fn bump_in(index: &mut HashMap<u64, HashMap<UserId, u32>>, keys: &[u64], user: UserId, add: bool) {
+            for k in keys {
+                let m = index.entry(*k).or_default();
+                bump(m, user, add);
+                if m.is_empty() {
+                    index.remove(k);
                 }
+            }
+        }
+        match view {
+            None => bump(&mut self.unnarrowed, user, add),
+            Some((guilds, channels)) => {
+                bump_in(&mut self.looking, guilds, user, add);
+                bump_in(&mut self.viewing, channels, user, add);
             }
         }
     }
@@ -517,7 +564,7 @@ impl Sessions {
 
     pub(crate) fn insert(&self, h: Arc<SessionHandle>) {
         let mut m = self.lock();
-        m.note(h.user, h.view_guilds().as_deref(), true);
+        m.note(h.user, h.view_index().as_ref(), true);
         m.by_user.entry(h.user).or_default().push(h.clone());
         m.by_id.insert(h.id, h);
     }
@@ -526,7 +573,8 @@ impl Sessions {
     fn remove(&self, id: &SessionId) -> bool {
         let mut m = self.lock();
         let Some(h) = m.by_id.remove(id) else { return false };
-        m.note(h.user, h.view_guilds().as_deref(), false);
+        m.note(h.user, h.view_index().as_ref(), false);
+        h.forget_held(&mut m.holds);
         if let Some(list) = m.by_user.get_mut(&h.user) {
             list.retain(|x| x.id != *id);
             if list.is_empty() {
@@ -557,12 +605,12 @@ impl Sessions {
         large: &[u64],
     ) -> Vec<view::Keep> {
         let mut m = self.lock();
-        let before = handle.view_guilds();
-        let keep = handle.set_view(channels, guilds, large);
-        let after = handle.view_guilds();
+        let before = handle.view_index();
+        let keep = handle.set_view(channels, guilds, large, &mut m.holds);
+        let after = handle.view_index();
         if before != after && m.by_id.contains_key(&handle.id) {
-            m.note(handle.user, before.as_deref(), false);
-            m.note(handle.user, after.as_deref(), true);
+            m.note(handle.user, before.as_ref(), false);
+            m.note(handle.user, after.as_ref(), true);
         }
         keep
     }
@@ -606,7 +654,7 @@ impl Sessions {
         };
         for h in &due {
             if let Some(h) = h.upgrade() {
-                h.report_activity(now);
+                h.report_activity(&mut self.lock().holds, now);
             }
         }
         due.len()
@@ -740,14 +788,45 @@ impl crate::fanout::Deliver for Sessions {
         event: &Bytes,
         now: Instant,
     ) -> u64 {
-        // Each session decides ([`SessionHandle::push_channel_event`]): queued if it views
-        // the channel, else held back for its coalesced report, due when it says.
+        // A user none of whose sessions views the channel: typing is dropped for them, and
+        // a message passes them over if each of their sessions holds the channel already
+        // (its report will say the newest seq, [`view::Holds`]) — most of a large guild.
+        // Any other user's sessions each decide ([`SessionHandle::take_channel_event`]):
+        // queued if it views the channel, else held back for its coalesced report, due
+        // when it says.
         let _batch = crate::engine::Batch::begin();
+        let passive_seq = seq.filter(|_| lane == Lane::Chat);
         let (mut held, mut later) = (0, Vec::new());
-        for u in users {
-            if let Some(list) = self.lock().by_user.get(u) {
+        for chunk in users.chunks(USERS_PER_LOCK) {
+            let mut m = self.lock();
+            let SessionMaps {
+                by_user,
+                unnarrowed,
+                viewing,
+                holds,
+                ..
+            } = &mut *m;
+            let viewers = viewing.get(&channel);
+            for u in chunk {
+                let Some(list) = by_user.get(u) else { continue };
+                let live = unnarrowed.contains_key(u) || viewers.is_some_and(|v| v.contains_key(u));
+                if !live {
+                    let n = list.len() as u32;
+                    match passive_seq {
+                        None => {
+                            held += u64::from(n);
+                            continue;
+                        }
+                        Some(s) if holds.count(channel, *u) >= n => {
+                            holds.saw(channel, s);
+                            held += u64::from(n);
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                }
                 for h in list {
-                    let (queued, report_at) = h.push_channel_event(lane, channel, seq, event, now);
+                    let (queued, report_at) = h.take_channel_event(lane, channel, seq, event, now, holds);
                     held += u64::from(!queued);
                     if let Some(at) = report_at {
                         later.push((at, Arc::downgrade(h)));
@@ -1110,6 +1189,177 @@ mod tests {
         assert!(h.expired(t + Duration::from_secs(120)));
         let (_g2, _cmd2, _) = conn(&h, [0; 5]);
         assert!(!h.expired(t + Duration::from_secs(500)), "resumed: no longer expiring");
+    }
+
+    /// A session of the randomized run below, as its client sees it.
+    struct Client {
+        h: Arc<SessionHandle>,
+        chat: mpsc::Receiver<LaneOut>,
+        _link: mpsc::Receiver<Cmd>,
+        view: Option<Vec<u64>>,
+        /// Per channel, the newest seq held back from it and not yet reported.
+        owed: HashMap<u64, u64>,
+    }
+
+    impl Client {
+        /// What its chat lane was sent since last asked.
+        fn events(&mut self) -> Vec<Bytes> {
+            std::iter::from_fn(|| match self.chat.try_recv() {
+                Ok(LaneOut::Event(_, b)) => Some(b),
+                Err(_) => None,
+            })
+            .collect()
+        }
+
+        /// Takes in the `ChannelActivity` reports among `events`; returns how many.
+        fn reported(&mut self, events: &[Bytes], newest: &[u64]) -> usize {
+            let mut n = 0;
+            for b in events {
+                let Ok(quaver_proto::EventBody::ChannelActivity { channels }) = quaver_proto::codec::decode(b) else {
+                    continue;
+                };
+                n += 1;
+                for cs in channels {
+                    assert!(cs.seq <= newest[cs.channel_id as usize], "never past the newest");
+                    if self.owed.get(&cs.channel_id).is_some_and(|o| *o <= cs.seq) {
+                        self.owed.remove(&cs.channel_id);
+                    }
+                }
+            }
+            n
+        }
+    }
+
+    #[test]
+    fn passive_sessions_passed_over_are_still_told_each_channels_newest_seq() {
+        // Sessions of six users come and go and change their views while messages arrive in
+        // three channels, each to a varying audience (permissions), and time passes. After
+        // every step the holds index says exactly what the sessions hold; a session is sent
+        // a message live exactly when it views the channel; and every message held back from
+        // a session is reported to it, at its seq or newer and never past the channel's
+        // newest, unless it came to view the channel (then it fetches).
+        let sessions = Sessions::default();
+        let limits = ReplayLimits {
+            max_events: 100_000,
+            max_bytes: 1 << 30,
+            window: Duration::from_secs(120),
+        };
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut clients: Vec<Client> = Vec::new();
+        let mut newest = [0u64; 4];
+        let mut t = Instant::now();
+        let mut ids = 0u16;
+        let (mut passed_over, mut reports) = (0, 0);
+        for _ in 0..4_000 {
+            match next(20) {
+                0..=1 if clients.len() < 12 => {
+                    ids += 1;
+                    let mut id = [0; 16];
+                    id[..2].copy_from_slice(&ids.to_le_bytes());
+                    let h = Arc::new(SessionHandle::new(SessionId(id), next(6) + 1, limits));
+                    let (g, link, _) = conn(&h, [0; 5]);
+                    let (tx, chat) = mpsc::channel(100_000);
+                    h.attach_lane(g, Lane::Chat, tx).unwrap();
+                    sessions.insert(h.clone());
+                    clients.push(Client {
+                        h,
+                        chat,
+                        _link: link,
+                        view: None,
+                        owed: HashMap::new(),
+                    });
+                }
+                2 if !clients.is_empty() => {
+                    let c = clients.swap_remove(next(clients.len() as u64) as usize);
+                    assert!(sessions.remove(&c.h.id));
+                }
+                3..=5 if !clients.is_empty() => {
+                    let i = next(clients.len() as u64) as usize;
+                    let view = match next(4) {
+                        0 => None,
+                        k => Some(
+                            (1..=3)
+                                .filter(|c| (k + c) % 3 == 0 || next(3) == 0)
+                                .collect::<Vec<u64>>(),
+                        ),
+                    };
+                    let guilds = view.as_ref().map(|_| vec![10]);
+                    sessions.set_view(&clients[i].h, view.clone(), guilds, &[]);
+                    if let Some(v) = &view {
+                        clients[i].owed.retain(|c, _| !v.contains(c));
+                    }
+                    clients[i].view = view;
+                }
+                6..=16 => {
+                    let channel = next(3) + 1;
+                    newest[channel as usize] += 1;
+                    let seq = newest[channel as usize];
+                    let users: Vec<u64> = (1..=6).filter(|_| next(5) != 0).collect();
+                    let body = Bytes::from(seq.to_be_bytes().to_vec());
+                    crate::fanout::Deliver::to_channel(&sessions, &users, Lane::Chat, channel, Some(seq), &body, t);
+                    for c in clients.iter_mut().filter(|c| users.contains(&c.h.user)) {
+                        let live = c.view.as_ref().is_none_or(|v| v.contains(&channel));
+                        let events = c.events();
+                        let got = events.iter().filter(|b| **b == body).count();
+                        assert_eq!(got, usize::from(live), "live exactly when viewed");
+                        if !live {
+                            c.owed.insert(channel, seq);
+                        }
+                        // A report that went at once (the first after a quiet interval).
+                        reports += c.reported(&events, &newest);
+                    }
+                }
+                _ => {
+                    t += Duration::from_millis(next(1_500));
+                    sessions.report_due(t);
+                }
+            }
+            for c in &mut clients {
+                let events = c.events();
+                reports += c.reported(&events, &newest);
+            }
+            // The index is what the sessions hold.
+            let m = sessions.lock();
+            for channel in 1..=3 {
+                for user in 1..=6 {
+                    let holding = clients
+                        .iter()
+                        .filter(|c| c.h.user == user)
+                        .filter(|c| {
+                            c.h.lock()
+                                .view
+                                .as_ref()
+                                .is_some_and(|v| v.held().iter().any(|(h, _)| *h == channel))
+                        })
+                        .count();
+                    assert_eq!(m.holds.count(channel, user), holding as u32);
+                    passed_over += u32::from(holding > 0);
+                }
+            }
+        }
+        // Long enough for every scheduled report.
+        t += view::ACTIVITY_EVERY * 2;
+        sessions.report_due(t);
+        for c in &mut clients {
+            let events = c.events();
+            c.reported(&events, &newest);
+            assert!(c.owed.is_empty(), "{:?} never told of {:?}", c.h.id, c.owed);
+        }
+        assert!(
+            passed_over > 100 && reports > 100,
+            "the run exercised it: {passed_over} {reports}"
+        );
+        for c in &clients {
+            assert!(sessions.remove(&c.h.id));
+        }
+        let m = sessions.lock();
+        assert!(m.holds.is_empty() && m.viewing.is_empty(), "nothing left behind");
     }
 
     #[test]

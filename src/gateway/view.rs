@@ -22,9 +22,10 @@
 //!
 //! This is state, not I/O: [`View`] decides, the session handle applies it under its lock.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use quaver_proto::ChannelSeq;
+use quaver_proto::{ChannelSeq, UserId};
 
 /// Most channels one `ViewChannels` may name (a client shows a handful at once).
 pub const MAX_VIEWED: usize = 100;
@@ -46,6 +47,15 @@ pub enum Report {
     At(Instant),
     /// One is already scheduled.
     Scheduled,
+}
+
+/// What [`View::hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// When to report.
+    pub report: Report,
+    /// Whether the channel was not held before (it is now, until the next report).
+    pub new: bool,
 }
 
 /// A session's view: the channels it takes live, and the activity held back elsewhere.
@@ -94,13 +104,30 @@ impl View {
 
     /// Sets the channels viewed and their guilds (`None`: all; channels of no guild, or
     /// unknown, in `guilds` are left out by the caller). See [`View::set`].
-    pub fn set_with_guilds(&mut self, only: Option<Vec<u64>>, guilds: Option<Vec<u64>>) {
-        self.set(only);
+    pub fn set_with_guilds(&mut self, only: Option<Vec<u64>>, guilds: Option<Vec<u64>>) -> Vec<u64> {
+        let dropped = self.set(only);
         self.guilds = self.only.as_ref().and(guilds).map(|mut g| {
             g.sort_unstable();
             g.dedup();
             g
         });
+        dropped
+    }
+
+    /// The channels viewed (`None`: every channel), sorted.
+    pub fn channels(&self) -> Option<&[u64]> {
+        self.only.as_deref()
+    }
+
+    /// What is held back: (channel, seq at which it was held), sorted by channel.
+    #[cfg(test)]
+    pub fn held(&self) -> &[(u64, u64)] {
+        &self.held
+    }
+
+    /// Forgets what is held back (the session ends): returns the channels it held.
+    pub fn forget_held(&mut self) -> Vec<u64> {
+        self.held.drain(..).map(|(c, _)| c).collect()
     }
 
     /// The guilds of the channels viewed (`None`: every channel).
@@ -136,8 +163,9 @@ impl View {
     }
 
     /// Sets the channels viewed (`None`: all). A channel now viewed is no longer reported:
-    /// its events come whole from here on (the client fetches what came before).
-    pub fn set(&mut self, only: Option<Vec<u64>>) {
+    /// its events come whole from here on (the client fetches what came before). Returns
+    /// the channels no longer held for that reason.
+    pub fn set(&mut self, only: Option<Vec<u64>>) -> Vec<u64> {
         self.only = only.map(|mut ids| {
             ids.sort_unstable();
             ids.dedup();
@@ -145,9 +173,17 @@ impl View {
         });
         // With `None`, what was held back is still reported (it was not sent), at the
         // report already scheduled.
+        let mut dropped = Vec::new();
         if let Some(ids) = &self.only {
-            self.held.retain(|(c, _)| ids.binary_search(c).is_err());
+            self.held.retain(|(c, _)| {
+                let keep = ids.binary_search(c).is_err();
+                if !keep {
+                    dropped.push(*c);
+                }
+                keep
+            });
         }
+        dropped
     }
 
     /// Whether `channel`'s events go to the session as they happen.
@@ -156,21 +192,29 @@ impl View {
     }
 
     /// Remembers that `channel` had event `seq`, not sent; says when to report.
-    pub fn hold(&mut self, channel: u64, seq: u64, now: Instant) -> Report {
-        match self.held.binary_search_by_key(&channel, |(c, _)| *c) {
-            Ok(i) => self.held[i].1 = self.held[i].1.max(seq),
-            Err(i) => self.held.insert(i, (channel, seq)),
-        }
-        if self.scheduled {
-            return Report::Scheduled;
-        }
-        match self.last_report {
-            Some(last) if now < last + ACTIVITY_EVERY => {
-                self.scheduled = true;
-                Report::At(last + ACTIVITY_EVERY + self.spread)
+    pub fn hold(&mut self, channel: u64, seq: u64, now: Instant) -> Held {
+        let new = match self.held.binary_search_by_key(&channel, |(c, _)| *c) {
+            Ok(i) => {
+                self.held[i].1 = self.held[i].1.max(seq);
+                false
             }
-            _ => Report::Now,
-        }
+            Err(i) => {
+                self.held.insert(i, (channel, seq));
+                true
+            }
+        };
+        let report = if self.scheduled {
+            Report::Scheduled
+        } else {
+            match self.last_report {
+                Some(last) if now < last + ACTIVITY_EVERY => {
+                    self.scheduled = true;
+                    Report::At(last + ACTIVITY_EVERY + self.spread)
+                }
+                _ => Report::Now,
+            }
+        };
+        Held { report, new }
     }
 
     /// The activity to report now (empty: nothing to say), taken: the next report comes
@@ -185,6 +229,78 @@ impl View {
             .drain(..)
             .map(|(channel_id, seq)| ChannelSeq { channel_id, seq })
             .collect()
+    }
+}
+
+/// The node's held-back activity per channel: the newest seq held back from passive sessions,
+/// and per user how many of their sessions hold the channel for their next report.
+///
+/// With it a channel event passes over a user all of whose sessions are passive and already
+/// hold the channel — in a busy channel of a large guild, nearly every member nearly all the
+/// time — without touching their sessions (the sessions' registry keeps it beside its other
+/// indexes, under its lock); and a report says each channel's newest seq from here, not the
+/// one it was first held at. (That newest seq may be of an event a session's user was not in
+/// the audience of — their own message, or one after a permission change within the
+/// interval: a number, never content.)
+#[derive(Debug, Default)]
+pub struct Holds(HashMap<u64, Holding>);
+
+/// One channel's entry in [`Holds`].
+#[derive(Debug)]
+struct Holding {
+    newest: u64,
+    users: HashMap<UserId, u32>,
+}
+
+impl Holds {
+    /// A session of `user` newly holds `channel` (its event `seq` held back).
+    pub fn add(&mut self, channel: u64, user: UserId, seq: u64) {
+        let h = self.0.entry(channel).or_insert_with(|| Holding {
+            newest: seq,
+            users: HashMap::new(),
+        });
+        h.newest = h.newest.max(seq);
+        *h.users.entry(user).or_default() += 1;
+    }
+
+    /// `channel` had event `seq` held back from sessions that already hold it.
+    pub fn saw(&mut self, channel: u64, seq: u64) {
+        if let Some(h) = self.0.get_mut(&channel) {
+            h.newest = h.newest.max(seq);
+        }
+    }
+
+    /// How many sessions of `user` hold `channel`.
+    pub fn count(&self, channel: u64, user: UserId) -> u32 {
+        self.0
+            .get(&channel)
+            .and_then(|h| h.users.get(&user))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The newest seq held back of `channel`, while a session holds it.
+    pub fn newest(&self, channel: u64) -> Option<u64> {
+        self.0.get(&channel).map(|h| h.newest)
+    }
+
+    /// A session of `user` no longer holds `channel` (reported, viewed, or ended).
+    pub fn release(&mut self, channel: u64, user: UserId) {
+        let Some(h) = self.0.get_mut(&channel) else { return };
+        if let Some(n) = h.users.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                h.users.remove(&user);
+            }
+        }
+        if h.users.is_empty() {
+            self.0.remove(&channel);
+        }
+    }
+
+    /// Whether no channel is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -218,18 +334,24 @@ mod tests {
         let t0 = Instant::now();
         let mut v = View::default();
         v.set(Some(vec![1]));
-        assert_eq!(v.hold(2, 10, t0), Report::Now);
+        assert_eq!(v.hold(2, 10, t0).report, Report::Now);
         assert_eq!(chans(&v.take_report(t0)), [(2, 10)]);
         // Within the interval: one report, scheduled for its end, carrying the newest seqs.
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(v.hold(2, 11, t1), Report::At(t0 + ACTIVITY_EVERY));
-        assert_eq!(v.hold(5, 3, t1), Report::Scheduled);
-        assert_eq!(v.hold(2, 12, t1), Report::Scheduled);
+        assert_eq!(v.hold(2, 11, t1).report, Report::At(t0 + ACTIVITY_EVERY));
+        assert_eq!(
+            v.hold(5, 3, t1),
+            Held {
+                report: Report::Scheduled,
+                new: true
+            }
+        );
+        assert!(!v.hold(2, 12, t1).new, "2 is held already");
         let t2 = t0 + ACTIVITY_EVERY;
         assert_eq!(chans(&v.take_report(t2)), [(2, 12), (5, 3)]);
         // Quiet for longer than the interval: the next is at once again.
         let t3 = t2 + ACTIVITY_EVERY * 3;
-        assert_eq!(v.hold(2, 13, t3), Report::Now);
+        assert_eq!(v.hold(2, 13, t3).report, Report::Now);
     }
 
     #[test]
@@ -237,10 +359,10 @@ mod tests {
         let t0 = Instant::now();
         let mut v = View::new(Duration::from_millis(300));
         v.set(Some(Vec::new()));
-        assert_eq!(v.hold(2, 1, t0), Report::Now, "the first is not delayed");
+        assert_eq!(v.hold(2, 1, t0).report, Report::Now, "the first is not delayed");
         v.take_report(t0);
         assert_eq!(
-            v.hold(2, 2, t0),
+            v.hold(2, 2, t0).report,
             Report::At(t0 + ACTIVITY_EVERY + Duration::from_millis(300))
         );
         assert_eq!(View::new(Duration::from_secs(9)).spread, ACTIVITY_SPREAD, "capped");
@@ -287,15 +409,15 @@ mod tests {
         let t0 = Instant::now();
         let mut v = View::default();
         v.set(Some(Vec::new()));
-        assert_eq!(v.hold(2, 1, t0), Report::Now);
+        assert_eq!(v.hold(2, 1, t0).report, Report::Now);
         v.take_report(t0);
-        assert_eq!(v.hold(2, 2, t0), Report::At(t0 + ACTIVITY_EVERY));
-        v.set(Some(vec![2]));
+        assert_eq!(v.hold(2, 2, t0).report, Report::At(t0 + ACTIVITY_EVERY));
+        assert_eq!(v.set(Some(vec![2])), [2], "no longer held");
         assert!(
             v.take_report(t0 + ACTIVITY_EVERY).is_empty(),
             "its events now come whole"
         );
         // An empty report does not count as one: the next hold reports at once.
-        assert_eq!(v.hold(3, 1, t0 + ACTIVITY_EVERY), Report::Now);
+        assert_eq!(v.hold(3, 1, t0 + ACTIVITY_EVERY).report, Report::Now);
     }
 }
