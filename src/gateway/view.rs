@@ -22,10 +22,11 @@
 //!
 //! This is state, not I/O: [`View`] decides, the session handle applies it under its lock.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use quaver_proto::{ChannelSeq, UserId};
+
+use super::Map;
 
 /// Most channels one `ViewChannels` may name (a client shows a handful at once).
 pub const MAX_VIEWED: usize = 100;
@@ -243,13 +244,13 @@ impl View {
 /// the audience of — their own message, or one after a permission change within the
 /// interval: a number, never content.)
 #[derive(Debug, Default)]
-pub struct Holds(HashMap<u64, Holding>);
+pub struct Holds(Map<u64, Holding>);
 
 /// One channel's entry in [`Holds`].
 #[derive(Debug)]
 struct Holding {
     newest: u64,
-    users: HashMap<UserId, u32>,
+    users: Map<UserId, u32>,
 }
 
 impl Holds {
@@ -257,7 +258,7 @@ impl Holds {
     pub fn add(&mut self, channel: u64, user: UserId, seq: u64) {
         let h = self.0.entry(channel).or_insert_with(|| Holding {
             newest: seq,
-            users: HashMap::new(),
+            users: Map::default(),
         });
         h.newest = h.newest.max(seq);
         *h.users.entry(user).or_default() += 1;
