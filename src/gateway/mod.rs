@@ -327,9 +327,13 @@ impl SessionHandle {
         }
     }
 
-    /// Sends the `ChannelActivity` held back, if any (its time has come).
-    fn report_activity(&self, holds: &mut view::Holds, now: Instant) {
-        self.report_locked(&mut self.lock(), holds, now);
+    /// Sends the `ChannelActivity` held back, if any: its time `at` has come (unless an
+    /// earlier report superseded it).
+    fn report_activity(&self, holds: &mut view::Holds, at: Instant, now: Instant) {
+        let mut g = self.lock();
+        if g.view.as_ref().is_some_and(|v| v.is_due(at)) {
+            self.report_locked(&mut g, holds, now);
+        }
     }
 
     /// Takes the session's report: each channel with the newest seq held back on this node
@@ -641,7 +645,7 @@ impl Sessions {
     /// Sends the `ChannelActivity` reports whose time has come; returns how many sessions
     /// were due.
     pub fn report_due(&self, now: Instant) -> usize {
-        let due: Vec<std::sync::Weak<SessionHandle>> = {
+        let due: Vec<(Instant, std::sync::Weak<SessionHandle>)> = {
             let mut r = self.reports.lock().unwrap_or_else(|p| p.into_inner());
             if r.is_empty() {
                 return 0;
@@ -649,7 +653,7 @@ impl Sessions {
             let mut due = Vec::new();
             r.retain(|(at, h)| {
                 if *at <= now {
-                    due.push(h.clone());
+                    due.push((*at, h.clone()));
                     false
                 } else {
                     true
@@ -657,9 +661,9 @@ impl Sessions {
             });
             due
         };
-        for h in &due {
+        for (at, h) in &due {
             if let Some(h) = h.upgrade() {
-                h.report_activity(&mut self.lock().holds, now);
+                h.report_activity(&mut self.lock().holds, *at, now);
             }
         }
         due.len()
@@ -1201,6 +1205,8 @@ mod tests {
         view: Option<Vec<u64>>,
         /// Per channel, the newest seq held back from it and not yet reported.
         owed: HashMap<u64, u64>,
+        /// When it was last sent a report.
+        last_report: Option<Instant>,
     }
 
     impl Client {
@@ -1213,14 +1219,18 @@ mod tests {
             .collect()
         }
 
-        /// Takes in the `ChannelActivity` reports among `events`; returns how many.
-        fn reported(&mut self, events: &[Bytes], newest: &[u64]) -> usize {
+        /// Takes in the `ChannelActivity` reports among `events`, sent at `now`; returns how
+        /// many.
+        fn reported(&mut self, events: &[Bytes], newest: &[u64], now: Instant) -> usize {
             let mut n = 0;
             for b in events {
                 let Ok(quaver_proto::EventBody::ChannelActivity { channels }) = quaver_proto::codec::decode(b) else {
                     continue;
                 };
                 n += 1;
+                if let Some(last) = self.last_report.replace(now) {
+                    assert!(now >= last + view::ACTIVITY_EVERY, "at most one report per interval");
+                }
                 for cs in channels {
                     assert!(cs.seq <= newest[cs.channel_id as usize], "never past the newest");
                     if self.owed.get(&cs.channel_id).is_some_and(|o| *o <= cs.seq) {
@@ -1281,6 +1291,7 @@ mod tests {
                         _link: link,
                         view: None,
                         owed: HashMap::new(),
+                        last_report: None,
                     });
                 }
                 2 if !clients.is_empty() => {
@@ -1320,7 +1331,7 @@ mod tests {
                             c.owed.insert(channel, seq);
                         }
                         // A report that went at once (the first after a quiet interval).
-                        reports += c.reported(&events, &newest);
+                        reports += c.reported(&events, &newest, t);
                     }
                 }
                 _ => {
@@ -1330,7 +1341,7 @@ mod tests {
             }
             for c in &mut clients {
                 let events = c.events();
-                reports += c.reported(&events, &newest);
+                reports += c.reported(&events, &newest, t);
             }
             // The index is what the sessions hold.
             let m = sessions.lock();
@@ -1352,11 +1363,11 @@ mod tests {
             }
         }
         // Long enough for every scheduled report.
-        t += view::ACTIVITY_EVERY * 2;
+        t += view::ACTIVITY_MAX + view::ACTIVITY_SPREAD;
         sessions.report_due(t);
         for c in &mut clients {
             let events = c.events();
-            c.reported(&events, &newest);
+            c.reported(&events, &newest, t);
             assert!(c.owed.is_empty(), "{:?} never told of {:?}", c.h.id, c.owed);
         }
         assert!(

@@ -3,7 +3,9 @@
 //!
 //! A session that declares the channels it views gets those channels' events as they happen
 //! and, for its other guild channels, a coalesced `ChannelActivity` (each such channel and its
-//! newest seq) — the first at once, then at most one per [`ACTIVITY_EVERY`]. A client in a
+//! newest seq) — the first at once, then at most one per [`ACTIVITY_EVERY`]; a channel that
+//! stays busy is re-told at a growing interval, up to [`ACTIVITY_MAX`] (only the first report
+//! of a channel changes what a client shows: its unread mark). A client in a
 //! 10,000-member guild thus receives the one busy channel it has open, not every channel's
 //! every message: deliveries are what cost a server per user (a packet and an ACK each), and
 //! most members of a large guild are not looking at the channel that is talking. Mentions
@@ -31,8 +33,16 @@ use super::Map;
 /// Most channels one `ViewChannels` may name (a client shows a handful at once).
 pub const MAX_VIEWED: usize = 100;
 
-/// Least time between two `ChannelActivity` events to one session.
+/// Least time between two `ChannelActivity` events to one session, and most a channel not
+/// in the session's last report waits for its own.
 pub const ACTIVITY_EVERY: Duration = Duration::from_secs(2);
+
+/// Longest interval a channel that stays busy is re-told at: the interval for the channels
+/// of the last report doubles from [`ACTIVITY_EVERY`] with each report that comes back to
+/// back, and starts over after a quiet one. A busy channel a session does not view is
+/// reported once (the client marks it unread) and then re-told its newest seq every 2, 4,
+/// 8, 8… seconds — a quarter of the reports of a steady 2 s, for the same unread marks.
+pub const ACTIVITY_MAX: Duration = Duration::from_secs(8);
 
 /// Most a session's later reports are spread past [`ACTIVITY_EVERY`] (per session, fixed):
 /// a message seen by thousands of passive sessions at once reports to all of them at once,
@@ -69,8 +79,12 @@ pub struct View {
     held: Vec<(u64, u64)>,
     /// When the last report was taken.
     last_report: Option<Instant>,
-    /// A report is due at a time the caller was told ([`Report::At`]).
-    scheduled: bool,
+    /// The channels of the last report, sorted.
+    last_channels: Vec<u64>,
+    /// The interval they are re-told at ([`ACTIVITY_EVERY`]..=[`ACTIVITY_MAX`]).
+    again: Duration,
+    /// A report is due at this time, which the caller was told ([`Report::At`]).
+    scheduled: Option<Instant>,
     /// This session's share of [`ACTIVITY_SPREAD`].
     spread: Duration,
     /// The guilds of the channels in `only` (`None` with it), sorted.
@@ -99,6 +113,7 @@ impl View {
     pub fn new(spread: Duration) -> Self {
         Self {
             spread: spread.min(ACTIVITY_SPREAD),
+            again: ACTIVITY_EVERY,
             ..Self::default()
         }
     }
@@ -176,6 +191,8 @@ impl View {
         // report already scheduled.
         let mut dropped = Vec::new();
         if let Some(ids) = &self.only {
+            // Viewed, it is read: its next activity is news again.
+            self.last_channels.retain(|c| ids.binary_search(c).is_err());
             self.held.retain(|(c, _)| {
                 let keep = ids.binary_search(c).is_err();
                 if !keep {
@@ -204,27 +221,61 @@ impl View {
                 true
             }
         };
-        let report = if self.scheduled {
-            Report::Scheduled
+        // Due `ACTIVITY_EVERY` after the last report, or the current interval for a channel
+        // in it; the first report goes at once.
+        let every = if self.last_channels.binary_search(&channel).is_ok() {
+            self.again.max(ACTIVITY_EVERY)
         } else {
-            match self.last_report {
-                Some(last) if now < last + ACTIVITY_EVERY => {
-                    self.scheduled = true;
-                    Report::At(last + ACTIVITY_EVERY + self.spread)
+            ACTIVITY_EVERY
+        };
+        let report = match self.last_report {
+            None => Report::Now,
+            Some(last) => {
+                let due = last + every;
+                match self.scheduled {
+                    // One is scheduled as soon as this one would be.
+                    Some(at) if at <= due + self.spread => Report::Scheduled,
+                    _ if now >= due => Report::Now,
+                    // Earlier than the one scheduled, if any (a fresh channel): that one is
+                    // stale ([`View::is_due`]).
+                    _ => {
+                        self.scheduled = Some(due + self.spread);
+                        Report::At(due + self.spread)
+                    }
                 }
-                _ => Report::Now,
             }
         };
         Held { report, new }
     }
 
+    /// Whether a report the caller was told to send at `at` ([`Report::At`]) is still the
+    /// one due (not superseded by an earlier one).
+    pub fn is_due(&self, at: Instant) -> bool {
+        self.scheduled == Some(at)
+    }
+
     /// The activity to report now (empty: nothing to say), taken: the next report comes
     /// no sooner than [`ACTIVITY_EVERY`] after this one.
     pub fn take_report(&mut self, now: Instant) -> Vec<ChannelSeq> {
-        self.scheduled = false;
+        self.scheduled = None;
         if self.held.is_empty() {
             return Vec::new();
         }
+        // Back to back with the last (a channel of it still busy): its channels wait longer
+        // next time; after a quiet interval, the base again.
+        let back_to_back = self
+            .last_report
+            .is_some_and(|last| now <= last + self.again + ACTIVITY_EVERY + ACTIVITY_SPREAD)
+            && self
+                .held
+                .iter()
+                .any(|(c, _)| self.last_channels.binary_search(c).is_ok());
+        self.again = if back_to_back {
+            (self.again * 2).clamp(ACTIVITY_EVERY, ACTIVITY_MAX)
+        } else {
+            ACTIVITY_EVERY
+        };
+        self.last_channels = self.held.iter().map(|(c, _)| *c).collect();
         self.last_report = Some(now);
         self.held
             .drain(..)
@@ -353,6 +404,43 @@ mod tests {
         // Quiet for longer than the interval: the next is at once again.
         let t3 = t2 + ACTIVITY_EVERY * 3;
         assert_eq!(v.hold(2, 13, t3).report, Report::Now);
+    }
+
+    #[test]
+    fn a_channel_that_stays_busy_is_retold_ever_less_often_and_a_fresh_one_within_the_base() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut v = View::new(Duration::ZERO);
+        v.set(Some(Vec::new()));
+        assert_eq!(v.hold(1, 1, t0).report, Report::Now);
+        v.take_report(t0);
+        // Busy: 2 s, then 4, then 8, and 8 from then on.
+        assert_eq!(v.hold(1, 2, t0 + ms(100)).report, Report::At(t0 + s(2)));
+        assert_eq!(chans(&v.take_report(t0 + s(2))), [(1, 2)]);
+        assert_eq!(v.hold(1, 3, t0 + ms(2100)).report, Report::At(t0 + s(6)));
+        // A fresh channel meanwhile goes 2 s after the last report, with the busy one; the
+        // report scheduled later is superseded.
+        assert_eq!(v.hold(9, 1, t0 + ms(2200)).report, Report::At(t0 + s(4)));
+        assert!(v.is_due(t0 + s(4)) && !v.is_due(t0 + s(6)));
+        assert_eq!(chans(&v.take_report(t0 + s(4))), [(1, 3), (9, 1)]);
+        assert_eq!(v.hold(1, 4, t0 + ms(4100)).report, Report::At(t0 + s(12)));
+        v.take_report(t0 + s(12));
+        assert_eq!(
+            v.hold(1, 5, t0 + ms(12_100)).report,
+            Report::At(t0 + s(20)),
+            "at most ACTIVITY_MAX"
+        );
+        v.take_report(t0 + s(20));
+        // Quiet for a while: at once, and the interval starts over.
+        assert_eq!(v.hold(1, 6, t0 + s(60)).report, Report::Now);
+        v.take_report(t0 + s(60));
+        assert_eq!(v.hold(1, 7, t0 + ms(60_100)).report, Report::At(t0 + s(62)));
+        // Opened (read) and left: its next activity is news again.
+        v.take_report(t0 + s(62));
+        v.set(Some(vec![1]));
+        v.set(Some(Vec::new()));
+        assert_eq!(v.hold(1, 8, t0 + ms(62_100)).report, Report::At(t0 + s(64)));
     }
 
     #[test]
