@@ -1141,14 +1141,13 @@ impl Fanout {
             let mut reach = 0;
             for g in large {
                 let topic = Topic::guild(*g);
+                let follows = ix.following(&topic);
                 // Its followers but those reached otherwise (counted for the metric).
                 reach += ix.follower_count(&topic)
-                    - open.iter().filter(|u| ix.follows(&topic, **u)).count()
-                    - except.map_or(0, |u| {
-                        usize::from(open.binary_search(&u).is_err() && ix.follows(&topic, u))
-                    });
+                    - open.iter().filter(|u| follows(**u)).count()
+                    - except.map_or(0, |u| usize::from(open.binary_search(&u).is_err() && follows(u)));
                 let looking = sessions.looking_at(*g, &mut |u| {
-                    Some(u) != except && open.binary_search(&u).is_err() && ix.follows(&topic, u)
+                    Some(u) != except && open.binary_search(&u).is_err() && follows(u)
                 });
                 gated.extend(looking.into_iter().map(|u| (u, *g)));
             }
@@ -1212,7 +1211,8 @@ impl Fanout {
                 };
                 let st = self.state();
                 let ix = &st.index;
-                viewers.iter().copied().filter(|u| ix.follows(topic, *u)).collect()
+                let follows = ix.following(topic);
+                viewers.iter().copied().filter(|u| follows(*u)).collect()
             }
         };
         // A guild channel's messages and typing reach only the sessions that view it (or
