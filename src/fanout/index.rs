@@ -164,8 +164,10 @@ mod tests {
         // Another user in the same guild: only their own topic is new.
         assert_eq!(ix.open(2, [g.clone()]).subscribe, vec![Topic::user(2)]);
         assert_eq!(ix.followers(&g).count(), 2);
-        let follows = ix.following(&g);
-        assert!(follows(1) && follows(2) && !follows(3));
+        {
+            let follows = ix.following(&g);
+            assert!(follows(1) && follows(2) && !follows(3));
+        }
         assert!(!ix.following(&Topic::guild(10))(1), "a topic nobody here follows");
         // User 1's first session ends: still local.
         assert_eq!(ix.close(1), Change::default());
