@@ -167,6 +167,7 @@ impl<O: Outlet> Session<O> {
             ctl: None,
             ctl_reader: FrameReader::new(ctx.cfg.session.max_frame_bytes),
             ctl_out: Outbox::default(),
+            heads: Heads::default(),
             early: VecDeque::new(),
             streams: HashMap::new(),
             parked: Vec::new(),
@@ -431,16 +432,37 @@ impl Outbox {
     }
 }
 
-/// The head of a `ServerLane::Event` frame for a body of `body_len` bytes with `seq`: a few
-/// bytes of their own. (Cutting heads from one shared block per thread would save this
-/// allocation, but a head then keeps its whole block alive until the client acknowledges
-/// it: a client that never acknowledges could hold a block per event it was sent — some
-/// 4 KiB each within the 2 MB of unacknowledged data a connection may have — where it now
-/// holds the head and the body it shares.)
-fn event_head(seq: u64, body_len: usize) -> Bytes {
-    let mut head = [0u8; quaver_proto::codec::EVENT_HEAD_MAX];
-    let n = quaver_proto::codec::encode_event_head(seq, body_len, &mut head);
-    Bytes::copy_from_slice(&head[..n])
+/// Bytes of one block of event heads: some twenty heads (a head is ≈ 10–12 bytes).
+const HEADS_BLOCK: usize = 256;
+
+/// A connection's event heads (the few bytes of a `ServerLane::Event` frame before the body
+/// every receiver shares), cut one after another from a small block: a delivery allocates
+/// nothing of its own — a block and its shared count serve some twenty. A head keeps its
+/// block alive until the client acknowledges it, and only this connection's heads share a
+/// block, so a client that never acknowledges holds no more per event than a head of its
+/// own would (a 256-byte block per ≈ 20 heads against a ≥ 32-byte allocation each); the
+/// block being filled is let go at every heartbeat ([`Heads::release`]), so an idle
+/// connection holds none. (One block per thread would pin a block per event a
+/// non-acknowledging client was sent.)
+#[derive(Debug, Default)]
+struct Heads(bytes::BytesMut);
+
+impl Heads {
+    /// The head of an event frame for a body of `body_len` bytes with `seq`.
+    fn cut(&mut self, seq: u64, body_len: usize) -> Bytes {
+        let mut head = [0u8; quaver_proto::codec::EVENT_HEAD_MAX];
+        let n = quaver_proto::codec::encode_event_head(seq, body_len, &mut head);
+        if self.0.capacity() < n {
+            self.0 = bytes::BytesMut::with_capacity(HEADS_BLOCK);
+        }
+        self.0.extend_from_slice(&head[..n]);
+        self.0.split().freeze()
+    }
+
+    /// Lets the block being filled go (it is freed once the heads cut from it are).
+    fn release(&mut self) {
+        self.0 = bytes::BytesMut::new();
+    }
 }
 
 fn control_frame(msg: &ServerControl) -> Bytes {
@@ -532,6 +554,8 @@ struct Conn {
     ctl: Option<StreamId>,
     ctl_reader: FrameReader,
     ctl_out: Outbox,
+    /// Where its events' heads are cut from ([`Heads`]).
+    heads: Heads,
     /// Control frames read while the session was being built, handled once it is live.
     early: VecDeque<ClientControl>,
     streams: HashMap<StreamId, Stream>,
@@ -678,6 +702,11 @@ impl<O: Outlet> Here<'_, O> {
     /// Writes a control frame; a client that leaves too many unread is a slow consumer.
     fn control(&mut self, msg: &ServerControl) {
         let Some(ctl) = self.c.ctl else { return };
+        if matches!(msg, ServerControl::HeartbeatAck(_)) {
+            // Quiet or not, a connection lets its block of heads go every heartbeat: an
+            // idle session holds none.
+            self.c.heads.release();
+        }
         let f = control_frame(msg);
         self.ctx.metrics.tx[CONTROL].add(f.len());
         self.c.ctl_out.write(self.io, ctl, f);
@@ -1164,7 +1193,7 @@ impl<O: Outlet> Here<'_, O> {
         let LaneOut::Event(seq, body) = out;
         // The body is the event's, encoded once for all its receivers and shared, not copied;
         // only the head is this delivery's.
-        let head = event_head(seq, body.len());
+        let head = self.c.heads.cut(seq, body.len());
         flow.add(head.len() + body.len());
         s.out.write_frame(io, id, head, body);
         if s.out.pending.len() > LANE_QUEUE {
@@ -1341,8 +1370,9 @@ mod tests {
         let mut port = FakePort::default();
         let mut out = Outbox::default();
         let s = stream(1);
+        let mut heads = Heads::default();
         let frames: Vec<(Bytes, Bytes)> = (0..4u64)
-            .map(|seq| (event_head(seq + 1, 5), Bytes::from(vec![b'a' + seq as u8; 5])))
+            .map(|seq| (heads.cut(seq + 1, 5), Bytes::from(vec![b'a' + seq as u8; 5])))
             .collect();
         let mut want = Vec::new();
         for (h, b) in &frames {
@@ -1359,6 +1389,26 @@ mod tests {
         out.flush(&mut port, s);
         assert!(out.done());
         assert_eq!(port.written[&s], want);
+    }
+
+    /// Heads cut from one block are each their frame's head and sit side by side, some
+    /// twenty to an allocation; a released block is not written into again.
+    #[test]
+    fn event_heads_come_from_small_shared_blocks() {
+        let mut heads = Heads::default();
+        let body = Bytes::from_static(b"hello");
+        let cut: Vec<Bytes> = (1..=40u64).map(|seq| heads.cut(seq * 1000, body.len())).collect();
+        for (i, h) in cut.iter().enumerate() {
+            let mut want = Vec::new();
+            quaver_proto::codec::encode_event_frame((i as u64 + 1) * 1000, &body, &mut want);
+            assert_eq!([&h[..], &body[..]].concat(), want);
+        }
+        let end = |h: &Bytes| h.as_ptr().wrapping_add(h.len());
+        let adjacent = cut.windows(2).filter(|w| end(&w[0]) == w[1].as_ptr()).count();
+        assert!(adjacent >= 30, "{adjacent} of 39 neighbours share a block");
+        heads.release();
+        let after = heads.cut(1, 5);
+        assert_ne!(end(cut.last().unwrap()), after.as_ptr(), "a new block after a release");
     }
 
     /// Client stream `n` (0: the control stream).
