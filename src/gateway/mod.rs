@@ -808,6 +808,10 @@ impl crate::fanout::Deliver for Sessions {
         let _batch = crate::engine::Batch::begin();
         let passive_seq = seq.filter(|_| lane == Lane::Chat);
         let (mut held, mut later) = (0, Vec::new());
+        if let Some(s) = passive_seq {
+            // The users passed over will be told this seq (or a newer one).
+            self.lock().holds.saw(channel, s);
+        }
         for chunk in users.chunks(USERS_PER_LOCK) {
             let mut m = self.lock();
             let SessionMaps {
@@ -817,15 +821,13 @@ impl crate::fanout::Deliver for Sessions {
                 holds,
                 ..
             } = &mut *m;
-            if let Some(s) = passive_seq {
-                holds.saw(channel, s);
-            }
+            let viewers = viewing.get(&channel);
             for u in chunk {
                 let Some(list) = by_user.get(u) else { continue };
                 let n = list.len() as u32;
                 let passed_over = match passive_seq {
                     Some(_) => holds.count(channel, *u) >= n && !unnarrowed.contains_key(u),
-                    None => !unnarrowed.contains_key(u) && !viewing.get(&channel).is_some_and(|v| v.contains_key(u)),
+                    None => !unnarrowed.contains_key(u) && !viewers.is_some_and(|v| v.contains_key(u)),
                 };
                 if passed_over {
                     held += u64::from(n);
