@@ -289,6 +289,14 @@ pub struct SessionConfig {
     /// "Tail loss"); 1 ms–16 s.
     #[serde(deserialize_with = "de_duration")]
     pub ack_delay: Duration,
+    /// Presence and typing updates to one connection within this window leave in one
+    /// packet (one write on the WebSocket framing): the first after a quiet interval goes at once, later ones wait for the
+    /// window's end (chat, replies and voice are never held, and carry along what is).
+    /// Each packet costs the server its encryption, its send and the client's
+    /// acknowledgement — most of a delivery's cost at light load (bench/RESULTS.md "Presence
+    /// and typing in one packet per window"). Default 50 ms; 0 sends each at once; at most 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub quiet_window: Duration,
     /// Full-size packets a connection's congestion window never falls below (CUBIC decides
     /// above it; `transport::congestion`). Voice datagrams are congestion-controlled and a
     /// voice flow is too small to win its window back after loss: without a floor,
@@ -398,6 +406,7 @@ impl Default for SessionConfig {
             retry_above_handshakes: 64,
             max_handshakes: 1024,
             ack_delay: Duration::from_millis(5),
+            quiet_window: Duration::from_millis(50),
             congestion_floor: 10,
             presence_grace: Duration::from_secs(5),
             large_guild_members: 1000,
@@ -524,6 +533,9 @@ pub struct ConfigArgs {
     /// Longest acknowledgement delay asked of clients [default: 5ms; bare numbers are ms].
     #[arg(long, env = "QUAVER_ACK_DELAY", value_parser = parse_duration)]
     pub ack_delay: Option<Duration>,
+    /// Window within which presence and typing to one connection leave in one packet; 0 = each at once [default: 50ms; bare numbers are ms].
+    #[arg(long, env = "QUAVER_QUIET_WINDOW", value_parser = parse_duration)]
+    pub quiet_window: Option<Duration>,
     /// Packets the congestion window never falls below; 0 = quinn's own [default: 10].
     #[arg(long, env = "QUAVER_CONGESTION_FLOOR")]
     pub congestion_floor: Option<u32>,
@@ -582,7 +594,7 @@ impl ConfigArgs {
             hello_timeout => session.hello_timeout, max_frame_bytes => session.max_frame_bytes,
             max_connections => session.max_connections,
             retry_above_handshakes => session.retry_above_handshakes, ack_delay => session.ack_delay,
-            max_handshakes => session.max_handshakes,
+            max_handshakes => session.max_handshakes, quiet_window => session.quiet_window,
             congestion_floor => session.congestion_floor,
             drain_timeout => session.drain_timeout,
             presence_grace => session.presence_grace,
@@ -670,6 +682,11 @@ impl Config {
             (Duration::from_millis(1)..=Duration::from_millis(16_383)).contains(&s.ack_delay),
             "ack delay must be 1 ms–16 s (a QUIC transport limit), not {:?}",
             s.ack_delay
+        );
+        anyhow::ensure!(
+            s.quiet_window <= Duration::from_secs(1),
+            "quiet window must be at most 1 s (presence and typing would lag behind what people see), not {:?}",
+            s.quiet_window
         );
         anyhow::ensure!(
             s.congestion_floor <= 64,
@@ -806,5 +823,9 @@ mod tests {
         assert!(c.validate().is_err(), "a floor past 64 packets is a fire hose");
         c.session.congestion_floor = 0;
         assert!(c.validate().is_ok());
+        c.session.quiet_window = Duration::from_millis(1001);
+        assert!(c.validate().is_err(), "presence a second late is presence that lies");
+        c.session.quiet_window = Duration::ZERO;
+        assert!(c.validate().is_ok(), "0: every update at once");
     }
 }

@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Connections refused at the door while the node set up its most at once
     /// (`max_handshakes`).
     pub shed: AtomicU64,
+    /// Presence and typing events held for their connection's window (`quiet_window`)
+    /// instead of leaving in a packet of their own.
+    pub held: AtomicU64,
     /// Fetch replies reset because the client did not read them in time.
     pub fetch_timeouts: AtomicU64,
     /// Frames/bytes received per stream kind.
@@ -188,6 +191,11 @@ impl Metrics {
             o,
             "# HELP quaver_handshakes_shed_total Connections refused at the door: the node was setting up its most at once.\n# TYPE quaver_handshakes_shed_total counter\nquaver_handshakes_shed_total {}",
             self.shed.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP quaver_events_held_total Presence and typing events held for their connection's window to share a packet.\n# TYPE quaver_events_held_total counter\nquaver_events_held_total {}",
+            self.held.load(Relaxed)
         );
         let _ = writeln!(
             o,

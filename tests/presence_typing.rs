@@ -766,3 +766,102 @@ async fn a_large_guilds_presence_reaches_the_sessions_that_look_at_it() {
     );
     server.shutdown().await;
 }
+
+/// A burst of presence changes reaches a member in order and complete, in fewer packets
+/// than changes: the first at once, the rest at the end of the connection's window
+/// (PROTOCOL.md, "Presence and typing in one packet per window").
+#[tokio::test]
+async fn a_burst_of_presence_changes_reaches_a_member_whole_in_fewer_packets() {
+    burst_of_presence_changes(Transport::Quic).await;
+}
+
+/// The same over the WebSocket framing: held the same way (one write per window), whole and
+/// in order.
+#[tokio::test]
+async fn a_burst_of_presence_changes_reaches_a_websocket_member_whole_and_held() {
+    burst_of_presence_changes(Transport::WebSocket).await;
+}
+
+async fn burst_of_presence_changes(transport: Transport) {
+    let mut cfg = config();
+    let window = Duration::from_millis(400);
+    cfg.session.quiet_window = window;
+    cfg.limits.presence = quaver::limits::Rate {
+        burst: 100.0,
+        per_sec: 100.0,
+    };
+    let server = start(cfg).await;
+    let mut b_cfg = client_config(&server, transport, Some(token(2)));
+    b_cfg.ws_url = Some(format!("ws://{}/quaver/ws", server.http_addr));
+    let mut b = session_with(b_cfg).await;
+    let mut a = session(&server, 1, DeviceKind::Desktop).await;
+    guild(&mut a, &mut [&mut b]).await;
+    // What the join sent is over, and b sends nothing that could draw a packet.
+    while next_event(&mut b.presence, window + Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+    b.client.stop_heartbeats();
+    let received = |b: &P| b.client.session().stats().udp_rx.datagrams;
+    let before = received(&b);
+    let t0 = Instant::now();
+    const CHANGES: usize = 10;
+    for i in 0..CHANGES {
+        let status = if i % 2 == 0 {
+            PresenceStatus::Dnd
+        } else {
+            PresenceStatus::Online
+        };
+        let body = RequestBody::SetPresence {
+            status,
+            custom_status: Some(format!("s{i}")),
+            activity: None,
+        };
+        req(&mut a.presence, body).await.unwrap();
+    }
+    let burst = t0.elapsed();
+    let mut first = None;
+    for i in 0..CHANGES {
+        let p = presence_of(&mut b.presence, 1).await;
+        first.get_or_insert_with(|| t0.elapsed());
+        assert_eq!(
+            p.custom_status.as_deref(),
+            Some(format!("s{i}").as_str()),
+            "in order, none lost"
+        );
+    }
+    let last = t0.elapsed();
+    if burst < window / 2 {
+        // The rest waited for the window (sent all at once, they would come within the burst).
+        let first = first.expect("ten arrived");
+        assert!(
+            last - first >= window / 2,
+            "first at {first:?}, last at {last:?}, burst {burst:?}"
+        );
+    }
+    // Nothing more (no duplicate).
+    assert!(next_event(&mut b.presence, Duration::from_millis(200)).await.is_none());
+    // The node counted what it held.
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quaver_events_held_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the held counter");
+    assert!(held >= 1, "{held}");
+    if transport == Transport::Quic {
+        let packets = received(&b) - before;
+        // One packet per window at most after the first, and a few the transport sends of
+        // its own (acknowledgements of b's acknowledgements, flow-control credit).
+        let windows = (burst.as_millis() / window.as_millis()) as u64 + 1;
+        assert!(
+            packets <= 1 + windows + 3 && packets < CHANGES as u64,
+            "{packets} packets for {CHANGES} changes over {burst:?}"
+        );
+    }
+    assert!(
+        last <= burst + window + Duration::from_secs(2),
+        "held at most a window: {last:?}"
+    );
+    server.shutdown().await;
+}

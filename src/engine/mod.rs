@@ -155,6 +155,23 @@ impl Conns<'_> {
             now: self.now,
         })
     }
+
+    /// Connection `ch`, if it is alive, without transmitting for it this turn: for an
+    /// application that may write nothing and says so afterwards ([`Conns::transmit`]).
+    /// What it does write leaves with the connection's next transmit.
+    pub fn io_held(&mut self, ch: ConnectionHandle) -> Option<Io<'_>> {
+        let c = self.map.get_mut(&ch)?;
+        Some(Io {
+            conn: &mut c.conn,
+            now: self.now,
+        })
+    }
+
+    /// Connection `ch` transmits this turn (after an [`Conns::io_held`] that wrote).
+    pub fn transmit(&mut self, ch: ConnectionHandle) {
+        // A handle that is gone (or reused) costs one empty drive at most.
+        self.dirty.insert(ch);
+    }
 }
 
 /// One connection, as the application sees it during an event.

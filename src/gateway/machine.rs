@@ -33,6 +33,7 @@ use quaver_proto::{
 use quinn_proto::StreamId;
 
 use super::control::{self, Control, ControlConfig};
+use super::pace::{self, Pace};
 use super::session::{FETCH_CONCURRENCY, Opened, connect_hook, open};
 use super::{AttachError, LANE_QUEUE, LaneOut, LaneSink, Link, SessionHandle, SinkError, dispatch};
 use crate::auth::Identity;
@@ -77,6 +78,15 @@ impl Outlet for tokio::sync::mpsc::UnboundedSender<Input> {
     fn send(&self, input: Input) -> bool {
         tokio::sync::mpsc::UnboundedSender::send(self, input).is_ok()
     }
+}
+
+/// Whether what [`Session::input`] was given leaves with this turn's transmit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Written (or nothing to write): the connection transmits as usual.
+    Now,
+    /// A presence or typing event held for the connection's window ([`Pace`]).
+    Held,
 }
 
 /// What the rest of the server tells a connection's machine.
@@ -168,6 +178,8 @@ impl<O: Outlet> Session<O> {
             ctl_reader: FrameReader::new(ctx.cfg.session.max_frame_bytes),
             ctl_out: Outbox::default(),
             heads: Heads::default(),
+            pace: Pace::default(),
+            quiet_window: ctx.cfg.session.quiet_window,
             early: VecDeque::new(),
             streams: HashMap::new(),
             parked: Vec::new(),
@@ -286,18 +298,41 @@ impl<O: Outlet> Session<O> {
         }
     }
 
-    /// What the rest of the server sent.
-    pub(crate) fn input(&mut self, port: &mut dyn Port, now: Instant, input: Input) {
+    /// What the rest of the server sent. [`Sent::Held`] when it was a presence or typing
+    /// event held for the connection's window: nothing was written, and the connection
+    /// need not transmit for it (the framing's timer comes at [`Session::next_deadline`]).
+    pub(crate) fn input(&mut self, port: &mut dyn Port, now: Instant, input: Input) -> Sent {
+        let quiet = matches!(&input, Input::Lane(lane, _) if pace::is_quiet(*lane));
+        if quiet && !self.c.pace.quiet(now, self.c.quiet_window) {
+            let Input::Lane(lane, out) = input else {
+                unreachable!("a quiet input is a lane event")
+            };
+            self.ctx.metrics.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut h = self.here(port, now);
+            h.lane_out(lane, out, true);
+            if h.queued(lane) < HELD_MAX {
+                return Sent::Held;
+            }
+            // Enough for several packets already: nothing gained by waiting longer, and a
+            // lane's queue is bounded (past `LANE_QUEUE` the session is a slow consumer).
+            h.release_held();
+            return Sent::Now;
+        }
         let mut h = self.here(port, now);
+        if !quiet {
+            // Whatever leaves now takes what is held along, in the same packet.
+            h.release_held();
+        }
         match input {
             Input::Opened(r) => h.opened(r),
-            Input::Lane(lane, out) => h.lane_out(lane, out),
+            Input::Lane(lane, out) => h.lane_out(lane, out, false),
             Input::Replied(lane, reply, flood) => h.replied(lane, reply, flood),
             Input::Fetched(stream, bytes, flood) => h.fetched(stream, bytes, flood),
             Input::Close(code, reason) => h.begin_close(code, reason),
             Input::CloseNow(code, reason) => h.close_now(code, &reason),
             Input::Datagram(data) => h.io.send_datagram(data),
         }
+        Sent::Now
     }
 
     /// Fires what is due at `now`.
@@ -305,8 +340,16 @@ impl<O: Outlet> Session<O> {
         self.here(port, now).timer(now);
     }
 
-    /// When [`Session::timeout`] is next due.
+    /// When [`Session::timeout`] is next due (the end of a window of held presence and
+    /// typing included).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.deadline_of_session(), self.c.pace.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn deadline_of_session(&self) -> Option<Instant> {
         let c = &self.c;
         let next = match (&c.stage, c.deadline) {
             (Stage::Live(l), d) => Some(d.map_or(l.machine.next_deadline(), |d| d.min(l.machine.next_deadline()))),
@@ -403,10 +446,19 @@ impl Outbox {
             }
         }
         // What is left of the head, then the body: one entry.
-        self.pending.push_back([&head[..], &body[..]].concat().into());
+        self.hold_frame(head, body);
     }
 
-    /// Writes what is pending (after `Writable`); finishes the stream if asked and done.
+    /// Queues the frame `head` + `body` behind anything pending without writing it (a
+    /// frame held for its window: [`Outbox::flush`] writes it).
+    fn hold_frame(&mut self, head: Bytes, body: Bytes) {
+        if !self.dead {
+            self.pending.push_back([&head[..], &body[..]].concat().into());
+        }
+    }
+
+    /// Writes what is pending (after `Writable`, or at the end of a window of held frames);
+    /// finishes the stream if asked and done.
     fn flush(&mut self, io: &mut dyn Port, stream: StreamId) {
         while let Some(front) = self.pending.front_mut() {
             if self.dead {
@@ -431,6 +483,10 @@ impl Outbox {
         self.pending.is_empty()
     }
 }
+
+/// Frames a lane holds for its window at most: at that many the window ends at once (they
+/// fill several packets already).
+const HELD_MAX: usize = 64;
 
 /// Bytes of one block of event heads: some twenty heads (a head is ≈ 10–12 bytes).
 const HEADS_BLOCK: usize = 256;
@@ -495,6 +551,20 @@ enum Stream {
     Fetch(Box<FetchStream>),
 }
 
+/// The stream of `lane`, if the session is live and the client opened it.
+fn lane_stream<'a>(
+    stage: &Stage,
+    streams: &'a mut HashMap<StreamId, Stream>,
+    lane: Lane,
+) -> Option<(StreamId, &'a mut LaneStream)> {
+    let Stage::Live(l) = stage else { return None };
+    let id = l.lanes[lane.index()]?;
+    match streams.get_mut(&id) {
+        Some(Stream::Lane(s)) => Some((id, s)),
+        _ => None,
+    }
+}
+
 #[derive(Debug)]
 struct LaneStream {
     lane: Lane,
@@ -556,6 +626,11 @@ struct Conn {
     ctl_out: Outbox,
     /// Where its events' heads are cut from ([`Heads`]).
     heads: Heads,
+    /// Presence and typing held for one packet per window ([`super::pace`]).
+    pace: Pace,
+    /// That window (the server's `quiet_window`), on every framing: on the WebSocket one a
+    /// held frame spares a wake-up of its writer and a TCP write.
+    quiet_window: Duration,
     /// Control frames read while the session was being built, handled once it is live.
     early: VecDeque<ClientControl>,
     streams: HashMap<StreamId, Stream>,
@@ -947,6 +1022,9 @@ impl<O: Outlet> Here<'_, O> {
     }
 
     fn timer(&mut self, now: Instant) {
+        if self.c.pace.due().is_some_and(|d| d <= now) {
+            self.release_held();
+        }
         if let Some(d) = self.c.deadline
             && d <= now
         {
@@ -1182,12 +1260,30 @@ impl<O: Outlet> Here<'_, O> {
         });
     }
 
-    fn lane_out(&mut self, lane: Lane, out: LaneOut) {
+    /// Presence and typing frames held for the window ([`Pace`]) are written now: this
+    /// transmit carries them.
+    fn release_held(&mut self) {
+        if self.c.pace.due().is_none() {
+            return;
+        }
+        self.c.pace.sent(self.now);
+        for lane in [Lane::Presence, Lane::Typing] {
+            if let Some((id, s)) = lane_stream(&self.c.stage, &mut self.c.streams, lane) {
+                s.out.flush(self.io, id);
+            }
+        }
+    }
+
+    /// Frames waiting in `lane`'s queue (held, or not taken by flow control).
+    fn queued(&mut self, lane: Lane) -> usize {
+        lane_stream(&self.c.stage, &mut self.c.streams, lane).map_or(0, |(_, s)| s.out.pending.len())
+    }
+
+    /// An event for `lane`; `held`: queued for the end of the window instead of written.
+    fn lane_out(&mut self, lane: Lane, out: LaneOut, held: bool) {
         let flow = &self.ctx.metrics.tx[lane.index()];
         let io = &mut *self.io;
-        let Stage::Live(l) = &self.c.stage else { return };
-        let Some(id) = l.lanes[lane.index()] else { return };
-        let Some(Stream::Lane(s)) = self.c.streams.get_mut(&id) else {
+        let Some((id, s)) = lane_stream(&self.c.stage, &mut self.c.streams, lane) else {
             return;
         };
         let LaneOut::Event(seq, body) = out;
@@ -1195,7 +1291,11 @@ impl<O: Outlet> Here<'_, O> {
         // only the head is this delivery's.
         let head = self.c.heads.cut(seq, body.len());
         flow.add(head.len() + body.len());
-        s.out.write_frame(io, id, head, body);
+        if held {
+            s.out.hold_frame(head, body);
+        } else {
+            s.out.write_frame(io, id, head, body);
+        }
         if s.out.pending.len() > LANE_QUEUE {
             // The client does not read this lane: it can resume and get the rest.
             self.begin_close(CloseCode::SLOW_CONSUMER, "lane queue overflow".into());
@@ -1205,13 +1305,7 @@ impl<O: Outlet> Here<'_, O> {
     fn replied(&mut self, lane: Lane, f: Bytes, flood: bool) {
         let flow = &self.ctx.metrics.tx[lane.index()];
         let io = &mut *self.io;
-        let Some((id, s)) = (match &self.c.stage {
-            Stage::Live(l) => l.lanes[lane.index()].and_then(|id| match self.c.streams.get_mut(&id) {
-                Some(Stream::Lane(s)) => Some((id, s)),
-                _ => None,
-            }),
-            _ => None,
-        }) else {
+        let Some((id, s)) = lane_stream(&self.c.stage, &mut self.c.streams, lane) else {
             return;
         };
         s.busy = false;
@@ -1449,6 +1543,10 @@ mod tests {
 
     impl Rig {
         async fn new() -> Rig {
+            Rig::on(Transport::Quic).await
+        }
+
+        async fn on(transport: Transport) -> Rig {
             let dir = std::env::temp_dir().join(format!(
                 "quaver-machine-{}-{}",
                 std::process::id(),
@@ -1468,7 +1566,7 @@ mod tests {
             let server = crate::Server::start(cfg).await.expect("the server starts");
             let (tx, inputs) = mpsc::unbounded_channel();
             let now = Instant::now();
-            let session = Session::new(server.ctx.clone(), tx, Transport::Quic, false, now);
+            let session = Session::new(server.ctx.clone(), tx, transport, false, now);
             Rig {
                 server,
                 session,
@@ -1661,6 +1759,105 @@ mod tests {
         assert_eq!(r.closing_code(), None, "{LANE_QUEUE} held is within bounds");
         r.session.input(&mut r.port, r.now, Input::Lane(Lane::Chat, err()));
         assert_eq!(r.closing_code(), Some(CloseCode::SLOW_CONSUMER.0));
+        r.server.shutdown().await;
+    }
+
+    /// Presence and typing within a window leave together at its end, in order, behind the
+    /// first, which left at once; anything else leaving takes what is held along; a quiet
+    /// interval lets the next go at once again. The WebSocket framing holds the same way.
+    #[tokio::test]
+    async fn presence_and_typing_within_the_window_wait_for_its_end_and_other_traffic_takes_them_along() {
+        let mut r = Rig::new().await;
+        r.live().await;
+        let (presence, typing, chat) = (stream(1), stream(2), stream(3));
+        r.send(1, frame!(&StreamOpen::Lane(Lane::Presence)), false);
+        r.send(2, frame!(&StreamOpen::Lane(Lane::Typing)), false);
+        r.send(3, frame!(&StreamOpen::Lane(Lane::Chat)), false);
+        let window = r.server.ctx.cfg.session.quiet_window;
+        assert_eq!(window, Duration::from_millis(50), "the default");
+        let ms = Duration::from_millis;
+        let body = |seq: u64| Bytes::from(format!("event body {seq}"));
+        let frame = |seq: u64| {
+            let mut f = Vec::new();
+            quaver_proto::codec::encode_event_frame(seq, &body(seq), &mut f);
+            f
+        };
+        let written = |r: &Rig, s: StreamId| r.port.written.get(&s).cloned().unwrap_or_default();
+        let (p0, t0, c0) = (written(&r, presence), written(&r, typing), written(&r, chat));
+        let input = |r: &mut Rig, lane: Lane, seq: u64| {
+            r.session
+                .input(&mut r.port, r.now, Input::Lane(lane, LaneOut::Event(seq, body(seq))))
+        };
+        let start = r.now;
+        assert_eq!(input(&mut r, Lane::Presence, 1), Sent::Now, "the first at once");
+        assert_eq!(written(&r, presence), [p0.clone(), frame(1)].concat());
+        r.now += ms(10);
+        assert_eq!(input(&mut r, Lane::Presence, 2), Sent::Held);
+        r.now += ms(10);
+        assert_eq!(input(&mut r, Lane::Typing, 1), Sent::Held, "typing shares the window");
+        assert_eq!(
+            written(&r, presence),
+            [p0.clone(), frame(1)].concat(),
+            "nothing written while held"
+        );
+        assert_eq!(written(&r, typing), t0);
+        assert_eq!(
+            r.session.next_deadline(),
+            Some(start + window),
+            "the framing's timer: the window's end"
+        );
+        r.advance(start + window - ms(1) - r.now);
+        assert_eq!(written(&r, typing), t0, "not before the end");
+        r.advance(ms(1));
+        assert_eq!(written(&r, presence), [p0.clone(), frame(1), frame(2)].concat());
+        assert_eq!(written(&r, typing), [t0.clone(), frame(1)].concat());
+        // The window runs again from there; a chat event takes what is held along.
+        r.now += ms(10);
+        assert_eq!(input(&mut r, Lane::Presence, 3), Sent::Held);
+        assert_eq!(input(&mut r, Lane::Chat, 1), Sent::Now, "chat is never held");
+        assert_eq!(written(&r, chat), [c0, frame(1)].concat());
+        assert_eq!(
+            written(&r, presence),
+            [p0.clone(), frame(1), frame(2), frame(3)].concat()
+        );
+        // After a quiet window, at once again.
+        r.now += window;
+        assert_eq!(input(&mut r, Lane::Presence, 4), Sent::Now);
+        let mut want = [p0, frame(1), frame(2), frame(3), frame(4)].concat();
+        assert_eq!(written(&r, presence), want);
+        // A flood within one window: held up to HELD_MAX frames, then all written at once.
+        r.now += ms(1);
+        for seq in 5..5 + HELD_MAX as u64 - 1 {
+            assert_eq!(input(&mut r, Lane::Presence, seq), Sent::Held, "{seq}");
+            want.extend(frame(seq));
+        }
+        let last = 5 + HELD_MAX as u64 - 1;
+        assert_eq!(
+            input(&mut r, Lane::Presence, last),
+            Sent::Now,
+            "the {HELD_MAX}th ends the window"
+        );
+        want.extend(frame(last));
+        assert_eq!(written(&r, presence), want, "all of them, in order");
+        assert_eq!(r.closing_code(), None);
+        r.server.shutdown().await;
+
+        let mut r = Rig::on(Transport::WebSocket).await;
+        r.live().await;
+        r.send(1, frame!(&StreamOpen::Lane(Lane::Presence)), false);
+        let p0 = written(&r, presence);
+        let start = r.now;
+        assert_eq!(input(&mut r, Lane::Presence, 1), Sent::Now);
+        for seq in 2..=3 {
+            assert_eq!(
+                input(&mut r, Lane::Presence, seq),
+                Sent::Held,
+                "held on the WebSocket framing too"
+            );
+        }
+        assert_eq!(written(&r, presence), [p0.clone(), frame(1)].concat());
+        r.advance(start + window - r.now);
+        assert_eq!(written(&r, presence), [p0, frame(1), frame(2), frame(3)].concat());
         r.server.shutdown().await;
     }
 

@@ -10,6 +10,7 @@
 pub mod control;
 pub mod dispatch;
 pub mod machine;
+pub(crate) mod pace;
 pub mod replay;
 pub mod session;
 pub mod timers;

@@ -308,11 +308,14 @@ impl engine::App for Gateway {
             Command::To(conn, input) => (conn, input),
         };
         let c = self.conns.get_mut(&conn.ch).filter(|c| c.id == conn.id);
-        let (Some(c), Some(mut io)) = (c, conns.io(conn.ch)) else {
+        let (Some(c), Some(mut io)) = (c, conns.io_held(conn.ch)) else {
             return machine::abandon(&self.ctx, input);
         };
         let now = io.now();
-        c.session.input(&mut io, now, input);
+        // A presence or typing event the session holds for its window sends nothing now.
+        if c.session.input(&mut io, now, input) == machine::Sent::Now {
+            conns.transmit(conn.ch);
+        }
         self.arm(conn.ch);
     }
 

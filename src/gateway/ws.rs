@@ -320,11 +320,14 @@ async fn serve(ctx: Arc<Ctx>, socket: WebSocket) {
                 let now = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => frame_in(&mut session, &mut port, now, b),
-                    Some(Ok(Message::Text(_))) => session.input(
-                        &mut port,
-                        now,
-                        Input::CloseNow(CloseCode::PROTOCOL_ERROR, "text message on the WebSocket framing".into()),
-                    ),
+                    Some(Ok(Message::Text(_))) => {
+                        // Never held: only presence and typing events are.
+                        let _sent = session.input(
+                            &mut port,
+                            now,
+                            Input::CloseNow(CloseCode::PROTOCOL_ERROR, "text message on the WebSocket framing".into()),
+                        );
+                    }
                     Some(Ok(Message::Close(f))) => {
                         // No code at all is no Quaver close either: resumable, as a dropped connection.
                         peer_code = f.and_then(|f| quaver_close_code(f.code));
@@ -340,7 +343,10 @@ async fn serve(ctx: Arc<Ctx>, socket: WebSocket) {
                     None => break,
                 }
             }
-            Some(input) = inputs.recv() => session.input(&mut port, Instant::now(), input),
+            Some(input) = inputs.recv() => {
+                // What the machine holds it writes at its next deadline (this loop's timer).
+                let _sent = session.input(&mut port, Instant::now(), input);
+            }
             () = written.notified() => {
                 let now = Instant::now();
                 for id in std::mem::take(&mut port.blocked) {
@@ -381,7 +387,8 @@ fn frame_in(session: &mut WsSession, port: &mut WsPort, now: Instant, msg: Bytes
     };
     if msg.len() > port.max_message {
         let why = format!("a WebSocket message of {} bytes, over {}", msg.len(), port.max_message);
-        return session.input(port, now, Input::CloseNow(CloseCode::FRAME_TOO_LARGE, why));
+        let _sent = session.input(port, now, Input::CloseNow(CloseCode::FRAME_TOO_LARGE, why));
+        return;
     }
     let frame = match Frame::decode(msg) {
         Ok(f) => f,
