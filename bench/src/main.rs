@@ -103,6 +103,9 @@ enum Scenario {
     Presence(SocialArgs),
     /// T1: typing start propagation and server-side expiry.
     Typing(SocialArgs),
+    /// P2: presence churn — many members changing presence at once, seen by the others
+    /// (server CPU and packets per update; PROTOCOL.md "Presence and typing in one packet").
+    PresenceChurn(ChurnArgs),
     /// R1: forced disconnects during a message stream, clients resuming.
     Resume(ResumeArgs),
     /// R3: a reconnect storm — N resilient members, their node restarted.
@@ -407,6 +410,30 @@ struct SocialArgs {
     /// P1 across this many cluster nodes (REDIS_URL and a PostgreSQL DATABASE_URL).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+struct ChurnArgs {
+    /// Guild members observing.
+    #[arg(long, default_value_t = 500)]
+    members: usize,
+    /// Members changing their presence.
+    #[arg(long, default_value_t = 20)]
+    subjects: usize,
+    /// Changes per second per subject.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Seconds of changes.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Runs, each on a fresh server.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Transport.
     #[arg(long, value_enum, default_value_t = Tr::Quic)]
     transport: Tr,
@@ -823,6 +850,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Presence(a) => social_cmd("presence", a).await,
         Scenario::Typing(a) => social_cmd("typing", a).await,
+        Scenario::PresenceChurn(a) => churn_cmd(a).await,
         Scenario::Storm(a) => {
             let bin = a.server.target()?;
             anyhow::ensure!(
@@ -1433,6 +1461,51 @@ async fn chat_cmd(a: ChatArgs, via_api: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn churn_cmd(a: ChurnArgs) -> anyhow::Result<()> {
+    let bin = a.server.target()?;
+    let transport = Transport::from(a.transport);
+    let mut clean = true;
+    for run in 0..a.runs {
+        let r = social::presence_churn(&bin, a.members, a.subjects, a.rate, a.seconds, transport).await?;
+        let l = &r.latency;
+        let per_update = r.server_cpu * 1e6 / r.seen.max(1) as f64;
+        // Datagrams are counted on raw QUIC only.
+        let per_datagram = if r.datagrams > 0 {
+            r.seen as f64 / r.datagrams as f64
+        } else {
+            f64::NAN
+        };
+        println!(
+            "presence-churn run {run}: {} subjects × {}/s for {} s, {} members: {}/{} updates seen, {} duplicated; latency µs p50 {:.0} p90 {:.0} p99 {:.0} max {:.0}; server CPU {:.2} s ({per_update:.2} µs per update); observers received {} datagrams ({per_datagram:.2} updates per datagram); held to share a packet {}",
+            a.subjects,
+            a.rate,
+            a.seconds,
+            a.members,
+            r.seen,
+            r.expected,
+            r.duplicates,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            r.server_cpu,
+            r.datagrams,
+            r.held
+        );
+        println!(
+            "{}",
+            serde_json::json!({"scenario": "presence-churn", "run": run, "transport": transport.name(), "members": a.members,
+                "subjects": a.subjects, "rate": a.rate, "seconds": a.seconds, "expected": r.expected, "seen": r.seen,
+                "duplicates": r.duplicates, "latency_us": {"p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max},
+                "server_cpu_s": r.server_cpu, "server_cpu_us_per_update": per_update, "datagrams": r.datagrams,
+                "updates_per_datagram": per_datagram, "held": r.held})
+        );
+        clean &= r.seen == r.expected && r.duplicates == 0;
+    }
+    anyhow::ensure!(clean, "updates were lost or duplicated");
+    Ok(())
+}
+
 async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
     let bin = a.server.target()?;
     let transport = Transport::from(a.transport);
@@ -1443,8 +1516,8 @@ async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
     };
     let l = &r.latency;
     println!(
-        "{which}: {}/{} events seen by {} members; latency µs p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
-        r.seen, r.expected, a.members, l.p50, l.p90, l.p99, l.p999, l.max
+        "{which}: {}/{} events seen by {} members; latency µs p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}; held to share a packet {}",
+        r.seen, r.expected, a.members, l.p50, l.p90, l.p99, l.p999, l.max, r.held
     );
     if let Some(e) = &r.expiry {
         println!(
@@ -1459,7 +1532,7 @@ async fn social_cmd(which: &str, a: SocialArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"scenario": which, "transport": transport.name(), "members": a.members, "count": a.count, "nodes": a.nodes,
-            "expected": r.expected, "seen": r.seen, "latency_us": j(l), "expiry_us": r.expiry.as_ref().map(j)})
+            "expected": r.expected, "seen": r.seen, "latency_us": j(l), "expiry_us": r.expiry.as_ref().map(j), "held": r.held})
     );
     Ok(())
 }
