@@ -277,8 +277,9 @@ pub struct SessionConfig {
     /// its clients give up — work taken on beyond that is finished for nobody, and the
     /// client's next attempt is more of it (bench/RESULTS.md "Shedding at the door").
     /// Address validation (`retry_above_handshakes`) comes after it, and keeps spoofed
-    /// Initials from filling these places. Default 1,024; 0 = no limit. The WebSocket
-    /// framing (TCP) is not counted.
+    /// Initials from filling these places. Default 1,024; 0 = no limit. WebSocket
+    /// connections between their upgrade and `Ready` count too (`gateway::door`); past the
+    /// limit an upgrade is closed at once with `overloaded`.
     pub max_handshakes: usize,
     /// The longest a client is asked to hold back an acknowledgement (the QUIC
     /// ACK-frequency extension; quinn-based native clients honour it, browsers keep their

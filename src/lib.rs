@@ -78,6 +78,9 @@ pub struct Ctx {
     pub shutdown: shutdown::Signal,
     /// QUIC handshakes accepted and not yet finished (the engine's count, for `/metrics`).
     pub handshakes_in_flight: AtomicUsize,
+    /// Connections past their handshake (or WebSocket upgrade) and not yet `Ready`, for
+    /// shedding at the door over every framing.
+    pub door: gateway::door::Door,
     /// Live sessions.
     pub sessions: Arc<gateway::Sessions>,
     /// Chat: guilds, channels, messages.
@@ -487,6 +490,7 @@ impl Server {
             metrics: metrics::Metrics::default(),
             shutdown: signal.clone(),
             handshakes_in_flight: AtomicUsize::new(0),
+            door: gateway::door::Door::default(),
             sessions: sessions.clone(),
             chat: chat.clone(),
             presence,

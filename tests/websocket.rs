@@ -676,3 +676,79 @@ async fn the_native_client_speaks_wss_through_a_tls_terminator() {
     let _ = std::fs::remove_file(&ca);
     server.shutdown().await;
 }
+
+/// The door (`max_handshakes`, PROTOCOL.md §1 "Refused at the door") counts WebSocket
+/// connections on their way to `Ready` beside QUIC ones: past it an upgrade is answered and
+/// closed at once with `overloaded` (3001), which the native client reads as `overloaded`;
+/// WebSockets still setting up keep a QUIC client out too; once `Ready` they count no more.
+#[tokio::test]
+async fn websocket_set_ups_are_counted_and_refused_at_the_door() {
+    use quaver_client::Error;
+    let mut cfg = config();
+    cfg.loops = 1;
+    cfg.session.max_handshakes = 2;
+    // The one that never says `Hello` stays set up for the whole test.
+    cfg.session.hello_timeout = Duration::from_secs(60);
+    let server = start(cfg).await;
+    let ws_url = format!("ws://{}/quaver/ws", server.http_addr);
+    let over_ws = |user| {
+        let mut c = client_config(&server, Transport::WebSocket, Some(token(user)));
+        c.ws_url = Some(ws_url.clone());
+        c
+    };
+    let overloaded = |r: Result<quaver_client::Client, Error>, what: &str| match r {
+        Err(Error::Closed { code, .. }) => assert_eq!(code, CloseCode::OVERLOADED, "{what}"),
+        Err(e) => panic!("{what}: expected overloaded, got {e}"),
+        Ok(_) => panic!("{what}: expected overloaded, got a session"),
+    };
+    // Two WebSockets that have not said `Hello` take both places.
+    let mut a = Ws::open(server.http_addr, None).await.expect("first upgrade");
+    let _b = Ws::open(server.http_addr, None).await.expect("second upgrade");
+    assert!(
+        http_get(server.http_addr, "/metrics")
+            .await
+            .1
+            .contains("quaver_sessions_setting_up 2\n")
+    );
+    // A third is upgraded only to be told, before anything else.
+    let started = std::time::Instant::now();
+    let mut c = Ws::open(server.http_addr, None).await.expect("upgraded to be told");
+    assert_eq!(
+        c.close_code().await,
+        Some(3001),
+        "overloaded, as PROTOCOL.md §11 moves it"
+    );
+    overloaded(connect(&over_ws(1)).await, "the native client over WebSocket");
+    overloaded(
+        connect(&client_config(&server, Transport::Quic, Some(token(1)))).await,
+        "a QUIC client while WebSockets set up",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at once, not timed out"
+    );
+    assert!(
+        http_get(server.http_addr, "/metrics")
+            .await
+            .1
+            .contains("quaver_handshakes_shed_total 3\n")
+    );
+    // One of them becomes a session: it no longer counts, and there is room again, over
+    // either framing; live sessions take no place.
+    a.hello(1).await;
+    assert!(matches!(a.control().await, ServerControl::Ready(_)));
+    let quic = connect(&client_config(&server, Transport::Quic, Some(token(2))))
+        .await
+        .expect("room once a WebSocket is Ready");
+    let ws = connect(&over_ws(3)).await.expect("a live session takes no place");
+    assert_eq!(ws.transport(), Transport::WebSocket);
+    assert!(
+        http_get(server.http_addr, "/metrics")
+            .await
+            .1
+            .contains("quaver_sessions_setting_up 1\n"),
+        "the one that never said Hello"
+    );
+    drop((quic, ws));
+    server.shutdown().await;
+}

@@ -140,6 +140,8 @@ export class WebSocketTransport {
     this.ws = new WebSocket(url, 'quaver');
     this.ws.binaryType = 'arraybuffer';
     this.nextId = 0;
+    /** The `ClosedError` of a close that carried a Quaver code, once closed. */
+    this.closedWith = null;
     this.streams = new Map();
     this.ready = new Promise((resolve, reject) => {
       this.ws.addEventListener('open', () => resolve(), { once: true });
@@ -152,6 +154,9 @@ export class WebSocketTransport {
     this.closed = new Promise((resolve) => {
       this.ws.addEventListener('close', (e) => {
         const err = new ClosedError(quaverCloseCode(e.code) ?? e.code, e.reason);
+        // A write after the close says why, when the close said (an upgrade refused at the
+        // door is closed with `overloaded` before the page's `Hello` is written).
+        if (quaverCloseCode(e.code) !== null) this.closedWith = err;
         for (const st of this.streams.values()) st.fail(err);
         this.streams.clear();
         try { dgController.close(); } catch (_) { /* already closed */ }
@@ -178,7 +183,7 @@ export class WebSocketTransport {
       readable: dgReadable,
       writable: new WritableStream({
         write: (bytes) => {
-          if (this.ws.readyState !== WebSocket.OPEN) throw new Error('the WebSocket is closed');
+          if (this.ws.readyState !== WebSocket.OPEN) throw this.#closedError();
           if (this.ws.bufferedAmount > WS_DATAGRAM_BACKLOG) return; // late audio is worse than lost
           send(encodeWs({ type: 'Datagram', bytes }));
         },
@@ -187,8 +192,12 @@ export class WebSocketTransport {
   }
 
   #send(bytes) {
-    if (this.ws.readyState !== WebSocket.OPEN) throw new Error('the WebSocket is closed');
+    if (this.ws.readyState !== WebSocket.OPEN) throw this.#closedError();
     this.ws.send(bytes);
+  }
+
+  #closedError() {
+    return this.closedWith ?? new Error('the WebSocket is closed');
   }
 
   #protocolError(why) {

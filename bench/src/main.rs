@@ -354,6 +354,9 @@ struct StormArgs {
     /// Runs.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Transport of the members (the owner and the sender use it too).
+    #[arg(long, value_enum, default_value_t = Tr::Quic)]
+    transport: Tr,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -863,7 +866,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut clean = true;
             for run in 0..a.runs {
-                let r = storm::run(&bin, a.clients, a.guild_size, how, a.messages, a.messages).await?;
+                let transport = Transport::from(a.transport);
+                let r = storm::run(&bin, a.clients, a.guild_size, how, a.messages, a.messages, transport).await?;
                 let q = |f: f64| {
                     r.reconnected_at
                         .get(((r.reconnected_at.len() as f64 - 1.0) * f).round() as usize)
@@ -871,8 +875,9 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or(f64::NAN)
                 };
                 println!(
-                    "storm run {run}: {} clients, {how:?}; down {:.2} s; back after the new process answered: p50 {:.2} s, p99 {:.2} s, all {:.2} s ({} never); server CPU {:.1} s ({:.2} ms per client), load generator CPU {:.1} s; handshakes {} ({} retried for address validation); failed attempts {}; resumed {} / fresh {}; {} messages: lost {} duplicated {} out of order {}",
+                    "storm run {run}: {} clients over {}, {how:?}; down {:.2} s; back after the new process answered: p50 {:.2} s, p99 {:.2} s, all {:.2} s ({} never); server CPU {:.1} s ({:.2} ms per client), load generator CPU {:.1} s; handshakes {} ({} retried for address validation, {} refused at the door); failed attempts {}; resumed {} / fresh {}; {} messages: lost {} duplicated {} out of order {}",
                     a.clients,
+                    transport.name(),
                     r.down_seconds,
                     q(0.5),
                     q(0.99),
@@ -883,6 +888,7 @@ async fn main() -> anyhow::Result<()> {
                     r.bench_cpu,
                     r.handshakes,
                     r.validation_retries,
+                    r.shed,
                     r.failed_attempts,
                     r.resumed,
                     r.fresh,
@@ -893,7 +899,7 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!(
                     "{}",
-                    serde_json::json!({"scenario": "storm", "run": run, "clients": a.clients, "stop": format!("{how:?}"),
+                    serde_json::json!({"scenario": "storm", "run": run, "clients": a.clients, "transport": transport.name(), "stop": format!("{how:?}"), "shed": r.shed,
                         "down_s": r.down_seconds, "p50_s": q(0.5), "p99_s": q(0.99), "all_s": q(1.0), "never": r.never,
                         "server_cpu_s": r.storm_cpu, "bench_cpu_s": r.bench_cpu, "handshakes": r.handshakes, "validation_retries": r.validation_retries, "failed_attempts": r.failed_attempts, "resumed": r.resumed, "fresh": r.fresh,
                         "sent": r.sent, "lost": r.lost, "duplicated": r.duplicated, "reordered": r.reordered})

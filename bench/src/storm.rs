@@ -40,10 +40,13 @@ pub(crate) struct StormResult {
     /// a storm's client handshakes cost about what the server's do).
     pub(crate) bench_cpu: f64,
     /// QUIC handshakes the new process took on over the window (more than the clients: an
-    /// attempt given up and made again, or the client's parallel probes), and of those
-    /// refused with an address-validation retry.
+    /// attempt given up and made again, or the client's parallel probes) — over the
+    /// WebSocket framing, its upgrades, refused ones included — and of those refused with
+    /// an address-validation retry.
     pub(crate) handshakes: u64,
     pub(crate) validation_retries: u64,
+    /// Connections refused at the door (`max_handshakes`).
+    pub(crate) shed: u64,
     /// Missing, repeated and out-of-order messages over all clients.
     pub(crate) lost: u64,
     /// Repeated messages.
@@ -71,10 +74,11 @@ pub(crate) async fn run(
     how: Stop,
     before: u64,
     after: u64,
+    transport: Transport,
 ) -> anyhow::Result<StormResult> {
     // The owner makes (and fetches) a guild per `guild_size` members and posts into each.
     let toml = "[limits]\nsend = { burst = 100000.0, per_sec = 100000.0 }\nmanage = { burst = 100000.0, per_sec = 100000.0 }\nfetch = { burst = 100000.0, per_sec = 100000.0 }\n";
-    let mut setup = Setup::start(target, toml, Transport::Quic).await?;
+    let mut setup = Setup::start(target, toml, transport).await?;
     let Owner {
         general,
         invite,
@@ -121,7 +125,9 @@ pub(crate) async fn run(
         // The route check (every 200 ms by default) would cost the load generator 50k
         // look-ups a second at this size; a node restart does not move anyone's route.
         cfg.network_check_every = None;
-        cfg.quic_endpoint = Some(endpoints[i / 100].clone());
+        if transport != Transport::WebSocket {
+            cfg.quic_endpoint = Some(endpoints[i / 100].clone());
+        }
         let p = Arc::new(Progress::default());
         progress.push(p.clone());
         let permit = gate.clone().acquire_owned().await?;
@@ -239,7 +245,14 @@ pub(crate) async fn run(
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     };
-    let handshakes = counter("quaver_quic_handshakes_begun_total");
+    // QUIC handshakes begun, and WebSocket upgrades served (refused ones too).
+    let handshakes = counter("quaver_quic_handshakes_begun_total")
+        + counter("quaver_handshakes_total{transport=\"websocket\"}")
+        + match transport {
+            Transport::WebSocket => counter("quaver_handshakes_shed_total"),
+            _ => 0,
+        };
+    let shed = counter("quaver_handshakes_shed_total");
     let validation_retries = counter("quaver_address_validation_retries_total");
     for l in metrics
         .lines()
@@ -300,6 +313,7 @@ pub(crate) async fn run(
         bench_cpu,
         handshakes,
         validation_retries,
+        shed,
         lost,
         duplicated,
         reordered,

@@ -321,6 +321,19 @@ pub fn tls_config(trust: &Trust, alpn: &[u8]) -> Result<rustls::ClientConfig, Er
     Ok(cfg)
 }
 
+/// A failed write or open: the close that caused it if the connection carried one (a
+/// WebSocket refused at the door is closed with `overloaded` as it opens, and the `Hello`
+/// written after that fails), else a transport error.
+fn closed_or(session: &Session, e: impl std::fmt::Display) -> Error {
+    match session.close_reason() {
+        Some((code, reason)) => Error::Closed {
+            code: CloseCode(code),
+            reason,
+        },
+        None => Error::Transport(e.to_string()),
+    }
+}
+
 fn read_err(session: &Session, e: ReadError) -> Error {
     if let Some((code, reason)) = session.close_reason() {
         return Error::Closed {
@@ -633,7 +646,7 @@ async fn open_transport(cfg: &Config) -> Result<(Session, Option<quinn::Endpoint
 /// sends `Hello`, and waits for `Ready`.
 pub async fn connect(cfg: &Config) -> Result<Client, Error> {
     let (session, endpoint) = open_transport(cfg).await?;
-    let (mut ctl_tx, ctl_rx) = session.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+    let (mut ctl_tx, ctl_rx) = session.open_bi().await.map_err(|e| closed_or(&session, e))?;
     let mut control = FramedRead::new(ctl_rx, cfg.max_frame);
     let token = match (session.transport(), cfg.token_placement) {
         (Transport::Quic | Transport::WebSocket, _) | (_, TokenPlacement::Hello) => cfg.token.clone(),
@@ -648,7 +661,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, Error> {
     });
     write_msg(&mut ctl_tx, &hello)
         .await
-        .map_err(|e| Error::Transport(e.to_string()))?;
+        .map_err(|e| closed_or(&session, e))?;
     let (ready, resumed) = match control.next::<ServerControl>().await {
         Ok(Some(ServerControl::Ready(r))) => (*r, false),
         Ok(Some(ServerControl::Resumed(r))) => (*r, true),

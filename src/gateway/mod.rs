@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod dispatch;
+pub mod door;
 pub mod machine;
 pub(crate) mod pace;
 pub mod replay;

@@ -116,8 +116,10 @@ pub struct Gateway {
     /// Handshakes in flight on this loop, as last added to the node's gauge.
     handshakes: usize,
     /// Connections of this loop past their handshake and not yet `Ready` (each `Conn`'s
-    /// `setting_up`, summed), for the engine's shedding.
+    /// `setting_up`, summed), for the engine's shedding; the node's sum is `Ctx::door`.
     setting_up: usize,
+    /// Loops on the node: this one counts its share of the WebSocket set-ups.
+    loops: usize,
 }
 
 impl Gateway {
@@ -132,7 +134,13 @@ impl Gateway {
             draining: false,
             handshakes: 0,
             setting_up: 0,
+            loops: 1,
         }
+    }
+
+    /// Tells the gateway how many loops the node runs (1 unless told).
+    pub fn set_loops(&mut self, loops: usize) {
+        self.loops = loops.max(1);
     }
 
     /// Sets the command queue (the engine is built after the gateway it hosts).
@@ -239,7 +247,8 @@ async fn serve(
 ) -> std::io::Result<()> {
     let loops = sharding.as_ref().map_or(1, |s| usize::from(s.shards.count));
     let (placeholder, _) = engine::mailbox::channel();
-    let gateway = Gateway::new(ctx.clone(), placeholder);
+    let mut gateway = Gateway::new(ctx.clone(), placeholder);
+    gateway.set_loops(loops);
     let core = engine::Core::with_reset_key(
         ctx.keys.reset.clone(),
         sharding.as_ref().map(|s| s.shards),
@@ -335,7 +344,7 @@ impl engine::App for Gateway {
     }
 
     fn setting_up(&self) -> usize {
-        self.setting_up
+        self.setting_up + self.ctx.door.ws_share(self.loops)
     }
 
     fn on_handshakes(&mut self, in_flight: usize) {
@@ -404,7 +413,10 @@ impl Gateway {
         };
         let session = Session::new(ctx.clone(), outlet, transport, self.draining, io.now());
         let setting_up = session.setting_up();
-        self.setting_up += usize::from(setting_up);
+        if setting_up {
+            self.setting_up += 1;
+            self.ctx.door.quic_entered();
+        }
         self.conns.insert(
             ch,
             Box::new(Conn {
@@ -420,7 +432,10 @@ impl Gateway {
 
     fn lost(&mut self, ch: ConnectionHandle, e: ConnectionError) {
         let Some(mut c) = self.conns.remove(&ch) else { return };
-        self.setting_up -= usize::from(c.setting_up);
+        if c.setting_up {
+            self.setting_up -= 1;
+            self.ctx.door.quic_left();
+        }
         let peer = match &e {
             ConnectionError::ApplicationClosed(a) => Some(u32::try_from(a.error_code.into_inner()).unwrap_or(u32::MAX)),
             _ => None,
@@ -438,6 +453,7 @@ impl Gateway {
         if c.setting_up && !c.session.setting_up() {
             c.setting_up = false;
             self.setting_up -= 1;
+            self.ctx.door.quic_left();
         }
         if let Some(t) = c.session.next_deadline()
             && c.armed.is_none_or(|a| t < a)

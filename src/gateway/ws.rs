@@ -36,6 +36,7 @@ use quaver_proto::ws::{Frame, Received, Streams, quaver_close_code, ws_close_cod
 use quinn_proto::{Dir, Side, StreamId};
 use tokio::sync::{Notify, mpsc};
 
+use super::door::{Door, WsPlace};
 use super::machine::{self, Input, Port, Session};
 use crate::Ctx;
 use crate::engine::Read;
@@ -99,12 +100,41 @@ pub async fn upgrade(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, ws: WebSoc
     // tungstenite stops what is far too large before it is buffered whole; what is over
     // the framing's own limit ([`max_message`]) is refused by [`frame_in`] with a code.
     let hard = 2 * max_message(&ctx);
-    ws.protocols([SUBPROTOCOL])
+    let ws = ws
+        .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER)
         .max_message_size(hard)
         .max_frame_size(hard)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| serve(ctx, socket))
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
+    // A place among the connections being set up, or the door (`gateway::door`). The place
+    // goes with the upgrade: one that never completes gives it back.
+    match Door::enter_ws(&ctx) {
+        Some(place) => ws.on_upgrade(move |socket| serve(ctx, socket, place)),
+        None => {
+            ctx.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            ws.on_upgrade(refuse_at_the_door)
+        }
+    }
+}
+
+/// A WebSocket refused at the door: closed at once with `overloaded`, before any session
+/// (PROTOCOL.md §1, "Refused at the door").
+async fn refuse_at_the_door(mut socket: WebSocket) {
+    let close = CloseFrame {
+        code: ws_close_code(CloseCode::OVERLOADED.0),
+        reason: "the server is busy; retry later".into(),
+    };
+    if let Err(e) = socket.send(Message::Close(Some(close))).await {
+        tracing::debug!(error = %e, "WebSocket refusal not sent");
+        return;
+    }
+    // Wait (briefly) for the client's close in reply, reading what it sent meanwhile (its
+    // `Hello`): a socket closed with unread data resets the connection, and a reset can
+    // overtake the close frame the client has not read yet.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
 }
 
 /// What the client sent on a stream that the machine has not read.
@@ -256,8 +286,10 @@ impl Port for WsPort {
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(ctx: Arc<Ctx>, socket: WebSocket) {
+async fn serve(ctx: Arc<Ctx>, socket: WebSocket, place: WsPlace) {
     ctx.metrics.handshake(Transport::WebSocket);
+    // Held while the session sets up (`Hello`, its token, the session built).
+    let mut place = Some(place);
     let (mut sink, mut source) = socket.split();
     let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -358,6 +390,9 @@ async fn serve(ctx: Arc<Ctx>, socket: WebSocket) {
                 drained = true;
                 session.drain(&mut port, Instant::now());
             }
+        }
+        if place.is_some() && !session.setting_up() {
+            place = None;
         }
     }
     session.lost(peer_code);

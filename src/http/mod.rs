@@ -132,6 +132,11 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
             "Handshakes not yet finished.",
             handshakes,
         ),
+        (
+            "quaver_sessions_setting_up",
+            "Connections past their handshake or WebSocket upgrade and not yet Ready.",
+            ctx.door.setting_up() as f64,
+        ),
     ]);
     body.push_str(&ctx.voice.metrics.render());
     if let Some(w) = &ctx.webrtc {

@@ -138,6 +138,47 @@ test('a draining node\'s Goaway: quaver.js Resilient leaves at once and comes ba
   }
 });
 
+test('a WebSocket refused at the door: quaver.js rejects with overloaded, the cue Resilient waits longer on', async () => {
+  // A node of its own that sets up one connection at a time; the page's first WebSocket
+  // holds that place (it never says Hello), so the next is refused at the door.
+  const node = await startServer({ JWT_SECRET: SECRET, QUAVER_MAX_HANDSHAKES: '1', QUAVER_HELLO_TIMEOUT: '30s' });
+  const page = await browser.newPage();
+  try {
+    await page.goto(`http://${node.http}/`);
+    const r = await page.evaluate(async (tok) => {
+      const q = window.quaver;
+      const wsUrl = `ws://${location.host}/quaver/ws`;
+      const holder = new WebSocket(wsUrl, 'quaver');
+      await new Promise((res, rej) => { holder.onopen = res; holder.onerror = () => rej(new Error('the holder did not open')); });
+      let refused;
+      const t0 = Date.now();
+      try {
+        await q.connect(null, { token: tok, transport: 'websocket', wsUrl });
+        refused = { connected: true };
+      } catch (e) {
+        refused = { closed: e instanceof q.ClosedError, code: e.code, reconnect: e.reconnect, ms: Date.now() - t0 };
+      }
+      const gone = new Promise((res) => { holder.onclose = res; });
+      holder.close();
+      await gone;
+      // The place is given back when the server sees the close; then a session gets in.
+      let s = null;
+      for (let i = 0; i < 20 && !s; i++) {
+        try { s = await q.connect(null, { token: tok, transport: 'websocket', wsUrl }); } catch (_) { await new Promise((res) => setTimeout(res, 100)); }
+      }
+      const user = s?.ready.user.id;
+      s?.close();
+      return { refused, user };
+    }, token(4545));
+    assert.deepEqual({ ...r.refused, ms: undefined }, { closed: true, code: 1001, reconnect: true, ms: undefined }, JSON.stringify(r));
+    assert.ok(r.refused.ms < 2000, `refused at once: ${r.refused.ms} ms`);
+    assert.equal(String(r.user), '4545', 'in once the place is free');
+  } finally {
+    await page.close();
+    node.child.kill('SIGKILL');
+  }
+});
+
 test('the token is never in a URL: failed connections log nothing a reporter could collect', async () => {
   const page = await browser.newPage();
   const logged = [];
