@@ -256,8 +256,9 @@ pub struct SessionConfig {
     /// two missed heartbeats.
     #[serde(deserialize_with = "de_duration")]
     pub ping_timeout: Duration,
-    /// Time allowed from connection to `Hello`. Default 5 s: a real client sends it at once;
-    /// a silent one is holding a slot.
+    /// Time allowed from connection to `Hello` (`hello_timeout`, terminal), and to the
+    /// session built after it (past it `overloaded`: the client did its part). Default 5 s:
+    /// a real client sends it at once; a silent one is holding a slot.
     #[serde(deserialize_with = "de_duration")]
     pub hello_timeout: Duration,
     /// Largest frame accepted. Default 256 KiB: far above any chat message, small enough

