@@ -1652,8 +1652,8 @@ mod tests {
             })
         }
 
-        /// Hello, the session's opening, Ready.
-        async fn live(&mut self) {
+        /// The client's `Hello` (user 7) on the control stream.
+        fn hello(&mut self) {
             let hello = ClientControl::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 token: Some(Self::token(7)),
@@ -1662,6 +1662,11 @@ mod tests {
                 compression: Compression::None,
             });
             self.send(0, frame!(&hello), false);
+        }
+
+        /// Hello, the session's opening, Ready.
+        async fn live(&mut self) {
+            self.hello();
             assert!(!self.session.live(), "not before the session is built");
             self.next_input().await;
             assert!(self.session.live());
@@ -1709,14 +1714,7 @@ mod tests {
     #[tokio::test]
     async fn a_hello_whose_session_is_not_built_in_time_is_told_overloaded_not_hello_timeout() {
         let mut r = Rig::new().await;
-        let hello = ClientControl::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            token: Some(Rig::token(7)),
-            device: DeviceKind::Desktop,
-            resume: None,
-            compression: Compression::None,
-        });
-        r.send(0, frame!(&hello), false);
+        r.hello();
         assert!(r.session.setting_up(), "opening");
         // The session's opening has not come back (a node busy with a storm) by the deadline.
         r.advance(r.server.ctx.cfg.session.hello_timeout);
